@@ -1,0 +1,149 @@
+//! Loading the embedded object and attaching the hook table.
+//!
+//! Each hook names the feature it needs and what happens without it: the
+//! lineage tracepoints are required (no attribution without them), argv
+//! capture falls back to `/proc/<pid>/cmdline`, connect observation is simply
+//! off. [`Bpf`] owns the `Ebpf` and so every link: dropping it detaches
+//! everything, leaving nothing in the kernel.
+use std::{fs::File, path::Path};
+
+use anyhow::{Context as _, bail};
+use aya::{
+    Ebpf, EbpfLoader,
+    programs::{CgroupAttachMode, CgroupSockAddr, TracePoint},
+};
+use serde::Serialize;
+use zt_common::{Config, maps as M, programs as P};
+
+use super::{
+    OBJECT,
+    maps::{CgroupIdentities, ConfigMap, EventSource, LossCounters, ProcTable},
+    tracefs,
+};
+
+/// An `EbpfLoader` with the tracepoint offsets set (or the object's defaults
+/// when `offsets` is `None`, as the probe does: it attaches no lineage program).
+pub fn loader_with_offsets<'a>(offsets: Option<&'a [(&'static str, u32)]>) -> EbpfLoader<'a> {
+    let mut loader = EbpfLoader::new();
+    for (name, value) in offsets.unwrap_or_default() {
+        loader.override_global(name, value, true);
+    }
+    loader
+}
+
+pub struct LoadOptions<'a> {
+    pub tracefs: &'a Path,
+    pub cgroup2: &'a Path,
+    pub ringbuf_bytes: u32,
+    pub config: Config,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct HookStatus {
+    pub program: &'static str,
+    pub attach_point: String,
+    /// "attached", or why not and what is used instead.
+    pub state: String,
+    pub attached: bool,
+}
+
+/// The maps user space works with, taken out of the `Ebpf`.
+pub struct BpfMaps {
+    pub proc_table: ProcTable,
+    pub cgroups: CgroupIdentities,
+    pub loss: LossCounters,
+    pub config: ConfigMap,
+    pub events: EventSource,
+}
+
+pub struct Bpf {
+    ebpf: Ebpf,
+    pub hooks: Vec<HookStatus>,
+}
+
+enum Need {
+    Required,
+    Optional { fallback: &'static str },
+}
+
+impl Bpf {
+    /// Loads the object with layouts read from tracefs, sets the config and
+    /// attaches every hook. Returns the maps separately so they can move to
+    /// the tasks that use them.
+    pub fn load(opts: &LoadOptions<'_>) -> anyhow::Result<(Bpf, BpfMaps)> {
+        let offsets = tracefs::program_offsets(opts.tracefs).context("reading tracepoint layouts")?;
+        let mut loader = loader_with_offsets(Some(&offsets));
+        loader.map_max_entries(M::EVENTS, opts.ringbuf_bytes);
+        let mut ebpf = loader.load(OBJECT).context("loading the eBPF object")?;
+
+        let mut maps = BpfMaps {
+            proc_table: ProcTable::new(take(&mut ebpf, M::PROC_TABLE)?)?,
+            cgroups: CgroupIdentities::new(take(&mut ebpf, M::CGROUP_IDENTITY)?)?,
+            loss: LossCounters::new(take(&mut ebpf, M::LOSS)?)?,
+            config: ConfigMap::new(take(&mut ebpf, M::CONFIG)?)?,
+            events: EventSource::new(take(&mut ebpf, M::EVENTS)?)?,
+        };
+        maps.config.set(opts.config)?;
+
+        let mut bpf = Bpf { ebpf, hooks: Vec::new() };
+        // Exit before fork before exec: a process is never forked into the
+        // table after its exit was missed.
+        for (prog, category, name, need) in [
+            (P::EXIT, "sched", "sched_process_exit", Need::Required),
+            (P::FORK, "sched", "sched_process_fork", Need::Required),
+            (P::EXEC, "sched", "sched_process_exec", Need::Required),
+            (P::EXECVE_ARGS, "syscalls", "sys_enter_execve", Need::Optional { fallback: "argv read from /proc" }),
+            (P::EXECVEAT_ARGS, "syscalls", "sys_enter_execveat", Need::Optional { fallback: "argv read from /proc" }),
+        ] {
+            let r = bpf.attach_tracepoint(prog, category, name);
+            bpf.record(prog, format!("tracepoint/{category}/{name}"), r, need)?;
+        }
+        for prog in [P::CONNECT4, P::CONNECT6] {
+            let r = bpf.attach_cgroup(prog, opts.cgroup2);
+            bpf.record(
+                prog,
+                format!("cgroup/{prog} at {}", opts.cgroup2.display()),
+                r,
+                Need::Optional { fallback: "connect events unavailable" },
+            )?;
+        }
+        Ok((bpf, maps))
+    }
+
+    fn record(&mut self, program: &'static str, attach_point: String, r: anyhow::Result<()>, need: Need) -> anyhow::Result<()> {
+        let (state, attached) = match (r, need) {
+            (Ok(()), _) => ("attached".to_string(), true),
+            (Err(e), Need::Required) => bail!("attaching {program} to {attach_point} (required): {e:#}"),
+            (Err(e), Need::Optional { fallback }) => (format!("not attached ({e:#}); {fallback}"), false),
+        };
+        self.hooks.push(HookStatus { program, attach_point, state, attached });
+        Ok(())
+    }
+
+    fn attach_tracepoint(&mut self, prog: &str, category: &str, name: &str) -> anyhow::Result<()> {
+        let p: &mut TracePoint = self.ebpf.program_mut(prog).with_context(|| format!("{prog} missing"))?.try_into()?;
+        p.load().context("load")?;
+        p.attach(category, name).context("attach")?;
+        Ok(())
+    }
+
+    fn attach_cgroup(&mut self, prog: &str, cgroup2: &Path) -> anyhow::Result<()> {
+        let p: &mut CgroupSockAddr = self.ebpf.program_mut(prog).with_context(|| format!("{prog} missing"))?.try_into()?;
+        p.load().context("load")?;
+        let root = File::open(cgroup2).with_context(|| format!("opening {}", cgroup2.display()))?;
+        // aya attaches through a bpf_link on Linux >= 5.7; link attachments
+        // always coexist with other programs at the same cgroup (the kernel
+        // treats them as BPF_F_ALLOW_MULTI, and rejects the flag itself with
+        // EINVAL), so "Single" evicts nothing that other software attached.
+        p.attach(&root, CgroupAttachMode::Single).context("attach")?;
+        Ok(())
+    }
+
+    pub fn ebpf_mut(&mut self) -> &mut Ebpf {
+        &mut self.ebpf
+    }
+}
+
+fn take(ebpf: &mut Ebpf, name: &str) -> anyhow::Result<aya::maps::Map> {
+    ebpf.take_map(name).with_context(|| format!("map {name} missing from the object"))
+}

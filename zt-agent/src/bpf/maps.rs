@@ -1,0 +1,210 @@
+//! Typed wrappers over the maps: user space touches kernel maps only through
+//! these, and every error names its map and operation.
+//!
+//! # Layout
+//! - [`ProcTable`]: tgid -> `ProcInfo`, with the pid-reuse-safe [`ProcTable::assign`].
+//! - [`CgroupIdentities`]: cgroup id -> identity id.
+//! - [`LossCounters`]: per-CPU kernel loss counters, summed.
+//! - [`ConfigMap`]: the run-time switches.
+//! - [`EventSource`]: the ring buffer, readable from tokio.
+use aya::maps::{Array, HashMap, Map, MapData, MapError, PerCpuArray, RingBuf};
+use thiserror::Error;
+use tokio::io::unix::AsyncFd;
+use zt_common::{Config, NO_IDENTITY, ProcInfo, loss, maps, proc_flags};
+
+use crate::identity::Classification;
+
+#[derive(Debug, Error)]
+#[error("map {map}: {op}: {source}")]
+pub struct MapAccessError {
+    pub map: &'static str,
+    pub op: &'static str,
+    #[source]
+    pub source: MapError,
+}
+
+fn err(map: &'static str, op: &'static str) -> impl FnOnce(MapError) -> MapAccessError {
+    move |source| MapAccessError { map, op, source }
+}
+
+/// `BPF_NOEXIST`: create only.
+const NOEXIST: u64 = 1;
+/// `BPF_EXIST`: update only.
+const EXIST: u64 = 2;
+
+fn is_missing_key(e: &MapError) -> bool {
+    matches!(e, MapError::KeyNotFound)
+        || matches!(e, MapError::SyscallError(s) if s.io_error.raw_os_error() == Some(libc::ENOENT))
+}
+
+fn is_existing_key(e: &MapError) -> bool {
+    matches!(e, MapError::SyscallError(s) if s.io_error.raw_os_error() == Some(libc::EEXIST))
+}
+
+pub struct ProcTable(HashMap<MapData, u32, ProcInfo>);
+
+/// Result of [`ProcTable::assign`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Assign {
+    Updated,
+    /// The process already had an identity; it is kept (identities are sticky).
+    AlreadyAttributed(u32),
+    /// No entry, or an entry of another incarnation of the pid (pid reuse).
+    Gone,
+}
+
+impl ProcTable {
+    pub fn new(map: Map) -> Result<Self, MapAccessError> {
+        HashMap::try_from(map).map(Self).map_err(err(maps::PROC_TABLE, "open"))
+    }
+
+    pub fn get(&self, tgid: u32) -> Result<Option<ProcInfo>, MapAccessError> {
+        match self.0.get(&tgid, 0) {
+            Ok(v) => Ok(Some(v)),
+            Err(e) if is_missing_key(&e) => Ok(None),
+            Err(e) => Err(err(maps::PROC_TABLE, "get")(e)),
+        }
+    }
+
+    /// Inserts a seeded entry unless the kernel already made one (a fork or
+    /// exec seen since the programs were attached is more current than /proc).
+    /// Returns whether the entry was inserted.
+    pub fn seed(&mut self, tgid: u32, info: ProcInfo) -> Result<bool, MapAccessError> {
+        match self.0.insert(tgid, info, NOEXIST) {
+            Ok(()) => Ok(true),
+            Err(e) if is_existing_key(&e) => Ok(false),
+            Err(e) => Err(err(maps::PROC_TABLE, "seed")(e)),
+        }
+    }
+
+    /// Writes a user-space classification into the entry of the process
+    /// incarnation `(tgid, start_ns)`. The entry must exist and carry the same
+    /// `start_ns` (so a recycled pid is never given a dead process's
+    /// identity), and an identity already held is never replaced.
+    ///
+    /// The read-check-write is not atomic with the kernel; the remaining window
+    /// (microseconds) would need the pid space to wrap around within it.
+    pub fn assign(&mut self, tgid: u32, start_ns: u64, c: Classification) -> Result<Assign, MapAccessError> {
+        let Some(mut info) = self.get(tgid)? else { return Ok(Assign::Gone) };
+        if info.start_ns != start_ns {
+            return Ok(Assign::Gone);
+        }
+        if info.identity != NO_IDENTITY {
+            return Ok(Assign::AlreadyAttributed(info.identity));
+        }
+        info.identity = c.identity;
+        if info.child_identity == NO_IDENTITY {
+            info.child_identity = c.child_identity;
+        }
+        info.flags |= proc_flags::RESOLVED;
+        match self.0.insert(tgid, info, EXIST) {
+            Ok(()) => Ok(Assign::Updated),
+            Err(e) if is_missing_key(&e) => Ok(Assign::Gone),
+            Err(e) => Err(err(maps::PROC_TABLE, "assign")(e)),
+        }
+    }
+
+    /// Snapshot of every entry (for propagation passes and status).
+    pub fn entries(&self) -> Vec<(u32, ProcInfo)> {
+        self.0.iter().filter_map(Result::ok).collect()
+    }
+
+    pub fn remove(&mut self, tgid: u32) -> Result<(), MapAccessError> {
+        match self.0.remove(&tgid) {
+            Ok(()) => Ok(()),
+            Err(e) if is_missing_key(&e) => Ok(()),
+            Err(e) => Err(err(maps::PROC_TABLE, "remove")(e)),
+        }
+    }
+}
+
+pub struct CgroupIdentities(HashMap<MapData, u64, u32>);
+
+impl CgroupIdentities {
+    pub fn new(map: Map) -> Result<Self, MapAccessError> {
+        HashMap::try_from(map).map(Self).map_err(err(maps::CGROUP_IDENTITY, "open"))
+    }
+
+    pub fn set(&mut self, cgroup_id: u64, identity: u32) -> Result<(), MapAccessError> {
+        self.0.insert(cgroup_id, identity, 0).map_err(err(maps::CGROUP_IDENTITY, "insert"))
+    }
+
+    pub fn get(&self, cgroup_id: u64) -> Result<Option<u32>, MapAccessError> {
+        match self.0.get(&cgroup_id, 0) {
+            Ok(v) => Ok(Some(v)),
+            Err(e) if is_missing_key(&e) => Ok(None),
+            Err(e) => Err(err(maps::CGROUP_IDENTITY, "get")(e)),
+        }
+    }
+
+    pub fn len(&self) -> usize {
+        self.0.keys().count()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+}
+
+pub struct LossCounters(PerCpuArray<MapData, u64>);
+
+impl LossCounters {
+    pub fn new(map: Map) -> Result<Self, MapAccessError> {
+        PerCpuArray::try_from(map).map(Self).map_err(err(maps::LOSS, "open"))
+    }
+
+    /// Each counter summed over CPUs, indexed by `zt_common::loss`.
+    pub fn read(&self) -> Result<[u64; loss::COUNT as usize], MapAccessError> {
+        let mut out = [0u64; loss::COUNT as usize];
+        for (i, slot) in out.iter_mut().enumerate() {
+            let per_cpu = self.0.get(&(i as u32), 0).map_err(err(maps::LOSS, "get"))?;
+            *slot = per_cpu.iter().sum();
+        }
+        Ok(out)
+    }
+}
+
+pub struct ConfigMap(Array<MapData, Config>);
+
+impl ConfigMap {
+    pub fn new(map: Map) -> Result<Self, MapAccessError> {
+        Array::try_from(map).map(Self).map_err(err(maps::CONFIG, "open"))
+    }
+
+    pub fn set(&mut self, config: Config) -> Result<(), MapAccessError> {
+        self.0.set(0, config, 0).map_err(err(maps::CONFIG, "set"))
+    }
+}
+
+/// The event ring buffer, registered with tokio. The kernel submits without
+/// waking us (except when the ring fills past `Config::wakeup_bytes`), so the
+/// consumer drains on a short timer as well as on readiness.
+pub struct EventSource(AsyncFd<RingBuf<MapData>>);
+
+impl EventSource {
+    pub fn new(map: Map) -> Result<Self, anyhow::Error> {
+        let ring = RingBuf::try_from(map).map_err(err(maps::EVENTS, "open"))?;
+        // SAFETY: the RingBuf owns its map fd, which stays open and the same
+        // for the AsyncFd's whole life (the AsyncFd owns the RingBuf).
+        let fd = unsafe { AsyncFd::register(ring) }.map_err(|e| anyhow::anyhow!("registering the ring buffer with tokio: {e}"))?;
+        Ok(Self(fd))
+    }
+
+    /// Waits until the kernel forces a wakeup or `timeout` passes.
+    pub async fn wait(&self, timeout: std::time::Duration) {
+        if let Ok(Ok(mut guard)) = tokio::time::timeout(timeout, self.0.readable()).await {
+            guard.clear_ready();
+        }
+    }
+
+    /// Hands every pending record to `f`; returns how many there were.
+    pub fn drain(&mut self, mut f: impl FnMut(&[u8])) -> usize {
+        let ring = self.0.get_mut();
+        let mut n = 0;
+        while let Some(item) = ring.next() {
+            f(&item);
+            n += 1;
+        }
+        n
+    }
+}

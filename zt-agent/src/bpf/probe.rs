@@ -1,0 +1,257 @@
+//! Feature probing: load (and, where harmless, attach and detach) a tiny
+//! program of each kind the agent may use, and report what really works.
+//!
+//! Reading `/sys/kernel/security/lsm` is not enough: it can list `bpf` while
+//! `BPF_PROG_LOAD` of an LSM program fails with EPERM (as on this project's
+//! development VMs), so every feature is judged by a real load.
+use std::{fs, path::Path};
+
+use aya::{
+    Btf, Ebpf,
+    maps::MapType,
+    programs::{CgroupAttachMode, CgroupSockAddr, FEntry, KProbe, Lsm, RawTracePoint, TracePoint},
+    sys::is_map_supported,
+};
+use serde::Serialize;
+use zt_common::programs as P;
+
+use super::OBJECT;
+use crate::host;
+
+#[derive(Debug, Clone, Serialize)]
+pub struct Feature {
+    pub name: &'static str,
+    pub available: bool,
+    pub detail: String,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct Capabilities {
+    pub kernel: String,
+    pub features: Vec<Feature>,
+}
+
+impl Capabilities {
+    pub fn has(&self, name: &str) -> bool {
+        self.features.iter().any(|f| f.name == name && f.available)
+    }
+}
+
+pub mod names {
+    pub const TRACEPOINT: &str = "tracepoint";
+    pub const RAW_TRACEPOINT: &str = "raw_tracepoint";
+    pub const RINGBUF: &str = "ring_buffer";
+    pub const LPM_TRIE: &str = "lpm_trie";
+    pub const SOCK_ADDR: &str = "cgroup_sock_addr";
+    pub const LSM: &str = "bpf_lsm";
+    pub const FENTRY: &str = "fentry";
+    pub const KPROBE: &str = "kprobe";
+    pub const SEND_SIGNAL: &str = "bpf_send_signal";
+    pub const BPFFS: &str = "bpffs";
+    pub const CGROUP2: &str = "cgroup_v2";
+    pub const BTF: &str = "kernel_btf";
+}
+
+fn result(name: &'static str, r: Result<String, String>) -> Feature {
+    match r {
+        Ok(detail) => Feature { name, available: true, detail },
+        Err(detail) => Feature { name, available: false, detail },
+    }
+}
+
+fn chain(e: &dyn std::error::Error) -> String {
+    let mut s = e.to_string();
+    let mut src = e.source();
+    while let Some(inner) = src {
+        s.push_str(": ");
+        s.push_str(&inner.to_string());
+        src = inner.source();
+    }
+    s
+}
+
+/// Runs every probe. Needs privileges to load programs; without them every
+/// program probe reports the load error.
+pub fn probe() -> Capabilities {
+    let kernel = fs::read_to_string("/proc/sys/kernel/osrelease").unwrap_or_default().trim().to_string();
+    let mut features = Vec::new();
+    let cgroup2 = host::find_mount("cgroup2");
+    features.push(result(
+        names::CGROUP2,
+        cgroup2.as_ref().map(|p| format!("mounted at {}", p.display())).ok_or_else(|| "not mounted".to_string()),
+    ));
+    features.push(result(names::BPFFS, probe_bpffs()));
+    let btf = Btf::from_sys_fs();
+    features.push(result(
+        names::BTF,
+        btf.as_ref().map(|_| "/sys/kernel/btf/vmlinux".to_string()).map_err(|e| chain(e)),
+    ));
+    for (name, ty) in [(names::RINGBUF, MapType::RingBuf), (names::LPM_TRIE, MapType::LpmTrie)] {
+        features.push(result(
+            name,
+            match is_map_supported(ty) {
+                Ok(true) => Ok("map created".into()),
+                Ok(false) => Err("map type not supported".into()),
+                Err(e) => Err(chain(&e)),
+            },
+        ));
+    }
+
+    let mut ebpf = match super::loader::loader_with_offsets(None).load(OBJECT) {
+        Ok(e) => e,
+        Err(e) => {
+            let why = format!("loading the object failed: {}", chain(&e));
+            for name in [
+                names::TRACEPOINT,
+                names::RAW_TRACEPOINT,
+                names::SOCK_ADDR,
+                names::LSM,
+                names::FENTRY,
+                names::KPROBE,
+                names::SEND_SIGNAL,
+            ] {
+                features.push(Feature { name, available: false, detail: why.clone() });
+            }
+            return Capabilities { kernel, features };
+        }
+    };
+    features.push(result(names::TRACEPOINT, probe_tracepoint(&mut ebpf)));
+    features.push(result(names::RAW_TRACEPOINT, probe_raw_tracepoint(&mut ebpf)));
+    features.push(result(names::SOCK_ADDR, probe_sock_addr(&mut ebpf, cgroup2.as_deref())));
+    let _ = host::ensure_securityfs();
+    let lsm_list = fs::read_to_string("/sys/kernel/security/lsm").ok();
+    features.push(result(names::LSM, probe_lsm(&mut ebpf, btf.as_ref().ok(), lsm_list.as_deref())));
+    features.push(result(names::FENTRY, probe_fentry(&mut ebpf, btf.as_ref().ok())));
+    features.push(result(names::KPROBE, probe_kprobe(&mut ebpf)));
+    features.push(result(names::SEND_SIGNAL, probe_send_signal(&mut ebpf)));
+    Capabilities { kernel, features }
+}
+
+fn probe_bpffs() -> Result<String, String> {
+    if let Some(p) = host::find_mount("bpf") {
+        return Ok(format!("mounted at {}", p.display()));
+    }
+    let fs_list = fs::read_to_string("/proc/filesystems").unwrap_or_default();
+    if fs_list.lines().any(|l| l.split_whitespace().last() == Some("bpf")) {
+        Ok("supported, not mounted (the agent mounts /sys/fs/bpf when pinning)".into())
+    } else {
+        Err("bpf filesystem not supported by this kernel".into())
+    }
+}
+
+macro_rules! program {
+    ($ebpf:expr, $name:expr, $ty:ty) => {{
+        let p: &mut $ty = $ebpf
+            .program_mut($name)
+            .ok_or_else(|| format!("program {} missing from object", $name))?
+            .try_into()
+            .map_err(|e: aya::programs::ProgramError| chain(&e))?;
+        p
+    }};
+}
+
+fn probe_tracepoint(ebpf: &mut Ebpf) -> Result<String, String> {
+    let p = program!(ebpf, P::PROBE_TRACEPOINT, TracePoint);
+    p.load().map_err(|e| format!("load: {}", chain(&e)))?;
+    let link = p.attach("syscalls", "sys_enter_getppid").map_err(|e| format!("attach: {}", chain(&e)))?;
+    p.detach(link).map_err(|e| format!("detach: {}", chain(&e)))?;
+    Ok("loaded and attached to syscalls/sys_enter_getppid".into())
+}
+
+fn probe_raw_tracepoint(ebpf: &mut Ebpf) -> Result<String, String> {
+    let p = program!(ebpf, P::PROBE_RAW_TRACEPOINT, RawTracePoint);
+    p.load().map_err(|e| format!("load: {}", chain(&e)))?;
+    let link = p.attach("sys_enter").map_err(|e| format!("attach: {}", chain(&e)))?;
+    p.detach(link).map_err(|e| format!("detach: {}", chain(&e)))?;
+    Ok("loaded and attached to sys_enter".into())
+}
+
+fn probe_sock_addr(ebpf: &mut Ebpf, cgroup2: Option<&Path>) -> Result<String, String> {
+    let p = program!(ebpf, P::PROBE_SOCK_ADDR, CgroupSockAddr);
+    p.load().map_err(|e| format!("load: {}", chain(&e)))?;
+    let Some(root) = cgroup2 else { return Err("loaded, but no cgroup v2 mount to attach to".into()) };
+    // Attach to a private, empty child cgroup: no process is affected.
+    let dir = root.join(format!("zt-agent-probe-{}", std::process::id()));
+    fs::create_dir_all(&dir).map_err(|e| format!("creating {}: {e}", dir.display()))?;
+    let attach = fs::File::open(&dir)
+        .map_err(|e| e.to_string())
+        .and_then(|f| p.attach(&f, CgroupAttachMode::Single).map_err(|e| format!("attach: {}", chain(&e))))
+        .and_then(|link| p.detach(link).map_err(|e| format!("detach: {}", chain(&e))));
+    let _ = fs::remove_dir(&dir);
+    attach.map(|()| "loaded and attached (connect4) to a test cgroup".into())
+}
+
+fn probe_lsm(ebpf: &mut Ebpf, btf: Option<&Btf>, lsm_list: Option<&str>) -> Result<String, String> {
+    let listed = lsm_list.map(|l| l.trim().split(',').any(|m| m == "bpf"));
+    let note = match listed {
+        Some(true) => "listed in /sys/kernel/security/lsm",
+        Some(false) => "not listed in /sys/kernel/security/lsm",
+        None => "securityfs not mounted",
+    };
+    let btf = btf.ok_or_else(|| format!("no kernel BTF ({note})"))?;
+    let p = program!(ebpf, P::PROBE_LSM, Lsm);
+    p.load("file_open", btf).map_err(|e| format!("load of lsm/file_open refused: {} ({note})", chain(&e)))?;
+    Ok(format!("lsm/file_open loaded ({note})"))
+}
+
+fn probe_fentry(ebpf: &mut Ebpf, btf: Option<&Btf>) -> Result<String, String> {
+    let btf = btf.ok_or("no kernel BTF")?;
+    let p = program!(ebpf, P::PROBE_FENTRY, FEntry);
+    p.load("vfs_read", btf).map_err(|e| format!("load of fentry/vfs_read refused: {}", chain(&e)))?;
+    Ok("fentry/vfs_read loaded".into())
+}
+
+fn probe_kprobe(ebpf: &mut Ebpf) -> Result<String, String> {
+    let p = program!(ebpf, P::PROBE_KPROBE, KProbe);
+    p.load().map_err(|e| format!("load: {}", chain(&e)))?;
+    let link = p.attach("vfs_read", 0).map_err(|e| format!("attach to vfs_read: {}", chain(&e)))?;
+    p.detach(link).map_err(|e| format!("detach: {}", chain(&e)))?;
+    Ok("loaded and attached to vfs_read".into())
+}
+
+fn probe_send_signal(ebpf: &mut Ebpf) -> Result<String, String> {
+    let p = program!(ebpf, P::PROBE_SEND_SIGNAL, TracePoint);
+    p.load().map_err(|e| format!("verifier refused bpf_send_signal in a tracepoint: {}", chain(&e)))?;
+    Ok("helper allowed in tracepoint programs".into())
+}
+
+/// Human-readable table for `zt-agent probe`.
+pub fn render(caps: &Capabilities) -> String {
+    let mut s = format!("kernel {}\n", caps.kernel);
+    for f in &caps.features {
+        s.push_str(&format!("{:<18} {:<4} {}\n", f.name, if f.available { "yes" } else { "NO" }, f.detail));
+    }
+    s
+}
+
+/// Which mechanism each capability of the agent uses on this kernel, given
+/// the probe: logged at start-up and shown by `status`.
+pub fn enforcement_paths(caps: &Capabilities) -> Vec<(&'static str, String)> {
+    let mut v = Vec::new();
+    v.push((
+        "process attribution",
+        if caps.has(names::TRACEPOINT) {
+            "in-kernel lineage (sched_process_fork/exec/exit tracepoints)".into()
+        } else {
+            "UNAVAILABLE: tracepoints do not load".into()
+        },
+    ));
+    v.push((
+        "connect observation",
+        if caps.has(names::SOCK_ADDR) {
+            "cgroup connect4/connect6 at the cgroup v2 root".into()
+        } else {
+            "UNAVAILABLE: cgroup sock_addr programs do not load".into()
+        },
+    ));
+    v.push(("network enforcement", "none: observe only in this version".into()));
+    let file_path = if caps.has(names::LSM) {
+        "BPF LSM available"
+    } else if caps.has(names::SEND_SIGNAL) {
+        "BPF LSM unavailable; bpf_send_signal from tracepoints available"
+    } else {
+        "BPF LSM and bpf_send_signal unavailable"
+    };
+    v.push(("file/exec enforcement", format!("none in this version ({file_path})")));
+    v
+}

@@ -1,0 +1,279 @@
+//! Process attribution in user space: identity files, selectors, and the
+//! resolver that turns process facts into identity ids for the kernel tables.
+//!
+//! # Layout
+//! - [`config`]: the identity file (YAML) -> [`IdentityConfig`].
+//! - [`selector`]: selector types and matching.
+//! - [`digest`]: cached blake3 digests of executables.
+//! - [`procfs`]: process facts from `/proc`.
+//! - [`container`]: pod and container ids from cgroup paths.
+//! - [`Resolver`]: facts -> [`Classification`]; cgroup tree -> kernel
+//!   `CGROUP_IDENTITY` entries; the start-up seeding plan.
+//!
+//! The kernel inherits identities at fork (zt-ebpf `lineage.rs`); user space
+//! only decides identities for processes that match a selector on their own
+//! (exe path, digest, uid, compound selectors) and writes them into the table.
+//! An identity, once held, is never changed or cleared by user space: a
+//! process cannot shed its identity by exec'ing another binary.
+pub mod config;
+pub mod container;
+pub mod digest;
+pub mod procfs;
+pub mod selector;
+
+use std::{
+    collections::HashMap,
+    os::unix::fs::MetadataExt,
+    path::{Path, PathBuf},
+    sync::Arc,
+};
+
+pub use config::{Identity, IdentityConfig};
+use digest::DigestCache;
+use selector::Facts;
+use zt_common::NO_IDENTITY;
+
+/// The policy compiled into the binary, used when no `--policy` is given:
+/// processes in the `zt-agents` cgroup (and all their descendants) are the
+/// `demo-agent` identity.
+pub const DEFAULT_POLICY: &str = include_str!("../../../policies/default.yaml");
+
+/// What the resolver decided for one process.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Classification {
+    /// Identity of the process itself (0: none).
+    pub identity: u32,
+    /// Identity its descendants get ("descendantOf" anchors; 0: none).
+    pub child_identity: u32,
+}
+
+pub struct Resolver {
+    config: Arc<IdentityConfig>,
+    proc_root: PathBuf,
+    digests: DigestCache,
+}
+
+/// Facts of a live process read lazily from /proc.
+struct LiveFacts<'a> {
+    pid: u32,
+    exe: Option<&'a str>,
+    uid: Option<u32>,
+    cgroup: Option<&'a str>,
+    proc_root: &'a Path,
+    digests: &'a mut DigestCache,
+}
+
+impl Facts for LiveFacts<'_> {
+    fn exe(&self) -> Option<&str> {
+        self.exe
+    }
+    fn uid(&self) -> Option<u32> {
+        self.uid
+    }
+    fn cgroup(&self) -> Option<&str> {
+        self.cgroup
+    }
+    fn digest(&mut self) -> Option<blake3::Hash> {
+        self.digests.digest_pid(self.proc_root, self.pid).ok()
+    }
+}
+
+/// A process as seen in /proc at start-up.
+#[derive(Debug, Clone)]
+pub struct SeedProc {
+    pub pid: u32,
+    pub ppid: u32,
+    pub start_ns: u64,
+    pub classification: Classification,
+}
+
+impl Resolver {
+    pub fn new(config: Arc<IdentityConfig>, proc_root: impl Into<PathBuf>) -> Self {
+        Self { config, proc_root: proc_root.into(), digests: DigestCache::default() }
+    }
+
+    pub fn config(&self) -> &Arc<IdentityConfig> {
+        &self.config
+    }
+
+    pub fn proc_root(&self) -> &Path {
+        &self.proc_root
+    }
+
+    pub fn digests_computed(&self) -> u64 {
+        self.digests.computed
+    }
+
+    /// Matches one process against every identity in file order; the first
+    /// identity with a matching selector wins.
+    pub fn classify(&mut self, pid: u32, exe: Option<&str>, uid: Option<u32>, cgroup: Option<&str>) -> Classification {
+        let mut facts = LiveFacts { pid, exe, uid, cgroup, proc_root: &self.proc_root, digests: &mut self.digests };
+        let mut out = Classification::default();
+        for ident in &self.config.identities {
+            for sel in &ident.selectors {
+                if out.identity == NO_IDENTITY && sel.matches(&mut facts) {
+                    out.identity = ident.id;
+                }
+                if out.child_identity == NO_IDENTITY
+                    && let Some(inner) = &sel.descendant_of
+                    && inner.matches(&mut facts)
+                {
+                    out.child_identity = ident.id;
+                }
+            }
+        }
+        if out.identity != NO_IDENTITY {
+            // Its children inherit its own identity in the kernel.
+            out.child_identity = NO_IDENTITY;
+        }
+        out
+    }
+
+    /// Classifies a live process from /proc.
+    pub fn classify_pid(&mut self, pid: u32) -> Classification {
+        let root = self.proc_root.clone();
+        let exe = procfs::exe(&root, pid);
+        let uid = procfs::uid(&root, pid);
+        let cgroup = procfs::cgroup_v2(&root, pid);
+        self.classify(pid, exe.as_deref(), uid, cgroup.as_deref())
+    }
+
+    /// Identity of a cgroup by the selectors the kernel can apply alone
+    /// (cgroup glob only).
+    pub fn cgroup_identity(&self, cgroup_path: &str) -> u32 {
+        for ident in &self.config.identities {
+            if ident.selectors.iter().any(|s| s.kernel_cgroup_only().is_some_and(|g| g.is_match(cgroup_path))) {
+                return ident.id;
+            }
+        }
+        NO_IDENTITY
+    }
+
+    /// Walks the cgroup v2 tree under `root` and returns `(cgroup id, path,
+    /// identity)` for every cgroup a kernel-only selector matches. The cgroup
+    /// id the kernel reports (`bpf_get_current_cgroup_id`) is the inode number
+    /// of the cgroup directory.
+    pub fn cgroup_assignments(&self, root: &Path) -> Vec<(u64, String, u32)> {
+        let mut out = Vec::new();
+        let mut stack = vec![root.to_path_buf()];
+        while let Some(dir) = stack.pop() {
+            let rel = match dir.strip_prefix(root) {
+                Ok(r) if r.as_os_str().is_empty() => "/".to_string(),
+                Ok(r) => format!("/{}", r.display()),
+                Err(_) => continue,
+            };
+            let id = self.cgroup_identity(&rel);
+            if id != NO_IDENTITY
+                && let Ok(m) = std::fs::metadata(&dir)
+            {
+                out.push((m.ino(), rel, id));
+            }
+            if let Ok(rd) = std::fs::read_dir(&dir) {
+                for e in rd.flatten() {
+                    if e.file_type().is_ok_and(|t| t.is_dir()) {
+                        stack.push(e.path());
+                    }
+                }
+            }
+        }
+        out
+    }
+
+    /// Reads every process in /proc and decides its classification the way
+    /// the kernel would have, had it seen every fork: a process inherits its
+    /// parent's identity (or the parent's `child_identity`), otherwise its
+    /// own selectors decide. Parents come before children in the result.
+    pub fn seed_plan(&mut self) -> Vec<SeedProc> {
+        let root = self.proc_root.clone();
+        let mut procs: Vec<(u32, procfs::Stat)> = procfs::pids(&root)
+            .unwrap_or_default()
+            .into_iter()
+            .filter_map(|pid| Some((pid, procfs::stat(&root, pid).ok()?)))
+            .collect();
+        // A parent always started before its child.
+        procs.sort_by_key(|(pid, s)| (s.start_ns, *pid));
+        let mut decided: HashMap<u32, Classification> = HashMap::new();
+        let mut out = Vec::with_capacity(procs.len());
+        for (pid, st) in procs {
+            let inherited = decided
+                .get(&st.ppid)
+                .map(|p| if p.identity != NO_IDENTITY { p.identity } else { p.child_identity })
+                .unwrap_or(NO_IDENTITY);
+            let own = self.classify_pid(pid);
+            let c = if inherited != NO_IDENTITY { Classification { identity: inherited, child_identity: 0 } } else { own };
+            decided.insert(pid, c);
+            out.push(SeedProc { pid, ppid: st.ppid, start_ns: st.start_ns, classification: c });
+        }
+        out
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn resolver(yaml: &str) -> Resolver {
+        Resolver::new(Arc::new(config::parse("t.yaml", yaml).unwrap()), "/proc")
+    }
+
+    const POLICY: &str = "\
+apiVersion: zt-agent.io/v1alpha1
+kind: HostPolicy
+spec:
+  trustDomain: t
+  identities:
+    - name: a
+      selectors:
+        - cgroup: /zt-agents/**
+    - name: b
+      selectors:
+        - exe: /usr/bin/b
+          uid: 7
+        - descendantOf:
+            exe: /usr/bin/runner
+";
+
+    #[test]
+    fn first_identity_wins_and_anchor() {
+        let mut r = resolver(POLICY);
+        assert_eq!(r.classify(1, Some("/usr/bin/b"), Some(7), Some("/zt-agents/x")), Classification { identity: 1, child_identity: 0 });
+        assert_eq!(r.classify(1, Some("/usr/bin/b"), Some(7), Some("/")), Classification { identity: 2, child_identity: 0 });
+        assert_eq!(r.classify(1, Some("/usr/bin/b"), Some(8), Some("/")), Classification::default());
+        assert_eq!(r.classify(1, Some("/usr/bin/runner"), Some(0), Some("/")), Classification { identity: 0, child_identity: 2 });
+    }
+
+    #[test]
+    fn kernel_cgroup_identity() {
+        let r = resolver(POLICY);
+        assert_eq!(r.cgroup_identity("/zt-agents"), 1);
+        assert_eq!(r.cgroup_identity("/zt-agents/deep/er"), 1);
+        assert_eq!(r.cgroup_identity("/user.slice"), 0);
+    }
+
+    #[test]
+    fn cgroup_walk_uses_directory_inodes() {
+        let dir = std::env::temp_dir().join(format!("zt-cg-{}", std::process::id()));
+        std::fs::create_dir_all(dir.join("zt-agents/one")).unwrap();
+        std::fs::create_dir_all(dir.join("other")).unwrap();
+        let r = resolver(POLICY);
+        let mut got = r.cgroup_assignments(&dir);
+        got.sort_by(|a, b| a.1.cmp(&b.1));
+        let paths: Vec<&str> = got.iter().map(|g| g.1.as_str()).collect();
+        assert_eq!(paths, ["/zt-agents", "/zt-agents/one"]);
+        assert_eq!(got[1].0, std::fs::metadata(dir.join("zt-agents/one")).unwrap().ino());
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+
+    #[test]
+    fn seed_plan_orders_parents_first() {
+        let mut r = resolver(POLICY);
+        let plan = r.seed_plan();
+        let me = std::process::id();
+        let pos = |pid: u32| plan.iter().position(|p| p.pid == pid);
+        let parent = nix::unistd::getppid().as_raw() as u32;
+        if let (Some(p), Some(c)) = (pos(parent), pos(me)) {
+            assert!(p < c);
+        }
+        assert!(pos(me).is_some());
+    }
+}

@@ -1,0 +1,233 @@
+//! Selectors: which processes belong to an identity.
+//!
+//! # Layout
+//! - [`Selector`]: the keys of one selector; all given keys must match (AND);
+//!   an identity's selectors are alternatives (OR).
+//! - [`CgroupGlob`], [`ExeMatcher`]: validated path patterns.
+//! - [`Facts`]: what a selector is matched against, with the exe digest
+//!   computed only when a selector asks for it.
+//!
+//! `descendantOf` is not matched here: the resolver marks a matching process
+//! as an anchor and the kernel gives the anchor's identity to every process
+//! it forks (see `lineage.rs` in zt-ebpf).
+use globset::{GlobBuilder, GlobMatcher};
+
+#[derive(Debug, Clone, Default)]
+pub struct Selector {
+    pub cgroup: Option<CgroupGlob>,
+    pub exe: Option<ExeMatcher>,
+    pub exe_digest: Option<blake3::Hash>,
+    pub uid: Option<u32>,
+    pub descendant_of: Option<Box<Selector>>,
+}
+
+/// What a process is matched against. `digest` may be expensive (hashing the
+/// executable), so it is only asked for when a selector names one.
+pub trait Facts {
+    fn exe(&self) -> Option<&str>;
+    fn uid(&self) -> Option<u32>;
+    /// cgroup v2 path relative to the cgroup2 mount, starting with '/'.
+    fn cgroup(&self) -> Option<&str>;
+    fn digest(&mut self) -> Option<blake3::Hash>;
+}
+
+impl Selector {
+    pub fn is_empty(&self) -> bool {
+        self.cgroup.is_none()
+            && self.exe.is_none()
+            && self.exe_digest.is_none()
+            && self.uid.is_none()
+            && self.descendant_of.is_none()
+    }
+
+    /// A selector made of a cgroup glob alone can be decided in the kernel
+    /// from the cgroup id (the `CGROUP_IDENTITY` map), with no race at all.
+    pub fn kernel_cgroup_only(&self) -> Option<&CgroupGlob> {
+        match self {
+            Selector { cgroup: Some(c), exe: None, exe_digest: None, uid: None, descendant_of: None } => Some(c),
+            _ => None,
+        }
+    }
+
+    /// Whether the process itself matches (every key given must match).
+    /// A `descendantOf` selector never matches the process itself.
+    pub fn matches(&self, facts: &mut dyn Facts) -> bool {
+        if self.descendant_of.is_some() || self.is_empty() {
+            return false;
+        }
+        if let Some(uid) = self.uid
+            && facts.uid() != Some(uid)
+        {
+            return false;
+        }
+        if let Some(c) = &self.cgroup
+            && !facts.cgroup().is_some_and(|p| c.is_match(p))
+        {
+            return false;
+        }
+        if let Some(e) = &self.exe
+            && !facts.exe().is_some_and(|p| e.is_match(p))
+        {
+            return false;
+        }
+        if let Some(d) = &self.exe_digest
+            && facts.digest().as_ref() != Some(d)
+        {
+            return false;
+        }
+        true
+    }
+}
+
+/// A glob over cgroup v2 paths (`*` stays within one path component, `**`
+/// crosses them). `/a/**` matches `/a` itself too, so an identity defined on a
+/// cgroup covers the cgroup and everything below it.
+#[derive(Debug, Clone)]
+pub struct CgroupGlob {
+    pattern: String,
+    matcher: GlobMatcher,
+    /// For `/a/**`: also match `/a`.
+    base: Option<String>,
+}
+
+impl CgroupGlob {
+    pub fn new(pattern: &str) -> Result<Self, String> {
+        if !pattern.starts_with('/') {
+            return Err(format!("cgroup pattern {pattern:?} must be an absolute path starting with '/'"));
+        }
+        let matcher = GlobBuilder::new(pattern)
+            .literal_separator(true)
+            .build()
+            .map_err(|e| format!("invalid cgroup pattern {pattern:?}: {e}"))?
+            .compile_matcher();
+        let base = pattern.strip_suffix("/**").map(str::to_string);
+        Ok(Self { pattern: pattern.to_string(), matcher, base })
+    }
+
+    pub fn is_match(&self, path: &str) -> bool {
+        self.matcher.is_match(path) || self.base.as_deref() == Some(path)
+    }
+
+    pub fn as_str(&self) -> &str {
+        &self.pattern
+    }
+}
+
+/// An executable path, exact or a glob (`/opt/agents/*/bin/agent`).
+#[derive(Debug, Clone)]
+pub struct ExeMatcher {
+    pattern: String,
+    matcher: GlobMatcher,
+}
+
+impl ExeMatcher {
+    pub fn new(pattern: &str) -> Result<Self, String> {
+        if !pattern.starts_with('/') {
+            return Err(format!("exe {pattern:?} must be an absolute path"));
+        }
+        let matcher = GlobBuilder::new(pattern)
+            .literal_separator(true)
+            .build()
+            .map_err(|e| format!("invalid exe pattern {pattern:?}: {e}"))?
+            .compile_matcher();
+        Ok(Self { pattern: pattern.to_string(), matcher })
+    }
+
+    pub fn is_match(&self, path: &str) -> bool {
+        self.matcher.is_match(path)
+    }
+
+    pub fn as_str(&self) -> &str {
+        &self.pattern
+    }
+}
+
+#[cfg(test)]
+pub(crate) mod tests {
+    use super::*;
+
+    #[derive(Default)]
+    pub struct TestFacts {
+        pub exe: Option<String>,
+        pub uid: Option<u32>,
+        pub cgroup: Option<String>,
+        pub digest: Option<blake3::Hash>,
+        pub digest_asked: u32,
+    }
+
+    impl Facts for TestFacts {
+        fn exe(&self) -> Option<&str> {
+            self.exe.as_deref()
+        }
+        fn uid(&self) -> Option<u32> {
+            self.uid
+        }
+        fn cgroup(&self) -> Option<&str> {
+            self.cgroup.as_deref()
+        }
+        fn digest(&mut self) -> Option<blake3::Hash> {
+            self.digest_asked += 1;
+            self.digest
+        }
+    }
+
+    #[test]
+    fn cgroup_glob_semantics() {
+        let g = CgroupGlob::new("/zt-agents/**").unwrap();
+        assert!(g.is_match("/zt-agents"));
+        assert!(g.is_match("/zt-agents/a"));
+        assert!(g.is_match("/zt-agents/a/b"));
+        assert!(!g.is_match("/zt-agents-evil"));
+        assert!(!g.is_match("/other/zt-agents"));
+        let one = CgroupGlob::new("/kubepods/*/pod*").unwrap();
+        assert!(one.is_match("/kubepods/burstable/pod123"));
+        assert!(!one.is_match("/kubepods/burstable/x/pod123"));
+        assert!(CgroupGlob::new("relative").is_err());
+        assert!(CgroupGlob::new("/a/[").is_err());
+    }
+
+    #[test]
+    fn all_keys_must_match() {
+        let sel = Selector {
+            exe: Some(ExeMatcher::new("/usr/bin/*").unwrap()),
+            uid: Some(1000),
+            ..Default::default()
+        };
+        let mut f = TestFacts { exe: Some("/usr/bin/python3".into()), uid: Some(1000), ..Default::default() };
+        assert!(sel.matches(&mut f));
+        f.uid = Some(0);
+        assert!(!sel.matches(&mut f));
+        f.uid = Some(1000);
+        f.exe = Some("/usr/local/bin/python3".into());
+        assert!(!sel.matches(&mut f));
+        f.exe = None;
+        assert!(!sel.matches(&mut f));
+    }
+
+    #[test]
+    fn digest_only_computed_when_needed() {
+        let h = blake3::hash(b"x");
+        let by_uid = Selector { uid: Some(1), ..Default::default() };
+        let by_digest = Selector { exe_digest: Some(h), ..Default::default() };
+        let mut f = TestFacts { uid: Some(1), digest: Some(h), ..Default::default() };
+        assert!(by_uid.matches(&mut f));
+        assert_eq!(f.digest_asked, 0);
+        assert!(by_digest.matches(&mut f));
+        assert_eq!(f.digest_asked, 1);
+        f.digest = Some(blake3::hash(b"y"));
+        assert!(!by_digest.matches(&mut f));
+    }
+
+    #[test]
+    fn descendant_selector_never_matches_self_and_kernel_only_detection() {
+        let inner = Selector { exe: Some(ExeMatcher::new("/bin/sh").unwrap()), ..Default::default() };
+        let d = Selector { descendant_of: Some(Box::new(inner)), ..Default::default() };
+        let mut f = TestFacts { exe: Some("/bin/sh".into()), ..Default::default() };
+        assert!(!d.matches(&mut f));
+        assert!(d.kernel_cgroup_only().is_none());
+        let c = Selector { cgroup: Some(CgroupGlob::new("/a/**").unwrap()), ..Default::default() };
+        assert_eq!(c.kernel_cgroup_only().unwrap().as_str(), "/a/**");
+        let cu = Selector { uid: Some(0), ..c };
+        assert!(cu.kernel_cgroup_only().is_none());
+    }
+}

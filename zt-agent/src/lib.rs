@@ -1,0 +1,15 @@
+//! zt-agent: zero-trust host enforcement for AI-agent workloads.
+//!
+//! # Layout
+//! - [`bpf`]: the only module that uses aya: load, attach, probe, typed maps.
+//! - [`identity`]: identity files, selectors, the resolver (plain Rust).
+//! - [`pipeline`]: ring buffer -> decode -> enrich -> outputs, loss counting.
+//! - [`control`]: the local control socket (`zt-agent status`).
+//! - [`host`]: mounts, cgroup v2, privileges, clocks.
+//! - [`run`]: the daemon: wires the above together and owns shutdown.
+pub mod bpf;
+pub mod control;
+pub mod host;
+pub mod identity;
+pub mod pipeline;
+pub mod run;

@@ -1,0 +1,313 @@
+//! Kernel events -> schema events: identity resolution for processes the
+//! kernel could not attribute alone, and enrichment from /proc.
+//!
+//! # Layout
+//! - [`Tables`]: the kernel tables the enricher writes (implemented over the
+//!   real maps in `pipeline::mod`; kept a trait so this file is plain Rust).
+//! - [`Enricher::process`]: one `RawEvent` -> one [`Event`].
+//! - A per-incarnation cache `(tgid, start_ns) -> ProcMeta`, so a recycled pid
+//!   never reuses a dead process's exe, cgroup or identity.
+use std::{collections::HashMap, sync::Arc, time::SystemTime};
+
+use zt_common::{NO_IDENTITY, ProcInfo, args_flags};
+
+use super::{
+    decode::{RawEvent, c_str},
+    event::{Body, ConnectInfo, Event, ExecInfo, IdentityRef, Process},
+};
+use crate::{
+    bpf::maps::Assign,
+    host,
+    identity::{Classification, Resolver, container, procfs},
+};
+
+/// Kernel tables the enricher updates.
+pub trait Tables {
+    fn assign(&mut self, tgid: u32, start_ns: u64, c: Classification) -> anyhow::Result<Assign>;
+    fn entries(&self) -> Vec<(u32, ProcInfo)>;
+    fn set_cgroup(&mut self, cgroup_id: u64, identity: u32) -> anyhow::Result<()>;
+    fn cgroup_known(&self, cgroup_id: u64) -> bool;
+}
+
+#[derive(Debug, Clone, Default)]
+struct ProcMeta {
+    exe: Option<String>,
+    cgroup: Option<String>,
+}
+
+/// Cap on cached process incarnations (entries are dropped at exit; the cap
+/// only matters if exits were lost).
+const MAX_CACHED: usize = 65_536;
+
+pub struct Enricher {
+    resolver: Resolver,
+    node: Arc<str>,
+    identity_refs: Vec<IdentityRef>,
+    procs: HashMap<(u32, u64), ProcMeta>,
+    /// Identities written into the kernel table by user space.
+    pub assigned: u64,
+}
+
+impl Enricher {
+    pub fn new(resolver: Resolver, node: Arc<str>) -> Self {
+        let identity_refs = resolver
+            .config()
+            .identities
+            .iter()
+            .map(|i| IdentityRef { name: i.name.as_str().into(), spiffe_id: i.spiffe_id.as_str().into() })
+            .collect();
+        Self { resolver, node, identity_refs, procs: HashMap::new(), assigned: 0 }
+    }
+
+    pub fn resolver_mut(&mut self) -> &mut Resolver {
+        &mut self.resolver
+    }
+
+    fn identity_ref(&self, id: u32) -> Option<IdentityRef> {
+        id.checked_sub(1).and_then(|i| self.identity_refs.get(i as usize)).cloned()
+    }
+
+    /// Wall-clock RFC 3339 time of a `CLOCK_BOOTTIME` timestamp.
+    pub fn wall_time(boot_ns: u64) -> String {
+        let now_boot = host::boottime_ns();
+        let age = std::time::Duration::from_nanos(now_boot.saturating_sub(boot_ns));
+        humantime::format_rfc3339_micros(SystemTime::now() - age).to_string()
+    }
+
+    pub fn event(&self, time: String, body: Body) -> Event {
+        Event { time, node: self.node.clone(), body }
+    }
+
+    pub fn process(&mut self, raw: RawEvent, tables: &mut dyn Tables) -> Event {
+        let h = *raw.header();
+        let time = Self::wall_time(h.time_ns);
+        let root = self.resolver.proc_root().to_path_buf();
+        match raw {
+            RawEvent::Exec(e) => {
+                let exe = procfs::exe(&root, h.tgid).or_else(|| Some(c_str(&e.filename[..e.filename_len as usize])));
+                let cgroup = procfs::cgroup_v2(&root, h.tgid);
+                let mut identity = h.identity;
+                if identity == NO_IDENTITY {
+                    identity = self.resolve(h.tgid, h.start_ns, exe.as_deref(), h.uid, cgroup.as_deref(), h.cgroup_id, tables);
+                }
+                let (argv, argv_source) = if e.args_flags & args_flags::MISSING == 0 {
+                    (procfs::split_nul(&e.args[..(e.args_len as usize).min(e.args.len())]), "kernel")
+                } else {
+                    match procfs::cmdline(&root, h.tgid) {
+                        Some(a) => (a, "proc"),
+                        None => (Vec::new(), "none"),
+                    }
+                };
+                let meta = ProcMeta { exe: exe.clone(), cgroup: cgroup.clone() };
+                if self.procs.len() >= MAX_CACHED {
+                    self.procs.clear();
+                }
+                self.procs.insert((h.tgid, h.start_ns), meta);
+                let process = self.process_info(&h, e.ppid, &e.comm, exe, cgroup);
+                let exec = ExecInfo {
+                    filename: c_str(&e.filename[..(e.filename_len as usize).min(e.filename.len())]),
+                    argv,
+                    argv_truncated: e.args_flags & args_flags::TRUNCATED != 0,
+                    argv_source,
+                };
+                self.event(time, Body::Exec { process, identity: self.identity_ref(identity), exec })
+            }
+            RawEvent::Exit(e) => {
+                let meta = self.procs.remove(&(h.tgid, h.start_ns)).unwrap_or_default();
+                let process = self.process_info(&h, e.ppid, &e.comm, meta.exe, meta.cgroup);
+                self.event(time, Body::Exit { process, identity: self.identity_ref(h.identity) })
+            }
+            RawEvent::Connect(c) => {
+                let meta = self.meta(h.tgid, h.start_ns);
+                let process = self.process_info(&h, 0, &c.comm, meta.exe, meta.cgroup);
+                let connect = ConnectInfo::from_raw(c.family, c.addr, c.port, c.sock_type, c.protocol);
+                self.event(time, Body::Connect { process, identity: self.identity_ref(h.identity), connect })
+            }
+        }
+    }
+
+    /// Cached metadata of a process incarnation, read from /proc on a miss.
+    fn meta(&mut self, tgid: u32, start_ns: u64) -> ProcMeta {
+        let root = self.resolver.proc_root().to_path_buf();
+        self.procs
+            .entry((tgid, start_ns))
+            .or_insert_with(|| ProcMeta { exe: procfs::exe(&root, tgid), cgroup: procfs::cgroup_v2(&root, tgid) })
+            .clone()
+    }
+
+    fn process_info(
+        &self,
+        h: &zt_common::EventHeader,
+        ppid: u32,
+        comm: &[u8],
+        exe: Option<String>,
+        cgroup: Option<String>,
+    ) -> Process {
+        let w = cgroup.as_deref().map(container::parse).unwrap_or_default();
+        Process {
+            pid: h.tgid,
+            tid: h.tid,
+            ppid,
+            start_ns: h.start_ns,
+            uid: h.uid,
+            gid: h.gid,
+            comm: c_str(comm),
+            exe,
+            cgroup,
+            cgroup_id: h.cgroup_id,
+            pod_uid: w.pod_uid,
+            container_id: w.container_id,
+        }
+    }
+
+    /// Classifies a process the kernel left unattributed and writes the result
+    /// into the kernel table; returns the identity the event should carry.
+    #[allow(clippy::too_many_arguments)]
+    fn resolve(
+        &mut self,
+        tgid: u32,
+        start_ns: u64,
+        exe: Option<&str>,
+        uid: u32,
+        cgroup: Option<&str>,
+        cgroup_id: u64,
+        tables: &mut dyn Tables,
+    ) -> u32 {
+        // A cgroup created after start-up: teach the kernel its identity so
+        // later forks and execs in it are attributed without us.
+        if let Some(path) = cgroup
+            && cgroup_id != 0
+            && !tables.cgroup_known(cgroup_id)
+        {
+            let id = self.resolver.cgroup_identity(path);
+            if id != NO_IDENTITY {
+                if let Err(e) = tables.set_cgroup(cgroup_id, id) {
+                    tracing::warn!("{e:#}");
+                }
+            }
+        }
+        let c = self.resolver.classify(tgid, exe, Some(uid), cgroup);
+        if c == Classification::default() {
+            return NO_IDENTITY;
+        }
+        match tables.assign(tgid, start_ns, c) {
+            Ok(Assign::Updated) => {
+                self.assigned += 1;
+                let inherit = if c.identity != NO_IDENTITY { c.identity } else { c.child_identity };
+                propagate(tables, tgid, inherit);
+                c.identity
+            }
+            Ok(Assign::AlreadyAttributed(id)) => id,
+            Ok(Assign::Gone) => NO_IDENTITY,
+            Err(e) => {
+                tracing::warn!("assigning identity to pid {tgid}: {e:#}");
+                NO_IDENTITY
+            }
+        }
+    }
+}
+
+/// Gives `identity` to every unattributed descendant of `root` in the table:
+/// children the process forked before user space classified it.
+pub fn propagate(tables: &mut dyn Tables, root: u32, identity: u32) {
+    if identity == NO_IDENTITY {
+        return;
+    }
+    let entries = tables.entries();
+    let parent: HashMap<u32, u32> = entries.iter().map(|(pid, i)| (*pid, i.ppid)).collect();
+    let descends = |mut pid: u32| {
+        // Bounded walk: the table could hold a (stale) cycle.
+        for _ in 0..64 {
+            match parent.get(&pid) {
+                Some(&pp) if pp == root => return true,
+                Some(&pp) if pp != 0 && pp != pid => pid = pp,
+                _ => return false,
+            }
+        }
+        false
+    };
+    for (pid, info) in &entries {
+        if info.identity == NO_IDENTITY && *pid != root && descends(*pid) {
+            let c = Classification { identity, child_identity: 0 };
+            if let Err(e) = tables.assign(*pid, info.start_ns, c) {
+                tracing::warn!("propagating identity to pid {pid}: {e:#}");
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// In-memory tables with the same assign semantics as the real map
+    /// wrapper (start_ns check, sticky identity).
+    #[derive(Default)]
+    struct MemTables {
+        procs: HashMap<u32, ProcInfo>,
+        cgroups: HashMap<u64, u32>,
+    }
+
+    impl Tables for MemTables {
+        fn assign(&mut self, tgid: u32, start_ns: u64, c: Classification) -> anyhow::Result<Assign> {
+            let Some(p) = self.procs.get_mut(&tgid) else { return Ok(Assign::Gone) };
+            if p.start_ns != start_ns {
+                return Ok(Assign::Gone);
+            }
+            if p.identity != 0 {
+                return Ok(Assign::AlreadyAttributed(p.identity));
+            }
+            p.identity = c.identity;
+            p.child_identity = c.child_identity;
+            Ok(Assign::Updated)
+        }
+        fn entries(&self) -> Vec<(u32, ProcInfo)> {
+            self.procs.iter().map(|(k, v)| (*k, *v)).collect()
+        }
+        fn set_cgroup(&mut self, id: u64, identity: u32) -> anyhow::Result<()> {
+            self.cgroups.insert(id, identity);
+            Ok(())
+        }
+        fn cgroup_known(&self, id: u64) -> bool {
+            self.cgroups.contains_key(&id)
+        }
+    }
+
+    fn info(ppid: u32, start_ns: u64) -> ProcInfo {
+        ProcInfo { ppid, start_ns, ..Default::default() }
+    }
+
+    #[test]
+    fn propagate_reaches_grandchildren_only() {
+        let mut t = MemTables::default();
+        t.procs.insert(10, info(1, 100));
+        t.procs.insert(11, info(10, 101));
+        t.procs.insert(12, info(11, 102));
+        t.procs.insert(20, info(1, 103));
+        t.procs.insert(13, ProcInfo { identity: 9, ..info(10, 104) });
+        propagate(&mut t, 10, 3);
+        assert_eq!(t.procs[&11].identity, 3);
+        assert_eq!(t.procs[&12].identity, 3);
+        assert_eq!(t.procs[&20].identity, 0);
+        assert_eq!(t.procs[&13].identity, 9, "an identity already held is kept");
+        assert_eq!(t.procs[&10].identity, 0, "root is assigned by the caller");
+    }
+
+    #[test]
+    fn stale_incarnation_is_not_assigned() {
+        let cfg = crate::identity::config::parse(
+            "t.yaml",
+            "apiVersion: zt-agent.io/v1alpha1\nkind: HostPolicy\nspec:\n  trustDomain: t\n  identities:\n    - name: u\n      selectors:\n        - uid: 4242\n",
+        )
+        .unwrap();
+        let mut en = Enricher::new(Resolver::new(Arc::new(cfg), "/proc"), "n".into());
+        let mut t = MemTables::default();
+        t.procs.insert(77, info(1, 500));
+        // Event of an older incarnation of pid 77 (start 400): must not touch 77.
+        assert_eq!(en.resolve(77, 400, None, 4242, None, 0, &mut t), 0);
+        assert_eq!(t.procs[&77].identity, 0);
+        assert_eq!(en.resolve(77, 500, None, 4242, None, 0, &mut t), 1);
+        assert_eq!(t.procs[&77].identity, 1);
+        assert_eq!(en.identity_ref(1).unwrap().spiffe_id.as_ref(), "spiffe://t/u");
+    }
+}

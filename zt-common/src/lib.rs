@@ -1,0 +1,289 @@
+//! The kernel/user ABI of zt-agent: every type that crosses the boundary
+//! between `zt-ebpf` (kernel) and `zt-agent` (user space).
+//!
+//! # Layout
+//! - [`maps`]: map names and capacities, shared by both sides.
+//! - [`ProcInfo`]: the value of the in-kernel process table (keyed by tgid).
+//! - [`EventHeader`] and the records behind it ([`ExecEvent`], [`ExitEvent`],
+//!   [`ConnectEvent`]), written to the one ring buffer.
+//! - [`Config`]: run-time switches user space writes into the `CONFIG` map.
+//! - [`loss`]: indices of the per-CPU loss counters.
+//!
+//! Rules for every type here: `#[repr(C)]`, `Copy`, explicit padding fields so
+//! there is no implicit padding (the kernel verifier and `aya::Pod` both need
+//! every byte initialised), `u32` flags instead of `bool`, and a
+//! `const _: () = assert!(size_of::<T>() == N)` so that layout drift fails
+//! the build instead of corrupting events.
+#![no_std]
+
+use core::mem::size_of;
+
+/// Map names (the symbol names in `zt-ebpf/src/maps.rs`) and capacities.
+pub mod maps {
+    /// tgid -> [`crate::ProcInfo`].
+    pub const PROC_TABLE: &str = "PROC_TABLE";
+    pub const PROC_TABLE_CAPACITY: u32 = 65_536;
+    /// cgroup v2 id -> identity id (cgroups user space resolved to an identity).
+    pub const CGROUP_IDENTITY: &str = "CGROUP_IDENTITY";
+    pub const CGROUP_IDENTITY_CAPACITY: u32 = 16_384;
+    /// tid -> argv captured at `sys_enter_execve`, consumed at `sched_process_exec`.
+    pub const EXEC_ARGS: &str = "EXEC_ARGS";
+    pub const EXEC_ARGS_CAPACITY: u32 = 4_096;
+    /// The one ring buffer of events.
+    pub const EVENTS: &str = "EVENTS";
+    /// Default ring buffer size in bytes (power of two, multiple of the page size).
+    pub const EVENTS_DEFAULT_BYTES: u32 = 8 << 20;
+    /// Per-CPU array of loss counters, indexed by [`crate::loss`].
+    pub const LOSS: &str = "LOSS";
+    /// Array with one [`crate::Config`].
+    pub const CONFIG: &str = "CONFIG";
+}
+
+/// Program names (the function names in `zt-ebpf`).
+pub mod programs {
+    pub const FORK: &str = "sched_process_fork";
+    pub const EXEC: &str = "sched_process_exec";
+    pub const EXIT: &str = "sched_process_exit";
+    pub const EXECVE_ARGS: &str = "sys_enter_execve";
+    pub const EXECVEAT_ARGS: &str = "sys_enter_execveat";
+    pub const CONNECT4: &str = "connect4";
+    pub const CONNECT6: &str = "connect6";
+    /// Tiny programs loaded only by `zt-agent probe`.
+    pub const PROBE_TRACEPOINT: &str = "probe_tracepoint";
+    pub const PROBE_RAW_TRACEPOINT: &str = "probe_raw_tracepoint";
+    pub const PROBE_SEND_SIGNAL: &str = "probe_send_signal";
+    pub const PROBE_LSM: &str = "probe_lsm_file_open";
+    pub const PROBE_FENTRY: &str = "probe_fentry";
+    pub const PROBE_KPROBE: &str = "probe_kprobe";
+    pub const PROBE_SOCK_ADDR: &str = "probe_sock_addr";
+
+    /// Every program the object must contain (checked by the ELF test).
+    pub const ALL: &[&str] = &[
+        FORK,
+        EXEC,
+        EXIT,
+        EXECVE_ARGS,
+        EXECVEAT_ARGS,
+        CONNECT4,
+        CONNECT6,
+        PROBE_TRACEPOINT,
+        PROBE_RAW_TRACEPOINT,
+        PROBE_SEND_SIGNAL,
+        PROBE_LSM,
+        PROBE_FENTRY,
+        PROBE_KPROBE,
+        PROBE_SOCK_ADDR,
+    ];
+}
+
+/// Names of the read-only globals user space sets at load time: tracepoint
+/// field offsets read from tracefs `format` files, because the layouts differ
+/// between kernels (e.g. `sched_process_fork` switched its comm fields to
+/// `__data_loc` strings, moving `child_pid` from offset 44 to 20).
+pub mod globals {
+    pub const FORK_PARENT_PID: &str = "FORK_PARENT_PID_OFF";
+    pub const FORK_CHILD_PID: &str = "FORK_CHILD_PID_OFF";
+    pub const EXEC_FILENAME: &str = "EXEC_FILENAME_OFF";
+    pub const EXEC_OLD_PID: &str = "EXEC_OLD_PID_OFF";
+    /// Offset of `group_dead` in `sched_process_exit`, or [`ABSENT`] on
+    /// kernels whose tracepoint lacks the field.
+    pub const EXIT_GROUP_DEAD: &str = "EXIT_GROUP_DEAD_OFF";
+    pub const ABSENT: u32 = u32::MAX;
+}
+
+/// Identity id 0: the process belongs to no identity (the fast path).
+pub const NO_IDENTITY: u32 = 0;
+
+/// Value of the process table, keyed by tgid.
+///
+/// `start_ns` makes an entry one process incarnation: the kernel overwrites the
+/// entry at every fork of that pid, and user space only updates an entry whose
+/// `start_ns` still equals the one it resolved, so a recycled pid never
+/// inherits a dead process's identity.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct ProcInfo {
+    /// `CLOCK_BOOTTIME` ns at fork (kernel) or from `/proc/<pid>/stat` (seeded).
+    pub start_ns: u64,
+    /// cgroup v2 id at fork or last exec.
+    pub cgroup_id: u64,
+    /// Parent tgid at fork (0 when unknown).
+    pub ppid: u32,
+    /// Identity of this process, [`NO_IDENTITY`] when none.
+    pub identity: u32,
+    /// Identity given to this process's descendants ("descendant of"
+    /// selectors): a child of this process gets it at fork.
+    pub child_identity: u32,
+    /// [`proc_flags`] bits.
+    pub flags: u32,
+}
+const _: () = assert!(size_of::<ProcInfo>() == 32);
+
+pub mod proc_flags {
+    /// Entry was created at exec of a process the table did not know.
+    pub const SEEN_AT_EXEC: u32 = 1 << 0;
+    /// Entry was seeded by user space from /proc.
+    pub const SEEDED: u32 = 1 << 1;
+    /// Identity was set by user space (selector match), not inherited.
+    pub const RESOLVED: u32 = 1 << 2;
+}
+
+/// Event kinds (first field of every ring buffer record).
+pub mod kind {
+    pub const EXEC: u32 = 1;
+    pub const EXIT: u32 = 2;
+    pub const CONNECT: u32 = 3;
+}
+
+/// Common prefix of every ring buffer record.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct EventHeader {
+    /// One of [`kind`].
+    pub kind: u32,
+    pub tgid: u32,
+    pub tid: u32,
+    /// Identity at the time of the event.
+    pub identity: u32,
+    /// `CLOCK_BOOTTIME` ns of the event.
+    pub time_ns: u64,
+    /// [`ProcInfo::start_ns`] of the process (0 when not in the table).
+    pub start_ns: u64,
+    pub cgroup_id: u64,
+    pub uid: u32,
+    pub gid: u32,
+}
+const _: () = assert!(size_of::<EventHeader>() == 48);
+
+pub const COMM_LEN: usize = 16;
+pub const FILENAME_LEN: usize = 256;
+/// Bytes of argv kept per exec (NUL-separated, truncated beyond).
+pub const ARGS_LEN: usize = 1024;
+/// Arguments read per exec at most.
+pub const MAX_ARGS: u32 = 32;
+
+/// argv captured at `sys_enter_execve*`, keyed by tid in `EXEC_ARGS`.
+///
+/// The buffer is twice [`ARGS_LEN`] so the eBPF side can write up to
+/// `ARGS_LEN` bytes at any masked offset below `ARGS_LEN` (the verifier
+/// needs a provable bound); only the first `len` bytes are meaningful.
+#[repr(C)]
+#[derive(Clone, Copy, Debug)]
+pub struct ExecArgs {
+    /// Meaningful bytes in `buf` (<= ARGS_LEN).
+    pub len: u32,
+    /// Arguments read.
+    pub argc: u32,
+    /// 1 when argv was longer than what was kept.
+    pub truncated: u32,
+    pub _pad: u32,
+    pub buf: [u8; 2 * ARGS_LEN],
+}
+const _: () = assert!(size_of::<ExecArgs>() == 16 + 2 * ARGS_LEN);
+
+#[repr(C)]
+#[derive(Clone, Copy, Debug)]
+pub struct ExecEvent {
+    pub header: EventHeader,
+    pub ppid: u32,
+    /// tid that called execve (differs from tgid when a thread exec'd).
+    pub old_tid: u32,
+    /// Bytes of `filename` before its NUL.
+    pub filename_len: u32,
+    /// Bytes of `args` that are meaningful (NUL-separated argv).
+    pub args_len: u32,
+    pub argc: u32,
+    /// 1 when argv was truncated, 2 when argv was not captured at all.
+    pub args_flags: u32,
+    pub comm: [u8; COMM_LEN],
+    pub filename: [u8; FILENAME_LEN],
+    pub args: [u8; ARGS_LEN],
+}
+const _: () = assert!(size_of::<ExecEvent>() == 48 + 24 + 16 + 256 + 1024);
+
+pub mod args_flags {
+    pub const TRUNCATED: u32 = 1;
+    pub const MISSING: u32 = 2;
+}
+
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct ExitEvent {
+    pub header: EventHeader,
+    pub ppid: u32,
+    pub _pad: u32,
+    pub comm: [u8; COMM_LEN],
+}
+const _: () = assert!(size_of::<ExitEvent>() == 48 + 8 + 16);
+
+/// Address family values in [`ConnectEvent::family`] (Linux `AF_*`).
+pub const AF_INET: u16 = 2;
+pub const AF_INET6: u16 = 10;
+
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct ConnectEvent {
+    pub header: EventHeader,
+    /// [`AF_INET`] or [`AF_INET6`].
+    pub family: u16,
+    /// Destination port, host byte order.
+    pub port: u16,
+    /// Socket type (`SOCK_STREAM` = 1, `SOCK_DGRAM` = 2).
+    pub sock_type: u32,
+    /// IP protocol (6 tcp, 17 udp; 0 when the socket left it implicit).
+    pub protocol: u32,
+    pub _pad: u32,
+    /// Destination address in network byte order; IPv4 in the first 4 bytes.
+    pub addr: [u8; 16],
+    pub comm: [u8; COMM_LEN],
+}
+const _: () = assert!(size_of::<ConnectEvent>() == 48 + 16 + 16 + 16);
+
+/// Run-time switches, the single entry of the `CONFIG` array.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Config {
+    /// [`config_flags`] bits.
+    pub flags: u32,
+    /// Ring buffer fill level (bytes) above which a submit wakes the consumer;
+    /// below it records are submitted without a wakeup and the consumer polls.
+    pub wakeup_bytes: u32,
+}
+const _: () = assert!(size_of::<Config>() == 8);
+
+pub mod config_flags {
+    /// Emit connect events for processes without an identity too.
+    pub const OBSERVE_ALL_CONNECTS: u32 = 1 << 0;
+    /// Emit exec/exit events for processes without an identity too.
+    pub const OBSERVE_ALL_PROCESSES: u32 = 1 << 1;
+}
+
+/// Indices of the per-CPU `LOSS` counters.
+pub mod loss {
+    /// `bpf_ringbuf_reserve` failed for an exec event.
+    pub const RINGBUF_EXEC: u32 = 0;
+    pub const RINGBUF_EXIT: u32 = 1;
+    pub const RINGBUF_CONNECT: u32 = 2;
+    /// The process table was full at fork/exec (attribution lost for a process).
+    pub const PROC_TABLE_FULL: u32 = 3;
+    /// argv could not be stashed (EXEC_ARGS full or read fault).
+    pub const EXEC_ARGS: u32 = 4;
+    pub const COUNT: u32 = 5;
+    pub const NAMES: [&str; COUNT as usize] = [
+        "ringbuf_exec",
+        "ringbuf_exit",
+        "ringbuf_connect",
+        "proc_table_full",
+        "exec_args",
+    ];
+}
+
+#[cfg(feature = "user")]
+mod pod {
+    use super::*;
+    // SAFETY: all are #[repr(C)], Copy, contain only integers and byte arrays,
+    // and have no implicit padding (checked by the size asserts above).
+    unsafe impl aya::Pod for ProcInfo {}
+    unsafe impl aya::Pod for Config {}
+    unsafe impl aya::Pod for ExecArgs {}
+}

@@ -1,0 +1,293 @@
+//! Process lineage: the in-kernel process table and exec/exit events.
+//!
+//! - `sched_process_fork`: the child gets its parent's identity (or the
+//!   parent's `child_identity`, for "descendant of" selectors, or its cgroup's
+//!   identity) before it runs its first instruction. The entry is always
+//!   overwritten, so a recycled pid starts from its own parent, never from the
+//!   dead process that held the number before.
+//! - `sys_enter_execve[at]`: argv is read from user memory into `EXEC_ARGS`
+//!   (keyed by tid) while the old image still exists.
+//! - `sched_process_exec`: refresh cgroup, adopt the cgroup's identity if the
+//!   process had none, emit an exec event with filename and argv.
+//! - `sched_process_exit`: on the death of the whole thread group, emit an exit
+//!   event and drop the entry.
+//!
+//! Threads: `sched_process_fork` also fires for `clone(CLONE_THREAD)` and the
+//! tracepoint does not say which it was, so a thread gets a (harmless) entry
+//! keyed by its tid, removed when the thread exits. Lookups are always by
+//! tgid, so threads act with their process's identity.
+use aya_ebpf::{
+    EbpfContext,
+    bindings::BPF_ANY,
+    helpers::{
+        bpf_get_current_cgroup_id, bpf_get_current_comm, bpf_get_current_pid_tgid,
+        bpf_get_current_uid_gid, bpf_probe_read_kernel_str_bytes, bpf_probe_read_user,
+        generated::{bpf_ktime_get_boot_ns, bpf_probe_read_kernel, bpf_probe_read_user_str},
+    },
+    macros::tracepoint,
+    programs::TracePointContext,
+};
+use aya_log_ebpf::warn;
+use zt_common::{
+    ARGS_LEN, EventHeader, ExecEvent, ExitEvent, MAX_ARGS, NO_IDENTITY, ProcInfo, args_flags,
+    globals::ABSENT, kind, loss, proc_flags,
+};
+
+use crate::{
+    events::{count_loss, reserve, submit},
+    maps::{
+        ARGS_SCRATCH, CGROUP_IDENTITY, EXEC_ARGS, EXEC_FILENAME_OFF, EXEC_OLD_PID_OFF,
+        EXIT_GROUP_DEAD_OFF, FORK_CHILD_PID_OFF, PROC_TABLE, global,
+    },
+};
+
+/// Offset of the first argument in a `syscalls/sys_enter_*` record: a stable
+/// layout (`__syscall_nr` at 8, then 8-byte args) on every kernel.
+const SYSCALL_ARG0: usize = 16;
+
+#[inline(always)]
+fn cgroup_identity(cgroup_id: u64) -> u32 {
+    match unsafe { CGROUP_IDENTITY.get(&cgroup_id) } {
+        Some(id) => *id,
+        None => NO_IDENTITY,
+    }
+}
+
+#[inline(always)]
+pub fn event_header(kind: u32, identity: u32, start_ns: u64, cgroup_id: u64) -> EventHeader {
+    let pid_tgid = bpf_get_current_pid_tgid();
+    let uid_gid = bpf_get_current_uid_gid();
+    EventHeader {
+        kind,
+        tgid: (pid_tgid >> 32) as u32,
+        tid: pid_tgid as u32,
+        identity,
+        time_ns: unsafe { bpf_ktime_get_boot_ns() },
+        start_ns,
+        cgroup_id,
+        uid: uid_gid as u32,
+        gid: (uid_gid >> 32) as u32,
+    }
+}
+
+#[tracepoint]
+pub fn sched_process_fork(ctx: TracePointContext) -> u32 {
+    match try_fork(&ctx) {
+        Ok(()) | Err(_) => 0,
+    }
+}
+
+fn try_fork(ctx: &TracePointContext) -> Result<(), i64> {
+    let child: i32 = unsafe { ctx.read_at(global(&FORK_CHILD_PID_OFF) as usize)? };
+    let parent = (bpf_get_current_pid_tgid() >> 32) as u32;
+    let cgroup_id = unsafe { bpf_get_current_cgroup_id() };
+    let mut identity = match unsafe { PROC_TABLE.get(&parent) } {
+        Some(p) if p.identity != NO_IDENTITY => p.identity,
+        Some(p) => p.child_identity,
+        None => NO_IDENTITY,
+    };
+    if identity == NO_IDENTITY {
+        identity = cgroup_identity(cgroup_id);
+    }
+    let info = ProcInfo {
+        start_ns: unsafe { bpf_ktime_get_boot_ns() },
+        cgroup_id,
+        ppid: parent,
+        identity,
+        child_identity: NO_IDENTITY,
+        flags: 0,
+    };
+    if PROC_TABLE.insert(&(child as u32), &info, BPF_ANY as u64).is_err() {
+        count_loss(loss::PROC_TABLE_FULL);
+        warn!(ctx, "process table full: pid {} is not attributed", child);
+    }
+    Ok(())
+}
+
+#[tracepoint]
+pub fn sys_enter_execve(ctx: TracePointContext) -> u32 {
+    let _ = capture_args(&ctx, SYSCALL_ARG0 + 8);
+    0
+}
+
+#[tracepoint]
+pub fn sys_enter_execveat(ctx: TracePointContext) -> u32 {
+    let _ = capture_args(&ctx, SYSCALL_ARG0 + 16);
+    0
+}
+
+/// Copies up to `ARGS_LEN` bytes of NUL-separated argv into `EXEC_ARGS[tid]`.
+fn capture_args(ctx: &TracePointContext, argv_offset: usize) -> Result<(), i64> {
+    let argv: *const *const u8 = unsafe { ctx.read_at(argv_offset)? };
+    let tid = bpf_get_current_pid_tgid() as u32;
+    let Some(scratch) = ARGS_SCRATCH.get_ptr_mut(0) else {
+        return Err(-1);
+    };
+    let args = unsafe { &mut *scratch };
+    args.argc = 0;
+    args.truncated = 0;
+    let mut off: u32 = 0;
+    if !argv.is_null() {
+        for i in 0..MAX_ARGS {
+            let arg: *const u8 = match unsafe { bpf_probe_read_user(argv.add(i as usize)) } {
+                Ok(p) => p,
+                Err(_) => break,
+            };
+            if arg.is_null() {
+                break;
+            }
+            if off >= ARGS_LEN as u32 {
+                args.truncated = 1;
+                break;
+            }
+            // Masked offset + constant size: the verifier can prove the write
+            // stays inside the 2*ARGS_LEN buffer.
+            let dst = unsafe { args.buf.as_mut_ptr().add((off & (ARGS_LEN as u32 - 1)) as usize) };
+            let n = unsafe { bpf_probe_read_user_str(dst.cast(), ARGS_LEN as u32, arg.cast()) };
+            if n <= 0 {
+                break;
+            }
+            off += n as u32;
+            args.argc += 1;
+        }
+    }
+    if off > ARGS_LEN as u32 {
+        off = ARGS_LEN as u32;
+        args.truncated = 1;
+    }
+    args.len = off;
+    if EXEC_ARGS.insert(&tid, args, BPF_ANY as u64).is_err() {
+        count_loss(loss::EXEC_ARGS);
+    }
+    Ok(())
+}
+
+#[tracepoint]
+pub fn sched_process_exec(ctx: TracePointContext) -> u32 {
+    match try_exec(&ctx) {
+        Ok(()) | Err(_) => 0,
+    }
+}
+
+fn try_exec(ctx: &TracePointContext) -> Result<(), i64> {
+    let tgid = (bpf_get_current_pid_tgid() >> 32) as u32;
+    let old_tid: i32 = unsafe { ctx.read_at(global(&EXEC_OLD_PID_OFF) as usize)? };
+    let cgroup_id = unsafe { bpf_get_current_cgroup_id() };
+
+    let (identity, start_ns, ppid) = match PROC_TABLE.get_ptr_mut(&tgid) {
+        Some(p) => {
+            let p = unsafe { &mut *p };
+            p.cgroup_id = cgroup_id;
+            if p.identity == NO_IDENTITY {
+                p.identity = cgroup_identity(cgroup_id);
+            }
+            (p.identity, p.start_ns, p.ppid)
+        }
+        None => {
+            // A process that forked before our programs were attached and was
+            // not seeded yet: start its entry now (parent unknown).
+            let info = ProcInfo {
+                start_ns: unsafe { bpf_ktime_get_boot_ns() },
+                cgroup_id,
+                ppid: 0,
+                identity: cgroup_identity(cgroup_id),
+                child_identity: NO_IDENTITY,
+                flags: proc_flags::SEEN_AT_EXEC,
+            };
+            if PROC_TABLE.insert(&tgid, &info, BPF_ANY as u64).is_err() {
+                count_loss(loss::PROC_TABLE_FULL);
+            }
+            (info.identity, info.start_ns, 0)
+        }
+    };
+
+    let args = unsafe { EXEC_ARGS.get(&(old_tid as u32)) };
+    let Some(mut entry) = reserve::<ExecEvent>(loss::RINGBUF_EXEC) else {
+        if args.is_some() {
+            let _ = EXEC_ARGS.remove(&(old_tid as u32));
+        }
+        return Ok(());
+    };
+    let ev = entry.as_mut_ptr();
+    unsafe {
+        (*ev).header = event_header(kind::EXEC, identity, start_ns, cgroup_id);
+        (*ev).ppid = ppid;
+        (*ev).old_tid = old_tid as u32;
+        (*ev).comm = bpf_get_current_comm().unwrap_or([0; 16]);
+        // __data_loc: low 16 bits offset from the record start, high 16 length.
+        let loc: u32 = ctx.read_at(global(&EXEC_FILENAME_OFF) as usize).unwrap_or(0);
+        let src = ctx.as_ptr().cast::<u8>().add((loc & 0xffff) as usize);
+        (*ev).filename_len = match bpf_probe_read_kernel_str_bytes(src, &mut (*ev).filename) {
+            Ok(s) => s.len() as u32,
+            Err(_) => 0,
+        };
+        match args {
+            Some(a) => {
+                let len = if a.len > ARGS_LEN as u32 { ARGS_LEN as u32 } else { a.len };
+                bpf_probe_read_kernel(
+                    (*ev).args.as_mut_ptr().cast(),
+                    ARGS_LEN as u32,
+                    a.buf.as_ptr().cast(),
+                );
+                (*ev).args_len = len;
+                (*ev).argc = a.argc;
+                (*ev).args_flags = if a.truncated != 0 { args_flags::TRUNCATED } else { 0 };
+            }
+            None => {
+                (*ev).args_len = 0;
+                (*ev).argc = 0;
+                (*ev).args_flags = args_flags::MISSING;
+            }
+        }
+    }
+    if args.is_some() {
+        let _ = EXEC_ARGS.remove(&(old_tid as u32));
+    }
+    submit(entry);
+    Ok(())
+}
+
+#[tracepoint]
+pub fn sched_process_exit(ctx: TracePointContext) -> u32 {
+    match try_exit(&ctx) {
+        Ok(()) | Err(_) => 0,
+    }
+}
+
+fn try_exit(ctx: &TracePointContext) -> Result<(), i64> {
+    let pid_tgid = bpf_get_current_pid_tgid();
+    let tgid = (pid_tgid >> 32) as u32;
+    let tid = pid_tgid as u32;
+    let off = global(&EXIT_GROUP_DEAD_OFF);
+    // Without `group_dead` (older kernels) the leader's exit stands for the
+    // group's; a leader that exits before its threads then leaves them
+    // unattributed until user space re-seeds the entry.
+    let group_dead = if off == ABSENT {
+        tid == tgid
+    } else {
+        (unsafe { ctx.read_at::<u8>(off as usize)? }) != 0
+    };
+    if tid != tgid {
+        // The per-thread entry created at clone (see module docs).
+        let _ = PROC_TABLE.remove(&tid);
+    }
+    if !group_dead {
+        return Ok(());
+    }
+    let (identity, start_ns, ppid, cgroup_id) = match unsafe { PROC_TABLE.get(&tgid) } {
+        Some(p) => (p.identity, p.start_ns, p.ppid, p.cgroup_id),
+        None => (NO_IDENTITY, 0, 0, unsafe { bpf_get_current_cgroup_id() }),
+    };
+    let _ = PROC_TABLE.remove(&tgid);
+    if let Some(mut entry) = reserve::<ExitEvent>(loss::RINGBUF_EXIT) {
+        let ev = entry.as_mut_ptr();
+        unsafe {
+            (*ev).header = event_header(kind::EXIT, identity, start_ns, cgroup_id);
+            (*ev).ppid = ppid;
+            (*ev)._pad = 0;
+            (*ev).comm = bpf_get_current_comm().unwrap_or([0; 16]);
+        }
+        submit(entry);
+    }
+    Ok(())
+}

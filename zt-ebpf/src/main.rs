@@ -1,0 +1,28 @@
+//! zt-ebpf: the kernel side of zt-agent, one object.
+//!
+//! # Layout
+//! - `maps`: every map (`#[map]` statics) and the read-only globals.
+//! - `events`: ring buffer submit with batched wakeups, loss counting.
+//! - `lineage`: process table at fork/exec/exit, argv capture, exec/exit events.
+//! - `net`: cgroup `connect4`/`connect6` observation.
+//! - `probe`: tiny programs `zt-agent probe` loads to learn what this kernel runs.
+#![no_std]
+#![no_main]
+
+mod events;
+mod lineage;
+mod maps;
+mod net;
+mod probe;
+
+#[cfg(not(test))]
+#[panic_handler]
+fn panic(_info: &core::panic::PanicInfo) -> ! {
+    // eBPF programs cannot panic at run time; any reachable panic path makes
+    // the verifier reject the program, which is what we want.
+    loop {}
+}
+
+#[unsafe(link_section = "license")]
+#[unsafe(no_mangle)]
+static LICENSE: [u8; 4] = *b"GPL\0";

@@ -1,0 +1,64 @@
+//! Every map of the object, and the load-time globals.
+//!
+//! Names and capacities come from `zt_common::maps`; user space opens the maps
+//! by the same names (`zt-agent/src/bpf/maps.rs`).
+use aya_ebpf::{
+    macros::map,
+    maps::{Array, HashMap, LruHashMap, PerCpuArray, RingBuf},
+};
+use zt_common::{Config, ExecArgs, ProcInfo, loss, maps};
+
+#[map]
+pub static PROC_TABLE: HashMap<u32, ProcInfo> =
+    HashMap::with_max_entries(maps::PROC_TABLE_CAPACITY, 0);
+
+#[map]
+pub static CGROUP_IDENTITY: HashMap<u64, u32> =
+    HashMap::with_max_entries(maps::CGROUP_IDENTITY_CAPACITY, 0);
+
+/// LRU: an execve that fails never reaches `sched_process_exec`, so its entry
+/// is never consumed; LRU eviction bounds the leftovers.
+#[map]
+pub static EXEC_ARGS: LruHashMap<u32, ExecArgs> =
+    LruHashMap::with_max_entries(maps::EXEC_ARGS_CAPACITY, 0);
+
+/// Scratch space to build an `ExecArgs` (2 KiB, far over the 512-byte stack).
+#[map]
+pub static ARGS_SCRATCH: PerCpuArray<ExecArgs> = PerCpuArray::with_max_entries(1, 0);
+
+#[map]
+pub static EVENTS: RingBuf = RingBuf::with_byte_size(maps::EVENTS_DEFAULT_BYTES, 0);
+
+#[map]
+pub static LOSS: PerCpuArray<u64> = PerCpuArray::with_max_entries(loss::COUNT, 0);
+
+#[map]
+pub static CONFIG: Array<Config> = Array::with_max_entries(1, 0);
+
+/// Tracepoint field offsets, overridden by user space from tracefs `format`
+/// files (see `zt_common::globals`). Defaults are Linux 6.18's.
+#[unsafe(no_mangle)]
+pub static FORK_PARENT_PID_OFF: u32 = 12;
+#[unsafe(no_mangle)]
+pub static FORK_CHILD_PID_OFF: u32 = 20;
+#[unsafe(no_mangle)]
+pub static EXEC_FILENAME_OFF: u32 = 8;
+#[unsafe(no_mangle)]
+pub static EXEC_OLD_PID_OFF: u32 = 16;
+#[unsafe(no_mangle)]
+pub static EXIT_GROUP_DEAD_OFF: u32 = 32;
+
+/// Reads a global through a volatile load so the compiler cannot fold the
+/// default value in; the verifier then sees the frozen `.rodata` value.
+#[inline(always)]
+pub fn global(g: &'static u32) -> u32 {
+    unsafe { core::ptr::read_volatile(g) }
+}
+
+#[inline(always)]
+pub fn config() -> Config {
+    match CONFIG.get(0) {
+        Some(c) => *c,
+        None => Config::default(),
+    }
+}
