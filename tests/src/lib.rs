@@ -1,1 +1,306 @@
+//! Shared fixtures for the integration tests and benchmarks: a real agent
+//! process, real cgroups, loopback listeners, and root/feature checks that
+//! skip loudly.
+//!
+//! # Layout
+//! - [`require_root`]: the loud skip.
+//! - [`agent_bin`], [`helper_bin`]: the binaries under test.
+//! - [`Agent`]: `zt-agent run` with a policy, events in a file, stopped by SIGTERM.
+//! - [`TestCgroup`]: a cgroup v2 subtree, removed (processes killed) on drop.
+//! - [`Listener`]: a loopback TCP listener that accepts and drops.
+use std::{
+    io::{BufRead, BufReader},
+    net::TcpListener,
+    os::unix::process::CommandExt,
+    path::{Path, PathBuf},
+    process::{Child, Command, Stdio},
+    time::{Duration, Instant},
+};
 
+use anyhow::{Context as _, bail};
+use serde_json::Value;
+
+/// Returns false (after printing why) when not root: root tests then return
+/// early, and the skip is visible in the output.
+pub fn require_root(test: &str) -> bool {
+    if nix::unistd::geteuid().is_root() {
+        return true;
+    }
+    println!("SKIPPED {test}: needs root (loads eBPF programs, creates cgroups); run `cargo xtask test` as root");
+    false
+}
+
+/// The zt-agent binary: `$ZT_AGENT_BIN` (set by `cargo xtask test`), else the
+/// debug build in this workspace.
+pub fn agent_bin() -> PathBuf {
+    if let Some(p) = std::env::var_os("ZT_AGENT_BIN") {
+        return p.into();
+    }
+    let p = Path::new(env!("CARGO_MANIFEST_DIR")).join("../target/debug/zt-agent");
+    assert!(p.exists(), "{} missing: run the tests with `cargo xtask test`", p.display());
+    p
+}
+
+/// The test helper binary (built with this package).
+pub fn helper_bin() -> PathBuf {
+    let exe = std::env::current_exe().expect("current exe");
+    // Integration test binaries live in target/<profile>/deps; bins one up.
+    let dir = exe.parent().and_then(|d| if d.ends_with("deps") { d.parent() } else { Some(d) }).expect("target dir");
+    let p = dir.join("zt-test-helper");
+    assert!(p.exists(), "{} missing (built with the zt-tests package)", p.display());
+    p
+}
+
+pub fn cgroup2_root() -> PathBuf {
+    zt_agent::host::cgroup2_mount().expect("cgroup v2 mount")
+}
+
+/// A cgroup v2 directory (relative path `rel`), created now and removed on
+/// drop after killing whatever is left in it.
+pub struct TestCgroup {
+    pub rel: String,
+    pub dir: PathBuf,
+}
+
+impl TestCgroup {
+    pub fn new(rel: &str) -> anyhow::Result<Self> {
+        let dir = cgroup2_root().join(rel.trim_start_matches('/'));
+        std::fs::create_dir_all(&dir).with_context(|| format!("creating {}", dir.display()))?;
+        Ok(Self { rel: rel.to_string(), dir })
+    }
+
+    /// A command whose process moves itself into this cgroup before exec.
+    pub fn command(&self, program: impl AsRef<std::ffi::OsStr>) -> Command {
+        let mut cmd = Command::new(program);
+        let procs = std::fs::OpenOptions::new().write(true).open(self.dir.join("cgroup.procs")).expect("cgroup.procs");
+        let fd = std::os::fd::IntoRawFd::into_raw_fd(procs);
+        // SAFETY: only write(2) between fork and exec. The fd is leaked in
+        // the parent on purpose (one per command, closed at exit).
+        unsafe {
+            cmd.pre_exec(move || {
+                if libc::write(fd, b"0".as_ptr().cast(), 1) != 1 {
+                    return Err(std::io::Error::last_os_error());
+                }
+                Ok(())
+            });
+        }
+        cmd
+    }
+
+    pub fn pids(&self) -> Vec<i32> {
+        let mut out = Vec::new();
+        for e in walkdirs(&self.dir) {
+            if let Ok(t) = std::fs::read_to_string(e.join("cgroup.procs")) {
+                out.extend(t.lines().filter_map(|l| l.parse::<i32>().ok()));
+            }
+        }
+        out
+    }
+}
+
+fn walkdirs(dir: &Path) -> Vec<PathBuf> {
+    let mut out = vec![dir.to_path_buf()];
+    let mut i = 0;
+    while i < out.len() {
+        if let Ok(rd) = std::fs::read_dir(&out[i]) {
+            for e in rd.flatten() {
+                if e.file_type().is_ok_and(|t| t.is_dir()) {
+                    out.push(e.path());
+                }
+            }
+        }
+        i += 1;
+    }
+    out
+}
+
+impl Drop for TestCgroup {
+    fn drop(&mut self) {
+        for _ in 0..50 {
+            let pids = self.pids();
+            if pids.is_empty() {
+                break;
+            }
+            for p in pids {
+                let _ = nix::sys::signal::kill(nix::unistd::Pid::from_raw(p), nix::sys::signal::Signal::SIGKILL);
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        // Children first.
+        let mut dirs = walkdirs(&self.dir);
+        dirs.reverse();
+        for d in dirs {
+            let _ = std::fs::remove_dir(&d);
+        }
+        // And the empty parents we created (best effort).
+        let mut p = self.dir.parent().map(Path::to_path_buf);
+        let root = cgroup2_root();
+        while let Some(dir) = p {
+            if dir == root || std::fs::remove_dir(&dir).is_err() {
+                break;
+            }
+            p = dir.parent().map(Path::to_path_buf);
+        }
+    }
+}
+
+/// A loopback listener that accepts and drops connections on a thread.
+pub struct Listener {
+    pub port: u16,
+}
+
+impl Listener {
+    pub fn new() -> Self {
+        let l = TcpListener::bind("127.0.0.1:0").expect("bind loopback");
+        let port = l.local_addr().unwrap().port();
+        std::thread::spawn(move || {
+            for s in l.incoming() {
+                drop(s);
+            }
+        });
+        Self { port }
+    }
+
+    pub fn addr(&self) -> String {
+        format!("127.0.0.1:{}", self.port)
+    }
+}
+
+impl Default for Listener {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+/// A running `zt-agent run`, writing events to a file.
+pub struct Agent {
+    child: Option<Child>,
+    pub events_path: PathBuf,
+    pub socket: PathBuf,
+    pub dir: PathBuf,
+    stderr_lines: std::sync::Arc<std::sync::Mutex<Vec<String>>>,
+}
+
+impl Agent {
+    /// Starts the agent with `policy` (YAML text) and waits until it has
+    /// emitted its `agent started` event (programs attached, table seeded).
+    pub fn start(name: &str, policy: &str, extra: &[&str]) -> anyhow::Result<Self> {
+        let dir = std::env::temp_dir().join(format!("zt-test-{name}-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(&dir)?;
+        let policy_path = dir.join("policy.yaml");
+        std::fs::write(&policy_path, policy)?;
+        let events_path = dir.join("events.jsonl");
+        let socket = dir.join("control.sock");
+        let mut child = Command::new(agent_bin())
+            .arg("run")
+            .arg("--policy")
+            .arg(&policy_path)
+            .arg("--events")
+            .arg(&events_path)
+            .arg("--socket")
+            .arg(&socket)
+            .args(["--show", "all"])
+            .args(extra)
+            .env("RUST_LOG", "info")
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            .spawn()
+            .context("spawning zt-agent")?;
+        let stderr = child.stderr.take().unwrap();
+        let lines = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+        {
+            let lines = lines.clone();
+            std::thread::spawn(move || {
+                for l in BufReader::new(stderr).lines().map_while(Result::ok) {
+                    lines.lock().unwrap().push(l);
+                }
+            });
+        }
+        let mut agent = Agent { child: Some(child), events_path, socket, dir, stderr_lines: lines };
+        let deadline = Instant::now() + Duration::from_secs(60);
+        loop {
+            if agent.events().iter().any(|e| e["kind"] == "agent" && e["agent"]["state"] == "started") {
+                return Ok(agent);
+            }
+            if let Some(status) = agent.child.as_mut().unwrap().try_wait()? {
+                bail!("zt-agent exited early ({status}):\n{}", agent.stderr());
+            }
+            if Instant::now() > deadline {
+                bail!("zt-agent did not start within 60 s:\n{}", agent.stderr());
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+
+    pub fn stderr(&self) -> String {
+        self.stderr_lines.lock().unwrap().join("\n")
+    }
+
+    /// Every event written so far.
+    pub fn events(&self) -> Vec<Value> {
+        let Ok(text) = std::fs::read_to_string(&self.events_path) else { return Vec::new() };
+        text.lines().filter_map(|l| serde_json::from_str(l).ok()).collect()
+    }
+
+    /// Waits until `pred` holds for some event (events are flushed within a
+    /// poll interval), returning all events at that point.
+    pub fn wait_for(&self, what: &str, pred: impl Fn(&Value) -> bool) -> anyhow::Result<Vec<Value>> {
+        let deadline = Instant::now() + Duration::from_secs(20);
+        loop {
+            let ev = self.events();
+            if ev.iter().any(&pred) {
+                return Ok(ev);
+            }
+            if Instant::now() > deadline {
+                bail!("timed out waiting for {what}; {} events so far; agent log:\n{}", ev.len(), self.stderr());
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+
+    /// SIGTERM, wait for exit, return the final events.
+    pub fn stop(mut self) -> anyhow::Result<Vec<Value>> {
+        let mut child = self.child.take().unwrap();
+        nix::sys::signal::kill(nix::unistd::Pid::from_raw(child.id() as i32), nix::sys::signal::Signal::SIGTERM)?;
+        let status = child.wait()?;
+        if !status.success() {
+            bail!("zt-agent exited with {status}:\n{}", self.stderr());
+        }
+        Ok(self.events())
+    }
+}
+
+impl Drop for Agent {
+    fn drop(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}
+
+/// Events of a given kind whose process argv contains `marker` (exec) or that
+/// target `port` (connect).
+pub fn execs_with<'a>(events: &'a [Value], marker: &str) -> Vec<&'a Value> {
+    events
+        .iter()
+        .filter(|e| e["kind"] == "exec" && e["exec"]["argv"].as_array().is_some_and(|a| a.iter().any(|x| x.as_str().is_some_and(|s| s.contains(marker)))))
+        .collect()
+}
+
+pub fn connects_to(events: &[Value], port: u16) -> Vec<&Value> {
+    events.iter().filter(|e| e["kind"] == "connect" && e["connect"]["port"] == port).collect()
+}
+
+/// The identity name of an event, or None.
+pub fn identity_of(e: &Value) -> Option<&str> {
+    e["identity"]["name"].as_str()
+}
+
+/// A policy with the given identities (YAML list items, indented by 4).
+pub fn policy(trust_domain: &str, identities: &str) -> String {
+    format!("apiVersion: zt-agent.io/v1alpha1\nkind: HostPolicy\nmetadata:\n  name: test\nspec:\n  trustDomain: {trust_domain}\n  identities:\n{identities}")
+}

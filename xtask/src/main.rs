@@ -1,1 +1,286 @@
-fn main() {}
+//! Project automation: `cargo xtask <command>`.
+//!
+//! # Layout
+//! - `setup`: make a fresh machine ready (rust-src for nightly, bpf-linker,
+//!   apt packages). Idempotent; fast when nothing is missing.
+//! - `build`: build the agent (embeds the eBPF object).
+//! - `run`: build and run the agent with the embedded policy and the demo
+//!   workload, printing attributed events live.
+//! - `test`: every test: unit tests, then the root integration tests
+//!   single-threaded (they load programs into the one shared kernel).
+//! - `bench`: benchmarks (`bench attribution`).
+use std::{
+    ffi::OsString,
+    path::{Path, PathBuf},
+    process::Command,
+};
+
+use anyhow::{Context as _, bail};
+use clap::{Parser, Subcommand};
+
+#[derive(Parser)]
+#[command(name = "xtask")]
+struct Cli {
+    #[command(subcommand)]
+    command: Cmd,
+}
+
+#[derive(Subcommand)]
+enum Cmd {
+    /// Install what building and testing needs (idempotent).
+    Setup,
+    /// Build zt-agent (debug unless --release).
+    Build {
+        #[arg(long)]
+        release: bool,
+    },
+    /// Build (release) and run `zt-agent run --demo` in the foreground; extra
+    /// arguments after `--` go to `zt-agent run`.
+    Run {
+        #[arg(last = true)]
+        args: Vec<OsString>,
+    },
+    /// Run every test (root tests included; they skip loudly without root).
+    Test {
+        /// Extra arguments for the test binaries (e.g. a name filter).
+        #[arg(last = true)]
+        args: Vec<OsString>,
+    },
+    /// Benchmarks; prints ratios measured side by side in one run.
+    Bench {
+        #[arg(value_enum)]
+        which: Bench,
+        /// Rounds of interleaved measurement.
+        #[arg(long, default_value_t = 10)]
+        rounds: u32,
+    },
+}
+
+#[derive(Clone, Copy, clap::ValueEnum)]
+enum Bench {
+    Attribution,
+}
+
+fn main() -> std::process::ExitCode {
+    match real_main() {
+        Ok(()) => std::process::ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("xtask: error: {e:#}");
+            std::process::ExitCode::FAILURE
+        }
+    }
+}
+
+fn real_main() -> anyhow::Result<()> {
+    let cli = Cli::parse();
+    let root = workspace_root();
+    std::env::set_current_dir(&root)?;
+    match cli.command {
+        Cmd::Setup => setup(),
+        Cmd::Build { release } => {
+            setup()?;
+            build(release)
+        }
+        Cmd::Run { args } => {
+            setup()?;
+            build(true)?;
+            let mut cmd = Command::new(root.join("target/release/zt-agent"));
+            cmd.arg("run");
+            if args.is_empty() {
+                cmd.arg("--demo");
+            } else {
+                cmd.args(args);
+            }
+            exec(cmd)
+        }
+        Cmd::Test { args } => {
+            setup()?;
+            test(&root, &args)
+        }
+        Cmd::Bench { which: Bench::Attribution, rounds } => {
+            setup()?;
+            build(true)?;
+            let mut cmd = cargo();
+            cmd.args(["run", "--release", "--quiet", "-p", "zt-tests", "--bin", "zt-bench", "--", "attribution"])
+                .arg("--rounds")
+                .arg(rounds.to_string())
+                .env("ZT_AGENT_BIN", root.join("target/release/zt-agent"));
+            run(cmd)
+        }
+    }
+}
+
+fn workspace_root() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).parent().expect("xtask is inside the workspace").to_path_buf()
+}
+
+fn cargo() -> Command {
+    Command::new(std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into()))
+}
+
+fn run(mut cmd: Command) -> anyhow::Result<()> {
+    let status = cmd.status().with_context(|| format!("spawning {cmd:?}"))?;
+    if !status.success() {
+        bail!("{cmd:?} failed: {status}");
+    }
+    Ok(())
+}
+
+fn exec(cmd: Command) -> anyhow::Result<()> {
+    use std::os::unix::process::CommandExt as _;
+    let mut cmd = cmd;
+    let err = cmd.exec();
+    Err(err).with_context(|| format!("exec {cmd:?}"))
+}
+
+fn quiet_ok(program: &str, args: &[&str]) -> bool {
+    Command::new(program)
+        .args(args)
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .status()
+        .is_ok_and(|s| s.success())
+}
+
+fn output(program: &str, args: &[&str]) -> anyhow::Result<String> {
+    let out = Command::new(program).args(args).output().with_context(|| format!("running {program}"))?;
+    if !out.status.success() {
+        bail!("{program} {args:?}: {}", String::from_utf8_lossy(&out.stderr).trim());
+    }
+    Ok(String::from_utf8(out.stdout)?.trim().to_string())
+}
+
+/// apt packages the tests and the agent use at run time:
+/// bash (the demo workload and test shells), iproute2 (network namespaces
+/// for later network tests), procps (ps/pkill in diagnostics).
+const APT_PACKAGES: &[&str] = &["bash", "iproute2", "procps"];
+
+fn setup() -> anyhow::Result<()> {
+    // 1. rust-src for the nightly toolchain (the eBPF crate builds core itself).
+    let sysroot = output("rustc", &["+nightly", "--print", "sysroot"]).context("the nightly toolchain is required")?;
+    if !Path::new(&sysroot).join("lib/rustlib/src/rust/library/core").is_dir() {
+        eprintln!("xtask setup: adding rust-src to nightly");
+        let mut c = Command::new("rustup");
+        c.args(["component", "add", "rust-src", "--toolchain", "nightly"]);
+        run(c)?;
+    }
+
+    // 2. bpf-linker, built against the LLVM inside the stable toolchain.
+    if !quiet_ok("bpf-linker", &["--version"]) {
+        install_bpf_linker()?;
+    }
+
+    // 3. apt packages.
+    let missing: Vec<&str> = APT_PACKAGES
+        .iter()
+        .copied()
+        .filter(|p| !output("dpkg-query", &["-W", "-f=${Status}", p]).is_ok_and(|s| s.contains("install ok installed")))
+        .collect();
+    if !missing.is_empty() {
+        eprintln!("xtask setup: apt-get install {}", missing.join(" "));
+        let mut u = Command::new("apt-get");
+        u.args(["update", "-qq"]);
+        run(u)?;
+        let mut i = Command::new("apt-get");
+        i.args(["install", "-y", "-qq", "--no-install-recommends"]).args(&missing).env("DEBIAN_FRONTEND", "noninteractive");
+        run(i)?;
+    }
+    Ok(())
+}
+
+fn install_bpf_linker() -> anyhow::Result<()> {
+    eprintln!("xtask setup: building bpf-linker against the stable toolchain's LLVM (about 2 minutes)");
+    let sysroot = PathBuf::from(output("rustc", &["+stable", "--print", "sysroot"])?);
+    let lib = sysroot.join("lib");
+    let llvm = std::fs::read_dir(&lib)?
+        .filter_map(|e| e.ok())
+        .map(|e| e.file_name().to_string_lossy().into_owned())
+        .find(|n| n.starts_with("libLLVM.so.") || (n.starts_with("libLLVM-") && n.ends_with(".so")))
+        .with_context(|| format!("no libLLVM in {}", lib.display()))?;
+    let major = llvm
+        .trim_start_matches("libLLVM.so.")
+        .trim_start_matches("libLLVM-")
+        .split(['.', '-'])
+        .next()
+        .unwrap_or_default()
+        .to_string();
+    // bpf-linker links with -lLLVM; the toolchain ships only the versioned name.
+    let link = lib.join("libLLVM.so");
+    if !link.exists() {
+        std::os::unix::fs::symlink(&llvm, &link).with_context(|| format!("symlinking {}", link.display()))?;
+    }
+    let mut c = Command::new("cargo");
+    c.args(["+stable", "install", "bpf-linker", "--locked", "--no-default-features", "--features"])
+        .arg(format!("llvm-{major}"))
+        .env("LLVM_PREFIX", &sysroot);
+    run(c)?;
+    if !quiet_ok("bpf-linker", &["--version"]) {
+        bail!("bpf-linker installed but `bpf-linker --version` fails (is ~/.cargo/bin on PATH?)");
+    }
+    Ok(())
+}
+
+fn build(release: bool) -> anyhow::Result<()> {
+    let mut c = cargo();
+    c.args(["build", "-p", "zt-agent"]);
+    if release {
+        c.arg("--release");
+    }
+    run(c)
+}
+
+fn test(root: &Path, args: &[OsString]) -> anyhow::Result<()> {
+    build(false)?;
+    let mut totals = TestCounts::default();
+    // Unit tests (no root needed), in parallel.
+    let mut unit = cargo();
+    unit.args(["test", "-p", "zt-common", "-p", "zt-agent", "--"]).args(args);
+    let unit_ok = run_counting(unit, &mut totals)?;
+    // Integration tests: real programs in the one kernel, one at a time;
+    // --nocapture so every loud skip shows.
+    let mut integ = cargo();
+    integ
+        .args(["test", "-p", "zt-tests", "--", "--test-threads=1", "--nocapture"])
+        .args(args)
+        .env("ZT_AGENT_BIN", root.join("target/debug/zt-agent"));
+    let integ_ok = run_counting(integ, &mut totals)?;
+    println!("xtask: {} passed, {} failed, {} skipped", totals.passed, totals.failed, totals.skipped);
+    if !(unit_ok && integ_ok) || totals.failed > 0 {
+        bail!("tests failed");
+    }
+    if totals.passed == 0 {
+        bail!("no test ran");
+    }
+    Ok(())
+}
+
+#[derive(Default)]
+struct TestCounts {
+    passed: u64,
+    failed: u64,
+    skipped: u64,
+}
+
+/// Runs a `cargo test`, echoing its output and adding up the libtest result
+/// lines and the tests' own `SKIPPED` lines.
+fn run_counting(mut cmd: Command, counts: &mut TestCounts) -> anyhow::Result<bool> {
+    use std::io::{BufRead as _, BufReader};
+    let mut child = cmd.stdout(std::process::Stdio::piped()).spawn().with_context(|| format!("spawning {cmd:?}"))?;
+    for line in BufReader::new(child.stdout.take().expect("piped")).lines() {
+        let line = line?;
+        println!("{line}");
+        if let Some(rest) = line.strip_prefix("test result: ") {
+            let num = |word: &str| {
+                rest.split([';', '.'])
+                    .map(str::trim)
+                    .find_map(|part| part.strip_suffix(word)?.trim().parse::<u64>().ok())
+                    .unwrap_or(0)
+            };
+            counts.passed += num("passed");
+            counts.failed += num("failed");
+        } else if line.starts_with("SKIPPED ") {
+            counts.skipped += 1;
+        }
+    }
+    Ok(child.wait()?.success())
+}

@@ -287,3 +287,44 @@ mod pod {
     unsafe impl aya::Pod for Config {}
     unsafe impl aya::Pod for ExecArgs {}
 }
+
+#[cfg(test)]
+mod tests {
+    use core::mem::{align_of, offset_of, size_of};
+
+    use super::*;
+
+    /// The layout the eBPF side writes and user space reads, field by field.
+    #[test]
+    fn abi_layout() {
+        assert_eq!((size_of::<ProcInfo>(), align_of::<ProcInfo>()), (32, 8));
+        assert_eq!(offset_of!(ProcInfo, ppid), 16);
+        assert_eq!(offset_of!(ProcInfo, flags), 28);
+        assert_eq!(size_of::<EventHeader>(), 48);
+        assert_eq!(offset_of!(EventHeader, time_ns), 16);
+        assert_eq!(offset_of!(EventHeader, cgroup_id), 32);
+        assert_eq!(offset_of!(EventHeader, gid), 44);
+        assert_eq!(size_of::<ExecEvent>(), 1368);
+        assert_eq!(offset_of!(ExecEvent, comm), 72);
+        assert_eq!(offset_of!(ExecEvent, filename), 88);
+        assert_eq!(offset_of!(ExecEvent, args), 344);
+        assert_eq!(size_of::<ExitEvent>(), 72);
+        assert_eq!(size_of::<ConnectEvent>(), 96);
+        assert_eq!(offset_of!(ConnectEvent, addr), 64);
+        assert_eq!(size_of::<ExecArgs>(), 2064);
+        // Ring buffer records must be 8-byte alignable.
+        for a in [align_of::<ExecEvent>(), align_of::<ExitEvent>(), align_of::<ConnectEvent>()] {
+            assert!(8 % a == 0);
+        }
+        // The eBPF side masks argv offsets with ARGS_LEN - 1.
+        assert!(ARGS_LEN.is_power_of_two());
+        assert_eq!(loss::NAMES.len(), loss::COUNT as usize);
+    }
+
+    #[test]
+    fn every_program_named_once() {
+        for (i, a) in programs::ALL.iter().enumerate() {
+            assert!(!programs::ALL[i + 1..].contains(a), "{a} twice");
+        }
+    }
+}

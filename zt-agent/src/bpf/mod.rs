@@ -18,3 +18,51 @@ pub static OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), 
 pub fn object_digest() -> blake3::Hash {
     blake3::hash(OBJECT)
 }
+
+/// Names of every BPF program loaded in the kernel (truncated by the kernel
+/// to 15 bytes); used to check that nothing of ours is left after a stop.
+pub fn loaded_program_names() -> Result<Vec<String>, aya::programs::ProgramError> {
+    aya::programs::loaded_programs()
+        .map(|p| p.map(|info| info.name_as_str().unwrap_or_default().to_string()))
+        .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use object::{Object, ObjectSection, ObjectSymbol};
+    use zt_common::{globals, maps, programs};
+
+    /// The built object holds every program, map and load-time global the
+    /// user-space side names (a rename on one side fails here, not at load).
+    #[test]
+    fn object_has_every_program_map_and_global() {
+        let obj = object::File::parse(super::OBJECT).expect("the embedded object is ELF");
+        assert_eq!(obj.architecture(), object::Architecture::Bpf);
+        let symbols: Vec<(String, String)> = obj
+            .symbols()
+            .filter_map(|s| {
+                let section = s.section_index().and_then(|i| obj.section_by_index(i).ok())?;
+                Some((s.name().ok()?.to_string(), section.name().ok()?.to_string()))
+            })
+            .collect();
+        let section_of = |name: &str| symbols.iter().find(|(n, _)| n == name).map(|(_, s)| s.clone());
+        for p in programs::ALL {
+            let s = section_of(p).unwrap_or_else(|| panic!("program {p} missing"));
+            assert!(!s.starts_with(".text"), "{p} is in {s}, not a program section");
+        }
+        for m in [maps::PROC_TABLE, maps::CGROUP_IDENTITY, maps::EXEC_ARGS, maps::EVENTS, maps::LOSS, maps::CONFIG] {
+            assert_eq!(section_of(m).as_deref(), Some("maps"), "map {m}");
+        }
+        for g in [globals::FORK_PARENT_PID, globals::FORK_CHILD_PID, globals::EXEC_FILENAME, globals::EXEC_OLD_PID, globals::EXIT_GROUP_DEAD] {
+            let s = section_of(g).unwrap_or_else(|| panic!("global {g} missing"));
+            assert!(s.starts_with(".rodata"), "global {g} in {s}: must be read-only so the verifier sees a constant");
+        }
+        assert!(obj.section_by_name(".BTF").is_some(), "object lacks BTF");
+        assert!(obj.section_by_name("license").is_some());
+    }
+
+    #[test]
+    fn object_digest_is_stable() {
+        assert_eq!(super::object_digest(), blake3::hash(super::OBJECT));
+    }
+}

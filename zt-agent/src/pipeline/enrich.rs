@@ -31,6 +31,7 @@ pub trait Tables {
 
 #[derive(Debug, Clone, Default)]
 struct ProcMeta {
+    ppid: u32,
     exe: Option<String>,
     cgroup: Option<String>,
 }
@@ -44,6 +45,9 @@ pub struct Enricher {
     node: Arc<str>,
     identity_refs: Vec<IdentityRef>,
     procs: HashMap<(u32, u64), ProcMeta>,
+    /// cgroup id -> path, learnt from /proc; used when a process is already
+    /// gone when its event is enriched (short-lived commands).
+    cgroup_paths: HashMap<u64, String>,
     /// Identities written into the kernel table by user space.
     pub assigned: u64,
 }
@@ -56,7 +60,7 @@ impl Enricher {
             .iter()
             .map(|i| IdentityRef { name: i.name.as_str().into(), spiffe_id: i.spiffe_id.as_str().into() })
             .collect();
-        Self { resolver, node, identity_refs, procs: HashMap::new(), assigned: 0 }
+        Self { resolver, node, identity_refs, procs: HashMap::new(), cgroup_paths: HashMap::new(), assigned: 0 }
     }
 
     pub fn resolver_mut(&mut self) -> &mut Resolver {
@@ -85,7 +89,7 @@ impl Enricher {
         match raw {
             RawEvent::Exec(e) => {
                 let exe = procfs::exe(&root, h.tgid).or_else(|| Some(c_str(&e.filename[..e.filename_len as usize])));
-                let cgroup = procfs::cgroup_v2(&root, h.tgid);
+                let cgroup = self.cgroup_path(h.cgroup_id, procfs::cgroup_v2(&root, h.tgid));
                 let mut identity = h.identity;
                 if identity == NO_IDENTITY {
                     identity = self.resolve(h.tgid, h.start_ns, exe.as_deref(), h.uid, cgroup.as_deref(), h.cgroup_id, tables);
@@ -98,7 +102,7 @@ impl Enricher {
                         None => (Vec::new(), "none"),
                     }
                 };
-                let meta = ProcMeta { exe: exe.clone(), cgroup: cgroup.clone() };
+                let meta = ProcMeta { ppid: e.ppid, exe: exe.clone(), cgroup: cgroup.clone() };
                 if self.procs.len() >= MAX_CACHED {
                     self.procs.clear();
                 }
@@ -118,8 +122,8 @@ impl Enricher {
                 self.event(time, Body::Exit { process, identity: self.identity_ref(h.identity) })
             }
             RawEvent::Connect(c) => {
-                let meta = self.meta(h.tgid, h.start_ns);
-                let process = self.process_info(&h, 0, &c.comm, meta.exe, meta.cgroup);
+                let meta = self.meta(h.tgid, h.start_ns, h.cgroup_id);
+                let process = self.process_info(&h, meta.ppid, &c.comm, meta.exe, meta.cgroup);
                 let connect = ConnectInfo::from_raw(c.family, c.addr, c.port, c.sock_type, c.protocol);
                 self.event(time, Body::Connect { process, identity: self.identity_ref(h.identity), connect })
             }
@@ -127,12 +131,32 @@ impl Enricher {
     }
 
     /// Cached metadata of a process incarnation, read from /proc on a miss.
-    fn meta(&mut self, tgid: u32, start_ns: u64) -> ProcMeta {
+    fn meta(&mut self, tgid: u32, start_ns: u64, cgroup_id: u64) -> ProcMeta {
+        if let Some(m) = self.procs.get(&(tgid, start_ns)) {
+            return m.clone();
+        }
         let root = self.resolver.proc_root().to_path_buf();
-        self.procs
-            .entry((tgid, start_ns))
-            .or_insert_with(|| ProcMeta { exe: procfs::exe(&root, tgid), cgroup: procfs::cgroup_v2(&root, tgid) })
-            .clone()
+        let m = ProcMeta {
+            ppid: procfs::stat(&root, tgid).map(|s| s.ppid).unwrap_or(0),
+            exe: procfs::exe(&root, tgid),
+            cgroup: self.cgroup_path(cgroup_id, procfs::cgroup_v2(&root, tgid)),
+        };
+        self.procs.insert((tgid, start_ns), m.clone());
+        m
+    }
+
+    /// The cgroup path read from /proc (remembered for its id), else the
+    /// path last seen for that cgroup id.
+    fn cgroup_path(&mut self, cgroup_id: u64, from_proc: Option<String>) -> Option<String> {
+        match from_proc {
+            Some(p) => {
+                if cgroup_id != 0 && self.cgroup_paths.len() < MAX_CACHED {
+                    self.cgroup_paths.entry(cgroup_id).or_insert_with(|| p.clone());
+                }
+                Some(p)
+            }
+            None => self.cgroup_paths.get(&cgroup_id).cloned(),
+        }
     }
 
     fn process_info(

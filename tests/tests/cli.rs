@@ -1,0 +1,117 @@
+//! The CLI's answers to bad input and missing privileges (no root needed for
+//! the policy checks; the privilege test drops to an unprivileged uid).
+use std::{os::unix::process::CommandExt, process::Command};
+
+use zt_tests::{agent_bin, require_root};
+
+fn check(text: &str) -> (i32, String, String) {
+    let dir = std::env::temp_dir().join(format!("zt-cli-{}-{}", std::process::id(), blake3_short(text)));
+    std::fs::create_dir_all(&dir).unwrap();
+    let p = dir.join("p.yaml");
+    std::fs::write(&p, text).unwrap();
+    let out = Command::new(agent_bin()).args(["policy", "check"]).arg(&p).output().unwrap();
+    std::fs::remove_dir_all(&dir).unwrap();
+    (
+        out.status.code().unwrap_or(-1),
+        String::from_utf8_lossy(&out.stdout).replace(&p.display().to_string(), "P"),
+        String::from_utf8_lossy(&out.stderr).replace(&p.display().to_string(), "P"),
+    )
+}
+
+fn blake3_short(s: &str) -> String {
+    format!("{:x}", s.len() * 31 + s.bytes().map(|b| b as usize).sum::<usize>())
+}
+
+#[test]
+fn shipped_policies_check_ok() {
+    let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../policies");
+    let mut n = 0;
+    for e in std::fs::read_dir(&dir).unwrap() {
+        let p = e.unwrap().path();
+        if p.extension().is_some_and(|x| x == "yaml") {
+            let out = Command::new(agent_bin()).args(["policy", "check"]).arg(&p).output().unwrap();
+            assert!(out.status.success(), "{}: {}", p.display(), String::from_utf8_lossy(&out.stderr));
+            n += 1;
+        }
+    }
+    assert!(n >= 2, "expected the shipped policies in {}", dir.display());
+}
+
+#[test]
+fn invalid_policy_names_file_line_column() {
+    let (code, _, err) = check(
+        "apiVersion: zt-agent.io/v1alpha1\nkind: HostPolicy\nspec:\n  trustDomain: Bad_Domain\n  identities: []\n",
+    );
+    assert_eq!(code, 1);
+    assert_eq!(
+        err.trim(),
+        "P:4:16: invalid trustDomain \"Bad_Domain\": only lowercase letters, digits, '.', '-' and '_' are allowed (hint: e.g. \"prod.example.com\")"
+    );
+}
+
+#[test]
+fn unreadable_policy_is_a_clear_error() {
+    let out = Command::new(agent_bin()).args(["policy", "check", "/nonexistent/zt.yaml"]).output().unwrap();
+    assert_eq!(out.status.code(), Some(1));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.starts_with("/nonexistent/zt.yaml: cannot read: No such file or directory"), "{err}");
+}
+
+#[test]
+fn run_with_invalid_policy_exits_nonzero_with_position() {
+    let dir = std::env::temp_dir().join(format!("zt-cli-run-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let p = dir.join("p.yaml");
+    std::fs::write(&p, "apiVersion: zt-agent.io/v1alpha1\nkind: HostPolicy\nspec:\n  trustDomain: t\n  identities:\n    - name: x\n      selectors: []\n").unwrap();
+    let out = Command::new(agent_bin()).args(["run", "--policy"]).arg(&p).output().unwrap();
+    std::fs::remove_dir_all(&dir).unwrap();
+    assert_ne!(out.status.code(), Some(0));
+    let err = String::from_utf8_lossy(&out.stderr);
+    // Either the privilege check (non-root) or the policy error (root) comes first.
+    if nix::unistd::geteuid().is_root() {
+        assert!(err.contains("p.yaml:7:18: identity \"x\" has no selectors"), "{err}");
+    } else {
+        assert!(err.contains("CAP_SYS_ADMIN"), "{err}");
+    }
+}
+
+#[test]
+fn unprivileged_run_names_missing_capabilities() {
+    if !require_root("unprivileged_run_names_missing_capabilities (needs root to drop to uid 65534)") {
+        return;
+    }
+    let out = Command::new(agent_bin()).arg("run").uid(65534).gid(65534).output().unwrap();
+    assert_eq!(out.status.code(), Some(2));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("zt-agent needs CAP_SYS_ADMIN, CAP_BPF, CAP_PERFMON"), "{err}");
+}
+
+#[test]
+fn probe_reports_every_feature() {
+    if !require_root("probe_reports_every_feature") {
+        return;
+    }
+    let out = Command::new(agent_bin()).args(["probe", "--json"]).output().unwrap();
+    assert!(out.status.success());
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    let names: Vec<&str> = v["features"].as_array().unwrap().iter().map(|f| f["name"].as_str().unwrap()).collect();
+    for n in [
+        "tracepoint",
+        "raw_tracepoint",
+        "ring_buffer",
+        "lpm_trie",
+        "cgroup_sock_addr",
+        "bpf_lsm",
+        "fentry",
+        "kprobe",
+        "bpf_send_signal",
+        "bpffs",
+        "cgroup_v2",
+    ] {
+        assert!(names.contains(&n), "probe lacks {n}: {names:?}");
+    }
+    // Whatever this kernel says, the probe must have judged by loading: a
+    // tracepoint must work on any kernel the agent supports.
+    let tp = v["features"].as_array().unwrap().iter().find(|f| f["name"] == "tracepoint").unwrap();
+    assert_eq!(tp["available"], true, "{tp}");
+}
