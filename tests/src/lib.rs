@@ -200,7 +200,7 @@ impl Agent {
             .arg(&events_path)
             .arg("--socket")
             .arg(&socket)
-            .args(["--show", "all"])
+            .args(if extra.contains(&"--show") { &[][..] } else { &["--show", "all"][..] })
             .args(extra)
             .env("RUST_LOG", "info")
             .stdin(Stdio::null())

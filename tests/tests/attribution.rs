@@ -183,7 +183,8 @@ fn processes_running_before_start_are_seeded() {
         .stdin(Stdio::piped())
         .spawn()
         .unwrap();
-    let agent = Agent::start("seed", &cgroup_policy(&cg), &[]).unwrap();
+    // Default output filter: only attributed events (and agent/loss events).
+    let agent = Agent::start("seed", &cgroup_policy(&cg), &["--show", "attributed"]).unwrap();
     writeln!(early.stdin.as_mut().unwrap()).unwrap();
     early.wait().unwrap();
     agent.wait_for("the early process's connect", |e| e["kind"] == "connect" && e["connect"]["port"] == l.port).unwrap();
@@ -192,6 +193,10 @@ fn processes_running_before_start_are_seeded() {
     assert_eq!(c.len(), 1);
     assert_agent(c[0], "connect of a process that predates the agent");
     assert_eq!(c[0]["process"]["pid"], early.id());
+    // `--show attributed`: nothing unattributed reaches the output.
+    for e in &events {
+        assert!(identity_of(e).is_some() || matches!(e["kind"].as_str(), Some("agent" | "loss")), "unattributed event shown: {e}");
+    }
 }
 
 /// Identities decided in user space: by executable path (written into the

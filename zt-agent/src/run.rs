@@ -87,7 +87,7 @@ pub async fn run(opts: RunOptions) -> anyhow::Result<()> {
     let logger_task = spawn_kernel_logger(&mut bpf);
 
     let node: Arc<str> = nix::unistd::gethostname().map(|h| h.to_string_lossy().into_owned()).unwrap_or_default().into();
-    let mut enricher = Enricher::new(Resolver::new(config.clone(), "/proc"), node);
+    let mut enricher = Enricher::new(Resolver::new(config.clone(), "/proc"), node, opts.show == Show::All);
     let mut tables = MapTables { procs: maps.proc_table, cgroups: maps.cgroups };
 
     // The demo cgroup must exist before seeding so the kernel learns its id.

@@ -51,6 +51,10 @@ pub struct Resolver {
     config: Arc<IdentityConfig>,
     proc_root: PathBuf,
     digests: DigestCache,
+    /// Some selector needs user-space matching at exec (not cgroup-only).
+    userspace_selectors: bool,
+    /// Some selector is a kernel-decided cgroup glob.
+    cgroup_selectors: bool,
 }
 
 /// Facts of a live process read lazily from /proc.
@@ -89,7 +93,18 @@ pub struct SeedProc {
 
 impl Resolver {
     pub fn new(config: Arc<IdentityConfig>, proc_root: impl Into<PathBuf>) -> Self {
-        Self { config, proc_root: proc_root.into(), digests: DigestCache::default() }
+        let selectors = || config.identities.iter().flat_map(|i| &i.selectors);
+        let userspace_selectors = selectors().any(|s| s.kernel_cgroup_only().is_none());
+        let cgroup_selectors = selectors().any(|s| s.kernel_cgroup_only().is_some());
+        Self { config, proc_root: proc_root.into(), digests: DigestCache::default(), userspace_selectors, cgroup_selectors }
+    }
+
+    pub fn has_userspace_selectors(&self) -> bool {
+        self.userspace_selectors
+    }
+
+    pub fn has_cgroup_selectors(&self) -> bool {
+        self.cgroup_selectors
     }
 
     pub fn config(&self) -> &Arc<IdentityConfig> {

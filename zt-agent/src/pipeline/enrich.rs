@@ -7,7 +7,11 @@
 //! - [`Enricher::process`]: one `RawEvent` -> one [`Event`].
 //! - A per-incarnation cache `(tgid, start_ns) -> ProcMeta`, so a recycled pid
 //!   never reuses a dead process's exe, cgroup or identity.
-use std::{collections::HashMap, sync::Arc, time::SystemTime};
+use std::{
+    collections::{HashMap, HashSet},
+    sync::Arc,
+    time::SystemTime,
+};
 
 use zt_common::{NO_IDENTITY, ProcInfo, args_flags};
 
@@ -48,19 +52,23 @@ pub struct Enricher {
     /// cgroup id -> path, learnt from /proc; used when a process is already
     /// gone when its event is enriched (short-lived commands).
     cgroup_paths: HashMap<u64, String>,
+    /// cgroup ids already checked against the cgroup selectors.
+    seen_cgroups: HashSet<u64>,
+    /// Whether some output shows events of processes without an identity.
+    show_unattributed: bool,
     /// Identities written into the kernel table by user space.
     pub assigned: u64,
 }
 
 impl Enricher {
-    pub fn new(resolver: Resolver, node: Arc<str>) -> Self {
+    pub fn new(resolver: Resolver, node: Arc<str>, show_unattributed: bool) -> Self {
         let identity_refs = resolver
             .config()
             .identities
             .iter()
             .map(|i| IdentityRef { name: i.name.as_str().into(), spiffe_id: i.spiffe_id.as_str().into() })
             .collect();
-        Self { resolver, node, identity_refs, procs: HashMap::new(), cgroup_paths: HashMap::new(), assigned: 0 }
+        Self { resolver, node, identity_refs, procs: HashMap::new(), cgroup_paths: HashMap::new(), seen_cgroups: HashSet::new(), show_unattributed, assigned: 0 }
     }
 
     pub fn resolver_mut(&mut self) -> &mut Resolver {
@@ -82,18 +90,35 @@ impl Enricher {
         Event { time, node: self.node.clone(), body }
     }
 
-    pub fn process(&mut self, raw: RawEvent, tables: &mut dyn Tables) -> Event {
+    /// Resolves and enriches one kernel event. Returns `None` for events of
+    /// unattributed processes when no output wants them: those then cost no
+    /// /proc reads at all (the common case for every exec on a busy node).
+    pub fn process(&mut self, raw: RawEvent, tables: &mut dyn Tables) -> Option<Event> {
         let h = *raw.header();
-        let time = Self::wall_time(h.time_ns);
         let root = self.resolver.proc_root().to_path_buf();
+        let show_unattributed = self.show_unattributed;
+        let wanted = |identity: u32| identity != NO_IDENTITY || show_unattributed;
         match raw {
             RawEvent::Exec(e) => {
-                let exe = procfs::exe(&root, h.tgid).or_else(|| Some(c_str(&e.filename[..e.filename_len as usize])));
-                let cgroup = self.cgroup_path(h.cgroup_id, procfs::cgroup_v2(&root, h.tgid));
+                let read_facts = |en: &mut Self| {
+                    let exe = procfs::exe(&root, h.tgid).or_else(|| Some(c_str(&e.filename[..(e.filename_len as usize).min(e.filename.len())])));
+                    let cgroup = en.cgroup_path(h.cgroup_id, procfs::cgroup_v2(&root, h.tgid));
+                    (exe, cgroup)
+                };
                 let mut identity = h.identity;
-                if identity == NO_IDENTITY {
+                let mut facts = None;
+                if identity == NO_IDENTITY && self.needs_resolution(h.cgroup_id) {
+                    let (exe, cgroup) = read_facts(self);
                     identity = self.resolve(h.tgid, h.start_ns, exe.as_deref(), h.uid, cgroup.as_deref(), h.cgroup_id, tables);
+                    facts = Some((exe, cgroup));
                 }
+                if !wanted(identity) {
+                    return None;
+                }
+                let (exe, cgroup) = match facts {
+                    Some(f) => f,
+                    None => read_facts(self),
+                };
                 let (argv, argv_source) = if e.args_flags & args_flags::MISSING == 0 {
                     (procfs::split_nul(&e.args[..(e.args_len as usize).min(e.args.len())]), "kernel")
                 } else {
@@ -114,20 +139,33 @@ impl Enricher {
                     argv_truncated: e.args_flags & args_flags::TRUNCATED != 0,
                     argv_source,
                 };
-                self.event(time, Body::Exec { process, identity: self.identity_ref(identity), exec })
+                Some(self.event(Self::wall_time(h.time_ns), Body::Exec { process, identity: self.identity_ref(identity), exec }))
             }
             RawEvent::Exit(e) => {
                 let meta = self.procs.remove(&(h.tgid, h.start_ns)).unwrap_or_default();
+                if !wanted(h.identity) {
+                    return None;
+                }
                 let process = self.process_info(&h, e.ppid, &e.comm, meta.exe, meta.cgroup);
-                self.event(time, Body::Exit { process, identity: self.identity_ref(h.identity) })
+                Some(self.event(Self::wall_time(h.time_ns), Body::Exit { process, identity: self.identity_ref(h.identity) }))
             }
             RawEvent::Connect(c) => {
+                if !wanted(h.identity) {
+                    return None;
+                }
                 let meta = self.meta(h.tgid, h.start_ns, h.cgroup_id);
                 let process = self.process_info(&h, meta.ppid, &c.comm, meta.exe, meta.cgroup);
                 let connect = ConnectInfo::from_raw(c.family, c.addr, c.port, c.sock_type, c.protocol);
-                self.event(time, Body::Connect { process, identity: self.identity_ref(h.identity), connect })
+                Some(self.event(Self::wall_time(h.time_ns), Body::Connect { process, identity: self.identity_ref(h.identity), connect }))
             }
         }
+    }
+
+    /// Whether an unattributed exec needs /proc facts: when some selector is
+    /// decided in user space, or its cgroup was never examined (a cgroup
+    /// created after start-up that a cgroup selector may match).
+    fn needs_resolution(&self, cgroup_id: u64) -> bool {
+        self.resolver.has_userspace_selectors() || (self.resolver.has_cgroup_selectors() && !self.seen_cgroups.contains(&cgroup_id))
     }
 
     /// Cached metadata of a process incarnation, read from /proc on a miss.
@@ -201,6 +239,8 @@ impl Enricher {
         // later forks and execs in it are attributed without us.
         if let Some(path) = cgroup
             && cgroup_id != 0
+            && self.seen_cgroups.len() < MAX_CACHED
+            && self.seen_cgroups.insert(cgroup_id)
             && !tables.cgroup_known(cgroup_id)
         {
             let id = self.resolver.cgroup_identity(path);
@@ -324,7 +364,7 @@ mod tests {
             "apiVersion: zt-agent.io/v1alpha1\nkind: HostPolicy\nspec:\n  trustDomain: t\n  identities:\n    - name: u\n      selectors:\n        - uid: 4242\n",
         )
         .unwrap();
-        let mut en = Enricher::new(Resolver::new(Arc::new(cfg), "/proc"), "n".into());
+        let mut en = Enricher::new(Resolver::new(Arc::new(cfg), "/proc"), "n".into(), true);
         let mut t = MemTables::default();
         t.procs.insert(77, info(1, 500));
         // Event of an older incarnation of pid 77 (start 400): must not touch 77.

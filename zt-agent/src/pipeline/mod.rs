@@ -271,10 +271,13 @@ pub fn spawn(
                 tokio::select! {
                     msg = rx.recv() => {
                         let ev = match msg {
-                            Some(Input::Raw(raw)) => {
-                                stats.enriched.fetch_add(1, Relaxed);
-                                enricher.process(raw, &mut tables)
-                            }
+                            Some(Input::Raw(raw)) => match enricher.process(raw, &mut tables) {
+                                Some(ev) => {
+                                    stats.enriched.fetch_add(1, Relaxed);
+                                    ev
+                                }
+                                None => continue,
+                            },
                             Some(Input::Emit(ev)) => ev,
                             None => break,
                         };
