@@ -39,6 +39,11 @@ enum Command {
         /// Start a demo workload in the cgroup /zt-agents/demo (what the default policy attributes).
         #[arg(long)]
         demo: bool,
+        /// Where exec argv comes from: `kernel` (captured at execve; exact even for
+        /// short-lived processes, costs every syscall a tracepoint check) or `proc`
+        /// (read from /proc after the exec; cheaper, misses processes that exit at once).
+        #[arg(long, value_enum, default_value_t = ArgvCapture::Kernel)]
+        argv_capture: ArgvCapture,
     },
     /// Report which eBPF features really work on this kernel (loads tiny programs).
     Probe {
@@ -57,6 +62,12 @@ enum Command {
         #[command(subcommand)]
         command: PolicyCommand,
     },
+}
+
+#[derive(Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+enum ArgvCapture {
+    Kernel,
+    Proc,
 }
 
 #[derive(Subcommand)]
@@ -86,7 +97,7 @@ fn main() -> ExitCode {
 
 fn real_main(cli: Cli) -> anyhow::Result<ExitCode> {
     match cli.command {
-        Command::Run { policy, events, show, observe_all_connects, ringbuf_size, poll_ms, socket, demo } => {
+        Command::Run { policy, events, show, observe_all_connects, ringbuf_size, poll_ms, socket, demo, argv_capture } => {
             let opts = run::RunOptions {
                 policy,
                 events,
@@ -96,6 +107,7 @@ fn real_main(cli: Cli) -> anyhow::Result<ExitCode> {
                 poll_interval: Duration::from_millis(poll_ms.max(1)),
                 socket,
                 demo,
+                kernel_argv: argv_capture == ArgvCapture::Kernel,
             };
             tokio::runtime::Builder::new_multi_thread().enable_all().build()?.block_on(run::run(opts))?;
             Ok(ExitCode::SUCCESS)

@@ -30,6 +30,7 @@ pub struct RunOptions {
     pub poll_interval: Duration,
     pub socket: PathBuf,
     pub demo: bool,
+    pub kernel_argv: bool,
 }
 
 /// The policy in force: parsed config, where it came from, its blake3 digest.
@@ -78,6 +79,7 @@ pub async fn run(opts: RunOptions) -> anyhow::Result<()> {
         cgroup2: &cgroup2,
         ringbuf_bytes: opts.ringbuf_bytes,
         config: Config { flags, wakeup_bytes: opts.ringbuf_bytes / 4 },
+        kernel_argv: opts.kernel_argv,
     })?;
     let object_digest = bpf::object_digest().to_hex().to_string();
     tracing::info!("eBPF object blake3 {object_digest}");

@@ -89,37 +89,42 @@ fn attribution(rounds: usize) -> anyhow::Result<()> {
         Ok(child_out(cmd)?.parse::<f64>()?)
     };
 
-    let (mut base_n, mut base_a, mut with_n, mut with_a) = (vec![], vec![], vec![], vec![]);
-    let (mut ratio_n, mut ratio_a) = (vec![], vec![]);
+    // Per variant: (label, agent args or None for no agent, [non-agent, agent] p50 samples).
+    let variants: [(&str, Option<&[&str]>); 3] = [
+        ("no agent", None),
+        ("agent, argv from kernel (default)", Some(&["--argv-capture", "kernel"])),
+        ("agent, argv from /proc", Some(&["--argv-capture", "proc"])),
+    ];
+    let mut samples = vec![[Vec::new(), Vec::new()]; variants.len()];
+    let mut ratios = vec![[Vec::new(), Vec::new()]; variants.len()];
     for r in 0..rounds {
-        let b_n = spawn(false)?;
-        let b_a = spawn(true)?;
-        let agent = Agent::start("bench", &pol, &[])?;
-        let w_n = spawn(false)?;
-        let w_a = spawn(true)?;
-        agent.stop()?;
-        eprintln!("round {r}: no agent {:.0}/{:.0} us, agent loaded {:.0}/{:.0} us (non-agent/agent process)", b_n / 1e3, b_a / 1e3, w_n / 1e3, w_a / 1e3);
-        ratio_n.push(w_n / b_n);
-        ratio_a.push(w_a / b_a);
-        base_n.push(b_n);
-        base_a.push(b_a);
-        with_n.push(w_n);
-        with_a.push(w_a);
+        let mut line = format!("round {r}:");
+        for (vi, (label, args)) in variants.iter().enumerate() {
+            let agent = match args {
+                Some(a) => Some(Agent::start("bench", &pol, a)?),
+                None => None,
+            };
+            let p = [spawn(false)?, spawn(true)?];
+            if let Some(a) = agent {
+                a.stop()?;
+            }
+            line.push_str(&format!(" {label} {:.0}/{:.0} us;", p[0] / 1e3, p[1] / 1e3));
+            for k in 0..2 {
+                samples[vi][k].push(p[k]);
+                let base = samples[0][k][r];
+                ratios[vi][k].push(p[k] / base);
+            }
+        }
+        eprintln!("{line} (non-agent/agent process)");
     }
     println!();
-    println!("fork+exec+wait p50 (median over rounds)   no agent     agent loaded   ratio (median of per-round ratios)");
-    println!(
-        "  from a non-agent process               {:>8.0} us  {:>10.0} us   {:.3}",
-        median(&mut base_n) / 1e3,
-        median(&mut with_n) / 1e3,
-        median(&mut ratio_n)
-    );
-    println!(
-        "  from an agent process                  {:>8.0} us  {:>10.0} us   {:.3}",
-        median(&mut base_a) / 1e3,
-        median(&mut with_a) / 1e3,
-        median(&mut ratio_a)
-    );
+    println!("fork+exec+wait of /bin/true, p50 (median over rounds); ratio = median of per-round ratios to 'no agent'");
+    for (k, who) in ["from a non-agent process", "from an agent process"].iter().enumerate() {
+        println!("  {who}:");
+        for (vi, (label, _)) in variants.iter().enumerate() {
+            println!("    {label:<36} {:>6.0} us   ratio {:.3}", median(&mut samples[vi][k]) / 1e3, median(&mut ratios[vi][k]));
+        }
+    }
 
     println!();
     println!("pipeline: connect events offered by an agent process (UDP connect), 3 s each");

@@ -36,6 +36,11 @@ pub struct LoadOptions<'a> {
     pub cgroup2: &'a Path,
     pub ringbuf_bytes: u32,
     pub config: Config,
+    /// Capture argv in the kernel at `sys_enter_execve[at]`. Attaching any
+    /// syscall tracepoint puts every task's syscalls on the traced slow path
+    /// (about +1% on fork+exec here, see BENCHMARKS.md); without it argv is
+    /// read from /proc, which misses processes that exit quickly.
+    pub kernel_argv: bool,
 }
 
 #[derive(Debug, Clone, Serialize)]
@@ -95,8 +100,18 @@ impl Bpf {
             (P::EXECVE_ARGS, "syscalls", "sys_enter_execve", Need::Optional { fallback: "argv read from /proc" }),
             (P::EXECVEAT_ARGS, "syscalls", "sys_enter_execveat", Need::Optional { fallback: "argv read from /proc" }),
         ] {
+            let at = format!("tracepoint/{category}/{name}");
+            if category == "syscalls" && !opts.kernel_argv {
+                bpf.hooks.push(HookStatus {
+                    program: prog,
+                    attach_point: at,
+                    state: "not attached (--argv-capture proc); argv read from /proc".into(),
+                    attached: false,
+                });
+                continue;
+            }
             let r = bpf.attach_tracepoint(prog, category, name);
-            bpf.record(prog, format!("tracepoint/{category}/{name}"), r, need)?;
+            bpf.record(prog, at, r, need)?;
         }
         for prog in [P::CONNECT4, P::CONNECT6] {
             let r = bpf.attach_cgroup(prog, opts.cgroup2);
