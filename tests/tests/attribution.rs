@@ -300,3 +300,53 @@ fn status_reports_counters_and_paths() {
     assert!(String::from_utf8_lossy(&human.stdout).contains("enforcement paths:"));
     agent.stop().unwrap();
 }
+
+/// argv in all three capture modes, including truncation of a long argv and
+/// an argument with spaces; the hook table says which path is in force.
+#[test]
+fn argv_capture_modes() {
+    if !require_root("argv_capture_modes") {
+        return;
+    }
+    let cg = TestCgroup::new(&format!("/{}/agent", unique("argv"))).unwrap();
+    let long: Vec<String> = (0..40).map(|i| format!("{i:02}-{}", "a".repeat(37))).collect();
+    for mode in ["kernel", "syscalls", "proc"] {
+        let agent = Agent::start("argv", &cgroup_policy(&cg), &["--argv-capture", mode]).unwrap();
+        let marker = format!("ZTARGV-{mode}");
+        assert!(cg.command("/bin/true").args([marker.as_str(), "with space"]).status().unwrap().success());
+        let long_marker = format!("ZTLONG-{mode}");
+        assert!(cg.command("/bin/true").arg(&long_marker).args(&long).status().unwrap().success());
+        agent.wait_for("the long exec", |e| e["kind"] == "exec" && e["exec"]["argv"].to_string().contains(&long_marker) || (mode == "proc" && e["kind"] == "exit" && e["process"]["comm"] == "true")).unwrap();
+        let status = Command::new(agent_bin()).args(["status", "--json", "--socket"]).arg(&agent.socket).output().unwrap();
+        let status: serde_json::Value = serde_json::from_slice(&status.stdout).unwrap();
+        let events = agent.stop().unwrap();
+        let hook = status["hooks"].as_array().unwrap().iter().find(|h| h["program"] == "sys_enter_execve").unwrap().clone();
+        match mode {
+            "kernel" | "syscalls" => {
+                assert_eq!(hook["attached"], mode == "syscalls", "{mode}: {hook}");
+                let e = execs_with(&events, &marker);
+                assert_eq!(e.len(), 1, "{mode}");
+                assert_eq!(e[0]["exec"]["argv"], serde_json::json!(["/bin/true", marker, "with space"]), "{mode}");
+                assert_eq!(e[0]["exec"]["argv_source"], "kernel");
+                assert_eq!(e[0]["exec"]["argv_truncated"], false);
+                assert_agent(e[0], "exec");
+                let l = execs_with(&events, &long_marker);
+                assert_eq!(l.len(), 1, "{mode}");
+                assert_eq!(l[0]["exec"]["argv_truncated"], true, "{mode}: {}", l[0]);
+                let argv = l[0]["exec"]["argv"].as_array().unwrap();
+                assert_eq!(argv[1], long_marker.as_str());
+                assert_eq!(argv[2], long[0].as_str());
+                let kept: usize = argv.iter().map(|a| a.as_str().unwrap().len() + 1).sum::<usize>() - 1;
+                assert!(kept <= zt_common::ARGS_LEN, "kept {kept} bytes");
+            }
+            _ => {
+                assert_eq!(hook["attached"], false);
+                assert!(hook["state"].as_str().unwrap().contains("--argv-capture proc"));
+                // /bin/true exits at once: argv from /proc may or may not be there, but never from the kernel.
+                for e in events.iter().filter(|e| e["kind"] == "exec" && e["process"]["comm"] == "true") {
+                    assert_ne!(e["exec"]["argv_source"], "kernel", "{e}");
+                }
+            }
+        }
+    }
+}

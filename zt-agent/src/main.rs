@@ -2,7 +2,12 @@
 use std::{path::PathBuf, process::ExitCode, time::Duration};
 
 use clap::{Parser, Subcommand};
-use zt_agent::{bpf::probe, control, identity, pipeline::output::Show, run};
+use zt_agent::{
+    bpf::{loader::ArgvCapture, probe},
+    control, identity,
+    pipeline::output::Show,
+    run,
+};
 
 #[derive(Parser)]
 #[command(name = "zt-agent", version, about = "Zero-trust host enforcement agent for AI-agent workloads (eBPF)")]
@@ -39,9 +44,10 @@ enum Command {
         /// Start a demo workload in the cgroup /zt-agents/demo (what the default policy attributes).
         #[arg(long)]
         demo: bool,
-        /// Where exec argv comes from: `kernel` (captured at execve; exact even for
-        /// short-lived processes, costs every syscall a tracepoint check) or `proc`
-        /// (read from /proc after the exec; cheaper, misses processes that exit at once).
+        /// Where exec argv comes from: `kernel` (from the new image at exec, via
+        /// BTF offsets; falls back to syscall tracepoints without BTF), `syscalls`
+        /// (force the syscall-tracepoint path, which slows every syscall a little),
+        /// or `proc` (read from /proc after the exec: misses processes that exit at once).
         #[arg(long, value_enum, default_value_t = ArgvCapture::Kernel)]
         argv_capture: ArgvCapture,
     },
@@ -62,12 +68,6 @@ enum Command {
         #[command(subcommand)]
         command: PolicyCommand,
     },
-}
-
-#[derive(Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
-enum ArgvCapture {
-    Kernel,
-    Proc,
 }
 
 #[derive(Subcommand)]
@@ -107,7 +107,7 @@ fn real_main(cli: Cli) -> anyhow::Result<ExitCode> {
                 poll_interval: Duration::from_millis(poll_ms.max(1)),
                 socket,
                 demo,
-                kernel_argv: argv_capture == ArgvCapture::Kernel,
+                argv: argv_capture,
             };
             tokio::runtime::Builder::new_multi_thread().enable_all().build()?.block_on(run::run(opts))?;
             Ok(ExitCode::SUCCESS)

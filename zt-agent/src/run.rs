@@ -15,7 +15,7 @@ use tokio::{io::unix::AsyncFd, signal::unix::SignalKind, sync::watch};
 use zt_common::{Config, config_flags};
 
 use crate::{
-    bpf::{self, loader::{Bpf, LoadOptions}, probe},
+    bpf::{self, loader::{ArgvCapture, Bpf, LoadOptions}, probe},
     control, host,
     identity::{self, IdentityConfig, Resolver},
     pipeline::{self, MapTables, Stats, enrich::Enricher, event::{AgentInfo, Body}, output::Show},
@@ -30,7 +30,7 @@ pub struct RunOptions {
     pub poll_interval: Duration,
     pub socket: PathBuf,
     pub demo: bool,
-    pub kernel_argv: bool,
+    pub argv: ArgvCapture,
 }
 
 /// The policy in force: parsed config, where it came from, its blake3 digest.
@@ -79,7 +79,7 @@ pub async fn run(opts: RunOptions) -> anyhow::Result<()> {
         cgroup2: &cgroup2,
         ringbuf_bytes: opts.ringbuf_bytes,
         config: Config { flags, wakeup_bytes: opts.ringbuf_bytes / 4 },
-        kernel_argv: opts.kernel_argv,
+        argv: opts.argv,
     })?;
     let object_digest = bpf::object_digest().to_hex().to_string();
     tracing::info!("eBPF object blake3 {object_digest}");

@@ -88,6 +88,12 @@ pub mod globals {
     /// Offset of `group_dead` in `sched_process_exit`, or [`ABSENT`] on
     /// kernels whose tracepoint lacks the field.
     pub const EXIT_GROUP_DEAD: &str = "EXIT_GROUP_DEAD_OFF";
+    /// Offsets of `task_struct.mm`, `mm_struct.arg_start` and
+    /// `mm_struct.arg_end` from kernel BTF, or [`ABSENT`]: then argv comes
+    /// from the `sys_enter_execve[at]` programs instead.
+    pub const TASK_MM: &str = "TASK_MM_OFF";
+    pub const MM_ARG_START: &str = "MM_ARG_START_OFF";
+    pub const MM_ARG_END: &str = "MM_ARG_END_OFF";
     pub const ABSENT: u32 = u32::MAX;
 }
 

@@ -5,10 +5,14 @@
 //!   identity) before it runs its first instruction. The entry is always
 //!   overwritten, so a recycled pid starts from its own parent, never from the
 //!   dead process that held the number before.
-//! - `sys_enter_execve[at]`: argv is read from user memory into `EXEC_ARGS`
-//!   (keyed by tid) while the old image still exists.
 //! - `sched_process_exec`: refresh cgroup, adopt the cgroup's identity if the
-//!   process had none, emit an exec event with filename and argv.
+//!   process had none, emit an exec event with filename and argv. argv is read
+//!   from the new image (`current->mm->arg_start..arg_end`, offsets from BTF
+//!   set by user space), so no syscall tracepoint is needed.
+//! - `sys_enter_execve[at]`: the fallback when BTF offsets are unknown: argv
+//!   is read from the syscall arguments into `EXEC_ARGS` (keyed by tid).
+//!   Attaching any syscall tracepoint slows every syscall of every task a
+//!   little, which is why it is only the fallback.
 //! - `sched_process_exit`: on the death of the whole thread group, emit an exit
 //!   event and drop the entry.
 //!
@@ -22,7 +26,10 @@ use aya_ebpf::{
     helpers::{
         bpf_get_current_cgroup_id, bpf_get_current_comm, bpf_get_current_pid_tgid,
         bpf_get_current_uid_gid, bpf_probe_read_kernel_str_bytes, bpf_probe_read_user,
-        generated::{bpf_ktime_get_boot_ns, bpf_probe_read_kernel, bpf_probe_read_user_str},
+        generated::{
+            bpf_get_current_task, bpf_ktime_get_boot_ns, bpf_probe_read_kernel, bpf_probe_read_user as probe_read_user_raw,
+            bpf_probe_read_user_str,
+        },
     },
     macros::tracepoint,
     programs::TracePointContext,
@@ -37,7 +44,8 @@ use crate::{
     events::{count_loss, reserve, submit},
     maps::{
         ARGS_SCRATCH, CGROUP_IDENTITY, EXEC_ARGS, EXEC_FILENAME_OFF, EXEC_OLD_PID_OFF,
-        EXIT_GROUP_DEAD_OFF, FORK_CHILD_PID_OFF, PROC_TABLE, global,
+        EXIT_GROUP_DEAD_OFF, FORK_CHILD_PID_OFF, MM_ARG_END_OFF, MM_ARG_START_OFF, PROC_TABLE,
+        TASK_MM_OFF, global,
     },
 };
 
@@ -201,9 +209,10 @@ fn try_exec(ctx: &TracePointContext) -> Result<(), i64> {
         }
     };
 
-    let args = unsafe { EXEC_ARGS.get(&(old_tid as u32)) };
+    let from_mm = global(&TASK_MM_OFF) != ABSENT;
+    let stashed = if from_mm { None } else { unsafe { EXEC_ARGS.get(&(old_tid as u32)) } };
     let Some(mut entry) = reserve::<ExecEvent>(loss::RINGBUF_EXEC) else {
-        if args.is_some() {
+        if stashed.is_some() {
             let _ = EXEC_ARGS.remove(&(old_tid as u32));
         }
         return Ok(());
@@ -221,30 +230,62 @@ fn try_exec(ctx: &TracePointContext) -> Result<(), i64> {
             Ok(s) => s.len() as u32,
             Err(_) => 0,
         };
-        match args {
-            Some(a) => {
-                let len = if a.len > ARGS_LEN as u32 { ARGS_LEN as u32 } else { a.len };
-                bpf_probe_read_kernel(
-                    (*ev).args.as_mut_ptr().cast(),
-                    ARGS_LEN as u32,
-                    a.buf.as_ptr().cast(),
-                );
-                (*ev).args_len = len;
-                (*ev).argc = a.argc;
-                (*ev).args_flags = if a.truncated != 0 { args_flags::TRUNCATED } else { 0 };
-            }
-            None => {
-                (*ev).args_len = 0;
-                (*ev).argc = 0;
-                (*ev).args_flags = args_flags::MISSING;
+        (*ev).argc = 0;
+        if from_mm {
+            let (len, truncated) = match argv_from_mm(&mut (*ev).args) {
+                Some(v) => v,
+                None => (0, false),
+            };
+            (*ev).args_len = len;
+            (*ev).args_flags = if truncated { args_flags::TRUNCATED } else if len == 0 { args_flags::MISSING } else { 0 };
+        } else {
+            match stashed {
+                Some(a) => {
+                    let len = if a.len > ARGS_LEN as u32 { ARGS_LEN as u32 } else { a.len };
+                    bpf_probe_read_kernel((*ev).args.as_mut_ptr().cast(), ARGS_LEN as u32, a.buf.as_ptr().cast());
+                    (*ev).args_len = len;
+                    (*ev).argc = a.argc;
+                    (*ev).args_flags = if a.truncated != 0 { args_flags::TRUNCATED } else { 0 };
+                }
+                None => {
+                    (*ev).args_len = 0;
+                    (*ev).args_flags = args_flags::MISSING;
+                }
             }
         }
     }
-    if args.is_some() {
+    if stashed.is_some() {
         let _ = EXEC_ARGS.remove(&(old_tid as u32));
     }
     submit(entry);
     Ok(())
+}
+
+/// Copies `current->mm->arg_start..arg_end` (the argv strings of the image
+/// just exec'd, NUL-separated) into `out`. Returns (bytes, truncated).
+#[inline(always)]
+unsafe fn argv_from_mm(out: &mut [u8; ARGS_LEN]) -> Option<(u32, bool)> {
+    unsafe {
+        let task = bpf_get_current_task() as *const u8;
+        let mm: *const u8 = read_kernel(task.add(global(&TASK_MM_OFF) as usize).cast())?;
+        if mm.is_null() {
+            return None;
+        }
+        let start: u64 = read_kernel(mm.add(global(&MM_ARG_START_OFF) as usize).cast())?;
+        let end: u64 = read_kernel(mm.add(global(&MM_ARG_END_OFF) as usize).cast())?;
+        let total = end.saturating_sub(start);
+        // Two bounded branches so the verifier can prove len <= ARGS_LEN.
+        let len = if total >= ARGS_LEN as u64 { ARGS_LEN as u32 } else { total as u32 & (ARGS_LEN as u32 - 1) };
+        if probe_read_user_raw(out.as_mut_ptr().cast(), len, start as *const _) != 0 {
+            return None;
+        }
+        Some((len, total > ARGS_LEN as u64))
+    }
+}
+
+#[inline(always)]
+unsafe fn read_kernel<T>(src: *const T) -> Option<T> {
+    unsafe { aya_ebpf::helpers::bpf_probe_read_kernel(src).ok() }
 }
 
 #[tracepoint]

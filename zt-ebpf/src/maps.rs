@@ -47,6 +47,14 @@ pub static EXEC_FILENAME_OFF: u32 = 8;
 pub static EXEC_OLD_PID_OFF: u32 = 16;
 #[unsafe(no_mangle)]
 pub static EXIT_GROUP_DEAD_OFF: u32 = 32;
+/// Kernel struct offsets from BTF (see `zt_common::globals::TASK_MM`);
+/// `u32::MAX` (absent) unless user space sets them.
+#[unsafe(no_mangle)]
+pub static TASK_MM_OFF: u32 = u32::MAX;
+#[unsafe(no_mangle)]
+pub static MM_ARG_START_OFF: u32 = u32::MAX;
+#[unsafe(no_mangle)]
+pub static MM_ARG_END_OFF: u32 = u32::MAX;
 
 /// Reads a global through a volatile load so the compiler cannot fold the
 /// default value in; the verifier then sees the frozen `.rodata` value.

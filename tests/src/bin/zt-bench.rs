@@ -90,9 +90,10 @@ fn attribution(rounds: usize) -> anyhow::Result<()> {
     };
 
     // Per variant: (label, agent args or None for no agent, [non-agent, agent] p50 samples).
-    let variants: [(&str, Option<&[&str]>); 3] = [
+    let variants: [(&str, Option<&[&str]>); 4] = [
         ("no agent", None),
-        ("agent, argv from kernel (default)", Some(&["--argv-capture", "kernel"])),
+        ("agent, argv from exec'd image (default)", Some(&["--argv-capture", "kernel"])),
+        ("agent, argv at sys_enter_execve", Some(&["--argv-capture", "syscalls"])),
         ("agent, argv from /proc", Some(&["--argv-capture", "proc"])),
     ];
     let mut samples = vec![[Vec::new(), Vec::new()]; variants.len()];
@@ -122,7 +123,7 @@ fn attribution(rounds: usize) -> anyhow::Result<()> {
     for (k, who) in ["from a non-agent process", "from an agent process"].iter().enumerate() {
         println!("  {who}:");
         for (vi, (label, _)) in variants.iter().enumerate() {
-            println!("    {label:<36} {:>6.0} us   ratio {:.3}", median(&mut samples[vi][k]) / 1e3, median(&mut ratios[vi][k]));
+            println!("    {label:<42} {:>6.0} us   ratio {:.3}", median(&mut samples[vi][k]) / 1e3, median(&mut ratios[vi][k]));
         }
     }
 

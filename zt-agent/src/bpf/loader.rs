@@ -16,7 +16,7 @@ use serde::Serialize;
 use zt_common::{Config, maps as M, programs as P};
 
 use super::{
-    OBJECT,
+    OBJECT, btf,
     maps::{CgroupIdentities, ConfigMap, EventSource, LossCounters, ProcTable},
     tracefs,
 };
@@ -36,11 +36,7 @@ pub struct LoadOptions<'a> {
     pub cgroup2: &'a Path,
     pub ringbuf_bytes: u32,
     pub config: Config,
-    /// Capture argv in the kernel at `sys_enter_execve[at]`. Attaching any
-    /// syscall tracepoint puts every task's syscalls on the traced slow path
-    /// (about +1% on fork+exec here, see BENCHMARKS.md); without it argv is
-    /// read from /proc, which misses processes that exit quickly.
-    pub kernel_argv: bool,
+    pub argv: ArgvCapture,
 }
 
 #[derive(Debug, Clone, Serialize)]
@@ -66,6 +62,27 @@ pub struct Bpf {
     pub hooks: Vec<HookStatus>,
 }
 
+/// Where exec argv comes from (`zt-agent run --argv-capture`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum ArgvCapture {
+    /// In the kernel: from the exec'd image at `sched_process_exec` (needs
+    /// kernel BTF), else from the syscall arguments at `sys_enter_execve[at]`.
+    Kernel,
+    /// Force the syscall-tracepoint path. Attaching any syscall tracepoint
+    /// puts every syscall of every task on the traced slow path (+3% on
+    /// fork+exec here, see BENCHMARKS.md).
+    Syscalls,
+    /// Read `/proc/<pid>/cmdline` after the exec event: no kernel cost,
+    /// but processes that exit at once have no argv.
+    Proc,
+}
+
+enum ArgvSource {
+    Mm,
+    Syscalls(String),
+    Proc,
+}
+
 enum Need {
     Required,
     Optional { fallback: &'static str },
@@ -76,7 +93,22 @@ impl Bpf {
     /// attaches every hook. Returns the maps separately so they can move to
     /// the tasks that use them.
     pub fn load(opts: &LoadOptions<'_>) -> anyhow::Result<(Bpf, BpfMaps)> {
-        let offsets = tracefs::program_offsets(opts.tracefs).context("reading tracepoint layouts")?;
+        let mut offsets = tracefs::program_offsets(opts.tracefs).context("reading tracepoint layouts")?;
+        // argv from the exec'd image needs three struct offsets from BTF;
+        // without them the syscall tracepoints are the fallback.
+        let argv_source = match opts.argv {
+            ArgvCapture::Proc => ArgvSource::Proc,
+            ArgvCapture::Syscalls => ArgvSource::Syscalls("--argv-capture syscalls".into()),
+            ArgvCapture::Kernel => {
+                match std::fs::read("/sys/kernel/btf/vmlinux").map_err(anyhow::Error::from).and_then(|d| Ok(btf::argv_offsets(&d)?)) {
+                    Ok(o) => {
+                        offsets.extend(o);
+                        ArgvSource::Mm
+                    }
+                    Err(e) => ArgvSource::Syscalls(format!("no BTF offsets ({e:#})")),
+                }
+            }
+        };
         let mut loader = loader_with_offsets(Some(&offsets));
         loader.map_max_entries(M::EVENTS, opts.ringbuf_bytes);
         let mut ebpf = loader.load(OBJECT).context("loading the eBPF object")?;
@@ -101,13 +133,17 @@ impl Bpf {
             (P::EXECVEAT_ARGS, "syscalls", "sys_enter_execveat", Need::Optional { fallback: "argv read from /proc" }),
         ] {
             let at = format!("tracepoint/{category}/{name}");
-            if category == "syscalls" && !opts.kernel_argv {
-                bpf.hooks.push(HookStatus {
-                    program: prog,
-                    attach_point: at,
-                    state: "not attached (--argv-capture proc); argv read from /proc".into(),
-                    attached: false,
-                });
+            let skip = match (&argv_source, category) {
+                (ArgvSource::Proc, "syscalls") => Some("not attached (--argv-capture proc); argv read from /proc".to_string()),
+                (ArgvSource::Mm, "syscalls") => Some("not needed: argv read from the exec'd image at sched_process_exec (BTF offsets)".into()),
+                (ArgvSource::Syscalls(why), "syscalls") => {
+                    tracing::info!("argv capture falls back to syscall tracepoints: {why}");
+                    None
+                }
+                _ => None,
+            };
+            if let Some(state) = skip {
+                bpf.hooks.push(HookStatus { program: prog, attach_point: at, state, attached: false });
                 continue;
             }
             let r = bpf.attach_tracepoint(prog, category, name);

@@ -6,6 +6,8 @@
 //! - [`probe`]: what this kernel really runs, learned by loading tiny programs.
 //! - [`maps`]: typed map wrappers and the ring buffer source.
 //! - [`tracefs`]: tracepoint layouts from tracefs `format` files.
+//! - [`btf`]: kernel struct member offsets from BTF (no CO-RE in aya-ebpf).
+pub mod btf;
 pub mod loader;
 pub mod maps;
 pub mod probe;
@@ -53,7 +55,16 @@ mod tests {
         for m in [maps::PROC_TABLE, maps::CGROUP_IDENTITY, maps::EXEC_ARGS, maps::EVENTS, maps::LOSS, maps::CONFIG] {
             assert_eq!(section_of(m).as_deref(), Some("maps"), "map {m}");
         }
-        for g in [globals::FORK_PARENT_PID, globals::FORK_CHILD_PID, globals::EXEC_FILENAME, globals::EXEC_OLD_PID, globals::EXIT_GROUP_DEAD] {
+        for g in [
+            globals::FORK_PARENT_PID,
+            globals::FORK_CHILD_PID,
+            globals::EXEC_FILENAME,
+            globals::EXEC_OLD_PID,
+            globals::EXIT_GROUP_DEAD,
+            globals::TASK_MM,
+            globals::MM_ARG_START,
+            globals::MM_ARG_END,
+        ] {
             let s = section_of(g).unwrap_or_else(|| panic!("global {g} missing"));
             assert!(s.starts_with(".rodata"), "global {g} in {s}: must be read-only so the verifier sees a constant");
         }
