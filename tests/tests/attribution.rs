@@ -350,3 +350,33 @@ fn argv_capture_modes() {
         }
     }
 }
+
+/// Loss is never silent: with a tiny ring buffer and a slow consumer, a
+/// flood of connects overflows the ring; every attempt is either written or
+/// counted, a `loss` event reports it, and `status` shows the counters.
+#[test]
+fn ring_buffer_overflow_is_counted_and_reported() {
+    if !require_root("ring_buffer_overflow_is_counted_and_reported") {
+        return;
+    }
+    let cg = TestCgroup::new(&format!("/{}/agent", unique("loss"))).unwrap();
+    let agent = Agent::start("loss", &cgroup_policy(&cg), &["--ringbuf-size", "4096", "--poll-ms", "1000", "--show", "attributed"]).unwrap();
+    let target = Listener::new();
+    let n: u64 = 20_000;
+    assert!(cg.command(helper_bin()).args(["udp-connects", &n.to_string(), &target.addr()]).status().unwrap().success());
+    let events = agent.wait_for("a loss event", |e| e["kind"] == "loss" && e["loss"]["totals"]["ringbuf_connect"].as_u64() > Some(0)).unwrap();
+    drop(events);
+    std::thread::sleep(Duration::from_millis(1500));
+    let status = Command::new(agent_bin()).args(["status", "--json", "--socket"]).arg(&agent.socket).output().unwrap();
+    let status: serde_json::Value = serde_json::from_slice(&status.stdout).unwrap();
+    let events = agent.stop().unwrap();
+    let c = &status["counters"];
+    let lost = c["kernel_loss"]["ringbuf_connect"].as_u64().unwrap();
+    let overflow = c["queue_overflow"].as_u64().unwrap() + c["output_overflow"].as_u64().unwrap();
+    let written = connects_to(&events, target.port).len() as u64;
+    assert!(lost > 0, "expected ring buffer loss with a 4 KiB ring: {c}");
+    assert!(written > 0);
+    assert!(written + lost <= n && n <= written + lost + overflow, "attempted {n}, written {written}, lost {lost}, overflow {overflow}");
+    let last_loss = events.iter().rev().find(|e| e["kind"] == "loss").unwrap();
+    assert_eq!(last_loss["loss"]["totals"]["ringbuf_connect"].as_u64(), Some(lost), "{last_loss}");
+}

@@ -100,7 +100,11 @@ fn attribution(rounds: usize) -> anyhow::Result<()> {
     let mut ratios = vec![[Vec::new(), Vec::new()]; variants.len()];
     for r in 0..rounds {
         let mut line = format!("round {r}:");
-        for (vi, (label, args)) in variants.iter().enumerate() {
+        // Rotate the order each round so no variant always runs first.
+        let mut this_round = vec![[0.0; 2]; variants.len()];
+        for step in 0..variants.len() {
+            let vi = (step + r) % variants.len();
+            let (label, args) = variants[vi];
             let agent = match args {
                 Some(a) => Some(Agent::start("bench", &pol, a)?),
                 None => None,
@@ -110,10 +114,12 @@ fn attribution(rounds: usize) -> anyhow::Result<()> {
                 a.stop()?;
             }
             line.push_str(&format!(" {label} {:.0}/{:.0} us;", p[0] / 1e3, p[1] / 1e3));
+            this_round[vi] = p;
+        }
+        for (vi, p) in this_round.iter().enumerate() {
             for k in 0..2 {
                 samples[vi][k].push(p[k]);
-                let base = samples[0][k][r];
-                ratios[vi][k].push(p[k] / base);
+                ratios[vi][k].push(p[k] / this_round[0][k]);
             }
         }
         eprintln!("{line} (non-agent/agent process)");

@@ -12,6 +12,7 @@
 //! - fork-sleep-connect MS ADDR    sleep, then a forked child connects
 //! - escape-connect PROCS ADDR     move to the cgroup whose cgroup.procs is PROCS, connect
 //! - stdin-connect ADDR            wait for a line on stdin, then connect
+//! - udp-connects N ADDR           N UDP connect() calls as fast as possible
 use std::{io::BufRead, net::TcpStream, time::Duration};
 
 fn connect(addr: &str) {
@@ -75,6 +76,13 @@ fn main() {
             let mut line = String::new();
             std::io::stdin().lock().read_line(&mut line).unwrap();
             connect(a(2));
+        }
+        "udp-connects" => {
+            let n: u64 = a(2).parse().expect("N");
+            let sock = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
+            for _ in 0..n {
+                let _ = sock.connect(a(3));
+            }
         }
         other => panic!("unknown form {other}"),
     }
