@@ -263,8 +263,9 @@ impl Agent {
     /// SIGTERM, wait for exit, return the final events.
     pub fn stop(mut self) -> anyhow::Result<Vec<Value>> {
         let mut child = self.child.take().unwrap();
-        nix::sys::signal::kill(nix::unistd::Pid::from_raw(child.id() as i32), nix::sys::signal::Signal::SIGTERM)?;
+        let signalled = nix::sys::signal::kill(nix::unistd::Pid::from_raw(child.id() as i32), nix::sys::signal::Signal::SIGTERM);
         let status = child.wait()?;
+        signalled?;
         if !status.success() {
             bail!("zt-agent exited with {status}:\n{}", self.stderr());
         }

@@ -115,6 +115,7 @@ pub async fn run(opts: RunOptions) -> anyhow::Result<()> {
             poll_interval: opts.poll_interval,
             loss_interval: Duration::from_secs(1),
             rescan_interval: Duration::from_secs(2),
+            gc_every: 15,
             cgroup2: cgroup2.clone(),
         },
         stats.clone(),
@@ -137,7 +138,7 @@ pub async fn run(opts: RunOptions) -> anyhow::Result<()> {
             },
         },
     };
-    let _ = running.input.send(pipeline::Input::Emit(agent_event("started", None))).await;
+    let _ = running.input.send(pipeline::Input::Emit(Box::new(agent_event("started", None)))).await;
 
     let (stop_tx, stop_rx) = watch::channel(false);
     let info = Arc::new(control::StaticInfo {
@@ -179,7 +180,7 @@ pub async fn run(opts: RunOptions) -> anyhow::Result<()> {
     if let Some(d) = demo.as_mut() {
         d.stop().await;
     }
-    let _ = running.input.send(pipeline::Input::Emit(agent_event("stopped", Some(reason.into())))).await;
+    let _ = running.input.send(pipeline::Input::Emit(Box::new(agent_event("stopped", Some(reason.into()))))).await;
     running.shutdown().await;
     let _ = stop_tx.send(true);
     let _ = control_task.await;

@@ -6,8 +6,8 @@
 //! Usage: zt-test-helper <form> [args] [marker...]
 //! - connect ADDR
 //! - thread-connect ADDR           connect from a second thread
-//! - double-fork-connect ADDR      fork, setsid, fork; the grandchild connects
-//!                                 after its parent exited (re-parented)
+//! - double-fork-connect ADDR      fork, setsid, fork; the grandchild connects after
+//!   its parent exited (re-parented)
 //! - sleep-connect MS ADDR         sleep, then connect
 //! - fork-sleep-connect MS ADDR    sleep, then a forked child connects
 //! - escape-connect PROCS ADDR     move to the cgroup whose cgroup.procs is PROCS, connect

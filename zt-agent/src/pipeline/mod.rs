@@ -61,6 +61,8 @@ pub struct Stats {
     pub enriched: AtomicU64,
     pub assigned: AtomicU64,
     pub proc_table_entries: AtomicU64,
+    /// Table entries of processes that no longer exist, removed by the GC.
+    pub stale_entries_removed: AtomicU64,
     pub kernel_loss: Mutex<[u64; loss::COUNT as usize]>,
 }
 
@@ -75,6 +77,7 @@ pub struct StatsSnapshot {
     pub enriched: u64,
     pub identities_assigned: u64,
     pub proc_table_entries: u64,
+    pub stale_entries_removed: u64,
     pub kernel_loss: std::collections::BTreeMap<&'static str, u64>,
 }
 
@@ -91,6 +94,7 @@ impl Stats {
             enriched: self.enriched.load(Relaxed),
             identities_assigned: self.assigned.load(Relaxed),
             proc_table_entries: self.proc_table_entries.load(Relaxed),
+            stale_entries_removed: self.stale_entries_removed.load(Relaxed),
             kernel_loss: loss::NAMES.iter().copied().zip(k).collect(),
         }
     }
@@ -109,8 +113,9 @@ impl Stats {
 /// What flows into the enrich task.
 pub enum Input {
     Raw(decode::RawEvent),
-    /// An already-built event (loss, agent life cycle).
-    Emit(Event),
+    /// An already-built event (loss, agent life cycle); boxed so a raw
+    /// kernel event (the common case) stays small in the queue.
+    Emit(Box<Event>),
 }
 
 pub struct Options {
@@ -118,6 +123,8 @@ pub struct Options {
     pub poll_interval: Duration,
     pub loss_interval: Duration,
     pub rescan_interval: Duration,
+    /// Rescans between two garbage collections of the process table.
+    pub gc_every: u32,
     pub cgroup2: PathBuf,
 }
 
@@ -246,7 +253,7 @@ pub fn spawn(
                     };
                     tracing::warn!("events lost: {:?}", totals);
                     // On a full queue, keep `reported`: the next tick reports the totals again.
-                    if tx.try_send(Input::Emit(ev)).is_ok() {
+                    if tx.try_send(Input::Emit(Box::new(ev))).is_ok() {
                         reported = totals;
                     }
                 }
@@ -264,9 +271,11 @@ pub fn spawn(
         let mut tables = tables;
         let cgroup2 = opts.cgroup2.clone();
         let every = opts.rescan_interval;
+        let gc_every = opts.gc_every.max(1);
         handles.push(tokio::spawn(async move {
             let mut rx = rx;
             let mut rescan = tokio::time::interval(every);
+            let mut ticks: u32 = 0;
             loop {
                 tokio::select! {
                     msg = rx.recv() => {
@@ -278,7 +287,7 @@ pub fn spawn(
                                 }
                                 None => continue,
                             },
-                            Some(Input::Emit(ev)) => ev,
+                            Some(Input::Emit(ev)) => *ev,
                             None => break,
                         };
                         for o in &out_txs {
@@ -290,6 +299,11 @@ pub fn spawn(
                     }
                     _ = rescan.tick() => {
                         rescan_cgroups(&mut enricher, &mut tables, &cgroup2);
+                        ticks = ticks.wrapping_add(1);
+                        if ticks % gc_every == 0 {
+                            let removed = gc_stale_entries(&mut tables, enricher.resolver_mut().proc_root());
+                            stats.stale_entries_removed.fetch_add(removed as u64, Relaxed);
+                        }
                         stats.proc_table_entries.store(tables.procs.entries().len() as u64, Relaxed);
                     }
                 }
@@ -320,6 +334,26 @@ pub fn rescan_cgroups(enricher: &mut Enricher, tables: &mut MapTables, cgroup2: 
         tracing::debug!("cgroup {rel} (id {cgid}) -> identity {identity}");
         attribute_cgroup_members(tables, cgroup2, &rel, identity);
     }
+}
+
+/// Removes table entries whose process no longer exists. The kernel removes
+/// entries at exit; leftovers come from a thread that exec'd (its old tid's
+/// entry is never exited). `/proc/<tid>` exists for live threads too, so
+/// thread entries stay. An entry is removed only if it still has the
+/// `start_ns` seen in the snapshot, so a pid reused meanwhile is kept.
+pub fn gc_stale_entries(tables: &mut MapTables, proc_root: &std::path::Path) -> usize {
+    let mut removed = 0;
+    for (pid, info) in tables.procs.entries() {
+        let gone = || !proc_root.join(pid.to_string()).exists();
+        if gone()
+            && matches!(tables.procs.get(pid), Ok(Some(now)) if now.start_ns == info.start_ns)
+            && gone()
+            && tables.procs.remove(pid).is_ok()
+        {
+            removed += 1;
+        }
+    }
+    removed
 }
 
 /// Gives `identity` to unattributed processes listed in a cgroup's
