@@ -44,7 +44,7 @@ fn lineage_survives_fork_exec_setsid_double_fork_threads_and_cgroup_escape() {
     let helper = helper_bin();
     let h = helper.display();
     let root_procs = cgroup2_root().join("cgroup.procs");
-    let ports: Vec<Listener> = (0..7).map(|_| Listener::new()).collect();
+    let ports: Vec<Listener> = (0..8).map(|_| Listener::new()).collect();
     let p = |i: usize| ports[i].addr();
     let mark = "ZTMARK-IN";
     let script = format!(
@@ -57,6 +57,7 @@ fn lineage_survives_fork_exec_setsid_double_fork_threads_and_cgroup_escape() {
          {h} thread-connect {a4} {mark}
          {h} escape-connect {procs} {a5} {mark}
          sh -c 'exec {h} connect {a6} {mark}'
+         ( echo $BASHPID > {procs}; {h} double-fork-connect {a7} {mark} )
          wait",
         a0 = p(0),
         a1 = p(1),
@@ -65,6 +66,7 @@ fn lineage_survives_fork_exec_setsid_double_fork_threads_and_cgroup_escape() {
         a4 = p(4),
         a5 = p(5),
         a6 = p(6),
+        a7 = p(7),
         procs = root_procs.display(),
     );
     let status = cg.command("bash").arg("-c").arg(&script).status().unwrap();
@@ -75,7 +77,9 @@ fn lineage_survives_fork_exec_setsid_double_fork_threads_and_cgroup_escape() {
     let st = Command::new(&helper).args(["connect", &outside.addr(), "ZTMARK-OUT"]).status().unwrap();
     assert!(st.success());
 
-    let last = ports[3].port;
+    // The last scenario left the agent cgroup before forking: only lineage
+    // (not the cgroup) can attribute its descendants.
+    let last = ports[7].port;
     let events = agent
         .wait_for("the double-forked grandchild's connect", |e| e["kind"] == "connect" && e["connect"]["port"] == last)
         .unwrap();
