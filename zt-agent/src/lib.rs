@@ -3,6 +3,8 @@
 //! # Layout
 //! - [`bpf`]: the only module that uses aya: load, attach, probe, typed maps.
 //! - [`identity`]: identity files, selectors, the resolver (plain Rust).
+//! - [`policy`]: host policy language, compilation to map entries, history.
+//! - [`manager`]: applies policies to the kernel (reload, history, rollback).
 //! - [`pipeline`]: ring buffer -> decode -> enrich -> outputs, loss counting.
 //! - [`control`]: the local control socket (`zt-agent status`).
 //! - [`host`]: mounts, cgroup v2, privileges, clocks.
@@ -11,5 +13,7 @@ pub mod bpf;
 pub mod control;
 pub mod host;
 pub mod identity;
+pub mod manager;
 pub mod pipeline;
+pub mod policy;
 pub mod run;

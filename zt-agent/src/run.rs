@@ -1,8 +1,10 @@
-//! `zt-agent run`: the daemon. Wires probe, loader, seeding, pipeline and the
-//! control socket together and owns the shutdown order:
-//! signal -> `agent stop` event -> pipeline drained -> control socket removed
-//! -> demo workload stopped -> programs detached (dropping `Bpf`).
+//! `zt-agent run`: the daemon. Wires probe, loader, the first policy,
+//! seeding, pipeline, policy manager and the control socket together, and
+//! owns the shutdown order: signal -> demo stopped -> manager and control
+//! socket stopped -> `agent stop` event -> pipeline drained -> programs
+//! detached (dropping `Bpf`).
 use std::{
+    collections::BTreeMap,
     io::Write,
     path::{Path, PathBuf},
     process::Stdio,
@@ -15,14 +17,26 @@ use tokio::{io::unix::AsyncFd, signal::unix::SignalKind, sync::watch};
 use zt_common::{Config, config_flags};
 
 use crate::{
-    bpf::{self, loader::{ArgvCapture, Bpf, LoadOptions}, probe},
+    bpf::{
+        self,
+        loader::{ArgvCapture, Bpf, LoadOptions},
+        probe,
+    },
     control, host,
-    identity::{self, IdentityConfig, Resolver},
-    pipeline::{self, MapTables, Stats, enrich::Enricher, event::{AgentInfo, Body}, output::Show},
+    identity::Resolver,
+    manager::{self, InForce, Manager, RuleBook},
+    pipeline::{
+        self, MapTables, Stats,
+        enrich::Enricher,
+        event::{AgentInfo, Body},
+        output::Show,
+    },
+    policy::{self, Bundle, store},
 };
 
 pub struct RunOptions {
-    pub policy: Option<PathBuf>,
+    /// Policy files or directories; empty: the embedded default.
+    pub policy: Vec<PathBuf>,
     pub events: Option<PathBuf>,
     pub show: Show,
     pub observe_all_connects: bool,
@@ -31,27 +45,17 @@ pub struct RunOptions {
     pub socket: PathBuf,
     pub demo: bool,
     pub argv: ArgvCapture,
-}
-
-/// The policy in force: parsed config, where it came from, its blake3 digest.
-pub fn load_policy(path: Option<&Path>) -> anyhow::Result<(IdentityConfig, String, blake3::Hash)> {
-    match path {
-        None => {
-            let c = identity::config::parse("<embedded default policy>", identity::DEFAULT_POLICY)?;
-            Ok((c, "embedded default".into(), blake3::hash(identity::DEFAULT_POLICY.as_bytes())))
-        }
-        Some(p) => {
-            let text = std::fs::read(p).with_context(|| format!("{}: cannot read", p.display()))?;
-            let c = identity::config::load_file(p)?;
-            Ok((c, p.display().to_string(), blake3::hash(&text)))
-        }
-    }
+    /// Where policy history is kept; None: in memory only.
+    pub state_dir: Option<PathBuf>,
+    pub node_labels: BTreeMap<String, String>,
 }
 
 pub async fn run(opts: RunOptions) -> anyhow::Result<()> {
     host::check_privileges()?;
-    let (config, policy_source, policy_digest) = load_policy(opts.policy.as_deref())?;
-    let config = Arc::new(config);
+    // Validate the policy before touching the kernel: a bad file is an error
+    // with file:line:column and nothing is loaded.
+    let bundle = if opts.policy.is_empty() { Bundle::embedded_default() } else { Bundle::read(&opts.policy)? };
+    bundle.parse()?;
     let tracefs = host::ensure_tracefs()?;
     let cgroup2 = host::cgroup2_mount()?;
 
@@ -83,15 +87,29 @@ pub async fn run(opts: RunOptions) -> anyhow::Result<()> {
     })?;
     let object_digest = bpf::object_digest().to_hex().to_string();
     tracing::info!("eBPF object blake3 {object_digest}");
-    for h in &bpf.hooks {
-        tracing::info!("{} -> {}: {}", h.program, h.attach_point, h.state);
-    }
     let logger_task = spawn_kernel_logger(&mut bpf);
 
     let node: Arc<str> = nix::unistd::gethostname().map(|h| h.to_string_lossy().into_owned()).unwrap_or_default().into();
-    let mut enricher = Enricher::new(Resolver::new(config.clone(), "/proc"), node, opts.show == Show::All);
-    let mut tables = MapTables { procs: maps.proc_table, cgroups: maps.cgroups };
+    let (input_tx, input_rx) = tokio::sync::mpsc::channel(QUEUE_CAPACITY);
+    let rulebook = Arc::new(RuleBook::default());
+    let in_force = Arc::new(std::sync::RwLock::new(InForce::default()));
+    let store = store::Store::open(opts.state_dir.as_ref().map(|d| d.join("policy-history")))?;
+    let mut manager = Manager::new(
+        opts.policy.clone(),
+        store,
+        maps.policy,
+        opts.node_labels.clone(),
+        rulebook.clone(),
+        input_tx.clone(),
+        in_force.clone(),
+        node.clone(),
+    );
+    // The first policy goes into the maps before the egress hooks attach.
+    let first = manager.apply_and_report(bundle, "start", "applied").await.map_err(|e| anyhow::anyhow!("{e}"))?;
+    let config = Arc::new(policy::identity_config(&manager.current_policy().expect("just applied"), manager.ids()));
 
+    let mut enricher = Enricher::new(Resolver::new(config.clone(), "/proc"), node.clone(), opts.show == Show::All, rulebook);
+    let mut tables = MapTables { procs: maps.proc_table, cgroups: maps.cgroups };
     // The demo cgroup must exist before seeding so the kernel learns its id.
     let demo_cgroup = if opts.demo { Some(prepare_demo_cgroup(&cgroup2)?) } else { None };
     let (seeded, attributed) = pipeline::seed(&mut enricher, &mut tables, &cgroup2);
@@ -105,13 +123,13 @@ pub async fn run(opts: RunOptions) -> anyhow::Result<()> {
         None => Box::new(std::io::BufWriter::new(std::io::stdout())),
     };
     let running = pipeline::spawn(
+        (input_tx, input_rx),
         maps.events,
         maps.loss,
         tables,
         enricher,
         vec![(output, opts.show)],
         pipeline::Options {
-            queue_capacity: 65_536,
             poll_interval: opts.poll_interval,
             loss_interval: Duration::from_secs(1),
             rescan_interval: Duration::from_secs(2),
@@ -120,46 +138,47 @@ pub async fn run(opts: RunOptions) -> anyhow::Result<()> {
         },
         stats.clone(),
     );
+    bpf.attach_network(&cgroup2)?;
+    for h in &bpf.hooks {
+        tracing::info!("{} -> {}: {}", h.program, h.attach_point, h.state);
+    }
 
-    let identities: Vec<(String, String)> = config.identities.iter().map(|i| (i.name.clone(), i.spiffe_id.clone())).collect();
+    let (stop_tx, stop_rx) = watch::channel(false);
+    let (req_tx, req_rx) = tokio::sync::mpsc::channel(16);
+    let manager_task = tokio::spawn(manager::run(manager, req_rx, stop_rx.clone(), Duration::from_secs(30)));
+
     let path_strings: Vec<(String, String)> = paths.iter().map(|(a, b)| (a.to_string(), b.clone())).collect();
-    let node = nix::unistd::gethostname().map(|h| h.to_string_lossy().into_owned()).unwrap_or_default();
     let agent_event = |state: &'static str, reason: Option<String>| pipeline::event::Event {
         time: Enricher::wall_time(host::boottime_ns()),
-        node: node.as_str().into(),
+        node: node.clone(),
         body: Body::Agent {
             agent: AgentInfo {
                 state,
                 version: env!("CARGO_PKG_VERSION"),
                 reason,
                 object_blake3: Some(object_digest.clone()),
-                policy: Some(format!("{} ({}) blake3:{}", config.name, policy_source, policy_digest.to_hex())),
+                policy: Some(format!("v{} blake3:{}", first.version, first.digest)),
                 paths: path_strings.clone(),
             },
         },
     };
     let _ = running.input.send(pipeline::Input::Emit(Box::new(agent_event("started", None)))).await;
 
-    let (stop_tx, stop_rx) = watch::channel(false);
     let info = Arc::new(control::StaticInfo {
         version: env!("CARGO_PKG_VERSION"),
         pid: std::process::id(),
         started: Enricher::wall_time(host::boottime_ns()),
         object_blake3: object_digest.clone(),
-        policy_name: config.name.clone(),
-        policy_source: policy_source.clone(),
-        policy_blake3: policy_digest.to_hex().to_string(),
-        trust_domain: config.trust_domain.clone(),
-        identities,
         hooks: bpf.hooks.clone(),
         paths: path_strings.clone(),
         cgroup2: cgroup2.display().to_string(),
     });
     let control_task = {
         let socket = opts.socket.clone();
-        let stats = stats.clone();
+        let state = control::State { info, stats: stats.clone(), in_force, requests: req_tx };
+        let stop = stop_rx.clone();
         tokio::spawn(async move {
-            if let Err(e) = control::serve(&socket, info, stats, stop_rx).await {
+            if let Err(e) = control::serve(&socket, state, stop).await {
                 tracing::warn!("control socket disabled: {e:#}");
             }
         })
@@ -169,7 +188,7 @@ pub async fn run(opts: RunOptions) -> anyhow::Result<()> {
         Some(dir) => Some(start_demo(dir).await?),
         None => None,
     };
-    tracing::info!("ready: attributing processes (Ctrl-C to stop)");
+    tracing::info!("ready: attributing processes and enforcing policy (Ctrl-C to stop)");
 
     let mut term = tokio::signal::unix::signal(SignalKind::terminate())?;
     let reason = tokio::select! {
@@ -180,10 +199,11 @@ pub async fn run(opts: RunOptions) -> anyhow::Result<()> {
     if let Some(d) = demo.as_mut() {
         d.stop().await;
     }
+    let _ = stop_tx.send(true);
+    let _ = manager_task.await;
+    let _ = control_task.await;
     let _ = running.input.send(pipeline::Input::Emit(Box::new(agent_event("stopped", Some(reason.into()))))).await;
     running.shutdown().await;
-    let _ = stop_tx.send(true);
-    let _ = control_task.await;
     if let Some(dir) = &demo_cgroup {
         let _ = std::fs::remove_dir(dir);
     }
@@ -192,6 +212,9 @@ pub async fn run(opts: RunOptions) -> anyhow::Result<()> {
     tracing::info!("stopped; all programs detached");
     Ok(())
 }
+
+/// Queue between the ring-buffer reader and the enricher (events).
+const QUEUE_CAPACITY: usize = 65_536;
 
 /// Forwards aya-log records from the kernel programs to `tracing` (via `log`).
 fn spawn_kernel_logger(bpf: &mut Bpf) -> tokio::task::JoinHandle<()> {
@@ -249,8 +272,9 @@ async fn start_demo(cgroup: &Path) -> anyhow::Result<Demo> {
     // Opened here, written in the child: no allocation between fork and exec.
     let procs = std::fs::OpenOptions::new().write(true).open(cgroup.join("cgroup.procs"))?;
     let procs_fd = std::os::fd::AsRawFd::as_raw_fd(&procs);
+    // 127.0.0.1 is allowed by the default policy, 127.0.0.2 is not (EPERM).
     let script = format!(
-        "while :; do uname -r >/dev/null; (exec 3<>/dev/tcp/127.0.0.1/{port}) 2>/dev/null; sleep 2; done"
+        "while :; do uname -r >/dev/null; (exec 3<>/dev/tcp/127.0.0.1/{port}) 2>/dev/null; (exec 3<>/dev/tcp/127.0.0.2/{port}) 2>/dev/null; sleep 2; done"
     );
     let mut cmd = tokio::process::Command::new("bash");
     cmd.arg("-c").arg(script).stdin(Stdio::null()).stdout(Stdio::null()).stderr(Stdio::null());
@@ -266,7 +290,7 @@ async fn start_demo(cgroup: &Path) -> anyhow::Result<Demo> {
     let child = cmd.spawn().context("starting the demo workload (bash)")?;
     drop(procs);
     tracing::info!(
-        "demo workload: pid {} in cgroup {} connecting to 127.0.0.1:{port} every 2 s",
+        "demo workload: pid {} in cgroup {} connecting to 127.0.0.1:{port} (allowed) and 127.0.0.2:{port} (denied) every 2 s",
         child.id().unwrap_or(0),
         cgroup.display()
     );

@@ -37,6 +37,15 @@ pub mod maps {
     pub const LOSS: &str = "LOSS";
     /// Array with one [`crate::Config`].
     pub const CONFIG: &str = "CONFIG";
+    /// LPM trie `(slot, identity, addr)` -> [`crate::policy::NetRuleList`].
+    pub const NET_RULES: &str = "NET_RULES";
+    /// Both slots together (double buffering).
+    pub const NET_RULES_CAPACITY: u32 = 65_536;
+    /// `(slot, identity)` -> [`crate::policy::IdentityPolicy`].
+    pub const IDENTITY_POLICY: &str = "IDENTITY_POLICY";
+    pub const IDENTITY_POLICY_CAPACITY: u32 = 2 * 1024;
+    /// Array with one [`crate::policy::ActivePolicy`].
+    pub const POLICY_ACTIVE: &str = "POLICY_ACTIVE";
 }
 
 /// Program names (the function names in `zt-ebpf`).
@@ -238,12 +247,234 @@ pub struct ConnectEvent {
     pub sock_type: u32,
     /// IP protocol (6 tcp, 17 udp; 0 when the socket left it implicit).
     pub protocol: u32,
-    pub _pad: u32,
+    /// The policy's verdict (see [`Verdict`]).
+    pub verdict: policy::Verdict,
+    /// Generation of the policy that decided (0: none applied yet).
+    pub generation: u32,
     /// Destination address in network byte order; IPv4 in the first 4 bytes.
     pub addr: [u8; 16],
     pub comm: [u8; COMM_LEN],
 }
-const _: () = assert!(size_of::<ConnectEvent>() == 48 + 16 + 16 + 16);
+const _: () = assert!(size_of::<ConnectEvent>() == 48 + 12 + 8 + 4 + 16 + 16);
+
+/// Policy decisions: the compiled form the kernel evaluates, and the one
+/// decision function both the kernel programs and `zt-agent policy explain`
+/// run (so an explanation can never disagree with the kernel).
+pub mod policy {
+    use core::mem::size_of;
+
+    pub const ALLOW: u8 = 0;
+    pub const DENY: u8 = 1;
+    pub const ENFORCE: u8 = 0;
+    pub const AUDIT: u8 = 1;
+    /// `NetRule::proto` matching any protocol.
+    pub const PROTO_ANY: u8 = 0;
+    pub const PROTO_TCP: u8 = 6;
+    pub const PROTO_UDP: u8 = 17;
+    /// `Verdict::rule` when the identity's default action decided.
+    pub const RULE_DEFAULT: u32 = u32::MAX;
+    /// `Verdict::rule` when the identity has no policy entry (fail closed).
+    pub const RULE_NO_POLICY: u32 = u32::MAX - 1;
+    /// `Verdict::rule` when no policy has been applied yet.
+    pub const RULE_NONE_APPLIED: u32 = u32::MAX - 2;
+
+    /// Matching rules kept per prefix (its own and its covering prefixes').
+    pub const NET_RULES_PER_PREFIX: usize = 16;
+    /// Bits of `NetKeyData` before the address (slot + identity).
+    pub const NET_KEY_FIXED_BITS: u32 = 64;
+
+    /// LPM trie key data: `(slot, identity)` always fully matched, then the
+    /// destination as IPv6 (IPv4 as `::ffff:a.b.c.d`), so IPv4-mapped IPv6
+    /// destinations match IPv4 rules.
+    #[repr(C)]
+    #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, PartialOrd, Ord, Hash)]
+    pub struct NetKeyData {
+        pub slot: u32,
+        pub identity: u32,
+        pub addr: [u8; 16],
+    }
+    const _: () = assert!(size_of::<NetKeyData>() == 24);
+
+    #[repr(C)]
+    #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+    pub struct NetRule {
+        pub port_lo: u16,
+        pub port_hi: u16,
+        pub proto: u8,
+        pub action: u8,
+        /// Effective mode (the identity's audit mode already folded in).
+        pub mode: u8,
+        pub _pad: u8,
+        /// Index of the rule in the compiled bundle (for events and explain).
+        pub rule: u32,
+    }
+    const _: () = assert!(size_of::<NetRule>() == 12);
+
+    #[repr(C)]
+    #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+    pub struct NetRuleList {
+        pub count: u32,
+        pub _pad: u32,
+        pub rules: [NetRule; NET_RULES_PER_PREFIX],
+    }
+    const _: () = assert!(size_of::<NetRuleList>() == 8 + 12 * NET_RULES_PER_PREFIX);
+
+    #[repr(C)]
+    #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, PartialOrd, Ord, Hash)]
+    pub struct IdentityKey {
+        pub slot: u32,
+        pub identity: u32,
+    }
+    const _: () = assert!(size_of::<IdentityKey>() == 8);
+
+    #[repr(C)]
+    #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+    pub struct IdentityPolicy {
+        pub default_egress: u8,
+        pub default_files: u8,
+        pub default_exec: u8,
+        /// The identity's mode (rules carry their effective mode themselves).
+        pub mode: u8,
+        pub _pad: u32,
+    }
+    const _: () = assert!(size_of::<IdentityPolicy>() == 8);
+
+    /// The single entry of the `POLICY_ACTIVE` array: which slot programs
+    /// read. Read once per decision, so a decision sees one whole policy.
+    #[repr(C)]
+    #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+    pub struct ActivePolicy {
+        pub slot: u32,
+        /// 0 until a policy is applied; then increments with every switch.
+        pub generation: u32,
+    }
+    const _: () = assert!(size_of::<ActivePolicy>() == 8);
+
+    #[repr(C)]
+    #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+    pub struct Verdict {
+        /// What the kernel does: [`ALLOW`] or [`DENY`] (EPERM).
+        pub action: u8,
+        /// What the policy said; `DENY` with `action == ALLOW` is an audit "would deny".
+        pub decided: u8,
+        pub mode: u8,
+        pub _pad: u8,
+        /// Rule index, or [`RULE_DEFAULT`], [`RULE_NO_POLICY`], [`RULE_NONE_APPLIED`].
+        pub rule: u32,
+    }
+    const _: () = assert!(size_of::<Verdict>() == 8);
+
+    impl Verdict {
+        #[inline(always)]
+        pub const fn new(decided: u8, mode: u8, rule: u32) -> Self {
+            let action = if decided == DENY && mode == ENFORCE { DENY } else { ALLOW };
+            Verdict { action, decided, mode, _pad: 0, rule }
+        }
+    }
+
+    /// The egress decision: among the rules of the longest matching prefix
+    /// (which include those of every covering prefix), a matching deny wins,
+    /// else a matching allow, else the identity's default.
+    #[inline(always)]
+    pub fn decide_net(policy: &IdentityPolicy, list: Option<&NetRuleList>, proto: u8, port: u16) -> Verdict {
+        let mut allow: Option<&NetRule> = None;
+        if let Some(list) = list {
+            let mut i = 0;
+            while i < NET_RULES_PER_PREFIX {
+                if i as u32 >= list.count {
+                    break;
+                }
+                let r = &list.rules[i];
+                if (r.proto == PROTO_ANY || r.proto == proto) && r.port_lo <= port && port <= r.port_hi {
+                    if r.action == DENY {
+                        return Verdict::new(DENY, r.mode, r.rule);
+                    }
+                    if allow.is_none() {
+                        allow = Some(r);
+                    }
+                }
+                i += 1;
+            }
+        }
+        match allow {
+            Some(r) => Verdict::new(ALLOW, r.mode, r.rule),
+            None => Verdict::new(policy.default_egress, policy.mode, RULE_DEFAULT),
+        }
+    }
+}
+
+/// File and exec rules, compiled for the file/exec enforcement issue (the
+/// programs that load them come with it); `zt-agent policy explain --open /
+/// --exec` decides with [`policy::decide_path`] over these entries today.
+pub mod path_policy {
+    use core::mem::size_of;
+
+    use crate::policy::{RULE_DEFAULT, Verdict};
+
+    pub const PATH_LEN: usize = 256;
+    pub const READ: u32 = 1;
+    pub const WRITE: u32 = 2;
+    pub const CREATE: u32 = 4;
+    pub const DELETE: u32 = 8;
+    pub const EXEC: u32 = 16;
+
+    #[repr(C)]
+    #[derive(Clone, Copy, Debug, PartialEq, Eq)]
+    pub struct PathRule {
+        pub identity: u32,
+        pub rule: u32,
+        /// Access bits the rule covers.
+        pub access: u32,
+        pub action: u8,
+        pub mode: u8,
+        /// 1: `path` is a directory prefix (ends with '/'); 0: exact file.
+        pub prefix: u8,
+        pub _pad: u8,
+        pub len: u32,
+        pub path: [u8; PATH_LEN],
+    }
+    const _: () = assert!(size_of::<PathRule>() == 16 + 4 + PATH_LEN);
+
+    impl PathRule {
+        #[inline(always)]
+        pub fn matches(&self, path: &[u8]) -> bool {
+            let len = self.len as usize;
+            if len > PATH_LEN || path.len() < len {
+                return false;
+            }
+            let same = self.path[..len] == path[..len];
+            if self.prefix == 1 { same } else { same && path.len() == len }
+        }
+    }
+
+    /// Deny wins among matching rules covering `access`; then allow; then
+    /// the identity's default (exec default for `EXEC`, else files default).
+    pub fn decide_path<'a>(
+        policy: &crate::policy::IdentityPolicy,
+        rules: impl Iterator<Item = &'a PathRule>,
+        identity: u32,
+        path: &[u8],
+        access: u32,
+    ) -> Verdict {
+        let mut allow: Option<&PathRule> = None;
+        for r in rules {
+            if r.identity != identity || r.access & access == 0 || !r.matches(path) {
+                continue;
+            }
+            if r.action == crate::policy::DENY {
+                return Verdict::new(crate::policy::DENY, r.mode, r.rule);
+            }
+            allow.get_or_insert(r);
+        }
+        match allow {
+            Some(r) => Verdict::new(crate::policy::ALLOW, r.mode, r.rule),
+            None => {
+                let d = if access & EXEC != 0 { policy.default_exec } else { policy.default_files };
+                Verdict::new(d, policy.mode, RULE_DEFAULT)
+            }
+        }
+    }
+}
 
 /// Run-time switches, the single entry of the `CONFIG` array.
 #[repr(C)]
@@ -292,6 +523,11 @@ mod pod {
     unsafe impl aya::Pod for ProcInfo {}
     unsafe impl aya::Pod for Config {}
     unsafe impl aya::Pod for ExecArgs {}
+    unsafe impl aya::Pod for policy::NetKeyData {}
+    unsafe impl aya::Pod for policy::NetRuleList {}
+    unsafe impl aya::Pod for policy::IdentityKey {}
+    unsafe impl aya::Pod for policy::IdentityPolicy {}
+    unsafe impl aya::Pod for policy::ActivePolicy {}
 }
 
 #[cfg(test)]
@@ -315,8 +551,10 @@ mod tests {
         assert_eq!(offset_of!(ExecEvent, filename), 88);
         assert_eq!(offset_of!(ExecEvent, args), 344);
         assert_eq!(size_of::<ExitEvent>(), 72);
-        assert_eq!(size_of::<ConnectEvent>(), 96);
-        assert_eq!(offset_of!(ConnectEvent, addr), 64);
+        assert_eq!(size_of::<ConnectEvent>(), 104);
+        assert_eq!(offset_of!(ConnectEvent, verdict), 60);
+        assert_eq!(offset_of!(ConnectEvent, addr), 72);
+        assert_eq!(size_of::<policy::NetRuleList>(), 200);
         assert_eq!(size_of::<ExecArgs>(), 2064);
         // Ring buffer records must be 8-byte alignable.
         for a in [align_of::<ExecEvent>(), align_of::<ExitEvent>(), align_of::<ConnectEvent>()] {
@@ -325,6 +563,31 @@ mod tests {
         // The eBPF side masks argv offsets with ARGS_LEN - 1.
         assert!(ARGS_LEN.is_power_of_two());
         assert_eq!(loss::NAMES.len(), loss::COUNT as usize);
+    }
+
+    #[test]
+    fn decide_net_deny_wins_then_allow_then_default() {
+        use policy::*;
+        let rule = |lo, hi, proto, action, mode, rule| NetRule { port_lo: lo, port_hi: hi, proto, action, mode, _pad: 0, rule };
+        let mut list = NetRuleList::default();
+        list.rules[0] = rule(443, 443, PROTO_TCP, ALLOW, ENFORCE, 0);
+        list.rules[1] = rule(0, 65535, PROTO_ANY, DENY, AUDIT, 1);
+        list.rules[2] = rule(22, 22, PROTO_TCP, DENY, ENFORCE, 2);
+        list.count = 3;
+        let pol = IdentityPolicy { default_egress: DENY, mode: ENFORCE, ..Default::default() };
+        // 443/tcp: allow rule 0 matches, but audit deny rule 1 matches too: deny wins, audited.
+        assert_eq!(decide_net(&pol, Some(&list), PROTO_TCP, 443), Verdict::new(DENY, AUDIT, 1));
+        assert_eq!(decide_net(&pol, Some(&list), PROTO_TCP, 443).action, ALLOW);
+        list.rules[1] = rule(1000, 2000, PROTO_UDP, DENY, AUDIT, 1);
+        assert_eq!(decide_net(&pol, Some(&list), PROTO_TCP, 443), Verdict::new(ALLOW, ENFORCE, 0));
+        assert_eq!(decide_net(&pol, Some(&list), PROTO_TCP, 22), Verdict { action: DENY, decided: DENY, mode: ENFORCE, _pad: 0, rule: 2 });
+        assert_eq!(decide_net(&pol, Some(&list), PROTO_UDP, 53), Verdict::new(DENY, ENFORCE, RULE_DEFAULT));
+        assert_eq!(decide_net(&pol, None, PROTO_TCP, 443).rule, RULE_DEFAULT);
+        // count bounds the scan: rule 2 is invisible with count 2.
+        list.count = 2;
+        assert_eq!(decide_net(&pol, Some(&list), PROTO_TCP, 22).rule, RULE_DEFAULT);
+        let audit = IdentityPolicy { mode: AUDIT, ..pol };
+        assert_eq!(decide_net(&audit, None, PROTO_TCP, 1).action, ALLOW);
     }
 
     #[test]

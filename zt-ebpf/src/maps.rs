@@ -4,9 +4,12 @@
 //! by the same names (`zt-agent/src/bpf/maps.rs`).
 use aya_ebpf::{
     macros::map,
-    maps::{Array, HashMap, LruHashMap, PerCpuArray, RingBuf},
+    maps::{Array, HashMap, LpmTrie, LruHashMap, PerCpuArray, RingBuf},
 };
-use zt_common::{Config, ExecArgs, ProcInfo, loss, maps};
+use zt_common::{
+    Config, ExecArgs, ProcInfo, loss, maps,
+    policy::{ActivePolicy, IdentityKey, IdentityPolicy, NetKeyData, NetRuleList},
+};
 
 #[map]
 pub static PROC_TABLE: HashMap<u32, ProcInfo> =
@@ -34,6 +37,18 @@ pub static LOSS: PerCpuArray<u64> = PerCpuArray::with_max_entries(loss::COUNT, 0
 
 #[map]
 pub static CONFIG: Array<Config> = Array::with_max_entries(1, 0);
+
+/// Compiled egress rules of both policy slots (see `zt_common::policy`).
+#[map]
+pub static NET_RULES: LpmTrie<NetKeyData, NetRuleList> = LpmTrie::with_max_entries(maps::NET_RULES_CAPACITY, 0);
+
+#[map]
+pub static IDENTITY_POLICY: HashMap<IdentityKey, IdentityPolicy> =
+    HashMap::with_max_entries(maps::IDENTITY_POLICY_CAPACITY, 0);
+
+/// Which slot is in force; flipped by user space after filling the other.
+#[map]
+pub static POLICY_ACTIVE: Array<ActivePolicy> = Array::with_max_entries(1, 0);
 
 /// Tracepoint field offsets, overridden by user space from tracefs `format`
 /// files (see `zt_common::globals`). Defaults are Linux 6.18's.

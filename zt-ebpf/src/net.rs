@@ -1,71 +1,136 @@
-//! Outbound connection attempts seen at the cgroup `connect4`/`connect6`
-//! hooks (attached at the cgroup v2 root, so every process is covered).
+//! Egress decisions at the cgroup `connect4`/`connect6` hooks (attached at
+//! the cgroup v2 root, so every process is covered).
 //!
-//! Observe only: both programs always return 1 (allow). Enforcement comes
-//! with the network issue. Processes without an identity cost one hash miss
-//! and return, unless `OBSERVE_ALL_CONNECTS` is set.
+//! Processes without an identity cost one hash miss and are allowed (and
+//! observed only with `OBSERVE_ALL_CONNECTS`). For an identity, the active
+//! policy slot is read once, so one decision never mixes two policies; the
+//! identity's rules for the destination come from one LPM lookup and are
+//! decided by `zt_common::policy::decide_net`, the same function
+//! `zt-agent policy explain` runs. A deny in enforce mode returns 0: the
+//! caller gets EPERM before any packet leaves.
 use aya_ebpf::{
-    helpers::{bpf_get_current_comm, bpf_get_current_pid_tgid},
+    helpers::{bpf_get_current_cgroup_id, bpf_get_current_comm, bpf_get_current_pid_tgid},
     macros::cgroup_sock_addr,
+    maps::lpm_trie::Key,
     programs::SockAddrContext,
 };
-use zt_common::{AF_INET, AF_INET6, ConnectEvent, NO_IDENTITY, config_flags, kind, loss};
+use zt_common::{
+    AF_INET, AF_INET6, ConnectEvent, NO_IDENTITY, config_flags, kind, loss,
+    policy::{
+        ALLOW, AUDIT, DENY, ENFORCE, IdentityKey, NetKeyData, PROTO_TCP, PROTO_UDP, RULE_NO_POLICY, RULE_NONE_APPLIED,
+        Verdict, decide_net,
+    },
+};
 
 use crate::{
     events::{reserve, submit},
-    maps::{PROC_TABLE, config},
+    maps::{IDENTITY_POLICY, NET_RULES, POLICY_ACTIVE, PROC_TABLE, config},
 };
 
-const ALLOW: i32 = 1;
+const SOCK_STREAM: u32 = 1;
+const SOCK_DGRAM: u32 = 2;
 
 #[cgroup_sock_addr(connect4)]
 pub fn connect4(ctx: SockAddrContext) -> i32 {
-    observe(&ctx, AF_INET);
-    ALLOW
+    connect(&ctx, AF_INET)
 }
 
 #[cgroup_sock_addr(connect6)]
 pub fn connect6(ctx: SockAddrContext) -> i32 {
-    observe(&ctx, AF_INET6);
-    ALLOW
+    connect(&ctx, AF_INET6)
 }
 
 #[inline(always)]
-fn observe(ctx: &SockAddrContext, family: u16) {
+fn connect(ctx: &SockAddrContext, family: u16) -> i32 {
     let tgid = (bpf_get_current_pid_tgid() >> 32) as u32;
     let (identity, start_ns, cgroup_id) = match unsafe { PROC_TABLE.get(&tgid) } {
         Some(p) => (p.identity, p.start_ns, p.cgroup_id),
         None => (NO_IDENTITY, 0, 0),
     };
-    if identity == NO_IDENTITY && config().flags & config_flags::OBSERVE_ALL_CONNECTS == 0 {
-        return;
+    if identity == NO_IDENTITY {
+        if config().flags & config_flags::OBSERVE_ALL_CONNECTS != 0 {
+            let (addr, port, proto) = destination(ctx, family);
+            emit(ctx, family, identity, start_ns, cgroup_id, addr, port, proto, Verdict::new(ALLOW, ENFORCE, 0), 0);
+        }
+        return 1;
     }
+    let (addr, port, proto) = destination(ctx, family);
+    let active = match POLICY_ACTIVE.get(0) {
+        Some(a) => *a,
+        None => Default::default(),
+    };
+    let verdict = if active.generation == 0 {
+        Verdict::new(ALLOW, AUDIT, RULE_NONE_APPLIED)
+    } else {
+        let key = IdentityKey { slot: active.slot, identity };
+        match unsafe { IDENTITY_POLICY.get(&key) } {
+            // An identity the policy in force does not know: fail closed.
+            None => Verdict::new(DENY, ENFORCE, RULE_NO_POLICY),
+            Some(pol) => {
+                let data = NetKeyData { slot: active.slot, identity, addr };
+                let list = NET_RULES.get(Key::new(192, data));
+                decide_net(pol, list, proto, port)
+            }
+        }
+    };
+    emit(ctx, family, identity, start_ns, cgroup_id, addr, port, proto, verdict, active.generation);
+    if verdict.action == DENY { 0 } else { 1 }
+}
+
+/// Destination as an IPv6 address (IPv4 as `::ffff:a.b.c.d`), port in host
+/// order, and protocol (from the socket type when the protocol is implicit).
+#[inline(always)]
+fn destination(ctx: &SockAddrContext, family: u16) -> ([u8; 16], u16, u8) {
+    let sa = unsafe { &*ctx.sock_addr };
+    let mut addr = [0u8; 16];
+    if family == AF_INET {
+        addr[10] = 0xff;
+        addr[11] = 0xff;
+        addr[12..].copy_from_slice(&sa.user_ip4.to_ne_bytes());
+    } else {
+        for (i, word) in sa.user_ip6.iter().enumerate() {
+            addr[i * 4..i * 4 + 4].copy_from_slice(&word.to_ne_bytes());
+        }
+    }
+    // user_port holds the port in network byte order in its low 16 bits.
+    let port = u16::from_be(sa.user_port as u16);
+    let proto = match (sa.protocol, sa.type_) {
+        (p, _) if p != 0 => p as u8,
+        (_, SOCK_STREAM) => PROTO_TCP,
+        (_, SOCK_DGRAM) => PROTO_UDP,
+        _ => 0,
+    };
+    (addr, port, proto)
+}
+
+#[inline(always)]
+#[allow(clippy::too_many_arguments)]
+fn emit(
+    ctx: &SockAddrContext,
+    family: u16,
+    identity: u32,
+    start_ns: u64,
+    cgroup_id: u64,
+    addr: [u8; 16],
+    port: u16,
+    proto: u8,
+    verdict: Verdict,
+    generation: u32,
+) {
     let Some(mut entry) = reserve::<ConnectEvent>(loss::RINGBUF_CONNECT) else {
         return;
     };
+    let sa = unsafe { &*ctx.sock_addr };
     let ev = entry.as_mut_ptr();
     unsafe {
-        let sa = &*ctx.sock_addr;
-        let cgroup_id = if cgroup_id != 0 {
-            cgroup_id
-        } else {
-            aya_ebpf::helpers::bpf_get_current_cgroup_id()
-        };
+        let cgroup_id = if cgroup_id != 0 { cgroup_id } else { bpf_get_current_cgroup_id() };
         (*ev).header = crate::lineage::event_header(kind::CONNECT, identity, start_ns, cgroup_id);
         (*ev).family = family;
-        // user_port holds the port in network byte order in its low 16 bits.
-        (*ev).port = u16::from_be(sa.user_port as u16);
+        (*ev).port = port;
         (*ev).sock_type = sa.type_;
-        (*ev).protocol = sa.protocol;
-        (*ev)._pad = 0;
-        let mut addr = [0u8; 16];
-        if family == AF_INET {
-            addr[..4].copy_from_slice(&sa.user_ip4.to_ne_bytes());
-        } else {
-            for (i, word) in sa.user_ip6.iter().enumerate() {
-                addr[i * 4..i * 4 + 4].copy_from_slice(&word.to_ne_bytes());
-            }
-        }
+        (*ev).protocol = proto as u32;
+        (*ev).verdict = verdict;
+        (*ev).generation = generation;
         (*ev).addr = addr;
         (*ev).comm = bpf_get_current_comm().unwrap_or([0; 16]);
     }

@@ -17,7 +17,7 @@ use zt_common::{Config, maps as M, programs as P};
 
 use super::{
     OBJECT, btf,
-    maps::{CgroupIdentities, ConfigMap, EventSource, LossCounters, ProcTable},
+    maps::{CgroupIdentities, ConfigMap, EventSource, LossCounters, PolicyMaps, ProcTable},
     tracefs,
 };
 
@@ -55,6 +55,7 @@ pub struct BpfMaps {
     pub loss: LossCounters,
     pub config: ConfigMap,
     pub events: EventSource,
+    pub policy: PolicyMaps,
 }
 
 pub struct Bpf {
@@ -90,8 +91,8 @@ enum Need {
 
 impl Bpf {
     /// Loads the object with layouts read from tracefs, sets the config and
-    /// attaches every hook. Returns the maps separately so they can move to
-    /// the tasks that use them.
+    /// attaches the lineage hooks ([`Bpf::attach_network`] attaches the rest).
+    /// Returns the maps separately so they can move to the tasks that use them.
     pub fn load(opts: &LoadOptions<'_>) -> anyhow::Result<(Bpf, BpfMaps)> {
         let mut offsets = tracefs::program_offsets(opts.tracefs).context("reading tracepoint layouts")?;
         // argv from the exec'd image needs three struct offsets from BTF;
@@ -119,6 +120,11 @@ impl Bpf {
             loss: LossCounters::new(take(&mut ebpf, M::LOSS)?)?,
             config: ConfigMap::new(take(&mut ebpf, M::CONFIG)?)?,
             events: EventSource::new(take(&mut ebpf, M::EVENTS)?)?,
+            policy: PolicyMaps::new(
+                take(&mut ebpf, M::NET_RULES)?,
+                take(&mut ebpf, M::IDENTITY_POLICY)?,
+                take(&mut ebpf, M::POLICY_ACTIVE)?,
+            )?,
         };
         maps.config.set(opts.config)?;
 
@@ -149,16 +155,22 @@ impl Bpf {
             let r = bpf.attach_tracepoint(prog, category, name);
             bpf.record(prog, at, r, need)?;
         }
+        Ok((bpf, maps))
+    }
+
+    /// Attaches the egress hooks. Called once the first policy is in the
+    /// maps, so no connect is ever decided without one.
+    pub fn attach_network(&mut self, cgroup2: &Path) -> anyhow::Result<()> {
         for prog in [P::CONNECT4, P::CONNECT6] {
-            let r = bpf.attach_cgroup(prog, opts.cgroup2);
-            bpf.record(
+            let r = self.attach_cgroup(prog, cgroup2);
+            self.record(
                 prog,
-                format!("cgroup/{prog} at {}", opts.cgroup2.display()),
+                format!("cgroup/{prog} at {}", cgroup2.display()),
                 r,
-                Need::Optional { fallback: "connect events unavailable" },
+                Need::Optional { fallback: "no egress enforcement or connect events" },
             )?;
         }
-        Ok((bpf, maps))
+        Ok(())
     }
 
     fn record(&mut self, program: &'static str, attach_point: String, r: anyhow::Result<()>, need: Need) -> anyhow::Result<()> {

@@ -7,10 +7,18 @@
 //! - [`LossCounters`]: per-CPU kernel loss counters, summed.
 //! - [`ConfigMap`]: the run-time switches.
 //! - [`EventSource`]: the ring buffer, readable from tokio.
-use aya::maps::{Array, HashMap, Map, MapData, MapError, PerCpuArray, RingBuf};
+//! - [`PolicyMaps`]: the double-buffered policy maps and the atomic switch.
+use aya::maps::{
+    Array, HashMap, Map, MapData, MapError, PerCpuArray, RingBuf,
+    lpm_trie::{Key, LpmTrie},
+};
 use thiserror::Error;
 use tokio::io::unix::AsyncFd;
-use zt_common::{Config, NO_IDENTITY, ProcInfo, loss, maps, proc_flags};
+use zt_common::{
+    Config, NO_IDENTITY, ProcInfo, loss, maps,
+    policy::{ActivePolicy, IdentityKey, IdentityPolicy, NetKeyData, NetRuleList},
+    proc_flags,
+};
 
 use crate::identity::Classification;
 
@@ -121,6 +129,18 @@ impl ProcTable {
 pub struct CgroupIdentities(HashMap<MapData, u64, u32>);
 
 impl CgroupIdentities {
+    pub fn remove(&mut self, cgroup_id: u64) -> Result<(), MapAccessError> {
+        match self.0.remove(&cgroup_id) {
+            Ok(()) => Ok(()),
+            Err(e) if is_missing_key(&e) => Ok(()),
+            Err(e) => Err(err(maps::CGROUP_IDENTITY, "remove")(e)),
+        }
+    }
+
+    pub fn keys(&self) -> Vec<u64> {
+        self.0.keys().filter_map(Result::ok).collect()
+    }
+
     pub fn new(map: Map) -> Result<Self, MapAccessError> {
         HashMap::try_from(map).map(Self).map_err(err(maps::CGROUP_IDENTITY, "open"))
     }
@@ -206,5 +226,98 @@ impl EventSource {
             n += 1;
         }
         n
+    }
+}
+
+/// The policy maps of both slots, and the switch between them.
+///
+/// A reload writes the complete new policy into the slot not in force, then
+/// flips `POLICY_ACTIVE` (one array-element update, atomic for readers). The
+/// programs read the slot once per decision, so a decision sees the old
+/// policy or the new one, never a mixture. The slot just left is cleared only
+/// at the next reload, and not before [`GRACE`] has passed since the flip, so
+/// a decision that read the old slot number just before the flip still finds
+/// the old entries.
+pub struct PolicyMaps {
+    net: LpmTrie<MapData, NetKeyData, NetRuleList>,
+    identities: HashMap<MapData, IdentityKey, IdentityPolicy>,
+    active: Array<MapData, ActivePolicy>,
+    /// Keys written into each slot, to clear it before reuse.
+    installed: [(Vec<Key<NetKeyData>>, Vec<IdentityKey>); 2],
+    last_switch: Option<std::time::Instant>,
+}
+
+/// How long the slot just left stays intact (a program runs for microseconds).
+pub const GRACE: std::time::Duration = std::time::Duration::from_millis(50);
+
+impl PolicyMaps {
+    pub fn new(net: Map, identities: Map, active: Map) -> Result<Self, MapAccessError> {
+        Ok(PolicyMaps {
+            net: LpmTrie::try_from(net).map_err(err(maps::NET_RULES, "open"))?,
+            identities: HashMap::try_from(identities).map_err(err(maps::IDENTITY_POLICY, "open"))?,
+            active: Array::try_from(active).map_err(err(maps::POLICY_ACTIVE, "open"))?,
+            installed: Default::default(),
+            last_switch: None,
+        })
+    }
+
+    pub fn active(&self) -> Result<ActivePolicy, MapAccessError> {
+        self.active.get(&0, 0).map_err(err(maps::POLICY_ACTIVE, "get"))
+    }
+
+    /// The slot the next policy must be compiled for.
+    pub fn target_slot(&self) -> Result<u32, MapAccessError> {
+        let a = self.active()?;
+        Ok(if a.generation == 0 { 0 } else { 1 - a.slot })
+    }
+
+    /// How long to wait before the target slot may be cleared.
+    pub fn grace_remaining(&self) -> std::time::Duration {
+        self.last_switch.map(|t| GRACE.saturating_sub(t.elapsed())).unwrap_or_default()
+    }
+
+    /// Writes `compiled` into its (inactive) slot and switches to it. On any
+    /// error the slot in force is untouched. Call after [`Self::grace_remaining`].
+    pub fn install(&mut self, compiled: &crate::policy::Compiled) -> Result<ActivePolicy, MapAccessError> {
+        let current = self.active()?;
+        let slot = compiled.slot;
+        assert_eq!(slot, self.target_slot()?, "compiled for the slot in force");
+        // Clear what an earlier policy left in this slot.
+        let (old_net, old_ids) = std::mem::take(&mut self.installed[slot as usize]);
+        for k in &old_net {
+            match self.net.remove(k) {
+                Ok(()) => {}
+                Err(e) if is_missing_key(&e) => {}
+                Err(e) => return Err(err(maps::NET_RULES, "clear")(e)),
+            }
+        }
+        for k in &old_ids {
+            match self.identities.remove(k) {
+                Ok(()) => {}
+                Err(e) if is_missing_key(&e) => {}
+                Err(e) => return Err(err(maps::IDENTITY_POLICY, "clear")(e)),
+            }
+        }
+        let mut net_keys = Vec::with_capacity(compiled.net.len());
+        let mut id_keys = Vec::with_capacity(compiled.identities.len());
+        // Record keys as they are written so a failed install is cleared next time.
+        let result = (|| {
+            for (len, data, list) in &compiled.net {
+                let key = Key::new(*len, *data);
+                self.net.insert(&key, list, 0).map_err(err(maps::NET_RULES, "insert"))?;
+                net_keys.push(key);
+            }
+            for (k, v) in &compiled.identities {
+                self.identities.insert(k, v, 0).map_err(err(maps::IDENTITY_POLICY, "insert"))?;
+                id_keys.push(*k);
+            }
+            Ok::<(), MapAccessError>(())
+        })();
+        self.installed[slot as usize] = (net_keys, id_keys);
+        result?;
+        let next = ActivePolicy { slot, generation: current.generation + 1 };
+        self.active.set(0, next, 0).map_err(err(maps::POLICY_ACTIVE, "switch"))?;
+        self.last_switch = Some(std::time::Instant::now());
+        Ok(next)
     }
 }

@@ -1,7 +1,7 @@
 //! The local control API: a Unix socket (mode 0600, root only) that answers
 //! one request per connection with one JSON document.
 //!
-//! Requests (one line): `status`. Later issues add policy history/rollback.
+//! Requests (one line): `status`, `reload`, `history`, `rollback [VERSION]`.
 use std::{path::Path, sync::Arc};
 
 use anyhow::Context as _;
@@ -9,39 +9,48 @@ use serde::Serialize;
 use tokio::{
     io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader},
     net::{UnixListener, UnixStream},
-    sync::watch,
+    sync::{mpsc, oneshot, watch},
 };
 
-use crate::{bpf::loader::HookStatus, pipeline::Stats};
+use crate::{
+    bpf::loader::HookStatus,
+    manager::{InForce, Request},
+    pipeline::Stats,
+};
 
 pub const DEFAULT_SOCKET: &str = "/run/zt-agent/control.sock";
 
-/// What `status` reports besides the live counters.
+/// What `status` reports besides the live counters and the policy in force.
 #[derive(Debug, Clone, Serialize)]
 pub struct StaticInfo {
     pub version: &'static str,
     pub pid: u32,
     pub started: String,
     pub object_blake3: String,
-    pub policy_name: String,
-    pub policy_source: String,
-    pub policy_blake3: String,
-    pub trust_domain: String,
-    pub identities: Vec<(String, String)>,
     pub hooks: Vec<HookStatus>,
     pub paths: Vec<(String, String)>,
     pub cgroup2: String,
+}
+
+/// Everything the control socket answers from.
+#[derive(Clone)]
+pub struct State {
+    pub info: Arc<StaticInfo>,
+    pub stats: Arc<Stats>,
+    pub in_force: Arc<std::sync::RwLock<InForce>>,
+    pub requests: mpsc::Sender<Request>,
 }
 
 #[derive(Serialize)]
 struct StatusDoc<'a> {
     #[serde(flatten)]
     info: &'a StaticInfo,
+    policy: InForce,
     counters: crate::pipeline::StatsSnapshot,
 }
 
 /// Serves until `stop` turns true; removes the socket file on exit.
-pub async fn serve(path: &Path, info: Arc<StaticInfo>, stats: Arc<Stats>, mut stop: watch::Receiver<bool>) -> anyhow::Result<()> {
+pub async fn serve(path: &Path, state: State, mut stop: watch::Receiver<bool>) -> anyhow::Result<()> {
     if let Some(dir) = path.parent() {
         std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
     }
@@ -53,9 +62,9 @@ pub async fn serve(path: &Path, info: Arc<StaticInfo>, stats: Arc<Stats>, mut st
             _ = stop.changed() => break,
             conn = listener.accept() => {
                 let Ok((stream, _)) = conn else { continue };
-                let (info, stats) = (info.clone(), stats.clone());
+                let state = state.clone();
                 tokio::spawn(async move {
-                    if let Err(e) = answer(stream, &info, &stats).await {
+                    if let Err(e) = answer(stream, &state).await {
                         tracing::debug!("control connection: {e:#}");
                     }
                 });
@@ -66,13 +75,45 @@ pub async fn serve(path: &Path, info: Arc<StaticInfo>, stats: Arc<Stats>, mut st
     Ok(())
 }
 
-async fn answer(stream: UnixStream, info: &StaticInfo, stats: &Stats) -> anyhow::Result<()> {
+async fn answer(stream: UnixStream, state: &State) -> anyhow::Result<()> {
     let (r, mut w) = stream.into_split();
     let mut line = String::new();
     BufReader::new(r.take(4096)).read_line(&mut line).await?;
-    let reply = match line.trim() {
-        "status" => serde_json::to_string(&StatusDoc { info, counters: stats.snapshot() })?,
-        other => serde_json::json!({ "error": format!("unknown request {other:?}") }).to_string(),
+    let words: Vec<&str> = line.split_whitespace().collect();
+    let error = |e: String| serde_json::json!({ "error": e }).to_string();
+    let reply = match words.as_slice() {
+        ["status"] => serde_json::to_string(&StatusDoc {
+            info: &state.info,
+            policy: state.in_force.read().expect("poisoned").clone(),
+            counters: state.stats.snapshot(),
+        })?,
+        ["reload"] => {
+            let (tx, rx) = oneshot::channel();
+            state.requests.send(Request::Reload { source: "control".into(), reply: tx }).await?;
+            match rx.await? {
+                Ok(o) => serde_json::to_string(&o)?,
+                Err(e) => error(e),
+            }
+        }
+        ["rollback", rest @ ..] => {
+            let version = match rest {
+                [] => None,
+                [v] => Some(v.trim_start_matches('v').parse::<u64>().map_err(|_| anyhow::anyhow!("bad version {v:?}"))?),
+                _ => anyhow::bail!("usage: rollback [VERSION]"),
+            };
+            let (tx, rx) = oneshot::channel();
+            state.requests.send(Request::Rollback { version, reply: tx }).await?;
+            match rx.await? {
+                Ok(o) => serde_json::to_string(&o)?,
+                Err(e) => error(e),
+            }
+        }
+        ["history"] => {
+            let (tx, rx) = oneshot::channel();
+            state.requests.send(Request::History { reply: tx }).await?;
+            serde_json::to_string(&rx.await?)?
+        }
+        _ => error(format!("unknown request {:?}", line.trim())),
     };
     w.write_all(reply.as_bytes()).await?;
     w.write_all(b"\n").await?;
@@ -88,8 +129,8 @@ pub async fn request(path: &Path, req: &str) -> anyhow::Result<serde_json::Value
     let mut buf = String::new();
     s.read_to_string(&mut buf).await?;
     let v: serde_json::Value = serde_json::from_str(&buf).context("malformed reply")?;
-    if let Some(e) = v.get("error") {
-        anyhow::bail!("agent answered: {e}");
+    if let Some(e) = v.get("error").and_then(|e| e.as_str()) {
+        anyhow::bail!("agent answered:\n{e}");
     }
     Ok(v)
 }

@@ -13,7 +13,7 @@ struct FileKey {
     mtime_ns: i128,
 }
 
-#[derive(Default)]
+#[derive(Default, Debug)]
 pub struct DigestCache {
     cache: HashMap<FileKey, blake3::Hash>,
     /// Digests computed (cache misses), for status and tests.

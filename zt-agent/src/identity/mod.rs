@@ -2,7 +2,7 @@
 //! resolver that turns process facts into identity ids for the kernel tables.
 //!
 //! # Layout
-//! - [`config`]: the identity file (YAML) -> [`IdentityConfig`].
+//! - [`config`]: [`IdentityConfig`], the identity view of the policy in force.
 //! - [`selector`]: selector types and matching.
 //! - [`digest`]: cached blake3 digests of executables.
 //! - [`procfs`]: process facts from `/proc`.
@@ -32,11 +32,6 @@ pub use config::{Identity, IdentityConfig};
 use digest::DigestCache;
 use selector::Facts;
 use zt_common::NO_IDENTITY;
-
-/// The policy compiled into the binary, used when no `--policy` is given:
-/// processes in the `zt-agents` cgroup (and all their descendants) are the
-/// `demo-agent` identity.
-pub const DEFAULT_POLICY: &str = include_str!("../../../policies/default.yaml");
 
 /// What the resolver decided for one process.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
@@ -111,6 +106,11 @@ impl Resolver {
         &self.config
     }
 
+    /// Swaps in the identities of a newly applied policy.
+    pub fn set_config(&mut self, config: Arc<IdentityConfig>) {
+        *self = Resolver { digests: std::mem::take(&mut self.digests), ..Resolver::new(config, self.proc_root.clone()) };
+    }
+
     pub fn proc_root(&self) -> &Path {
         &self.proc_root
     }
@@ -154,7 +154,7 @@ impl Resolver {
     }
 
     /// Identity of a cgroup by the selectors the kernel can apply alone
-    /// (cgroup glob only).
+    /// (cgroup glob only); the first identity in policy order wins.
     pub fn cgroup_identity(&self, cgroup_path: &str) -> u32 {
         for ident in &self.config.identities {
             if ident.selectors.iter().any(|s| s.kernel_cgroup_only().is_some_and(|g| g.is_match(cgroup_path))) {
@@ -228,7 +228,7 @@ mod tests {
     use super::*;
 
     fn resolver(yaml: &str) -> Resolver {
-        Resolver::new(Arc::new(config::parse("t.yaml", yaml).unwrap()), "/proc")
+        Resolver::new(Arc::new(IdentityConfig::parse("t.yaml", yaml).unwrap()), "/proc")
     }
 
     const POLICY: &str = "\

@@ -19,6 +19,9 @@ pub struct Selector {
     pub exe_digest: Option<blake3::Hash>,
     pub uid: Option<u32>,
     pub descendant_of: Option<Box<Selector>>,
+    /// A Kubernetes selector: accepted syntax, matches nothing until a
+    /// metadata source exists.
+    pub k8s: bool,
 }
 
 /// What a process is matched against. `digest` may be expensive (hashing the
@@ -38,13 +41,39 @@ impl Selector {
             && self.exe_digest.is_none()
             && self.uid.is_none()
             && self.descendant_of.is_none()
+            && !self.k8s
+    }
+
+    /// A canonical text form: two selectors with the same form match the
+    /// same processes (used to find identities shadowed by earlier ones).
+    pub fn canonical(&self) -> String {
+        let mut parts = Vec::new();
+        if let Some(c) = &self.cgroup {
+            parts.push(format!("cgroup={}", c.as_str()));
+        }
+        if let Some(e) = &self.exe {
+            parts.push(format!("exe={}", e.as_str()));
+        }
+        if let Some(d) = &self.exe_digest {
+            parts.push(format!("digest={}", d.to_hex()));
+        }
+        if let Some(u) = self.uid {
+            parts.push(format!("uid={u}"));
+        }
+        if let Some(d) = &self.descendant_of {
+            parts.push(format!("descendantOf({})", d.canonical()));
+        }
+        if self.k8s {
+            parts.push("k8s".into());
+        }
+        parts.join(",")
     }
 
     /// A selector made of a cgroup glob alone can be decided in the kernel
     /// from the cgroup id (the `CGROUP_IDENTITY` map), with no race at all.
     pub fn kernel_cgroup_only(&self) -> Option<&CgroupGlob> {
         match self {
-            Selector { cgroup: Some(c), exe: None, exe_digest: None, uid: None, descendant_of: None } => Some(c),
+            Selector { cgroup: Some(c), exe: None, exe_digest: None, uid: None, descendant_of: None, k8s: false } => Some(c),
             _ => None,
         }
     }
@@ -52,7 +81,7 @@ impl Selector {
     /// Whether the process itself matches (every key given must match).
     /// A `descendantOf` selector never matches the process itself.
     pub fn matches(&self, facts: &mut dyn Facts) -> bool {
-        if self.descendant_of.is_some() || self.is_empty() {
+        if self.descendant_of.is_some() || self.k8s || self.is_empty() {
             return false;
         }
         if let Some(uid) = self.uid

@@ -31,6 +31,8 @@ pub trait Tables {
     fn entries(&self) -> Vec<(u32, ProcInfo)>;
     fn set_cgroup(&mut self, cgroup_id: u64, identity: u32) -> anyhow::Result<()>;
     fn cgroup_known(&self, cgroup_id: u64) -> bool;
+    /// Makes the cgroup map exactly `wanted`.
+    fn replace_cgroups(&mut self, wanted: &HashMap<u64, u32>) -> anyhow::Result<()>;
 }
 
 #[derive(Debug, Clone, Default)]
@@ -47,7 +49,10 @@ const MAX_CACHED: usize = 65_536;
 pub struct Enricher {
     resolver: Resolver,
     node: Arc<str>,
-    identity_refs: Vec<IdentityRef>,
+    /// Every identity ever in force, by id (ids are never reused, so events
+    /// of processes whose identity a reload removed still name it).
+    identity_refs: HashMap<u32, IdentityRef>,
+    rulebook: Arc<crate::manager::RuleBook>,
     procs: HashMap<(u32, u64), ProcMeta>,
     /// cgroup id -> path, learnt from /proc; used when a process is already
     /// gone when its event is enriched (short-lived commands).
@@ -61,22 +66,31 @@ pub struct Enricher {
 }
 
 impl Enricher {
-    pub fn new(resolver: Resolver, node: Arc<str>, show_unattributed: bool) -> Self {
-        let identity_refs = resolver
-            .config()
-            .identities
-            .iter()
-            .map(|i| IdentityRef { name: i.name.as_str().into(), spiffe_id: i.spiffe_id.as_str().into() })
-            .collect();
-        Self { resolver, node, identity_refs, procs: HashMap::new(), cgroup_paths: HashMap::new(), seen_cgroups: HashSet::new(), show_unattributed, assigned: 0 }
+    pub fn new(resolver: Resolver, node: Arc<str>, show_unattributed: bool, rulebook: Arc<crate::manager::RuleBook>) -> Self {
+        let mut identity_refs = HashMap::new();
+        add_refs(&mut identity_refs, resolver.config());
+        Self {
+            rulebook, resolver, node, identity_refs, procs: HashMap::new(), cgroup_paths: HashMap::new(), seen_cgroups: HashSet::new(), show_unattributed, assigned: 0 }
     }
 
     pub fn resolver_mut(&mut self) -> &mut Resolver {
         &mut self.resolver
     }
 
+    /// Switches to the identities of a newly applied policy: new selectors
+    /// for resolution, and the kernel's cgroup map recomputed.
+    pub fn set_identities(&mut self, config: Arc<crate::identity::IdentityConfig>, tables: &mut dyn Tables, cgroup2: &std::path::Path) {
+        add_refs(&mut self.identity_refs, &config);
+        self.resolver.set_config(config);
+        self.seen_cgroups.clear();
+        let wanted: HashMap<u64, u32> = self.resolver.cgroup_assignments(cgroup2).into_iter().map(|(id, _, ident)| (id, ident)).collect();
+        if let Err(e) = tables.replace_cgroups(&wanted) {
+            tracing::warn!("updating the cgroup identity map: {e:#}");
+        }
+    }
+
     fn identity_ref(&self, id: u32) -> Option<IdentityRef> {
-        id.checked_sub(1).and_then(|i| self.identity_refs.get(i as usize)).cloned()
+        self.identity_refs.get(&id).cloned()
     }
 
     /// Wall-clock RFC 3339 time of a `CLOCK_BOOTTIME` timestamp.
@@ -155,7 +169,7 @@ impl Enricher {
                 }
                 let meta = self.meta(h.tgid, h.start_ns, h.cgroup_id);
                 let process = self.process_info(&h, meta.ppid, &c.comm, meta.exe, meta.cgroup);
-                let connect = ConnectInfo::from_raw(c.family, c.addr, c.port, c.sock_type, c.protocol);
+                let connect = ConnectInfo::from_raw(&c, |g, r| self.rulebook.name(g, r));
                 Some(self.event(Self::wall_time(h.time_ns), Body::Connect { process, identity: self.identity_ref(h.identity), connect }))
             }
         }
@@ -271,6 +285,12 @@ impl Enricher {
     }
 }
 
+fn add_refs(refs: &mut HashMap<u32, IdentityRef>, config: &crate::identity::IdentityConfig) {
+    for i in &config.identities {
+        refs.insert(i.id, IdentityRef { name: i.name.as_str().into(), spiffe_id: i.spiffe_id.as_str().into() });
+    }
+}
+
 /// Gives `identity` to every unattributed descendant of `root` in the table:
 /// children the process forked before user space classified it.
 pub fn propagate(tables: &mut dyn Tables, root: u32, identity: u32) {
@@ -335,6 +355,10 @@ mod tests {
         fn cgroup_known(&self, id: u64) -> bool {
             self.cgroups.contains_key(&id)
         }
+        fn replace_cgroups(&mut self, wanted: &HashMap<u64, u32>) -> anyhow::Result<()> {
+            self.cgroups = wanted.clone();
+            Ok(())
+        }
     }
 
     fn info(ppid: u32, start_ns: u64) -> ProcInfo {
@@ -359,12 +383,12 @@ mod tests {
 
     #[test]
     fn stale_incarnation_is_not_assigned() {
-        let cfg = crate::identity::config::parse(
+        let cfg = crate::identity::IdentityConfig::parse(
             "t.yaml",
             "apiVersion: zt-agent.io/v1alpha1\nkind: HostPolicy\nspec:\n  trustDomain: t\n  identities:\n    - name: u\n      selectors:\n        - uid: 4242\n",
         )
         .unwrap();
-        let mut en = Enricher::new(Resolver::new(Arc::new(cfg), "/proc"), "n".into(), true);
+        let mut en = Enricher::new(Resolver::new(Arc::new(cfg), "/proc"), "n".into(), true, Default::default());
         let mut t = MemTables::default();
         t.procs.insert(77, info(1, 500));
         // Event of an older incarnation of pid 77 (start 400): must not touch 77.

@@ -28,13 +28,15 @@ pub enum Body {
     Loss { loss: LossReport },
     /// Agent life cycle: start (with enforcement paths) and stop.
     Agent { agent: AgentInfo },
+    /// A policy was applied, rejected or rolled back.
+    Policy { policy: PolicyChange },
 }
 
 impl Body {
     pub fn identity(&self) -> Option<&IdentityRef> {
         match self {
             Body::Exec { identity, .. } | Body::Exit { identity, .. } | Body::Connect { identity, .. } => identity.as_ref(),
-            Body::Loss { .. } | Body::Agent { .. } => None,
+            Body::Loss { .. } | Body::Agent { .. } | Body::Policy { .. } => None,
         }
     }
 
@@ -45,6 +47,7 @@ impl Body {
             Body::Connect { .. } => "connect",
             Body::Loss { .. } => "loss",
             Body::Agent { .. } => "agent",
+            Body::Policy { .. } => "policy",
         }
     }
 }
@@ -88,25 +91,74 @@ pub struct ConnectInfo {
     pub address: IpAddr,
     pub port: u16,
     pub protocol: &'static str,
-    /// Observed only; enforcement arrives with the network issue.
+    /// What the kernel did: "allowed", "denied" (EPERM) or "audited" (allowed,
+    /// but the policy would deny).
     pub action: &'static str,
+    /// What the policy decided: "allow" or "deny".
+    pub decision: &'static str,
+    pub mode: &'static str,
+    /// The deciding rule's name; "default" (identity default), "no-policy"
+    /// (identity unknown to the policy in force: fail closed), "none-applied".
+    pub rule: String,
+    pub policy_generation: u32,
 }
 
 impl ConnectInfo {
-    pub fn from_raw(family: u16, addr: [u8; 16], port: u16, sock_type: u32, protocol: u32) -> Self {
-        let (family_name, address) = if family == zt_common::AF_INET {
-            ("ipv4", IpAddr::V4(Ipv4Addr::new(addr[0], addr[1], addr[2], addr[3])))
+    /// From a kernel record; `rule_name` resolves a rule index of the record's generation.
+    pub fn from_raw(c: &zt_common::ConnectEvent, rule_name: impl Fn(u32, u32) -> Option<String>) -> Self {
+        use zt_common::policy as kp;
+        let a = c.addr;
+        let v6 = Ipv6Addr::from(a);
+        let (family_name, address) = if c.family == zt_common::AF_INET {
+            ("ipv4", IpAddr::V4(v6.to_ipv4_mapped().unwrap_or(Ipv4Addr::UNSPECIFIED)))
         } else {
-            ("ipv6", IpAddr::V6(Ipv6Addr::from(addr)))
+            ("ipv6", IpAddr::V6(v6))
         };
-        let protocol = match (protocol, sock_type) {
+        let protocol = match (c.protocol, c.sock_type) {
             (6, _) | (0, 1) => "tcp",
             (17, _) | (0, 2) => "udp",
             (1, _) | (58, _) => "icmp",
             _ => "other",
         };
-        ConnectInfo { family: family_name, address, port, protocol, action: "observed" }
+        let v = c.verdict;
+        let action = match (v.action, v.decided) {
+            (kp::DENY, _) => "denied",
+            (_, kp::DENY) => "audited",
+            _ => "allowed",
+        };
+        let rule = match v.rule {
+            kp::RULE_DEFAULT => "default".to_string(),
+            kp::RULE_NO_POLICY => "no-policy".to_string(),
+            kp::RULE_NONE_APPLIED => "none-applied".to_string(),
+            r => rule_name(c.generation, r).unwrap_or_else(|| format!("#{r}")),
+        };
+        ConnectInfo {
+            family: family_name,
+            address,
+            port: c.port,
+            protocol,
+            action,
+            decision: if v.decided == kp::DENY { "deny" } else { "allow" },
+            mode: if v.mode == kp::AUDIT { "audit" } else { "enforce" },
+            rule,
+            policy_generation: c.generation,
+        }
     }
+}
+
+#[derive(Debug, Clone, Serialize, PartialEq, Eq)]
+pub struct PolicyChange {
+    /// "applied", "rejected", "rolled_back".
+    pub action: &'static str,
+    /// "start", "inotify", "SIGHUP", "control", "rollback to vN".
+    pub source: String,
+    pub version: Option<u64>,
+    /// blake3 of the bundle (empty when the files could not be read).
+    pub digest: String,
+    pub generation: Option<u32>,
+    pub files: Vec<String>,
+    pub errors: Vec<String>,
+    pub warnings: Vec<String>,
 }
 
 #[derive(Debug, Clone, Serialize, Default, PartialEq, Eq)]
@@ -132,13 +184,26 @@ mod tests {
 
     #[test]
     fn connect_info_formats() {
-        let mut a = [0u8; 16];
-        a[..4].copy_from_slice(&[127, 0, 0, 1]);
-        let c = ConnectInfo::from_raw(zt_common::AF_INET, a, 8080, 1, 0);
-        assert_eq!(c.address.to_string(), "127.0.0.1");
-        assert_eq!(c.protocol, "tcp");
-        let v6 = ConnectInfo::from_raw(zt_common::AF_INET6, Ipv6Addr::LOCALHOST.octets(), 53, 2, 17);
-        assert_eq!((v6.family, v6.address.to_string().as_str(), v6.protocol), ("ipv6", "::1", "udp"));
+        use zt_common::policy::{AUDIT, DENY, ENFORCE, RULE_DEFAULT, Verdict};
+        let mut c = zt_common::ConnectEvent {
+            family: zt_common::AF_INET,
+            addr: Ipv4Addr::LOCALHOST.to_ipv6_mapped().octets(),
+            port: 8080,
+            sock_type: 1,
+            verdict: Verdict::new(DENY, AUDIT, 3),
+            generation: 7,
+            ..Default::default()
+        };
+        let names = |g: u32, r: u32| (g == 7 && r == 3).then(|| "r3".to_string());
+        let i = ConnectInfo::from_raw(&c, names);
+        assert_eq!(i.address.to_string(), "127.0.0.1");
+        assert_eq!((i.protocol, i.action, i.decision, i.mode, i.rule.as_str()), ("tcp", "audited", "deny", "audit", "r3"));
+        c.verdict = Verdict::new(DENY, ENFORCE, RULE_DEFAULT);
+        c.family = zt_common::AF_INET6;
+        c.addr = Ipv6Addr::LOCALHOST.octets();
+        c.protocol = 17;
+        let v6 = ConnectInfo::from_raw(&c, names);
+        assert_eq!((v6.family, v6.address.to_string().as_str(), v6.protocol, v6.action, v6.rule.as_str()), ("ipv6", "::1", "udp", "denied", "default"));
     }
 
     #[test]

@@ -116,10 +116,11 @@ pub enum Input {
     /// An already-built event (loss, agent life cycle); boxed so a raw
     /// kernel event (the common case) stays small in the queue.
     Emit(Box<Event>),
+    /// A new policy's identities (from the policy manager).
+    Identities(Arc<crate::identity::IdentityConfig>),
 }
 
 pub struct Options {
-    pub queue_capacity: usize,
     pub poll_interval: Duration,
     pub loss_interval: Duration,
     pub rescan_interval: Duration,
@@ -147,6 +148,17 @@ impl Tables for MapTables {
     fn cgroup_known(&self, cgroup_id: u64) -> bool {
         matches!(self.cgroups.get(cgroup_id), Ok(Some(_)))
     }
+    fn replace_cgroups(&mut self, wanted: &std::collections::HashMap<u64, u32>) -> anyhow::Result<()> {
+        for k in self.cgroups.keys() {
+            if !wanted.contains_key(&k) {
+                self.cgroups.remove(k)?;
+            }
+        }
+        for (k, v) in wanted {
+            self.cgroups.set(*k, *v)?;
+        }
+        Ok(())
+    }
 }
 
 pub struct Running {
@@ -167,7 +179,11 @@ impl Running {
     }
 }
 
+/// Spawns the tasks; `input` is the enrich queue (created by the caller so
+/// the policy manager can send to it before the pipeline starts).
+#[allow(clippy::too_many_arguments)]
 pub fn spawn(
+    input: (mpsc::Sender<Input>, mpsc::Receiver<Input>),
     mut events: EventSource,
     loss_counters: LossCounters,
     tables: MapTables,
@@ -177,12 +193,12 @@ pub fn spawn(
     stats: Arc<Stats>,
 ) -> Running {
     let (shutdown, _) = watch::channel(false);
-    let (tx, rx) = mpsc::channel::<Input>(opts.queue_capacity);
+    let (tx, rx) = input;
     let mut handles = Vec::new();
 
     let mut out_txs = Vec::new();
     for (w, show) in outputs {
-        let (otx, orx) = mpsc::channel::<Event>(opts.queue_capacity);
+        let (otx, orx) = mpsc::channel::<Event>(tx.max_capacity());
         out_txs.push(otx);
         handles.push(tokio::spawn(output::json_lines(orx, w, show, stats.clone())));
     }
@@ -288,6 +304,10 @@ pub fn spawn(
                                 None => continue,
                             },
                             Some(Input::Emit(ev)) => *ev,
+                            Some(Input::Identities(cfg)) => {
+                                enricher.set_identities(cfg, &mut tables, &cgroup2);
+                                continue;
+                            }
                             None => break,
                         };
                         for o in &out_txs {

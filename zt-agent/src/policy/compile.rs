@@ -1,0 +1,262 @@
+//! Policy -> kernel map entries: a pure function, tested byte for byte.
+//!
+//! # Layout
+//! - [`IdRegistry`]: identity name -> numeric id, stable across reloads (the
+//!   process table holds ids, so a reload that reorders identities must not
+//!   reattribute running processes).
+//! - [`compile`]: one slot's entries: `IDENTITY_POLICY`, `NET_RULES` (LPM),
+//!   and the path rules for the file/exec issue.
+//! - [`CompileError`]: capacity limits, with identity, count and capacity.
+//!
+//! Egress compilation: every destination becomes an IPv6 prefix (IPv4 as
+//! `::ffff:0:0/96` + its prefix). For each distinct prefix of an identity,
+//! its rule list holds its own rules and those of every covering prefix, so
+//! the kernel's single longest-prefix lookup sees every rule that applies,
+//! and `zt_common::policy::decide_net` decides (deny wins).
+use std::collections::{BTreeMap, BTreeSet, HashMap};
+
+use ipnet::IpNet;
+use zt_common::{
+    maps,
+    path_policy::{PATH_LEN, PathRule},
+    policy::{
+        ALLOW, AUDIT, DENY, ENFORCE, IdentityKey, IdentityPolicy, NET_KEY_FIXED_BITS, NET_RULES_PER_PREFIX, NetKeyData,
+        NetRule, NetRuleList, PROTO_ANY, PROTO_TCP, PROTO_UDP,
+    },
+};
+
+use super::document::{Action, Mode, Policy, Proto};
+
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum CompileError {
+    #[error("identity {identity:?}: destination {prefix} has {count} applicable egress rules (its own and its covering prefixes'), capacity {capacity}")]
+    PrefixRules { identity: String, prefix: String, count: usize, capacity: usize },
+    #[error("{count} egress prefixes in one policy slot, capacity {capacity}")]
+    NetEntries { count: usize, capacity: usize },
+    #[error("{count} identities (over the agent's lifetime, ids are never reused), capacity {capacity}")]
+    Identities { count: usize, capacity: usize },
+}
+
+/// Identity ids, stable for the agent's lifetime; 0 is "no identity".
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct IdRegistry {
+    ids: BTreeMap<String, u32>,
+}
+
+impl IdRegistry {
+    /// Gives every identity of `policy` an id (new names get the next one).
+    pub fn assign(&mut self, policy: &Policy) -> Result<(), CompileError> {
+        let capacity = (maps::IDENTITY_POLICY_CAPACITY / 2) as usize;
+        let new = policy.identities.iter().filter(|i| !self.ids.contains_key(&i.name)).count();
+        if self.ids.len() + new > capacity {
+            return Err(CompileError::Identities { count: self.ids.len() + new, capacity });
+        }
+        for i in &policy.identities {
+            let next = self.ids.len() as u32 + 1;
+            self.ids.entry(i.name.clone()).or_insert(next);
+        }
+        Ok(())
+    }
+
+    pub fn get(&self, name: &str) -> Option<u32> {
+        self.ids.get(name).copied()
+    }
+
+    pub fn names(&self) -> impl Iterator<Item = (&str, u32)> {
+        self.ids.iter().map(|(n, v)| (n.as_str(), *v))
+    }
+
+    /// A registry for one policy alone (ids in file order), as `check`,
+    /// `explain` and `diff` use.
+    pub fn for_policy(policy: &Policy) -> Result<Self, CompileError> {
+        let mut r = IdRegistry::default();
+        r.assign(policy)?;
+        Ok(r)
+    }
+}
+
+/// What a rule id (index in the bundle) stands for, for events and explain.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+pub struct RuleInfo {
+    pub name: String,
+    pub identity: String,
+    pub pos: String,
+}
+
+#[derive(Debug, Clone)]
+pub struct Compiled {
+    pub slot: u32,
+    pub identities: Vec<(IdentityKey, IdentityPolicy)>,
+    /// `(prefix_len, key data, rules)`, sorted by key.
+    pub net: Vec<(u32, NetKeyData, NetRuleList)>,
+    pub paths: Vec<PathRule>,
+    /// Index = rule id.
+    pub rules: Vec<RuleInfo>,
+    /// Which rules were active (conditions) when compiled.
+    pub active: Vec<bool>,
+}
+
+fn action(a: Action) -> u8 {
+    match a {
+        Action::Allow => ALLOW,
+        Action::Deny => DENY,
+    }
+}
+
+fn mode(m: Mode) -> u8 {
+    match m {
+        Mode::Enforce => ENFORCE,
+        Mode::Audit => AUDIT,
+    }
+}
+
+/// A destination as an IPv6 prefix: (network as u128, length 0..=128).
+pub fn v6_prefix(net: &IpNet) -> (u128, u8) {
+    match net {
+        IpNet::V4(n) => ((0xffffu128 << 32) | u32::from(n.network()) as u128, 96 + n.prefix_len()),
+        IpNet::V6(n) => (u128::from(n.network()), n.prefix_len()),
+    }
+}
+
+fn mask(addr: u128, len: u8) -> u128 {
+    if len == 0 { 0 } else { addr & (u128::MAX << (128 - len as u32)) }
+}
+
+pub fn prefix_string(addr: u128, len: u8) -> String {
+    let v6 = std::net::Ipv6Addr::from(addr);
+    match v6.to_ipv4_mapped() {
+        Some(v4) if len >= 96 => format!("{v4}/{}", len - 96),
+        _ => format!("{v6}/{len}"),
+    }
+}
+
+/// Compiles the active rules of `policy` into the entries of one slot.
+pub fn compile(policy: &Policy, ids: &IdRegistry, slot: u32, active: &[bool]) -> Result<Compiled, CompileError> {
+    let mut identities = Vec::new();
+    let mut net = Vec::new();
+    let mut paths = Vec::new();
+    let rules: Vec<RuleInfo> = policy
+        .rules
+        .iter()
+        .map(|r| RuleInfo { name: r.name.clone(), identity: r.identity.clone(), pos: r.pos.to_string() })
+        .collect();
+
+    for ident in &policy.identities {
+        let id = ids.get(&ident.name).expect("registry assigned every identity");
+        identities.push((
+            IdentityKey { slot, identity: id },
+            IdentityPolicy {
+                default_egress: action(ident.defaults.egress),
+                default_files: action(ident.defaults.files),
+                default_exec: action(ident.defaults.exec),
+                mode: mode(ident.mode),
+                _pad: 0,
+            },
+        ));
+
+        // prefix -> rules declared on exactly that prefix.
+        let mut by_prefix: BTreeMap<(u128, u8), Vec<NetRule>> = BTreeMap::new();
+        for (rule_id, rule) in policy.rules.iter().enumerate() {
+            if rule.identity != ident.name || !active.get(rule_id).copied().unwrap_or(true) {
+                continue;
+            }
+            let eff_mode = if ident.mode == Mode::Audit || rule.mode == Some(Mode::Audit) { AUDIT } else { ENFORCE };
+            for e in &rule.egress {
+                let proto = match e.proto {
+                    Proto::Any => PROTO_ANY,
+                    Proto::Tcp => PROTO_TCP,
+                    Proto::Udp => PROTO_UDP,
+                };
+                let ports = if e.ports.is_empty() { vec![(0, u16::MAX)] } else { e.ports.clone() };
+                for n in &e.to {
+                    let p = v6_prefix(n);
+                    for &(lo, hi) in &ports {
+                        by_prefix.entry(p).or_default().push(NetRule {
+                            port_lo: lo,
+                            port_hi: hi,
+                            proto,
+                            action: action(rule.action),
+                            mode: eff_mode,
+                            _pad: 0,
+                            rule: rule_id as u32,
+                        });
+                    }
+                }
+            }
+            for (defs, is_exec) in [(&rule.files, false), (&rule.exec, true)] {
+                for d in defs {
+                    for path in &d.paths {
+                        let mut buf = [0u8; PATH_LEN];
+                        buf[..path.len()].copy_from_slice(path.as_bytes());
+                        paths.push(PathRule {
+                            identity: id,
+                            rule: rule_id as u32,
+                            access: if is_exec { zt_common::path_policy::EXEC } else { d.access },
+                            action: action(rule.action),
+                            mode: eff_mode,
+                            prefix: path.ends_with('/') as u8,
+                            _pad: 0,
+                            len: path.len() as u32,
+                            path: buf,
+                        });
+                    }
+                }
+            }
+        }
+
+        let lens: BTreeSet<u8> = by_prefix.keys().map(|(_, l)| *l).collect();
+        for &(addr, len) in by_prefix.keys() {
+            let mut list: Vec<NetRule> = lens
+                .iter()
+                .filter(|l| **l <= len)
+                .filter_map(|l| by_prefix.get(&(mask(addr, *l), *l)))
+                .flatten()
+                .copied()
+                .collect();
+            list.sort_by_key(|r| (r.rule, r.port_lo, r.port_hi, r.proto));
+            list.dedup();
+            if list.len() > NET_RULES_PER_PREFIX {
+                return Err(CompileError::PrefixRules {
+                    identity: ident.name.clone(),
+                    prefix: prefix_string(addr, len),
+                    count: list.len(),
+                    capacity: NET_RULES_PER_PREFIX,
+                });
+            }
+            let mut entry = NetRuleList { count: list.len() as u32, ..Default::default() };
+            entry.rules[..list.len()].copy_from_slice(&list);
+            net.push((NET_KEY_FIXED_BITS + len as u32, NetKeyData { slot, identity: id, addr: addr.to_be_bytes() }, entry));
+        }
+    }
+    let capacity = (maps::NET_RULES_CAPACITY / 2) as usize;
+    if net.len() > capacity {
+        return Err(CompileError::NetEntries { count: net.len(), capacity });
+    }
+    net.sort_by_key(|(l, k, _)| (*k, *l));
+    Ok(Compiled { slot, identities, net, paths, rules, active: active.to_vec() })
+}
+
+/// Longest-prefix match over compiled entries, as the kernel's LPM trie does
+/// (used by `explain`; the trie itself is the kernel's).
+pub fn lookup<'a>(c: &'a Compiled, identity: u32, addr: [u8; 16]) -> Option<&'a NetRuleList> {
+    let a = u128::from_be_bytes(addr);
+    c.net
+        .iter()
+        .filter(|(len, k, _)| {
+            let plen = (len - NET_KEY_FIXED_BITS) as u8;
+            k.identity == identity && k.slot == c.slot && mask(a, plen) == u128::from_be_bytes(k.addr)
+        })
+        .max_by_key(|(len, _, _)| *len)
+        .map(|(_, _, l)| l)
+}
+
+/// Bytes of a `#[repr(C)]` zt-common value (for golden tests and diffs).
+pub fn bytes_of<T: Copy>(v: &T) -> Vec<u8> {
+    // SAFETY: zt-common types are #[repr(C)] without implicit padding.
+    unsafe { std::slice::from_raw_parts((v as *const T).cast::<u8>(), std::mem::size_of::<T>()).to_vec() }
+}
+
+/// Counts by map for status and logs.
+pub fn summary(c: &Compiled) -> HashMap<&'static str, usize> {
+    HashMap::from([("identities", c.identities.len()), ("net_prefixes", c.net.len()), ("path_rules", c.paths.len())])
+}

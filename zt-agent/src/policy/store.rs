@@ -1,0 +1,119 @@
+//! History of applied policy bundles: version, time, source, blake3 digest
+//! and the texts themselves (so a rollback re-applies exactly what was in
+//! force). Persisted one JSON file per version under the state directory,
+//! written atomically (temp file, fsync, rename).
+use std::path::PathBuf;
+
+use anyhow::Context as _;
+use serde::{Deserialize, Serialize};
+
+use super::Bundle;
+
+/// Versions kept (older ones are deleted from disk and memory).
+pub const KEEP: usize = 50;
+
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+pub struct Applied {
+    pub version: u64,
+    /// RFC 3339 UTC.
+    pub time: String,
+    /// What triggered it: "start", "inotify", "SIGHUP", "control", "rollback to vN", "conditions".
+    pub source: String,
+    pub digest: String,
+    pub bundle: Bundle,
+}
+
+#[derive(Debug, Default)]
+pub struct Store {
+    dir: Option<PathBuf>,
+    entries: Vec<Applied>,
+}
+
+impl Store {
+    /// Opens (and loads) the history under `dir`, or an in-memory one.
+    pub fn open(dir: Option<PathBuf>) -> anyhow::Result<Self> {
+        let mut entries = Vec::new();
+        if let Some(d) = &dir {
+            std::fs::create_dir_all(d).with_context(|| format!("creating {}", d.display()))?;
+            for e in std::fs::read_dir(d)?.flatten() {
+                let p = e.path();
+                if p.extension().is_some_and(|x| x == "json") {
+                    let text = std::fs::read_to_string(&p)?;
+                    match serde_json::from_str::<Applied>(&text) {
+                        Ok(a) => entries.push(a),
+                        Err(err) => tracing::warn!("ignoring unreadable policy history file {}: {err}", p.display()),
+                    }
+                }
+            }
+            entries.sort_by_key(|a: &Applied| a.version);
+        }
+        Ok(Store { dir, entries })
+    }
+
+    pub fn list(&self) -> &[Applied] {
+        &self.entries
+    }
+
+    pub fn current(&self) -> Option<&Applied> {
+        self.entries.last()
+    }
+
+    pub fn get(&self, version: u64) -> Option<&Applied> {
+        self.entries.iter().find(|a| a.version == version)
+    }
+
+    /// The version before the current one (the default rollback target).
+    pub fn previous(&self) -> Option<&Applied> {
+        self.entries.len().checked_sub(2).map(|i| &self.entries[i])
+    }
+
+    pub fn record(&mut self, source: String, bundle: Bundle) -> anyhow::Result<Applied> {
+        let version = self.entries.last().map(|a| a.version + 1).unwrap_or(1);
+        let applied = Applied {
+            version,
+            time: humantime::format_rfc3339_millis(std::time::SystemTime::now()).to_string(),
+            source,
+            digest: bundle.digest().to_hex().to_string(),
+            bundle,
+        };
+        if let Some(d) = &self.dir {
+            let path = d.join(format!("policy-{version:08}.json"));
+            let tmp = d.join(format!(".policy-{version:08}.json.tmp"));
+            let mut f = std::fs::File::create(&tmp)?;
+            serde_json::to_writer_pretty(&mut f, &applied)?;
+            f.sync_all()?;
+            std::fs::rename(&tmp, &path).with_context(|| format!("writing {}", path.display()))?;
+        }
+        self.entries.push(applied.clone());
+        while self.entries.len() > KEEP {
+            let old = self.entries.remove(0);
+            if let Some(d) = &self.dir {
+                let _ = std::fs::remove_file(d.join(format!("policy-{:08}.json", old.version)));
+            }
+        }
+        Ok(applied)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn persists_and_reloads_in_order() {
+        let dir = std::env::temp_dir().join(format!("zt-store-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        let b = |t: &str| Bundle { files: vec![("p.yaml".into(), t.into())] };
+        {
+            let mut s = Store::open(Some(dir.clone())).unwrap();
+            assert_eq!(s.record("start".into(), b("one")).unwrap().version, 1);
+            assert_eq!(s.record("SIGHUP".into(), b("two")).unwrap().version, 2);
+            assert_eq!(s.previous().unwrap().bundle, b("one"));
+        }
+        let s = Store::open(Some(dir.clone())).unwrap();
+        assert_eq!(s.list().len(), 2);
+        assert_eq!(s.current().unwrap().source, "SIGHUP");
+        assert_eq!(s.get(1).unwrap().digest, b("one").digest().to_hex().to_string());
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+}
