@@ -296,7 +296,8 @@ fn status_reports_counters_and_paths() {
     let out = Command::new(agent_bin()).arg("status").arg("--json").arg("--socket").arg(&agent.socket).output().unwrap();
     assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
     let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
-    assert_eq!(v["trust_domain"], TD);
+    assert_eq!(v["policy"]["trust_domain"], TD);
+    assert_eq!(v["policy"]["generation"], 1);
     assert!(v["counters"]["kernel_loss"]["ringbuf_exec"].is_u64());
     assert!(v["paths"].as_array().unwrap().iter().any(|p| p[0] == "process attribution"));
     assert!(v["hooks"].as_array().unwrap().iter().any(|h| h["program"] == "sched_process_fork" && h["attached"] == true));

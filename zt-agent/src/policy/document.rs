@@ -31,7 +31,8 @@ pub struct Pos {
 
 impl fmt::Display for Pos {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "{}:{}:{}", self.file, self.line, self.column)
+        // Line 0: the whole file (it could not be read).
+        if self.line == 0 { write!(f, "{}", self.file) } else { write!(f, "{}:{}:{}", self.file, self.line, self.column) }
     }
 }
 
@@ -394,8 +395,13 @@ fn syntax_error(file: &str, e: &serde_saphyr::Error) -> Diagnostic {
         .map(str::trim)
         .find(|l| !l.is_empty())
         .unwrap_or("invalid YAML")
-        .trim_start_matches("error: ")
-        .to_string();
+        .trim_start_matches("error: ");
+    // The message may repeat the position ("line 7 column 7: ..."); we print it once.
+    let message = match message.strip_prefix("line ").and_then(|r| r.split_once(": ")) {
+        Some((pos, rest)) if pos.contains(" column ") => rest,
+        _ => message,
+    }
+    .to_string();
     Diagnostic { pos: Pos { file: file.to_string(), line, column }, message, hint: None }
 }
 
@@ -412,6 +418,9 @@ pub fn parse_sources(sources: &[Source<'_>]) -> Result<Policy, PolicyErrors> {
     let mut names = Vec::new();
     let mut trust_domain: Option<(String, Pos)> = None;
     let mut identities: Vec<IdentityDef> = Vec::new();
+    // Names of identities that had errors: rules naming them are not
+    // reported again as "unknown identity".
+    let mut invalid_names: Vec<String> = Vec::new();
     let mut raw_rules: Vec<(String, RawRule)> = Vec::new();
 
     for src in sources {
@@ -446,7 +455,11 @@ pub fn parse_sources(sources: &[Source<'_>]) -> Result<Policy, PolicyErrors> {
             }
         }
         for ri in &raw.spec.identities {
-            if let Some(def) = convert_identity(&mut cx, ri, trust_domain.as_ref().map(|t| t.0.as_str())) {
+            let Some(def) = convert_identity(&mut cx, ri, trust_domain.as_ref().map(|t| t.0.as_str())) else {
+                invalid_names.push(ri.name.value.clone());
+                continue;
+            };
+            {
                 if let Some(prev) = identities.iter().find(|i| i.name == def.name) {
                     let prev = prev.pos.clone();
                     cx.error(&ri.name.referenced, format!("duplicate identity name {:?} (first defined at {prev})", def.name), None);
@@ -485,7 +498,7 @@ pub fn parse_sources(sources: &[Source<'_>]) -> Result<Policy, PolicyErrors> {
     for (file, rr) in &raw_rules {
         let mut cx = Ctx { file, errors: Vec::new(), warnings: Vec::new() };
         let idx = per_file_index.entry((file.clone(), rr.identity.value.clone())).or_insert(0);
-        if let Some(rule) = convert_rule(&mut cx, rr, &identities, *idx) {
+        if let Some(rule) = convert_rule(&mut cx, rr, &identities, &invalid_names, *idx) {
             if let Some(prev) = rules.iter().find(|r| r.name == rule.name) {
                 let at = prev.pos.clone();
                 let loc = rr.name.as_ref().map(|n| n.referenced).unwrap_or(rr.identity.referenced);
@@ -644,8 +657,13 @@ fn convert_selector(cx: &mut Ctx<'_>, rs: &RawSelector, parent: &Location) -> Op
     Some(sel)
 }
 
-fn convert_rule(cx: &mut Ctx<'_>, rr: &RawRule, identities: &[IdentityDef], index: usize) -> Option<Rule> {
+fn convert_rule(cx: &mut Ctx<'_>, rr: &RawRule, identities: &[IdentityDef], invalid: &[String], index: usize) -> Option<Rule> {
     let before = cx.errors.len();
+    if invalid.contains(&rr.identity.value) {
+        // Its identity already has an error; the rule is checked, not kept.
+        let _ = parse_action(cx, &rr.action);
+        return None;
+    }
     if !identities.iter().any(|i| i.name == rr.identity.value) {
         let known: Vec<&str> = identities.iter().map(|i| i.name.as_str()).collect();
         cx.error(&rr.identity.referenced, format!("rule for unknown identity {:?}", rr.identity.value), Some(&format!("known identities: {}", known.join(", "))));

@@ -28,25 +28,25 @@ pub fn lint(policy: &mut Policy) {
                 ));
             }
             // Shadowed: an unconditional deny of the same identity covers it
-            // (deny wins), or an earlier unconditional allow already allows it.
-            for (j, other) in policy.rules.iter().enumerate() {
-                if i == j || other.identity != rule.identity || other.when.is_some() {
-                    continue;
-                }
-                let Some(cover) = other.egress.iter().find(|o| covers(o, e)) else { continue };
-                if other.action == Action::Deny && rule.action == Action::Allow {
-                    warnings.push(warn(
-                        &e.pos,
-                        format!("this egress of allow rule {:?} can never apply: deny rule {:?} covers it (deny wins)", rule.name, other.name),
-                        None,
-                    ));
-                    break;
-                }
-                if other.action == rule.action && j < i && rule.when.is_none() {
-                    let _ = cover;
-                    warnings.push(warn(&e.pos, format!("this egress of rule {:?} is redundant: rule {:?} already covers it", rule.name, other.name), None));
-                    break;
-                }
+            // (deny wins); else redundant: an earlier unconditional rule with
+            // the same action already covers it.
+            let covering = |j: usize, other: &super::document::Rule| {
+                i != j && other.identity == rule.identity && other.when.is_none() && other.egress.iter().any(|o| covers(o, e))
+            };
+            let deny = policy.rules.iter().enumerate().find(|(j, o)| o.action == Action::Deny && covering(*j, o));
+            let same = policy.rules.iter().enumerate().find(|(j, o)| *j < i && o.action == rule.action && covering(*j, o));
+            if rule.action == Action::Allow
+                && let Some((_, d)) = deny
+            {
+                warnings.push(warn(
+                    &e.pos,
+                    format!("this egress of allow rule {:?} can never apply: deny rule {:?} covers it (deny wins)", rule.name, d.name),
+                    None,
+                ));
+            } else if let Some((_, o)) = same
+                && rule.when.is_none()
+            {
+                warnings.push(warn(&e.pos, format!("this egress of rule {:?} is redundant: rule {:?} already covers it", rule.name, o.name), None));
             }
         }
     }

@@ -16,6 +16,8 @@ pub mod conditions;
 pub mod document;
 pub mod lint;
 pub mod store;
+#[cfg(test)]
+mod tests;
 
 use std::{net::IpAddr, path::Path};
 

@@ -1,0 +1,351 @@
+//! Tests of the policy language, compilation (byte for byte), explain, diff
+//! and lint. Every shipped policy is parsed and compiled here too.
+use super::{compile::*, document::*, *};
+
+fn bundle(files: &[(&str, &str)]) -> Bundle {
+    Bundle { files: files.iter().map(|(n, t)| (n.to_string(), t.to_string())).collect() }
+}
+
+fn parse1(text: &str) -> Result<Policy, PolicyErrors> {
+    bundle(&[("p.yaml", text)]).parse()
+}
+
+fn errs(text: &str) -> String {
+    parse1(text).unwrap_err().to_string()
+}
+
+const HEAD: &str = "apiVersion: zt-agent.io/v1alpha1\nkind: HostPolicy\nmetadata:\n  name: t\nspec:\n  trustDomain: zt.test\n";
+
+const CODER: &str = "\
+apiVersion: zt-agent.io/v1alpha1
+kind: HostPolicy
+metadata:
+  name: coder
+spec:
+  trustDomain: zt.test
+  identities:
+    - name: coder
+      selectors:
+        - cgroup: /agents/coder/**
+        - exe: /usr/bin/agent
+          uid: 1000
+      defaultAction: deny
+    - name: analyst
+      mode: audit
+      selectors:
+        - descendantOf:
+            exe: /usr/bin/runner
+  rules:
+    - name: model-api
+      identity: coder
+      action: allow
+      egress:
+        - to: [10.0.0.0/8, \"2001:db8::/32\"]
+          ports: [443, \"8000-8080\"]
+          protocol: tcp
+    - name: no-ssh
+      identity: coder
+      action: deny
+      egress:
+        - to: [10.1.0.0/16]
+          ports: [22]
+    - name: datasets
+      identity: coder
+      action: allow
+      files:
+        - paths: [/data/, /etc/hosts]
+          access: [read]
+      exec:
+        - paths: [/usr/bin/git]
+    - name: analyst-dns
+      identity: analyst
+      action: deny
+      egress:
+        - to: [192.0.2.53]
+          ports: [53]
+          protocol: udp
+";
+
+#[test]
+fn parses_identities_rules_defaults_and_modes() {
+    let p = parse1(CODER).unwrap();
+    assert_eq!(p.trust_domain, "zt.test");
+    assert_eq!(p.identities.len(), 2);
+    let coder = p.identity("coder").unwrap();
+    assert_eq!(coder.spiffe_id, "spiffe://zt.test/coder");
+    assert_eq!(coder.defaults, Defaults { egress: Action::Deny, files: Action::Deny, exec: Action::Deny });
+    let analyst = p.identity("analyst").unwrap();
+    assert_eq!(analyst.mode, Mode::Audit);
+    assert_eq!(analyst.defaults, Defaults::default());
+    assert_eq!(p.rules.len(), 4);
+    assert_eq!(p.rules[0].egress[0].ports, vec![(443, 443), (8000, 8080)]);
+    assert_eq!(p.rules[0].egress[0].proto, Proto::Tcp);
+    assert_eq!(p.rules[0].pos.to_string(), "p.yaml:21:17");
+    assert_eq!(p.rules[2].files[0].access, access::READ);
+    assert_eq!(p.rules[2].exec[0].paths, vec!["/usr/bin/git"]);
+    assert!(p.warnings.is_empty(), "{:?}", p.warnings);
+}
+
+#[test]
+fn composes_files_and_reports_conflicts() {
+    let ids = format!("{HEAD}  identities:\n    - name: a\n      selectors:\n        - uid: 1\n");
+    let rules = "apiVersion: zt-agent.io/v1alpha1\nkind: HostPolicy\nspec:\n  rules:\n    - identity: a\n      action: allow\n      egress:\n        - to: [10.0.0.0/8]\n";
+    let p = bundle(&[("ids.yaml", &ids), ("rules.yaml", rules)]).parse().unwrap();
+    assert_eq!(p.rules[0].name, "a/0");
+    assert_eq!(p.rules[0].pos.file, "rules.yaml");
+
+    let other_td = rules.replace("spec:\n", "spec:\n  trustDomain: other.test\n");
+    let e = bundle(&[("ids.yaml", &ids), ("rules.yaml", &other_td)]).parse().unwrap_err().to_string();
+    assert_eq!(
+        e,
+        "rules.yaml:4:16: conflicting trustDomain \"other.test\": ids.yaml:6:16 says \"zt.test\" (hint: every file of a bundle must name the same trust domain (or none))"
+    );
+    let e = bundle(&[("ids.yaml", &ids), ("more.yaml", &ids)]).parse().unwrap_err().to_string();
+    assert_eq!(e, "more.yaml:8:13: duplicate identity name \"a\" (first defined at ids.yaml:8:13)");
+}
+
+#[test]
+fn every_error_is_reported_with_position() {
+    let text = format!(
+        "{HEAD}  identities:\n    - name: a\n      selectors:\n        - uid: 1\n  rules:\n    - identity: b\n      action: permit\n      egress:\n        - to: [10.0.0.1/8, 300.1.1.1]\n          ports: [70000, \"90-80\"]\n          protocol: icmp\n"
+    );
+    let e = errs(&text);
+    let lines: Vec<&str> = e.lines().collect();
+    assert_eq!(
+        lines,
+        [
+            "p.yaml:12:17: rule for unknown identity \"b\" (hint: known identities: a)",
+            "p.yaml:13:15: invalid action \"permit\" (hint: use \"allow\" or \"deny\")",
+            "p.yaml:15:16: invalid destination \"10.0.0.1/8\": host bits set (did you mean 10.0.0.0/8?) (hint: a CIDR like 10.0.0.0/8 or 2001:db8::/32, or a single address)",
+            "p.yaml:15:28: invalid destination \"300.1.1.1\": invalid IP address syntax (hint: a CIDR like 10.0.0.0/8 or 2001:db8::/32, or a single address)",
+            "p.yaml:16:19: port 70000 out of range 0-65535 (hint: a port (443) or an inclusive range (\"8000-8080\"))",
+            "p.yaml:16:26: port range \"90-80\" is empty (start > end) (hint: a port (443) or an inclusive range (\"8000-8080\"))",
+            "p.yaml:17:21: invalid protocol \"icmp\" (hint: use tcp, udp or any)",
+        ]
+    );
+}
+
+#[test]
+fn syntax_and_shape_errors() {
+    let e = errs("apiVersion: [\n");
+    assert!(e.starts_with("p.yaml:"), "{e}");
+    let e = errs(&format!("{HEAD}  identities:\n    - name: a\n      selectors:\n        - exec: /bin/sh\n"));
+    assert!(e.starts_with("p.yaml:10:"), "{e}");
+    assert!(e.contains("exec"), "{e}");
+    assert_eq!(
+        errs(&format!("{HEAD}  identities:\n    - name: a\n      selectors: []\n")),
+        "p.yaml:9:18: identity \"a\" has no selectors (hint: add at least one of cgroup, exe, exeDigest, uid, descendantOf)"
+    );
+    assert_eq!(
+        errs(&CODER.replace("kind: HostPolicy", "kind: Pod")),
+        "p.yaml:2:7: unsupported kind \"Pod\" (hint: use \"HostPolicy\")"
+    );
+    assert_eq!(
+        errs(&CODER.replace("uid: 1000", "exeDigest: sha256:00")),
+        "p.yaml:12:22: invalid exeDigest \"sha256:00\" (hint: write \"blake3:<64 hex digits>\" (`b3sum FILE`))"
+    );
+    assert_eq!(
+        errs(&CODER.replace("        - to: [192.0.2.53]", "        - dns: [api.example.com]")),
+        "p.yaml:45:16: egress by DNS name is not supported yet (hint: list the destination CIDRs under `to`; DNS-bound rules come with a later version)"
+    );
+    let e = errs(&format!(
+        "{HEAD}  identities:\n    - name: a\n      selectors:\n        - uid: 1\n  rules:\n    - identity: a\n      action: allow\n      when:\n        timeWindow: {{days: [mon-fri], start: \"25:00\", end: \"18:00\"}}\n        rego: 'input.x == '\n      egress:\n        - to: [10.0.0.0/8]\n"
+    ));
+    let lines: Vec<&str> = e.lines().collect();
+    assert_eq!(lines[0], "p.yaml:15:46: invalid time \"25:00\" (hint: HH:MM, UTC)");
+    assert!(lines[1].starts_with("p.yaml:16:15: invalid Rego condition: "), "{}", lines[1]);
+}
+
+#[test]
+fn lint_warnings() {
+    let text = format!(
+        "{HEAD}  identities:\n    - name: a\n      selectors:\n        - uid: 1\n    - name: b\n      selectors:\n        - uid: 1\n  rules:\n    - name: all\n      identity: a\n      action: allow\n      egress:\n        - to: [0.0.0.0/0]\n    - name: web\n      identity: a\n      action: allow\n      egress:\n        - to: [10.0.0.0/8]\n          ports: [443]\n    - name: block\n      identity: a\n      action: deny\n      egress:\n        - to: [10.0.0.0/8]\n"
+    );
+    let p = parse1(&text).unwrap();
+    let w: Vec<String> = p.warnings.iter().map(|w| w.to_string()).collect();
+    assert_eq!(
+        w,
+        [
+            "p.yaml:19:11: rule \"all\" allows identity \"a\" to reach every destination (hint: zero trust: list the networks this identity needs)",
+            "p.yaml:24:11: this egress of allow rule \"web\" can never apply: deny rule \"block\" covers it (deny wins)",
+            "p.yaml:11:13: no selector of identity \"b\" can match (hint: every selector is a k8s selector (not resolved yet) or repeats one of an earlier identity (the first match wins))",
+        ]
+    );
+}
+
+fn hex(b: &[u8]) -> String {
+    b.iter().map(|x| format!("{x:02x}")).collect()
+}
+
+/// The exact bytes the kernel gets for a small policy.
+#[test]
+fn compiles_byte_for_byte() {
+    let text = format!(
+        "{HEAD}  identities:\n    - name: a\n      selectors:\n        - uid: 1\n  rules:\n    - name: web\n      identity: a\n      action: allow\n      egress:\n        - to: [10.0.0.0/8]\n          ports: [443]\n          protocol: tcp\n    - name: nossh\n      identity: a\n      action: deny\n      mode: audit\n      egress:\n        - to: [10.1.0.0/16]\n          ports: [22]\n"
+    );
+    let p = parse1(&text).unwrap();
+    let ids = IdRegistry::for_policy(&p).unwrap();
+    let c = compile(&p, &ids, 1, &[true, true]).unwrap();
+    assert_eq!(c.identities.len(), 1);
+    let (k, v) = &c.identities[0];
+    // slot 1, identity 1 | egress deny, files allow, exec allow, enforce.
+    assert_eq!(hex(&bytes_of(k)), "0100000001000000");
+    assert_eq!(hex(&bytes_of(v)), "0100000000000000");
+    assert_eq!(c.net.len(), 2);
+    // 10.0.0.0/8 -> prefix 64 + 96 + 8; key: slot, identity, ::ffff:10.0.0.0.
+    let (len, key, list) = &c.net[0];
+    assert_eq!(*len, 168);
+    assert_eq!(hex(&bytes_of(key)), "010000000100000000000000000000000000ffff0a000000");
+    // One rule: ports 443-443, tcp, allow, enforce, rule 0.
+    assert_eq!(hex(&bytes_of(list)[..20]), "0100000000000000bb01bb010600000000000000");
+    // 10.1.0.0/16 holds its own rule and the covering /8's.
+    let (len, key, list) = &c.net[1];
+    assert_eq!(*len, 176);
+    assert_eq!(hex(&bytes_of(key)), "010000000100000000000000000000000000ffff0a010000");
+    assert_eq!(
+        hex(&bytes_of(list)[..32]),
+        concat!("0200000000000000", "bb01bb010600000000000000", "160016000001010001000000")
+    );
+    assert!(bytes_of(list)[32..].iter().all(|b| *b == 0), "unused rule slots are zero");
+}
+
+#[test]
+fn covering_prefixes_and_capacity() {
+    let mut text = format!("{HEAD}  identities:\n    - name: a\n      selectors:\n        - uid: 1\n  rules:\n");
+    for i in 0..17 {
+        text.push_str(&format!("    - name: r{i}\n      identity: a\n      action: allow\n      egress:\n        - to: [10.0.0.0/8]\n          ports: [{}]\n", 1000 + i));
+    }
+    let p = parse1(&text).unwrap();
+    let ids = IdRegistry::for_policy(&p).unwrap();
+    let e = compile(&p, &ids, 0, &vec![true; 17]).unwrap_err();
+    assert_eq!(
+        e.to_string(),
+        "identity \"a\": destination 10.0.0.0/8 has 17 applicable egress rules (its own and its covering prefixes'), capacity 16"
+    );
+    // A rule made inactive by its condition is not compiled.
+    let mut active = vec![true; 17];
+    active[3] = false;
+    let c = compile(&p, &ids, 0, &active).unwrap();
+    assert_eq!(c.net[0].2.count, 16);
+    assert!(c.net[0].2.rules.iter().all(|r| r.rule != 3));
+}
+
+#[test]
+fn explain_uses_the_kernel_decision() {
+    let p = parse1(CODER).unwrap();
+    let all = vec![true; p.rules.len()];
+    let ex = |who: &str, q: Query| explain(&p, who, &q, &all).unwrap();
+    let c = |s: &str| Query::parse_connect(s).unwrap();
+    let e = ex("coder", c("10.2.3.4:443/tcp"));
+    assert_eq!((e.decision.as_str(), e.rule.as_ref().unwrap().name.as_str()), ("allow", "model-api"));
+    assert_eq!(e.reason, "rule \"model-api\" (p.yaml:21:17)");
+    assert_eq!(ex("coder", c("10.2.3.4:443/udp")).decision, "deny");
+    assert_eq!(ex("coder", c("10.1.3.4:22/tcp")).rule.unwrap().name, "no-ssh");
+    assert_eq!(ex("coder", c("10.1.3.4:8080/tcp")).rule.unwrap().name, "model-api");
+    assert_eq!(ex("coder", c("[2001:db8::7]:8000/tcp")).decision, "allow");
+    // IPv4-mapped IPv6 is IPv4.
+    assert_eq!(ex("coder", c("[::ffff:10.2.3.4]:443/tcp")).decision, "allow");
+    let d = ex("coder", c("8.8.8.8:53/udp"));
+    assert_eq!((d.decision.as_str(), d.verdict_action), ("deny", "EPERM"));
+    assert!(d.reason.starts_with("default action of identity \"coder\""));
+    // Audit identity: would deny, allowed.
+    let a = ex("analyst", c("192.0.2.53:53/udp"));
+    assert_eq!((a.decision.as_str(), a.verdict_action), ("allow (audit: would deny)", "allowed"));
+    // Files and exec.
+    assert_eq!(ex("coder", Query::Open { path: "/data/x.csv".into(), write: false }).decision, "allow");
+    assert_eq!(ex("coder", Query::Open { path: "/data/x.csv".into(), write: true }).decision, "deny");
+    assert_eq!(ex("coder", Query::Open { path: "/etc/hosts2".into(), write: false }).decision, "deny");
+    assert_eq!(ex("coder", Query::Exec { path: "/usr/bin/git".into() }).decision, "allow");
+    assert_eq!(ex("coder", Query::Exec { path: "/usr/bin/curl".into() }).decision, "deny");
+    assert_eq!(ex("analyst", Query::Exec { path: "/usr/bin/curl".into() }).decision, "allow");
+    assert!(explain(&p, "nobody", &c("1.2.3.4:1"), &all).unwrap_err().starts_with("unknown identity \"nobody\""));
+}
+
+#[test]
+fn diff_rules_and_entries() {
+    let old = parse1(CODER).unwrap();
+    let new = parse1(&CODER.replace("ports: [22]", "ports: [22, 23]").replace("name: analyst-dns", "name: analyst-dns2")).unwrap();
+    let d = diff(&old, &new).unwrap();
+    assert!(d.iter().any(|l| l.starts_with("~ rule no-ssh")), "{d:#?}");
+    assert!(d.iter().any(|l| l.starts_with("- rule analyst-dns (")), "{d:#?}");
+    assert!(d.iter().any(|l| l.starts_with("+ rule analyst-dns2 (")), "{d:#?}");
+    assert!(
+        d.iter().any(|l| l == "~ NET_RULES coder 10.1.0.0/16: allow tcp 443-443 rule=model-api; allow tcp 8000-8080 rule=model-api; deny any 22-22 rule=no-ssh -> allow tcp 443-443 rule=model-api; allow tcp 8000-8080 rule=model-api; deny any 22-22 rule=no-ssh; deny any 23-23 rule=no-ssh"),
+        "{d:#?}"
+    );
+    assert!(diff(&old, &old).unwrap().is_empty());
+}
+
+/// Every file in policies/ parses and compiles.
+#[test]
+fn shipped_policies_parse_and_compile() {
+    let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../policies");
+    let mut n = 0;
+    for e in std::fs::read_dir(&dir).unwrap() {
+        let path = e.unwrap().path();
+        if path.extension().is_none_or(|x| x != "yaml") {
+            continue;
+        }
+        let p = Bundle::read(&[&path]).unwrap().parse().unwrap_or_else(|e| panic!("{}: {e}", path.display()));
+        let ids = IdRegistry::for_policy(&p).unwrap();
+        compile(&p, &ids, 0, &vec![true; p.rules.len()]).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
+        n += 1;
+    }
+    assert!(n >= 5, "expected the shipped policies, found {n}");
+    Bundle::embedded_default().parse().unwrap();
+}
+
+/// Negative fixtures: each file fails with exactly the messages in its
+/// `.expected` twin.
+#[test]
+fn negative_fixtures() {
+    let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../tests/fixtures/bad-policies");
+    let mut n = 0;
+    for e in std::fs::read_dir(&dir).unwrap() {
+        let path = e.unwrap().path();
+        if path.extension().is_none_or(|x| x != "yaml") {
+            continue;
+        }
+        let text = std::fs::read_to_string(&path).unwrap();
+        let name = path.file_name().unwrap().to_string_lossy().into_owned();
+        let got = bundle(&[(&name, &text)]).parse().map(|_| "valid".to_string()).unwrap_or_else(|e| e.to_string());
+        let want = std::fs::read_to_string(path.with_extension("expected")).unwrap();
+        assert_eq!(got.trim(), want.trim(), "{name}");
+        n += 1;
+    }
+    assert!(n >= 3);
+}
+
+/// No input makes the parser panic: random mutations of valid policies.
+#[test]
+fn parser_never_panics_on_mutations() {
+    let seeds = [CODER, super::DEFAULT_POLICY];
+    let mut state: u64 = 0x9e37_79b9_7f4a_7c15;
+    let mut rand = || {
+        state ^= state << 13;
+        state ^= state >> 7;
+        state ^= state << 17;
+        state
+    };
+    let alphabet = b" \n:-[]{}\"'#&*!|>%@`,./0123456789abcdefxyz\t\\";
+    for i in 0..3000 {
+        let mut b = seeds[i % seeds.len()].as_bytes().to_vec();
+        for _ in 0..(1 + rand() % 8) {
+            let pos = (rand() as usize) % (b.len() + 1);
+            match rand() % 3 {
+                0 if pos < b.len() => {
+                    b.remove(pos);
+                }
+                1 => b.insert(pos.min(b.len()), alphabet[(rand() as usize) % alphabet.len()]),
+                _ if pos < b.len() => b[pos] = alphabet[(rand() as usize) % alphabet.len()],
+                _ => {}
+            }
+        }
+        let text = String::from_utf8_lossy(&b).into_owned();
+        if let Ok(p) = parse1(&text)
+            && let Ok(ids) = IdRegistry::for_policy(&p)
+        {
+            let _ = compile(&p, &ids, 0, &vec![true; p.rules.len()]);
+        }
+    }
+}
