@@ -182,8 +182,10 @@ pub struct Agent {
 }
 
 impl Agent {
-    /// Starts the agent with `policy` (YAML text) and waits until it has
-    /// emitted its `agent started` event (programs attached, table seeded).
+    /// Starts the agent with `policy` (YAML text; unless `extra` has its own
+    /// `--policy`) and waits until it has emitted its `agent started` event
+    /// (programs attached, table seeded). Policy history goes to a private
+    /// state directory unless `extra` names one.
     pub fn start(name: &str, policy: &str, extra: &[&str]) -> anyhow::Result<Self> {
         let dir = std::env::temp_dir().join(format!("zt-test-{name}-{}", std::process::id()));
         let _ = std::fs::remove_dir_all(&dir);
@@ -192,10 +194,14 @@ impl Agent {
         std::fs::write(&policy_path, policy)?;
         let events_path = dir.join("events.jsonl");
         let socket = dir.join("control.sock");
+        let own_policy: Vec<&std::ffi::OsStr> =
+            if extra.contains(&"--policy") { vec![] } else { vec!["--policy".as_ref(), policy_path.as_os_str()] };
+        let own_state: Vec<std::ffi::OsString> =
+            if extra.contains(&"--state-dir") { vec![] } else { vec!["--state-dir".into(), dir.join("state").into()] };
         let mut child = Command::new(agent_bin())
             .arg("run")
-            .arg("--policy")
-            .arg(&policy_path)
+            .args(own_policy)
+            .args(own_state)
             .arg("--events")
             .arg(&events_path)
             .arg("--socket")

@@ -199,7 +199,7 @@ fn processes_running_before_start_are_seeded() {
     assert_eq!(c[0]["process"]["pid"], early.id());
     // `--show attributed`: nothing unattributed reaches the output.
     for e in &events {
-        assert!(identity_of(e).is_some() || matches!(e["kind"].as_str(), Some("agent" | "loss")), "unattributed event shown: {e}");
+        assert!(identity_of(e).is_some() || matches!(e["kind"].as_str(), Some("agent" | "loss" | "policy")), "unattributed event shown: {e}");
     }
 }
 

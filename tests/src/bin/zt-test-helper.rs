@@ -13,6 +13,8 @@
 //! - escape-connect PROCS ADDR     move to the cgroup whose cgroup.procs is PROCS, connect
 //! - stdin-connect ADDR            wait for a line on stdin, then connect
 //! - udp-connects N ADDR           N UDP connect() calls as fast as possible
+//! - connect-loop MS ADDR...       TCP connects to each ADDR in turn (then 0.5 ms
+//!   pause) for MS ms; prints how many attempts were denied (EPERM) and allowed
 use std::{io::BufRead, net::TcpStream, time::Duration};
 
 fn connect(addr: &str) {
@@ -83,6 +85,23 @@ fn main() {
             for _ in 0..n {
                 let _ = sock.connect(a(3));
             }
+        }
+        "connect-loop" => {
+            let until = std::time::Instant::now() + ms(a(2));
+            let addrs: Vec<std::net::SocketAddr> =
+                args[3..].iter().take_while(|x| !x.starts_with("ZTMARK")).map(|x| x.parse().expect("ADDR")).collect();
+            let (mut denied, mut allowed) = (0u64, 0u64);
+            while std::time::Instant::now() < until {
+                for addr in &addrs {
+                    match TcpStream::connect_timeout(addr, Duration::from_millis(500)) {
+                        Err(e) if e.raw_os_error() == Some(libc::EPERM) => denied += 1,
+                        _ => allowed += 1,
+                    }
+                }
+                // A steady stream, not a flood (a flood is the loss test's job).
+                std::thread::sleep(Duration::from_micros(500));
+            }
+            println!("{denied} {allowed}");
         }
         other => panic!("unknown form {other}"),
     }

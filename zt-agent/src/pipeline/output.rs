@@ -10,7 +10,7 @@ use super::{Stats, event::Event};
 /// Which events an output shows.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
 pub enum Show {
-    /// Events of processes with an identity, plus loss and agent events.
+    /// Events of processes with an identity, plus loss, agent and policy events.
     Attributed,
     /// Every event.
     All,
@@ -21,7 +21,7 @@ impl Show {
         match self {
             Show::All => true,
             Show::Attributed => {
-                e.body.identity().is_some() || matches!(e.body.kind(), "loss" | "agent")
+                e.body.identity().is_some() || matches!(e.body.kind(), "loss" | "agent" | "policy")
             }
         }
     }
