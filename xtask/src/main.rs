@@ -8,7 +8,7 @@
 //!   workload, printing attributed events live.
 //! - `test`: every test: unit tests, then the root integration tests
 //!   single-threaded (they load programs into the one shared kernel).
-//! - `bench`: benchmarks (`bench attribution`).
+//! - `bench`: benchmarks (`bench attribution`, `bench policy`).
 use std::{
     ffi::OsString,
     path::{Path, PathBuf},
@@ -58,7 +58,10 @@ enum Cmd {
 
 #[derive(Clone, Copy, clap::ValueEnum)]
 enum Bench {
+    /// fork+exec overhead and pipeline throughput.
     Attribution,
+    /// policy compile time, reload latency, connect latency during reloads.
+    Policy,
 }
 
 fn main() -> std::process::ExitCode {
@@ -97,11 +100,15 @@ fn real_main() -> anyhow::Result<()> {
             setup()?;
             test(&root, &args)
         }
-        Cmd::Bench { which: Bench::Attribution, rounds } => {
+        Cmd::Bench { which, rounds } => {
             setup()?;
             build(true)?;
+            let name = match which {
+                Bench::Attribution => "attribution",
+                Bench::Policy => "policy",
+            };
             let mut cmd = cargo();
-            cmd.args(["run", "--release", "--quiet", "-p", "zt-tests", "--bin", "zt-bench", "--", "attribution"])
+            cmd.args(["run", "--release", "--quiet", "-p", "zt-tests", "--bin", "zt-bench", "--", name])
                 .arg("--rounds")
                 .arg(rounds.to_string())
                 .env("ZT_AGENT_BIN", root.join("target/release/zt-agent"));

@@ -394,7 +394,7 @@ pub async fn run(mut m: Manager, mut requests: mpsc::Receiver<Request>, mut stop
             _ = stop.changed() => break,
             _ = changed => {
                 // Debounce: editors and ConfigMap updates write in several steps.
-                tokio::time::sleep(Duration::from_millis(100)).await;
+                tokio::time::sleep(Duration::from_millis(25)).await;
                 if let Some(fd) = &inotify {
                     while fd.get_ref().0.read_events().is_ok_and(|e| !e.is_empty()) {}
                 }

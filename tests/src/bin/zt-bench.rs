@@ -9,7 +9,15 @@
 //!    agent process (UDP connect(), which fires the cgroup connect4 hook
 //!    without a handshake); events written and dropped, by counter.
 //!
-//! Internal child modes: `spawn-loop N` and `udp-flood RATE SECS ADDR`.
+//! `policy`:
+//! 1. parse and compile time of a 10,000-rule policy (in process).
+//! 2. reload latency, policy file renamed into place -> kernel maps switched
+//!    (polled on the control socket), p50/p99 over many reloads.
+//! 3. loopback connect() latency of an agent process while the policy is
+//!    reloaded every 50 ms vs idle (interleaved rounds, ratio of p50s).
+//!
+//! Internal child modes: `spawn-loop N`, `udp-flood RATE SECS ADDR`,
+//! `connect-latency N ADDR`.
 use std::{
     net::UdpSocket,
     process::Command,
@@ -24,11 +32,12 @@ fn main() -> anyhow::Result<()> {
     match args.get(1).map(String::as_str) {
         Some("spawn-loop") => spawn_loop(args[2].parse()?),
         Some("udp-flood") => udp_flood(args[2].parse()?, args[3].parse()?, &args[4]),
-        Some("attribution") => {
+        Some("connect-latency") => connect_latency(args[2].parse()?, &args[3]),
+        Some(which @ ("attribution" | "policy")) => {
             let rounds = args.iter().position(|a| a == "--rounds").and_then(|i| args.get(i + 1)).and_then(|r| r.parse().ok()).unwrap_or(10);
-            attribution(rounds)
+            if which == "attribution" { attribution(rounds) } else { policy_bench(rounds) }
         }
-        _ => anyhow::bail!("usage: zt-bench attribution [--rounds N]"),
+        _ => anyhow::bail!("usage: zt-bench attribution|policy [--rounds N]"),
     }
 }
 
@@ -164,5 +173,170 @@ fn attribution(rounds: usize) -> anyhow::Result<()> {
             c["output_overflow"]
         );
     }
+    Ok(())
+}
+
+/// Child mode: N loopback TCP connects; prints the p50 in ns.
+fn connect_latency(n: usize, addr: &str) -> anyhow::Result<()> {
+    let addr: std::net::SocketAddr = addr.parse()?;
+    let mut t = Vec::with_capacity(n);
+    for _ in 0..n {
+        let s = Instant::now();
+        let c = std::net::TcpStream::connect(addr);
+        t.push(s.elapsed().as_nanos() as u64);
+        drop(c);
+    }
+    t.sort_unstable();
+    println!("{}", t[n / 2]);
+    Ok(())
+}
+
+fn percentile(v: &mut [f64], p: f64) -> f64 {
+    v.sort_by(|a, b| a.partial_cmp(b).unwrap());
+    v[((v.len() as f64 - 1.0) * p).round() as usize]
+}
+
+/// A policy of `rules` egress rules over 10 identities, each rule its own /32.
+fn big_policy(rules: usize, cg: &str) -> String {
+    let mut s = String::from("apiVersion: zt-agent.io/v1alpha1\nkind: HostPolicy\nmetadata:\n  name: big\nspec:\n  trustDomain: zt.bench\n  identities:\n");
+    for i in 0..10 {
+        s.push_str(&format!("    - name: id{i}\n      selectors:\n        - cgroup: {cg}/id{i}/**\n"));
+    }
+    s.push_str("  rules:\n");
+    for r in 0..rules {
+        s.push_str(&format!(
+            "    - name: r{r}\n      identity: id{}\n      action: allow\n      egress:\n        - to: [10.{}.{}.{}/32]\n          ports: [443, \"8000-8080\"]\n          protocol: tcp\n",
+            r % 10,
+            r / 65536 % 256,
+            r / 256 % 256,
+            r % 256
+        ));
+    }
+    s
+}
+
+fn status_generation(socket: &std::path::Path) -> anyhow::Result<u64> {
+    use std::io::{Read, Write};
+    let mut s = std::os::unix::net::UnixStream::connect(socket)?;
+    s.write_all(b"status\n")?;
+    let mut buf = String::new();
+    s.read_to_string(&mut buf)?;
+    let v: serde_json::Value = serde_json::from_str(&buf)?;
+    Ok(v["policy"]["generation"].as_u64().unwrap_or(0))
+}
+
+fn policy_bench(rounds: usize) -> anyhow::Result<()> {
+    use zt_agent::policy::{Bundle, IdRegistry, compile::compile};
+    println!("zt-agent {} — policy benchmark", agent_bin().display());
+
+    // 1. compile time
+    let text = big_policy(10_000, "/zt-bench");
+    let bundle = Bundle { files: vec![("big.yaml".into(), text.clone())] };
+    let (mut parse_ms, mut compile_ms) = (vec![], vec![]);
+    let mut entries = 0;
+    for _ in 0..rounds.max(3) {
+        let t = Instant::now();
+        let p = bundle.parse().map_err(|e| anyhow::anyhow!("{e}"))?;
+        parse_ms.push(t.elapsed().as_secs_f64() * 1e3);
+        let ids = IdRegistry::for_policy(&p)?;
+        let t = Instant::now();
+        let c = compile(&p, &ids, 0, &vec![true; p.rules.len()])?;
+        compile_ms.push(t.elapsed().as_secs_f64() * 1e3);
+        entries = c.net.len();
+    }
+    println!();
+    println!("10,000 egress rules ({} KiB of YAML, {entries} kernel prefixes):", text.len() / 1024);
+    println!("  parse + validate   p50 {:>7.1} ms", percentile(&mut parse_ms, 0.5));
+    println!("  compile to entries p50 {:>7.1} ms", percentile(&mut compile_ms, 0.5));
+
+    anyhow::ensure!(nix::unistd::geteuid().is_root(), "the reload part loads eBPF programs: run it as root");
+    // 2. reload latency
+    let cg = TestCgroup::new(&format!("/zt-bench-{}/agent", std::process::id()))?;
+    let l = zt_tests::Listener::new();
+    let small = |port: u16| {
+        policy("zt.bench", &format!("    - name: bench-agent\n      selectors:\n        - cgroup: {}/**\n", cg.rel))
+            + &format!("  rules:\n    - name: allow-{port}\n      identity: bench-agent\n      action: allow\n      egress:\n        - to: [127.0.0.1/32]\n          ports: [{port}]\n          protocol: tcp\n")
+    };
+    let dir = std::env::temp_dir().join(format!("zt-bench-policy-{}", std::process::id()));
+    std::fs::create_dir_all(&dir)?;
+    let file = dir.join("policy.yaml");
+    let texts = [small(l.port), small(l.port) + "# b\n", big_policy(10_000, &cg.rel)];
+    std::fs::write(&file, &texts[0])?;
+    let agent = Agent::start("bench-policy", "", &["--policy", file.to_str().unwrap(), "--show", "attributed"])?;
+    let write = |text: &str| -> anyhow::Result<()> {
+        let tmp = dir.join("policy.tmp");
+        std::fs::write(&tmp, text)?;
+        std::fs::rename(&tmp, &file)?;
+        Ok(())
+    };
+    let mut generation = status_generation(&agent.socket)?;
+    let mut reload = |text: &str| -> anyhow::Result<f64> {
+        let t = Instant::now();
+        write(text)?;
+        loop {
+            let g = status_generation(&agent.socket)?;
+            if g > generation {
+                generation = g;
+                return Ok(t.elapsed().as_secs_f64() * 1e3);
+            }
+            anyhow::ensure!(t.elapsed() < Duration::from_secs(20), "reload did not happen");
+            std::thread::sleep(Duration::from_micros(200));
+        }
+    };
+    let (mut small_ms, mut big_ms) = (vec![], vec![]);
+    // texts[0] is in force: alternate starting with texts[1] (an unchanged
+    // bundle is not re-applied).
+    for i in 0..(rounds * 10).max(40) {
+        small_ms.push(reload(&texts[(i + 1) % 2])?);
+    }
+    for i in 0..rounds.max(5) {
+        big_ms.push(reload(&texts[2])?);
+        reload(&texts[i % 2])?;
+    }
+    println!();
+    println!("reload latency, file renamed into place -> maps switched (includes the 25 ms inotify debounce):");
+    println!("  1-rule policy      p50 {:>7.1} ms   p99 {:>7.1} ms   ({} reloads)", percentile(&mut small_ms, 0.5), percentile(&mut small_ms, 0.99), small_ms.len());
+    println!("  10,000-rule policy p50 {:>7.1} ms   p99 {:>7.1} ms   ({} reloads)", percentile(&mut big_ms, 0.5), percentile(&mut big_ms, 0.99), big_ms.len());
+
+    // 3. connect latency during a reload loop vs idle
+    let me = std::env::current_exe()?;
+    let measure = || -> anyhow::Result<f64> {
+        let mut cmd = cg.command(&me);
+        cmd.args(["connect-latency", "2000", &l.addr()]);
+        Ok(child_out(cmd)?.parse::<f64>()?)
+    };
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let (mut idle, mut busy, mut ratios) = (vec![], vec![], vec![]);
+    for _ in 0..rounds {
+        let i = measure()?;
+        stop.store(false, std::sync::atomic::Ordering::Relaxed);
+        let flipper = {
+            let stop = stop.clone();
+            let (file, dir, texts) = (file.clone(), dir.clone(), [texts[0].clone(), texts[1].clone()]);
+            std::thread::spawn(move || {
+                let mut k = 0;
+                while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                    let tmp = dir.join("flip.tmp");
+                    let _ = std::fs::write(&tmp, &texts[k % 2]);
+                    let _ = std::fs::rename(&tmp, &file);
+                    k += 1;
+                    std::thread::sleep(Duration::from_millis(50));
+                }
+                k
+            })
+        };
+        let b = measure()?;
+        stop.store(true, std::sync::atomic::Ordering::Relaxed);
+        let _ = flipper.join();
+        idle.push(i);
+        busy.push(b);
+        ratios.push(b / i);
+    }
+    agent.stop()?;
+    std::fs::remove_dir_all(&dir)?;
+    println!();
+    println!("loopback connect() of an agent process (allowed by its rule), p50 per round, median over {rounds} rounds:");
+    println!("  idle                         {:>6.1} us", median(&mut idle) / 1e3);
+    println!("  policy reloaded every 50 ms  {:>6.1} us   ratio {:.3}", median(&mut busy) / 1e3, median(&mut ratios));
     Ok(())
 }

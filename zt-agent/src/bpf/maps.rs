@@ -247,8 +247,9 @@ pub struct PolicyMaps {
     last_switch: Option<std::time::Instant>,
 }
 
-/// How long the slot just left stays intact (a program runs for microseconds).
-pub const GRACE: std::time::Duration = std::time::Duration::from_millis(50);
+/// How long the slot just left stays intact before it may be cleared: a
+/// decision that read the old slot number finishes within microseconds.
+pub const GRACE: std::time::Duration = std::time::Duration::from_millis(10);
 
 impl PolicyMaps {
     pub fn new(net: Map, identities: Map, active: Map) -> Result<Self, MapAccessError> {

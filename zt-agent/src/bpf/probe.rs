@@ -237,14 +237,15 @@ pub fn enforcement_paths(caps: &Capabilities) -> Vec<(&'static str, String)> {
         },
     ));
     v.push((
-        "connect observation",
-        if caps.has(names::SOCK_ADDR) {
-            "cgroup connect4/connect6 at the cgroup v2 root".into()
+        "network enforcement",
+        if caps.has(names::SOCK_ADDR) && caps.has(names::LPM_TRIE) {
+            "cgroup connect4/connect6 at the cgroup v2 root: per-identity egress rules, EPERM on deny \
+             (UDP sendto without connect is not covered yet)"
+                .into()
         } else {
-            "UNAVAILABLE: cgroup sock_addr programs do not load".into()
+            "UNAVAILABLE: cgroup sock_addr programs or LPM tries do not load; no egress enforcement".into()
         },
     ));
-    v.push(("network enforcement", "none: observe only in this version".into()));
     let file_path = if caps.has(names::LSM) {
         "BPF LSM available"
     } else if caps.has(names::SEND_SIGNAL) {

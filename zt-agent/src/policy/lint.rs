@@ -2,12 +2,16 @@
 //! overly broad egress, identities no selector can match.
 use super::document::{Action, Diagnostic, Egress, Policy, Proto};
 
+const ALL_PORTS: &[(u16, u16)] = &[(0, u16::MAX)];
+
+fn ports(e: &Egress) -> &[(u16, u16)] {
+    if e.ports.is_empty() { ALL_PORTS } else { &e.ports }
+}
+
 fn covers(outer: &Egress, inner: &Egress) -> bool {
-    let proto = outer.proto == Proto::Any || outer.proto == inner.proto;
-    let all_ports = |e: &Egress| if e.ports.is_empty() { vec![(0, u16::MAX)] } else { e.ports.clone() };
-    let ports = all_ports(inner).iter().all(|(lo, hi)| all_ports(outer).iter().any(|(a, b)| a <= lo && hi <= b));
-    let nets = inner.to.iter().all(|n| outer.to.iter().any(|o| o.contains(n)));
-    proto && ports && nets
+    (outer.proto == Proto::Any || outer.proto == inner.proto)
+        && ports(inner).iter().all(|(lo, hi)| ports(outer).iter().any(|(a, b)| a <= lo && hi <= b))
+        && inner.to.iter().all(|n| outer.to.iter().any(|o| o.contains(n)))
 }
 
 pub fn lint(policy: &mut Policy) {
@@ -18,7 +22,13 @@ pub fn lint(policy: &mut Policy) {
         hint: hint.map(str::to_string),
     };
 
+    // Rules by identity, so the pairwise checks stay within one identity.
+    let mut by_identity: std::collections::HashMap<&str, Vec<usize>> = Default::default();
+    for (i, r) in policy.rules.iter().enumerate() {
+        by_identity.entry(r.identity.as_str()).or_default().push(i);
+    }
     for (i, rule) in policy.rules.iter().enumerate() {
+        let siblings = &by_identity[rule.identity.as_str()];
         for e in &rule.egress {
             if rule.action == Action::Allow && e.to.iter().any(|n| n.prefix_len() == 0) {
                 warnings.push(warn(
@@ -31,10 +41,11 @@ pub fn lint(policy: &mut Policy) {
             // (deny wins); else redundant: an earlier unconditional rule with
             // the same action already covers it.
             let covering = |j: usize, other: &super::document::Rule| {
-                i != j && other.identity == rule.identity && other.when.is_none() && other.egress.iter().any(|o| covers(o, e))
+                i != j && other.when.is_none() && other.egress.iter().any(|o| covers(o, e))
             };
-            let deny = policy.rules.iter().enumerate().find(|(j, o)| o.action == Action::Deny && covering(*j, o));
-            let same = policy.rules.iter().enumerate().find(|(j, o)| *j < i && o.action == rule.action && covering(*j, o));
+            let rules = || siblings.iter().map(|&j| (j, &policy.rules[j]));
+            let deny = rules().find(|(j, o)| o.action == Action::Deny && covering(*j, o));
+            let same = rules().find(|(j, o)| *j < i && o.action == rule.action && covering(*j, o));
             if rule.action == Action::Allow
                 && let Some((_, d)) = deny
             {
