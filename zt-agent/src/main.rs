@@ -340,6 +340,16 @@ fn render_status(v: &serde_json::Value) -> String {
     for p in v["paths"].as_array().into_iter().flatten() {
         s.push_str(&format!("  {}: {}\n", p[0].as_str().unwrap_or(""), p[1].as_str().unwrap_or("")));
     }
+    s.push_str("\negress decisions (since start):\n");
+    for d in v["decisions"].as_array().into_iter().flatten() {
+        s.push_str(&format!(
+            "  {}: {} allowed, {} denied, {} audited (would deny)\n",
+            d["identity"].as_str().unwrap_or(""),
+            d["allowed"],
+            d["denied"],
+            d["audited"]
+        ));
+    }
     s.push_str("\nhooks:\n");
     for h in v["hooks"].as_array().into_iter().flatten() {
         s.push_str(&format!("  {} ({}): {}\n", h["program"].as_str().unwrap_or(""), h["attach_point"].as_str().unwrap_or(""), h["state"].as_str().unwrap_or("")));

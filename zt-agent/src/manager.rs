@@ -88,6 +88,8 @@ pub struct InForce {
     pub files: Vec<String>,
     /// (name, SPIFFE ID)
     pub identities: Vec<(String, String)>,
+    /// Every identity id ever assigned -> name (ids are never reused).
+    pub ids: BTreeMap<u32, String>,
 }
 
 pub struct Manager {
@@ -176,6 +178,7 @@ impl Manager {
             trust_domain: policy.trust_domain.clone(),
             files: bundle.files.iter().map(|(n, _)| n.clone()).collect(),
             identities: policy.identities.iter().map(|i| (i.name.clone(), i.spiffe_id.clone())).collect(),
+            ids: self.ids.names().map(|(n, id)| (id, n.to_string())).collect(),
         };
         let config = Arc::new(policy::identity_config(&policy, &self.ids));
         let _ = self.input.send(Input::Identities(config)).await;

@@ -125,7 +125,7 @@ pub async fn run(opts: RunOptions) -> anyhow::Result<()> {
     let running = pipeline::spawn(
         (input_tx, input_rx),
         maps.events,
-        maps.loss,
+        (maps.loss, maps.identity_counters),
         tables,
         enricher,
         vec![(output, opts.show)],

@@ -46,6 +46,15 @@ pub mod maps {
     pub const IDENTITY_POLICY_CAPACITY: u32 = 2 * 1024;
     /// Array with one [`crate::policy::ActivePolicy`].
     pub const POLICY_ACTIVE: &str = "POLICY_ACTIVE";
+    /// Array indexed by pid (tgid or tid) -> identity id: the socket hooks'
+    /// fast path (an inlined array access instead of a hash lookup). Sized
+    /// to `/proc/sys/kernel/pid_max` at load; pids beyond it use `PROC_TABLE`.
+    pub const PID_IDENTITY: &str = "PID_IDENTITY";
+    pub const PID_IDENTITY_DEFAULT_CAPACITY: u32 = 4_194_304;
+    /// Per-CPU array indexed by identity id -> [`crate::policy::IdentityCounters`].
+    pub const IDENTITY_COUNTERS: &str = "IDENTITY_COUNTERS";
+    /// Identity ids are 1..=this (id 0 is "none").
+    pub const MAX_IDENTITIES: u32 = 1024;
 }
 
 /// Program names (the function names in `zt-ebpf`).
@@ -57,6 +66,8 @@ pub mod programs {
     pub const EXECVEAT_ARGS: &str = "sys_enter_execveat";
     pub const CONNECT4: &str = "connect4";
     pub const CONNECT6: &str = "connect6";
+    pub const SENDMSG4: &str = "sendmsg4";
+    pub const SENDMSG6: &str = "sendmsg6";
     /// Tiny programs loaded only by `zt-agent probe`.
     pub const PROBE_TRACEPOINT: &str = "probe_tracepoint";
     pub const PROBE_RAW_TRACEPOINT: &str = "probe_raw_tracepoint";
@@ -75,6 +86,8 @@ pub mod programs {
         EXECVEAT_ARGS,
         CONNECT4,
         CONNECT6,
+        SENDMSG4,
+        SENDMSG6,
         PROBE_TRACEPOINT,
         PROBE_RAW_TRACEPOINT,
         PROBE_SEND_SIGNAL,
@@ -251,11 +264,23 @@ pub struct ConnectEvent {
     pub verdict: policy::Verdict,
     /// Generation of the policy that decided (0: none applied yet).
     pub generation: u32,
+    /// Which hook: [`hook`].
+    pub hook: u32,
+    pub _pad: u32,
     /// Destination address in network byte order; IPv4 in the first 4 bytes.
     pub addr: [u8; 16],
     pub comm: [u8; COMM_LEN],
 }
-const _: () = assert!(size_of::<ConnectEvent>() == 48 + 12 + 8 + 4 + 16 + 16);
+const _: () = assert!(size_of::<ConnectEvent>() == 48 + 12 + 8 + 4 + 8 + 16 + 16);
+
+/// [`ConnectEvent::hook`] values.
+pub mod hook {
+    pub const CONNECT4: u32 = 0;
+    pub const CONNECT6: u32 = 1;
+    pub const SENDMSG4: u32 = 2;
+    pub const SENDMSG6: u32 = 3;
+    pub const NAMES: [&str; 4] = ["connect4", "connect6", "sendmsg4", "sendmsg6"];
+}
 
 /// Policy decisions: the compiled form the kernel evaluates, and the one
 /// decision function both the kernel programs and `zt-agent policy explain`
@@ -338,6 +363,17 @@ pub mod policy {
         pub _pad: u32,
     }
     const _: () = assert!(size_of::<IdentityPolicy>() == 8);
+
+    /// Per-identity decision counters (per CPU; user space sums them).
+    #[repr(C)]
+    #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+    pub struct IdentityCounters {
+        pub allowed: u64,
+        pub denied: u64,
+        /// Allowed, but the policy would deny (audit mode).
+        pub audited: u64,
+    }
+    const _: () = assert!(size_of::<IdentityCounters>() == 24);
 
     /// The single entry of the `POLICY_ACTIVE` array: which slot programs
     /// read. Read once per decision, so a decision sees one whole policy.
@@ -528,6 +564,7 @@ mod pod {
     unsafe impl aya::Pod for policy::IdentityKey {}
     unsafe impl aya::Pod for policy::IdentityPolicy {}
     unsafe impl aya::Pod for policy::ActivePolicy {}
+    unsafe impl aya::Pod for policy::IdentityCounters {}
 }
 
 #[cfg(test)]
@@ -551,9 +588,10 @@ mod tests {
         assert_eq!(offset_of!(ExecEvent, filename), 88);
         assert_eq!(offset_of!(ExecEvent, args), 344);
         assert_eq!(size_of::<ExitEvent>(), 72);
-        assert_eq!(size_of::<ConnectEvent>(), 104);
+        assert_eq!(size_of::<ConnectEvent>(), 112);
         assert_eq!(offset_of!(ConnectEvent, verdict), 60);
-        assert_eq!(offset_of!(ConnectEvent, addr), 72);
+        assert_eq!(offset_of!(ConnectEvent, hook), 72);
+        assert_eq!(offset_of!(ConnectEvent, addr), 80);
         assert_eq!(size_of::<policy::NetRuleList>(), 200);
         assert_eq!(size_of::<ExecArgs>(), 2064);
         // Ring buffer records must be 8-byte alignable.

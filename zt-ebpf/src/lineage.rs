@@ -45,7 +45,7 @@ use crate::{
     maps::{
         ARGS_SCRATCH, CGROUP_IDENTITY, EXEC_ARGS, EXEC_FILENAME_OFF, EXEC_OLD_PID_OFF,
         EXIT_GROUP_DEAD_OFF, FORK_CHILD_PID_OFF, MM_ARG_END_OFF, MM_ARG_START_OFF, PROC_TABLE,
-        TASK_MM_OFF, global,
+        TASK_MM_OFF, global, set_pid_identity,
     },
 };
 
@@ -105,6 +105,7 @@ fn try_fork(ctx: &TracePointContext) -> Result<(), i64> {
         child_identity: NO_IDENTITY,
         flags: 0,
     };
+    set_pid_identity(child as u32, identity);
     if PROC_TABLE.insert(&(child as u32), &info, BPF_ANY as u64).is_err() {
         count_loss(loss::PROC_TABLE_FULL);
         warn!(ctx, "process table full: pid {} is not attributed", child);
@@ -208,6 +209,7 @@ fn try_exec(ctx: &TracePointContext) -> Result<(), i64> {
             (info.identity, info.start_ns, 0)
         }
     };
+    set_pid_identity(tgid, identity);
 
     let from_mm = global(&TASK_MM_OFF) != ABSENT;
     let stashed = if from_mm { None } else { unsafe { EXEC_ARGS.get(&(old_tid as u32)) } };
@@ -311,6 +313,7 @@ fn try_exit(ctx: &TracePointContext) -> Result<(), i64> {
     if tid != tgid {
         // The per-thread entry created at clone (see module docs).
         let _ = PROC_TABLE.remove(&tid);
+        set_pid_identity(tid, NO_IDENTITY);
     }
     if !group_dead {
         return Ok(());
@@ -320,6 +323,7 @@ fn try_exit(ctx: &TracePointContext) -> Result<(), i64> {
         None => (NO_IDENTITY, 0, 0, unsafe { bpf_get_current_cgroup_id() }),
     };
     let _ = PROC_TABLE.remove(&tgid);
+    set_pid_identity(tgid, NO_IDENTITY);
     if let Some(mut entry) = reserve::<ExitEvent>(loss::RINGBUF_EXIT) {
         let ev = entry.as_mut_ptr();
         unsafe {

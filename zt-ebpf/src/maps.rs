@@ -8,7 +8,7 @@ use aya_ebpf::{
 };
 use zt_common::{
     Config, ExecArgs, ProcInfo, loss, maps,
-    policy::{ActivePolicy, IdentityKey, IdentityPolicy, NetKeyData, NetRuleList},
+    policy::{ActivePolicy, IdentityCounters, IdentityKey, IdentityPolicy, NetKeyData, NetRuleList},
 };
 
 #[map]
@@ -49,6 +49,23 @@ pub static IDENTITY_POLICY: HashMap<IdentityKey, IdentityPolicy> =
 /// Which slot is in force; flipped by user space after filling the other.
 #[map]
 pub static POLICY_ACTIVE: Array<ActivePolicy> = Array::with_max_entries(1, 0);
+
+/// pid -> identity, the socket hooks' fast path (kept in step with
+/// PROC_TABLE by lineage.rs and user space). Resized to pid_max at load.
+#[map]
+pub static PID_IDENTITY: Array<u32> = Array::with_max_entries(maps::PID_IDENTITY_DEFAULT_CAPACITY, 0);
+
+#[map]
+pub static IDENTITY_COUNTERS: PerCpuArray<IdentityCounters> = PerCpuArray::with_max_entries(maps::MAX_IDENTITIES + 1, 0);
+
+/// Records `identity` for `pid` in the fast-path array (pids beyond its
+/// size are left to PROC_TABLE).
+#[inline(always)]
+pub fn set_pid_identity(pid: u32, identity: u32) {
+    if let Some(p) = PID_IDENTITY.get_ptr_mut(pid) {
+        unsafe { *p = identity };
+    }
+}
 
 /// Tracepoint field offsets, overridden by user space from tracefs `format`
 /// files (see `zt_common::globals`). Defaults are Linux 6.18's.

@@ -1,8 +1,10 @@
-//! Egress decisions at the cgroup `connect4`/`connect6` hooks (attached at
+//! Egress decisions at the cgroup `connect4`/`connect6` hooks and, for UDP
+//! datagrams sent without connect(), `sendmsg4`/`sendmsg6` (all attached at
 //! the cgroup v2 root, so every process is covered).
 //!
-//! Processes without an identity cost one hash miss and are allowed (and
-//! observed only with `OBSERVE_ALL_CONNECTS`). For an identity, the active
+//! Processes without an identity cost one inlined array read
+//! (`PID_IDENTITY[tgid]`) and are allowed (and observed only with
+//! `OBSERVE_ALL_CONNECTS`). For an identity, the active
 //! policy slot is read once, so one decision never mixes two policies; the
 //! identity's rules for the destination come from one LPM lookup and are
 //! decided by `zt_common::policy::decide_net`, the same function
@@ -15,7 +17,7 @@ use aya_ebpf::{
     programs::SockAddrContext,
 };
 use zt_common::{
-    AF_INET, AF_INET6, ConnectEvent, NO_IDENTITY, config_flags, kind, loss,
+    AF_INET, AF_INET6, ConnectEvent, NO_IDENTITY, config_flags, hook, kind, loss,
     policy::{
         ALLOW, AUDIT, DENY, ENFORCE, IdentityKey, NetKeyData, PROTO_TCP, PROTO_UDP, RULE_NO_POLICY, RULE_NONE_APPLIED,
         Verdict, decide_net,
@@ -24,7 +26,7 @@ use zt_common::{
 
 use crate::{
     events::{reserve, submit},
-    maps::{IDENTITY_POLICY, NET_RULES, POLICY_ACTIVE, PROC_TABLE, config},
+    maps::{IDENTITY_COUNTERS, IDENTITY_POLICY, NET_RULES, PID_IDENTITY, POLICY_ACTIVE, PROC_TABLE, config},
 };
 
 const SOCK_STREAM: u32 = 1;
@@ -32,28 +34,46 @@ const SOCK_DGRAM: u32 = 2;
 
 #[cgroup_sock_addr(connect4)]
 pub fn connect4(ctx: SockAddrContext) -> i32 {
-    connect(&ctx, AF_INET)
+    decide(&ctx, AF_INET, hook::CONNECT4)
 }
 
 #[cgroup_sock_addr(connect6)]
 pub fn connect6(ctx: SockAddrContext) -> i32 {
-    connect(&ctx, AF_INET6)
+    decide(&ctx, AF_INET6, hook::CONNECT6)
+}
+
+#[cgroup_sock_addr(sendmsg4)]
+pub fn sendmsg4(ctx: SockAddrContext) -> i32 {
+    decide(&ctx, AF_INET, hook::SENDMSG4)
+}
+
+#[cgroup_sock_addr(sendmsg6)]
+pub fn sendmsg6(ctx: SockAddrContext) -> i32 {
+    decide(&ctx, AF_INET6, hook::SENDMSG6)
 }
 
 #[inline(always)]
-fn connect(ctx: &SockAddrContext, family: u16) -> i32 {
+fn decide(ctx: &SockAddrContext, family: u16, hook: u32) -> i32 {
     let tgid = (bpf_get_current_pid_tgid() >> 32) as u32;
-    let (identity, start_ns, cgroup_id) = match unsafe { PROC_TABLE.get(&tgid) } {
-        Some(p) => (p.identity, p.start_ns, p.cgroup_id),
-        None => (NO_IDENTITY, 0, 0),
+    // Fast path: an array read; a pid beyond the array falls back to the table.
+    let identity = match PID_IDENTITY.get(tgid) {
+        Some(id) => *id,
+        None => match unsafe { PROC_TABLE.get(&tgid) } {
+            Some(p) => p.identity,
+            None => NO_IDENTITY,
+        },
     };
     if identity == NO_IDENTITY {
         if config().flags & config_flags::OBSERVE_ALL_CONNECTS != 0 {
             let (addr, port, proto) = destination(ctx, family);
-            emit(ctx, family, identity, start_ns, cgroup_id, addr, port, proto, Verdict::new(ALLOW, ENFORCE, 0), 0);
+            emit(ctx, family, hook, identity, 0, 0, addr, port, proto, Verdict::new(ALLOW, ENFORCE, 0), 0);
         }
         return 1;
     }
+    let (start_ns, cgroup_id) = match unsafe { PROC_TABLE.get(&tgid) } {
+        Some(p) => (p.start_ns, p.cgroup_id),
+        None => (0, 0),
+    };
     let (addr, port, proto) = destination(ctx, family);
     let active = match POLICY_ACTIVE.get(0) {
         Some(a) => *a,
@@ -73,7 +93,18 @@ fn connect(ctx: &SockAddrContext, family: u16) -> i32 {
             }
         }
     };
-    emit(ctx, family, identity, start_ns, cgroup_id, addr, port, proto, verdict, active.generation);
+    if let Some(c) = IDENTITY_COUNTERS.get_ptr_mut(identity) {
+        // Per-CPU slot: no other writer.
+        let c = unsafe { &mut *c };
+        if verdict.action == DENY {
+            c.denied += 1;
+        } else if verdict.decided == DENY {
+            c.audited += 1;
+        } else {
+            c.allowed += 1;
+        }
+    }
+    emit(ctx, family, hook, identity, start_ns, cgroup_id, addr, port, proto, verdict, active.generation);
     if verdict.action == DENY { 0 } else { 1 }
 }
 
@@ -108,6 +139,7 @@ fn destination(ctx: &SockAddrContext, family: u16) -> ([u8; 16], u16, u8) {
 fn emit(
     ctx: &SockAddrContext,
     family: u16,
+    hook: u32,
     identity: u32,
     start_ns: u64,
     cgroup_id: u64,
@@ -131,6 +163,8 @@ fn emit(
         (*ev).protocol = proto as u32;
         (*ev).verdict = verdict;
         (*ev).generation = generation;
+        (*ev).hook = hook;
+        (*ev)._pad = 0;
         (*ev).addr = addr;
         (*ev).comm = bpf_get_current_comm().unwrap_or([0; 16]);
     }

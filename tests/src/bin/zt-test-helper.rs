@@ -13,6 +13,10 @@
 //! - escape-connect PROCS ADDR     move to the cgroup whose cgroup.procs is PROCS, connect
 //! - stdin-connect ADDR            wait for a line on stdin, then connect
 //! - udp-connects N ADDR           N UDP connect() calls as fast as possible
+//! - try MODE ADDR OUT              one attempt, result ("OK", "EPERM" or "ERR <errno>")
+//!   written to file OUT; MODE: tcp, udp-sendto, udp-connect, uring-connect,
+//!   thread-tcp, double-fork-tcp (the grandchild of a double fork tries)
+//! - listen ADDR MS                 accept for MS ms; print how many connections came
 //! - connect-loop MS ADDR...       TCP connects to each ADDR in turn (then 0.5 ms
 //!   pause) for MS ms; prints how many attempts were denied (EPERM) and allowed
 use std::{io::BufRead, net::TcpStream, time::Duration};
@@ -103,6 +107,120 @@ fn main() {
             }
             println!("{denied} {allowed}");
         }
+        "try" => {
+            let (mode, addr, out) = (a(2).to_string(), a(3).to_string(), a(4).to_string());
+            let write = |r: String| std::fs::write(&out, r).expect("writing the result");
+            match mode.as_str() {
+                "thread-tcp" => {
+                    let addr2 = addr.clone();
+                    let r = std::thread::spawn(move || attempt("tcp", &addr2)).join().unwrap();
+                    write(r);
+                }
+                "double-fork-tcp" => unsafe {
+                    // SAFETY: single-threaded program; the children only attempt and exit.
+                    let pid = libc::fork();
+                    if pid == 0 {
+                        libc::setsid();
+                        if libc::fork() == 0 {
+                            std::thread::sleep(Duration::from_millis(100));
+                            write(attempt("tcp", &addr));
+                            libc::_exit(0);
+                        }
+                        libc::_exit(0);
+                    }
+                    libc::waitpid(pid, std::ptr::null_mut(), 0);
+                    std::thread::sleep(Duration::from_millis(400));
+                },
+                m => write(attempt(m, &addr)),
+            }
+        }
+        "listen" => {
+            let l = std::net::TcpListener::bind(a(2)).expect("bind");
+            l.set_nonblocking(true).unwrap();
+            let until = std::time::Instant::now() + ms(a(3));
+            let mut n = 0;
+            while std::time::Instant::now() < until {
+                match l.accept() {
+                    Ok(_) => n += 1,
+                    Err(_) => std::thread::sleep(Duration::from_millis(5)),
+                }
+            }
+            println!("{n}");
+        }
         other => panic!("unknown form {other}"),
+    }
+}
+
+fn errno_result(r: std::io::Result<()>) -> String {
+    match r {
+        Ok(()) => "OK".into(),
+        Err(e) if e.raw_os_error() == Some(libc::EPERM) => "EPERM".into(),
+        // Refused or timed out: the kernel let the attempt out.
+        Err(e) if matches!(e.raw_os_error(), Some(libc::ECONNREFUSED) | Some(libc::ETIMEDOUT)) => "OK".into(),
+        Err(e) => format!("ERR {}", e.raw_os_error().unwrap_or(-1)),
+    }
+}
+
+/// One egress attempt by `mode` to `addr`.
+fn attempt(mode: &str, addr: &str) -> String {
+    let sa: std::net::SocketAddr = addr.parse().expect("ADDR");
+    let bind_any = if sa.is_ipv4() { "0.0.0.0:0" } else { "[::]:0" };
+    match mode {
+        "tcp" => errno_result(TcpStream::connect_timeout(&sa, Duration::from_secs(2)).map(|_| ())),
+        "udp-sendto" => {
+            let s = std::net::UdpSocket::bind(bind_any).unwrap();
+            errno_result(s.send_to(b"x", sa).map(|_| ()))
+        }
+        "udp-connect" => {
+            let s = std::net::UdpSocket::bind(bind_any).unwrap();
+            errno_result(s.connect(sa).and_then(|()| s.send(b"x").map(|_| ())))
+        }
+        "uring-connect" => uring_connect(sa),
+        other => panic!("unknown mode {other}"),
+    }
+}
+
+/// connect(2) submitted as io_uring IORING_OP_CONNECT (forced to an io-wq
+/// worker with IOSQE_ASYNC, the path syscall tracing cannot see).
+fn uring_connect(sa: std::net::SocketAddr) -> String {
+    use std::os::fd::AsRawFd;
+    let mut ring = match io_uring::IoUring::new(4) {
+        Ok(r) => r,
+        Err(e) => return format!("ERR-URING {e}"),
+    };
+    let domain = if sa.is_ipv4() { libc::AF_INET } else { libc::AF_INET6 };
+    // SAFETY: plain socket(2); the fd is owned below.
+    let fd = unsafe { libc::socket(domain, libc::SOCK_STREAM | libc::SOCK_CLOEXEC, 0) };
+    assert!(fd >= 0);
+    let sock = unsafe { <std::os::fd::OwnedFd as std::os::fd::FromRawFd>::from_raw_fd(fd) };
+    let (storage, len) = sockaddr(sa);
+    let entry = io_uring::opcode::Connect::new(io_uring::types::Fd(sock.as_raw_fd()), (&storage as *const libc::sockaddr_storage).cast(), len)
+        .build()
+        .flags(io_uring::squeue::Flags::ASYNC);
+    // SAFETY: storage outlives the submission (we wait for completion below).
+    unsafe { ring.submission().push(&entry).expect("queue") };
+    ring.submit_and_wait(1).expect("io_uring_enter");
+    let res = ring.completion().next().expect("completion").result();
+    if res >= 0 { "OK".into() } else { errno_result(Err(std::io::Error::from_raw_os_error(-res))) }
+}
+
+fn sockaddr(sa: std::net::SocketAddr) -> (libc::sockaddr_storage, libc::socklen_t) {
+    // SAFETY: all-zero is a valid sockaddr_storage; we fill the variant in place.
+    let mut st: libc::sockaddr_storage = unsafe { std::mem::zeroed() };
+    match sa {
+        std::net::SocketAddr::V4(v4) => {
+            let sin = unsafe { &mut *(&mut st as *mut libc::sockaddr_storage).cast::<libc::sockaddr_in>() };
+            sin.sin_family = libc::AF_INET as u16;
+            sin.sin_port = v4.port().to_be();
+            sin.sin_addr.s_addr = u32::from_ne_bytes(v4.ip().octets());
+            (st, std::mem::size_of::<libc::sockaddr_in>() as u32)
+        }
+        std::net::SocketAddr::V6(v6) => {
+            let sin6 = unsafe { &mut *(&mut st as *mut libc::sockaddr_storage).cast::<libc::sockaddr_in6>() };
+            sin6.sin6_family = libc::AF_INET6 as u16;
+            sin6.sin6_port = v6.port().to_be();
+            sin6.sin6_addr.s6_addr = v6.ip().octets();
+            (st, std::mem::size_of::<libc::sockaddr_in6>() as u32)
+        }
     }
 }

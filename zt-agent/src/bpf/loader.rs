@@ -17,7 +17,7 @@ use zt_common::{Config, maps as M, programs as P};
 
 use super::{
     OBJECT, btf,
-    maps::{CgroupIdentities, ConfigMap, EventSource, LossCounters, PolicyMaps, ProcTable},
+    maps::{CgroupIdentities, ConfigMap, EventSource, IdentityCounterMap, LossCounters, PolicyMaps, ProcTable},
     tracefs,
 };
 
@@ -25,10 +25,27 @@ use super::{
 /// when `offsets` is `None`, as the probe does: it attaches no lineage program).
 pub fn loader_with_offsets<'a>(offsets: Option<&'a [(&'static str, u32)]>) -> EbpfLoader<'a> {
     let mut loader = EbpfLoader::new();
-    for (name, value) in offsets.unwrap_or_default() {
-        loader.override_global(name, value, true);
+    match offsets {
+        Some(offsets) => {
+            for (name, value) in offsets {
+                loader.override_global(name, value, true);
+            }
+        }
+        // The probe attaches no lineage program: keep its maps small.
+        None => {
+            loader.map_max_entries(M::PID_IDENTITY, 1);
+        }
     }
     loader
+}
+
+/// `/proc/sys/kernel/pid_max` (the fast-path array's size), bounded.
+fn pid_max() -> u32 {
+    std::fs::read_to_string("/proc/sys/kernel/pid_max")
+        .ok()
+        .and_then(|s| s.trim().parse().ok())
+        .unwrap_or(M::PID_IDENTITY_DEFAULT_CAPACITY)
+        .clamp(1024, M::PID_IDENTITY_DEFAULT_CAPACITY)
 }
 
 pub struct LoadOptions<'a> {
@@ -56,6 +73,7 @@ pub struct BpfMaps {
     pub config: ConfigMap,
     pub events: EventSource,
     pub policy: PolicyMaps,
+    pub identity_counters: IdentityCounterMap,
 }
 
 pub struct Bpf {
@@ -112,10 +130,11 @@ impl Bpf {
         };
         let mut loader = loader_with_offsets(Some(&offsets));
         loader.map_max_entries(M::EVENTS, opts.ringbuf_bytes);
+        loader.map_max_entries(M::PID_IDENTITY, pid_max());
         let mut ebpf = loader.load(OBJECT).context("loading the eBPF object")?;
 
         let mut maps = BpfMaps {
-            proc_table: ProcTable::new(take(&mut ebpf, M::PROC_TABLE)?)?,
+            proc_table: ProcTable::new(take(&mut ebpf, M::PROC_TABLE)?, take(&mut ebpf, M::PID_IDENTITY)?)?,
             cgroups: CgroupIdentities::new(take(&mut ebpf, M::CGROUP_IDENTITY)?)?,
             loss: LossCounters::new(take(&mut ebpf, M::LOSS)?)?,
             config: ConfigMap::new(take(&mut ebpf, M::CONFIG)?)?,
@@ -125,6 +144,7 @@ impl Bpf {
                 take(&mut ebpf, M::IDENTITY_POLICY)?,
                 take(&mut ebpf, M::POLICY_ACTIVE)?,
             )?,
+            identity_counters: IdentityCounterMap::new(take(&mut ebpf, M::IDENTITY_COUNTERS)?)?,
         };
         maps.config.set(opts.config)?;
 
@@ -161,7 +181,7 @@ impl Bpf {
     /// Attaches the egress hooks. Called once the first policy is in the
     /// maps, so no connect is ever decided without one.
     pub fn attach_network(&mut self, cgroup2: &Path) -> anyhow::Result<()> {
-        for prog in [P::CONNECT4, P::CONNECT6] {
+        for prog in [P::CONNECT4, P::CONNECT6, P::SENDMSG4, P::SENDMSG6] {
             let r = self.attach_cgroup(prog, cgroup2);
             self.record(
                 prog,

@@ -16,7 +16,7 @@ use thiserror::Error;
 use tokio::io::unix::AsyncFd;
 use zt_common::{
     Config, NO_IDENTITY, ProcInfo, loss, maps,
-    policy::{ActivePolicy, IdentityKey, IdentityPolicy, NetKeyData, NetRuleList},
+    policy::{ActivePolicy, IdentityCounters, IdentityKey, IdentityPolicy, NetKeyData, NetRuleList},
     proc_flags,
 };
 
@@ -49,7 +49,12 @@ fn is_existing_key(e: &MapError) -> bool {
     matches!(e, MapError::SyscallError(s) if s.io_error.raw_os_error() == Some(libc::EEXIST))
 }
 
-pub struct ProcTable(HashMap<MapData, u32, ProcInfo>);
+/// The process table and its fast-path shadow `PID_IDENTITY` (pid ->
+/// identity), written together.
+pub struct ProcTable {
+    table: HashMap<MapData, u32, ProcInfo>,
+    by_pid: Array<MapData, u32>,
+}
 
 /// Result of [`ProcTable::assign`].
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -62,12 +67,24 @@ pub enum Assign {
 }
 
 impl ProcTable {
-    pub fn new(map: Map) -> Result<Self, MapAccessError> {
-        HashMap::try_from(map).map(Self).map_err(err(maps::PROC_TABLE, "open"))
+    pub fn new(map: Map, by_pid: Map) -> Result<Self, MapAccessError> {
+        Ok(ProcTable {
+            table: HashMap::try_from(map).map_err(err(maps::PROC_TABLE, "open"))?,
+            by_pid: Array::try_from(by_pid).map_err(err(maps::PID_IDENTITY, "open"))?,
+        })
+    }
+
+    /// Mirrors an identity into the fast-path array (pids beyond its size
+    /// are served by the table alone).
+    fn set_by_pid(&mut self, pid: u32, identity: u32) -> Result<(), MapAccessError> {
+        if pid >= self.by_pid.len() {
+            return Ok(());
+        }
+        self.by_pid.set(pid, identity, 0).map_err(err(maps::PID_IDENTITY, "set"))
     }
 
     pub fn get(&self, tgid: u32) -> Result<Option<ProcInfo>, MapAccessError> {
-        match self.0.get(&tgid, 0) {
+        match self.table.get(&tgid, 0) {
             Ok(v) => Ok(Some(v)),
             Err(e) if is_missing_key(&e) => Ok(None),
             Err(e) => Err(err(maps::PROC_TABLE, "get")(e)),
@@ -78,8 +95,11 @@ impl ProcTable {
     /// exec seen since the programs were attached is more current than /proc).
     /// Returns whether the entry was inserted.
     pub fn seed(&mut self, tgid: u32, info: ProcInfo) -> Result<bool, MapAccessError> {
-        match self.0.insert(tgid, info, NOEXIST) {
-            Ok(()) => Ok(true),
+        match self.table.insert(tgid, info, NOEXIST) {
+            Ok(()) => {
+                self.set_by_pid(tgid, info.identity)?;
+                Ok(true)
+            }
             Err(e) if is_existing_key(&e) => Ok(false),
             Err(e) => Err(err(maps::PROC_TABLE, "seed")(e)),
         }
@@ -105,8 +125,11 @@ impl ProcTable {
             info.child_identity = c.child_identity;
         }
         info.flags |= proc_flags::RESOLVED;
-        match self.0.insert(tgid, info, EXIST) {
-            Ok(()) => Ok(Assign::Updated),
+        match self.table.insert(tgid, info, EXIST) {
+            Ok(()) => {
+                self.set_by_pid(tgid, info.identity)?;
+                Ok(Assign::Updated)
+            }
             Err(e) if is_missing_key(&e) => Ok(Assign::Gone),
             Err(e) => Err(err(maps::PROC_TABLE, "assign")(e)),
         }
@@ -114,11 +137,12 @@ impl ProcTable {
 
     /// Snapshot of every entry (for propagation passes and status).
     pub fn entries(&self) -> Vec<(u32, ProcInfo)> {
-        self.0.iter().filter_map(Result::ok).collect()
+        self.table.iter().filter_map(Result::ok).collect()
     }
 
     pub fn remove(&mut self, tgid: u32) -> Result<(), MapAccessError> {
-        match self.0.remove(&tgid) {
+        self.set_by_pid(tgid, NO_IDENTITY)?;
+        match self.table.remove(&tgid) {
             Ok(()) => Ok(()),
             Err(e) if is_missing_key(&e) => Ok(()),
             Err(e) => Err(err(maps::PROC_TABLE, "remove")(e)),
@@ -179,6 +203,32 @@ impl LossCounters {
         for (i, slot) in out.iter_mut().enumerate() {
             let per_cpu = self.0.get(&(i as u32), 0).map_err(err(maps::LOSS, "get"))?;
             *slot = per_cpu.iter().sum();
+        }
+        Ok(out)
+    }
+}
+
+/// Per-identity decision counters, summed over CPUs.
+pub struct IdentityCounterMap(PerCpuArray<MapData, IdentityCounters>);
+
+impl IdentityCounterMap {
+    pub fn new(map: Map) -> Result<Self, MapAccessError> {
+        PerCpuArray::try_from(map).map(Self).map_err(err(maps::IDENTITY_COUNTERS, "open"))
+    }
+
+    /// Counters of every identity id with any decision.
+    pub fn read(&self) -> Result<Vec<(u32, IdentityCounters)>, MapAccessError> {
+        let mut out = Vec::new();
+        for id in 1..=maps::MAX_IDENTITIES {
+            let per_cpu = self.0.get(&id, 0).map_err(err(maps::IDENTITY_COUNTERS, "get"))?;
+            let sum = per_cpu.iter().fold(IdentityCounters::default(), |a, c| IdentityCounters {
+                allowed: a.allowed + c.allowed,
+                denied: a.denied + c.denied,
+                audited: a.audited + c.audited,
+            });
+            if sum != IdentityCounters::default() {
+                out.push((id, sum));
+            }
         }
         Ok(out)
     }

@@ -47,6 +47,16 @@ struct StatusDoc<'a> {
     info: &'a StaticInfo,
     policy: InForce,
     counters: crate::pipeline::StatsSnapshot,
+    /// Egress decisions per identity since start.
+    decisions: Vec<Decisions>,
+}
+
+#[derive(Serialize)]
+struct Decisions {
+    identity: String,
+    allowed: u64,
+    denied: u64,
+    audited: u64,
 }
 
 /// Serves until `stop` turns true; removes the socket file on exit.
@@ -82,11 +92,23 @@ async fn answer(stream: UnixStream, state: &State) -> anyhow::Result<()> {
     let words: Vec<&str> = line.split_whitespace().collect();
     let error = |e: String| serde_json::json!({ "error": e }).to_string();
     let reply = match words.as_slice() {
-        ["status"] => serde_json::to_string(&StatusDoc {
-            info: &state.info,
-            policy: state.in_force.read().expect("poisoned").clone(),
-            counters: state.stats.snapshot(),
-        })?,
+        ["status"] => {
+            let policy = state.in_force.read().expect("poisoned").clone();
+            let decisions = state
+                .stats
+                .decisions
+                .lock()
+                .expect("poisoned")
+                .iter()
+                .map(|(id, c)| Decisions {
+                    identity: policy.ids.get(id).cloned().unwrap_or_else(|| format!("#{id}")),
+                    allowed: c.allowed,
+                    denied: c.denied,
+                    audited: c.audited,
+                })
+                .collect();
+            serde_json::to_string(&StatusDoc { info: &state.info, policy, counters: state.stats.snapshot(), decisions })?
+        }
         ["reload"] => {
             let (tx, rx) = oneshot::channel();
             state.requests.send(Request::Reload { source: "control".into(), reply: tx }).await?;

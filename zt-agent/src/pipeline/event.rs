@@ -101,6 +101,9 @@ pub struct ConnectInfo {
     /// (identity unknown to the policy in force: fail closed), "none-applied".
     pub rule: String,
     pub policy_generation: u32,
+    /// The hook that decided: connect4, connect6, sendmsg4 (UDP sendto
+    /// without connect), sendmsg6.
+    pub hook: &'static str,
 }
 
 impl ConnectInfo {
@@ -142,6 +145,7 @@ impl ConnectInfo {
             mode: if v.mode == kp::AUDIT { "audit" } else { "enforce" },
             rule,
             policy_generation: c.generation,
+            hook: zt_common::hook::NAMES.get(c.hook as usize).copied().unwrap_or("unknown"),
         }
     }
 }

@@ -12,8 +12,9 @@
 //! - `reader`: drains the ring on a short timer (the kernel submits without
 //!   wakeups) into a bounded queue; stops on the shutdown signal after a last
 //!   drain, dropping its queue sender.
-//! - `loss`: reads the kernel loss counters every second and emits a `loss`
-//!   event when any counter moved; stops on the shutdown signal.
+//! - `loss`: reads the kernel loss counters (and the per-identity decision
+//!   counters, for `status`) every second and emits a `loss` event when any
+//!   loss counter moved; stops on the shutdown signal.
 //! - `enrich`: owns the kernel tables it writes; ends when every queue sender
 //!   is gone (reader, loss, and the agent's own handle), dropping the output
 //!   senders.
@@ -43,7 +44,7 @@ use tokio::{
 use zt_common::{NO_IDENTITY, ProcInfo, loss};
 
 use crate::{
-    bpf::maps::{Assign, CgroupIdentities, EventSource, LossCounters, ProcTable},
+    bpf::maps::{Assign, CgroupIdentities, EventSource, IdentityCounterMap, LossCounters, ProcTable},
     identity::{Classification, procfs},
 };
 use enrich::{Enricher, Tables};
@@ -64,6 +65,8 @@ pub struct Stats {
     /// Table entries of processes that no longer exist, removed by the GC.
     pub stale_entries_removed: AtomicU64,
     pub kernel_loss: Mutex<[u64; loss::COUNT as usize]>,
+    /// Egress decisions per identity id (from the kernel's per-CPU counters).
+    pub decisions: Mutex<Vec<(u32, zt_common::policy::IdentityCounters)>>,
 }
 
 #[derive(Debug, Clone, Serialize)]
@@ -185,7 +188,7 @@ impl Running {
 pub fn spawn(
     input: (mpsc::Sender<Input>, mpsc::Receiver<Input>),
     mut events: EventSource,
-    loss_counters: LossCounters,
+    (loss_counters, identity_counters): (LossCounters, IdentityCounterMap),
     tables: MapTables,
     enricher: Enricher,
     outputs: Vec<(Box<dyn Write + Send>, output::Show)>,
@@ -257,6 +260,10 @@ pub fn spawn(
                 };
                 match loss_counters.read() {
                     Ok(k) => *stats.kernel_loss.lock().expect("poisoned") = k,
+                    Err(e) => tracing::warn!("{e:#}"),
+                }
+                match identity_counters.read() {
+                    Ok(d) => *stats.decisions.lock().expect("poisoned") = d,
                     Err(e) => tracing::warn!("{e:#}"),
                 }
                 let totals = stats.loss_totals();
