@@ -357,8 +357,11 @@ fn argv_capture_modes() {
 }
 
 /// Loss is never silent: with a tiny ring buffer and a slow consumer, a
-/// flood of connects overflows the ring; every attempt is either written or
-/// counted, a `loss` event reports it, and `status` shows the counters.
+/// burst of connects to distinct destinations overflows the ring; the lost
+/// records are counted and reported (`loss` event, status), and because the
+/// kernel also counts every attempt per destination, the attempts of lost
+/// records still reach the output as `connect_summary` events: the repeats
+/// of all connect and summary events add up to exactly the attempts made.
 #[test]
 fn ring_buffer_overflow_is_counted_and_reported() {
     if !require_root("ring_buffer_overflow_is_counted_and_reported") {
@@ -366,22 +369,50 @@ fn ring_buffer_overflow_is_counted_and_reported() {
     }
     let cg = TestCgroup::new(&format!("/{}/agent", unique("loss"))).unwrap();
     let agent = Agent::start("loss", &cgroup_policy(&cg), &["--ringbuf-size", "4096", "--poll-ms", "1000", "--show", "attributed"]).unwrap();
-    let target = Listener::new();
-    let n: u64 = 20_000;
-    assert!(cg.command(helper_bin()).args(["udp-connects", &n.to_string(), &target.addr()]).status().unwrap().success());
-    let events = agent.wait_for("a loss event", |e| e["kind"] == "loss" && e["loss"]["totals"]["ringbuf_connect"].as_u64() > Some(0)).unwrap();
-    drop(events);
-    std::thread::sleep(Duration::from_millis(1500));
+    let n: u64 = 10_000;
+    let base: u16 = 40_000;
+    assert!(cg.command(helper_bin()).args(["udp-connects-spread", &n.to_string(), "127.0.0.1", &base.to_string()]).status().unwrap().success());
+    agent.wait_for("a loss event", |e| e["kind"] == "loss" && e["loss"]["totals"]["ringbuf_connect"].as_u64() > Some(0)).unwrap();
+    std::thread::sleep(Duration::from_millis(2500));
     let status = Command::new(agent_bin()).args(["status", "--json", "--socket"]).arg(&agent.socket).output().unwrap();
     let status: serde_json::Value = serde_json::from_slice(&status.stdout).unwrap();
     let events = agent.stop().unwrap();
     let c = &status["counters"];
     let lost = c["kernel_loss"]["ringbuf_connect"].as_u64().unwrap();
-    let overflow = c["queue_overflow"].as_u64().unwrap() + c["output_overflow"].as_u64().unwrap();
-    let written = connects_to(&events, target.port).len() as u64;
     assert!(lost > 0, "expected ring buffer loss with a 4 KiB ring: {c}");
-    assert!(written > 0);
-    assert!(written + lost <= n && n <= written + lost + overflow, "attempted {n}, written {written}, lost {lost}, overflow {overflow}");
     let last_loss = events.iter().rev().find(|e| e["kind"] == "loss").unwrap();
     assert_eq!(last_loss["loss"]["totals"]["ringbuf_connect"].as_u64(), Some(lost), "{last_loss}");
+    let in_range = |p: &serde_json::Value| p.as_u64().is_some_and(|p| p >= base as u64 && p < base as u64 + n);
+    let written: u64 = events.iter().filter(|e| e["kind"] == "connect" && in_range(&e["connect"]["port"])).map(|e| e["connect"]["repeats"].as_u64().unwrap()).sum();
+    let summarized: u64 = events
+        .iter()
+        .filter(|e| e["kind"] == "connect_summary" && in_range(&e["connect_summary"]["port"]))
+        .map(|e| e["connect_summary"]["repeats"].as_u64().unwrap())
+        .sum();
+    assert!(written > 0 && summarized > 0, "written {written}, summarized {summarized}");
+    assert_eq!(written + summarized, n, "every attempt reported exactly once (lost records: {lost})");
+}
+
+/// A flood to one destination becomes a handful of events whose repeats
+/// add up to every attempt.
+#[test]
+fn repeated_attempts_are_aggregated_not_dropped() {
+    if !require_root("repeated_attempts_are_aggregated_not_dropped") {
+        return;
+    }
+    let cg = TestCgroup::new(&format!("/{}/agent", unique("agg"))).unwrap();
+    let agent = Agent::start("agg", &cgroup_policy(&cg), &["--show", "attributed"]).unwrap();
+    let target = Listener::new();
+    let n: u64 = 20_000;
+    assert!(cg.command(helper_bin()).args(["udp-connects", &n.to_string(), &target.addr()]).status().unwrap().success());
+    std::thread::sleep(Duration::from_millis(1500));
+    let events = agent.stop().unwrap();
+    let conns = connects_to(&events, target.port);
+    let summaries: Vec<&serde_json::Value> =
+        events.iter().filter(|e| e["kind"] == "connect_summary" && e["connect_summary"]["port"] == target.port).collect();
+    let total: u64 = conns.iter().map(|e| e["connect"]["repeats"].as_u64().unwrap()).sum::<u64>()
+        + summaries.iter().map(|e| e["connect_summary"]["repeats"].as_u64().unwrap()).sum::<u64>();
+    assert_eq!(total, n, "{} connect and {} summary events", conns.len(), summaries.len());
+    assert!(conns.len() + summaries.len() <= 20, "flood not aggregated: {} events", conns.len() + summaries.len());
+    assert!(conns.iter().all(|e| e["connect"]["action"] == "denied"));
 }

@@ -117,7 +117,10 @@ fn reload_loop_decisions_match_their_generation() {
         .iter()
         .filter(|e| e["kind"] == "connect" && (e["connect"]["port"] == la.port || e["connect"]["port"] == lb.port))
         .collect();
-    assert!(connects.len() > 100, "too few connects observed: {}", connects.len());
+    // Identical attempts are aggregated per (destination, decision,
+    // generation): each event stands for attempts that all got its decision
+    // under its generation, so checking events checks every attempt.
+    assert!(connects.len() >= 2 * 10, "too few connect events: {}", connects.len());
     let mut per_generation: HashMap<u64, usize> = HashMap::new();
     for c in &connects {
         let g = c["connect"]["policy_generation"].as_u64().unwrap();

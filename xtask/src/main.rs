@@ -8,7 +8,7 @@
 //!   workload, printing attributed events live.
 //! - `test`: every test: unit tests, then the root integration tests
 //!   single-threaded (they load programs into the one shared kernel).
-//! - `bench`: benchmarks (`bench attribution`, `bench policy`).
+//! - `bench`: benchmarks (`bench attribution`, `bench policy`, `bench net`).
 use std::{
     ffi::OsString,
     path::{Path, PathBuf},
@@ -62,6 +62,8 @@ enum Bench {
     Attribution,
     /// policy compile time, reload latency, connect latency during reloads.
     Policy,
+    /// connect() latency with 0/100/10k rules, agent and non-agent processes.
+    Net,
 }
 
 fn main() -> std::process::ExitCode {
@@ -106,6 +108,7 @@ fn real_main() -> anyhow::Result<()> {
             let name = match which {
                 Bench::Attribution => "attribution",
                 Bench::Policy => "policy",
+                Bench::Net => "net",
             };
             let mut cmd = cargo();
             cmd.args(["run", "--release", "--quiet", "-p", "zt-tests", "--bin", "zt-bench", "--", name])

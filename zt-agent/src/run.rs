@@ -109,7 +109,7 @@ pub async fn run(opts: RunOptions) -> anyhow::Result<()> {
     let config = Arc::new(policy::identity_config(&manager.current_policy().expect("just applied"), manager.ids()));
 
     let mut enricher = Enricher::new(Resolver::new(config.clone(), "/proc"), node.clone(), opts.show == Show::All, rulebook);
-    let mut tables = MapTables { procs: maps.proc_table, cgroups: maps.cgroups };
+    let mut tables = MapTables { procs: maps.proc_table, cgroups: maps.cgroups, aggregates: maps.aggregates };
     // The demo cgroup must exist before seeding so the kernel learns its id.
     let demo_cgroup = if opts.demo { Some(prepare_demo_cgroup(&cgroup2)?) } else { None };
     let (seeded, attributed) = pipeline::seed(&mut enricher, &mut tables, &cgroup2);

@@ -55,6 +55,12 @@ pub mod maps {
     pub const IDENTITY_COUNTERS: &str = "IDENTITY_COUNTERS";
     /// Identity ids are 1..=this (id 0 is "none").
     pub const MAX_IDENTITIES: u32 = 1024;
+    /// [`crate::policy::AggKey`] -> per-CPU [`crate::policy::AggValue`]: a
+    /// per-CPU hash (no atomics needed, never evicts silently); a full table
+    /// is counted and the attempt reported unaggregated. User space removes
+    /// idle, fully reported keys.
+    pub const EGRESS_AGG: &str = "EGRESS_AGG";
+    pub const EGRESS_AGG_CAPACITY: u32 = 16_384;
 }
 
 /// Program names (the function names in `zt-ebpf`).
@@ -266,12 +272,17 @@ pub struct ConnectEvent {
     pub generation: u32,
     /// Which hook: [`hook`].
     pub hook: u32,
-    pub _pad: u32,
+    /// CPU that decided (aggregation totals are per CPU).
+    pub cpu: u32,
+    /// Attempts to this (identity, destination, port, protocol, decision,
+    /// policy generation) counted on this CPU so far, this one included; 0 when the attempt
+    /// could not be aggregated (table full). See [`policy::AggKey`].
+    pub repeats_total: u64,
     /// Destination address in network byte order; IPv4 in the first 4 bytes.
     pub addr: [u8; 16],
     pub comm: [u8; COMM_LEN],
 }
-const _: () = assert!(size_of::<ConnectEvent>() == 48 + 12 + 8 + 4 + 8 + 16 + 16);
+const _: () = assert!(size_of::<ConnectEvent>() == 48 + 12 + 8 + 4 + 8 + 8 + 16 + 16);
 
 /// [`ConnectEvent::hook`] values.
 pub mod hook {
@@ -363,6 +374,38 @@ pub mod policy {
         pub _pad: u32,
     }
     const _: () = assert!(size_of::<IdentityPolicy>() == 8);
+
+    /// Aggregation of repeated egress attempts: one event per key per
+    /// [`AGG_WINDOW_NS`], the kernel counting every attempt in between, so a
+    /// flood cannot blind the pipeline and nothing goes uncounted.
+    pub const AGG_WINDOW_NS: u64 = 1_000_000_000;
+
+    #[repr(C)]
+    #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash, PartialOrd, Ord)]
+    pub struct AggKey {
+        pub identity: u32,
+        pub port: u16,
+        pub proto: u8,
+        /// The policy's decision (`ALLOW`/`DENY`).
+        pub decided: u8,
+        /// The policy generation that decided: a policy switch starts new
+        /// keys, so its first decisions are always reported.
+        pub generation: u32,
+        pub addr: [u8; 16],
+    }
+    const _: () = assert!(size_of::<AggKey>() == 28);
+
+    #[repr(C)]
+    #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+    pub struct AggValue {
+        /// Attempts so far on this CPU.
+        pub total: u64,
+        /// When an event for this key was last emitted.
+        pub last_emit_ns: u64,
+        /// When the last attempt happened.
+        pub last_seen_ns: u64,
+    }
+    const _: () = assert!(size_of::<AggValue>() == 24);
 
     /// Per-identity decision counters (per CPU; user space sums them).
     #[repr(C)]
@@ -541,13 +584,17 @@ pub mod loss {
     pub const PROC_TABLE_FULL: u32 = 3;
     /// argv could not be stashed (EXEC_ARGS full or read fault).
     pub const EXEC_ARGS: u32 = 4;
-    pub const COUNT: u32 = 5;
+    /// The egress aggregation table was full (the attempt was reported
+    /// without aggregation, so this is not a lost event).
+    pub const AGG_FULL: u32 = 5;
+    pub const COUNT: u32 = 6;
     pub const NAMES: [&str; COUNT as usize] = [
         "ringbuf_exec",
         "ringbuf_exit",
         "ringbuf_connect",
         "proc_table_full",
         "exec_args",
+        "egress_agg_full",
     ];
 }
 
@@ -565,6 +612,8 @@ mod pod {
     unsafe impl aya::Pod for policy::IdentityPolicy {}
     unsafe impl aya::Pod for policy::ActivePolicy {}
     unsafe impl aya::Pod for policy::IdentityCounters {}
+    unsafe impl aya::Pod for policy::AggKey {}
+    unsafe impl aya::Pod for policy::AggValue {}
 }
 
 #[cfg(test)]
@@ -588,10 +637,13 @@ mod tests {
         assert_eq!(offset_of!(ExecEvent, filename), 88);
         assert_eq!(offset_of!(ExecEvent, args), 344);
         assert_eq!(size_of::<ExitEvent>(), 72);
-        assert_eq!(size_of::<ConnectEvent>(), 112);
+        assert_eq!(size_of::<ConnectEvent>(), 120);
         assert_eq!(offset_of!(ConnectEvent, verdict), 60);
         assert_eq!(offset_of!(ConnectEvent, hook), 72);
-        assert_eq!(offset_of!(ConnectEvent, addr), 80);
+        assert_eq!(offset_of!(ConnectEvent, repeats_total), 80);
+        assert_eq!(offset_of!(ConnectEvent, addr), 88);
+        assert_eq!(size_of::<policy::AggKey>(), 28);
+        assert_eq!(size_of::<policy::AggValue>(), 24);
         assert_eq!(size_of::<policy::NetRuleList>(), 200);
         assert_eq!(size_of::<ExecArgs>(), 2064);
         // Ring buffer records must be 8-byte alignable.

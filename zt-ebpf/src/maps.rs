@@ -4,11 +4,11 @@
 //! by the same names (`zt-agent/src/bpf/maps.rs`).
 use aya_ebpf::{
     macros::map,
-    maps::{Array, HashMap, LpmTrie, LruHashMap, PerCpuArray, RingBuf},
+    maps::{Array, HashMap, LpmTrie, LruHashMap, PerCpuArray, PerCpuHashMap, RingBuf},
 };
 use zt_common::{
     Config, ExecArgs, ProcInfo, loss, maps,
-    policy::{ActivePolicy, IdentityCounters, IdentityKey, IdentityPolicy, NetKeyData, NetRuleList},
+    policy::{ActivePolicy, AggKey, AggValue, IdentityCounters, IdentityKey, IdentityPolicy, NetKeyData, NetRuleList},
 };
 
 #[map]
@@ -54,6 +54,9 @@ pub static POLICY_ACTIVE: Array<ActivePolicy> = Array::with_max_entries(1, 0);
 /// PROC_TABLE by lineage.rs and user space). Resized to pid_max at load.
 #[map]
 pub static PID_IDENTITY: Array<u32> = Array::with_max_entries(maps::PID_IDENTITY_DEFAULT_CAPACITY, 0);
+
+#[map]
+pub static EGRESS_AGG: PerCpuHashMap<AggKey, AggValue> = PerCpuHashMap::with_max_entries(maps::EGRESS_AGG_CAPACITY, 0);
 
 #[map]
 pub static IDENTITY_COUNTERS: PerCpuArray<IdentityCounters> = PerCpuArray::with_max_entries(maps::MAX_IDENTITIES + 1, 0);

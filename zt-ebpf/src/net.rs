@@ -10,8 +10,14 @@
 //! decided by `zt_common::policy::decide_net`, the same function
 //! `zt-agent policy explain` runs. A deny in enforce mode returns 0: the
 //! caller gets EPERM before any packet leaves.
+//!
+//! Repeated attempts to one destination are aggregated in `EGRESS_AGG`: at
+//! most one event per (identity, destination, port, protocol, decision,
+//! policy generation) per second, each carrying the running attempt count; user space reports
+//! what is left when the attempts stop. Every attempt is counted.
 use aya_ebpf::{
-    helpers::{bpf_get_current_cgroup_id, bpf_get_current_comm, bpf_get_current_pid_tgid},
+    bindings::BPF_NOEXIST,
+    helpers::{bpf_get_current_cgroup_id, bpf_get_current_comm, bpf_get_current_pid_tgid, generated::{bpf_get_smp_processor_id, bpf_ktime_get_boot_ns}},
     macros::cgroup_sock_addr,
     maps::lpm_trie::Key,
     programs::SockAddrContext,
@@ -19,14 +25,14 @@ use aya_ebpf::{
 use zt_common::{
     AF_INET, AF_INET6, ConnectEvent, NO_IDENTITY, config_flags, hook, kind, loss,
     policy::{
-        ALLOW, AUDIT, DENY, ENFORCE, IdentityKey, NetKeyData, PROTO_TCP, PROTO_UDP, RULE_NO_POLICY, RULE_NONE_APPLIED,
-        Verdict, decide_net,
+        AGG_WINDOW_NS, ALLOW, AUDIT, AggKey, AggValue, DENY, ENFORCE, IdentityKey, NetKeyData, PROTO_TCP, PROTO_UDP,
+        RULE_NO_POLICY, RULE_NONE_APPLIED, Verdict, decide_net,
     },
 };
 
 use crate::{
-    events::{reserve, submit},
-    maps::{IDENTITY_COUNTERS, IDENTITY_POLICY, NET_RULES, PID_IDENTITY, POLICY_ACTIVE, PROC_TABLE, config},
+    events::{count_loss, reserve, submit},
+    maps::{EGRESS_AGG, IDENTITY_COUNTERS, IDENTITY_POLICY, NET_RULES, PID_IDENTITY, POLICY_ACTIVE, PROC_TABLE, config},
 };
 
 const SOCK_STREAM: u32 = 1;
@@ -66,7 +72,7 @@ fn decide(ctx: &SockAddrContext, family: u16, hook: u32) -> i32 {
     if identity == NO_IDENTITY {
         if config().flags & config_flags::OBSERVE_ALL_CONNECTS != 0 {
             let (addr, port, proto) = destination(ctx, family);
-            emit(ctx, family, hook, identity, 0, 0, addr, port, proto, Verdict::new(ALLOW, ENFORCE, 0), 0);
+            emit(ctx, family, hook, identity, 0, 0, addr, port, proto, Verdict::new(ALLOW, ENFORCE, 0), 0, 0);
         }
         return 1;
     }
@@ -104,8 +110,45 @@ fn decide(ctx: &SockAddrContext, family: u16, hook: u32) -> i32 {
             c.allowed += 1;
         }
     }
-    emit(ctx, family, hook, identity, start_ns, cgroup_id, addr, port, proto, verdict, active.generation);
+    if let Some(repeats_total) = aggregate(identity, addr, port, proto, verdict.decided, active.generation) {
+        emit(ctx, family, hook, identity, start_ns, cgroup_id, addr, port, proto, verdict, active.generation, repeats_total);
+    }
     if verdict.action == DENY { 0 } else { 1 }
+}
+
+/// Counts the attempt under its key; returns the running total when an
+/// event is due (first attempt, or the window since the last event passed),
+/// `None` when it is folded into the next event. A full table is counted
+/// and the attempt reported on its own (total 0).
+#[inline(always)]
+fn aggregate(identity: u32, addr: [u8; 16], port: u16, proto: u8, decided: u8, generation: u32) -> Option<u64> {
+    let key = AggKey { identity, port, proto, decided, generation, addr };
+    let now = unsafe { bpf_ktime_get_boot_ns() };
+    match EGRESS_AGG.get_ptr_mut(&key) {
+        Some(v) => {
+            // SAFETY: this CPU's slot of a live per-CPU value: no other writer.
+            let v = unsafe { &mut *v };
+            v.total += 1;
+            v.last_seen_ns = now;
+            if now.wrapping_sub(v.last_emit_ns) < AGG_WINDOW_NS {
+                return None;
+            }
+            v.last_emit_ns = now;
+            Some(v.total)
+        }
+        None => {
+            let v = AggValue { total: 1, last_emit_ns: now, last_seen_ns: now };
+            match EGRESS_AGG.insert(&key, &v, BPF_NOEXIST as u64) {
+                Ok(()) => Some(1),
+                Err(_) => {
+                    // Full (or inserted concurrently by another CPU): report
+                    // this attempt on its own rather than lose it.
+                    count_loss(loss::AGG_FULL);
+                    Some(0)
+                }
+            }
+        }
+    }
 }
 
 /// Destination as an IPv6 address (IPv4 as `::ffff:a.b.c.d`), port in host
@@ -148,6 +191,7 @@ fn emit(
     proto: u8,
     verdict: Verdict,
     generation: u32,
+    repeats_total: u64,
 ) {
     let Some(mut entry) = reserve::<ConnectEvent>(loss::RINGBUF_CONNECT) else {
         return;
@@ -164,7 +208,8 @@ fn emit(
         (*ev).verdict = verdict;
         (*ev).generation = generation;
         (*ev).hook = hook;
-        (*ev)._pad = 0;
+        (*ev).cpu = bpf_get_smp_processor_id();
+        (*ev).repeats_total = repeats_total;
         (*ev).addr = addr;
         (*ev).comm = bpf_get_current_comm().unwrap_or([0; 16]);
     }

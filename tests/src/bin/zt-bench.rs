@@ -16,6 +16,11 @@
 //! 3. loopback connect() latency of an agent process while the policy is
 //!    reloaded every 50 ms vs idle (interleaved rounds, ratio of p50s).
 //!
+//! `net`: loopback connect() latency (p50 of 3000 per measurement), side by
+//! side: no agent; agent loaded with 0, 100 and 10,000 egress rules; from a
+//! process with no identity and from an agent process (whose connect the
+//! policy allows, so both measure the full path).
+//!
 //! Internal child modes: `spawn-loop N`, `udp-flood RATE SECS ADDR`,
 //! `connect-latency N ADDR`.
 use std::{
@@ -33,11 +38,15 @@ fn main() -> anyhow::Result<()> {
         Some("spawn-loop") => spawn_loop(args[2].parse()?),
         Some("udp-flood") => udp_flood(args[2].parse()?, args[3].parse()?, &args[4]),
         Some("connect-latency") => connect_latency(args[2].parse()?, &args[3]),
-        Some(which @ ("attribution" | "policy")) => {
+        Some(which @ ("attribution" | "policy" | "net")) => {
             let rounds = args.iter().position(|a| a == "--rounds").and_then(|i| args.get(i + 1)).and_then(|r| r.parse().ok()).unwrap_or(10);
-            if which == "attribution" { attribution(rounds) } else { policy_bench(rounds) }
+            match which {
+                "attribution" => attribution(rounds),
+                "policy" => policy_bench(rounds),
+                _ => net_bench(rounds),
+            }
         }
-        _ => anyhow::bail!("usage: zt-bench attribution|policy [--rounds N]"),
+        _ => anyhow::bail!("usage: zt-bench attribution|policy|net [--rounds N]"),
     }
 }
 
@@ -347,5 +356,80 @@ fn policy_bench(rounds: usize) -> anyhow::Result<()> {
         ratios[ratios.len() - 1],
         b50 / i50
     );
+    Ok(())
+}
+
+/// A policy for `cg`'s identity with `rules` egress rules, one of which
+/// allows TCP to 127.0.0.1:`port`; with 0 rules the identity's default allows.
+fn net_policy(cg: &str, rules: usize, port: u16) -> String {
+    let default = if rules == 0 { "allow" } else { "deny" };
+    let mut s = format!(
+        "apiVersion: zt-agent.io/v1alpha1\nkind: HostPolicy\nmetadata:\n  name: net-{rules}\nspec:\n  trustDomain: zt.bench\n  identities:\n    - name: bench-agent\n      selectors:\n        - cgroup: {cg}/**\n      defaultAction:\n        egress: {default}\n"
+    );
+    if rules > 0 {
+        s.push_str(&format!(
+            "  rules:\n    - name: loopback\n      identity: bench-agent\n      action: allow\n      egress:\n        - to: [127.0.0.1/32]\n          ports: [{port}]\n          protocol: tcp\n"
+        ));
+        for r in 1..rules {
+            s.push_str(&format!(
+                "    - name: r{r}\n      identity: bench-agent\n      action: allow\n      egress:\n        - to: [10.{}.{}.{}/32]\n          ports: [443]\n          protocol: tcp\n",
+                r / 65536 % 256,
+                r / 256 % 256,
+                r % 256
+            ));
+        }
+    }
+    s
+}
+
+fn net_bench(rounds: usize) -> anyhow::Result<()> {
+    anyhow::ensure!(nix::unistd::geteuid().is_root(), "the benchmark loads eBPF programs: run it as root");
+    let me = std::env::current_exe()?;
+    let cg = TestCgroup::new(&format!("/zt-bench-{}/agent", std::process::id()))?;
+    let l = zt_tests::Listener::new();
+    let n = 3000;
+    println!("zt-agent {} — net benchmark: loopback connect() p50 of {n} per measurement, {rounds} rounds", agent_bin().display());
+    let measure = |agent_proc: bool| -> anyhow::Result<f64> {
+        let mut cmd = if agent_proc { cg.command(&me) } else { Command::new(&me) };
+        cmd.args(["connect-latency", &n.to_string(), &l.addr()]);
+        Ok(child_out(cmd)?.parse::<f64>()?)
+    };
+    let variants: [(&str, Option<usize>); 4] =
+        [("no agent", None), ("agent, 0 rules", Some(0)), ("agent, 100 rules", Some(100)), ("agent, 10,000 rules", Some(10_000))];
+    let policies: Vec<Option<String>> = variants.iter().map(|(_, r)| r.map(|r| net_policy(&cg.rel, r, l.port))).collect();
+    let mut samples = vec![[Vec::new(), Vec::new()]; variants.len()];
+    let mut ratios = vec![[Vec::new(), Vec::new()]; variants.len()];
+    for r in 0..rounds {
+        let mut this_round = vec![[0.0; 2]; variants.len()];
+        for step in 0..variants.len() {
+            let vi = (step + r) % variants.len();
+            let agent = match &policies[vi] {
+                Some(p) => Some(Agent::start("bench-net", p, &[])?),
+                None => None,
+            };
+            this_round[vi] = [measure(false)?, measure(true)?];
+            if let Some(a) = agent {
+                a.stop()?;
+            }
+        }
+        for (vi, p) in this_round.iter().enumerate() {
+            for k in 0..2 {
+                samples[vi][k].push(p[k]);
+                ratios[vi][k].push(p[k] / this_round[0][k]);
+            }
+        }
+        eprintln!(
+            "round {r}: {}",
+            variants.iter().zip(&this_round).map(|((l, _), p)| format!("{l} {:.1}/{:.1} us", p[0] / 1e3, p[1] / 1e3)).collect::<Vec<_>>().join("; ")
+        );
+    }
+    println!();
+    println!("connect() p50, median over rounds; ratio = median of per-round ratios to 'no agent'");
+    for (k, who) in ["from a process with no identity", "from an agent process (connect allowed by policy)"].iter().enumerate() {
+        println!("  {who}:");
+        for (vi, (label, _)) in variants.iter().enumerate() {
+            println!("    {label:<22} {:>6.2} us   ratio {:.3}", median(&mut samples[vi][k]) / 1e3, median(&mut ratios[vi][k]));
+        }
+    }
     Ok(())
 }

@@ -13,6 +13,7 @@
 //! - escape-connect PROCS ADDR     move to the cgroup whose cgroup.procs is PROCS, connect
 //! - stdin-connect ADDR            wait for a line on stdin, then connect
 //! - udp-connects N ADDR           N UDP connect() calls as fast as possible
+//! - udp-connects-spread N IP PORT N UDP connect() calls to IP, ports PORT..PORT+N
 //! - try MODE ADDR OUT              one attempt, result ("OK", "EPERM" or "ERR <errno>")
 //!   written to file OUT; MODE: tcp, udp-sendto, udp-connect, uring-connect,
 //!   thread-tcp, double-fork-tcp (the grandchild of a double fork tries)
@@ -88,6 +89,14 @@ fn main() {
             let sock = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
             for _ in 0..n {
                 let _ = sock.connect(a(3));
+            }
+        }
+        "udp-connects-spread" => {
+            let n: u16 = a(2).parse().expect("N");
+            let base: u16 = a(4).parse().expect("PORT");
+            let sock = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
+            for i in 0..n {
+                let _ = sock.connect((a(3), base + i));
             }
         }
         "connect-loop" => {

@@ -17,7 +17,7 @@ use zt_common::{Config, maps as M, programs as P};
 
 use super::{
     OBJECT, btf,
-    maps::{CgroupIdentities, ConfigMap, EventSource, IdentityCounterMap, LossCounters, PolicyMaps, ProcTable},
+    maps::{CgroupIdentities, ConfigMap, EgressAggregates, EventSource, IdentityCounterMap, LossCounters, PolicyMaps, ProcTable},
     tracefs,
 };
 
@@ -74,6 +74,7 @@ pub struct BpfMaps {
     pub events: EventSource,
     pub policy: PolicyMaps,
     pub identity_counters: IdentityCounterMap,
+    pub aggregates: EgressAggregates,
 }
 
 pub struct Bpf {
@@ -145,6 +146,7 @@ impl Bpf {
                 take(&mut ebpf, M::POLICY_ACTIVE)?,
             )?,
             identity_counters: IdentityCounterMap::new(take(&mut ebpf, M::IDENTITY_COUNTERS)?)?,
+            aggregates: EgressAggregates::new(take(&mut ebpf, M::EGRESS_AGG)?)?,
         };
         maps.config.set(opts.config)?;
 

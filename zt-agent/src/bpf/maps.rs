@@ -9,14 +9,14 @@
 //! - [`EventSource`]: the ring buffer, readable from tokio.
 //! - [`PolicyMaps`]: the double-buffered policy maps and the atomic switch.
 use aya::maps::{
-    Array, HashMap, Map, MapData, MapError, PerCpuArray, RingBuf,
+    Array, HashMap, Map, MapData, MapError, PerCpuArray, PerCpuHashMap, RingBuf,
     lpm_trie::{Key, LpmTrie},
 };
 use thiserror::Error;
 use tokio::io::unix::AsyncFd;
 use zt_common::{
     Config, NO_IDENTITY, ProcInfo, loss, maps,
-    policy::{ActivePolicy, IdentityCounters, IdentityKey, IdentityPolicy, NetKeyData, NetRuleList},
+    policy::{ActivePolicy, AggKey, AggValue, IdentityCounters, IdentityKey, IdentityPolicy, NetKeyData, NetRuleList},
     proc_flags,
 };
 
@@ -205,6 +205,36 @@ impl LossCounters {
             *slot = per_cpu.iter().sum();
         }
         Ok(out)
+    }
+}
+
+/// The kernel's per-CPU egress aggregation table (read and pruned by user space).
+pub struct EgressAggregates(PerCpuHashMap<MapData, AggKey, AggValue>);
+
+impl EgressAggregates {
+    pub fn new(map: Map) -> Result<Self, MapAccessError> {
+        PerCpuHashMap::try_from(map).map(Self).map_err(err(maps::EGRESS_AGG, "open"))
+    }
+
+    /// Every key with its value on each CPU (index = CPU).
+    pub fn entries(&self) -> Vec<(AggKey, Vec<AggValue>)> {
+        self.0.iter().filter_map(Result::ok).map(|(k, v)| (k, v.iter().copied().collect())).collect()
+    }
+
+    pub fn get(&self, key: &AggKey) -> Result<Option<Vec<AggValue>>, MapAccessError> {
+        match self.0.get(key, 0) {
+            Ok(v) => Ok(Some(v.iter().copied().collect())),
+            Err(e) if is_missing_key(&e) => Ok(None),
+            Err(e) => Err(err(maps::EGRESS_AGG, "get")(e)),
+        }
+    }
+
+    pub fn remove(&mut self, key: &AggKey) -> Result<(), MapAccessError> {
+        match self.0.remove(key) {
+            Ok(()) => Ok(()),
+            Err(e) if is_missing_key(&e) => Ok(()),
+            Err(e) => Err(err(maps::EGRESS_AGG, "remove")(e)),
+        }
     }
 }
 

@@ -61,6 +61,8 @@ pub struct Enricher {
     seen_cgroups: HashSet<u64>,
     /// Whether some output shows events of processes without an identity.
     show_unattributed: bool,
+    /// Per (aggregation key, CPU): the kernel's running total already reported.
+    reported: HashMap<(zt_common::policy::AggKey, u32), u64>,
     /// Identities written into the kernel table by user space.
     pub assigned: u64,
 }
@@ -70,7 +72,7 @@ impl Enricher {
         let mut identity_refs = HashMap::new();
         add_refs(&mut identity_refs, resolver.config());
         Self {
-            rulebook, resolver, node, identity_refs, procs: HashMap::new(), cgroup_paths: HashMap::new(), seen_cgroups: HashSet::new(), show_unattributed, assigned: 0 }
+            rulebook, resolver, node, identity_refs, procs: HashMap::new(), cgroup_paths: HashMap::new(), seen_cgroups: HashSet::new(), show_unattributed, reported: HashMap::new(), assigned: 0 }
     }
 
     pub fn resolver_mut(&mut self) -> &mut Resolver {
@@ -169,7 +171,19 @@ impl Enricher {
                 }
                 let meta = self.meta(h.tgid, h.start_ns, h.cgroup_id);
                 let process = self.process_info(&h, meta.ppid, &c.comm, meta.exe, meta.cgroup);
-                let connect = ConnectInfo::from_raw(&c, |g, r| self.rulebook.name(g, r));
+                let mut connect = ConnectInfo::from_raw(&c, |g, r| self.rulebook.name(g, r));
+                if c.repeats_total > 0 {
+                    let key = zt_common::policy::AggKey {
+                        identity: h.identity,
+                        port: c.port,
+                        proto: c.protocol as u8,
+                        decided: c.verdict.decided,
+                        generation: c.generation,
+                        addr: c.addr,
+                    };
+                    let last = self.reported.insert((key, c.cpu), c.repeats_total).unwrap_or(0);
+                    connect.repeats = c.repeats_total.saturating_sub(last).max(1);
+                }
                 Some(self.event(Self::wall_time(h.time_ns), Body::Connect { process, identity: self.identity_ref(h.identity), connect }))
             }
         }
@@ -291,6 +305,62 @@ fn add_refs(refs: &mut HashMap<u32, IdentityRef>, config: &crate::identity::Iden
     }
 }
 
+impl Enricher {
+    /// Reports attempts the kernel counted but no event carried: keys whose
+    /// total moved past what was reported and whose window has closed.
+    /// Prunes keys idle for `idle_ns` with everything reported (the kernel
+    /// table never evicts on its own). `now_ns` is CLOCK_BOOTTIME; `force`
+    /// ignores the window (at shutdown, so nothing counted goes unreported).
+    pub fn flush_aggregates(
+        &mut self,
+        entries: &[(zt_common::policy::AggKey, Vec<zt_common::policy::AggValue>)],
+        now_ns: u64,
+        idle_ns: u64,
+        force: bool,
+    ) -> (Vec<Event>, Vec<zt_common::policy::AggKey>) {
+        use super::event::{ConnectSummary, ip_from_mapped, protocol_name};
+        let mut events = Vec::new();
+        let mut prune = Vec::new();
+        for (k, per_cpu) in entries {
+            let mut repeats = 0;
+            let mut idle = true;
+            for (cpu, v) in per_cpu.iter().enumerate() {
+                let slot = (*k, cpu as u32);
+                let last = self.reported.get(&slot).copied().unwrap_or(0);
+                if v.total > last {
+                    idle = false;
+                    if force || now_ns.saturating_sub(v.last_emit_ns) >= zt_common::policy::AGG_WINDOW_NS {
+                        self.reported.insert(slot, v.total);
+                        repeats += v.total - last;
+                    }
+                } else if now_ns.saturating_sub(v.last_seen_ns) < idle_ns {
+                    idle = false;
+                }
+            }
+            if repeats > 0 {
+                let summary = ConnectSummary {
+                    address: ip_from_mapped(k.addr),
+                    port: k.port,
+                    protocol: protocol_name(k.proto as u32, 0),
+                    decision: if k.decided == zt_common::policy::DENY { "deny" } else { "allow" },
+                    policy_generation: k.generation,
+                    repeats,
+                };
+                events.push(self.event(
+                    Self::wall_time(now_ns),
+                    Body::ConnectSummary { identity: self.identity_ref(k.identity), connect_summary: summary },
+                ));
+            } else if idle {
+                for cpu in 0..per_cpu.len() as u32 {
+                    self.reported.remove(&(*k, cpu));
+                }
+                prune.push(*k);
+            }
+        }
+        (events, prune)
+    }
+}
+
 /// Gives `identity` to every unattributed descendant of `root` in the table:
 /// children the process forked before user space classified it.
 pub fn propagate(tables: &mut dyn Tables, root: u32, identity: u32) {
@@ -379,6 +449,44 @@ mod tests {
         assert_eq!(t.procs[&20].identity, 0);
         assert_eq!(t.procs[&13].identity, 9, "an identity already held is kept");
         assert_eq!(t.procs[&10].identity, 0, "root is assigned by the caller");
+    }
+
+    #[test]
+    fn aggregates_report_every_attempt_once() {
+        use zt_common::policy::{AGG_WINDOW_NS, AggKey, AggValue, DENY};
+        let cfg = crate::identity::IdentityConfig::parse(
+            "t.yaml",
+            "apiVersion: zt-agent.io/v1alpha1\nkind: HostPolicy\nspec:\n  trustDomain: t\n  identities:\n    - name: u\n      selectors:\n        - uid: 4242\n",
+        )
+        .unwrap();
+        let mut en = Enricher::new(Resolver::new(Arc::new(cfg), "/proc"), "n".into(), true, Default::default());
+        let k = AggKey {
+            identity: 1,
+            port: 53,
+            proto: 17,
+            decided: DENY,
+            generation: 1,
+            addr: std::net::Ipv4Addr::new(10, 0, 0, 1).to_ipv6_mapped().octets(),
+        };
+        let v = |total, last_emit_ns, last_seen_ns| AggValue { total, last_emit_ns, last_seen_ns };
+        let s = 10 * AGG_WINDOW_NS;
+        // CPU 0: 7 attempts, the last event 2 s ago; CPU 1: 3 attempts, event just now.
+        let entries = vec![(k, vec![v(7, s - 2 * AGG_WINDOW_NS, s), v(3, s, s)])];
+        let (ev, prune) = en.flush_aggregates(&entries, s, 30 * AGG_WINDOW_NS, false);
+        assert!(prune.is_empty());
+        let Body::ConnectSummary { connect_summary, identity } = &ev[0].body else { panic!() };
+        assert_eq!((connect_summary.repeats, connect_summary.address.to_string().as_str(), connect_summary.decision), (7, "10.0.0.1", "deny"));
+        assert_eq!(identity.as_ref().unwrap().name.as_ref(), "u");
+        // CPU 1's window is open: reported only when forced (shutdown).
+        let (ev, _) = en.flush_aggregates(&entries, s, 30 * AGG_WINDOW_NS, false);
+        assert!(ev.is_empty());
+        let (ev, _) = en.flush_aggregates(&entries, s, 30 * AGG_WINDOW_NS, true);
+        let Body::ConnectSummary { connect_summary, .. } = &ev[0].body else { panic!() };
+        assert_eq!(connect_summary.repeats, 3);
+        // Everything reported and idle: pruned.
+        let (ev, prune) = en.flush_aggregates(&entries, s + 31 * AGG_WINDOW_NS, 30 * AGG_WINDOW_NS, false);
+        assert!(ev.is_empty());
+        assert_eq!(prune, vec![k]);
     }
 
     #[test]

@@ -30,12 +30,18 @@ pub enum Body {
     Agent { agent: AgentInfo },
     /// A policy was applied, rejected or rolled back.
     Policy { policy: PolicyChange },
+    /// Attempts folded into no connect event (the last window of a burst to
+    /// one destination), reported once they stopped.
+    ConnectSummary { identity: Option<IdentityRef>, connect_summary: ConnectSummary },
 }
 
 impl Body {
     pub fn identity(&self) -> Option<&IdentityRef> {
         match self {
-            Body::Exec { identity, .. } | Body::Exit { identity, .. } | Body::Connect { identity, .. } => identity.as_ref(),
+            Body::Exec { identity, .. }
+            | Body::Exit { identity, .. }
+            | Body::Connect { identity, .. }
+            | Body::ConnectSummary { identity, .. } => identity.as_ref(),
             Body::Loss { .. } | Body::Agent { .. } | Body::Policy { .. } => None,
         }
     }
@@ -48,6 +54,7 @@ impl Body {
             Body::Loss { .. } => "loss",
             Body::Agent { .. } => "agent",
             Body::Policy { .. } => "policy",
+            Body::ConnectSummary { .. } => "connect_summary",
         }
     }
 }
@@ -104,6 +111,38 @@ pub struct ConnectInfo {
     /// The hook that decided: connect4, connect6, sendmsg4 (UDP sendto
     /// without connect), sendmsg6.
     pub hook: &'static str,
+    /// Attempts this event stands for (itself and the identical ones the
+    /// kernel folded into it since the previous event for the destination).
+    pub repeats: u64,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct ConnectSummary {
+    pub address: IpAddr,
+    pub port: u16,
+    pub protocol: &'static str,
+    pub decision: &'static str,
+    pub policy_generation: u32,
+    /// Attempts not reported by any connect event.
+    pub repeats: u64,
+}
+
+/// Address in the kernel's IPv6 form (IPv4 mapped) back to an `IpAddr`.
+pub fn ip_from_mapped(addr: [u8; 16]) -> IpAddr {
+    let v6 = Ipv6Addr::from(addr);
+    match v6.to_ipv4_mapped() {
+        Some(v4) => IpAddr::V4(v4),
+        None => IpAddr::V6(v6),
+    }
+}
+
+pub fn protocol_name(proto: u32, sock_type: u32) -> &'static str {
+    match (proto, sock_type) {
+        (6, _) | (0, 1) => "tcp",
+        (17, _) | (0, 2) => "udp",
+        (1, _) | (58, _) => "icmp",
+        _ => "other",
+    }
 }
 
 impl ConnectInfo {
@@ -117,12 +156,7 @@ impl ConnectInfo {
         } else {
             ("ipv6", IpAddr::V6(v6))
         };
-        let protocol = match (c.protocol, c.sock_type) {
-            (6, _) | (0, 1) => "tcp",
-            (17, _) | (0, 2) => "udp",
-            (1, _) | (58, _) => "icmp",
-            _ => "other",
-        };
+        let protocol = protocol_name(c.protocol, c.sock_type);
         let v = c.verdict;
         let action = match (v.action, v.decided) {
             (kp::DENY, _) => "denied",
@@ -146,6 +180,7 @@ impl ConnectInfo {
             rule,
             policy_generation: c.generation,
             hook: zt_common::hook::NAMES.get(c.hook as usize).copied().unwrap_or("unknown"),
+            repeats: 1,
         }
     }
 }

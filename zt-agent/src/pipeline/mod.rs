@@ -44,7 +44,7 @@ use tokio::{
 use zt_common::{NO_IDENTITY, ProcInfo, loss};
 
 use crate::{
-    bpf::maps::{Assign, CgroupIdentities, EventSource, IdentityCounterMap, LossCounters, ProcTable},
+    bpf::maps::{Assign, CgroupIdentities, EgressAggregates, EventSource, IdentityCounterMap, LossCounters, ProcTable},
     identity::{Classification, procfs},
 };
 use enrich::{Enricher, Tables};
@@ -136,7 +136,11 @@ pub struct Options {
 pub struct MapTables {
     pub procs: ProcTable,
     pub cgroups: CgroupIdentities,
+    pub aggregates: EgressAggregates,
 }
+
+/// Aggregation keys idle this long, with every attempt reported, are pruned.
+const AGG_IDLE_NS: u64 = 30_000_000_000;
 
 impl Tables for MapTables {
     fn assign(&mut self, tgid: u32, start_ns: u64, c: Classification) -> anyhow::Result<Assign> {
@@ -298,6 +302,7 @@ pub fn spawn(
         handles.push(tokio::spawn(async move {
             let mut rx = rx;
             let mut rescan = tokio::time::interval(every);
+            let mut flush = tokio::time::interval(Duration::from_secs(1));
             let mut ticks: u32 = 0;
             loop {
                 tokio::select! {
@@ -315,7 +320,19 @@ pub fn spawn(
                                 enricher.set_identities(cfg, &mut tables, &cgroup2);
                                 continue;
                             }
-                            None => break,
+                            None => {
+                                // Shutdown: report every attempt still only counted.
+                                let entries = tables.aggregates.entries();
+                                let (events, _) = enricher.flush_aggregates(&entries, crate::host::boottime_ns(), AGG_IDLE_NS, true);
+                                for ev in events {
+                                    for o in &out_txs {
+                                        if o.try_send(ev.clone()).is_err() {
+                                            stats.output_overflow.fetch_add(1, Relaxed);
+                                        }
+                                    }
+                                }
+                                break;
+                            }
                         };
                         for o in &out_txs {
                             if o.try_send(ev.clone()).is_err() {
@@ -323,6 +340,27 @@ pub fn spawn(
                             }
                         }
                         stats.assigned.store(enricher.assigned, Relaxed);
+                    }
+                    _ = flush.tick() => {
+                        let entries = tables.aggregates.entries();
+                        let (events, prune) = enricher.flush_aggregates(&entries, crate::host::boottime_ns(), AGG_IDLE_NS, false);
+                        for k in prune {
+                            // Re-read: an attempt since the snapshot keeps the key.
+                            let totals = |v: &Vec<zt_common::policy::AggValue>| v.iter().map(|x| x.total).collect::<Vec<_>>();
+                            let unchanged = entries.iter().find(|(e, _)| *e == k).map(|(_, v)| totals(v));
+                            if tables.aggregates.get(&k).ok().flatten().map(|v| totals(&v)) == unchanged
+                                && let Err(e) = tables.aggregates.remove(&k)
+                            {
+                                tracing::warn!("{e:#}");
+                            }
+                        }
+                        for ev in events {
+                            for o in &out_txs {
+                                if o.try_send(ev.clone()).is_err() {
+                                    stats.output_overflow.fetch_add(1, Relaxed);
+                                }
+                            }
+                        }
                     }
                     _ = rescan.tick() => {
                         rescan_cgroups(&mut enricher, &mut tables, &cgroup2);
