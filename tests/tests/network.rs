@@ -92,8 +92,9 @@ fn bypass_suite() {
     let v4 = |p: u16| format!("127.0.0.1:{p}");
     let v6 = |p: u16| format!("[::1]:{p}");
     let mapped = |p: u16| format!("[::ffff:127.0.0.1]:{p}");
-    // (label, shell command prefix running the helper as an agent descendant, mode, address of the allowed listener port)
-    let mut cases: Vec<(String, String, &str, Box<dyn Fn(u16) -> String>)> = vec![
+    // (label, shell command prefix running the helper as an agent descendant, mode, address for a port)
+    type Case = (String, String, &'static str, Box<dyn Fn(u16) -> String>);
+    let mut cases: Vec<Case> = vec![
         ("tcp connect".into(), format!("{h} try"), "tcp", Box::new(v4)),
         ("udp sendto without connect".into(), format!("{h} try"), "udp-sendto", Box::new(v4)),
         ("udp connect".into(), format!("{h} try"), "udp-connect", Box::new(v4)),

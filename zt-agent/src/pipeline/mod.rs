@@ -365,7 +365,7 @@ pub fn spawn(
                     _ = rescan.tick() => {
                         rescan_cgroups(&mut enricher, &mut tables, &cgroup2);
                         ticks = ticks.wrapping_add(1);
-                        if ticks % gc_every == 0 {
+                        if ticks.is_multiple_of(gc_every) {
                             let removed = gc_stale_entries(&mut tables, enricher.resolver_mut().proc_root());
                             stats.stale_entries_removed.fetch_add(removed as u64, Relaxed);
                         }

@@ -238,7 +238,7 @@ pub fn compile(policy: &Policy, ids: &IdRegistry, slot: u32, active: &[bool]) ->
 
 /// Longest-prefix match over compiled entries, as the kernel's LPM trie does
 /// (used by `explain`; the trie itself is the kernel's).
-pub fn lookup<'a>(c: &'a Compiled, identity: u32, addr: [u8; 16]) -> Option<&'a NetRuleList> {
+pub fn lookup(c: &Compiled, identity: u32, addr: [u8; 16]) -> Option<&NetRuleList> {
     let a = u128::from_be_bytes(addr);
     c.net
         .iter()

@@ -123,7 +123,7 @@ mod tests {
     #[test]
     fn weekdays_and_windows() {
         // 2026-11-23 is a Monday; 09:30 UTC.
-        let mon_0930 = 1_795_426_200 + 0;
+        let mon_0930 = 1_795_426_200;
         assert_eq!(weekday_minute(mon_0930), (0, 9 * 60 + 30));
         let office = TimeWindow { days: 0b0011111, start: 8 * 60, end: 18 * 60 };
         assert!(time_active(&office, mon_0930));

@@ -217,7 +217,7 @@ fn covering_prefixes_and_capacity() {
     }
     let p = parse1(&text).unwrap();
     let ids = IdRegistry::for_policy(&p).unwrap();
-    let e = compile(&p, &ids, 0, &vec![true; 17]).unwrap_err();
+    let e = compile(&p, &ids, 0, &[true; 17]).unwrap_err();
     assert_eq!(
         e.to_string(),
         "identity \"a\": destination 10.0.0.0/8 has 17 applicable egress rules (its own and its covering prefixes'), capacity 16"
