@@ -29,6 +29,26 @@ pub fn loaded_program_names() -> Result<Vec<String>, aya::programs::ProgramError
         .collect()
 }
 
+/// Total run time and run count of every loaded program named `name`
+/// (kernel run-time statistics; enable them with [`enable_run_time_stats`]).
+pub fn program_run_stats(name: &str) -> Result<(std::time::Duration, u64), aya::programs::ProgramError> {
+    let mut total = (std::time::Duration::ZERO, 0);
+    for p in aya::programs::loaded_programs() {
+        let p = p?;
+        if p.name_as_str() == Some(name) {
+            total.0 += p.run_time();
+            total.1 += p.run_count();
+        }
+    }
+    Ok(total)
+}
+
+/// Turns on the kernel's per-program run-time statistics while the
+/// returned fd is open (`BPF_ENABLE_STATS`), for benchmarks.
+pub fn enable_run_time_stats() -> Result<std::os::fd::OwnedFd, aya::sys::SyscallError> {
+    aya::sys::enable_stats(aya::sys::Stats::RunTime)
+}
+
 #[cfg(test)]
 mod tests {
     use object::{Object, ObjectSection, ObjectSymbol};

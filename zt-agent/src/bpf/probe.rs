@@ -239,9 +239,7 @@ pub fn enforcement_paths(caps: &Capabilities) -> Vec<(&'static str, String)> {
     v.push((
         "network enforcement",
         if caps.has(names::SOCK_ADDR) && caps.has(names::LPM_TRIE) {
-            "cgroup connect4/connect6 at the cgroup v2 root: per-identity egress rules, EPERM on deny \
-             (UDP sendto without connect is not covered yet)"
-                .into()
+            "cgroup connect4/connect6/sendmsg4/sendmsg6 at the cgroup v2 root: per-identity egress rules, EPERM on deny".into()
         } else {
             "UNAVAILABLE: cgroup sock_addr programs or LPM tries do not load; no egress enforcement".into()
         },
