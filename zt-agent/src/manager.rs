@@ -9,7 +9,7 @@
 //! - [`run`]: the task: reload triggers (inotify on the policy paths, SIGHUP,
 //!   the control socket), periodic re-evaluation of conditions, rollback.
 use std::{
-    collections::{BTreeMap, HashMap},
+    collections::BTreeMap,
     path::PathBuf,
     sync::{Arc, RwLock},
     time::Duration,
@@ -413,10 +413,4 @@ pub async fn run(mut m: Manager, mut requests: mpsc::Receiver<Request>, mut stop
             },
         }
     }
-}
-
-/// Counts of what the compiled policy holds, for logs.
-pub fn describe(c: &Compiled) -> String {
-    let s: HashMap<&str, usize> = compile::summary(c);
-    format!("{} identities, {} egress prefixes, {} path rules", s["identities"], s["net_prefixes"], s["path_rules"])
 }

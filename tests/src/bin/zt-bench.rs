@@ -5,9 +5,10 @@
 //! `attribution`:
 //! 1. fork+exec+wait of /bin/true: no agent vs agent loaded, from a
 //!    non-agent process and from an agent process (median of per-round p50s).
-//! 2. pipeline throughput: connect events offered at ~10k/s and ~100k/s by an
-//!    agent process (UDP connect(), which fires the cgroup connect4 hook
-//!    without a handshake); events written and dropped, by counter.
+//! 2. pipeline throughput: UDP connect() attempts (the cgroup connect4 hook
+//!    without a handshake) at ~10k/s and ~100k/s by an agent process to
+//!    rotating destinations; records read, events written, the repeats they
+//!    account for, and drops by counter.
 //!
 //! `policy`:
 //! 1. parse and compile time of a 10,000-rule policy (in process).
@@ -63,9 +64,14 @@ fn spawn_loop(n: usize) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// Child mode: UDP connect() at about RATE per second for SECS seconds;
-/// prints how many were attempted.
-fn udp_flood(rate: u64, secs: f64, addr: &str) -> anyhow::Result<()> {
+/// Destinations the flood cycles through (below the aggregation table's
+/// capacity), so the kernel reports most attempts as events of their own.
+const FLOOD_PORTS: u64 = 12_000;
+const FLOOD_BASE_PORT: u64 = 20_000;
+
+/// Child mode: UDP connect() at about RATE per second for SECS seconds to
+/// FLOOD_PORTS distinct ports of IP; prints how many were attempted.
+fn udp_flood(rate: u64, secs: f64, ip: &str) -> anyhow::Result<()> {
     let sock = UdpSocket::bind("127.0.0.1:0")?;
     let start = Instant::now();
     let dur = Duration::from_secs_f64(secs);
@@ -73,7 +79,7 @@ fn udp_flood(rate: u64, secs: f64, addr: &str) -> anyhow::Result<()> {
     while start.elapsed() < dur {
         let due = (start.elapsed().as_secs_f64() * rate as f64) as u64;
         while sent < due {
-            let _ = sock.connect(addr);
+            let _ = sock.connect((ip, (FLOOD_BASE_PORT + sent % FLOOD_PORTS) as u16));
             sent += 1;
         }
         std::hint::spin_loop();
@@ -152,13 +158,13 @@ fn attribution(rounds: usize) -> anyhow::Result<()> {
     }
 
     println!();
-    println!("pipeline: connect events offered by an agent process (UDP connect), 3 s each");
-    println!("  offered/s   attempted   written   written/s   kernel ringbuf loss   queue overflow   output overflow");
+    println!("pipeline: UDP connect() attempts by an agent process to {FLOOD_PORTS} rotating destinations, 3 s each");
+    println!("  (the kernel folds repeats of one destination within 1 s into one event; 'repeats' must equal 'attempted')");
+    println!("  offered/s   attempted   records read   events written   written/s   repeats   ringbuf loss   queue ovf   output ovf");
     for rate in [10_000u64, 100_000] {
-        let agent = Agent::start("bench-pipe", &pol, &[])?;
-        let target = zt_tests::Listener::new();
+        let agent = Agent::start("bench-pipe", &pol, &["--show", "attributed"])?;
         let mut cmd = cg.command(&me);
-        cmd.args(["udp-flood", &rate.to_string(), "3", &target.addr()]);
+        cmd.args(["udp-flood", &rate.to_string(), "3", "127.0.0.1"]);
         let attempted: u64 = child_out(cmd)?.parse()?;
         // Let the consumer drain, then read the counters from the live agent.
         std::thread::sleep(Duration::from_millis(500));
@@ -169,14 +175,23 @@ fn attribution(rounds: usize) -> anyhow::Result<()> {
         })?;
         let v: serde_json::Value = serde_json::from_str(&status)?;
         let events = agent.stop()?;
-        let written = events.iter().filter(|e| e["kind"] == "connect" && e["connect"]["port"] == target.port).count() as u64;
+        let flood = |p: &serde_json::Value| p.as_u64().is_some_and(|p| (FLOOD_BASE_PORT..FLOOD_BASE_PORT + FLOOD_PORTS).contains(&p));
+        let conns: Vec<&serde_json::Value> = events.iter().filter(|e| e["kind"] == "connect" && flood(&e["connect"]["port"])).collect();
+        let repeats: u64 = conns.iter().map(|e| e["connect"]["repeats"].as_u64().unwrap_or(0)).sum::<u64>()
+            + events
+                .iter()
+                .filter(|e| e["kind"] == "connect_summary" && flood(&e["connect_summary"]["port"]))
+                .map(|e| e["connect_summary"]["repeats"].as_u64().unwrap_or(0))
+                .sum::<u64>();
         let c = &v["counters"];
         println!(
-            "  {:>9}   {:>9}   {:>7}   {:>9.0}   {:>19}   {:>14}   {:>15}",
+            "  {:>9}   {:>9}   {:>12}   {:>14}   {:>9.0}   {:>7}   {:>12}   {:>9}   {:>10}",
             rate,
             attempted,
-            written,
-            written as f64 / 3.0,
+            c["records"],
+            conns.len(),
+            conns.len() as f64 / 3.0,
+            repeats,
             c["kernel_loss"]["ringbuf_connect"],
             c["queue_overflow"],
             c["output_overflow"]

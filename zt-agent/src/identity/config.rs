@@ -20,14 +20,6 @@ pub struct Identity {
 }
 
 impl IdentityConfig {
-    pub fn by_id(&self, id: u32) -> Option<&Identity> {
-        self.identities.iter().find(|i| i.id == id)
-    }
-
-    pub fn by_name(&self, name: &str) -> Option<&Identity> {
-        self.identities.iter().find(|i| i.name == name)
-    }
-
     /// Parses identity-file text alone (tests and tools).
     pub fn parse(file: &str, text: &str) -> Result<Self, crate::policy::PolicyErrors> {
         let bundle = crate::policy::Bundle { files: vec![(file.to_string(), text.to_string())] };

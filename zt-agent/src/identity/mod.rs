@@ -115,10 +115,6 @@ impl Resolver {
         &self.proc_root
     }
 
-    pub fn digests_computed(&self) -> u64 {
-        self.digests.computed
-    }
-
     /// Matches one process against every identity in file order; the first
     /// identity with a matching selector wins.
     pub fn classify(&mut self, pid: u32, exe: Option<&str>, uid: Option<u32>, cgroup: Option<&str>) -> Classification {

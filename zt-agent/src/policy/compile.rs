@@ -13,7 +13,7 @@
 //! its rule list holds its own rules and those of every covering prefix, so
 //! the kernel's single longest-prefix lookup sees every rule that applies,
 //! and `zt_common::policy::decide_net` decides (deny wins).
-use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::collections::{BTreeMap, BTreeSet};
 
 use ipnet::IpNet;
 use zt_common::{
@@ -254,9 +254,4 @@ pub fn lookup(c: &Compiled, identity: u32, addr: [u8; 16]) -> Option<&NetRuleLis
 pub fn bytes_of<T: Copy>(v: &T) -> Vec<u8> {
     // SAFETY: zt-common types are #[repr(C)] without implicit padding.
     unsafe { std::slice::from_raw_parts((v as *const T).cast::<u8>(), std::mem::size_of::<T>()).to_vec() }
-}
-
-/// Counts by map for status and logs.
-pub fn summary(c: &Compiled) -> HashMap<&'static str, usize> {
-    HashMap::from([("identities", c.identities.len()), ("net_prefixes", c.net.len()), ("path_rules", c.paths.len())])
 }

@@ -107,10 +107,6 @@ impl Bundle {
         let sources: Vec<document::Source<'_>> = self.files.iter().map(|(n, t)| document::Source { name: n, text: t }).collect();
         document::parse_sources(&sources)
     }
-
-    pub fn source_names(&self) -> String {
-        self.files.iter().map(|(n, _)| n.as_str()).collect::<Vec<_>>().join(", ")
-    }
 }
 
 /// The identity part of a policy, with the registry's ids, as the resolver
