@@ -240,6 +240,13 @@ impl Agent {
         }
     }
 
+    /// `zt-agent status --json` of this agent.
+    pub fn status(&self) -> Value {
+        let out = Command::new(agent_bin()).args(["status", "--json", "--socket"]).arg(&self.socket).output().expect("zt-agent status");
+        assert!(out.status.success(), "status: {}", String::from_utf8_lossy(&out.stderr));
+        serde_json::from_slice(&out.stdout).expect("status JSON")
+    }
+
     pub fn stderr(&self) -> String {
         self.stderr_lines.lock().unwrap().join("\n")
     }

@@ -322,8 +322,7 @@ fn argv_capture_modes() {
         let long_marker = format!("ZTLONG-{mode}");
         assert!(cg.command("/bin/true").arg(&long_marker).args(&long).status().unwrap().success());
         agent.wait_for("the long exec", |e| e["kind"] == "exec" && e["exec"]["argv"].to_string().contains(&long_marker) || (mode == "proc" && e["kind"] == "exit" && e["process"]["comm"] == "true")).unwrap();
-        let status = Command::new(agent_bin()).args(["status", "--json", "--socket"]).arg(&agent.socket).output().unwrap();
-        let status: serde_json::Value = serde_json::from_slice(&status.stdout).unwrap();
+        let status = agent.status();
         let events = agent.stop().unwrap();
         let hook = status["hooks"].as_array().unwrap().iter().find(|h| h["program"] == "sys_enter_execve").unwrap().clone();
         match mode {
@@ -374,8 +373,7 @@ fn ring_buffer_overflow_is_counted_and_reported() {
     assert!(cg.command(helper_bin()).args(["udp-connects-spread", &n.to_string(), "127.0.0.1", &base.to_string()]).status().unwrap().success());
     agent.wait_for("a loss event", |e| e["kind"] == "loss" && e["loss"]["totals"]["ringbuf_connect"].as_u64() > Some(0)).unwrap();
     std::thread::sleep(Duration::from_millis(2500));
-    let status = Command::new(agent_bin()).args(["status", "--json", "--socket"]).arg(&agent.socket).output().unwrap();
-    let status: serde_json::Value = serde_json::from_slice(&status.stdout).unwrap();
+    let status = agent.status();
     let events = agent.stop().unwrap();
     let c = &status["counters"];
     let lost = c["kernel_loss"]["ringbuf_connect"].as_u64().unwrap();

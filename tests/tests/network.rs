@@ -139,8 +139,7 @@ fn bypass_suite() {
 
     // Decision counters are refreshed every second.
     std::thread::sleep(Duration::from_millis(1500));
-    let s = Command::new(agent_bin()).args(["status", "--json", "--socket"]).arg(&agent.socket).output().unwrap();
-    let s: serde_json::Value = serde_json::from_slice(&s.stdout).unwrap();
+    let s = agent.status();
     let events = agent.stop().unwrap();
     let d = s["decisions"].as_array().unwrap().iter().find(|d| d["identity"] == "test-agent").expect("decision counters").clone();
     assert!(d["denied"].as_u64().unwrap() >= cases.len() as u64, "{d}");

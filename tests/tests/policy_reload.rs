@@ -32,9 +32,7 @@ fn write_atomically(path: &Path, text: &str) {
 }
 
 fn status(agent: &Agent) -> Value {
-    let out = Command::new(agent_bin()).args(["status", "--json", "--socket"]).arg(&agent.socket).output().unwrap();
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
-    serde_json::from_slice(&out.stdout).unwrap()
+    agent.status()
 }
 
 fn wait_generation(agent: &Agent, generation: u64) -> Value {

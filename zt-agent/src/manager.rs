@@ -219,21 +219,26 @@ impl Manager {
                 Ok(o)
             }
             Err(e) => {
-                tracing::error!("policy rejected ({source}); the previous policy stays in force:\n{e}");
-                self.emit(PolicyChange {
-                    action: "rejected",
-                    source: source.to_string(),
-                    version: None,
-                    digest,
-                    generation: None,
-                    files: bundle.files.iter().map(|(n, _)| n.clone()).collect(),
-                    errors: e.lines().map(str::to_string).collect(),
-                    warnings: vec![],
-                })
-                .await;
+                self.reject(source, digest, bundle.files.iter().map(|(n, _)| n.clone()).collect(), &e).await;
                 Err(e)
             }
         }
+    }
+
+    /// Logs a rejected bundle and emits its `policy` event; nothing changed.
+    async fn reject(&self, source: &str, digest: String, files: Vec<String>, errors: &str) {
+        tracing::error!("policy rejected ({source}); the previous policy stays in force:\n{errors}");
+        self.emit(PolicyChange {
+            action: "rejected",
+            source: source.to_string(),
+            version: None,
+            digest,
+            generation: None,
+            files,
+            errors: errors.lines().map(str::to_string).collect(),
+            warnings: vec![],
+        })
+        .await;
     }
 
     async fn reload(&mut self, source: &str) -> Result<Outcome, String> {
@@ -248,18 +253,7 @@ impl Manager {
                 self.apply_and_report(b, source, "applied").await
             }
             Err(e) => {
-                tracing::error!("policy rejected ({source}); the previous policy stays in force:\n{e}");
-                self.emit(PolicyChange {
-                    action: "rejected",
-                    source: source.to_string(),
-                    version: None,
-                    digest: String::new(),
-                    generation: None,
-                    files: self.paths.iter().map(|p| p.display().to_string()).collect(),
-                    errors: e.lines().map(str::to_string).collect(),
-                    warnings: vec![],
-                })
-                .await;
+                self.reject(source, String::new(), self.paths.iter().map(|p| p.display().to_string()).collect(), &e).await;
                 Err(e)
             }
         }
