@@ -3,8 +3,10 @@
 //! # Layout
 //! - [`merkle`]: the RFC 6962 SHA-256 Merkle tree with inclusion and
 //!   consistency proofs and their verification.
+//! - [`note`]: C2SP signed notes with Ed25519 (ring), verifier keys.
 //!
-//! Still to come in this module: canonical-JSON records, C2SP signed-note
-//! checkpoints (Ed25519 via ring), segment storage with crash recovery, and
-//! the `zt-agent audit` commands. Nothing in the agent writes an audit log yet.
+//! Still to come in this module: canonical-JSON records, tlog checkpoints,
+//! segment storage with crash recovery, and the `zt-agent audit` commands.
+//! Nothing in the agent writes an audit log yet.
 pub mod merkle;
+pub mod note;
