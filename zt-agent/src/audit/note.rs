@@ -269,8 +269,8 @@ mod tests {
         assert_eq!(verify("o\n1\n", &keys), Err(NoteError::NoSeparator));
         let line = a.signature_line("o\n1\nAA==\n");
         assert_eq!(verify(&format!("{good}{line}\n"), &keys), Err(NoteError::DuplicateSignature { line: 6, name: "k".into() }));
-        let bad64 = format!("o\n1\nAA==\n\n\u{2014} k !!!notbase64\n");
-        assert_eq!(verify(&bad64, &keys), Err(NoteError::BadBase64 { line: 5 }));
+        let bad64 = "o\n1\nAA==\n\n\u{2014} k !!!notbase64\n";
+        assert_eq!(verify(bad64, &keys), Err(NoteError::BadBase64 { line: 5 }));
         assert_eq!(verify("o\n1\nAA==\n\n- k AAAA\n", &keys), Err(NoteError::BadSignatureLine { line: 5 }));
         assert_eq!(verify("o\n\n1\n\n\u{2014} k AAAAAA==\n", &keys), Err(NoteError::BadText));
         assert!(VerifierKey::parse("k+00000000+AQ==").is_err());
