@@ -18,7 +18,7 @@ struct Cli {
 
 #[derive(Subcommand)]
 enum Command {
-    /// Load the eBPF programs and stream attributed events (foreground).
+    /// Load the eBPF programs, enforce the host policy, stream attributed events (foreground).
     Run {
         /// Policy file or directory (YAML, `kind: HostPolicy`); repeat to compose
         /// several. Watched for changes (inotify) and reloaded on SIGHUP.
