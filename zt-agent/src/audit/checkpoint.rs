@@ -73,7 +73,7 @@ mod tests {
     fn documented_example_parses() {
         let key = VerifierKey::parse("agent.example/host-1234/audit+e6a36c3f+AapdVdJJucf5jCWMeBeooA2D7k8iHv1NyXV8dOAtY4xP").unwrap();
         let signed = "agent.example/host-1234/audit\n1000\nwfR+nPkicys8YSEuJD7dqm98GmJhYNy2OsaauODMdus=\n\n\u{2014} agent.example/host-1234/audit 5qNsP1Hklhe84TrRZPp8R/7DA2Z3UHNVuu7/H3ZSwy0ig9fyLjejweQ9IWqcnBAn/YufGgxpx6xkzzlmDtSnyABQkgY=\n";
-        let (cp, by) = Checkpoint::verify(signed, "agent.example/host-1234/audit", &[key.clone()]).unwrap();
+        let (cp, by) = Checkpoint::verify(signed, "agent.example/host-1234/audit", std::slice::from_ref(&key)).unwrap();
         assert_eq!(cp.size, 1000);
         assert_eq!(by, vec!["agent.example/host-1234/audit"]);
         assert_eq!(
