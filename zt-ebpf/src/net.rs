@@ -76,10 +76,6 @@ fn decide(ctx: &SockAddrContext, family: u16, hook: u32) -> i32 {
         }
         return 1;
     }
-    let (start_ns, cgroup_id) = match unsafe { PROC_TABLE.get(&tgid) } {
-        Some(p) => (p.start_ns, p.cgroup_id),
-        None => (0, 0),
-    };
     let (addr, port, proto) = destination(ctx, family);
     let active = match POLICY_ACTIVE.get(0) {
         Some(a) => *a,
@@ -111,6 +107,12 @@ fn decide(ctx: &SockAddrContext, family: u16, hook: u32) -> i32 {
         }
     }
     if let Some(repeats_total) = aggregate(identity, addr, port, proto, verdict.decided, active.generation) {
+        // The table lookup only when an event is due (at most once a second
+        // per destination), not on every decision.
+        let (start_ns, cgroup_id) = match unsafe { PROC_TABLE.get(&tgid) } {
+            Some(p) => (p.start_ns, p.cgroup_id),
+            None => (0, 0),
+        };
         emit(ctx, family, hook, identity, start_ns, cgroup_id, addr, port, proto, verdict, active.generation, repeats_total);
     }
     if verdict.action == DENY { 0 } else { 1 }
