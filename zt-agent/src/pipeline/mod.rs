@@ -61,6 +61,7 @@ pub struct Stats {
     pub written: AtomicU64,
     pub enriched: AtomicU64,
     pub assigned: AtomicU64,
+    /// Counted by the table GC (every `gc_every` rescans).
     pub proc_table_entries: AtomicU64,
     /// Table entries of processes that no longer exist, removed by the GC.
     pub stale_entries_removed: AtomicU64,
@@ -364,12 +365,13 @@ pub fn spawn(
                     }
                     _ = rescan.tick() => {
                         rescan_cgroups(&mut enricher, &mut tables, &cgroup2);
-                        ticks = ticks.wrapping_add(1);
+                        // The GC walks the whole table; it also yields the entry count.
                         if ticks.is_multiple_of(gc_every) {
-                            let removed = gc_stale_entries(&mut tables, enricher.resolver_mut().proc_root());
+                            let (removed, remaining) = gc_stale_entries(&mut tables, enricher.resolver_mut().proc_root());
                             stats.stale_entries_removed.fetch_add(removed as u64, Relaxed);
+                            stats.proc_table_entries.store(remaining as u64, Relaxed);
                         }
-                        stats.proc_table_entries.store(tables.procs.entries().len() as u64, Relaxed);
+                        ticks = ticks.wrapping_add(1);
                     }
                 }
             }
@@ -406,9 +408,12 @@ pub fn rescan_cgroups(enricher: &mut Enricher, tables: &mut MapTables, cgroup2: 
 /// entry is never exited). `/proc/<tid>` exists for live threads too, so
 /// thread entries stay. An entry is removed only if it still has the
 /// `start_ns` seen in the snapshot, so a pid reused meanwhile is kept.
-pub fn gc_stale_entries(tables: &mut MapTables, proc_root: &std::path::Path) -> usize {
+/// Returns (entries removed, entries left).
+pub fn gc_stale_entries(tables: &mut MapTables, proc_root: &std::path::Path) -> (usize, usize) {
     let mut removed = 0;
-    for (pid, info) in tables.procs.entries() {
+    let entries = tables.procs.entries();
+    let total = entries.len();
+    for (pid, info) in entries {
         let gone = || !proc_root.join(pid.to_string()).exists();
         if gone()
             && matches!(tables.procs.get(pid), Ok(Some(now)) if now.start_ns == info.start_ns)
@@ -418,7 +423,7 @@ pub fn gc_stale_entries(tables: &mut MapTables, proc_root: &std::path::Path) -> 
             removed += 1;
         }
     }
-    removed
+    (removed, total - removed)
 }
 
 /// Gives `identity` to unattributed processes listed in a cgroup's
