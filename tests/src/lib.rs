@@ -20,6 +20,11 @@ use std::{
 use anyhow::{Context as _, bail};
 use serde_json::Value;
 
+/// A name unique to this test process (cgroups, temp dirs).
+pub fn unique(name: &str) -> String {
+    format!("zt-test-{name}-{}", std::process::id())
+}
+
 /// Returns false (after printing why) when not root: root tests then return
 /// early, and the skip is visible in the output.
 pub fn require_root(test: &str) -> bool {

@@ -11,10 +11,6 @@ use zt_tests::*;
 
 const TD: &str = "zt.test";
 
-fn unique(name: &str) -> String {
-    format!("zt-test-{name}-{}", std::process::id())
-}
-
 fn cgroup_policy(cg: &TestCgroup) -> String {
     policy(
         TD,

@@ -12,10 +12,6 @@ use zt_tests::*;
 
 const TD: &str = "zt.test";
 
-fn unique(name: &str) -> String {
-    format!("zt-test-{name}-{}", std::process::id())
-}
-
 /// test-agent: default deny; TCP and UDP allowed to 127.0.0.1 and ::1 on `allowed` only.
 fn policy_allowing(cg: &TestCgroup, allowed: u16, mode: &str) -> String {
     policy(

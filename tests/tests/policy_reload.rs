@@ -13,10 +13,6 @@ use zt_tests::*;
 
 const TD: &str = "zt.test";
 
-fn unique(name: &str) -> String {
-    format!("zt-test-{name}-{}", std::process::id())
-}
-
 /// A policy whose one rule allows TCP to 127.0.0.1 on `port` (default deny).
 fn allow_port(cg: &TestCgroup, port: u16) -> String {
     format!(
@@ -31,14 +27,10 @@ fn write_atomically(path: &Path, text: &str) {
     std::fs::rename(&tmp, path).unwrap();
 }
 
-fn status(agent: &Agent) -> Value {
-    agent.status()
-}
-
 fn wait_generation(agent: &Agent, generation: u64) -> Value {
     let deadline = Instant::now() + Duration::from_secs(10);
     loop {
-        let s = status(agent);
+        let s = agent.status();
         if s["policy"]["generation"].as_u64() >= Some(generation) {
             return s;
         }
@@ -82,10 +74,10 @@ fn reload_loop_decisions_match_their_generation() {
     for i in 0..24 {
         std::thread::sleep(Duration::from_millis(30));
         if i == 12 {
-            let before = status(&agent)["policy"].clone();
+            let before = agent.status()["policy"].clone();
             write_atomically(&file, "apiVersion: zt-agent.io/v1alpha1\nkind: HostPolicy\nspec: [broken\n");
             agent.wait_for("the rejected reload", |e| e["kind"] == "policy" && e["policy"]["action"] == "rejected").unwrap();
-            let after = status(&agent)["policy"].clone();
+            let after = agent.status()["policy"].clone();
             assert_eq!(before, after, "a rejected reload changed the policy in force");
             rejected_seen = true;
             continue;
@@ -157,7 +149,7 @@ fn history_rollback_and_sighup() {
     let state = dir.join("state");
     let conf = dir.join("conf");
     let agent = Agent::start("rollback", &pa, &["--policy", conf.to_str().unwrap(), "--state-dir", state.to_str().unwrap()]).unwrap();
-    let v1 = status(&agent)["policy"]["digest"].as_str().unwrap().to_string();
+    let v1 = agent.status()["policy"]["digest"].as_str().unwrap().to_string();
 
     // Write B without rename (in place), then SIGHUP as well: one new version.
     std::fs::write(&file, &pb).unwrap();
@@ -190,7 +182,7 @@ fn history_rollback_and_sighup() {
 
     let out = Command::new(agent_bin()).args(["policy", "rollback", "--socket"]).arg(&agent.socket).output().unwrap();
     assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
-    let s = status(&agent);
+    let s = agent.status();
     assert_eq!(s["policy"]["digest"], v1.as_str());
     assert_eq!(s["policy"]["version"], 3);
     assert!(allowed(la.port) && denied(lb.port), "rolled back to A");
@@ -198,7 +190,7 @@ fn history_rollback_and_sighup() {
     let out = Command::new(agent_bin()).args(["policy", "rollback", "99", "--socket"]).arg(&agent.socket).output().unwrap();
     assert!(!out.status.success());
     assert!(String::from_utf8_lossy(&out.stderr).contains("no policy version 99 in history"));
-    assert_eq!(status(&agent)["policy"]["digest"], v1.as_str());
+    assert_eq!(agent.status()["policy"]["digest"], v1.as_str());
     let events = agent.stop().unwrap();
     let rb = events.iter().find(|e| e["kind"] == "policy" && e["policy"]["action"] == "rolled_back").expect("rollback event");
     assert_eq!(rb["policy"]["source"], "rollback to v1");
@@ -206,5 +198,5 @@ fn history_rollback_and_sighup() {
 }
 
 fn agent_pid(agent: &Agent) -> i32 {
-    status(agent)["pid"].as_i64().unwrap() as i32
+    agent.status()["pid"].as_i64().unwrap() as i32
 }
