@@ -4,8 +4,9 @@
 //!
 //! # Layout
 //! - [`leaf_hash`], [`node_hash`], [`EMPTY_ROOT`].
-//! - [`Tree`]: leaf hashes plus the right edge (one subtree root per set bit
-//!   of the size) so appending is O(log n) and the current root is O(log n).
+//! - [`Edge`]: the right edge (one subtree root per set bit of the size):
+//!   O(log n) append and root without leaves.
+//! - [`Tree`]: leaf hashes plus the edge, for proofs at any size.
 //! - [`Tree::root_at`], [`Tree::inclusion_proof`], [`Tree::consistency_proof`]:
 //!   RFC 6962 §2.1 MTH / PATH / PROOF for any earlier size.
 //! - [`verify_inclusion`], [`verify_consistency`]: RFC 9162 §2.1.3.2 and
@@ -57,12 +58,70 @@ pub enum ProofError {
     RootMismatch,
 }
 
-/// An append-only Merkle tree of leaf hashes.
+/// The right edge of a tree: one subtree root per set bit of the size,
+/// largest first. Enough to append and to compute the current root in
+/// O(log n) without keeping leaves (the writer's state, and where a
+/// verifier resumes after retention deleted older segments).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Edge {
+    size: u64,
+    nodes: Vec<(u64, Hash)>,
+}
+
+impl Edge {
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    pub fn size(&self) -> u64 {
+        self.size
+    }
+
+    /// Appends a leaf hash; returns its index.
+    pub fn push_hash(&mut self, h: Hash) -> u64 {
+        let index = self.size;
+        self.size += 1;
+        let mut node = (1u64, h);
+        // Merge equal-sized subtrees on the right edge (binary carry).
+        while let Some(&(size, left)) = self.nodes.last() {
+            if size != node.0 {
+                break;
+            }
+            self.nodes.pop();
+            node = (size * 2, node_hash(&left, &node.1));
+        }
+        self.nodes.push(node);
+        index
+    }
+
+    /// The current root (tree head).
+    pub fn root(&self) -> Hash {
+        let mut it = self.nodes.iter().rev();
+        let Some(&(_, mut acc)) = it.next() else { return EMPTY_ROOT };
+        for (_, left) in it {
+            acc = node_hash(left, &acc);
+        }
+        acc
+    }
+
+    /// The subtree roots, largest first (their sizes follow from `size`).
+    pub fn hashes(&self) -> Vec<Hash> {
+        self.nodes.iter().map(|(_, h)| *h).collect()
+    }
+
+    /// Rebuilds an edge from `size` and its subtree roots (largest first).
+    pub fn from_hashes(size: u64, hashes: &[Hash]) -> Option<Self> {
+        let sizes: Vec<u64> = (0..64).rev().map(|b| 1u64 << b).filter(|b| size & b != 0).collect();
+        (sizes.len() == hashes.len()).then(|| Edge { size, nodes: sizes.into_iter().zip(hashes.iter().copied()).collect() })
+    }
+}
+
+/// An append-only Merkle tree keeping every leaf hash (for proofs at any
+/// earlier size) plus its right edge.
 #[derive(Debug, Clone, Default)]
 pub struct Tree {
     leaves: Vec<Hash>,
-    /// Roots of the perfect subtrees making up the tree, largest first.
-    edge: Vec<(u64, Hash)>,
+    edge: Edge,
 }
 
 impl Tree {
@@ -80,29 +139,17 @@ impl Tree {
     }
 
     pub fn push_hash(&mut self, h: Hash) -> u64 {
-        let index = self.size();
         self.leaves.push(h);
-        let mut node = (1u64, h);
-        // Merge equal-sized subtrees on the right edge (binary carry).
-        while let Some(&(size, left)) = self.edge.last() {
-            if size != node.0 {
-                break;
-            }
-            self.edge.pop();
-            node = (size * 2, node_hash(&left, &node.1));
-        }
-        self.edge.push(node);
-        index
+        self.edge.push_hash(h)
     }
 
     /// The current root (tree head).
     pub fn root(&self) -> Hash {
-        let mut it = self.edge.iter().rev();
-        let Some(&(_, mut acc)) = it.next() else { return EMPTY_ROOT };
-        for (_, left) in it {
-            acc = node_hash(left, &acc);
-        }
-        acc
+        self.edge.root()
+    }
+
+    pub fn leaf(&self, index: u64) -> Option<Hash> {
+        self.leaves.get(index as usize).copied()
     }
 
     /// MTH(D[lo..hi]) over stored leaf hashes (RFC 6962 §2.1).

@@ -42,8 +42,8 @@ pub enum NoteError {
     DuplicateSignature { line: usize, name: String },
     #[error("line {line}: signature by key {name:?} does not verify")]
     InvalidSignature { line: usize, name: String },
-    #[error("no signature by a known key")]
-    NoKnownSignature,
+    #[error("no signature by a trusted key (signed by: {})", if signers.is_empty() { "nobody".to_string() } else { signers.join(", ") })]
+    NoKnownSignature { signers: Vec<String> },
     #[error("invalid verifier key {key:?}: {why}")]
     BadVerifierKey { key: String, why: &'static str },
 }
@@ -74,7 +74,8 @@ pub struct VerifierKey {
 impl VerifierKey {
     pub fn parse(s: &str) -> Result<Self, NoteError> {
         let bad = |why| NoteError::BadVerifierKey { key: s.to_string(), why };
-        let mut parts = s.trim_end_matches('\n').split('+');
+        // base64 may contain '+'; names and key ids do not.
+        let mut parts = s.trim_end_matches('\n').splitn(3, '+');
         let (Some(name), Some(id_hex), Some(b64), None) = (parts.next(), parts.next(), parts.next(), parts.next()) else {
             return Err(bad("expected name+keyid+key"));
         };
@@ -206,7 +207,7 @@ pub fn verify(note: &str, keys: &[VerifierKey]) -> Result<Verified, NoteError> {
         signed_by.push(name.to_string());
     }
     if signed_by.is_empty() {
-        return Err(NoteError::NoKnownSignature);
+        return Err(NoteError::NoKnownSignature { signers: seen.iter().map(|(n, id)| format!("{n}+{}", hex(id))).collect() });
     }
     Ok(Verified { text: text.to_string(), signed_by })
 }
@@ -250,7 +251,9 @@ mod tests {
         assert_eq!(verify(&note, &[a.verifier_key(), b.verifier_key()]).unwrap().signed_by.len(), 2);
         // Same name, different key bytes: the key id differs, so the signature is not "known".
         let impostor = Signer::from_pkcs8("log.example/a", &Signer::generate_pkcs8().unwrap()).unwrap();
-        assert_eq!(verify(&sign("origin\n5\nAAAA\n", &[&impostor]), &[a.verifier_key()]), Err(NoteError::NoKnownSignature));
+        let e = verify(&sign("origin\n5\nAAAA\n", &[&impostor]), &[a.verifier_key()]).unwrap_err();
+        assert_eq!(e, NoteError::NoKnownSignature { signers: vec![format!("log.example/a+{}", hex(&impostor.verifier_key().id))] });
+        assert!(e.to_string().starts_with("no signature by a trusted key (signed by: log.example/a+"), "{e}");
         // A key whose id was forged to match: the signature itself fails.
         let mut forged = impostor.verifier_key();
         forged.id = a.verifier_key().id;

@@ -38,12 +38,33 @@ fn io_err(path: &Path) -> impl FnOnce(io::Error) -> SegmentError + '_ {
     move |source| SegmentError::Io { path: path.display().to_string(), source }
 }
 
-/// What recovery found.
+/// Where a scan stopped early: the first bad frame.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct BadFrame {
+    /// Index the record at the bad frame would have had.
+    pub index: u64,
+    pub path: PathBuf,
+    pub offset: u64,
+    /// Bytes from the bad frame to the end of its segment.
+    pub bytes: u64,
+    pub reason: String,
+}
+
+/// The outcome of [`scan_dir`]: records passed to the callback, and a torn
+/// tail in the last segment if there was one.
+#[derive(Debug, Default, PartialEq, Eq)]
+pub struct Scan {
+    pub records: u64,
+    pub segments: Vec<u64>,
+    pub torn_tail: Option<BadFrame>,
+}
+
+/// What recovery at open did.
 #[derive(Debug, Default, PartialEq, Eq)]
 pub struct Recovery {
-    pub records: Vec<Vec<u8>>,
-    /// Bytes cut from the end of the last segment (a torn write), and why.
-    pub dropped: Option<(u64, String)>,
+    pub records: u64,
+    /// The torn tail cut from the last segment.
+    pub dropped: Option<BadFrame>,
 }
 
 pub struct SegmentWriter {
@@ -55,11 +76,12 @@ pub struct SegmentWriter {
     next_index: u64,
 }
 
-fn segment_path(dir: &Path, n: u64) -> PathBuf {
+pub fn segment_path(dir: &Path, n: u64) -> PathBuf {
     dir.join(format!("seg-{n:08}.log"))
 }
 
-fn segments(dir: &Path) -> Result<Vec<u64>, SegmentError> {
+/// Segment numbers in `dir`, ascending.
+pub fn segments(dir: &Path) -> Result<Vec<u64>, SegmentError> {
     let mut v: Vec<u64> = std::fs::read_dir(dir)
         .map_err(io_err(dir))?
         .filter_map(|e| {
@@ -71,67 +93,94 @@ fn segments(dir: &Path) -> Result<Vec<u64>, SegmentError> {
     Ok(v)
 }
 
-/// Parses frames from `buf`; returns records and, at the first bad frame,
-/// its offset and the reason.
-fn scan(buf: &[u8]) -> (Vec<Vec<u8>>, Option<(usize, String)>) {
-    let mut out = Vec::new();
+/// Parses frames from `buf`, calling `f` per record; at the first bad frame
+/// returns its offset and the reason.
+fn scan<E>(buf: &[u8], mut f: impl FnMut(&[u8]) -> Result<(), E>) -> Result<Option<(usize, String)>, E> {
     let mut off = 0;
     while off < buf.len() {
         if buf.len() - off < HEADER {
-            return (out, Some((off, format!("truncated frame header ({} of {HEADER} bytes)", buf.len() - off))));
+            return Ok(Some((off, format!("truncated frame header ({} of {HEADER} bytes)", buf.len() - off))));
         }
         let len = u32::from_le_bytes(buf[off..off + 4].try_into().expect("4")) as usize;
         let crc = u32::from_le_bytes(buf[off + 4..off + 8].try_into().expect("4"));
         if len > MAX_RECORD {
-            return (out, Some((off, format!("frame length {len} exceeds {MAX_RECORD}"))));
+            return Ok(Some((off, format!("frame length {len} exceeds {MAX_RECORD}"))));
         }
         if buf.len() - off - HEADER < len {
-            return (out, Some((off, format!("truncated record ({} of {len} bytes)", buf.len() - off - HEADER))));
+            return Ok(Some((off, format!("truncated record ({} of {len} bytes)", buf.len() - off - HEADER))));
         }
         let rec = &buf[off + HEADER..off + HEADER + len];
         if crc32c::crc32c(rec) != crc {
-            return (out, Some((off, "checksum mismatch".to_string())));
+            return Ok(Some((off, "checksum mismatch".to_string())));
         }
-        out.push(rec.to_vec());
+        f(rec)?;
         off += HEADER + len;
     }
-    (out, None)
+    Ok(None)
+}
+
+/// Reads every segment in order, calling `f(index, record)`. A bad frame in
+/// the last segment ends the scan and is returned as its torn tail; one in
+/// an earlier segment is [`SegmentError::Corrupt`]. Errors from `f` are
+/// returned as they are.
+pub fn scan_dir<E: From<SegmentError>>(dir: &Path, mut f: impl FnMut(u64, &[u8]) -> Result<(), E>) -> Result<Scan, E> {
+    let numbers = segments(dir)?;
+    let mut out = Scan { segments: numbers.clone(), ..Scan::default() };
+    let mut buf = Vec::new();
+    for (i, &n) in numbers.iter().enumerate() {
+        let path = segment_path(dir, n);
+        buf.clear();
+        File::open(&path).and_then(|mut f| f.read_to_end(&mut buf)).map_err(io_err(&path))?;
+        let bad = scan(&buf, |rec| {
+            f(out.records, rec)?;
+            out.records += 1;
+            Ok::<(), E>(())
+        })?;
+        if let Some((off, reason)) = bad {
+            let bad = BadFrame { index: out.records, path, offset: off as u64, bytes: (buf.len() - off) as u64, reason };
+            if i + 1 != numbers.len() {
+                return Err(SegmentError::Corrupt {
+                    index: bad.index,
+                    path: bad.path.display().to_string(),
+                    offset: bad.offset,
+                    reason: bad.reason,
+                }
+                .into());
+            }
+            out.torn_tail = Some(bad);
+        }
+    }
+    Ok(out)
 }
 
 impl SegmentWriter {
-    /// Opens (creating) the log in `dir`, recovering as described above.
+    /// Opens (creating) the log in `dir`, cutting a torn tail (see the module
+    /// docs). Callers that must check the tail first use [`scan_dir`] and
+    /// then [`Self::resume`].
     pub fn open(dir: &Path, max_bytes: u64) -> Result<(Self, Recovery), SegmentError> {
         std::fs::create_dir_all(dir).map_err(io_err(dir))?;
-        let numbers = segments(dir)?;
-        let mut recovery = Recovery::default();
-        for (i, &n) in numbers.iter().enumerate() {
-            let path = segment_path(dir, n);
-            let mut buf = Vec::new();
-            File::open(&path).and_then(|mut f| f.read_to_end(&mut buf)).map_err(io_err(&path))?;
-            let (records, bad) = scan(&buf);
-            recovery.records.extend(records);
-            if let Some((off, reason)) = bad {
-                let last = i + 1 == numbers.len();
-                if !last {
-                    return Err(SegmentError::Corrupt {
-                        index: recovery.records.len() as u64,
-                        path: path.display().to_string(),
-                        offset: off as u64,
-                        reason,
-                    });
-                }
-                let f = OpenOptions::new().write(true).open(&path).map_err(io_err(&path))?;
-                f.set_len(off as u64).map_err(io_err(&path))?;
-                f.sync_data().map_err(io_err(&path))?;
-                recovery.dropped = Some(((buf.len() - off) as u64, reason));
-            }
+        let scan = scan_dir::<SegmentError>(dir, |_, _| Ok(()))?;
+        Self::resume(dir, max_bytes, scan)
+    }
+
+    /// Continues the log after a [`scan_dir`] of it: cuts its torn tail
+    /// durably and opens the last segment for appending.
+    pub fn resume(dir: &Path, max_bytes: u64, scan: Scan) -> Result<(Self, Recovery), SegmentError> {
+        std::fs::create_dir_all(dir).map_err(io_err(dir))?;
+        if let Some(bad) = &scan.torn_tail {
+            let f = OpenOptions::new().write(true).open(&bad.path).map_err(io_err(&bad.path))?;
+            f.set_len(bad.offset).map_err(io_err(&bad.path))?;
+            f.sync_data().map_err(io_err(&bad.path))?;
         }
-        let number = numbers.last().copied().unwrap_or(1);
+        let number = scan.segments.last().copied().unwrap_or(1);
         let path = segment_path(dir, number);
         let file = OpenOptions::new().create(true).append(true).open(&path).map_err(io_err(&path))?;
         let bytes = file.metadata().map_err(io_err(&path))?.len();
-        let w = SegmentWriter { dir: dir.to_path_buf(), file, number, bytes, max_bytes, next_index: recovery.records.len() as u64 };
-        Ok((w, recovery))
+        if scan.segments.is_empty() {
+            File::open(dir).and_then(|d| d.sync_all()).map_err(io_err(dir))?;
+        }
+        let w = SegmentWriter { dir: dir.to_path_buf(), file, number, bytes, max_bytes, next_index: scan.records };
+        Ok((w, Recovery { records: scan.records, dropped: scan.torn_tail }))
     }
 
     /// Appends a record (not durable until [`Self::sync`]); returns its index.
@@ -170,6 +219,11 @@ impl SegmentWriter {
         Ok(())
     }
 
+    /// The segment being appended to.
+    pub fn segment_number(&self) -> u64 {
+        self.number
+    }
+
     pub fn len(&self) -> u64 {
         self.next_index
     }
@@ -189,9 +243,20 @@ mod tests {
         d
     }
 
+    fn read(dir: &Path) -> (Vec<Vec<u8>>, Option<BadFrame>) {
+        let mut v = Vec::new();
+        let s = scan_dir::<SegmentError>(dir, |i, r| {
+            assert_eq!(i as usize, v.len());
+            v.push(r.to_vec());
+            Ok(())
+        })
+        .unwrap();
+        (v, s.torn_tail)
+    }
+
     fn fill(dir: &Path, n: usize, max: u64) -> Vec<Vec<u8>> {
         let (mut w, r) = SegmentWriter::open(dir, max).unwrap();
-        assert!(r.records.is_empty());
+        assert_eq!(r.records, 0);
         let recs: Vec<Vec<u8>> = (0..n).map(|i| format!("{{\"idx\":{i},\"pad\":\"{}\"}}", "x".repeat(i % 50)).into_bytes()).collect();
         for (i, r) in recs.iter().enumerate() {
             assert_eq!(w.append(r).unwrap(), i as u64);
@@ -205,9 +270,9 @@ mod tests {
         let d = tmp("reopen");
         let recs = fill(&d, 300, 4096);
         assert!(segments(&d).unwrap().len() > 3, "rotation happened");
+        assert_eq!(read(&d), (recs.clone(), None));
         let (mut w, r) = SegmentWriter::open(&d, 4096).unwrap();
-        assert_eq!(r.records, recs);
-        assert_eq!(r.dropped, None);
+        assert_eq!((r.records, r.dropped), (300, None));
         assert_eq!(w.append(b"next").unwrap(), 300);
         std::fs::remove_dir_all(&d).unwrap();
     }
@@ -221,13 +286,14 @@ mod tests {
         let f = OpenOptions::new().write(true).open(&last).unwrap();
         f.set_len(len - 3).unwrap();
         let (_, r) = SegmentWriter::open(&d, 1 << 20).unwrap();
-        assert_eq!(r.records, recs[..19]);
-        let (bytes, reason) = r.dropped.unwrap();
-        assert_eq!(bytes as usize, HEADER + recs[19].len() - 3);
-        assert!(reason.starts_with("truncated record"), "{reason}");
+        assert_eq!(r.records, 19);
+        let bad = r.dropped.unwrap();
+        assert_eq!((bad.index, bad.bytes as usize), (19, HEADER + recs[19].len() - 3));
+        assert!(bad.reason.starts_with("truncated record"), "{}", bad.reason);
         // The cut is durable: a second open finds nothing more to drop.
+        assert_eq!(read(&d), (recs[..19].to_vec(), None));
         let (_, r2) = SegmentWriter::open(&d, 1 << 20).unwrap();
-        assert_eq!((r2.records.len(), r2.dropped), (19, None));
+        assert_eq!((r2.records, r2.dropped), (19, None));
         std::fs::remove_dir_all(&d).unwrap();
     }
 
@@ -241,8 +307,8 @@ mod tests {
         buf[off] ^= 0x40;
         std::fs::write(&last, &buf).unwrap();
         let (_, r) = SegmentWriter::open(&d, 1 << 20).unwrap();
-        assert_eq!(r.records.len(), 9);
-        assert_eq!(r.dropped.unwrap().1, "checksum mismatch");
+        assert_eq!(r.records, 9);
+        assert_eq!(r.dropped.unwrap().reason, "checksum mismatch");
         std::fs::remove_dir_all(&d).unwrap();
     }
 

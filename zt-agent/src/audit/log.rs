@@ -1,0 +1,498 @@
+//! The audit log writer: canonical records -> framed segments + the Merkle
+//! right edge -> signed checkpoints, with recovery at open.
+//!
+//! # Layout
+//! - [`Config`]: directory, key, origin, cadence, segment size, retention.
+//! - [`AuditLog::open`]: recovery (see below); [`OpenError::Integrity`] when
+//!   the log on disk contradicts its last signed checkpoint.
+//! - [`AuditLog::append`], [`AuditLog::tick`] (checkpoint cadence, key
+//!   retirement), [`AuditLog::checkpoint`], [`AuditLog::close`].
+//! - [`AuditLog::rotate_key`]: a new key; both sign until the overlap ends.
+//! - Segment start files and retention ([`read_start`], [`write_start`]).
+//!
+//! # Files in the log directory
+//! - `seg-NNNNNNNN.log`: frames (see [`super::segment`]).
+//! - `seg-NNNNNNNN.start`: the tree's size and right edge where that segment
+//!   begins, so a verifier can resume after retention deleted older segments.
+//! - `checkpoint`: the latest signed checkpoint (replaced atomically).
+//! - `verifier-keys`: every public key the log has been signed with.
+//!
+//! # Invariants
+//! - A record counts only after `fdatasync`; a checkpoint is signed only
+//!   after the records it covers are durable ([`AuditLog::checkpoint`]).
+//! - Each checkpoint signs the tree at size S and is then appended as record
+//!   S, so every signed tree head is itself in the log.
+//! - Cadence: a checkpoint when records are waiting and `checkpoint_interval`
+//!   passed or `checkpoint_records` arrived; a heartbeat checkpoint after
+//!   `heartbeat` without one (its tree grows by one: the previous checkpoint).
+//!
+//! # Recovery at open
+//! Read the `checkpoint` file (it must verify with our key), scan every
+//! segment re-hashing all records and checking each record's `idx`, then:
+//! a bad frame in an earlier segment, a record missing or altered below the
+//! signed size, or a root that differs from the signed one is an integrity
+//! violation (nothing is cut or written: the evidence stays as found).
+//! Otherwise a torn tail after the signed size is cut and a `recovery`
+//! record (reason, bytes dropped) is appended.
+use std::{
+    path::{Path, PathBuf},
+    time::{Duration, Instant, SystemTime},
+};
+
+use anyhow::Context as _;
+use base64::{Engine as _, engine::general_purpose::STANDARD as B64};
+use serde_json::{Value, json};
+
+use super::{
+    checkpoint::Checkpoint,
+    keys,
+    merkle::{Edge, Hash, leaf_hash},
+    note::{Signer, VerifierKey},
+    record::{Envelope, Header, kind},
+    segment::{self, BadFrame, MAX_RECORD, SegmentError, SegmentWriter},
+};
+
+pub const DEFAULT_DIR: &str = "/var/lib/zt-agent/audit";
+pub const DEFAULT_KEY: &str = "/var/lib/zt-agent/audit.key";
+pub const CHECKPOINT_FILE: &str = "checkpoint";
+
+#[derive(Debug, Clone)]
+pub struct Config {
+    pub dir: PathBuf,
+    pub key: PathBuf,
+    /// Log origin for a new log (an existing log keeps its own); also the key name.
+    pub origin: String,
+    pub segment_bytes: u64,
+    pub checkpoint_interval: Duration,
+    pub checkpoint_records: u64,
+    pub heartbeat: Duration,
+    /// Delete the oldest fully signed segments beyond this many bytes.
+    pub retain_bytes: Option<u64>,
+}
+
+impl Config {
+    pub fn new(dir: PathBuf, key: PathBuf, origin: String) -> Self {
+        Config {
+            dir,
+            key,
+            origin,
+            segment_bytes: 64 << 20,
+            checkpoint_interval: Duration::from_secs(1),
+            checkpoint_records: 4096,
+            heartbeat: Duration::from_secs(10),
+            retain_bytes: None,
+        }
+    }
+}
+
+/// The default origin: `zt-agent/<hostname>`.
+pub fn default_origin() -> String {
+    let host = nix::unistd::gethostname().map(|h| h.to_string_lossy().into_owned()).unwrap_or_else(|_| "localhost".into());
+    format!("zt-agent/{}", host.replace(|c: char| c.is_whitespace() || c == '+', "-"))
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum OpenError {
+    #[error("audit log integrity violation in {dir}: {reason}")]
+    Integrity { dir: String, reason: String },
+    #[error(transparent)]
+    Other(#[from] anyhow::Error),
+}
+
+/// What [`AuditLog::open`] found.
+#[derive(Debug, Clone)]
+pub struct OpenReport {
+    pub origin: String,
+    pub records: u64,
+    pub signed_size: u64,
+    pub key_created: bool,
+    pub verifier_keys: Vec<VerifierKey>,
+    /// The torn tail that was cut.
+    pub recovered: Option<BadFrame>,
+}
+
+pub struct AuditLog {
+    cfg: Config,
+    origin: String,
+    seg: SegmentWriter,
+    edge: Edge,
+    /// Current key first; during a rotation also the incoming key.
+    signers: Vec<Signer>,
+    /// End of the rotation overlap (then the old key retires).
+    overlap_until: Option<SystemTime>,
+    boot_id: String,
+    last_checkpoint: Option<Checkpoint>,
+    last_sign: Instant,
+    /// Records appended since the last checkpoint (checkpoint records excluded).
+    unsigned: u64,
+}
+
+fn sha(s: &str) -> Result<Hash, String> {
+    B64.decode(s).ok().and_then(|v| v.try_into().ok()).ok_or_else(|| format!("{s:?} is not base64 of 32 bytes"))
+}
+
+/// The start file of segment `n`.
+pub fn start_path(dir: &Path, n: u64) -> PathBuf {
+    dir.join(format!("seg-{n:08}.start"))
+}
+
+/// The tree where segment `n` begins. Segment 1 begins empty; a later
+/// segment without a start file is an error.
+pub fn read_start(dir: &Path, n: u64) -> Result<Edge, String> {
+    let path = start_path(dir, n);
+    let text = match std::fs::read_to_string(&path) {
+        Ok(t) => t,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound && n == 1 => return Ok(Edge::new()),
+        Err(e) => return Err(format!("{}: {e}", path.display())),
+    };
+    let v: Value = serde_json::from_str(&text).map_err(|e| format!("{}: {e}", path.display()))?;
+    let size = v["size"].as_u64().ok_or_else(|| format!("{}: no size", path.display()))?;
+    let hashes = v["edge"]
+        .as_array()
+        .ok_or_else(|| format!("{}: no edge", path.display()))?
+        .iter()
+        .map(|h| h.as_str().ok_or("edge entry is not a string".to_string()).and_then(sha))
+        .collect::<Result<Vec<_>, _>>()
+        .map_err(|e| format!("{}: {e}", path.display()))?;
+    Edge::from_hashes(size, &hashes).ok_or_else(|| format!("{}: edge does not fit size {size}", path.display()))
+}
+
+pub fn write_start(dir: &Path, n: u64, edge: &Edge) -> anyhow::Result<()> {
+    let v = json!({"size": edge.size(), "edge": edge.hashes().iter().map(|h| B64.encode(h)).collect::<Vec<_>>()});
+    write_atomic(&start_path(dir, n), (v.to_string() + "\n").as_bytes())
+}
+
+/// tmp + fsync + rename + fsync(dir).
+pub fn write_atomic(path: &Path, bytes: &[u8]) -> anyhow::Result<()> {
+    use std::io::Write as _;
+    let tmp = path.with_extension("tmp");
+    let mut f = std::fs::File::create(&tmp).with_context(|| format!("creating {}", tmp.display()))?;
+    f.write_all(bytes).and_then(|_| f.sync_all()).with_context(|| format!("writing {}", tmp.display()))?;
+    std::fs::rename(&tmp, path).with_context(|| format!("renaming {} to {}", tmp.display(), path.display()))?;
+    keys::sync_parent(path)
+}
+
+/// The origin and checkpoint of a checkpoint note, not yet verified.
+fn unverified_checkpoint(note: &str) -> Option<Checkpoint> {
+    let body = note.split("\n\n").next()?;
+    Checkpoint::parse_body(&format!("{body}\n")).ok()
+}
+
+/// The fields of a checkpoint record's payload.
+pub fn checkpoint_payload(payload: &Value) -> Result<(u64, Hash, String), String> {
+    let size = payload["size"].as_u64().ok_or("checkpoint record without size")?;
+    let root = sha(payload["root"].as_str().ok_or("checkpoint record without root")?)?;
+    let note = payload["note"].as_str().ok_or("checkpoint record without note")?.to_string();
+    Ok((size, root, note))
+}
+
+impl AuditLog {
+    pub fn open(cfg: Config) -> Result<(Self, OpenReport), OpenError> {
+        let dir = cfg.dir.clone();
+        let violation = |reason: String| OpenError::Integrity { dir: dir.display().to_string(), reason };
+        std::fs::create_dir_all(&dir).with_context(|| format!("creating audit dir {}", dir.display()))?;
+
+        // The log's origin is fixed by its first checkpoint.
+        let cp_path = dir.join(CHECKPOINT_FILE);
+        let cp_note = match std::fs::read_to_string(&cp_path) {
+            Ok(t) => Some(t),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => None,
+            Err(e) => return Err(anyhow::anyhow!("reading {}: {e}", cp_path.display()).into()),
+        };
+        let origin = match cp_note.as_deref().map(unverified_checkpoint) {
+            Some(Some(cp)) => cp.origin,
+            Some(None) => return Err(violation(format!("{}: not a checkpoint", cp_path.display()))),
+            None => cfg.origin.clone(),
+        };
+
+        let (current, key_created) = keys::load_or_create(&cfg.key, &origin)?;
+        let mut signers = vec![current];
+        let next = keys::next_path(&cfg.key);
+        if next.exists() {
+            signers.push(keys::load(&next, &origin)?);
+        }
+        let vkeys: Vec<VerifierKey> = signers.iter().map(Signer::verifier_key).collect();
+        let signed = match &cp_note {
+            Some(note) => Some(Checkpoint::verify(note, &origin, &vkeys).map_err(|e| {
+                violation(format!(
+                    "{}: {e}{}",
+                    cp_path.display(),
+                    if key_created { " (the audit key was created just now: the log was signed by a key that is gone)" } else { "" }
+                ))
+            })?),
+            None => None,
+        }
+        .map(|(cp, _)| cp);
+        let signed_size = signed.as_ref().map_or(0, |c| c.size);
+
+        // Re-hash everything; check indices, checkpoint records and the signed root.
+        let first_segment = segment::segments(&dir).map_err(|e| anyhow::anyhow!("{e}"))?.first().copied().unwrap_or(1);
+        let mut edge = read_start(&dir, first_segment).map_err(violation)?;
+        let base = edge.size();
+        let mut signed_root: Option<Hash> = (signed_size == base).then(|| edge.root());
+        let mut rotation_until: Option<String> = None;
+        let scan = segment::scan_dir(&dir, |i, rec| {
+            let idx = base + i;
+            let h = Header::parse(rec).map_err(|e| ScanErr::Stop(format!("record {idx}: {e}")))?;
+            if h.idx != idx {
+                return Err(ScanErr::Stop(format!("record {idx}: its idx field says {} (records were deleted, inserted or reordered)", h.idx)));
+            }
+            if h.kind == kind::CHECKPOINT || h.kind == kind::KEY_ROTATION || h.kind == kind::KEY_RETIRED {
+                let env = Envelope::decode(rec).map_err(|e| ScanErr::Stop(format!("record {idx}: {e}")))?;
+                match env.kind.as_str() {
+                    kind::CHECKPOINT => {
+                        let (size, root, _) = checkpoint_payload(&env.payload).map_err(|e| ScanErr::Stop(format!("record {idx}: {e}")))?;
+                        if size != idx || root != edge.root() {
+                            return Err(ScanErr::Stop(format!("record {idx}: checkpoint record does not match the records before it")));
+                        }
+                    }
+                    kind::KEY_ROTATION => rotation_until = env.payload["overlap_until"].as_str().map(String::from),
+                    _ => rotation_until = None,
+                }
+            }
+            edge.push_hash(leaf_hash(rec));
+            if edge.size() == signed_size {
+                signed_root = Some(edge.root());
+            }
+            Ok(())
+        });
+        let scan = match scan {
+            Ok(s) => s,
+            Err(ScanErr::Stop(reason)) => return Err(violation(reason)),
+            Err(ScanErr::Segment(e @ SegmentError::Corrupt { .. })) => return Err(violation(e.to_string())),
+            Err(ScanErr::Segment(e)) => return Err(anyhow::anyhow!("{e}").into()),
+        };
+        let records = edge.size();
+        if let Some(bad) = scan.torn_tail.as_ref().filter(|b| base + b.index < signed_size) {
+            return Err(violation(format!(
+                "record {} ({} at byte {}): {}; it is below the last signed checkpoint (size {signed_size}), so signed records were lost or altered",
+                base + bad.index,
+                bad.path.display(),
+                bad.offset,
+                bad.reason
+            )));
+        }
+        if records < signed_size {
+            return Err(violation(format!(
+                "the log has {records} records but its last signed checkpoint covers {signed_size}: records {records}..{signed_size} were removed"
+            )));
+        }
+        if let Some(cp) = &signed
+            && signed_root != Some(cp.root)
+        {
+            return Err(violation(format!("the root at size {} differs from the signed checkpoint: records below {} were altered", cp.size, cp.size)));
+        }
+
+        let (seg, recovery) = SegmentWriter::resume(&dir, cfg.segment_bytes, scan).map_err(|e| anyhow::anyhow!("{e}"))?;
+        for k in &vkeys {
+            keys::append_verifier_key(&dir, k)?;
+        }
+        let overlap_until = match (signers.len(), rotation_until) {
+            (2, Some(t)) => humantime::parse_rfc3339(&t).ok(),
+            // The incoming key exists but its rotation record never became durable: retire at once.
+            (2, None) => Some(SystemTime::UNIX_EPOCH),
+            _ => None,
+        };
+        let mut log = AuditLog {
+            origin: origin.clone(),
+            seg,
+            edge,
+            signers,
+            overlap_until,
+            boot_id: crate::host::boot_id(),
+            last_checkpoint: signed,
+            last_sign: Instant::now(),
+            unsigned: 0,
+            cfg,
+        };
+        if let Some(bad) = &recovery.dropped {
+            log.append(
+                kind::RECOVERY,
+                json!({
+                    "reason": bad.reason,
+                    "bytes_dropped": bad.bytes,
+                    "index": base + bad.index,
+                    "segment": bad.path.display().to_string(),
+                    "offset": bad.offset,
+                    "signed_size": signed_size,
+                }),
+            )?;
+        }
+        let report = OpenReport { origin, records, signed_size, key_created, verifier_keys: vkeys, recovered: recovery.dropped };
+        Ok((log, report))
+    }
+
+    pub fn origin(&self) -> &str {
+        &self.origin
+    }
+
+    pub fn size(&self) -> u64 {
+        self.edge.size()
+    }
+
+    pub fn last_checkpoint(&self) -> Option<&Checkpoint> {
+        self.last_checkpoint.as_ref()
+    }
+
+    pub fn verifier_keys(&self) -> Vec<VerifierKey> {
+        self.signers.iter().map(Signer::verifier_key).collect()
+    }
+
+    pub fn overlap_until(&self) -> Option<SystemTime> {
+        self.overlap_until
+    }
+
+    /// Appends a record (durable at the next checkpoint); returns its index.
+    /// A record larger than the frame limit is replaced by its size and digest.
+    pub fn append(&mut self, kind: &str, payload: Value) -> anyhow::Result<u64> {
+        self.unsigned += 1;
+        self.append_record(kind, payload)
+    }
+
+    fn append_record(&mut self, kind: &str, payload: Value) -> anyhow::Result<u64> {
+        let mut env = Envelope {
+            idx: self.edge.size(),
+            origin: self.origin.clone(),
+            time: humantime::format_rfc3339_nanos(SystemTime::now()).to_string(),
+            boot_id: self.boot_id.clone(),
+            mono_ns: crate::host::boottime_ns(),
+            kind: kind.to_string(),
+            payload,
+        };
+        let mut bytes = env.encode();
+        if bytes.len() > MAX_RECORD {
+            let mut full = Vec::new();
+            super::record::canonical(&env.payload, &mut full);
+            env.payload = json!({"oversize": {"bytes": full.len(), "blake3": blake3::hash(&full).to_hex().to_string()}});
+            bytes = env.encode();
+        }
+        let before = self.seg.segment_number();
+        self.seg.append(&bytes).map_err(|e| anyhow::anyhow!("{e}"))?;
+        if self.seg.segment_number() != before {
+            // The new segment starts at this record: record the tree there.
+            write_start(&self.cfg.dir, self.seg.segment_number(), &self.edge)?;
+        }
+        self.edge.push_hash(leaf_hash(&bytes));
+        Ok(env.idx)
+    }
+
+    /// Checkpoints when due and retires a rotated-out key when its overlap
+    /// ended. Returns whether a checkpoint was written.
+    pub fn tick(&mut self) -> anyhow::Result<bool> {
+        if self.overlap_until.is_some_and(|t| SystemTime::now() >= t) {
+            self.retire_old_key()?;
+            return Ok(true);
+        }
+        let since = self.last_sign.elapsed();
+        let due = (self.unsigned > 0 && (since >= self.cfg.checkpoint_interval || self.unsigned >= self.cfg.checkpoint_records))
+            || since >= self.cfg.heartbeat;
+        if due {
+            self.checkpoint()?;
+        }
+        Ok(due)
+    }
+
+    /// Makes every record durable, signs the tree head, replaces the
+    /// `checkpoint` file and appends the checkpoint as a record.
+    pub fn checkpoint(&mut self) -> anyhow::Result<Checkpoint> {
+        self.seg.sync().map_err(|e| anyhow::anyhow!("{e}"))?;
+        let cp = Checkpoint { origin: self.origin.clone(), size: self.edge.size(), root: self.edge.root() };
+        let signers: Vec<&Signer> = self.signers.iter().collect();
+        let note = cp.sign(&signers);
+        write_atomic(&self.cfg.dir.join(CHECKPOINT_FILE), note.as_bytes())?;
+        self.append_record(kind::CHECKPOINT, json!({"size": cp.size, "root": B64.encode(cp.root), "note": note}))?;
+        self.last_checkpoint = Some(cp.clone());
+        self.last_sign = Instant::now();
+        self.unsigned = 0;
+        self.apply_retention()?;
+        Ok(cp)
+    }
+
+    /// A final checkpoint, durable with its own record.
+    pub fn close(mut self) -> anyhow::Result<Checkpoint> {
+        let cp = self.checkpoint()?;
+        self.seg.sync().map_err(|e| anyhow::anyhow!("{e}"))?;
+        Ok(cp)
+    }
+
+    /// Starts a key rotation: a new key at `<key>.next`, a `key_rotation`
+    /// record, and dual-signed checkpoints until `overlap` has passed.
+    pub fn rotate_key(&mut self, overlap: Duration) -> anyhow::Result<VerifierKey> {
+        if self.signers.len() > 1 {
+            anyhow::bail!("a key rotation is already in progress (overlap until {})", self.overlap_until.map(humantime::format_rfc3339_seconds).map(|t| t.to_string()).unwrap_or_default());
+        }
+        let next = keys::write_new(&keys::next_path(&self.cfg.key), &self.origin)?;
+        let until = SystemTime::now() + overlap;
+        let (old_v, new_v) = (self.signers[0].verifier_key(), next.verifier_key());
+        keys::append_verifier_key(&self.cfg.dir, &new_v)?;
+        self.signers.push(next);
+        self.overlap_until = Some(until);
+        self.append(
+            kind::KEY_ROTATION,
+            json!({"old_key": old_v.to_string(), "new_key": new_v.to_string(), "overlap_until": humantime::format_rfc3339_seconds(until).to_string()}),
+        )?;
+        self.checkpoint()?;
+        Ok(new_v)
+    }
+
+    /// Ends a rotation: records the retirement under both keys, then the
+    /// incoming key replaces the old key file.
+    fn retire_old_key(&mut self) -> anyhow::Result<()> {
+        let old = self.signers[0].verifier_key();
+        self.append(kind::KEY_RETIRED, json!({"key": old.to_string()}))?;
+        self.checkpoint()?;
+        std::fs::rename(keys::next_path(&self.cfg.key), &self.cfg.key).with_context(|| format!("replacing {}", self.cfg.key.display()))?;
+        keys::sync_parent(&self.cfg.key)?;
+        self.signers.remove(0);
+        self.overlap_until = None;
+        tracing::info!("audit key {old} retired; now signing with {}", self.signers[0].verifier_key());
+        Ok(())
+    }
+
+    /// Deletes the oldest segments beyond `retain_bytes`, only those whose
+    /// every record is covered by the last checkpoint, after appending a
+    /// `retention` record that names them.
+    fn apply_retention(&mut self) -> anyhow::Result<()> {
+        let Some(limit) = self.cfg.retain_bytes else { return Ok(()) };
+        let dir = self.cfg.dir.clone();
+        let numbers = segment::segments(&dir).map_err(|e| anyhow::anyhow!("{e}"))?;
+        let sizes: Vec<u64> = numbers.iter().map(|n| std::fs::metadata(segment::segment_path(&dir, *n)).map(|m| m.len()).unwrap_or(0)).collect();
+        let mut total: u64 = sizes.iter().sum();
+        let signed = self.last_checkpoint.as_ref().map_or(0, |c| c.size);
+        let mut doomed = Vec::new();
+        for (i, n) in numbers.iter().enumerate().take(numbers.len().saturating_sub(1)) {
+            if total <= limit {
+                break;
+            }
+            let (Ok(start), Ok(end)) = (read_start(&dir, *n), read_start(&dir, numbers[i + 1])) else { break };
+            if end.size() > signed {
+                break;
+            }
+            doomed.push(json!({"segment": format!("seg-{n:08}.log"), "first_index": start.size(), "end_index": end.size(), "bytes": sizes[i]}));
+            total -= sizes[i];
+        }
+        if doomed.is_empty() {
+            return Ok(());
+        }
+        let count = doomed.len();
+        self.append(kind::RETENTION, json!({"retain_bytes": limit, "deleted": doomed}))?;
+        self.seg.sync().map_err(|e| anyhow::anyhow!("{e}"))?;
+        for n in &numbers[..count] {
+            std::fs::remove_file(segment::segment_path(&dir, *n)).with_context(|| format!("deleting segment {n}"))?;
+            let _ = std::fs::remove_file(start_path(&dir, *n));
+        }
+        keys::sync_parent(&dir.join(CHECKPOINT_FILE))?;
+        Ok(())
+    }
+}
+
+/// Why the recovery scan stopped: an integrity violation or a segment error.
+enum ScanErr {
+    Stop(String),
+    Segment(SegmentError),
+}
+impl From<SegmentError> for ScanErr {
+    fn from(e: SegmentError) -> Self {
+        ScanErr::Segment(e)
+    }
+}
