@@ -189,8 +189,8 @@ pub struct Agent {
 impl Agent {
     /// Starts the agent with `policy` (YAML text; unless `extra` has its own
     /// `--policy`) and waits until it has emitted its `agent started` event
-    /// (programs attached, table seeded). Policy history goes to a private
-    /// state directory unless `extra` names one.
+    /// (programs attached, table seeded). Policy history and the audit log
+    /// go to private directories unless `extra` names them.
     pub fn start(name: &str, policy: &str, extra: &[&str]) -> anyhow::Result<Self> {
         let dir = std::env::temp_dir().join(format!("zt-test-{name}-{}", std::process::id()));
         let _ = std::fs::remove_dir_all(&dir);
@@ -203,10 +203,16 @@ impl Agent {
             if extra.contains(&"--policy") { vec![] } else { vec!["--policy".as_ref(), policy_path.as_os_str()] };
         let own_state: Vec<std::ffi::OsString> =
             if extra.contains(&"--state-dir") { vec![] } else { vec!["--state-dir".into(), dir.join("state").into()] };
+        let own_audit: Vec<std::ffi::OsString> = if extra.contains(&"--audit-dir") {
+            vec![]
+        } else {
+            vec!["--audit-dir".into(), dir.join("audit").into(), "--audit-key".into(), dir.join("audit.key").into()]
+        };
         let mut child = Command::new(agent_bin())
             .arg("run")
             .args(own_policy)
             .args(own_state)
+            .args(own_audit)
             .arg("--events")
             .arg(&events_path)
             .arg("--socket")

@@ -3,6 +3,7 @@ use std::{path::PathBuf, process::ExitCode, time::Duration};
 
 use clap::{Parser, Subcommand};
 use zt_agent::{
+    audit,
     bpf::{loader::ArgvCapture, probe},
     control,
     pipeline::output::Show,
@@ -58,6 +59,22 @@ enum Command {
         /// or `proc` (read from /proc after the exec: misses processes that exit at once).
         #[arg(long, value_enum, default_value_t = ArgvCapture::Kernel)]
         argv_capture: ArgvCapture,
+        /// Where the signed audit log is written.
+        #[arg(long, value_name = "DIR", env = "ZT_AUDIT_DIR", default_value = audit::log::DEFAULT_DIR)]
+        audit_dir: PathBuf,
+        /// The audit signing key (Ed25519 PKCS#8): created with mode 0400 if
+        /// missing, or a mounted secret (must not be group/other readable).
+        #[arg(long, value_name = "FILE", env = "ZT_AUDIT_KEY", default_value = audit::log::DEFAULT_KEY)]
+        audit_key: PathBuf,
+        /// Audit log origin and key name for a new log (default `zt-agent/<hostname>`).
+        #[arg(long, value_name = "NAME", env = "ZT_AUDIT_ORIGIN")]
+        audit_origin: Option<String>,
+        /// Start a new audit segment file beyond this size.
+        #[arg(long, value_name = "BYTES", default_value_t = 64 << 20)]
+        audit_segment_bytes: u64,
+        /// Delete the oldest signed segments beyond this total size (recorded in the log).
+        #[arg(long, value_name = "BYTES")]
+        audit_retain_bytes: Option<u64>,
     },
     /// Report which eBPF features really work on this kernel (loads tiny programs).
     Probe {
@@ -75,6 +92,93 @@ enum Command {
     Policy {
         #[command(subcommand)]
         command: PolicyCommand,
+    },
+    /// The signed audit log: verify, prove, read, rotate keys.
+    Audit {
+        #[command(subcommand)]
+        command: AuditCommand,
+    },
+}
+
+#[derive(Subcommand)]
+enum AuditCommand {
+    /// Verify a whole log: framing, record order, every checkpoint's
+    /// signature and root, and outside checkpoints. Exit 0 when intact,
+    /// 1 with the first bad record's index and the reason, 2 on usage errors.
+    Verify {
+        #[arg(default_value = audit::log::DEFAULT_DIR)]
+        dir: PathBuf,
+        /// Trusted verifier key (`name+keyid+base64`) or a file of them;
+        /// repeatable. Without it the log's own verifier-keys file is used,
+        /// which does not make the verification independent of this host.
+        #[arg(long, value_name = "KEY|FILE")]
+        vkey: Vec<String>,
+        /// A signed checkpoint kept outside this host (SIEM, witness, an
+        /// earlier run); repeatable. Catches truncation, rollback and forks.
+        #[arg(long, value_name = "FILE")]
+        trusted_checkpoint: Vec<PathBuf>,
+        #[arg(long)]
+        json: bool,
+    },
+    /// Inclusion proof of record N against the latest checkpoint.
+    Proof {
+        #[arg(long)]
+        index: u64,
+        #[arg(long, default_value = audit::log::DEFAULT_DIR)]
+        dir: PathBuf,
+        #[arg(long)]
+        json: bool,
+    },
+    /// Consistency proof from an earlier checkpoint to the latest one.
+    Consistency {
+        /// The earlier signed checkpoint (a file).
+        #[arg(long, value_name = "FILE")]
+        from: PathBuf,
+        #[arg(long, default_value = audit::log::DEFAULT_DIR)]
+        dir: PathBuf,
+        /// Trusted key(s) for the --from checkpoint (default: the log's verifier-keys file).
+        #[arg(long, value_name = "KEY|FILE")]
+        vkey: Vec<String>,
+        #[arg(long)]
+        json: bool,
+    },
+    /// Print records (one line each, or the exact canonical JSON with --json).
+    Show {
+        #[arg(long, default_value = audit::log::DEFAULT_DIR)]
+        dir: PathBuf,
+        /// First index to print.
+        #[arg(long, default_value_t = 0)]
+        from: u64,
+        /// Only records of this kind (connect, policy, agent, loss, checkpoint, ...).
+        #[arg(long)]
+        kind: Option<String>,
+        #[arg(long)]
+        json: bool,
+    },
+    /// Print the last N records.
+    Tail {
+        #[arg(long, default_value = audit::log::DEFAULT_DIR)]
+        dir: PathBuf,
+        #[arg(short = 'n', long, default_value_t = 20)]
+        lines: usize,
+        #[arg(long)]
+        json: bool,
+    },
+    /// Print the verifier key of the log's signing key (or create the key).
+    Key {
+        #[arg(long, env = "ZT_AUDIT_KEY", default_value = audit::log::DEFAULT_KEY)]
+        key: PathBuf,
+        /// Key name: the log origin (default: `zt-agent/<hostname>`).
+        #[arg(long)]
+        origin: Option<String>,
+    },
+    /// Make the running agent rotate its audit key: a new key signs
+    /// alongside the old one for the overlap, then replaces it.
+    RotateKey {
+        #[arg(long, value_name = "DURATION", default_value = "1h", value_parser = humantime::parse_duration)]
+        overlap: Duration,
+        #[arg(long, value_name = "PATH", default_value = control::DEFAULT_SOCKET)]
+        socket: PathBuf,
     },
 }
 
@@ -160,7 +264,27 @@ fn main() -> ExitCode {
 
 fn real_main(cli: Cli) -> anyhow::Result<ExitCode> {
     match cli.command {
-        Command::Run { policy, state_dir, node_labels, events, show, observe_all_connects, ringbuf_size, poll_ms, socket, demo, argv_capture } => {
+        Command::Run {
+            policy,
+            state_dir,
+            node_labels,
+            events,
+            show,
+            observe_all_connects,
+            ringbuf_size,
+            poll_ms,
+            socket,
+            demo,
+            argv_capture,
+            audit_dir,
+            audit_key,
+            audit_origin,
+            audit_segment_bytes,
+            audit_retain_bytes,
+        } => {
+            let mut audit = audit::log::Config::new(audit_dir, audit_key, audit_origin.unwrap_or_else(audit::log::default_origin));
+            audit.segment_bytes = audit_segment_bytes;
+            audit.retain_bytes = audit_retain_bytes;
             let opts = run::RunOptions {
                 policy,
                 events,
@@ -173,9 +297,17 @@ fn real_main(cli: Cli) -> anyhow::Result<ExitCode> {
                 argv: argv_capture,
                 state_dir: Some(state_dir),
                 node_labels: node_labels.into_iter().collect(),
+                audit,
             };
-            tokio::runtime::Builder::new_multi_thread().enable_all().build()?.block_on(run::run(opts))?;
-            Ok(ExitCode::SUCCESS)
+            match tokio::runtime::Builder::new_multi_thread().enable_all().build()?.block_on(run::run(opts)) {
+                Ok(()) => Ok(ExitCode::SUCCESS),
+                Err(e) if matches!(e.downcast_ref(), Some(audit::log::OpenError::Integrity { .. })) => {
+                    eprintln!("zt-agent: AUDIT LOG INTEGRITY VIOLATION: {e:#}");
+                    eprintln!("zt-agent: refusing to start; keep the directory as evidence (move it aside to start a new log) and check it with `zt-agent audit verify`");
+                    Ok(ExitCode::from(AUDIT_VIOLATION_EXIT))
+                }
+                Err(e) => Err(e),
+            }
         }
         Command::Probe { json } => {
             let caps = probe::probe();
@@ -200,6 +332,127 @@ fn real_main(cli: Cli) -> anyhow::Result<ExitCode> {
             Ok(ExitCode::SUCCESS)
         }
         Command::Policy { command } => policy_command(command),
+        Command::Audit { command } => audit_command(command),
+    }
+}
+
+/// Exit status of `run` when the audit log contradicts its signed checkpoint.
+const AUDIT_VIOLATION_EXIT: u8 = 3;
+
+/// `--vkey` values: keys, or files of keys.
+fn verifier_keys(args: &[String]) -> anyhow::Result<Vec<audit::note::VerifierKey>> {
+    let mut out = Vec::new();
+    for a in args {
+        let p = std::path::Path::new(a);
+        if p.is_file() {
+            out.extend(audit::keys::read_verifier_keys(p)?);
+        } else {
+            out.push(audit::note::VerifierKey::parse(a)?);
+        }
+    }
+    Ok(out)
+}
+
+fn audit_command(command: AuditCommand) -> anyhow::Result<ExitCode> {
+    use audit::{inspect, verify};
+    match command {
+        AuditCommand::Verify { dir, vkey, trusted_checkpoint, json } => {
+            let keys = verifier_keys(&vkey)?;
+            let trusted = trusted_checkpoint
+                .iter()
+                .map(|p| Ok((p.display().to_string(), std::fs::read_to_string(p).map_err(|e| anyhow::anyhow!("{}: {e}", p.display()))?)))
+                .collect::<anyhow::Result<Vec<_>>>()?;
+            match verify::verify_dir(&dir, &verify::Options { keys, trusted }) {
+                Ok(r) => {
+                    if json {
+                        println!("{}", serde_json::json!({"intact": true, "origin": r.origin, "first_index": r.first_index, "records": r.records, "checkpoints": r.checkpoints, "signed_size": r.latest.as_ref().map(|c| c.size), "unsigned": r.unsigned, "keys_from_log_dir": r.keys_from_log_dir, "trusted_keys": r.trusted_keys}));
+                    } else {
+                        print!("{}", verify::render(&dir, &r));
+                    }
+                    Ok(ExitCode::SUCCESS)
+                }
+                Err(f) => {
+                    if json {
+                        println!("{}", serde_json::json!({"intact": false, "index": f.index, "reason": f.reason}));
+                    } else {
+                        println!("audit log {}: NOT INTACT: {f}", dir.display());
+                    }
+                    Ok(ExitCode::from(1))
+                }
+            }
+        }
+        AuditCommand::Proof { index, dir, json } => {
+            let p = inspect::inclusion(&dir, index)?;
+            if json {
+                println!("{}", serde_json::to_string_pretty(&p)?);
+            } else {
+                println!("record {} is in the tree of size {} (root {}), proof verified:", p.index, p.tree_size, p.root);
+                println!("leaf hash {}", p.leaf_hash);
+                for h in &p.proof {
+                    println!("  {h}");
+                }
+                println!("record: {}
+checkpoint:
+{}", p.record, p.checkpoint);
+            }
+            Ok(ExitCode::SUCCESS)
+        }
+        AuditCommand::Consistency { from, dir, vkey, json } => {
+            let keys = if vkey.is_empty() { audit::keys::read_verifier_keys(&audit::keys::verifier_keys_path(&dir))? } else { verifier_keys(&vkey)? };
+            let note = std::fs::read_to_string(&from).map_err(|e| anyhow::anyhow!("{}: {e}", from.display()))?;
+            let p = inspect::consistency(&dir, &note, &keys)?;
+            if json {
+                println!("{}", serde_json::to_string_pretty(&p)?);
+            } else {
+                println!("size {} (root {}) extends size {} (root {}), proof verified:", p.new_size, p.new_root, p.old_size, p.old_root);
+                for h in &p.proof {
+                    println!("  {h}");
+                }
+                println!("checkpoint:
+{}", p.checkpoint);
+            }
+            Ok(ExitCode::SUCCESS)
+        }
+        AuditCommand::Show { dir, from, kind, json } => {
+            let l = inspect::load(&dir)?;
+            for (i, r) in l.records.iter().enumerate() {
+                let idx = l.base + i as u64;
+                if idx < from || kind.as_deref().is_some_and(|k| audit::record::Header::parse(r).map(|h| h.kind != k).unwrap_or(true)) {
+                    continue;
+                }
+                print_record(r, json);
+            }
+            Ok(ExitCode::SUCCESS)
+        }
+        AuditCommand::Tail { dir, lines, json } => {
+            let l = inspect::load(&dir)?;
+            for r in &l.records[l.records.len().saturating_sub(lines)..] {
+                print_record(r, json);
+            }
+            Ok(ExitCode::SUCCESS)
+        }
+        AuditCommand::Key { key, origin } => {
+            let origin = origin.unwrap_or_else(audit::log::default_origin);
+            let (signer, created) = audit::keys::load_or_create(&key, &origin)?;
+            if created {
+                eprintln!("created {} (mode 0400)", key.display());
+            }
+            println!("{}", signer.verifier_key());
+            Ok(ExitCode::SUCCESS)
+        }
+        AuditCommand::RotateKey { overlap, socket } => {
+            let v = client(control::request(&socket, &format!("audit-rotate-key {}", overlap.as_secs())))?;
+            println!("new audit key {} signs alongside the old one until {}", v["new_key"].as_str().unwrap_or(""), v["overlap_until"].as_str().unwrap_or(""));
+            Ok(ExitCode::SUCCESS)
+        }
+    }
+}
+
+fn print_record(r: &[u8], json: bool) {
+    if json {
+        println!("{}", String::from_utf8_lossy(r));
+    } else {
+        println!("{}", audit::inspect::summary(r));
     }
 }
 
@@ -349,6 +602,27 @@ fn render_status(v: &serde_json::Value) -> String {
             d["denied"],
             d["audited"]
         ));
+    }
+    let a = &v["audit"];
+    if a.is_object() {
+        s.push_str(&format!(
+            "\naudit log {} (origin {}): {} records, signed size {} root {}, {} write errors\n",
+            a["dir"].as_str().unwrap_or(""),
+            a["origin"].as_str().unwrap_or(""),
+            a["records"],
+            a["signed_size"],
+            a["signed_root"].as_str().unwrap_or(""),
+            a["write_errors"]
+        ));
+        for k in a["verifier_keys"].as_array().into_iter().flatten() {
+            s.push_str(&format!("  verifier key {}\n", k.as_str().unwrap_or("")));
+        }
+        if let Some(t) = a["rotation_overlap_until"].as_str() {
+            s.push_str(&format!("  key rotation: both keys sign until {t}\n"));
+        }
+        if let Some(e) = a["last_error"].as_str() {
+            s.push_str(&format!("  last error: {e}\n"));
+        }
     }
     s.push_str("\nhooks:\n");
     for h in v["hooks"].as_array().into_iter().flatten() {

@@ -1,8 +1,11 @@
 //! `zt-agent run`: the daemon. Wires probe, loader, the first policy,
-//! seeding, pipeline, policy manager and the control socket together, and
-//! owns the shutdown order: signal -> demo stopped -> manager and control
-//! socket stopped -> `agent stop` event -> pipeline drained -> programs
-//! detached (dropping `Bpf`).
+//! seeding, the audit log, pipeline, policy manager and the control socket
+//! together, and owns the shutdown order: signal -> demo stopped -> manager
+//! and control socket stopped -> `agent stop` event -> pipeline drained ->
+//! final audit checkpoint -> programs detached (dropping `Bpf`).
+//!
+//! The audit log is opened before anything is loaded: a log that
+//! contradicts its signed checkpoint stops the agent (exit status 3).
 use std::{
     collections::BTreeMap,
     io::Write,
@@ -17,6 +20,7 @@ use tokio::{io::unix::AsyncFd, signal::unix::SignalKind, sync::watch};
 use zt_common::{Config, config_flags};
 
 use crate::{
+    audit,
     bpf::{
         self,
         loader::{ArgvCapture, Bpf, LoadOptions},
@@ -48,6 +52,7 @@ pub struct RunOptions {
     /// Where policy history is kept; None: in memory only.
     pub state_dir: Option<PathBuf>,
     pub node_labels: BTreeMap<String, String>,
+    pub audit: audit::log::Config,
 }
 
 pub async fn run(opts: RunOptions) -> anyhow::Result<()> {
@@ -58,6 +63,7 @@ pub async fn run(opts: RunOptions) -> anyhow::Result<()> {
     bundle.parse()?;
     let tracefs = host::ensure_tracefs()?;
     let cgroup2 = host::cgroup2_mount()?;
+    let audit_writer = open_audit(&opts.audit)?;
 
     let caps = probe::probe();
     let paths = probe::enforcement_paths(&caps);
@@ -129,6 +135,7 @@ pub async fn run(opts: RunOptions) -> anyhow::Result<()> {
         tables,
         enricher,
         vec![(output, opts.show)],
+        Some(audit_writer.sink.clone()),
         pipeline::Options {
             poll_interval: opts.poll_interval,
             loss_interval: Duration::from_secs(1),
@@ -175,7 +182,13 @@ pub async fn run(opts: RunOptions) -> anyhow::Result<()> {
     });
     let control_task = {
         let socket = opts.socket.clone();
-        let state = control::State { info, stats: stats.clone(), in_force, requests: req_tx };
+        let state = control::State {
+            info,
+            stats: stats.clone(),
+            in_force,
+            requests: req_tx,
+            audit: Some((audit_writer.sink.clone(), audit_writer.status.clone())),
+        };
         let stop = stop_rx.clone();
         tokio::spawn(async move {
             if let Err(e) = control::serve(&socket, state, stop).await {
@@ -204,6 +217,7 @@ pub async fn run(opts: RunOptions) -> anyhow::Result<()> {
     let _ = control_task.await;
     let _ = running.input.send(pipeline::Input::Emit(Box::new(agent_event("stopped", Some(reason.into()))))).await;
     running.shutdown().await;
+    audit_writer.finish().await;
     if let Some(dir) = &demo_cgroup {
         let _ = std::fs::remove_dir(dir);
     }
@@ -212,6 +226,40 @@ pub async fn run(opts: RunOptions) -> anyhow::Result<()> {
     tracing::info!("stopped; all programs detached");
     Ok(())
 }
+
+/// Opens (recovering) the audit log and starts its thread. An integrity
+/// violation is returned as [`audit::log::OpenError`] for the exit status.
+fn open_audit(cfg: &audit::log::Config) -> anyhow::Result<audit::writer::Writer> {
+    let (log, report) = audit::log::AuditLog::open(cfg.clone()).map_err(|e| match e {
+        e @ audit::log::OpenError::Integrity { .. } => anyhow::Error::new(e),
+        audit::log::OpenError::Other(e) => e.context(format!("opening the audit log in {}", cfg.dir.display())),
+    })?;
+    if report.key_created {
+        tracing::info!("created audit signing key {} (mode 0400)", cfg.key.display());
+    }
+    if let Some(bad) = &report.recovered {
+        tracing::warn!(
+            "audit log recovered after a crash: cut {} bytes at record {} ({}): {}; every signed record (size {}) is intact",
+            bad.bytes,
+            bad.index,
+            bad.path.display(),
+            bad.reason,
+            report.signed_size
+        );
+    }
+    tracing::info!(
+        "audit log {} (origin {}): {} records, {} signed; verifier key: {}",
+        cfg.dir.display(),
+        report.origin,
+        report.records,
+        report.signed_size,
+        report.verifier_keys.iter().map(|k| k.to_string()).collect::<Vec<_>>().join(" ")
+    );
+    Ok(audit::writer::spawn(log, &cfg.dir, AUDIT_QUEUE_CAPACITY))
+}
+
+/// Queue into the audit thread (security-relevant events only).
+const AUDIT_QUEUE_CAPACITY: usize = 65_536;
 
 /// Queue between the ring-buffer reader and the enricher (events).
 const QUEUE_CAPACITY: usize = 65_536;

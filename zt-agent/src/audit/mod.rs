@@ -11,8 +11,10 @@
 //! - [`log`]: the writer tying these together (cadence, recovery, rotation,
 //!   retention).
 //! - [`verify`]: full verification of a log directory by a third party.
+//! - [`inspect`]: inclusion and consistency proofs, listings.
 //! - [`writer`]: the agent's audit thread and which events it records.
 pub mod checkpoint;
+pub mod inspect;
 pub mod keys;
 pub mod log;
 pub mod merkle;

@@ -39,7 +39,8 @@ pub fn wants(e: &Event) -> bool {
 
 pub enum Item {
     Event(Box<Event>),
-    RotateKey { overlap: Duration, reply: oneshot::Sender<Result<String, String>> },
+    /// Replies with the new verifier key and the end of the overlap.
+    RotateKey { overlap: Duration, reply: oneshot::Sender<Result<(String, String), String>> },
 }
 
 #[derive(Clone)]
@@ -53,7 +54,7 @@ impl Sink {
         !matches!(self.tx.try_send(Item::Event(Box::new(e.clone()))), Err(TrySendError::Full(_)))
     }
 
-    pub async fn rotate_key(&self, overlap: Duration) -> Result<String, String> {
+    pub async fn rotate_key(&self, overlap: Duration) -> Result<(String, String), String> {
         let (reply, rx) = oneshot::channel();
         let tx = self.tx.clone();
         tokio::task::spawn_blocking(move || tx.send(Item::RotateKey { overlap, reply }))
@@ -126,7 +127,10 @@ pub fn spawn(mut log: AuditLog, dir: &std::path::Path, capacity: usize) -> Write
                     }
                 }
                 Item::RotateKey { overlap, reply } => {
-                    let r = log.rotate_key(overlap).map(|k| k.to_string()).map_err(|e| format!("{e:#}"));
+                    let r = log
+                        .rotate_key(overlap)
+                        .map(|k| (k.to_string(), log.overlap_until().map(|t| humantime::format_rfc3339_seconds(t).to_string()).unwrap_or_default()))
+                        .map_err(|e| format!("{e:#}"));
                     let _ = reply.send(r);
                 }
             };

@@ -1,7 +1,8 @@
 //! The local control API: a Unix socket (mode 0600, root only) that answers
 //! one request per connection with one JSON document.
 //!
-//! Requests (one line): `status`, `reload`, `history`, `rollback [VERSION]`.
+//! Requests (one line): `status`, `reload`, `history`, `rollback [VERSION]`,
+//! `audit-rotate-key SECONDS`.
 use std::{path::Path, sync::Arc};
 
 use anyhow::Context as _;
@@ -39,6 +40,7 @@ pub struct State {
     pub stats: Arc<Stats>,
     pub in_force: Arc<std::sync::RwLock<InForce>>,
     pub requests: mpsc::Sender<Request>,
+    pub audit: Option<(crate::audit::writer::Sink, Arc<std::sync::Mutex<crate::audit::writer::Status>>)>,
 }
 
 #[derive(Serialize)]
@@ -49,6 +51,7 @@ struct StatusDoc<'a> {
     counters: crate::pipeline::StatsSnapshot,
     /// Egress decisions per identity since start.
     decisions: Vec<Decisions>,
+    audit: Option<crate::audit::writer::Status>,
 }
 
 #[derive(Serialize)]
@@ -107,7 +110,8 @@ async fn answer(stream: UnixStream, state: &State) -> anyhow::Result<()> {
                     audited: c.audited,
                 })
                 .collect();
-            serde_json::to_string(&StatusDoc { info: &state.info, policy, counters: state.stats.snapshot(), decisions })?
+            let audit = state.audit.as_ref().map(|(_, s)| s.lock().expect("poisoned").clone());
+            serde_json::to_string(&StatusDoc { info: &state.info, policy, counters: state.stats.snapshot(), decisions, audit })?
         }
         ["reload"] => {
             let (tx, rx) = oneshot::channel();
@@ -134,6 +138,16 @@ async fn answer(stream: UnixStream, state: &State) -> anyhow::Result<()> {
             let (tx, rx) = oneshot::channel();
             state.requests.send(Request::History { reply: tx }).await?;
             serde_json::to_string(&rx.await?)?
+        }
+        ["audit-rotate-key", secs] => {
+            let secs: u64 = secs.parse().map_err(|_| anyhow::anyhow!("bad overlap {secs:?}"))?;
+            match &state.audit {
+                None => error("no audit log".into()),
+                Some((sink, _)) => match sink.rotate_key(std::time::Duration::from_secs(secs)).await {
+                    Ok((key, until)) => serde_json::json!({"new_key": key, "overlap_until": until}).to_string(),
+                    Err(e) => error(e),
+                },
+            }
         }
         _ => error(format!("unknown request {:?}", line.trim())),
     };

@@ -58,6 +58,8 @@ pub struct Stats {
     pub queue_overflow: AtomicU64,
     pub output_overflow: AtomicU64,
     pub output_errors: AtomicU64,
+    /// Security events the audit log's queue had no room for.
+    pub audit_overflow: AtomicU64,
     pub written: AtomicU64,
     pub enriched: AtomicU64,
     pub assigned: AtomicU64,
@@ -77,6 +79,7 @@ pub struct StatsSnapshot {
     pub queue_overflow: u64,
     pub output_overflow: u64,
     pub output_errors: u64,
+    pub audit_overflow: u64,
     pub written: u64,
     pub enriched: u64,
     pub identities_assigned: u64,
@@ -94,6 +97,7 @@ impl Stats {
             queue_overflow: self.queue_overflow.load(Relaxed),
             output_overflow: self.output_overflow.load(Relaxed),
             output_errors: self.output_errors.load(Relaxed),
+            audit_overflow: self.audit_overflow.load(Relaxed),
             written: self.written.load(Relaxed),
             enriched: self.enriched.load(Relaxed),
             identities_assigned: self.assigned.load(Relaxed),
@@ -110,6 +114,7 @@ impl Stats {
         m.insert("decode_errors", s.decode_errors);
         m.insert("queue_overflow", s.queue_overflow);
         m.insert("output_overflow", s.output_overflow);
+        m.insert("audit_overflow", s.audit_overflow);
         m
     }
 }
@@ -197,6 +202,7 @@ pub fn spawn(
     tables: MapTables,
     enricher: Enricher,
     outputs: Vec<(Box<dyn Write + Send>, output::Show)>,
+    audit: Option<crate::audit::writer::Sink>,
     opts: Options,
     stats: Arc<Stats>,
 ) -> Running {
@@ -210,6 +216,23 @@ pub fn spawn(
         out_txs.push(otx);
         handles.push(tokio::spawn(output::json_lines(orx, w, show, stats.clone())));
     }
+    // Every output, then the audit log if the event is security-relevant.
+    let fan_out = {
+        let stats = stats.clone();
+        move |ev: Event| {
+            if let Some(a) = &audit
+                && crate::audit::writer::wants(&ev)
+                && !a.try_send(&ev)
+            {
+                stats.audit_overflow.fetch_add(1, Relaxed);
+            }
+            for o in &out_txs {
+                if o.try_send(ev.clone()).is_err() {
+                    stats.output_overflow.fetch_add(1, Relaxed);
+                }
+            }
+        }
+    };
 
     // reader
     {
@@ -325,21 +348,11 @@ pub fn spawn(
                                 // Shutdown: report every attempt still only counted.
                                 let entries = tables.aggregates.entries();
                                 let (events, _) = enricher.flush_aggregates(&entries, crate::host::boottime_ns(), AGG_IDLE_NS, true);
-                                for ev in events {
-                                    for o in &out_txs {
-                                        if o.try_send(ev.clone()).is_err() {
-                                            stats.output_overflow.fetch_add(1, Relaxed);
-                                        }
-                                    }
-                                }
+                                events.into_iter().for_each(&fan_out);
                                 break;
                             }
                         };
-                        for o in &out_txs {
-                            if o.try_send(ev.clone()).is_err() {
-                                stats.output_overflow.fetch_add(1, Relaxed);
-                            }
-                        }
+                        fan_out(ev);
                         stats.assigned.store(enricher.assigned, Relaxed);
                     }
                     _ = flush.tick() => {
@@ -355,13 +368,7 @@ pub fn spawn(
                                 tracing::warn!("{e:#}");
                             }
                         }
-                        for ev in events {
-                            for o in &out_txs {
-                                if o.try_send(ev.clone()).is_err() {
-                                    stats.output_overflow.fetch_add(1, Relaxed);
-                                }
-                            }
-                        }
+                        events.into_iter().for_each(&fan_out);
                     }
                     _ = rescan.tick() => {
                         rescan_cgroups(&mut enricher, &mut tables, &cgroup2);
