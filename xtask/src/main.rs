@@ -8,7 +8,7 @@
 //!   workload, printing attributed events live.
 //! - `test`: every test: unit tests, then the root integration tests
 //!   single-threaded (they load programs into the one shared kernel).
-//! - `bench`: benchmarks (`bench attribution`, `bench policy`, `bench net`).
+//! - `bench`: benchmarks (`bench attribution`, `bench policy`, `bench net`, `bench audit`).
 use std::{
     ffi::OsString,
     path::{Path, PathBuf},
@@ -64,6 +64,8 @@ enum Bench {
     Policy,
     /// connect() latency with 0/100/10k rules, agent and non-agent processes.
     Net,
+    /// audit log: durable append by batch size, verify throughput, sign latency.
+    Audit,
 }
 
 fn main() -> std::process::ExitCode {
@@ -109,6 +111,7 @@ fn real_main() -> anyhow::Result<()> {
                 Bench::Attribution => "attribution",
                 Bench::Policy => "policy",
                 Bench::Net => "net",
+                Bench::Audit => "audit",
             };
             let mut cmd = cargo();
             cmd.args(["run", "--release", "--quiet", "-p", "zt-tests", "--bin", "zt-bench", "--", name])

@@ -22,6 +22,15 @@
 //! process with no identity and from an agent process (whose connect the
 //! policy allows, so both measure the full path).
 //!
+//! `audit` (no root needed; files on the disk under the system temp dir):
+//! 1. durable append throughput by batch size (append N records, fdatasync
+//!    every B), and with the agent's real cadence (a signed checkpoint every
+//!    4096 records: fdatasync, Ed25519 signature, checkpoint file replaced,
+//!    checkpoint record);
+//! 2. full verification throughput (`verify_dir`: read, checksums, record
+//!    headers, rehash, every checkpoint signature) vs re-hashing alone;
+//! 3. checkpoint sign and verify latency.
+//!
 //! Internal child modes: `spawn-loop N`, `udp-flood RATE SECS ADDR`,
 //! `connect-latency N ADDR`.
 use std::{
@@ -39,15 +48,16 @@ fn main() -> anyhow::Result<()> {
         Some("spawn-loop") => spawn_loop(args[2].parse()?),
         Some("udp-flood") => udp_flood(args[2].parse()?, args[3].parse()?, &args[4]),
         Some("connect-latency") => connect_latency(args[2].parse()?, &args[3]),
-        Some(which @ ("attribution" | "policy" | "net")) => {
+        Some(which @ ("attribution" | "policy" | "net" | "audit")) => {
             let rounds = args.iter().position(|a| a == "--rounds").and_then(|i| args.get(i + 1)).and_then(|r| r.parse().ok()).unwrap_or(10);
             match which {
                 "attribution" => attribution(rounds),
                 "policy" => policy_bench(rounds),
+                "audit" => audit_bench(rounds),
                 _ => net_bench(rounds),
             }
         }
-        _ => anyhow::bail!("usage: zt-bench attribution|policy|net [--rounds N]"),
+        _ => anyhow::bail!("usage: zt-bench attribution|policy|net|audit [--rounds N]"),
     }
 }
 
@@ -490,5 +500,121 @@ fn net_bench(rounds: usize) -> anyhow::Result<()> {
         );
     }
     println!("  (hook dispatch adds ~50-150 ns beyond program run time; see shared/docs/limits.md)");
+    Ok(())
+}
+
+/// A realistic audit payload: a denied connect event as the agent writes it.
+fn denial_payload(i: u64) -> serde_json::Value {
+    serde_json::json!({
+        "kind": "connect", "time": "2026-11-22T10:00:00.123456789Z", "node": "node-1",
+        "process": {"pid": 4242, "tid": 4242, "ppid": 4100, "start_ns": 123456789012u64, "uid": 1000, "gid": 1000,
+            "comm": "python3", "exe": "/usr/bin/python3.12", "cgroup": "/kubepods/pod1234/agent", "cgroup_id": 9876,
+            "pod_uid": null, "container_id": null},
+        "identity": {"name": "coding-agent", "spiffe_id": "spiffe://example.org/agent/coding"},
+        "connect": {"family": "ipv4", "address": "203.0.113.7", "port": 40000 + (i % 1000), "protocol": "tcp",
+            "action": "denied", "decision": "deny", "mode": "enforce", "rule": "default", "policy_generation": 3,
+            "hook": "connect4", "repeats": 1}
+    })
+}
+
+fn audit_bench(rounds: usize) -> anyhow::Result<()> {
+    use zt_agent::audit::{
+        checkpoint::Checkpoint,
+        log::{AuditLog, Config},
+        merkle::{Edge, leaf_hash},
+        note::Signer,
+        segment,
+        verify::{Options, verify_dir},
+    };
+    let base = std::env::temp_dir().join(format!("zt-bench-audit-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&base);
+    let config = |name: &str| {
+        let mut c = Config::new(base.join(name), base.join(format!("{name}.key")), "zt-agent/bench".into());
+        c.checkpoint_interval = Duration::from_secs(3600);
+        c.heartbeat = Duration::from_secs(3600);
+        c
+    };
+    let record_bytes = {
+        let mut v = Vec::new();
+        zt_agent::audit::record::canonical(&denial_payload(0), &mut v);
+        v.len() + 200 // plus the envelope
+    };
+    // (label, records per measurement, records per fdatasync; 0 = signed cadence)
+    let plans: [(&str, u64, u64); 6] = [
+        ("durable, fdatasync every record", 500, 1),
+        ("durable, fdatasync every 64", 20_000, 64),
+        ("durable, fdatasync every 1024", 100_000, 1024),
+        ("durable, fdatasync every 4096", 100_000, 4096),
+        ("signed checkpoint every 4096", 100_000, 0),
+        ("in memory (no fdatasync)", 100_000, u64::MAX),
+    ];
+    let mut rates: Vec<Vec<f64>> = vec![Vec::new(); plans.len()];
+    let (mut verify_rates, mut rehash_rates) = (Vec::new(), Vec::new());
+    println!("audit: ~{record_bytes}-byte records (a denied connect event), {rounds} rounds, files under {}", base.display());
+    for round in 0..rounds {
+        for (pi, &(_, n, every)) in plans.iter().enumerate() {
+            let name = format!("r{round}-p{pi}");
+            let (mut log, _) = AuditLog::open(config(&name))?;
+            let t = Instant::now();
+            for i in 0..n {
+                log.append("connect", denial_payload(i))?;
+                if every == 0 && (i + 1) % 4096 == 0 {
+                    log.checkpoint()?;
+                } else if every != 0 && every != u64::MAX && (i + 1) % every == 0 {
+                    log.sync()?;
+                }
+            }
+            if every != u64::MAX {
+                log.sync()?;
+            }
+            rates[pi].push(n as f64 / t.elapsed().as_secs_f64());
+            log.close()?;
+        }
+        // Verify the signed log of this round (100k records + checkpoints).
+        let dir = base.join(format!("r{round}-p4"));
+        let key = zt_agent::audit::keys::read_verifier_keys(&dir.join("verifier-keys"))?;
+        let t = Instant::now();
+        let r = verify_dir(&dir, &Options { keys: key, trusted: vec![] }).map_err(|e| anyhow::anyhow!("{e}"))?;
+        verify_rates.push(r.records as f64 / t.elapsed().as_secs_f64());
+        let t = Instant::now();
+        let mut edge = Edge::new();
+        let scan = segment::scan_dir::<segment::SegmentError>(&dir, |_, rec| {
+            edge.push_hash(leaf_hash(rec));
+            Ok(())
+        })?;
+        let _ = edge.root();
+        rehash_rates.push(scan.records as f64 / t.elapsed().as_secs_f64());
+        for pi in 0..plans.len() {
+            let _ = std::fs::remove_dir_all(base.join(format!("r{round}-p{pi}")));
+        }
+    }
+    let med = |v: &mut Vec<f64>| {
+        v.sort_by(f64::total_cmp);
+        v[v.len() / 2]
+    };
+    let mem = med(&mut rates[plans.len() - 1].clone());
+    println!("\n{:<36} {:>14} {:>10} {:>14}", "append", "records/s", "vs memory", "vs 300k target");
+    for (pi, (label, _, _)) in plans.iter().enumerate() {
+        let r = med(&mut rates[pi]);
+        println!("{label:<36} {r:>14.0} {:>10.3} {:>14.3}", r / mem, r / 300_000.0);
+    }
+    let (v, h) = (med(&mut verify_rates), med(&mut rehash_rates));
+    println!("\nverify (one core)                    {v:>14.0} records/s ({:.3} of re-hashing alone at {h:.0}/s; {:.3} of the 1M target)", v / h, v / 1_000_000.0);
+
+    // Sign and verify latency of one checkpoint.
+    let signer = Signer::from_pkcs8("zt-agent/bench", &Signer::generate_pkcs8().map_err(anyhow::Error::msg)?).map_err(anyhow::Error::msg)?;
+    let cp = Checkpoint { origin: "zt-agent/bench".into(), size: 123_456, root: [7; 32] };
+    let (mut sign_ns, mut verify_ns) = (Vec::new(), Vec::new());
+    let keys = [signer.verifier_key()];
+    for _ in 0..(200 * rounds.max(1)) {
+        let t = Instant::now();
+        let note = cp.sign(&[&signer]);
+        sign_ns.push(t.elapsed().as_nanos() as f64);
+        let t = Instant::now();
+        Checkpoint::verify(&note, "zt-agent/bench", &keys).map_err(|e| anyhow::anyhow!("{e}"))?;
+        verify_ns.push(t.elapsed().as_nanos() as f64);
+    }
+    println!("checkpoint sign p50 {:.1} us, verify p50 {:.1} us (Ed25519, ring)", med(&mut sign_ns) / 1000.0, med(&mut verify_ns) / 1000.0);
+    let _ = std::fs::remove_dir_all(&base);
     Ok(())
 }
