@@ -379,6 +379,8 @@ impl AuditLog {
     /// Checkpoints when due and retires a rotated-out key when its overlap
     /// ended. Returns whether a checkpoint was written.
     pub fn tick(&mut self) -> anyhow::Result<bool> {
+        // Readers (`audit tail`) see records within a tick; durability comes with the checkpoint.
+        self.seg.flush().map_err(|e| anyhow::anyhow!("{e}"))?;
         if self.overlap_until.is_some_and(|t| SystemTime::now() >= t) {
             self.retire_old_key()?;
             return Ok(true);

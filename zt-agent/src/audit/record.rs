@@ -50,20 +50,23 @@ pub struct Envelope {
 }
 
 impl Envelope {
-    /// The canonical bytes of this record (the Merkle leaf).
+    /// The canonical bytes of this record (the Merkle leaf): the envelope's
+    /// keys written directly in sorted order, the payload canonicalized in
+    /// place (no copy of it is made).
     pub fn encode(&self) -> Vec<u8> {
-        let v = serde_json::json!({
-            "v": VERSION,
-            "idx": self.idx,
-            "origin": self.origin,
-            "time": self.time,
-            "boot_id": self.boot_id,
-            "mono_ns": self.mono_ns,
-            "kind": self.kind,
-            "payload": self.payload,
-        });
-        let mut out = Vec::with_capacity(256);
-        canonical(&v, &mut out);
+        let mut out = Vec::with_capacity(1024);
+        let s = |out: &mut Vec<u8>, v: &str| serde_json::to_writer(&mut *out, v).expect("writing to a Vec");
+        out.extend_from_slice(b"{\"boot_id\":");
+        s(&mut out, &self.boot_id);
+        out.extend_from_slice(format!(",\"idx\":{},\"kind\":", self.idx).as_bytes());
+        s(&mut out, &self.kind);
+        out.extend_from_slice(format!(",\"mono_ns\":{},\"origin\":", self.mono_ns).as_bytes());
+        s(&mut out, &self.origin);
+        out.extend_from_slice(b",\"payload\":");
+        canonical(&self.payload, &mut out);
+        out.extend_from_slice(b",\"time\":");
+        s(&mut out, &self.time);
+        out.extend_from_slice(format!(",\"v\":{VERSION}}}").as_bytes());
         out
     }
 
@@ -101,7 +104,14 @@ pub struct Header<'a> {
 }
 
 impl<'a> Header<'a> {
+    /// Reads the envelope fields; the payload is skipped (the Merkle hash
+    /// covers it). Records in canonical form take a fast path that only
+    /// locates the envelope keys around the payload; anything else goes
+    /// through the JSON parser.
     pub fn parse(bytes: &'a [u8]) -> Result<Self, String> {
+        if let Some(h) = Self::canonical_fast_path(bytes) {
+            return Ok(h);
+        }
         let h: Header = serde_json::from_slice(bytes).map_err(|e| format!("not an audit record: {e}"))?;
         if h.v != VERSION {
             return Err(format!("record version {} (this zt-agent reads {VERSION})", h.v));
@@ -110,12 +120,41 @@ impl<'a> Header<'a> {
     }
 }
 
+impl<'a> Header<'a> {
+    /// `{"boot_id":"…","idx":N,"kind":"…","mono_ns":N,"origin":"…","payload":…,"time":"…","v":1}`.
+    /// Inside a JSON string every `"` is escaped, so a pattern beginning with
+    /// an unescaped `"` (or `,` after a value) can only be structural; the
+    /// `time` key is found from the end, after the payload.
+    fn canonical_fast_path(bytes: &'a [u8]) -> Option<Self> {
+        let s = std::str::from_utf8(bytes).ok()?;
+        let rest = s.strip_prefix("{\"boot_id\":\"")?;
+        let (_, rest) = rest.split_once("\",\"idx\":")?;
+        let (idx, rest) = rest.split_once(",\"kind\":\"")?;
+        let (kind, rest) = rest.split_once("\",\"mono_ns\":")?;
+        let (mono, rest) = rest.split_once(",\"origin\":\"")?;
+        let (origin, rest) = rest.split_once("\",\"payload\":")?;
+        let time = &rest[rest.rfind(",\"time\":\"")? + 9..];
+        let time = time.strip_suffix(&format!("\",\"v\":{VERSION}}}"))?;
+        let digits = |d: &str| !d.is_empty() && d.bytes().all(|b| b.is_ascii_digit());
+        let plain = |t: &str| !t.contains(['\\', '"']);
+        if !(digits(idx) && digits(mono) && plain(kind) && plain(origin) && plain(time)) {
+            return None;
+        }
+        Some(Header { v: VERSION, idx: idx.parse().ok()?, origin: origin.into(), kind: kind.into() })
+    }
+}
+
 /// Writes `v` as canonical JSON.
 pub fn canonical(v: &Value, out: &mut Vec<u8>) {
     match v {
         Value::Object(m) => {
+            let utf16 = |a: &String, b: &String| a.encode_utf16().cmp(b.encode_utf16());
+            // serde_json's map iterates in byte order, which is UTF-16 order
+            // for the ASCII keys we write; sort only when it is not.
             let mut keys: Vec<&String> = m.keys().collect();
-            keys.sort_by(|a, b| a.encode_utf16().cmp(b.encode_utf16()));
+            if !keys.is_sorted_by(|a, b| utf16(a, b).is_le()) {
+                keys.sort_by(|a, b| utf16(a, b));
+            }
             out.push(b'{');
             for (i, k) in keys.into_iter().enumerate() {
                 if i > 0 {
@@ -182,8 +221,22 @@ mod tests {
         );
         assert!(!bytes.iter().any(|b| *b < 0x20));
         assert_eq!(Envelope::decode(&bytes).unwrap(), e);
+        // The direct writer agrees with canonicalizing the whole envelope.
+        let whole = json!({"v": 1, "idx": 7, "origin": e.origin, "time": e.time, "boot_id": "b", "mono_ns": 42, "kind": "policy", "payload": e.payload});
+        assert_eq!(canon(whole).into_bytes(), bytes);
         let h = Header::parse(&bytes).unwrap();
         assert_eq!((h.idx, &*h.origin, &*h.kind), (7, "zt-agent/node-1", "policy"));
+        assert!(Header::canonical_fast_path(&bytes).is_some());
+        // Not canonical (whitespace, other key order): the JSON parser reads it the same.
+        let loose = br#"{ "v": 1, "idx": 7, "kind": "policy", "origin": "zt-agent/node-1", "payload": {"time": "x"}, "time": "t", "boot_id": "b", "mono_ns": 1 }"#;
+        assert!(Header::canonical_fast_path(loose).is_none());
+        let h = Header::parse(loose).unwrap();
+        assert_eq!((h.idx, &*h.origin, &*h.kind), (7, "zt-agent/node-1", "policy"));
+        // A payload holding the envelope's key patterns inside strings and a nested "time".
+        let tricky = Envelope { payload: json!({"a": "\",\"idx\":9,\"kind\":\"x", "time": "\",\"time\":\"", "n": {"time": 1}}), ..e.clone() };
+        let tb = tricky.encode();
+        let h = Header::canonical_fast_path(&tb).unwrap();
+        assert_eq!((h.idx, &*h.kind, &*h.origin), (7, "policy", "zt-agent/node-1"));
         assert!(Header::parse(b"{\"v\":2,\"idx\":0,\"origin\":\"o\",\"kind\":\"k\"}").unwrap_err().contains("version 2"));
         assert!(Header::parse(b"[1]").is_err());
     }

@@ -2,8 +2,10 @@
 //!
 //! A frame is `[u32 LE length][u32 LE crc32c(record)][record]`; segments are
 //! `seg-<8 digit number>.log` in one directory, filled up to a size limit.
-//! Records become durable at [`SegmentWriter::sync`] (`fdatasync`): callers
-//! must not sign a checkpoint covering records before that returns.
+//! Frames are buffered in memory and written out at [`SegmentWriter::flush`]
+//! (or when 256 KiB are waiting); records become durable at
+//! [`SegmentWriter::sync`] (write + `fdatasync`): callers must not sign a
+//! checkpoint covering records before that returns.
 //!
 //! Recovery at open: every segment is scanned; in the **last** segment the
 //! first bad frame (short, oversize, or checksum mismatch) is a torn tail
@@ -19,6 +21,8 @@ use std::{
 /// Largest record (C2SP tiles bundle entries carry a u16 length).
 pub const MAX_RECORD: usize = 65_535;
 const HEADER: usize = 8;
+/// Buffered frames are written out beyond this many bytes.
+const BUF_BYTES: usize = 256 << 10;
 
 #[derive(Debug, thiserror::Error)]
 pub enum SegmentError {
@@ -70,6 +74,8 @@ pub struct Recovery {
 pub struct SegmentWriter {
     dir: PathBuf,
     file: File,
+    /// Frames not yet written to the file.
+    buf: Vec<u8>,
     number: u64,
     bytes: u64,
     max_bytes: u64,
@@ -179,7 +185,7 @@ impl SegmentWriter {
         if scan.segments.is_empty() {
             File::open(dir).and_then(|d| d.sync_all()).map_err(io_err(dir))?;
         }
-        let w = SegmentWriter { dir: dir.to_path_buf(), file, number, bytes, max_bytes, next_index: scan.records };
+        let w = SegmentWriter { dir: dir.to_path_buf(), file, buf: Vec::with_capacity(BUF_BYTES), number, bytes, max_bytes, next_index: scan.records };
         Ok((w, Recovery { records: scan.records, dropped: scan.torn_tail }))
     }
 
@@ -191,19 +197,30 @@ impl SegmentWriter {
         if self.bytes > 0 && self.bytes + (HEADER + record.len()) as u64 > self.max_bytes {
             self.rotate()?;
         }
-        let mut frame = Vec::with_capacity(HEADER + record.len());
-        frame.extend_from_slice(&(record.len() as u32).to_le_bytes());
-        frame.extend_from_slice(&crc32c::crc32c(record).to_le_bytes());
-        frame.extend_from_slice(record);
-        let path = segment_path(&self.dir, self.number);
-        self.file.write_all(&frame).map_err(io_err(&path))?;
-        self.bytes += frame.len() as u64;
+        self.buf.extend_from_slice(&(record.len() as u32).to_le_bytes());
+        self.buf.extend_from_slice(&crc32c::crc32c(record).to_le_bytes());
+        self.buf.extend_from_slice(record);
+        self.bytes += (HEADER + record.len()) as u64;
         self.next_index += 1;
+        if self.buf.len() >= BUF_BYTES {
+            self.flush()?;
+        }
         Ok(self.next_index - 1)
     }
 
-    /// Makes every appended record durable (`fdatasync`).
+    /// Writes buffered frames to the file (readable, not yet durable).
+    pub fn flush(&mut self) -> Result<(), SegmentError> {
+        if !self.buf.is_empty() {
+            let path = segment_path(&self.dir, self.number);
+            self.file.write_all(&self.buf).map_err(io_err(&path))?;
+            self.buf.clear();
+        }
+        Ok(())
+    }
+
+    /// Makes every appended record durable (write + `fdatasync`).
     pub fn sync(&mut self) -> Result<(), SegmentError> {
+        self.flush()?;
         let path = segment_path(&self.dir, self.number);
         self.file.sync_data().map_err(io_err(&path))
     }

@@ -463,3 +463,31 @@ fn copy_dir(from: &Path, to: &Path) {
         std::fs::copy(e.path(), to.join(e.file_name())).unwrap();
     }
 }
+
+#[test]
+fn cadence_checkpoints_waiting_records_and_heartbeats_when_idle() {
+    let t = Tmp::new("cadence");
+    let mut cfg = t.config();
+    cfg.checkpoint_interval = Duration::from_millis(50);
+    cfg.checkpoint_records = 3;
+    cfg.heartbeat = Duration::from_millis(200);
+    let (mut log, _) = AuditLog::open(cfg).unwrap();
+    assert!(!log.tick().unwrap(), "nothing waiting, heartbeat not due");
+    for _ in 0..3 {
+        log.append("policy", json!({})).unwrap();
+    }
+    assert!(log.tick().unwrap(), "N records waiting: checkpoint at once");
+    assert_eq!(log.last_checkpoint().unwrap().size, 3);
+    log.append("policy", json!({})).unwrap();
+    assert!(!log.tick().unwrap(), "one record, interval not over");
+    std::thread::sleep(Duration::from_millis(60));
+    assert!(log.tick().unwrap(), "interval over");
+    assert_eq!(log.last_checkpoint().unwrap().size, 5);
+    assert!(!log.tick().unwrap(), "only the checkpoint record waits: no new checkpoint before the heartbeat");
+    std::thread::sleep(Duration::from_millis(210));
+    assert!(log.tick().unwrap(), "heartbeat");
+    assert_eq!(log.last_checkpoint().unwrap().size, 6, "the heartbeat covers the previous checkpoint record");
+    let key = log.verifier_keys()[0].clone();
+    log.close().unwrap();
+    assert_eq!(verify(&t.log(), &key).unwrap().checkpoints, 4);
+}
