@@ -36,6 +36,15 @@ fn vkey(dir: &Path) -> String {
     std::fs::read_to_string(dir.join("verifier-keys")).unwrap().lines().next().unwrap().to_string()
 }
 
+/// `audit verify DIR --vkey K --trusted-checkpoint F...`.
+fn verify_trusting(dir: &Path, trusted: &[PathBuf]) -> Output {
+    let mut args = vec!["audit".to_string(), "verify".into(), dir.display().to_string(), "--vkey".into(), vkey(dir)];
+    for p in trusted {
+        args.extend(["--trusted-checkpoint".to_string(), p.display().to_string()]);
+    }
+    Command::new(agent_bin()).args(&args).output().expect("running zt-agent")
+}
+
 /// Waits until the signed size in the checkpoint file reaches `min`.
 fn wait_signed(dir: &Path, min: u64) -> String {
     let deadline = Instant::now() + Duration::from_secs(20);
@@ -206,11 +215,7 @@ fn kill9_loop_never_loses_a_signed_record() {
             std::fs::OpenOptions::new().write(true).open(&last).unwrap().set_len(len - cut).unwrap();
             tears += 1;
         }
-        let mut args = vec!["audit".to_string(), "verify".into(), d.clone(), "--vkey".into(), vkey(&dir)];
-        for p in &published {
-            args.extend(["--trusted-checkpoint".to_string(), p.display().to_string()]);
-        }
-        let o = Command::new(agent_bin()).args(&args).output().unwrap();
+        let o = verify_trusting(&dir, &published);
         assert!(o.status.success(), "round {round}: {}", text(&o));
         assert_eq!(text(&o).contains("torn tail"), tear, "round {round}: {}", text(&o));
     }
@@ -224,11 +229,7 @@ fn kill9_loop_never_loses_a_signed_record() {
     assert_eq!(recoveries, tears, "every torn tail was cut and recorded at the next start");
     let recs = records(&dir);
     assert_eq!(recs.iter().filter(|r| r["kind"] == "recovery").count(), tears);
-    let mut args = vec!["audit".to_string(), "verify".into(), d.clone(), "--vkey".into(), vkey(&dir)];
-    for p in &published {
-        args.extend(["--trusted-checkpoint".to_string(), p.display().to_string()]);
-    }
-    let o = Command::new(agent_bin()).args(&args).output().unwrap();
+    let o = verify_trusting(&dir, &published);
     assert!(o.status.success(), "{}", text(&o));
     println!("kill -9 loop: {} records, {} published checkpoints all consistent", recs.len(), published.len());
 }
