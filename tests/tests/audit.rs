@@ -233,3 +233,45 @@ fn kill9_loop_never_loses_a_signed_record() {
     assert!(o.status.success(), "{}", text(&o));
     println!("kill -9 loop: {} records, {} published checkpoints all consistent", recs.len(), published.len());
 }
+
+/// `zt-agent audit rotate-key` on the running agent: both keys sign during
+/// the overlap, then only the new one; a verifier holding only the old key
+/// follows the rotation.
+#[test]
+fn key_rotation_on_the_running_agent() {
+    if !require_root("key_rotation_on_the_running_agent") {
+        return;
+    }
+    let tmp = TmpDir::new("audit-rotate-files");
+    let (dir, key) = (tmp.0.join("audit"), tmp.0.join("audit.key"));
+    let cg = TestCgroup::new(&format!("/{}/agent", unique("rotate"))).unwrap();
+    let agent = Agent::start("audit-rotate", &deny_all_policy(&cg), &["--audit-dir", dir.to_str().unwrap(), "--audit-key", key.to_str().unwrap()]).unwrap();
+    let old = vkey(&dir);
+    let sock = agent.socket.to_str().unwrap().to_string();
+    let o = zt(&["audit", "rotate-key", "--overlap", "2s", "--socket", &sock]);
+    assert!(o.status.success(), "{}", text(&o));
+    let status = agent.status();
+    assert_eq!(status["audit"]["verifier_keys"].as_array().unwrap().len(), 2, "{status}");
+    let note = std::fs::read_to_string(dir.join("checkpoint")).unwrap();
+    assert_eq!(note.matches('\u{2014}').count(), 2, "dual-signed during the overlap:\n{note}");
+    let o = zt(&["audit", "rotate-key", "--socket", &sock]);
+    assert!(!o.status.success() && text(&o).contains("already in progress"), "{}", text(&o));
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while agent.status()["audit"]["verifier_keys"].as_array().unwrap().len() != 1 {
+        assert!(Instant::now() < deadline, "old key never retired");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    let new = agent.status()["audit"]["verifier_keys"][0].as_str().unwrap().to_string();
+    assert_ne!(new, old);
+    agent.stop().unwrap();
+    let o = zt(&["audit", "verify", dir.to_str().unwrap(), "--vkey", &old, "--json"]);
+    assert!(o.status.success(), "{}", text(&o));
+    let v: Value = serde_json::from_slice(&o.stdout).unwrap();
+    assert_eq!(v["trusted_keys"], serde_json::json!([new]));
+    let kinds: Vec<String> = records(&dir).iter().map(|r| r["kind"].as_str().unwrap().to_string()).collect();
+    assert!(kinds.contains(&"key_rotation".to_string()) && kinds.contains(&"key_retired".to_string()), "{kinds:?}");
+    // The agent restarts signing with the new key.
+    let agent = Agent::start("audit-rotate", &deny_all_policy(&cg), &["--audit-dir", dir.to_str().unwrap(), "--audit-key", key.to_str().unwrap()]).unwrap();
+    assert_eq!(agent.status()["audit"]["verifier_keys"], serde_json::json!([new]));
+    agent.stop().unwrap();
+}

@@ -16,6 +16,8 @@
 //!   begins, so a verifier can resume after retention deleted older segments.
 //! - `checkpoint`: the latest signed checkpoint (replaced atomically).
 //! - `verifier-keys`: every public key the log has been signed with.
+//! - `lock`: held (`flock`) by the one writer; a second agent on the same
+//!   directory is refused.
 //!
 //! # Invariants
 //! - A record counts only after `fdatasync`; a checkpoint is signed only
@@ -112,6 +114,8 @@ pub struct OpenReport {
 }
 
 pub struct AuditLog {
+    /// The exclusive lock on the directory, held while the log is open.
+    _lock: nix::fcntl::Flock<std::fs::File>,
     cfg: Config,
     origin: String,
     seg: SegmentWriter,
@@ -191,6 +195,10 @@ impl AuditLog {
         let dir = cfg.dir.clone();
         let violation = |reason: String| OpenError::Integrity { dir: dir.display().to_string(), reason };
         std::fs::create_dir_all(&dir).with_context(|| format!("creating audit dir {}", dir.display()))?;
+        let lock_path = dir.join("lock");
+        let lock_file = std::fs::OpenOptions::new().create(true).truncate(false).write(true).open(&lock_path).with_context(|| lock_path.display().to_string())?;
+        let lock = nix::fcntl::Flock::lock(lock_file, nix::fcntl::FlockArg::LockExclusiveNonblock)
+            .map_err(|(_, e)| anyhow::anyhow!("audit log {} is in use by another writer (lock: {e})", dir.display()))?;
 
         // The log's origin is fixed by its first checkpoint.
         let cp_path = dir.join(CHECKPOINT_FILE);
@@ -294,6 +302,7 @@ impl AuditLog {
             _ => None,
         };
         let mut log = AuditLog {
+            _lock: lock,
             origin: origin.clone(),
             seg,
             edge,

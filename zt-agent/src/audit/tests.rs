@@ -107,6 +107,9 @@ fn intact_log_verifies_and_reopens() {
     // Reopen: nothing to recover; records continue at 111.
     let (mut log, rep) = AuditLog::open(t.config()).unwrap();
     assert_eq!((rep.records, rep.signed_size, rep.key_created, rep.recovered.is_none()), (111, 110, false, true));
+    // One writer per directory.
+    let Err(OpenError::Other(e)) = AuditLog::open(t.config()) else { panic!("second writer allowed") };
+    assert!(e.to_string().contains("is in use by another writer"), "{e}");
     assert_eq!(log.append("policy", json!({})).unwrap(), 111);
     log.close().unwrap();
     assert_eq!(verify(&t.log(), &key).unwrap().checkpoints, 12);
