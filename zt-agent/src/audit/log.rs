@@ -30,7 +30,9 @@
 //!
 //! # Recovery at open
 //! Read the `checkpoint` file (it must verify with our key), scan every
-//! segment re-hashing all records and checking each record's `idx`, then:
+//! segment re-hashing all records and checking each record's `idx` and
+//! each checkpoint record against the tree, then: a missing `checkpoint`
+//! file while checkpoint records exist, one older than the last of them,
 //! a bad frame in an earlier segment, a record missing or altered below the
 //! signed size, or a root that differs from the signed one is an integrity
 //! violation (nothing is cut or written: the evidence stays as found).
@@ -239,6 +241,7 @@ impl AuditLog {
         let base = edge.size();
         let mut signed_root: Option<Hash> = (signed_size == base).then(|| edge.root());
         let mut rotation_until: Option<String> = None;
+        let mut last_checkpoint_record: Option<u64> = None;
         let scan = segment::scan_dir(&dir, |i, rec| {
             let idx = base + i;
             let h = Header::parse(rec).map_err(|e| ScanErr::Stop(format!("record {idx}: {e}")))?;
@@ -253,6 +256,7 @@ impl AuditLog {
                         if size != idx || root != edge.root() {
                             return Err(ScanErr::Stop(format!("record {idx}: checkpoint record does not match the records before it")));
                         }
+                        last_checkpoint_record = Some(size);
                     }
                     kind::KEY_ROTATION => rotation_until = env.payload["overlap_until"].as_str().map(String::from),
                     _ => rotation_until = None,
@@ -271,6 +275,14 @@ impl AuditLog {
             Err(ScanErr::Segment(e)) => return Err(anyhow::anyhow!("{e}").into()),
         };
         let records = edge.size();
+        // The checkpoint file is written before its record is appended, so
+        // it is never older than the last checkpoint record.
+        if let Some(k) = last_checkpoint_record.filter(|k| signed.is_none() || signed_size < *k) {
+            return Err(violation(match &signed {
+                None => format!("{} is missing but record {k} is a signed checkpoint: the checkpoint file was deleted", cp_path.display()),
+                Some(_) => format!("{} signs size {signed_size} but record {k} is a later checkpoint: an older checkpoint file was put back", cp_path.display()),
+            }));
+        }
         if let Some(bad) = scan.torn_tail.as_ref().filter(|b| base + b.index < signed_size) {
             return Err(violation(format!(
                 "record {} ({} at byte {}): {}; it is below the last signed checkpoint (size {signed_size}), so signed records were lost or altered",
@@ -451,16 +463,18 @@ impl AuditLog {
         Ok(new_v)
     }
 
-    /// Ends a rotation: records the retirement under both keys, then the
-    /// incoming key replaces the old key file.
+    /// Ends a rotation: the incoming key replaces the old key file, then a
+    /// `key_retired` record is appended and signed.
     fn retire_old_key(&mut self) -> anyhow::Result<()> {
-        let old = self.signers[0].verifier_key();
-        self.append(kind::KEY_RETIRED, json!({"key": old.to_string()}))?;
-        self.checkpoint()?;
+        // The new key takes the old key's file first (the old private key is
+        // gone), then the retirement is recorded and signed by the new key,
+        // which verifiers already trust through the signed rotation record.
         std::fs::rename(keys::next_path(&self.cfg.key), &self.cfg.key).with_context(|| format!("replacing {}", self.cfg.key.display()))?;
         keys::sync_parent(&self.cfg.key)?;
-        self.signers.remove(0);
+        let old = self.signers.remove(0).verifier_key();
         self.overlap_until = None;
+        self.append(kind::KEY_RETIRED, json!({"key": old.to_string()}))?;
+        self.checkpoint()?;
         tracing::info!("audit key {old} retired; now signing with {}", self.signers[0].verifier_key());
         Ok(())
     }

@@ -250,6 +250,12 @@ fn an_old_checkpoint_put_back_is_a_size_regression() {
     let e = verify(&t.log(), &key).unwrap_err();
     assert_eq!(e.index, Some(14));
     assert!(e.reason.ends_with("signs size 12 but record 14 is a later checkpoint: an older checkpoint was put back (size regression)"), "{e}");
+    let Err(OpenError::Integrity { reason, .. }) = AuditLog::open(cfg.clone()) else { panic!("opened with a replayed checkpoint") };
+    assert!(reason.ends_with("signs size 12 but record 14 is a later checkpoint: an older checkpoint file was put back"), "{reason}");
+    // Deleting the checkpoint file (to truncate and continue) is refused as well.
+    std::fs::remove_file(t.log().join(CHECKPOINT_FILE)).unwrap();
+    let Err(OpenError::Integrity { reason, .. }) = AuditLog::open(cfg) else { panic!("opened without the checkpoint file") };
+    assert!(reason.ends_with("is missing but record 14 is a signed checkpoint: the checkpoint file was deleted"), "{reason}");
 }
 
 #[test]
@@ -365,6 +371,7 @@ fn key_rotation_is_followed_by_a_verifier_that_knows_only_the_old_key() {
     let old = log.verifier_keys()[0].clone();
     log.append("policy", json!({})).unwrap();
     log.checkpoint().unwrap();
+    let before_rotation = std::fs::read_to_string(t.log().join(CHECKPOINT_FILE)).unwrap();
     let new = log.rotate_key(Duration::from_millis(200)).unwrap();
     assert_eq!(log.verifier_keys().len(), 2, "both sign during the overlap");
     let note = std::fs::read_to_string(t.log().join(CHECKPOINT_FILE)).unwrap();
@@ -377,8 +384,9 @@ fn key_rotation_is_followed_by_a_verifier_that_knows_only_the_old_key() {
     assert!(!super::keys::next_path(&t.key()).exists());
     let note = std::fs::read_to_string(t.log().join(CHECKPOINT_FILE)).unwrap();
     assert_eq!(note.matches('\u{2014}').count(), 1);
-    // Trusting only the old key, the verifier learns the new one from the log.
-    let r = verify(&t.log(), &old).unwrap();
+    // Trusting only the old key, the verifier learns the new one from the log,
+    // and still accepts a checkpoint kept from before the rotation.
+    let r = verify_trusting(&t.log(), &old, &before_rotation).unwrap();
     assert_eq!(r.trusted_keys, vec![new.to_string()], "the retired key is no longer trusted");
     // Trusting only the new key, the first checkpoints (old key alone) fail.
     let e = verify(&t.log(), &new).unwrap_err();

@@ -80,6 +80,9 @@ impl From<SegmentError> for Failure {
 struct State {
     origin: Option<String>,
     trusted: Vec<VerifierKey>,
+    /// Every key trusted at some point of the log (for outside checkpoints
+    /// from before a rotation).
+    ever_trusted: Vec<VerifierKey>,
     pending_keys: Vec<(u64, VerifierKey)>,
     retiring_keys: Vec<(u64, VerifierKey)>,
     /// Roots signed by checkpoint records, by size.
@@ -138,7 +141,10 @@ impl State {
         // Key changes recorded before this checkpoint are now signed by a trusted key.
         for (_, k) in self.pending_keys.extract_if(.., |(i, _)| *i < idx) {
             if !self.trusted.contains(&k) {
-                self.trusted.push(k);
+                self.trusted.push(k.clone());
+            }
+            if !self.ever_trusted.contains(&k) {
+                self.ever_trusted.push(k);
             }
         }
         for (_, k) in self.retiring_keys.extract_if(.., |(i, _)| *i < idx) {
@@ -181,6 +187,7 @@ pub fn verify_dir(dir: &Path, opts: &Options) -> Result<Report, Failure> {
     let first_index = edge.size();
     let mut st = State {
         origin: parsed.first().map(|(_, c)| c.origin.clone()),
+        ever_trusted: trusted.clone(),
         trusted,
         pending_keys: Vec::new(),
         retiring_keys: Vec::new(),
@@ -207,7 +214,11 @@ pub fn verify_dir(dir: &Path, opts: &Options) -> Result<Report, Failure> {
         );
     }
     for ((label, note), (_, body)) in outside.iter().zip(&parsed) {
-        let (cp, _) = Checkpoint::verify(note, &origin, &st.trusted).or_else(|e| fail(None, format!("{label}: {e}")))?;
+        // The host's checkpoint file must carry a current key; a checkpoint
+        // kept elsewhere may predate a rotation.
+        let is_file = *label == cp_path.display().to_string();
+        let keys = if is_file { &st.trusted } else { &st.ever_trusted };
+        let (cp, _) = Checkpoint::verify(note, &origin, keys).or_else(|e| fail(None, format!("{label}: {e}")))?;
         debug_assert_eq!(&cp, body);
         if cp.size > records {
             return fail(
@@ -225,7 +236,7 @@ pub fn verify_dir(dir: &Path, opts: &Options) -> Result<Report, Failure> {
             }
             return fail(None, format!("the log's root at size {} differs from {label}: records below {} were altered", cp.size, cp.size));
         }
-        if *label == cp_path.display().to_string()
+        if is_file
             && let Some(k) = last_record_cp.filter(|k| cp.size < *k)
         {
             return fail(k, format!("{label} signs size {} but record {k} is a later checkpoint: an older checkpoint was put back (size regression)", cp.size));
