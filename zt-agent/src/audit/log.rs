@@ -304,15 +304,22 @@ impl AuditLog {
         }
 
         let (seg, recovery) = SegmentWriter::resume(&dir, cfg.segment_bytes, scan).map_err(|e| anyhow::anyhow!("{e}"))?;
+        let overlap_until = match (signers.len(), rotation_until) {
+            (2, Some(t)) => Some(humantime::parse_rfc3339(&t).unwrap_or(SystemTime::UNIX_EPOCH)),
+            (2, None) => {
+                // A crash between creating the incoming key and recording the
+                // rotation: no verifier could learn that key, so drop it.
+                signers.pop();
+                std::fs::remove_file(&next).with_context(|| format!("removing {}", next.display()))?;
+                tracing::warn!("audit key rotation was interrupted before it was recorded; {} removed, run `zt-agent audit rotate-key` again", next.display());
+                None
+            }
+            _ => None,
+        };
+        let vkeys: Vec<VerifierKey> = signers.iter().map(Signer::verifier_key).collect();
         for k in &vkeys {
             keys::append_verifier_key(&dir, k)?;
         }
-        let overlap_until = match (signers.len(), rotation_until) {
-            (2, Some(t)) => humantime::parse_rfc3339(&t).ok(),
-            // The incoming key exists but its rotation record never became durable: retire at once.
-            (2, None) => Some(SystemTime::UNIX_EPOCH),
-            _ => None,
-        };
         let mut log = AuditLog {
             _lock: lock,
             origin: origin.clone(),

@@ -502,3 +502,17 @@ fn cadence_checkpoints_waiting_records_and_heartbeats_when_idle() {
     log.close().unwrap();
     assert_eq!(verify(&t.log(), &key).unwrap().checkpoints, 4);
 }
+
+#[test]
+fn an_unrecorded_incoming_key_is_dropped_at_start() {
+    let t = Tmp::new("rotate-crash");
+    let key = write(&t.config(), 3, 10);
+    // A crash right after creating `<key>.next`, before the rotation record.
+    super::keys::write_new(&super::keys::next_path(&t.key()), ORIGIN).unwrap();
+    let (log, rep) = AuditLog::open(t.config()).unwrap();
+    assert_eq!(rep.verifier_keys, vec![key.clone()]);
+    assert!(!super::keys::next_path(&t.key()).exists());
+    log.close().unwrap();
+    assert_eq!(super::keys::read_verifier_keys(&t.log().join("verifier-keys")).unwrap(), vec![key.clone()]);
+    verify(&t.log(), &key).unwrap();
+}

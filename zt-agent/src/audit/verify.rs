@@ -17,10 +17,7 @@
 //!   beyond the log (truncation, rollback), the root at their size (a
 //!   different root signed at a size the log also signed is fork evidence),
 //!   and the `checkpoint` file not older than the last checkpoint record.
-use std::{
-    collections::BTreeMap,
-    path::{Path, PathBuf},
-};
+use std::{collections::BTreeMap, path::Path};
 
 use super::{
     checkpoint::Checkpoint,
@@ -289,8 +286,4 @@ pub fn render(dir: &Path, r: &Report) -> String {
         let _ = writeln!(s, "  WARNING: keys taken from the log directory's verifier-keys file; pass --vkey for a verification independent of this host");
     }
     s
-}
-
-pub fn default_dir() -> PathBuf {
-    PathBuf::from(log::DEFAULT_DIR)
 }
