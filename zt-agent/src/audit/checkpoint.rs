@@ -53,6 +53,13 @@ impl Checkpoint {
         Ok(Checkpoint { origin: origin.to_string(), size, root })
     }
 
+    /// The checkpoint in a signed note, its signatures not checked (to learn
+    /// the origin and size before the keys are known).
+    pub fn parse_unverified(note: &str) -> Result<Self, CheckpointError> {
+        let body = note.split("\n\n").next().unwrap_or_default();
+        Self::parse_body(&format!("{body}\n"))
+    }
+
     /// Verifies a signed checkpoint for `origin` against `keys`.
     pub fn verify(signed: &str, origin: &str, keys: &[VerifierKey]) -> Result<(Self, Vec<String>), CheckpointError> {
         let v = note::verify(signed, keys)?;

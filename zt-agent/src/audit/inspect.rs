@@ -48,8 +48,7 @@ pub fn load(dir: &Path) -> anyhow::Result<Loaded> {
     let cp_path = dir.join(CHECKPOINT_FILE);
     let checkpoint = match std::fs::read_to_string(&cp_path) {
         Ok(note) => {
-            let body = note.split("\n\n").next().unwrap_or_default();
-            let cp = Checkpoint::parse_body(&format!("{body}\n")).with_context(|| cp_path.display().to_string())?;
+            let cp = Checkpoint::parse_unverified(&note).with_context(|| cp_path.display().to_string())?;
             Some((cp, note))
         }
         Err(_) => None,

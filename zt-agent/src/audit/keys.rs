@@ -7,7 +7,7 @@
 //! - [`write_new`]: generates a key file atomically (`O_EXCL`, fsync, dir fsync).
 //! - [`append_verifier_key`]: the public `verifier-keys` list in the log dir.
 use std::{
-    fs::{File, OpenOptions},
+    fs::OpenOptions,
     io::Write,
     os::unix::fs::{OpenOptionsExt as _, PermissionsExt as _},
     path::{Path, PathBuf},
@@ -63,14 +63,8 @@ pub fn write_new(path: &Path, name: &str) -> anyhow::Result<Signer> {
         .open(path)
         .with_context(|| format!("creating audit key {}", path.display()))?;
     f.write_all(&der).and_then(|_| f.sync_all()).with_context(|| format!("writing audit key {}", path.display()))?;
-    sync_parent(path)?;
+    crate::fsutil::sync_parent(path)?;
     Ok(signer)
-}
-
-/// fsync of the directory holding `path` (makes a create/rename durable).
-pub fn sync_parent(path: &Path) -> anyhow::Result<()> {
-    let dir = path.parent().filter(|d| !d.as_os_str().is_empty()).unwrap_or(Path::new("."));
-    File::open(dir).and_then(|d| d.sync_all()).with_context(|| format!("fsync of directory {}", dir.display()))
 }
 
 /// The file listing every verifier key the log has used (public data).

@@ -165,23 +165,7 @@ pub fn read_start(dir: &Path, n: u64) -> Result<Edge, String> {
 
 pub fn write_start(dir: &Path, n: u64, edge: &Edge) -> anyhow::Result<()> {
     let v = json!({"size": edge.size(), "edge": edge.hashes().iter().map(|h| B64.encode(h)).collect::<Vec<_>>()});
-    write_atomic(&start_path(dir, n), (v.to_string() + "\n").as_bytes())
-}
-
-/// tmp + fsync + rename + fsync(dir).
-pub fn write_atomic(path: &Path, bytes: &[u8]) -> anyhow::Result<()> {
-    use std::io::Write as _;
-    let tmp = path.with_extension("tmp");
-    let mut f = std::fs::File::create(&tmp).with_context(|| format!("creating {}", tmp.display()))?;
-    f.write_all(bytes).and_then(|_| f.sync_all()).with_context(|| format!("writing {}", tmp.display()))?;
-    std::fs::rename(&tmp, path).with_context(|| format!("renaming {} to {}", tmp.display(), path.display()))?;
-    keys::sync_parent(path)
-}
-
-/// The origin and checkpoint of a checkpoint note, not yet verified.
-fn unverified_checkpoint(note: &str) -> Option<Checkpoint> {
-    let body = note.split("\n\n").next()?;
-    Checkpoint::parse_body(&format!("{body}\n")).ok()
+    crate::fsutil::write_atomic(&start_path(dir, n), (v.to_string() + "\n").as_bytes())
 }
 
 /// The fields of a checkpoint record's payload.
@@ -209,7 +193,7 @@ impl AuditLog {
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => None,
             Err(e) => return Err(anyhow::anyhow!("reading {}: {e}", cp_path.display()).into()),
         };
-        let origin = match cp_note.as_deref().map(unverified_checkpoint) {
+        let origin = match cp_note.as_deref().map(|n| Checkpoint::parse_unverified(n).ok()) {
             Some(Some(cp)) => cp.origin,
             Some(None) => return Err(violation(format!("{}: not a checkpoint", cp_path.display()))),
             None => cfg.origin.clone(),
@@ -434,7 +418,7 @@ impl AuditLog {
         let cp = Checkpoint { origin: self.origin.clone(), size: self.edge.size(), root: self.edge.root() };
         let signers: Vec<&Signer> = self.signers.iter().collect();
         let note = cp.sign(&signers);
-        write_atomic(&self.cfg.dir.join(CHECKPOINT_FILE), note.as_bytes())?;
+        crate::fsutil::write_atomic(&self.cfg.dir.join(CHECKPOINT_FILE), note.as_bytes())?;
         self.append_record(kind::CHECKPOINT, json!({"size": cp.size, "root": B64.encode(cp.root), "note": note}))?;
         self.last_checkpoint = Some(cp.clone());
         self.last_sign = Instant::now();
@@ -477,7 +461,7 @@ impl AuditLog {
         // gone), then the retirement is recorded and signed by the new key,
         // which verifiers already trust through the signed rotation record.
         std::fs::rename(keys::next_path(&self.cfg.key), &self.cfg.key).with_context(|| format!("replacing {}", self.cfg.key.display()))?;
-        keys::sync_parent(&self.cfg.key)?;
+        crate::fsutil::sync_parent(&self.cfg.key)?;
         let old = self.signers.remove(0).verifier_key();
         self.overlap_until = None;
         self.append(kind::KEY_RETIRED, json!({"key": old.to_string()}))?;
@@ -518,7 +502,7 @@ impl AuditLog {
             std::fs::remove_file(segment::segment_path(&dir, *n)).with_context(|| format!("deleting segment {n}"))?;
             let _ = std::fs::remove_file(start_path(&dir, *n));
         }
-        keys::sync_parent(&dir.join(CHECKPOINT_FILE))?;
+        crate::fsutil::sync_parent(&dir.join(CHECKPOINT_FILE))?;
         Ok(())
     }
 }

@@ -175,8 +175,7 @@ pub fn verify_dir(dir: &Path, opts: &Options) -> Result<Report, Failure> {
     outside.extend(opts.trusted.iter().cloned());
     let mut parsed: Vec<(String, Checkpoint)> = Vec::new();
     for (label, note) in &outside {
-        let body = note.split("\n\n").next().unwrap_or_default();
-        let cp = Checkpoint::parse_body(&format!("{body}\n")).or_else(|e| fail(None, format!("{label}: {e}")))?;
+        let cp = Checkpoint::parse_unverified(note).or_else(|e| fail(None, format!("{label}: {e}")))?;
         parsed.push((label.clone(), cp));
     }
 

@@ -1,7 +1,7 @@
 //! History of applied policy bundles: version, time, source, blake3 digest
 //! and the texts themselves (so a rollback re-applies exactly what was in
 //! force). Persisted one JSON file per version under the state directory,
-//! written atomically (temp file, fsync, rename).
+//! written atomically (`fsutil::write_atomic`).
 use std::path::PathBuf;
 
 use anyhow::Context as _;
@@ -77,12 +77,7 @@ impl Store {
             bundle,
         };
         if let Some(d) = &self.dir {
-            let path = d.join(format!("policy-{version:08}.json"));
-            let tmp = d.join(format!(".policy-{version:08}.json.tmp"));
-            let mut f = std::fs::File::create(&tmp)?;
-            serde_json::to_writer_pretty(&mut f, &applied)?;
-            f.sync_all()?;
-            std::fs::rename(&tmp, &path).with_context(|| format!("writing {}", path.display()))?;
+            crate::fsutil::write_atomic(&d.join(format!("policy-{version:08}.json")), &serde_json::to_vec_pretty(&applied)?)?;
         }
         self.entries.push(applied.clone());
         while self.entries.len() > KEEP {
