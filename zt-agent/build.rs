@@ -7,9 +7,6 @@ fn main() -> anyhow::Result<()> {
     let root = concat!(env!("CARGO_MANIFEST_DIR"), "/../zt-ebpf");
     println!("cargo:rerun-if-changed={root}/src");
     println!("cargo:rerun-if-changed=../zt-common/src");
-    aya_build::build_ebpf(
-        [Package { name: "zt-ebpf", root_dir: root, ..Default::default() }],
-        Toolchain::default(),
-    )
-    .context("building the eBPF object (zt-ebpf); run `cargo xtask setup` first")
+    aya_build::build_ebpf([Package { name: "zt-ebpf", root_dir: root, ..Default::default() }], Toolchain::default())
+        .context("building the eBPF object (zt-ebpf); run `cargo xtask setup` first")
 }

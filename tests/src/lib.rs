@@ -312,7 +312,10 @@ impl Drop for Agent {
 pub fn execs_with<'a>(events: &'a [Value], marker: &str) -> Vec<&'a Value> {
     events
         .iter()
-        .filter(|e| e["kind"] == "exec" && e["exec"]["argv"].as_array().is_some_and(|a| a.iter().any(|x| x.as_str().is_some_and(|s| s.contains(marker)))))
+        .filter(|e| {
+            e["kind"] == "exec"
+                && e["exec"]["argv"].as_array().is_some_and(|a| a.iter().any(|x| x.as_str().is_some_and(|s| s.contains(marker))))
+        })
         .collect()
 }
 
@@ -327,5 +330,7 @@ pub fn identity_of(e: &Value) -> Option<&str> {
 
 /// A policy with the given identities (YAML list items, indented by 4).
 pub fn policy(trust_domain: &str, identities: &str) -> String {
-    format!("apiVersion: zt-agent.io/v1alpha1\nkind: HostPolicy\nmetadata:\n  name: test\nspec:\n  trustDomain: {trust_domain}\n  identities:\n{identities}")
+    format!(
+        "apiVersion: zt-agent.io/v1alpha1\nkind: HostPolicy\nmetadata:\n  name: test\nspec:\n  trustDomain: {trust_domain}\n  identities:\n{identities}"
+    )
 }

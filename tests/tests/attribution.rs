@@ -14,10 +14,7 @@ const TD: &str = "zt.test";
 fn cgroup_policy(cg: &TestCgroup) -> String {
     policy(
         TD,
-        &format!(
-            "    - name: test-agent\n      spiffeId: spiffe://{TD}/agent/test\n      selectors:\n        - cgroup: {}/**\n",
-            cg.rel
-        ),
+        &format!("    - name: test-agent\n      spiffeId: spiffe://{TD}/agent/test\n      selectors:\n        - cgroup: {}/**\n", cg.rel),
     )
 }
 
@@ -76,9 +73,8 @@ fn lineage_survives_fork_exec_setsid_double_fork_threads_and_cgroup_escape() {
     // The last scenario left the agent cgroup before forking: only lineage
     // (not the cgroup) can attribute its descendants.
     let last = ports[7].port;
-    let events = agent
-        .wait_for("the double-forked grandchild's connect", |e| e["kind"] == "connect" && e["connect"]["port"] == last)
-        .unwrap();
+    let events =
+        agent.wait_for("the double-forked grandchild's connect", |e| e["kind"] == "connect" && e["connect"]["port"] == last).unwrap();
     let events = {
         // Let the remaining events drain, then stop (which flushes everything).
         agent.wait_for("the outside connect", |e| e["kind"] == "connect" && e["connect"]["port"] == outside.port).unwrap();
@@ -122,7 +118,9 @@ fn recycled_pid_does_not_inherit_identity() {
     }
     let ns_last_pid = "/proc/sys/kernel/ns_last_pid";
     if std::fs::metadata(ns_last_pid).is_err() {
-        println!("SKIPPED recycled_pid_does_not_inherit_identity: {ns_last_pid} missing (CONFIG_CHECKPOINT_RESTORE off), cannot force pid reuse");
+        println!(
+            "SKIPPED recycled_pid_does_not_inherit_identity: {ns_last_pid} missing (CONFIG_CHECKPOINT_RESTORE off), cannot force pid reuse"
+        );
         return;
     }
     let cg = TestCgroup::new(&format!("/{}/agent", unique("pidreuse"))).unwrap();
@@ -152,7 +150,11 @@ fn recycled_pid_does_not_inherit_identity() {
     };
     let marker = format!("ZTMARK-REUSE-{attempt}");
     agent.wait_for("the reused pid's exec", |e| e["kind"] == "exec" && e["exec"]["argv"].to_string().contains(&marker)).unwrap();
-    agent.wait_for("the reused pid's connect", |e| e["kind"] == "connect" && e["process"]["pid"] == pid && e["connect"]["port"] == outside.port).unwrap();
+    agent
+        .wait_for("the reused pid's connect", |e| {
+            e["kind"] == "connect" && e["process"]["pid"] == pid && e["connect"]["port"] == outside.port
+        })
+        .unwrap();
     let events = agent.stop().unwrap();
 
     let dead: Vec<_> = events.iter().filter(|e| e["process"]["pid"] == pid && identity_of(e) == Some("test-agent")).collect();
@@ -177,12 +179,7 @@ fn processes_running_before_start_are_seeded() {
     }
     let cg = TestCgroup::new(&format!("/{}/agent", unique("seed"))).unwrap();
     let l = Listener::new();
-    let mut early = cg
-        .command(helper_bin())
-        .args(["stdin-connect", &l.addr(), "ZTMARK-EARLY"])
-        .stdin(Stdio::piped())
-        .spawn()
-        .unwrap();
+    let mut early = cg.command(helper_bin()).args(["stdin-connect", &l.addr(), "ZTMARK-EARLY"]).stdin(Stdio::piped()).spawn().unwrap();
     // Default output filter: only attributed events (and agent/loss events).
     let agent = Agent::start("seed", &cgroup_policy(&cg), &["--show", "attributed"]).unwrap();
     writeln!(early.stdin.as_mut().unwrap()).unwrap();
@@ -195,7 +192,10 @@ fn processes_running_before_start_are_seeded() {
     assert_eq!(c[0]["process"]["pid"], early.id());
     // `--show attributed`: nothing unattributed reaches the output.
     for e in &events {
-        assert!(identity_of(e).is_some() || matches!(e["kind"].as_str(), Some("agent" | "loss" | "policy")), "unattributed event shown: {e}");
+        assert!(
+            identity_of(e).is_some() || matches!(e["kind"].as_str(), Some("agent" | "loss" | "policy")),
+            "unattributed event shown: {e}"
+        );
     }
 }
 
@@ -239,10 +239,8 @@ fn exe_and_descendant_selectors() {
     assert_eq!(k.len(), 1, "{k:?}");
     assert_eq!(identity_of(k[0]), Some("kids"), "{}", k[0]);
     // The runner itself is not its own descendant.
-    let runner_exec = events
-        .iter()
-        .find(|e| e["kind"] == "exec" && e["process"]["exe"].as_str() == Some(runner.to_str().unwrap()))
-        .expect("runner exec");
+    let runner_exec =
+        events.iter().find(|e| e["kind"] == "exec" && e["process"]["exe"].as_str() == Some(runner.to_str().unwrap())).expect("runner exec");
     assert_eq!(identity_of(runner_exec), None);
 }
 
@@ -255,11 +253,7 @@ fn stopping_leaves_nothing_attached() {
     let cg = TestCgroup::new(&format!("/{}/agent", unique("detach"))).unwrap();
     let agent = Agent::start("detach", &cgroup_policy(&cg), &[]).unwrap();
     let ours = |names: &[String]| -> Vec<String> {
-        names
-            .iter()
-            .filter(|n| zt_common::programs::ALL.iter().any(|p| p.starts_with(n.as_str()) && !n.is_empty()))
-            .cloned()
-            .collect()
+        names.iter().filter(|n| zt_common::programs::ALL.iter().any(|p| p.starts_with(n.as_str()) && !n.is_empty())).cloned().collect()
     };
     let loaded = loaded_program_names();
     assert!(!ours(&loaded).is_empty(), "agent running but none of its programs listed: {loaded:?}");
@@ -317,7 +311,12 @@ fn argv_capture_modes() {
         assert!(cg.command("/bin/true").args([marker.as_str(), "with space"]).status().unwrap().success());
         let long_marker = format!("ZTLONG-{mode}");
         assert!(cg.command("/bin/true").arg(&long_marker).args(&long).status().unwrap().success());
-        agent.wait_for("the long exec", |e| e["kind"] == "exec" && e["exec"]["argv"].to_string().contains(&long_marker) || (mode == "proc" && e["kind"] == "exit" && e["process"]["comm"] == "true")).unwrap();
+        agent
+            .wait_for("the long exec", |e| {
+                e["kind"] == "exec" && e["exec"]["argv"].to_string().contains(&long_marker)
+                    || (mode == "proc" && e["kind"] == "exit" && e["process"]["comm"] == "true")
+            })
+            .unwrap();
         let status = agent.status();
         let events = agent.stop().unwrap();
         let hook = status["hooks"].as_array().unwrap().iter().find(|h| h["program"] == "sys_enter_execve").unwrap().clone();
@@ -363,10 +362,13 @@ fn ring_buffer_overflow_is_counted_and_reported() {
         return;
     }
     let cg = TestCgroup::new(&format!("/{}/agent", unique("loss"))).unwrap();
-    let agent = Agent::start("loss", &cgroup_policy(&cg), &["--ringbuf-size", "4096", "--poll-ms", "1000", "--show", "attributed"]).unwrap();
+    let agent =
+        Agent::start("loss", &cgroup_policy(&cg), &["--ringbuf-size", "4096", "--poll-ms", "1000", "--show", "attributed"]).unwrap();
     let n: u64 = 10_000;
     let base: u16 = 40_000;
-    assert!(cg.command(helper_bin()).args(["udp-connects-spread", &n.to_string(), "127.0.0.1", &base.to_string()]).status().unwrap().success());
+    assert!(
+        cg.command(helper_bin()).args(["udp-connects-spread", &n.to_string(), "127.0.0.1", &base.to_string()]).status().unwrap().success()
+    );
     agent.wait_for("a loss event", |e| e["kind"] == "loss" && e["loss"]["totals"]["ringbuf_connect"].as_u64() > Some(0)).unwrap();
     std::thread::sleep(Duration::from_millis(2500));
     let status = agent.status();
@@ -377,7 +379,11 @@ fn ring_buffer_overflow_is_counted_and_reported() {
     let last_loss = events.iter().rev().find(|e| e["kind"] == "loss").unwrap();
     assert_eq!(last_loss["loss"]["totals"]["ringbuf_connect"].as_u64(), Some(lost), "{last_loss}");
     let in_range = |p: &serde_json::Value| p.as_u64().is_some_and(|p| p >= base as u64 && p < base as u64 + n);
-    let written: u64 = events.iter().filter(|e| e["kind"] == "connect" && in_range(&e["connect"]["port"])).map(|e| e["connect"]["repeats"].as_u64().unwrap()).sum();
+    let written: u64 = events
+        .iter()
+        .filter(|e| e["kind"] == "connect" && in_range(&e["connect"]["port"]))
+        .map(|e| e["connect"]["repeats"].as_u64().unwrap())
+        .sum();
     let summarized: u64 = events
         .iter()
         .filter(|e| e["kind"] == "connect_summary" && in_range(&e["connect_summary"]["port"]))

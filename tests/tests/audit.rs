@@ -101,7 +101,9 @@ fn denials_policy_changes_and_lifecycle_are_signed_and_verifiable() {
     std::fs::write(&policy_file, "spec: [broken").unwrap();
     agent.wait_for("rejected", |e| e["kind"] == "policy" && e["policy"]["action"] == "rejected").unwrap();
     std::fs::write(&policy_file, deny_all_policy(&cg) + "\n").unwrap();
-    agent.wait_for("applied", |e| e["kind"] == "policy" && e["policy"]["action"] == "applied" && e["policy"]["source"] == "inotify").unwrap();
+    agent
+        .wait_for("applied", |e| e["kind"] == "policy" && e["policy"]["action"] == "applied" && e["policy"]["source"] == "inotify")
+        .unwrap();
     let status = agent.status();
     assert_eq!(status["audit"]["write_errors"], 0);
     agent.stop().unwrap();
@@ -116,7 +118,8 @@ fn denials_policy_changes_and_lifecycle_are_signed_and_verifiable() {
     assert!(started["payload"]["agent"]["paths"].as_array().is_some_and(|p| !p.is_empty()));
     let stopped = recs.iter().find(|r| r["kind"] == "agent" && r["payload"]["agent"]["state"] == "stopped").expect("stop record");
     assert_eq!(stopped["payload"]["agent"]["reason"], "SIGTERM");
-    let actions: Vec<&str> = recs.iter().filter(|r| r["kind"] == "policy").map(|r| r["payload"]["policy"]["action"].as_str().unwrap()).collect();
+    let actions: Vec<&str> =
+        recs.iter().filter(|r| r["kind"] == "policy").map(|r| r["payload"]["policy"]["action"].as_str().unwrap()).collect();
     assert_eq!(actions, ["applied", "rejected", "applied"]);
     assert!(count("checkpoint") >= 2);
     assert_eq!(recs.last().unwrap()["kind"], "checkpoint", "the final checkpoint is the last record");
@@ -245,7 +248,9 @@ fn key_rotation_on_the_running_agent() {
     let tmp = TmpDir::new("audit-rotate-files");
     let (dir, key) = (tmp.0.join("audit"), tmp.0.join("audit.key"));
     let cg = TestCgroup::new(&format!("/{}/agent", unique("rotate"))).unwrap();
-    let agent = Agent::start("audit-rotate", &deny_all_policy(&cg), &["--audit-dir", dir.to_str().unwrap(), "--audit-key", key.to_str().unwrap()]).unwrap();
+    let agent =
+        Agent::start("audit-rotate", &deny_all_policy(&cg), &["--audit-dir", dir.to_str().unwrap(), "--audit-key", key.to_str().unwrap()])
+            .unwrap();
     let old = vkey(&dir);
     let sock = agent.socket.to_str().unwrap().to_string();
     let o = zt(&["audit", "rotate-key", "--overlap", "2s", "--socket", &sock]);
@@ -271,7 +276,9 @@ fn key_rotation_on_the_running_agent() {
     let kinds: Vec<String> = records(&dir).iter().map(|r| r["kind"].as_str().unwrap().to_string()).collect();
     assert!(kinds.contains(&"key_rotation".to_string()) && kinds.contains(&"key_retired".to_string()), "{kinds:?}");
     // The agent restarts signing with the new key.
-    let agent = Agent::start("audit-rotate", &deny_all_policy(&cg), &["--audit-dir", dir.to_str().unwrap(), "--audit-key", key.to_str().unwrap()]).unwrap();
+    let agent =
+        Agent::start("audit-rotate", &deny_all_policy(&cg), &["--audit-dir", dir.to_str().unwrap(), "--audit-key", key.to_str().unwrap()])
+            .unwrap();
     assert_eq!(agent.status()["audit"]["verifier_keys"], serde_json::json!([new]));
     agent.stop().unwrap();
 }

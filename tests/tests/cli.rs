@@ -39,9 +39,7 @@ fn shipped_policies_check_ok() {
 
 #[test]
 fn invalid_policy_names_file_line_column() {
-    let (code, _, err) = check(
-        "apiVersion: zt-agent.io/v1alpha1\nkind: HostPolicy\nspec:\n  trustDomain: Bad_Domain\n  identities: []\n",
-    );
+    let (code, _, err) = check("apiVersion: zt-agent.io/v1alpha1\nkind: HostPolicy\nspec:\n  trustDomain: Bad_Domain\n  identities: []\n");
     assert_eq!(code, 1);
     assert_eq!(
         err.trim(),
@@ -62,7 +60,11 @@ fn run_with_invalid_policy_exits_nonzero_with_position() {
     let dir = std::env::temp_dir().join(format!("zt-cli-run-{}", std::process::id()));
     std::fs::create_dir_all(&dir).unwrap();
     let p = dir.join("p.yaml");
-    std::fs::write(&p, "apiVersion: zt-agent.io/v1alpha1\nkind: HostPolicy\nspec:\n  trustDomain: t\n  identities:\n    - name: x\n      selectors: []\n").unwrap();
+    std::fs::write(
+        &p,
+        "apiVersion: zt-agent.io/v1alpha1\nkind: HostPolicy\nspec:\n  trustDomain: t\n  identities:\n    - name: x\n      selectors: []\n",
+    )
+    .unwrap();
     let out = Command::new(agent_bin()).args(["run", "--policy"]).arg(&p).output().unwrap();
     std::fs::remove_dir_all(&dir).unwrap();
     assert_ne!(out.status.code(), Some(0));

@@ -82,7 +82,9 @@ fn bypass_suite() {
     let mut out = Outcomes::new("bypass-out");
     let uring = io_uring_available();
     if !uring {
-        println!("SKIPPED bypass_suite/io_uring: io_uring_setup fails on this kernel (disabled or unsupported); the io_uring variant is not run");
+        println!(
+            "SKIPPED bypass_suite/io_uring: io_uring_setup fails on this kernel (disabled or unsupported); the io_uring variant is not run"
+        );
     }
 
     let v4 = |p: u16| format!("127.0.0.1:{p}");
@@ -141,8 +143,10 @@ fn bypass_suite() {
     assert!(d["denied"].as_u64().unwrap() >= cases.len() as u64, "{d}");
     assert!(d["allowed"].as_u64().unwrap() >= cases.len() as u64, "{d}");
     // Every denial is an event naming the default, and the hooks involved are the expected ones.
-    let denials: Vec<&serde_json::Value> =
-        events.iter().filter(|e| e["kind"] == "connect" && e["connect"]["port"] == denied.port && identity_of(e) == Some("test-agent")).collect();
+    let denials: Vec<&serde_json::Value> = events
+        .iter()
+        .filter(|e| e["kind"] == "connect" && e["connect"]["port"] == denied.port && identity_of(e) == Some("test-agent"))
+        .collect();
     assert!(denials.iter().all(|e| e["connect"]["action"] == "denied" && e["connect"]["rule"] == "default"));
     for hook in ["connect4", "connect6", "sendmsg4", "sendmsg6"] {
         assert!(denials.iter().any(|e| e["connect"]["hook"] == hook), "no denial seen at {hook}");

@@ -56,12 +56,9 @@ fn reload_loop_decisions_match_their_generation() {
     let file = dir.join("policy.yaml");
     std::fs::write(&file, &pa).unwrap();
     let state = dir.join("state");
-    let agent = Agent::start(
-        "reload",
-        &pa,
-        &["--policy", file.to_str().unwrap(), "--state-dir", state.to_str().unwrap(), "--show", "attributed"],
-    )
-    .unwrap();
+    let agent =
+        Agent::start("reload", &pa, &["--policy", file.to_str().unwrap(), "--state-dir", state.to_str().unwrap(), "--show", "attributed"])
+            .unwrap();
 
     let client = cg
         .command(helper_bin())
@@ -103,10 +100,8 @@ fn reload_loop_decisions_match_their_generation() {
         allowed_port.insert(g, port);
     }
     assert_eq!(allowed_port.len() as u64, generation, "one applied event per generation");
-    let connects: Vec<&Value> = events
-        .iter()
-        .filter(|e| e["kind"] == "connect" && (e["connect"]["port"] == la.port || e["connect"]["port"] == lb.port))
-        .collect();
+    let connects: Vec<&Value> =
+        events.iter().filter(|e| e["kind"] == "connect" && (e["connect"]["port"] == la.port || e["connect"]["port"] == lb.port)).collect();
     // Identical attempts are aggregated per (destination, decision,
     // generation): each event stands for attempts that all got its decision
     // under its generation, so checking events checks every attempt.

@@ -210,13 +210,8 @@ fn install_bpf_linker() -> anyhow::Result<()> {
         .map(|e| e.file_name().to_string_lossy().into_owned())
         .find(|n| n.starts_with("libLLVM.so.") || (n.starts_with("libLLVM-") && n.ends_with(".so")))
         .with_context(|| format!("no libLLVM in {}", lib.display()))?;
-    let major = llvm
-        .trim_start_matches("libLLVM.so.")
-        .trim_start_matches("libLLVM-")
-        .split(['.', '-'])
-        .next()
-        .unwrap_or_default()
-        .to_string();
+    let major =
+        llvm.trim_start_matches("libLLVM.so.").trim_start_matches("libLLVM-").split(['.', '-']).next().unwrap_or_default().to_string();
     // bpf-linker links with -lLLVM; the toolchain ships only the versioned name.
     let link = lib.join("libLLVM.so");
     if !link.exists() {
@@ -284,10 +279,7 @@ fn run_counting(mut cmd: Command, counts: &mut TestCounts) -> anyhow::Result<boo
         println!("{line}");
         if let Some(rest) = line.strip_prefix("test result: ") {
             let num = |word: &str| {
-                rest.split([';', '.'])
-                    .map(str::trim)
-                    .find_map(|part| part.strip_suffix(word)?.trim().parse::<u64>().ok())
-                    .unwrap_or(0)
+                rest.split([';', '.']).map(str::trim).find_map(|part| part.strip_suffix(word)?.trim().parse::<u64>().ok()).unwrap_or(0)
             };
             counts.passed += num("passed");
             counts.failed += num("failed");

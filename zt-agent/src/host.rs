@@ -70,8 +70,7 @@ fn ensure_mounted(fstype: &str, target: &str) -> anyhow::Result<PathBuf> {
         return Ok(p);
     }
     std::fs::create_dir_all(target).ok();
-    mount(Some(fstype), target, Some(fstype), MsFlags::empty(), None::<&str>)
-        .with_context(|| format!("mounting {fstype} at {target}"))?;
+    mount(Some(fstype), target, Some(fstype), MsFlags::empty(), None::<&str>).with_context(|| format!("mounting {fstype} at {target}"))?;
     Ok(PathBuf::from(target))
 }
 

@@ -303,7 +303,9 @@ fn real_main(cli: Cli) -> anyhow::Result<ExitCode> {
                 Ok(()) => Ok(ExitCode::SUCCESS),
                 Err(e) if matches!(e.downcast_ref(), Some(audit::log::OpenError::Integrity { .. })) => {
                     eprintln!("zt-agent: AUDIT LOG INTEGRITY VIOLATION: {e:#}");
-                    eprintln!("zt-agent: refusing to start; keep the directory as evidence (move it aside to start a new log) and check it with `zt-agent audit verify`");
+                    eprintln!(
+                        "zt-agent: refusing to start; keep the directory as evidence (move it aside to start a new log) and check it with `zt-agent audit verify`"
+                    );
                     Ok(ExitCode::from(AUDIT_VIOLATION_EXIT))
                 }
                 Err(e) => Err(e),
@@ -365,7 +367,10 @@ fn audit_command(command: AuditCommand) -> anyhow::Result<ExitCode> {
             match verify::verify_dir(&dir, &verify::Options { keys, trusted }) {
                 Ok(r) => {
                     if json {
-                        println!("{}", serde_json::json!({"intact": true, "origin": r.origin, "first_index": r.first_index, "records": r.records, "checkpoints": r.checkpoints, "signed_size": r.latest.as_ref().map(|c| c.size), "unsigned": r.unsigned, "keys_from_log_dir": r.keys_from_log_dir, "trusted_keys": r.trusted_keys}));
+                        println!(
+                            "{}",
+                            serde_json::json!({"intact": true, "origin": r.origin, "first_index": r.first_index, "records": r.records, "checkpoints": r.checkpoints, "signed_size": r.latest.as_ref().map(|c| c.size), "unsigned": r.unsigned, "keys_from_log_dir": r.keys_from_log_dir, "trusted_keys": r.trusted_keys})
+                        );
                     } else {
                         print!("{}", verify::render(&dir, &r));
                     }
@@ -391,14 +396,21 @@ fn audit_command(command: AuditCommand) -> anyhow::Result<ExitCode> {
                 for h in &p.proof {
                     println!("  {h}");
                 }
-                println!("record: {}
+                println!(
+                    "record: {}
 checkpoint:
-{}", p.record, p.checkpoint);
+{}",
+                    p.record, p.checkpoint
+                );
             }
             Ok(ExitCode::SUCCESS)
         }
         AuditCommand::Consistency { from, dir, vkey, json } => {
-            let keys = if vkey.is_empty() { audit::keys::read_verifier_keys(&audit::keys::verifier_keys_path(&dir))? } else { verifier_keys(&vkey)? };
+            let keys = if vkey.is_empty() {
+                audit::keys::read_verifier_keys(&audit::keys::verifier_keys_path(&dir))?
+            } else {
+                verifier_keys(&vkey)?
+            };
             let note = std::fs::read_to_string(&from).map_err(|e| anyhow::anyhow!("{}: {e}", from.display()))?;
             let p = inspect::consistency(&dir, &note, &keys)?;
             if json {
@@ -408,8 +420,11 @@ checkpoint:
                 for h in &p.proof {
                     println!("  {h}");
                 }
-                println!("checkpoint:
-{}", p.checkpoint);
+                println!(
+                    "checkpoint:
+{}",
+                    p.checkpoint
+                );
             }
             Ok(ExitCode::SUCCESS)
         }
@@ -442,7 +457,11 @@ checkpoint:
         }
         AuditCommand::RotateKey { overlap, socket } => {
             let v = client(control::request(&socket, &format!("audit-rotate-key {}", overlap.as_secs())))?;
-            println!("new audit key {} signs alongside the old one until {}", v["new_key"].as_str().unwrap_or(""), v["overlap_until"].as_str().unwrap_or(""));
+            println!(
+                "new audit key {} signs alongside the old one until {}",
+                v["new_key"].as_str().unwrap_or(""),
+                v["overlap_until"].as_str().unwrap_or("")
+            );
             Ok(ExitCode::SUCCESS)
         }
     }
@@ -626,7 +645,12 @@ fn render_status(v: &serde_json::Value) -> String {
     }
     s.push_str("\nhooks:\n");
     for h in v["hooks"].as_array().into_iter().flatten() {
-        s.push_str(&format!("  {} ({}): {}\n", h["program"].as_str().unwrap_or(""), h["attach_point"].as_str().unwrap_or(""), h["state"].as_str().unwrap_or("")));
+        s.push_str(&format!(
+            "  {} ({}): {}\n",
+            h["program"].as_str().unwrap_or(""),
+            h["attach_point"].as_str().unwrap_or(""),
+            h["state"].as_str().unwrap_or("")
+        ));
     }
     s.push_str("\ncounters:\n");
     if let Some(c) = v["counters"].as_object() {

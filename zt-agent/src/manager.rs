@@ -188,11 +188,8 @@ impl Manager {
     }
 
     async fn emit(&self, change: PolicyChange) {
-        let ev = Event {
-            time: Enricher::wall_time(crate::host::boottime_ns()),
-            node: self.node.clone(),
-            body: Body::Policy { policy: change },
-        };
+        let ev =
+            Event { time: Enricher::wall_time(crate::host::boottime_ns()), node: self.node.clone(), body: Body::Policy { policy: change } };
         let _ = self.input.send(Input::Emit(Box::new(ev))).await;
     }
 
@@ -201,7 +198,13 @@ impl Manager {
         let digest = bundle.digest().to_hex().to_string();
         match self.apply(bundle.clone(), source, true).await {
             Ok((o, _)) => {
-                tracing::info!("policy v{} applied ({source}): blake3:{} generation {} in {} us", o.version, o.digest, o.generation, o.micros);
+                tracing::info!(
+                    "policy v{} applied ({source}): blake3:{} generation {} in {} us",
+                    o.version,
+                    o.digest,
+                    o.generation,
+                    o.micros
+                );
                 for w in &o.warnings {
                     tracing::warn!("policy warning: {w}");
                 }
@@ -307,7 +310,15 @@ impl Manager {
 fn watch_dirs(paths: &[PathBuf]) -> Vec<PathBuf> {
     let mut dirs: Vec<PathBuf> = paths
         .iter()
-        .map(|p| if p.is_dir() { p.clone() } else { p.parent().map(|d| if d.as_os_str().is_empty() { PathBuf::from(".") } else { d.to_path_buf() }).unwrap_or_else(|| PathBuf::from("/")) })
+        .map(|p| {
+            if p.is_dir() {
+                p.clone()
+            } else {
+                p.parent()
+                    .map(|d| if d.as_os_str().is_empty() { PathBuf::from(".") } else { d.to_path_buf() })
+                    .unwrap_or_else(|| PathBuf::from("/"))
+            }
+        })
         .collect();
     dirs.sort();
     dirs.dedup();

@@ -353,4 +353,3 @@ pub fn valid_ringbuf_size(bytes: u32) -> anyhow::Result<u32> {
     }
     Ok(bytes)
 }
-

@@ -588,14 +588,8 @@ pub mod loss {
     /// without aggregation, so this is not a lost event).
     pub const AGG_FULL: u32 = 5;
     pub const COUNT: u32 = 6;
-    pub const NAMES: [&str; COUNT as usize] = [
-        "ringbuf_exec",
-        "ringbuf_exit",
-        "ringbuf_connect",
-        "proc_table_full",
-        "exec_args",
-        "egress_agg_full",
-    ];
+    pub const NAMES: [&str; COUNT as usize] =
+        ["ringbuf_exec", "ringbuf_exit", "ringbuf_connect", "proc_table_full", "exec_args", "egress_agg_full"];
 }
 
 #[cfg(feature = "user")]

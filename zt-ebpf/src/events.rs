@@ -35,10 +35,6 @@ pub fn reserve<T: 'static>(loss_index: u32) -> Option<RingBufEntry<T>> {
 #[inline(always)]
 pub fn submit<T>(entry: RingBufEntry<T>) {
     let threshold = config().wakeup_bytes as u64;
-    let flags = if threshold != 0 && EVENTS.query(BPF_RB_AVAIL_DATA as u64) >= threshold {
-        BPF_RB_FORCE_WAKEUP
-    } else {
-        BPF_RB_NO_WAKEUP
-    };
+    let flags = if threshold != 0 && EVENTS.query(BPF_RB_AVAIL_DATA as u64) >= threshold { BPF_RB_FORCE_WAKEUP } else { BPF_RB_NO_WAKEUP };
     entry.submit(flags as u64);
 }

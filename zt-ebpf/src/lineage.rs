@@ -24,8 +24,8 @@ use aya_ebpf::{
     EbpfContext,
     bindings::BPF_ANY,
     helpers::{
-        bpf_get_current_cgroup_id, bpf_get_current_comm, bpf_get_current_pid_tgid,
-        bpf_get_current_uid_gid, bpf_probe_read_kernel_str_bytes, bpf_probe_read_user,
+        bpf_get_current_cgroup_id, bpf_get_current_comm, bpf_get_current_pid_tgid, bpf_get_current_uid_gid,
+        bpf_probe_read_kernel_str_bytes, bpf_probe_read_user,
         generated::{
             bpf_get_current_task, bpf_ktime_get_boot_ns, bpf_probe_read_kernel, bpf_probe_read_user as probe_read_user_raw,
             bpf_probe_read_user_str,
@@ -36,16 +36,14 @@ use aya_ebpf::{
 };
 use aya_log_ebpf::warn;
 use zt_common::{
-    ARGS_LEN, EventHeader, ExecEvent, ExitEvent, MAX_ARGS, NO_IDENTITY, ProcInfo, args_flags,
-    globals::ABSENT, kind, loss, proc_flags,
+    ARGS_LEN, EventHeader, ExecEvent, ExitEvent, MAX_ARGS, NO_IDENTITY, ProcInfo, args_flags, globals::ABSENT, kind, loss, proc_flags,
 };
 
 use crate::{
     events::{count_loss, reserve, submit},
     maps::{
-        ARGS_SCRATCH, CGROUP_IDENTITY, EXEC_ARGS, EXEC_FILENAME_OFF, EXEC_OLD_PID_OFF,
-        EXIT_GROUP_DEAD_OFF, FORK_CHILD_PID_OFF, MM_ARG_END_OFF, MM_ARG_START_OFF, PROC_TABLE,
-        TASK_MM_OFF, global, set_pid_identity,
+        ARGS_SCRATCH, CGROUP_IDENTITY, EXEC_ARGS, EXEC_FILENAME_OFF, EXEC_OLD_PID_OFF, EXIT_GROUP_DEAD_OFF, FORK_CHILD_PID_OFF,
+        MM_ARG_END_OFF, MM_ARG_START_OFF, PROC_TABLE, TASK_MM_OFF, global, set_pid_identity,
     },
 };
 
@@ -97,14 +95,8 @@ fn try_fork(ctx: &TracePointContext) -> Result<(), i64> {
     if identity == NO_IDENTITY {
         identity = cgroup_identity(cgroup_id);
     }
-    let info = ProcInfo {
-        start_ns: unsafe { bpf_ktime_get_boot_ns() },
-        cgroup_id,
-        ppid: parent,
-        identity,
-        child_identity: NO_IDENTITY,
-        flags: 0,
-    };
+    let info =
+        ProcInfo { start_ns: unsafe { bpf_ktime_get_boot_ns() }, cgroup_id, ppid: parent, identity, child_identity: NO_IDENTITY, flags: 0 };
     set_pid_identity(child as u32, identity);
     if PROC_TABLE.insert(&(child as u32), &info, BPF_ANY as u64).is_err() {
         count_loss(loss::PROC_TABLE_FULL);
@@ -239,7 +231,13 @@ fn try_exec(ctx: &TracePointContext) -> Result<(), i64> {
                 None => (0, false),
             };
             (*ev).args_len = len;
-            (*ev).args_flags = if truncated { args_flags::TRUNCATED } else if len == 0 { args_flags::MISSING } else { 0 };
+            (*ev).args_flags = if truncated {
+                args_flags::TRUNCATED
+            } else if len == 0 {
+                args_flags::MISSING
+            } else {
+                0
+            };
         } else {
             match stashed {
                 Some(a) => {
@@ -305,11 +303,7 @@ fn try_exit(ctx: &TracePointContext) -> Result<(), i64> {
     // Without `group_dead` (older kernels) the leader's exit stands for the
     // group's; a leader that exits before its threads then leaves them
     // unattributed until user space re-seeds the entry.
-    let group_dead = if off == ABSENT {
-        tid == tgid
-    } else {
-        (unsafe { ctx.read_at::<u8>(off as usize)? }) != 0
-    };
+    let group_dead = if off == ABSENT { tid == tgid } else { (unsafe { ctx.read_at::<u8>(off as usize)? }) != 0 };
     if tid != tgid {
         // The per-thread entry created at clone (see module docs).
         let _ = PROC_TABLE.remove(&tid);

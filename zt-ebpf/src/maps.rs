@@ -12,18 +12,15 @@ use zt_common::{
 };
 
 #[map]
-pub static PROC_TABLE: HashMap<u32, ProcInfo> =
-    HashMap::with_max_entries(maps::PROC_TABLE_CAPACITY, 0);
+pub static PROC_TABLE: HashMap<u32, ProcInfo> = HashMap::with_max_entries(maps::PROC_TABLE_CAPACITY, 0);
 
 #[map]
-pub static CGROUP_IDENTITY: HashMap<u64, u32> =
-    HashMap::with_max_entries(maps::CGROUP_IDENTITY_CAPACITY, 0);
+pub static CGROUP_IDENTITY: HashMap<u64, u32> = HashMap::with_max_entries(maps::CGROUP_IDENTITY_CAPACITY, 0);
 
 /// LRU: an execve that fails never reaches `sched_process_exec`, so its entry
 /// is never consumed; LRU eviction bounds the leftovers.
 #[map]
-pub static EXEC_ARGS: LruHashMap<u32, ExecArgs> =
-    LruHashMap::with_max_entries(maps::EXEC_ARGS_CAPACITY, 0);
+pub static EXEC_ARGS: LruHashMap<u32, ExecArgs> = LruHashMap::with_max_entries(maps::EXEC_ARGS_CAPACITY, 0);
 
 /// Scratch space to build an `ExecArgs` (2 KiB, far over the 512-byte stack).
 #[map]
@@ -43,8 +40,7 @@ pub static CONFIG: Array<Config> = Array::with_max_entries(1, 0);
 pub static NET_RULES: LpmTrie<NetKeyData, NetRuleList> = LpmTrie::with_max_entries(maps::NET_RULES_CAPACITY, 0);
 
 #[map]
-pub static IDENTITY_POLICY: HashMap<IdentityKey, IdentityPolicy> =
-    HashMap::with_max_entries(maps::IDENTITY_POLICY_CAPACITY, 0);
+pub static IDENTITY_POLICY: HashMap<IdentityKey, IdentityPolicy> = HashMap::with_max_entries(maps::IDENTITY_POLICY_CAPACITY, 0);
 
 /// Which slot is in force; flipped by user space after filling the other.
 #[map]

@@ -17,7 +17,10 @@
 //! what is left when the attempts stop. Every attempt is counted.
 use aya_ebpf::{
     bindings::BPF_NOEXIST,
-    helpers::{bpf_get_current_cgroup_id, bpf_get_current_comm, bpf_get_current_pid_tgid, generated::{bpf_get_smp_processor_id, bpf_ktime_get_boot_ns}},
+    helpers::{
+        bpf_get_current_cgroup_id, bpf_get_current_comm, bpf_get_current_pid_tgid,
+        generated::{bpf_get_smp_processor_id, bpf_ktime_get_boot_ns},
+    },
     macros::cgroup_sock_addr,
     maps::lpm_trie::Key,
     programs::SockAddrContext,
@@ -25,8 +28,8 @@ use aya_ebpf::{
 use zt_common::{
     AF_INET, AF_INET6, ConnectEvent, NO_IDENTITY, config_flags, hook, kind, loss,
     policy::{
-        AGG_WINDOW_NS, ALLOW, AUDIT, AggKey, AggValue, DENY, ENFORCE, IdentityKey, NetKeyData, PROTO_TCP, PROTO_UDP,
-        RULE_NO_POLICY, RULE_NONE_APPLIED, Verdict, decide_net,
+        AGG_WINDOW_NS, ALLOW, AUDIT, AggKey, AggValue, DENY, ENFORCE, IdentityKey, NetKeyData, PROTO_TCP, PROTO_UDP, RULE_NO_POLICY,
+        RULE_NONE_APPLIED, Verdict, decide_net,
     },
 };
 

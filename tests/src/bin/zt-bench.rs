@@ -245,7 +245,9 @@ fn percentile(v: &mut [f64], p: f64) -> f64 {
 
 /// A policy of `rules` egress rules over 10 identities, each rule its own /32.
 fn big_policy(rules: usize, cg: &str) -> String {
-    let mut s = String::from("apiVersion: zt-agent.io/v1alpha1\nkind: HostPolicy\nmetadata:\n  name: big\nspec:\n  trustDomain: zt.bench\n  identities:\n");
+    let mut s = String::from(
+        "apiVersion: zt-agent.io/v1alpha1\nkind: HostPolicy\nmetadata:\n  name: big\nspec:\n  trustDomain: zt.bench\n  identities:\n",
+    );
     for i in 0..10 {
         s.push_str(&format!("    - name: id{i}\n      selectors:\n        - cgroup: {cg}/id{i}/**\n"));
     }
@@ -302,7 +304,9 @@ fn policy_bench(rounds: usize) -> anyhow::Result<()> {
     let l = zt_tests::Listener::new();
     let small = |port: u16| {
         policy("zt.bench", &format!("    - name: bench-agent\n      selectors:\n        - cgroup: {}/**\n", cg.rel))
-            + &format!("  rules:\n    - name: allow-{port}\n      identity: bench-agent\n      action: allow\n      egress:\n        - to: [127.0.0.1/32]\n          ports: [{port}]\n          protocol: tcp\n")
+            + &format!(
+                "  rules:\n    - name: allow-{port}\n      identity: bench-agent\n      action: allow\n      egress:\n        - to: [127.0.0.1/32]\n          ports: [{port}]\n          protocol: tcp\n"
+            )
     };
     let dir = std::env::temp_dir().join(format!("zt-bench-policy-{}", std::process::id()));
     std::fs::create_dir_all(&dir)?;
@@ -342,8 +346,18 @@ fn policy_bench(rounds: usize) -> anyhow::Result<()> {
     }
     println!();
     println!("reload latency, file renamed into place -> maps switched (includes the 25 ms inotify debounce):");
-    println!("  1-rule policy      p50 {:>7.1} ms   p99 {:>7.1} ms   ({} reloads)", percentile(&mut small_ms, 0.5), percentile(&mut small_ms, 0.99), small_ms.len());
-    println!("  10,000-rule policy p50 {:>7.1} ms   p99 {:>7.1} ms   ({} reloads)", percentile(&mut big_ms, 0.5), percentile(&mut big_ms, 0.99), big_ms.len());
+    println!(
+        "  1-rule policy      p50 {:>7.1} ms   p99 {:>7.1} ms   ({} reloads)",
+        percentile(&mut small_ms, 0.5),
+        percentile(&mut small_ms, 0.99),
+        small_ms.len()
+    );
+    println!(
+        "  10,000-rule policy p50 {:>7.1} ms   p99 {:>7.1} ms   ({} reloads)",
+        percentile(&mut big_ms, 0.5),
+        percentile(&mut big_ms, 0.99),
+        big_ms.len()
+    );
 
     // 3. connect latency during a reload loop vs idle
     let me = std::env::current_exe()?;
@@ -458,7 +472,12 @@ fn net_bench(rounds: usize) -> anyhow::Result<()> {
         }
         eprintln!(
             "round {r}: {}",
-            variants.iter().zip(&this_round).map(|((l, _), p)| format!("{l} {:.1}/{:.1} us", p[0] / 1e3, p[1] / 1e3)).collect::<Vec<_>>().join("; ")
+            variants
+                .iter()
+                .zip(&this_round)
+                .map(|((l, _), p)| format!("{l} {:.1}/{:.1} us", p[0] / 1e3, p[1] / 1e3))
+                .collect::<Vec<_>>()
+                .join("; ")
         );
     }
     // Program cost per call from the kernel's run-time statistics: precise
@@ -618,10 +637,15 @@ fn audit_bench(rounds: usize) -> anyhow::Result<()> {
         println!("{label:<36} {r:>14.0} {:>10.3} {:>14.3}", r / if *is_small { mem_small } else { mem }, r / 300_000.0);
     }
     let (v, h) = (med(&mut verify_rates), med(&mut rehash_rates));
-    println!("\nverify (one core)                    {v:>14.0} records/s ({:.3} of re-hashing alone at {h:.0}/s; {:.3} of the 1M target)", v / h, v / 1_000_000.0);
+    println!(
+        "\nverify (one core)                    {v:>14.0} records/s ({:.3} of re-hashing alone at {h:.0}/s; {:.3} of the 1M target)",
+        v / h,
+        v / 1_000_000.0
+    );
 
     // Sign and verify latency of one checkpoint.
-    let signer = Signer::from_pkcs8("zt-agent/bench", &Signer::generate_pkcs8().map_err(anyhow::Error::msg)?).map_err(anyhow::Error::msg)?;
+    let signer =
+        Signer::from_pkcs8("zt-agent/bench", &Signer::generate_pkcs8().map_err(anyhow::Error::msg)?).map_err(anyhow::Error::msg)?;
     let cp = Checkpoint { origin: "zt-agent/bench".into(), size: 123_456, root: [7; 32] };
     let (mut sign_ns, mut verify_ns) = (Vec::new(), Vec::new());
     let keys = [signer.verifier_key()];

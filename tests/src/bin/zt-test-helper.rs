@@ -203,9 +203,10 @@ fn uring_connect(sa: std::net::SocketAddr) -> String {
     assert!(fd >= 0);
     let sock = unsafe { <std::os::fd::OwnedFd as std::os::fd::FromRawFd>::from_raw_fd(fd) };
     let (storage, len) = sockaddr(sa);
-    let entry = io_uring::opcode::Connect::new(io_uring::types::Fd(sock.as_raw_fd()), (&storage as *const libc::sockaddr_storage).cast(), len)
-        .build()
-        .flags(io_uring::squeue::Flags::ASYNC);
+    let entry =
+        io_uring::opcode::Connect::new(io_uring::types::Fd(sock.as_raw_fd()), (&storage as *const libc::sockaddr_storage).cast(), len)
+            .build()
+            .flags(io_uring::squeue::Flags::ASYNC);
     // SAFETY: storage outlives the submission (we wait for completion below).
     unsafe { ring.submission().push(&entry).expect("queue") };
     ring.submit_and_wait(1).expect("io_uring_enter");

@@ -89,7 +89,11 @@ pub fn inclusion(dir: &Path, index: u64) -> anyhow::Result<InclusionProof> {
     let l = load_whole(dir)?;
     let (cp, note) = l.checkpoint.context("no checkpoint file: nothing is signed yet")?;
     if index >= cp.size {
-        bail!("record {index} is not covered by the latest checkpoint (size {}); it is signed within a second, or the log has {} records", cp.size, l.records.len());
+        bail!(
+            "record {index} is not covered by the latest checkpoint (size {}); it is signed within a second, or the log has {} records",
+            cp.size,
+            l.records.len()
+        );
     }
     if l.tree.size() < cp.size || l.tree.root_at(cp.size)? != cp.root {
         bail!("the log does not match its checkpoint; run `zt-agent audit verify`");
@@ -131,7 +135,14 @@ pub fn consistency(dir: &Path, from: &str, keys: &[VerifierKey]) -> anyhow::Resu
     let proof = l.tree.consistency_proof(old.size, cp.size)?;
     merkle::verify_consistency(old.size, cp.size, &old.root, &cp.root, &proof)
         .map_err(|e| anyhow::anyhow!("the log's latest checkpoint does not extend the --from checkpoint ({e}): the log was rewritten"))?;
-    Ok(ConsistencyProof { old_size: old.size, old_root: B64.encode(old.root), new_size: cp.size, new_root: B64.encode(cp.root), proof: b64s(&proof), checkpoint: note })
+    Ok(ConsistencyProof {
+        old_size: old.size,
+        old_root: B64.encode(old.root),
+        new_size: cp.size,
+        new_root: B64.encode(cp.root),
+        proof: b64s(&proof),
+        checkpoint: note,
+    })
 }
 
 /// One line for a person: `idx time kind what`.
@@ -151,7 +162,9 @@ pub fn summary(rec: &[u8]) -> String {
             s(&p["connect"]["rule"]),
             p["connect"]["repeats"]
         ),
-        "policy" => format!("{} v{} {} {}", s(&p["policy"]["action"]), p["policy"]["version"], s(&p["policy"]["source"]), s(&p["policy"]["digest"])),
+        "policy" => {
+            format!("{} v{} {} {}", s(&p["policy"]["action"]), p["policy"]["version"], s(&p["policy"]["source"]), s(&p["policy"]["digest"]))
+        }
         "agent" => format!("{} {}", s(&p["agent"]["state"]), p["agent"]["reason"].as_str().unwrap_or("")),
         "checkpoint" => format!("size {} root {}", p["size"], s(&p["root"])),
         _ => {

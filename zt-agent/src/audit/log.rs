@@ -182,7 +182,12 @@ impl AuditLog {
         let violation = |reason: String| OpenError::Integrity { dir: dir.display().to_string(), reason };
         std::fs::create_dir_all(&dir).with_context(|| format!("creating audit dir {}", dir.display()))?;
         let lock_path = dir.join("lock");
-        let lock_file = std::fs::OpenOptions::new().create(true).truncate(false).write(true).open(&lock_path).with_context(|| lock_path.display().to_string())?;
+        let lock_file = std::fs::OpenOptions::new()
+            .create(true)
+            .truncate(false)
+            .write(true)
+            .open(&lock_path)
+            .with_context(|| lock_path.display().to_string())?;
         let lock = nix::fcntl::Flock::lock(lock_file, nix::fcntl::FlockArg::LockExclusiveNonblock)
             .map_err(|(_, e)| anyhow::anyhow!("audit log {} is in use by another writer (lock: {e})", dir.display()))?;
 
@@ -230,7 +235,10 @@ impl AuditLog {
             let idx = base + i;
             let h = Header::parse(rec).map_err(|e| ScanErr::Stop(format!("record {idx}: {e}")))?;
             if h.idx != idx {
-                return Err(ScanErr::Stop(format!("record {idx}: its idx field says {} (records were deleted, inserted or reordered)", h.idx)));
+                return Err(ScanErr::Stop(format!(
+                    "record {idx}: its idx field says {} (records were deleted, inserted or reordered)",
+                    h.idx
+                )));
             }
             if h.kind == kind::CHECKPOINT || h.kind == kind::KEY_ROTATION || h.kind == kind::KEY_RETIRED {
                 let env = Envelope::decode(rec).map_err(|e| ScanErr::Stop(format!("record {idx}: {e}")))?;
@@ -264,7 +272,10 @@ impl AuditLog {
         if let Some(k) = last_checkpoint_record.filter(|k| signed.is_none() || signed_size < *k) {
             return Err(violation(match &signed {
                 None => format!("{} is missing but record {k} is a signed checkpoint: the checkpoint file was deleted", cp_path.display()),
-                Some(_) => format!("{} signs size {signed_size} but record {k} is a later checkpoint: an older checkpoint file was put back", cp_path.display()),
+                Some(_) => format!(
+                    "{} signs size {signed_size} but record {k} is a later checkpoint: an older checkpoint file was put back",
+                    cp_path.display()
+                ),
             }));
         }
         if let Some(bad) = scan.torn_tail.as_ref().filter(|b| base + b.index < signed_size) {
@@ -284,7 +295,10 @@ impl AuditLog {
         if let Some(cp) = &signed
             && signed_root != Some(cp.root)
         {
-            return Err(violation(format!("the root at size {} differs from the signed checkpoint: records below {} were altered", cp.size, cp.size)));
+            return Err(violation(format!(
+                "the root at size {} differs from the signed checkpoint: records below {} were altered",
+                cp.size, cp.size
+            )));
         }
 
         let (seg, recovery) = SegmentWriter::resume(&dir, cfg.segment_bytes, scan).map_err(|e| anyhow::anyhow!("{e}"))?;
@@ -295,7 +309,10 @@ impl AuditLog {
                 // rotation: no verifier could learn that key, so drop it.
                 signers.pop();
                 std::fs::remove_file(&next).with_context(|| format!("removing {}", next.display()))?;
-                tracing::warn!("audit key rotation was interrupted before it was recorded; {} removed, run `zt-agent audit rotate-key` again", next.display());
+                tracing::warn!(
+                    "audit key rotation was interrupted before it was recorded; {} removed, run `zt-agent audit rotate-key` again",
+                    next.display()
+                );
                 None
             }
             _ => None,
@@ -438,7 +455,10 @@ impl AuditLog {
     /// record, and dual-signed checkpoints until `overlap` has passed.
     pub fn rotate_key(&mut self, overlap: Duration) -> anyhow::Result<VerifierKey> {
         if self.signers.len() > 1 {
-            anyhow::bail!("a key rotation is already in progress (overlap until {})", self.overlap_until.map(humantime::format_rfc3339_seconds).map(|t| t.to_string()).unwrap_or_default());
+            anyhow::bail!(
+                "a key rotation is already in progress (overlap until {})",
+                self.overlap_until.map(humantime::format_rfc3339_seconds).map(|t| t.to_string()).unwrap_or_default()
+            );
         }
         let next = keys::write_new(&keys::next_path(&self.cfg.key), &self.origin)?;
         let until = SystemTime::now() + overlap;
@@ -477,7 +497,8 @@ impl AuditLog {
         let Some(limit) = self.cfg.retain_bytes else { return Ok(()) };
         let dir = self.cfg.dir.clone();
         let numbers = segment::segments(&dir).map_err(|e| anyhow::anyhow!("{e}"))?;
-        let sizes: Vec<u64> = numbers.iter().map(|n| std::fs::metadata(segment::segment_path(&dir, *n)).map(|m| m.len()).unwrap_or(0)).collect();
+        let sizes: Vec<u64> =
+            numbers.iter().map(|n| std::fs::metadata(segment::segment_path(&dir, *n)).map(|m| m.len()).unwrap_or(0)).collect();
         let mut total: u64 = sizes.iter().sum();
         let signed = self.last_checkpoint.as_ref().map_or(0, |c| c.size);
         let mut doomed = Vec::new();
@@ -489,7 +510,9 @@ impl AuditLog {
             if end.size() > signed {
                 break;
             }
-            doomed.push(json!({"segment": format!("seg-{n:08}.log"), "first_index": start.size(), "end_index": end.size(), "bytes": sizes[i]}));
+            doomed.push(
+                json!({"segment": format!("seg-{n:08}.log"), "first_index": start.size(), "end_index": end.size(), "bytes": sizes[i]}),
+            );
             total -= sizes[i];
         }
         if doomed.is_empty() {

@@ -88,7 +88,15 @@ impl Envelope {
         if f.v != VERSION {
             return Err(format!("record version {} (this zt-agent reads {VERSION})", f.v));
         }
-        Ok(Envelope { idx: f.idx, origin: f.origin, time: f.time, boot_id: f.boot_id, mono_ns: f.mono_ns, kind: f.kind, payload: f.payload })
+        Ok(Envelope {
+            idx: f.idx,
+            origin: f.origin,
+            time: f.time,
+            boot_id: f.boot_id,
+            mono_ns: f.mono_ns,
+            kind: f.kind,
+            payload: f.payload,
+        })
     }
 }
 
@@ -193,7 +201,10 @@ mod tests {
 
     #[test]
     fn canonical_form() {
-        assert_eq!(canon(json!({"b": 1, "a": [true, null, "x"], "c": {"z": 0, "y": -5}})), r#"{"a":[true,null,"x"],"b":1,"c":{"y":-5,"z":0}}"#);
+        assert_eq!(
+            canon(json!({"b": 1, "a": [true, null, "x"], "c": {"z": 0, "y": -5}})),
+            r#"{"a":[true,null,"x"],"b":1,"c":{"y":-5,"z":0}}"#
+        );
         // Control characters are escaped; nothing raw below U+0020 remains.
         assert_eq!(canon(json!("a\nb\u{1}\t\"\\")), r#""a\nb\u0001\t\"\\""#);
         // Keys sort by UTF-16 code units (U+FB01 sorts after U+1F600's surrogates
@@ -233,7 +244,8 @@ mod tests {
         let h = Header::parse(loose).unwrap();
         assert_eq!((h.idx, &*h.origin, &*h.kind), (7, "zt-agent/node-1", "policy"));
         // A payload holding the envelope's key patterns inside strings and a nested "time".
-        let tricky = Envelope { payload: json!({"a": "\",\"idx\":9,\"kind\":\"x", "time": "\",\"time\":\"", "n": {"time": 1}}), ..e.clone() };
+        let tricky =
+            Envelope { payload: json!({"a": "\",\"idx\":9,\"kind\":\"x", "time": "\",\"time\":\"", "n": {"time": 1}}), ..e.clone() };
         let tb = tricky.encode();
         let h = Header::canonical_fast_path(&tb).unwrap();
         assert_eq!((h.idx, &*h.kind, &*h.origin), (7, "policy", "zt-agent/node-1"));

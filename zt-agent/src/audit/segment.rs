@@ -185,7 +185,15 @@ impl SegmentWriter {
         if scan.segments.is_empty() {
             File::open(dir).and_then(|d| d.sync_all()).map_err(io_err(dir))?;
         }
-        let w = SegmentWriter { dir: dir.to_path_buf(), file, buf: Vec::with_capacity(BUF_BYTES), number, bytes, max_bytes, next_index: scan.records };
+        let w = SegmentWriter {
+            dir: dir.to_path_buf(),
+            file,
+            buf: Vec::with_capacity(BUF_BYTES),
+            number,
+            bytes,
+            max_bytes,
+            next_index: scan.records,
+        };
         Ok((w, Recovery { records: scan.records, dropped: scan.torn_tail }))
     }
 

@@ -178,7 +178,10 @@ fn deleted_and_reframed_record_fails_at_its_index() {
     let mut recs = records(&t.log());
     recs.remove(5);
     rewrite(&t.log(), &recs);
-    assert_eq!(verify(&t.log(), &key).unwrap_err().to_string(), "record 5: its idx field says 6: records were deleted, inserted or reordered");
+    assert_eq!(
+        verify(&t.log(), &key).unwrap_err().to_string(),
+        "record 5: its idx field says 6: records were deleted, inserted or reordered"
+    );
     assert!(matches!(AuditLog::open(t.config()), Err(OpenError::Integrity { .. })));
 }
 
@@ -189,7 +192,10 @@ fn swapped_records_fail_at_the_first() {
     let mut recs = records(&t.log());
     recs.swap(3, 7);
     rewrite(&t.log(), &recs);
-    assert_eq!(verify(&t.log(), &key).unwrap_err().to_string(), "record 3: its idx field says 7: records were deleted, inserted or reordered");
+    assert_eq!(
+        verify(&t.log(), &key).unwrap_err().to_string(),
+        "record 3: its idx field says 7: records were deleted, inserted or reordered"
+    );
 }
 
 #[test]
@@ -201,7 +207,10 @@ fn truncation_below_the_last_checkpoint_is_detected() {
     rewrite(&t.log(), &recs[..20]);
     let e = verify(&t.log(), &key).unwrap_err();
     assert_eq!(e.index, Some(20));
-    assert!(e.reason.starts_with(&format!("missing: {} signs 33 records but the log has 20", t.log().join(CHECKPOINT_FILE).display())), "{e}");
+    assert!(
+        e.reason.starts_with(&format!("missing: {} signs 33 records but the log has 20", t.log().join(CHECKPOINT_FILE).display())),
+        "{e}"
+    );
     let Err(OpenError::Integrity { reason, .. }) = AuditLog::open(t.config()) else { panic!() };
     assert_eq!(reason, "the log has 20 records but its last signed checkpoint covers 33: records 20..33 were removed");
 }
@@ -249,7 +258,10 @@ fn an_old_checkpoint_put_back_is_a_size_regression() {
     std::fs::write(t.log().join(CHECKPOINT_FILE), &old).unwrap();
     let e = verify(&t.log(), &key).unwrap_err();
     assert_eq!(e.index, Some(14));
-    assert!(e.reason.ends_with("signs size 12 but record 14 is a later checkpoint: an older checkpoint was put back (size regression)"), "{e}");
+    assert!(
+        e.reason.ends_with("signs size 12 but record 14 is a later checkpoint: an older checkpoint was put back (size regression)"),
+        "{e}"
+    );
     let Err(OpenError::Integrity { reason, .. }) = AuditLog::open(cfg.clone()) else { panic!("opened with a replayed checkpoint") };
     assert!(reason.ends_with("signs size 12 but record 14 is a later checkpoint: an older checkpoint file was put back"), "{reason}");
     // Deleting the checkpoint file (to truncate and continue) is refused as well.

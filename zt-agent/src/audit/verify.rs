@@ -68,7 +68,9 @@ fn fail<T>(index: impl Into<Option<u64>>, reason: impl Into<String>) -> Result<T
 impl From<SegmentError> for Failure {
     fn from(e: SegmentError) -> Self {
         match e {
-            SegmentError::Corrupt { index, path, offset, reason } => Failure { index: Some(index), reason: format!("{reason} ({path} at byte {offset})") },
+            SegmentError::Corrupt { index, path, offset, reason } => {
+                Failure { index: Some(index), reason: format!("{reason} ({path} at byte {offset})") }
+            }
             other => Failure { index: None, reason: other.to_string() },
         }
     }
@@ -104,7 +106,10 @@ impl State {
         if h.kind == kind::CHECKPOINT || h.kind == kind::KEY_ROTATION || h.kind == kind::KEY_RETIRED {
             let env = Envelope::decode(rec).or_else(|e| fail(idx, e))?;
             let key_field = |name: &str| {
-                env.payload[name].as_str().ok_or(format!("{} record without {name}", env.kind)).and_then(|s| VerifierKey::parse(s).map_err(|e| e.to_string()))
+                env.payload[name]
+                    .as_str()
+                    .ok_or(format!("{} record without {name}", env.kind))
+                    .and_then(|s| VerifierKey::parse(s).map_err(|e| e.to_string()))
             };
             match env.kind.as_str() {
                 kind::CHECKPOINT => self.checkpoint_record(idx, &env)?,
@@ -223,19 +228,29 @@ pub fn verify_dir(dir: &Path, opts: &Options) -> Result<Report, Failure> {
             );
         }
         if cp.size < first_index {
-            return fail(None, format!("{label} signs size {} but retention removed records below {first_index}; it cannot be checked", cp.size));
+            return fail(
+                None,
+                format!("{label} signs size {} but retention removed records below {first_index}; it cannot be checked", cp.size),
+            );
         }
         let root = st.wanted.get(&cp.size).copied().flatten().expect("filled during the pass");
         if root != cp.root {
             if st.signed.get(&cp.size).is_some_and(|r| *r != cp.root) {
-                return fail(cp.size, format!("fork: two different roots signed at size {}: {label} and the checkpoint record {}", cp.size, cp.size));
+                return fail(
+                    cp.size,
+                    format!("fork: two different roots signed at size {}: {label} and the checkpoint record {}", cp.size, cp.size),
+                );
             }
             return fail(None, format!("the log's root at size {} differs from {label}: records below {} were altered", cp.size, cp.size));
         }
-        if is_file
-            && let Some(k) = last_record_cp.filter(|k| cp.size < *k)
-        {
-            return fail(k, format!("{label} signs size {} but record {k} is a later checkpoint: an older checkpoint was put back (size regression)", cp.size));
+        if is_file && let Some(k) = last_record_cp.filter(|k| cp.size < *k) {
+            return fail(
+                k,
+                format!(
+                    "{label} signs size {} but record {k} is a later checkpoint: an older checkpoint was put back (size regression)",
+                    cp.size
+                ),
+            );
         }
     }
     let latest = st.signed.iter().next_back().map(|(s, r)| Checkpoint { origin: origin.clone(), size: *s, root: *r });
@@ -267,7 +282,12 @@ pub fn render(dir: &Path, r: &Report) -> String {
     let _ = writeln!(s, "audit log {} (origin {}): INTACT", dir.display(), r.origin);
     let _ = writeln!(s, "  records {}..{} ({} checkpoints verified)", r.first_index, r.records, r.checkpoints);
     if let Some(c) = &r.latest {
-        let _ = writeln!(s, "  latest signed size {} root {}", c.size, base64::Engine::encode(&base64::engine::general_purpose::STANDARD, c.root));
+        let _ = writeln!(
+            s,
+            "  latest signed size {} root {}",
+            c.size,
+            base64::Engine::encode(&base64::engine::general_purpose::STANDARD, c.root)
+        );
     }
     if r.unsigned > 0 {
         let _ = writeln!(s, "  {} records after the last checkpoint are not signed yet", r.unsigned);
@@ -282,7 +302,10 @@ pub fn render(dir: &Path, r: &Report) -> String {
         let _ = writeln!(s, "  trusted key {k}");
     }
     if r.keys_from_log_dir {
-        let _ = writeln!(s, "  WARNING: keys taken from the log directory's verifier-keys file; pass --vkey for a verification independent of this host");
+        let _ = writeln!(
+            s,
+            "  WARNING: keys taken from the log directory's verifier-keys file; pass --vkey for a verification independent of this host"
+        );
     }
     s
 }

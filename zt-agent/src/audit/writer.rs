@@ -40,7 +40,10 @@ pub fn wants(e: &Event) -> bool {
 pub enum Item {
     Event(Box<Event>),
     /// Replies with the new verifier key and the end of the overlap.
-    RotateKey { overlap: Duration, reply: oneshot::Sender<Result<(String, String), String>> },
+    RotateKey {
+        overlap: Duration,
+        reply: oneshot::Sender<Result<(String, String), String>>,
+    },
 }
 
 #[derive(Clone)]
@@ -129,7 +132,12 @@ pub fn spawn(mut log: AuditLog, dir: &std::path::Path, capacity: usize) -> Write
                 Item::RotateKey { overlap, reply } => {
                     let r = log
                         .rotate_key(overlap)
-                        .map(|k| (k.to_string(), log.overlap_until().map(|t| humantime::format_rfc3339_seconds(t).to_string()).unwrap_or_default()))
+                        .map(|k| {
+                            (
+                                k.to_string(),
+                                log.overlap_until().map(|t| humantime::format_rfc3339_seconds(t).to_string()).unwrap_or_default(),
+                            )
+                        })
                         .map_err(|e| format!("{e:#}"));
                     let _ = reply.send(r);
                 }

@@ -73,9 +73,8 @@ impl<'a> Btf<'a> {
         let hdr_len = u32_at(data, 4)? as usize;
         let (type_off, type_len) = (u32_at(data, 8)? as usize, u32_at(data, 12)? as usize);
         let (str_off, str_len) = (u32_at(data, 16)? as usize, u32_at(data, 20)? as usize);
-        let section = |off: usize, len: usize| {
-            data.get(hdr_len + off..hdr_len + off + len).ok_or(BtfError::Malformed("section out of bounds"))
-        };
+        let section =
+            |off: usize, len: usize| data.get(hdr_len + off..hdr_len + off + len).ok_or(BtfError::Malformed("section out of bounds"));
         let types = section(type_off, type_len)?;
         let strings = section(str_off, str_len)?;
         let mut btf = Btf { types, strings, tys: Vec::new(), structs: HashMap::new() };
@@ -88,8 +87,8 @@ impl<'a> Btf<'a> {
             let trailer = pos + 12;
             let trailer_len = match kind {
                 KIND_INT | KIND_VAR | KIND_DECL_TAG => 4,
-                KIND_PTR | KIND_FWD | KIND_TYPEDEF | KIND_VOLATILE | KIND_CONST | KIND_RESTRICT | KIND_FUNC
-                | KIND_FLOAT | KIND_TYPE_TAG => 0,
+                KIND_PTR | KIND_FWD | KIND_TYPEDEF | KIND_VOLATILE | KIND_CONST | KIND_RESTRICT | KIND_FUNC | KIND_FLOAT
+                | KIND_TYPE_TAG => 0,
                 KIND_ARRAY => 12,
                 KIND_STRUCT | KIND_UNION | KIND_DATASEC | KIND_ENUM64 => 12 * vlen as usize,
                 KIND_ENUM | KIND_FUNC_PROTO => 8 * vlen as usize,
@@ -121,9 +120,7 @@ impl<'a> Btf<'a> {
     /// struct/union members (e.g. `mm_struct` wraps its fields in one).
     pub fn member_offset(&self, name: &str, member: &str) -> Result<u32, BtfError> {
         let id = *self.structs.get(name).ok_or_else(|| BtfError::NoStruct(name.into()))?;
-        self.find(id, member, 0)?
-            .map(|bits| bits / 8)
-            .ok_or_else(|| BtfError::NoMember(name.into(), member.into()))
+        self.find(id, member, 0)?.map(|bits| bits / 8).ok_or_else(|| BtfError::NoMember(name.into(), member.into()))
     }
 
     fn find(&self, id: u32, member: &str, base_bits: u32) -> Result<Option<u32>, BtfError> {
@@ -165,7 +162,9 @@ mod tests {
     /// Builds a BTF blob: int, then `struct outer { int a; struct { int x; int arg_start; }; }`.
     fn blob() -> Vec<u8> {
         let strings = b"\0int\0outer\0a\0x\0arg_start\0";
-        let s = |name: &str| strings.windows(name.len() + 1).position(|w| &w[..name.len()] == name.as_bytes() && w[name.len()] == 0).unwrap() as u32;
+        let s = |name: &str| {
+            strings.windows(name.len() + 1).position(|w| &w[..name.len()] == name.as_bytes() && w[name.len()] == 0).unwrap() as u32
+        };
         let mut t = Vec::new();
         let mut push = |v: &[u32]| v.iter().for_each(|x| t.extend_from_slice(&x.to_le_bytes()));
         push(&[s("int"), KIND_INT << 24, 4, 32]); // id 1

@@ -163,7 +163,9 @@ impl Bpf {
             let at = format!("tracepoint/{category}/{name}");
             let skip = match (&argv_source, category) {
                 (ArgvSource::Proc, "syscalls") => Some("not attached (--argv-capture proc); argv read from /proc".to_string()),
-                (ArgvSource::Mm, "syscalls") => Some("not needed: argv read from the exec'd image at sched_process_exec (BTF offsets)".into()),
+                (ArgvSource::Mm, "syscalls") => {
+                    Some("not needed: argv read from the exec'd image at sched_process_exec (BTF offsets)".into())
+                }
                 (ArgvSource::Syscalls(why), "syscalls") => {
                     tracing::info!("argv capture falls back to syscall tracepoints: {why}");
                     None

@@ -41,8 +41,7 @@ const NOEXIST: u64 = 1;
 const EXIST: u64 = 2;
 
 fn is_missing_key(e: &MapError) -> bool {
-    matches!(e, MapError::KeyNotFound)
-        || matches!(e, MapError::SyscallError(s) if s.io_error.raw_os_error() == Some(libc::ENOENT))
+    matches!(e, MapError::KeyNotFound) || matches!(e, MapError::SyscallError(s) if s.io_error.raw_os_error() == Some(libc::ENOENT))
 }
 
 fn is_existing_key(e: &MapError) -> bool {

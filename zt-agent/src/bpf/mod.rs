@@ -24,9 +24,7 @@ pub fn object_digest() -> blake3::Hash {
 /// Names of every BPF program loaded in the kernel (truncated by the kernel
 /// to 15 bytes); used to check that nothing of ours is left after a stop.
 pub fn loaded_program_names() -> Result<Vec<String>, aya::programs::ProgramError> {
-    aya::programs::loaded_programs()
-        .map(|p| p.map(|info| info.name_as_str().unwrap_or_default().to_string()))
-        .collect()
+    aya::programs::loaded_programs().map(|p| p.map(|info| info.name_as_str().unwrap_or_default().to_string())).collect()
 }
 
 /// Total run time and run count of every loaded program named `name`

@@ -82,10 +82,7 @@ pub fn probe() -> Capabilities {
     ));
     features.push(result(names::BPFFS, probe_bpffs()));
     let btf = Btf::from_sys_fs();
-    features.push(result(
-        names::BTF,
-        btf.as_ref().map(|_| "/sys/kernel/btf/vmlinux".to_string()).map_err(|e| chain(e)),
-    ));
+    features.push(result(names::BTF, btf.as_ref().map(|_| "/sys/kernel/btf/vmlinux".to_string()).map_err(|e| chain(e))));
     for (name, ty) in [(names::RINGBUF, MapType::RingBuf), (names::LPM_TRIE, MapType::LpmTrie)] {
         features.push(result(
             name,
@@ -101,15 +98,9 @@ pub fn probe() -> Capabilities {
         Ok(e) => e,
         Err(e) => {
             let why = format!("loading the object failed: {}", chain(&e));
-            for name in [
-                names::TRACEPOINT,
-                names::RAW_TRACEPOINT,
-                names::SOCK_ADDR,
-                names::LSM,
-                names::FENTRY,
-                names::KPROBE,
-                names::SEND_SIGNAL,
-            ] {
+            for name in
+                [names::TRACEPOINT, names::RAW_TRACEPOINT, names::SOCK_ADDR, names::LSM, names::FENTRY, names::KPROBE, names::SEND_SIGNAL]
+            {
                 features.push(Feature { name, available: false, detail: why.clone() });
             }
             return Capabilities { kernel, features };

@@ -63,10 +63,7 @@ pub fn program_offsets(tracefs: &Path) -> Result<Vec<(&'static str, u32)>, Forma
     let exec = read("sched/sched_process_exec")?;
     let exit = read("sched/sched_process_exit")?;
     let need = |fields: &HashMap<String, (u32, u32)>, tp: &str, field: &str| {
-        fields
-            .get(field)
-            .map(|(o, _)| *o)
-            .ok_or_else(|| FormatError::MissingField { tracepoint: tp.into(), field: field.into() })
+        fields.get(field).map(|(o, _)| *o).ok_or_else(|| FormatError::MissingField { tracepoint: tp.into(), field: field.into() })
     };
     Ok(vec![
         (globals::FORK_PARENT_PID, need(&fork, "sched_process_fork", "parent_pid")?),

@@ -158,9 +158,8 @@ async fn answer(stream: UnixStream, state: &State) -> anyhow::Result<()> {
 
 /// Client side: sends one request, returns the JSON reply.
 pub async fn request(path: &Path, req: &str) -> anyhow::Result<serde_json::Value> {
-    let mut s = UnixStream::connect(path)
-        .await
-        .with_context(|| format!("connecting to {} (is `zt-agent run` running?)", path.display()))?;
+    let mut s =
+        UnixStream::connect(path).await.with_context(|| format!("connecting to {} (is `zt-agent run` running?)", path.display()))?;
     s.write_all(format!("{req}\n").as_bytes()).await?;
     let mut buf = String::new();
     s.read_to_string(&mut buf).await?;

@@ -66,9 +66,7 @@ mod tests {
     #[test]
     fn systemd_driver() {
         let u = UID.replace('-', "_");
-        let w = parse(&format!(
-            "/kubepods.slice/kubepods-besteffort.slice/kubepods-besteffort-pod{u}.slice/cri-containerd-{ID}.scope"
-        ));
+        let w = parse(&format!("/kubepods.slice/kubepods-besteffort.slice/kubepods-besteffort-pod{u}.slice/cri-containerd-{ID}.scope"));
         assert_eq!(w.pod_uid.as_deref(), Some(UID));
         assert_eq!(w.container_id.as_deref(), Some(ID));
     }

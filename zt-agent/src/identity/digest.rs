@@ -28,12 +28,8 @@ impl DigestCache {
     /// Digest of an open file, from the cache when its identity is unchanged.
     pub fn digest_file(&mut self, file: &File) -> io::Result<blake3::Hash> {
         let m = file.metadata()?;
-        let key = FileKey {
-            dev: m.dev(),
-            ino: m.ino(),
-            size: m.size(),
-            mtime_ns: m.mtime() as i128 * 1_000_000_000 + m.mtime_nsec() as i128,
-        };
+        let key =
+            FileKey { dev: m.dev(), ino: m.ino(), size: m.size(), mtime_ns: m.mtime() as i128 * 1_000_000_000 + m.mtime_nsec() as i128 };
         if let Some(h) = self.cache.get(&key) {
             return Ok(*h);
         }

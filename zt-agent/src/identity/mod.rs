@@ -196,20 +196,15 @@ impl Resolver {
     /// own selectors decide. Parents come before children in the result.
     pub fn seed_plan(&mut self) -> Vec<SeedProc> {
         let root = self.proc_root.clone();
-        let mut procs: Vec<(u32, procfs::Stat)> = procfs::pids(&root)
-            .unwrap_or_default()
-            .into_iter()
-            .filter_map(|pid| Some((pid, procfs::stat(&root, pid).ok()?)))
-            .collect();
+        let mut procs: Vec<(u32, procfs::Stat)> =
+            procfs::pids(&root).unwrap_or_default().into_iter().filter_map(|pid| Some((pid, procfs::stat(&root, pid).ok()?))).collect();
         // A parent always started before its child.
         procs.sort_by_key(|(pid, s)| (s.start_ns, *pid));
         let mut decided: HashMap<u32, Classification> = HashMap::new();
         let mut out = Vec::with_capacity(procs.len());
         for (pid, st) in procs {
-            let inherited = decided
-                .get(&st.ppid)
-                .map(|p| if p.identity != NO_IDENTITY { p.identity } else { p.child_identity })
-                .unwrap_or(NO_IDENTITY);
+            let inherited =
+                decided.get(&st.ppid).map(|p| if p.identity != NO_IDENTITY { p.identity } else { p.child_identity }).unwrap_or(NO_IDENTITY);
             let own = self.classify_pid(pid);
             let c = if inherited != NO_IDENTITY { Classification { identity: inherited, child_identity: 0 } } else { own };
             decided.insert(pid, c);

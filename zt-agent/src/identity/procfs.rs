@@ -78,9 +78,7 @@ pub fn split_nul(bytes: &[u8]) -> Vec<String> {
 
 /// Numeric entries of the proc root (thread group ids).
 pub fn pids(proc_root: &Path) -> io::Result<Vec<u32>> {
-    let mut v: Vec<u32> = fs::read_dir(proc_root)?
-        .filter_map(|e| e.ok()?.file_name().to_str()?.parse().ok())
-        .collect();
+    let mut v: Vec<u32> = fs::read_dir(proc_root)?.filter_map(|e| e.ok()?.file_name().to_str()?.parse().ok()).collect();
     v.sort_unstable();
     Ok(v)
 }

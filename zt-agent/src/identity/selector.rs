@@ -217,11 +217,7 @@ pub(crate) mod tests {
 
     #[test]
     fn all_keys_must_match() {
-        let sel = Selector {
-            exe: Some(ExeMatcher::new("/usr/bin/*").unwrap()),
-            uid: Some(1000),
-            ..Default::default()
-        };
+        let sel = Selector { exe: Some(ExeMatcher::new("/usr/bin/*").unwrap()), uid: Some(1000), ..Default::default() };
         let mut f = TestFacts { exe: Some("/usr/bin/python3".into()), uid: Some(1000), ..Default::default() };
         assert!(sel.matches(&mut f));
         f.uid = Some(0);

@@ -120,10 +120,7 @@ mod tests {
         assert_eq!(decode(&h).unwrap_err(), DecodeError::Short { kind: "exec", len: 48, need: size_of::<ExecEvent>() });
         h[0] = 99;
         assert_eq!(decode(&h).unwrap_err(), DecodeError::UnknownKind(99));
-        assert_eq!(
-            decode(&h).unwrap_err().to_string(),
-            "unknown event kind 99"
-        );
+        assert_eq!(decode(&h).unwrap_err().to_string(), "unknown event kind 99");
         // Every truncation of a valid record is an error, never a panic.
         let mut c = ConnectEvent::default();
         c.header.kind = kind::CONNECT;

@@ -72,7 +72,17 @@ impl Enricher {
         let mut identity_refs = HashMap::new();
         add_refs(&mut identity_refs, resolver.config());
         Self {
-            rulebook, resolver, node, identity_refs, procs: HashMap::new(), cgroup_paths: HashMap::new(), seen_cgroups: HashSet::new(), show_unattributed, reported: HashMap::new(), assigned: 0 }
+            rulebook,
+            resolver,
+            node,
+            identity_refs,
+            procs: HashMap::new(),
+            cgroup_paths: HashMap::new(),
+            seen_cgroups: HashSet::new(),
+            show_unattributed,
+            reported: HashMap::new(),
+            assigned: 0,
+        }
     }
 
     pub fn resolver_mut(&mut self) -> &mut Resolver {
@@ -117,7 +127,8 @@ impl Enricher {
         match raw {
             RawEvent::Exec(e) => {
                 let read_facts = |en: &mut Self| {
-                    let exe = procfs::exe(&root, h.tgid).or_else(|| Some(c_str(&e.filename[..(e.filename_len as usize).min(e.filename.len())])));
+                    let exe =
+                        procfs::exe(&root, h.tgid).or_else(|| Some(c_str(&e.filename[..(e.filename_len as usize).min(e.filename.len())])));
                     let cgroup = en.cgroup_path(h.cgroup_id, procfs::cgroup_v2(&root, h.tgid));
                     (exe, cgroup)
                 };
@@ -225,14 +236,7 @@ impl Enricher {
         }
     }
 
-    fn process_info(
-        &self,
-        h: &zt_common::EventHeader,
-        ppid: u32,
-        comm: &[u8],
-        exe: Option<String>,
-        cgroup: Option<String>,
-    ) -> Process {
+    fn process_info(&self, h: &zt_common::EventHeader, ppid: u32, comm: &[u8], exe: Option<String>, cgroup: Option<String>) -> Process {
         let w = cgroup.as_deref().map(container::parse).unwrap_or_default();
         Process {
             pid: h.tgid,
@@ -475,7 +479,10 @@ mod tests {
         let (ev, prune) = en.flush_aggregates(&entries, s, 30 * AGG_WINDOW_NS, false);
         assert!(prune.is_empty());
         let Body::ConnectSummary { connect_summary, identity } = &ev[0].body else { panic!() };
-        assert_eq!((connect_summary.repeats, connect_summary.address.to_string().as_str(), connect_summary.decision), (7, "10.0.0.1", "deny"));
+        assert_eq!(
+            (connect_summary.repeats, connect_summary.address.to_string().as_str(), connect_summary.decision),
+            (7, "10.0.0.1", "deny")
+        );
         assert_eq!(identity.as_ref().unwrap().name.as_ref(), "u");
         // CPU 1's window is open: reported only when forced (shutdown).
         let (ev, _) = en.flush_aggregates(&entries, s, 30 * AGG_WINDOW_NS, false);

@@ -20,19 +20,39 @@ pub struct Event {
 #[derive(Debug, Clone, Serialize)]
 #[serde(tag = "kind", rename_all = "snake_case")]
 pub enum Body {
-    Exec { process: Process, identity: Option<IdentityRef>, exec: ExecInfo },
-    Exit { process: Process, identity: Option<IdentityRef> },
-    Connect { process: Process, identity: Option<IdentityRef>, connect: ConnectInfo },
+    Exec {
+        process: Process,
+        identity: Option<IdentityRef>,
+        exec: ExecInfo,
+    },
+    Exit {
+        process: Process,
+        identity: Option<IdentityRef>,
+    },
+    Connect {
+        process: Process,
+        identity: Option<IdentityRef>,
+        connect: ConnectInfo,
+    },
     /// Something was dropped; counters are totals since start, `delta` since
     /// the previous loss event.
-    Loss { loss: LossReport },
+    Loss {
+        loss: LossReport,
+    },
     /// Agent life cycle: start (with enforcement paths) and stop.
-    Agent { agent: AgentInfo },
+    Agent {
+        agent: AgentInfo,
+    },
     /// A policy was applied, rejected or rolled back.
-    Policy { policy: PolicyChange },
+    Policy {
+        policy: PolicyChange,
+    },
     /// Attempts folded into no connect event (the last window of a burst to
     /// one destination), reported once they stopped.
-    ConnectSummary { identity: Option<IdentityRef>, connect_summary: ConnectSummary },
+    ConnectSummary {
+        identity: Option<IdentityRef>,
+        connect_summary: ConnectSummary,
+    },
 }
 
 impl Body {
@@ -242,7 +262,10 @@ mod tests {
         c.addr = Ipv6Addr::LOCALHOST.octets();
         c.protocol = 17;
         let v6 = ConnectInfo::from_raw(&c, names);
-        assert_eq!((v6.family, v6.address.to_string().as_str(), v6.protocol, v6.action, v6.rule.as_str()), ("ipv6", "::1", "udp", "denied", "default"));
+        assert_eq!(
+            (v6.family, v6.address.to_string().as_str(), v6.protocol, v6.action, v6.rule.as_str()),
+            ("ipv6", "::1", "udp", "denied", "default")
+        );
     }
 
     #[test]

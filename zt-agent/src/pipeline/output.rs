@@ -20,9 +20,7 @@ impl Show {
     pub fn wants(self, e: &Event) -> bool {
         match self {
             Show::All => true,
-            Show::Attributed => {
-                e.body.identity().is_some() || matches!(e.body.kind(), "loss" | "agent" | "policy")
-            }
+            Show::Attributed => e.body.identity().is_some() || matches!(e.body.kind(), "loss" | "agent" | "policy"),
         }
     }
 }

@@ -20,8 +20,8 @@ use zt_common::{
     maps,
     path_policy::{PATH_LEN, PathRule},
     policy::{
-        ALLOW, AUDIT, DENY, ENFORCE, IdentityKey, IdentityPolicy, NET_KEY_FIXED_BITS, NET_RULES_PER_PREFIX, NetKeyData,
-        NetRule, NetRuleList, PROTO_ANY, PROTO_TCP, PROTO_UDP,
+        ALLOW, AUDIT, DENY, ENFORCE, IdentityKey, IdentityPolicy, NET_KEY_FIXED_BITS, NET_RULES_PER_PREFIX, NetKeyData, NetRule,
+        NetRuleList, PROTO_ANY, PROTO_TCP, PROTO_UDP,
     },
 };
 
@@ -29,7 +29,9 @@ use super::document::{Action, Mode, Policy, Proto};
 
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum CompileError {
-    #[error("identity {identity:?}: destination {prefix} has {count} applicable egress rules (its own and its covering prefixes'), capacity {capacity}")]
+    #[error(
+        "identity {identity:?}: destination {prefix} has {count} applicable egress rules (its own and its covering prefixes'), capacity {capacity}"
+    )]
     PrefixRules { identity: String, prefix: String, count: usize, capacity: usize },
     #[error("{count} egress prefixes in one policy slot, capacity {capacity}")]
     NetEntries { count: usize, capacity: usize },
@@ -135,11 +137,8 @@ pub fn compile(policy: &Policy, ids: &IdRegistry, slot: u32, active: &[bool]) ->
     let mut identities = Vec::new();
     let mut net = Vec::new();
     let mut paths = Vec::new();
-    let rules: Vec<RuleInfo> = policy
-        .rules
-        .iter()
-        .map(|r| RuleInfo { name: r.name.clone(), identity: r.identity.clone(), pos: r.pos.to_string() })
-        .collect();
+    let rules: Vec<RuleInfo> =
+        policy.rules.iter().map(|r| RuleInfo { name: r.name.clone(), identity: r.identity.clone(), pos: r.pos.to_string() }).collect();
 
     for ident in &policy.identities {
         let id = ids.get(&ident.name).expect("registry assigned every identity");
@@ -206,13 +205,8 @@ pub fn compile(policy: &Policy, ids: &IdRegistry, slot: u32, active: &[bool]) ->
 
         let lens: BTreeSet<u8> = by_prefix.keys().map(|(_, l)| *l).collect();
         for &(addr, len) in by_prefix.keys() {
-            let mut list: Vec<NetRule> = lens
-                .iter()
-                .filter(|l| **l <= len)
-                .filter_map(|l| by_prefix.get(&(mask(addr, *l), *l)))
-                .flatten()
-                .copied()
-                .collect();
+            let mut list: Vec<NetRule> =
+                lens.iter().filter(|l| **l <= len).filter_map(|l| by_prefix.get(&(mask(addr, *l), *l))).flatten().copied().collect();
             list.sort_by_key(|r| (r.rule, r.port_lo, r.port_hi, r.proto));
             list.dedup();
             if list.len() > NET_RULES_PER_PREFIX {

@@ -390,12 +390,7 @@ fn syntax_error(file: &str, e: &serde_saphyr::Error) -> Diagnostic {
     let (line, column) = e.location().map(|l| (l.line(), l.column())).unwrap_or((0, 0));
     // The crate's Display renders a snippet; keep the first line only.
     let text = e.to_string();
-    let message = text
-        .lines()
-        .map(str::trim)
-        .find(|l| !l.is_empty())
-        .unwrap_or("invalid YAML")
-        .trim_start_matches("error: ");
+    let message = text.lines().map(str::trim).find(|l| !l.is_empty()).unwrap_or("invalid YAML").trim_start_matches("error: ");
     // The message may repeat the position ("line 7 column 7: ..."); we print it once.
     let message = match message.strip_prefix("line ").and_then(|r| r.split_once(": ")) {
         Some((pos, rest)) if pos.contains(" column ") => rest,
@@ -433,7 +428,11 @@ pub fn parse_sources(sources: &[Source<'_>]) -> Result<Policy, PolicyErrors> {
         };
         let mut cx = Ctx { file: src.name, errors: Vec::new(), warnings: Vec::new() };
         if raw.api_version.value != API_VERSION {
-            cx.error(&raw.api_version.referenced, format!("unsupported apiVersion {:?}", raw.api_version.value), Some(&format!("use {API_VERSION:?}")));
+            cx.error(
+                &raw.api_version.referenced,
+                format!("unsupported apiVersion {:?}", raw.api_version.value),
+                Some(&format!("use {API_VERSION:?}")),
+            );
         }
         if raw.kind.value != KIND {
             cx.error(&raw.kind.referenced, format!("unsupported kind {:?}", raw.kind.value), Some("use \"HostPolicy\""));
@@ -480,7 +479,11 @@ pub fn parse_sources(sources: &[Source<'_>]) -> Result<Policy, PolicyErrors> {
         None => {
             if errors.is_empty() {
                 let pos = Pos { file: sources.first().map(|s| s.name.to_string()).unwrap_or_default(), line: 1, column: 1 };
-                errors.push(Diagnostic { pos, message: "no file of the bundle sets spec.trustDomain".into(), hint: Some("add `trustDomain: <domain>` under spec".into()) });
+                errors.push(Diagnostic {
+                    pos,
+                    message: "no file of the bundle sets spec.trustDomain".into(),
+                    hint: Some("add `trustDomain: <domain>` under spec".into()),
+                });
             }
             String::new()
         }
@@ -502,7 +505,11 @@ pub fn parse_sources(sources: &[Source<'_>]) -> Result<Policy, PolicyErrors> {
             if let Some(prev) = rules.iter().find(|r| r.name == rule.name) {
                 let at = prev.pos.clone();
                 let loc = rr.name.as_ref().map(|n| n.referenced).unwrap_or(rr.identity.referenced);
-                cx.error(&loc, format!("duplicate rule name {:?} (first defined at {at})", rule.name), Some("give each rule a unique `name`"));
+                cx.error(
+                    &loc,
+                    format!("duplicate rule name {:?} (first defined at {at})", rule.name),
+                    Some("give each rule a unique `name`"),
+                );
             } else {
                 rules.push(rule);
             }
@@ -572,7 +579,11 @@ fn convert_identity(cx: &mut Ctx<'_>, ri: &RawIdentity, trust_domain: Option<&st
             "allow" => Some(Action::Allow),
             "deny" => Some(Action::Deny),
             other => {
-                cx.error(&d.referenced, format!("invalid defaultAction {other:?}"), Some("use \"allow\" or \"deny\", or a map with egress/files/exec"));
+                cx.error(
+                    &d.referenced,
+                    format!("invalid defaultAction {other:?}"),
+                    Some("use \"allow\" or \"deny\", or a map with egress/files/exec"),
+                );
                 None
             }
         };
@@ -618,7 +629,9 @@ fn convert_selector(cx: &mut Ctx<'_>, rs: &RawSelector, parent: &Location) -> Op
     }
     if let Some(d) = &rs.exe_digest {
         match d.value.strip_prefix("blake3:") {
-            None => cx.error(&d.referenced, format!("invalid exeDigest {:?}", d.value), Some("write \"blake3:<64 hex digits>\" (`b3sum FILE`)")),
+            None => {
+                cx.error(&d.referenced, format!("invalid exeDigest {:?}", d.value), Some("write \"blake3:<64 hex digits>\" (`b3sum FILE`)"))
+            }
             Some(hex) => match blake3::Hash::from_hex(hex) {
                 Ok(h) => sel.exe_digest = Some(h),
                 Err(e) => cx.error(&d.referenced, format!("invalid exeDigest {:?}: {e}", d.value), None),
@@ -629,11 +642,7 @@ fn convert_selector(cx: &mut Ctx<'_>, rs: &RawSelector, parent: &Location) -> Op
         sel.uid = Some(u.value);
     }
     if let Some(k) = &rs.k8s {
-        cx.warn(
-            &k.referenced,
-            "k8s selectors are accepted but match nothing yet (no Kubernetes metadata source in this version)",
-            None,
-        );
+        cx.warn(&k.referenced, "k8s selectors are accepted but match nothing yet (no Kubernetes metadata source in this version)", None);
         sel.k8s = true;
     }
     if let Some(inner) = &rs.descendant_of {
@@ -641,7 +650,11 @@ fn convert_selector(cx: &mut Ctx<'_>, rs: &RawSelector, parent: &Location) -> Op
             if inner_sel.descendant_of.is_some() {
                 cx.error(&inner.referenced, "descendantOf cannot be nested", None);
             } else if !sel.is_empty() {
-                cx.error(&inner.referenced, "descendantOf cannot be combined with other keys in one selector", Some("write it as a selector of its own"));
+                cx.error(
+                    &inner.referenced,
+                    "descendantOf cannot be combined with other keys in one selector",
+                    Some("write it as a selector of its own"),
+                );
             } else {
                 sel.descendant_of = Some(Box::new(inner_sel));
             }
@@ -666,7 +679,11 @@ fn convert_rule(cx: &mut Ctx<'_>, rr: &RawRule, identities: &[IdentityDef], inva
     }
     if !identities.iter().any(|i| i.name == rr.identity.value) {
         let known: Vec<&str> = identities.iter().map(|i| i.name.as_str()).collect();
-        cx.error(&rr.identity.referenced, format!("rule for unknown identity {:?}", rr.identity.value), Some(&format!("known identities: {}", known.join(", "))));
+        cx.error(
+            &rr.identity.referenced,
+            format!("rule for unknown identity {:?}", rr.identity.value),
+            Some(&format!("known identities: {}", known.join(", "))),
+        );
     }
     let action = parse_action(cx, &rr.action);
     let mode = rr.mode.as_ref().and_then(|m| parse_mode(cx, m));
@@ -686,7 +703,11 @@ fn convert_rule(cx: &mut Ctx<'_>, rr: &RawRule, identities: &[IdentityDef], inva
     let mut egress = Vec::new();
     for e in &rr.egress {
         if let Some(dns) = &e.value.dns {
-            cx.error(&dns.referenced, "egress by DNS name is not supported yet", Some("list the destination CIDRs under `to`; DNS-bound rules come with a later version"));
+            cx.error(
+                &dns.referenced,
+                "egress by DNS name is not supported yet",
+                Some("list the destination CIDRs under `to`; DNS-bound rules come with a later version"),
+            );
             continue;
         }
         if e.value.to.is_empty() {
@@ -697,7 +718,11 @@ fn convert_rule(cx: &mut Ctx<'_>, rr: &RawRule, identities: &[IdentityDef], inva
         for t in &e.value.to {
             match parse_net(&t.value) {
                 Ok(n) => to.push(n),
-                Err(why) => cx.error(&t.referenced, format!("invalid destination {:?}: {why}", t.value), Some("a CIDR like 10.0.0.0/8 or 2001:db8::/32, or a single address")),
+                Err(why) => cx.error(
+                    &t.referenced,
+                    format!("invalid destination {:?}: {why}", t.value),
+                    Some("a CIDR like 10.0.0.0/8 or 2001:db8::/32, or a single address"),
+                ),
             }
         }
         let mut ports = Vec::new();

@@ -40,9 +40,8 @@ pub fn lint(policy: &mut Policy) {
             // Shadowed: an unconditional deny of the same identity covers it
             // (deny wins); else redundant: an earlier unconditional rule with
             // the same action already covers it.
-            let covering = |j: usize, other: &super::document::Rule| {
-                i != j && other.when.is_none() && other.egress.iter().any(|o| covers(o, e))
-            };
+            let covering =
+                |j: usize, other: &super::document::Rule| i != j && other.when.is_none() && other.egress.iter().any(|o| covers(o, e));
             let rules = || siblings.iter().map(|&j| (j, &policy.rules[j]));
             let deny = rules().find(|(j, o)| o.action == Action::Deny && covering(*j, o));
             let same = rules().find(|(j, o)| *j < i && o.action == rule.action && covering(*j, o));
@@ -57,7 +56,11 @@ pub fn lint(policy: &mut Policy) {
             } else if let Some((_, o)) = same
                 && rule.when.is_none()
             {
-                warnings.push(warn(&e.pos, format!("this egress of rule {:?} is redundant: rule {:?} already covers it", rule.name, o.name), None));
+                warnings.push(warn(
+                    &e.pos,
+                    format!("this egress of rule {:?} is redundant: rule {:?} already covers it", rule.name, o.name),
+                    None,
+                ));
             }
         }
     }

@@ -136,10 +136,7 @@ fn syntax_and_shape_errors() {
         errs(&format!("{HEAD}  identities:\n    - name: a\n      selectors: []\n")),
         "p.yaml:9:18: identity \"a\" has no selectors (hint: add at least one of cgroup, exe, exeDigest, uid, descendantOf)"
     );
-    assert_eq!(
-        errs(&CODER.replace("kind: HostPolicy", "kind: Pod")),
-        "p.yaml:2:7: unsupported kind \"Pod\" (hint: use \"HostPolicy\")"
-    );
+    assert_eq!(errs(&CODER.replace("kind: HostPolicy", "kind: Pod")), "p.yaml:2:7: unsupported kind \"Pod\" (hint: use \"HostPolicy\")");
     assert_eq!(
         errs(&CODER.replace("uid: 1000", "exeDigest: sha256:00")),
         "p.yaml:12:22: invalid exeDigest \"sha256:00\" (hint: write \"blake3:<64 hex digits>\" (`b3sum FILE`))"
@@ -202,10 +199,7 @@ fn compiles_byte_for_byte() {
     let (len, key, list) = &c.net[1];
     assert_eq!(*len, 176);
     assert_eq!(hex(&bytes_of(key)), "010000000100000000000000000000000000ffff0a010000");
-    assert_eq!(
-        hex(&bytes_of(list)[..32]),
-        concat!("0200000000000000", "bb01bb010600000000000000", "160016000001010001000000")
-    );
+    assert_eq!(hex(&bytes_of(list)[..32]), concat!("0200000000000000", "bb01bb010600000000000000", "160016000001010001000000"));
     assert!(bytes_of(list)[32..].iter().all(|b| *b == 0), "unused rule slots are zero");
 }
 
@@ -213,7 +207,10 @@ fn compiles_byte_for_byte() {
 fn covering_prefixes_and_capacity() {
     let mut text = format!("{HEAD}  identities:\n    - name: a\n      selectors:\n        - uid: 1\n  rules:\n");
     for i in 0..17 {
-        text.push_str(&format!("    - name: r{i}\n      identity: a\n      action: allow\n      egress:\n        - to: [10.0.0.0/8]\n          ports: [{}]\n", 1000 + i));
+        text.push_str(&format!(
+            "    - name: r{i}\n      identity: a\n      action: allow\n      egress:\n        - to: [10.0.0.0/8]\n          ports: [{}]\n",
+            1000 + i
+        ));
     }
     let p = parse1(&text).unwrap();
     let ids = IdRegistry::for_policy(&p).unwrap();
