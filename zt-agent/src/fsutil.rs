@@ -3,23 +3,39 @@
 //! - [`write_atomic`]: temp file, fsync, rename, fsync of the directory.
 //! - [`sync_parent`]: fsync of the directory holding a path (makes a
 //!   create, rename or delete in it durable).
-use std::{fs::File, io::Write as _, path::Path};
+//! - [`FsError`]: which step failed on which path, with the OS error as source.
+use std::{
+    fs::File,
+    io::{self, Write as _},
+    path::{Path, PathBuf},
+};
 
-use anyhow::Context as _;
+#[derive(Debug, thiserror::Error)]
+#[error("{op} {}", path.display())]
+pub struct FsError {
+    pub op: &'static str,
+    pub path: PathBuf,
+    #[source]
+    pub source: io::Error,
+}
+
+fn at<'a>(op: &'static str, path: &'a Path) -> impl FnOnce(io::Error) -> FsError + 'a {
+    move |source| FsError { op, path: path.to_path_buf(), source }
+}
 
 /// Replaces `path` with `bytes` so that a crash leaves the old or the new
 /// content, never a mix: `<path>.tmp` written and fsynced, renamed over
 /// `path`, then the directory fsynced.
-pub fn write_atomic(path: &Path, bytes: &[u8]) -> anyhow::Result<()> {
+pub fn write_atomic(path: &Path, bytes: &[u8]) -> Result<(), FsError> {
     let tmp = path.with_extension("tmp");
-    let mut f = File::create(&tmp).with_context(|| format!("creating {}", tmp.display()))?;
-    f.write_all(bytes).and_then(|_| f.sync_all()).with_context(|| format!("writing {}", tmp.display()))?;
-    std::fs::rename(&tmp, path).with_context(|| format!("renaming {} to {}", tmp.display(), path.display()))?;
+    let mut f = File::create(&tmp).map_err(at("creating", &tmp))?;
+    f.write_all(bytes).and_then(|_| f.sync_all()).map_err(at("writing", &tmp))?;
+    std::fs::rename(&tmp, path).map_err(at("renaming over", path))?;
     sync_parent(path)
 }
 
 /// fsync of the directory holding `path`.
-pub fn sync_parent(path: &Path) -> anyhow::Result<()> {
+pub fn sync_parent(path: &Path) -> Result<(), FsError> {
     let dir = path.parent().filter(|d| !d.as_os_str().is_empty()).unwrap_or(Path::new("."));
-    File::open(dir).and_then(|d| d.sync_all()).with_context(|| format!("fsync of directory {}", dir.display()))
+    File::open(dir).and_then(|d| d.sync_all()).map_err(at("fsync of directory", dir))
 }

@@ -1,11 +1,12 @@
 //! Host facts and set-up the agent needs: the cgroup v2 mount, tracefs and
-//! bpffs (mounted when missing), privileges.
+//! securityfs (mounted when missing), privileges, clocks.
 //!
 //! # Layout
 //! - [`parse_mountinfo`] / [`find_mount`]: mount points by fs type (pure).
 //! - [`cgroup2_mount`]: the cgroup v2 hierarchy, mounted if absent.
-//! - [`ensure_tracefs`], [`ensure_bpffs`]: mount when missing.
+//! - [`ensure_tracefs`], [`ensure_securityfs`]: mount when missing.
 //! - [`check_privileges`]: a clear message naming what is missing.
+//! - [`boottime_ns`], [`wall_time`]: the kernel's event clock and wall time.
 use std::path::{Path, PathBuf};
 
 use anyhow::{Context as _, bail};
@@ -82,10 +83,6 @@ pub fn ensure_securityfs() -> anyhow::Result<PathBuf> {
     ensure_mounted("securityfs", "/sys/kernel/security")
 }
 
-pub fn ensure_bpffs() -> anyhow::Result<PathBuf> {
-    ensure_mounted("bpf", "/sys/fs/bpf")
-}
-
 /// Fails with a message naming the missing privilege. Loading programs needs
 /// CAP_BPF + CAP_PERFMON (or CAP_SYS_ADMIN), attaching to cgroups and
 /// mounting needs CAP_SYS_ADMIN; the agent simply requires root-equivalent
@@ -119,6 +116,12 @@ fn effective_caps() -> Option<u64> {
 /// The kernel's boot id (changes every boot).
 pub fn boot_id() -> String {
     std::fs::read_to_string("/proc/sys/kernel/random/boot_id").map(|s| s.trim().to_string()).unwrap_or_default()
+}
+
+/// Wall-clock RFC 3339 time of a `CLOCK_BOOTTIME` timestamp (event times).
+pub fn wall_time(boot_ns: u64) -> String {
+    let age = std::time::Duration::from_nanos(boottime_ns().saturating_sub(boot_ns));
+    humantime::format_rfc3339_micros(std::time::SystemTime::now() - age).to_string()
 }
 
 /// `CLOCK_BOOTTIME` now, in ns: the clock of event `time_ns` fields.

@@ -1,19 +1,25 @@
 //! zt-agent: zero-trust host enforcement for AI-agent workloads.
 //!
 //! # Layout
-//! - [`audit`]: the signed, tamper-evident audit log (Merkle tree, C2SP checkpoints).
-//! - [`bpf`]: the only module that uses aya: load, attach, probe, typed maps.
-//! - [`identity`]: identity files, selectors, the resolver (plain Rust).
-//! - [`policy`]: host policy language, compilation to map entries, history.
-//! - [`manager`]: applies policies to the kernel (reload, history, rollback).
+//! Dependencies point one way, down this list (`bpf` implements the
+//! domain's traits; nothing but `bpf` imports aya):
+//! - [`run`]: the daemon: wires the rest together and owns shutdown.
+//! - [`control`]: the local control socket and its protocol (`zt-agent status`).
+//! - [`manager`]: applies policies to a [`policy::target::PolicyTarget`]
+//!   (reload, history, rollback, conditions).
+//! - [`bpf`]: the only module that uses aya: load, attach, probe, typed
+//!   maps, and the domain's table traits implemented over them.
+//! - [`audit`]: the signed, tamper-evident audit log (an output of the pipeline).
 //! - [`pipeline`]: ring buffer -> decode -> enrich -> outputs, loss counting.
-//! - [`control`]: the local control socket (`zt-agent status`).
+//! - [`policy`]: host policy language, compilation to map entries, history.
+//! - [`identity`]: selectors, the resolver, and the attribution tables as traits.
 //! - [`host`]: mounts, cgroup v2, privileges, clocks.
 //! - [`fsutil`]: crash-safe file replacement.
-//! - [`run`]: the daemon: wires the above together and owns shutdown.
+//! - [`error`]: rendering error chains.
 pub mod audit;
 pub mod bpf;
 pub mod control;
+pub mod error;
 pub mod fsutil;
 pub mod host;
 pub mod identity;

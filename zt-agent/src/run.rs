@@ -1,41 +1,57 @@
-//! `zt-agent run`: the daemon. Wires probe, loader, the first policy,
-//! seeding, the audit log, pipeline, policy manager and the control socket
-//! together, and owns the shutdown order: signal -> demo stopped -> manager
-//! and control socket stopped -> `agent stop` event -> pipeline drained ->
-//! final audit checkpoint -> programs detached (dropping `Bpf`).
+//! `zt-agent run`: the daemon, in three steps so a test can start and stop
+//! it in-process (mini-redis's `server::run` shape):
 //!
-//! The audit log is opened before anything is loaded: a log that
-//! contradicts its signed checkpoint stops the agent (exit status 3).
+//! - [`Agent::start`]: validate the policy, open the audit log (a log that
+//!   contradicts its signed checkpoint stops here: [`crate::audit::log::OpenError::Integrity`]),
+//!   probe, load, apply the first policy, seed, start the pipeline, attach
+//!   the egress hooks, start the policy manager and the control socket.
+//! - [`Agent::run_until`]: until the shutdown future resolves, or the audit
+//!   thread dies (then the agent stops with an error: it cannot record).
+//! - [`Agent::shutdown`]: demo stopped -> manager and control socket
+//!   stopped -> `agent stopped` event -> pipeline drained (outputs closed,
+//!   final audit checkpoint) -> programs detached (dropping `Bpf`).
+//!
+//! [`run`] is the three for the CLI, with SIGINT/SIGTERM as the shutdown.
+mod demo;
+
 use std::{
     collections::BTreeMap,
+    future::Future,
     io::Write,
     path::{Path, PathBuf},
-    process::Stdio,
-    sync::Arc,
+    sync::{Arc, RwLock},
     time::Duration,
 };
 
 use anyhow::{Context as _, bail};
-use tokio::{io::unix::AsyncFd, signal::unix::SignalKind, sync::watch};
+use tokio::{
+    sync::{mpsc, watch},
+    task::JoinHandle,
+};
 use zt_common::{Config, config_flags};
 
 use crate::{
     audit,
     bpf::{
         self,
-        loader::{ArgvCapture, Bpf, LoadOptions},
+        loader::{ArgvCapture, Bpf, BpfMaps, LoadOptions},
         probe,
+        tables::Counters,
     },
-    control, host,
-    identity::Resolver,
-    manager::{self, InForce, Manager, RuleBook},
+    control::{self, protocol},
+    host::{self, boottime_ns, wall_time},
+    identity::{
+        Resolver,
+        attribution::{self, Tables},
+    },
+    manager::{self, InForce, Manager, Outcome, Shared},
     pipeline::{
-        self, MapTables, Stats,
+        self, Input, Stats,
         enrich::Enricher,
-        event::{AgentInfo, Body},
-        output::Show,
+        event::{AgentInfo, AgentState, Body, Event, PolicyAction},
+        output::{JsonLines, Output, Show},
     },
-    policy::{self, Bundle, store},
+    policy::{self, Bundle, RuleBook, conditions::Inputs, store},
 };
 
 pub struct RunOptions {
@@ -55,16 +71,210 @@ pub struct RunOptions {
     pub audit: audit::log::Config,
 }
 
-pub async fn run(opts: RunOptions) -> anyhow::Result<()> {
-    host::check_privileges()?;
-    // Validate the policy before touching the kernel: a bad file is an error
-    // with file:line:column and nothing is loaded.
-    let bundle = if opts.policy.is_empty() { Bundle::embedded_default() } else { Bundle::read(&opts.policy)? };
-    bundle.parse()?;
-    let tracefs = host::ensure_tracefs()?;
-    let cgroup2 = host::cgroup2_mount()?;
-    let audit_writer = open_audit(&opts.audit)?;
+/// Queue into the audit thread (security-relevant events only).
+const AUDIT_QUEUE_CAPACITY: usize = 65_536;
 
+/// Queue between the ring-buffer reader and the enricher (events).
+const QUEUE_CAPACITY: usize = 65_536;
+
+/// How often rule conditions are re-evaluated (covers time windows).
+const REEVALUATE_EVERY: Duration = Duration::from_secs(30);
+
+/// Why the agent stops.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum StopReason {
+    /// A signal or the caller's shutdown future (its name).
+    Requested(String),
+    /// The audit thread died: the agent cannot record security events.
+    AuditFailed(String),
+}
+
+/// A started agent.
+pub struct Agent {
+    bpf: Bpf,
+    running: pipeline::Running,
+    manager: JoinHandle<()>,
+    control: JoinHandle<()>,
+    stop: watch::Sender<bool>,
+    audit_failure: watch::Receiver<Option<String>>,
+    demo: Option<demo::Demo>,
+    node: Arc<str>,
+    object_digest: String,
+    first_policy: Outcome,
+    paths: Vec<(String, String)>,
+}
+
+/// The CLI's daemon: start, run until SIGINT/SIGTERM, shut down.
+pub async fn run(opts: RunOptions) -> anyhow::Result<()> {
+    let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
+    let mut agent = Agent::start(opts).await?;
+    let signal = async move {
+        tokio::select! {
+            _ = tokio::signal::ctrl_c() => "SIGINT".to_string(),
+            _ = term.recv() => "SIGTERM".to_string(),
+        }
+    };
+    let reason = agent.run_until(signal).await;
+    agent.shutdown(reason).await
+}
+
+impl Agent {
+    pub async fn start(opts: RunOptions) -> anyhow::Result<Agent> {
+        host::check_privileges()?;
+        // Validate the policy before touching the kernel: a bad file is an
+        // error with file:line:column and nothing is loaded.
+        let bundle = if opts.policy.is_empty() { Bundle::embedded_default() } else { Bundle::read(&opts.policy)? };
+        bundle.parse()?;
+        let tracefs = host::ensure_tracefs()?;
+        let cgroup2 = host::cgroup2_mount()?;
+        let audit_writer = open_audit(&opts.audit)?;
+        let paths = check_kernel()?;
+
+        let (mut bpf, maps) = load_programs(&opts, &tracefs)?;
+        let object_digest = bpf::object_digest().to_hex().to_string();
+        tracing::info!("eBPF object blake3 {object_digest}");
+        bpf.forward_kernel_logs();
+
+        let node: Arc<str> = nix::unistd::gethostname().map(|h| h.to_string_lossy().into_owned()).unwrap_or_default().into();
+        let (input_tx, input_rx) = mpsc::channel(QUEUE_CAPACITY);
+        let shared = Shared {
+            rulebook: Arc::new(RuleBook::default()),
+            in_force: Arc::new(RwLock::new(InForce::default())),
+            pipeline: input_tx.clone(),
+            node: node.clone(),
+        };
+        let store = store::Store::open(opts.state_dir.as_ref().map(|d| d.join("policy-history")))?;
+        let labels = opts.node_labels.clone();
+        let inputs = Box::new(move || Inputs::current(labels.clone()));
+        let mut manager = Manager::new(opts.policy.clone(), store, Box::new(maps.policy), inputs, shared.clone());
+        // The first policy goes into the maps before the egress hooks attach.
+        let first_policy = manager.apply_and_report(bundle, "start", PolicyAction::Applied).await?;
+        let config = Arc::new(policy::identity_config(manager.current_policy().expect("just applied"), manager.ids()));
+
+        let mut enricher = Enricher::new(Resolver::new(config, "/proc"), node.clone(), opts.show == Show::All, shared.rulebook.clone());
+        let mut tables = Tables { procs: Box::new(maps.proc_table), cgroups: Box::new(maps.cgroups) };
+        // The demo cgroup must exist before seeding so the kernel learns its id.
+        let demo_cgroup = if opts.demo { Some(demo::prepare_cgroup(&cgroup2)?) } else { None };
+        let (seeded, attributed) = attribution::seed(enricher.resolver_mut(), &mut tables, &cgroup2);
+        tracing::info!("seeded {seeded} running processes from /proc, {attributed} attributed");
+
+        let stats = Arc::new(Stats::default());
+        let audit_failure = audit_writer.failure();
+        let audit_control = audit_writer.control();
+        let outputs: Vec<Box<dyn Output>> = vec![
+            Box::new(JsonLines::spawn(events_writer(opts.events.as_deref())?, opts.show, QUEUE_CAPACITY, stats.clone())),
+            Box::new(audit_writer),
+        ];
+        let kernel = pipeline::Kernel {
+            ring: maps.events,
+            counters: Counters { loss: maps.loss, decisions: maps.identity_counters },
+            aggregates: maps.aggregates,
+            tables,
+        };
+        let pipeline_opts = pipeline::Options {
+            poll_interval: opts.poll_interval,
+            loss_interval: Duration::from_secs(1),
+            rescan_interval: Duration::from_secs(2),
+            gc_every: 15,
+            cgroup2: cgroup2.clone(),
+        };
+        let running = pipeline::spawn((input_tx, input_rx), kernel, enricher, outputs, pipeline_opts, stats.clone());
+        bpf.attach_network(&cgroup2)?;
+        for h in &bpf.hooks {
+            tracing::info!("{} -> {}: {}", h.program, h.attach_point, h.state);
+        }
+
+        let (stop, stop_rx) = watch::channel(false);
+        let (commands, commands_rx) = mpsc::channel(16);
+        let manager = tokio::spawn(manager::run(manager, commands_rx, stop_rx.clone(), REEVALUATE_EVERY));
+        let paths: Vec<(String, String)> = paths.into_iter().map(|(a, b)| (a.to_string(), b)).collect();
+        let info = Arc::new(protocol::StaticInfo {
+            version: env!("CARGO_PKG_VERSION").into(),
+            pid: std::process::id(),
+            started: wall_time(boottime_ns()),
+            object_blake3: object_digest.clone(),
+            hooks: bpf.hooks.iter().map(hook).collect(),
+            paths: paths.clone(),
+            cgroup2: cgroup2.display().to_string(),
+        });
+        let state = control::State { info, stats, in_force: shared.in_force.clone(), commands, audit: Some(audit_control) };
+        let control = tokio::spawn(serve_control(opts.socket.clone(), state, stop_rx));
+
+        let demo = match demo_cgroup {
+            Some(dir) => Some(demo::Demo::start(dir).await?),
+            None => None,
+        };
+        let agent = Agent { bpf, running, manager, control, stop, audit_failure, demo, node, object_digest, first_policy, paths };
+        agent.emit(agent.agent_event(AgentState::Started, None)).await;
+        tracing::info!("ready: attributing processes and enforcing policy (Ctrl-C to stop)");
+        Ok(agent)
+    }
+
+    /// Runs until `shutdown` resolves (with its name) or the audit thread dies.
+    pub async fn run_until(&mut self, shutdown: impl Future<Output = String>) -> StopReason {
+        let failed = self.audit_failure.wait_for(Option::is_some);
+        tokio::select! {
+            why = shutdown => StopReason::Requested(why),
+            r = failed => StopReason::AuditFailed(match r {
+                Ok(v) => v.clone().unwrap_or_default(),
+                Err(_) => "the audit thread is gone".into(),
+            }),
+        }
+    }
+
+    /// Stops everything in order; an error when the agent stops because it
+    /// failed (so the process exits non-zero).
+    pub async fn shutdown(mut self, reason: StopReason) -> anyhow::Result<()> {
+        let text = match &reason {
+            StopReason::Requested(s) => s.clone(),
+            StopReason::AuditFailed(why) => format!("audit log failed: {why}"),
+        };
+        tracing::info!("{text}: stopping");
+        if let Some(d) = self.demo.as_mut() {
+            d.stop().await;
+        }
+        let _ = self.stop.send(true);
+        let _ = (&mut self.manager).await;
+        let _ = (&mut self.control).await;
+        self.emit(self.agent_event(AgentState::Stopped, Some(text.clone()))).await;
+        let Agent { bpf, running, demo, .. } = self;
+        running.shutdown().await;
+        if let Some(d) = demo {
+            d.remove_cgroup();
+        }
+        drop(bpf);
+        tracing::info!("stopped; all programs detached");
+        match reason {
+            StopReason::Requested(_) => Ok(()),
+            StopReason::AuditFailed(_) => bail!("{text}; the agent stopped because it can no longer record security events"),
+        }
+    }
+
+    async fn emit(&self, ev: Event) {
+        let _ = self.running.input.send(Input::Emit(Box::new(ev))).await;
+    }
+
+    fn agent_event(&self, state: AgentState, reason: Option<String>) -> Event {
+        Event {
+            time: wall_time(boottime_ns()),
+            node: self.node.clone(),
+            body: Body::Agent {
+                agent: AgentInfo {
+                    state,
+                    version: env!("CARGO_PKG_VERSION"),
+                    reason,
+                    object_blake3: Some(self.object_digest.clone()),
+                    policy: Some(format!("v{} blake3:{}", self.first_policy.version, self.first_policy.digest)),
+                    paths: self.paths.clone(),
+                },
+            },
+        }
+    }
+}
+
+/// Probes the kernel, logs which path each capability uses, and refuses to
+/// start without tracepoints or ring buffers.
+fn check_kernel() -> anyhow::Result<Vec<(&'static str, String)>> {
     let caps = probe::probe();
     let paths = probe::enforcement_paths(&caps);
     for f in caps.features.iter().filter(|f| !f.available) {
@@ -79,152 +289,37 @@ pub async fn run(opts: RunOptions) -> anyhow::Result<()> {
     if !caps.has(probe::names::RINGBUF) {
         bail!("BPF ring buffers are unavailable (Linux >= 5.8 needed)");
     }
+    Ok(paths)
+}
 
-    let mut flags = 0;
-    if opts.observe_all_connects {
-        flags |= config_flags::OBSERVE_ALL_CONNECTS;
-    }
-    let (mut bpf, maps) = Bpf::load(&LoadOptions {
-        tracefs: &tracefs,
-        cgroup2: &cgroup2,
+fn load_programs(opts: &RunOptions, tracefs: &Path) -> anyhow::Result<(Bpf, BpfMaps)> {
+    let flags = if opts.observe_all_connects { config_flags::OBSERVE_ALL_CONNECTS } else { 0 };
+    Bpf::load(&LoadOptions {
+        tracefs,
         ringbuf_bytes: opts.ringbuf_bytes,
         config: Config { flags, wakeup_bytes: opts.ringbuf_bytes / 4 },
         argv: opts.argv,
-    })?;
-    let object_digest = bpf::object_digest().to_hex().to_string();
-    tracing::info!("eBPF object blake3 {object_digest}");
-    let logger_task = spawn_kernel_logger(&mut bpf);
+    })
+}
 
-    let node: Arc<str> = nix::unistd::gethostname().map(|h| h.to_string_lossy().into_owned()).unwrap_or_default().into();
-    let (input_tx, input_rx) = tokio::sync::mpsc::channel(QUEUE_CAPACITY);
-    let rulebook = Arc::new(RuleBook::default());
-    let in_force = Arc::new(std::sync::RwLock::new(InForce::default()));
-    let store = store::Store::open(opts.state_dir.as_ref().map(|d| d.join("policy-history")))?;
-    let mut manager = Manager::new(
-        opts.policy.clone(),
-        store,
-        maps.policy,
-        opts.node_labels.clone(),
-        rulebook.clone(),
-        input_tx.clone(),
-        in_force.clone(),
-        node.clone(),
-    );
-    // The first policy goes into the maps before the egress hooks attach.
-    let first = manager.apply_and_report(bundle, "start", "applied").await.map_err(|e| anyhow::anyhow!("{e}"))?;
-    let config = Arc::new(policy::identity_config(&manager.current_policy().expect("just applied"), manager.ids()));
+fn hook(h: &bpf::loader::HookStatus) -> protocol::Hook {
+    protocol::Hook { program: h.program.into(), attach_point: h.attach_point.clone(), state: h.state.clone(), attached: h.attached }
+}
 
-    let mut enricher = Enricher::new(Resolver::new(config.clone(), "/proc"), node.clone(), opts.show == Show::All, rulebook);
-    let mut tables = MapTables { procs: maps.proc_table, cgroups: maps.cgroups, aggregates: maps.aggregates };
-    // The demo cgroup must exist before seeding so the kernel learns its id.
-    let demo_cgroup = if opts.demo { Some(prepare_demo_cgroup(&cgroup2)?) } else { None };
-    let (seeded, attributed) = pipeline::seed(&mut enricher, &mut tables, &cgroup2);
-    tracing::info!("seeded {seeded} running processes from /proc, {attributed} attributed");
-
-    let stats = Arc::new(Stats::default());
-    let output: Box<dyn Write + Send> = match &opts.events {
+/// Where the JSON-lines events go: appended to `path`, or stdout.
+fn events_writer(path: Option<&Path>) -> anyhow::Result<Box<dyn Write + Send>> {
+    Ok(match path {
         Some(p) => Box::new(std::io::BufWriter::new(
             std::fs::OpenOptions::new().create(true).append(true).open(p).with_context(|| format!("opening {}", p.display()))?,
         )),
         None => Box::new(std::io::BufWriter::new(std::io::stdout())),
-    };
-    let running = pipeline::spawn(
-        (input_tx, input_rx),
-        maps.events,
-        (maps.loss, maps.identity_counters),
-        tables,
-        enricher,
-        vec![(output, opts.show)],
-        Some(audit_writer.sink.clone()),
-        pipeline::Options {
-            poll_interval: opts.poll_interval,
-            loss_interval: Duration::from_secs(1),
-            rescan_interval: Duration::from_secs(2),
-            gc_every: 15,
-            cgroup2: cgroup2.clone(),
-        },
-        stats.clone(),
-    );
-    bpf.attach_network(&cgroup2)?;
-    for h in &bpf.hooks {
-        tracing::info!("{} -> {}: {}", h.program, h.attach_point, h.state);
+    })
+}
+
+async fn serve_control(socket: PathBuf, state: control::State, stop: watch::Receiver<bool>) {
+    if let Err(e) = control::serve(&socket, state, stop).await {
+        tracing::warn!("control socket disabled: {}", crate::error::chain(&e));
     }
-
-    let (stop_tx, stop_rx) = watch::channel(false);
-    let (req_tx, req_rx) = tokio::sync::mpsc::channel(16);
-    let manager_task = tokio::spawn(manager::run(manager, req_rx, stop_rx.clone(), Duration::from_secs(30)));
-
-    let path_strings: Vec<(String, String)> = paths.iter().map(|(a, b)| (a.to_string(), b.clone())).collect();
-    let agent_event = |state: &'static str, reason: Option<String>| pipeline::event::Event {
-        time: Enricher::wall_time(host::boottime_ns()),
-        node: node.clone(),
-        body: Body::Agent {
-            agent: AgentInfo {
-                state,
-                version: env!("CARGO_PKG_VERSION"),
-                reason,
-                object_blake3: Some(object_digest.clone()),
-                policy: Some(format!("v{} blake3:{}", first.version, first.digest)),
-                paths: path_strings.clone(),
-            },
-        },
-    };
-    let _ = running.input.send(pipeline::Input::Emit(Box::new(agent_event("started", None)))).await;
-
-    let info = Arc::new(control::StaticInfo {
-        version: env!("CARGO_PKG_VERSION"),
-        pid: std::process::id(),
-        started: Enricher::wall_time(host::boottime_ns()),
-        object_blake3: object_digest.clone(),
-        hooks: bpf.hooks.clone(),
-        paths: path_strings.clone(),
-        cgroup2: cgroup2.display().to_string(),
-    });
-    let control_task = {
-        let socket = opts.socket.clone();
-        let state = control::State {
-            info,
-            stats: stats.clone(),
-            in_force,
-            requests: req_tx,
-            audit: Some((audit_writer.sink.clone(), audit_writer.status.clone())),
-        };
-        let stop = stop_rx.clone();
-        tokio::spawn(async move {
-            if let Err(e) = control::serve(&socket, state, stop).await {
-                tracing::warn!("control socket disabled: {e:#}");
-            }
-        })
-    };
-
-    let mut demo = match &demo_cgroup {
-        Some(dir) => Some(start_demo(dir).await?),
-        None => None,
-    };
-    tracing::info!("ready: attributing processes and enforcing policy (Ctrl-C to stop)");
-
-    let mut term = tokio::signal::unix::signal(SignalKind::terminate())?;
-    let reason = tokio::select! {
-        _ = tokio::signal::ctrl_c() => "SIGINT",
-        _ = term.recv() => "SIGTERM",
-    };
-    tracing::info!("{reason}: stopping");
-    if let Some(d) = demo.as_mut() {
-        d.stop().await;
-    }
-    let _ = stop_tx.send(true);
-    let _ = manager_task.await;
-    let _ = control_task.await;
-    let _ = running.input.send(pipeline::Input::Emit(Box::new(agent_event("stopped", Some(reason.into()))))).await;
-    running.shutdown().await;
-    audit_writer.finish().await;
-    if let Some(dir) = &demo_cgroup {
-        let _ = std::fs::remove_dir(dir);
-    }
-    logger_task.abort();
-    drop(bpf);
-    tracing::info!("stopped; all programs detached");
-    Ok(())
 }
 
 /// Opens (recovering) the audit log and starts its thread. An integrity
@@ -232,7 +327,7 @@ pub async fn run(opts: RunOptions) -> anyhow::Result<()> {
 fn open_audit(cfg: &audit::log::Config) -> anyhow::Result<audit::writer::Writer> {
     let (log, report) = audit::log::AuditLog::open(cfg.clone()).map_err(|e| match e {
         e @ audit::log::OpenError::Integrity { .. } => anyhow::Error::new(e),
-        audit::log::OpenError::Other(e) => e.context(format!("opening the audit log in {}", cfg.dir.display())),
+        e => anyhow::Error::new(e).context(format!("opening the audit log in {}", cfg.dir.display())),
     })?;
     if report.key_created {
         tracing::info!("created audit signing key {} (mode 0400)", cfg.key.display());
@@ -258,94 +353,7 @@ fn open_audit(cfg: &audit::log::Config) -> anyhow::Result<audit::writer::Writer>
     Ok(audit::writer::spawn(log, &cfg.dir, AUDIT_QUEUE_CAPACITY))
 }
 
-/// Queue into the audit thread (security-relevant events only).
-const AUDIT_QUEUE_CAPACITY: usize = 65_536;
-
-/// Queue between the ring-buffer reader and the enricher (events).
-const QUEUE_CAPACITY: usize = 65_536;
-
-/// Forwards aya-log records from the kernel programs to `tracing` (via `log`).
-fn spawn_kernel_logger(bpf: &mut Bpf) -> tokio::task::JoinHandle<()> {
-    let logger = aya_log::EbpfLogger::init(bpf.ebpf_mut()).map_err(anyhow::Error::from).and_then(|l| {
-        // SAFETY: the logger owns its map fd for as long as the AsyncFd owns the logger.
-        unsafe { AsyncFd::register(l) }.map_err(|e| anyhow::anyhow!("registering with tokio: {e}"))
-    });
-    match logger {
-        Ok(mut logger) => tokio::spawn(async move {
-            loop {
-                let Ok(mut guard) = logger.readable_mut().await else { break };
-                guard.get_inner_mut().flush();
-                guard.clear_ready();
-            }
-        }),
-        Err(e) => {
-            tracing::warn!("kernel log forwarding off: {e:#}");
-            tokio::spawn(async {})
-        }
-    }
-}
-
-fn prepare_demo_cgroup(cgroup2: &Path) -> anyhow::Result<PathBuf> {
-    let dir = cgroup2.join("zt-agents").join("demo");
-    std::fs::create_dir_all(&dir).with_context(|| format!("creating demo cgroup {}", dir.display()))?;
-    Ok(dir)
-}
-
-/// A visible workload for the embedded policy: a shell in `/zt-agents/demo`
-/// that every 2 s runs a command and connects to a loopback listener.
-struct Demo {
-    child: tokio::process::Child,
-    listener: tokio::task::JoinHandle<()>,
-}
-
-impl Demo {
-    async fn stop(&mut self) {
-        if let Some(pid) = self.child.id() {
-            // The shell is a process group leader (setsid): end the group.
-            let _ = nix::sys::signal::killpg(nix::unistd::Pid::from_raw(pid as i32), nix::sys::signal::Signal::SIGTERM);
-        }
-        let _ = tokio::time::timeout(Duration::from_secs(5), self.child.wait()).await;
-        self.listener.abort();
-    }
-}
-
-async fn start_demo(cgroup: &Path) -> anyhow::Result<Demo> {
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
-    let port = listener.local_addr()?.port();
-    let accept = tokio::spawn(async move {
-        while let Ok((s, _)) = listener.accept().await {
-            drop(s);
-        }
-    });
-    // Opened here, written in the child: no allocation between fork and exec.
-    let procs = std::fs::OpenOptions::new().write(true).open(cgroup.join("cgroup.procs"))?;
-    let procs_fd = std::os::fd::AsRawFd::as_raw_fd(&procs);
-    // 127.0.0.1 is allowed by the default policy, 127.0.0.2 is not (EPERM).
-    let script = format!(
-        "while :; do uname -r >/dev/null; (exec 3<>/dev/tcp/127.0.0.1/{port}) 2>/dev/null; (exec 3<>/dev/tcp/127.0.0.2/{port}) 2>/dev/null; sleep 2; done"
-    );
-    let mut cmd = tokio::process::Command::new("bash");
-    cmd.arg("-c").arg(script).stdin(Stdio::null()).stdout(Stdio::null()).stderr(Stdio::null());
-    // SAFETY: only async-signal-safe calls (setsid, write) between fork and exec.
-    unsafe {
-        cmd.pre_exec(move || {
-            if libc::setsid() < 0 || libc::write(procs_fd, b"0".as_ptr().cast(), 1) != 1 {
-                return Err(std::io::Error::last_os_error());
-            }
-            Ok(())
-        });
-    }
-    let child = cmd.spawn().context("starting the demo workload (bash)")?;
-    drop(procs);
-    tracing::info!(
-        "demo workload: pid {} in cgroup {} connecting to 127.0.0.1:{port} (allowed) and 127.0.0.2:{port} (denied) every 2 s",
-        child.id().unwrap_or(0),
-        cgroup.display()
-    );
-    Ok(Demo { child, listener: accept })
-}
-
-/// Opens the ring buffer size check for `--ringbuf-size`.
+/// The `--ringbuf-size` check: a power of two of at least a page.
 pub fn valid_ringbuf_size(bytes: u32) -> anyhow::Result<u32> {
     let page = 4096;
     if bytes < page || !bytes.is_power_of_two() {

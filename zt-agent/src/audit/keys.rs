@@ -13,9 +13,41 @@ use std::{
     path::{Path, PathBuf},
 };
 
-use anyhow::{Context as _, bail};
+use super::note::{NoteError, Signer, VerifierKey};
+use crate::fsutil::FsError;
 
-use super::note::{Signer, VerifierKey};
+#[derive(Debug, thiserror::Error)]
+pub enum KeyError {
+    #[error("{op} {}", path.display())]
+    Io {
+        op: &'static str,
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error(
+        "audit key {} has mode {mode:03o}: group or others may access it; it must be 0400 or 0600 (for a Kubernetes secret volume set defaultMode: 0400)",
+        path.display()
+    )]
+    LooseMode { path: PathBuf, mode: u32 },
+    #[error("audit key {}: {reason}", path.display())]
+    Invalid { path: PathBuf, reason: String },
+    #[error("generating an audit key: {0}")]
+    Generate(String),
+    #[error("{}:{line}", path.display())]
+    VerifierKey {
+        path: PathBuf,
+        line: usize,
+        #[source]
+        source: NoteError,
+    },
+    #[error(transparent)]
+    Fs(#[from] FsError),
+}
+
+fn io<'a>(op: &'static str, path: &'a Path) -> impl FnOnce(std::io::Error) -> KeyError + 'a {
+    move |source| KeyError::Io { op, path: path.to_path_buf(), source }
+}
 
 /// The incoming key during a rotation: `<key>.next`.
 pub fn next_path(key: &Path) -> PathBuf {
@@ -26,43 +58,35 @@ pub fn next_path(key: &Path) -> PathBuf {
 
 /// Reads the key at `path`; creates it if missing. Returns the signer and
 /// whether it was created now.
-pub fn load_or_create(path: &Path, name: &str) -> anyhow::Result<(Signer, bool)> {
+pub fn load_or_create(path: &Path, name: &str) -> Result<(Signer, bool), KeyError> {
     match std::fs::metadata(path) {
         Ok(_) => Ok((load(path, name)?, false)),
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok((write_new(path, name)?, true)),
-        Err(e) => Err(e).with_context(|| format!("audit key {}", path.display())),
+        Err(e) => Err(io("reading audit key", path)(e)),
     }
 }
 
 /// Reads an existing key, refusing group/other access (a secret must be
 /// mounted with `defaultMode: 0400`).
-pub fn load(path: &Path, name: &str) -> anyhow::Result<Signer> {
-    let meta = std::fs::metadata(path).with_context(|| format!("audit key {}", path.display()))?;
+pub fn load(path: &Path, name: &str) -> Result<Signer, KeyError> {
+    let meta = std::fs::metadata(path).map_err(io("reading audit key", path))?;
     let mode = meta.permissions().mode() & 0o777;
     if mode & 0o077 != 0 {
-        bail!(
-            "audit key {} has mode {mode:03o}: group or others may access it; it must be 0400 or 0600 (for a Kubernetes secret volume set defaultMode: 0400)",
-            path.display()
-        );
+        return Err(KeyError::LooseMode { path: path.to_path_buf(), mode });
     }
-    let der = std::fs::read(path).with_context(|| format!("reading audit key {}", path.display()))?;
-    Signer::from_pkcs8(name, &der).map_err(|e| anyhow::anyhow!("audit key {}: {e}", path.display()))
+    let der = std::fs::read(path).map_err(io("reading audit key", path))?;
+    Signer::from_pkcs8(name, &der).map_err(|reason| KeyError::Invalid { path: path.to_path_buf(), reason })
 }
 
 /// Generates a new key at `path` (which must not exist), mode 0400.
-pub fn write_new(path: &Path, name: &str) -> anyhow::Result<Signer> {
-    let der = Signer::generate_pkcs8().map_err(anyhow::Error::msg)?;
-    let signer = Signer::from_pkcs8(name, &der).map_err(anyhow::Error::msg)?;
+pub fn write_new(path: &Path, name: &str) -> Result<Signer, KeyError> {
+    let der = Signer::generate_pkcs8().map_err(KeyError::Generate)?;
+    let signer = Signer::from_pkcs8(name, &der).map_err(KeyError::Generate)?;
     if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
-        std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
+        std::fs::create_dir_all(dir).map_err(io("creating", dir))?;
     }
-    let mut f = OpenOptions::new()
-        .write(true)
-        .create_new(true)
-        .mode(0o400)
-        .open(path)
-        .with_context(|| format!("creating audit key {}", path.display()))?;
-    f.write_all(&der).and_then(|_| f.sync_all()).with_context(|| format!("writing audit key {}", path.display()))?;
+    let mut f = OpenOptions::new().write(true).create_new(true).mode(0o400).open(path).map_err(io("creating audit key", path))?;
+    f.write_all(&der).and_then(|_| f.sync_all()).map_err(io("writing audit key", path))?;
     crate::fsutil::sync_parent(path)?;
     Ok(signer)
 }
@@ -73,25 +97,27 @@ pub fn verifier_keys_path(dir: &Path) -> PathBuf {
 }
 
 /// Adds `key` to the log's `verifier-keys` file unless it is there.
-pub fn append_verifier_key(dir: &Path, key: &VerifierKey) -> anyhow::Result<()> {
+pub fn append_verifier_key(dir: &Path, key: &VerifierKey) -> Result<(), KeyError> {
     let path = verifier_keys_path(dir);
     let line = key.to_string();
     let existing = std::fs::read_to_string(&path).unwrap_or_default();
     if existing.lines().any(|l| l == line) {
         return Ok(());
     }
-    let mut f = OpenOptions::new().create(true).append(true).mode(0o644).open(&path).with_context(|| format!("{}", path.display()))?;
-    writeln!(f, "{line}").and_then(|_| f.sync_all()).with_context(|| format!("writing {}", path.display()))?;
+    let mut f = OpenOptions::new().create(true).append(true).mode(0o644).open(&path).map_err(io("opening", &path))?;
+    writeln!(f, "{line}").and_then(|_| f.sync_all()).map_err(io("writing", &path))?;
     Ok(())
 }
 
 /// The keys in a `verifier-keys` file (or any file of verifier keys, one per line).
-pub fn read_verifier_keys(path: &Path) -> anyhow::Result<Vec<VerifierKey>> {
-    let text = std::fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))?;
+pub fn read_verifier_keys(path: &Path) -> Result<Vec<VerifierKey>, KeyError> {
+    let text = std::fs::read_to_string(path).map_err(io("reading", path))?;
     text.lines()
         .enumerate()
         .filter(|(_, l)| !l.trim().is_empty() && !l.starts_with('#'))
-        .map(|(i, l)| VerifierKey::parse(l.trim()).map_err(|e| anyhow::anyhow!("{}:{}: {e}", path.display(), i + 1)))
+        .map(|(i, l)| {
+            VerifierKey::parse(l.trim()).map_err(|source| KeyError::VerifierKey { path: path.to_path_buf(), line: i + 1, source })
+        })
         .collect()
 }
 

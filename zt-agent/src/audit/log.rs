@@ -43,13 +43,12 @@ use std::{
     time::{Duration, Instant, SystemTime},
 };
 
-use anyhow::Context as _;
 use base64::{Engine as _, engine::general_purpose::STANDARD as B64};
 use serde_json::{Value, json};
 
 use super::{
     checkpoint::Checkpoint,
-    keys,
+    keys::{self, KeyError},
     merkle::{Edge, Hash, leaf_hash},
     note::{Signer, VerifierKey},
     record::{Envelope, Header, kind},
@@ -95,12 +94,62 @@ pub fn default_origin() -> String {
     format!("zt-agent/{}", host.replace(|c: char| c.is_whitespace() || c == '+', "-"))
 }
 
+/// The longest key-rotation overlap accepted (CLI and daemon): both keys
+/// sign for this long at most.
+pub const MAX_KEY_OVERLAP: Duration = Duration::from_secs(30 * 24 * 3600);
+
 #[derive(Debug, thiserror::Error)]
 pub enum OpenError {
     #[error("audit log integrity violation in {dir}: {reason}")]
     Integrity { dir: String, reason: String },
+    #[error("opening the audit log")]
+    Log(#[from] LogError),
+}
+
+impl From<KeyError> for OpenError {
+    fn from(e: KeyError) -> Self {
+        OpenError::Log(e.into())
+    }
+}
+
+impl From<SegmentError> for OpenError {
+    fn from(e: SegmentError) -> Self {
+        OpenError::Log(e.into())
+    }
+}
+
+/// A failed audit log operation (not an integrity violation).
+#[derive(Debug, thiserror::Error)]
+pub enum LogError {
+    #[error("{op} {}", path.display())]
+    Io {
+        op: &'static str,
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("audit log {} is in use by another writer", dir.display())]
+    Locked {
+        dir: PathBuf,
+        #[source]
+        source: nix::errno::Errno,
+    },
     #[error(transparent)]
-    Other(#[from] anyhow::Error),
+    Segment(#[from] SegmentError),
+    #[error(transparent)]
+    Key(#[from] KeyError),
+    #[error(transparent)]
+    Fs(#[from] crate::fsutil::FsError),
+    #[error("encoding a record")]
+    Encode(#[source] serde_json::Error),
+    #[error("a key rotation is already in progress (overlap until {until})")]
+    RotationInProgress { until: String },
+    #[error("key rotation overlap {} exceeds the maximum {}", humantime::format_duration(*overlap), humantime::format_duration(*max))]
+    OverlapTooLong { overlap: Duration, max: Duration },
+}
+
+fn io<'a>(op: &'static str, path: &'a Path) -> impl FnOnce(std::io::Error) -> LogError + 'a {
+    move |source| LogError::Io { op, path: path.to_path_buf(), source }
 }
 
 /// What [`AuditLog::open`] found.
@@ -163,7 +212,7 @@ pub fn read_start(dir: &Path, n: u64) -> Result<Edge, String> {
     Edge::from_hashes(size, &hashes).ok_or_else(|| format!("{}: edge does not fit size {size}", path.display()))
 }
 
-pub fn write_start(dir: &Path, n: u64, edge: &Edge) -> anyhow::Result<()> {
+pub fn write_start(dir: &Path, n: u64, edge: &Edge) -> Result<(), crate::fsutil::FsError> {
     let v = json!({"size": edge.size(), "edge": edge.hashes().iter().map(|h| B64.encode(h)).collect::<Vec<_>>()});
     crate::fsutil::write_atomic(&start_path(dir, n), (v.to_string() + "\n").as_bytes())
 }
@@ -180,23 +229,19 @@ impl AuditLog {
     pub fn open(cfg: Config) -> Result<(Self, OpenReport), OpenError> {
         let dir = cfg.dir.clone();
         let violation = |reason: String| OpenError::Integrity { dir: dir.display().to_string(), reason };
-        std::fs::create_dir_all(&dir).with_context(|| format!("creating audit dir {}", dir.display()))?;
+        std::fs::create_dir_all(&dir).map_err(io("creating audit dir", &dir))?;
         let lock_path = dir.join("lock");
-        let lock_file = std::fs::OpenOptions::new()
-            .create(true)
-            .truncate(false)
-            .write(true)
-            .open(&lock_path)
-            .with_context(|| lock_path.display().to_string())?;
+        let lock_file =
+            std::fs::OpenOptions::new().create(true).truncate(false).write(true).open(&lock_path).map_err(io("opening", &lock_path))?;
         let lock = nix::fcntl::Flock::lock(lock_file, nix::fcntl::FlockArg::LockExclusiveNonblock)
-            .map_err(|(_, e)| anyhow::anyhow!("audit log {} is in use by another writer (lock: {e})", dir.display()))?;
+            .map_err(|(_, source)| LogError::Locked { dir: dir.clone(), source })?;
 
         // The log's origin is fixed by its first checkpoint.
         let cp_path = dir.join(CHECKPOINT_FILE);
         let cp_note = match std::fs::read_to_string(&cp_path) {
             Ok(t) => Some(t),
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => None,
-            Err(e) => return Err(anyhow::anyhow!("reading {}: {e}", cp_path.display()).into()),
+            Err(e) => return Err(io("reading", &cp_path)(e).into()),
         };
         let origin = match cp_note.as_deref().map(|n| Checkpoint::parse_unverified(n).ok()) {
             Some(Some(cp)) => cp.origin,
@@ -225,7 +270,7 @@ impl AuditLog {
         let signed_size = signed.as_ref().map_or(0, |c| c.size);
 
         // Re-hash everything; check indices, checkpoint records and the signed root.
-        let first_segment = segment::segments(&dir).map_err(|e| anyhow::anyhow!("{e}"))?.first().copied().unwrap_or(1);
+        let first_segment = segment::segments(&dir)?.first().copied().unwrap_or(1);
         let mut edge = read_start(&dir, first_segment).map_err(violation)?;
         let base = edge.size();
         let mut signed_root: Option<Hash> = (signed_size == base).then(|| edge.root());
@@ -264,7 +309,7 @@ impl AuditLog {
             Ok(s) => s,
             Err(ScanErr::Stop(reason)) => return Err(violation(reason)),
             Err(ScanErr::Segment(e @ SegmentError::Corrupt { .. })) => return Err(violation(e.to_string())),
-            Err(ScanErr::Segment(e)) => return Err(anyhow::anyhow!("{e}").into()),
+            Err(ScanErr::Segment(e)) => return Err(e.into()),
         };
         let records = edge.size();
         // The checkpoint file is written before its record is appended, so
@@ -301,14 +346,14 @@ impl AuditLog {
             )));
         }
 
-        let (seg, recovery) = SegmentWriter::resume(&dir, cfg.segment_bytes, scan).map_err(|e| anyhow::anyhow!("{e}"))?;
+        let (seg, recovery) = SegmentWriter::resume(&dir, cfg.segment_bytes, scan)?;
         let overlap_until = match (signers.len(), rotation_until) {
             (2, Some(t)) => Some(humantime::parse_rfc3339(&t).unwrap_or(SystemTime::UNIX_EPOCH)),
             (2, None) => {
                 // A crash between creating the incoming key and recording the
                 // rotation: no verifier could learn that key, so drop it.
                 signers.pop();
-                std::fs::remove_file(&next).with_context(|| format!("removing {}", next.display()))?;
+                std::fs::remove_file(&next).map_err(io("removing", &next))?;
                 tracing::warn!(
                     "audit key rotation was interrupted before it was recorded; {} removed, run `zt-agent audit rotate-key` again",
                     next.display()
@@ -373,12 +418,12 @@ impl AuditLog {
 
     /// Appends a record (durable at the next checkpoint); returns its index.
     /// A record larger than the frame limit is replaced by its size and digest.
-    pub fn append(&mut self, kind: &str, payload: Value) -> anyhow::Result<u64> {
+    pub fn append(&mut self, kind: &str, payload: Value) -> Result<u64, LogError> {
         self.unsigned += 1;
         self.append_record(kind, payload)
     }
 
-    fn append_record(&mut self, kind: &str, payload: Value) -> anyhow::Result<u64> {
+    fn append_record(&mut self, kind: &str, payload: Value) -> Result<u64, LogError> {
         let mut env = Envelope {
             idx: self.edge.size(),
             origin: self.origin.clone(),
@@ -396,7 +441,7 @@ impl AuditLog {
             bytes = env.encode();
         }
         let before = self.seg.segment_number();
-        self.seg.append(&bytes).map_err(|e| anyhow::anyhow!("{e}"))?;
+        self.seg.append(&bytes)?;
         if self.seg.segment_number() != before {
             // The new segment starts at this record: record the tree there.
             write_start(&self.cfg.dir, self.seg.segment_number(), &self.edge)?;
@@ -407,9 +452,9 @@ impl AuditLog {
 
     /// Checkpoints when due and retires a rotated-out key when its overlap
     /// ended. Returns whether a checkpoint was written.
-    pub fn tick(&mut self) -> anyhow::Result<bool> {
+    pub fn tick(&mut self) -> Result<bool, LogError> {
         // Readers (`audit tail`) see records within a tick; durability comes with the checkpoint.
-        self.seg.flush().map_err(|e| anyhow::anyhow!("{e}"))?;
+        self.seg.flush()?;
         if self.overlap_until.is_some_and(|t| SystemTime::now() >= t) {
             self.retire_old_key()?;
             return Ok(true);
@@ -424,14 +469,14 @@ impl AuditLog {
     }
 
     /// Makes every appended record durable (`fdatasync`) without signing.
-    pub fn sync(&mut self) -> anyhow::Result<()> {
-        self.seg.sync().map_err(|e| anyhow::anyhow!("{e}"))
+    pub fn sync(&mut self) -> Result<(), LogError> {
+        Ok(self.seg.sync()?)
     }
 
     /// Makes every record durable, signs the tree head, replaces the
     /// `checkpoint` file and appends the checkpoint as a record.
-    pub fn checkpoint(&mut self) -> anyhow::Result<Checkpoint> {
-        self.seg.sync().map_err(|e| anyhow::anyhow!("{e}"))?;
+    pub fn checkpoint(&mut self) -> Result<Checkpoint, LogError> {
+        self.seg.sync()?;
         let cp = Checkpoint { origin: self.origin.clone(), size: self.edge.size(), root: self.edge.root() };
         let signers: Vec<&Signer> = self.signers.iter().collect();
         let note = cp.sign(&signers);
@@ -445,23 +490,27 @@ impl AuditLog {
     }
 
     /// A final checkpoint, durable with its own record.
-    pub fn close(mut self) -> anyhow::Result<Checkpoint> {
+    pub fn close(mut self) -> Result<Checkpoint, LogError> {
         let cp = self.checkpoint()?;
-        self.seg.sync().map_err(|e| anyhow::anyhow!("{e}"))?;
+        self.seg.sync()?;
         Ok(cp)
     }
 
     /// Starts a key rotation: a new key at `<key>.next`, a `key_rotation`
-    /// record, and dual-signed checkpoints until `overlap` has passed.
-    pub fn rotate_key(&mut self, overlap: Duration) -> anyhow::Result<VerifierKey> {
+    /// record, and dual-signed checkpoints until `overlap` (at most
+    /// [`MAX_KEY_OVERLAP`]) has passed.
+    pub fn rotate_key(&mut self, overlap: Duration) -> Result<VerifierKey, LogError> {
         if self.signers.len() > 1 {
-            anyhow::bail!(
-                "a key rotation is already in progress (overlap until {})",
-                self.overlap_until.map(humantime::format_rfc3339_seconds).map(|t| t.to_string()).unwrap_or_default()
-            );
+            return Err(LogError::RotationInProgress {
+                until: self.overlap_until.map(humantime::format_rfc3339_seconds).map(|t| t.to_string()).unwrap_or_default(),
+            });
         }
+        let too_long = || LogError::OverlapTooLong { overlap, max: MAX_KEY_OVERLAP };
+        if overlap > MAX_KEY_OVERLAP {
+            return Err(too_long());
+        }
+        let until = SystemTime::now().checked_add(overlap).ok_or_else(too_long)?;
         let next = keys::write_new(&keys::next_path(&self.cfg.key), &self.origin)?;
-        let until = SystemTime::now() + overlap;
         let (old_v, new_v) = (self.signers[0].verifier_key(), next.verifier_key());
         keys::append_verifier_key(&self.cfg.dir, &new_v)?;
         self.signers.push(next);
@@ -476,11 +525,11 @@ impl AuditLog {
 
     /// Ends a rotation: the incoming key replaces the old key file, then a
     /// `key_retired` record is appended and signed.
-    fn retire_old_key(&mut self) -> anyhow::Result<()> {
+    fn retire_old_key(&mut self) -> Result<(), LogError> {
         // The new key takes the old key's file first (the old private key is
         // gone), then the retirement is recorded and signed by the new key,
         // which verifiers already trust through the signed rotation record.
-        std::fs::rename(keys::next_path(&self.cfg.key), &self.cfg.key).with_context(|| format!("replacing {}", self.cfg.key.display()))?;
+        std::fs::rename(keys::next_path(&self.cfg.key), &self.cfg.key).map_err(io("replacing", &self.cfg.key))?;
         crate::fsutil::sync_parent(&self.cfg.key)?;
         let old = self.signers.remove(0).verifier_key();
         self.overlap_until = None;
@@ -493,10 +542,10 @@ impl AuditLog {
     /// Deletes the oldest segments beyond `retain_bytes`, only those whose
     /// every record is covered by the last checkpoint, after appending a
     /// `retention` record that names them.
-    fn apply_retention(&mut self) -> anyhow::Result<()> {
+    fn apply_retention(&mut self) -> Result<(), LogError> {
         let Some(limit) = self.cfg.retain_bytes else { return Ok(()) };
         let dir = self.cfg.dir.clone();
-        let numbers = segment::segments(&dir).map_err(|e| anyhow::anyhow!("{e}"))?;
+        let numbers = segment::segments(&dir)?;
         let sizes: Vec<u64> =
             numbers.iter().map(|n| std::fs::metadata(segment::segment_path(&dir, *n)).map(|m| m.len()).unwrap_or(0)).collect();
         let mut total: u64 = sizes.iter().sum();
@@ -520,9 +569,10 @@ impl AuditLog {
         }
         let count = doomed.len();
         self.append(kind::RETENTION, json!({"retain_bytes": limit, "deleted": doomed}))?;
-        self.seg.sync().map_err(|e| anyhow::anyhow!("{e}"))?;
+        self.seg.sync()?;
         for n in &numbers[..count] {
-            std::fs::remove_file(segment::segment_path(&dir, *n)).with_context(|| format!("deleting segment {n}"))?;
+            let path = segment::segment_path(&dir, *n);
+            std::fs::remove_file(&path).map_err(io("deleting segment", &path))?;
             let _ = std::fs::remove_file(start_path(&dir, *n));
         }
         crate::fsutil::sync_parent(&dir.join(CHECKPOINT_FILE))?;

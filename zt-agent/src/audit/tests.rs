@@ -9,7 +9,7 @@ use std::{
 use serde_json::json;
 
 use super::{
-    log::{AuditLog, CHECKPOINT_FILE, Config, OpenError},
+    log::{AuditLog, CHECKPOINT_FILE, Config, LogError, OpenError},
     merkle::{self, Tree},
     note::{Signer, VerifierKey},
     segment,
@@ -108,7 +108,7 @@ fn intact_log_verifies_and_reopens() {
     let (mut log, rep) = AuditLog::open(t.config()).unwrap();
     assert_eq!((rep.records, rep.signed_size, rep.key_created, rep.recovered.is_none()), (111, 110, false, true));
     // One writer per directory.
-    let Err(OpenError::Other(e)) = AuditLog::open(t.config()) else { panic!("second writer allowed") };
+    let Err(OpenError::Log(e @ LogError::Locked { .. })) = AuditLog::open(t.config()) else { panic!("second writer allowed") };
     assert!(e.to_string().contains("is in use by another writer"), "{e}");
     assert_eq!(log.append("policy", json!({})).unwrap(), 111);
     log.close().unwrap();

@@ -1,13 +1,16 @@
 //! The agent's audit thread: security-relevant events -> [`AuditLog`].
 //!
 //! # Layout
-//! - [`wants`]: which pipeline events are recorded.
-//! - [`Sink`]: the pipeline's side (a bounded queue; a full queue is counted
-//!   as `audit_overflow`, which the next `loss` record reports).
-//! - [`spawn`]: the thread. It owns the log, appends what arrives, runs the
-//!   checkpoint cadence every 100 ms, serves key rotations, and writes a
-//!   final checkpoint when every sender is gone.
-//! - [`Status`]: what `zt-agent status` shows.
+//! - [`spawn`] -> [`Writer`]: the thread. It owns the log, appends what
+//!   arrives, runs the checkpoint cadence every 100 ms, serves key
+//!   rotations, and writes a final checkpoint when every sender is gone.
+//! - [`Writer`] is a pipeline [`Output`]: it records denials and
+//!   would-denials, policy changes, agent life cycle and losses; a full
+//!   queue is counted as `audit_overflow`, a dead thread as `audit_closed`,
+//!   and the next `loss` record reports both.
+//! - [`Control`]: the control socket's side (key rotation, [`Status`]).
+//! - A thread that dies (a panic) is loud: logged, `failed` in [`Status`],
+//!   and [`Writer::failure`] fires so the agent stops with an error.
 //!
 //! A blocking thread, not a task: `fdatasync` blocks, and the cadence must
 //! not depend on the async runtime's load.
@@ -20,55 +23,80 @@ use std::{
 };
 
 use base64::{Engine as _, engine::general_purpose::STANDARD as B64};
-use serde::Serialize;
-use tokio::sync::oneshot;
+use serde::{Deserialize, Serialize};
+use tokio::sync::{oneshot, watch};
 
-use super::log::AuditLog;
-use crate::pipeline::event::{Body, Event};
+use super::log::{AuditLog, LogError};
+use crate::pipeline::{
+    event::{Body, ConnectAction, Decision, Event},
+    output::{Closing, Dropped, LossNames, Output},
+};
 
 /// Security-relevant events: denials and would-denials, policy changes,
 /// agent life cycle, losses (and, later, anomaly alerts).
 pub fn wants(e: &Event) -> bool {
     match &e.body {
-        Body::Connect { connect, .. } => connect.action != "allowed",
-        Body::ConnectSummary { connect_summary, .. } => connect_summary.decision == "deny",
+        Body::Connect { connect, .. } => connect.action != ConnectAction::Allowed,
+        Body::ConnectSummary { connect_summary, .. } => connect_summary.decision == Decision::Deny,
         Body::Loss { .. } | Body::Agent { .. } | Body::Policy { .. } => true,
         Body::Exec { .. } | Body::Exit { .. } => false,
     }
 }
 
-pub enum Item {
+enum Item {
     Event(Box<Event>),
     /// Replies with the new verifier key and the end of the overlap.
     RotateKey {
         overlap: Duration,
-        reply: oneshot::Sender<Result<(String, String), String>>,
+        reply: oneshot::Sender<Result<KeyRotated, RotateError>>,
     },
+    /// Makes the thread panic (tests of the failure path).
+    #[cfg(test)]
+    Panic,
 }
 
+/// A key rotation that took effect.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct KeyRotated {
+    pub new_key: String,
+    /// RFC 3339: when the old key retires.
+    pub overlap_until: String,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum RotateError {
+    #[error("the audit log is closed")]
+    Closed,
+    #[error("rotating the audit key")]
+    Log(#[from] LogError),
+}
+
+/// The control socket's handle on the audit thread.
 #[derive(Clone)]
-pub struct Sink {
+pub struct Control {
     tx: SyncSender<Item>,
+    pub status: Arc<Mutex<Status>>,
 }
 
-impl Sink {
-    /// Queues an event; false when the queue is full (the caller counts it).
-    pub fn try_send(&self, e: &Event) -> bool {
-        !matches!(self.tx.try_send(Item::Event(Box::new(e.clone()))), Err(TrySendError::Full(_)))
-    }
-
-    pub async fn rotate_key(&self, overlap: Duration) -> Result<(String, String), String> {
+impl Control {
+    /// Starts a key rotation; `overlap` must not exceed [`MAX_KEY_OVERLAP`]
+    /// (the log checks it too).
+    pub async fn rotate_key(&self, overlap: Duration) -> Result<KeyRotated, RotateError> {
         let (reply, rx) = oneshot::channel();
         let tx = self.tx.clone();
         tokio::task::spawn_blocking(move || tx.send(Item::RotateKey { overlap, reply }))
             .await
-            .map_err(|e| e.to_string())?
-            .map_err(|_| "the audit log is closed".to_string())?;
-        rx.await.map_err(|_| "the audit log is closed".to_string())?
+            .map_err(|_| RotateError::Closed)?
+            .map_err(|_| RotateError::Closed)?;
+        rx.await.map_err(|_| RotateError::Closed)?
+    }
+
+    pub fn status(&self) -> Status {
+        self.status.lock().expect("poisoned").clone()
     }
 }
 
-#[derive(Debug, Clone, Default, Serialize)]
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Status {
     pub dir: String,
     pub origin: String,
@@ -79,20 +107,48 @@ pub struct Status {
     pub rotation_overlap_until: Option<String>,
     pub write_errors: u64,
     pub last_error: Option<String>,
+    /// Set when the audit thread died: nothing more is recorded.
+    pub failed: Option<String>,
 }
 
 pub struct Writer {
-    pub sink: Sink,
-    pub status: Arc<Mutex<Status>>,
+    tx: SyncSender<Item>,
+    status: Arc<Mutex<Status>>,
     join: std::thread::JoinHandle<()>,
+    failure: watch::Receiver<Option<String>>,
 }
 
 impl Writer {
-    /// Waits for the final checkpoint (after every [`Sink`] is dropped).
-    pub async fn finish(self) {
-        let Writer { sink, join, .. } = self;
-        drop(sink);
-        let _ = tokio::task::spawn_blocking(move || join.join()).await;
+    pub fn control(&self) -> Control {
+        Control { tx: self.tx.clone(), status: self.status.clone() }
+    }
+
+    /// Turns `Some(reason)` if the audit thread dies.
+    pub fn failure(&self) -> watch::Receiver<Option<String>> {
+        self.failure.clone()
+    }
+}
+
+impl Output for Writer {
+    fn loss_names(&self) -> LossNames {
+        LossNames { full: "audit_overflow", closed: "audit_closed" }
+    }
+    fn wants(&self, event: &Event) -> bool {
+        wants(event)
+    }
+    fn try_send(&self, event: &Event) -> Result<(), Dropped> {
+        self.tx.try_send(Item::Event(Box::new(event.clone()))).map_err(|e| match e {
+            TrySendError::Full(_) => Dropped::Full,
+            TrySendError::Disconnected(_) => Dropped::Closed,
+        })
+    }
+    /// Waits for the final checkpoint (once every [`Control`] is dropped too).
+    fn close(self: Box<Self>) -> Closing {
+        let Writer { tx, join, .. } = *self;
+        drop(tx);
+        Box::pin(async move {
+            let _ = tokio::task::spawn_blocking(move || join.join()).await;
+        })
     }
 }
 
@@ -106,7 +162,7 @@ fn refresh(log: &AuditLog, s: &mut Status) {
     s.rotation_overlap_until = log.overlap_until().map(|t| humantime::format_rfc3339_seconds(t).to_string());
 }
 
-fn record_error(st: &Mutex<Status>, e: anyhow::Error) {
+fn record_error(st: &Mutex<Status>, e: LogError) {
     tracing::error!("audit log: {e:#}");
     let mut s = st.lock().expect("poisoned");
     s.write_errors += 1;
@@ -114,57 +170,114 @@ fn record_error(st: &Mutex<Status>, e: anyhow::Error) {
 }
 
 /// Starts the audit thread; `capacity` bounds the queue.
-pub fn spawn(mut log: AuditLog, dir: &std::path::Path, capacity: usize) -> Writer {
+pub fn spawn(log: AuditLog, dir: &std::path::Path, capacity: usize) -> Writer {
     let (tx, rx): (SyncSender<Item>, Receiver<Item>) = std::sync::mpsc::sync_channel(capacity);
     let status = Arc::new(Mutex::new(Status { dir: dir.display().to_string(), origin: log.origin().to_string(), ..Status::default() }));
     refresh(&log, &mut status.lock().expect("poisoned"));
+    let (fail_tx, failure) = watch::channel(None);
     let st = status.clone();
     let join = std::thread::Builder::new()
         .name("zt-audit".into())
         .spawn(move || {
-            let handle = |log: &mut AuditLog, item: Item| match item {
-                Item::Event(ev) => {
-                    let r = serde_json::to_value(&*ev).map_err(anyhow::Error::from).and_then(|v| log.append(ev.body.kind(), v));
-                    if let Err(e) = r {
-                        record_error(&st, e);
-                    }
-                }
-                Item::RotateKey { overlap, reply } => {
-                    let r = log
-                        .rotate_key(overlap)
-                        .map(|k| {
-                            (
-                                k.to_string(),
-                                log.overlap_until().map(|t| humantime::format_rfc3339_seconds(t).to_string()).unwrap_or_default(),
-                            )
-                        })
-                        .map_err(|e| format!("{e:#}"));
-                    let _ = reply.send(r);
-                }
-            };
-            loop {
-                match rx.recv_timeout(Duration::from_millis(100)) {
-                    Ok(item) => {
-                        handle(&mut log, item);
-                        while let Ok(item) = rx.try_recv() {
-                            handle(&mut log, item);
-                        }
-                    }
-                    Err(RecvTimeoutError::Timeout) => {}
-                    Err(RecvTimeoutError::Disconnected) => break,
-                }
-                let r = log.tick();
-                refresh(&log, &mut st.lock().expect("poisoned"));
-                if let Err(e) = r {
-                    record_error(&st, e);
-                }
-            }
-            let size = log.size();
-            match log.close() {
-                Ok(cp) => tracing::info!("audit log closed: {size} records, final checkpoint at size {}", cp.size),
-                Err(e) => tracing::error!("audit log: final checkpoint failed: {e:#}"),
+            // The log and the queue move into the closure: a panic drops both,
+            // so every later send sees a disconnected queue (counted as loss).
+            let run = std::panic::AssertUnwindSafe(|| serve(log, rx, &st));
+            if let Err(panic) = std::panic::catch_unwind(run) {
+                let why = panic
+                    .downcast_ref::<&str>()
+                    .map(|s| s.to_string())
+                    .or_else(|| panic.downcast_ref::<String>().cloned())
+                    .unwrap_or_else(|| "unknown panic".into());
+                tracing::error!("audit log thread died: {why}; security events are no longer recorded");
+                st.lock().unwrap_or_else(|p| p.into_inner()).failed = Some(why.clone());
+                let _ = fail_tx.send(Some(why));
             }
         })
         .expect("spawning the audit thread");
-    Writer { sink: Sink { tx }, status, join }
+    Writer { tx, status, join, failure }
+}
+
+/// The thread's loop: until every sender is gone, then a final checkpoint.
+fn serve(mut log: AuditLog, rx: Receiver<Item>, st: &Mutex<Status>) {
+    loop {
+        match rx.recv_timeout(Duration::from_millis(100)) {
+            Ok(item) => {
+                handle(&mut log, item, st);
+                while let Ok(item) = rx.try_recv() {
+                    handle(&mut log, item, st);
+                }
+            }
+            Err(RecvTimeoutError::Timeout) => {}
+            Err(RecvTimeoutError::Disconnected) => break,
+        }
+        let r = log.tick();
+        refresh(&log, &mut st.lock().expect("poisoned"));
+        if let Err(e) = r {
+            record_error(st, e);
+        }
+    }
+    let size = log.size();
+    match log.close() {
+        Ok(cp) => tracing::info!("audit log closed: {size} records, final checkpoint at size {}", cp.size),
+        Err(e) => tracing::error!("audit log: final checkpoint failed: {:#}", anyhow::Error::new(e)),
+    }
+}
+
+fn handle(log: &mut AuditLog, item: Item, st: &Mutex<Status>) {
+    match item {
+        Item::Event(ev) => {
+            let r = serde_json::to_value(&*ev).map_err(LogError::Encode).and_then(|v| log.append(ev.body.kind(), v));
+            if let Err(e) = r {
+                record_error(st, e);
+            }
+        }
+        Item::RotateKey { overlap, reply } => {
+            let r = log.rotate_key(overlap).map_err(RotateError::from).map(|k| KeyRotated {
+                new_key: k.to_string(),
+                overlap_until: log.overlap_until().map(|t| humantime::format_rfc3339_seconds(t).to_string()).unwrap_or_default(),
+            });
+            let _ = reply.send(r);
+        }
+        #[cfg(test)]
+        Item::Panic => panic!("injected"),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::{super::log::MAX_KEY_OVERLAP, *};
+    use crate::pipeline::event::LossReport;
+
+    fn loss_event() -> Event {
+        Event { time: String::new(), node: "n".into(), body: Body::Loss { loss: LossReport::default() } }
+    }
+
+    #[tokio::test]
+    async fn a_dead_thread_is_loud_and_counted() {
+        let dir = tempfile::tempdir().unwrap();
+        let cfg = super::super::log::Config::new(dir.path().join("log"), dir.path().join("key"), "test/origin".into());
+        let (log, _) = AuditLog::open(cfg).unwrap();
+        let w = spawn(log, dir.path(), 16);
+        let mut failure = w.failure();
+        assert_eq!(w.try_send(&loss_event()), Ok(()));
+        w.tx.send(Item::Panic).unwrap();
+        tokio::time::timeout(Duration::from_secs(5), failure.wait_for(Option::is_some)).await.unwrap().unwrap();
+        assert_eq!(w.control().status().failed.as_deref(), Some("injected"));
+        assert_eq!(w.try_send(&loss_event()), Err(Dropped::Closed), "a dead sink is a loss, not a success");
+        assert!(matches!(w.control().rotate_key(Duration::from_secs(1)).await, Err(RotateError::Closed)));
+    }
+
+    #[tokio::test]
+    async fn overlap_beyond_the_bound_is_refused() {
+        let dir = tempfile::tempdir().unwrap();
+        let cfg = super::super::log::Config::new(dir.path().join("log"), dir.path().join("key"), "test/origin".into());
+        let (log, _) = AuditLog::open(cfg).unwrap();
+        let w = spawn(log, dir.path(), 16);
+        // 10000 years: once a panic in the audit thread (RFC 3339 beyond 9999).
+        let err = w.control().rotate_key(Duration::from_secs(10_000 * 365 * 86_400)).await.unwrap_err();
+        assert!(matches!(err, RotateError::Log(LogError::OverlapTooLong { .. })), "{err:?}");
+        assert!(w.control().status().failed.is_none());
+        assert!(w.control().rotate_key(MAX_KEY_OVERLAP).await.is_ok());
+        Box::new(w).close().await;
+    }
 }

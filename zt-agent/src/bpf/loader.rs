@@ -50,7 +50,6 @@ fn pid_max() -> u32 {
 
 pub struct LoadOptions<'a> {
     pub tracefs: &'a Path,
-    pub cgroup2: &'a Path,
     pub ringbuf_bytes: u32,
     pub config: Config,
     pub argv: ArgvCapture,
@@ -80,6 +79,16 @@ pub struct BpfMaps {
 pub struct Bpf {
     ebpf: Ebpf,
     pub hooks: Vec<HookStatus>,
+    /// Forwards the programs' aya-log records to `tracing`; aborted on drop.
+    logger: Option<tokio::task::JoinHandle<()>>,
+}
+
+impl Drop for Bpf {
+    fn drop(&mut self) {
+        if let Some(l) = self.logger.take() {
+            l.abort();
+        }
+    }
 }
 
 /// Where exec argv comes from (`zt-agent run --argv-capture`).
@@ -150,7 +159,7 @@ impl Bpf {
         };
         maps.config.set(opts.config)?;
 
-        let mut bpf = Bpf { ebpf, hooks: Vec::new() };
+        let mut bpf = Bpf { ebpf, hooks: Vec::new(), logger: None };
         // Exit before fork before exec: a process is never forked into the
         // table after its exit was missed.
         for (prog, category, name, need) in [
@@ -226,8 +235,25 @@ impl Bpf {
         Ok(())
     }
 
-    pub fn ebpf_mut(&mut self) -> &mut Ebpf {
-        &mut self.ebpf
+    /// Forwards aya-log records from the kernel programs to `tracing` (via
+    /// `log`) on a task that lives as long as `self`. Needs a tokio runtime.
+    pub fn forward_kernel_logs(&mut self) {
+        let logger = aya_log::EbpfLogger::init(&mut self.ebpf).map_err(anyhow::Error::from).and_then(|l| {
+            // SAFETY: the logger owns its map fd for as long as the AsyncFd owns the logger.
+            unsafe { tokio::io::unix::AsyncFd::register(l) }.context("registering with tokio")
+        });
+        match logger {
+            Ok(mut logger) => {
+                self.logger = Some(tokio::spawn(async move {
+                    loop {
+                        let Ok(mut guard) = logger.readable_mut().await else { break };
+                        guard.get_inner_mut().flush();
+                        guard.clear_ready();
+                    }
+                }))
+            }
+            Err(e) => tracing::warn!("kernel log forwarding off: {e:#}"),
+        }
     }
 }
 

@@ -2,12 +2,15 @@
 //! these, and every error names its map and operation.
 //!
 //! # Layout
-//! - [`ProcTable`]: tgid -> `ProcInfo`, with the pid-reuse-safe [`ProcTable::assign`].
+//! - [`ProcTable`]: tgid -> `ProcInfo` and its fast-path shadow `PID_IDENTITY`.
 //! - [`CgroupIdentities`]: cgroup id -> identity id.
 //! - [`LossCounters`]: per-CPU kernel loss counters, summed.
 //! - [`ConfigMap`]: the run-time switches.
 //! - [`EventSource`]: the ring buffer, readable from tokio.
-//! - [`PolicyMaps`]: the double-buffered policy maps and the atomic switch.
+//! - [`PolicyMaps`]: the policy maps of both slots and the active-slot switch.
+//!
+//! Nothing here knows the domain's rules: `bpf::tables` implements the
+//! domain's table traits over these wrappers.
 use aya::maps::{
     Array, HashMap, Map, MapData, MapError, PerCpuArray, PerCpuHashMap, RingBuf,
     lpm_trie::{Key, LpmTrie},
@@ -17,10 +20,7 @@ use tokio::io::unix::AsyncFd;
 use zt_common::{
     Config, NO_IDENTITY, ProcInfo, loss, maps,
     policy::{ActivePolicy, AggKey, AggValue, IdentityCounters, IdentityKey, IdentityPolicy, NetKeyData, NetRuleList},
-    proc_flags,
 };
-
-use crate::identity::Classification;
 
 #[derive(Debug, Error)]
 #[error("map {map}: {op}: {source}")]
@@ -49,20 +49,11 @@ fn is_existing_key(e: &MapError) -> bool {
 }
 
 /// The process table and its fast-path shadow `PID_IDENTITY` (pid ->
-/// identity), written together.
+/// identity), written together. The assignment rules are the domain's
+/// (`identity::table`); this is map access only.
 pub struct ProcTable {
     table: HashMap<MapData, u32, ProcInfo>,
     by_pid: Array<MapData, u32>,
-}
-
-/// Result of [`ProcTable::assign`].
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Assign {
-    Updated,
-    /// The process already had an identity; it is kept (identities are sticky).
-    AlreadyAttributed(u32),
-    /// No entry, or an entry of another incarnation of the pid (pid reuse).
-    Gone,
 }
 
 impl ProcTable {
@@ -90,51 +81,31 @@ impl ProcTable {
         }
     }
 
-    /// Inserts a seeded entry unless the kernel already made one (a fork or
-    /// exec seen since the programs were attached is more current than /proc).
-    /// Returns whether the entry was inserted.
-    pub fn seed(&mut self, tgid: u32, info: ProcInfo) -> Result<bool, MapAccessError> {
+    /// Creates an entry (`BPF_NOEXIST`); false when one exists.
+    pub fn insert_new(&mut self, tgid: u32, info: ProcInfo) -> Result<bool, MapAccessError> {
         match self.table.insert(tgid, info, NOEXIST) {
             Ok(()) => {
                 self.set_by_pid(tgid, info.identity)?;
                 Ok(true)
             }
             Err(e) if is_existing_key(&e) => Ok(false),
-            Err(e) => Err(err(maps::PROC_TABLE, "seed")(e)),
+            Err(e) => Err(err(maps::PROC_TABLE, "insert (new)")(e)),
         }
     }
 
-    /// Writes a user-space classification into the entry of the process
-    /// incarnation `(tgid, start_ns)`. The entry must exist and carry the same
-    /// `start_ns` (so a recycled pid is never given a dead process's
-    /// identity), and an identity already held is never replaced.
-    ///
-    /// The read-check-write is not atomic with the kernel; the remaining window
-    /// (microseconds) would need the pid space to wrap around within it.
-    pub fn assign(&mut self, tgid: u32, start_ns: u64, c: Classification) -> Result<Assign, MapAccessError> {
-        let Some(mut info) = self.get(tgid)? else { return Ok(Assign::Gone) };
-        if info.start_ns != start_ns {
-            return Ok(Assign::Gone);
-        }
-        if info.identity != NO_IDENTITY {
-            return Ok(Assign::AlreadyAttributed(info.identity));
-        }
-        info.identity = c.identity;
-        if info.child_identity == NO_IDENTITY {
-            info.child_identity = c.child_identity;
-        }
-        info.flags |= proc_flags::RESOLVED;
+    /// Replaces an existing entry (`BPF_EXIST`); false when it is gone.
+    pub fn update_existing(&mut self, tgid: u32, info: ProcInfo) -> Result<bool, MapAccessError> {
         match self.table.insert(tgid, info, EXIST) {
             Ok(()) => {
                 self.set_by_pid(tgid, info.identity)?;
-                Ok(Assign::Updated)
+                Ok(true)
             }
-            Err(e) if is_missing_key(&e) => Ok(Assign::Gone),
-            Err(e) => Err(err(maps::PROC_TABLE, "assign")(e)),
+            Err(e) if is_missing_key(&e) => Ok(false),
+            Err(e) => Err(err(maps::PROC_TABLE, "update")(e)),
         }
     }
 
-    /// Snapshot of every entry (for propagation passes and status).
+    /// Snapshot of every entry.
     pub fn entries(&self) -> Vec<(u32, ProcInfo)> {
         self.table.iter().filter_map(Result::ok).collect()
     }
@@ -308,15 +279,9 @@ impl EventSource {
     }
 }
 
-/// The policy maps of both slots, and the switch between them.
-///
-/// A reload writes the complete new policy into the slot not in force, then
-/// flips `POLICY_ACTIVE` (one array-element update, atomic for readers). The
-/// programs read the slot once per decision, so a decision sees the old
-/// policy or the new one, never a mixture. The slot just left is cleared only
-/// at the next reload, and not before [`GRACE`] has passed since the flip, so
-/// a decision that read the old slot number just before the flip still finds
-/// the old entries.
+/// The policy maps of both slots and the active-slot switch (map access
+/// only; the install/flip/grace protocol is `policy::target`, implemented
+/// over these in `bpf::tables`).
 pub struct PolicyMaps {
     net: LpmTrie<MapData, NetKeyData, NetRuleList>,
     identities: HashMap<MapData, IdentityKey, IdentityPolicy>,
@@ -325,10 +290,6 @@ pub struct PolicyMaps {
     installed: [(Vec<Key<NetKeyData>>, Vec<IdentityKey>); 2],
     last_switch: Option<std::time::Instant>,
 }
-
-/// How long the slot just left stays intact before it may be cleared: a
-/// decision that read the old slot number finishes within microseconds.
-pub const GRACE: std::time::Duration = std::time::Duration::from_millis(10);
 
 impl PolicyMaps {
     pub fn new(net: Map, identities: Map, active: Map) -> Result<Self, MapAccessError> {
@@ -345,24 +306,8 @@ impl PolicyMaps {
         self.active.get(&0, 0).map_err(err(maps::POLICY_ACTIVE, "get"))
     }
 
-    /// The slot the next policy must be compiled for.
-    pub fn target_slot(&self) -> Result<u32, MapAccessError> {
-        let a = self.active()?;
-        Ok(if a.generation == 0 { 0 } else { 1 - a.slot })
-    }
-
-    /// How long to wait before the target slot may be cleared.
-    pub fn grace_remaining(&self) -> std::time::Duration {
-        self.last_switch.map(|t| GRACE.saturating_sub(t.elapsed())).unwrap_or_default()
-    }
-
-    /// Writes `compiled` into its (inactive) slot and switches to it. On any
-    /// error the slot in force is untouched. Call after [`Self::grace_remaining`].
-    pub fn install(&mut self, compiled: &crate::policy::Compiled) -> Result<ActivePolicy, MapAccessError> {
-        let current = self.active()?;
-        let slot = compiled.slot;
-        assert_eq!(slot, self.target_slot()?, "compiled for the slot in force");
-        // Clear what an earlier policy left in this slot.
+    /// Removes every key an earlier install wrote into `slot`.
+    pub fn clear_slot(&mut self, slot: u32) -> Result<(), MapAccessError> {
         let (old_net, old_ids) = std::mem::take(&mut self.installed[slot as usize]);
         for k in &old_net {
             match self.net.remove(k) {
@@ -378,26 +323,39 @@ impl PolicyMaps {
                 Err(e) => return Err(err(maps::IDENTITY_POLICY, "clear")(e)),
             }
         }
-        let mut net_keys = Vec::with_capacity(compiled.net.len());
-        let mut id_keys = Vec::with_capacity(compiled.identities.len());
-        // Record keys as they are written so a failed install is cleared next time.
-        let result = (|| {
-            for (len, data, list) in &compiled.net {
-                let key = Key::new(*len, *data);
-                self.net.insert(&key, list, 0).map_err(err(maps::NET_RULES, "insert"))?;
-                net_keys.push(key);
-            }
-            for (k, v) in &compiled.identities {
-                self.identities.insert(k, v, 0).map_err(err(maps::IDENTITY_POLICY, "insert"))?;
-                id_keys.push(*k);
-            }
-            Ok::<(), MapAccessError>(())
-        })();
-        self.installed[slot as usize] = (net_keys, id_keys);
-        result?;
-        let next = ActivePolicy { slot, generation: current.generation + 1 };
+        Ok(())
+    }
+
+    /// Writes entries into `slot`, recording each key as it is written so a
+    /// failed write is cleared by the next [`Self::clear_slot`].
+    pub fn write_slot<'a>(
+        &mut self,
+        slot: u32,
+        net: impl IntoIterator<Item = &'a (u32, NetKeyData, NetRuleList)>,
+        identities: impl IntoIterator<Item = &'a (IdentityKey, IdentityPolicy)>,
+    ) -> Result<(), MapAccessError> {
+        let (net_keys, id_keys) = &mut self.installed[slot as usize];
+        for (len, data, list) in net {
+            let key = Key::new(*len, *data);
+            self.net.insert(&key, list, 0).map_err(err(maps::NET_RULES, "insert"))?;
+            net_keys.push(key);
+        }
+        for (k, v) in identities {
+            self.identities.insert(k, v, 0).map_err(err(maps::IDENTITY_POLICY, "insert"))?;
+            id_keys.push(*k);
+        }
+        Ok(())
+    }
+
+    /// Points every reader at `next` (one array-element update).
+    pub fn set_active(&mut self, next: ActivePolicy) -> Result<(), MapAccessError> {
         self.active.set(0, next, 0).map_err(err(maps::POLICY_ACTIVE, "switch"))?;
         self.last_switch = Some(std::time::Instant::now());
-        Ok(next)
+        Ok(())
+    }
+
+    /// When the active slot last changed.
+    pub fn last_switch(&self) -> Option<std::time::Instant> {
+        self.last_switch
     }
 }

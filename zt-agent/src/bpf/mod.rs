@@ -4,13 +4,16 @@
 //! - [`loader`]: load the embedded object, the hook table with capability
 //!   fallbacks, attach; [`loader::Bpf`] owns every link (drop = detach).
 //! - [`probe`]: what this kernel really runs, learned by loading tiny programs.
-//! - [`maps`]: typed map wrappers and the ring buffer source.
+//! - [`maps`]: typed map wrappers and the ring buffer source (map access only).
+//! - [`tables`]: the domain's table traits (`identity::table`,
+//!   `policy::target`, `pipeline::source`) implemented over [`maps`].
 //! - [`tracefs`]: tracepoint layouts from tracefs `format` files.
 //! - [`btf`]: kernel struct member offsets from BTF (no CO-RE in aya-ebpf).
 pub mod btf;
 pub mod loader;
 pub mod maps;
 pub mod probe;
+pub mod tables;
 pub mod tracefs;
 
 /// The eBPF object built from `zt-ebpf` by `build.rs`.

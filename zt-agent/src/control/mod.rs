@@ -1,36 +1,57 @@
 //! The local control API: a Unix socket (mode 0600, root only) that answers
-//! one request per connection with one JSON document.
+//! one [`protocol::Request`] per connection with one [`protocol::Response`]
+//! (JSON lines).
 //!
-//! Requests (one line): `status`, `reload`, `history`, `rollback [VERSION]`,
-//! `audit-rotate-key SECONDS`.
-use std::{path::Path, sync::Arc};
+//! # Layout
+//! - [`protocol`]: the request and response types, shared with the CLI.
+//! - [`serve`]: the daemon side; [`State`]: what it answers from.
+//! - [`request`]: the client side.
+use std::{path::Path, sync::Arc, time::Duration};
 
-use anyhow::Context as _;
-use serde::Serialize;
 use tokio::{
     io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader},
     net::{UnixListener, UnixStream},
     sync::{mpsc, oneshot, watch},
 };
 
+pub mod protocol;
+
+use protocol::{Decisions, Reply, Request, Response, StaticInfo, StatusDoc};
+
 use crate::{
-    bpf::loader::HookStatus,
-    manager::{InForce, Request},
+    audit::{self, log::MAX_KEY_OVERLAP},
+    manager::{Command, InForce},
     pipeline::Stats,
 };
 
 pub const DEFAULT_SOCKET: &str = "/run/zt-agent/control.sock";
 
-/// What `status` reports besides the live counters and the policy in force.
-#[derive(Debug, Clone, Serialize)]
-pub struct StaticInfo {
-    pub version: &'static str,
-    pub pid: u32,
-    pub started: String,
-    pub object_blake3: String,
-    pub hooks: Vec<HookStatus>,
-    pub paths: Vec<(String, String)>,
-    pub cgroup2: String,
+/// Longest request line accepted.
+const MAX_REQUEST: u64 = 4096;
+
+#[derive(Debug, thiserror::Error)]
+pub enum ControlError {
+    #[error("{op} {}", path.display())]
+    Io {
+        op: &'static str,
+        path: std::path::PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("connecting to {} (is `zt-agent run` running?)", path.display())]
+    Connect {
+        path: std::path::PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("talking to the agent")]
+    Stream(#[source] std::io::Error),
+    #[error("malformed message")]
+    Malformed(#[source] serde_json::Error),
+    #[error("agent answered:\n{0}")]
+    Agent(String),
+    #[error("the agent is shutting down")]
+    ShuttingDown,
 }
 
 /// Everything the control socket answers from.
@@ -39,37 +60,22 @@ pub struct State {
     pub info: Arc<StaticInfo>,
     pub stats: Arc<Stats>,
     pub in_force: Arc<std::sync::RwLock<InForce>>,
-    pub requests: mpsc::Sender<Request>,
-    pub audit: Option<(crate::audit::writer::Sink, Arc<std::sync::Mutex<crate::audit::writer::Status>>)>,
+    pub commands: mpsc::Sender<Command>,
+    pub audit: Option<audit::writer::Control>,
 }
 
-#[derive(Serialize)]
-struct StatusDoc<'a> {
-    #[serde(flatten)]
-    info: &'a StaticInfo,
-    policy: InForce,
-    counters: crate::pipeline::StatsSnapshot,
-    /// Egress decisions per identity since start.
-    decisions: Vec<Decisions>,
-    audit: Option<crate::audit::writer::Status>,
-}
-
-#[derive(Serialize)]
-struct Decisions {
-    identity: String,
-    allowed: u64,
-    denied: u64,
-    audited: u64,
+fn io<'a>(op: &'static str, path: &'a Path) -> impl FnOnce(std::io::Error) -> ControlError + 'a {
+    move |source| ControlError::Io { op, path: path.to_path_buf(), source }
 }
 
 /// Serves until `stop` turns true; removes the socket file on exit.
-pub async fn serve(path: &Path, state: State, mut stop: watch::Receiver<bool>) -> anyhow::Result<()> {
+pub async fn serve(path: &Path, state: State, mut stop: watch::Receiver<bool>) -> Result<(), ControlError> {
     if let Some(dir) = path.parent() {
-        std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
+        std::fs::create_dir_all(dir).map_err(io("creating", dir))?;
     }
     let _ = std::fs::remove_file(path);
-    let listener = UnixListener::bind(path).with_context(|| format!("binding {}", path.display()))?;
-    std::fs::set_permissions(path, std::os::unix::fs::PermissionsExt::from_mode(0o600))?;
+    let listener = UnixListener::bind(path).map_err(io("binding", path))?;
+    std::fs::set_permissions(path, std::os::unix::fs::PermissionsExt::from_mode(0o600)).map_err(io("chmod 0600", path))?;
     loop {
         tokio::select! {
             _ = stop.changed() => break,
@@ -78,7 +84,7 @@ pub async fn serve(path: &Path, state: State, mut stop: watch::Receiver<bool>) -
                 let state = state.clone();
                 tokio::spawn(async move {
                     if let Err(e) = answer(stream, &state).await {
-                        tracing::debug!("control connection: {e:#}");
+                        tracing::debug!("control connection: {}", crate::error::chain(&e));
                     }
                 });
             }
@@ -88,84 +94,81 @@ pub async fn serve(path: &Path, state: State, mut stop: watch::Receiver<bool>) -
     Ok(())
 }
 
-async fn answer(stream: UnixStream, state: &State) -> anyhow::Result<()> {
+async fn answer(stream: UnixStream, state: &State) -> Result<(), ControlError> {
     let (r, mut w) = stream.into_split();
     let mut line = String::new();
-    BufReader::new(r.take(4096)).read_line(&mut line).await?;
-    let words: Vec<&str> = line.split_whitespace().collect();
-    let error = |e: String| serde_json::json!({ "error": e }).to_string();
-    let reply = match words.as_slice() {
-        ["status"] => {
-            let policy = state.in_force.read().expect("poisoned").clone();
-            let decisions = state
-                .stats
-                .decisions
-                .lock()
-                .expect("poisoned")
-                .iter()
-                .map(|(id, c)| Decisions {
-                    identity: policy.ids.get(id).cloned().unwrap_or_else(|| format!("#{id}")),
-                    allowed: c.allowed,
-                    denied: c.denied,
-                    audited: c.audited,
-                })
-                .collect();
-            let audit = state.audit.as_ref().map(|(_, s)| s.lock().expect("poisoned").clone());
-            serde_json::to_string(&StatusDoc { info: &state.info, policy, counters: state.stats.snapshot(), decisions, audit })?
-        }
-        ["reload"] => {
-            let (tx, rx) = oneshot::channel();
-            state.requests.send(Request::Reload { source: "control".into(), reply: tx }).await?;
-            match rx.await? {
-                Ok(o) => serde_json::to_string(&o)?,
-                Err(e) => error(e),
-            }
-        }
-        ["rollback", rest @ ..] => {
-            let version = match rest {
-                [] => None,
-                [v] => Some(v.trim_start_matches('v').parse::<u64>().map_err(|_| anyhow::anyhow!("bad version {v:?}"))?),
-                _ => anyhow::bail!("usage: rollback [VERSION]"),
-            };
-            let (tx, rx) = oneshot::channel();
-            state.requests.send(Request::Rollback { version, reply: tx }).await?;
-            match rx.await? {
-                Ok(o) => serde_json::to_string(&o)?,
-                Err(e) => error(e),
-            }
-        }
-        ["history"] => {
-            let (tx, rx) = oneshot::channel();
-            state.requests.send(Request::History { reply: tx }).await?;
-            serde_json::to_string(&rx.await?)?
-        }
-        ["audit-rotate-key", secs] => {
-            let secs: u64 = secs.parse().map_err(|_| anyhow::anyhow!("bad overlap {secs:?}"))?;
-            match &state.audit {
-                None => error("no audit log".into()),
-                Some((sink, _)) => match sink.rotate_key(std::time::Duration::from_secs(secs)).await {
-                    Ok((key, until)) => serde_json::json!({"new_key": key, "overlap_until": until}).to_string(),
-                    Err(e) => error(e),
-                },
-            }
-        }
-        _ => error(format!("unknown request {:?}", line.trim())),
+    BufReader::new(r.take(MAX_REQUEST)).read_line(&mut line).await.map_err(ControlError::Stream)?;
+    let response = match serde_json::from_str::<Request>(&line) {
+        Ok(req) => match handle(req, state).await {
+            Ok(reply) => Response::Ok(reply),
+            Err(e) => Response::Error(e),
+        },
+        Err(e) => Response::Error(format!("malformed request {:?}: {e}", line.trim())),
     };
-    w.write_all(reply.as_bytes()).await?;
-    w.write_all(b"\n").await?;
-    Ok(())
+    let mut text = serde_json::to_string(&response).map_err(ControlError::Malformed)?;
+    text.push('\n');
+    w.write_all(text.as_bytes()).await.map_err(ControlError::Stream)
 }
 
-/// Client side: sends one request, returns the JSON reply.
-pub async fn request(path: &Path, req: &str) -> anyhow::Result<serde_json::Value> {
-    let mut s =
-        UnixStream::connect(path).await.with_context(|| format!("connecting to {} (is `zt-agent run` running?)", path.display()))?;
-    s.write_all(format!("{req}\n").as_bytes()).await?;
-    let mut buf = String::new();
-    s.read_to_string(&mut buf).await?;
-    let v: serde_json::Value = serde_json::from_str(&buf).context("malformed reply")?;
-    if let Some(e) = v.get("error").and_then(|e| e.as_str()) {
-        anyhow::bail!("agent answered:\n{e}");
+/// Sends a command to the policy manager and waits for its reply.
+async fn ask<T>(commands: &mpsc::Sender<Command>, make: impl FnOnce(oneshot::Sender<T>) -> Command) -> Result<T, String> {
+    let (tx, rx) = oneshot::channel();
+    commands.send(make(tx)).await.map_err(|_| ControlError::ShuttingDown.to_string())?;
+    rx.await.map_err(|_| ControlError::ShuttingDown.to_string())
+}
+
+/// One request; errors as text with every cause (they go to the CLI).
+async fn handle(req: Request, state: &State) -> Result<Reply, String> {
+    let commands = &state.commands;
+    match req {
+        Request::Status => Ok(Reply::Status(Box::new(status(state)))),
+        Request::Reload => ask(commands, |reply| Command::Reload { source: "control".into(), reply }).await?.map(Reply::Policy),
+        Request::Rollback { version } => ask(commands, |reply| Command::Rollback { version, reply }).await?.map(Reply::Policy),
+        Request::History => ask(commands, |reply| Command::History { reply }).await.map(Reply::History),
+        Request::RotateAuditKey { overlap_secs } => {
+            let overlap = Duration::from_secs(overlap_secs);
+            if overlap > MAX_KEY_OVERLAP {
+                return Err(format!(
+                    "overlap {} exceeds the maximum {}",
+                    humantime::format_duration(overlap),
+                    humantime::format_duration(MAX_KEY_OVERLAP)
+                ));
+            }
+            let audit = state.audit.as_ref().ok_or("no audit log")?;
+            audit.rotate_key(overlap).await.map(Reply::KeyRotated).map_err(|e| crate::error::chain(&e))
+        }
     }
-    Ok(v)
+}
+
+fn status(state: &State) -> StatusDoc {
+    let policy = state.in_force.read().expect("poisoned").clone();
+    let decisions = state
+        .stats
+        .decisions
+        .lock()
+        .expect("poisoned")
+        .iter()
+        .map(|(id, c)| Decisions {
+            identity: policy.ids.get(id).cloned().unwrap_or_else(|| format!("#{id}")),
+            allowed: c.allowed,
+            denied: c.denied,
+            audited: c.audited,
+        })
+        .collect();
+    let audit = state.audit.as_ref().map(|a| a.status());
+    StatusDoc { info: (*state.info).clone(), policy, counters: state.stats.snapshot(), decisions, audit }
+}
+
+/// Client side: sends one request, returns the agent's reply.
+pub async fn request(path: &Path, req: &Request) -> Result<Reply, ControlError> {
+    let mut s = UnixStream::connect(path).await.map_err(|source| ControlError::Connect { path: path.to_path_buf(), source })?;
+    let mut line = serde_json::to_string(req).map_err(ControlError::Malformed)?;
+    line.push('\n');
+    s.write_all(line.as_bytes()).await.map_err(ControlError::Stream)?;
+    let mut buf = String::new();
+    s.read_to_string(&mut buf).await.map_err(ControlError::Stream)?;
+    match serde_json::from_str::<Response>(&buf).map_err(ControlError::Malformed)? {
+        Response::Ok(reply) => Ok(reply),
+        Response::Error(e) => Err(ControlError::Agent(e)),
+    }
 }

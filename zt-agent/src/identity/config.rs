@@ -1,6 +1,6 @@
 //! The identity view of the policy in force: what the resolver matches.
-//! Built from a [`crate::policy::Policy`] by [`crate::policy::identity_config`],
-//! with ids from the stable [`crate::policy::IdRegistry`].
+//! The policy module builds it (with ids that stay stable across reloads);
+//! nothing here knows the policy language.
 use super::selector::Selector;
 
 #[derive(Debug, Clone)]
@@ -17,14 +17,4 @@ pub struct Identity {
     pub name: String,
     pub spiffe_id: String,
     pub selectors: Vec<Selector>,
-}
-
-impl IdentityConfig {
-    /// Parses identity-file text alone (tests and tools).
-    pub fn parse(file: &str, text: &str) -> Result<Self, crate::policy::PolicyErrors> {
-        let bundle = crate::policy::Bundle { files: vec![(file.to_string(), text.to_string())] };
-        let policy = bundle.parse()?;
-        let ids = crate::policy::IdRegistry::for_policy(&policy).expect("a handful of identities fits");
-        Ok(crate::policy::identity_config(&policy, &ids))
-    }
 }

@@ -3,6 +3,9 @@
 //!
 //! # Layout
 //! - [`config`]: [`IdentityConfig`], the identity view of the policy in force.
+//! - [`table`]: the kernel's attribution tables as traits ([`table::ProcessTable`],
+//!   [`table::CgroupTable`]), with in-memory versions for tests.
+//! - [`attribution`]: seeding, cgroup rescans, propagation and GC over them.
 //! - [`selector`]: selector types and matching.
 //! - [`digest`]: cached blake3 digests of executables.
 //! - [`procfs`]: process facts from `/proc`.
@@ -15,11 +18,13 @@
 //! (exe path, digest, uid, compound selectors) and writes them into the table.
 //! An identity, once held, is never changed or cleared by user space: a
 //! process cannot shed its identity by exec'ing another binary.
+pub mod attribution;
 pub mod config;
 pub mod container;
 pub mod digest;
 pub mod procfs;
 pub mod selector;
+pub mod table;
 
 use std::{
     collections::HashMap,
@@ -219,7 +224,7 @@ mod tests {
     use super::*;
 
     fn resolver(yaml: &str) -> Resolver {
-        Resolver::new(Arc::new(IdentityConfig::parse("t.yaml", yaml).unwrap()), "/proc")
+        Resolver::new(Arc::new(crate::policy::identities_from_text("t.yaml", yaml).unwrap()), "/proc")
     }
 
     const POLICY: &str = "\

@@ -76,6 +76,18 @@ pub fn split_nul(bytes: &[u8]) -> Vec<String> {
     bytes.split(|b| *b == 0).map(|s| String::from_utf8_lossy(s).into_owned()).collect()
 }
 
+/// Children of every thread of `pid` (`/proc/<pid>/task/*/children`), or
+/// `None` when the kernel lacks the files (`CONFIG_PROC_CHILDREN` off) or
+/// the process is gone.
+pub fn children(proc_root: &Path, pid: u32) -> Option<Vec<u32>> {
+    let mut out = Vec::new();
+    for task in fs::read_dir(proc_root.join(pid.to_string()).join("task")).ok()?.flatten() {
+        let text = fs::read_to_string(task.path().join("children")).ok()?;
+        out.extend(text.split_whitespace().filter_map(|c| c.parse::<u32>().ok()));
+    }
+    Some(out)
+}
+
 /// Numeric entries of the proc root (thread group ids).
 pub fn pids(proc_root: &Path) -> io::Result<Vec<u32>> {
     let mut v: Vec<u32> = fs::read_dir(proc_root)?.filter_map(|e| e.ok()?.file_name().to_str()?.parse().ok()).collect();
@@ -121,5 +133,12 @@ mod tests {
         assert!(exe(root, me).unwrap().starts_with('/'));
         assert_eq!(uid(root, me), Some(nix::unistd::getuid().as_raw()));
         assert!(pids(root).unwrap().contains(&me));
+        let mut child = std::process::Command::new("sleep").arg("5").spawn().unwrap();
+        let kids = children(root, me);
+        child.kill().unwrap();
+        child.wait().unwrap();
+        if let Some(kids) = kids {
+            assert!(kids.contains(&child.id()), "{kids:?}");
+        }
     }
 }

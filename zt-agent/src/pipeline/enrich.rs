@@ -2,38 +2,32 @@
 //! kernel could not attribute alone, and enrichment from /proc.
 //!
 //! # Layout
-//! - [`Tables`]: the kernel tables the enricher writes (implemented over the
-//!   real maps in `pipeline::mod`; kept a trait so this file is plain Rust).
-//! - [`Enricher::process`]: one `RawEvent` -> one [`Event`].
+//! - [`Enricher::process`]: one `RawEvent` -> one [`Event`], writing
+//!   identities it decides into the kernel tables ([`Tables`], traits).
+//! - [`Enricher::flush_aggregates`]: attempts the kernel only counted.
 //! - A per-incarnation cache `(tgid, start_ns) -> ProcMeta`, so a recycled pid
 //!   never reuses a dead process's exe, cgroup or identity.
 use std::{
     collections::{HashMap, HashSet},
     sync::Arc,
-    time::SystemTime,
 };
 
-use zt_common::{NO_IDENTITY, ProcInfo, args_flags};
+use zt_common::{NO_IDENTITY, args_flags};
 
 use super::{
     decode::{RawEvent, c_str},
     event::{Body, ConnectInfo, Event, ExecInfo, IdentityRef, Process},
 };
 use crate::{
-    bpf::maps::Assign,
-    host,
-    identity::{Classification, Resolver, container, procfs},
+    host::wall_time,
+    identity::{
+        Classification, IdentityConfig, Resolver,
+        attribution::{self, Tables},
+        container, procfs,
+        table::Assign,
+    },
+    policy::RuleBook,
 };
-
-/// Kernel tables the enricher updates.
-pub trait Tables {
-    fn assign(&mut self, tgid: u32, start_ns: u64, c: Classification) -> anyhow::Result<Assign>;
-    fn entries(&self) -> Vec<(u32, ProcInfo)>;
-    fn set_cgroup(&mut self, cgroup_id: u64, identity: u32) -> anyhow::Result<()>;
-    fn cgroup_known(&self, cgroup_id: u64) -> bool;
-    /// Makes the cgroup map exactly `wanted`.
-    fn replace_cgroups(&mut self, wanted: &HashMap<u64, u32>) -> anyhow::Result<()>;
-}
 
 #[derive(Debug, Clone, Default)]
 struct ProcMeta {
@@ -52,7 +46,7 @@ pub struct Enricher {
     /// Every identity ever in force, by id (ids are never reused, so events
     /// of processes whose identity a reload removed still name it).
     identity_refs: HashMap<u32, IdentityRef>,
-    rulebook: Arc<crate::manager::RuleBook>,
+    rulebook: Arc<RuleBook>,
     procs: HashMap<(u32, u64), ProcMeta>,
     /// cgroup id -> path, learnt from /proc; used when a process is already
     /// gone when its event is enriched (short-lived commands).
@@ -68,7 +62,7 @@ pub struct Enricher {
 }
 
 impl Enricher {
-    pub fn new(resolver: Resolver, node: Arc<str>, show_unattributed: bool, rulebook: Arc<crate::manager::RuleBook>) -> Self {
+    pub fn new(resolver: Resolver, node: Arc<str>, show_unattributed: bool, rulebook: Arc<RuleBook>) -> Self {
         let mut identity_refs = HashMap::new();
         add_refs(&mut identity_refs, resolver.config());
         Self {
@@ -85,31 +79,33 @@ impl Enricher {
         }
     }
 
+    pub fn resolver(&self) -> &Resolver {
+        &self.resolver
+    }
+
     pub fn resolver_mut(&mut self) -> &mut Resolver {
         &mut self.resolver
     }
 
+    /// The node name events carry.
+    pub fn node(&self) -> Arc<str> {
+        self.node.clone()
+    }
+
     /// Switches to the identities of a newly applied policy: new selectors
     /// for resolution, and the kernel's cgroup map recomputed.
-    pub fn set_identities(&mut self, config: Arc<crate::identity::IdentityConfig>, tables: &mut dyn Tables, cgroup2: &std::path::Path) {
+    pub fn set_identities(&mut self, config: Arc<IdentityConfig>, tables: &mut Tables, cgroup2: &std::path::Path) {
         add_refs(&mut self.identity_refs, &config);
         self.resolver.set_config(config);
         self.seen_cgroups.clear();
         let wanted: HashMap<u64, u32> = self.resolver.cgroup_assignments(cgroup2).into_iter().map(|(id, _, ident)| (id, ident)).collect();
-        if let Err(e) = tables.replace_cgroups(&wanted) {
+        if let Err(e) = tables.cgroups.replace(&wanted) {
             tracing::warn!("updating the cgroup identity map: {e:#}");
         }
     }
 
     fn identity_ref(&self, id: u32) -> Option<IdentityRef> {
         self.identity_refs.get(&id).cloned()
-    }
-
-    /// Wall-clock RFC 3339 time of a `CLOCK_BOOTTIME` timestamp.
-    pub fn wall_time(boot_ns: u64) -> String {
-        let now_boot = host::boottime_ns();
-        let age = std::time::Duration::from_nanos(now_boot.saturating_sub(boot_ns));
-        humantime::format_rfc3339_micros(SystemTime::now() - age).to_string()
     }
 
     pub fn event(&self, time: String, body: Body) -> Event {
@@ -119,7 +115,7 @@ impl Enricher {
     /// Resolves and enriches one kernel event. Returns `None` for events of
     /// unattributed processes when no output wants them: those then cost no
     /// /proc reads at all (the common case for every exec on a busy node).
-    pub fn process(&mut self, raw: RawEvent, tables: &mut dyn Tables) -> Option<Event> {
+    pub fn process(&mut self, raw: RawEvent, tables: &mut Tables) -> Option<Event> {
         let h = *raw.header();
         let root = self.resolver.proc_root().to_path_buf();
         let show_unattributed = self.show_unattributed;
@@ -166,7 +162,7 @@ impl Enricher {
                     argv_truncated: e.args_flags & args_flags::TRUNCATED != 0,
                     argv_source,
                 };
-                Some(self.event(Self::wall_time(h.time_ns), Body::Exec { process, identity: self.identity_ref(identity), exec }))
+                Some(self.event(wall_time(h.time_ns), Body::Exec { process, identity: self.identity_ref(identity), exec }))
             }
             RawEvent::Exit(e) => {
                 let meta = self.procs.remove(&(h.tgid, h.start_ns)).unwrap_or_default();
@@ -174,7 +170,7 @@ impl Enricher {
                     return None;
                 }
                 let process = self.process_info(&h, e.ppid, &e.comm, meta.exe, meta.cgroup);
-                Some(self.event(Self::wall_time(h.time_ns), Body::Exit { process, identity: self.identity_ref(h.identity) }))
+                Some(self.event(wall_time(h.time_ns), Body::Exit { process, identity: self.identity_ref(h.identity) }))
             }
             RawEvent::Connect(c) => {
                 if !wanted(h.identity) {
@@ -195,7 +191,7 @@ impl Enricher {
                     let last = self.reported.insert((key, c.cpu), c.repeats_total).unwrap_or(0);
                     connect.repeats = c.repeats_total.saturating_sub(last).max(1);
                 }
-                Some(self.event(Self::wall_time(h.time_ns), Body::Connect { process, identity: self.identity_ref(h.identity), connect }))
+                Some(self.event(wall_time(h.time_ns), Body::Connect { process, identity: self.identity_ref(h.identity), connect }))
             }
         }
     }
@@ -265,7 +261,7 @@ impl Enricher {
         uid: u32,
         cgroup: Option<&str>,
         cgroup_id: u64,
-        tables: &mut dyn Tables,
+        tables: &mut Tables,
     ) -> u32 {
         // A cgroup created after start-up: teach the kernel its identity so
         // later forks and execs in it are attributed without us.
@@ -273,24 +269,24 @@ impl Enricher {
             && cgroup_id != 0
             && self.seen_cgroups.len() < MAX_CACHED
             && self.seen_cgroups.insert(cgroup_id)
-            && !tables.cgroup_known(cgroup_id)
+            && !matches!(tables.cgroups.get(cgroup_id), Ok(Some(_)))
         {
             let id = self.resolver.cgroup_identity(path);
-            if id != NO_IDENTITY {
-                if let Err(e) = tables.set_cgroup(cgroup_id, id) {
-                    tracing::warn!("{e:#}");
-                }
+            if id != NO_IDENTITY
+                && let Err(e) = tables.cgroups.set(cgroup_id, id)
+            {
+                tracing::warn!("{e:#}");
             }
         }
         let c = self.resolver.classify(tgid, exe, Some(uid), cgroup);
         if c == Classification::default() {
             return NO_IDENTITY;
         }
-        match tables.assign(tgid, start_ns, c) {
+        match tables.procs.assign(tgid, start_ns, c) {
             Ok(Assign::Updated) => {
                 self.assigned += 1;
                 let inherit = if c.identity != NO_IDENTITY { c.identity } else { c.child_identity };
-                propagate(tables, tgid, inherit);
+                attribution::propagate(tables, self.resolver.proc_root(), tgid, inherit);
                 c.identity
             }
             Ok(Assign::AlreadyAttributed(id)) => id,
@@ -303,7 +299,7 @@ impl Enricher {
     }
 }
 
-fn add_refs(refs: &mut HashMap<u32, IdentityRef>, config: &crate::identity::IdentityConfig) {
+fn add_refs(refs: &mut HashMap<u32, IdentityRef>, config: &IdentityConfig) {
     for i in &config.identities {
         refs.insert(i.id, IdentityRef { name: i.name.as_str().into(), spiffe_id: i.spiffe_id.as_str().into() });
     }
@@ -322,7 +318,7 @@ impl Enricher {
         idle_ns: u64,
         force: bool,
     ) -> (Vec<Event>, Vec<zt_common::policy::AggKey>) {
-        use super::event::{ConnectSummary, ip_from_mapped, protocol_name};
+        use super::event::{ConnectSummary, Decision, ip_from_mapped, protocol_name};
         let mut events = Vec::new();
         let mut prune = Vec::new();
         for (k, per_cpu) in entries {
@@ -346,14 +342,16 @@ impl Enricher {
                     address: ip_from_mapped(k.addr),
                     port: k.port,
                     protocol: protocol_name(k.proto as u32, 0),
-                    decision: if k.decided == zt_common::policy::DENY { "deny" } else { "allow" },
+                    decision: Decision::from_kernel(k.decided),
                     policy_generation: k.generation,
                     repeats,
                 };
-                events.push(self.event(
-                    Self::wall_time(now_ns),
-                    Body::ConnectSummary { identity: self.identity_ref(k.identity), connect_summary: summary },
-                ));
+                events.push(
+                    self.event(
+                        wall_time(now_ns),
+                        Body::ConnectSummary { identity: self.identity_ref(k.identity), connect_summary: summary },
+                    ),
+                );
             } else if idle {
                 for cpu in 0..per_cpu.len() as u32 {
                     self.reported.remove(&(*k, cpu));
@@ -365,100 +363,24 @@ impl Enricher {
     }
 }
 
-/// Gives `identity` to every unattributed descendant of `root` in the table:
-/// children the process forked before user space classified it.
-pub fn propagate(tables: &mut dyn Tables, root: u32, identity: u32) {
-    if identity == NO_IDENTITY {
-        return;
-    }
-    let entries = tables.entries();
-    let parent: HashMap<u32, u32> = entries.iter().map(|(pid, i)| (*pid, i.ppid)).collect();
-    let descends = |mut pid: u32| {
-        // Bounded walk: the table could hold a (stale) cycle.
-        for _ in 0..64 {
-            match parent.get(&pid) {
-                Some(&pp) if pp == root => return true,
-                Some(&pp) if pp != 0 && pp != pid => pid = pp,
-                _ => return false,
-            }
-        }
-        false
-    };
-    for (pid, info) in &entries {
-        if info.identity == NO_IDENTITY && *pid != root && descends(*pid) {
-            let c = Classification { identity, child_identity: 0 };
-            if let Err(e) = tables.assign(*pid, info.start_ns, c) {
-                tracing::warn!("propagating identity to pid {pid}: {e:#}");
-            }
-        }
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
 
-    /// In-memory tables with the same assign semantics as the real map
-    /// wrapper (start_ns check, sticky identity).
-    #[derive(Default)]
-    struct MemTables {
-        procs: HashMap<u32, ProcInfo>,
-        cgroups: HashMap<u64, u32>,
+    use crate::identity::table::mem::{MemCgroups, MemProcs};
+
+    fn tables() -> Tables {
+        Tables { procs: Box::new(MemProcs::default()), cgroups: Box::new(MemCgroups::default()) }
     }
 
-    impl Tables for MemTables {
-        fn assign(&mut self, tgid: u32, start_ns: u64, c: Classification) -> anyhow::Result<Assign> {
-            let Some(p) = self.procs.get_mut(&tgid) else { return Ok(Assign::Gone) };
-            if p.start_ns != start_ns {
-                return Ok(Assign::Gone);
-            }
-            if p.identity != 0 {
-                return Ok(Assign::AlreadyAttributed(p.identity));
-            }
-            p.identity = c.identity;
-            p.child_identity = c.child_identity;
-            Ok(Assign::Updated)
-        }
-        fn entries(&self) -> Vec<(u32, ProcInfo)> {
-            self.procs.iter().map(|(k, v)| (*k, *v)).collect()
-        }
-        fn set_cgroup(&mut self, id: u64, identity: u32) -> anyhow::Result<()> {
-            self.cgroups.insert(id, identity);
-            Ok(())
-        }
-        fn cgroup_known(&self, id: u64) -> bool {
-            self.cgroups.contains_key(&id)
-        }
-        fn replace_cgroups(&mut self, wanted: &HashMap<u64, u32>) -> anyhow::Result<()> {
-            self.cgroups = wanted.clone();
-            Ok(())
-        }
-    }
-
-    fn info(ppid: u32, start_ns: u64) -> ProcInfo {
-        ProcInfo { ppid, start_ns, ..Default::default() }
-    }
-
-    #[test]
-    fn propagate_reaches_grandchildren_only() {
-        let mut t = MemTables::default();
-        t.procs.insert(10, info(1, 100));
-        t.procs.insert(11, info(10, 101));
-        t.procs.insert(12, info(11, 102));
-        t.procs.insert(20, info(1, 103));
-        t.procs.insert(13, ProcInfo { identity: 9, ..info(10, 104) });
-        propagate(&mut t, 10, 3);
-        assert_eq!(t.procs[&11].identity, 3);
-        assert_eq!(t.procs[&12].identity, 3);
-        assert_eq!(t.procs[&20].identity, 0);
-        assert_eq!(t.procs[&13].identity, 9, "an identity already held is kept");
-        assert_eq!(t.procs[&10].identity, 0, "root is assigned by the caller");
+    fn info(ppid: u32, start_ns: u64) -> zt_common::ProcInfo {
+        zt_common::ProcInfo { ppid, start_ns, ..Default::default() }
     }
 
     #[test]
     fn aggregates_report_every_attempt_once() {
         use zt_common::policy::{AGG_WINDOW_NS, AggKey, AggValue, DENY};
-        let cfg = crate::identity::IdentityConfig::parse(
+        let cfg = crate::policy::identities_from_text(
             "t.yaml",
             "apiVersion: zt-agent.io/v1alpha1\nkind: HostPolicy\nspec:\n  trustDomain: t\n  identities:\n    - name: u\n      selectors:\n        - uid: 4242\n",
         )
@@ -481,7 +403,7 @@ mod tests {
         let Body::ConnectSummary { connect_summary, identity } = &ev[0].body else { panic!() };
         assert_eq!(
             (connect_summary.repeats, connect_summary.address.to_string().as_str(), connect_summary.decision),
-            (7, "10.0.0.1", "deny")
+            (7, "10.0.0.1", super::super::event::Decision::Deny)
         );
         assert_eq!(identity.as_ref().unwrap().name.as_ref(), "u");
         // CPU 1's window is open: reported only when forced (shutdown).
@@ -498,19 +420,19 @@ mod tests {
 
     #[test]
     fn stale_incarnation_is_not_assigned() {
-        let cfg = crate::identity::IdentityConfig::parse(
+        let cfg = crate::policy::identities_from_text(
             "t.yaml",
             "apiVersion: zt-agent.io/v1alpha1\nkind: HostPolicy\nspec:\n  trustDomain: t\n  identities:\n    - name: u\n      selectors:\n        - uid: 4242\n",
         )
         .unwrap();
         let mut en = Enricher::new(Resolver::new(Arc::new(cfg), "/proc"), "n".into(), true, Default::default());
-        let mut t = MemTables::default();
-        t.procs.insert(77, info(1, 500));
+        let mut t = tables();
+        t.procs.seed(77, info(1, 500)).unwrap();
         // Event of an older incarnation of pid 77 (start 400): must not touch 77.
         assert_eq!(en.resolve(77, 400, None, 4242, None, 0, &mut t), 0);
-        assert_eq!(t.procs[&77].identity, 0);
+        assert_eq!(t.procs.get(77).unwrap().unwrap().identity, 0);
         assert_eq!(en.resolve(77, 500, None, 4242, None, 0, &mut t), 1);
-        assert_eq!(t.procs[&77].identity, 1);
+        assert_eq!(t.procs.get(77).unwrap().unwrap().identity, 1);
         assert_eq!(en.identity_ref(1).unwrap().spiffe_id.as_ref(), "spiffe://t/u");
     }
 }

@@ -112,6 +112,38 @@ pub struct ExecInfo {
     pub argv_source: &'static str,
 }
 
+/// What the kernel did with a connect or send.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ConnectAction {
+    Allowed,
+    /// Refused with EPERM.
+    Denied,
+    /// Allowed, but the policy would deny (audit mode).
+    Audited,
+}
+
+/// What the policy decided.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Decision {
+    Allow,
+    Deny,
+}
+
+impl Decision {
+    pub fn from_kernel(decided: u8) -> Self {
+        if decided == zt_common::policy::DENY { Decision::Deny } else { Decision::Allow }
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum EnforcementMode {
+    Enforce,
+    Audit,
+}
+
 #[derive(Debug, Clone, Serialize)]
 pub struct ConnectInfo {
     pub family: &'static str,
@@ -120,10 +152,10 @@ pub struct ConnectInfo {
     pub protocol: &'static str,
     /// What the kernel did: "allowed", "denied" (EPERM) or "audited" (allowed,
     /// but the policy would deny).
-    pub action: &'static str,
+    pub action: ConnectAction,
     /// What the policy decided: "allow" or "deny".
-    pub decision: &'static str,
-    pub mode: &'static str,
+    pub decision: Decision,
+    pub mode: EnforcementMode,
     /// The deciding rule's name; "default" (identity default), "no-policy"
     /// (identity unknown to the policy in force: fail closed), "none-applied".
     pub rule: String,
@@ -141,7 +173,7 @@ pub struct ConnectSummary {
     pub address: IpAddr,
     pub port: u16,
     pub protocol: &'static str,
-    pub decision: &'static str,
+    pub decision: Decision,
     pub policy_generation: u32,
     /// Attempts not reported by any connect event.
     pub repeats: u64,
@@ -179,9 +211,9 @@ impl ConnectInfo {
         let protocol = protocol_name(c.protocol, c.sock_type);
         let v = c.verdict;
         let action = match (v.action, v.decided) {
-            (kp::DENY, _) => "denied",
-            (_, kp::DENY) => "audited",
-            _ => "allowed",
+            (kp::DENY, _) => ConnectAction::Denied,
+            (_, kp::DENY) => ConnectAction::Audited,
+            _ => ConnectAction::Allowed,
         };
         let rule = match v.rule {
             kp::RULE_DEFAULT => "default".to_string(),
@@ -195,8 +227,8 @@ impl ConnectInfo {
             port: c.port,
             protocol,
             action,
-            decision: if v.decided == kp::DENY { "deny" } else { "allow" },
-            mode: if v.mode == kp::AUDIT { "audit" } else { "enforce" },
+            decision: Decision::from_kernel(v.decided),
+            mode: if v.mode == kp::AUDIT { EnforcementMode::Audit } else { EnforcementMode::Enforce },
             rule,
             policy_generation: c.generation,
             hook: zt_common::hook::NAMES.get(c.hook as usize).copied().unwrap_or("unknown"),
@@ -207,8 +239,7 @@ impl ConnectInfo {
 
 #[derive(Debug, Clone, Serialize, PartialEq, Eq)]
 pub struct PolicyChange {
-    /// "applied", "rejected", "rolled_back".
-    pub action: &'static str,
+    pub action: PolicyAction,
     /// "start", "inotify", "SIGHUP", "control", "rollback to vN".
     pub source: String,
     pub version: Option<u64>,
@@ -220,6 +251,21 @@ pub struct PolicyChange {
     pub warnings: Vec<String>,
 }
 
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum PolicyAction {
+    Applied,
+    Rejected,
+    RolledBack,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum AgentState {
+    Started,
+    Stopped,
+}
+
 #[derive(Debug, Clone, Serialize, Default, PartialEq, Eq)]
 pub struct LossReport {
     /// Per kernel counter (`zt_common::loss::NAMES`) and user-space counter.
@@ -229,7 +275,7 @@ pub struct LossReport {
 
 #[derive(Debug, Clone, Serialize)]
 pub struct AgentInfo {
-    pub state: &'static str,
+    pub state: AgentState,
     pub version: &'static str,
     pub reason: Option<String>,
     pub object_blake3: Option<String>,
@@ -256,7 +302,12 @@ mod tests {
         let names = |g: u32, r: u32| (g == 7 && r == 3).then(|| "r3".to_string());
         let i = ConnectInfo::from_raw(&c, names);
         assert_eq!(i.address.to_string(), "127.0.0.1");
-        assert_eq!((i.protocol, i.action, i.decision, i.mode, i.rule.as_str()), ("tcp", "audited", "deny", "audit", "r3"));
+        assert_eq!(
+            (i.protocol, i.action, i.decision, i.mode, i.rule.as_str()),
+            ("tcp", ConnectAction::Audited, Decision::Deny, EnforcementMode::Audit, "r3")
+        );
+        let v = serde_json::to_value(&i).unwrap();
+        assert_eq!((v["action"].as_str(), v["decision"].as_str(), v["mode"].as_str()), (Some("audited"), Some("deny"), Some("audit")));
         c.verdict = Verdict::new(DENY, ENFORCE, RULE_DEFAULT);
         c.family = zt_common::AF_INET6;
         c.addr = Ipv6Addr::LOCALHOST.octets();
@@ -264,7 +315,7 @@ mod tests {
         let v6 = ConnectInfo::from_raw(&c, names);
         assert_eq!(
             (v6.family, v6.address.to_string().as_str(), v6.protocol, v6.action, v6.rule.as_str()),
-            ("ipv6", "::1", "udp", "denied", "default")
+            ("ipv6", "::1", "udp", ConnectAction::Denied, "default")
         );
     }
 

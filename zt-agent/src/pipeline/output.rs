@@ -1,11 +1,141 @@
-//! Outputs: where schema events go. First output: JSON lines to stdout or a
-//! file. Each output runs as its own task behind a bounded queue; a slow
-//! output overflows its own queue (counted), never the pipeline.
-use std::io::Write;
+//! Outputs: where schema events go. Each output runs behind its own bounded
+//! queue; a slow or dead output loses its own events (counted), never the
+//! pipeline's.
+//!
+//! # Layout
+//! - [`Output`]: what every destination implements: the JSON-lines writer
+//!   here, the audit log (`audit::writer`), and next the syslog
+//!   destinations and the anomaly scorer.
+//! - [`Outputs`]: the fan-out: every event to every output that wants it,
+//!   each drop counted under the output's own counter names.
+//! - [`JsonLines`]: JSON lines to stdout or a file, in its own task.
+//! - [`Show`]: which events the JSON-lines output shows.
+use std::{
+    future::Future,
+    io::Write,
+    pin::Pin,
+    sync::{
+        Arc, Mutex,
+        atomic::{AtomicU64, Ordering::Relaxed},
+    },
+};
 
-use tokio::sync::mpsc;
+use tokio::{sync::mpsc, task::JoinHandle};
 
-use super::{Stats, event::Event};
+use super::{
+    Stats,
+    event::{Body, Event},
+};
+
+/// Why an output did not take an event.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Dropped {
+    /// Its queue is full.
+    Full,
+    /// It is gone (its task or thread ended).
+    Closed,
+}
+
+/// A future an output returns from [`Output::close`].
+pub type Closing = Pin<Box<dyn Future<Output = ()> + Send>>;
+
+/// Loss counter names of one output (in `status` and `loss` events).
+#[derive(Debug, Clone, Copy)]
+pub struct LossNames {
+    /// Events dropped because the output's queue was full.
+    pub full: &'static str,
+    /// Events dropped because the output was gone.
+    pub closed: &'static str,
+}
+
+pub trait Output: Send {
+    fn loss_names(&self) -> LossNames;
+    /// Whether this output records `event` at all.
+    fn wants(&self, event: &Event) -> bool;
+    /// Queues `event` without blocking.
+    fn try_send(&self, event: &Event) -> Result<(), Dropped>;
+    /// Closes the queue and resolves once everything queued is written.
+    fn close(self: Box<Self>) -> Closing;
+}
+
+/// Per-output drop counters, registered with [`Stats`] so `status` and the
+/// loss reporter see them.
+#[derive(Debug, Default)]
+pub struct OutputCounters(Mutex<Vec<(&'static str, Arc<AtomicU64>)>>);
+
+impl OutputCounters {
+    fn register(&self, name: &'static str) -> Arc<AtomicU64> {
+        let mut v = self.0.lock().expect("poisoned");
+        if let Some((_, c)) = v.iter().find(|(n, _)| *n == name) {
+            return c.clone();
+        }
+        let c = Arc::new(AtomicU64::new(0));
+        v.push((name, c.clone()));
+        c
+    }
+
+    /// Every counter by name.
+    pub fn snapshot(&self) -> Vec<(&'static str, u64)> {
+        self.0.lock().expect("poisoned").iter().map(|(n, c)| (*n, c.load(Relaxed))).collect()
+    }
+}
+
+struct Registered {
+    output: Box<dyn Output>,
+    full: Arc<AtomicU64>,
+    closed: Arc<AtomicU64>,
+    /// Logged once: an output that is gone stays gone.
+    closed_logged: bool,
+}
+
+/// Every output of the agent, fed in order.
+pub struct Outputs(Vec<Registered>);
+
+impl Outputs {
+    pub fn new(outputs: Vec<Box<dyn Output>>, counters: &OutputCounters) -> Self {
+        Outputs(
+            outputs
+                .into_iter()
+                .map(|output| {
+                    let names = output.loss_names();
+                    Registered {
+                        full: counters.register(names.full),
+                        closed: counters.register(names.closed),
+                        output,
+                        closed_logged: false,
+                    }
+                })
+                .collect(),
+        )
+    }
+
+    pub fn send(&mut self, event: &Event) {
+        for r in &mut self.0 {
+            if !r.output.wants(event) {
+                continue;
+            }
+            match r.output.try_send(event) {
+                Ok(()) => {}
+                Err(Dropped::Full) => {
+                    r.full.fetch_add(1, Relaxed);
+                }
+                Err(Dropped::Closed) => {
+                    r.closed.fetch_add(1, Relaxed);
+                    if !std::mem::replace(&mut r.closed_logged, true) {
+                        tracing::error!("output {} is gone: its events are dropped and counted", r.output.loss_names().closed);
+                    }
+                }
+            }
+        }
+    }
+
+    /// Closes every output and waits until each has written what it holds.
+    pub async fn close(self) {
+        for r in self.0 {
+            r.output.close().await;
+        }
+    }
+}
 
 /// Which events an output shows.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
@@ -20,31 +150,104 @@ impl Show {
     pub fn wants(self, e: &Event) -> bool {
         match self {
             Show::All => true,
-            Show::Attributed => e.body.identity().is_some() || matches!(e.body.kind(), "loss" | "agent" | "policy"),
+            Show::Attributed => {
+                e.body.identity().is_some() || matches!(e.body, Body::Loss { .. } | Body::Agent { .. } | Body::Policy { .. })
+            }
         }
+    }
+}
+
+/// JSON lines to a writer (stdout or a file), written by its own task.
+pub struct JsonLines {
+    tx: mpsc::Sender<Event>,
+    show: Show,
+    task: JoinHandle<()>,
+}
+
+impl JsonLines {
+    pub fn spawn(out: Box<dyn Write + Send>, show: Show, capacity: usize, stats: Arc<Stats>) -> Self {
+        let (tx, rx) = mpsc::channel(capacity);
+        JsonLines { tx, show, task: tokio::spawn(write_json_lines(rx, out, stats)) }
+    }
+}
+
+impl Output for JsonLines {
+    fn loss_names(&self) -> LossNames {
+        LossNames { full: "output_overflow", closed: "output_closed" }
+    }
+    fn wants(&self, event: &Event) -> bool {
+        self.show.wants(event)
+    }
+    fn try_send(&self, event: &Event) -> Result<(), Dropped> {
+        self.tx.try_send(event.clone()).map_err(|e| match e {
+            mpsc::error::TrySendError::Full(_) => Dropped::Full,
+            mpsc::error::TrySendError::Closed(_) => Dropped::Closed,
+        })
+    }
+    fn close(self: Box<Self>) -> Closing {
+        let JsonLines { tx, task, .. } = *self;
+        drop(tx);
+        Box::pin(async move {
+            let _ = task.await;
+        })
     }
 }
 
 /// Writes JSON lines, flushing whenever the queue runs empty (one write
 /// syscall per burst, not per event). Returns when the sender side closes.
-pub async fn json_lines(mut rx: mpsc::Receiver<Event>, mut out: Box<dyn Write + Send>, show: Show, stats: std::sync::Arc<Stats>) {
-    loop {
-        let Some(first) = rx.recv().await else { break };
+async fn write_json_lines(mut rx: mpsc::Receiver<Event>, mut out: Box<dyn Write + Send>, stats: Arc<Stats>) {
+    while let Some(first) = rx.recv().await {
         let mut next = Some(first);
         while let Some(e) = next {
-            if show.wants(&e) {
-                let ok = serde_json::to_writer(&mut out, &e).is_ok() && out.write_all(b"\n").is_ok();
-                if ok {
-                    stats.written.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-                } else {
-                    stats.output_errors.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-                }
-            }
+            let ok = serde_json::to_writer(&mut out, &e).is_ok() && out.write_all(b"\n").is_ok();
+            let counter = if ok { &stats.written } else { &stats.output_errors };
+            counter.fetch_add(1, Relaxed);
             next = rx.try_recv().ok();
         }
         if out.flush().is_err() {
-            stats.output_errors.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+            stats.output_errors.fetch_add(1, Relaxed);
         }
     }
     let _ = out.flush();
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::pipeline::event::LossReport;
+
+    /// Takes one event, then reports full, then closed.
+    struct Picky(std::sync::Mutex<u32>);
+
+    impl Output for Picky {
+        fn loss_names(&self) -> LossNames {
+            LossNames { full: "picky_overflow", closed: "picky_closed" }
+        }
+        fn wants(&self, e: &Event) -> bool {
+            e.body.kind() == "loss"
+        }
+        fn try_send(&self, _: &Event) -> Result<(), Dropped> {
+            let mut n = self.0.lock().unwrap();
+            *n += 1;
+            match *n {
+                1 => Ok(()),
+                2 => Err(Dropped::Full),
+                _ => Err(Dropped::Closed),
+            }
+        }
+        fn close(self: Box<Self>) -> Closing {
+            Box::pin(async {})
+        }
+    }
+
+    #[test]
+    fn every_drop_is_counted_by_cause() {
+        let counters = OutputCounters::default();
+        let mut outs = Outputs::new(vec![Box::new(Picky(Default::default()))], &counters);
+        let ev = Event { time: String::new(), node: "n".into(), body: Body::Loss { loss: LossReport::default() } };
+        for _ in 0..4 {
+            outs.send(&ev);
+        }
+        assert_eq!(counters.snapshot(), vec![("picky_overflow", 1), ("picky_closed", 2)]);
+    }
 }

@@ -25,7 +25,7 @@ use zt_common::{
     },
 };
 
-use super::document::{Action, Mode, Policy, Proto};
+use super::model::{Action, Mode, Policy, Proto};
 
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum CompileError {

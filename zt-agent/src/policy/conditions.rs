@@ -15,7 +15,7 @@
 //!   `input.time.minute` (UTC)
 use std::collections::{BTreeMap, HashMap};
 
-use super::document::{Policy, TimeWindow};
+use super::model::{Policy, TimeWindow};
 
 const PACKAGE: &str = "ztagent.condition";
 

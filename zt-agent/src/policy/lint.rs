@@ -1,6 +1,6 @@
 //! Warnings for valid but suspicious policies: shadowed or redundant rules,
 //! overly broad egress, identities no selector can match.
-use super::document::{Action, Diagnostic, Egress, Policy, Proto};
+use super::model::{Action, Diagnostic, Egress, Policy, Pos, Proto, Rule};
 
 const ALL_PORTS: &[(u16, u16)] = &[(0, u16::MAX)];
 
@@ -16,11 +16,7 @@ fn covers(outer: &Egress, inner: &Egress) -> bool {
 
 pub fn lint(policy: &mut Policy) {
     let mut warnings = Vec::new();
-    let warn = |pos: &super::document::Pos, message: String, hint: Option<&str>| Diagnostic {
-        pos: pos.clone(),
-        message,
-        hint: hint.map(str::to_string),
-    };
+    let warn = |pos: &Pos, message: String, hint: Option<&str>| Diagnostic { pos: pos.clone(), message, hint: hint.map(str::to_string) };
 
     // Rules by identity, so the pairwise checks stay within one identity.
     let mut by_identity: std::collections::HashMap<&str, Vec<usize>> = Default::default();
@@ -40,8 +36,7 @@ pub fn lint(policy: &mut Policy) {
             // Shadowed: an unconditional deny of the same identity covers it
             // (deny wins); else redundant: an earlier unconditional rule with
             // the same action already covers it.
-            let covering =
-                |j: usize, other: &super::document::Rule| i != j && other.when.is_none() && other.egress.iter().any(|o| covers(o, e));
+            let covering = |j: usize, other: &Rule| i != j && other.when.is_none() && other.egress.iter().any(|o| covers(o, e));
             let rules = || siblings.iter().map(|&j| (j, &policy.rules[j]));
             let deny = rules().find(|(j, o)| o.action == Action::Deny && covering(*j, o));
             let same = rules().find(|(j, o)| *j < i && o.action == rule.action && covering(*j, o));

@@ -1,6 +1,6 @@
 //! Tests of the policy language, compilation (byte for byte), explain, diff
 //! and lint. Every shipped policy is parsed and compiled here too.
-use super::{compile::*, document::*, *};
+use super::{compile::*, model::*, *};
 
 fn bundle(files: &[(&str, &str)]) -> Bundle {
     Bundle { files: files.iter().map(|(n, t)| (n.to_string(), t.to_string())).collect() }
@@ -255,7 +255,7 @@ fn explain_uses_the_kernel_decision() {
     assert_eq!(ex("coder", Query::Exec { path: "/usr/bin/git".into() }).decision, "allow");
     assert_eq!(ex("coder", Query::Exec { path: "/usr/bin/curl".into() }).decision, "deny");
     assert_eq!(ex("analyst", Query::Exec { path: "/usr/bin/curl".into() }).decision, "allow");
-    assert!(explain(&p, "nobody", &c("1.2.3.4:1"), &all).unwrap_err().starts_with("unknown identity \"nobody\""));
+    assert!(explain(&p, "nobody", &c("1.2.3.4:1"), &all).unwrap_err().to_string().starts_with("unknown identity \"nobody\""));
 }
 
 #[test]

@@ -1,0 +1,20 @@
+//! The CLI's subcommand groups (the binary's own modules; the work is in
+//! the library).
+//!
+//! # Layout
+//! - [`run`]: `zt-agent run` options -> the daemon.
+//! - [`status`]: `status`, `probe`.
+//! - [`policy`]: `policy check|explain|diff|history|rollback|reload`.
+//! - [`audit`]: `audit verify|proof|consistency|show|tail|key|rotate-key`.
+pub mod audit;
+pub mod policy;
+pub mod run;
+pub mod status;
+
+/// Runs one control-socket exchange on a small runtime.
+pub fn client<T, E>(f: impl std::future::Future<Output = Result<T, E>>) -> anyhow::Result<T>
+where
+    E: std::error::Error + Send + Sync + 'static,
+{
+    Ok(tokio::runtime::Builder::new_current_thread().enable_all().build()?.block_on(f)?)
+}

@@ -1,0 +1,196 @@
+//! `zt-agent policy ...`: check, explain and diff policy files; history,
+//! rollback and reload on the running agent.
+use std::{path::PathBuf, process::ExitCode};
+
+use clap::Subcommand;
+use zt_agent::{
+    control::{
+        self,
+        protocol::{Reply, Request},
+    },
+    manager::Outcome,
+    policy,
+};
+
+use super::client;
+
+#[derive(Subcommand)]
+pub enum PolicyCommand {
+    /// Validate policy files (composed into one bundle): exit 0 when valid,
+    /// else every error as `file:line:col: message` and exit 1. Warnings go
+    /// to stderr and do not fail the check.
+    Check {
+        #[arg(required = true)]
+        paths: Vec<PathBuf>,
+    },
+    /// The decision for one access, from the compiled form the kernel uses.
+    Explain {
+        /// Policy files or directories.
+        #[arg(long, required = true, value_name = "PATH")]
+        policy: Vec<PathBuf>,
+        #[arg(long)]
+        identity: String,
+        /// ADDR:PORT[/tcp|/udp], IPv6 as [ADDR]:PORT.
+        #[arg(long, value_name = "DEST", group = "what")]
+        connect: Option<String>,
+        #[arg(long, value_name = "PATH", group = "what")]
+        open: Option<String>,
+        #[arg(long, value_enum, default_value_t = OpenMode::Read, requires = "open")]
+        mode: OpenMode,
+        #[arg(long, value_name = "PATH", group = "what")]
+        exec: Option<String>,
+        /// Evaluate rule conditions (time windows, Rego) now instead of
+        /// treating every rule as active.
+        #[arg(long)]
+        conditions: bool,
+        #[arg(long)]
+        json: bool,
+    },
+    /// What changes from OLD to NEW, rule by rule and as map entries.
+    Diff { old: PathBuf, new: PathBuf },
+    /// Policy versions applied by the running agent.
+    History {
+        #[arg(long, value_name = "PATH", default_value = control::DEFAULT_SOCKET)]
+        socket: PathBuf,
+        #[arg(long)]
+        json: bool,
+    },
+    /// Re-apply an earlier version (default: the one before the current).
+    Rollback {
+        version: Option<u64>,
+        #[arg(long, value_name = "PATH", default_value = control::DEFAULT_SOCKET)]
+        socket: PathBuf,
+    },
+    /// Make the running agent re-read its policy files now.
+    Reload {
+        #[arg(long, value_name = "PATH", default_value = control::DEFAULT_SOCKET)]
+        socket: PathBuf,
+    },
+}
+
+#[derive(Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum OpenMode {
+    Read,
+    Write,
+}
+
+fn load(paths: &[PathBuf]) -> Result<policy::Policy, ExitCode> {
+    match policy::Bundle::read(paths).and_then(|b| b.parse()) {
+        Ok(p) => Ok(p),
+        Err(e) => {
+            eprintln!("{e}");
+            Err(ExitCode::from(1))
+        }
+    }
+}
+
+pub fn command(command: PolicyCommand) -> anyhow::Result<ExitCode> {
+    match command {
+        PolicyCommand::Check { paths } => check(&paths),
+        PolicyCommand::Explain { policy: paths, identity, connect, open, mode, exec, conditions, json } => {
+            let query = match (connect, open, exec) {
+                (Some(c), _, _) => policy::Query::parse_connect(&c)?,
+                (_, Some(path), _) => policy::Query::Open { path, write: mode == OpenMode::Write },
+                (_, _, Some(path)) => policy::Query::Exec { path },
+                _ => anyhow::bail!("give one of --connect, --open, --exec"),
+            };
+            explain(&paths, &identity, &query, conditions, json)
+        }
+        PolicyCommand::Diff { old, new } => {
+            let (a, b) = match (load(std::slice::from_ref(&old)), load(std::slice::from_ref(&new))) {
+                (Ok(a), Ok(b)) => (a, b),
+                (Err(c), _) | (_, Err(c)) => return Ok(c),
+            };
+            let lines = policy::diff(&a, &b)?;
+            if lines.is_empty() {
+                println!("no changes");
+            }
+            for l in lines {
+                println!("{l}");
+            }
+            Ok(ExitCode::SUCCESS)
+        }
+        PolicyCommand::History { socket, json } => {
+            let Reply::History(entries) = client(control::request(&socket, &Request::History))? else {
+                anyhow::bail!("unexpected reply to history")
+            };
+            if json {
+                println!("{}", serde_json::to_string_pretty(&entries)?);
+                return Ok(ExitCode::SUCCESS);
+            }
+            for h in &entries {
+                println!(
+                    "{}v{:<4} {}  blake3:{}  {}  [{}]",
+                    if h.in_force { "* " } else { "  " },
+                    h.version,
+                    h.time,
+                    &h.digest[..16.min(h.digest.len())],
+                    h.source,
+                    h.files.join(", ")
+                );
+            }
+            Ok(ExitCode::SUCCESS)
+        }
+        PolicyCommand::Rollback { version, socket } => {
+            let o = policy_reply(client(control::request(&socket, &Request::Rollback { version }))?)?;
+            println!("rolled back: now v{} blake3:{} (generation {})", o.version, o.digest, o.generation);
+            Ok(ExitCode::SUCCESS)
+        }
+        PolicyCommand::Reload { socket } => {
+            let o = policy_reply(client(control::request(&socket, &Request::Reload))?)?;
+            println!("policy v{} blake3:{} in force (generation {})", o.version, o.digest, o.generation);
+            Ok(ExitCode::SUCCESS)
+        }
+    }
+}
+
+fn policy_reply(reply: Reply) -> anyhow::Result<Outcome> {
+    match reply {
+        Reply::Policy(o) => Ok(o),
+        other => anyhow::bail!("unexpected reply {other:?}"),
+    }
+}
+
+/// Parse, validate, and compile (capacity limits are part of validity).
+fn check(paths: &[PathBuf]) -> anyhow::Result<ExitCode> {
+    let p = match load(paths) {
+        Ok(p) => p,
+        Err(code) => return Ok(code),
+    };
+    for w in &p.warnings {
+        eprintln!("warning: {w}");
+    }
+    let ids = policy::IdRegistry::for_policy(&p)?;
+    if let Err(e) = policy::compile::compile(&p, &ids, 0, &vec![true; p.rules.len()]) {
+        eprintln!("{}: {e}", paths.iter().map(|p| p.display().to_string()).collect::<Vec<_>>().join(", "));
+        return Ok(ExitCode::from(1));
+    }
+    println!(
+        "ok: {} identities, {} rules, trust domain {} ({} warnings)",
+        p.identities.len(),
+        p.rules.len(),
+        p.trust_domain,
+        p.warnings.len()
+    );
+    Ok(ExitCode::SUCCESS)
+}
+
+fn explain(paths: &[PathBuf], identity: &str, query: &policy::Query, conditions: bool, json: bool) -> anyhow::Result<ExitCode> {
+    let p = match load(paths) {
+        Ok(p) => p,
+        Err(code) => return Ok(code),
+    };
+    let active = if conditions {
+        policy::conditions::evaluate(&p, &policy::conditions::Inputs::current(Default::default())).0
+    } else {
+        vec![true; p.rules.len()]
+    };
+    let e = policy::explain(&p, identity, query, &active)?;
+    if json {
+        println!("{}", serde_json::to_string_pretty(&e)?);
+    } else {
+        println!("{} ({}) for {} ({})", e.decision, e.verdict_action, e.identity, e.spiffe_id);
+        println!("decided by {}", e.reason);
+    }
+    Ok(ExitCode::SUCCESS)
+}

@@ -1,0 +1,95 @@
+//! `zt-agent status` and `zt-agent probe`.
+use std::{fmt::Write as _, path::Path, process::ExitCode};
+
+use zt_agent::{
+    bpf::probe,
+    control::{
+        self,
+        protocol::{Reply, Request, StatusDoc},
+    },
+};
+
+use super::client;
+
+pub fn status(socket: &Path, json: bool) -> anyhow::Result<ExitCode> {
+    let Reply::Status(doc) = client(control::request(socket, &Request::Status))? else { anyhow::bail!("unexpected reply to status") };
+    if json {
+        println!("{}", serde_json::to_string_pretty(&doc)?);
+    } else {
+        print!("{}", render(&doc));
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+pub fn probe(json: bool) -> anyhow::Result<ExitCode> {
+    let caps = probe::probe();
+    if json {
+        println!("{}", serde_json::to_string_pretty(&caps)?);
+    } else {
+        print!("{}", probe::render(&caps));
+        println!();
+        for (what, how) in probe::enforcement_paths(&caps) {
+            println!("{what}: {how}");
+        }
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+fn render(v: &StatusDoc) -> String {
+    let mut s = String::new();
+    let i = &v.info;
+    let p = &v.policy;
+    // Writing to a String cannot fail.
+    let _ = writeln!(s, "zt-agent {} (pid {}), running since {}", i.version, i.pid, i.started);
+    let _ = writeln!(
+        s,
+        "policy v{} {} blake3:{} (generation {}, trust domain {}) from {}",
+        p.version,
+        p.name,
+        p.digest,
+        p.generation,
+        p.trust_domain,
+        p.files.join(", ")
+    );
+    let _ = writeln!(s, "eBPF object blake3:{}\n\nidentities:", i.object_blake3);
+    for (name, id) in &p.identities {
+        let _ = writeln!(s, "  {name} {id}");
+    }
+    s.push_str("\nenforcement paths:\n");
+    for (what, how) in &i.paths {
+        let _ = writeln!(s, "  {what}: {how}");
+    }
+    s.push_str("\negress decisions (since start):\n");
+    for d in &v.decisions {
+        let _ = writeln!(s, "  {}: {} allowed, {} denied, {} audited (would deny)", d.identity, d.allowed, d.denied, d.audited);
+    }
+    if let Some(a) = &v.audit {
+        let _ = writeln!(
+            s,
+            "\naudit log {} (origin {}): {} records, signed size {} root {}, {} write errors",
+            a.dir, a.origin, a.records, a.signed_size, a.signed_root, a.write_errors
+        );
+        for k in &a.verifier_keys {
+            let _ = writeln!(s, "  verifier key {k}");
+        }
+        if let Some(t) = &a.rotation_overlap_until {
+            let _ = writeln!(s, "  key rotation: both keys sign until {t}");
+        }
+        if let Some(e) = &a.last_error {
+            let _ = writeln!(s, "  last error: {e}");
+        }
+        if let Some(e) = &a.failed {
+            let _ = writeln!(s, "  FAILED: {e}; security events are not being recorded");
+        }
+    }
+    s.push_str("\nhooks:\n");
+    for h in &i.hooks {
+        let _ = writeln!(s, "  {} ({}): {}", h.program, h.attach_point, h.state);
+    }
+    s.push_str("\ncounters:\n");
+    let c = serde_json::to_value(&v.counters).unwrap_or_default();
+    for (k, val) in c.as_object().into_iter().flatten() {
+        let _ = writeln!(s, "  {k}: {val}");
+    }
+    s
+}

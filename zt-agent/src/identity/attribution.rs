@@ -1,0 +1,315 @@
+//! Keeping the kernel's attribution tables right from user space: seeding
+//! at start, cgroups created later, identities written after exec, and the
+//! garbage the kernel cannot see. Plain Rust over the [`table`] traits.
+//!
+//! # Layout
+//! - [`Tables`]: the process and cgroup tables the enricher writes.
+//! - [`seed`]: processes that started before the agent, from /proc.
+//! - [`rescan_cgroups`]: new cgroups a cgroup selector matches, and the
+//!   processes moved into them without exec'ing.
+//! - [`propagate`]: an identity written by user space reaches the children
+//!   the process forked before it was classified.
+//! - [`gc_stale_entries`]: entries of processes that no longer exist.
+use std::path::Path;
+
+use zt_common::{NO_IDENTITY, ProcInfo, proc_flags};
+
+use super::{
+    Classification, Resolver, procfs,
+    table::{Assign, CgroupTable, ProcessTable},
+};
+
+/// The kernel tables user-space attribution writes.
+pub struct Tables {
+    pub procs: Box<dyn ProcessTable + Send>,
+    pub cgroups: Box<dyn CgroupTable + Send>,
+}
+
+/// Most processes one propagation visits (the tree walk is bounded even if
+/// /proc changes under it).
+const MAX_PROPAGATE: usize = 65_536;
+
+/// Gives `identity` to every unattributed descendant of `root`: children the
+/// process forked before user space classified it. Walks the live process
+/// tree through `/proc/<pid>/task/*/children` (no table walk); an entry is
+/// assigned only if the table records the walked parent as its parent, so a
+/// pid recycled during the walk is left alone. Without those files
+/// (`CONFIG_PROC_CHILDREN` off) it falls back to one pass over the table.
+pub fn propagate(tables: &mut Tables, proc_root: &Path, root: u32, identity: u32) {
+    if identity == NO_IDENTITY {
+        return;
+    }
+    let c = Classification { identity, child_identity: NO_IDENTITY };
+    let mut assign = |tables: &mut Tables, pid: u32, info: ProcInfo| {
+        if info.identity == NO_IDENTITY
+            && let Err(e) = tables.procs.assign(pid, info.start_ns, c)
+        {
+            tracing::warn!("propagating identity to pid {pid}: {e:#}");
+        }
+    };
+    let Some(first) = procfs::children(proc_root, root) else {
+        propagate_by_table(tables, root, &mut assign);
+        return;
+    };
+    let mut queue: Vec<(u32, u32)> = first.into_iter().map(|c| (root, c)).collect();
+    let mut visited = 0;
+    while let Some((parent, pid)) = queue.pop() {
+        visited += 1;
+        if visited > MAX_PROPAGATE {
+            tracing::warn!("propagating identity {identity} from pid {root}: more than {MAX_PROPAGATE} descendants; stopped");
+            break;
+        }
+        match tables.procs.get(pid) {
+            Ok(Some(info)) if info.ppid == parent => assign(tables, pid, info),
+            // Not a descendant we know (recycled pid, or not in the table).
+            Ok(_) => continue,
+            Err(e) => {
+                tracing::warn!("{e:#}");
+                continue;
+            }
+        }
+        queue.extend(procfs::children(proc_root, pid).unwrap_or_default().into_iter().map(|c| (pid, c)));
+    }
+}
+
+/// The fallback: every table entry whose recorded ancestry reaches `root`.
+fn propagate_by_table(tables: &mut Tables, root: u32, assign: &mut dyn FnMut(&mut Tables, u32, ProcInfo)) {
+    let entries = tables.procs.entries();
+    let parent: std::collections::HashMap<u32, u32> = entries.iter().map(|(pid, i)| (*pid, i.ppid)).collect();
+    let descends = |mut pid: u32| {
+        // Bounded walk: the table could hold a (stale) cycle.
+        for _ in 0..64 {
+            match parent.get(&pid) {
+                Some(&pp) if pp == root => return true,
+                Some(&pp) if pp != 0 && pp != pid => pid = pp,
+                _ => return false,
+            }
+        }
+        false
+    };
+    for (pid, info) in entries {
+        if pid != root && descends(pid) {
+            assign(tables, pid, info);
+        }
+    }
+}
+
+/// Seeds the kernel table from /proc (processes that started before the
+/// agent), then fixes entries the kernel created meanwhile whose parent was
+/// seeded with an identity. Returns (seeded, attributed).
+pub fn seed(resolver: &mut Resolver, tables: &mut Tables, cgroup2: &Path) -> (usize, usize) {
+    for (cgid, _rel, identity) in resolver.cgroup_assignments(cgroup2) {
+        if let Err(e) = tables.cgroups.set(cgid, identity) {
+            tracing::warn!("{e:#}");
+        }
+    }
+    let plan = resolver.seed_plan();
+    let root = resolver.proc_root().to_path_buf();
+    let (mut seeded, mut attributed) = (0, 0);
+    for p in &plan {
+        let cgroup_id = procfs::cgroup_v2(&root, p.pid)
+            .and_then(|rel| std::fs::metadata(cgroup2.join(rel.trim_start_matches('/'))).ok())
+            .map(|m| std::os::unix::fs::MetadataExt::ino(&m))
+            .unwrap_or(0);
+        let info = ProcInfo {
+            start_ns: p.start_ns,
+            cgroup_id,
+            ppid: p.ppid,
+            identity: p.classification.identity,
+            child_identity: p.classification.child_identity,
+            flags: proc_flags::SEEDED,
+        };
+        match tables.procs.seed(p.pid, info) {
+            Ok(true) => {
+                seeded += 1;
+                if info.identity != NO_IDENTITY {
+                    attributed += 1;
+                }
+            }
+            Ok(false) => {}
+            Err(e) => tracing::warn!("{e:#}"),
+        }
+    }
+    // Forks that happened between attaching and seeding copied an empty parent.
+    for p in plan.iter().filter(|p| p.classification.identity != NO_IDENTITY) {
+        propagate(tables, &root, p.pid, p.classification.identity);
+    }
+    (seeded, attributed)
+}
+
+/// Finds cgroups created since the last scan that a kernel-only selector
+/// matches, teaches the kernel their identity, and attributes processes that
+/// were moved into them without exec'ing (which no hook would have seen).
+pub fn rescan_cgroups(resolver: &Resolver, tables: &mut Tables, cgroup2: &Path) {
+    for (cgid, rel, identity) in resolver.cgroup_assignments(cgroup2) {
+        if matches!(tables.cgroups.get(cgid), Ok(Some(_))) {
+            continue;
+        }
+        if let Err(e) = tables.cgroups.set(cgid, identity) {
+            tracing::warn!("{e:#}");
+            continue;
+        }
+        tracing::debug!("cgroup {rel} (id {cgid}) -> identity {identity}");
+        attribute_cgroup_members(tables, resolver.proc_root(), cgroup2, &rel, identity);
+    }
+}
+
+/// Gives `identity` to unattributed processes listed in a cgroup's
+/// `cgroup.procs` (and their descendants).
+pub fn attribute_cgroup_members(tables: &mut Tables, proc_root: &Path, cgroup2: &Path, rel: &str, identity: u32) {
+    let procs_file = cgroup2.join(rel.trim_start_matches('/')).join("cgroup.procs");
+    let Ok(text) = std::fs::read_to_string(&procs_file) else { return };
+    for pid in text.lines().filter_map(|l| l.trim().parse::<u32>().ok()) {
+        if let Ok(Some(info)) = tables.procs.get(pid)
+            && info.identity == NO_IDENTITY
+            && matches!(tables.procs.assign(pid, info.start_ns, Classification { identity, child_identity: 0 }), Ok(Assign::Updated))
+        {
+            propagate(tables, proc_root, pid, identity);
+        }
+    }
+}
+
+/// Removes table entries whose process no longer exists. The kernel removes
+/// entries at exit; leftovers come from a thread that exec'd (its old tid's
+/// entry is never exited). `/proc/<tid>` exists for live threads too, so
+/// thread entries stay. An entry is removed only if it still has the
+/// `start_ns` seen in the snapshot, so a pid reused meanwhile is kept.
+/// Returns (entries removed, entries left).
+pub fn gc_stale_entries(procs: &mut dyn ProcessTable, proc_root: &Path) -> (usize, usize) {
+    let mut removed = 0;
+    let entries = procs.entries();
+    let total = entries.len();
+    for (pid, info) in entries {
+        let gone = || !proc_root.join(pid.to_string()).exists();
+        if gone() && matches!(procs.get(pid), Ok(Some(now)) if now.start_ns == info.start_ns) && gone() && procs.remove(pid).is_ok() {
+            removed += 1;
+        }
+    }
+    (removed, total - removed)
+}
+
+#[cfg(test)]
+mod tests {
+    use std::{fs, sync::Arc};
+
+    use super::*;
+    use crate::identity::{
+        IdentityConfig,
+        table::mem::{MemCgroups, MemProcs},
+    };
+
+    fn tables() -> Tables {
+        Tables { procs: Box::new(MemProcs::default()), cgroups: Box::new(MemCgroups::default()) }
+    }
+
+    fn info(ppid: u32, start_ns: u64) -> ProcInfo {
+        ProcInfo { ppid, start_ns, ..Default::default() }
+    }
+
+    /// A fake /proc: `tree` is (pid, children); each pid gets a stat file
+    /// with `ppid` and a start time, and `task/<pid>/children`.
+    fn fake_proc(tree: &[(u32, u32, &[u32])]) -> tempfile::TempDir {
+        let root = tempfile::tempdir().unwrap();
+        for (pid, ppid, kids) in tree {
+            let task = root.path().join(format!("{pid}/task/{pid}"));
+            fs::create_dir_all(&task).unwrap();
+            let kids: Vec<String> = kids.iter().map(u32::to_string).collect();
+            fs::write(task.join("children"), kids.join(" ")).unwrap();
+            let stat = format!("{pid} (p{pid}) S {ppid} 1 1 0 -1 0 0 0 0 0 0 0 0 0 20 0 1 0 {pid} 0 0");
+            fs::write(root.path().join(format!("{pid}/stat")), stat).unwrap();
+        }
+        root
+    }
+
+    fn get(t: &Tables, pid: u32) -> ProcInfo {
+        t.procs.get(pid).unwrap().unwrap()
+    }
+
+    #[test]
+    fn propagate_walks_the_live_tree_only() {
+        let proc_root = fake_proc(&[(10, 1, &[11, 13, 14]), (11, 10, &[12]), (12, 11, &[]), (13, 10, &[]), (14, 10, &[]), (20, 1, &[])]);
+        let mut t = tables();
+        for (pid, i) in [(10, info(1, 100)), (11, info(10, 101)), (12, info(11, 102)), (20, info(1, 103))] {
+            t.procs.seed(pid, i).unwrap();
+        }
+        t.procs.seed(13, ProcInfo { identity: 9, ..info(10, 104) }).unwrap();
+        // pid 14 was recycled: its table entry names another parent.
+        t.procs.seed(14, info(77, 105)).unwrap();
+        propagate(&mut t, proc_root.path(), 10, 3);
+        assert_eq!(get(&t, 11).identity, 3);
+        assert_eq!(get(&t, 12).identity, 3);
+        assert_eq!(get(&t, 20).identity, 0);
+        assert_eq!(get(&t, 13).identity, 9, "an identity already held is kept");
+        assert_eq!(get(&t, 14).identity, 0, "a recycled pid is not a descendant");
+        assert_eq!(get(&t, 10).identity, 0, "root is assigned by the caller");
+    }
+
+    #[test]
+    fn propagate_falls_back_to_the_table_without_children_files() {
+        let proc_root = tempfile::tempdir().unwrap();
+        let mut t = tables();
+        for (pid, i) in [(10, info(1, 100)), (11, info(10, 101)), (12, info(11, 102)), (20, info(1, 103))] {
+            t.procs.seed(pid, i).unwrap();
+        }
+        fs::create_dir_all(proc_root.path().join("10")).unwrap();
+        propagate(&mut t, proc_root.path(), 10, 3);
+        assert_eq!((get(&t, 11).identity, get(&t, 12).identity, get(&t, 20).identity), (3, 3, 0));
+    }
+
+    const POLICY: &str = "apiVersion: zt-agent.io/v1alpha1\nkind: HostPolicy\nspec:\n  trustDomain: t\n  identities:\n    - name: a\n      selectors:\n        - cgroup: /agents/**\n";
+
+    fn resolver(proc_root: &Path) -> Resolver {
+        let cfg: IdentityConfig = crate::policy::identities_from_text("t.yaml", POLICY).unwrap();
+        Resolver::new(Arc::new(cfg), proc_root)
+    }
+
+    #[test]
+    fn rescan_teaches_new_cgroups_and_attributes_their_members() {
+        let proc_root = fake_proc(&[(30, 1, &[31]), (31, 30, &[]), (40, 1, &[])]);
+        let cgroup2 = tempfile::tempdir().unwrap();
+        let cg = cgroup2.path().join("agents/one");
+        fs::create_dir_all(&cg).unwrap();
+        fs::write(cg.join("cgroup.procs"), "30\n").unwrap();
+        fs::create_dir_all(cgroup2.path().join("other")).unwrap();
+        let mut t = tables();
+        for (pid, i) in [(30, info(1, 300)), (31, info(30, 301)), (40, info(1, 400))] {
+            t.procs.seed(pid, i).unwrap();
+        }
+        let r = resolver(proc_root.path());
+        rescan_cgroups(&r, &mut t, cgroup2.path());
+        let ino = |p: &Path| std::os::unix::fs::MetadataExt::ino(&fs::metadata(p).unwrap());
+        assert_eq!(t.cgroups.get(ino(&cg)).unwrap(), Some(1));
+        assert_eq!(t.cgroups.get(ino(&cgroup2.path().join("agents"))).unwrap(), Some(1));
+        assert_eq!(t.cgroups.get(ino(&cgroup2.path().join("other"))).unwrap(), None);
+        assert_eq!((get(&t, 30).identity, get(&t, 31).identity, get(&t, 40).identity), (1, 1, 0));
+    }
+
+    #[test]
+    fn seed_never_replaces_kernel_entries_and_counts() {
+        let proc_root = fake_proc(&[(50, 1, &[51]), (51, 50, &[])]);
+        fs::write(proc_root.path().join("50/cgroup"), "0::/agents/x\n").unwrap();
+        let cgroup2 = tempfile::tempdir().unwrap();
+        fs::create_dir_all(cgroup2.path().join("agents/x")).unwrap();
+        let mut t = tables();
+        // The kernel saw pid 51 fork after attach: its entry stays.
+        t.procs.seed(51, ProcInfo { flags: 0, ..info(50, 51_000_000_000) }).unwrap();
+        let mut r = resolver(proc_root.path());
+        let (seeded, attributed) = seed(&mut r, &mut t, cgroup2.path());
+        assert_eq!((seeded, attributed), (1, 1));
+        assert_eq!(get(&t, 50).identity, 1);
+        assert_ne!(get(&t, 50).flags & proc_flags::SEEDED, 0);
+        assert_eq!(get(&t, 51).identity, 1, "the kernel's entry of a seeded parent's child is fixed by propagation");
+        assert_eq!(get(&t, 51).flags & proc_flags::SEEDED, 0, "and not replaced");
+    }
+
+    #[test]
+    fn gc_removes_only_dead_entries() {
+        let proc_root = fake_proc(&[(60, 1, &[])]);
+        let mut procs = MemProcs::default();
+        procs.seed(60, info(1, 600)).unwrap();
+        procs.seed(61, info(1, 610)).unwrap();
+        assert_eq!(gc_stale_entries(&mut procs, proc_root.path()), (1, 1));
+        assert!(procs.get(60).unwrap().is_some());
+        assert!(procs.get(61).unwrap().is_none());
+    }
+}

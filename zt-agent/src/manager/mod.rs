@@ -1,0 +1,328 @@
+//! The policy manager: applies bundles to the kernel and keeps their history.
+//!
+//! # Layout
+//! - [`Manager::apply`]: parse -> validate -> evaluate conditions -> compile
+//!   for the inactive slot -> install -> flip; a bundle that fails any step
+//!   changes nothing and the previous policy stays in force. The kernel
+//!   tables are a [`PolicyTarget`] (in-memory in the tests below).
+//! - [`Manager::apply_and_report`]: the same, logged and emitted as a
+//!   `policy` event (applied, rejected, rolled back).
+//! - [`InForce`]: what the rest of the agent reads about the policy in force.
+//! - [`triggers`]: the task: reload triggers (inotify on the policy paths,
+//!   SIGHUP, the control socket), periodic re-evaluation of conditions,
+//!   rollback, history.
+mod triggers;
+
+use std::{
+    collections::BTreeMap,
+    path::PathBuf,
+    sync::{Arc, RwLock},
+};
+
+use serde::{Deserialize, Serialize};
+use tokio::sync::{mpsc, oneshot};
+
+pub use triggers::run;
+
+use crate::{
+    host::{boottime_ns, wall_time},
+    pipeline::{
+        Input,
+        event::{Body, Event, PolicyAction, PolicyChange},
+    },
+    policy::{
+        self, Bundle, CompileError, Compiled, IdRegistry, Policy, PolicyErrors, RuleBook, compile,
+        conditions::{self, Inputs},
+        store,
+        target::{PolicyTarget, TargetError, target_slot},
+    },
+};
+
+#[derive(Debug, thiserror::Error)]
+pub enum ApplyError {
+    /// Every problem of the files, one `file:line:col: message` per line.
+    #[error(transparent)]
+    Invalid(#[from] PolicyErrors),
+    #[error("assigning identity ids")]
+    Ids(#[source] CompileError),
+    #[error("compiling for the kernel")]
+    Compile(#[source] CompileError),
+    #[error("writing the policy into the kernel")]
+    Target(#[from] TargetError),
+    #[error("no policy version {0} in history")]
+    NoSuchVersion(u64),
+    #[error("no earlier policy version to roll back to")]
+    NoEarlierVersion,
+}
+
+/// Commands for the manager task (from the control socket).
+pub enum Command {
+    Reload { source: String, reply: oneshot::Sender<Result<Outcome, String>> },
+    Rollback { version: Option<u64>, reply: oneshot::Sender<Result<Outcome, String>> },
+    History { reply: oneshot::Sender<Vec<HistoryEntry>> },
+}
+
+/// A policy applied (or found already in force).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Outcome {
+    pub version: u64,
+    pub digest: String,
+    pub generation: u32,
+    pub warnings: Vec<String>,
+    /// Applying took this long (parse to switch), in microseconds.
+    pub micros: u64,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct HistoryEntry {
+    pub version: u64,
+    pub time: String,
+    pub source: String,
+    pub digest: String,
+    pub files: Vec<String>,
+    pub in_force: bool,
+}
+
+/// What the rest of the agent needs to know about the policy in force.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct InForce {
+    pub version: u64,
+    pub digest: String,
+    pub generation: u32,
+    pub name: String,
+    pub trust_domain: String,
+    pub files: Vec<String>,
+    /// (name, SPIFFE ID)
+    pub identities: Vec<(String, String)>,
+    /// Every identity id ever assigned -> name (ids are never reused).
+    pub ids: BTreeMap<u32, String>,
+}
+
+/// What the manager shares with the rest of the agent.
+#[derive(Clone)]
+pub struct Shared {
+    /// Rule names of each generation, written before the flip.
+    pub rulebook: Arc<RuleBook>,
+    pub in_force: Arc<RwLock<InForce>>,
+    /// The pipeline's queue: new identities and `policy` events.
+    pub pipeline: mpsc::Sender<Input>,
+    pub node: Arc<str>,
+}
+
+/// What rule conditions are evaluated against (the clock, node labels, ...).
+pub type InputsFn = Box<dyn Fn() -> Inputs + Send + Sync>;
+
+pub struct Manager {
+    paths: Vec<PathBuf>,
+    ids: IdRegistry,
+    store: store::Store,
+    target: Box<dyn PolicyTarget>,
+    /// The policy in force and which of its rules were active.
+    current: Option<(Policy, Vec<bool>)>,
+    inputs: InputsFn,
+    shared: Shared,
+}
+
+fn file_names(bundle: &Bundle) -> Vec<String> {
+    bundle.files.iter().map(|(n, _)| n.clone()).collect()
+}
+
+impl Manager {
+    /// `paths` empty: the embedded default policy.
+    pub fn new(paths: Vec<PathBuf>, store: store::Store, target: Box<dyn PolicyTarget>, inputs: InputsFn, shared: Shared) -> Self {
+        Manager { paths, ids: IdRegistry::default(), store, target, current: None, inputs, shared }
+    }
+
+    pub fn ids(&self) -> &IdRegistry {
+        &self.ids
+    }
+
+    pub fn current_policy(&self) -> Option<&Policy> {
+        self.current.as_ref().map(|(p, _)| p)
+    }
+
+    /// The bundle the configured paths hold now (or the embedded default).
+    pub fn read_bundle(&self) -> Result<Bundle, PolicyErrors> {
+        if self.paths.is_empty() { Ok(Bundle::embedded_default()) } else { Bundle::read(&self.paths) }
+    }
+
+    /// Parses, validates, compiles and switches to `bundle`. On error nothing
+    /// in the kernel changes. `record` adds a history version.
+    pub async fn apply(&mut self, bundle: Bundle, source: &str, record: bool) -> Result<Outcome, ApplyError> {
+        let started = std::time::Instant::now();
+        let policy = bundle.parse()?;
+        let mut ids = self.ids.clone();
+        ids.assign(&policy).map_err(ApplyError::Ids)?;
+        let active = self.evaluate_conditions(&policy);
+        let slot = target_slot(self.target.active()?);
+        let compiled: Compiled = compile::compile(&policy, &ids, slot, &active).map_err(ApplyError::Compile)?;
+        tokio::time::sleep(self.target.grace_remaining()).await;
+        let generation = self.target.active()?.generation + 1;
+        // Names first: an event decided by the new generation may be read
+        // before this function returns.
+        self.shared.rulebook.insert(generation, Arc::new(compiled.rules.clone()));
+        self.target.install(&compiled)?;
+        let now = self.target.flip(slot)?;
+        debug_assert_eq!(now.generation, generation);
+        let micros = started.elapsed().as_micros() as u64;
+        self.ids = ids;
+
+        let version = match record {
+            true => self.record(source, &bundle),
+            false => self.store.current().map(|a| a.version).unwrap_or(0),
+        };
+        let digest = bundle.digest().to_hex().to_string();
+        *self.shared.in_force.write().expect("poisoned") = InForce {
+            version,
+            digest: digest.clone(),
+            generation: now.generation,
+            name: policy.name.clone(),
+            trust_domain: policy.trust_domain.clone(),
+            files: file_names(&bundle),
+            identities: policy.identities.iter().map(|i| (i.name.clone(), i.spiffe_id.clone())).collect(),
+            ids: self.ids.names().map(|(n, id)| (id, n.to_string())).collect(),
+        };
+        let config = Arc::new(policy::identity_config(&policy, &self.ids));
+        let _ = self.shared.pipeline.send(Input::Identities(config)).await;
+        let warnings: Vec<String> = policy.warnings.iter().map(|w| w.to_string()).collect();
+        self.current = Some((policy, active));
+        Ok(Outcome { version, digest, generation: now.generation, warnings, micros })
+    }
+
+    fn evaluate_conditions(&self, policy: &Policy) -> Vec<bool> {
+        let (active, problems) = conditions::evaluate(policy, &(self.inputs)());
+        for p in &problems {
+            tracing::warn!("{p}");
+        }
+        active
+    }
+
+    /// Adds a history version; a policy in force that could not be recorded
+    /// is logged, not undone.
+    fn record(&mut self, source: &str, bundle: &Bundle) -> u64 {
+        match self.store.record(source.to_string(), bundle.clone()) {
+            Ok(a) => a.version,
+            Err(e) => {
+                tracing::warn!("policy applied but not recorded in history: {e:#}");
+                self.store.current().map(|a| a.version).unwrap_or(0)
+            }
+        }
+    }
+
+    async fn emit(&self, change: PolicyChange) {
+        let ev = Event { time: wall_time(boottime_ns()), node: self.shared.node.clone(), body: Body::Policy { policy: change } };
+        let _ = self.shared.pipeline.send(Input::Emit(Box::new(ev))).await;
+    }
+
+    /// Applies and reports (log + event), for every trigger.
+    pub async fn apply_and_report(&mut self, bundle: Bundle, source: &str, action: PolicyAction) -> Result<Outcome, ApplyError> {
+        let digest = bundle.digest().to_hex().to_string();
+        match self.apply(bundle.clone(), source, true).await {
+            Ok(o) => {
+                tracing::info!(
+                    "policy v{} applied ({source}): blake3:{} generation {} in {} us",
+                    o.version,
+                    o.digest,
+                    o.generation,
+                    o.micros
+                );
+                for w in &o.warnings {
+                    tracing::warn!("policy warning: {w}");
+                }
+                self.emit(PolicyChange {
+                    action,
+                    source: source.to_string(),
+                    version: Some(o.version),
+                    digest,
+                    generation: Some(o.generation),
+                    files: file_names(&bundle),
+                    errors: vec![],
+                    warnings: o.warnings.clone(),
+                })
+                .await;
+                Ok(o)
+            }
+            Err(e) => {
+                self.reject(source, digest, file_names(&bundle), &e).await;
+                Err(e)
+            }
+        }
+    }
+
+    /// Logs a rejected bundle and emits its `policy` event; nothing changed.
+    async fn reject(&self, source: &str, digest: String, files: Vec<String>, error: &ApplyError) {
+        let text = crate::error::chain(error);
+        tracing::error!("policy rejected ({source}); the previous policy stays in force:\n{text}");
+        self.emit(PolicyChange {
+            action: PolicyAction::Rejected,
+            source: source.to_string(),
+            version: None,
+            digest,
+            generation: None,
+            files,
+            errors: text.lines().map(str::to_string).collect(),
+            warnings: vec![],
+        })
+        .await;
+    }
+
+    /// Re-reads the policy paths and applies what changed.
+    pub async fn reload(&mut self, source: &str) -> Result<Outcome, ApplyError> {
+        let bundle = match self.read_bundle() {
+            Ok(b) => b,
+            Err(e) => {
+                let files = self.paths.iter().map(|p| p.display().to_string()).collect();
+                let e = ApplyError::Invalid(e);
+                self.reject(source, String::new(), files, &e).await;
+                return Err(e);
+            }
+        };
+        if self.store.current().is_some_and(|c| c.digest == bundle.digest().to_hex().to_string()) {
+            tracing::debug!("policy unchanged ({source})");
+            let c = self.shared.in_force.read().expect("poisoned").clone();
+            return Ok(Outcome { version: c.version, digest: c.digest, generation: c.generation, warnings: vec![], micros: 0 });
+        }
+        self.apply_and_report(bundle, source, PolicyAction::Applied).await
+    }
+
+    /// Re-applies a version from history (default: the one before the current).
+    pub async fn rollback(&mut self, version: Option<u64>) -> Result<Outcome, ApplyError> {
+        let target = match version {
+            Some(v) => self.store.get(v).cloned().ok_or(ApplyError::NoSuchVersion(v))?,
+            None => self.store.previous().cloned().ok_or(ApplyError::NoEarlierVersion)?,
+        };
+        self.apply_and_report(target.bundle, &format!("rollback to v{}", target.version), PolicyAction::RolledBack).await
+    }
+
+    /// Re-evaluates conditions; recompiles when the set of active rules changed.
+    pub async fn reevaluate(&mut self) {
+        let Some((policy, active)) = &self.current else { return };
+        if self.evaluate_conditions(policy) == *active {
+            return;
+        }
+        let Some(bundle) = self.store.current().map(|a| a.bundle.clone()) else { return };
+        tracing::info!("rule conditions changed; recompiling");
+        if let Err(e) = self.apply(bundle, "conditions", false).await {
+            tracing::error!("re-evaluating conditions failed; previous maps stay in force: {}", crate::error::chain(&e));
+        }
+    }
+
+    pub fn history(&self) -> Vec<HistoryEntry> {
+        let current = self.store.current().map(|a| a.version);
+        self.store
+            .list()
+            .iter()
+            .map(|a| HistoryEntry {
+                version: a.version,
+                time: a.time.clone(),
+                source: a.source.clone(),
+                digest: a.digest.clone(),
+                files: file_names(&a.bundle),
+                in_force: Some(a.version) == current,
+            })
+            .collect()
+    }
+}
+
+#[cfg(test)]
+mod tests;

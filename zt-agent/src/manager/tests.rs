@@ -1,0 +1,165 @@
+//! The manager over the in-memory policy target: apply, reload, rollback
+//! and condition re-evaluation without root.
+use std::{
+    collections::BTreeMap,
+    sync::{Arc, Mutex},
+};
+
+use tokio::sync::mpsc;
+
+use super::*;
+use crate::policy::target::mem::MemTarget;
+
+/// The manager's target, shared so the test can look inside.
+#[derive(Clone, Default)]
+struct Shared_(Arc<Mutex<MemTarget>>);
+
+impl PolicyTarget for Shared_ {
+    fn active(&self) -> Result<zt_common::policy::ActivePolicy, TargetError> {
+        self.0.lock().unwrap().active()
+    }
+    fn install(&mut self, c: &Compiled) -> Result<(), TargetError> {
+        self.0.lock().unwrap().install(c)
+    }
+    fn flip(&mut self, slot: u32) -> Result<zt_common::policy::ActivePolicy, TargetError> {
+        self.0.lock().unwrap().flip(slot)
+    }
+    fn grace_remaining(&self) -> std::time::Duration {
+        self.0.lock().unwrap().grace_remaining()
+    }
+}
+
+const POLICY: &str = "apiVersion: zt-agent.io/v1alpha1\nkind: HostPolicy\nspec:\n  trustDomain: t\n  identities:\n    - name: a\n      selectors:\n        - uid: 7\n  rules:\n    - identity: a\n      action: allow\n      egress:\n        - to: [PREFIX]\n";
+
+fn policy(prefix: &str) -> String {
+    POLICY.replace("PREFIX", prefix)
+}
+
+struct Fixture {
+    manager: Manager,
+    target: Shared_,
+    events: mpsc::Receiver<Input>,
+    dir: tempfile::TempDir,
+    /// The Rego input `input.node.labels.phase` the conditions see.
+    phase: Arc<Mutex<String>>,
+}
+
+fn fixture() -> Fixture {
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(dir.path().join("p.yaml"), policy("10.0.0.0/8")).unwrap();
+    let (tx, events) = mpsc::channel(64);
+    let shared = super::Shared { rulebook: Default::default(), in_force: Default::default(), pipeline: tx, node: "n".into() };
+    let target = Shared_::default();
+    let phase = Arc::new(Mutex::new("day".to_string()));
+    let p = phase.clone();
+    let inputs: InputsFn =
+        Box::new(move || Inputs { node_labels: BTreeMap::from([("phase".to_string(), p.lock().unwrap().clone())]), ..Default::default() });
+    let store = store::Store::open(None).unwrap();
+    let manager = Manager::new(vec![dir.path().join("p.yaml")], store, Box::new(target.clone()), inputs, shared);
+    Fixture { manager, target, events, dir, phase }
+}
+
+/// The `policy` events emitted so far: (action, errors).
+fn policy_events(rx: &mut mpsc::Receiver<Input>) -> Vec<(PolicyAction, Vec<String>)> {
+    let mut out = Vec::new();
+    while let Ok(i) = rx.try_recv() {
+        if let Input::Emit(e) = i
+            && let Body::Policy { policy } = e.body
+        {
+            out.push((policy.action, policy.errors));
+        }
+    }
+    out
+}
+
+fn prefixes(t: &Shared_) -> Vec<String> {
+    let g = t.0.lock().unwrap();
+    let c = g.in_force().expect("a policy in force");
+    c.net
+        .iter()
+        .map(|(len, k, _)| compile::prefix_string(u128::from_be_bytes(k.addr), (len - zt_common::policy::NET_KEY_FIXED_BITS) as u8))
+        .collect()
+}
+
+#[tokio::test]
+async fn reload_applies_changes_and_a_bad_file_changes_nothing() {
+    let mut f = fixture();
+    let first = f.manager.reload("start").await.unwrap();
+    assert_eq!((first.version, first.generation), (1, 1));
+    assert_eq!(prefixes(&f.target), ["10.0.0.0/8"]);
+    assert_eq!(f.manager.shared.in_force.read().unwrap().generation, 1);
+
+    // Unchanged files: nothing recompiled.
+    let same = f.manager.reload("SIGHUP").await.unwrap();
+    assert_eq!((same.version, same.generation), (1, 1));
+
+    std::fs::write(f.dir.path().join("p.yaml"), policy("192.168.0.0/16")).unwrap();
+    let second = f.manager.reload("inotify").await.unwrap();
+    assert_eq!((second.version, second.generation), (2, 2));
+    assert_eq!(prefixes(&f.target), ["192.168.0.0/16"]);
+    assert_eq!(f.target.0.lock().unwrap().active.slot, 1, "the second policy went to the other slot");
+
+    std::fs::write(f.dir.path().join("p.yaml"), policy("300.0.0.0/8")).unwrap();
+    let err = f.manager.reload("inotify").await.unwrap_err();
+    assert!(matches!(err, ApplyError::Invalid(_)), "{err:?}");
+    assert_eq!(prefixes(&f.target), ["192.168.0.0/16"], "the previous policy stays in force");
+    assert_eq!(f.target.0.lock().unwrap().active.generation, 2);
+
+    let events = policy_events(&mut f.events);
+    let actions: Vec<PolicyAction> = events.iter().map(|(a, _)| *a).collect();
+    assert_eq!(actions, [PolicyAction::Applied, PolicyAction::Applied, PolicyAction::Rejected]);
+    assert!(events[2].1.iter().any(|e| e.contains("p.yaml:") && e.contains("300.0.0.0/8")), "{:?}", events[2].1);
+}
+
+#[tokio::test]
+async fn a_failed_install_keeps_the_policy_in_force() {
+    let mut f = fixture();
+    f.manager.reload("start").await.unwrap();
+    std::fs::write(f.dir.path().join("p.yaml"), policy("172.16.0.0/12")).unwrap();
+    f.target.0.lock().unwrap().fail_next_install = true;
+    let err = f.manager.reload("inotify").await.unwrap_err();
+    assert!(matches!(err, ApplyError::Target(_)), "{err:?}");
+    assert_eq!(prefixes(&f.target), ["10.0.0.0/8"]);
+    assert_eq!(f.manager.history().len(), 1, "nothing recorded");
+    // The next attempt succeeds.
+    assert_eq!(f.manager.reload("inotify").await.unwrap().generation, 2);
+    assert_eq!(prefixes(&f.target), ["172.16.0.0/12"]);
+}
+
+#[tokio::test]
+async fn rollback_reapplies_history() {
+    let mut f = fixture();
+    f.manager.reload("start").await.unwrap();
+    std::fs::write(f.dir.path().join("p.yaml"), policy("192.168.0.0/16")).unwrap();
+    f.manager.reload("inotify").await.unwrap();
+    let back = f.manager.rollback(None).await.unwrap();
+    assert_eq!((back.version, back.generation), (3, 3));
+    assert_eq!(prefixes(&f.target), ["10.0.0.0/8"]);
+    assert!(matches!(f.manager.rollback(Some(99)).await, Err(ApplyError::NoSuchVersion(99))));
+    let h = f.manager.history();
+    assert_eq!(h.iter().map(|e| (e.version, e.in_force)).collect::<Vec<_>>(), [(1, false), (2, false), (3, true)]);
+    assert_eq!(h[2].source, "rollback to v1");
+    let actions: Vec<PolicyAction> = policy_events(&mut f.events).into_iter().map(|(a, _)| a).collect();
+    assert_eq!(actions.last(), Some(&PolicyAction::RolledBack));
+}
+
+#[tokio::test]
+async fn conditions_are_reevaluated_when_their_inputs_change() {
+    let mut f = fixture();
+    let text = format!(
+        "{}    - identity: a\n      action: allow\n      when:\n        rego: input.node.labels.phase == \"night\"\n      egress:\n        - to: [172.16.0.0/12]\n",
+        policy("10.0.0.0/8")
+    );
+    std::fs::write(f.dir.path().join("p.yaml"), text).unwrap();
+    f.manager.reload("start").await.unwrap();
+    assert_eq!(prefixes(&f.target), ["10.0.0.0/8"]);
+    f.manager.reevaluate().await;
+    assert_eq!(f.target.0.lock().unwrap().active.generation, 1, "nothing changed: no recompile");
+    *f.phase.lock().unwrap() = "night".into();
+    f.manager.reevaluate().await;
+    assert_eq!(f.target.0.lock().unwrap().active.generation, 2);
+    let mut got = prefixes(&f.target);
+    got.sort();
+    assert_eq!(got, ["10.0.0.0/8", "172.16.0.0/12"]);
+    assert_eq!(f.manager.history().len(), 1, "re-evaluation is not a new version");
+}

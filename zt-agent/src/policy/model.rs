@@ -1,0 +1,187 @@
+//! The policy model: what a validated, composed bundle is (the parser in
+//! [`super::parse`] builds it; lint, conditions and compile read it).
+//!
+//! # Layout
+//! - [`Pos`], [`Diagnostic`], [`PolicyErrors`]: positions and messages.
+//! - [`Policy`], [`IdentityDef`], [`Rule`], [`Egress`], [`PathRuleDef`],
+//!   [`Condition`], [`TimeWindow`]: the validated types.
+use std::fmt;
+
+use ipnet::IpNet;
+
+use crate::identity::selector::Selector;
+
+/// A position in a source file (1-based line and column).
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct Pos {
+    pub file: String,
+    pub line: u64,
+    pub column: u64,
+}
+
+impl fmt::Display for Pos {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        // Line 0: the whole file (it could not be read).
+        if self.line == 0 { write!(f, "{}", self.file) } else { write!(f, "{}:{}:{}", self.file, self.line, self.column) }
+    }
+}
+
+/// One error or warning, printed as `file:line:col: message (hint: …)`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Diagnostic {
+    pub pos: Pos,
+    pub message: String,
+    pub hint: Option<String>,
+}
+
+impl fmt::Display for Diagnostic {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}: {}", self.pos, self.message)?;
+        if let Some(h) = &self.hint {
+            write!(f, " (hint: {h})")?;
+        }
+        Ok(())
+    }
+}
+
+/// Every error found, in file order; displayed one per line.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub struct PolicyErrors(pub Vec<Diagnostic>);
+
+impl fmt::Display for PolicyErrors {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        for (i, d) in self.0.iter().enumerate() {
+            if i > 0 {
+                writeln!(f)?;
+            }
+            write!(f, "{d}")?;
+        }
+        Ok(())
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, serde::Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Action {
+    Allow,
+    Deny,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, serde::Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Mode {
+    Enforce,
+    Audit,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Proto {
+    Any,
+    Tcp,
+    Udp,
+}
+
+/// Default actions per category. Unset: egress deny (zero trust for agents),
+/// files and exec allow (a default-deny file policy must list every library
+/// a process loads; opt in with `defaultAction: deny`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Defaults {
+    pub egress: Action,
+    pub files: Action,
+    pub exec: Action,
+}
+
+impl Default for Defaults {
+    fn default() -> Self {
+        Defaults { egress: Action::Deny, files: Action::Allow, exec: Action::Allow }
+    }
+}
+
+#[derive(Debug, Clone)]
+pub struct IdentityDef {
+    pub name: String,
+    pub spiffe_id: String,
+    pub selectors: Vec<Selector>,
+    pub mode: Mode,
+    pub defaults: Defaults,
+    pub pos: Pos,
+}
+
+#[derive(Debug, Clone)]
+pub struct Egress {
+    /// Networks; IPv4 kept as IPv4 here (mapped at compile time).
+    pub to: Vec<IpNet>,
+    /// Inclusive port ranges; empty = every port.
+    pub ports: Vec<(u16, u16)>,
+    pub proto: Proto,
+    pub pos: Pos,
+}
+
+/// File access bits (also in `zt_common::policy`-compatible order).
+pub mod access {
+    pub const READ: u32 = 1;
+    pub const WRITE: u32 = 2;
+    pub const CREATE: u32 = 4;
+    pub const DELETE: u32 = 8;
+    pub const EXEC: u32 = 16;
+    pub const NAMES: [(&str, u32); 5] = [("read", READ), ("write", WRITE), ("create", CREATE), ("delete", DELETE), ("exec", EXEC)];
+}
+
+/// A file or exec rule's paths: exact files, or directory prefixes when the
+/// path ends with '/'.
+#[derive(Debug, Clone)]
+pub struct PathRuleDef {
+    pub paths: Vec<String>,
+    /// [`access`] bits (exec rules: `EXEC`).
+    pub access: u32,
+    pub pos: Pos,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TimeWindow {
+    /// Bit i = weekday i (0 = Monday), UTC.
+    pub days: u8,
+    /// Minutes after midnight UTC; `start > end` wraps past midnight.
+    pub start: u16,
+    pub end: u16,
+}
+
+#[derive(Debug, Clone)]
+pub struct Condition {
+    pub time: Option<TimeWindow>,
+    /// A Rego body (one or more expressions, AND-ed), compiled and checked
+    /// at load time; evaluated when inputs change, never per syscall.
+    pub rego: Option<(String, Pos)>,
+}
+
+#[derive(Debug, Clone)]
+pub struct Rule {
+    /// Unique in the bundle; default `<identity>/<index in its file>`.
+    pub name: String,
+    pub identity: String,
+    pub action: Action,
+    /// Per-rule mode; the identity's mode applies when unset (and audit at
+    /// either level makes the rule audit).
+    pub mode: Option<Mode>,
+    pub when: Option<Condition>,
+    pub egress: Vec<Egress>,
+    pub files: Vec<PathRuleDef>,
+    pub exec: Vec<PathRuleDef>,
+    pub pos: Pos,
+}
+
+/// A composed, validated bundle.
+#[derive(Debug, Clone)]
+pub struct Policy {
+    pub name: String,
+    pub trust_domain: String,
+    pub identities: Vec<IdentityDef>,
+    pub rules: Vec<Rule>,
+    pub warnings: Vec<Diagnostic>,
+}
+
+impl Policy {
+    pub fn identity(&self, name: &str) -> Option<&IdentityDef> {
+        self.identities.iter().find(|i| i.name == name)
+    }
+}

@@ -1,0 +1,110 @@
+//! Where compiled policies go: the double-buffered policy tables, as the
+//! policy manager sees them. `bpf::tables` implements [`PolicyTarget`] over
+//! the kernel maps; [`mem::MemTarget`] implements it in memory for tests.
+//!
+//! # Layout
+//! - [`PolicyTarget`]: install into the inactive slot, flip, grace.
+//! - [`target_slot`]: the slot the next policy is compiled for.
+//! - [`TargetError`]: what can fail, with the backend's error as source.
+//!
+//! A reload writes the complete new policy into the slot not in force, then
+//! flips the active slot (one array-element update, atomic for readers). The
+//! programs read the slot once per decision, so a decision sees the old
+//! policy or the new one, never a mixture. The slot just left is cleared only
+//! at the next install, and not before [`GRACE`] has passed since the flip,
+//! so a decision that read the old slot number just before the flip still
+//! finds the old entries.
+use std::time::Duration;
+
+use zt_common::policy::ActivePolicy;
+
+use super::Compiled;
+
+/// How long the slot just left stays intact before it may be cleared: a
+/// decision that read the old slot number finishes within microseconds.
+pub const GRACE: Duration = Duration::from_millis(10);
+
+#[derive(Debug, thiserror::Error)]
+pub enum TargetError {
+    #[error("policy compiled for slot {slot}, which is in force (generation {generation})")]
+    SlotInForce { slot: u32, generation: u32 },
+    #[error("policy tables: {op}")]
+    Backend {
+        op: &'static str,
+        #[source]
+        source: Box<dyn std::error::Error + Send + Sync>,
+    },
+}
+
+/// The double-buffered policy tables.
+pub trait PolicyTarget: Send + Sync {
+    /// The slot and generation in force (generation 0: nothing installed).
+    fn active(&self) -> Result<ActivePolicy, TargetError>;
+
+    /// Writes `compiled` into its slot, first clearing what an earlier policy
+    /// left there. Refuses the slot in force; on error the slot in force is
+    /// untouched. Call once [`Self::grace_remaining`] is zero.
+    fn install(&mut self, compiled: &Compiled) -> Result<(), TargetError>;
+
+    /// Switches every reader to `slot`; returns what is now in force.
+    fn flip(&mut self, slot: u32) -> Result<ActivePolicy, TargetError>;
+
+    /// How long until the slot just left may be cleared.
+    fn grace_remaining(&self) -> Duration;
+}
+
+/// The slot the next policy must be compiled for.
+pub fn target_slot(active: ActivePolicy) -> u32 {
+    if active.generation == 0 { 0 } else { 1 - active.slot }
+}
+
+/// In memory, with the kernel target's semantics (slot check, grace, flip).
+#[cfg(test)]
+pub mod mem {
+    use std::time::Instant;
+
+    use super::*;
+
+    #[derive(Default)]
+    pub struct MemTarget {
+        /// What each slot holds.
+        pub slots: [Option<Compiled>; 2],
+        pub active: ActivePolicy,
+        pub last_flip: Option<Instant>,
+        /// Makes the next install fail (after clearing, as a full map would).
+        pub fail_next_install: bool,
+    }
+
+    impl PolicyTarget for MemTarget {
+        fn active(&self) -> Result<ActivePolicy, TargetError> {
+            Ok(self.active)
+        }
+        fn install(&mut self, compiled: &Compiled) -> Result<(), TargetError> {
+            if self.active.generation != 0 && compiled.slot == self.active.slot {
+                return Err(TargetError::SlotInForce { slot: compiled.slot, generation: self.active.generation });
+            }
+            assert!(self.grace_remaining().is_zero(), "install within the grace period");
+            self.slots[compiled.slot as usize] = None;
+            if std::mem::take(&mut self.fail_next_install) {
+                return Err(TargetError::Backend { op: "insert", source: "map full".into() });
+            }
+            self.slots[compiled.slot as usize] = Some(compiled.clone());
+            Ok(())
+        }
+        fn flip(&mut self, slot: u32) -> Result<ActivePolicy, TargetError> {
+            self.active = ActivePolicy { slot, generation: self.active.generation + 1 };
+            self.last_flip = Some(Instant::now());
+            Ok(self.active)
+        }
+        fn grace_remaining(&self) -> Duration {
+            self.last_flip.map(|t| GRACE.saturating_sub(t.elapsed())).unwrap_or_default()
+        }
+    }
+
+    impl MemTarget {
+        /// The compiled policy readers see now.
+        pub fn in_force(&self) -> Option<&Compiled> {
+            if self.active.generation == 0 { None } else { self.slots[self.active.slot as usize].as_ref() }
+        }
+    }
+}
