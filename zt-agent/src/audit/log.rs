@@ -228,153 +228,26 @@ pub fn checkpoint_payload(payload: &Value) -> Result<(u64, Hash, String), String
 impl AuditLog {
     pub fn open(cfg: Config) -> Result<(Self, OpenReport), OpenError> {
         let dir = cfg.dir.clone();
-        let violation = |reason: String| OpenError::Integrity { dir: dir.display().to_string(), reason };
-        std::fs::create_dir_all(&dir).map_err(io("creating audit dir", &dir))?;
-        let lock_path = dir.join("lock");
-        let lock_file =
-            std::fs::OpenOptions::new().create(true).truncate(false).write(true).open(&lock_path).map_err(io("opening", &lock_path))?;
-        let lock = nix::fcntl::Flock::lock(lock_file, nix::fcntl::FlockArg::LockExclusiveNonblock)
-            .map_err(|(_, source)| LogError::Locked { dir: dir.clone(), source })?;
-
-        // The log's origin is fixed by its first checkpoint.
-        let cp_path = dir.join(CHECKPOINT_FILE);
-        let cp_note = match std::fs::read_to_string(&cp_path) {
-            Ok(t) => Some(t),
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => None,
-            Err(e) => return Err(io("reading", &cp_path)(e).into()),
-        };
-        let origin = match cp_note.as_deref().map(|n| Checkpoint::parse_unverified(n).ok()) {
-            Some(Some(cp)) => cp.origin,
-            Some(None) => return Err(violation(format!("{}: not a checkpoint", cp_path.display()))),
-            None => cfg.origin.clone(),
-        };
-
-        let (current, key_created) = keys::load_or_create(&cfg.key, &origin)?;
-        let mut signers = vec![current];
-        let next = keys::next_path(&cfg.key);
-        if next.exists() {
-            signers.push(keys::load(&next, &origin)?);
-        }
-        let vkeys: Vec<VerifierKey> = signers.iter().map(Signer::verifier_key).collect();
-        let signed = match &cp_note {
-            Some(note) => Some(Checkpoint::verify(note, &origin, &vkeys).map_err(|e| {
-                violation(format!(
-                    "{}: {e}{}",
-                    cp_path.display(),
-                    if key_created { " (the audit key was created just now: the log was signed by a key that is gone)" } else { "" }
-                ))
-            })?),
-            None => None,
-        }
-        .map(|(cp, _)| cp);
-        let signed_size = signed.as_ref().map_or(0, |c| c.size);
-
-        // Re-hash everything; check indices, checkpoint records and the signed root.
-        let first_segment = segment::segments(&dir)?.first().copied().unwrap_or(1);
-        let mut edge = read_start(&dir, first_segment).map_err(violation)?;
-        let base = edge.size();
-        let mut signed_root: Option<Hash> = (signed_size == base).then(|| edge.root());
-        let mut rotation_until: Option<String> = None;
-        let mut last_checkpoint_record: Option<u64> = None;
-        let scan = segment::scan_dir(&dir, |i, rec| {
-            let idx = base + i;
-            let h = Header::parse(rec).map_err(|e| ScanErr::Stop(format!("record {idx}: {e}")))?;
-            if h.idx != idx {
-                return Err(ScanErr::Stop(format!(
-                    "record {idx}: its idx field says {} (records were deleted, inserted or reordered)",
-                    h.idx
-                )));
-            }
-            if h.kind == kind::CHECKPOINT || h.kind == kind::KEY_ROTATION || h.kind == kind::KEY_RETIRED {
-                let env = Envelope::decode(rec).map_err(|e| ScanErr::Stop(format!("record {idx}: {e}")))?;
-                match env.kind.as_str() {
-                    kind::CHECKPOINT => {
-                        let (size, root, _) = checkpoint_payload(&env.payload).map_err(|e| ScanErr::Stop(format!("record {idx}: {e}")))?;
-                        if size != idx || root != edge.root() {
-                            return Err(ScanErr::Stop(format!("record {idx}: checkpoint record does not match the records before it")));
-                        }
-                        last_checkpoint_record = Some(size);
-                    }
-                    kind::KEY_ROTATION => rotation_until = env.payload["overlap_until"].as_str().map(String::from),
-                    _ => rotation_until = None,
-                }
-            }
-            edge.push_hash(leaf_hash(rec));
-            if edge.size() == signed_size {
-                signed_root = Some(edge.root());
-            }
-            Ok(())
-        });
-        let scan = match scan {
-            Ok(s) => s,
-            Err(ScanErr::Stop(reason)) => return Err(violation(reason)),
-            Err(ScanErr::Segment(e @ SegmentError::Corrupt { .. })) => return Err(violation(e.to_string())),
-            Err(ScanErr::Segment(e)) => return Err(e.into()),
-        };
-        let records = edge.size();
-        // The checkpoint file is written before its record is appended, so
-        // it is never older than the last checkpoint record.
-        if let Some(k) = last_checkpoint_record.filter(|k| signed.is_none() || signed_size < *k) {
-            return Err(violation(match &signed {
-                None => format!("{} is missing but record {k} is a signed checkpoint: the checkpoint file was deleted", cp_path.display()),
-                Some(_) => format!(
-                    "{} signs size {signed_size} but record {k} is a later checkpoint: an older checkpoint file was put back",
-                    cp_path.display()
-                ),
-            }));
-        }
-        if let Some(bad) = scan.torn_tail.as_ref().filter(|b| base + b.index < signed_size) {
-            return Err(violation(format!(
-                "record {} ({} at byte {}): {}; it is below the last signed checkpoint (size {signed_size}), so signed records were lost or altered",
-                base + bad.index,
-                bad.path.display(),
-                bad.offset,
-                bad.reason
-            )));
-        }
-        if records < signed_size {
-            return Err(violation(format!(
-                "the log has {records} records but its last signed checkpoint covers {signed_size}: records {records}..{signed_size} were removed"
-            )));
-        }
-        if let Some(cp) = &signed
-            && signed_root != Some(cp.root)
-        {
-            return Err(violation(format!(
-                "the root at size {} differs from the signed checkpoint: records below {} were altered",
-                cp.size, cp.size
-            )));
-        }
-
-        let (seg, recovery) = SegmentWriter::resume(&dir, cfg.segment_bytes, scan)?;
-        let overlap_until = match (signers.len(), rotation_until) {
-            (2, Some(t)) => Some(humantime::parse_rfc3339(&t).unwrap_or(SystemTime::UNIX_EPOCH)),
-            (2, None) => {
-                // A crash between creating the incoming key and recording the
-                // rotation: no verifier could learn that key, so drop it.
-                signers.pop();
-                std::fs::remove_file(&next).map_err(io("removing", &next))?;
-                tracing::warn!(
-                    "audit key rotation was interrupted before it was recorded; {} removed, run `zt-agent audit rotate-key` again",
-                    next.display()
-                );
-                None
-            }
-            _ => None,
-        };
-        let vkeys: Vec<VerifierKey> = signers.iter().map(Signer::verifier_key).collect();
+        let lock = lock_dir(&dir)?;
+        let mut signed = read_signed(&cfg)?;
+        let scanned = scan_log(&dir, &signed)?;
+        let records = scanned.edge.size();
+        let (seg, recovery) = SegmentWriter::resume(&dir, cfg.segment_bytes, scanned.scan)?;
+        let overlap_until = settle_rotation(&cfg.key, &mut signed.signers, scanned.rotation_until)?;
+        let vkeys: Vec<VerifierKey> = signed.signers.iter().map(Signer::verifier_key).collect();
         for k in &vkeys {
             keys::append_verifier_key(&dir, k)?;
         }
+        let signed_size = signed.size();
         let mut log = AuditLog {
             _lock: lock,
-            origin: origin.clone(),
+            origin: signed.origin.clone(),
             seg,
-            edge,
-            signers,
+            edge: scanned.edge,
+            signers: signed.signers,
             overlap_until,
             boot_id: crate::host::boot_id(),
-            last_checkpoint: signed,
+            last_checkpoint: signed.checkpoint,
             last_sign: Instant::now(),
             unsigned: 0,
             cfg,
@@ -385,14 +258,21 @@ impl AuditLog {
                 json!({
                     "reason": bad.reason,
                     "bytes_dropped": bad.bytes,
-                    "index": base + bad.index,
+                    "index": scanned.base + bad.index,
                     "segment": bad.path.display().to_string(),
                     "offset": bad.offset,
                     "signed_size": signed_size,
                 }),
             )?;
         }
-        let report = OpenReport { origin, records, signed_size, key_created, verifier_keys: vkeys, recovered: recovery.dropped };
+        let report = OpenReport {
+            origin: signed.origin,
+            records,
+            signed_size,
+            key_created: signed.key_created,
+            verifier_keys: vkeys,
+            recovered: recovery.dropped,
+        };
         Ok((log, report))
     }
 
@@ -577,6 +457,205 @@ impl AuditLog {
         }
         crate::fsutil::sync_parent(&dir.join(CHECKPOINT_FILE))?;
         Ok(())
+    }
+}
+
+fn violation(dir: &Path, reason: String) -> OpenError {
+    OpenError::Integrity { dir: dir.display().to_string(), reason }
+}
+
+/// Creates the directory and takes the one-writer lock.
+fn lock_dir(dir: &Path) -> Result<nix::fcntl::Flock<std::fs::File>, LogError> {
+    std::fs::create_dir_all(dir).map_err(io("creating audit dir", dir))?;
+    let lock_path = dir.join("lock");
+    let lock_file =
+        std::fs::OpenOptions::new().create(true).truncate(false).write(true).open(&lock_path).map_err(io("opening", &lock_path))?;
+    nix::fcntl::Flock::lock(lock_file, nix::fcntl::FlockArg::LockExclusiveNonblock)
+        .map_err(|(_, source)| LogError::Locked { dir: dir.to_path_buf(), source })
+}
+
+/// The log's keys and its last signed checkpoint, as found at open.
+struct Signed {
+    /// Fixed by the log's first checkpoint (else the configured one).
+    origin: String,
+    /// Current key first; the incoming key of an unfinished rotation second.
+    signers: Vec<Signer>,
+    key_created: bool,
+    /// The `checkpoint` file, verified with our keys.
+    checkpoint: Option<Checkpoint>,
+    cp_path: PathBuf,
+}
+
+impl Signed {
+    fn size(&self) -> u64 {
+        self.checkpoint.as_ref().map_or(0, |c| c.size)
+    }
+}
+
+/// Reads the keys and verifies the `checkpoint` file with them.
+fn read_signed(cfg: &Config) -> Result<Signed, OpenError> {
+    let dir = &cfg.dir;
+    let cp_path = dir.join(CHECKPOINT_FILE);
+    let cp_note = match std::fs::read_to_string(&cp_path) {
+        Ok(t) => Some(t),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => None,
+        Err(e) => return Err(io("reading", &cp_path)(e).into()),
+    };
+    let origin = match cp_note.as_deref().map(|n| Checkpoint::parse_unverified(n).ok()) {
+        Some(Some(cp)) => cp.origin,
+        Some(None) => return Err(violation(dir, format!("{}: not a checkpoint", cp_path.display()))),
+        None => cfg.origin.clone(),
+    };
+    let (current, key_created) = keys::load_or_create(&cfg.key, &origin)?;
+    let mut signers = vec![current];
+    let next = keys::next_path(&cfg.key);
+    if next.exists() {
+        signers.push(keys::load(&next, &origin)?);
+    }
+    let vkeys: Vec<VerifierKey> = signers.iter().map(Signer::verifier_key).collect();
+    let checkpoint = match &cp_note {
+        Some(note) => Some(Checkpoint::verify(note, &origin, &vkeys).map_err(|e| {
+            let gone = if key_created { " (the audit key was created just now: the log was signed by a key that is gone)" } else { "" };
+            violation(dir, format!("{}: {e}{gone}", cp_path.display()))
+        })?),
+        None => None,
+    }
+    .map(|(cp, _)| cp);
+    Ok(Signed { origin, signers, key_created, checkpoint, cp_path })
+}
+
+/// What re-hashing the whole log found.
+struct Scanned {
+    edge: Edge,
+    /// Index of the first record on disk (retention deleted older ones).
+    base: u64,
+    /// `overlap_until` of a rotation still in progress.
+    rotation_until: Option<String>,
+    scan: segment::Scan,
+}
+
+/// Re-hashes every record, checking each record's `idx` and each
+/// checkpoint record against the tree, then the log against the signed
+/// checkpoint (see "Recovery at open" above).
+fn scan_log(dir: &Path, signed: &Signed) -> Result<Scanned, OpenError> {
+    let signed_size = signed.size();
+    let first_segment = segment::segments(dir)?.first().copied().unwrap_or(1);
+    let mut edge = read_start(dir, first_segment).map_err(|e| violation(dir, e))?;
+    let base = edge.size();
+    let mut signed_root: Option<Hash> = (signed_size == base).then(|| edge.root());
+    let mut rotation_until: Option<String> = None;
+    let mut last_checkpoint_record: Option<u64> = None;
+    let scan = segment::scan_dir(dir, |i, rec| {
+        let idx = base + i;
+        check_record(idx, rec, &edge, &mut rotation_until, &mut last_checkpoint_record)?;
+        edge.push_hash(leaf_hash(rec));
+        if edge.size() == signed_size {
+            signed_root = Some(edge.root());
+        }
+        Ok(())
+    });
+    let scan = match scan {
+        Ok(s) => s,
+        Err(ScanErr::Stop(reason)) => return Err(violation(dir, reason)),
+        Err(ScanErr::Segment(e @ SegmentError::Corrupt { .. })) => return Err(violation(dir, e.to_string())),
+        Err(ScanErr::Segment(e)) => return Err(e.into()),
+    };
+    check_against_signed(signed, edge.size(), base, signed_root, last_checkpoint_record, &scan).map_err(|r| violation(dir, r))?;
+    Ok(Scanned { edge, base, rotation_until, scan })
+}
+
+/// One record during the scan: its `idx`, and for checkpoint and key
+/// records their payload against the tree so far.
+fn check_record(
+    idx: u64,
+    rec: &[u8],
+    edge: &Edge,
+    rotation_until: &mut Option<String>,
+    last_checkpoint_record: &mut Option<u64>,
+) -> Result<(), ScanErr> {
+    let h = Header::parse(rec).map_err(|e| ScanErr::Stop(format!("record {idx}: {e}")))?;
+    if h.idx != idx {
+        return Err(ScanErr::Stop(format!("record {idx}: its idx field says {} (records were deleted, inserted or reordered)", h.idx)));
+    }
+    if h.kind != kind::CHECKPOINT && h.kind != kind::KEY_ROTATION && h.kind != kind::KEY_RETIRED {
+        return Ok(());
+    }
+    let env = Envelope::decode(rec).map_err(|e| ScanErr::Stop(format!("record {idx}: {e}")))?;
+    match env.kind.as_str() {
+        kind::CHECKPOINT => {
+            let (size, root, _) = checkpoint_payload(&env.payload).map_err(|e| ScanErr::Stop(format!("record {idx}: {e}")))?;
+            if size != idx || root != edge.root() {
+                return Err(ScanErr::Stop(format!("record {idx}: checkpoint record does not match the records before it")));
+            }
+            *last_checkpoint_record = Some(size);
+        }
+        kind::KEY_ROTATION => *rotation_until = env.payload["overlap_until"].as_str().map(String::from),
+        _ => *rotation_until = None,
+    }
+    Ok(())
+}
+
+/// The integrity checks of the scanned log against the signed checkpoint;
+/// `Err` is the violation.
+fn check_against_signed(
+    signed: &Signed,
+    records: u64,
+    base: u64,
+    signed_root: Option<Hash>,
+    last_checkpoint_record: Option<u64>,
+    scan: &segment::Scan,
+) -> Result<(), String> {
+    let signed_size = signed.size();
+    let cp_path = signed.cp_path.display();
+    // The checkpoint file is written before its record is appended, so
+    // it is never older than the last checkpoint record.
+    if let Some(k) = last_checkpoint_record.filter(|k| signed.checkpoint.is_none() || signed_size < *k) {
+        return Err(match &signed.checkpoint {
+            None => format!("{cp_path} is missing but record {k} is a signed checkpoint: the checkpoint file was deleted"),
+            Some(_) => {
+                format!("{cp_path} signs size {signed_size} but record {k} is a later checkpoint: an older checkpoint file was put back")
+            }
+        });
+    }
+    if let Some(bad) = scan.torn_tail.as_ref().filter(|b| base + b.index < signed_size) {
+        return Err(format!(
+            "record {} ({} at byte {}): {}; it is below the last signed checkpoint (size {signed_size}), so signed records were lost or altered",
+            base + bad.index,
+            bad.path.display(),
+            bad.offset,
+            bad.reason
+        ));
+    }
+    if records < signed_size {
+        return Err(format!(
+            "the log has {records} records but its last signed checkpoint covers {signed_size}: records {records}..{signed_size} were removed"
+        ));
+    }
+    if let Some(cp) = &signed.checkpoint
+        && signed_root != Some(cp.root)
+    {
+        return Err(format!("the root at size {} differs from the signed checkpoint: records below {} were altered", cp.size, cp.size));
+    }
+    Ok(())
+}
+
+/// The end of a rotation in progress; an incoming key whose rotation was
+/// never recorded (a crash between creating it and recording it) is
+/// removed, since no verifier could have learnt it.
+fn settle_rotation(key: &Path, signers: &mut Vec<Signer>, rotation_until: Option<String>) -> Result<Option<SystemTime>, LogError> {
+    match (signers.len(), rotation_until) {
+        (2, Some(t)) => Ok(Some(humantime::parse_rfc3339(&t).unwrap_or(SystemTime::UNIX_EPOCH))),
+        (2, None) => {
+            signers.pop();
+            let next = keys::next_path(key);
+            std::fs::remove_file(&next).map_err(io("removing", &next))?;
+            tracing::warn!(
+                "audit key rotation was interrupted before it was recorded; {} removed, run `zt-agent audit rotate-key` again",
+                next.display()
+            );
+            Ok(None)
+        }
+        _ => Ok(None),
     }
 }
 

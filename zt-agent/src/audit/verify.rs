@@ -164,36 +164,24 @@ pub fn verify_dir(dir: &Path, opts: &Options) -> Result<Report, Failure> {
     };
     let keys_from_log_dir = opts.keys.is_empty();
     let trusted = if keys_from_log_dir {
-        keys::read_verifier_keys(&keys::verifier_keys_path(dir)).or_else(|e| fail(None, format!("no --vkey given and {e:#}")))?
+        keys::read_verifier_keys(&keys::verifier_keys_path(dir))
+            .or_else(|e| fail(None, format!("no --vkey given and {}", crate::error::chain(&e))))?
     } else {
         opts.keys.clone()
     };
-
     // Outside checkpoints: their sizes are needed before the pass.
-    let cp_path = dir.join(CHECKPOINT_FILE);
-    let mut outside: Vec<(String, String)> = Vec::new();
-    match std::fs::read_to_string(&cp_path) {
-        Ok(t) => outside.push((cp_path.display().to_string(), t)),
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
-        Err(e) => return fail(None, format!("{}: {e}", cp_path.display())),
-    }
-    outside.extend(opts.trusted.iter().cloned());
-    let mut parsed: Vec<(String, Checkpoint)> = Vec::new();
-    for (label, note) in &outside {
-        let cp = Checkpoint::parse_unverified(note).or_else(|e| fail(None, format!("{label}: {e}")))?;
-        parsed.push((label.clone(), cp));
-    }
+    let outside = outside_checkpoints(dir, opts)?;
 
     let edge = log::read_start(dir, first).or_else(|e| fail(None, e))?;
     let first_index = edge.size();
     let mut st = State {
-        origin: parsed.first().map(|(_, c)| c.origin.clone()),
+        origin: outside.first().map(|o| o.body.origin.clone()),
         ever_trusted: trusted.clone(),
         trusted,
         pending_keys: Vec::new(),
         retiring_keys: Vec::new(),
         signed: BTreeMap::new(),
-        wanted: parsed.iter().map(|(_, c)| (c.size, None)).collect(),
+        wanted: outside.iter().map(|o| (o.body.size, None)).collect(),
         edge,
         checkpoints: 0,
     };
@@ -204,57 +192,20 @@ pub fn verify_dir(dir: &Path, opts: &Options) -> Result<Report, Failure> {
     let records = st.edge.size();
     let origin = st.origin.clone().unwrap_or_default();
 
-    // Outside checkpoints, checked against the records and each other.
-    let last_record_cp = st.signed.keys().next_back().copied();
     // A bad frame below any signed size is damage, not a torn tail.
-    let max_signed = parsed.iter().map(|(_, c)| c.size).chain(last_record_cp).max().unwrap_or(0);
+    let last_record_cp = st.signed.keys().next_back().copied();
+    let max_signed = outside.iter().map(|o| o.body.size).chain(last_record_cp).max().unwrap_or(0);
     if let Some(bad) = scan.torn_tail.as_ref().filter(|b| first_index + b.index < max_signed) {
         return fail(
             first_index + bad.index,
             format!("{} ({} at byte {}), below the signed size {max_signed}", bad.reason, bad.path.display(), bad.offset),
         );
     }
-    for ((label, note), (_, body)) in outside.iter().zip(&parsed) {
-        // The host's checkpoint file must carry a current key; a checkpoint
-        // kept elsewhere may predate a rotation.
-        let is_file = *label == cp_path.display().to_string();
-        let keys = if is_file { &st.trusted } else { &st.ever_trusted };
-        let (cp, _) = Checkpoint::verify(note, &origin, keys).or_else(|e| fail(None, format!("{label}: {e}")))?;
-        debug_assert_eq!(&cp, body);
-        if cp.size > records {
-            return fail(
-                records,
-                format!("missing: {label} signs {} records but the log has {records}: the log was truncated or rolled back", cp.size),
-            );
-        }
-        if cp.size < first_index {
-            return fail(
-                None,
-                format!("{label} signs size {} but retention removed records below {first_index}; it cannot be checked", cp.size),
-            );
-        }
-        let root = st.wanted.get(&cp.size).copied().flatten().expect("filled during the pass");
-        if root != cp.root {
-            if st.signed.get(&cp.size).is_some_and(|r| *r != cp.root) {
-                return fail(
-                    cp.size,
-                    format!("fork: two different roots signed at size {}: {label} and the checkpoint record {}", cp.size, cp.size),
-                );
-            }
-            return fail(None, format!("the log's root at size {} differs from {label}: records below {} were altered", cp.size, cp.size));
-        }
-        if is_file && let Some(k) = last_record_cp.filter(|k| cp.size < *k) {
-            return fail(
-                k,
-                format!(
-                    "{label} signs size {} but record {k} is a later checkpoint: an older checkpoint was put back (size regression)",
-                    cp.size
-                ),
-            );
-        }
+    for o in &outside {
+        check_outside(o, &st, &origin, records, first_index, last_record_cp)?;
     }
     let latest = st.signed.iter().next_back().map(|(s, r)| Checkpoint { origin: origin.clone(), size: *s, root: *r });
-    let latest = match parsed.iter().map(|(_, c)| c).max_by_key(|c| c.size) {
+    let latest = match outside.iter().map(|o| &o.body).max_by_key(|c| c.size) {
         Some(c) if latest.as_ref().is_none_or(|l| c.size > l.size) => Some(c.clone()),
         _ => latest,
     };
@@ -273,6 +224,87 @@ pub fn verify_dir(dir: &Path, opts: &Options) -> Result<Report, Failure> {
         }),
         unsigned,
     })
+}
+
+/// A checkpoint from outside the records: the host's `checkpoint` file or
+/// one the caller trusts.
+struct Outside {
+    label: String,
+    note: String,
+    /// Parsed, not yet verified (the origin and keys come from the pass).
+    body: Checkpoint,
+    /// The host's `checkpoint` file (must carry a current key and not be
+    /// older than the last checkpoint record).
+    is_file: bool,
+}
+
+fn outside_checkpoints(dir: &Path, opts: &Options) -> Result<Vec<Outside>, Failure> {
+    let cp_path = dir.join(CHECKPOINT_FILE);
+    let mut notes: Vec<(String, String, bool)> = Vec::new();
+    match std::fs::read_to_string(&cp_path) {
+        Ok(t) => notes.push((cp_path.display().to_string(), t, true)),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+        Err(e) => return fail(None, format!("{}: {e}", cp_path.display())),
+    }
+    notes.extend(opts.trusted.iter().map(|(l, n)| (l.clone(), n.clone(), false)));
+    notes
+        .into_iter()
+        .map(|(label, note, is_file)| {
+            let body = Checkpoint::parse_unverified(&note).or_else(|e| fail(None, format!("{label}: {e}")))?;
+            Ok(Outside { label, note, body, is_file })
+        })
+        .collect()
+}
+
+/// One outside checkpoint against the records and the checkpoint records.
+fn check_outside(
+    o: &Outside,
+    st: &State,
+    origin: &str,
+    records: u64,
+    first_index: u64,
+    last_record_cp: Option<u64>,
+) -> Result<(), Failure> {
+    let label = &o.label;
+    // The host's checkpoint file must carry a current key; a checkpoint
+    // kept elsewhere may predate a rotation.
+    let keys = if o.is_file { &st.trusted } else { &st.ever_trusted };
+    let (cp, _) = Checkpoint::verify(&o.note, origin, keys).or_else(|e| fail(None, format!("{label}: {e}")))?;
+    debug_assert_eq!(cp, o.body);
+    if cp.size > records {
+        return fail(
+            records,
+            format!("missing: {label} signs {} records but the log has {records}: the log was truncated or rolled back", cp.size),
+        );
+    }
+    if cp.size < first_index {
+        return fail(
+            None,
+            format!("{label} signs size {} but retention removed records below {first_index}; it cannot be checked", cp.size),
+        );
+    }
+    let root = st.wanted.get(&cp.size).copied().flatten().expect("filled during the pass");
+    if root != cp.root {
+        if st.signed.get(&cp.size).is_some_and(|r| *r != cp.root) {
+            return fail(
+                cp.size,
+                format!("fork: two different roots signed at size {}: {label} and the checkpoint record {}", cp.size, cp.size),
+            );
+        }
+        return fail(None, format!("the log's root at size {} differs from {label}: records below {} were altered", cp.size, cp.size));
+    }
+    if o.is_file
+        && let Some(k) = last_record_cp.filter(|k| cp.size < *k)
+    {
+        return fail(
+            k,
+            format!(
+                "{label} signs size {} but record {k} is a later checkpoint: an older checkpoint was put back (size regression)",
+                cp.size
+            ),
+        );
+    }
+    Ok(())
 }
 
 /// Human summary of a successful verification.

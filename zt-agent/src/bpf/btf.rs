@@ -23,6 +23,27 @@ pub enum BtfError {
     NoStruct(String),
     #[error("BTF: struct {0} has no member {1}")]
     NoMember(String, String),
+    #[error("BTF: anonymous members of struct {0} nest deeper than {MAX_NESTING} levels (a cycle?)")]
+    TooDeep(String),
+    #[error("BTF: the offset of {1} in struct {0} overflows")]
+    OffsetOverflow(String, String),
+}
+
+/// Anonymous struct/union members looked through at most (real kernels nest
+/// a few levels; a malformed blob could loop).
+const MAX_NESTING: u32 = 32;
+
+/// Why a member search stopped early.
+enum Stop {
+    Btf(BtfError),
+    TooDeep,
+    Overflow,
+}
+
+impl From<BtfError> for Stop {
+    fn from(e: BtfError) -> Self {
+        Stop::Btf(e)
+    }
 }
 
 const KIND_INT: u32 = 1;
@@ -120,10 +141,21 @@ impl<'a> Btf<'a> {
     /// struct/union members (e.g. `mm_struct` wraps its fields in one).
     pub fn member_offset(&self, name: &str, member: &str) -> Result<u32, BtfError> {
         let id = *self.structs.get(name).ok_or_else(|| BtfError::NoStruct(name.into()))?;
-        self.find(id, member, 0)?.map(|bits| bits / 8).ok_or_else(|| BtfError::NoMember(name.into(), member.into()))
+        match self.find(id, member, 0, 0) {
+            Ok(Some(bits)) => Ok(bits / 8),
+            Ok(None) => Err(BtfError::NoMember(name.into(), member.into())),
+            Err(Stop::Btf(e)) => Err(e),
+            Err(Stop::TooDeep) => Err(BtfError::TooDeep(name.into())),
+            Err(Stop::Overflow) => Err(BtfError::OffsetOverflow(name.into(), member.into())),
+        }
     }
 
-    fn find(&self, id: u32, member: &str, base_bits: u32) -> Result<Option<u32>, BtfError> {
+    /// The bit offset of `member` in type `id` (plus `base_bits`), looking
+    /// through anonymous members at most [`MAX_NESTING`] levels deep.
+    fn find(&self, id: u32, member: &str, base_bits: u32, depth: u32) -> Result<Option<u32>, Stop> {
+        if depth > MAX_NESTING {
+            return Err(Stop::TooDeep);
+        }
         let Some(t) = self.ty(id) else { return Ok(None) };
         if t.kind != KIND_STRUCT && t.kind != KIND_UNION {
             return Ok(None);
@@ -132,12 +164,13 @@ impl<'a> Btf<'a> {
             let m = t.trailer + 12 * i;
             let (name_off, ty, off) = (u32_at(self.types, m)?, u32_at(self.types, m + 4)?, u32_at(self.types, m + 8)?);
             let bits = if t.kind_flag { off & 0x00ff_ffff } else { off };
+            let at = base_bits.checked_add(bits).ok_or(Stop::Overflow)?;
             if name_off == 0 {
-                if let Some(found) = self.find(ty, member, base_bits + bits)? {
+                if let Some(found) = self.find(ty, member, at, depth + 1)? {
                     return Ok(Some(found));
                 }
             } else if self.name(name_off)? == member {
-                return Ok(Some(base_bits + bits));
+                return Ok(Some(at));
             }
         }
         Ok(None)
@@ -187,6 +220,27 @@ mod tests {
         assert_eq!(btf.member_offset("outer", "arg_start"), Ok(8));
         assert_eq!(btf.member_offset("outer", "nope"), Err(BtfError::NoMember("outer".into(), "nope".into())));
         assert_eq!(btf.member_offset("task_struct", "mm").unwrap_err(), BtfError::NoStruct("task_struct".into()));
+    }
+
+    /// `struct loop { struct loop; }` (anonymous member of its own type) and
+    /// offsets that overflow: errors, not a stack overflow or a wrapped offset.
+    #[test]
+    fn cycles_and_overflowing_offsets_are_errors() {
+        let strings = b"\0loop\0far\0x\0";
+        let mut t = Vec::new();
+        let mut push = |v: &[u32]| v.iter().for_each(|x| t.extend_from_slice(&x.to_le_bytes()));
+        push(&[1, KIND_STRUCT << 24 | 1, 8, 0, 1, 0]); // id 1: loop { <anon loop> @0 }
+        push(&[6, KIND_STRUCT << 24 | 1, 8, 0, 3, u32::MAX - 7]); // id 2: far { <anon id 3> @ 2^32-8 bits }
+        push(&[0, KIND_STRUCT << 24 | 1, 8, 10, 1, 64]); // id 3: { x @64 }
+        let mut b = Vec::new();
+        for v in [0xeb9f_u16 as u32 | 1 << 16, 24, 0, t.len() as u32, t.len() as u32, strings.len() as u32] {
+            b.extend_from_slice(&v.to_le_bytes());
+        }
+        b.extend_from_slice(&t);
+        b.extend_from_slice(strings);
+        let btf = Btf::parse(&b).unwrap();
+        assert_eq!(btf.member_offset("loop", "x"), Err(BtfError::TooDeep("loop".into())));
+        assert_eq!(btf.member_offset("far", "x"), Err(BtfError::OffsetOverflow("far".into(), "x".into())));
     }
 
     #[test]

@@ -25,7 +25,7 @@ use zt_common::{
     },
 };
 
-use super::model::{Action, Mode, Policy, Proto};
+use super::model::{Action, Mode, Policy, Proto, Rule};
 
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum CompileError {
@@ -152,7 +152,6 @@ pub fn compile(policy: &Policy, ids: &IdRegistry, slot: u32, active: &[bool]) ->
                 _pad: 0,
             },
         ));
-
         // prefix -> rules declared on exactly that prefix.
         let mut by_prefix: BTreeMap<(u128, u8), Vec<NetRule>> = BTreeMap::new();
         for (rule_id, rule) in policy.rules.iter().enumerate() {
@@ -160,67 +159,10 @@ pub fn compile(policy: &Policy, ids: &IdRegistry, slot: u32, active: &[bool]) ->
                 continue;
             }
             let eff_mode = if ident.mode == Mode::Audit || rule.mode == Some(Mode::Audit) { AUDIT } else { ENFORCE };
-            for e in &rule.egress {
-                let proto = match e.proto {
-                    Proto::Any => PROTO_ANY,
-                    Proto::Tcp => PROTO_TCP,
-                    Proto::Udp => PROTO_UDP,
-                };
-                let ports = if e.ports.is_empty() { vec![(0, u16::MAX)] } else { e.ports.clone() };
-                for n in &e.to {
-                    let p = v6_prefix(n);
-                    for &(lo, hi) in &ports {
-                        by_prefix.entry(p).or_default().push(NetRule {
-                            port_lo: lo,
-                            port_hi: hi,
-                            proto,
-                            action: action(rule.action),
-                            mode: eff_mode,
-                            _pad: 0,
-                            rule: rule_id as u32,
-                        });
-                    }
-                }
-            }
-            for (defs, is_exec) in [(&rule.files, false), (&rule.exec, true)] {
-                for d in defs {
-                    for path in &d.paths {
-                        let mut buf = [0u8; PATH_LEN];
-                        buf[..path.len()].copy_from_slice(path.as_bytes());
-                        paths.push(PathRule {
-                            identity: id,
-                            rule: rule_id as u32,
-                            access: if is_exec { zt_common::path_policy::EXEC } else { d.access },
-                            action: action(rule.action),
-                            mode: eff_mode,
-                            prefix: path.ends_with('/') as u8,
-                            _pad: 0,
-                            len: path.len() as u32,
-                            path: buf,
-                        });
-                    }
-                }
-            }
+            add_egress(&mut by_prefix, rule, rule_id as u32, eff_mode);
+            paths.extend(path_rules(rule, id, rule_id as u32, eff_mode));
         }
-
-        let lens: BTreeSet<u8> = by_prefix.keys().map(|(_, l)| *l).collect();
-        for &(addr, len) in by_prefix.keys() {
-            let mut list: Vec<NetRule> =
-                lens.iter().filter(|l| **l <= len).filter_map(|l| by_prefix.get(&(mask(addr, *l), *l))).flatten().copied().collect();
-            list.sort_by_key(|r| (r.rule, r.port_lo, r.port_hi, r.proto));
-            list.dedup();
-            if list.len() > NET_RULES_PER_PREFIX {
-                return Err(CompileError::PrefixRules {
-                    identity: ident.name.clone(),
-                    prefix: prefix_string(addr, len),
-                    count: list.len(),
-                    capacity: NET_RULES_PER_PREFIX,
-                });
-            }
-            let mut entry = NetRuleList { count: list.len() as u32, ..Default::default() };
-            entry.rules[..list.len()].copy_from_slice(&list);
-            net.push((NET_KEY_FIXED_BITS + len as u32, NetKeyData { slot, identity: id, addr: addr.to_be_bytes() }, entry));
-        }
+        net.extend(prefix_entries(&by_prefix, &ident.name, slot, id)?);
     }
     let capacity = (maps::NET_RULES_CAPACITY / 2) as usize;
     if net.len() > capacity {
@@ -228,6 +170,88 @@ pub fn compile(policy: &Policy, ids: &IdRegistry, slot: u32, active: &[bool]) ->
     }
     net.sort_by_key(|(l, k, _)| (*k, *l));
     Ok(Compiled { slot, identities, net, paths, rules, active: active.to_vec() })
+}
+
+/// One rule's egress entries, under the prefix each names.
+fn add_egress(by_prefix: &mut BTreeMap<(u128, u8), Vec<NetRule>>, rule: &Rule, rule_id: u32, eff_mode: u8) {
+    for e in &rule.egress {
+        let proto = match e.proto {
+            Proto::Any => PROTO_ANY,
+            Proto::Tcp => PROTO_TCP,
+            Proto::Udp => PROTO_UDP,
+        };
+        let ports = if e.ports.is_empty() { vec![(0, u16::MAX)] } else { e.ports.clone() };
+        for n in &e.to {
+            let p = v6_prefix(n);
+            for &(lo, hi) in &ports {
+                by_prefix.entry(p).or_default().push(NetRule {
+                    port_lo: lo,
+                    port_hi: hi,
+                    proto,
+                    action: action(rule.action),
+                    mode: eff_mode,
+                    _pad: 0,
+                    rule: rule_id,
+                });
+            }
+        }
+    }
+}
+
+/// One rule's file and exec paths as kernel path rules.
+fn path_rules(rule: &Rule, identity: u32, rule_id: u32, eff_mode: u8) -> Vec<PathRule> {
+    let mut out = Vec::new();
+    for (defs, is_exec) in [(&rule.files, false), (&rule.exec, true)] {
+        for d in defs {
+            for path in &d.paths {
+                let mut buf = [0u8; PATH_LEN];
+                buf[..path.len()].copy_from_slice(path.as_bytes());
+                out.push(PathRule {
+                    identity,
+                    rule: rule_id,
+                    access: if is_exec { zt_common::path_policy::EXEC } else { d.access },
+                    action: action(rule.action),
+                    mode: eff_mode,
+                    prefix: path.ends_with('/') as u8,
+                    _pad: 0,
+                    len: path.len() as u32,
+                    path: buf,
+                });
+            }
+        }
+    }
+    out
+}
+
+/// One LPM entry per distinct prefix of an identity, holding its own rules
+/// and those of every covering prefix (so one longest-prefix lookup sees
+/// every rule that applies).
+fn prefix_entries(
+    by_prefix: &BTreeMap<(u128, u8), Vec<NetRule>>,
+    identity: &str,
+    slot: u32,
+    id: u32,
+) -> Result<Vec<(u32, NetKeyData, NetRuleList)>, CompileError> {
+    let lens: BTreeSet<u8> = by_prefix.keys().map(|(_, l)| *l).collect();
+    let mut out = Vec::new();
+    for &(addr, len) in by_prefix.keys() {
+        let mut list: Vec<NetRule> =
+            lens.iter().filter(|l| **l <= len).filter_map(|l| by_prefix.get(&(mask(addr, *l), *l))).flatten().copied().collect();
+        list.sort_by_key(|r| (r.rule, r.port_lo, r.port_hi, r.proto));
+        list.dedup();
+        if list.len() > NET_RULES_PER_PREFIX {
+            return Err(CompileError::PrefixRules {
+                identity: identity.to_string(),
+                prefix: prefix_string(addr, len),
+                count: list.len(),
+                capacity: NET_RULES_PER_PREFIX,
+            });
+        }
+        let mut entry = NetRuleList { count: list.len() as u32, ..Default::default() };
+        entry.rules[..list.len()].copy_from_slice(&list);
+        out.push((NET_KEY_FIXED_BITS + len as u32, NetKeyData { slot, identity: id, addr: addr.to_be_bytes() }, entry));
+    }
+    Ok(out)
 }
 
 /// Longest-prefix match over compiled entries, as the kernel's LPM trie does

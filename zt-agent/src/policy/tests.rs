@@ -104,6 +104,27 @@ fn composes_files_and_reports_conflicts() {
     assert_eq!(e, "more.yaml:8:13: duplicate identity name \"a\" (first defined at ids.yaml:8:13)");
 }
 
+/// Names that pass the name rules but make an invalid SPIFFE ID (SPIFFE-ID
+/// §2.2: no empty, `.` or `..` path segments) are refused at the name, also
+/// when the trust domain comes from a later file; valid paths pass.
+#[test]
+fn derived_spiffe_ids_are_validated() {
+    let ident = |name: &str| format!("  identities:\n    - name: {name}\n      selectors:\n        - uid: 1\n");
+    let e = errs(&format!("{HEAD}{}", ident("\"..\"")));
+    assert_eq!(
+        e,
+        "p.yaml:8:13: identity name \"..\" gives the invalid SPIFFE ID \"spiffe://zt.test/..\": path segments must be non-empty and not '.' or '..' (hint: rename the identity, or set `spiffeId` explicitly)"
+    );
+    assert!(errs(&format!("{HEAD}{}", ident("a//b"))).contains("invalid SPIFFE ID \"spiffe://zt.test/a//b\""));
+    assert!(errs(&format!("{HEAD}{}", ident("a/"))).contains("invalid SPIFFE ID"));
+    // Trust domain in a later file: checked once it is known, at the name.
+    let no_td = format!("apiVersion: zt-agent.io/v1alpha1\nkind: HostPolicy\nspec:\n{}", ident("x/./y"));
+    let e = bundle(&[("ids.yaml", &no_td), ("td.yaml", HEAD)]).parse().unwrap_err().to_string();
+    assert!(e.starts_with("ids.yaml:5:13: identity name \"x/./y\" gives the invalid SPIFFE ID \"spiffe://zt.test/x/./y\""), "{e}");
+    let p = parse1(&format!("{HEAD}{}", ident("team/coder.v2"))).unwrap();
+    assert_eq!(p.identities[0].spiffe_id, "spiffe://zt.test/team/coder.v2");
+}
+
 #[test]
 fn every_error_is_reported_with_position() {
     let text = format!(
