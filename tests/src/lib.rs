@@ -5,6 +5,7 @@
 //! # Layout
 //! - [`require_root`]: the loud skip.
 //! - [`agent_bin`], [`helper_bin`]: the binaries under test.
+//! - [`tempdir`]: a private temporary directory, removed on drop.
 //! - [`Agent`]: `zt-agent run` with a policy, events in a file, stopped by SIGTERM.
 //! - [`TestCgroup`]: a cgroup v2 subtree, removed (processes killed) on drop.
 //! - [`Listener`]: a loopback TCP listener that accepts and drops.
@@ -20,9 +21,15 @@ use std::{
 use anyhow::{Context as _, bail};
 use serde_json::Value;
 
-/// A name unique to this test process (cgroups, temp dirs).
+/// A name unique to this test process (cgroups).
 pub fn unique(name: &str) -> String {
     format!("zt-test-{name}-{}", std::process::id())
+}
+
+/// A private temporary directory (`zt-test-<name>-XXXXXX` under the system
+/// temp dir, mode 0700), removed with everything in it when dropped.
+pub fn tempdir(name: &str) -> anyhow::Result<tempfile::TempDir> {
+    tempfile::Builder::new().prefix(&format!("zt-test-{name}-")).tempdir().context("creating a temporary directory")
 }
 
 /// Returns false (after printing why) when not root: root tests then return
@@ -182,8 +189,13 @@ pub struct Agent {
     child: Option<Child>,
     pub events_path: PathBuf,
     pub socket: PathBuf,
+    /// The agent's private directory (policy, events, socket, state, audit
+    /// log unless `extra` names others); it lives as long as the `Agent`.
     pub dir: PathBuf,
     stderr_lines: std::sync::Arc<std::sync::Mutex<Vec<String>>>,
+    /// Removes `dir` when dropped: declared after `child` and dropped after
+    /// `Drop for Agent` has killed the agent, so the agent never outlives it.
+    _tmp: tempfile::TempDir,
 }
 
 impl Agent {
@@ -192,9 +204,8 @@ impl Agent {
     /// (programs attached, table seeded). Policy history and the audit log
     /// go to private directories unless `extra` names them.
     pub fn start(name: &str, policy: &str, extra: &[&str]) -> anyhow::Result<Self> {
-        let dir = std::env::temp_dir().join(format!("zt-test-{name}-{}", std::process::id()));
-        let _ = std::fs::remove_dir_all(&dir);
-        std::fs::create_dir_all(&dir)?;
+        let tmp = tempdir(name)?;
+        let dir = tmp.path().to_path_buf();
         let policy_path = dir.join("policy.yaml");
         std::fs::write(&policy_path, policy)?;
         let events_path = dir.join("events.jsonl");
@@ -235,7 +246,7 @@ impl Agent {
                 }
             });
         }
-        let mut agent = Agent { child: Some(child), events_path, socket, dir, stderr_lines: lines };
+        let mut agent = Agent { child: Some(child), events_path, socket, dir, stderr_lines: lines, _tmp: tmp };
         let deadline = Instant::now() + Duration::from_secs(60);
         loop {
             if agent.events().iter().any(|e| e["kind"] == "agent" && e["agent"]["state"] == "started") {
@@ -303,7 +314,7 @@ impl Drop for Agent {
             let _ = c.kill();
             let _ = c.wait();
         }
-        let _ = std::fs::remove_dir_all(&self.dir);
+        // `_tmp` removes the directory after this.
     }
 }
 

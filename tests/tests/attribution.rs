@@ -207,8 +207,8 @@ fn exe_and_descendant_selectors() {
     if !require_root("exe_and_descendant_selectors") {
         return;
     }
-    let dir = std::env::temp_dir().join(unique("exe-bins"));
-    std::fs::create_dir_all(&dir).unwrap();
+    let tmp = tempdir("exe-bins").unwrap();
+    let dir = tmp.path();
     let by_exe = dir.join("agent-bin");
     let runner = dir.join("runner-bin");
     std::fs::copy(helper_bin(), &by_exe).unwrap();
@@ -229,7 +229,6 @@ fn exe_and_descendant_selectors() {
     assert!(Command::new(&runner).args(["fork-sleep-connect", "1000", &l_kid.addr()]).status().unwrap().success());
     agent.wait_for("the runner child's connect", |e| e["kind"] == "connect" && e["connect"]["port"] == l_kid.port).unwrap();
     let events = agent.stop().unwrap();
-    std::fs::remove_dir_all(&dir).unwrap();
 
     let c = connects_to(&events, l_exe.port);
     assert_eq!(c.len(), 1, "{c:?}");

@@ -23,22 +23,20 @@ fn policy_allowing(cg: &TestCgroup, allowed: u16, mode: &str) -> String {
     )
 }
 
+/// Result files of helper attempts, in a directory removed on drop.
 struct Outcomes {
-    dir: PathBuf,
+    dir: tempfile::TempDir,
     n: usize,
 }
 
 impl Outcomes {
     fn new(name: &str) -> Self {
-        let dir = std::env::temp_dir().join(unique(name));
-        let _ = std::fs::remove_dir_all(&dir);
-        std::fs::create_dir_all(&dir).unwrap();
-        Outcomes { dir, n: 0 }
+        Outcomes { dir: tempdir(name).unwrap(), n: 0 }
     }
 
     fn next(&mut self) -> PathBuf {
         self.n += 1;
-        self.dir.join(format!("r{}", self.n))
+        self.dir.path().join(format!("r{}", self.n))
     }
 
     /// Waits for a result file (double-forked writers finish after their parent).
@@ -53,12 +51,6 @@ impl Outcomes {
             assert!(Instant::now() < deadline, "no result in {}", path.display());
             std::thread::sleep(Duration::from_millis(20));
         }
-    }
-}
-
-impl Drop for Outcomes {
-    fn drop(&mut self) {
-        let _ = std::fs::remove_dir_all(&self.dir);
     }
 }
 
