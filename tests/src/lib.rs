@@ -2,8 +2,13 @@
 //! process, real cgroups, loopback listeners, and root/feature checks that
 //! skip loudly.
 //!
+//! Tests that need root carry `#[ignore = "needs root …"]`: plain
+//! `cargo test` lists them as ignored, and `cargo xtask test` runs them with
+//! `--include-ignored` when it runs as root.
+//!
 //! # Layout
-//! - [`require_root`]: the loud skip.
+//! - [`skip`], [`skip_variant`]: loud skips decided at run time, uncaptured.
+//! - [`require_root`]: the runtime guard of the root tests.
 //! - [`agent_bin`], [`helper_bin`]: the binaries under test.
 //! - [`tempdir`]: a private temporary directory, removed on drop.
 //! - [`Agent`]: `zt-agent run` with a policy, events in a file, stopped by SIGTERM.
@@ -32,13 +37,41 @@ pub fn tempdir(name: &str) -> anyhow::Result<tempfile::TempDir> {
     tempfile::Builder::new().prefix(&format!("zt-test-{name}-")).tempdir().context("creating a temporary directory")
 }
 
-/// Returns false (after printing why) when not root: root tests then return
-/// early, and the skip is visible in the output.
+/// Reports that `test` is skipped at run time (a kernel feature or tool is
+/// missing), then the test returns early. libtest reports it as `ok`, so the
+/// line is the only trace of the skip: it goes to the process's stderr
+/// directly, because libtest captures `print!`/`eprint!` (not writes to the
+/// `std::io` handles) and would show them only for a failing test.
+/// `cargo xtask test` counts these lines as skipped, not passed.
+///
+/// Tests that need root are `#[ignore = "needs root …"]` instead (libtest
+/// counts and names those); `cargo xtask test` runs them as root.
+pub fn skip(test: &str, why: &str) {
+    write_skip_line(test, why);
+}
+
+/// Reports that one variant of `test` is skipped while the rest of the test
+/// runs: the line reads `SKIPPED <test>/<variant>: <why>`; `cargo xtask test`
+/// counts it as skipped and still counts the test as passed if it passes.
+pub fn skip_variant(test: &str, variant: &str, why: &str) {
+    write_skip_line(&format!("{test}/{variant}"), why);
+}
+
+fn write_skip_line(name: &str, why: &str) {
+    use std::io::Write as _;
+    // One write_all of the whole line, so that it is not interleaved with
+    // other output; a failed write to stderr has nowhere better to go.
+    let _ = std::io::stderr().lock().write_all(format!("SKIPPED {name}: {why}\n").as_bytes());
+}
+
+/// The runtime guard of the root tests (which are `#[ignore]`d for plain
+/// `cargo test`): returns false after a loud [`skip`] when not root, e.g.
+/// under `cargo test -- --include-ignored` as a normal user.
 pub fn require_root(test: &str) -> bool {
     if nix::unistd::geteuid().is_root() {
         return true;
     }
-    println!("SKIPPED {test}: needs root (loads eBPF programs, creates cgroups); run `cargo xtask test` as root");
+    skip(test, "needs root (see its #[ignore] reason); run `cargo xtask test` as root");
     false
 }
 

@@ -60,6 +60,7 @@ fn wait_signed(dir: &Path, min: u64) -> String {
 }
 
 #[test]
+#[ignore = "needs root (loads eBPF programs, creates cgroups): cargo xtask test runs it"]
 fn denials_policy_changes_and_lifecycle_are_signed_and_verifiable() {
     if !require_root("denials_policy_changes_and_lifecycle_are_signed_and_verifiable") {
         return;
@@ -159,6 +160,7 @@ fn denials_policy_changes_and_lifecycle_are_signed_and_verifiable() {
 /// unsynced tail as a power loss would: every restart recovers, and every
 /// checkpoint ever published still verifies against the final log.
 #[test]
+#[ignore = "needs root (loads eBPF programs, creates cgroups): cargo xtask test runs it"]
 fn kill9_loop_never_loses_a_signed_record() {
     if !require_root("kill9_loop_never_loses_a_signed_record") {
         return;
@@ -226,6 +228,7 @@ fn kill9_loop_never_loses_a_signed_record() {
 /// the overlap, then only the new one; a verifier holding only the old key
 /// follows the rotation.
 #[test]
+#[ignore = "needs root (loads eBPF programs, creates cgroups): cargo xtask test runs it"]
 fn key_rotation_on_the_running_agent() {
     if !require_root("key_rotation_on_the_running_agent") {
         return;

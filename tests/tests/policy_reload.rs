@@ -44,6 +44,7 @@ fn wait_generation(agent: &Agent, generation: u64) -> Value {
 /// Every connect decision must be exactly what the policy generation that
 /// made it says: never a mixture, never a decision neither policy gives.
 #[test]
+#[ignore = "needs root (loads eBPF programs, creates cgroups): cargo xtask test runs it"]
 fn reload_loop_decisions_match_their_generation() {
     if !require_root("reload_loop_decisions_match_their_generation") {
         return;
@@ -128,6 +129,7 @@ fn reload_loop_decisions_match_their_generation() {
 /// digests; rollback re-applies an earlier version (and kernel decisions
 /// follow it).
 #[test]
+#[ignore = "needs root (loads eBPF programs, creates cgroups): cargo xtask test runs it"]
 fn history_rollback_and_sighup() {
     if !require_root("history_rollback_and_sighup") {
         return;

@@ -6,8 +6,10 @@
 //! - `build`: build the agent (embeds the eBPF object).
 //! - `run`: build and run the agent with the embedded policy and the demo
 //!   workload, printing attributed events live.
-//! - `test`: every test: unit tests, then the root integration tests
-//!   single-threaded (they load programs into the one shared kernel).
+//! - `test`: every test: unit tests, then the integration tests
+//!   single-threaded (they load programs into the one shared kernel; the
+//!   root ones only as root). Prints `xtask: N passed, F failed, S skipped`
+//!   and what was skipped and why.
 //! - `bench`: benchmarks (`bench attribution`, `bench policy`, `bench net`, `bench audit`).
 use std::{
     ffi::OsString,
@@ -40,7 +42,8 @@ enum Cmd {
         #[arg(last = true)]
         args: Vec<OsString>,
     },
-    /// Run every test (root tests included; they skip loudly without root).
+    /// Run every test (the root tests only as root; counted as skipped
+    /// otherwise).
     Test {
         /// Extra arguments for the test binaries (e.g. a name filter).
         #[arg(last = true)]
@@ -237,55 +240,139 @@ fn build(release: bool) -> anyhow::Result<()> {
     run(c)
 }
 
+/// `cargo xtask test`: the unit tests in parallel, then the integration
+/// tests one at a time (they load programs into the one shared kernel).
+/// Every test binary runs even when an earlier one failed, so that one CI
+/// run reports everything; any failure fails the command.
 fn test(root: &Path, args: &[OsString]) -> anyhow::Result<()> {
     build(false)?;
-    let mut totals = TestCounts::default();
+    let mut tally = Tally::default();
     // Unit tests (no root needed), in parallel.
     let mut unit = cargo();
-    unit.args(["test", "-p", "zt-common", "-p", "zt-agent", "--"]).args(args);
-    let unit_ok = run_counting(unit, &mut totals)?;
-    // Integration tests: real programs in the one kernel, one at a time;
-    // --nocapture so every loud skip shows.
+    unit.args(["test", "--no-fail-fast", "-p", "zt-common", "-p", "zt-agent", "-p", "xtask", "--"]).args(args);
+    let unit_ok = run_counting(unit, &mut tally)?;
+    // Integration tests: real programs in the one kernel, one at a time. The
+    // ones that need root are #[ignore]d for plain `cargo test`; as root we
+    // run them too, otherwise libtest counts them as ignored (= skipped here).
+    let is_root = nix::unistd::geteuid().is_root();
     let mut integ = cargo();
-    integ
-        .args(["test", "-p", "zt-tests", "--", "--test-threads=1", "--nocapture"])
-        .args(args)
-        .env("ZT_AGENT_BIN", root.join("target/debug/zt-agent"));
-    let integ_ok = run_counting(integ, &mut totals)?;
-    println!("xtask: {} passed, {} failed, {} skipped", totals.passed, totals.failed, totals.skipped);
-    if !(unit_ok && integ_ok) || totals.failed > 0 {
+    integ.args(["test", "--no-fail-fast", "-p", "zt-tests", "--", "--test-threads=1"]);
+    if is_root {
+        integ.arg("--include-ignored");
+    }
+    integ.args(args).env("ZT_AGENT_BIN", root.join("target/debug/zt-agent"));
+    let integ_ok = run_counting(integ, &mut tally)?;
+
+    let passed = tally.passed.saturating_sub(tally.skipped_at_run_time);
+    println!("xtask: {passed} passed, {} failed, {} skipped", tally.failed, tally.skipped.len());
+    for (name, why) in &tally.skipped {
+        println!("xtask:   skipped {name}: {why}");
+    }
+    if !(unit_ok && integ_ok) || tally.failed > 0 {
         bail!("tests failed");
     }
-    if totals.passed == 0 {
+    if passed == 0 {
         bail!("no test ran");
     }
     Ok(())
 }
 
 #[derive(Default)]
-struct TestCounts {
+struct Tally {
+    /// libtest's `passed`, summed (runtime skips included: libtest says `ok`).
     passed: u64,
     failed: u64,
-    skipped: u64,
+    /// Every skipped test or variant with why: libtest's `ignored` ones and
+    /// the tests' own `SKIPPED <name>: <why>` lines.
+    skipped: Vec<(String, String)>,
+    /// Whole tests among `skipped` that libtest counted as passed.
+    skipped_at_run_time: u64,
 }
 
-/// Runs a `cargo test`, echoing its output and adding up the libtest result
-/// lines and the tests' own `SKIPPED` lines.
-fn run_counting(mut cmd: Command, counts: &mut TestCounts) -> anyhow::Result<bool> {
-    use std::io::{BufRead as _, BufReader};
-    let mut child = cmd.stdout(std::process::Stdio::piped()).spawn().with_context(|| format!("spawning {cmd:?}"))?;
-    for line in BufReader::new(child.stdout.take().expect("piped")).lines() {
-        let line = line?;
-        println!("{line}");
+impl Tally {
+    fn line(&mut self, line: &str) {
         if let Some(rest) = line.strip_prefix("test result: ") {
             let num = |word: &str| {
                 rest.split([';', '.']).map(str::trim).find_map(|part| part.strip_suffix(word)?.trim().parse::<u64>().ok()).unwrap_or(0)
             };
-            counts.passed += num("passed");
-            counts.failed += num("failed");
-        } else if line.starts_with("SKIPPED ") {
-            counts.skipped += 1;
+            self.passed += num("passed");
+            self.failed += num("failed");
+        } else if let Some((name, verdict)) = line.strip_prefix("test ").and_then(|l| l.split_once(" ... "))
+            && let Some(why) = verdict.strip_prefix("ignored")
+        {
+            let why = why.trim_start_matches(',').trim();
+            self.skipped.push((name.to_string(), if why.is_empty() { "#[ignore]".into() } else { why.to_string() }));
+        } else if let Some((name, why)) = line.trim_start().strip_prefix("SKIPPED ").and_then(|l| l.split_once(": ")) {
+            // `test/variant`: one variant of a test that itself ran (zt_tests::skip_variant).
+            if !name.contains('/') {
+                self.skipped_at_run_time += 1;
+            }
+            self.skipped.push((name.to_string(), why.to_string()));
         }
     }
+}
+
+/// Runs a `cargo test`, echoing its stdout and stderr as they come and adding
+/// up libtest's result and `ignored` lines and the tests' own `SKIPPED` lines
+/// (written to stderr uncaptured by `zt_tests::skip`).
+fn run_counting(mut cmd: Command, tally: &mut Tally) -> anyhow::Result<bool> {
+    use std::io::{BufRead as _, BufReader, Read};
+    let mut child = cmd
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .with_context(|| format!("spawning {cmd:?}"))?;
+    let (tx, rx) = std::sync::mpsc::channel::<(bool, std::io::Result<String>)>();
+    let forward = |pipe: Box<dyn Read + Send>, is_stderr: bool| {
+        let tx = tx.clone();
+        std::thread::spawn(move || {
+            // Lines, not UTF-8 lines: a test may print any bytes.
+            for line in BufReader::new(pipe).split(b'\n') {
+                let stop = line.is_err();
+                let line = line.map(|l| String::from_utf8_lossy(&l).trim_end_matches('\r').to_string());
+                if tx.send((is_stderr, line)).is_err() || stop {
+                    break;
+                }
+            }
+        })
+    };
+    let out = forward(Box::new(child.stdout.take().expect("piped")), false);
+    let err = forward(Box::new(child.stderr.take().expect("piped")), true);
+    drop(tx);
+    for (is_stderr, line) in rx {
+        let line = line.context("reading the output of cargo test")?;
+        if is_stderr {
+            eprintln!("{line}");
+        } else {
+            println!("{line}");
+        }
+        tally.line(&line);
+    }
+    let _ = (out.join(), err.join());
     Ok(child.wait()?.success())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::Tally;
+
+    #[test]
+    fn counts_ignored_and_runtime_skips_as_skipped_not_passed() {
+        let mut t = Tally::default();
+        for line in [
+            "test bypass_suite ... ignored, needs root (loads eBPF programs, creates cgroups): cargo xtask test runs it",
+            "test plain_ignore ... ignored",
+            "SKIPPED recycled_pid_does_not_inherit_identity: /proc/sys/kernel/ns_last_pid missing",
+            "SKIPPED bypass_suite/io_uring: io_uring_setup fails",
+            "test result: ok. 7 passed; 0 failed; 2 ignored; 0 measured; 0 filtered out; finished in 1.00s",
+            "test result: FAILED. 3 passed; 1 failed; 0 ignored; 0 measured; 4 filtered out; finished in 0.10s",
+        ] {
+            t.line(line);
+        }
+        assert_eq!((t.passed, t.failed, t.skipped_at_run_time), (10, 1, 1));
+        let names: Vec<&str> = t.skipped.iter().map(|(n, _)| n.as_str()).collect();
+        assert_eq!(names, ["bypass_suite", "plain_ignore", "recycled_pid_does_not_inherit_identity", "bypass_suite/io_uring"]);
+        assert_eq!(t.skipped[0].1, "needs root (loads eBPF programs, creates cgroups): cargo xtask test runs it");
+        assert_eq!(t.skipped[1].1, "#[ignore]");
+    }
 }
