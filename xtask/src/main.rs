@@ -6,10 +6,11 @@
 //! - `build`: build the agent (embeds the eBPF object).
 //! - `run`: build and run the agent with the embedded policy and the demo
 //!   workload, printing attributed events live.
-//! - `test`: every test: unit tests, then the integration tests
-//!   single-threaded (they load programs into the one shared kernel; the
-//!   root ones only as root). Prints `xtask: N passed, F failed, S skipped`
-//!   and what was skipped and why.
+//! - `test`: the gates (rustfmt, clippy on the host crates and on
+//!   zt-ebpf), then every test: unit tests,
+//!   then the integration tests single-threaded (they load programs into the
+//!   one shared kernel; the root ones only as root). Prints
+//!   `xtask: N passed, F failed, S skipped` and what was skipped and why.
 //! - `bench`: benchmarks (`bench attribution`, `bench policy`, `bench net`, `bench audit`).
 use std::{
     ffi::OsString,
@@ -42,8 +43,8 @@ enum Cmd {
         #[arg(last = true)]
         args: Vec<OsString>,
     },
-    /// Run every test (the root tests only as root; counted as skipped
-    /// otherwise).
+    /// Run the gates (fmt, clippy), then every test (the root
+    /// tests only as root; counted as skipped otherwise).
     Test {
         /// Extra arguments for the test binaries (e.g. a name filter).
         #[arg(last = true)]
@@ -240,11 +241,22 @@ fn build(release: bool) -> anyhow::Result<()> {
     run(c)
 }
 
-/// `cargo xtask test`: the unit tests in parallel, then the integration
-/// tests one at a time (they load programs into the one shared kernel).
-/// Every test binary runs even when an earlier one failed, so that one CI
-/// run reports everything; any failure fails the command.
+/// `cargo xtask test`: the gates (fmt, clippy), then the unit tests in
+/// parallel, then the integration tests one at a time (they load programs
+/// into the one shared kernel). Every gate and every test binary runs even
+/// when an earlier one failed, so that one CI run reports everything; any
+/// failure fails the command.
 fn test(root: &Path, args: &[OsString]) -> anyhow::Result<()> {
+    let mut failed_gates = Vec::new();
+    let gates: [(&str, Gate); 3] = [("fmt", fmt_check), ("clippy (host crates)", clippy_host), ("clippy (zt-ebpf)", clippy_ebpf)];
+    for (name, gate) in gates {
+        eprintln!("xtask: gate: {name}");
+        if let Err(e) = gate(root) {
+            eprintln!("xtask: gate {name} FAILED: {e:#}");
+            failed_gates.push(name);
+        }
+    }
+
     build(false)?;
     let mut tally = Tally::default();
     // Unit tests (no root needed), in parallel.
@@ -268,13 +280,60 @@ fn test(root: &Path, args: &[OsString]) -> anyhow::Result<()> {
     for (name, why) in &tally.skipped {
         println!("xtask:   skipped {name}: {why}");
     }
+    if !failed_gates.is_empty() {
+        println!("xtask: failed gates: {}", failed_gates.join(", "));
+    }
     if !(unit_ok && integ_ok) || tally.failed > 0 {
         bail!("tests failed");
     }
     if passed == 0 {
         bail!("no test ran");
     }
+    if !failed_gates.is_empty() {
+        bail!("gates failed: {}", failed_gates.join(", "));
+    }
     Ok(())
+}
+
+/// A check run before the tests; its error says what failed.
+type Gate = fn(&Path) -> anyhow::Result<()>;
+
+/// `cargo fmt --all --check` (settings in rustfmt.toml).
+fn fmt_check(_root: &Path) -> anyhow::Result<()> {
+    let mut c = cargo();
+    c.args(["fmt", "--all", "--check"]);
+    run(c)
+}
+
+/// clippy on every host crate and target, warnings denied.
+fn clippy_host(_root: &Path) -> anyhow::Result<()> {
+    let mut c = cargo();
+    c.args(["clippy", "-p", "zt-common", "-p", "zt-agent", "-p", "zt-tests", "-p", "xtask", "--all-targets", "--", "-D", "warnings"]);
+    run(c)
+}
+
+/// clippy on the eBPF crate, built the way `aya_build::build_ebpf` (aya-build
+/// 0.2.0, called by zt-agent/build.rs) builds it: `rustup run nightly cargo`,
+/// `--bins --release --target bpfel-unknown-none -Z build-std=core`, the same
+/// `CARGO_ENCODED_RUSTFLAGS`, without `RUSTC`/`RUSTC_WORKSPACE_WRAPPER` (they
+/// would name the stable toolchain), and a target directory of its own so
+/// that host builds keep their fingerprints.
+///
+/// Kept separate on purpose: the kernel side's owner is settling the exact
+/// command; change it here only.
+fn clippy_ebpf(root: &Path) -> anyhow::Result<()> {
+    const SEP: &str = "\x1f"; // CARGO_ENCODED_RUSTFLAGS separator
+    // aya-build derives bpf_target_arch from the host crate's target arch.
+    let rustflags = ["--cfg=bpf_target_arch=\"", std::env::consts::ARCH, "\"", SEP, "-Cdebuginfo=2", SEP, "-Clink-arg=--btf"].concat();
+    let mut c = Command::new("rustup");
+    c.args(["run", "nightly", "cargo", "clippy", "--package", "zt-ebpf", "--bins", "--release"])
+        .args(["--target", "bpfel-unknown-none", "-Z", "build-std=core", "--target-dir"])
+        .arg(root.join("target/clippy-ebpf"))
+        .args(["--", "-D", "warnings"])
+        .env("CARGO_ENCODED_RUSTFLAGS", rustflags)
+        .env_remove("RUSTC")
+        .env_remove("RUSTC_WORKSPACE_WRAPPER");
+    run(c)
 }
 
 #[derive(Default)]
