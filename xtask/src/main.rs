@@ -6,8 +6,8 @@
 //! - `build`: build the agent (embeds the eBPF object).
 //! - `run`: build and run the agent with the embedded policy and the demo
 //!   workload, printing attributed events live.
-//! - `test`: the gates (rustfmt, clippy on the host crates and on
-//!   zt-ebpf), then every test: unit tests,
+//! - `test`: the gates (rust-version of the locked dependencies, rustfmt,
+//!   clippy on the host crates and on zt-ebpf), then every test: unit tests,
 //!   then the integration tests single-threaded (they load programs into the
 //!   one shared kernel; the root ones only as root). Prints
 //!   `xtask: N passed, F failed, S skipped` and what was skipped and why.
@@ -43,7 +43,7 @@ enum Cmd {
         #[arg(last = true)]
         args: Vec<OsString>,
     },
-    /// Run the gates (fmt, clippy), then every test (the root
+    /// Run the gates (rust-version, fmt, clippy), then every test (the root
     /// tests only as root; counted as skipped otherwise).
     Test {
         /// Extra arguments for the test binaries (e.g. a name filter).
@@ -241,14 +241,15 @@ fn build(release: bool) -> anyhow::Result<()> {
     run(c)
 }
 
-/// `cargo xtask test`: the gates (fmt, clippy), then the unit tests in
+/// `cargo xtask test`: the gates (MSRV, fmt, clippy), then the unit tests in
 /// parallel, then the integration tests one at a time (they load programs
 /// into the one shared kernel). Every gate and every test binary runs even
 /// when an earlier one failed, so that one CI run reports everything; any
 /// failure fails the command.
 fn test(root: &Path, args: &[OsString]) -> anyhow::Result<()> {
     let mut failed_gates = Vec::new();
-    let gates: [(&str, Gate); 3] = [("fmt", fmt_check), ("clippy (host crates)", clippy_host), ("clippy (zt-ebpf)", clippy_ebpf)];
+    let gates: [(&str, Gate); 4] =
+        [("msrv", check_msrv), ("fmt", fmt_check), ("clippy (host crates)", clippy_host), ("clippy (zt-ebpf)", clippy_ebpf)];
     for (name, gate) in gates {
         eprintln!("xtask: gate: {name}");
         if let Err(e) = gate(root) {
@@ -334,6 +335,64 @@ fn clippy_ebpf(root: &Path) -> anyhow::Result<()> {
         .env_remove("RUSTC")
         .env_remove("RUSTC_WORKSPACE_WRAPPER");
     run(c)
+}
+
+/// Fails when a locked dependency declares a `rust-version` newer than the
+/// workspace's (`[workspace.package] rust-version`, inherited by the members
+/// that declare one).
+///
+/// Only the machine's stable (1.95) and nightly toolchains exist here and
+/// none can be downloaded, so building with the declared minimum itself is
+/// not possible; this check, plus clippy's `incompatible_msrv` (std APIs
+/// newer than the same `rust-version`), is what we can do.
+fn check_msrv(_root: &Path) -> anyhow::Result<()> {
+    let out = cargo()
+        .args(["metadata", "--format-version", "1", "--locked"])
+        .stderr(std::process::Stdio::inherit())
+        .output()
+        .context("running cargo metadata")?;
+    if !out.status.success() {
+        bail!("cargo metadata failed: {}", out.status);
+    }
+    let meta: serde_json::Value = serde_json::from_slice(&out.stdout).context("parsing cargo metadata")?;
+    let members: Vec<&str> = meta["workspace_members"].as_array().context("workspace_members")?.iter().filter_map(|m| m.as_str()).collect();
+    let packages = meta["packages"].as_array().context("packages")?;
+    let declared = |p: &serde_json::Value| p["rust_version"].as_str().map(str::to_string);
+    let mut ours: Vec<(String, String)> = packages
+        .iter()
+        .filter(|p| p["id"].as_str().is_some_and(|id| members.contains(&id)))
+        .filter_map(|p| Some((declared(p)?, p["name"].as_str()?.to_string())))
+        .collect();
+    ours.sort();
+    ours.dedup_by(|a, b| a.0 == b.0);
+    let workspace = match ours.as_slice() {
+        [(v, _)] => v.clone(),
+        [] => bail!("no workspace member declares a rust-version (rust-version.workspace = true)"),
+        more => bail!("workspace members declare different rust-versions: {more:?}"),
+    };
+    let ws = parse_version(&workspace)?;
+    let mut newer: Vec<String> = Vec::new();
+    for p in packages.iter().filter(|p| p["id"].as_str().is_some_and(|id| !members.contains(&id))) {
+        if let Some(v) = declared(p)
+            && parse_version(&v)? > ws
+        {
+            newer.push(format!("{} {} needs rust {v}", p["name"].as_str().unwrap_or("?"), p["version"].as_str().unwrap_or("?")));
+        }
+    }
+    if !newer.is_empty() {
+        bail!("locked dependencies need a newer Rust than the workspace's rust-version {workspace}:\n  {}", newer.join("\n  "));
+    }
+    eprintln!("xtask: every locked dependency builds with rust {workspace} (their declared rust-version)");
+    Ok(())
+}
+
+/// "1.88" or "1.88.0" as [major, minor, patch].
+fn parse_version(v: &str) -> anyhow::Result<[u64; 3]> {
+    let mut out = [0; 3];
+    for (slot, part) in out.iter_mut().zip(v.split('.')) {
+        *slot = part.parse().with_context(|| format!("rust-version {v:?}"))?;
+    }
+    Ok(out)
 }
 
 #[derive(Default)]
