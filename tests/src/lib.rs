@@ -2,9 +2,15 @@
 //! process, real cgroups, loopback listeners, and root/feature checks that
 //! skip loudly.
 //!
+//! Tests that need root carry `#[ignore = "needs root …"]`: plain
+//! `cargo test` lists them as ignored, and `cargo xtask test` runs them with
+//! `--include-ignored` when it runs as root.
+//!
 //! # Layout
-//! - [`require_root`]: the loud skip.
+//! - [`skip`], [`skip_variant`]: loud skips decided at run time, uncaptured.
+//! - [`require_root`]: the runtime guard of the root tests.
 //! - [`agent_bin`], [`helper_bin`]: the binaries under test.
+//! - [`tempdir`]: a private temporary directory, removed on drop.
 //! - [`Agent`]: `zt-agent run` with a policy, events in a file, stopped by SIGTERM.
 //! - [`TestCgroup`]: a cgroup v2 subtree, removed (processes killed) on drop.
 //! - [`Listener`]: a loopback TCP listener that accepts and drops.
@@ -20,18 +26,52 @@ use std::{
 use anyhow::{Context as _, bail};
 use serde_json::Value;
 
-/// A name unique to this test process (cgroups, temp dirs).
+/// A name unique to this test process (cgroups).
 pub fn unique(name: &str) -> String {
     format!("zt-test-{name}-{}", std::process::id())
 }
 
-/// Returns false (after printing why) when not root: root tests then return
-/// early, and the skip is visible in the output.
+/// A private temporary directory (`zt-test-<name>-XXXXXX` under the system
+/// temp dir, mode 0700), removed with everything in it when dropped.
+pub fn tempdir(name: &str) -> anyhow::Result<tempfile::TempDir> {
+    tempfile::Builder::new().prefix(&format!("zt-test-{name}-")).tempdir().context("creating a temporary directory")
+}
+
+/// Reports that `test` is skipped at run time (a kernel feature or tool is
+/// missing), then the test returns early. libtest reports it as `ok`, so the
+/// line is the only trace of the skip: it goes to the process's stderr
+/// directly, because libtest captures `print!`/`eprint!` (not writes to the
+/// `std::io` handles) and would show them only for a failing test.
+/// `cargo xtask test` counts these lines as skipped, not passed.
+///
+/// Tests that need root are `#[ignore = "needs root …"]` instead (libtest
+/// counts and names those); `cargo xtask test` runs them as root.
+pub fn skip(test: &str, why: &str) {
+    write_skip_line(test, why);
+}
+
+/// Reports that one variant of `test` is skipped while the rest of the test
+/// runs: the line reads `SKIPPED <test>/<variant>: <why>`; `cargo xtask test`
+/// counts it as skipped and still counts the test as passed if it passes.
+pub fn skip_variant(test: &str, variant: &str, why: &str) {
+    write_skip_line(&format!("{test}/{variant}"), why);
+}
+
+fn write_skip_line(name: &str, why: &str) {
+    use std::io::Write as _;
+    // One write_all of the whole line, so that it is not interleaved with
+    // other output; a failed write to stderr has nowhere better to go.
+    let _ = std::io::stderr().lock().write_all(format!("SKIPPED {name}: {why}\n").as_bytes());
+}
+
+/// The runtime guard of the root tests (which are `#[ignore]`d for plain
+/// `cargo test`): returns false after a loud [`skip`] when not root, e.g.
+/// under `cargo test -- --include-ignored` as a normal user.
 pub fn require_root(test: &str) -> bool {
     if nix::unistd::geteuid().is_root() {
         return true;
     }
-    println!("SKIPPED {test}: needs root (loads eBPF programs, creates cgroups); run `cargo xtask test` as root");
+    skip(test, "needs root (see its #[ignore] reason); run `cargo xtask test` as root");
     false
 }
 
@@ -182,8 +222,13 @@ pub struct Agent {
     child: Option<Child>,
     pub events_path: PathBuf,
     pub socket: PathBuf,
+    /// The agent's private directory (policy, events, socket, state, audit
+    /// log unless `extra` names others); it lives as long as the `Agent`.
     pub dir: PathBuf,
     stderr_lines: std::sync::Arc<std::sync::Mutex<Vec<String>>>,
+    /// Removes `dir` when dropped: declared after `child` and dropped after
+    /// `Drop for Agent` has killed the agent, so the agent never outlives it.
+    _tmp: tempfile::TempDir,
 }
 
 impl Agent {
@@ -192,9 +237,8 @@ impl Agent {
     /// (programs attached, table seeded). Policy history and the audit log
     /// go to private directories unless `extra` names them.
     pub fn start(name: &str, policy: &str, extra: &[&str]) -> anyhow::Result<Self> {
-        let dir = std::env::temp_dir().join(format!("zt-test-{name}-{}", std::process::id()));
-        let _ = std::fs::remove_dir_all(&dir);
-        std::fs::create_dir_all(&dir)?;
+        let tmp = tempdir(name)?;
+        let dir = tmp.path().to_path_buf();
         let policy_path = dir.join("policy.yaml");
         std::fs::write(&policy_path, policy)?;
         let events_path = dir.join("events.jsonl");
@@ -235,7 +279,7 @@ impl Agent {
                 }
             });
         }
-        let mut agent = Agent { child: Some(child), events_path, socket, dir, stderr_lines: lines };
+        let mut agent = Agent { child: Some(child), events_path, socket, dir, stderr_lines: lines, _tmp: tmp };
         let deadline = Instant::now() + Duration::from_secs(60);
         loop {
             if agent.events().iter().any(|e| e["kind"] == "agent" && e["agent"]["state"] == "started") {
@@ -303,7 +347,7 @@ impl Drop for Agent {
             let _ = c.kill();
             let _ = c.wait();
         }
-        let _ = std::fs::remove_dir_all(&self.dir);
+        // `_tmp` removes the directory after this.
     }
 }
 

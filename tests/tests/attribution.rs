@@ -1,6 +1,6 @@
 //! Root integration tests of in-kernel attribution: the real agent binary,
 //! real programs, real cgroups, real processes and loopback connections.
-//! Each test skips loudly without root.
+//! Each test needs root (`#[ignore]`d for plain `cargo test`).
 use std::{
     io::Write,
     process::{Command, Stdio},
@@ -28,6 +28,7 @@ fn assert_agent(e: &serde_json::Value, what: &str) {
 /// exec and connect of every descendant carries the identity; processes
 /// outside never do.
 #[test]
+#[ignore = "needs root (loads eBPF programs, creates cgroups): cargo xtask test runs it"]
 fn lineage_survives_fork_exec_setsid_double_fork_threads_and_cgroup_escape() {
     if !require_root("lineage_survives_fork_exec_setsid_double_fork_threads_and_cgroup_escape") {
         return;
@@ -112,14 +113,16 @@ fn lineage_survives_fork_exec_setsid_double_fork_threads_and_cgroup_escape() {
 
 /// A pid recycled after an agent process died must not inherit its identity.
 #[test]
+#[ignore = "needs root (loads eBPF programs, creates cgroups): cargo xtask test runs it"]
 fn recycled_pid_does_not_inherit_identity() {
     if !require_root("recycled_pid_does_not_inherit_identity") {
         return;
     }
     let ns_last_pid = "/proc/sys/kernel/ns_last_pid";
     if std::fs::metadata(ns_last_pid).is_err() {
-        println!(
-            "SKIPPED recycled_pid_does_not_inherit_identity: {ns_last_pid} missing (CONFIG_CHECKPOINT_RESTORE off), cannot force pid reuse"
+        skip(
+            "recycled_pid_does_not_inherit_identity",
+            &format!("{ns_last_pid} missing (CONFIG_CHECKPOINT_RESTORE off), cannot force pid reuse"),
         );
         return;
     }
@@ -173,6 +176,7 @@ fn recycled_pid_does_not_inherit_identity() {
 /// Processes started before the agent are seeded from /proc: an agent
 /// process already running is attributed once the agent starts.
 #[test]
+#[ignore = "needs root (loads eBPF programs, creates cgroups): cargo xtask test runs it"]
 fn processes_running_before_start_are_seeded() {
     if !require_root("processes_running_before_start_are_seeded") {
         return;
@@ -203,12 +207,13 @@ fn processes_running_before_start_are_seeded() {
 /// kernel table after the exec event), and "descendant of" (the anchor's
 /// children get the identity in the kernel at fork; the anchor does not).
 #[test]
+#[ignore = "needs root (loads eBPF programs, creates cgroups): cargo xtask test runs it"]
 fn exe_and_descendant_selectors() {
     if !require_root("exe_and_descendant_selectors") {
         return;
     }
-    let dir = std::env::temp_dir().join(unique("exe-bins"));
-    std::fs::create_dir_all(&dir).unwrap();
+    let tmp = tempdir("exe-bins").unwrap();
+    let dir = tmp.path();
     let by_exe = dir.join("agent-bin");
     let runner = dir.join("runner-bin");
     std::fs::copy(helper_bin(), &by_exe).unwrap();
@@ -229,7 +234,6 @@ fn exe_and_descendant_selectors() {
     assert!(Command::new(&runner).args(["fork-sleep-connect", "1000", &l_kid.addr()]).status().unwrap().success());
     agent.wait_for("the runner child's connect", |e| e["kind"] == "connect" && e["connect"]["port"] == l_kid.port).unwrap();
     let events = agent.stop().unwrap();
-    std::fs::remove_dir_all(&dir).unwrap();
 
     let c = connects_to(&events, l_exe.port);
     assert_eq!(c.len(), 1, "{c:?}");
@@ -246,6 +250,7 @@ fn exe_and_descendant_selectors() {
 
 /// After SIGTERM nothing of ours stays loaded in the kernel.
 #[test]
+#[ignore = "needs root (loads eBPF programs, creates cgroups): cargo xtask test runs it"]
 fn stopping_leaves_nothing_attached() {
     if !require_root("stopping_leaves_nothing_attached") {
         return;
@@ -277,6 +282,7 @@ fn loaded_program_names() -> Vec<String> {
 
 /// `zt-agent status` talks to the running agent over its control socket.
 #[test]
+#[ignore = "needs root (loads eBPF programs, creates cgroups): cargo xtask test runs it"]
 fn status_reports_counters_and_paths() {
     if !require_root("status_reports_counters_and_paths") {
         return;
@@ -299,6 +305,7 @@ fn status_reports_counters_and_paths() {
 /// argv in all three capture modes, including truncation of a long argv and
 /// an argument with spaces; the hook table says which path is in force.
 #[test]
+#[ignore = "needs root (loads eBPF programs, creates cgroups): cargo xtask test runs it"]
 fn argv_capture_modes() {
     if !require_root("argv_capture_modes") {
         return;
@@ -357,6 +364,7 @@ fn argv_capture_modes() {
 /// records still reach the output as `connect_summary` events: the repeats
 /// of all connect and summary events add up to exactly the attempts made.
 #[test]
+#[ignore = "needs root (loads eBPF programs, creates cgroups): cargo xtask test runs it"]
 fn ring_buffer_overflow_is_counted_and_reported() {
     if !require_root("ring_buffer_overflow_is_counted_and_reported") {
         return;
@@ -396,6 +404,7 @@ fn ring_buffer_overflow_is_counted_and_reported() {
 /// A flood to one destination becomes a handful of events whose repeats
 /// add up to every attempt.
 #[test]
+#[ignore = "needs root (loads eBPF programs, creates cgroups): cargo xtask test runs it"]
 fn repeated_attempts_are_aggregated_not_dropped() {
     if !require_root("repeated_attempts_are_aggregated_not_dropped") {
         return;

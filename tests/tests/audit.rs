@@ -59,30 +59,16 @@ fn wait_signed(dir: &Path, min: u64) -> String {
     }
 }
 
-struct TmpDir(PathBuf);
-impl TmpDir {
-    fn new(name: &str) -> Self {
-        let d = std::env::temp_dir().join(unique(name));
-        let _ = std::fs::remove_dir_all(&d);
-        std::fs::create_dir_all(&d).unwrap();
-        TmpDir(d)
-    }
-}
-impl Drop for TmpDir {
-    fn drop(&mut self) {
-        let _ = std::fs::remove_dir_all(&self.0);
-    }
-}
-
 #[test]
+#[ignore = "needs root (loads eBPF programs, creates cgroups): cargo xtask test runs it"]
 fn denials_policy_changes_and_lifecycle_are_signed_and_verifiable() {
     if !require_root("denials_policy_changes_and_lifecycle_are_signed_and_verifiable") {
         return;
     }
-    let tmp = TmpDir::new("audit-e2e-files");
-    let (dir, key) = (tmp.0.join("audit"), tmp.0.join("audit.key"));
+    let tmp = tempdir("audit-e2e-files").unwrap();
+    let (dir, key) = (tmp.path().join("audit"), tmp.path().join("audit.key"));
     let cg = TestCgroup::new(&format!("/{}/agent", unique("audit"))).unwrap();
-    let policy_file = tmp.0.join("policy.yaml");
+    let policy_file = tmp.path().join("policy.yaml");
     std::fs::write(&policy_file, deny_all_policy(&cg)).unwrap();
     let agent = Agent::start(
         "audit-e2e",
@@ -130,7 +116,7 @@ fn denials_policy_changes_and_lifecycle_are_signed_and_verifiable() {
     // Verification, independent of the log directory's own key list.
     let d = dir.to_str().unwrap();
     let vk = vkey(&dir);
-    let early_file = tmp.0.join("early.checkpoint");
+    let early_file = tmp.path().join("early.checkpoint");
     std::fs::write(&early_file, &early).unwrap();
     let o = zt(&["audit", "verify", d, "--vkey", &vk, "--trusted-checkpoint", early_file.to_str().unwrap()]);
     assert!(o.status.success(), "{}", text(&o));
@@ -162,7 +148,7 @@ fn denials_policy_changes_and_lifecycle_are_signed_and_verifiable() {
     // The agent refuses to continue on a log that contradicts its checkpoint.
     let o = Command::new(agent_bin())
         .args(["run", "--policy", policy_file.to_str().unwrap(), "--audit-dir", d, "--audit-key", key.to_str().unwrap()])
-        .args(["--state-dir", tmp.0.join("state").to_str().unwrap(), "--socket", tmp.0.join("sock").to_str().unwrap()])
+        .args(["--state-dir", tmp.path().join("state").to_str().unwrap(), "--socket", tmp.path().join("sock").to_str().unwrap()])
         .output()
         .unwrap();
     assert_eq!(o.status.code(), Some(3), "{}", text(&o));
@@ -174,12 +160,13 @@ fn denials_policy_changes_and_lifecycle_are_signed_and_verifiable() {
 /// unsynced tail as a power loss would: every restart recovers, and every
 /// checkpoint ever published still verifies against the final log.
 #[test]
+#[ignore = "needs root (loads eBPF programs, creates cgroups): cargo xtask test runs it"]
 fn kill9_loop_never_loses_a_signed_record() {
     if !require_root("kill9_loop_never_loses_a_signed_record") {
         return;
     }
-    let tmp = TmpDir::new("audit-kill9-files");
-    let (dir, key) = (tmp.0.join("audit"), tmp.0.join("audit.key"));
+    let tmp = tempdir("audit-kill9-files").unwrap();
+    let (dir, key) = (tmp.path().join("audit"), tmp.path().join("audit.key"));
     let d = dir.to_str().unwrap().to_string();
     let cg = TestCgroup::new(&format!("/{}/agent", unique("kill9"))).unwrap();
     let policy = deny_all_policy(&cg);
@@ -196,7 +183,7 @@ fn kill9_loop_never_loses_a_signed_record() {
         let note = wait_signed(&dir, 1);
         std::thread::sleep(Duration::from_millis(1200 + 150 * round));
         let note = std::fs::read_to_string(dir.join("checkpoint")).unwrap_or(note);
-        let f = tmp.0.join(format!("published-{round}.checkpoint"));
+        let f = tmp.path().join(format!("published-{round}.checkpoint"));
         std::fs::write(&f, note).unwrap();
         published.push(f);
         let _ = load.wait();
@@ -241,12 +228,13 @@ fn kill9_loop_never_loses_a_signed_record() {
 /// the overlap, then only the new one; a verifier holding only the old key
 /// follows the rotation.
 #[test]
+#[ignore = "needs root (loads eBPF programs, creates cgroups): cargo xtask test runs it"]
 fn key_rotation_on_the_running_agent() {
     if !require_root("key_rotation_on_the_running_agent") {
         return;
     }
-    let tmp = TmpDir::new("audit-rotate-files");
-    let (dir, key) = (tmp.0.join("audit"), tmp.0.join("audit.key"));
+    let tmp = tempdir("audit-rotate-files").unwrap();
+    let (dir, key) = (tmp.path().join("audit"), tmp.path().join("audit.key"));
     let cg = TestCgroup::new(&format!("/{}/agent", unique("rotate"))).unwrap();
     let agent =
         Agent::start("audit-rotate", &deny_all_policy(&cg), &["--audit-dir", dir.to_str().unwrap(), "--audit-key", key.to_str().unwrap()])

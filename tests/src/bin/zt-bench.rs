@@ -308,8 +308,8 @@ fn policy_bench(rounds: usize) -> anyhow::Result<()> {
                 "  rules:\n    - name: allow-{port}\n      identity: bench-agent\n      action: allow\n      egress:\n        - to: [127.0.0.1/32]\n          ports: [{port}]\n          protocol: tcp\n"
             )
     };
-    let dir = std::env::temp_dir().join(format!("zt-bench-policy-{}", std::process::id()));
-    std::fs::create_dir_all(&dir)?;
+    let tmp = zt_tests::tempdir("bench-policy")?;
+    let dir = tmp.path().to_path_buf();
     let file = dir.join("policy.yaml");
     let texts = [small(l.port), small(l.port) + "# b\n", big_policy(10_000, &cg.rel)];
     std::fs::write(&file, &texts[0])?;
@@ -394,7 +394,7 @@ fn policy_bench(rounds: usize) -> anyhow::Result<()> {
         ratios.push(b / i);
     }
     agent.stop()?;
-    std::fs::remove_dir_all(&dir)?;
+    tmp.close().context("removing the policy directory")?;
     println!();
     let (i50, b50) = (median(&mut idle), median(&mut busy));
     ratios.sort_by(|a, b| a.partial_cmp(b).unwrap());
@@ -545,8 +545,9 @@ fn audit_bench(rounds: usize) -> anyhow::Result<()> {
         segment,
         verify::{Options, verify_dir},
     };
-    let base = std::env::temp_dir().join(format!("zt-bench-audit-{}", std::process::id()));
-    let _ = std::fs::remove_dir_all(&base);
+    // Removed on drop, also when a measurement fails half-way.
+    let tmp = zt_tests::tempdir("bench-audit")?;
+    let base = tmp.path().to_path_buf();
     let config = |name: &str| {
         let mut c = Config::new(base.join(name), base.join(format!("{name}.key")), "zt-agent/bench".into());
         c.checkpoint_interval = Duration::from_secs(3600);
@@ -658,6 +659,6 @@ fn audit_bench(rounds: usize) -> anyhow::Result<()> {
         verify_ns.push(t.elapsed().as_nanos() as f64);
     }
     println!("checkpoint sign p50 {:.1} us, verify p50 {:.1} us (Ed25519, ring)", med(&mut sign_ns) / 1000.0, med(&mut verify_ns) / 1000.0);
-    let _ = std::fs::remove_dir_all(&base);
+    drop(tmp);
     Ok(())
 }

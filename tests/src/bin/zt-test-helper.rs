@@ -197,40 +197,16 @@ fn uring_connect(sa: std::net::SocketAddr) -> String {
         Ok(r) => r,
         Err(e) => return format!("ERR-URING {e}"),
     };
-    let domain = if sa.is_ipv4() { libc::AF_INET } else { libc::AF_INET6 };
-    // SAFETY: plain socket(2); the fd is owned below.
-    let fd = unsafe { libc::socket(domain, libc::SOCK_STREAM | libc::SOCK_CLOEXEC, 0) };
-    assert!(fd >= 0);
-    let sock = unsafe { <std::os::fd::OwnedFd as std::os::fd::FromRawFd>::from_raw_fd(fd) };
-    let (storage, len) = sockaddr(sa);
-    let entry =
-        io_uring::opcode::Connect::new(io_uring::types::Fd(sock.as_raw_fd()), (&storage as *const libc::sockaddr_storage).cast(), len)
-            .build()
-            .flags(io_uring::squeue::Flags::ASYNC);
-    // SAFETY: storage outlives the submission (we wait for completion below).
+    // socket(AF_INET or AF_INET6, SOCK_STREAM | SOCK_CLOEXEC, 0).
+    let sock = socket2::Socket::new(socket2::Domain::for_address(sa), socket2::Type::STREAM, None).expect("socket(2)");
+    // sockaddr_in or sockaddr_in6, with its exact length.
+    let addr = socket2::SockAddr::from(sa);
+    let entry = io_uring::opcode::Connect::new(io_uring::types::Fd(sock.as_raw_fd()), addr.as_ptr().cast(), addr.len())
+        .build()
+        .flags(io_uring::squeue::Flags::ASYNC);
+    // SAFETY: `addr` and `sock` outlive the submission (we wait for its completion below).
     unsafe { ring.submission().push(&entry).expect("queue") };
     ring.submit_and_wait(1).expect("io_uring_enter");
     let res = ring.completion().next().expect("completion").result();
     if res >= 0 { "OK".into() } else { errno_result(Err(std::io::Error::from_raw_os_error(-res))) }
-}
-
-fn sockaddr(sa: std::net::SocketAddr) -> (libc::sockaddr_storage, libc::socklen_t) {
-    // SAFETY: all-zero is a valid sockaddr_storage; we fill the variant in place.
-    let mut st: libc::sockaddr_storage = unsafe { std::mem::zeroed() };
-    match sa {
-        std::net::SocketAddr::V4(v4) => {
-            let sin = unsafe { &mut *(&mut st as *mut libc::sockaddr_storage).cast::<libc::sockaddr_in>() };
-            sin.sin_family = libc::AF_INET as u16;
-            sin.sin_port = v4.port().to_be();
-            sin.sin_addr.s_addr = u32::from_ne_bytes(v4.ip().octets());
-            (st, std::mem::size_of::<libc::sockaddr_in>() as u32)
-        }
-        std::net::SocketAddr::V6(v6) => {
-            let sin6 = unsafe { &mut *(&mut st as *mut libc::sockaddr_storage).cast::<libc::sockaddr_in6>() };
-            sin6.sin6_family = libc::AF_INET6 as u16;
-            sin6.sin6_port = v6.port().to_be();
-            sin6.sin6_addr.s6_addr = v6.ip().octets();
-            (st, std::mem::size_of::<libc::sockaddr_in6>() as u32)
-        }
-    }
 }

@@ -127,8 +127,8 @@ mod tests {
 
     #[test]
     fn created_0400_reloaded_and_loose_modes_refused() {
-        let d = std::env::temp_dir().join(format!("zt-keys-{}", std::process::id()));
-        let _ = std::fs::remove_dir_all(&d);
+        let tmp = tempfile::tempdir().unwrap();
+        let d = tmp.path();
         let path = d.join("sub/audit.key");
         let (a, created) = load_or_create(&path, "zt-agent/n").unwrap();
         assert!(created);
@@ -140,9 +140,8 @@ mod tests {
         let e = load(&path, "zt-agent/n").err().unwrap().to_string();
         assert!(e.contains("mode 640") && e.contains("defaultMode: 0400"), "{e}");
         assert!(write_new(&path, "zt-agent/n").is_err(), "never overwrites a key");
-        append_verifier_key(&d, &a.verifier_key()).unwrap();
-        append_verifier_key(&d, &a.verifier_key()).unwrap();
-        assert_eq!(read_verifier_keys(&verifier_keys_path(&d)).unwrap(), vec![a.verifier_key()]);
-        std::fs::remove_dir_all(&d).unwrap();
+        append_verifier_key(d, &a.verifier_key()).unwrap();
+        append_verifier_key(d, &a.verifier_key()).unwrap();
+        assert_eq!(read_verifier_keys(&verifier_keys_path(d)).unwrap(), vec![a.verifier_key()]);
     }
 }

@@ -262,10 +262,12 @@ impl SegmentWriter {
 mod tests {
     use super::*;
 
-    fn tmp(name: &str) -> PathBuf {
-        let d = std::env::temp_dir().join(format!("zt-seg-{name}-{}", std::process::id()));
-        let _ = std::fs::remove_dir_all(&d);
-        d
+    /// A segment directory that does not exist yet (the writer creates it)
+    /// inside a private temporary directory, removed when the guard drops.
+    fn tmp(name: &str) -> (tempfile::TempDir, PathBuf) {
+        let guard = tempfile::Builder::new().prefix(&format!("zt-seg-{name}-")).tempdir().unwrap();
+        let d = guard.path().join("log");
+        (guard, d)
     }
 
     fn read(dir: &Path) -> (Vec<Vec<u8>>, Option<BadFrame>) {
@@ -292,19 +294,18 @@ mod tests {
 
     #[test]
     fn reopen_returns_every_record_across_rotation() {
-        let d = tmp("reopen");
+        let (_tmp, d) = tmp("reopen");
         let recs = fill(&d, 300, 4096);
         assert!(segments(&d).unwrap().len() > 3, "rotation happened");
         assert_eq!(read(&d), (recs.clone(), None));
         let (mut w, r) = SegmentWriter::open(&d, 4096).unwrap();
         assert_eq!((r.records, r.dropped), (300, None));
         assert_eq!(w.append(b"next").unwrap(), 300);
-        std::fs::remove_dir_all(&d).unwrap();
     }
 
     #[test]
     fn torn_tail_is_cut_and_reported() {
-        let d = tmp("torn");
+        let (_tmp, d) = tmp("torn");
         let recs = fill(&d, 20, 1 << 20);
         let last = segment_path(&d, *segments(&d).unwrap().last().unwrap());
         let len = std::fs::metadata(&last).unwrap().len();
@@ -319,12 +320,11 @@ mod tests {
         assert_eq!(read(&d), (recs[..19].to_vec(), None));
         let (_, r2) = SegmentWriter::open(&d, 1 << 20).unwrap();
         assert_eq!((r2.records, r2.dropped), (19, None));
-        std::fs::remove_dir_all(&d).unwrap();
     }
 
     #[test]
     fn flipped_byte_in_last_segment_cuts_there() {
-        let d = tmp("flip");
+        let (_tmp, d) = tmp("flip");
         fill(&d, 10, 1 << 20);
         let last = segment_path(&d, 1);
         let mut buf = std::fs::read(&last).unwrap();
@@ -334,12 +334,11 @@ mod tests {
         let (_, r) = SegmentWriter::open(&d, 1 << 20).unwrap();
         assert_eq!(r.records, 9);
         assert_eq!(r.dropped.unwrap().reason, "checksum mismatch");
-        std::fs::remove_dir_all(&d).unwrap();
     }
 
     #[test]
     fn corruption_in_an_earlier_segment_is_an_error_with_index() {
-        let d = tmp("corrupt");
+        let (_tmp, d) = tmp("corrupt");
         fill(&d, 300, 4096);
         let first = segment_path(&d, 1);
         let mut buf = std::fs::read(&first).unwrap();
@@ -347,15 +346,13 @@ mod tests {
         std::fs::write(&first, &buf).unwrap();
         let e = SegmentWriter::open(&d, 4096).err().unwrap().to_string();
         assert_eq!(e, format!("record 0 ({} at byte 0): checksum mismatch", first.display()));
-        std::fs::remove_dir_all(&d).unwrap();
     }
 
     #[test]
     fn oversize_record_rejected() {
-        let d = tmp("oversize");
+        let (_tmp, d) = tmp("oversize");
         let (mut w, _) = SegmentWriter::open(&d, 1 << 20).unwrap();
         assert!(matches!(w.append(&vec![0u8; MAX_RECORD + 1]), Err(SegmentError::Oversize { len }) if len == MAX_RECORD + 1));
         assert_eq!(w.append(&vec![0u8; MAX_RECORD]).unwrap(), 0);
-        std::fs::remove_dir_all(&d).unwrap();
     }
 }

@@ -18,19 +18,18 @@ use super::{
 
 const ORIGIN: &str = "zt-agent/test-node";
 
-struct Tmp(PathBuf);
+/// A private directory holding a log directory (created by the log) and its
+/// key; removed on drop.
+struct Tmp(tempfile::TempDir);
 impl Tmp {
     fn new(name: &str) -> Self {
-        let d = std::env::temp_dir().join(format!("zt-audit-{name}-{}", std::process::id()));
-        let _ = std::fs::remove_dir_all(&d);
-        std::fs::create_dir_all(&d).unwrap();
-        Tmp(d)
+        Tmp(tempfile::Builder::new().prefix(&format!("zt-audit-{name}-")).tempdir().unwrap())
     }
     fn log(&self) -> PathBuf {
-        self.0.join("log")
+        self.0.path().join("log")
     }
     fn key(&self) -> PathBuf {
-        self.0.join("audit.key")
+        self.0.path().join("audit.key")
     }
     fn config(&self) -> Config {
         let mut c = Config::new(self.log(), self.key(), ORIGIN.into());
@@ -38,11 +37,6 @@ impl Tmp {
         c.checkpoint_interval = Duration::from_secs(3600);
         c.heartbeat = Duration::from_secs(3600);
         c
-    }
-}
-impl Drop for Tmp {
-    fn drop(&mut self) {
-        let _ = std::fs::remove_dir_all(&self.0);
     }
 }
 

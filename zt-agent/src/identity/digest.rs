@@ -61,9 +61,8 @@ mod tests {
 
     #[test]
     fn caches_until_file_changes() {
-        let dir = std::env::temp_dir().join(format!("zt-digest-{}", std::process::id()));
-        std::fs::create_dir_all(&dir).unwrap();
-        let p = dir.join("bin");
+        let dir = tempfile::tempdir().unwrap();
+        let p = dir.path().join("bin");
         std::fs::write(&p, b"hello").unwrap();
         let mut c = DigestCache::default();
         assert_eq!(c.digest_path(&p).unwrap(), blake3::hash(b"hello"));
@@ -73,6 +72,5 @@ mod tests {
         std::fs::OpenOptions::new().append(true).open(&p).unwrap().write_all(b"!").unwrap();
         assert_eq!(c.digest_path(&p).unwrap(), blake3::hash(b"hello!"));
         assert_eq!(c.computed, 2);
-        std::fs::remove_dir_all(&dir).unwrap();
     }
 }

@@ -263,16 +263,16 @@ spec:
 
     #[test]
     fn cgroup_walk_uses_directory_inodes() {
-        let dir = std::env::temp_dir().join(format!("zt-cg-{}", std::process::id()));
+        let tmp = tempfile::tempdir().unwrap();
+        let dir = tmp.path();
         std::fs::create_dir_all(dir.join("zt-agents/one")).unwrap();
         std::fs::create_dir_all(dir.join("other")).unwrap();
         let r = resolver(POLICY);
-        let mut got = r.cgroup_assignments(&dir);
+        let mut got = r.cgroup_assignments(dir);
         got.sort_by(|a, b| a.1.cmp(&b.1));
         let paths: Vec<&str> = got.iter().map(|g| g.1.as_str()).collect();
         assert_eq!(paths, ["/zt-agents", "/zt-agents/one"]);
         assert_eq!(got[1].0, std::fs::metadata(dir.join("zt-agents/one")).unwrap().ino());
-        std::fs::remove_dir_all(&dir).unwrap();
     }
 
     #[test]

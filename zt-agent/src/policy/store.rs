@@ -96,8 +96,9 @@ mod tests {
 
     #[test]
     fn persists_and_reloads_in_order() {
-        let dir = std::env::temp_dir().join(format!("zt-store-{}", std::process::id()));
-        let _ = std::fs::remove_dir_all(&dir);
+        // A directory that does not exist yet: the store creates it.
+        let tmp = tempfile::tempdir().unwrap();
+        let dir = tmp.path().join("history");
         let b = |t: &str| Bundle { files: vec![("p.yaml".into(), t.into())] };
         {
             let mut s = Store::open(Some(dir.clone())).unwrap();
@@ -109,6 +110,5 @@ mod tests {
         assert_eq!(s.list().len(), 2);
         assert_eq!(s.current().unwrap().source, "SIGHUP");
         assert_eq!(s.get(1).unwrap().digest, b("one").digest().to_hex().to_string());
-        std::fs::remove_dir_all(&dir).unwrap();
     }
 }
