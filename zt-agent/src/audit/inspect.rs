@@ -7,20 +7,53 @@
 //!   latest checkpoint; [`consistency`]: proof that the latest checkpoint
 //!   extends an earlier one. Both verify their own output before returning.
 //! - [`summary`]: one human line per record.
-use std::path::Path;
+use std::path::{Path, PathBuf};
 
-use anyhow::{Context as _, bail};
 use base64::{Engine as _, engine::general_purpose::STANDARD as B64};
 use serde::Serialize;
 
 use super::{
-    checkpoint::Checkpoint,
-    log::{self, CHECKPOINT_FILE},
-    merkle::{self, Tree},
+    checkpoint::{Checkpoint, CheckpointError},
+    log::{self, CHECKPOINT_FILE, StartError},
+    merkle::{self, ProofError, Tree},
     note::VerifierKey,
     record::Envelope,
     segment::{self, SegmentError},
 };
+
+#[derive(Debug, thiserror::Error)]
+pub enum InspectError {
+    #[error(transparent)]
+    Segment(#[from] SegmentError),
+    #[error("no audit log in {} (no seg-*.log files)", .0.display())]
+    NoLog(PathBuf),
+    #[error(transparent)]
+    Start(#[from] StartError),
+    #[error("{}", path.display())]
+    Checkpoint {
+        path: PathBuf,
+        #[source]
+        source: CheckpointError,
+    },
+    #[error("records below {0} were deleted by retention; proofs need the whole log (use an archived copy)")]
+    Retained(u64),
+    #[error("no checkpoint file: nothing is signed yet")]
+    Unsigned,
+    #[error(
+        "record {index} is not covered by the latest checkpoint (size {size}); it is signed within a second, or the log has {records} records"
+    )]
+    NotCovered { index: u64, size: u64, records: usize },
+    #[error("the log does not match its checkpoint; run `zt-agent audit verify`")]
+    Mismatch,
+    #[error("computing the proof")]
+    Proof(#[from] ProofError),
+    #[error("the --from checkpoint")]
+    From(#[source] CheckpointError),
+    #[error("the --from checkpoint (size {old}) is larger than the log's latest (size {new}): the log was rolled back")]
+    RolledBack { old: u64, new: u64 },
+    #[error("the log's latest checkpoint does not extend the --from checkpoint: the log was rewritten")]
+    Rewritten(#[source] ProofError),
+}
 
 /// Every record (bytes) and the tree over them.
 pub struct Loaded {
@@ -31,24 +64,23 @@ pub struct Loaded {
     pub checkpoint: Option<(Checkpoint, String)>,
 }
 
-pub fn load(dir: &Path) -> anyhow::Result<Loaded> {
-    let numbers = segment::segments(dir).map_err(|e| anyhow::anyhow!("{e}"))?;
+pub fn load(dir: &Path) -> Result<Loaded, InspectError> {
+    let numbers = segment::segments(dir)?;
     if numbers.is_empty() {
-        bail!("no audit log in {} (no seg-*.log files)", dir.display());
+        return Err(InspectError::NoLog(dir.to_path_buf()));
     }
-    let base = log::read_start(dir, numbers[0]).map_err(anyhow::Error::msg)?.size();
+    let base = log::read_start(dir, numbers[0])?.size();
     let mut records = Vec::new();
     let mut tree = Tree::new();
     segment::scan_dir::<SegmentError>(dir, |_, r| {
         tree.push(r);
         records.push(r.to_vec());
         Ok(())
-    })
-    .map_err(|e| anyhow::anyhow!("{e}"))?;
+    })?;
     let cp_path = dir.join(CHECKPOINT_FILE);
     let checkpoint = match std::fs::read_to_string(&cp_path) {
         Ok(note) => {
-            let cp = Checkpoint::parse_unverified(&note).with_context(|| cp_path.display().to_string())?;
+            let cp = Checkpoint::parse_unverified(&note).map_err(|source| InspectError::Checkpoint { path: cp_path.clone(), source })?;
             Some((cp, note))
         }
         Err(_) => None,
@@ -58,10 +90,10 @@ pub fn load(dir: &Path) -> anyhow::Result<Loaded> {
 
 /// [`load`], refusing a log whose oldest records retention deleted (the
 /// tree over the rest would not be the log's tree).
-fn load_whole(dir: &Path) -> anyhow::Result<Loaded> {
+fn load_whole(dir: &Path) -> Result<Loaded, InspectError> {
     let l = load(dir)?;
     if l.base > 0 {
-        bail!("records below {} were deleted by retention; proofs need the whole log (use an archived copy)", l.base);
+        return Err(InspectError::Retained(l.base));
     }
     Ok(l)
 }
@@ -85,18 +117,14 @@ pub struct InclusionProof {
 }
 
 /// Proves record `index` is in the tree of the latest checkpoint.
-pub fn inclusion(dir: &Path, index: u64) -> anyhow::Result<InclusionProof> {
+pub fn inclusion(dir: &Path, index: u64) -> Result<InclusionProof, InspectError> {
     let l = load_whole(dir)?;
-    let (cp, note) = l.checkpoint.context("no checkpoint file: nothing is signed yet")?;
+    let (cp, note) = l.checkpoint.ok_or(InspectError::Unsigned)?;
     if index >= cp.size {
-        bail!(
-            "record {index} is not covered by the latest checkpoint (size {}); it is signed within a second, or the log has {} records",
-            cp.size,
-            l.records.len()
-        );
+        return Err(InspectError::NotCovered { index, size: cp.size, records: l.records.len() });
     }
     if l.tree.size() < cp.size || l.tree.root_at(cp.size)? != cp.root {
-        bail!("the log does not match its checkpoint; run `zt-agent audit verify`");
+        return Err(InspectError::Mismatch);
     }
     let proof = l.tree.inclusion_proof(index, cp.size)?;
     let leaf = l.tree.leaf(index).expect("index below size");
@@ -125,16 +153,15 @@ pub struct ConsistencyProof {
 
 /// Proves the latest checkpoint extends `from` (a signed checkpoint note,
 /// verified with `keys`).
-pub fn consistency(dir: &Path, from: &str, keys: &[VerifierKey]) -> anyhow::Result<ConsistencyProof> {
+pub fn consistency(dir: &Path, from: &str, keys: &[VerifierKey]) -> Result<ConsistencyProof, InspectError> {
     let l = load_whole(dir)?;
-    let (cp, note) = l.checkpoint.context("no checkpoint file: nothing is signed yet")?;
-    let (old, _) = Checkpoint::verify(from, &cp.origin, keys).context("the --from checkpoint")?;
+    let (cp, note) = l.checkpoint.ok_or(InspectError::Unsigned)?;
+    let (old, _) = Checkpoint::verify(from, &cp.origin, keys).map_err(InspectError::From)?;
     if old.size > cp.size {
-        bail!("the --from checkpoint (size {}) is larger than the log's latest (size {}): the log was rolled back", old.size, cp.size);
+        return Err(InspectError::RolledBack { old: old.size, new: cp.size });
     }
     let proof = l.tree.consistency_proof(old.size, cp.size)?;
-    merkle::verify_consistency(old.size, cp.size, &old.root, &cp.root, &proof)
-        .map_err(|e| anyhow::anyhow!("the log's latest checkpoint does not extend the --from checkpoint ({e}): the log was rewritten"))?;
+    merkle::verify_consistency(old.size, cp.size, &old.root, &cp.root, &proof).map_err(InspectError::Rewritten)?;
     Ok(ConsistencyProof {
         old_size: old.size,
         old_root: B64.encode(old.root),

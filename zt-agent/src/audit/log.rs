@@ -191,25 +191,39 @@ pub fn start_path(dir: &Path, n: u64) -> PathBuf {
     dir.join(format!("seg-{n:08}.start"))
 }
 
+/// A segment start file that cannot be read or makes no sense.
+#[derive(Debug, thiserror::Error)]
+pub enum StartError {
+    #[error("reading {}", path.display())]
+    Io {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("{}: {what}", path.display())]
+    Malformed { path: PathBuf, what: String },
+}
+
 /// The tree where segment `n` begins. Segment 1 begins empty; a later
 /// segment without a start file is an error.
-pub fn read_start(dir: &Path, n: u64) -> Result<Edge, String> {
+pub fn read_start(dir: &Path, n: u64) -> Result<Edge, StartError> {
     let path = start_path(dir, n);
     let text = match std::fs::read_to_string(&path) {
         Ok(t) => t,
         Err(e) if e.kind() == std::io::ErrorKind::NotFound && n == 1 => return Ok(Edge::new()),
-        Err(e) => return Err(format!("{}: {e}", path.display())),
+        Err(source) => return Err(StartError::Io { path, source }),
     };
-    let v: Value = serde_json::from_str(&text).map_err(|e| format!("{}: {e}", path.display()))?;
-    let size = v["size"].as_u64().ok_or_else(|| format!("{}: no size", path.display()))?;
+    let malformed = |what: String| StartError::Malformed { path: path.clone(), what };
+    let v: Value = serde_json::from_str(&text).map_err(|e| malformed(e.to_string()))?;
+    let size = v["size"].as_u64().ok_or_else(|| malformed("no size".into()))?;
     let hashes = v["edge"]
         .as_array()
-        .ok_or_else(|| format!("{}: no edge", path.display()))?
+        .ok_or_else(|| malformed("no edge".into()))?
         .iter()
         .map(|h| h.as_str().ok_or("edge entry is not a string".to_string()).and_then(sha))
         .collect::<Result<Vec<_>, _>>()
-        .map_err(|e| format!("{}: {e}", path.display()))?;
-    Edge::from_hashes(size, &hashes).ok_or_else(|| format!("{}: edge does not fit size {size}", path.display()))
+        .map_err(malformed)?;
+    Edge::from_hashes(size, &hashes).ok_or_else(|| malformed(format!("edge does not fit size {size}")))
 }
 
 pub fn write_start(dir: &Path, n: u64, edge: &Edge) -> Result<(), crate::fsutil::FsError> {
@@ -540,7 +554,7 @@ struct Scanned {
 fn scan_log(dir: &Path, signed: &Signed) -> Result<Scanned, OpenError> {
     let signed_size = signed.size();
     let first_segment = segment::segments(dir)?.first().copied().unwrap_or(1);
-    let mut edge = read_start(dir, first_segment).map_err(|e| violation(dir, e))?;
+    let mut edge = read_start(dir, first_segment).map_err(|e| violation(dir, crate::error::chain(&e)))?;
     let base = edge.size();
     let mut signed_root: Option<Hash> = (signed_size == base).then(|| edge.root());
     let mut rotation_until: Option<String> = None;

@@ -26,7 +26,7 @@ const BUF_BYTES: usize = 256 << 10;
 
 #[derive(Debug, thiserror::Error)]
 pub enum SegmentError {
-    #[error("{path}: {source}")]
+    #[error("{path}")]
     Io {
         path: String,
         #[source]

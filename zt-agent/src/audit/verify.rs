@@ -71,7 +71,7 @@ impl From<SegmentError> for Failure {
             SegmentError::Corrupt { index, path, offset, reason } => {
                 Failure { index: Some(index), reason: format!("{reason} ({path} at byte {offset})") }
             }
-            other => Failure { index: None, reason: other.to_string() },
+            other => Failure { index: None, reason: crate::error::chain(&other) },
         }
     }
 }
@@ -172,7 +172,7 @@ pub fn verify_dir(dir: &Path, opts: &Options) -> Result<Report, Failure> {
     // Outside checkpoints: their sizes are needed before the pass.
     let outside = outside_checkpoints(dir, opts)?;
 
-    let edge = log::read_start(dir, first).or_else(|e| fail(None, e))?;
+    let edge = log::read_start(dir, first).or_else(|e| fail(None, crate::error::chain(&e)))?;
     let first_index = edge.size();
     let mut st = State {
         origin: outside.first().map(|o| o.body.origin.clone()),

@@ -163,10 +163,10 @@ fn refresh(log: &AuditLog, s: &mut Status) {
 }
 
 fn record_error(st: &Mutex<Status>, e: LogError) {
-    tracing::error!("audit log: {e:#}");
+    tracing::error!("audit log: {}", crate::error::Chain(&e));
     let mut s = st.lock().expect("poisoned");
     s.write_errors += 1;
-    s.last_error = Some(format!("{e:#}"));
+    s.last_error = Some(crate::error::chain(&e));
 }
 
 /// Starts the audit thread; `capacity` bounds the queue.
@@ -219,7 +219,7 @@ fn serve(mut log: AuditLog, rx: Receiver<Item>, st: &Mutex<Status>) {
     let size = log.size();
     match log.close() {
         Ok(cp) => tracing::info!("audit log closed: {size} records, final checkpoint at size {}", cp.size),
-        Err(e) => tracing::error!("audit log: final checkpoint failed: {:#}", anyhow::Error::new(e)),
+        Err(e) => tracing::error!("audit log: final checkpoint failed: {}", crate::error::Chain(&e)),
     }
 }
 

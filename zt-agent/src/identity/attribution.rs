@@ -44,7 +44,7 @@ pub fn propagate(tables: &mut Tables, proc_root: &Path, root: u32, identity: u32
         if info.identity == NO_IDENTITY
             && let Err(e) = tables.procs.assign(pid, info.start_ns, c)
         {
-            tracing::warn!("propagating identity to pid {pid}: {e:#}");
+            tracing::warn!("propagating identity to pid {pid}: {}", crate::error::Chain(&e));
         }
     };
     let Some(first) = procfs::children(proc_root, root) else {
@@ -64,7 +64,7 @@ pub fn propagate(tables: &mut Tables, proc_root: &Path, root: u32, identity: u32
             // Not a descendant we know (recycled pid, or not in the table).
             Ok(_) => continue,
             Err(e) => {
-                tracing::warn!("{e:#}");
+                tracing::warn!("{}", crate::error::Chain(&e));
                 continue;
             }
         }
@@ -100,7 +100,7 @@ fn propagate_by_table(tables: &mut Tables, root: u32, assign: &mut dyn FnMut(&mu
 pub fn seed(resolver: &mut Resolver, tables: &mut Tables, cgroup2: &Path) -> (usize, usize) {
     for (cgid, _rel, identity) in resolver.cgroup_assignments(cgroup2) {
         if let Err(e) = tables.cgroups.set(cgid, identity) {
-            tracing::warn!("{e:#}");
+            tracing::warn!("{}", crate::error::Chain(&e));
         }
     }
     let plan = resolver.seed_plan();
@@ -127,7 +127,7 @@ pub fn seed(resolver: &mut Resolver, tables: &mut Tables, cgroup2: &Path) -> (us
                 }
             }
             Ok(false) => {}
-            Err(e) => tracing::warn!("{e:#}"),
+            Err(e) => tracing::warn!("{}", crate::error::Chain(&e)),
         }
     }
     // Forks that happened between attaching and seeding copied an empty parent.
@@ -146,7 +146,7 @@ pub fn rescan_cgroups(resolver: &Resolver, tables: &mut Tables, cgroup2: &Path) 
             continue;
         }
         if let Err(e) = tables.cgroups.set(cgid, identity) {
-            tracing::warn!("{e:#}");
+            tracing::warn!("{}", crate::error::Chain(&e));
             continue;
         }
         tracing::debug!("cgroup {rel} (id {cgid}) -> identity {identity}");

@@ -100,7 +100,7 @@ impl Enricher {
         self.seen_cgroups.clear();
         let wanted: HashMap<u64, u32> = self.resolver.cgroup_assignments(cgroup2).into_iter().map(|(id, _, ident)| (id, ident)).collect();
         if let Err(e) = tables.cgroups.replace(&wanted) {
-            tracing::warn!("updating the cgroup identity map: {e:#}");
+            tracing::warn!("updating the cgroup identity map: {}", crate::error::Chain(&e));
         }
     }
 
@@ -132,7 +132,7 @@ impl Enricher {
                 let mut facts = None;
                 if identity == NO_IDENTITY && self.needs_resolution(h.cgroup_id) {
                     let (exe, cgroup) = read_facts(self);
-                    identity = self.resolve(h.tgid, h.start_ns, exe.as_deref(), h.uid, cgroup.as_deref(), h.cgroup_id, tables);
+                    identity = self.resolve(&h, exe.as_deref(), cgroup.as_deref(), tables);
                     facts = Some((exe, cgroup));
                 }
                 if !wanted(identity) {
@@ -252,17 +252,8 @@ impl Enricher {
 
     /// Classifies a process the kernel left unattributed and writes the result
     /// into the kernel table; returns the identity the event should carry.
-    #[allow(clippy::too_many_arguments)]
-    fn resolve(
-        &mut self,
-        tgid: u32,
-        start_ns: u64,
-        exe: Option<&str>,
-        uid: u32,
-        cgroup: Option<&str>,
-        cgroup_id: u64,
-        tables: &mut Tables,
-    ) -> u32 {
+    fn resolve(&mut self, h: &zt_common::EventHeader, exe: Option<&str>, cgroup: Option<&str>, tables: &mut Tables) -> u32 {
+        let (tgid, start_ns, cgroup_id) = (h.tgid, h.start_ns, h.cgroup_id);
         // A cgroup created after start-up: teach the kernel its identity so
         // later forks and execs in it are attributed without us.
         if let Some(path) = cgroup
@@ -275,10 +266,10 @@ impl Enricher {
             if id != NO_IDENTITY
                 && let Err(e) = tables.cgroups.set(cgroup_id, id)
             {
-                tracing::warn!("{e:#}");
+                tracing::warn!("{}", crate::error::Chain(&e));
             }
         }
-        let c = self.resolver.classify(tgid, exe, Some(uid), cgroup);
+        let c = self.resolver.classify(tgid, exe, Some(h.uid), cgroup);
         if c == Classification::default() {
             return NO_IDENTITY;
         }
@@ -292,7 +283,7 @@ impl Enricher {
             Ok(Assign::AlreadyAttributed(id)) => id,
             Ok(Assign::Gone) => NO_IDENTITY,
             Err(e) => {
-                tracing::warn!("assigning identity to pid {tgid}: {e:#}");
+                tracing::warn!("assigning identity to pid {tgid}: {}", crate::error::Chain(&e));
                 NO_IDENTITY
             }
         }
@@ -429,9 +420,10 @@ mod tests {
         let mut t = tables();
         t.procs.seed(77, info(1, 500)).unwrap();
         // Event of an older incarnation of pid 77 (start 400): must not touch 77.
-        assert_eq!(en.resolve(77, 400, None, 4242, None, 0, &mut t), 0);
+        let h = |start_ns| zt_common::EventHeader { tgid: 77, start_ns, uid: 4242, ..Default::default() };
+        assert_eq!(en.resolve(&h(400), None, None, &mut t), 0);
         assert_eq!(t.procs.get(77).unwrap().unwrap().identity, 0);
-        assert_eq!(en.resolve(77, 500, None, 4242, None, 0, &mut t), 1);
+        assert_eq!(en.resolve(&h(500), None, None, &mut t), 1);
         assert_eq!(t.procs.get(77).unwrap().unwrap().identity, 1);
         assert_eq!(en.identity_ref(1).unwrap().spiffe_id.as_ref(), "spiffe://t/u");
     }

@@ -81,11 +81,11 @@ pub async fn report_loss<C: KernelCounters>(
         };
         match counters.loss() {
             Ok(k) => *stats.kernel_loss.lock().expect("poisoned") = k,
-            Err(e) => tracing::warn!("{e:#}"),
+            Err(e) => tracing::warn!("{}", crate::error::Chain(&e)),
         }
         match counters.decisions() {
             Ok(d) => *stats.decisions.lock().expect("poisoned") = d,
-            Err(e) => tracing::warn!("{e:#}"),
+            Err(e) => tracing::warn!("{}", crate::error::Chain(&e)),
         }
         let totals = stats.loss_totals();
         if totals != reported {
@@ -170,7 +170,7 @@ fn flush_aggregates<A: AggregateTable>(e: &mut Enrich<A>, force: bool) {
         if e.aggregates.get(&k).ok().flatten().map(|v| totals(&v)) == seen
             && let Err(err) = e.aggregates.remove(&k)
         {
-            tracing::warn!("{err:#}");
+            tracing::warn!("{}", crate::error::Chain(&err));
         }
     }
     for ev in &events {

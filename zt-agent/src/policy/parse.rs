@@ -349,19 +349,19 @@ fn convert_selector(cx: &mut Ctx<'_>, rs: &RawSelector, parent: &Location) -> Op
         cx.warn(&k.referenced, "k8s selectors are accepted but match nothing yet (no Kubernetes metadata source in this version)", None);
         sel.k8s = true;
     }
-    if let Some(inner) = &rs.descendant_of {
-        if let Some(inner_sel) = convert_selector(cx, &inner.value, &inner.referenced) {
-            if inner_sel.descendant_of.is_some() {
-                cx.error(&inner.referenced, "descendantOf cannot be nested", None);
-            } else if !sel.is_empty() {
-                cx.error(
-                    &inner.referenced,
-                    "descendantOf cannot be combined with other keys in one selector",
-                    Some("write it as a selector of its own"),
-                );
-            } else {
-                sel.descendant_of = Some(Box::new(inner_sel));
-            }
+    if let Some(inner) = &rs.descendant_of
+        && let Some(inner_sel) = convert_selector(cx, &inner.value, &inner.referenced)
+    {
+        if inner_sel.descendant_of.is_some() {
+            cx.error(&inner.referenced, "descendantOf cannot be nested", None);
+        } else if !sel.is_empty() {
+            cx.error(
+                &inner.referenced,
+                "descendantOf cannot be combined with other keys in one selector",
+                Some("write it as a selector of its own"),
+            );
+        } else {
+            sel.descendant_of = Some(Box::new(inner_sel));
         }
     }
     if cx.errors.len() != before {
