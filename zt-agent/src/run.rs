@@ -143,10 +143,7 @@ impl Agent {
             pipeline: input_tx.clone(),
             node: node.clone(),
         };
-        let store = store::Store::open(opts.state_dir.as_ref().map(|d| d.join("policy-history")))?;
-        let labels = opts.node_labels.clone();
-        let inputs = Box::new(move || Inputs::current(labels.clone()));
-        let mut manager = Manager::new(opts.policy.clone(), store, Box::new(maps.policy), inputs, shared.clone());
+        let mut manager = new_manager(&opts, Box::new(maps.policy), shared.clone())?;
         // The first policy goes into the maps before the egress hooks attach.
         let first_policy = manager.apply_and_report(bundle, "start", PolicyAction::Applied).await?;
         let config = Arc::new(policy::identity_config(manager.current_policy().expect("just applied"), manager.ids()));
@@ -171,14 +168,7 @@ impl Agent {
             aggregates: maps.aggregates,
             tables,
         };
-        let pipeline_opts = pipeline::Options {
-            poll_interval: opts.poll_interval,
-            loss_interval: Duration::from_secs(1),
-            rescan_interval: Duration::from_secs(2),
-            gc_every: 15,
-            cgroup2: cgroup2.clone(),
-        };
-        let running = pipeline::spawn((input_tx, input_rx), kernel, enricher, outputs, pipeline_opts, stats.clone());
+        let running = pipeline::spawn((input_tx, input_rx), kernel, enricher, outputs, pipeline_options(&opts, &cgroup2), stats.clone());
         bpf.attach_network(&cgroup2)?;
         for h in &bpf.hooks {
             tracing::info!("{} -> {}: {}", h.program, h.attach_point, h.state);
@@ -188,15 +178,7 @@ impl Agent {
         let (commands, commands_rx) = mpsc::channel(16);
         let manager = tokio::spawn(manager::run(manager, commands_rx, stop_rx.clone(), REEVALUATE_EVERY));
         let paths: Vec<(String, String)> = paths.into_iter().map(|(a, b)| (a.to_string(), b)).collect();
-        let info = Arc::new(protocol::StaticInfo {
-            version: env!("CARGO_PKG_VERSION").into(),
-            pid: std::process::id(),
-            started: wall_time(boottime_ns()),
-            object_blake3: object_digest.clone(),
-            hooks: bpf.hooks.iter().map(hook).collect(),
-            paths: paths.clone(),
-            cgroup2: cgroup2.display().to_string(),
-        });
+        let info = Arc::new(static_info(&bpf, &object_digest, &paths, &cgroup2));
         let state = control::State { info, stats, in_force: shared.in_force.clone(), commands, audit: Some(audit_control) };
         let control = tokio::spawn(serve_control(opts.socket.clone(), state, stop_rx));
 
@@ -302,8 +284,42 @@ fn load_programs(opts: &RunOptions, tracefs: &Path) -> anyhow::Result<(Bpf, BpfM
     })
 }
 
-fn hook(h: &bpf::loader::HookStatus) -> protocol::Hook {
-    protocol::Hook { program: h.program.into(), attach_point: h.attach_point.clone(), state: h.state.clone(), attached: h.attached }
+/// The policy manager over `target`, with history under `--state-dir`
+/// and conditions evaluated against the clock and the node labels.
+fn new_manager(opts: &RunOptions, target: Box<dyn policy::target::PolicyTarget>, shared: Shared) -> anyhow::Result<Manager> {
+    let store = store::Store::open(opts.state_dir.as_ref().map(|d| d.join("policy-history")))?;
+    let labels = opts.node_labels.clone();
+    let inputs = Box::new(move || Inputs::current(labels.clone()));
+    Ok(Manager::new(opts.policy.clone(), store, target, inputs, shared))
+}
+
+fn pipeline_options(opts: &RunOptions, cgroup2: &Path) -> pipeline::Options {
+    pipeline::Options {
+        poll_interval: opts.poll_interval,
+        loss_interval: Duration::from_secs(1),
+        rescan_interval: Duration::from_secs(2),
+        gc_every: 15,
+        cgroup2: cgroup2.to_path_buf(),
+    }
+}
+
+/// What `status` reports that does not change while the agent runs.
+fn static_info(bpf: &Bpf, object_digest: &str, paths: &[(String, String)], cgroup2: &Path) -> protocol::StaticInfo {
+    let hook = |h: &bpf::loader::HookStatus| protocol::Hook {
+        program: h.program.into(),
+        attach_point: h.attach_point.clone(),
+        state: h.state.clone(),
+        attached: h.attached,
+    };
+    protocol::StaticInfo {
+        version: env!("CARGO_PKG_VERSION").into(),
+        pid: std::process::id(),
+        started: wall_time(boottime_ns()),
+        object_blake3: object_digest.to_string(),
+        hooks: bpf.hooks.iter().map(hook).collect(),
+        paths: paths.to_vec(),
+        cgroup2: cgroup2.display().to_string(),
+    }
 }
 
 /// Where the JSON-lines events go: appended to `path`, or stdout.
