@@ -227,6 +227,16 @@ fn kill9_loop_never_loses_a_signed_record() {
 /// `zt-agent audit rotate-key` on the running agent: both keys sign during
 /// the overlap, then only the new one; a verifier holding only the old key
 /// follows the rotation.
+/// One request line to the control socket, the response line back.
+fn raw_request(socket: &Path, line: &str) -> String {
+    use std::io::{Read as _, Write as _};
+    let mut s = std::os::unix::net::UnixStream::connect(socket).unwrap();
+    s.write_all(format!("{line}\n").as_bytes()).unwrap();
+    let mut out = String::new();
+    s.read_to_string(&mut out).unwrap();
+    out
+}
+
 #[test]
 #[ignore = "needs root (loads eBPF programs, creates cgroups): cargo xtask test runs it"]
 fn key_rotation_on_the_running_agent() {
@@ -241,6 +251,17 @@ fn key_rotation_on_the_running_agent() {
             .unwrap();
     let old = vkey(&dir);
     let sock = agent.socket.to_str().unwrap().to_string();
+    // An overlap beyond RFC 3339's year 9999 once panicked the audit thread,
+    // after which every security event was dropped uncounted. The CLI
+    // refuses it, and so does the agent when it comes over the socket.
+    let o = zt(&["audit", "rotate-key", "--overlap", "10000y", "--socket", &sock]);
+    assert_eq!(o.status.code(), Some(2), "{}", text(&o));
+    assert!(text(&o).contains("at most 30days"), "{}", text(&o));
+    let reply = raw_request(&agent.socket, r#"{"request":"rotate_audit_key","overlap_secs":315360000000}"#);
+    assert!(reply.contains("\"error\"") && reply.contains("exceeds the maximum"), "{reply}");
+    let status = agent.status();
+    assert!(status["audit"]["failed"].is_null(), "{status}");
+    assert_eq!(status["counters"]["audit_closed"], 0, "{status}");
     let o = zt(&["audit", "rotate-key", "--overlap", "2s", "--socket", &sock]);
     assert!(o.status.success(), "{}", text(&o));
     let status = agent.status();
