@@ -53,7 +53,7 @@ const SYSCALL_ARG0: usize = 16;
 
 #[inline(always)]
 fn cgroup_identity(cgroup_id: u64) -> u32 {
-    match unsafe { CGROUP_IDENTITY.get(&cgroup_id) } {
+    match unsafe { CGROUP_IDENTITY.get(cgroup_id) } {
         Some(id) => *id,
         None => NO_IDENTITY,
     }
@@ -87,7 +87,7 @@ fn try_fork(ctx: &TracePointContext) -> Result<(), i64> {
     let child: i32 = unsafe { ctx.read_at(global(&FORK_CHILD_PID_OFF) as usize)? };
     let parent = (bpf_get_current_pid_tgid() >> 32) as u32;
     let cgroup_id = unsafe { bpf_get_current_cgroup_id() };
-    let mut identity = match unsafe { PROC_TABLE.get(&parent) } {
+    let mut identity = match unsafe { PROC_TABLE.get(parent) } {
         Some(p) if p.identity != NO_IDENTITY => p.identity,
         Some(p) => p.child_identity,
         None => NO_IDENTITY,
@@ -98,7 +98,7 @@ fn try_fork(ctx: &TracePointContext) -> Result<(), i64> {
     let info =
         ProcInfo { start_ns: unsafe { bpf_ktime_get_boot_ns() }, cgroup_id, ppid: parent, identity, child_identity: NO_IDENTITY, flags: 0 };
     set_pid_identity(child as u32, identity);
-    if PROC_TABLE.insert(&(child as u32), &info, BPF_ANY as u64).is_err() {
+    if PROC_TABLE.insert(child as u32, info, BPF_ANY as u64).is_err() {
         count_loss(loss::PROC_TABLE_FULL);
         warn!(ctx, "process table full: pid {} is not attributed", child);
     }
@@ -157,7 +157,7 @@ fn capture_args(ctx: &TracePointContext, argv_offset: usize) -> Result<(), i64> 
         args.truncated = 1;
     }
     args.len = off;
-    if EXEC_ARGS.insert(&tid, args, BPF_ANY as u64).is_err() {
+    if EXEC_ARGS.insert(tid, args, BPF_ANY as u64).is_err() {
         count_loss(loss::EXEC_ARGS);
     }
     Ok(())
@@ -175,7 +175,7 @@ fn try_exec(ctx: &TracePointContext) -> Result<(), i64> {
     let old_tid: i32 = unsafe { ctx.read_at(global(&EXEC_OLD_PID_OFF) as usize)? };
     let cgroup_id = unsafe { bpf_get_current_cgroup_id() };
 
-    let (identity, start_ns, ppid) = match PROC_TABLE.get_ptr_mut(&tgid) {
+    let (identity, start_ns, ppid) = match PROC_TABLE.get_ptr_mut(tgid) {
         Some(p) => {
             let p = unsafe { &mut *p };
             p.cgroup_id = cgroup_id;
@@ -195,7 +195,7 @@ fn try_exec(ctx: &TracePointContext) -> Result<(), i64> {
                 child_identity: NO_IDENTITY,
                 flags: proc_flags::SEEN_AT_EXEC,
             };
-            if PROC_TABLE.insert(&tgid, &info, BPF_ANY as u64).is_err() {
+            if PROC_TABLE.insert(tgid, info, BPF_ANY as u64).is_err() {
                 count_loss(loss::PROC_TABLE_FULL);
             }
             (info.identity, info.start_ns, 0)
@@ -204,10 +204,10 @@ fn try_exec(ctx: &TracePointContext) -> Result<(), i64> {
     set_pid_identity(tgid, identity);
 
     let from_mm = global(&TASK_MM_OFF) != ABSENT;
-    let stashed = if from_mm { None } else { unsafe { EXEC_ARGS.get(&(old_tid as u32)) } };
+    let stashed = if from_mm { None } else { unsafe { EXEC_ARGS.get(old_tid as u32) } };
     let Some(mut entry) = reserve::<ExecEvent>(loss::RINGBUF_EXEC) else {
         if stashed.is_some() {
-            let _ = EXEC_ARGS.remove(&(old_tid as u32));
+            let _ = EXEC_ARGS.remove(old_tid as u32);
         }
         return Ok(());
     };
@@ -226,10 +226,7 @@ fn try_exec(ctx: &TracePointContext) -> Result<(), i64> {
         };
         (*ev).argc = 0;
         if from_mm {
-            let (len, truncated) = match argv_from_mm(&mut (*ev).args) {
-                Some(v) => v,
-                None => (0, false),
-            };
+            let (len, truncated) = argv_from_mm(&mut (*ev).args).unwrap_or_default();
             (*ev).args_len = len;
             (*ev).args_flags = if truncated {
                 args_flags::TRUNCATED
@@ -255,7 +252,7 @@ fn try_exec(ctx: &TracePointContext) -> Result<(), i64> {
         }
     }
     if stashed.is_some() {
-        let _ = EXEC_ARGS.remove(&(old_tid as u32));
+        let _ = EXEC_ARGS.remove(old_tid as u32);
     }
     submit(entry);
     Ok(())
@@ -306,17 +303,17 @@ fn try_exit(ctx: &TracePointContext) -> Result<(), i64> {
     let group_dead = if off == ABSENT { tid == tgid } else { (unsafe { ctx.read_at::<u8>(off as usize)? }) != 0 };
     if tid != tgid {
         // The per-thread entry created at clone (see module docs).
-        let _ = PROC_TABLE.remove(&tid);
+        let _ = PROC_TABLE.remove(tid);
         set_pid_identity(tid, NO_IDENTITY);
     }
     if !group_dead {
         return Ok(());
     }
-    let (identity, start_ns, ppid, cgroup_id) = match unsafe { PROC_TABLE.get(&tgid) } {
+    let (identity, start_ns, ppid, cgroup_id) = match unsafe { PROC_TABLE.get(tgid) } {
         Some(p) => (p.identity, p.start_ns, p.ppid, p.cgroup_id),
         None => (NO_IDENTITY, 0, 0, unsafe { bpf_get_current_cgroup_id() }),
     };
-    let _ = PROC_TABLE.remove(&tgid);
+    let _ = PROC_TABLE.remove(tgid);
     set_pid_identity(tgid, NO_IDENTITY);
     if let Some(mut entry) = reserve::<ExitEvent>(loss::RINGBUF_EXIT) {
         let ev = entry.as_mut_ptr();
