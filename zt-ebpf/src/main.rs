@@ -8,6 +8,8 @@
 //! - `probe`: tiny programs `zt-agent probe` loads to learn what this kernel runs.
 #![no_std]
 #![no_main]
+// Every `unsafe` block says why it is sound (checked by clippy).
+#![warn(clippy::undocumented_unsafe_blocks)]
 
 mod events;
 mod lineage;
@@ -23,6 +25,9 @@ fn panic(_info: &core::panic::PanicInfo) -> ! {
     loop {}
 }
 
+// The loader reads the licence from the `license` section (a GPL-compatible
+// one unlocks GPL-only helpers such as bpf_probe_read_user_str); `no_mangle`
+// keeps the one symbol named LICENSE.
 #[unsafe(link_section = "license")]
 #[unsafe(no_mangle)]
 static LICENSE: [u8; 4] = *b"GPL\0";

@@ -67,6 +67,9 @@ fn decide(ctx: &SockAddrContext, family: u16, hook: u32) -> i32 {
     // Fast path: an array read; a pid beyond the array falls back to the table.
     let identity = match PID_IDENTITY.get(tgid) {
         Some(id) => *id,
+        // SAFETY: a preallocated hash map may reuse a removed element for
+        // another key while we read (why `get` is unsafe); ProcInfo is all
+        // integers, so a race shows other but valid values, copied out here.
         None => match unsafe { PROC_TABLE.get(tgid) } {
             Some(p) => p.identity,
             None => NO_IDENTITY,
@@ -88,6 +91,10 @@ fn decide(ctx: &SockAddrContext, family: u16, hook: u32) -> i32 {
         Verdict::new(ALLOW, AUDIT, RULE_NONE_APPLIED)
     } else {
         let key = IdentityKey { slot: active.slot, identity };
+        // SAFETY: a removed element of this preallocated hash may be reused
+        // while we read (why `get` is unsafe); IdentityPolicy is all
+        // integers (any bit pattern valid), and the reference does not
+        // outlive this decision.
         match unsafe { IDENTITY_POLICY.get(key) } {
             // An identity the policy in force does not know: fail closed.
             None => Verdict::new(DENY, ENFORCE, RULE_NO_POLICY),
@@ -99,7 +106,13 @@ fn decide(ctx: &SockAddrContext, family: u16, hook: u32) -> i32 {
         }
     };
     if let Some(c) = IDENTITY_COUNTERS.get_ptr_mut(identity) {
-        // Per-CPU slot: no other writer.
+        // SAFETY: the lookup bounds-checked `identity` and returned this
+        // CPU's slot, valid and aligned for the run. Only these socket
+        // programs write it, but they run with migration, not preemption,
+        // disabled (kernel/bpf/cgroup.c `bpf_prog_run_array_cg`): on a fully
+        // preemptible kernel another task's decision on this CPU can update
+        // the slot between our load and store and one count is lost. The
+        // fields are plain u64s, so nothing worse can happen.
         let c = unsafe { &mut *c };
         if verdict.action == DENY {
             c.denied += 1;
@@ -112,6 +125,7 @@ fn decide(ctx: &SockAddrContext, family: u16, hook: u32) -> i32 {
     if let Some(repeats_total) = aggregate(identity, addr, port, proto, verdict.decided, active.generation) {
         // The table lookup only when an event is due (at most once a second
         // per destination), not on every decision.
+        // SAFETY: as for the lookup above: all-integer value, copied out here.
         let (start_ns, cgroup_id) = match unsafe { PROC_TABLE.get(tgid) } {
             Some(p) => (p.start_ns, p.cgroup_id),
             None => (0, 0),
@@ -128,10 +142,19 @@ fn decide(ctx: &SockAddrContext, family: u16, hook: u32) -> i32 {
 #[inline(always)]
 fn aggregate(identity: u32, addr: [u8; 16], port: u16, proto: u8, decided: u8, generation: u32) -> Option<u64> {
     let key = AggKey { identity, port, proto, decided, generation, addr };
+    // SAFETY: an argument-less helper with no preconditions (unsafe only as a
+    // raw helper binding).
     let now = unsafe { bpf_ktime_get_boot_ns() };
     match EGRESS_AGG.get_ptr_mut(key) {
         Some(v) => {
-            // SAFETY: this CPU's slot of a live per-CPU value: no other writer.
+            // SAFETY: the lookup returned this CPU's slot of the element,
+            // valid and aligned for the run (a preallocated element stays
+            // mapped even if removed meanwhile). Not exclusive: another
+            // task's decision on this CPU can preempt us under full
+            // preemption (cgroup programs run with migration disabled only),
+            // and user space may remove an idle key, letting the element be
+            // reused for another key. Either race can lose or misplace one
+            // count; the fields stay plain u64s.
             let v = unsafe { &mut *v };
             v.total += 1;
             v.last_seen_ns = now;
@@ -160,6 +183,10 @@ fn aggregate(identity: u32, addr: [u8; 16], port: u16, proto: u8, decided: u8, g
 /// order, and protocol (from the socket type when the protocol is implicit).
 #[inline(always)]
 fn destination(ctx: &SockAddrContext, family: u16) -> ([u8; 16], u16, u8) {
+    // SAFETY: the context pointer the kernel passed to this program, valid
+    // for the run; the verifier checks at load that each field read through
+    // it is readable at this attach point (e.g. user_ip6 only at the IPv6
+    // hooks) and rewrites the reads into reads of the kernel's own struct.
     let sa = unsafe { &*ctx.sock_addr };
     let mut addr = [0u8; 16];
     if family == AF_INET {
@@ -204,8 +231,14 @@ fn emit(
     let Some(mut entry) = reserve::<ConnectEvent>(loss::RINGBUF_CONNECT) else {
         return;
     };
+    // SAFETY: the program's context pointer, valid for the run; the verifier
+    // checks that `type_` is readable here.
     let sa = unsafe { &*ctx.sock_addr };
     let ev = entry.as_mut_ptr();
+    // SAFETY: `ev` points to a ring buffer record reserved for a
+    // ConnectEvent (its size, 8-byte aligned) that only this program can see
+    // until `submit`: the field writes are in bounds and unaliased. The two
+    // helpers take no arguments and have no preconditions.
     unsafe {
         let cgroup_id = if cgroup_id != 0 { cgroup_id } else { bpf_get_current_cgroup_id() };
         (*ev).header = crate::lineage::event_header(kind::CONNECT, identity, start_ns, cgroup_id);
