@@ -2,9 +2,9 @@
 //!
 //! A wakeup per record costs 5-10 us on these VMs (irq_work + self-IPI, see
 //! `shared/docs/limits.md`), so records are submitted with `BPF_RB_NO_WAKEUP`
-//! and user space polls on a short timer. Only when the ring holds more than
-//! `Config::wakeup_bytes` does a submit force a wakeup, so a burst is drained
-//! before it overflows.
+//! and user space polls on a short timer. Only when the ring holds at least
+//! `Config::wakeup_bytes` (and that is not 0) does a submit force a wakeup, so
+//! a burst is drained before it overflows.
 use aya_ebpf::{
     bindings::{BPF_RB_AVAIL_DATA, BPF_RB_FORCE_WAKEUP, BPF_RB_NO_WAKEUP},
     maps::ring_buf::RingBufEntry,

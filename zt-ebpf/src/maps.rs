@@ -1,4 +1,5 @@
-//! Every map of the object, and the load-time globals.
+//! Every map of ours, and the load-time globals. (The object holds one more
+//! map, aya-log-ebpf's `AYA_LOGS`; `zt_common::maps::ALL` lists all.)
 //!
 //! Names and capacities come from `zt_common::maps`; user space opens the maps
 //! by the same names (`zt-agent/src/bpf/maps.rs`).

@@ -3,8 +3,8 @@
 //! the cgroup v2 root, so every process is covered).
 //!
 //! Processes without an identity cost one inlined array read
-//! (`PID_IDENTITY[tgid]`) and are allowed (and observed only with
-//! `OBSERVE_ALL_CONNECTS`). For an identity, the active
+//! (`PID_IDENTITY[tgid]`; a `PROC_TABLE` lookup too for a tgid beyond the
+//! array) and are allowed (and observed only with `OBSERVE_ALL_CONNECTS`). For an identity, the active
 //! policy slot is read once, so one decision never mixes two policies; the
 //! identity's rules for the destination come from one LPM lookup and are
 //! decided by `zt_common::policy::decide_net`, the same function
@@ -13,8 +13,11 @@
 //!
 //! Repeated attempts to one destination are aggregated in `EGRESS_AGG`: at
 //! most one event per (identity, destination, port, protocol, decision,
-//! policy generation) per second, each carrying the running attempt count; user space reports
-//! what is left when the attempts stop. Every attempt is counted.
+//! policy generation) per second on each CPU, each carrying that CPU's running
+//! attempt count; user space reports what is left when the attempts stop.
+//! Every attempt is counted, with one caveat: the per-CPU counters are plain
+//! adds, and these programs can be preempted (see `aggregate`), so under full
+//! preemption a racing attempt on the same CPU can lose a count.
 use aya_ebpf::{
     bindings::BPF_NOEXIST,
     helpers::{
