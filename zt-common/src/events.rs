@@ -109,7 +109,10 @@ pub struct ConnectEvent {
     pub port: u16,
     /// Socket type (`SOCK_STREAM` = 1, `SOCK_DGRAM` = 2).
     pub sock_type: u32,
-    /// IP protocol (6 tcp, 17 udp; 0 when the socket left it implicit).
+    /// The socket's IP protocol (6 tcp, 17 udp, 262 mptcp, ...); when the
+    /// socket has none, the socket type's (tcp for `SOCK_STREAM`, udp for
+    /// `SOCK_DGRAM`), else 0. Policy matched
+    /// [`policy::match_proto`]`(protocol)`, which is tcp for mptcp.
     pub protocol: u32,
     /// The policy's verdict (see [`policy::Verdict`]).
     pub verdict: policy::Verdict,

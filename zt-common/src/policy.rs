@@ -10,6 +10,28 @@ pub const AUDIT: u8 = 1;
 pub const PROTO_ANY: u8 = 0;
 pub const PROTO_TCP: u8 = 6;
 pub const PROTO_UDP: u8 = 17;
+/// `IPPROTO_MPTCP` (`include/uapi/linux/in.h`): the protocol of a socket made
+/// with `socket(AF_INET[6], SOCK_STREAM, IPPROTO_MPTCP)`, the one protocol
+/// number above 255 (so it fits no `u8`).
+pub const IPPROTO_MPTCP: u32 = 262;
+
+/// The protocol egress rules are matched against for a socket of
+/// `protocol` (the kernel's `u32`): itself for 0..=255, [`PROTO_TCP`] for
+/// MPTCP, [`PROTO_ANY`] (matching only rules for any protocol) for the rest.
+///
+/// MPTCP is TCP on purpose: an MPTCP connection runs over TCP subflows, so a
+/// tcp rule must govern it; matching it as anything else would let a process
+/// dodge tcp deny rules by asking for `IPPROTO_MPTCP`. No other protocol
+/// above 255 exists (the IP header field is 8 bits); truncating one would
+/// have matched it as some unrelated protocol.
+#[inline(always)]
+pub const fn match_proto(protocol: u32) -> u8 {
+    match protocol {
+        IPPROTO_MPTCP => PROTO_TCP,
+        p @ 0..=255 => p as u8,
+        _ => PROTO_ANY,
+    }
+}
 /// `Verdict::rule` when the identity's default action decided.
 pub const RULE_DEFAULT: u32 = u32::MAX;
 /// `Verdict::rule` when the identity has no policy entry (fail closed).
@@ -79,8 +101,9 @@ pub struct IdentityPolicy {
 const _: () = assert!(size_of::<IdentityPolicy>() == 8);
 
 /// Aggregation of repeated egress attempts: one event per key per
-/// [`AGG_WINDOW_NS`], the kernel counting every attempt in between, so a
-/// flood cannot blind the pipeline and nothing goes uncounted.
+/// [`AGG_WINDOW_NS`] (per CPU), the kernel counting every attempt in between
+/// (plain per-CPU adds: `zt-ebpf/src/net.rs` says when preemption can lose
+/// one), so a flood cannot blind the pipeline.
 pub const AGG_WINDOW_NS: u64 = 1_000_000_000;
 
 #[repr(C)]
@@ -88,6 +111,14 @@ pub const AGG_WINDOW_NS: u64 = 1_000_000_000;
 pub struct AggKey {
     pub identity: u32,
     pub port: u16,
+    /// The protocol policy matched, [`match_proto`] of the socket's: MPTCP
+    /// attempts share the key of TCP attempts to the same destination. That
+    /// is deliberate: they get the same decision from the same rules, so
+    /// they are one stream of decisions, and the `u8` cannot hold 262 (a
+    /// wider field would change this ABI for no policy difference). The
+    /// events still tell them apart ([`crate::ConnectEvent::protocol`]); a
+    /// summary of the folded attempts says tcp. A key rebuilt from a
+    /// `ConnectEvent` must use `match_proto(protocol)`.
     pub proto: u8,
     /// The policy's decision (`ALLOW`/`DENY`).
     pub decided: u8,
@@ -193,6 +224,24 @@ mod tests {
         assert_eq!(size_of::<AggKey>(), 28);
         assert_eq!(size_of::<AggValue>(), 24);
         assert_eq!(size_of::<NetRuleList>(), 200);
+    }
+
+    #[test]
+    fn mptcp_matches_as_tcp() {
+        assert_eq!(match_proto(IPPROTO_MPTCP), PROTO_TCP);
+        assert_eq!(match_proto(6), PROTO_TCP);
+        assert_eq!(match_proto(17), PROTO_UDP);
+        assert_eq!(match_proto(0), PROTO_ANY);
+        assert_eq!(match_proto(255), 255);
+        // Beyond 255 only MPTCP exists; anything else must not wrap onto a
+        // real protocol (273 as u8 would be 17, udp).
+        assert_eq!(match_proto(273), PROTO_ANY);
+        // A tcp deny rule governs an MPTCP socket: no bypass.
+        let mut list = NetRuleList::default();
+        list.rules[0] = NetRule { port_lo: 443, port_hi: 443, proto: PROTO_TCP, action: DENY, mode: ENFORCE, _pad: 0, rule: 0 };
+        list.count = 1;
+        let pol = IdentityPolicy { default_egress: ALLOW, mode: ENFORCE, ..Default::default() };
+        assert_eq!(decide_net(&pol, Some(&list), match_proto(IPPROTO_MPTCP), 443).action, DENY);
     }
 
     #[test]

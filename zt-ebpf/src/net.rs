@@ -32,7 +32,7 @@ use zt_common::{
     AF_INET, AF_INET6, ConnectEvent, NO_IDENTITY, config_flags, hook, kind, loss,
     policy::{
         AGG_WINDOW_NS, ALLOW, AUDIT, AggKey, AggValue, DENY, ENFORCE, IdentityKey, NetKeyData, PROTO_TCP, PROTO_UDP, RULE_NO_POLICY,
-        RULE_NONE_APPLIED, Verdict, decide_net,
+        RULE_NONE_APPLIED, Verdict, decide_net, match_proto,
     },
 };
 
@@ -80,12 +80,17 @@ fn decide(ctx: &SockAddrContext, family: u16, hook: u32) -> i32 {
     };
     if identity == NO_IDENTITY {
         if config().flags & config_flags::OBSERVE_ALL_CONNECTS != 0 {
-            let (addr, port, proto) = destination(ctx, family);
-            emit(ctx, family, hook, identity, 0, 0, addr, port, proto, Verdict::new(ALLOW, ENFORCE, 0), 0, 0);
+            let (addr, port, protocol) = destination(ctx, family);
+            emit(ctx, family, hook, identity, 0, 0, addr, port, protocol, Verdict::new(ALLOW, ENFORCE, 0), 0, 0);
         }
         return 1;
     }
-    let (addr, port, proto) = destination(ctx, family);
+    let (addr, port, protocol) = destination(ctx, family);
+    // Rules match MPTCP as TCP, deliberately (see `match_proto`): an MPTCP
+    // connection is TCP subflows, so a tcp rule must govern it and asking
+    // for IPPROTO_MPTCP must not dodge one. The event keeps `protocol` as
+    // the socket has it, so user space can say "mptcp".
+    let proto = match_proto(protocol);
     let active = match POLICY_ACTIVE.get(0) {
         Some(a) => *a,
         None => Default::default(),
@@ -133,7 +138,7 @@ fn decide(ctx: &SockAddrContext, family: u16, hook: u32) -> i32 {
             Some(p) => (p.start_ns, p.cgroup_id),
             None => (0, 0),
         };
-        emit(ctx, family, hook, identity, start_ns, cgroup_id, addr, port, proto, verdict, active.generation, repeats_total);
+        emit(ctx, family, hook, identity, start_ns, cgroup_id, addr, port, protocol, verdict, active.generation, repeats_total);
     }
     if verdict.action == DENY { 0 } else { 1 }
 }
@@ -183,9 +188,15 @@ fn aggregate(identity: u32, addr: [u8; 16], port: u16, proto: u8, decided: u8, g
 }
 
 /// Destination as an IPv6 address (IPv4 as `::ffff:a.b.c.d`), port in host
-/// order, and protocol (from the socket type when the protocol is implicit).
+/// order, and the socket's protocol (from the socket type when the protocol
+/// is implicit).
+///
+/// An MPTCP connect arrives here as TCP today: the kernel runs these hooks on
+/// the MPTCP socket's first subflow, a TCP socket (`mptcp_connect()` in
+/// `net/mptcp/protocol.c` calls the subflow's `pre_connect`). 262 is handled
+/// (see `decide`) for a kernel that runs them on the MPTCP socket itself.
 #[inline(always)]
-fn destination(ctx: &SockAddrContext, family: u16) -> ([u8; 16], u16, u8) {
+fn destination(ctx: &SockAddrContext, family: u16) -> ([u8; 16], u16, u32) {
     // SAFETY: the context pointer the kernel passed to this program, valid
     // for the run; the verifier checks at load that each field read through
     // it is readable at this attach point (e.g. user_ip6 only at the IPv6
@@ -203,13 +214,12 @@ fn destination(ctx: &SockAddrContext, family: u16) -> ([u8; 16], u16, u8) {
     }
     // user_port holds the port in network byte order in its low 16 bits.
     let port = u16::from_be(sa.user_port as u16);
-    let proto = match (sa.protocol, sa.type_) {
-        (p, _) if p != 0 => p as u8,
-        (_, SOCK_STREAM) => PROTO_TCP,
-        (_, SOCK_DGRAM) => PROTO_UDP,
-        _ => 0,
+    let protocol = match (sa.protocol, sa.type_) {
+        (0, SOCK_STREAM) => PROTO_TCP as u32,
+        (0, SOCK_DGRAM) => PROTO_UDP as u32,
+        (p, _) => p,
     };
-    (addr, port, proto)
+    (addr, port, protocol)
 }
 
 #[inline(always)]
@@ -226,7 +236,7 @@ fn emit(
     cgroup_id: u64,
     addr: [u8; 16],
     port: u16,
-    proto: u8,
+    protocol: u32,
     verdict: Verdict,
     generation: u32,
     repeats_total: u64,
@@ -248,7 +258,7 @@ fn emit(
         (*ev).family = family;
         (*ev).port = port;
         (*ev).sock_type = sa.type_;
-        (*ev).protocol = proto as u32;
+        (*ev).protocol = protocol;
         (*ev).verdict = verdict;
         (*ev).generation = generation;
         (*ev).hook = hook;
