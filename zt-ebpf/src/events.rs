@@ -2,9 +2,9 @@
 //!
 //! A wakeup per record costs 5-10 us on these VMs (irq_work + self-IPI, see
 //! `shared/docs/limits.md`), so records are submitted with `BPF_RB_NO_WAKEUP`
-//! and user space polls on a short timer. Only when the ring holds more than
-//! `Config::wakeup_bytes` does a submit force a wakeup, so a burst is drained
-//! before it overflows.
+//! and user space polls on a short timer. Only when the ring holds at least
+//! `Config::wakeup_bytes` (and that is not 0) does a submit force a wakeup, so
+//! a burst is drained before it overflows.
 use aya_ebpf::{
     bindings::{BPF_RB_AVAIL_DATA, BPF_RB_FORCE_WAKEUP, BPF_RB_NO_WAKEUP},
     maps::ring_buf::RingBufEntry,
@@ -16,7 +16,14 @@ use crate::maps::{EVENTS, LOSS, config};
 #[inline(always)]
 pub fn count_loss(index: u32) {
     if let Some(c) = LOSS.get_ptr_mut(index) {
-        // Per-CPU slot: no other writer, a plain add is race-free.
+        // SAFETY: the lookup returned this CPU's slot of the per-CPU array,
+        // valid and aligned for a u64 for the whole run. The add is not
+        // atomic: tracepoint programs run with preemption disabled, but the
+        // cgroup socket programs only with migration disabled
+        // (kernel/bpf/cgroup.c `bpf_prog_run_array_cg`), so on a fully
+        // preemptible kernel a task preempting one of them on this CPU can
+        // count into the same slot in between and an increment is lost. The
+        // slot stays a valid u64; the counter can only undercount.
         unsafe { *c += 1 };
     }
 }

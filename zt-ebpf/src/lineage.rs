@@ -53,7 +53,11 @@ const SYSCALL_ARG0: usize = 16;
 
 #[inline(always)]
 fn cgroup_identity(cgroup_id: u64) -> u32 {
-    match unsafe { CGROUP_IDENTITY.get(&cgroup_id) } {
+    // SAFETY: `get` is unsafe because a preallocated hash map may hand a
+    // removed element to another key while we read it. The value is a u32
+    // copied out at once: a racing update by user space yields another
+    // identity id at worst, never invalid memory.
+    match unsafe { CGROUP_IDENTITY.get(cgroup_id) } {
         Some(id) => *id,
         None => NO_IDENTITY,
     }
@@ -68,6 +72,8 @@ pub fn event_header(kind: u32, identity: u32, start_ns: u64, cgroup_id: u64) -> 
         tgid: (pid_tgid >> 32) as u32,
         tid: pid_tgid as u32,
         identity,
+        // SAFETY: an argument-less helper with no preconditions (unsafe only
+        // as a raw helper binding), allowed in every program type here.
         time_ns: unsafe { bpf_ktime_get_boot_ns() },
         start_ns,
         cgroup_id,
@@ -84,10 +90,22 @@ pub fn sched_process_fork(ctx: TracePointContext) -> u32 {
 }
 
 fn try_fork(ctx: &TracePointContext) -> Result<(), i64> {
+    // SAFETY: `read_at` copies through bpf_probe_read_kernel, which returns an
+    // error instead of faulting on a bad address (a wrong offset reads a wrong
+    // value, nothing worse), and any 4 bytes are a valid i32. The offset is
+    // the tracepoint's own (tracefs format file, or the 6.18 default).
     let child: i32 = unsafe { ctx.read_at(global(&FORK_CHILD_PID_OFF) as usize)? };
+    // The tracepoint fires in the parent (the task calling fork/clone), so
+    // current is the parent; the record's `parent_pid` would be its tid.
     let parent = (bpf_get_current_pid_tgid() >> 32) as u32;
+    // SAFETY: an argument-less helper with no preconditions (unsafe only as a
+    // raw helper binding).
     let cgroup_id = unsafe { bpf_get_current_cgroup_id() };
-    let mut identity = match unsafe { PROC_TABLE.get(&parent) } {
+    // SAFETY: a preallocated hash map may reuse a removed element for another
+    // key while we read (why `get` is unsafe); every field of ProcInfo is an
+    // integer, so a racing update shows other but valid values, and the
+    // fields are copied out here.
+    let mut identity = match unsafe { PROC_TABLE.get(parent) } {
         Some(p) if p.identity != NO_IDENTITY => p.identity,
         Some(p) => p.child_identity,
         None => NO_IDENTITY,
@@ -95,10 +113,12 @@ fn try_fork(ctx: &TracePointContext) -> Result<(), i64> {
     if identity == NO_IDENTITY {
         identity = cgroup_identity(cgroup_id);
     }
-    let info =
-        ProcInfo { start_ns: unsafe { bpf_ktime_get_boot_ns() }, cgroup_id, ppid: parent, identity, child_identity: NO_IDENTITY, flags: 0 };
+    // SAFETY: an argument-less helper with no preconditions (unsafe only as a
+    // raw helper binding).
+    let start_ns = unsafe { bpf_ktime_get_boot_ns() };
+    let info = ProcInfo { start_ns, cgroup_id, ppid: parent, identity, child_identity: NO_IDENTITY, flags: 0 };
     set_pid_identity(child as u32, identity);
-    if PROC_TABLE.insert(&(child as u32), &info, BPF_ANY as u64).is_err() {
+    if PROC_TABLE.insert(child as u32, info, BPF_ANY as u64).is_err() {
         count_loss(loss::PROC_TABLE_FULL);
         warn!(ctx, "process table full: pid {} is not attributed", child);
     }
@@ -119,18 +139,31 @@ pub fn sys_enter_execveat(ctx: TracePointContext) -> u32 {
 
 /// Copies up to `ARGS_LEN` bytes of NUL-separated argv into `EXEC_ARGS[tid]`.
 fn capture_args(ctx: &TracePointContext, argv_offset: usize) -> Result<(), i64> {
+    // SAFETY: `read_at` copies through bpf_probe_read_kernel (an error, not a
+    // fault, on a bad address); any 8 bytes are a valid raw pointer, and this
+    // one is only ever passed to bpf_probe_read_user.
     let argv: *const *const u8 = unsafe { ctx.read_at(argv_offset)? };
     let tid = bpf_get_current_pid_tgid() as u32;
     let Some(scratch) = ARGS_SCRATCH.get_ptr_mut(0) else {
         return Err(-1);
     };
+    // SAFETY: the lookup returned this CPU's slot of the per-CPU array, valid
+    // and aligned for the whole run. Only the sys_enter_execve[at] programs
+    // use the map, and tracepoint programs run with preemption disabled and
+    // never nest on one CPU (kernel/trace/bpf_trace.c `trace_call_bpf`:
+    // `cant_sleep()` and the `bpf_prog_active` guard), so this reference is
+    // the only one to the slot until the program returns.
     let args = unsafe { &mut *scratch };
     args.argc = 0;
     args.truncated = 0;
     let mut off: u32 = 0;
     if !argv.is_null() {
         for i in 0..MAX_ARGS {
-            let arg: *const u8 = match unsafe { bpf_probe_read_user(argv.add(i as usize)) } {
+            // SAFETY: bpf_probe_read_user copies with fault handling and
+            // returns an error for an unmapped or kernel address; any 8 bytes
+            // are a valid raw pointer. `wrapping_add`: the user pointer is
+            // never dereferenced by this program, only handed to the helper.
+            let arg: *const u8 = match unsafe { bpf_probe_read_user(argv.wrapping_add(i as usize)) } {
                 Ok(p) => p,
                 Err(_) => break,
             };
@@ -143,7 +176,13 @@ fn capture_args(ctx: &TracePointContext, argv_offset: usize) -> Result<(), i64> 
             }
             // Masked offset + constant size: the verifier can prove the write
             // stays inside the 2*ARGS_LEN buffer.
+            // SAFETY: the masked offset is below ARGS_LEN and `buf` holds
+            // 2*ARGS_LEN bytes, so `dst` and the ARGS_LEN bytes after it lie
+            // inside `buf`.
             let dst = unsafe { args.buf.as_mut_ptr().add((off & (ARGS_LEN as u32 - 1)) as usize) };
+            // SAFETY: writes at most ARGS_LEN bytes (NUL included) at `dst`,
+            // which has that much room (above); the user string is read with
+            // fault handling (a negative return for a bad address).
             let n = unsafe { bpf_probe_read_user_str(dst.cast(), ARGS_LEN as u32, arg.cast()) };
             if n <= 0 {
                 break;
@@ -157,7 +196,7 @@ fn capture_args(ctx: &TracePointContext, argv_offset: usize) -> Result<(), i64> 
         args.truncated = 1;
     }
     args.len = off;
-    if EXEC_ARGS.insert(&tid, args, BPF_ANY as u64).is_err() {
+    if EXEC_ARGS.insert(tid, args, BPF_ANY as u64).is_err() {
         count_loss(loss::EXEC_ARGS);
     }
     Ok(())
@@ -172,11 +211,23 @@ pub fn sched_process_exec(ctx: TracePointContext) -> u32 {
 
 fn try_exec(ctx: &TracePointContext) -> Result<(), i64> {
     let tgid = (bpf_get_current_pid_tgid() >> 32) as u32;
+    // SAFETY: `read_at` copies through bpf_probe_read_kernel (an error, not a
+    // fault, on a bad address); any 4 bytes are a valid i32.
     let old_tid: i32 = unsafe { ctx.read_at(global(&EXEC_OLD_PID_OFF) as usize)? };
+    // SAFETY: an argument-less helper with no preconditions (unsafe only as a
+    // raw helper binding).
     let cgroup_id = unsafe { bpf_get_current_cgroup_id() };
 
-    let (identity, start_ns, ppid) = match PROC_TABLE.get_ptr_mut(&tgid) {
+    let (identity, start_ns, ppid) = match PROC_TABLE.get_ptr_mut(tgid) {
         Some(p) => {
+            // SAFETY: the lookup's pointer to this tgid's element, valid and
+            // aligned for the run (a preallocated element stays mapped even
+            // if removed meanwhile). No other program writes this key now: a
+            // fork writes the child's key, and exit removes the tgid's only
+            // when the whole group dies, which cannot happen while this
+            // thread is in exec. User space may update or remove it
+            // concurrently; every field is an integer, so such a race leaves
+            // valid values.
             let p = unsafe { &mut *p };
             p.cgroup_id = cgroup_id;
             if p.identity == NO_IDENTITY {
@@ -188,6 +239,8 @@ fn try_exec(ctx: &TracePointContext) -> Result<(), i64> {
             // A process that forked before our programs were attached and was
             // not seeded yet: start its entry now (parent unknown).
             let info = ProcInfo {
+                // SAFETY: an argument-less helper with no preconditions
+                // (unsafe only as a raw helper binding).
                 start_ns: unsafe { bpf_ktime_get_boot_ns() },
                 cgroup_id,
                 ppid: 0,
@@ -195,7 +248,7 @@ fn try_exec(ctx: &TracePointContext) -> Result<(), i64> {
                 child_identity: NO_IDENTITY,
                 flags: proc_flags::SEEN_AT_EXEC,
             };
-            if PROC_TABLE.insert(&tgid, &info, BPF_ANY as u64).is_err() {
+            if PROC_TABLE.insert(tgid, info, BPF_ANY as u64).is_err() {
                 count_loss(loss::PROC_TABLE_FULL);
             }
             (info.identity, info.start_ns, 0)
@@ -204,14 +257,26 @@ fn try_exec(ctx: &TracePointContext) -> Result<(), i64> {
     set_pid_identity(tgid, identity);
 
     let from_mm = global(&TASK_MM_OFF) != ABSENT;
-    let stashed = if from_mm { None } else { unsafe { EXEC_ARGS.get(&(old_tid as u32)) } };
+    // SAFETY: EXEC_ARGS is a preallocated LRU hash, so another CPU's insert
+    // may evict this entry and reuse its memory while we read it (why `get`
+    // is unsafe). The element memory stays valid for the run; the value is
+    // integers and bytes, `len` is clamped before use and the bytes are
+    // copied with bpf_probe_read_kernel, so a race yields wrong argv at worst.
+    let stashed = if from_mm { None } else { unsafe { EXEC_ARGS.get(old_tid as u32) } };
     let Some(mut entry) = reserve::<ExecEvent>(loss::RINGBUF_EXEC) else {
         if stashed.is_some() {
-            let _ = EXEC_ARGS.remove(&(old_tid as u32));
+            let _ = EXEC_ARGS.remove(old_tid as u32);
         }
         return Ok(());
     };
     let ev = entry.as_mut_ptr();
+    // SAFETY: `ev` points to a ring buffer record reserved for an ExecEvent
+    // (its size, 8-byte aligned) that only this program can see until
+    // `submit`, so the field writes are in bounds and unaliased. Besides:
+    // `read_at` and bpf_probe_read_kernel_str_bytes go through fault-handling
+    // probe-read helpers; the __data_loc offset is masked to 16 bits and only
+    // used to form the helper's source address; the argv copy writes ARGS_LEN
+    // bytes into `args`, which is ARGS_LEN long, from `a.buf`, which is longer.
     unsafe {
         (*ev).header = event_header(kind::EXEC, identity, start_ns, cgroup_id);
         (*ev).ppid = ppid;
@@ -219,17 +284,14 @@ fn try_exec(ctx: &TracePointContext) -> Result<(), i64> {
         (*ev).comm = bpf_get_current_comm().unwrap_or([0; 16]);
         // __data_loc: low 16 bits offset from the record start, high 16 length.
         let loc: u32 = ctx.read_at(global(&EXEC_FILENAME_OFF) as usize).unwrap_or(0);
-        let src = ctx.as_ptr().cast::<u8>().add((loc & 0xffff) as usize);
+        let src = ctx.as_ptr().cast::<u8>().wrapping_add((loc & 0xffff) as usize);
         (*ev).filename_len = match bpf_probe_read_kernel_str_bytes(src, &mut (*ev).filename) {
             Ok(s) => s.len() as u32,
             Err(_) => 0,
         };
         (*ev).argc = 0;
         if from_mm {
-            let (len, truncated) = match argv_from_mm(&mut (*ev).args) {
-                Some(v) => v,
-                None => (0, false),
-            };
+            let (len, truncated) = argv_from_mm(&mut (*ev).args).unwrap_or_default();
             (*ev).args_len = len;
             (*ev).args_flags = if truncated {
                 args_flags::TRUNCATED
@@ -255,7 +317,7 @@ fn try_exec(ctx: &TracePointContext) -> Result<(), i64> {
         }
     }
     if stashed.is_some() {
-        let _ = EXEC_ARGS.remove(&(old_tid as u32));
+        let _ = EXEC_ARGS.remove(old_tid as u32);
     }
     submit(entry);
     Ok(())
@@ -264,27 +326,43 @@ fn try_exec(ctx: &TracePointContext) -> Result<(), i64> {
 /// Copies `current->mm->arg_start..arg_end` (the argv strings of the image
 /// just exec'd, NUL-separated) into `out`. Returns (bytes, truncated).
 #[inline(always)]
-unsafe fn argv_from_mm(out: &mut [u8; ARGS_LEN]) -> Option<(u32, bool)> {
-    unsafe {
-        let task = bpf_get_current_task() as *const u8;
-        let mm: *const u8 = read_kernel(task.add(global(&TASK_MM_OFF) as usize).cast())?;
-        if mm.is_null() {
-            return None;
-        }
-        let start: u64 = read_kernel(mm.add(global(&MM_ARG_START_OFF) as usize).cast())?;
-        let end: u64 = read_kernel(mm.add(global(&MM_ARG_END_OFF) as usize).cast())?;
-        let total = end.saturating_sub(start);
-        // Two bounded branches so the verifier can prove len <= ARGS_LEN.
-        let len = if total >= ARGS_LEN as u64 { ARGS_LEN as u32 } else { total as u32 & (ARGS_LEN as u32 - 1) };
-        if probe_read_user_raw(out.as_mut_ptr().cast(), len, start as *const _) != 0 {
-            return None;
-        }
-        Some((len, total > ARGS_LEN as u64))
+fn argv_from_mm(out: &mut [u8; ARGS_LEN]) -> Option<(u32, bool)> {
+    // SAFETY: an argument-less helper with no preconditions (unsafe only as a
+    // raw helper binding); the result is only used as an address to read
+    // through bpf_probe_read_kernel.
+    let task = unsafe { bpf_get_current_task() } as *const u8;
+    // SAFETY: (this and the next two reads) read_kernel's contract holds: a
+    // raw pointer and u64s accept any bits. The addresses are formed with
+    // wrapping_add from BTF offsets and never dereferenced by this program.
+    let mm: *const u8 = unsafe { read_kernel(task.wrapping_add(global(&TASK_MM_OFF) as usize).cast())? };
+    if mm.is_null() {
+        return None;
     }
+    // SAFETY: as above.
+    let start: u64 = unsafe { read_kernel(mm.wrapping_add(global(&MM_ARG_START_OFF) as usize).cast())? };
+    // SAFETY: as above.
+    let end: u64 = unsafe { read_kernel(mm.wrapping_add(global(&MM_ARG_END_OFF) as usize).cast())? };
+    let total = end.saturating_sub(start);
+    // Two bounded branches so the verifier can prove len <= ARGS_LEN.
+    let len = if total >= ARGS_LEN as u64 { ARGS_LEN as u32 } else { total as u32 & (ARGS_LEN as u32 - 1) };
+    // SAFETY: writes `len` <= ARGS_LEN bytes into `out`, which is ARGS_LEN
+    // long; the source is read from user memory with fault handling (a
+    // nonzero return for a bad address).
+    if unsafe { probe_read_user_raw(out.as_mut_ptr().cast(), len, start as *const _) } != 0 {
+        return None;
+    }
+    Some((len, total > ARGS_LEN as u64))
 }
 
+/// Reads a `T` from a kernel address; `None` when the address faults.
+///
+/// # Safety
+/// `T` must be valid for any bit pattern (integers, raw pointers): the bytes
+/// at `src` are not checked.
 #[inline(always)]
 unsafe fn read_kernel<T>(src: *const T) -> Option<T> {
+    // SAFETY: bpf_probe_read_kernel copies with fault handling (an error for
+    // a bad address); the caller guarantees any bytes read form a valid T.
     unsafe { aya_ebpf::helpers::bpf_probe_read_kernel(src).ok() }
 }
 
@@ -303,23 +381,33 @@ fn try_exit(ctx: &TracePointContext) -> Result<(), i64> {
     // Without `group_dead` (older kernels) the leader's exit stands for the
     // group's; a leader that exits before its threads then leaves them
     // unattributed until user space re-seeds the entry.
+    // SAFETY: `read_at` copies through bpf_probe_read_kernel (an error, not a
+    // fault, on a bad address); any byte is a valid u8.
     let group_dead = if off == ABSENT { tid == tgid } else { (unsafe { ctx.read_at::<u8>(off as usize)? }) != 0 };
     if tid != tgid {
         // The per-thread entry created at clone (see module docs).
-        let _ = PROC_TABLE.remove(&tid);
+        let _ = PROC_TABLE.remove(tid);
         set_pid_identity(tid, NO_IDENTITY);
     }
     if !group_dead {
         return Ok(());
     }
-    let (identity, start_ns, ppid, cgroup_id) = match unsafe { PROC_TABLE.get(&tgid) } {
+    // SAFETY: a preallocated hash map may reuse a removed element for another
+    // key while we read (why `get` is unsafe); every field of ProcInfo is an
+    // integer, so a race shows other but valid values, copied out at once.
+    let (identity, start_ns, ppid, cgroup_id) = match unsafe { PROC_TABLE.get(tgid) } {
         Some(p) => (p.identity, p.start_ns, p.ppid, p.cgroup_id),
+        // SAFETY: an argument-less helper with no preconditions (unsafe only
+        // as a raw helper binding).
         None => (NO_IDENTITY, 0, 0, unsafe { bpf_get_current_cgroup_id() }),
     };
-    let _ = PROC_TABLE.remove(&tgid);
+    let _ = PROC_TABLE.remove(tgid);
     set_pid_identity(tgid, NO_IDENTITY);
     if let Some(mut entry) = reserve::<ExitEvent>(loss::RINGBUF_EXIT) {
         let ev = entry.as_mut_ptr();
+        // SAFETY: `ev` points to a ring buffer record reserved for an
+        // ExitEvent (its size, 8-byte aligned) that only this program can see
+        // until `submit`: the field writes are in bounds and unaliased.
         unsafe {
             (*ev).header = event_header(kind::EXIT, identity, start_ns, cgroup_id);
             (*ev).ppid = ppid;

@@ -1,13 +1,19 @@
 //! zt-ebpf: the kernel side of zt-agent, one object.
 //!
 //! # Layout
-//! - `maps`: every map (`#[map]` statics) and the read-only globals.
+//! - `maps`: every map of ours (`#[map]` statics; aya-log-ebpf adds its own
+//!   `AYA_LOGS`) and the read-only globals.
 //! - `events`: ring buffer submit with batched wakeups, loss counting.
 //! - `lineage`: process table at fork/exec/exit, argv capture, exec/exit events.
-//! - `net`: cgroup `connect4`/`connect6` observation.
+//! - `net`: egress enforcement at the cgroup `connect4`/`connect6` and
+//!   `sendmsg4`/`sendmsg6` hooks: a denied connect or UDP send fails with
+//!   EPERM (audit mode only reports it); decisions are counted and reported
+//!   as aggregated connect events.
 //! - `probe`: tiny programs `zt-agent probe` loads to learn what this kernel runs.
 #![no_std]
 #![no_main]
+// Every `unsafe` block says why it is sound (checked by clippy).
+#![warn(clippy::undocumented_unsafe_blocks)]
 
 mod events;
 mod lineage;
@@ -23,6 +29,9 @@ fn panic(_info: &core::panic::PanicInfo) -> ! {
     loop {}
 }
 
+// The loader reads the licence from the `license` section (a GPL-compatible
+// one unlocks GPL-only helpers such as bpf_probe_read_user_str); `no_mangle`
+// keeps the one symbol named LICENSE.
 #[unsafe(link_section = "license")]
 #[unsafe(no_mangle)]
 static LICENSE: [u8; 4] = *b"GPL\0";

@@ -1,4 +1,5 @@
-//! Every map of the object, and the load-time globals.
+//! Every map of ours, and the load-time globals. (The object holds one more
+//! map, aya-log-ebpf's `AYA_LOGS`; `zt_common::maps::ALL` lists all.)
 //!
 //! Names and capacities come from `zt_common::maps`; user space opens the maps
 //! by the same names (`zt-agent/src/bpf/maps.rs`).
@@ -62,12 +63,20 @@ pub static IDENTITY_COUNTERS: PerCpuArray<IdentityCounters> = PerCpuArray::with_
 #[inline(always)]
 pub fn set_pid_identity(pid: u32, identity: u32) {
     if let Some(p) = PID_IDENTITY.get_ptr_mut(pid) {
+        // SAFETY: the lookup checked `pid` against the array's size and
+        // returned a pointer to its element, valid and aligned for the run.
+        // Other writers (lineage programs on other CPUs, user space) store
+        // whole aligned u32s too, so a race leaves one of the values.
         unsafe { *p = identity };
     }
 }
 
 /// Tracepoint field offsets, overridden by user space from tracefs `format`
 /// files (see `zt_common::globals`). Defaults are Linux 6.18's.
+/// `FORK_PARENT_PID_OFF` is set but read by no program (see `try_fork`).
+///
+/// `no_mangle` (on each global here): user space finds them by these
+/// symbol names, and nothing else in the object defines a symbol so named.
 #[unsafe(no_mangle)]
 pub static FORK_PARENT_PID_OFF: u32 = 12;
 #[unsafe(no_mangle)]
@@ -91,6 +100,9 @@ pub static MM_ARG_END_OFF: u32 = u32::MAX;
 /// default value in; the verifier then sees the frozen `.rodata` value.
 #[inline(always)]
 pub fn global(g: &'static u32) -> u32 {
+    // SAFETY: `g` is a shared reference to a `static`, so the pointer is
+    // valid, aligned and initialised for the read. Volatile only keeps the
+    // compiler from folding in the default: the loader rewrites `.rodata`.
     unsafe { core::ptr::read_volatile(g) }
 }
 

@@ -3,8 +3,8 @@
 //! the cgroup v2 root, so every process is covered).
 //!
 //! Processes without an identity cost one inlined array read
-//! (`PID_IDENTITY[tgid]`) and are allowed (and observed only with
-//! `OBSERVE_ALL_CONNECTS`). For an identity, the active
+//! (`PID_IDENTITY[tgid]`; a `PROC_TABLE` lookup too for a tgid beyond the
+//! array) and are allowed (and observed only with `OBSERVE_ALL_CONNECTS`). For an identity, the active
 //! policy slot is read once, so one decision never mixes two policies; the
 //! identity's rules for the destination come from one LPM lookup and are
 //! decided by `zt_common::policy::decide_net`, the same function
@@ -13,8 +13,11 @@
 //!
 //! Repeated attempts to one destination are aggregated in `EGRESS_AGG`: at
 //! most one event per (identity, destination, port, protocol, decision,
-//! policy generation) per second, each carrying the running attempt count; user space reports
-//! what is left when the attempts stop. Every attempt is counted.
+//! policy generation) per second on each CPU, each carrying that CPU's running
+//! attempt count; user space reports what is left when the attempts stop.
+//! Every attempt is counted, with one caveat: the per-CPU counters are plain
+//! adds, and these programs can be preempted (see `aggregate`), so under full
+//! preemption a racing attempt on the same CPU can lose a count.
 use aya_ebpf::{
     bindings::BPF_NOEXIST,
     helpers::{
@@ -29,7 +32,7 @@ use zt_common::{
     AF_INET, AF_INET6, ConnectEvent, NO_IDENTITY, config_flags, hook, kind, loss,
     policy::{
         AGG_WINDOW_NS, ALLOW, AUDIT, AggKey, AggValue, DENY, ENFORCE, IdentityKey, NetKeyData, PROTO_TCP, PROTO_UDP, RULE_NO_POLICY,
-        RULE_NONE_APPLIED, Verdict, decide_net,
+        RULE_NONE_APPLIED, Verdict, decide_net, match_proto,
     },
 };
 
@@ -67,19 +70,27 @@ fn decide(ctx: &SockAddrContext, family: u16, hook: u32) -> i32 {
     // Fast path: an array read; a pid beyond the array falls back to the table.
     let identity = match PID_IDENTITY.get(tgid) {
         Some(id) => *id,
-        None => match unsafe { PROC_TABLE.get(&tgid) } {
+        // SAFETY: a preallocated hash map may reuse a removed element for
+        // another key while we read (why `get` is unsafe); ProcInfo is all
+        // integers, so a race shows other but valid values, copied out here.
+        None => match unsafe { PROC_TABLE.get(tgid) } {
             Some(p) => p.identity,
             None => NO_IDENTITY,
         },
     };
     if identity == NO_IDENTITY {
         if config().flags & config_flags::OBSERVE_ALL_CONNECTS != 0 {
-            let (addr, port, proto) = destination(ctx, family);
-            emit(ctx, family, hook, identity, 0, 0, addr, port, proto, Verdict::new(ALLOW, ENFORCE, 0), 0, 0);
+            let (addr, port, protocol) = destination(ctx, family);
+            emit(ctx, family, hook, identity, 0, 0, addr, port, protocol, Verdict::new(ALLOW, ENFORCE, 0), 0, 0);
         }
         return 1;
     }
-    let (addr, port, proto) = destination(ctx, family);
+    let (addr, port, protocol) = destination(ctx, family);
+    // Rules match MPTCP as TCP, deliberately (see `match_proto`): an MPTCP
+    // connection is TCP subflows, so a tcp rule must govern it and asking
+    // for IPPROTO_MPTCP must not dodge one. The event keeps `protocol` as
+    // the socket has it, so user space can say "mptcp".
+    let proto = match_proto(protocol);
     let active = match POLICY_ACTIVE.get(0) {
         Some(a) => *a,
         None => Default::default(),
@@ -88,7 +99,11 @@ fn decide(ctx: &SockAddrContext, family: u16, hook: u32) -> i32 {
         Verdict::new(ALLOW, AUDIT, RULE_NONE_APPLIED)
     } else {
         let key = IdentityKey { slot: active.slot, identity };
-        match unsafe { IDENTITY_POLICY.get(&key) } {
+        // SAFETY: a removed element of this preallocated hash may be reused
+        // while we read (why `get` is unsafe); IdentityPolicy is all
+        // integers (any bit pattern valid), and the reference does not
+        // outlive this decision.
+        match unsafe { IDENTITY_POLICY.get(key) } {
             // An identity the policy in force does not know: fail closed.
             None => Verdict::new(DENY, ENFORCE, RULE_NO_POLICY),
             Some(pol) => {
@@ -99,7 +114,13 @@ fn decide(ctx: &SockAddrContext, family: u16, hook: u32) -> i32 {
         }
     };
     if let Some(c) = IDENTITY_COUNTERS.get_ptr_mut(identity) {
-        // Per-CPU slot: no other writer.
+        // SAFETY: the lookup bounds-checked `identity` and returned this
+        // CPU's slot, valid and aligned for the run. Only these socket
+        // programs write it, but they run with migration, not preemption,
+        // disabled (kernel/bpf/cgroup.c `bpf_prog_run_array_cg`): on a fully
+        // preemptible kernel another task's decision on this CPU can update
+        // the slot between our load and store and one count is lost. The
+        // fields are plain u64s, so nothing worse can happen.
         let c = unsafe { &mut *c };
         if verdict.action == DENY {
             c.denied += 1;
@@ -112,11 +133,12 @@ fn decide(ctx: &SockAddrContext, family: u16, hook: u32) -> i32 {
     if let Some(repeats_total) = aggregate(identity, addr, port, proto, verdict.decided, active.generation) {
         // The table lookup only when an event is due (at most once a second
         // per destination), not on every decision.
-        let (start_ns, cgroup_id) = match unsafe { PROC_TABLE.get(&tgid) } {
+        // SAFETY: as for the lookup above: all-integer value, copied out here.
+        let (start_ns, cgroup_id) = match unsafe { PROC_TABLE.get(tgid) } {
             Some(p) => (p.start_ns, p.cgroup_id),
             None => (0, 0),
         };
-        emit(ctx, family, hook, identity, start_ns, cgroup_id, addr, port, proto, verdict, active.generation, repeats_total);
+        emit(ctx, family, hook, identity, start_ns, cgroup_id, addr, port, protocol, verdict, active.generation, repeats_total);
     }
     if verdict.action == DENY { 0 } else { 1 }
 }
@@ -128,10 +150,19 @@ fn decide(ctx: &SockAddrContext, family: u16, hook: u32) -> i32 {
 #[inline(always)]
 fn aggregate(identity: u32, addr: [u8; 16], port: u16, proto: u8, decided: u8, generation: u32) -> Option<u64> {
     let key = AggKey { identity, port, proto, decided, generation, addr };
+    // SAFETY: an argument-less helper with no preconditions (unsafe only as a
+    // raw helper binding).
     let now = unsafe { bpf_ktime_get_boot_ns() };
-    match EGRESS_AGG.get_ptr_mut(&key) {
+    match EGRESS_AGG.get_ptr_mut(key) {
         Some(v) => {
-            // SAFETY: this CPU's slot of a live per-CPU value: no other writer.
+            // SAFETY: the lookup returned this CPU's slot of the element,
+            // valid and aligned for the run (a preallocated element stays
+            // mapped even if removed meanwhile). Not exclusive: another
+            // task's decision on this CPU can preempt us under full
+            // preemption (cgroup programs run with migration disabled only),
+            // and user space may remove an idle key, letting the element be
+            // reused for another key. Either race can lose or misplace one
+            // count; the fields stay plain u64s.
             let v = unsafe { &mut *v };
             v.total += 1;
             v.last_seen_ns = now;
@@ -143,7 +174,7 @@ fn aggregate(identity: u32, addr: [u8; 16], port: u16, proto: u8, decided: u8, g
         }
         None => {
             let v = AggValue { total: 1, last_emit_ns: now, last_seen_ns: now };
-            match EGRESS_AGG.insert(&key, &v, BPF_NOEXIST as u64) {
+            match EGRESS_AGG.insert(key, v, BPF_NOEXIST as u64) {
                 Ok(()) => Some(1),
                 Err(_) => {
                     // Full (or inserted concurrently by another CPU): report
@@ -157,9 +188,19 @@ fn aggregate(identity: u32, addr: [u8; 16], port: u16, proto: u8, decided: u8, g
 }
 
 /// Destination as an IPv6 address (IPv4 as `::ffff:a.b.c.d`), port in host
-/// order, and protocol (from the socket type when the protocol is implicit).
+/// order, and the socket's protocol (from the socket type when the protocol
+/// is implicit).
+///
+/// An MPTCP connect arrives here as TCP today: the kernel runs these hooks on
+/// the MPTCP socket's first subflow, a TCP socket (`mptcp_connect()` in
+/// `net/mptcp/protocol.c` calls the subflow's `pre_connect`). 262 is handled
+/// (see `decide`) for a kernel that runs them on the MPTCP socket itself.
 #[inline(always)]
-fn destination(ctx: &SockAddrContext, family: u16) -> ([u8; 16], u16, u8) {
+fn destination(ctx: &SockAddrContext, family: u16) -> ([u8; 16], u16, u32) {
+    // SAFETY: the context pointer the kernel passed to this program, valid
+    // for the run; the verifier checks at load that each field read through
+    // it is readable at this attach point (e.g. user_ip6 only at the IPv6
+    // hooks) and rewrites the reads into reads of the kernel's own struct.
     let sa = unsafe { &*ctx.sock_addr };
     let mut addr = [0u8; 16];
     if family == AF_INET {
@@ -173,17 +214,19 @@ fn destination(ctx: &SockAddrContext, family: u16) -> ([u8; 16], u16, u8) {
     }
     // user_port holds the port in network byte order in its low 16 bits.
     let port = u16::from_be(sa.user_port as u16);
-    let proto = match (sa.protocol, sa.type_) {
-        (p, _) if p != 0 => p as u8,
-        (_, SOCK_STREAM) => PROTO_TCP,
-        (_, SOCK_DGRAM) => PROTO_UDP,
-        _ => 0,
+    let protocol = match (sa.protocol, sa.type_) {
+        (0, SOCK_STREAM) => PROTO_TCP as u32,
+        (0, SOCK_DGRAM) => PROTO_UDP as u32,
+        (p, _) => p,
     };
-    (addr, port, proto)
+    (addr, port, protocol)
 }
 
 #[inline(always)]
-#[allow(clippy::too_many_arguments)]
+#[expect(
+    clippy::too_many_arguments,
+    reason = "the arguments are the fields of the ConnectEvent written in place into the ring buffer; building one on the stack first would take 120 of the 512 stack bytes"
+)]
 fn emit(
     ctx: &SockAddrContext,
     family: u16,
@@ -193,7 +236,7 @@ fn emit(
     cgroup_id: u64,
     addr: [u8; 16],
     port: u16,
-    proto: u8,
+    protocol: u32,
     verdict: Verdict,
     generation: u32,
     repeats_total: u64,
@@ -201,15 +244,21 @@ fn emit(
     let Some(mut entry) = reserve::<ConnectEvent>(loss::RINGBUF_CONNECT) else {
         return;
     };
+    // SAFETY: the program's context pointer, valid for the run; the verifier
+    // checks that `type_` is readable here.
     let sa = unsafe { &*ctx.sock_addr };
     let ev = entry.as_mut_ptr();
+    // SAFETY: `ev` points to a ring buffer record reserved for a
+    // ConnectEvent (its size, 8-byte aligned) that only this program can see
+    // until `submit`: the field writes are in bounds and unaliased. The two
+    // helpers take no arguments and have no preconditions.
     unsafe {
         let cgroup_id = if cgroup_id != 0 { cgroup_id } else { bpf_get_current_cgroup_id() };
         (*ev).header = crate::lineage::event_header(kind::CONNECT, identity, start_ns, cgroup_id);
         (*ev).family = family;
         (*ev).port = port;
         (*ev).sock_type = sa.type_;
-        (*ev).protocol = proto as u32;
+        (*ev).protocol = protocol;
         (*ev).verdict = verdict;
         (*ev).generation = generation;
         (*ev).hook = hook;

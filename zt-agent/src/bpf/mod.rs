@@ -52,8 +52,21 @@ pub fn enable_run_time_stats() -> Result<std::os::fd::OwnedFd, aya::sys::Syscall
 
 #[cfg(test)]
 mod tests {
+    use std::collections::BTreeSet;
+
     use object::{Object, ObjectSection, ObjectSymbol};
     use zt_common::{globals, maps, programs};
+
+    /// (symbol, section) of every symbol of the embedded object that has a section.
+    fn symbols() -> Vec<(String, String)> {
+        let obj = object::File::parse(super::OBJECT).expect("the embedded object is ELF");
+        obj.symbols()
+            .filter_map(|s| {
+                let section = s.section_index().and_then(|i| obj.section_by_index(i).ok())?;
+                Some((s.name().ok()?.to_string(), section.name().ok()?.to_string()))
+            })
+            .collect()
+    }
 
     /// The built object holds every program, map and load-time global the
     /// user-space side names (a rename on one side fails here, not at load).
@@ -61,19 +74,13 @@ mod tests {
     fn object_has_every_program_map_and_global() {
         let obj = object::File::parse(super::OBJECT).expect("the embedded object is ELF");
         assert_eq!(obj.architecture(), object::Architecture::Bpf);
-        let symbols: Vec<(String, String)> = obj
-            .symbols()
-            .filter_map(|s| {
-                let section = s.section_index().and_then(|i| obj.section_by_index(i).ok())?;
-                Some((s.name().ok()?.to_string(), section.name().ok()?.to_string()))
-            })
-            .collect();
+        let symbols = symbols();
         let section_of = |name: &str| symbols.iter().find(|(n, _)| n == name).map(|(_, s)| s.clone());
         for p in programs::ALL {
             let s = section_of(p).unwrap_or_else(|| panic!("program {p} missing"));
             assert!(!s.starts_with(".text"), "{p} is in {s}, not a program section");
         }
-        for m in [maps::PROC_TABLE, maps::CGROUP_IDENTITY, maps::EXEC_ARGS, maps::EVENTS, maps::LOSS, maps::CONFIG] {
+        for m in maps::ALL {
             assert_eq!(section_of(m).as_deref(), Some("maps"), "map {m}");
         }
         for g in [
@@ -93,8 +100,28 @@ mod tests {
         assert!(obj.section_by_name("license").is_some());
     }
 
+    /// `maps::ALL` names exactly the maps of the object: a `#[map]` added to
+    /// zt-ebpf without a name in zt-common fails here, and so does a stale name.
     #[test]
-    fn object_digest_is_stable() {
-        assert_eq!(super::object_digest(), blake3::hash(super::OBJECT));
+    fn maps_all_is_exactly_the_objects_maps() {
+        let in_object: BTreeSet<String> = symbols().into_iter().filter(|(_, s)| s == "maps").map(|(n, _)| n).collect();
+        let listed: BTreeSet<String> = maps::ALL.iter().map(|m| m.to_string()).collect();
+        assert_eq!(listed.len(), maps::ALL.len(), "maps::ALL names a map twice");
+        let unlisted: Vec<_> = in_object.difference(&listed).collect();
+        let absent: Vec<_> = listed.difference(&in_object).collect();
+        assert!(
+            unlisted.is_empty() && absent.is_empty(),
+            "maps in the object but not in maps::ALL: {unlisted:?}; in maps::ALL but not in the object: {absent:?}"
+        );
+    }
+
+    /// The digest `status` shows is that of the object build.rs wrote (read
+    /// from disk now, not the bytes compiled in): it fails if the digest is
+    /// taken over anything else, or if the embedded object is stale.
+    #[test]
+    fn object_digest_is_that_of_the_built_object() {
+        let path = concat!(env!("OUT_DIR"), "/zt-ebpf");
+        let on_disk = std::fs::read(path).unwrap_or_else(|e| panic!("{path}: {e}"));
+        assert_eq!(super::object_digest(), blake3::hash(&on_disk));
     }
 }

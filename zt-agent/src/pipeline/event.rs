@@ -191,6 +191,8 @@ pub fn ip_from_mapped(addr: [u8; 16]) -> IpAddr {
 pub fn protocol_name(proto: u32, sock_type: u32) -> &'static str {
     match (proto, sock_type) {
         (6, _) | (0, 1) => "tcp",
+        // Policy matched it as tcp (`zt_common::policy::match_proto`).
+        (zt_common::policy::IPPROTO_MPTCP, _) => "mptcp",
         (17, _) | (0, 2) => "udp",
         (1, _) | (58, _) => "icmp",
         _ => "other",
@@ -317,6 +319,20 @@ mod tests {
             (v6.family, v6.address.to_string().as_str(), v6.protocol, v6.action, v6.rule.as_str()),
             ("ipv6", "::1", "udp", ConnectAction::Denied, "default")
         );
+    }
+
+    #[test]
+    fn protocol_names() {
+        assert_eq!(protocol_name(6, 1), "tcp");
+        assert_eq!(protocol_name(0, 1), "tcp");
+        assert_eq!(protocol_name(262, 1), "mptcp");
+        assert_eq!(protocol_name(17, 2), "udp");
+        assert_eq!(protocol_name(0, 2), "udp");
+        assert_eq!(protocol_name(1, 2), "icmp");
+        assert_eq!(protocol_name(58, 2), "icmp");
+        assert_eq!(protocol_name(0, 3), "other");
+        // A summary names AggKey::proto, the matched protocol: tcp for mptcp.
+        assert_eq!(protocol_name(zt_common::policy::match_proto(262).into(), 0), "tcp");
     }
 
     #[test]

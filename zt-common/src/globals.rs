@@ -1,0 +1,20 @@
+//! Names of the read-only globals user space sets at load time: tracepoint
+//! field offsets read from tracefs `format` files, because the layouts differ
+//! between kernels (e.g. `sched_process_fork` switched its comm fields to
+//! `__data_loc` strings, moving `child_pid` from offset 44 to 20), and kernel
+//! struct member offsets read from BTF.
+
+pub const FORK_PARENT_PID: &str = "FORK_PARENT_PID_OFF";
+pub const FORK_CHILD_PID: &str = "FORK_CHILD_PID_OFF";
+pub const EXEC_FILENAME: &str = "EXEC_FILENAME_OFF";
+pub const EXEC_OLD_PID: &str = "EXEC_OLD_PID_OFF";
+/// Offset of `group_dead` in `sched_process_exit`, or [`ABSENT`] on
+/// kernels whose tracepoint lacks the field.
+pub const EXIT_GROUP_DEAD: &str = "EXIT_GROUP_DEAD_OFF";
+/// Offsets of `task_struct.mm`, `mm_struct.arg_start` and
+/// `mm_struct.arg_end` from kernel BTF, or [`ABSENT`]: then argv comes
+/// from the `sys_enter_execve[at]` programs instead.
+pub const TASK_MM: &str = "TASK_MM_OFF";
+pub const MM_ARG_START: &str = "MM_ARG_START_OFF";
+pub const MM_ARG_END: &str = "MM_ARG_END_OFF";
+pub const ABSENT: u32 = u32::MAX;

@@ -1,0 +1,84 @@
+//! Map names (the symbol names in `zt-ebpf/src/maps.rs`) and capacities.
+//!
+//! [`ALL`] lists every map of the object; the ELF test in
+//! `zt-agent/src/bpf/mod.rs` checks that the object's `maps` section holds
+//! exactly these names.
+
+/// tgid -> [`crate::ProcInfo`].
+pub const PROC_TABLE: &str = "PROC_TABLE";
+pub const PROC_TABLE_CAPACITY: u32 = 65_536;
+/// cgroup v2 id -> identity id (cgroups user space resolved to an identity).
+pub const CGROUP_IDENTITY: &str = "CGROUP_IDENTITY";
+pub const CGROUP_IDENTITY_CAPACITY: u32 = 16_384;
+/// tid -> argv captured at `sys_enter_execve`, consumed at `sched_process_exec`.
+pub const EXEC_ARGS: &str = "EXEC_ARGS";
+pub const EXEC_ARGS_CAPACITY: u32 = 4_096;
+/// Per-CPU array with one [`crate::ExecArgs`]: the scratch space
+/// `sys_enter_execve` builds an entry of `EXEC_ARGS` in (it is larger than
+/// the 512-byte eBPF stack). Kernel-only; user space never opens it.
+pub const ARGS_SCRATCH: &str = "ARGS_SCRATCH";
+/// The one ring buffer of events.
+pub const EVENTS: &str = "EVENTS";
+/// Default ring buffer size in bytes (power of two, multiple of the page size).
+pub const EVENTS_DEFAULT_BYTES: u32 = 8 << 20;
+/// Per-CPU array of loss counters, indexed by [`crate::loss`].
+pub const LOSS: &str = "LOSS";
+/// Array with one [`crate::Config`].
+pub const CONFIG: &str = "CONFIG";
+/// LPM trie `(slot, identity, addr)` -> [`crate::policy::NetRuleList`].
+pub const NET_RULES: &str = "NET_RULES";
+/// Both slots together (double buffering).
+pub const NET_RULES_CAPACITY: u32 = 65_536;
+/// `(slot, identity)` -> [`crate::policy::IdentityPolicy`].
+pub const IDENTITY_POLICY: &str = "IDENTITY_POLICY";
+pub const IDENTITY_POLICY_CAPACITY: u32 = 2 * 1024;
+/// Array with one [`crate::policy::ActivePolicy`].
+pub const POLICY_ACTIVE: &str = "POLICY_ACTIVE";
+/// Array indexed by pid (tgid or tid) -> identity id: the socket hooks'
+/// fast path (an inlined array access instead of a hash lookup). Sized
+/// to `/proc/sys/kernel/pid_max` at load; pids beyond it use `PROC_TABLE`.
+pub const PID_IDENTITY: &str = "PID_IDENTITY";
+pub const PID_IDENTITY_DEFAULT_CAPACITY: u32 = 4_194_304;
+/// Per-CPU array indexed by identity id -> [`crate::policy::IdentityCounters`].
+pub const IDENTITY_COUNTERS: &str = "IDENTITY_COUNTERS";
+/// Identity ids are 1..=this (id 0 is "none").
+pub const MAX_IDENTITIES: u32 = 1024;
+/// [`crate::policy::AggKey`] -> per-CPU [`crate::policy::AggValue`]: a
+/// per-CPU hash (no atomics needed, never evicts silently); a full table
+/// is counted and the attempt reported unaggregated. User space removes
+/// idle, fully reported keys.
+pub const EGRESS_AGG: &str = "EGRESS_AGG";
+pub const EGRESS_AGG_CAPACITY: u32 = 16_384;
+/// The ring buffer of kernel log records. Not declared in
+/// `zt-ebpf/src/maps.rs`: aya-log-ebpf defines it, and it is in the object
+/// because `zt-ebpf/src/lineage.rs` logs with `warn!`; user space reads it
+/// through `aya_log::EbpfLogger`.
+pub const AYA_LOGS: &str = "AYA_LOGS";
+
+/// Every map of the object, each name once.
+pub const ALL: &[&str] = &[
+    PROC_TABLE,
+    CGROUP_IDENTITY,
+    EXEC_ARGS,
+    ARGS_SCRATCH,
+    EVENTS,
+    LOSS,
+    CONFIG,
+    NET_RULES,
+    IDENTITY_POLICY,
+    POLICY_ACTIVE,
+    PID_IDENTITY,
+    IDENTITY_COUNTERS,
+    EGRESS_AGG,
+    AYA_LOGS,
+];
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn every_map_named_once() {
+        for (i, a) in super::ALL.iter().enumerate() {
+            assert!(!super::ALL[i + 1..].contains(a), "{a} twice");
+        }
+    }
+}

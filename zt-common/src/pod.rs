@@ -1,0 +1,16 @@
+//! `aya::Pod` for the map key and value types (feature `user`).
+use crate::{Config, ExecArgs, ProcInfo, policy};
+
+// SAFETY: all are #[repr(C)], Copy, contain only integers and byte arrays,
+// and have no implicit padding (checked by the size asserts next to each type).
+unsafe impl aya::Pod for ProcInfo {}
+unsafe impl aya::Pod for Config {}
+unsafe impl aya::Pod for ExecArgs {}
+unsafe impl aya::Pod for policy::NetKeyData {}
+unsafe impl aya::Pod for policy::NetRuleList {}
+unsafe impl aya::Pod for policy::IdentityKey {}
+unsafe impl aya::Pod for policy::IdentityPolicy {}
+unsafe impl aya::Pod for policy::ActivePolicy {}
+unsafe impl aya::Pod for policy::IdentityCounters {}
+unsafe impl aya::Pod for policy::AggKey {}
+unsafe impl aya::Pod for policy::AggValue {}

@@ -1,0 +1,270 @@
+//! Policy decisions: the compiled form the kernel evaluates, and the one
+//! decision function both the kernel programs and `zt-agent policy explain`
+//! run (so an explanation can never disagree with the kernel).
+
+pub const ALLOW: u8 = 0;
+pub const DENY: u8 = 1;
+pub const ENFORCE: u8 = 0;
+pub const AUDIT: u8 = 1;
+/// `NetRule::proto` matching any protocol.
+pub const PROTO_ANY: u8 = 0;
+pub const PROTO_TCP: u8 = 6;
+pub const PROTO_UDP: u8 = 17;
+/// `IPPROTO_MPTCP` (`include/uapi/linux/in.h`): the protocol of a socket made
+/// with `socket(AF_INET[6], SOCK_STREAM, IPPROTO_MPTCP)`, the one protocol
+/// number above 255 (so it fits no `u8`).
+pub const IPPROTO_MPTCP: u32 = 262;
+
+/// The protocol egress rules are matched against for a socket of
+/// `protocol` (the kernel's `u32`): itself for 0..=255, [`PROTO_TCP`] for
+/// MPTCP, [`PROTO_ANY`] (matching only rules for any protocol) for the rest.
+///
+/// MPTCP is TCP on purpose: an MPTCP connection runs over TCP subflows, so a
+/// tcp rule must govern it; matching it as anything else would let a process
+/// dodge tcp deny rules by asking for `IPPROTO_MPTCP`. No other protocol
+/// above 255 exists (the IP header field is 8 bits); truncating one would
+/// have matched it as some unrelated protocol.
+#[inline(always)]
+pub const fn match_proto(protocol: u32) -> u8 {
+    match protocol {
+        IPPROTO_MPTCP => PROTO_TCP,
+        p @ 0..=255 => p as u8,
+        _ => PROTO_ANY,
+    }
+}
+/// `Verdict::rule` when the identity's default action decided.
+pub const RULE_DEFAULT: u32 = u32::MAX;
+/// `Verdict::rule` when the identity has no policy entry (fail closed).
+pub const RULE_NO_POLICY: u32 = u32::MAX - 1;
+/// `Verdict::rule` when no policy has been applied yet.
+pub const RULE_NONE_APPLIED: u32 = u32::MAX - 2;
+
+/// Matching rules kept per prefix (its own and its covering prefixes').
+pub const NET_RULES_PER_PREFIX: usize = 16;
+/// Bits of `NetKeyData` before the address (slot + identity).
+pub const NET_KEY_FIXED_BITS: u32 = 64;
+
+/// LPM trie key data: `(slot, identity)` always fully matched, then the
+/// destination as IPv6 (IPv4 as `::ffff:a.b.c.d`), so IPv4-mapped IPv6
+/// destinations match IPv4 rules.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct NetKeyData {
+    pub slot: u32,
+    pub identity: u32,
+    pub addr: [u8; 16],
+}
+const _: () = assert!(size_of::<NetKeyData>() == 24);
+
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+pub struct NetRule {
+    pub port_lo: u16,
+    pub port_hi: u16,
+    pub proto: u8,
+    pub action: u8,
+    /// Effective mode (the identity's audit mode already folded in).
+    pub mode: u8,
+    pub _pad: u8,
+    /// Index of the rule in the compiled bundle (for events and explain).
+    pub rule: u32,
+}
+const _: () = assert!(size_of::<NetRule>() == 12);
+
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+pub struct NetRuleList {
+    pub count: u32,
+    pub _pad: u32,
+    pub rules: [NetRule; NET_RULES_PER_PREFIX],
+}
+const _: () = assert!(size_of::<NetRuleList>() == 8 + 12 * NET_RULES_PER_PREFIX);
+
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct IdentityKey {
+    pub slot: u32,
+    pub identity: u32,
+}
+const _: () = assert!(size_of::<IdentityKey>() == 8);
+
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+pub struct IdentityPolicy {
+    pub default_egress: u8,
+    pub default_files: u8,
+    pub default_exec: u8,
+    /// The identity's mode (rules carry their effective mode themselves).
+    pub mode: u8,
+    pub _pad: u32,
+}
+const _: () = assert!(size_of::<IdentityPolicy>() == 8);
+
+/// Aggregation of repeated egress attempts: one event per key per
+/// [`AGG_WINDOW_NS`] (per CPU), the kernel counting every attempt in between
+/// (plain per-CPU adds: `zt-ebpf/src/net.rs` says when preemption can lose
+/// one), so a flood cannot blind the pipeline.
+pub const AGG_WINDOW_NS: u64 = 1_000_000_000;
+
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct AggKey {
+    pub identity: u32,
+    pub port: u16,
+    /// The protocol policy matched, [`match_proto`] of the socket's: MPTCP
+    /// attempts share the key of TCP attempts to the same destination. That
+    /// is deliberate: they get the same decision from the same rules, so
+    /// they are one stream of decisions, and the `u8` cannot hold 262 (a
+    /// wider field would change this ABI for no policy difference). The
+    /// events still tell them apart ([`crate::ConnectEvent::protocol`]); a
+    /// summary of the folded attempts says tcp. A key rebuilt from a
+    /// `ConnectEvent` must use `match_proto(protocol)`.
+    pub proto: u8,
+    /// The policy's decision (`ALLOW`/`DENY`).
+    pub decided: u8,
+    /// The policy generation that decided: a policy switch starts new
+    /// keys, so its first decisions are always reported.
+    pub generation: u32,
+    pub addr: [u8; 16],
+}
+const _: () = assert!(size_of::<AggKey>() == 28);
+
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct AggValue {
+    /// Attempts so far on this CPU.
+    pub total: u64,
+    /// When an event for this key was last emitted.
+    pub last_emit_ns: u64,
+    /// When the last attempt happened.
+    pub last_seen_ns: u64,
+}
+const _: () = assert!(size_of::<AggValue>() == 24);
+
+/// Per-identity decision counters (per CPU; user space sums them).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct IdentityCounters {
+    pub allowed: u64,
+    pub denied: u64,
+    /// Allowed, but the policy would deny (audit mode).
+    pub audited: u64,
+}
+const _: () = assert!(size_of::<IdentityCounters>() == 24);
+
+/// The single entry of the `POLICY_ACTIVE` array: which slot programs
+/// read. Read once per decision, so a decision sees one whole policy.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct ActivePolicy {
+    pub slot: u32,
+    /// 0 until a policy is applied; then increments with every switch.
+    pub generation: u32,
+}
+const _: () = assert!(size_of::<ActivePolicy>() == 8);
+
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Verdict {
+    /// What the kernel does: [`ALLOW`] or [`DENY`] (EPERM).
+    pub action: u8,
+    /// What the policy said; `DENY` with `action == ALLOW` is an audit "would deny".
+    pub decided: u8,
+    pub mode: u8,
+    pub _pad: u8,
+    /// Rule index, or [`RULE_DEFAULT`], [`RULE_NO_POLICY`], [`RULE_NONE_APPLIED`].
+    pub rule: u32,
+}
+const _: () = assert!(size_of::<Verdict>() == 8);
+
+impl Verdict {
+    #[inline(always)]
+    pub const fn new(decided: u8, mode: u8, rule: u32) -> Self {
+        let action = if decided == DENY && mode == ENFORCE { DENY } else { ALLOW };
+        Verdict { action, decided, mode, _pad: 0, rule }
+    }
+}
+
+/// The egress decision: among the rules of the longest matching prefix
+/// (which include those of every covering prefix), a matching deny wins,
+/// else a matching allow, else the identity's default.
+#[inline(always)]
+pub fn decide_net(policy: &IdentityPolicy, list: Option<&NetRuleList>, proto: u8, port: u16) -> Verdict {
+    let mut allow: Option<&NetRule> = None;
+    if let Some(list) = list {
+        let mut i = 0;
+        while i < NET_RULES_PER_PREFIX {
+            if i as u32 >= list.count {
+                break;
+            }
+            let r = &list.rules[i];
+            if (r.proto == PROTO_ANY || r.proto == proto) && r.port_lo <= port && port <= r.port_hi {
+                if r.action == DENY {
+                    return Verdict::new(DENY, r.mode, r.rule);
+                }
+                if allow.is_none() {
+                    allow = Some(r);
+                }
+            }
+            i += 1;
+        }
+    }
+    match allow {
+        Some(r) => Verdict::new(ALLOW, r.mode, r.rule),
+        None => Verdict::new(policy.default_egress, policy.mode, RULE_DEFAULT),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn layout() {
+        assert_eq!(size_of::<AggKey>(), 28);
+        assert_eq!(size_of::<AggValue>(), 24);
+        assert_eq!(size_of::<NetRuleList>(), 200);
+    }
+
+    #[test]
+    fn mptcp_matches_as_tcp() {
+        assert_eq!(match_proto(IPPROTO_MPTCP), PROTO_TCP);
+        assert_eq!(match_proto(6), PROTO_TCP);
+        assert_eq!(match_proto(17), PROTO_UDP);
+        assert_eq!(match_proto(0), PROTO_ANY);
+        assert_eq!(match_proto(255), 255);
+        // Beyond 255 only MPTCP exists; anything else must not wrap onto a
+        // real protocol (273 as u8 would be 17, udp).
+        assert_eq!(match_proto(273), PROTO_ANY);
+        // A tcp deny rule governs an MPTCP socket: no bypass.
+        let mut list = NetRuleList::default();
+        list.rules[0] = NetRule { port_lo: 443, port_hi: 443, proto: PROTO_TCP, action: DENY, mode: ENFORCE, _pad: 0, rule: 0 };
+        list.count = 1;
+        let pol = IdentityPolicy { default_egress: ALLOW, mode: ENFORCE, ..Default::default() };
+        assert_eq!(decide_net(&pol, Some(&list), match_proto(IPPROTO_MPTCP), 443).action, DENY);
+    }
+
+    #[test]
+    fn decide_net_deny_wins_then_allow_then_default() {
+        let rule = |lo, hi, proto, action, mode, rule| NetRule { port_lo: lo, port_hi: hi, proto, action, mode, _pad: 0, rule };
+        let mut list = NetRuleList::default();
+        list.rules[0] = rule(443, 443, PROTO_TCP, ALLOW, ENFORCE, 0);
+        list.rules[1] = rule(0, 65535, PROTO_ANY, DENY, AUDIT, 1);
+        list.rules[2] = rule(22, 22, PROTO_TCP, DENY, ENFORCE, 2);
+        list.count = 3;
+        let pol = IdentityPolicy { default_egress: DENY, mode: ENFORCE, ..Default::default() };
+        // 443/tcp: allow rule 0 matches, but audit deny rule 1 matches too: deny wins, audited.
+        assert_eq!(decide_net(&pol, Some(&list), PROTO_TCP, 443), Verdict::new(DENY, AUDIT, 1));
+        assert_eq!(decide_net(&pol, Some(&list), PROTO_TCP, 443).action, ALLOW);
+        list.rules[1] = rule(1000, 2000, PROTO_UDP, DENY, AUDIT, 1);
+        assert_eq!(decide_net(&pol, Some(&list), PROTO_TCP, 443), Verdict::new(ALLOW, ENFORCE, 0));
+        assert_eq!(decide_net(&pol, Some(&list), PROTO_TCP, 22), Verdict { action: DENY, decided: DENY, mode: ENFORCE, _pad: 0, rule: 2 });
+        assert_eq!(decide_net(&pol, Some(&list), PROTO_UDP, 53), Verdict::new(DENY, ENFORCE, RULE_DEFAULT));
+        assert_eq!(decide_net(&pol, None, PROTO_TCP, 443).rule, RULE_DEFAULT);
+        // count bounds the scan: rule 2 is invisible with count 2.
+        list.count = 2;
+        assert_eq!(decide_net(&pol, Some(&list), PROTO_TCP, 22).rule, RULE_DEFAULT);
+        let audit = IdentityPolicy { mode: AUDIT, ..pol };
+        assert_eq!(decide_net(&audit, None, PROTO_TCP, 1).action, ALLOW);
+    }
+}

@@ -1,0 +1,54 @@
+//! The in-kernel process table: its value type and flags.
+
+/// Identity id 0: the process belongs to no identity (the fast path).
+pub const NO_IDENTITY: u32 = 0;
+
+/// Value of the process table, keyed by tgid.
+///
+/// `start_ns` makes an entry one process incarnation: the kernel overwrites the
+/// entry at every fork of that pid, and user space only updates an entry whose
+/// `start_ns` still equals the one it resolved, so a recycled pid never
+/// inherits a dead process's identity.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct ProcInfo {
+    /// `CLOCK_BOOTTIME` ns at fork (kernel) or from `/proc/<pid>/stat` (seeded).
+    pub start_ns: u64,
+    /// cgroup v2 id at fork or last exec.
+    pub cgroup_id: u64,
+    /// Parent tgid at fork (0 when unknown).
+    pub ppid: u32,
+    /// Identity of this process, [`NO_IDENTITY`] when none.
+    pub identity: u32,
+    /// Identity given to this process's descendants ("descendant of"
+    /// selectors): a child of this process gets it at fork when this process
+    /// has no identity of its own (an own identity is inherited first).
+    pub child_identity: u32,
+    /// [`proc_flags`] bits.
+    pub flags: u32,
+}
+const _: () = assert!(size_of::<ProcInfo>() == 32);
+
+/// [`ProcInfo::flags`] bits.
+pub mod proc_flags {
+    /// Entry was created at exec of a process the table did not know.
+    pub const SEEN_AT_EXEC: u32 = 1 << 0;
+    /// Entry was seeded by user space from /proc.
+    pub const SEEDED: u32 = 1 << 1;
+    /// Identity was set by user space (selector match), not inherited.
+    pub const RESOLVED: u32 = 1 << 2;
+}
+
+#[cfg(test)]
+mod tests {
+    use core::mem::offset_of;
+
+    use super::ProcInfo;
+
+    #[test]
+    fn proc_info_layout() {
+        assert_eq!((size_of::<ProcInfo>(), align_of::<ProcInfo>()), (32, 8));
+        assert_eq!(offset_of!(ProcInfo, ppid), 16);
+        assert_eq!(offset_of!(ProcInfo, flags), 28);
+    }
+}

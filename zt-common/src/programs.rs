@@ -1,0 +1,49 @@
+//! Program names (the function names in `zt-ebpf`).
+
+pub const FORK: &str = "sched_process_fork";
+pub const EXEC: &str = "sched_process_exec";
+pub const EXIT: &str = "sched_process_exit";
+pub const EXECVE_ARGS: &str = "sys_enter_execve";
+pub const EXECVEAT_ARGS: &str = "sys_enter_execveat";
+pub const CONNECT4: &str = "connect4";
+pub const CONNECT6: &str = "connect6";
+pub const SENDMSG4: &str = "sendmsg4";
+pub const SENDMSG6: &str = "sendmsg6";
+/// Tiny programs loaded only by `zt-agent probe`.
+pub const PROBE_TRACEPOINT: &str = "probe_tracepoint";
+pub const PROBE_RAW_TRACEPOINT: &str = "probe_raw_tracepoint";
+pub const PROBE_SEND_SIGNAL: &str = "probe_send_signal";
+pub const PROBE_LSM: &str = "probe_lsm_file_open";
+pub const PROBE_FENTRY: &str = "probe_fentry";
+pub const PROBE_KPROBE: &str = "probe_kprobe";
+pub const PROBE_SOCK_ADDR: &str = "probe_sock_addr";
+
+/// Every program the object must contain (checked by the ELF test).
+pub const ALL: &[&str] = &[
+    FORK,
+    EXEC,
+    EXIT,
+    EXECVE_ARGS,
+    EXECVEAT_ARGS,
+    CONNECT4,
+    CONNECT6,
+    SENDMSG4,
+    SENDMSG6,
+    PROBE_TRACEPOINT,
+    PROBE_RAW_TRACEPOINT,
+    PROBE_SEND_SIGNAL,
+    PROBE_LSM,
+    PROBE_FENTRY,
+    PROBE_KPROBE,
+    PROBE_SOCK_ADDR,
+];
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn every_program_named_once() {
+        for (i, a) in super::ALL.iter().enumerate() {
+            assert!(!super::ALL[i + 1..].contains(a), "{a} twice");
+        }
+    }
+}
