@@ -16,8 +16,4 @@ const _: () = assert!(size_of::<Config>() == 8);
 pub mod config_flags {
     /// Emit connect events for processes without an identity too.
     pub const OBSERVE_ALL_CONNECTS: u32 = 1 << 0;
-    /// Reserved: no program reads it and user space never sets it. The
-    /// kernel emits exec/exit events for every process and user space
-    /// filters them.
-    pub const OBSERVE_ALL_PROCESSES: u32 = 1 << 1;
 }

@@ -17,7 +17,7 @@
 //! - `config.rs`: [`Config`], run-time switches user space writes into the
 //!   `CONFIG` map, with [`config_flags`].
 //! - `loss.rs` ([`loss`]): indices of the per-CPU loss counters.
-//! - `pod.rs`: `aya::Pod` for the map types (feature `user`).
+//! - `pod.rs`: `aya::Pod` for the map and ring-record types (feature `user`).
 //!
 //! Rules for every type here: `#[repr(C)]`, `Copy`, explicit padding fields so
 //! there is no implicit padding (the kernel verifier and `aya::Pod` both need
@@ -38,6 +38,11 @@ mod events;
 #[cfg(feature = "user")]
 mod pod;
 mod process;
+
+/// The "plain old data" contract every type here meets (re-exported so user
+/// space names it through the ABI crate).
+#[cfg(feature = "user")]
+pub use aya::Pod;
 
 pub use config::{Config, config_flags};
 pub use events::{

@@ -1,5 +1,5 @@
-//! `aya::Pod` for the map key and value types (feature `user`).
-use crate::{Config, ExecArgs, ProcInfo, policy};
+//! `aya::Pod` for the map key and value types and the ring records (feature `user`).
+use crate::{Config, ConnectEvent, EventHeader, ExecArgs, ExecEvent, ExitEvent, ProcInfo, policy};
 
 // SAFETY: all are #[repr(C)], Copy, contain only integers and byte arrays,
 // and have no implicit padding (checked by the size asserts next to each type).
@@ -14,3 +14,7 @@ unsafe impl aya::Pod for policy::ActivePolicy {}
 unsafe impl aya::Pod for policy::IdentityCounters {}
 unsafe impl aya::Pod for policy::AggKey {}
 unsafe impl aya::Pod for policy::AggValue {}
+unsafe impl aya::Pod for EventHeader {}
+unsafe impl aya::Pod for ExecEvent {}
+unsafe impl aya::Pod for ExitEvent {}
+unsafe impl aya::Pod for ConnectEvent {}

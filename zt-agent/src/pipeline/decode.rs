@@ -71,11 +71,7 @@ pub fn c_str(bytes: &[u8]) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    fn bytes_of<T>(v: &T) -> Vec<u8> {
-        // SAFETY: test helper over zt-common POD types.
-        unsafe { std::slice::from_raw_parts((v as *const T).cast::<u8>(), size_of::<T>()).to_vec() }
-    }
+    use crate::policy::compile::bytes_of;
 
     #[test]
     fn decodes_each_kind() {

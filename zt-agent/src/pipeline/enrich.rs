@@ -183,7 +183,7 @@ impl Enricher {
                     let key = zt_common::policy::AggKey {
                         identity: h.identity,
                         port: c.port,
-                        proto: c.protocol as u8,
+                        proto: zt_common::policy::match_proto(c.protocol),
                         decided: c.verdict.decided,
                         generation: c.generation,
                         addr: c.addr,

@@ -268,8 +268,10 @@ pub fn lookup(c: &Compiled, identity: u32, addr: [u8; 16]) -> Option<&NetRuleLis
         .map(|(_, _, l)| l)
 }
 
-/// Bytes of a `#[repr(C)]` zt-common value (for golden tests and diffs).
-pub fn bytes_of<T: Copy>(v: &T) -> Vec<u8> {
-    // SAFETY: zt-common types are #[repr(C)] without implicit padding.
+/// Bytes of a zt-common value, as the kernel sees them (golden tests).
+#[cfg(test)]
+pub fn bytes_of<T: zt_common::Pod>(v: &T) -> Vec<u8> {
+    // SAFETY: `Pod` types are #[repr(C)] with no implicit padding, so every
+    // byte of the value is initialised.
     unsafe { std::slice::from_raw_parts((v as *const T).cast::<u8>(), std::mem::size_of::<T>()).to_vec() }
 }
