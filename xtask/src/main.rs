@@ -313,15 +313,12 @@ fn clippy_host(_root: &Path) -> anyhow::Result<()> {
     run(c)
 }
 
-/// clippy on the eBPF crate, built the way `aya_build::build_ebpf` (aya-build
-/// 0.2.0, called by zt-agent/build.rs) builds it: `rustup run nightly cargo`,
+/// clippy on the eBPF crate, built the way zt-agent/build.rs builds it (aya-build
+/// 0.2.0's command): `rustup run nightly cargo`,
 /// `--bins --release --target bpfel-unknown-none -Z build-std=core`, the same
 /// `CARGO_ENCODED_RUSTFLAGS`, without `RUSTC`/`RUSTC_WORKSPACE_WRAPPER` (they
 /// would name the stable toolchain), and a target directory of its own so
-/// that host builds keep their fingerprints.
-///
-/// Kept separate on purpose: the kernel side's owner is settling the exact
-/// command; change it here only.
+/// that host builds keep their fingerprints. Change both together.
 fn clippy_ebpf(root: &Path) -> anyhow::Result<()> {
     const SEP: &str = "\x1f"; // CARGO_ENCODED_RUSTFLAGS separator
     // aya-build derives bpf_target_arch from the host crate's target arch.
