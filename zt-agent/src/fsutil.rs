@@ -3,7 +3,8 @@
 //! - [`write_atomic`]: temp file, fsync, rename, fsync of the directory.
 //! - [`sync_parent`]: fsync of the directory holding a path (makes a
 //!   create, rename or delete in it durable).
-//! - [`FsError`]: which step failed on which path, with the OS error as source.
+//! - [`FsError`], [`at`]: which step failed on which path, with the OS error
+//!   as source (every file error of the agent's libraries).
 use std::{
     fs::File,
     io::{self, Write as _},
@@ -19,7 +20,8 @@ pub struct FsError {
     pub source: io::Error,
 }
 
-fn at<'a>(op: &'static str, path: &'a Path) -> impl FnOnce(io::Error) -> FsError + 'a {
+/// `map_err(at("reading", path))`: an OS error with its step and path.
+pub fn at<'a>(op: &'static str, path: &'a Path) -> impl FnOnce(io::Error) -> FsError + 'a {
     move |source| FsError { op, path: path.to_path_buf(), source }
 }
 

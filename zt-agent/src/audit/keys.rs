@@ -18,13 +18,6 @@ use crate::fsutil::FsError;
 
 #[derive(Debug, thiserror::Error)]
 pub enum KeyError {
-    #[error("{op} {}", path.display())]
-    Io {
-        op: &'static str,
-        path: PathBuf,
-        #[source]
-        source: std::io::Error,
-    },
     #[error(
         "audit key {} has mode {mode:03o}: group or others may access it; it must be 0400 or 0600 (for a Kubernetes secret volume set defaultMode: 0400)",
         path.display()
@@ -46,7 +39,7 @@ pub enum KeyError {
 }
 
 fn io<'a>(op: &'static str, path: &'a Path) -> impl FnOnce(std::io::Error) -> KeyError + 'a {
-    move |source| KeyError::Io { op, path: path.to_path_buf(), source }
+    move |e| KeyError::Fs(crate::fsutil::at(op, path)(e))
 }
 
 /// The incoming key during a rotation: `<key>.next`.

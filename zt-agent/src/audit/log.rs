@@ -121,13 +121,6 @@ impl From<SegmentError> for OpenError {
 /// A failed audit log operation (not an integrity violation).
 #[derive(Debug, thiserror::Error)]
 pub enum LogError {
-    #[error("{op} {}", path.display())]
-    Io {
-        op: &'static str,
-        path: PathBuf,
-        #[source]
-        source: std::io::Error,
-    },
     #[error("audit log {} is in use by another writer", dir.display())]
     Locked {
         dir: PathBuf,
@@ -149,7 +142,7 @@ pub enum LogError {
 }
 
 fn io<'a>(op: &'static str, path: &'a Path) -> impl FnOnce(std::io::Error) -> LogError + 'a {
-    move |source| LogError::Io { op, path: path.to_path_buf(), source }
+    move |e| LogError::Fs(crate::fsutil::at(op, path)(e))
 }
 
 /// What [`AuditLog::open`] found.

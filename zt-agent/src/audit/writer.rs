@@ -252,12 +252,17 @@ mod tests {
         Event { time: String::new(), node: "n".into(), body: Body::Loss { loss: LossReport::default() } }
     }
 
+    /// A writer over a new log in `dir`.
+    fn writer(dir: &std::path::Path) -> Writer {
+        let cfg = super::super::log::Config::new(dir.join("log"), dir.join("key"), "test/origin".into());
+        let (log, _) = AuditLog::open(cfg).unwrap();
+        spawn(log, dir, 16)
+    }
+
     #[tokio::test]
     async fn a_dead_thread_is_loud_and_counted() {
         let dir = tempfile::tempdir().unwrap();
-        let cfg = super::super::log::Config::new(dir.path().join("log"), dir.path().join("key"), "test/origin".into());
-        let (log, _) = AuditLog::open(cfg).unwrap();
-        let w = spawn(log, dir.path(), 16);
+        let w = writer(dir.path());
         let mut failure = w.failure();
         assert_eq!(w.try_send(&loss_event()), Ok(()));
         w.tx.send(Item::Panic).unwrap();
@@ -270,9 +275,7 @@ mod tests {
     #[tokio::test]
     async fn overlap_beyond_the_bound_is_refused() {
         let dir = tempfile::tempdir().unwrap();
-        let cfg = super::super::log::Config::new(dir.path().join("log"), dir.path().join("key"), "test/origin".into());
-        let (log, _) = AuditLog::open(cfg).unwrap();
-        let w = spawn(log, dir.path(), 16);
+        let w = writer(dir.path());
         // 10000 years: once a panic in the audit thread (RFC 3339 beyond 9999).
         let err = w.control().rotate_key(Duration::from_secs(10_000 * 365 * 86_400)).await.unwrap_err();
         assert!(matches!(err, RotateError::Log(LogError::OverlapTooLong { .. })), "{err:?}");

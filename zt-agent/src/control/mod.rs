@@ -31,13 +31,8 @@ const MAX_REQUEST: u64 = 4096;
 
 #[derive(Debug, thiserror::Error)]
 pub enum ControlError {
-    #[error("{op} {}", path.display())]
-    Io {
-        op: &'static str,
-        path: std::path::PathBuf,
-        #[source]
-        source: std::io::Error,
-    },
+    #[error(transparent)]
+    Fs(#[from] crate::fsutil::FsError),
     #[error("connecting to {} (is `zt-agent run` running?)", path.display())]
     Connect {
         path: std::path::PathBuf,
@@ -64,18 +59,15 @@ pub struct State {
     pub audit: Option<audit::writer::Control>,
 }
 
-fn io<'a>(op: &'static str, path: &'a Path) -> impl FnOnce(std::io::Error) -> ControlError + 'a {
-    move |source| ControlError::Io { op, path: path.to_path_buf(), source }
-}
-
 /// Serves until `stop` turns true; removes the socket file on exit.
 pub async fn serve(path: &Path, state: State, mut stop: watch::Receiver<bool>) -> Result<(), ControlError> {
+    use crate::fsutil::at;
     if let Some(dir) = path.parent() {
-        std::fs::create_dir_all(dir).map_err(io("creating", dir))?;
+        std::fs::create_dir_all(dir).map_err(at("creating", dir))?;
     }
     let _ = std::fs::remove_file(path);
-    let listener = UnixListener::bind(path).map_err(io("binding", path))?;
-    std::fs::set_permissions(path, std::os::unix::fs::PermissionsExt::from_mode(0o600)).map_err(io("chmod 0600", path))?;
+    let listener = UnixListener::bind(path).map_err(at("binding", path))?;
+    std::fs::set_permissions(path, std::os::unix::fs::PermissionsExt::from_mode(0o600)).map_err(at("chmod 0600", path))?;
     loop {
         tokio::select! {
             _ = stop.changed() => break,

@@ -12,9 +12,9 @@ use crate::policy::target::mem::MemTarget;
 
 /// The manager's target, shared so the test can look inside.
 #[derive(Clone, Default)]
-struct Shared_(Arc<Mutex<MemTarget>>);
+struct SharedTarget(Arc<Mutex<MemTarget>>);
 
-impl PolicyTarget for Shared_ {
+impl PolicyTarget for SharedTarget {
     fn active(&self) -> Result<zt_common::policy::ActivePolicy, TargetError> {
         self.0.lock().unwrap().active()
     }
@@ -37,7 +37,7 @@ fn policy(prefix: &str) -> String {
 
 struct Fixture {
     manager: Manager,
-    target: Shared_,
+    target: SharedTarget,
     events: mpsc::Receiver<Input>,
     dir: tempfile::TempDir,
     /// The Rego input `input.node.labels.phase` the conditions see.
@@ -49,7 +49,7 @@ fn fixture() -> Fixture {
     std::fs::write(dir.path().join("p.yaml"), policy("10.0.0.0/8")).unwrap();
     let (tx, events) = mpsc::channel(64);
     let shared = super::Shared { rulebook: Default::default(), in_force: Default::default(), pipeline: tx, node: "n".into() };
-    let target = Shared_::default();
+    let target = SharedTarget::default();
     let phase = Arc::new(Mutex::new("day".to_string()));
     let p = phase.clone();
     let inputs: InputsFn =
@@ -72,7 +72,7 @@ fn policy_events(rx: &mut mpsc::Receiver<Input>) -> Vec<(PolicyAction, Vec<Strin
     out
 }
 
-fn prefixes(t: &Shared_) -> Vec<String> {
+fn prefixes(t: &SharedTarget) -> Vec<String> {
     let g = t.0.lock().unwrap();
     let c = g.in_force().expect("a policy in force");
     c.net
