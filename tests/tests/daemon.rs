@@ -1,0 +1,71 @@
+//! The daemon started and stopped inside the test process, as a library
+//! user would (`zt_agent::run::Agent`): start, run until a future resolves,
+//! shut down with that reason; the reason is signed into the audit log and
+//! nothing stays loaded. Needs root (`#[ignore]`d for plain `cargo test`).
+use std::time::Duration;
+
+use zt_agent::{
+    audit,
+    bpf::loader::ArgvCapture,
+    pipeline::output::Show,
+    run::{Agent, RunOptions, StopReason},
+};
+use zt_tests::*;
+
+#[test]
+#[ignore = "needs root (loads eBPF programs, creates cgroups): cargo xtask test runs it"]
+fn started_and_stopped_in_process() {
+    if !require_root("started_and_stopped_in_process") {
+        return;
+    }
+    let dir = tempdir("in-process").unwrap();
+    let cg = TestCgroup::new(&format!("/{}/agent", unique("in-process"))).unwrap();
+    let policy_path = dir.path().join("policy.yaml");
+    std::fs::write(&policy_path, policy("zt.test", &format!("    - name: a\n      selectors:\n        - cgroup: {}/**\n", cg.rel)))
+        .unwrap();
+    let audit_dir = dir.path().join("audit");
+    let opts = RunOptions {
+        policy: vec![policy_path],
+        events: Some(dir.path().join("events.jsonl")),
+        show: Show::All,
+        observe_all_connects: false,
+        ringbuf_bytes: zt_common::maps::EVENTS_DEFAULT_BYTES,
+        poll_interval: Duration::from_millis(10),
+        socket: dir.path().join("control.sock"),
+        demo: false,
+        argv: ArgvCapture::Kernel,
+        state_dir: Some(dir.path().join("state")),
+        node_labels: Default::default(),
+        audit: audit::log::Config::new(audit_dir.clone(), dir.path().join("audit.key"), "zt-test/in-process".into()),
+    };
+    let rt = tokio::runtime::Builder::new_multi_thread().enable_all().build().unwrap();
+    rt.block_on(async {
+        let mut agent = Agent::start(opts).await.expect("agent starts");
+        let reason = agent.run_until(async { "test over".to_string() }).await;
+        assert_eq!(reason, StopReason::Requested("test over".into()));
+        agent.shutdown(reason).await.expect("clean shutdown");
+    });
+    drop(rt);
+    let log = audit::inspect::load(&audit_dir).unwrap();
+    let agent_records: Vec<serde_json::Value> =
+        log.records.iter().map(|r| serde_json::from_slice::<serde_json::Value>(r).unwrap()).filter(|r| r["kind"] == "agent").collect();
+    let states: Vec<&str> = agent_records.iter().map(|r| r["payload"]["agent"]["state"].as_str().unwrap()).collect();
+    assert_eq!(states, ["started", "stopped"], "{agent_records:?}");
+    assert_eq!(agent_records[1]["payload"]["agent"]["reason"], "test over");
+    let ours: Vec<String> = zt_agent::bpf::loaded_program_names()
+        .unwrap()
+        .into_iter()
+        .filter(|n| !n.is_empty() && zt_common::programs::ALL.iter().any(|p| p.starts_with(n.as_str())))
+        .collect();
+    // Program release is asynchronous (RCU); the subprocess tests wait for
+    // it, here one short wait is enough or the list names what is left.
+    if !ours.is_empty() {
+        std::thread::sleep(Duration::from_millis(500));
+        let left: Vec<String> = zt_agent::bpf::loaded_program_names()
+            .unwrap()
+            .into_iter()
+            .filter(|n| !n.is_empty() && zt_common::programs::ALL.iter().any(|p| p.starts_with(n.as_str())))
+            .collect();
+        assert!(left.is_empty(), "programs still loaded after shutdown: {left:?}");
+    }
+}
