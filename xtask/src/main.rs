@@ -173,13 +173,24 @@ fn output(program: &str, args: &[&str]) -> anyhow::Result<String> {
 const APT_PACKAGES: &[&str] = &["bash", "iproute2", "procps"];
 
 fn setup() -> anyhow::Result<()> {
-    // 1. rust-src for the nightly toolchain (the eBPF crate builds core itself).
+    // 1. rust-src for the nightly toolchain (the eBPF crate builds core itself),
+    //    clippy and rustfmt for the gates.
     let sysroot = output("rustc", &["+nightly", "--print", "sysroot"]).context("the nightly toolchain is required")?;
     if !Path::new(&sysroot).join("lib/rustlib/src/rust/library/core").is_dir() {
         eprintln!("xtask setup: adding rust-src to nightly");
         let mut c = Command::new("rustup");
         c.args(["component", "add", "rust-src", "--toolchain", "nightly"]);
         run(c)?;
+    }
+    // The lint gates need clippy on both toolchains and rustfmt on stable.
+    for (toolchain, components) in [("nightly", &["clippy"][..]), ("stable", &["clippy", "rustfmt"][..])] {
+        let installed = output("rustup", &["component", "list", "--installed", "--toolchain", toolchain])?;
+        for comp in components.iter().filter(|c| !installed.lines().any(|l| l.starts_with(&format!("{c}-")))) {
+            eprintln!("xtask setup: adding {comp} to {toolchain}");
+            let mut c = Command::new("rustup");
+            c.args(["component", "add", comp, "--toolchain", toolchain]);
+            run(c)?;
+        }
     }
 
     // 2. bpf-linker, built against the LLVM inside the stable toolchain.

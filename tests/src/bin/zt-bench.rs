@@ -167,6 +167,35 @@ fn attribution(rounds: usize) -> anyhow::Result<()> {
         }
     }
 
+    // Program cost per process lifecycle from the kernel's run-time
+    // statistics: precise where fork+exec latency is too noisy to resolve 1%.
+    // Names are truncated by the kernel to 15 bytes (exec and exit share
+    // "sched_process_e"; execve and execveat "sys_enter_execv").
+    let _stats = zt_agent::bpf::enable_run_time_stats()?;
+    let lineage = ["sched_process_f", "sched_process_e", "sys_enter_execv"];
+    let run_ns = || -> anyhow::Result<(u128, u64)> {
+        let mut total = (0u128, 0u64);
+        for name in lineage {
+            let (t, n) = zt_agent::bpf::program_run_stats(name)?;
+            total = (total.0 + t.as_nanos(), total.1 + n);
+        }
+        Ok(total)
+    };
+    println!();
+    println!("lineage programs' run time per fork+exec+exit of /bin/true (kernel bpf_stats; {per_round} processes each)");
+    for (label, args) in variants.iter().skip(1) {
+        let agent = Agent::start("bench", &pol, args.expect("agent variant"))?;
+        let mut per_proc = [0.0; 2];
+        for (k, agent_proc) in [false, true].into_iter().enumerate() {
+            let before = run_ns()?;
+            spawn(agent_proc)?;
+            let after = run_ns()?;
+            per_proc[k] = (after.0 - before.0) as f64 / per_round as f64;
+        }
+        agent.stop()?;
+        println!("    {label:<42} non-agent process {:>6.0} ns   agent process {:>6.0} ns", per_proc[0], per_proc[1]);
+    }
+
     println!();
     println!("pipeline: UDP connect() attempts by an agent process to {FLOOD_PORTS} rotating destinations, 3 s each");
     println!("  (the kernel folds repeats of one destination within 1 s into one event; 'repeats' must equal 'attempted')");
