@@ -69,3 +69,53 @@ fn started_and_stopped_in_process() {
         assert!(left.is_empty(), "programs still loaded after shutdown: {left:?}");
     }
 }
+
+/// The kernel's policy tables behind the domain's `PolicyTarget`: a policy
+/// compiled for the slot in force is refused with an error (it once hit an
+/// assert), the slot in force stays as it was, and a flip moves readers.
+#[test]
+#[ignore = "needs root (loads eBPF programs, creates cgroups): cargo xtask test runs it"]
+fn kernel_policy_target_refuses_the_slot_in_force() {
+    use zt_agent::{
+        bpf::loader::{Bpf, LoadOptions},
+        policy::{
+            Bundle, IdRegistry, compile,
+            target::{PolicyTarget, TargetError, target_slot},
+        },
+    };
+    if !require_root("kernel_policy_target_refuses_the_slot_in_force") {
+        return;
+    }
+    let tracefs = zt_agent::host::ensure_tracefs().unwrap();
+    // The ring buffer registers with tokio when the maps are taken.
+    let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+    let _in_runtime = rt.enter();
+    let (bpf, maps) = Bpf::load(&LoadOptions {
+        tracefs: &tracefs,
+        ringbuf_bytes: 1 << 16,
+        config: zt_common::Config::default(),
+        argv: ArgvCapture::Proc,
+    })
+    .unwrap();
+    let mut target = maps.policy;
+    let p = Bundle { files: vec![("p.yaml".into(), policy("zt.test", "    - name: a\n      selectors:\n        - uid: 4242\n"))] }
+        .parse()
+        .unwrap();
+    let ids = IdRegistry::for_policy(&p).unwrap();
+    let all = vec![true; p.rules.len()];
+    assert_eq!(target.active().unwrap().generation, 0);
+    let first = compile::compile(&p, &ids, target_slot(target.active().unwrap()), &all).unwrap();
+    target.install(&first).unwrap();
+    let now = target.flip(first.slot).unwrap();
+    assert_eq!((now.slot, now.generation), (0, 1));
+    assert_eq!(target.active().unwrap(), now, "the kernel's active slot is what flip returned");
+    std::thread::sleep(target.grace_remaining());
+    let again = compile::compile(&p, &ids, now.slot, &all).unwrap();
+    let err = target.install(&again).unwrap_err();
+    assert!(matches!(err, TargetError::SlotInForce { slot: 0, generation: 1 }), "{err:?}");
+    assert_eq!(target.active().unwrap(), now, "nothing switched");
+    let next = compile::compile(&p, &ids, target_slot(now), &all).unwrap();
+    target.install(&next).unwrap();
+    assert_eq!(target.flip(next.slot).unwrap().slot, 1);
+    drop(bpf);
+}
