@@ -203,7 +203,7 @@ impl Manager {
         match self.store.record(source.to_string(), bundle.clone()) {
             Ok(a) => a.version,
             Err(e) => {
-                tracing::warn!("policy applied but not recorded in history: {e:#}");
+                tracing::warn!("policy applied but not recorded in history: {}", crate::error::Chain(&e));
                 self.store.current().map(|a| a.version).unwrap_or(0)
             }
         }

@@ -4,10 +4,22 @@
 //! written atomically (`fsutil::write_atomic`).
 use std::path::PathBuf;
 
-use anyhow::Context as _;
 use serde::{Deserialize, Serialize};
 
 use super::Bundle;
+use crate::fsutil::{FsError, at};
+
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    #[error(transparent)]
+    Fs(#[from] FsError),
+    #[error("encoding policy version {version}")]
+    Encode {
+        version: u64,
+        #[source]
+        source: serde_json::Error,
+    },
+}
 
 /// Versions kept (older ones are deleted from disk and memory).
 pub const KEEP: usize = 50;
@@ -31,14 +43,14 @@ pub struct Store {
 
 impl Store {
     /// Opens (and loads) the history under `dir`, or an in-memory one.
-    pub fn open(dir: Option<PathBuf>) -> anyhow::Result<Self> {
+    pub fn open(dir: Option<PathBuf>) -> Result<Self, StoreError> {
         let mut entries = Vec::new();
         if let Some(d) = &dir {
-            std::fs::create_dir_all(d).with_context(|| format!("creating {}", d.display()))?;
-            for e in std::fs::read_dir(d)?.flatten() {
+            std::fs::create_dir_all(d).map_err(at("creating", d))?;
+            for e in std::fs::read_dir(d).map_err(at("listing", d))?.flatten() {
                 let p = e.path();
                 if p.extension().is_some_and(|x| x == "json") {
-                    let text = std::fs::read_to_string(&p)?;
+                    let text = std::fs::read_to_string(&p).map_err(at("reading", &p))?;
                     match serde_json::from_str::<Applied>(&text) {
                         Ok(a) => entries.push(a),
                         Err(err) => tracing::warn!("ignoring unreadable policy history file {}: {err}", p.display()),
@@ -67,7 +79,7 @@ impl Store {
         self.entries.len().checked_sub(2).map(|i| &self.entries[i])
     }
 
-    pub fn record(&mut self, source: String, bundle: Bundle) -> anyhow::Result<Applied> {
+    pub fn record(&mut self, source: String, bundle: Bundle) -> Result<Applied, StoreError> {
         let version = self.entries.last().map(|a| a.version + 1).unwrap_or(1);
         let applied = Applied {
             version,
@@ -77,7 +89,8 @@ impl Store {
             bundle,
         };
         if let Some(d) = &self.dir {
-            crate::fsutil::write_atomic(&d.join(format!("policy-{version:08}.json")), &serde_json::to_vec_pretty(&applied)?)?;
+            let json = serde_json::to_vec_pretty(&applied).map_err(|source| StoreError::Encode { version, source })?;
+            crate::fsutil::write_atomic(&d.join(format!("policy-{version:08}.json")), &json)?;
         }
         self.entries.push(applied.clone());
         while self.entries.len() > KEEP {
