@@ -52,20 +52,18 @@ fn started_and_stopped_in_process() {
     let states: Vec<&str> = agent_records.iter().map(|r| r["payload"]["agent"]["state"].as_str().unwrap()).collect();
     assert_eq!(states, ["started", "stopped"], "{agent_records:?}");
     assert_eq!(agent_records[1]["payload"]["agent"]["reason"], "test over");
-    let ours: Vec<String> = zt_agent::bpf::loaded_program_names()
-        .unwrap()
-        .into_iter()
-        .filter(|n| !n.is_empty() && zt_common::programs::ALL.iter().any(|p| p.starts_with(n.as_str())))
-        .collect();
-    // Program release is asynchronous (RCU); the subprocess tests wait for
-    // it, here one short wait is enough or the list names what is left.
-    if !ours.is_empty() {
-        std::thread::sleep(Duration::from_millis(500));
-        let left: Vec<String> = zt_agent::bpf::loaded_program_names()
+    let ours = || -> Vec<String> {
+        zt_agent::bpf::loaded_program_names()
             .unwrap()
             .into_iter()
             .filter(|n| !n.is_empty() && zt_common::programs::ALL.iter().any(|p| p.starts_with(n.as_str())))
-            .collect();
+            .collect()
+    };
+    // Program release is asynchronous (RCU); the subprocess tests wait for
+    // it, here one short wait is enough or the list names what is left.
+    if !ours().is_empty() {
+        std::thread::sleep(Duration::from_millis(500));
+        let left = ours();
         assert!(left.is_empty(), "programs still loaded after shutdown: {left:?}");
     }
 }
@@ -118,4 +116,30 @@ fn kernel_policy_target_refuses_the_slot_in_force() {
     target.install(&next).unwrap();
     assert_eq!(target.flip(next.slot).unwrap().slot, 1);
     drop(bpf);
+}
+
+/// A control client that connects and never sends a request (it holds the
+/// audit queue open through the server's state) no longer stops the agent
+/// from shutting down and writing its final checkpoint.
+#[test]
+#[ignore = "needs root (loads eBPF programs, creates cgroups): cargo xtask test runs it"]
+fn an_idle_control_client_does_not_block_shutdown() {
+    if !require_root("an_idle_control_client_does_not_block_shutdown") {
+        return;
+    }
+    let cg = TestCgroup::new(&format!("/{}/agent", unique("idle-client"))).unwrap();
+    let agent = zt_tests::Agent::start(
+        "idle-client",
+        &policy("zt.test", &format!("    - name: a\n      selectors:\n        - cgroup: {}/**\n", cg.rel)),
+        &[],
+    )
+    .unwrap();
+    let idle = std::os::unix::net::UnixStream::connect(&agent.socket).unwrap();
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        let _ = tx.send(agent.stop());
+    });
+    let events = rx.recv_timeout(Duration::from_secs(30)).expect("the agent did not stop within 30 s").unwrap();
+    assert!(events.iter().any(|e| e["kind"] == "agent" && e["agent"]["state"] == "stopped"));
+    drop(idle);
 }

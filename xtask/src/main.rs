@@ -332,7 +332,7 @@ fn clippy_host(_root: &Path) -> anyhow::Result<()> {
 /// that host builds keep their fingerprints. Change both together.
 fn clippy_ebpf(root: &Path) -> anyhow::Result<()> {
     const SEP: &str = "\x1f"; // CARGO_ENCODED_RUSTFLAGS separator
-    // aya-build derives bpf_target_arch from the host crate's target arch.
+    // build.rs derives bpf_target_arch from the host crate's target arch.
     let rustflags = ["--cfg=bpf_target_arch=\"", std::env::consts::ARCH, "\"", SEP, "-Cdebuginfo=2", SEP, "-Clink-arg=--btf"].concat();
     let mut c = Command::new("rustup");
     c.args(["run", "nightly", "cargo", "clippy", "--package", "zt-ebpf", "--bins", "--release"])

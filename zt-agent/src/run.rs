@@ -155,13 +155,20 @@ impl Agent {
         let (seeded, attributed) = attribution::seed(enricher.resolver_mut(), &mut tables, &cgroup2);
         tracing::info!("seeded {seeded} running processes from /proc, {attributed} attributed");
 
+        // Everything that can fail comes before the tasks start, so a failed
+        // start leaves nothing running; the egress hooks attach after the
+        // first policy is in the maps (their events wait in the ring).
+        bpf.attach_network(&cgroup2)?;
+        for h in &bpf.hooks {
+            tracing::info!("{} -> {}: {}", h.program, h.attach_point, h.state);
+        }
+        let events = events_writer(opts.events.as_deref())?;
+
         let stats = Arc::new(Stats::default());
         let audit_failure = audit_writer.failure();
         let audit_control = audit_writer.control();
-        let outputs: Vec<Box<dyn Output>> = vec![
-            Box::new(JsonLines::spawn(events_writer(opts.events.as_deref())?, opts.show, QUEUE_CAPACITY, stats.clone())),
-            Box::new(audit_writer),
-        ];
+        let outputs: Vec<Box<dyn Output>> =
+            vec![Box::new(JsonLines::spawn(events, opts.show, QUEUE_CAPACITY, stats.clone())), Box::new(audit_writer)];
         let kernel = pipeline::Kernel {
             ring: maps.events,
             counters: Counters { loss: maps.loss, decisions: maps.identity_counters },
@@ -169,10 +176,6 @@ impl Agent {
             tables,
         };
         let running = pipeline::spawn((input_tx, input_rx), kernel, enricher, outputs, pipeline_options(&opts, &cgroup2), stats.clone());
-        bpf.attach_network(&cgroup2)?;
-        for h in &bpf.hooks {
-            tracing::info!("{} -> {}: {}", h.program, h.attach_point, h.state);
-        }
 
         let (stop, stop_rx) = watch::channel(false);
         let (commands, commands_rx) = mpsc::channel(16);
@@ -180,14 +183,20 @@ impl Agent {
         let paths: Vec<(String, String)> = paths.into_iter().map(|(a, b)| (a.to_string(), b)).collect();
         let info = Arc::new(static_info(&bpf, &object_digest, &paths, &cgroup2));
         let state = control::State { info, stats, in_force: shared.in_force.clone(), commands, audit: Some(audit_control) };
-        let control = tokio::spawn(serve_control(opts.socket.clone(), state, stop_rx));
+        let control = start_control(opts.socket.clone(), state, stop_rx);
 
-        let demo = match demo_cgroup {
-            Some(dir) => Some(demo::Demo::start(dir).await?),
-            None => None,
-        };
-        let agent = Agent { bpf, running, manager, control, stop, audit_failure, demo, node, object_digest, first_policy, paths };
+        let mut agent = Agent { bpf, running, manager, control, stop, audit_failure, demo: None, node, object_digest, first_policy, paths };
         agent.emit(agent.agent_event(AgentState::Started, None)).await;
+        if let Some(dir) = demo_cgroup {
+            match demo::Demo::start(dir).await {
+                Ok(d) => agent.demo = Some(d),
+                Err(e) => {
+                    let why = format!("the demo workload did not start: {e:#}");
+                    let _ = agent.shutdown(StopReason::Requested(why)).await;
+                    return Err(e);
+                }
+            }
+        }
         tracing::info!("ready: attributing processes and enforcing policy (Ctrl-C to stop)");
         Ok(agent)
     }
@@ -332,9 +341,15 @@ fn events_writer(path: Option<&Path>) -> anyhow::Result<Box<dyn Write + Send>> {
     })
 }
 
-async fn serve_control(socket: PathBuf, state: control::State, stop: watch::Receiver<bool>) {
-    if let Err(e) = control::serve(&socket, state, stop).await {
-        tracing::warn!("control socket disabled: {}", crate::error::chain(&e));
+/// Binds the control socket now (so `status` answers once `started` is
+/// out) and serves it on a task; without it the agent runs on, logged.
+fn start_control(socket: PathBuf, state: control::State, stop: watch::Receiver<bool>) -> JoinHandle<()> {
+    match control::bind(&socket) {
+        Ok(listener) => tokio::spawn(async move { control::serve(listener, &socket, state, stop).await }),
+        Err(e) => {
+            tracing::warn!("control socket disabled: {}", crate::error::chain(&e));
+            tokio::spawn(async {})
+        }
     }
 }
 

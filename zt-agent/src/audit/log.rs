@@ -102,7 +102,7 @@ pub const MAX_KEY_OVERLAP: Duration = Duration::from_secs(30 * 24 * 3600);
 pub enum OpenError {
     #[error("audit log integrity violation in {dir}: {reason}")]
     Integrity { dir: String, reason: String },
-    #[error("opening the audit log")]
+    #[error(transparent)]
     Log(#[from] LogError),
 }
 

@@ -50,7 +50,7 @@ enum Item {
         overlap: Duration,
         reply: oneshot::Sender<Result<KeyRotated, RotateError>>,
     },
-    /// Makes the thread panic (tests of the failure path).
+    /// Makes the thread panic, holding the status lock (tests of the failure path).
     #[cfg(test)]
     Panic,
 }
@@ -92,7 +92,7 @@ impl Control {
     }
 
     pub fn status(&self) -> Status {
-        self.status.lock().expect("poisoned").clone()
+        lock(&self.status).clone()
     }
 }
 
@@ -152,19 +152,32 @@ impl Output for Writer {
     }
 }
 
-fn refresh(log: &AuditLog, s: &mut Status) {
-    s.records = log.size();
-    if let Some(c) = log.last_checkpoint() {
-        s.signed_size = c.size;
-        s.signed_root = B64.encode(c.root);
+/// The status lock, also after a panic while it was held (the thread's
+/// panic is caught and reported; `status` must still answer).
+fn lock(st: &Mutex<Status>) -> std::sync::MutexGuard<'_, Status> {
+    st.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
+}
+
+/// Copies the log's figures into the status; computed before the lock is
+/// taken, so nothing that could panic runs under it.
+fn refresh(log: &AuditLog, st: &Mutex<Status>) {
+    let records = log.size();
+    let signed = log.last_checkpoint().map(|c| (c.size, B64.encode(c.root)));
+    let verifier_keys = log.verifier_keys().iter().map(|k| k.to_string()).collect();
+    let rotation_overlap_until = log.overlap_until().map(|t| humantime::format_rfc3339_seconds(t).to_string());
+    let mut s = lock(st);
+    s.records = records;
+    if let Some((size, root)) = signed {
+        s.signed_size = size;
+        s.signed_root = root;
     }
-    s.verifier_keys = log.verifier_keys().iter().map(|k| k.to_string()).collect();
-    s.rotation_overlap_until = log.overlap_until().map(|t| humantime::format_rfc3339_seconds(t).to_string());
+    s.verifier_keys = verifier_keys;
+    s.rotation_overlap_until = rotation_overlap_until;
 }
 
 fn record_error(st: &Mutex<Status>, e: LogError) {
     tracing::error!("audit log: {}", crate::error::Chain(&e));
-    let mut s = st.lock().expect("poisoned");
+    let mut s = lock(st);
     s.write_errors += 1;
     s.last_error = Some(crate::error::chain(&e));
 }
@@ -173,7 +186,7 @@ fn record_error(st: &Mutex<Status>, e: LogError) {
 pub fn spawn(log: AuditLog, dir: &std::path::Path, capacity: usize) -> Writer {
     let (tx, rx): (SyncSender<Item>, Receiver<Item>) = std::sync::mpsc::sync_channel(capacity);
     let status = Arc::new(Mutex::new(Status { dir: dir.display().to_string(), origin: log.origin().to_string(), ..Status::default() }));
-    refresh(&log, &mut status.lock().expect("poisoned"));
+    refresh(&log, &status);
     let (fail_tx, failure) = watch::channel(None);
     let st = status.clone();
     let join = std::thread::Builder::new()
@@ -189,7 +202,7 @@ pub fn spawn(log: AuditLog, dir: &std::path::Path, capacity: usize) -> Writer {
                     .or_else(|| panic.downcast_ref::<String>().cloned())
                     .unwrap_or_else(|| "unknown panic".into());
                 tracing::error!("audit log thread died: {why}; security events are no longer recorded");
-                st.lock().unwrap_or_else(|p| p.into_inner()).failed = Some(why.clone());
+                lock(&st).failed = Some(why.clone());
                 let _ = fail_tx.send(Some(why));
             }
         })
@@ -211,7 +224,7 @@ fn serve(mut log: AuditLog, rx: Receiver<Item>, st: &Mutex<Status>) {
             Err(RecvTimeoutError::Disconnected) => break,
         }
         let r = log.tick();
-        refresh(&log, &mut st.lock().expect("poisoned"));
+        refresh(&log, st);
         if let Err(e) = r {
             record_error(st, e);
         }
@@ -239,7 +252,11 @@ fn handle(log: &mut AuditLog, item: Item, st: &Mutex<Status>) {
             let _ = reply.send(r);
         }
         #[cfg(test)]
-        Item::Panic => panic!("injected"),
+        // The worst place: while the status lock is held (poisoning it).
+        Item::Panic => {
+            let _held = lock(st);
+            panic!("injected")
+        }
     }
 }
 

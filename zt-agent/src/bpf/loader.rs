@@ -2,8 +2,9 @@
 //!
 //! Each hook names the feature it needs and what happens without it: the
 //! lineage tracepoints are required (no attribution without them), argv
-//! capture falls back to `/proc/<pid>/cmdline`, connect observation is simply
-//! off. [`Bpf`] owns the `Ebpf` and so every link: dropping it detaches
+//! capture falls back to `/proc/<pid>/cmdline`, and without the cgroup
+//! sock_addr hooks there is no egress enforcement (said by `status` and
+//! `probe`). [`Bpf`] owns the `Ebpf` and so every link: dropping it detaches
 //! everything, leaving nothing in the kernel.
 use std::{fs::File, path::Path};
 

@@ -4,7 +4,11 @@
 //!
 //! # Layout
 //! - [`protocol`]: the request and response types, shared with the CLI.
-//! - [`serve`]: the daemon side; [`State`]: what it answers from.
+//! - [`bind`] then [`serve`]: the daemon side; [`State`]: what it answers
+//!   from. Connections are tasks of the server: a client that sends
+//!   nothing is dropped after [`READ_TIMEOUT`], and every connection still
+//!   open is aborted at stop (each holds the audit queue open, and the
+//!   audit log's final checkpoint waits for every holder).
 //! - [`request`]: the client side.
 use std::{path::Path, sync::Arc, time::Duration};
 
@@ -19,7 +23,7 @@ pub mod protocol;
 use protocol::{Decisions, Reply, Request, Response, StaticInfo, StatusDoc};
 
 use crate::{
-    audit::{self, log::MAX_KEY_OVERLAP},
+    audit,
     manager::{Command, InForce},
     pipeline::Stats,
 };
@@ -28,6 +32,9 @@ pub const DEFAULT_SOCKET: &str = "/run/zt-agent/control.sock";
 
 /// Longest request line accepted.
 const MAX_REQUEST: u64 = 4096;
+
+/// How long a client may take to send its request line.
+pub const READ_TIMEOUT: Duration = Duration::from_secs(10);
 
 #[derive(Debug, thiserror::Error)]
 pub enum ControlError {
@@ -45,8 +52,8 @@ pub enum ControlError {
     Malformed(#[source] serde_json::Error),
     #[error("agent answered:\n{0}")]
     Agent(String),
-    #[error("the agent is shutting down")]
-    ShuttingDown,
+    #[error("no request within {}", humantime::format_duration(READ_TIMEOUT))]
+    Timeout,
 }
 
 /// Everything the control socket answers from.
@@ -59,8 +66,8 @@ pub struct State {
     pub audit: Option<audit::writer::Control>,
 }
 
-/// Serves until `stop` turns true; removes the socket file on exit.
-pub async fn serve(path: &Path, state: State, mut stop: watch::Receiver<bool>) -> Result<(), ControlError> {
+/// Creates the socket (mode 0600), replacing a stale one.
+pub fn bind(path: &Path) -> Result<UnixListener, ControlError> {
     use crate::fsutil::at;
     if let Some(dir) = path.parent() {
         std::fs::create_dir_all(dir).map_err(at("creating", dir))?;
@@ -68,13 +75,21 @@ pub async fn serve(path: &Path, state: State, mut stop: watch::Receiver<bool>) -
     let _ = std::fs::remove_file(path);
     let listener = UnixListener::bind(path).map_err(at("binding", path))?;
     std::fs::set_permissions(path, std::os::unix::fs::PermissionsExt::from_mode(0o600)).map_err(at("chmod 0600", path))?;
+    Ok(listener)
+}
+
+/// Serves until `stop` turns true, then aborts the connections still open
+/// and removes the socket file.
+pub async fn serve(listener: UnixListener, path: &Path, state: State, mut stop: watch::Receiver<bool>) {
+    let mut connections = tokio::task::JoinSet::new();
     loop {
         tokio::select! {
             _ = stop.changed() => break,
+            Some(_) = connections.join_next(), if !connections.is_empty() => {}
             conn = listener.accept() => {
                 let Ok((stream, _)) = conn else { continue };
                 let state = state.clone();
-                tokio::spawn(async move {
+                connections.spawn(async move {
                     if let Err(e) = answer(stream, &state).await {
                         tracing::debug!("control connection: {}", crate::error::chain(&e));
                     }
@@ -82,14 +97,17 @@ pub async fn serve(path: &Path, state: State, mut stop: watch::Receiver<bool>) -
             }
         }
     }
+    connections.shutdown().await;
     let _ = std::fs::remove_file(path);
-    Ok(())
 }
 
 async fn answer(stream: UnixStream, state: &State) -> Result<(), ControlError> {
     let (r, mut w) = stream.into_split();
     let mut line = String::new();
-    BufReader::new(r.take(MAX_REQUEST)).read_line(&mut line).await.map_err(ControlError::Stream)?;
+    tokio::time::timeout(READ_TIMEOUT, BufReader::new(r.take(MAX_REQUEST)).read_line(&mut line))
+        .await
+        .map_err(|_| ControlError::Timeout)?
+        .map_err(ControlError::Stream)?;
     let response = match serde_json::from_str::<Request>(&line) {
         Ok(req) => match handle(req, state).await {
             Ok(reply) => Response::Ok(reply),
@@ -104,9 +122,15 @@ async fn answer(stream: UnixStream, state: &State) -> Result<(), ControlError> {
 
 /// Sends a command to the policy manager and waits for its reply.
 async fn ask<T>(commands: &mpsc::Sender<Command>, make: impl FnOnce(oneshot::Sender<T>) -> Command) -> Result<T, String> {
+    const GONE: &str = "the agent is shutting down";
     let (tx, rx) = oneshot::channel();
-    commands.send(make(tx)).await.map_err(|_| ControlError::ShuttingDown.to_string())?;
-    rx.await.map_err(|_| ControlError::ShuttingDown.to_string())
+    commands.send(make(tx)).await.map_err(|_| GONE.to_string())?;
+    rx.await.map_err(|_| GONE.to_string())
+}
+
+/// A manager reply as the socket sends it: errors with every cause.
+fn policy_reply(r: Result<crate::manager::Outcome, crate::manager::ApplyError>) -> Result<Reply, String> {
+    r.map(Reply::Policy).map_err(|e| crate::error::chain(&e))
 }
 
 /// One request; errors as text with every cause (they go to the CLI).
@@ -114,20 +138,13 @@ async fn handle(req: Request, state: &State) -> Result<Reply, String> {
     let commands = &state.commands;
     match req {
         Request::Status => Ok(Reply::Status(Box::new(status(state)))),
-        Request::Reload => ask(commands, |reply| Command::Reload { source: "control".into(), reply }).await?.map(Reply::Policy),
-        Request::Rollback { version } => ask(commands, |reply| Command::Rollback { version, reply }).await?.map(Reply::Policy),
+        Request::Reload => policy_reply(ask(commands, |reply| Command::Reload { source: "control".into(), reply }).await?),
+        Request::Rollback { version } => policy_reply(ask(commands, |reply| Command::Rollback { version, reply }).await?),
         Request::History => ask(commands, |reply| Command::History { reply }).await.map(Reply::History),
+        // The log checks the overlap (at most `audit::log::MAX_KEY_OVERLAP`).
         Request::RotateAuditKey { overlap_secs } => {
-            let overlap = Duration::from_secs(overlap_secs);
-            if overlap > MAX_KEY_OVERLAP {
-                return Err(format!(
-                    "overlap {} exceeds the maximum {}",
-                    humantime::format_duration(overlap),
-                    humantime::format_duration(MAX_KEY_OVERLAP)
-                ));
-            }
             let audit = state.audit.as_ref().ok_or("no audit log")?;
-            audit.rotate_key(overlap).await.map(Reply::KeyRotated).map_err(|e| crate::error::chain(&e))
+            audit.rotate_key(Duration::from_secs(overlap_secs)).await.map(Reply::KeyRotated).map_err(|e| crate::error::chain(&e))
         }
     }
 }

@@ -244,6 +244,21 @@ mod tests {
         assert_eq!(get(&t, 10).identity, 0, "root is assigned by the caller");
     }
 
+    /// A thread that exits during the walk (its task directory has no
+    /// readable `children` any more) costs neither its siblings' children
+    /// nor the whole subtree.
+    #[test]
+    fn an_exited_thread_does_not_hide_the_subtree() {
+        let proc_root = fake_proc(&[(10, 1, &[11]), (11, 10, &[12]), (12, 11, &[])]);
+        fs::create_dir_all(proc_root.path().join("11/task/99")).unwrap();
+        let mut t = tables();
+        for (pid, i) in [(10, info(1, 100)), (11, info(10, 101)), (12, info(11, 102))] {
+            t.procs.seed(pid, i).unwrap();
+        }
+        propagate(&mut t, proc_root.path(), 10, 3);
+        assert_eq!((get(&t, 11).identity, get(&t, 12).identity), (3, 3));
+    }
+
     #[test]
     fn propagate_falls_back_to_the_table_without_children_files() {
         let proc_root = tempfile::tempdir().unwrap();

@@ -77,15 +77,18 @@ pub fn split_nul(bytes: &[u8]) -> Vec<String> {
 }
 
 /// Children of every thread of `pid` (`/proc/<pid>/task/*/children`), or
-/// `None` when the kernel lacks the files (`CONFIG_PROC_CHILDREN` off) or
-/// the process is gone.
+/// `None` when no thread's file could be read (the kernel lacks them,
+/// `CONFIG_PROC_CHILDREN` off, or the process is gone). A thread that exits
+/// during the walk is skipped, not taken for the whole process.
 pub fn children(proc_root: &Path, pid: u32) -> Option<Vec<u32>> {
     let mut out = Vec::new();
+    let mut read_any = false;
     for task in fs::read_dir(proc_root.join(pid.to_string()).join("task")).ok()?.flatten() {
-        let text = fs::read_to_string(task.path().join("children")).ok()?;
+        let Ok(text) = fs::read_to_string(task.path().join("children")) else { continue };
+        read_any = true;
         out.extend(text.split_whitespace().filter_map(|c| c.parse::<u32>().ok()));
     }
-    Some(out)
+    read_any.then_some(out)
 }
 
 /// Numeric entries of the proc root (thread group ids).

@@ -57,8 +57,8 @@ pub enum ApplyError {
 
 /// Commands for the manager task (from the control socket).
 pub enum Command {
-    Reload { source: String, reply: oneshot::Sender<Result<Outcome, String>> },
-    Rollback { version: Option<u64>, reply: oneshot::Sender<Result<Outcome, String>> },
+    Reload { source: String, reply: oneshot::Sender<Result<Outcome, ApplyError>> },
+    Rollback { version: Option<u64>, reply: oneshot::Sender<Result<Outcome, ApplyError>> },
     History { reply: oneshot::Sender<Vec<HistoryEntry>> },
 }
 

@@ -112,7 +112,6 @@ pub async fn run(mut m: Manager, mut commands: mpsc::Receiver<Command>, mut stop
         .ok();
     let mut tick = tokio::time::interval(reevaluate_every);
     tick.tick().await;
-    let text = |r: Result<super::Outcome, super::ApplyError>| r.map_err(|e| crate::error::chain(&e));
     loop {
         tokio::select! {
             _ = stop.changed() => break,
@@ -126,8 +125,8 @@ pub async fn run(mut m: Manager, mut commands: mpsc::Receiver<Command>, mut stop
             _ = hangup(&mut hup) => { let _ = m.reload("SIGHUP").await; }
             _ = tick.tick() => m.reevaluate().await,
             cmd = commands.recv() => match cmd {
-                Some(Command::Reload { source, reply }) => { let _ = reply.send(text(m.reload(&source).await)); }
-                Some(Command::Rollback { version, reply }) => { let _ = reply.send(text(m.rollback(version).await)); }
+                Some(Command::Reload { source, reply }) => { let _ = reply.send(m.reload(&source).await); }
+                Some(Command::Rollback { version, reply }) => { let _ = reply.send(m.rollback(version).await); }
                 Some(Command::History { reply }) => { let _ = reply.send(m.history()); }
                 None => break,
             },

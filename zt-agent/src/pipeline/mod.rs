@@ -18,8 +18,9 @@
 //!   counters, for `status`) every second and emits a `loss` event when any
 //!   loss counter moved; stops on the shutdown signal.
 //! - `enrich`: owns the kernel tables it writes and the outputs; ends when
-//!   every queue sender is gone (reader, loss, and the agent's own handle),
-//!   then closes every output, which writes what it holds.
+//!   every queue sender is gone (reader, loss, the agent's own handle and
+//!   the policy manager's, so stop the manager first), then closes every
+//!   output, which writes what it holds.
 //!
 //! So a shutdown drains everything already read before the process exits.
 pub mod decode;
