@@ -111,3 +111,34 @@ fn probe_reports_every_feature() {
     let tp = v["features"].as_array().unwrap().iter().find(|f| f["name"] == "tracepoint").unwrap();
     assert_eq!(tp["available"], true, "{tp}");
 }
+
+/// `policy check` on a FIFO or a device answers at once with the rule it
+/// broke (it once blocked forever on a FIFO and grew without bound on
+/// /dev/zero).
+#[test]
+fn check_refuses_fifos_and_devices_at_once() {
+    let dir = tempdir("cli-fifo").unwrap();
+    let fifo = dir.path().join("p.yaml");
+    nix::unistd::mkfifo(&fifo, nix::sys::stat::Mode::from_bits_truncate(0o600)).unwrap();
+    for (path, what) in [(fifo.as_path(), "a FIFO"), (std::path::Path::new("/dev/zero"), "a character device")] {
+        let mut child = Command::new(agent_bin())
+            .args(["policy", "check"])
+            .arg(path)
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::piped())
+            .spawn()
+            .unwrap();
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+        while child.try_wait().unwrap().is_none() {
+            if std::time::Instant::now() > deadline {
+                let _ = child.kill();
+                panic!("`policy check {}` still running after 10 s", path.display());
+            }
+            std::thread::sleep(std::time::Duration::from_millis(20));
+        }
+        let out = child.wait_with_output().unwrap();
+        assert_eq!(out.status.code(), Some(1));
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(err.trim(), format!("{}: cannot read: {what}; policy files must be regular files", path.display()));
+    }
+}

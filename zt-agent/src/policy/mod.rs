@@ -44,6 +44,59 @@ use crate::identity::{Identity, IdentityConfig};
 /// The policy compiled into the binary, used when no `--policy` is given.
 pub const DEFAULT_POLICY: &str = include_str!("../../../policies/default.yaml");
 
+/// Largest policy file read (a policy is text a person writes; the largest
+/// shipped one is a few KiB).
+pub const MAX_FILE_BYTES: u64 = 4 << 20;
+/// Largest bundle (all files of one policy version together).
+pub const MAX_BUNDLE_BYTES: u64 = 16 << 20;
+
+/// Reads one policy file: a regular file (decided by `stat` before opening,
+/// so a FIFO or a device never blocks or streams forever; checked again on
+/// the open descriptor, which is opened non-blocking), of at most
+/// [`MAX_FILE_BYTES`] and at most `room` bytes. The error says which rule
+/// or limit was hit.
+fn read_policy_file(path: &Path, room: u64) -> Result<String, String> {
+    use std::{io::Read as _, os::unix::fs::OpenOptionsExt as _};
+    let kind = |m: &std::fs::Metadata| {
+        use std::os::unix::fs::FileTypeExt as _;
+        let t = m.file_type();
+        match () {
+            _ if t.is_file() => None,
+            _ if t.is_fifo() => Some("a FIFO"),
+            _ if t.is_char_device() => Some("a character device"),
+            _ if t.is_block_device() => Some("a block device"),
+            _ if t.is_socket() => Some("a socket"),
+            _ if t.is_dir() => Some("a directory"),
+            _ => Some("not a regular file"),
+        }
+    };
+    let not_regular = |what: &str| format!("cannot read: {what}; policy files must be regular files");
+    let meta = std::fs::metadata(path).map_err(|e| format!("cannot read: {e}"))?;
+    if let Some(what) = kind(&meta) {
+        return Err(not_regular(what));
+    }
+    let file = std::fs::OpenOptions::new()
+        .read(true)
+        .custom_flags(libc::O_NONBLOCK | libc::O_NOCTTY)
+        .open(path)
+        .map_err(|e| format!("cannot read: {e}"))?;
+    // The path may have been swapped between stat and open.
+    if let Some(what) = kind(&file.metadata().map_err(|e| format!("cannot read: {e}"))?) {
+        return Err(not_regular(what));
+    }
+    let limit = MAX_FILE_BYTES.min(room);
+    let mut bytes = Vec::new();
+    file.take(limit + 1).read_to_end(&mut bytes).map_err(|e| format!("cannot read: {e}"))?;
+    if bytes.len() as u64 > limit {
+        return Err(if limit == MAX_FILE_BYTES {
+            format!("larger than the {} MiB limit for one policy file", MAX_FILE_BYTES >> 20)
+        } else {
+            format!("the bundle's files together exceed the {} MiB limit", MAX_BUNDLE_BYTES >> 20)
+        });
+    }
+    String::from_utf8(bytes).map_err(|e| format!("cannot read: not UTF-8 text (byte {})", e.utf8_error().valid_up_to()))
+}
+
 /// The files of one policy version, as applied (texts kept for rollback).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Bundle {
@@ -61,9 +114,10 @@ impl Bundle {
     pub fn read(paths: &[impl AsRef<Path>]) -> Result<Self, PolicyErrors> {
         let mut files = Vec::new();
         let mut errors = Vec::new();
-        let read_err = |p: &Path, e: std::io::Error| Diagnostic {
+        let mut total = 0u64;
+        let whole_file = |p: &Path, message: String| Diagnostic {
             pos: model::Pos { file: p.display().to_string(), line: 0, column: 0 },
-            message: format!("cannot read: {e}"),
+            message,
             hint: None,
         };
         for p in paths {
@@ -80,7 +134,7 @@ impl Bundle {
                         v
                     }
                     Err(e) => {
-                        errors.push(read_err(p, e));
+                        errors.push(whole_file(p, format!("cannot read: {e}")));
                         continue;
                     }
                 }
@@ -88,9 +142,12 @@ impl Bundle {
                 vec![p.to_path_buf()]
             };
             for f in list {
-                match std::fs::read_to_string(&f) {
-                    Ok(t) => files.push((f.display().to_string(), t)),
-                    Err(e) => errors.push(read_err(&f, e)),
+                match read_policy_file(&f, MAX_BUNDLE_BYTES.saturating_sub(total)) {
+                    Ok(t) => {
+                        total += t.len() as u64;
+                        files.push((f.display().to_string(), t));
+                    }
+                    Err(message) => errors.push(whole_file(&f, message)),
                 }
             }
         }

@@ -367,3 +367,31 @@ fn parser_never_panics_on_mutations() {
         }
     }
 }
+
+/// Only regular files are read, decided before opening (a FIFO would block
+/// the agent forever, /dev/zero would grow it without bound), and the size
+/// read is capped; each error names the file and the rule or limit.
+#[test]
+fn policy_paths_are_regular_files_of_bounded_size() {
+    let dir = tempfile::tempdir().unwrap();
+    let fifo = dir.path().join("fifo.yaml");
+    nix::unistd::mkfifo(&fifo, nix::sys::stat::Mode::from_bits_truncate(0o600)).unwrap();
+    let started = std::time::Instant::now();
+    let e = Bundle::read(&[&fifo]).unwrap_err().to_string();
+    assert_eq!(e, format!("{}: cannot read: a FIFO; policy files must be regular files", fifo.display()));
+    let e = Bundle::read(&[std::path::Path::new("/dev/zero")]).unwrap_err().to_string();
+    assert_eq!(e, "/dev/zero: cannot read: a character device; policy files must be regular files");
+    assert!(started.elapsed() < std::time::Duration::from_secs(5), "reading took {:?}", started.elapsed());
+
+    let big = dir.path().join("big.yaml");
+    std::fs::File::create(&big).unwrap().set_len(MAX_FILE_BYTES + 1).unwrap();
+    let e = Bundle::read(&[&big]).unwrap_err().to_string();
+    assert!(e.ends_with("larger than the 4 MiB limit for one policy file"), "{e}");
+    let just = dir.path().join("just.yaml");
+    std::fs::write(&just, "#".repeat(MAX_FILE_BYTES as usize)).unwrap();
+    assert!(Bundle::read(&[&just]).is_ok(), "exactly the limit is accepted");
+    let many: Vec<_> = (0..5).map(|_| just.clone()).collect();
+    let Err(e) = Bundle::read(&many) else { panic!("a 20 MiB bundle was accepted") };
+    let e = e.to_string();
+    assert!(e.ends_with("the bundle's files together exceed the 16 MiB limit"), "{e}");
+}
