@@ -142,3 +142,16 @@ fn check_refuses_fifos_and_devices_at_once() {
         assert_eq!(err.trim(), format!("{}: cannot read: {what}; policy files must be regular files", path.display()));
     }
 }
+
+/// More identities than the kernel tables hold is an invalid policy (exit 1),
+/// like every other policy error (it once exited 2 as a tool failure).
+#[test]
+fn identity_capacity_is_a_policy_error() {
+    let mut text = String::from("apiVersion: zt-agent.io/v1alpha1\nkind: HostPolicy\nspec:\n  trustDomain: t\n  identities:\n");
+    for i in 0..1025 {
+        text.push_str(&format!("    - name: i{i}\n      selectors:\n        - uid: {i}\n"));
+    }
+    let (code, _, err) = check(&text);
+    assert_eq!(code, 1, "{err}");
+    assert!(err.contains("1025 identities") && err.contains("capacity 1024"), "{err}");
+}

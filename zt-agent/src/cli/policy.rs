@@ -160,8 +160,8 @@ fn check(paths: &[PathBuf]) -> anyhow::Result<ExitCode> {
     for w in &p.warnings {
         eprintln!("warning: {w}");
     }
-    let ids = policy::IdRegistry::for_policy(&p)?;
-    if let Err(e) = policy::compile::compile(&p, &ids, 0, &vec![true; p.rules.len()]) {
+    // Capacity errors are invalid policies too (exit 1), like parse errors.
+    if let Err(e) = policy::IdRegistry::for_policy(&p).and_then(|ids| policy::compile::compile(&p, &ids, 0, &vec![true; p.rules.len()])) {
         eprintln!("{}: {e}", paths.iter().map(|p| p.display().to_string()).collect::<Vec<_>>().join(", "));
         return Ok(ExitCode::from(1));
     }

@@ -466,7 +466,11 @@ fn convert_egress(cx: &mut Ctx<'_>, e: &Spanned<RawEgress>) -> Option<Egress> {
         }
     }
     let mut ports = Vec::new();
-    for p in &e.value.ports {
+    let listed = e.value.ports.as_ref();
+    if let Some(list) = listed.filter(|l| l.value.is_empty()) {
+        cx.error(&list.referenced, "empty `ports` list", Some("omit `ports` to mean every port"));
+    }
+    for p in listed.map(|l| l.value.as_slice()).unwrap_or_default() {
         match parse_port(&p.value) {
             Ok(r) => ports.push(r),
             Err(why) => cx.error(&p.referenced, why, Some("a port (443) or an inclusive range (\"8000-8080\")")),
@@ -519,6 +523,13 @@ fn convert_when(cx: &mut Ctx<'_>, w: &RawWhen) -> Option<Condition> {
         if end.is_none() {
             cx.error(&t.value.end.referenced, format!("invalid time {:?}", t.value.end.value), Some("HH:MM, UTC"));
         }
+        if start.is_some() && start == end {
+            cx.error(
+                &t.value.end.referenced,
+                format!("timeWindow starts and ends at {}: it would never be active", t.value.end.value),
+                Some("a window from start to end (UTC), e.g. 08:00 to 18:00; omit `timeWindow` for all day"),
+            );
+        }
         Some(TimeWindow { days, start: start?, end: end? })
     });
     let rego = w.rego.as_ref().and_then(|r| {
@@ -555,8 +566,15 @@ fn parse_hhmm(s: &str) -> Option<u16> {
     (h < 24 && m < 60 && s.len() == 5).then_some(h * 60 + m)
 }
 
-/// A CIDR or a single address (as /32 or /128); host bits must be zero.
+/// A CIDR or a single address (as /32 or /128); host bits must be zero, and
+/// no IPv4 octet may have a leading zero (`010` reads as 8 in tools that take
+/// it for octal; one rule for addresses and networks alike).
 pub fn parse_net(s: &str) -> Result<IpNet, String> {
+    let addr = s.split('/').next().unwrap_or_default();
+    let dotted = addr.rsplit(':').next().unwrap_or_default();
+    if dotted.contains('.') && dotted.split('.').any(|o| o.len() > 1 && o.starts_with('0')) {
+        return Err(format!("leading zeros in {addr:?} are ambiguous (octal in some tools)"));
+    }
     if let Ok(ip) = s.parse::<IpAddr>() {
         return Ok(IpNet::from(ip));
     }
@@ -567,12 +585,21 @@ pub fn parse_net(s: &str) -> Result<IpNet, String> {
     Ok(net)
 }
 
+/// A port (`443`, or quoted `"443"`) or an inclusive range (`"8000-8080"`),
+/// within 1-65535 (port 0 is no destination).
 fn parse_port(p: &RawPort) -> Result<(u16, u16), String> {
-    let one = |v: u32| u16::try_from(v).map_err(|_| format!("port {v} out of range 0-65535"));
+    let one = |v: u32| match u16::try_from(v) {
+        Ok(0) => Err("port 0 is not a destination port".to_string()),
+        Ok(p) => Ok(p),
+        Err(_) => Err(format!("port {v} out of range 1-65535")),
+    };
     match p {
         RawPort::One(v) => one(*v).map(|v| (v, v)),
         RawPort::Range(s) => {
-            let (a, b) = s.split_once('-').ok_or_else(|| format!("invalid port {s:?}"))?;
+            let Some((a, b)) = s.split_once('-') else {
+                let v = one(s.trim().parse().map_err(|_| format!("invalid port {s:?}"))?)?;
+                return Ok((v, v));
+            };
             let a = one(a.trim().parse().map_err(|_| format!("invalid port range {s:?}"))?)?;
             let b = one(b.trim().parse().map_err(|_| format!("invalid port range {s:?}"))?)?;
             if a > b {

@@ -145,7 +145,8 @@ pub(super) struct RawEgress {
     #[serde(default)]
     pub(super) dns: Option<Spanned<Vec<String>>>,
     #[serde(default)]
-    pub(super) ports: Vec<Spanned<RawPort>>,
+    /// `None` when absent (every port); an empty list is an error.
+    pub(super) ports: Option<Spanned<Vec<Spanned<RawPort>>>>,
     #[serde(default)]
     pub(super) protocol: Option<Spanned<String>>,
 }

@@ -139,7 +139,7 @@ fn every_error_is_reported_with_position() {
             "p.yaml:13:15: invalid action \"permit\" (hint: use \"allow\" or \"deny\")",
             "p.yaml:15:16: invalid destination \"10.0.0.1/8\": host bits set (did you mean 10.0.0.0/8?) (hint: a CIDR like 10.0.0.0/8 or 2001:db8::/32, or a single address)",
             "p.yaml:15:28: invalid destination \"300.1.1.1\": invalid IP address syntax (hint: a CIDR like 10.0.0.0/8 or 2001:db8::/32, or a single address)",
-            "p.yaml:16:19: port 70000 out of range 0-65535 (hint: a port (443) or an inclusive range (\"8000-8080\"))",
+            "p.yaml:16:19: port 70000 out of range 1-65535 (hint: a port (443) or an inclusive range (\"8000-8080\"))",
             "p.yaml:16:26: port range \"90-80\" is empty (start > end) (hint: a port (443) or an inclusive range (\"8000-8080\"))",
             "p.yaml:17:21: invalid protocol \"icmp\" (hint: use tcp, udp or any)",
         ]
@@ -394,4 +394,29 @@ fn policy_paths_are_regular_files_of_bounded_size() {
     let Err(e) = Bundle::read(&many) else { panic!("a 20 MiB bundle was accepted") };
     let e = e.to_string();
     assert!(e.ends_with("the bundle's files together exceed the 16 MiB limit"), "{e}");
+}
+
+/// Nothing silently widens or disables a rule: an empty port list, a window
+/// that is never open, port 0 and leading-zero octets are errors; a quoted
+/// single port is a port like an unquoted one.
+#[test]
+fn no_silent_widening() {
+    let rule = |egress: &str| {
+        format!(
+            "{HEAD}  identities:\n    - name: a\n      selectors:\n        - uid: 1\n  rules:\n    - identity: a\n      action: deny\n{egress}"
+        )
+    };
+    let e = errs(&rule("      egress:\n        - to: [10.0.0.0/8]\n          ports: []\n"));
+    assert_eq!(e, "p.yaml:16:18: empty `ports` list (hint: omit `ports` to mean every port)");
+    let e = errs(&rule("      egress:\n        - to: [10.0.0.0/8]\n          ports: [0]\n"));
+    assert!(e.ends_with("port 0 is not a destination port (hint: a port (443) or an inclusive range (\"8000-8080\"))"), "{e}");
+    let p = parse1(&rule("      egress:\n        - to: [10.0.0.0/8]\n          ports: [\"443\", \"80-80\"]\n")).unwrap();
+    assert_eq!(p.rules[0].egress[0].ports, [(443, 443), (80, 80)]);
+    for net in ["010.0.0.0/8", "010.0.0.1", "::ffff:10.01.0.1"] {
+        let e = errs(&rule(&format!("      egress:\n        - to: [\"{net}\"]\n")));
+        assert!(e.contains("leading zeros") && e.contains("are ambiguous"), "{net}: {e}");
+    }
+    let e =
+        errs(&rule("      when:\n        timeWindow: { start: \"00:00\", end: \"00:00\" }\n      egress:\n        - to: [10.0.0.0/8]\n"));
+    assert!(e.contains("timeWindow starts and ends at 00:00: it would never be active"), "{e}");
 }
