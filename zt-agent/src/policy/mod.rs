@@ -97,6 +97,22 @@ fn read_policy_file(path: &Path, room: u64) -> Result<String, String> {
     String::from_utf8(bytes).map_err(|e| format!("cannot read: not UTF-8 text (byte {})", e.utf8_error().valid_up_to()))
 }
 
+/// The policy files of a directory (a Kubernetes ConfigMap mount), in name
+/// order: every entry named `*.yaml`/`*.yml` in any letter case, except
+/// hidden ones (the ConfigMap's `..data` machinery). Entries are not
+/// filtered by type here: a broken or looping symlink or a FIFO among them
+/// is reported by [`read_policy_file`], exactly as when named directly.
+fn policy_files_in(dir: &Path) -> std::io::Result<Vec<std::path::PathBuf>> {
+    let mut v: Vec<_> = std::fs::read_dir(dir)?
+        .filter_map(|e| e.ok().map(|e| e.path()))
+        .filter(|f| f.extension().is_some_and(|x| x.eq_ignore_ascii_case("yaml") || x.eq_ignore_ascii_case("yml")))
+        .filter(|f| !f.file_name().is_some_and(|n| n.to_string_lossy().starts_with('.')))
+        .filter(|f| !f.symlink_metadata().is_ok_and(|m| m.is_dir()))
+        .collect();
+    v.sort();
+    Ok(v)
+}
+
 /// The files of one policy version, as applied (texts kept for rollback).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Bundle {
@@ -123,16 +139,12 @@ impl Bundle {
         for p in paths {
             let p = p.as_ref();
             let list: Vec<std::path::PathBuf> = if p.is_dir() {
-                match std::fs::read_dir(p) {
-                    Ok(rd) => {
-                        let mut v: Vec<_> = rd
-                            .filter_map(|e| e.ok().map(|e| e.path()))
-                            .filter(|f| f.is_file() && f.extension().is_some_and(|x| x == "yaml" || x == "yml"))
-                            .filter(|f| !f.file_name().is_some_and(|n| n.to_string_lossy().starts_with('.')))
-                            .collect();
-                        v.sort();
-                        v
+                match policy_files_in(p) {
+                    Ok(v) if v.is_empty() => {
+                        errors.push(whole_file(p, "no policy files in this directory (*.yaml or *.yml)".into()));
+                        continue;
                     }
+                    Ok(v) => v,
                     Err(e) => {
                         errors.push(whole_file(p, format!("cannot read: {e}")));
                         continue;

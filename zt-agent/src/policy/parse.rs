@@ -61,7 +61,25 @@ fn syntax_error(file: &str, e: &serde_saphyr::Error) -> Diagnostic {
         _ => message,
     }
     .to_string();
-    Diagnostic { pos: Pos { file: file.to_string(), line, column }, message, hint: None }
+    let (message, hint) = in_policy_terms(message);
+    Diagnostic { pos: Pos { file: file.to_string(), line, column }, message, hint: hint.map(str::to_string) }
+}
+
+/// The parser's messages that name our serde types or its own options, in
+/// the policy language instead.
+fn in_policy_terms(message: String) -> (String, Option<&'static str>) {
+    if message.contains("untagged enum RawDefault") {
+        ("invalid defaultAction".into(), Some("use \"allow\" or \"deny\", or a map with egress/files/exec"))
+    } else if message.contains("untagged enum RawPort") {
+        ("invalid port".into(), Some("a port (443) or an inclusive range (\"8000-8080\")"))
+    } else if let Some(rest) = message.strip_prefix("duplicate mapping key: ") {
+        let key = rest.split(',').next().unwrap_or(rest).trim();
+        (format!("duplicate key {key:?}"), Some("each key may appear once in a mapping"))
+    } else if message.starts_with("budget breached") {
+        ("the document is too large or too deeply nested for a policy file".into(), Some("split it into several files"))
+    } else {
+        (message, None)
+    }
 }
 
 /// A source: its name (for positions) and text.

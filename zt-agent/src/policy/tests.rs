@@ -420,3 +420,43 @@ fn no_silent_widening() {
         errs(&rule("      when:\n        timeWindow: { start: \"00:00\", end: \"00:00\" }\n      egress:\n        - to: [10.0.0.0/8]\n"));
     assert!(e.contains("timeWindow starts and ends at 00:00: it would never be active"), "{e}");
 }
+
+/// A directory is read like its files named one by one: broken and looping
+/// symlinks and other non-files are errors that name the entry, `*.YAML`
+/// counts, hidden entries do not, and an empty directory names itself.
+#[test]
+fn policy_directories_are_read_consistently() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    let e = Bundle::read(&[d]).unwrap_err().to_string();
+    assert_eq!(e, format!("{}: no policy files in this directory (*.yaml or *.yml)", d.display()));
+    std::fs::write(d.join("A.YAML"), CODER).unwrap();
+    std::fs::write(d.join(".hidden.yaml"), "not: [yaml").unwrap();
+    let b = Bundle::read(&[d]).unwrap();
+    assert_eq!(b.files.len(), 1, "{:?}", b.files.iter().map(|f| &f.0).collect::<Vec<_>>());
+    std::os::unix::fs::symlink(d.join("missing.yaml"), d.join("broken.yaml")).unwrap();
+    std::os::unix::fs::symlink(d.join("loop.yaml"), d.join("loop.yaml")).unwrap();
+    let e = Bundle::read(&[d]).unwrap_err().to_string();
+    let lines: Vec<&str> = e.lines().collect();
+    assert_eq!(lines.len(), 2, "{e}");
+    assert!(lines[0].starts_with(&format!("{}: cannot read:", d.join("broken.yaml").display())), "{e}");
+    assert!(lines[1].starts_with(&format!("{}: cannot read:", d.join("loop.yaml").display())), "{e}");
+}
+
+/// Parser messages speak the policy language, never our type names or the
+/// parser's options.
+#[test]
+fn parser_messages_in_policy_terms() {
+    let ident = "  identities:\n    - name: a\n      selectors:\n        - uid: 1\n";
+    let e = errs(&format!("{HEAD}{ident}      defaultAction: 5\n"));
+    assert_eq!(e, "p.yaml:11:22: invalid defaultAction (hint: use \"allow\" or \"deny\", or a map with egress/files/exec)");
+    let e = errs(&format!(
+        "{HEAD}{ident}  rules:\n    - identity: a\n      action: allow\n      egress:\n        - to: [10.0.0.0/8]\n          ports: [true]\n"
+    ));
+    assert_eq!(e, "p.yaml:16:19: invalid port (hint: a port (443) or an inclusive range (\"8000-8080\"))");
+    let e = errs(&format!("{HEAD}{ident}  trustDomain: u\n"));
+    assert_eq!(e, "p.yaml:11:3: duplicate key \"trustDomain\" (hint: each key may appear once in a mapping)");
+    for internal in ["RawDefault", "RawPort", "DuplicateKeyPolicy", "budget"] {
+        assert!(!e.contains(internal));
+    }
+}
