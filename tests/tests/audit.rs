@@ -291,3 +291,41 @@ fn key_rotation_on_the_running_agent() {
     assert_eq!(agent.status()["audit"]["verifier_keys"], serde_json::json!([new]));
     agent.stop().unwrap();
 }
+
+/// `audit show` into a reader that stops early ends quietly (it once
+/// panicked on the broken pipe), and a log that ends in a bad frame is
+/// reported after the records, exit status 1 (it once exited 0).
+#[test]
+fn show_survives_a_closed_pipe_and_reports_a_bad_frame() {
+    use std::io::{BufRead as _, Write as _};
+    let tmp = tempdir("audit-show").unwrap();
+    let dir = tmp.path().join("log");
+    let cfg = zt_agent::audit::log::Config::new(dir.clone(), tmp.path().join("key"), "zt-test/show".into());
+    let (mut log, _) = zt_agent::audit::log::AuditLog::open(cfg).unwrap();
+    for i in 0..5000 {
+        log.append("connect", serde_json::json!({"n": i, "pad": "x".repeat(64)})).unwrap();
+    }
+    log.close().unwrap();
+    let dir_s = dir.to_str().unwrap();
+
+    let mut child = Command::new(agent_bin())
+        .args(["audit", "show", "--dir", dir_s])
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut first = String::new();
+    std::io::BufReader::new(child.stdout.take().unwrap()).read_line(&mut first).unwrap();
+    let out = child.wait_with_output().unwrap();
+    assert!(first.contains("connect"), "{first}");
+    assert!(out.status.success(), "exit {:?}: {}", out.status, String::from_utf8_lossy(&out.stderr));
+    assert!(!String::from_utf8_lossy(&out.stderr).contains("panicked"), "{}", String::from_utf8_lossy(&out.stderr));
+
+    let seg =
+        std::fs::read_dir(&dir).unwrap().map(|e| e.unwrap().path()).filter(|p| p.extension().is_some_and(|x| x == "log")).max().unwrap();
+    std::fs::OpenOptions::new().append(true).open(&seg).unwrap().write_all(b"\x10\x00\x00\x00garbage").unwrap();
+    let o = zt(&["audit", "show", "--dir", dir_s]);
+    assert_eq!(o.status.code(), Some(1), "{}", text(&o));
+    assert!(String::from_utf8_lossy(&o.stderr).contains("the log ends early at record"), "{}", text(&o));
+    assert!(String::from_utf8_lossy(&o.stdout).lines().count() >= 5000);
+}

@@ -62,6 +62,9 @@ pub struct Loaded {
     pub records: Vec<Vec<u8>>,
     pub tree: Tree,
     pub checkpoint: Option<(Checkpoint, String)>,
+    /// A bad frame that ended the last segment early (a torn tail, or
+    /// damage: `audit verify` tells which); records after it are not read.
+    pub bad_frame: Option<segment::BadFrame>,
 }
 
 pub fn load(dir: &Path) -> Result<Loaded, InspectError> {
@@ -72,11 +75,15 @@ pub fn load(dir: &Path) -> Result<Loaded, InspectError> {
     let base = log::read_start(dir, numbers[0])?.size();
     let mut records = Vec::new();
     let mut tree = Tree::new();
-    segment::scan_dir::<SegmentError>(dir, |_, r| {
+    let scan = segment::scan_dir::<SegmentError>(dir, |_, r| {
         tree.push(r);
         records.push(r.to_vec());
         Ok(())
     })?;
+    let bad_frame = scan.torn_tail.map(|mut b| {
+        b.index += base;
+        b
+    });
     let cp_path = dir.join(CHECKPOINT_FILE);
     let checkpoint = match std::fs::read_to_string(&cp_path) {
         Ok(note) => {
@@ -85,7 +92,7 @@ pub fn load(dir: &Path) -> Result<Loaded, InspectError> {
         }
         Err(_) => None,
     };
-    Ok(Loaded { base, records, tree, checkpoint })
+    Ok(Loaded { base, records, tree, checkpoint, bad_frame })
 }
 
 /// [`load`], refusing a log whose oldest records retention deleted (the

@@ -125,21 +125,16 @@ pub fn command(command: AuditCommand) -> anyhow::Result<ExitCode> {
         AuditCommand::Consistency { from, dir, vkey, json } => consistency(&dir, &from, &vkey, json),
         AuditCommand::Show { dir, from, kind, json } => {
             let l = inspect::load(&dir)?;
-            for (i, r) in l.records.iter().enumerate() {
-                let idx = l.base + i as u64;
-                if idx < from || kind.as_deref().is_some_and(|k| audit::record::Header::parse(r).map(|h| h.kind != k).unwrap_or(true)) {
-                    continue;
-                }
-                print_record(r, json);
-            }
-            Ok(ExitCode::SUCCESS)
+            let wanted = |idx: u64, r: &[u8]| {
+                idx >= from && kind.as_deref().is_none_or(|k| audit::record::Header::parse(r).is_ok_and(|h| h.kind == k))
+            };
+            let shown = (l.base..).zip(&l.records).filter(|(idx, r)| wanted(*idx, r)).map(|(_, r)| r.as_slice());
+            print_records(shown, json, l.bad_frame.as_ref())
         }
         AuditCommand::Tail { dir, lines, json } => {
             let l = inspect::load(&dir)?;
-            for r in &l.records[l.records.len().saturating_sub(lines)..] {
-                print_record(r, json);
-            }
-            Ok(ExitCode::SUCCESS)
+            let last = l.records[l.records.len().saturating_sub(lines)..].iter().map(Vec::as_slice);
+            print_records(last, json, l.bad_frame.as_ref())
         }
         AuditCommand::Key { key, origin } => {
             let origin = origin.unwrap_or_else(audit::log::default_origin);
@@ -219,10 +214,33 @@ fn consistency(dir: &std::path::Path, from: &std::path::Path, vkey: &[String], j
     Ok(ExitCode::SUCCESS)
 }
 
-fn print_record(r: &[u8], json: bool) {
-    if json {
-        println!("{}", String::from_utf8_lossy(r));
-    } else {
-        println!("{}", audit::inspect::summary(r));
+/// Prints records one per line (the canonical JSON with `--json`). A
+/// reader that goes away (`| head`) ends the output quietly; a bad frame
+/// that ended the log early is reported after the records, exit status 1.
+fn print_records<'a>(
+    records: impl Iterator<Item = &'a [u8]>,
+    json: bool,
+    bad: Option<&audit::segment::BadFrame>,
+) -> anyhow::Result<ExitCode> {
+    use std::io::Write as _;
+    let mut out = std::io::BufWriter::new(std::io::stdout().lock());
+    let written = records
+        .map(|r| if json { String::from_utf8_lossy(r).into_owned() } else { audit::inspect::summary(r) })
+        .try_for_each(|line| writeln!(out, "{line}"))
+        .and_then(|()| out.flush());
+    match written {
+        Err(e) if e.kind() == std::io::ErrorKind::BrokenPipe => return Ok(ExitCode::SUCCESS),
+        other => other?,
     }
+    if let Some(b) = bad {
+        eprintln!(
+            "zt-agent: the log ends early at record {} ({} at byte {}): {}; `zt-agent audit verify` says whether that is a torn tail or damage",
+            b.index,
+            b.path.display(),
+            b.offset,
+            b.reason
+        );
+        return Ok(ExitCode::from(1));
+    }
+    Ok(ExitCode::SUCCESS)
 }
