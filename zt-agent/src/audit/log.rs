@@ -16,8 +16,8 @@
 //!   begins, so a verifier can resume after retention deleted older segments.
 //! - `checkpoint`: the latest signed checkpoint (replaced atomically).
 //! - `verifier-keys`: every public key the log has been signed with.
-//! - `lock`: held (`flock`) by the one writer; a second agent on the same
-//!   directory is refused.
+//! - the directory itself is locked (`flock`) by the one writer; a second
+//!   agent on it is refused.
 //!
 //! # Invariants
 //! - A record counts only after `fdatasync`; a checkpoint is signed only
@@ -471,13 +471,13 @@ fn violation(dir: &Path, reason: String) -> OpenError {
     OpenError::Integrity { dir: dir.display().to_string(), reason }
 }
 
-/// Creates the directory and takes the one-writer lock.
+/// Creates the directory and takes the one-writer lock on the directory
+/// itself (a lock file could be unlinked to let a second writer in; the
+/// directory cannot be, while it holds the log).
 fn lock_dir(dir: &Path) -> Result<nix::fcntl::Flock<std::fs::File>, LogError> {
     std::fs::create_dir_all(dir).map_err(io("creating audit dir", dir))?;
-    let lock_path = dir.join("lock");
-    let lock_file =
-        std::fs::OpenOptions::new().create(true).truncate(false).write(true).open(&lock_path).map_err(io("opening", &lock_path))?;
-    nix::fcntl::Flock::lock(lock_file, nix::fcntl::FlockArg::LockExclusiveNonblock)
+    let handle = std::fs::File::open(dir).map_err(io("opening", dir))?;
+    nix::fcntl::Flock::lock(handle, nix::fcntl::FlockArg::LockExclusiveNonblock)
         .map_err(|(_, source)| LogError::Locked { dir: dir.to_path_buf(), source })
 }
 

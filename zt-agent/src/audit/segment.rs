@@ -42,6 +42,14 @@ fn io_err(path: &Path) -> impl FnOnce(io::Error) -> SegmentError + '_ {
     move |source| SegmentError::Io { path: path.display().to_string(), source }
 }
 
+/// Opens a segment for appending, never through a symlink (`O_NOFOLLOW`:
+/// a segment swapped for a link to another file fails with ELOOP instead
+/// of writing records there).
+fn open_append(path: &Path) -> Result<File, SegmentError> {
+    use std::os::unix::fs::OpenOptionsExt as _;
+    OpenOptions::new().create(true).append(true).custom_flags(libc::O_NOFOLLOW).open(path).map_err(io_err(path))
+}
+
 /// Where a scan stopped early: the first bad frame.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct BadFrame {
@@ -174,13 +182,15 @@ impl SegmentWriter {
     pub fn resume(dir: &Path, max_bytes: u64, scan: Scan) -> Result<(Self, Recovery), SegmentError> {
         std::fs::create_dir_all(dir).map_err(io_err(dir))?;
         if let Some(bad) = &scan.torn_tail {
-            let f = OpenOptions::new().write(true).open(&bad.path).map_err(io_err(&bad.path))?;
+            let f = std::os::unix::fs::OpenOptionsExt::custom_flags(OpenOptions::new().write(true), libc::O_NOFOLLOW)
+                .open(&bad.path)
+                .map_err(io_err(&bad.path))?;
             f.set_len(bad.offset).map_err(io_err(&bad.path))?;
             f.sync_data().map_err(io_err(&bad.path))?;
         }
         let number = scan.segments.last().copied().unwrap_or(1);
         let path = segment_path(dir, number);
-        let file = OpenOptions::new().create(true).append(true).open(&path).map_err(io_err(&path))?;
+        let file = open_append(&path)?;
         let bytes = file.metadata().map_err(io_err(&path))?.len();
         if scan.segments.is_empty() {
             File::open(dir).and_then(|d| d.sync_all()).map_err(io_err(dir))?;
@@ -237,7 +247,7 @@ impl SegmentWriter {
         self.sync()?;
         self.number += 1;
         let path = segment_path(&self.dir, self.number);
-        self.file = OpenOptions::new().create(true).append(true).open(&path).map_err(io_err(&path))?;
+        self.file = open_append(&path)?;
         // The new directory entry must be durable too.
         File::open(&self.dir).and_then(|d| d.sync_all()).map_err(io_err(&self.dir))?;
         self.bytes = 0;

@@ -104,6 +104,10 @@ fn intact_log_verifies_and_reopens() {
     // One writer per directory.
     let Err(OpenError::Log(e @ LogError::Locked { .. })) = AuditLog::open(t.config()) else { panic!("second writer allowed") };
     assert!(e.to_string().contains("is in use by another writer"), "{e}");
+    // Nothing to unlink that would let a second writer in (the directory
+    // itself is locked; a `lock` file once was, and `rm` defeated it).
+    let _ = std::fs::remove_file(t.log().join("lock"));
+    assert!(matches!(AuditLog::open(t.config()), Err(OpenError::Log(LogError::Locked { .. }))), "second writer allowed");
     assert_eq!(log.append("policy", json!({})).unwrap(), 111);
     log.close().unwrap();
     assert_eq!(verify(&t.log(), &key).unwrap().checkpoints, 12);
@@ -262,6 +266,10 @@ fn an_old_checkpoint_put_back_is_a_size_regression() {
     std::fs::remove_file(t.log().join(CHECKPOINT_FILE)).unwrap();
     let Err(OpenError::Integrity { reason, .. }) = AuditLog::open(cfg) else { panic!("opened without the checkpoint file") };
     assert!(reason.ends_with("is missing but record 14 is a signed checkpoint: the checkpoint file was deleted"), "{reason}");
+    // ... and the verifier says the same (it once said INTACT).
+    let e = verify(&t.log(), &key).unwrap_err();
+    assert_eq!(e.index, Some(14));
+    assert!(e.reason.ends_with("is missing but record 14 is a signed checkpoint: the checkpoint file was deleted"), "{e}");
 }
 
 #[test]
@@ -521,4 +529,21 @@ fn an_unrecorded_incoming_key_is_dropped_at_start() {
     log.close().unwrap();
     assert_eq!(super::keys::read_verifier_keys(&t.log().join("verifier-keys")).unwrap(), vec![key.clone()]);
     verify(&t.log(), &key).unwrap();
+}
+
+/// A segment swapped for a symlink is never written through.
+#[test]
+fn segments_are_not_followed_through_symlinks() {
+    let t = Tmp::new("symlink-seg");
+    let (mut log, _) = AuditLog::open(t.config()).unwrap();
+    log.append("policy", json!({})).unwrap();
+    log.close().unwrap();
+    let seg =
+        std::fs::read_dir(t.log()).unwrap().map(|e| e.unwrap().path()).filter(|p| p.extension().is_some_and(|x| x == "log")).max().unwrap();
+    let elsewhere = t.log().with_file_name("elsewhere.log");
+    std::fs::rename(&seg, &elsewhere).unwrap();
+    std::os::unix::fs::symlink(&elsewhere, &seg).unwrap();
+    let before = std::fs::read(&elsewhere).unwrap();
+    assert!(AuditLog::open(t.config()).is_err(), "opened a log whose segment is a symlink");
+    assert_eq!(std::fs::read(&elsewhere).unwrap(), before, "nothing written through the link");
 }

@@ -16,7 +16,8 @@
 //! - the `checkpoint` file and every trusted checkpoint: signature, size not
 //!   beyond the log (truncation, rollback), the root at their size (a
 //!   different root signed at a size the log also signed is fork evidence),
-//!   and the `checkpoint` file not older than the last checkpoint record.
+//!   and the `checkpoint` file present and not older than the last
+//!   checkpoint record (the verdict the agent gives at start).
 use std::{collections::BTreeMap, path::Path};
 
 use super::{
@@ -200,6 +201,11 @@ pub fn verify_dir(dir: &Path, opts: &Options) -> Result<Report, Failure> {
             first_index + bad.index,
             format!("{} ({} at byte {}), below the signed size {max_signed}", bad.reason, bad.path.display(), bad.offset),
         );
+    }
+    // The agent refuses to start on this (a deleted checkpoint file hides
+    // truncation); the verifier gives the same verdict.
+    if let Some(k) = last_record_cp.filter(|_| !outside.iter().any(|o| o.is_file)) {
+        return fail(k, format!("{CHECKPOINT_FILE} is missing but record {k} is a signed checkpoint: the checkpoint file was deleted"));
     }
     for o in &outside {
         check_outside(o, &st, &origin, records, first_index, last_record_cp)?;
