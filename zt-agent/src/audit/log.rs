@@ -239,6 +239,7 @@ impl AuditLog {
         let mut signed = read_signed(&cfg)?;
         let scanned = scan_log(&dir, &signed)?;
         let records = scanned.edge.size();
+        let tail = Tail { base: scanned.base, last_checkpoint_record: scanned.last_checkpoint_record, last_record: scanned.last_record };
         let (seg, recovery) = SegmentWriter::resume(&dir, cfg.segment_bytes, scanned.scan)?;
         let overlap_until = settle_rotation(&cfg.key, &mut signed.signers, scanned.rotation_until)?;
         let vkeys: Vec<VerifierKey> = signed.signers.iter().map(Signer::verifier_key).collect();
@@ -259,18 +260,8 @@ impl AuditLog {
             unsigned: 0,
             cfg,
         };
-        if let Some(bad) = &recovery.dropped {
-            log.append(
-                kind::RECOVERY,
-                json!({
-                    "reason": bad.reason,
-                    "bytes_dropped": bad.bytes,
-                    "index": scanned.base + bad.index,
-                    "segment": bad.path.display().to_string(),
-                    "offset": bad.offset,
-                    "signed_size": signed_size,
-                }),
-            )?;
+        if let Some(payload) = recovery_payload(&tail, recovery.dropped.as_ref(), records, signed_size) {
+            log.append(kind::RECOVERY, payload)?;
         }
         let report = OpenReport {
             origin: signed.origin,
@@ -538,6 +529,10 @@ struct Scanned {
     base: u64,
     /// `overlap_until` of a rotation still in progress.
     rotation_until: Option<String>,
+    /// Index of the last checkpoint record: a log closed cleanly ends with one.
+    last_checkpoint_record: Option<u64>,
+    /// The last record (its time dates an unclean stop).
+    last_record: Vec<u8>,
     scan: segment::Scan,
 }
 
@@ -552,9 +547,12 @@ fn scan_log(dir: &Path, signed: &Signed) -> Result<Scanned, OpenError> {
     let mut signed_root: Option<Hash> = (signed_size == base).then(|| edge.root());
     let mut rotation_until: Option<String> = None;
     let mut last_checkpoint_record: Option<u64> = None;
+    let mut last_record = Vec::new();
     let scan = segment::scan_dir(dir, |i, rec| {
         let idx = base + i;
         check_record(idx, rec, &edge, &mut rotation_until, &mut last_checkpoint_record)?;
+        last_record.clear();
+        last_record.extend_from_slice(rec);
         edge.push_hash(leaf_hash(rec));
         if edge.size() == signed_size {
             signed_root = Some(edge.root());
@@ -568,7 +566,46 @@ fn scan_log(dir: &Path, signed: &Signed) -> Result<Scanned, OpenError> {
         Err(ScanErr::Segment(e)) => return Err(e.into()),
     };
     check_against_signed(signed, edge.size(), base, signed_root, last_checkpoint_record, &scan).map_err(|r| violation(dir, r))?;
-    Ok(Scanned { edge, base, rotation_until, scan })
+    Ok(Scanned { edge, base, rotation_until, last_checkpoint_record, last_record, scan })
+}
+
+/// How the scanned log ends.
+struct Tail {
+    base: u64,
+    last_checkpoint_record: Option<u64>,
+    last_record: Vec<u8>,
+}
+
+/// What a `recovery` record says, if anything needs saying: a torn tail
+/// that was cut, and an unclean stop (the log does not end with a
+/// checkpoint record, as a closed log does): the unsigned records adopted
+/// and signed from now on, and when the last of them was written.
+fn recovery_payload(tail: &Tail, dropped: Option<&BadFrame>, records: u64, signed_size: u64) -> Option<Value> {
+    let unclean = records > 0 && tail.last_checkpoint_record != Some(records - 1);
+    if dropped.is_none() && !unclean {
+        return None;
+    }
+    let mut p = json!({ "signed_size": signed_size, "unclean_stop": unclean });
+    if let Some(bad) = dropped {
+        p["reason"] = json!(bad.reason);
+        p["bytes_dropped"] = json!(bad.bytes);
+        p["index"] = json!(tail.base + bad.index);
+        p["segment"] = json!(bad.path.display().to_string());
+        p["offset"] = json!(bad.offset);
+    } else {
+        p["reason"] = json!("unclean stop: the log did not end with a checkpoint");
+    }
+    if unclean {
+        // The records after the last signed checkpoint's own record.
+        let from = tail.last_checkpoint_record.map_or(signed_size, |k| (k + 1).max(signed_size)).min(records);
+        p["adopted"] = json!({ "from": from, "to": records });
+        if let Ok(env) = Envelope::decode(&tail.last_record) {
+            let gap = humantime::parse_rfc3339(&env.time).ok().and_then(|t| SystemTime::now().duration_since(t).ok());
+            p["last_record_time"] = json!(env.time);
+            p["gap_ms"] = json!(gap.map(|g| g.as_millis() as u64));
+        }
+    }
+    Some(p)
 }
 
 /// One record during the scan: its `idx`, and for checkpoint and key

@@ -547,3 +547,29 @@ fn segments_are_not_followed_through_symlinks() {
     assert!(AuditLog::open(t.config()).is_err(), "opened a log whose segment is a symlink");
     assert_eq!(std::fs::read(&elsewhere).unwrap(), before, "nothing written through the link");
 }
+
+/// Records adopted from an unsigned tail after an unclean stop (no final
+/// checkpoint) are named in a `recovery` record with the time of the last
+/// one, instead of being signed as if nothing happened; a clean close
+/// leaves no recovery record.
+#[test]
+fn an_unclean_stop_leaves_a_recovery_record() {
+    let t = Tmp::new("unclean");
+    let (mut log, _) = AuditLog::open(t.config()).unwrap();
+    log.append("policy", json!({})).unwrap();
+    log.close().unwrap();
+    let (mut log, _) = AuditLog::open(t.config()).unwrap();
+    assert!(!records(&t.log()).iter().any(|r| String::from_utf8_lossy(r).contains("\"kind\":\"recovery\"")), "clean close: no recovery");
+    log.append("connect", json!({"n": 1})).unwrap();
+    log.append("connect", json!({"n": 2})).unwrap();
+    log.sync().unwrap();
+    drop(log); // as kill -9: durable, never signed
+    let (log, rep) = AuditLog::open(t.config()).unwrap();
+    assert_eq!((rep.records, rep.signed_size), (4, 1));
+    log.close().unwrap();
+    let rec: serde_json::Value = serde_json::from_slice(&records(&t.log())[4]).unwrap();
+    assert_eq!(rec["kind"], "recovery");
+    assert_eq!(rec["payload"]["unclean_stop"], true);
+    assert_eq!(rec["payload"]["adopted"], json!({"from": 2, "to": 4}), "records 2 and 3 were never signed");
+    assert!(rec["payload"]["last_record_time"].is_string(), "{rec}");
+}
