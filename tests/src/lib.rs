@@ -14,6 +14,7 @@
 //! - [`Agent`]: `zt-agent run` with a policy, events in a file, stopped by SIGTERM.
 //! - [`TestCgroup`]: a cgroup v2 subtree, removed (processes killed) on drop.
 //! - [`Listener`]: a loopback TCP listener that accepts and drops.
+//! - [`our_loaded_programs`]: which of our programs the kernel still holds.
 use std::{
     io::{BufRead, BufReader},
     net::TcpListener,
@@ -377,4 +378,14 @@ pub fn policy(trust_domain: &str, identities: &str) -> String {
     format!(
         "apiVersion: zt-agent.io/v1alpha1\nkind: HostPolicy\nmetadata:\n  name: test\nspec:\n  trustDomain: {trust_domain}\n  identities:\n{identities}"
     )
+}
+
+/// Names of the loaded BPF programs that are ours (the kernel truncates
+/// names to 15 bytes, so a loaded name is a prefix of one of ours).
+pub fn our_loaded_programs() -> Vec<String> {
+    zt_agent::bpf::loaded_program_names()
+        .expect("listing loaded programs")
+        .into_iter()
+        .filter(|n| !n.is_empty() && zt_common::programs::ALL.iter().any(|p| p.starts_with(n.as_str())))
+        .collect()
 }

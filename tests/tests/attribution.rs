@@ -257,27 +257,20 @@ fn stopping_leaves_nothing_attached() {
     }
     let cg = TestCgroup::new(&format!("/{}/agent", unique("detach"))).unwrap();
     let agent = Agent::start("detach", &cgroup_policy(&cg), &[]).unwrap();
-    let ours = |names: &[String]| -> Vec<String> {
-        names.iter().filter(|n| zt_common::programs::ALL.iter().any(|p| p.starts_with(n.as_str()) && !n.is_empty())).cloned().collect()
-    };
-    let loaded = loaded_program_names();
-    assert!(!ours(&loaded).is_empty(), "agent running but none of its programs listed: {loaded:?}");
+    let loaded = our_loaded_programs();
+    assert!(!loaded.is_empty(), "agent running but none of its programs listed: {:?}", zt_agent::bpf::loaded_program_names());
     let events = agent.stop().unwrap();
     assert!(events.iter().any(|e| e["kind"] == "agent" && e["agent"]["state"] == "stopped"));
     // Program release is asynchronous in the kernel (RCU); give it a moment.
     let mut left = Vec::new();
     for _ in 0..100 {
-        left = ours(&loaded_program_names());
+        left = our_loaded_programs();
         if left.is_empty() {
             break;
         }
         std::thread::sleep(Duration::from_millis(50));
     }
     assert!(left.is_empty(), "programs still loaded after stop: {left:?}");
-}
-
-fn loaded_program_names() -> Vec<String> {
-    zt_agent::bpf::loaded_program_names().expect("listing loaded programs")
 }
 
 /// `zt-agent status` talks to the running agent over its control socket.

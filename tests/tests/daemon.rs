@@ -52,18 +52,11 @@ fn started_and_stopped_in_process() {
     let states: Vec<&str> = agent_records.iter().map(|r| r["payload"]["agent"]["state"].as_str().unwrap()).collect();
     assert_eq!(states, ["started", "stopped"], "{agent_records:?}");
     assert_eq!(agent_records[1]["payload"]["agent"]["reason"], "test over");
-    let ours = || -> Vec<String> {
-        zt_agent::bpf::loaded_program_names()
-            .unwrap()
-            .into_iter()
-            .filter(|n| !n.is_empty() && zt_common::programs::ALL.iter().any(|p| p.starts_with(n.as_str())))
-            .collect()
-    };
     // Program release is asynchronous (RCU); the subprocess tests wait for
     // it, here one short wait is enough or the list names what is left.
-    if !ours().is_empty() {
+    if !our_loaded_programs().is_empty() {
         std::thread::sleep(Duration::from_millis(500));
-        let left = ours();
+        let left = our_loaded_programs();
         assert!(left.is_empty(), "programs still loaded after shutdown: {left:?}");
     }
 }

@@ -187,12 +187,8 @@ pub fn start_path(dir: &Path, n: u64) -> PathBuf {
 /// A segment start file that cannot be read or makes no sense.
 #[derive(Debug, thiserror::Error)]
 pub enum StartError {
-    #[error("reading {}", path.display())]
-    Io {
-        path: PathBuf,
-        #[source]
-        source: std::io::Error,
-    },
+    #[error(transparent)]
+    Fs(#[from] crate::fsutil::FsError),
     #[error("{}: {what}", path.display())]
     Malformed { path: PathBuf, what: String },
 }
@@ -204,7 +200,7 @@ pub fn read_start(dir: &Path, n: u64) -> Result<Edge, StartError> {
     let text = match std::fs::read_to_string(&path) {
         Ok(t) => t,
         Err(e) if e.kind() == std::io::ErrorKind::NotFound && n == 1 => return Ok(Edge::new()),
-        Err(source) => return Err(StartError::Io { path, source }),
+        Err(e) => return Err(crate::fsutil::at("reading", &path)(e).into()),
     };
     let malformed = |what: String| StartError::Malformed { path: path.clone(), what };
     let v: Value = serde_json::from_str(&text).map_err(|e| malformed(e.to_string()))?;
@@ -239,7 +235,6 @@ impl AuditLog {
         let mut signed = read_signed(&cfg)?;
         let scanned = scan_log(&dir, &signed)?;
         let records = scanned.edge.size();
-        let tail = Tail { base: scanned.base, last_checkpoint_record: scanned.last_checkpoint_record, last_record: scanned.last_record };
         let (seg, recovery) = SegmentWriter::resume(&dir, cfg.segment_bytes, scanned.scan)?;
         let overlap_until = settle_rotation(&cfg.key, &mut signed.signers, scanned.rotation_until)?;
         let vkeys: Vec<VerifierKey> = signed.signers.iter().map(Signer::verifier_key).collect();
@@ -260,7 +255,7 @@ impl AuditLog {
             unsigned: 0,
             cfg,
         };
-        if let Some(payload) = recovery_payload(&tail, recovery.dropped.as_ref(), records, signed_size) {
+        if let Some(payload) = recovery_payload(&scanned.tail, recovery.dropped.as_ref(), records, signed_size) {
             log.append(kind::RECOVERY, payload)?;
         }
         let report = OpenReport {
@@ -525,14 +520,9 @@ fn read_signed(cfg: &Config) -> Result<Signed, OpenError> {
 /// What re-hashing the whole log found.
 struct Scanned {
     edge: Edge,
-    /// Index of the first record on disk (retention deleted older ones).
-    base: u64,
     /// `overlap_until` of a rotation still in progress.
     rotation_until: Option<String>,
-    /// Index of the last checkpoint record: a log closed cleanly ends with one.
-    last_checkpoint_record: Option<u64>,
-    /// The last record (its time dates an unclean stop).
-    last_record: Vec<u8>,
+    tail: Tail,
     scan: segment::Scan,
 }
 
@@ -566,13 +556,16 @@ fn scan_log(dir: &Path, signed: &Signed) -> Result<Scanned, OpenError> {
         Err(ScanErr::Segment(e)) => return Err(e.into()),
     };
     check_against_signed(signed, edge.size(), base, signed_root, last_checkpoint_record, &scan).map_err(|r| violation(dir, r))?;
-    Ok(Scanned { edge, base, rotation_until, last_checkpoint_record, last_record, scan })
+    Ok(Scanned { edge, rotation_until, tail: Tail { base, last_checkpoint_record, last_record }, scan })
 }
 
 /// How the scanned log ends.
 struct Tail {
+    /// Index of the first record on disk (retention deleted older ones).
     base: u64,
+    /// Index of the last checkpoint record: a log closed cleanly ends with one.
     last_checkpoint_record: Option<u64>,
+    /// The last record (its time dates an unclean stop).
     last_record: Vec<u8>,
 }
 

@@ -150,14 +150,6 @@ impl CgroupIdentities {
             Err(e) => Err(err(maps::CGROUP_IDENTITY, "get")(e)),
         }
     }
-
-    pub fn len(&self) -> usize {
-        self.0.keys().count()
-    }
-
-    pub fn is_empty(&self) -> bool {
-        self.len() == 0
-    }
 }
 
 pub struct LossCounters(PerCpuArray<MapData, u64>);
