@@ -76,6 +76,54 @@ pub fn require_root(test: &str) -> bool {
     false
 }
 
+/// A tmpfs of a given size mounted on a private temporary directory,
+/// unmounted (lazily, so a lingering open file cannot keep it) when dropped.
+/// Needs root.
+pub struct Tmpfs {
+    dir: tempfile::TempDir,
+}
+
+impl Tmpfs {
+    pub fn mount(name: &str, bytes: u64) -> anyhow::Result<Self> {
+        use nix::mount::{MsFlags, mount};
+        let dir = tempdir(name)?;
+        let data = format!("size={bytes},mode=0700");
+        mount(Some("tmpfs"), dir.path(), Some("tmpfs"), MsFlags::MS_NOSUID | MsFlags::MS_NODEV, Some(data.as_str()))
+            .with_context(|| format!("mounting a {bytes}-byte tmpfs on {}", dir.path().display()))?;
+        Ok(Tmpfs { dir })
+    }
+
+    pub fn path(&self) -> &Path {
+        self.dir.path()
+    }
+
+    /// Fills the filesystem with `<name>` until a write fails with ENOSPC
+    /// (the file is kept); returns its path.
+    pub fn fill(&self, name: &str) -> anyhow::Result<PathBuf> {
+        use std::io::Write as _;
+        let path = self.path().join(name);
+        let mut f = std::fs::OpenOptions::new().create(true).append(true).open(&path)?;
+        for chunk in [64 << 10, 4 << 10, 1] {
+            let buf = vec![0xa5u8; chunk];
+            loop {
+                match f.write(&buf) {
+                    Ok(n) if n == chunk => {}
+                    Ok(_) => break,
+                    Err(e) if e.raw_os_error() == Some(libc::ENOSPC) => break,
+                    Err(e) => return Err(e).context("filling the tmpfs"),
+                }
+            }
+        }
+        Ok(path)
+    }
+}
+
+impl Drop for Tmpfs {
+    fn drop(&mut self) {
+        let _ = nix::mount::umount2(self.dir.path(), nix::mount::MntFlags::MNT_DETACH);
+    }
+}
+
 /// The zt-agent binary: `$ZT_AGENT_BIN` (set by `cargo xtask test`), else the
 /// debug build in this workspace.
 pub fn agent_bin() -> PathBuf {

@@ -31,8 +31,13 @@ pub fn at<'a>(op: &'static str, path: &'a Path) -> impl FnOnce(io::Error) -> FsE
 pub fn write_atomic(path: &Path, bytes: &[u8]) -> Result<(), FsError> {
     let tmp = path.with_extension("tmp");
     let mut f = File::create(&tmp).map_err(at("creating", &tmp))?;
-    f.write_all(bytes).and_then(|_| f.sync_all()).map_err(at("writing", &tmp))?;
-    std::fs::rename(&tmp, path).map_err(at("renaming over", path))?;
+    let written = f.write_all(bytes).and_then(|_| f.sync_all()).map_err(at("writing", &tmp));
+    let renamed = written.and_then(|_| std::fs::rename(&tmp, path).map_err(at("renaming over", path)));
+    if renamed.is_err() {
+        // A full disk must not leave half a file behind (the target is untouched).
+        let _ = std::fs::remove_file(&tmp);
+    }
+    renamed?;
     sync_parent(path)
 }
 

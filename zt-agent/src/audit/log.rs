@@ -8,6 +8,7 @@
 //! - [`AuditLog::append`], [`AuditLog::tick`] (checkpoint cadence, key
 //!   retirement), [`AuditLog::checkpoint`], [`AuditLog::close`].
 //! - [`AuditLog::rotate_key`]: a new key; both sign until the overlap ends.
+//! - [`Fault`]: the log cannot write (a full disk); see below.
 //! - Segment start files and retention ([`read_start`], [`write_start`]).
 //!
 //! # Files in the log directory
@@ -28,6 +29,17 @@
 //!   passed or `checkpoint_records` arrived; a heartbeat checkpoint after
 //!   `heartbeat` without one (its tree grows by one: the previous checkpoint).
 //!
+//! # When the disk cannot take a write
+//! A failed write, `fdatasync`, start-file or checkpoint-file replace puts
+//! the log in a [`Fault`]: the segment is cut back to its last whole frame
+//! (see [`super::segment`]), records already in the tree stay buffered in
+//! memory (delayed, not lost), nothing is signed, and every record offered
+//! meanwhile is refused and counted by kind and time. [`AuditLog::tick`]
+//! retries every `retry_interval`; once a sync succeeds the log appends a
+//! `loss` record with those counts, signs a checkpoint and leaves the fault.
+//! So the tree always equals the frames on disk plus the buffer, and a
+//! checkpoint is only ever signed over durable records.
+//!
 //! # Recovery at open
 //! Read the `checkpoint` file (it must verify with our key), scan every
 //! segment re-hashing all records and checking each record's `idx` and
@@ -39,6 +51,7 @@
 //! Otherwise a torn tail after the signed size is cut and a `recovery`
 //! record (reason, bytes dropped) is appended.
 use std::{
+    collections::BTreeMap,
     path::{Path, PathBuf},
     time::{Duration, Instant, SystemTime},
 };
@@ -52,7 +65,7 @@ use super::{
     merkle::{Edge, Hash, leaf_hash},
     note::{Signer, VerifierKey},
     record::{Envelope, Header, kind},
-    segment::{self, BadFrame, MAX_RECORD, SegmentError, SegmentWriter},
+    segment::{self, BUF_BYTES, BadFrame, MAX_RECORD, SegmentError, SegmentWriter},
 };
 
 pub const DEFAULT_DIR: &str = "/var/lib/zt-agent/audit";
@@ -71,6 +84,8 @@ pub struct Config {
     pub heartbeat: Duration,
     /// Delete the oldest fully signed segments beyond this many bytes.
     pub retain_bytes: Option<u64>,
+    /// How often a faulted log tries to write again.
+    pub retry_interval: Duration,
 }
 
 impl Config {
@@ -84,6 +99,7 @@ impl Config {
             checkpoint_records: 4096,
             heartbeat: Duration::from_secs(10),
             retain_bytes: None,
+            retry_interval: Duration::from_secs(1),
         }
     }
 }
@@ -139,6 +155,8 @@ pub enum LogError {
     RotationInProgress { until: String },
     #[error("key rotation overlap {} exceeds the maximum {}", humantime::format_duration(*overlap), humantime::format_duration(*max))]
     OverlapTooLong { overlap: Duration, max: Duration },
+    #[error("the audit log cannot write since {since} ({error}); the record was counted as lost")]
+    Unwritable { since: String, error: String },
 }
 
 fn io<'a>(op: &'static str, path: &'a Path) -> impl FnOnce(std::io::Error) -> LogError + 'a {
@@ -173,6 +191,53 @@ pub struct AuditLog {
     last_sign: Instant,
     /// Records appended since the last checkpoint (checkpoint records excluded).
     unsigned: u64,
+    /// Set while the log cannot write.
+    fault: Option<Fault>,
+    next_retry: Instant,
+}
+
+/// The log cannot write (see "When the disk cannot take a write").
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct Fault {
+    /// RFC 3339.
+    pub since: String,
+    /// The latest error, with its causes.
+    pub error: String,
+    /// Failed attempts (the first write and every retry).
+    pub attempts: u64,
+    /// Records in the tree, waiting in memory to be written.
+    pub buffered: u64,
+    /// Records refused, by kind (reported in a `loss` record later).
+    pub lost: BTreeMap<String, u64>,
+    /// RFC 3339 times of the first and last refused record.
+    pub lost_first: Option<String>,
+    pub lost_last: Option<String>,
+}
+
+impl Fault {
+    pub fn lost_records(&self) -> u64 {
+        self.lost.values().sum()
+    }
+
+    fn count_lost(&mut self, kind: &str) {
+        let now = humantime::format_rfc3339_millis(SystemTime::now()).to_string();
+        *self.lost.entry(kind.to_string()).or_default() += 1;
+        self.lost_first.get_or_insert_with(|| now.clone());
+        self.lost_last = Some(now);
+    }
+
+    /// The `loss` record's payload, once the log writes again.
+    fn loss_payload(&self) -> Value {
+        json!({"audit_unwritable": {
+            "records": self.lost_records(),
+            "kinds": self.lost,
+            "first": self.lost_first,
+            "last": self.lost_last,
+            "since": self.since,
+            "until": humantime::format_rfc3339_millis(SystemTime::now()).to_string(),
+            "error": self.error,
+        }})
+    }
 }
 
 fn sha(s: &str) -> Result<Hash, String> {
@@ -253,6 +318,8 @@ impl AuditLog {
             last_checkpoint: signed.checkpoint,
             last_sign: Instant::now(),
             unsigned: 0,
+            fault: None,
+            next_retry: Instant::now(),
             cfg,
         };
         if let Some(payload) = recovery_payload(&scanned.tail, recovery.dropped.as_ref(), records, signed_size) {
@@ -289,11 +356,28 @@ impl AuditLog {
         self.overlap_until
     }
 
+    /// Why the log cannot write, if it cannot.
+    pub fn fault(&self) -> Option<Fault> {
+        self.fault.clone().map(|f| Fault { buffered: self.seg.buffered_records(), ..f })
+    }
+
     /// Appends a record (durable at the next checkpoint); returns its index.
-    /// A record larger than the frame limit is replaced by its size and digest.
+    /// A record larger than the frame limit is replaced by its size and
+    /// digest. While the log is in a [`Fault`] the record is refused and
+    /// counted ([`LogError::Unwritable`]).
     pub fn append(&mut self, kind: &str, payload: Value) -> Result<u64, LogError> {
-        self.unsigned += 1;
-        self.append_record(kind, payload)
+        if let Some(f) = &mut self.fault {
+            f.count_lost(kind);
+            return Err(LogError::Unwritable { since: f.since.clone(), error: f.error.clone() });
+        }
+        let r = self.append_record(kind, payload);
+        match (&r, &mut self.fault) {
+            (Ok(_), _) => self.unsigned += 1,
+            // The record did not enter the tree.
+            (Err(_), Some(f)) => f.count_lost(kind),
+            (Err(_), None) => {}
+        }
+        r
     }
 
     fn append_record(&mut self, kind: &str, payload: Value) -> Result<u64, LogError> {
@@ -313,21 +397,59 @@ impl AuditLog {
             env.payload = json!({"oversize": {"bytes": full.len(), "blake3": blake3::hash(&full).to_hex().to_string()}});
             bytes = env.encode();
         }
-        let before = self.seg.segment_number();
-        self.seg.append(&bytes)?;
-        if self.seg.segment_number() != before {
-            // The new segment starts at this record: record the tree there.
-            write_start(&self.cfg.dir, self.seg.segment_number(), &self.edge)?;
+        if self.seg.would_overflow(bytes.len()) {
+            // The next segment starts at this record: record the tree there
+            // before the segment exists.
+            let r = self.seg.sync();
+            self.guard(r)?;
+            let r = write_start(&self.cfg.dir, self.seg.segment_number() + 1, &self.edge);
+            self.guard(r)?;
+            let r = self.seg.rotate();
+            self.guard(r)?;
         }
+        self.seg.append(&bytes)?;
         self.edge.push_hash(leaf_hash(&bytes));
+        if self.seg.buffered_bytes() >= BUF_BYTES {
+            // The record is in the tree either way: a failed write keeps it
+            // buffered (delayed, not lost) and faults the log.
+            let r = self.seg.flush();
+            let _ = self.guard(r);
+        }
         Ok(env.idx)
     }
 
+    /// Passes `r` through; an error puts the log in a [`Fault`] (or
+    /// updates it).
+    fn guard<T, E: Into<LogError>>(&mut self, r: Result<T, E>) -> Result<T, LogError> {
+        r.map_err(|e| {
+            let e = e.into();
+            let error = crate::error::chain(&e);
+            let f = self.fault.get_or_insert_with(|| Fault {
+                since: humantime::format_rfc3339_millis(SystemTime::now()).to_string(),
+                error: String::new(),
+                attempts: 0,
+                buffered: 0,
+                lost: BTreeMap::new(),
+                lost_first: None,
+                lost_last: None,
+            });
+            f.error = error;
+            f.attempts += 1;
+            self.next_retry = Instant::now() + self.cfg.retry_interval;
+            e
+        })
+    }
+
     /// Checkpoints when due and retires a rotated-out key when its overlap
-    /// ended. Returns whether a checkpoint was written.
+    /// ended; in a [`Fault`], retries instead (see [`Self::retry`]).
+    /// Returns whether a checkpoint was written.
     pub fn tick(&mut self) -> Result<bool, LogError> {
+        if self.fault.is_some() {
+            return self.retry();
+        }
         // Readers (`audit tail`) see records within a tick; durability comes with the checkpoint.
-        self.seg.flush()?;
+        let r = self.seg.flush();
+        self.guard(r)?;
         if self.overlap_until.is_some_and(|t| SystemTime::now() >= t) {
             self.retire_old_key()?;
             return Ok(true);
@@ -341,31 +463,62 @@ impl AuditLog {
         Ok(due)
     }
 
+    /// Once `retry_interval` passed: writes what is buffered, appends the
+    /// `loss` record for what was refused, signs a checkpoint and leaves the
+    /// fault; any step failing keeps the fault (and its counts).
+    fn retry(&mut self) -> Result<bool, LogError> {
+        if Instant::now() < self.next_retry {
+            return Ok(false);
+        }
+        let r = self.seg.sync();
+        self.guard(r)?;
+        let lost = self.fault.as_ref().filter(|f| f.lost_records() > 0).map(Fault::loss_payload);
+        if let Some(payload) = lost {
+            self.append_record(kind::LOSS, payload)?;
+            if let Some(f) = &mut self.fault {
+                (f.lost, f.lost_first, f.lost_last) = (BTreeMap::new(), None, None);
+            }
+        }
+        self.checkpoint()?;
+        if let Some(f) = self.fault.take() {
+            tracing::info!("audit log writes again (unwritable since {}, {} failed attempts)", f.since, f.attempts);
+        }
+        Ok(true)
+    }
+
     /// Makes every appended record durable (`fdatasync`) without signing.
     pub fn sync(&mut self) -> Result<(), LogError> {
-        Ok(self.seg.sync()?)
+        let r = self.seg.sync();
+        self.guard(r)
     }
 
     /// Makes every record durable, signs the tree head, replaces the
-    /// `checkpoint` file and appends the checkpoint as a record.
+    /// `checkpoint` file and appends the checkpoint as a record. Nothing is
+    /// signed unless every record in the tree is durable.
     pub fn checkpoint(&mut self) -> Result<Checkpoint, LogError> {
-        self.seg.sync()?;
+        self.sync()?;
         let cp = Checkpoint { origin: self.origin.clone(), size: self.edge.size(), root: self.edge.root() };
         let signers: Vec<&Signer> = self.signers.iter().collect();
         let note = cp.sign(&signers);
-        crate::fsutil::write_atomic(&self.cfg.dir.join(CHECKPOINT_FILE), note.as_bytes())?;
-        self.append_record(kind::CHECKPOINT, json!({"size": cp.size, "root": B64.encode(cp.root), "note": note}))?;
+        let r = crate::fsutil::write_atomic(&self.cfg.dir.join(CHECKPOINT_FILE), note.as_bytes());
+        self.guard(r)?;
         self.last_checkpoint = Some(cp.clone());
         self.last_sign = Instant::now();
         self.unsigned = 0;
+        self.append_record(kind::CHECKPOINT, json!({"size": cp.size, "root": B64.encode(cp.root), "note": note}))?;
         self.apply_retention()?;
         Ok(cp)
     }
 
     /// A final checkpoint, durable with its own record.
+    /// In a [`Fault`], one last retry first (its `loss` record included).
     pub fn close(mut self) -> Result<Checkpoint, LogError> {
+        if self.fault.is_some() {
+            self.next_retry = Instant::now();
+            self.retry()?;
+        }
         let cp = self.checkpoint()?;
-        self.seg.sync()?;
+        self.sync()?;
         Ok(cp)
     }
 
@@ -373,6 +526,9 @@ impl AuditLog {
     /// record, and dual-signed checkpoints until `overlap` (at most
     /// [`MAX_KEY_OVERLAP`]) has passed.
     pub fn rotate_key(&mut self, overlap: Duration) -> Result<VerifierKey, LogError> {
+        if let Some(f) = &self.fault {
+            return Err(LogError::Unwritable { since: f.since.clone(), error: f.error.clone() });
+        }
         if self.signers.len() > 1 {
             return Err(LogError::RotationInProgress {
                 until: self.overlap_until.map(humantime::format_rfc3339_seconds).map(|t| t.to_string()).unwrap_or_default(),
@@ -442,7 +598,7 @@ impl AuditLog {
         }
         let count = doomed.len();
         self.append(kind::RETENTION, json!({"retain_bytes": limit, "deleted": doomed}))?;
-        self.seg.sync()?;
+        self.sync()?;
         for n in &numbers[..count] {
             let path = segment::segment_path(&dir, *n);
             std::fs::remove_file(&path).map_err(io("deleting segment", &path))?;

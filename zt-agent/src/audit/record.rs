@@ -33,6 +33,9 @@ pub mod kind {
     pub const KEY_RETIRED: &str = "key_retired";
     /// Segments deleted by retention.
     pub const RETENTION: &str = "retention";
+    /// Records the log could not write (a full disk), appended once it can
+    /// write again; payload `{"audit_unwritable": {...}}`.
+    pub const LOSS: &str = "loss";
 }
 
 #[derive(Debug, Clone, PartialEq)]

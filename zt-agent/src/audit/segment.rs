@@ -2,10 +2,18 @@
 //!
 //! A frame is `[u32 LE length][u32 LE crc32c(record)][record]`; segments are
 //! `seg-<8 digit number>.log` in one directory, filled up to a size limit.
-//! Frames are buffered in memory and written out at [`SegmentWriter::flush`]
-//! (or when 256 KiB are waiting); records become durable at
+//! Frames are buffered in memory ([`SegmentWriter::append`]) and written
+//! out at [`SegmentWriter::flush`]; records become durable at
 //! [`SegmentWriter::sync`] (write + `fdatasync`): callers must not sign a
-//! checkpoint covering records before that returns.
+//! checkpoint covering records before that returns. Rotation to the next
+//! segment is the caller's step ([`SegmentWriter::would_overflow`],
+//! [`SegmentWriter::rotate`]), so it can record where the segment begins
+//! first.
+//!
+//! A failed write (a full disk) never leaves part of a frame behind: the
+//! file is cut back to its last whole frame and the frames stay buffered
+//! for the next attempt. If even the cut fails, the next attempt cuts
+//! before it writes.
 //!
 //! Recovery at open: every segment is scanned; in the **last** segment the
 //! first bad frame (short, oversize, or checksum mismatch) is a torn tail
@@ -21,8 +29,8 @@ use std::{
 /// Largest record (C2SP tiles bundle entries carry a u16 length).
 pub const MAX_RECORD: usize = 65_535;
 const HEADER: usize = 8;
-/// Buffered frames are written out beyond this many bytes.
-const BUF_BYTES: usize = 256 << 10;
+/// Callers write buffered frames out beyond this many bytes.
+pub const BUF_BYTES: usize = 256 << 10;
 
 #[derive(Debug, thiserror::Error)]
 pub enum SegmentError {
@@ -84,8 +92,13 @@ pub struct SegmentWriter {
     file: File,
     /// Frames not yet written to the file.
     buf: Vec<u8>,
+    /// How many frames `buf` holds.
+    buffered: u64,
     number: u64,
-    bytes: u64,
+    /// Length of the file up to its last whole frame.
+    file_len: u64,
+    /// A failed write may have left part of a frame after `file_len`.
+    dirty_tail: bool,
     max_bytes: u64,
     next_index: u64,
 }
@@ -191,7 +204,7 @@ impl SegmentWriter {
         let number = scan.segments.last().copied().unwrap_or(1);
         let path = segment_path(dir, number);
         let file = open_append(&path)?;
-        let bytes = file.metadata().map_err(io_err(&path))?.len();
+        let file_len = file.metadata().map_err(io_err(&path))?.len();
         if scan.segments.is_empty() {
             File::open(dir).and_then(|d| d.sync_all()).map_err(io_err(dir))?;
         }
@@ -199,40 +212,68 @@ impl SegmentWriter {
             dir: dir.to_path_buf(),
             file,
             buf: Vec::with_capacity(BUF_BYTES),
+            buffered: 0,
             number,
-            bytes,
+            file_len,
+            dirty_tail: false,
             max_bytes,
             next_index: scan.records,
         };
         Ok((w, Recovery { records: scan.records, dropped: scan.torn_tail }))
     }
 
-    /// Appends a record (not durable until [`Self::sync`]); returns its index.
+    /// Buffers a record (written at [`Self::flush`], durable at
+    /// [`Self::sync`]); returns its index. Never rotates: see
+    /// [`Self::would_overflow`].
     pub fn append(&mut self, record: &[u8]) -> Result<u64, SegmentError> {
         if record.len() > MAX_RECORD {
             return Err(SegmentError::Oversize { len: record.len() });
         }
-        if self.bytes > 0 && self.bytes + (HEADER + record.len()) as u64 > self.max_bytes {
-            self.rotate()?;
-        }
         self.buf.extend_from_slice(&(record.len() as u32).to_le_bytes());
         self.buf.extend_from_slice(&crc32c::crc32c(record).to_le_bytes());
         self.buf.extend_from_slice(record);
-        self.bytes += (HEADER + record.len()) as u64;
+        self.buffered += 1;
         self.next_index += 1;
-        if self.buf.len() >= BUF_BYTES {
-            self.flush()?;
-        }
         Ok(self.next_index - 1)
     }
 
-    /// Writes buffered frames to the file (readable, not yet durable).
+    /// Whether a record of `len` bytes belongs in the next segment.
+    pub fn would_overflow(&self, len: usize) -> bool {
+        let bytes = self.file_len + self.buf.len() as u64;
+        bytes > 0 && bytes + (HEADER + len) as u64 > self.max_bytes
+    }
+
+    /// Bytes buffered, not yet written.
+    pub fn buffered_bytes(&self) -> usize {
+        self.buf.len()
+    }
+
+    /// Records buffered, not yet written.
+    pub fn buffered_records(&self) -> u64 {
+        self.buffered
+    }
+
+    /// Writes buffered frames to the file (readable, not yet durable). On
+    /// an error the file is cut back to its last whole frame and the frames
+    /// stay buffered.
     pub fn flush(&mut self) -> Result<(), SegmentError> {
-        if !self.buf.is_empty() {
-            let path = segment_path(&self.dir, self.number);
-            self.file.write_all(&self.buf).map_err(io_err(&path))?;
-            self.buf.clear();
+        let path = segment_path(&self.dir, self.number);
+        if self.dirty_tail {
+            self.file.set_len(self.file_len).map_err(io_err(&path))?;
+            self.dirty_tail = false;
         }
+        if self.buf.is_empty() {
+            return Ok(());
+        }
+        if let Err(e) = self.file.write_all(&self.buf) {
+            // A short write left part of the buffer: cut it (appends go to
+            // the end of the file, so the next attempt starts there).
+            self.dirty_tail = self.file.set_len(self.file_len).is_err();
+            return Err(io_err(&path)(e));
+        }
+        self.file_len += self.buf.len() as u64;
+        self.buf.clear();
+        self.buffered = 0;
         Ok(())
     }
 
@@ -243,15 +284,15 @@ impl SegmentWriter {
         self.file.sync_data().map_err(io_err(&path))
     }
 
-    fn rotate(&mut self) -> Result<(), SegmentError> {
+    /// Makes the current segment durable and starts the next one.
+    pub fn rotate(&mut self) -> Result<(), SegmentError> {
         self.sync()?;
-        self.number += 1;
-        let path = segment_path(&self.dir, self.number);
+        let path = segment_path(&self.dir, self.number + 1);
         self.file = open_append(&path)?;
+        self.number += 1;
+        self.file_len = 0;
         // The new directory entry must be durable too.
-        File::open(&self.dir).and_then(|d| d.sync_all()).map_err(io_err(&self.dir))?;
-        self.bytes = 0;
-        Ok(())
+        File::open(&self.dir).and_then(|d| d.sync_all()).map_err(io_err(&self.dir))
     }
 
     /// The segment being appended to.
@@ -296,6 +337,9 @@ mod tests {
         assert_eq!(r.records, 0);
         let recs: Vec<Vec<u8>> = (0..n).map(|i| format!("{{\"idx\":{i},\"pad\":\"{}\"}}", "x".repeat(i % 50)).into_bytes()).collect();
         for (i, r) in recs.iter().enumerate() {
+            if w.would_overflow(r.len()) {
+                w.rotate().unwrap();
+            }
             assert_eq!(w.append(r).unwrap(), i as u64);
         }
         w.sync().unwrap();

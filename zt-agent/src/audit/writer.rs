@@ -11,6 +11,9 @@
 //! - [`Control`]: the control socket's side (key rotation, [`Status`]).
 //! - A thread that dies (a panic) is loud: logged, `failed` in [`Status`],
 //!   and [`Writer::failure`] fires so the agent stops with an error.
+//! - A log that cannot write (a full disk) is `unwritable` in [`Status`]
+//!   with what it holds and what it lost; errors are logged at a bounded
+//!   rate ([`Throttle`]), and the return to normal once.
 //!
 //! A blocking thread, not a task: `fdatasync` blocks, and the cadence must
 //! not depend on the async runtime's load.
@@ -26,7 +29,7 @@ use base64::{Engine as _, engine::general_purpose::STANDARD as B64};
 use serde::{Deserialize, Serialize};
 use tokio::sync::{oneshot, watch};
 
-use super::log::{AuditLog, LogError};
+use super::log::{AuditLog, Fault, LogError};
 use crate::pipeline::{
     event::{Body, ConnectAction, Decision, Event},
     output::{Closing, Dropped, LossNames, Output},
@@ -107,6 +110,9 @@ pub struct Status {
     pub rotation_overlap_until: Option<String>,
     pub write_errors: u64,
     pub last_error: Option<String>,
+    /// Set while the log cannot write (a full disk): records wait in
+    /// memory or are counted as lost until it can.
+    pub unwritable: Option<Fault>,
     /// Set when the audit thread died: nothing more is recorded.
     pub failed: Option<String>,
 }
@@ -165,7 +171,9 @@ fn refresh(log: &AuditLog, st: &Mutex<Status>) {
     let signed = log.last_checkpoint().map(|c| (c.size, B64.encode(c.root)));
     let verifier_keys = log.verifier_keys().iter().map(|k| k.to_string()).collect();
     let rotation_overlap_until = log.overlap_until().map(|t| humantime::format_rfc3339_seconds(t).to_string());
+    let unwritable = log.fault();
     let mut s = lock(st);
+    s.unwritable = unwritable;
     s.records = records;
     if let Some((size, root)) = signed {
         s.signed_size = size;
@@ -175,11 +183,31 @@ fn refresh(log: &AuditLog, st: &Mutex<Status>) {
     s.rotation_overlap_until = rotation_overlap_until;
 }
 
-fn record_error(st: &Mutex<Status>, e: LogError) {
-    tracing::error!("audit log: {}", crate::error::Chain(&e));
-    let mut s = lock(st);
-    s.write_errors += 1;
-    s.last_error = Some(crate::error::chain(&e));
+/// Error lines at a bounded rate: the first one, then at most one per
+/// [`Throttle::EVERY`] with how many were not logged in between.
+#[derive(Default)]
+struct Throttle {
+    last: Option<std::time::Instant>,
+    suppressed: u64,
+}
+
+impl Throttle {
+    const EVERY: Duration = Duration::from_secs(10);
+
+    fn record(&mut self, st: &Mutex<Status>, e: LogError) {
+        let text = crate::error::chain(&e);
+        if self.last.is_none_or(|t| t.elapsed() >= Self::EVERY) {
+            let more = if self.suppressed > 0 { format!(" ({} more errors since the last line)", self.suppressed) } else { String::new() };
+            tracing::error!("audit log: {text}{more}");
+            self.last = Some(std::time::Instant::now());
+            self.suppressed = 0;
+        } else {
+            self.suppressed += 1;
+        }
+        let mut s = lock(st);
+        s.write_errors += 1;
+        s.last_error = Some(text);
+    }
 }
 
 /// Starts the audit thread; `capacity` bounds the queue.
@@ -212,12 +240,13 @@ pub fn spawn(log: AuditLog, dir: &std::path::Path, capacity: usize) -> Writer {
 
 /// The thread's loop: until every sender is gone, then a final checkpoint.
 fn serve(mut log: AuditLog, rx: Receiver<Item>, st: &Mutex<Status>) {
+    let mut errors = Throttle::default();
     loop {
         match rx.recv_timeout(Duration::from_millis(100)) {
             Ok(item) => {
-                handle(&mut log, item, st);
+                handle(&mut log, item, st, &mut errors);
                 while let Ok(item) = rx.try_recv() {
-                    handle(&mut log, item, st);
+                    handle(&mut log, item, st, &mut errors);
                 }
             }
             Err(RecvTimeoutError::Timeout) => {}
@@ -226,22 +255,26 @@ fn serve(mut log: AuditLog, rx: Receiver<Item>, st: &Mutex<Status>) {
         let r = log.tick();
         refresh(&log, st);
         if let Err(e) = r {
-            record_error(st, e);
+            errors.record(st, e);
         }
     }
     let size = log.size();
+    let fault = log.fault();
     match log.close() {
         Ok(cp) => tracing::info!("audit log closed: {size} records, final checkpoint at size {}", cp.size),
-        Err(e) => tracing::error!("audit log: final checkpoint failed: {}", crate::error::Chain(&e)),
+        Err(e) => {
+            let unwritten = fault.map(|f| format!(" ({} records unwritten, {} refused since {})", f.buffered, f.lost_records(), f.since));
+            tracing::error!("audit log: final checkpoint failed: {}{}", crate::error::Chain(&e), unwritten.unwrap_or_default())
+        }
     }
 }
 
-fn handle(log: &mut AuditLog, item: Item, st: &Mutex<Status>) {
+fn handle(log: &mut AuditLog, item: Item, st: &Mutex<Status>, errors: &mut Throttle) {
     match item {
         Item::Event(ev) => {
             let r = serde_json::to_value(&*ev).map_err(LogError::Encode).and_then(|v| log.append(ev.body.kind(), v));
             if let Err(e) = r {
-                record_error(st, e);
+                errors.record(st, e);
             }
         }
         Item::RotateKey { overlap, reply } => {

@@ -75,6 +75,17 @@ fn render(v: &StatusDoc) -> String {
         if let Some(t) = &a.rotation_overlap_until {
             let _ = writeln!(s, "  key rotation: both keys sign until {t}");
         }
+        if let Some(f) = &a.unwritable {
+            let _ = writeln!(
+                s,
+                "  UNWRITABLE since {} ({} attempts): {}\n  {} records waiting in memory, {} refused (reported in a loss record once it writes again); nothing is signed meanwhile",
+                f.since,
+                f.attempts,
+                f.error,
+                f.buffered,
+                f.lost_records()
+            );
+        }
         if let Some(e) = &a.last_error {
             let _ = writeln!(s, "  last error: {e}");
         }
