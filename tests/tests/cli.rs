@@ -153,5 +153,60 @@ fn identity_capacity_is_a_policy_error() {
     }
     let (code, _, err) = check(&text);
     assert_eq!(code, 1, "{err}");
-    assert!(err.contains("1025 identities") && err.contains("capacity 1024"), "{err}");
+    // The first identity beyond the capacity, at its line: 5 + 3 * 1024 + 1.
+    assert_eq!(err.trim(), "P:3078:13: identity \"i1024\" is number 1025 (over the agent's lifetime, ids are never reused), capacity 1024",);
+}
+
+/// A policy with one identity and the given rules (each a YAML list item
+/// under `rules:`, indented by 4); the rules start at line 11.
+fn with_rules(rules: &str) -> String {
+    format!(
+        "apiVersion: zt-agent.io/v1alpha1\nkind: HostPolicy\nmetadata:\n  name: t\nspec:\n  trustDomain: zt.test\n  identities:\n    - name: a\n      selectors:\n        - uid: 4242\n  rules:\n{rules}"
+    )
+}
+
+fn conditional_rule(action: &str, when: &str) -> String {
+    format!("    - identity: a\n      action: {action}\n      when:\n{when}      egress:\n        - to: [10.0.0.0/8]\n")
+}
+
+#[test]
+fn conditions_that_could_stall_or_fail_open_are_rejected_at_check() {
+    // A builtin outside the allowed set (network, unbounded work): named, at its position.
+    let (code, _, err) = check(&with_rules(&conditional_rule(
+        "deny",
+        "        rego: |\n          input.node.name != \"\"\n          http.send({\"method\": \"get\", \"url\": \"http://127.0.0.1:1\"}).status_code == 200\n",
+    )));
+    assert_eq!(code, 1, "{err}");
+    assert!(err.starts_with("P:17:11: invalid Rego condition: builtin `http.send` is not allowed in a condition"), "{err}");
+    // A condition that would run for hours: stopped at its budget, rejected with its position.
+    let every_env = (0..8).map(|i| format!("input.env[k{i}]")).collect::<Vec<_>>().join("; ");
+    let (code, _, err) = check(&with_rules(&conditional_rule("deny", &format!("        rego: 'count([1 | {every_env}]) > 0'\n"))));
+    assert_eq!(code, 1, "{err}");
+    assert!(err.contains("P:15:15: rule \"a/0\": the Rego condition did not finish within its budget (250 ms per condition"), "{err}");
+}
+
+#[test]
+fn explain_conditions_says_why_each_rule_is_or_is_not_active() {
+    let hour = (std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_secs() / 3600) % 24;
+    let (start, end) = ((hour + 2) % 24, (hour + 3) % 24);
+    let rules = [
+        conditional_rule("allow", &format!("        timeWindow: {{start: \"{start:02}:00\", end: \"{end:02}:00\"}}\n")),
+        conditional_rule("allow", "        rego: input.node.labels.zone == \"nowhere\"\n"),
+        conditional_rule("deny", "        rego: to_number(\"not a number\") > 1\n"),
+    ]
+    .concat();
+    let dir = tempdir("cli-explain").unwrap();
+    let p = dir.path().join("p.yaml");
+    std::fs::write(&p, with_rules(&rules)).unwrap();
+    let out = Command::new(agent_bin())
+        .args(["policy", "explain", "--identity", "a", "--connect", "10.1.2.3:443", "--conditions", "--policy"])
+        .arg(&p)
+        .output()
+        .unwrap();
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "{text}{}", String::from_utf8_lossy(&out.stderr));
+    assert!(text.contains("rule \"a/0\": inactive: outside its time window (now "), "{text}");
+    assert!(text.contains("rule \"a/1\": inactive: its Rego condition is false on this host's input"), "{text}");
+    assert!(text.contains(&format!("rule \"a/2\": active (fails closed): its Rego condition failed at {}:", p.display())), "{text}");
+    assert!(text.starts_with("deny"), "the deny rule whose condition failed stays in force: {text}");
 }

@@ -196,3 +196,40 @@ fn history_rollback_and_sighup() {
 fn agent_pid(agent: &Agent) -> i32 {
     agent.status()["pid"].as_i64().unwrap() as i32
 }
+
+/// A reload to a policy whose Rego condition would run for hours: rejected
+/// with the rule's position, the previous policy stays in force, and
+/// status, enforcement and shutdown are unaffected while and after it runs.
+#[test]
+#[ignore = "needs root (loads eBPF programs, creates cgroups): cargo xtask test runs it"]
+fn a_runaway_condition_is_rejected_and_never_stalls_the_agent() {
+    if !require_root("a_runaway_condition_is_rejected_and_never_stalls_the_agent") {
+        return;
+    }
+    let cg = TestCgroup::new(&format!("/{}/agent", unique("runaway"))).unwrap();
+    let la = Listener::new();
+    let good = allow_port(&cg, la.port);
+    let tmp = tempdir("runaway-policy").unwrap();
+    let file = tmp.path().join("policy.yaml");
+    std::fs::write(&file, &good).unwrap();
+    let agent = Agent::start("runaway", &good, &["--policy", file.to_str().unwrap()]).unwrap();
+    let digest = agent.status()["policy"]["digest"].as_str().unwrap().to_string();
+
+    // The agent's environment, 8 times over: about 30^8 steps.
+    let every_env = (0..8).map(|i| format!("input.env[k{i}]")).collect::<Vec<_>>().join("; ");
+    let runaway = format!(
+        "{good}    - name: runaway\n      identity: test-agent\n      action: deny\n      when:\n        rego: 'count([1 | {every_env}]) > 0'\n      egress:\n        - to: [127.0.0.1/32]\n          ports: [{}]\n",
+        la.port
+    );
+    write_atomically(&file, &runaway);
+    let rejected = agent.wait_for("the rejection", |e| e["kind"] == "policy" && e["policy"]["action"] == "rejected").unwrap();
+    let errors = rejected.last().unwrap()["policy"]["errors"].to_string();
+    assert!(errors.contains(&format!("{}:23:", file.display())) && errors.contains("did not finish within its budget"), "{errors}");
+    let status = agent.status();
+    assert_eq!(status["policy"]["digest"], digest.as_str(), "the previous policy stays in force");
+    let out = cg.command(helper_bin()).args(["connect-loop", "1", &format!("127.0.0.1:{}", la.port)]).output().unwrap();
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(text.starts_with("0 "), "the port is still allowed (denied, allowed): {text}");
+    // Stops promptly: Agent::stop fails the test if SIGTERM is not honoured in time.
+    agent.stop().unwrap();
+}

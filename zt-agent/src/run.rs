@@ -25,7 +25,7 @@ use std::{
 
 use anyhow::{Context as _, bail};
 use tokio::{
-    sync::{mpsc, watch},
+    sync::{mpsc, oneshot, watch},
     task::JoinHandle,
 };
 use zt_common::{Config, config_flags};
@@ -93,7 +93,8 @@ pub enum StopReason {
 pub struct Agent {
     bpf: Bpf,
     running: pipeline::Running,
-    manager: JoinHandle<()>,
+    /// Resolves when the manager's thread ends.
+    manager: oneshot::Receiver<()>,
     control: JoinHandle<()>,
     stop: watch::Sender<bool>,
     audit_failure: watch::Receiver<Option<String>>,
@@ -179,7 +180,7 @@ impl Agent {
 
         let (stop, stop_rx) = watch::channel(false);
         let (commands, commands_rx) = mpsc::channel(16);
-        let manager = tokio::spawn(manager::run(manager, commands_rx, stop_rx.clone(), REEVALUATE_EVERY));
+        let manager = spawn_manager(manager, commands_rx, stop_rx.clone())?;
         let paths: Vec<(String, String)> = paths.into_iter().map(|(a, b)| (a.to_string(), b)).collect();
         let info = Arc::new(static_info(&bpf, &object_digest, &paths, &cgroup2));
         let state = control::State { info, stats, in_force: shared.in_force.clone(), commands, audit: Some(audit_control) };
@@ -225,7 +226,9 @@ impl Agent {
             d.stop().await;
         }
         let _ = self.stop.send(true);
-        let _ = (&mut self.manager).await;
+        if tokio::time::timeout(MANAGER_STOP, &mut self.manager).await.is_err() {
+            tracing::warn!("the policy manager did not stop within {MANAGER_STOP:?}; stopping without it");
+        }
         let _ = (&mut self.control).await;
         self.emit(self.agent_event(AgentState::Stopped, Some(text.clone()))).await;
         let Agent { bpf, running, demo, .. } = self;
@@ -291,6 +294,30 @@ fn load_programs(opts: &RunOptions, tracefs: &Path) -> anyhow::Result<(Bpf, BpfM
         config: Config { flags, wakeup_bytes: opts.ringbuf_bytes / 4 },
         argv: opts.argv,
     })
+}
+
+/// How long shutdown waits for the policy manager to finish what it does.
+const MANAGER_STOP: Duration = Duration::from_secs(5);
+
+/// Runs the policy manager on its own thread and single-threaded runtime:
+/// whatever it does (a large bundle, Rego conditions at their budget), it
+/// never holds a worker that the pipeline, the control socket or signal
+/// handling need. The receiver resolves when the thread ends.
+fn spawn_manager(
+    m: Manager,
+    commands: mpsc::Receiver<manager::Command>,
+    stop: watch::Receiver<bool>,
+) -> anyhow::Result<oneshot::Receiver<()>> {
+    let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().context("building the policy manager's runtime")?;
+    let (done, finished) = oneshot::channel();
+    std::thread::Builder::new()
+        .name("zt-policy".into())
+        .spawn(move || {
+            rt.block_on(manager::run(m, commands, stop, REEVALUATE_EVERY));
+            let _ = done.send(());
+        })
+        .context("starting the policy manager thread")?;
+    Ok(finished)
 }
 
 /// The policy manager over `target`, with history under `--state-dir`

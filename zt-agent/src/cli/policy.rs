@@ -160,9 +160,21 @@ fn check(paths: &[PathBuf]) -> anyhow::Result<ExitCode> {
     for w in &p.warnings {
         eprintln!("warning: {w}");
     }
+    // Conditions are tried on this host's inputs now: one over its time
+    // budget is rejected here as the agent would reject it at load.
+    let ev = policy::conditions::evaluate(&p, &policy::conditions::Inputs::current(Default::default()));
+    for d in ev.errors() {
+        eprintln!("warning: {d}");
+    }
+    let over = ev.over_budget();
+    if !over.is_empty() {
+        eprintln!("{}", policy::PolicyErrors(over));
+        return Ok(ExitCode::from(1));
+    }
     // Capacity errors are invalid policies too (exit 1), like parse errors.
     if let Err(e) = policy::IdRegistry::for_policy(&p).and_then(|ids| policy::compile::compile(&p, &ids, 0, &vec![true; p.rules.len()])) {
-        eprintln!("{}: {e}", paths.iter().map(|p| p.display().to_string()).collect::<Vec<_>>().join(", "));
+        // The error names the file, line and column of the identity or rule.
+        eprintln!("{e}");
         return Ok(ExitCode::from(1));
     }
     println!(
@@ -180,17 +192,28 @@ fn explain(paths: &[PathBuf], identity: &str, query: &policy::Query, conditions:
         Ok(p) => p,
         Err(code) => return Ok(code),
     };
-    let active = if conditions {
-        policy::conditions::evaluate(&p, &policy::conditions::Inputs::current(Default::default())).0
-    } else {
-        vec![true; p.rules.len()]
-    };
+    let ev = conditions.then(|| policy::conditions::evaluate(&p, &policy::conditions::Inputs::current(Default::default())));
+    let active = ev.as_ref().map_or_else(|| vec![true; p.rules.len()], |ev| ev.active());
     let e = policy::explain(&p, identity, query, &active)?;
+    // The identity's rules that have conditions, and their state now.
+    let states: Vec<&policy::conditions::RuleState> = ev
+        .iter()
+        .flat_map(|ev| ev.rules.iter().zip(&p.rules))
+        .filter(|(s, r)| r.identity == identity && s.why != policy::conditions::Why::Unconditional)
+        .map(|(s, _)| s)
+        .collect();
     if json {
-        println!("{}", serde_json::to_string_pretty(&e)?);
+        let mut v = serde_json::to_value(&e)?;
+        if conditions {
+            v["conditions"] = serde_json::to_value(&states)?;
+        }
+        println!("{}", serde_json::to_string_pretty(&v)?);
     } else {
         println!("{} ({}) for {} ({})", e.decision, e.verdict_action, e.identity, e.spiffe_id);
         println!("decided by {}", e.reason);
+        for s in states {
+            println!("rule {:?}: {}", s.rule, s.describe());
+        }
     }
     Ok(ExitCode::SUCCESS)
 }

@@ -153,7 +153,7 @@ impl Manager {
         let policy = bundle.parse()?;
         let mut ids = self.ids.clone();
         ids.assign(&policy).map_err(ApplyError::Ids)?;
-        let active = self.evaluate_conditions(&policy);
+        let active = self.evaluate_conditions(&policy, record)?;
         let slot = target_slot(self.target.active()?);
         let compiled: Compiled = compile::compile(&policy, &ids, slot, &active).map_err(ApplyError::Compile)?;
         tokio::time::sleep(self.target.grace_remaining()).await;
@@ -189,12 +189,19 @@ impl Manager {
         Ok(Outcome { version, digest, generation: now.generation, warnings, micros })
     }
 
-    fn evaluate_conditions(&self, policy: &Policy) -> Vec<bool> {
-        let (active, problems) = conditions::evaluate(policy, &(self.inputs)());
-        for p in &problems {
-            tracing::warn!("{p}");
+    /// The active rules. A condition over its budget rejects a new bundle
+    /// (`new`); on re-evaluation of the bundle in force it fails closed
+    /// like a condition that errs (logged).
+    fn evaluate_conditions(&self, policy: &Policy, new: bool) -> Result<Vec<bool>, ApplyError> {
+        let ev = conditions::evaluate(policy, &(self.inputs)());
+        let over = ev.over_budget();
+        if new && !over.is_empty() {
+            return Err(ApplyError::Invalid(PolicyErrors(over)));
         }
-        active
+        for d in over.iter().chain(&ev.errors()) {
+            tracing::warn!("{d}");
+        }
+        Ok(ev.active())
     }
 
     /// Adds a history version; a policy in force that could not be recorded
@@ -297,7 +304,7 @@ impl Manager {
     /// Re-evaluates conditions; recompiles when the set of active rules changed.
     pub async fn reevaluate(&mut self) {
         let Some((policy, active)) = &self.current else { return };
-        if self.evaluate_conditions(policy) == *active {
+        if self.evaluate_conditions(policy, false).ok().as_ref() == Some(active) {
             return;
         }
         let Some(bundle) = self.store.current().map(|a| a.bundle.clone()) else { return };

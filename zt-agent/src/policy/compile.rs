@@ -25,18 +25,21 @@ use zt_common::{
     },
 };
 
-use super::model::{Action, Mode, Policy, Proto, Rule};
+use super::model::{Action, IdentityDef, Mode, Policy, Pos, Proto, Rule};
 
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum CompileError {
+    /// `at`: the first rule beyond the capacity.
     #[error(
-        "identity {identity:?}: destination {prefix} has {count} applicable egress rules (its own and its covering prefixes'), capacity {capacity}"
+        "{at}: identity {identity:?}: destination {prefix} has {count} applicable egress rules (its own and its covering prefixes'), capacity {capacity}; this rule is the first beyond it"
     )]
-    PrefixRules { identity: String, prefix: String, count: usize, capacity: usize },
-    #[error("{count} egress prefixes in one policy slot, capacity {capacity}")]
-    NetEntries { count: usize, capacity: usize },
-    #[error("{count} identities (over the agent's lifetime, ids are never reused), capacity {capacity}")]
-    Identities { count: usize, capacity: usize },
+    PrefixRules { at: Pos, identity: String, prefix: String, count: usize, capacity: usize },
+    /// `at`: the identity whose prefixes passed the capacity.
+    #[error("{at}: identity {identity:?} brings the egress prefixes of one policy slot to {count}, capacity {capacity}")]
+    NetEntries { at: Pos, identity: String, count: usize, capacity: usize },
+    /// `at`: the first new identity beyond the capacity.
+    #[error("{at}: identity {identity:?} is number {count} (over the agent's lifetime, ids are never reused), capacity {capacity}")]
+    Identities { at: Pos, identity: String, count: usize, capacity: usize },
 }
 
 /// Identity ids, stable for the agent's lifetime; 0 is "no identity".
@@ -49,9 +52,15 @@ impl IdRegistry {
     /// Gives every identity of `policy` an id (new names get the next one).
     pub fn assign(&mut self, policy: &Policy) -> Result<(), CompileError> {
         let capacity = (maps::IDENTITY_POLICY_CAPACITY / 2) as usize;
-        let new = policy.identities.iter().filter(|i| !self.ids.contains_key(&i.name)).count();
-        if self.ids.len() + new > capacity {
-            return Err(CompileError::Identities { count: self.ids.len() + new, capacity });
+        let new: Vec<&IdentityDef> = policy.identities.iter().filter(|i| !self.ids.contains_key(&i.name)).collect();
+        if self.ids.len() + new.len() > capacity {
+            let first_beyond = new[capacity - self.ids.len()];
+            return Err(CompileError::Identities {
+                at: first_beyond.pos.clone(),
+                identity: first_beyond.name.clone(),
+                count: self.ids.len() + new.len(),
+                capacity,
+            });
         }
         for i in &policy.identities {
             let next = self.ids.len() as u32 + 1;
@@ -162,11 +171,11 @@ pub fn compile(policy: &Policy, ids: &IdRegistry, slot: u32, active: &[bool]) ->
             add_egress(&mut by_prefix, rule, rule_id as u32, eff_mode);
             paths.extend(path_rules(rule, id, rule_id as u32, eff_mode));
         }
-        net.extend(prefix_entries(&by_prefix, &ident.name, slot, id)?);
-    }
-    let capacity = (maps::NET_RULES_CAPACITY / 2) as usize;
-    if net.len() > capacity {
-        return Err(CompileError::NetEntries { count: net.len(), capacity });
+        net.extend(prefix_entries(&by_prefix, &policy.rules, &ident.name, slot, id)?);
+        let capacity = (maps::NET_RULES_CAPACITY / 2) as usize;
+        if net.len() > capacity {
+            return Err(CompileError::NetEntries { at: ident.pos.clone(), identity: ident.name.clone(), count: net.len(), capacity });
+        }
     }
     net.sort_by_key(|(l, k, _)| (*k, *l));
     Ok(Compiled { slot, identities, net, paths, rules, active: active.to_vec() })
@@ -228,6 +237,7 @@ fn path_rules(rule: &Rule, identity: u32, rule_id: u32, eff_mode: u8) -> Vec<Pat
 /// every rule that applies).
 fn prefix_entries(
     by_prefix: &BTreeMap<(u128, u8), Vec<NetRule>>,
+    rules: &[Rule],
     identity: &str,
     slot: u32,
     id: u32,
@@ -241,6 +251,7 @@ fn prefix_entries(
         list.dedup();
         if list.len() > NET_RULES_PER_PREFIX {
             return Err(CompileError::PrefixRules {
+                at: rules[list[NET_RULES_PER_PREFIX].rule as usize].pos.clone(),
                 identity: identity.to_string(),
                 prefix: prefix_string(addr, len),
                 count: list.len(),

@@ -19,6 +19,13 @@ pub struct Pos {
     pub column: u64,
 }
 
+/// As `file:line:col`, the way every message shows it.
+impl serde::Serialize for Pos {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.collect_str(self)
+    }
+}
+
 impl fmt::Display for Pos {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         // Line 0: the whole file (it could not be read).
@@ -151,7 +158,7 @@ pub struct Condition {
     pub time: Option<TimeWindow>,
     /// A Rego body (one or more expressions, AND-ed), compiled and checked
     /// at load time; evaluated when inputs change, never per syscall.
-    pub rego: Option<(String, Pos)>,
+    pub rego: Option<super::conditions::RegoSource>,
 }
 
 #[derive(Debug, Clone)]

@@ -18,6 +18,7 @@ use ipnet::IpNet;
 use serde_saphyr::{Location, Spanned};
 
 use super::{
+    conditions::{RegoSource, check_rego},
     model::{
         Action, Condition, Defaults, Diagnostic, Egress, IdentityDef, Mode, PathRuleDef, Policy, PolicyErrors, Pos, Proto, Rule,
         TimeWindow, access,
@@ -32,6 +33,8 @@ pub const KIND: &str = "HostPolicy";
 /// Collects diagnostics for one file.
 struct Ctx<'a> {
     file: &'a str,
+    /// The file's text (Rego messages are placed in it).
+    text: &'a str,
     errors: Vec<Diagnostic>,
     warnings: Vec<Diagnostic>,
 }
@@ -91,14 +94,15 @@ pub struct Source<'a> {
 /// What the files of a bundle declare, gathered file by file before the
 /// rules of all files are checked against the identities of all files.
 #[derive(Default)]
-struct Declared {
+struct Declared<'a> {
     names: Vec<String>,
     trust_domain: Option<(String, Pos)>,
     identities: Vec<IdentityDef>,
     /// Identities that had errors: rules naming them are not reported
     /// again as "unknown identity".
     invalid_names: Vec<String>,
-    raw_rules: Vec<(String, RawRule)>,
+    /// (file name, file text, rule).
+    raw_rules: Vec<(&'a str, &'a str, RawRule)>,
     errors: Vec<Diagnostic>,
     warnings: Vec<Diagnostic>,
 }
@@ -119,7 +123,7 @@ pub fn parse_sources(sources: &[Source<'_>]) -> Result<Policy, PolicyErrors> {
 
 /// One file: its header, trust domain and identities; its rules are kept
 /// raw for [`compose_rules`].
-fn parse_file(d: &mut Declared, src: &Source<'_>) {
+fn parse_file<'a>(d: &mut Declared<'a>, src: &Source<'a>) {
     let raw: RawDoc = match serde_saphyr::from_str(src.text) {
         Ok(r) => r,
         Err(e) => {
@@ -127,7 +131,7 @@ fn parse_file(d: &mut Declared, src: &Source<'_>) {
             return;
         }
     };
-    let mut cx = Ctx { file: src.name, errors: Vec::new(), warnings: Vec::new() };
+    let mut cx = Ctx { file: src.name, text: src.text, errors: Vec::new(), warnings: Vec::new() };
     if raw.api_version.value != API_VERSION {
         cx.error(
             &raw.api_version.referenced,
@@ -166,7 +170,7 @@ fn parse_file(d: &mut Declared, src: &Source<'_>) {
             d.identities.push(def);
         }
     }
-    d.raw_rules.extend(raw.spec.rules.into_iter().map(|rr| (src.name.to_string(), rr)));
+    d.raw_rules.extend(raw.spec.rules.into_iter().map(|rr| (src.name, src.text, rr)));
     d.errors.append(&mut cx.errors);
     d.warnings.append(&mut cx.warnings);
 }
@@ -215,9 +219,9 @@ fn derived_id_error(pos: Pos, name: &str, id: &str, why: &str) -> Diagnostic {
 fn compose_rules(d: &mut Declared) -> Vec<Rule> {
     let mut rules: Vec<Rule> = Vec::new();
     let mut per_file_index: std::collections::HashMap<(String, String), usize> = Default::default();
-    for (file, rr) in &d.raw_rules {
-        let mut cx = Ctx { file, errors: Vec::new(), warnings: Vec::new() };
-        let idx = per_file_index.entry((file.clone(), rr.identity.value.clone())).or_insert(0);
+    for &(file, text, ref rr) in &d.raw_rules {
+        let mut cx = Ctx { file, text, errors: Vec::new(), warnings: Vec::new() };
+        let idx = per_file_index.entry((file.to_string(), rr.identity.value.clone())).or_insert(0);
         if let Some(rule) = convert_rule(&mut cx, rr, &d.identities, &d.invalid_names, *idx) {
             if let Some(prev) = rules.iter().find(|r| r.name == rule.name) {
                 let at = prev.pos.clone();
@@ -551,11 +555,11 @@ fn convert_when(cx: &mut Ctx<'_>, w: &RawWhen) -> Option<Condition> {
         Some(TimeWindow { days, start: start?, end: end? })
     });
     let rego = w.rego.as_ref().and_then(|r| {
-        let pos = cx.pos(&r.referenced);
-        match super::conditions::check_rego(&r.value) {
-            Ok(()) => Some((r.value.clone(), pos)),
-            Err(why) => {
-                cx.error(&r.referenced, format!("invalid Rego condition: {why}"), None);
+        let src = RegoSource::new(r.value.clone(), cx.pos(&r.referenced), cx.text);
+        match check_rego(&src) {
+            Ok(()) => Some(src),
+            Err(e) => {
+                cx.errors.push(Diagnostic { pos: e.pos, message: format!("invalid Rego condition: {}", e.message), hint: None });
                 None
             }
         }

@@ -171,7 +171,8 @@ fn syntax_and_shape_errors() {
     ));
     let lines: Vec<&str> = e.lines().collect();
     assert_eq!(lines[0], "p.yaml:15:46: invalid time \"25:00\" (hint: HH:MM, UTC)");
-    assert!(lines[1].starts_with("p.yaml:16:15: invalid Rego condition: "), "{}", lines[1]);
+    // At the end of the incomplete expression, inside the quoted value.
+    assert_eq!(lines[1], "p.yaml:16:26: invalid Rego condition: expecting expression");
 }
 
 #[test]
@@ -238,7 +239,7 @@ fn covering_prefixes_and_capacity() {
     let e = compile(&p, &ids, 0, &[true; 17]).unwrap_err();
     assert_eq!(
         e.to_string(),
-        "identity \"a\": destination 10.0.0.0/8 has 17 applicable egress rules (its own and its covering prefixes'), capacity 16"
+        "p.yaml:109:17: identity \"a\": destination 10.0.0.0/8 has 17 applicable egress rules (its own and its covering prefixes'), capacity 16; this rule is the first beyond it"
     );
     // A rule made inactive by its condition is not compiled.
     let mut active = vec![true; 17];
@@ -459,4 +460,24 @@ fn parser_messages_in_policy_terms() {
     for internal in ["RawDefault", "RawPort", "DuplicateKeyPolicy", "budget"] {
         assert!(!e.contains(internal));
     }
+}
+
+#[test]
+fn rego_messages_are_placed_in_the_policy_file() {
+    let rule = |body: &str| {
+        format!(
+            "{HEAD}  identities:\n    - name: a\n      selectors:\n        - uid: 1\n  rules:\n    - identity: a\n      action: deny\n      when:\n        rego: |\n{body}      egress:\n        - to: [10.0.0.0/8]\n"
+        )
+    };
+    // The body's second line is line 17 of the file, indented by 10.
+    let e = errs(&rule("          input.node.name == \"x\"\n          http.send({\"url\": \"http://x\"}).status_code == 200\n"));
+    assert!(e.starts_with("p.yaml:17:11: invalid Rego condition: builtin `http.send` is not allowed in a condition"), "{e}");
+    let e = errs(&rule("          input.node.name == \"x\"\n          input.node.labels ==\n"));
+    assert!(e.starts_with("p.yaml:17:") && !e.contains("condition.rego") && !e.contains("-->"), "{e}");
+    // A single-line plain scalar: the column inside the value.
+    let text = format!(
+        "{HEAD}  identities:\n    - name: a\n      selectors:\n        - uid: 1\n  rules:\n    - identity: a\n      action: deny\n      when:\n        rego: count(input.env) > 0; net.cidr_expand(\"0.0.0.0/0\")\n      egress:\n        - to: [10.0.0.0/8]\n"
+    );
+    let e = errs(&text);
+    assert!(e.starts_with("p.yaml:15:37: invalid Rego condition: builtin `net.cidr_expand` is not allowed"), "{e}");
 }
