@@ -46,8 +46,9 @@
 //! each checkpoint record against the tree, then: a missing `checkpoint`
 //! file while checkpoint records exist, one older than the last of them,
 //! a bad frame in an earlier segment, a record missing or altered below the
-//! signed size, or a root that differs from the signed one is an integrity
-//! violation (nothing is cut or written: the evidence stays as found).
+//! signed size, a root that differs from the signed one, or records missing
+//! below the first segment without a signed `retention` record for them is
+//! an integrity violation (nothing is cut or written: the evidence stays as found).
 //! Otherwise a torn tail after the signed size is cut and a `recovery`
 //! record (reason, bytes dropped) is appended.
 use std::{
@@ -496,6 +497,12 @@ impl AuditLog {
     /// `checkpoint` file and appends the checkpoint as a record. Nothing is
     /// signed unless every record in the tree is durable.
     pub fn checkpoint(&mut self) -> Result<Checkpoint, LogError> {
+        let cp = self.sign()?;
+        Ok(self.apply_retention()?.unwrap_or(cp))
+    }
+
+    /// [`Self::checkpoint`] without retention.
+    fn sign(&mut self) -> Result<Checkpoint, LogError> {
         self.sync()?;
         let cp = Checkpoint { origin: self.origin.clone(), size: self.edge.size(), root: self.edge.root() };
         let signers: Vec<&Signer> = self.signers.iter().collect();
@@ -506,7 +513,6 @@ impl AuditLog {
         self.last_sign = Instant::now();
         self.unsigned = 0;
         self.append_record(kind::CHECKPOINT, json!({"size": cp.size, "root": B64.encode(cp.root), "note": note}))?;
-        self.apply_retention()?;
         Ok(cp)
     }
 
@@ -570,9 +576,11 @@ impl AuditLog {
 
     /// Deletes the oldest segments beyond `retain_bytes`, only those whose
     /// every record is covered by the last checkpoint, after appending a
-    /// `retention` record that names them.
-    fn apply_retention(&mut self) -> Result<(), LogError> {
-        let Some(limit) = self.cfg.retain_bytes else { return Ok(()) };
+    /// `retention` record that names them and signing it (so every missing
+    /// range is covered by a signed record: see [`retention_gap`]). Returns
+    /// that checkpoint, if it deleted anything.
+    fn apply_retention(&mut self) -> Result<Option<Checkpoint>, LogError> {
+        let Some(limit) = self.cfg.retain_bytes else { return Ok(None) };
         let dir = self.cfg.dir.clone();
         let numbers = segment::segments(&dir)?;
         let sizes: Vec<u64> =
@@ -580,6 +588,7 @@ impl AuditLog {
         let mut total: u64 = sizes.iter().sum();
         let signed = self.last_checkpoint.as_ref().map_or(0, |c| c.size);
         let mut doomed = Vec::new();
+        let mut deleted_below = 0;
         for (i, n) in numbers.iter().enumerate().take(numbers.len().saturating_sub(1)) {
             if total <= limit {
                 break;
@@ -591,22 +600,47 @@ impl AuditLog {
             doomed.push(
                 json!({"segment": format!("seg-{n:08}.log"), "first_index": start.size(), "end_index": end.size(), "bytes": sizes[i]}),
             );
+            deleted_below = end.size();
             total -= sizes[i];
         }
         if doomed.is_empty() {
-            return Ok(());
+            return Ok(None);
         }
         let count = doomed.len();
-        self.append(kind::RETENTION, json!({"retain_bytes": limit, "deleted": doomed}))?;
-        self.sync()?;
+        self.append(kind::RETENTION, json!({"retain_bytes": limit, "deleted": doomed, "deleted_below": deleted_below}))?;
+        let cp = self.sign()?;
         for n in &numbers[..count] {
             let path = segment::segment_path(&dir, *n);
             std::fs::remove_file(&path).map_err(io("deleting segment", &path))?;
             let _ = std::fs::remove_file(start_path(&dir, *n));
         }
         crate::fsutil::sync_parent(&dir.join(CHECKPOINT_FILE))?;
-        Ok(())
+        Ok(Some(cp))
     }
+}
+
+/// The index ranges `[from, to)` a `retention` record says were deleted:
+/// each segment it names, and everything below its `deleted_below`.
+pub fn retention_ranges(payload: &Value) -> Vec<(u64, u64)> {
+    let segments = payload["deleted"].as_array().into_iter().flatten();
+    let mut v: Vec<(u64, u64)> = segments.filter_map(|d| Some((d["first_index"].as_u64()?, d["end_index"].as_u64()?))).collect();
+    v.extend(payload["deleted_below"].as_u64().map(|b| (0, b)));
+    v
+}
+
+/// The first range below `first_index` that no signed retention record
+/// covers (records missing without a trace), given the ranges of the
+/// retention records the last checkpoint covers.
+pub fn retention_gap(first_index: u64, mut ranges: Vec<(u64, u64)>) -> Option<(u64, u64)> {
+    ranges.sort_unstable();
+    let mut covered = 0;
+    for (from, to) in ranges {
+        if from > covered {
+            return (covered < first_index).then(|| (covered, from.min(first_index)));
+        }
+        covered = covered.max(to);
+    }
+    (covered < first_index).then_some((covered, first_index))
 }
 
 fn violation(dir: &Path, reason: String) -> OpenError {
@@ -693,10 +727,11 @@ fn scan_log(dir: &Path, signed: &Signed) -> Result<Scanned, OpenError> {
     let mut signed_root: Option<Hash> = (signed_size == base).then(|| edge.root());
     let mut rotation_until: Option<String> = None;
     let mut last_checkpoint_record: Option<u64> = None;
+    let mut retention: Vec<(u64, Vec<(u64, u64)>)> = Vec::new();
     let mut last_record = Vec::new();
     let scan = segment::scan_dir(dir, |i, rec| {
         let idx = base + i;
-        check_record(idx, rec, &edge, &mut rotation_until, &mut last_checkpoint_record)?;
+        check_record(idx, rec, &edge, &mut rotation_until, &mut last_checkpoint_record, &mut retention)?;
         last_record.clear();
         last_record.extend_from_slice(rec);
         edge.push_hash(leaf_hash(rec));
@@ -712,6 +747,10 @@ fn scan_log(dir: &Path, signed: &Signed) -> Result<Scanned, OpenError> {
         Err(ScanErr::Segment(e)) => return Err(e.into()),
     };
     check_against_signed(signed, edge.size(), base, signed_root, last_checkpoint_record, &scan).map_err(|r| violation(dir, r))?;
+    let signed_ranges = retention.into_iter().filter(|(i, _)| *i < signed_size).flat_map(|(_, r)| r).collect();
+    if let Some((from, to)) = retention_gap(base, signed_ranges) {
+        return Err(violation(dir, missing_without_retention(from, to)));
+    }
     Ok(Scanned { edge, rotation_until, tail: Tail { base, last_checkpoint_record, last_record }, scan })
 }
 
@@ -757,24 +796,33 @@ fn recovery_payload(tail: &Tail, dropped: Option<&BadFrame>, records: u64, signe
     Some(p)
 }
 
-/// One record during the scan: its `idx`, and for checkpoint and key
-/// records their payload against the tree so far.
+/// The verdict on records missing below the first segment without a signed
+/// `retention` record for them (the agent's and the verifier's).
+pub fn missing_without_retention(from: u64, to: u64) -> String {
+    format!("records {from}..{to} are missing and no signed retention record covers them: segments were deleted outside retention")
+}
+
+/// One record during the scan: its `idx`, for checkpoint and key records
+/// their payload against the tree so far, and the ranges retention records
+/// name.
 fn check_record(
     idx: u64,
     rec: &[u8],
     edge: &Edge,
     rotation_until: &mut Option<String>,
     last_checkpoint_record: &mut Option<u64>,
+    retention: &mut Vec<(u64, Vec<(u64, u64)>)>,
 ) -> Result<(), ScanErr> {
     let h = Header::parse(rec).map_err(|e| ScanErr::Stop(format!("record {idx}: {e}")))?;
     if h.idx != idx {
         return Err(ScanErr::Stop(format!("record {idx}: its idx field says {} (records were deleted, inserted or reordered)", h.idx)));
     }
-    if h.kind != kind::CHECKPOINT && h.kind != kind::KEY_ROTATION && h.kind != kind::KEY_RETIRED {
+    if ![kind::CHECKPOINT, kind::KEY_ROTATION, kind::KEY_RETIRED, kind::RETENTION].contains(&h.kind.as_ref()) {
         return Ok(());
     }
     let env = Envelope::decode(rec).map_err(|e| ScanErr::Stop(format!("record {idx}: {e}")))?;
     match env.kind.as_str() {
+        kind::RETENTION => retention.push((idx, retention_ranges(&env.payload))),
         kind::CHECKPOINT => {
             let (size, root, _) = checkpoint_payload(&env.payload).map_err(|e| ScanErr::Stop(format!("record {idx}: {e}")))?;
             if size != idx || root != edge.root() {

@@ -443,6 +443,41 @@ fn retention_deletes_signed_segments_and_records_it() {
     verify(&t.log(), &key).unwrap();
 }
 
+/// Deleting the oldest segment by hand (or all of them up to some point)
+/// leaves a start file that says where the log now begins; without a
+/// signed `retention` record for the missing range, the verifier and the
+/// agent both call it what it is.
+#[test]
+fn segments_deleted_outside_retention_are_a_violation() {
+    let t = Tmp::new("unretained");
+    let mut cfg = t.config();
+    cfg.segment_bytes = 4096;
+    let key = write(&cfg, 200, 20);
+    let segs = segment::segments(&t.log()).unwrap();
+    assert!(segs.len() > 3, "{segs:?}");
+    verify(&t.log(), &key).unwrap();
+    std::fs::remove_file(segment::segment_path(&t.log(), segs[0])).unwrap();
+    let first = super::log::read_start(&t.log(), segs[1]).unwrap().size();
+    let e = verify(&t.log(), &key).unwrap_err();
+    assert_eq!(e.index, Some(0));
+    assert_eq!(
+        e.reason,
+        format!("records 0..{first} are missing and no signed retention record covers them: segments were deleted outside retention")
+    );
+    let err = AuditLog::open(cfg.clone()).err().expect("the agent refuses it too");
+    assert!(err.to_string().contains(&format!("records 0..{first} are missing")), "{err}");
+
+    // With retention, the same shape verifies: each run's record is signed before it deletes.
+    let t = Tmp::new("retained");
+    let mut cfg = t.config();
+    cfg.segment_bytes = 4096;
+    cfg.retain_bytes = Some(8192);
+    let key = write(&cfg, 400, 20);
+    let r = verify(&t.log(), &key).unwrap();
+    assert!(r.first_index > 0);
+    AuditLog::open(cfg).unwrap();
+}
+
 #[test]
 fn checkpoints_and_proofs_verify_with_independent_implementations() {
     let t = Tmp::new("independent");

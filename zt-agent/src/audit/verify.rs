@@ -17,7 +17,9 @@
 //!   beyond the log (truncation, rollback), the root at their size (a
 //!   different root signed at a size the log also signed is fork evidence),
 //!   and the `checkpoint` file present and not older than the last
-//!   checkpoint record (the verdict the agent gives at start).
+//!   checkpoint record (the verdict the agent gives at start);
+//! - records missing below the first segment are covered by signed
+//!   `retention` records (the agent gives the same verdict at start).
 use std::{collections::BTreeMap, path::Path};
 
 use super::{
@@ -91,6 +93,8 @@ struct State {
     wanted: BTreeMap<u64, Option<Hash>>,
     edge: super::merkle::Edge,
     checkpoints: u64,
+    /// (index, ranges deleted) of every `retention` record.
+    retention: Vec<(u64, Vec<(u64, u64)>)>,
 }
 
 impl State {
@@ -103,6 +107,10 @@ impl State {
             Some(o) if *o != h.origin => return fail(idx, format!("origin {:?}, but the log's origin is {o:?}", h.origin)),
             Some(_) => {}
             None => self.origin = Some(h.origin.to_string()),
+        }
+        if h.kind == kind::RETENTION {
+            let env = Envelope::decode(rec).or_else(|e| fail(idx, e))?;
+            self.retention.push((idx, log::retention_ranges(&env.payload)));
         }
         if h.kind == kind::CHECKPOINT || h.kind == kind::KEY_ROTATION || h.kind == kind::KEY_RETIRED {
             let env = Envelope::decode(rec).or_else(|e| fail(idx, e))?;
@@ -185,6 +193,7 @@ pub fn verify_dir(dir: &Path, opts: &Options) -> Result<Report, Failure> {
         wanted: outside.iter().map(|o| (o.body.size, None)).collect(),
         edge,
         checkpoints: 0,
+        retention: Vec::new(),
     };
     if let Some(slot) = st.wanted.get_mut(&first_index) {
         *slot = Some(st.edge.root());
@@ -209,6 +218,11 @@ pub fn verify_dir(dir: &Path, opts: &Options) -> Result<Report, Failure> {
     }
     for o in &outside {
         check_outside(o, &st, &origin, records, first_index, last_record_cp)?;
+    }
+    // Records missing below the first segment need a signed retention record.
+    let signed_ranges = st.retention.iter().filter(|(i, _)| *i < max_signed).flat_map(|(_, r)| r.iter().copied()).collect();
+    if let Some((from, to)) = log::retention_gap(first_index, signed_ranges) {
+        return fail(from, log::missing_without_retention(from, to));
     }
     let latest = st.signed.iter().next_back().map(|(s, r)| Checkpoint { origin: origin.clone(), size: *s, root: *r });
     let latest = match outside.iter().map(|o| &o.body).max_by_key(|c| c.size) {
