@@ -168,8 +168,10 @@ impl Agent {
         let stats = Arc::new(Stats::default());
         let audit_failure = audit_writer.failure();
         let audit_control = audit_writer.control();
-        let outputs: Vec<Box<dyn Output>> =
-            vec![Box::new(JsonLines::spawn(events, opts.show, QUEUE_CAPACITY, stats.clone())), Box::new(audit_writer)];
+        let outputs: Vec<Box<dyn Output>> = vec![
+            Box::new(JsonLines::spawn(events, opts.show, QUEUE_CAPACITY, stats.clone()).context("starting the event writer")?),
+            Box::new(audit_writer),
+        ];
         let kernel = pipeline::Kernel {
             ring: maps.events,
             counters: Counters { loss: maps.loss, decisions: maps.identity_counters },
@@ -408,7 +410,7 @@ fn open_audit(cfg: &audit::log::Config) -> anyhow::Result<audit::writer::Writer>
         report.signed_size,
         report.verifier_keys.iter().map(|k| k.to_string()).collect::<Vec<_>>().join(" ")
     );
-    Ok(audit::writer::spawn(log, &cfg.dir, AUDIT_QUEUE_CAPACITY))
+    audit::writer::spawn(log, &cfg.dir, AUDIT_QUEUE_CAPACITY).context("starting the audit thread")
 }
 
 /// The `--ringbuf-size` check: a power of two of at least a page.

@@ -32,7 +32,7 @@ use tokio::sync::{oneshot, watch};
 use super::log::{AuditLog, Fault, LogError};
 use crate::pipeline::{
     event::{Body, ConnectAction, Decision, Event},
-    output::{Closing, Dropped, LossNames, Output},
+    output::{CLOSE_WITHIN, Closing, Dropped, LossNames, Output, ThreadEnd, spawn_thread},
 };
 
 /// Security-relevant events: denials and would-denials, policy changes,
@@ -120,7 +120,7 @@ pub struct Status {
 pub struct Writer {
     tx: SyncSender<Item>,
     status: Arc<Mutex<Status>>,
-    join: std::thread::JoinHandle<()>,
+    end: ThreadEnd,
     failure: watch::Receiver<Option<String>>,
 }
 
@@ -148,13 +148,14 @@ impl Output for Writer {
             TrySendError::Disconnected(_) => Dropped::Closed,
         })
     }
-    /// Waits for the final checkpoint (once every [`Control`] is dropped too).
+    /// Waits for the final checkpoint (once every [`Control`] is dropped
+    /// too), at most [`CLOSE_WITHIN`]: a hung disk does not hold up the
+    /// stop (the next start adopts the unsigned tail with a `recovery`
+    /// record).
     fn close(self: Box<Self>) -> Closing {
-        let Writer { tx, join, .. } = *self;
+        let Writer { tx, end, .. } = *self;
         drop(tx);
-        Box::pin(async move {
-            let _ = tokio::task::spawn_blocking(move || join.join()).await;
-        })
+        end.close_within("the audit log's final checkpoint", CLOSE_WITHIN)
     }
 }
 
@@ -211,31 +212,28 @@ impl Throttle {
 }
 
 /// Starts the audit thread; `capacity` bounds the queue.
-pub fn spawn(log: AuditLog, dir: &std::path::Path, capacity: usize) -> Writer {
+pub fn spawn(log: AuditLog, dir: &std::path::Path, capacity: usize) -> std::io::Result<Writer> {
     let (tx, rx): (SyncSender<Item>, Receiver<Item>) = std::sync::mpsc::sync_channel(capacity);
     let status = Arc::new(Mutex::new(Status { dir: dir.display().to_string(), origin: log.origin().to_string(), ..Status::default() }));
     refresh(&log, &status);
     let (fail_tx, failure) = watch::channel(None);
     let st = status.clone();
-    let join = std::thread::Builder::new()
-        .name("zt-audit".into())
-        .spawn(move || {
-            // The log and the queue move into the closure: a panic drops both,
-            // so every later send sees a disconnected queue (counted as loss).
-            let run = std::panic::AssertUnwindSafe(|| serve(log, rx, &st));
-            if let Err(panic) = std::panic::catch_unwind(run) {
-                let why = panic
-                    .downcast_ref::<&str>()
-                    .map(|s| s.to_string())
-                    .or_else(|| panic.downcast_ref::<String>().cloned())
-                    .unwrap_or_else(|| "unknown panic".into());
-                tracing::error!("audit log thread died: {why}; security events are no longer recorded");
-                lock(&st).failed = Some(why.clone());
-                let _ = fail_tx.send(Some(why));
-            }
-        })
-        .expect("spawning the audit thread");
-    Writer { tx, status, join, failure }
+    let end = spawn_thread("zt-audit", move || {
+        // The log and the queue move into the closure: a panic drops both,
+        // so every later send sees a disconnected queue (counted as loss).
+        let run = std::panic::AssertUnwindSafe(|| serve(log, rx, &st));
+        if let Err(panic) = std::panic::catch_unwind(run) {
+            let why = panic
+                .downcast_ref::<&str>()
+                .map(|s| s.to_string())
+                .or_else(|| panic.downcast_ref::<String>().cloned())
+                .unwrap_or_else(|| "unknown panic".into());
+            tracing::error!("audit log thread died: {why}; security events are no longer recorded");
+            lock(&st).failed = Some(why.clone());
+            let _ = fail_tx.send(Some(why));
+        }
+    })?;
+    Ok(Writer { tx, status, end, failure })
 }
 
 /// The thread's loop: until every sender is gone, then a final checkpoint.
@@ -306,7 +304,7 @@ mod tests {
     fn writer(dir: &std::path::Path) -> Writer {
         let cfg = super::super::log::Config::new(dir.join("log"), dir.join("key"), "test/origin".into());
         let (log, _) = AuditLog::open(cfg).unwrap();
-        spawn(log, dir, 16)
+        spawn(log, dir, 16).unwrap()
     }
 
     #[tokio::test]

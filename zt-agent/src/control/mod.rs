@@ -6,7 +6,8 @@
 //! - [`protocol`]: the request and response types, shared with the CLI.
 //! - [`bind`] then [`serve`]: the daemon side; [`State`]: what it answers
 //!   from. Connections are tasks of the server: a client that sends
-//!   nothing is dropped after [`READ_TIMEOUT`], and every connection still
+//!   nothing, or does not read its reply, is dropped after
+//!   [`READ_TIMEOUT`], and every connection still
 //!   open is aborted at stop (each holds the audit queue open, and the
 //!   audit log's final checkpoint waits for every holder).
 //! - [`request`]: the client side.
@@ -33,7 +34,8 @@ pub const DEFAULT_SOCKET: &str = "/run/zt-agent/control.sock";
 /// Longest request line accepted.
 const MAX_REQUEST: u64 = 4096;
 
-/// How long a client may take to send its request line.
+/// How long a client may take to send its request line, and to take its
+/// reply.
 pub const READ_TIMEOUT: Duration = Duration::from_secs(10);
 
 #[derive(Debug, thiserror::Error)]
@@ -54,6 +56,8 @@ pub enum ControlError {
     Agent(String),
     #[error("no request within {}", humantime::format_duration(READ_TIMEOUT))]
     Timeout,
+    #[error("the client did not take its reply within {}", humantime::format_duration(READ_TIMEOUT))]
+    ReplyTimeout,
 }
 
 /// Everything the control socket answers from.
@@ -117,7 +121,10 @@ async fn answer(stream: UnixStream, state: &State) -> Result<(), ControlError> {
     };
     let mut text = serde_json::to_string(&response).map_err(ControlError::Malformed)?;
     text.push('\n');
-    w.write_all(text.as_bytes()).await.map_err(ControlError::Stream)
+    tokio::time::timeout(READ_TIMEOUT, w.write_all(text.as_bytes()))
+        .await
+        .map_err(|_| ControlError::ReplyTimeout)?
+        .map_err(ControlError::Stream)
 }
 
 /// Sends a command to the policy manager and waits for its reply.

@@ -8,8 +8,11 @@
 //!   destinations and the anomaly scorer.
 //! - [`Outputs`]: the fan-out: every event to every output that wants it,
 //!   each drop counted under the output's own counter names.
-//! - [`JsonLines`]: JSON lines to stdout or a file, in its own task.
+//! - [`JsonLines`]: JSON lines to stdout or a file, on its own thread.
 //! - [`Show`]: which events the JSON-lines output shows.
+//! - [`spawn_thread`] -> [`ThreadEnd`]: an output's thread, and a bounded
+//!   wait for it at close: a destination that blocks (a pipe nobody reads,
+//!   a hung disk) never holds up the pipeline, the runtime or shutdown.
 use std::{
     future::Future,
     io::Write,
@@ -18,9 +21,10 @@ use std::{
         Arc, Mutex,
         atomic::{AtomicU64, Ordering::Relaxed},
     },
+    time::Duration,
 };
 
-use tokio::{sync::mpsc, task::JoinHandle};
+use tokio::sync::{mpsc, oneshot};
 
 use super::{
     Stats,
@@ -38,6 +42,34 @@ pub enum Dropped {
 
 /// A future an output returns from [`Output::close`].
 pub type Closing = Pin<Box<dyn Future<Output = ()> + Send>>;
+
+/// How long [`ThreadEnd::close_within`] waits by default.
+pub const CLOSE_WITHIN: Duration = Duration::from_secs(10);
+
+/// Resolves when an output's thread ends (also by a panic).
+pub struct ThreadEnd(oneshot::Receiver<()>);
+
+/// Runs `body` on a named thread; its [`ThreadEnd`] resolves when it ends.
+pub fn spawn_thread(name: &str, body: impl FnOnce() + Send + 'static) -> std::io::Result<ThreadEnd> {
+    let (done, end) = oneshot::channel();
+    std::thread::Builder::new().name(name.into()).spawn(move || {
+        body();
+        let _ = done.send(());
+    })?;
+    Ok(ThreadEnd(end))
+}
+
+impl ThreadEnd {
+    /// Waits for the thread at most `limit`; past that, says so and lets
+    /// it be (it holds nothing the rest of the agent waits for).
+    pub fn close_within(self, what: &'static str, limit: Duration) -> Closing {
+        Box::pin(async move {
+            if tokio::time::timeout(limit, self.0).await.is_err() {
+                tracing::error!("{what} did not finish within {limit:?} (its destination blocks); stopping without it");
+            }
+        })
+    }
+}
 
 /// Loss counter names of one output (in `status` and `loss` events).
 #[derive(Debug, Clone, Copy)]
@@ -157,17 +189,20 @@ impl Show {
     }
 }
 
-/// JSON lines to a writer (stdout or a file), written by its own task.
+/// JSON lines to a writer (stdout, a file, a pipe), written by its own
+/// thread: a write that blocks holds up only this output (its queue fills
+/// and its drops are counted).
 pub struct JsonLines {
     tx: mpsc::Sender<Event>,
     show: Show,
-    task: JoinHandle<()>,
+    end: ThreadEnd,
 }
 
 impl JsonLines {
-    pub fn spawn(out: Box<dyn Write + Send>, show: Show, capacity: usize, stats: Arc<Stats>) -> Self {
+    pub fn spawn(out: Box<dyn Write + Send>, show: Show, capacity: usize, stats: Arc<Stats>) -> std::io::Result<Self> {
         let (tx, rx) = mpsc::channel(capacity);
-        JsonLines { tx, show, task: tokio::spawn(write_json_lines(rx, out, stats)) }
+        let end = spawn_thread("zt-events", move || write_json_lines(rx, out, &stats))?;
+        Ok(JsonLines { tx, show, end })
     }
 }
 
@@ -185,18 +220,16 @@ impl Output for JsonLines {
         })
     }
     fn close(self: Box<Self>) -> Closing {
-        let JsonLines { tx, task, .. } = *self;
+        let JsonLines { tx, end, .. } = *self;
         drop(tx);
-        Box::pin(async move {
-            let _ = task.await;
-        })
+        end.close_within("the event stream writer", CLOSE_WITHIN)
     }
 }
 
 /// Writes JSON lines, flushing whenever the queue runs empty (one write
 /// syscall per burst, not per event). Returns when the sender side closes.
-async fn write_json_lines(mut rx: mpsc::Receiver<Event>, mut out: Box<dyn Write + Send>, stats: Arc<Stats>) {
-    while let Some(first) = rx.recv().await {
+fn write_json_lines(mut rx: mpsc::Receiver<Event>, mut out: Box<dyn Write + Send>, stats: &Stats) {
+    while let Some(first) = rx.blocking_recv() {
         let mut next = Some(first);
         while let Some(e) = next {
             let ok = serde_json::to_writer(&mut out, &e).is_ok() && out.write_all(b"\n").is_ok();
