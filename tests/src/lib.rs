@@ -355,6 +355,19 @@ impl Agent {
         self.stderr_lines.lock().unwrap().join("\n")
     }
 
+    /// Polls `status --json` until `pred` holds (20 s at most), returning it.
+    pub fn wait_status(&self, what: &str, pred: impl Fn(&Value) -> bool) -> Value {
+        let deadline = Instant::now() + Duration::from_secs(20);
+        loop {
+            let st = self.status();
+            if pred(&st) {
+                return st;
+            }
+            assert!(Instant::now() < deadline, "status never showed {what}: {st}\n{}", self.stderr());
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
     /// Every event written so far.
     pub fn events(&self) -> Vec<Value> {
         let Ok(text) = std::fs::read_to_string(&self.events_path) else { return Vec::new() };

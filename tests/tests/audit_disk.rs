@@ -8,7 +8,7 @@
 use std::{
     path::{Path, PathBuf},
     process::Command,
-    time::{Duration, Instant},
+    time::Duration,
 };
 
 use serde_json::{Value, json};
@@ -206,19 +206,6 @@ fn zt(args: &[&str]) -> std::process::Output {
     Command::new(agent_bin()).args(args).output().expect("running zt-agent")
 }
 
-/// Waits until `pred` holds for the agent's `status --json`.
-fn wait_status(agent: &Agent, what: &str, pred: impl Fn(&Value) -> bool) -> Value {
-    let deadline = Instant::now() + Duration::from_secs(20);
-    loop {
-        let st = agent.status();
-        if pred(&st) {
-            return st;
-        }
-        assert!(Instant::now() < deadline, "status never showed {what}: {st}");
-        std::thread::sleep(Duration::from_millis(200));
-    }
-}
-
 #[test]
 #[ignore = "needs root (loads eBPF programs, creates cgroups, mounts a tmpfs): cargo xtask test runs it"]
 fn the_running_agent_on_a_full_disk_keeps_enforcing_reports_and_recovers() {
@@ -252,20 +239,20 @@ fn the_running_agent_on_a_full_disk_keeps_enforcing_reports_and_recovers() {
     // wait in memory. Denials after that are refused and counted.
     let filler = fs.fill("filler").unwrap();
     denials(10, 41100);
-    let faulted = wait_status(&agent, "the audit log unwritable", |s| !s["audit"]["unwritable"].is_null());
+    let faulted = agent.wait_status("the audit log unwritable", |s| !s["audit"]["unwritable"].is_null());
     denials(50, 41200);
     agent.wait_for("denials while the disk is full", |e| e["kind"] == "connect" && e["connect"]["port"] == 41249).unwrap();
-    let st = wait_status(&agent, "50 refused denials", |s| s["audit"]["unwritable"]["lost"]["connect"] == 50);
+    let st = agent.wait_status("50 refused denials", |s| s["audit"]["unwritable"]["lost"]["connect"] == 50);
     let unwritable = &st["audit"]["unwritable"];
     assert!(unwritable["error"].as_str().unwrap().contains("No space left on device"), "{unwritable}");
     assert_eq!(st["audit"]["signed_size"], faulted["audit"]["signed_size"], "nothing was signed while records were not on disk");
     let o = zt(&["status", "--socket", agent.socket.to_str().unwrap()]);
     assert!(String::from_utf8_lossy(&o.stdout).contains("UNWRITABLE since"), "{}", String::from_utf8_lossy(&o.stdout));
     // A full disk costs records, never enforcement: the kernel denied them all.
-    wait_status(&agent, "70 denials by the kernel", |s| s["decisions"].as_array().is_some_and(|d| d.iter().any(|d| d["denied"] == 70)));
+    agent.wait_status("70 denials by the kernel", |s| s["decisions"].as_array().is_some_and(|d| d.iter().any(|d| d["denied"] == 70)));
 
     std::fs::remove_file(&filler).unwrap();
-    wait_status(&agent, "the audit log writable again", |s| s["audit"]["unwritable"].is_null());
+    agent.wait_status("the audit log writable again", |s| s["audit"]["unwritable"].is_null());
     denials(5, 41300);
     agent.wait_for("denials after space returned", |e| e["kind"] == "connect" && e["connect"]["port"] == 41304).unwrap();
     std::thread::sleep(Duration::from_millis(300));

@@ -1,12 +1,7 @@
 //! Root tests of live policy reload: the kernel switches atomically, a bad
 //! file changes nothing, history and rollback work, and every kernel decision
 //! matches exactly the policy generation that made it.
-use std::{
-    collections::HashMap,
-    path::Path,
-    process::Command,
-    time::{Duration, Instant},
-};
+use std::{collections::HashMap, path::Path, process::Command, time::Duration};
 
 use serde_json::Value;
 use zt_tests::*;
@@ -28,15 +23,7 @@ fn write_atomically(path: &Path, text: &str) {
 }
 
 fn wait_generation(agent: &Agent, generation: u64) -> Value {
-    let deadline = Instant::now() + Duration::from_secs(10);
-    loop {
-        let s = agent.status();
-        if s["policy"]["generation"].as_u64() >= Some(generation) {
-            return s;
-        }
-        assert!(Instant::now() < deadline, "generation {generation} not reached: {s}\n{}", agent.stderr());
-        std::thread::sleep(Duration::from_millis(10));
-    }
+    agent.wait_status(&format!("generation {generation}"), |s| s["policy"]["generation"].as_u64() >= Some(generation))
 }
 
 /// Reload in a loop (inotify) while an agent process connects continuously
