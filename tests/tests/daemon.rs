@@ -34,6 +34,7 @@ fn started_and_stopped_in_process() {
         socket: dir.path().join("control.sock"),
         demo: false,
         argv: ArgvCapture::Kernel,
+        syscall_guards: true,
         state_dir: Some(dir.path().join("state")),
         node_labels: Default::default(),
         audit: audit::log::Config::new(audit_dir.clone(), dir.path().join("audit.key"), "zt-test/in-process".into()),

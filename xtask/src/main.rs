@@ -70,6 +70,9 @@ enum Bench {
     Net,
     /// audit log: durable append by batch size, verify throughput, sign latency.
     Audit,
+    /// the guards' cost to processes without an identity: a syscall no guard
+    /// watches, socket()+close(), fork+exec, with and without the guards.
+    Hardening,
 }
 
 fn main() -> std::process::ExitCode {
@@ -116,6 +119,7 @@ fn real_main() -> anyhow::Result<()> {
                 Bench::Policy => "policy",
                 Bench::Net => "net",
                 Bench::Audit => "audit",
+                Bench::Hardening => "hardening",
             };
             let mut cmd = cargo();
             cmd.args(["run", "--release", "--quiet", "-p", "zt-tests", "--bin", "zt-bench", "--", name])

@@ -65,6 +65,8 @@ pub struct RunOptions {
     pub socket: PathBuf,
     pub demo: bool,
     pub argv: ArgvCapture,
+    /// Attach the syscall-tracepoint guards (see `Bpf::attach_guards`).
+    pub syscall_guards: bool,
     /// Where policy history is kept; None: in memory only.
     pub state_dir: Option<PathBuf>,
     pub node_labels: BTreeMap<String, String>,
@@ -160,6 +162,7 @@ impl Agent {
         // start leaves nothing running; the egress hooks attach after the
         // first policy is in the maps (their events wait in the ring).
         bpf.attach_network(&cgroup2)?;
+        bpf.attach_guards(&cgroup2, opts.syscall_guards)?;
         for h in &bpf.hooks {
             tracing::info!("{} -> {}: {}", h.program, h.attach_point, h.state);
         }

@@ -7,6 +7,8 @@ pub mod kind {
     pub const EXEC: u32 = 1;
     pub const EXIT: u32 = 2;
     pub const CONNECT: u32 = 3;
+    /// A [`crate::guard::GuardEvent`].
+    pub const GUARD: u32 = 4;
 }
 
 /// Common prefix of every ring buffer record.

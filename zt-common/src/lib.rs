@@ -14,6 +14,8 @@
 //! - `policy.rs` ([`policy`]): compiled egress rules and [`policy::decide_net`],
 //!   the decision both the kernel and `zt-agent policy explain` run.
 //! - `path_policy.rs` ([`path_policy`]): compiled file and exec rules.
+//! - `guard.rs` ([`guard`]): socket kinds, the calls agent identities may
+//!   not make around the egress hooks, and [`guard::GuardEvent`].
 //! - `config.rs`: [`Config`], run-time switches user space writes into the
 //!   `CONFIG` map, with [`config_flags`].
 //! - `loss.rs` ([`loss`]): indices of the per-CPU loss counters.
@@ -27,6 +29,7 @@
 #![no_std]
 
 pub mod globals;
+pub mod guard;
 pub mod loss;
 pub mod maps;
 pub mod path_policy;

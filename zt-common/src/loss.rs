@@ -14,9 +14,12 @@ pub const EXEC_ARGS: u32 = 4;
 /// The egress aggregation table was full (the attempt was reported
 /// without aggregation, so this is not a lost event).
 pub const AGG_FULL: u32 = 5;
-pub const COUNT: u32 = 6;
+/// `bpf_ringbuf_reserve` failed for a guard event (the call was still
+/// refused or the process killed; only the record is lost).
+pub const RINGBUF_GUARD: u32 = 6;
+pub const COUNT: u32 = 7;
 pub const NAMES: [&str; COUNT as usize] =
-    ["ringbuf_exec", "ringbuf_exit", "ringbuf_connect", "proc_table_full", "exec_args", "egress_agg_full"];
+    ["ringbuf_exec", "ringbuf_exit", "ringbuf_connect", "proc_table_full", "exec_args", "egress_agg_full", "ringbuf_guard"];
 
 #[cfg(test)]
 mod tests {

@@ -96,7 +96,8 @@ pub struct IdentityPolicy {
     pub default_exec: u8,
     /// The identity's mode (rules carry their effective mode themselves).
     pub mode: u8,
-    pub _pad: u32,
+    /// Socket kinds the identity may create ([`crate::guard::sock_kind`]).
+    pub sockets: u32,
 }
 const _: () = assert!(size_of::<IdentityPolicy>() == 8);
 

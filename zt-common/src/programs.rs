@@ -9,6 +9,21 @@ pub const CONNECT4: &str = "connect4";
 pub const CONNECT6: &str = "connect6";
 pub const SENDMSG4: &str = "sendmsg4";
 pub const SENDMSG6: &str = "sendmsg6";
+pub const SOCK_CREATE: &str = "sock_create";
+pub const GUARD_SOCKET: &str = "guard_socket";
+pub const GUARD_PTRACE: &str = "guard_ptrace";
+pub const GUARD_PROCESS_VM: &str = "guard_process_vm";
+pub const GUARD_PIDFD_GETFD: &str = "guard_pidfd_getfd";
+pub const GUARD_BPF: &str = "guard_bpf";
+/// Each guard tracepoint program and the `syscalls` tracepoints it
+/// attaches to.
+pub const GUARD_TRACEPOINTS: &[(&str, &[&str])] = &[
+    (GUARD_SOCKET, &["sys_enter_socket", "sys_enter_socketpair"]),
+    (GUARD_PTRACE, &["sys_enter_ptrace"]),
+    (GUARD_PROCESS_VM, &["sys_enter_process_vm_readv", "sys_enter_process_vm_writev"]),
+    (GUARD_PIDFD_GETFD, &["sys_enter_pidfd_getfd"]),
+    (GUARD_BPF, &["sys_enter_bpf"]),
+];
 /// Tiny programs loaded only by `zt-agent probe`.
 pub const PROBE_TRACEPOINT: &str = "probe_tracepoint";
 pub const PROBE_RAW_TRACEPOINT: &str = "probe_raw_tracepoint";
@@ -29,6 +44,12 @@ pub const ALL: &[&str] = &[
     CONNECT6,
     SENDMSG4,
     SENDMSG6,
+    SOCK_CREATE,
+    GUARD_SOCKET,
+    GUARD_PTRACE,
+    GUARD_PROCESS_VM,
+    GUARD_PIDFD_GETFD,
+    GUARD_BPF,
     PROBE_TRACEPOINT,
     PROBE_RAW_TRACEPOINT,
     PROBE_SEND_SIGNAL,

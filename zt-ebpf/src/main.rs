@@ -9,6 +9,10 @@
 //!   `sendmsg4`/`sendmsg6` hooks: a denied connect or UDP send fails with
 //!   EPERM (audit mode only reports it); decisions are counted and reported
 //!   as aggregated connect events.
+//! - `guard`: what agent identities may not do around the egress hooks:
+//!   socket kinds their policy does not allow (EPERM at `sock_create`, or
+//!   SIGKILL at the `socket` tracepoint), ptrace and memory access across
+//!   identities, `pidfd_getfd`, `bpf(2)` (SIGKILL).
 //! - `probe`: tiny programs `zt-agent probe` loads to learn what this kernel runs.
 #![no_std]
 #![no_main]
@@ -16,6 +20,7 @@
 #![warn(clippy::undocumented_unsafe_blocks)]
 
 mod events;
+mod guard;
 mod lineage;
 mod maps;
 mod net;

@@ -58,6 +58,37 @@ pub static EGRESS_AGG: PerCpuHashMap<AggKey, AggValue> = PerCpuHashMap::with_max
 #[map]
 pub static IDENTITY_COUNTERS: PerCpuArray<IdentityCounters> = PerCpuArray::with_max_entries(maps::MAX_IDENTITIES + 1, 0);
 
+/// The identity of process `tgid`: one array read (the fast path every
+/// process without an identity takes), the table for a tgid beyond it.
+#[inline(always)]
+pub fn identity_of(tgid: u32) -> u32 {
+    match PID_IDENTITY.get(tgid) {
+        Some(id) => *id,
+        // SAFETY: a preallocated hash map may reuse a removed element for
+        // another key while we read (why `get` is unsafe); ProcInfo is all
+        // integers, so a race shows other but valid values, copied out here.
+        None => match unsafe { PROC_TABLE.get(tgid) } {
+            Some(p) => p.identity,
+            None => zt_common::NO_IDENTITY,
+        },
+    }
+}
+
+/// The policy slot in force, and `identity`'s policy in it (`None`: the
+/// policy in force does not know it). Generation 0: no policy applied yet.
+#[inline(always)]
+pub fn identity_policy(identity: u32) -> (ActivePolicy, Option<IdentityPolicy>) {
+    let active = match POLICY_ACTIVE.get(0) {
+        Some(a) => *a,
+        None => Default::default(),
+    };
+    // SAFETY: a removed element of this preallocated hash may be reused
+    // while we read (why `get` is unsafe); IdentityPolicy is all integers
+    // (any bit pattern valid), copied out here.
+    let pol = unsafe { IDENTITY_POLICY.get(IdentityKey { slot: active.slot, identity }) }.copied();
+    (active, pol)
+}
+
 /// Records `identity` for `pid` in the fast-path array (pids beyond its
 /// size are left to PROC_TABLE).
 #[inline(always)]

@@ -31,14 +31,14 @@ use aya_ebpf::{
 use zt_common::{
     AF_INET, AF_INET6, ConnectEvent, NO_IDENTITY, config_flags, hook, kind, loss,
     policy::{
-        AGG_WINDOW_NS, ALLOW, AUDIT, AggKey, AggValue, DENY, ENFORCE, IdentityKey, NetKeyData, PROTO_TCP, PROTO_UDP, RULE_NO_POLICY,
-        RULE_NONE_APPLIED, Verdict, decide_net, match_proto,
+        AGG_WINDOW_NS, ALLOW, AUDIT, AggKey, AggValue, DENY, ENFORCE, NetKeyData, PROTO_TCP, PROTO_UDP, RULE_NO_POLICY, RULE_NONE_APPLIED,
+        Verdict, decide_net, match_proto,
     },
 };
 
 use crate::{
     events::{count_loss, reserve, submit},
-    maps::{EGRESS_AGG, IDENTITY_COUNTERS, IDENTITY_POLICY, NET_RULES, PID_IDENTITY, POLICY_ACTIVE, PROC_TABLE, config},
+    maps::{EGRESS_AGG, IDENTITY_COUNTERS, NET_RULES, PROC_TABLE, config, identity_of, identity_policy},
 };
 
 const SOCK_STREAM: u32 = 1;
@@ -67,17 +67,7 @@ pub fn sendmsg6(ctx: SockAddrContext) -> i32 {
 #[inline(always)]
 fn decide(ctx: &SockAddrContext, family: u16, hook: u32) -> i32 {
     let tgid = (bpf_get_current_pid_tgid() >> 32) as u32;
-    // Fast path: an array read; a pid beyond the array falls back to the table.
-    let identity = match PID_IDENTITY.get(tgid) {
-        Some(id) => *id,
-        // SAFETY: a preallocated hash map may reuse a removed element for
-        // another key while we read (why `get` is unsafe); ProcInfo is all
-        // integers, so a race shows other but valid values, copied out here.
-        None => match unsafe { PROC_TABLE.get(tgid) } {
-            Some(p) => p.identity,
-            None => NO_IDENTITY,
-        },
-    };
+    let identity = identity_of(tgid);
     if identity == NO_IDENTITY {
         if config().flags & config_flags::OBSERVE_ALL_CONNECTS != 0 {
             let (addr, port, protocol) = destination(ctx, family);
@@ -91,26 +81,15 @@ fn decide(ctx: &SockAddrContext, family: u16, hook: u32) -> i32 {
     // for IPPROTO_MPTCP must not dodge one. The event keeps `protocol` as
     // the socket has it, so user space can say "mptcp".
     let proto = match_proto(protocol);
-    let active = match POLICY_ACTIVE.get(0) {
-        Some(a) => *a,
-        None => Default::default(),
-    };
-    let verdict = if active.generation == 0 {
-        Verdict::new(ALLOW, AUDIT, RULE_NONE_APPLIED)
-    } else {
-        let key = IdentityKey { slot: active.slot, identity };
-        // SAFETY: a removed element of this preallocated hash may be reused
-        // while we read (why `get` is unsafe); IdentityPolicy is all
-        // integers (any bit pattern valid), and the reference does not
-        // outlive this decision.
-        match unsafe { IDENTITY_POLICY.get(key) } {
-            // An identity the policy in force does not know: fail closed.
-            None => Verdict::new(DENY, ENFORCE, RULE_NO_POLICY),
-            Some(pol) => {
-                let data = NetKeyData { slot: active.slot, identity, addr };
-                let list = NET_RULES.get(Key::new(192, data));
-                decide_net(pol, list, proto, port)
-            }
+    let (active, pol) = identity_policy(identity);
+    let verdict = match (active.generation, pol) {
+        (0, _) => Verdict::new(ALLOW, AUDIT, RULE_NONE_APPLIED),
+        // An identity the policy in force does not know: fail closed.
+        (_, None) => Verdict::new(DENY, ENFORCE, RULE_NO_POLICY),
+        (_, Some(pol)) => {
+            let data = NetKeyData { slot: active.slot, identity, addr };
+            let list = NET_RULES.get(Key::new(192, data));
+            decide_net(&pol, list, proto, port)
         }
     };
     if let Some(c) = IDENTITY_COUNTERS.get_ptr_mut(identity) {

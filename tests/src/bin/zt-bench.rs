@@ -31,8 +31,17 @@
 //!    headers, rehash, every checkpoint signature) vs re-hashing alone;
 //! 3. checkpoint sign and verify latency.
 //!
+//! `hardening`: what the guards cost a process without an identity, side by
+//! side: no agent; agent with its syscall guards; agent with
+//! `--syscall-guards off` (the cgroup `sock_create` hook only). Per call:
+//! `getppid()` (a syscall no guard watches: the traced-syscall path every
+//! syscall takes once any syscall tracepoint is attached),
+//! `socket(AF_INET, SOCK_DGRAM)+close()`, `socket(AF_UNIX)+close()`, and
+//! fork+exec+wait of /bin/true. Plus the guard programs' own run time per
+//! call (bpf_stats).
+//!
 //! Internal child modes: `spawn-loop N`, `udp-flood RATE SECS ADDR`,
-//! `connect-latency N ADDR`.
+//! `connect-latency N ADDR`, `syscall-loop WHAT N`.
 use std::{
     net::UdpSocket,
     process::Command,
@@ -48,16 +57,18 @@ fn main() -> anyhow::Result<()> {
         Some("spawn-loop") => spawn_loop(args[2].parse()?),
         Some("udp-flood") => udp_flood(args[2].parse()?, args[3].parse()?, &args[4]),
         Some("connect-latency") => connect_latency(args[2].parse()?, &args[3]),
-        Some(which @ ("attribution" | "policy" | "net" | "audit")) => {
+        Some("syscall-loop") => syscall_loop(&args[2], args[3].parse()?),
+        Some(which @ ("attribution" | "policy" | "net" | "audit" | "hardening")) => {
             let rounds = args.iter().position(|a| a == "--rounds").and_then(|i| args.get(i + 1)).and_then(|r| r.parse().ok()).unwrap_or(10);
             match which {
                 "attribution" => attribution(rounds),
                 "policy" => policy_bench(rounds),
                 "audit" => audit_bench(rounds),
+                "hardening" => hardening_bench(rounds),
                 _ => net_bench(rounds),
             }
         }
-        _ => anyhow::bail!("usage: zt-bench attribution|policy|net|audit [--rounds N]"),
+        _ => anyhow::bail!("usage: zt-bench attribution|policy|net|audit|hardening [--rounds N]"),
     }
 }
 
@@ -689,5 +700,107 @@ fn audit_bench(rounds: usize) -> anyhow::Result<()> {
     }
     println!("checkpoint sign p50 {:.1} us, verify p50 {:.1} us (Ed25519, ring)", med(&mut sign_ns) / 1000.0, med(&mut verify_ns) / 1000.0);
     drop(tmp);
+    Ok(())
+}
+
+/// Child mode: N calls of WHAT (`getppid`, `socket-inet`, `socket-unix`:
+/// socket()+close()); prints ns per call (the best of 5 batches).
+fn syscall_loop(what: &str, n: usize) -> anyhow::Result<()> {
+    let call: fn() = match what {
+        "getppid" => || {
+            // SAFETY: no arguments, no memory.
+            unsafe { libc::getppid() };
+        },
+        "socket-inet" => || {
+            // SAFETY: plain socket(2) and close(2) of the descriptor it returned.
+            unsafe { libc::close(libc::socket(libc::AF_INET, libc::SOCK_DGRAM, 0)) };
+        },
+        "socket-unix" => || {
+            // SAFETY: as above.
+            unsafe { libc::close(libc::socket(libc::AF_UNIX, libc::SOCK_STREAM, 0)) };
+        },
+        other => anyhow::bail!("unknown syscall loop {other}"),
+    };
+    let best = (0..5)
+        .map(|_| {
+            let t = Instant::now();
+            for _ in 0..n {
+                call();
+            }
+            t.elapsed().as_nanos() as f64 / n as f64
+        })
+        .fold(f64::MAX, f64::min);
+    println!("{best}");
+    Ok(())
+}
+
+fn hardening_bench(rounds: usize) -> anyhow::Result<()> {
+    anyhow::ensure!(nix::unistd::geteuid().is_root(), "the benchmark loads eBPF programs: run it as root");
+    let me = std::env::current_exe()?;
+    let cg = TestCgroup::new(&format!("/zt-bench-{}/agent", std::process::id()))?;
+    let pol = policy("zt.bench", &format!("    - name: bench-agent\n      selectors:\n        - cgroup: {}/**\n", cg.rel));
+    println!("zt-agent {} — hardening benchmark: per-call cost for a process without an identity, {rounds} rounds", agent_bin().display());
+    let loops: [(&str, usize); 4] = [("getppid", 200_000), ("socket-inet", 50_000), ("socket-unix", 50_000), ("fork+exec", 300)];
+    let measure = |what: &str, n: usize| -> anyhow::Result<f64> {
+        let mut cmd = Command::new(&me);
+        if what == "fork+exec" {
+            cmd.args(["spawn-loop", &n.to_string()]);
+        } else {
+            cmd.args(["syscall-loop", what, &n.to_string()]);
+        }
+        Ok(child_out(cmd)?.parse::<f64>()?)
+    };
+    let variants: [(&str, Option<&[&str]>); 3] = [
+        ("no agent", None),
+        ("agent, syscall guards on (default)", Some(&[])),
+        ("agent, --syscall-guards off", Some(&["--syscall-guards", "off"])),
+    ];
+    let mut samples = vec![vec![Vec::new(); loops.len()]; variants.len()];
+    let mut ratios = vec![vec![Vec::new(); loops.len()]; variants.len()];
+    for r in 0..rounds {
+        let mut this_round = vec![vec![0.0; loops.len()]; variants.len()];
+        for step in 0..variants.len() {
+            let vi = (step + r) % variants.len();
+            let agent = match variants[vi].1 {
+                Some(a) => Some(Agent::start("bench-hardening", &pol, a)?),
+                None => None,
+            };
+            for (li, (what, n)) in loops.iter().enumerate() {
+                this_round[vi][li] = measure(what, *n)?;
+            }
+            if let Some(a) = agent {
+                a.stop()?;
+            }
+        }
+        for vi in 0..variants.len() {
+            for li in 0..loops.len() {
+                samples[vi][li].push(this_round[vi][li]);
+                ratios[vi][li].push(this_round[vi][li] / this_round[0][li]);
+            }
+        }
+        eprintln!("round {r}: {:?}", this_round.iter().map(|v| v.iter().map(|x| x.round()).collect::<Vec<_>>()).collect::<Vec<_>>());
+    }
+    println!();
+    println!("ns per call from a process without an identity (median over rounds; ratio = median of per-round ratios to 'no agent')");
+    for (li, (what, _)) in loops.iter().enumerate() {
+        println!("  {what}:");
+        for (vi, (label, _)) in variants.iter().enumerate() {
+            println!("    {label:<38} {:>9.0} ns   ratio {:.3}", median(&mut samples[vi][li]), median(&mut ratios[vi][li]));
+        }
+    }
+    // The guard programs' own run time per call (bpf_stats); names as the
+    // kernel truncates them (15 bytes).
+    let _stats = zt_agent::bpf::enable_run_time_stats()?;
+    let agent = Agent::start("bench-hardening", &pol, &[])?;
+    println!();
+    println!("guard program run time per call (bpf_stats), process without an identity:");
+    for (prog, what) in [("sock_create", "socket-inet"), ("guard_socket", "socket-unix")] {
+        let before = zt_agent::bpf::program_run_stats(prog)?;
+        measure(what, 50_000)?;
+        let after = zt_agent::bpf::program_run_stats(prog)?;
+        let calls = (after.1 - before.1).max(1);
+        println!("    {prog:<14} {:>6.1} ns over {calls} calls", (after.0 - before.0).as_nanos() as f64 / calls as f64);
+    }
+    agent.stop()?;
     Ok(())
 }

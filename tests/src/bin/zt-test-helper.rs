@@ -20,6 +20,13 @@
 //! - listen ADDR MS                 accept for MS ms; print how many connections came
 //! - connect-loop MS ADDR...       TCP connects to each ADDR in turn (then 0.5 ms
 //!   pause) for MS ms; prints how many attempts were denied (EPERM) and allowed
+//! - around MODE TARGET OUT         one way around the egress hooks; the result
+//!   ("OK", "EPERM", "ERR <errno>") in OUT, nothing if the process was killed.
+//!   MODE: raw-udp ADDR (a UDP datagram "zt-around" through a raw socket),
+//!   packet-udp ADDR (the same as an IPv4 frame through an AF_PACKET socket
+//!   on lo), ping ADDR (an ICMP echo through a ping socket; OK when the reply
+//!   came), socketpair (AF_UNIX), ptrace PID (attach, then detach),
+//!   process-vm-read PID (8 bytes of its first mapping), bpf (BPF_MAP_GET_NEXT_ID)
 use std::{io::BufRead, net::TcpStream, time::Duration};
 
 fn connect(addr: &str) {
@@ -143,6 +150,10 @@ fn main() {
                 m => write(attempt(m, &addr)),
             }
         }
+        "around" => {
+            let (mode, target, out) = (a(2), a(3), a(4));
+            std::fs::write(out, around::attempt(mode, target)).expect("writing the result");
+        }
         "listen" => {
             let l = std::net::TcpListener::bind(a(2)).expect("bind");
             l.set_nonblocking(true).unwrap();
@@ -209,4 +220,150 @@ fn uring_connect(sa: std::net::SocketAddr) -> String {
     ring.submit_and_wait(1).expect("io_uring_enter");
     let res = ring.completion().next().expect("completion").result();
     if res >= 0 { "OK".into() } else { errno_result(Err(std::io::Error::from_raw_os_error(-res))) }
+}
+
+/// Ways around the egress hooks (see `around` in the usage).
+mod around {
+    use std::{io::Error, net::SocketAddrV4};
+
+    fn last() -> String {
+        match Error::last_os_error().raw_os_error() {
+            Some(libc::EPERM) => "EPERM".into(),
+            e => format!("ERR {}", e.unwrap_or(-1)),
+        }
+    }
+
+    pub fn attempt(mode: &str, target: &str) -> String {
+        match mode {
+            "raw-udp" => raw_udp(target.parse().expect("IPv4 ADDR")),
+            "packet-udp" => packet_udp(target.parse().expect("IPv4 ADDR")),
+            "ping" => ping(target.parse().expect("IPv4 ADDR:0")),
+            "socketpair" => {
+                let mut fds = [0; 2];
+                // SAFETY: fds is a valid 2-element array.
+                let r = unsafe { libc::socketpair(libc::AF_UNIX, libc::SOCK_STREAM, 0, fds.as_mut_ptr()) };
+                if r == 0 { "OK".into() } else { last() }
+            }
+            "ptrace" => {
+                let pid: libc::pid_t = target.parse().expect("PID");
+                // SAFETY: PTRACE_ATTACH takes no memory arguments.
+                if unsafe { libc::ptrace(libc::PTRACE_ATTACH, pid, 0, 0) } != 0 {
+                    return last();
+                }
+                // SAFETY: as above; wait for the stop, then let it go.
+                unsafe {
+                    libc::waitpid(pid, std::ptr::null_mut(), 0);
+                    libc::ptrace(libc::PTRACE_DETACH, pid, 0, 0);
+                }
+                "OK".into()
+            }
+            "process-vm-read" => {
+                let pid: libc::pid_t = target.parse().expect("PID");
+                let maps = std::fs::read_to_string(format!("/proc/{pid}/maps")).expect("maps");
+                let start = usize::from_str_radix(maps.split('-').next().expect("a mapping"), 16).expect("address");
+                let mut buf = [0u8; 8];
+                let local = libc::iovec { iov_base: buf.as_mut_ptr().cast(), iov_len: 8 };
+                let remote = libc::iovec { iov_base: start as *mut libc::c_void, iov_len: 8 };
+                // SAFETY: both iovecs describe 8 bytes; the local one is ours.
+                let n = unsafe { libc::process_vm_readv(pid, &local, 1, &remote, 1, 0) };
+                if n == 8 { "OK".into() } else { last() }
+            }
+            "bpf" => {
+                // union bpf_attr for BPF_MAP_GET_NEXT_ID: start_id, next_id.
+                let mut attr = [0u32; 2];
+                // SAFETY: the attr buffer is 8 bytes, the size passed.
+                let r = unsafe { libc::syscall(libc::SYS_bpf, 12, attr.as_mut_ptr(), 8) };
+                if r == 0 { "OK".into() } else { last() }
+            }
+            other => panic!("unknown mode {other}"),
+        }
+    }
+
+    /// A UDP header and payload for `to` (checksum 0: none, valid for IPv4).
+    fn udp(to: SocketAddrV4) -> Vec<u8> {
+        let payload = b"zt-around";
+        let mut v = Vec::new();
+        v.extend_from_slice(&40000u16.to_be_bytes());
+        v.extend_from_slice(&to.port().to_be_bytes());
+        v.extend_from_slice(&((8 + payload.len()) as u16).to_be_bytes());
+        v.extend_from_slice(&[0, 0]);
+        v.extend_from_slice(payload);
+        v
+    }
+
+    fn sockaddr_in(to: SocketAddrV4) -> libc::sockaddr_in {
+        libc::sockaddr_in {
+            sin_family: libc::AF_INET as u16,
+            sin_port: to.port().to_be(),
+            sin_addr: libc::in_addr { s_addr: u32::from(*to.ip()).to_be() },
+            sin_zero: [0; 8],
+        }
+    }
+
+    fn raw_udp(to: SocketAddrV4) -> String {
+        // SAFETY: plain socket(2).
+        let fd = unsafe { libc::socket(libc::AF_INET, libc::SOCK_RAW, libc::IPPROTO_UDP) };
+        if fd < 0 {
+            return last();
+        }
+        let pkt = udp(to);
+        let sa = sockaddr_in(to);
+        // SAFETY: the buffer and address are valid for the lengths given.
+        let n = unsafe {
+            libc::sendto(fd, pkt.as_ptr().cast(), pkt.len(), 0, (&sa as *const libc::sockaddr_in).cast(), size_of_val(&sa) as u32)
+        };
+        if n < 0 { last() } else { "OK".into() }
+    }
+
+    fn packet_udp(to: SocketAddrV4) -> String {
+        // SAFETY: plain socket(2); ETH_P_IP in network order.
+        let fd = unsafe { libc::socket(libc::AF_PACKET, libc::SOCK_DGRAM, (libc::ETH_P_IP as u16).to_be() as i32) };
+        if fd < 0 {
+            return last();
+        }
+        let body = udp(to);
+        let mut ip = vec![0x45, 0, 0, 0, 0, 1, 0x40, 0, 64, 17, 0, 0];
+        ip[2..4].copy_from_slice(&((20 + body.len()) as u16).to_be_bytes());
+        ip.extend_from_slice(&to.ip().octets());
+        ip.extend_from_slice(&to.ip().octets());
+        let sum = ip.chunks(2).map(|w| u32::from(u16::from_be_bytes([w[0], w[1]]))).sum::<u32>();
+        let sum = !(((sum & 0xffff) + (sum >> 16)) as u16);
+        ip[10..12].copy_from_slice(&sum.to_be_bytes());
+        ip.extend_from_slice(&body);
+        // SAFETY: a NUL-terminated interface name.
+        let ifindex = unsafe { libc::if_nametoindex(c"lo".as_ptr()) };
+        // SAFETY: all-zero is a valid sockaddr_ll; the fields are set below.
+        let mut sll: libc::sockaddr_ll = unsafe { std::mem::zeroed() };
+        sll.sll_family = libc::AF_PACKET as u16;
+        sll.sll_protocol = (libc::ETH_P_IP as u16).to_be();
+        sll.sll_ifindex = ifindex as i32;
+        sll.sll_halen = 6;
+        // SAFETY: the buffer and address are valid for the lengths given.
+        let n = unsafe {
+            libc::sendto(fd, ip.as_ptr().cast(), ip.len(), 0, (&sll as *const libc::sockaddr_ll).cast(), size_of_val(&sll) as u32)
+        };
+        if n < 0 { last() } else { "OK".into() }
+    }
+
+    fn ping(to: SocketAddrV4) -> String {
+        // SAFETY: plain socket(2).
+        let fd = unsafe { libc::socket(libc::AF_INET, libc::SOCK_DGRAM, libc::IPPROTO_ICMP) };
+        if fd < 0 {
+            return last();
+        }
+        // Echo request: type 8, code 0, checksum (the kernel fills it for ping sockets), id, seq, payload.
+        let req = [8u8, 0, 0, 0, 0, 0, 0, 1, b'z', b't'];
+        let sa = sockaddr_in(to);
+        let tv = libc::timeval { tv_sec: 2, tv_usec: 0 };
+        // SAFETY: valid buffers and lengths throughout.
+        unsafe {
+            libc::setsockopt(fd, libc::SOL_SOCKET, libc::SO_RCVTIMEO, (&tv as *const libc::timeval).cast(), size_of_val(&tv) as u32);
+            if libc::sendto(fd, req.as_ptr().cast(), req.len(), 0, (&sa as *const libc::sockaddr_in).cast(), size_of_val(&sa) as u32) < 0 {
+                return last();
+            }
+            let mut reply = [0u8; 64];
+            let n = libc::recv(fd, reply.as_mut_ptr().cast(), reply.len(), 0);
+            if n > 0 && reply[0] == 0 { "OK".into() } else { last() }
+        }
+    }
 }

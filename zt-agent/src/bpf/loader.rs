@@ -11,7 +11,7 @@ use std::{fs::File, path::Path};
 use anyhow::{Context as _, bail};
 use aya::{
     Ebpf, EbpfLoader,
-    programs::{CgroupAttachMode, CgroupSockAddr, TracePoint},
+    programs::{CgroupAttachMode, CgroupSock, CgroupSockAddr, TracePoint},
 };
 use serde::Serialize;
 use zt_common::{Config, maps as M, programs as P};
@@ -207,6 +207,41 @@ impl Bpf {
         Ok(())
     }
 
+    /// Attaches the guards (see `zt-ebpf/src/guard.rs`): `sock_create` at
+    /// the cgroup root, and the syscall tracepoints. Called with
+    /// [`Bpf::attach_network`]; each one missing (or off: `syscalls`
+    /// false) is said by `status`.
+    pub fn attach_guards(&mut self, cgroup2: &Path, syscalls: bool) -> anyhow::Result<()> {
+        let r = self.attach_sock_create(cgroup2);
+        self.record(
+            P::SOCK_CREATE,
+            format!("cgroup/sock_create at {}", cgroup2.display()),
+            r,
+            Need::Optional { fallback: "inet socket kinds (raw, ICMP, SCTP, ...) not restricted" },
+        )?;
+        for (prog, tracepoints) in P::GUARD_TRACEPOINTS {
+            for name in *tracepoints {
+                let at = format!("tracepoint/syscalls/{name}");
+                if !syscalls {
+                    let state = "off (--syscall-guards off): this call is not guarded".to_string();
+                    self.hooks.push(HookStatus { program: prog, attach_point: at, state, attached: false });
+                    continue;
+                }
+                let r = self.attach_tracepoint(prog, "syscalls", name);
+                self.record(prog, at, r, Need::Optional { fallback: "this call is not guarded" })?;
+            }
+        }
+        Ok(())
+    }
+
+    fn attach_sock_create(&mut self, cgroup2: &Path) -> anyhow::Result<()> {
+        let p: &mut CgroupSock = self.ebpf.program_mut(P::SOCK_CREATE).context("sock_create missing")?.try_into()?;
+        p.load().context("load")?;
+        let root = File::open(cgroup2).with_context(|| format!("opening {}", cgroup2.display()))?;
+        p.attach(&root, CgroupAttachMode::Single).context("attach")?;
+        Ok(())
+    }
+
     fn record(&mut self, program: &'static str, attach_point: String, r: anyhow::Result<()>, need: Need) -> anyhow::Result<()> {
         let (state, attached) = match (r, need) {
             (Ok(()), _) => ("attached".to_string(), true),
@@ -217,9 +252,13 @@ impl Bpf {
         Ok(())
     }
 
+    /// Loads `prog` (once: a guard program serves several tracepoints) and
+    /// attaches it.
     fn attach_tracepoint(&mut self, prog: &str, category: &str, name: &str) -> anyhow::Result<()> {
         let p: &mut TracePoint = self.ebpf.program_mut(prog).with_context(|| format!("{prog} missing"))?.try_into()?;
-        p.load().context("load")?;
+        if p.fd().is_err() {
+            p.load().context("load")?;
+        }
         p.attach(category, name).context("attach")?;
         Ok(())
     }

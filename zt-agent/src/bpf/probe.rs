@@ -235,6 +235,25 @@ pub fn enforcement_paths(caps: &Capabilities) -> Vec<(&'static str, String)> {
             "UNAVAILABLE: cgroup sock_addr programs or LPM tries do not load; no egress enforcement".into()
         },
     ));
+    let kill = caps.has(names::TRACEPOINT) && caps.has(names::SEND_SIGNAL);
+    v.push((
+        "socket kinds",
+        match (caps.has(names::SOCK_ADDR), kill) {
+            (true, true) => {
+                "inet: cgroup sock_create at the cgroup v2 root (EPERM); other families: tracepoints on socket/socketpair, SIGKILL".into()
+            }
+            (true, false) => "inet: cgroup sock_create (EPERM); other families UNGUARDED (bpf_send_signal unavailable)".into(),
+            (false, _) => "UNGUARDED: cgroup programs do not load".into(),
+        },
+    ));
+    v.push((
+        "process takeover, bpf(2)",
+        if kill {
+            "tracepoints on ptrace/process_vm_readv/process_vm_writev/pidfd_getfd/bpf, SIGKILL (the call itself runs; the caller never returns to user space)".into()
+        } else {
+            "UNGUARDED: tracepoints with bpf_send_signal unavailable".into()
+        },
+    ));
     let file_path = if caps.has(names::LSM) {
         "BPF LSM available"
     } else if caps.has(names::SEND_SIGNAL) {

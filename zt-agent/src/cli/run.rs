@@ -53,6 +53,13 @@ pub struct RunArgs {
     /// or `proc` (read from /proc after the exec: misses processes that exit at once).
     #[arg(long, value_enum, default_value_t = ArgvCapture::Kernel)]
     pub argv_capture: ArgvCapture,
+    /// The syscall guards (socket/socketpair of non-inet families, ptrace,
+    /// process_vm_readv/writev, pidfd_getfd, bpf: the caller is killed).
+    /// Their tracepoints put every syscall of every process on the kernel's
+    /// traced path (see BENCHMARKS.md); `off` trades those guards for that
+    /// cost, and `status` says they are off.
+    #[arg(long, value_enum, default_value_t = SyscallGuards::On)]
+    pub syscall_guards: SyscallGuards,
     /// Where the signed audit log is written.
     #[arg(long, value_name = "DIR", env = "ZT_AUDIT_DIR", default_value = audit::log::DEFAULT_DIR)]
     pub audit_dir: PathBuf,
@@ -69,6 +76,12 @@ pub struct RunArgs {
     /// Delete the oldest signed segments beyond this total size (recorded in the log).
     #[arg(long, value_name = "BYTES")]
     pub audit_retain_bytes: Option<u64>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum SyscallGuards {
+    On,
+    Off,
 }
 
 fn parse_label(s: &str) -> Result<(String, String), String> {
@@ -91,6 +104,7 @@ impl RunArgs {
             socket: self.socket,
             demo: self.demo,
             argv: self.argv_capture,
+            syscall_guards: self.syscall_guards == SyscallGuards::On,
             state_dir: Some(self.state_dir),
             node_labels: self.node_labels.into_iter().collect(),
             audit,

@@ -8,13 +8,14 @@
 use std::mem::size_of;
 
 use thiserror::Error;
-use zt_common::{ConnectEvent, EventHeader, ExecEvent, ExitEvent, kind};
+use zt_common::{ConnectEvent, EventHeader, ExecEvent, ExitEvent, guard::GuardEvent, kind};
 
 #[derive(Debug, Clone)]
 pub enum RawEvent {
     Exec(Box<ExecEvent>),
     Exit(ExitEvent),
     Connect(ConnectEvent),
+    Guard(GuardEvent),
 }
 
 impl RawEvent {
@@ -23,6 +24,7 @@ impl RawEvent {
             RawEvent::Exec(e) => &e.header,
             RawEvent::Exit(e) => &e.header,
             RawEvent::Connect(e) => &e.header,
+            RawEvent::Guard(e) => &e.header,
         }
     }
 }
@@ -58,6 +60,7 @@ pub fn decode(bytes: &[u8]) -> Result<RawEvent, DecodeError> {
         kind::EXEC => Ok(RawEvent::Exec(Box::new(read(bytes, "exec")?))),
         kind::EXIT => Ok(RawEvent::Exit(read(bytes, "exit")?)),
         kind::CONNECT => Ok(RawEvent::Connect(read(bytes, "connect")?)),
+        kind::GUARD => Ok(RawEvent::Guard(read(bytes, "guard")?)),
         other => Err(DecodeError::UnknownKind(other)),
     }
 }

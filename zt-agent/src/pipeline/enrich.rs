@@ -16,7 +16,7 @@ use zt_common::{NO_IDENTITY, args_flags};
 
 use super::{
     decode::{RawEvent, c_str},
-    event::{Body, ConnectInfo, Event, ExecInfo, IdentityRef, Process},
+    event::{Body, ConnectInfo, Event, ExecInfo, GuardInfo, IdentityRef, Process},
 };
 use crate::{
     host::wall_time,
@@ -192,6 +192,14 @@ impl Enricher {
                     connect.repeats = c.repeats_total.saturating_sub(last).max(1);
                 }
                 Some(self.event(wall_time(h.time_ns), Body::Connect { process, identity: self.identity_ref(h.identity), connect }))
+            }
+            // Security records: always shown, whatever `--show` says.
+            RawEvent::Guard(g) => {
+                let meta = self.meta(h.tgid, h.start_ns, h.cgroup_id);
+                let process = self.process_info(&h, meta.ppid, &g.comm, meta.exe, meta.cgroup);
+                let target = self.identity_ref(g.target_identity).map(|r| r.name);
+                let guard = GuardInfo::from_raw(&g, target);
+                Some(self.event(wall_time(h.time_ns), Body::Guard { process, identity: self.identity_ref(h.identity), guard }))
             }
         }
     }

@@ -53,6 +53,13 @@ pub enum Body {
         identity: Option<IdentityRef>,
         connect_summary: ConnectSummary,
     },
+    /// A call an agent identity may not make around the egress hooks was
+    /// refused, or its process killed (see `zt_common::guard`).
+    Guard {
+        process: Process,
+        identity: Option<IdentityRef>,
+        guard: GuardInfo,
+    },
 }
 
 impl Body {
@@ -61,7 +68,8 @@ impl Body {
             Body::Exec { identity, .. }
             | Body::Exit { identity, .. }
             | Body::Connect { identity, .. }
-            | Body::ConnectSummary { identity, .. } => identity.as_ref(),
+            | Body::ConnectSummary { identity, .. }
+            | Body::Guard { identity, .. } => identity.as_ref(),
             Body::Loss { .. } | Body::Agent { .. } | Body::Policy { .. } => None,
         }
     }
@@ -75,6 +83,66 @@ impl Body {
             Body::Agent { .. } => "agent",
             Body::Policy { .. } => "policy",
             Body::ConnectSummary { .. } => "connect_summary",
+            Body::Guard { .. } => "guard",
+        }
+    }
+}
+
+/// What a guard saw and did.
+#[derive(Debug, Clone, Serialize, PartialEq, Eq)]
+pub struct GuardInfo {
+    /// "socket", "ptrace", "process_vm", "pidfd_getfd" or "bpf".
+    pub call: &'static str,
+    /// "denied" (EPERM), "killed" (SIGKILL) or "audited" (audit mode: would be).
+    pub action: &'static str,
+    /// For sockets: the kind the policy names ("raw", "icmp", "packet", ...),
+    /// and family, type and protocol as the call gave them.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub socket: Option<SocketInfo>,
+    /// For ptrace and process_vm: the target process and its identity.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub target: Option<GuardTarget>,
+    /// The raw arguments (ptrace request, bpf command, ...).
+    pub args: [u64; 3],
+    /// The syscall number (absent at the `sock_create` hook).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub syscall: Option<u32>,
+}
+
+#[derive(Debug, Clone, Serialize, PartialEq, Eq)]
+pub struct SocketInfo {
+    pub kind: &'static str,
+    pub family: u32,
+    #[serde(rename = "type")]
+    pub sock_type: u32,
+    pub protocol: u32,
+}
+
+#[derive(Debug, Clone, Serialize, PartialEq, Eq)]
+pub struct GuardTarget {
+    pub pid: u32,
+    /// The target's identity name; None: no identity.
+    pub identity: Option<Arc<str>>,
+}
+
+impl GuardInfo {
+    /// `target_identity` is the target's identity name, looked up by the caller.
+    pub fn from_raw(g: &zt_common::guard::GuardEvent, target_identity: Option<Arc<str>>) -> Self {
+        use zt_common::guard::{action, op, sock_kind};
+        let name = |names: &[&'static str], i: u32| names.get(i as usize).copied().unwrap_or("unknown");
+        let is_socket = g.op == op::SOCKET || g.op == op::SOCKET_SYSCALL;
+        GuardInfo {
+            call: name(&op::NAMES, g.op),
+            action: name(&action::NAMES, g.action),
+            socket: is_socket.then(|| SocketInfo {
+                kind: name(&sock_kind::NAMES, g.sock_kind.trailing_zeros()),
+                family: g.args[0] as u32,
+                sock_type: g.args[1] as u32,
+                protocol: g.args[2] as u32,
+            }),
+            target: (g.target_pid != 0).then_some(GuardTarget { pid: g.target_pid, identity: target_identity }),
+            args: g.args,
+            syscall: (g.syscall != 0).then_some(g.syscall),
         }
     }
 }

@@ -158,7 +158,7 @@ pub fn compile(policy: &Policy, ids: &IdRegistry, slot: u32, active: &[bool]) ->
                 default_files: action(ident.defaults.files),
                 default_exec: action(ident.defaults.exec),
                 mode: mode(ident.mode),
-                _pad: 0,
+                sockets: ident.sockets,
             },
         ));
         // prefix -> rules declared on exactly that prefix.

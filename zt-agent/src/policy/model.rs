@@ -111,6 +111,8 @@ pub struct IdentityDef {
     pub selectors: Vec<Selector>,
     pub mode: Mode,
     pub defaults: Defaults,
+    /// Socket kinds its processes may create (`zt_common::guard::sock_kind` bits).
+    pub sockets: u32,
     pub pos: Pos,
 }
 

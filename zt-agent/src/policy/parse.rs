@@ -25,6 +25,8 @@ use super::{
     },
     raw::*,
 };
+use zt_common::guard::sock_kind;
+
 use crate::identity::selector::{CgroupGlob, ExeMatcher, Selector};
 
 pub const API_VERSION: &str = "zt-agent.io/v1alpha1";
@@ -332,10 +334,21 @@ fn convert_identity(cx: &mut Ctx<'_>, ri: &RawIdentity, trust_domain: Option<&st
             }
         }
     }
+    let sockets = match &ri.sockets {
+        None => sock_kind::DEFAULT,
+        Some(kinds) => kinds.iter().fold(0, |mask, k| match sock_kind::NAMES.iter().position(|n| *n == k.value) {
+            Some(bit) => mask | 1 << bit,
+            None => {
+                let hint = format!("one of {}", sock_kind::NAMES.join(", "));
+                cx.error(&k.referenced, format!("unknown socket kind {:?}", k.value), Some(&hint));
+                mask
+            }
+        }),
+    };
     if cx.errors.len() != before {
         return None;
     }
-    Some(IdentityDef { name: name.value.clone(), spiffe_id, selectors, mode, defaults, pos: cx.pos(&name.referenced) })
+    Some(IdentityDef { name: name.value.clone(), spiffe_id, selectors, mode, defaults, sockets, pos: cx.pos(&name.referenced) })
 }
 
 fn convert_selector(cx: &mut Ctx<'_>, rs: &RawSelector, parent: &Location) -> Option<Selector> {

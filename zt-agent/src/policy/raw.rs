@@ -48,6 +48,8 @@ pub(super) struct RawIdentity {
     pub(super) mode: Option<Spanned<String>>,
     #[serde(default)]
     pub(super) default_action: Option<Spanned<RawDefault>>,
+    #[serde(default)]
+    pub(super) sockets: Option<Vec<Spanned<String>>>,
 }
 
 #[derive(Deserialize)]

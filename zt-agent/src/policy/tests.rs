@@ -207,9 +207,10 @@ fn compiles_byte_for_byte() {
     let c = compile(&p, &ids, 1, &[true, true]).unwrap();
     assert_eq!(c.identities.len(), 1);
     let (k, v) = &c.identities[0];
-    // slot 1, identity 1 | egress deny, files allow, exec allow, enforce.
+    // slot 1, identity 1 | egress deny, files allow, exec allow, enforce,
+    // sockets tcp|udp|unix|netlink (0x0f).
     assert_eq!(hex(&bytes_of(k)), "0100000001000000");
-    assert_eq!(hex(&bytes_of(v)), "0100000000000000");
+    assert_eq!(hex(&bytes_of(v)), "010000000f000000");
     assert_eq!(c.net.len(), 2);
     // 10.0.0.0/8 -> prefix 64 + 96 + 8; key: slot, identity, ::ffff:10.0.0.0.
     let (len, key, list) = &c.net[0];
@@ -460,6 +461,25 @@ fn parser_messages_in_policy_terms() {
     for internal in ["RawDefault", "RawPort", "DuplicateKeyPolicy", "budget"] {
         assert!(!e.contains(internal));
     }
+}
+
+#[test]
+fn socket_kinds_compile_to_the_mask_and_unknown_ones_are_named() {
+    let ident =
+        |sockets: &str| format!("{HEAD}  identities:\n    - name: a\n      sockets: {sockets}\n      selectors:\n        - uid: 1\n");
+    let mask = |sockets: &str| {
+        let p = parse1(&ident(sockets)).unwrap();
+        let ids = IdRegistry::for_policy(&p).unwrap();
+        compile(&p, &ids, 0, &[]).unwrap().identities[0].1.sockets
+    };
+    use zt_common::guard::sock_kind;
+    assert_eq!(mask("[tcp, udp, unix, netlink, icmp]"), sock_kind::DEFAULT | sock_kind::ICMP);
+    assert_eq!(mask("[tcp]"), sock_kind::TCP);
+    assert_eq!(mask("[]"), 0, "an empty list narrows to no socket at all");
+    assert_eq!(
+        errs(&ident("[tcp, sctp]")),
+        "p.yaml:9:22: unknown socket kind \"sctp\" (hint: one of tcp, udp, unix, netlink, icmp, raw, packet, other)"
+    );
 }
 
 #[test]

@@ -1,0 +1,172 @@
+//! Root tests of the ways around the egress hooks, each as an attack by an
+//! agent identity beside the same call by a process without an identity
+//! (the control): raw, packet and ICMP "ping" sockets (bytes checked at a
+//! listener), ptrace and process_vm_readv on a process outside the
+//! identity, and bpf(2). Allowed socket kinds keep working, a policy can
+//! allow more, and every refusal is an event and a signed audit record.
+use std::{
+    net::UdpSocket,
+    os::unix::process::ExitStatusExt as _,
+    path::Path,
+    process::{Child, Command},
+    time::Duration,
+};
+
+use serde_json::Value;
+use zt_tests::*;
+
+/// What `zt-test-helper around MODE TARGET` did, run by `cmd`: the result
+/// line, or "KILLED" when it died of SIGKILL.
+fn around(mut cmd: Command, mode: &str, target: &str, out: &Path) -> String {
+    let _ = std::fs::remove_file(out);
+    let status = cmd.args(["around", mode, target]).arg(out).status().unwrap();
+    if status.signal() == Some(libc::SIGKILL) {
+        return "KILLED".into();
+    }
+    assert!(status.success(), "{mode}: {status}");
+    std::fs::read_to_string(out).unwrap()
+}
+
+/// Whether a datagram arrived at `l` within a short wait.
+fn arrived(l: &UdpSocket) -> Option<Vec<u8>> {
+    let mut buf = [0u8; 64];
+    l.recv(&mut buf).ok().map(|n| buf[..n].to_vec())
+}
+
+/// A sysctl set for the test, restored when dropped.
+struct Sysctl(&'static str, String);
+impl Sysctl {
+    fn set(path: &'static str, value: &str) -> Self {
+        let old = std::fs::read_to_string(path).unwrap();
+        std::fs::write(path, value).unwrap();
+        Sysctl(path, old)
+    }
+}
+impl Drop for Sysctl {
+    fn drop(&mut self) {
+        let _ = std::fs::write(self.0, self.1.trim());
+    }
+}
+
+struct Victim(Child);
+impl Drop for Victim {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+#[test]
+#[ignore = "needs root (loads eBPF programs, creates cgroups): cargo xtask test runs it"]
+fn no_way_around_the_egress_hooks() {
+    if !require_root("no_way_around_the_egress_hooks") {
+        return;
+    }
+    // Ping sockets open to every group (a common distribution default), and
+    // frames written to lo from and to 127.0.0.1 accepted like any other
+    // (dropped as martian otherwise, and the control's frame would not arrive).
+    let _ping = Sysctl::set("/proc/sys/net/ipv4/ping_group_range", "0 2147483647");
+    let _localnet = Sysctl::set("/proc/sys/net/ipv4/conf/lo/route_localnet", "1");
+    let _local = Sysctl::set("/proc/sys/net/ipv4/conf/lo/accept_local", "1");
+    let base = unique("guards");
+    let cg = TestCgroup::new(&format!("/{base}/agent")).unwrap();
+    let pinger = TestCgroup::new(&format!("/{base}/pinger")).unwrap();
+    let policy = policy(
+        "zt.test",
+        &format!(
+            "    - name: agent\n      selectors:\n        - cgroup: {}/**\n    - name: pinger\n      sockets: [tcp, udp, unix, netlink, icmp]\n      selectors:\n        - cgroup: {}/**\n",
+            cg.rel, pinger.rel
+        ),
+    );
+    let tmp = tempdir("guards-out").unwrap();
+    let (audit_dir, key) = (tmp.path().join("audit"), tmp.path().join("audit.key"));
+    let agent =
+        Agent::start("guards", &policy, &["--audit-dir", audit_dir.to_str().unwrap(), "--audit-key", key.to_str().unwrap()]).unwrap();
+    let out = tmp.path().join("result");
+    let listener = UdpSocket::bind("127.0.0.1:0").unwrap();
+    listener.set_read_timeout(Some(Duration::from_millis(500))).unwrap();
+    let to = listener.local_addr().unwrap().to_string();
+    let outside = || Command::new(helper_bin());
+    let inside = || cg.command(helper_bin());
+
+    // Raw socket: refused at creation (EPERM), nothing arrives; the control's datagram does.
+    assert_eq!(around(inside(), "raw-udp", &to, &out), "EPERM");
+    assert_eq!(arrived(&listener), None, "the agent's raw datagram must not arrive");
+    assert_eq!(around(outside(), "raw-udp", &to, &out), "OK");
+    assert_eq!(arrived(&listener).as_deref(), Some(&b"zt-around"[..]), "the control's raw datagram arrives");
+
+    // Packet socket: no hook refuses it, so the caller is killed at socket().
+    assert_eq!(around(inside(), "packet-udp", &to, &out), "KILLED");
+    assert_eq!(arrived(&listener), None, "the agent's frame must not arrive");
+    assert_eq!(around(outside(), "packet-udp", &to, &out), "OK");
+    assert_eq!(arrived(&listener).as_deref(), Some(&b"zt-around"[..]), "the control's frame arrives");
+
+    // Ping socket: refused for the identity whose policy does not name icmp;
+    // allowed (the echo reply comes back) for the one that does, and for the control.
+    assert_eq!(around(inside(), "ping", "127.0.0.1:0", &out), "EPERM");
+    assert_eq!(around(pinger.command(helper_bin()), "ping", "127.0.0.1:0", &out), "OK");
+    assert_eq!(around(outside(), "ping", "127.0.0.1:0", &out), "OK");
+
+    // Allowed kinds keep working: a Unix socket pair, a UDP datagram.
+    assert_eq!(around(inside(), "socketpair", "-", &out), "OK");
+
+    // Taking over a process outside the identity: killed at the call.
+    let victim = Victim(Command::new("sleep").arg("30").spawn().unwrap());
+    let vpid = victim.0.id().to_string();
+    assert_eq!(around(inside(), "ptrace", &vpid, &out), "KILLED");
+    let tracer = std::fs::read_to_string(format!("/proc/{vpid}/status")).unwrap();
+    assert!(tracer.contains("TracerPid:\t0"), "the victim is not traced");
+    assert_eq!(around(outside(), "ptrace", &vpid, &out), "OK");
+    assert_eq!(around(inside(), "process-vm-read", &vpid, &out), "KILLED");
+    assert_eq!(around(outside(), "process-vm-read", &vpid, &out), "OK");
+
+    // bpf(2): the way to rewrite the agent's own tables.
+    assert_eq!(around(inside(), "bpf", "-", &out), "KILLED");
+    assert_eq!(around(outside(), "bpf", "-", &out), "OK");
+
+    let deadline = std::time::Instant::now() + Duration::from_secs(20);
+    let guards: Vec<Value> = loop {
+        let g: Vec<Value> = agent.events().into_iter().filter(|e| e["kind"] == "guard").collect();
+        if g.len() >= 6 {
+            break g;
+        }
+        assert!(std::time::Instant::now() < deadline, "guard events so far: {g:?}");
+        std::thread::sleep(Duration::from_millis(50));
+    };
+    let seen: Vec<(String, String, String)> = guards
+        .iter()
+        .map(|e| {
+            let g = &e["guard"];
+            (g["call"].as_str().unwrap().into(), g["action"].as_str().unwrap().into(), g["socket"]["kind"].as_str().unwrap_or("").into())
+        })
+        .collect();
+    for want in [
+        ("socket", "denied", "raw"),
+        ("socket", "killed", "packet"),
+        ("socket", "denied", "icmp"),
+        ("ptrace", "killed", ""),
+        ("process_vm", "killed", ""),
+        ("bpf", "killed", ""),
+    ] {
+        assert!(seen.iter().any(|s| (s.0.as_str(), s.1.as_str(), s.2.as_str()) == want), "no {want:?} event in {seen:?}");
+    }
+    assert!(guards.iter().all(|e| e["identity"]["name"] == "agent"), "only the agent identity's calls: {guards:?}");
+    let ptrace = guards.iter().find(|e| e["guard"]["call"] == "ptrace").unwrap();
+    assert_eq!(ptrace["guard"]["target"]["pid"].to_string(), vpid);
+    assert!(ptrace["guard"]["target"]["identity"].is_null());
+    let status = agent.status();
+    assert!(
+        status["hooks"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .filter(|h| h["program"].as_str().unwrap().starts_with("guard_") || h["program"] == "sock_create")
+            .all(|h| h["attached"] == true),
+        "{}",
+        status["hooks"]
+    );
+    agent.stop().unwrap();
+    let o = Command::new(agent_bin()).args(["audit", "show", "--json", "--dir", audit_dir.to_str().unwrap()]).output().unwrap();
+    let audited = String::from_utf8_lossy(&o.stdout).lines().filter(|l| l.contains("\"kind\":\"guard\"")).count();
+    assert!(audited >= 6, "every guard event is a signed audit record ({audited})");
+}

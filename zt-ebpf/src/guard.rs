@@ -1,0 +1,220 @@
+//! Guards around the egress hooks (see `zt_common::guard`): what an agent
+//! identity may not do to get around them.
+//!
+//! - `sock_create` (cgroup, at the v2 root): an inet socket of a kind the
+//!   identity's policy does not allow (raw, ICMP "ping", SCTP, ...) fails
+//!   with EPERM at creation.
+//! - Syscall tracepoints, which cannot refuse a call, so the caller is
+//!   killed (`bpf_send_signal(SIGKILL)`, delivered before the call returns
+//!   to user space; the call itself has run):
+//!   `guard_socket` (`socket`/`socketpair` of a non-inet family the policy
+//!   does not allow: packet, XDP, ...), `guard_ptrace` (attach/seize of a
+//!   process outside the identity), `guard_process_vm`
+//!   (`process_vm_readv`/`writev` on a process outside the identity),
+//!   `guard_pidfd_getfd` (any: the target behind a pidfd is not known
+//!   here), `guard_bpf` (any `bpf(2)`).
+//!
+//! Processes without an identity pay one array read and return. An
+//! identity in audit mode only gets the event. Before the first policy is
+//! applied nothing is refused (as for egress).
+use aya_ebpf::{
+    helpers::{bpf_get_current_comm, bpf_get_current_pid_tgid, generated::bpf_send_signal},
+    macros::{cgroup_sock, tracepoint},
+    programs::{SockContext, TracePointContext},
+};
+use zt_common::{
+    NO_IDENTITY,
+    guard::{AF_INET, AF_INET6, GuardEvent, action, classify_socket, op},
+    kind, loss,
+    policy::AUDIT,
+};
+
+use crate::{
+    events::{reserve, submit},
+    maps::{PROC_TABLE, identity_of, identity_policy},
+};
+
+const SIGKILL: u32 = 9;
+const PTRACE_ATTACH: u64 = 16;
+const PTRACE_SEIZE: u64 = 0x4206;
+/// Offsets in every `syscalls/sys_enter_*` record: the syscall number, then
+/// each argument as 8 bytes (checked against tracefs at load).
+const NR_OFF: usize = 8;
+const ARG_OFF: usize = 16;
+
+/// The caller's identity, or `None` for a process without one.
+#[inline(always)]
+fn caller() -> Option<(u32, u32)> {
+    let tgid = (bpf_get_current_pid_tgid() >> 32) as u32;
+    let identity = identity_of(tgid);
+    (identity != NO_IDENTITY).then_some((tgid, identity))
+}
+
+/// Whether `identity` runs in audit mode, and the socket kinds it may
+/// create; `None` before the first policy (nothing is refused then). An
+/// identity the policy in force does not know gets the defaults of none:
+/// enforce, no socket kind (fail closed, as for egress).
+#[inline(always)]
+fn policy_of(identity: u32) -> Option<(bool, u32)> {
+    let (active, pol) = identity_policy(identity);
+    if active.generation == 0 {
+        return None;
+    }
+    Some(match pol {
+        Some(p) => (p.mode == AUDIT, p.sockets),
+        None => (false, 0),
+    })
+}
+
+#[cgroup_sock(sock_create)]
+pub fn sock_create(ctx: SockContext) -> i32 {
+    let Some((_, identity)) = caller() else { return 1 };
+    // SAFETY: the context pointer the kernel passed to this program, valid
+    // for the run; the verifier checks each field read at this attach point.
+    let sk = unsafe { &*ctx.sock };
+    let (family, sock_type, protocol) = (sk.family, sk.type_, sk.protocol);
+    if family != AF_INET && family != AF_INET6 {
+        return 1;
+    }
+    let kind_bit = classify_socket(family, sock_type, protocol);
+    let Some((audit, allowed)) = policy_of(identity) else { return 1 };
+    if allowed & kind_bit != 0 {
+        return 1;
+    }
+    let act = if audit { action::AUDITED } else { action::DENIED };
+    emit(identity, op::SOCKET, act, 0, [family as u64, sock_type as u64, protocol as u64], 0, NO_IDENTITY, kind_bit);
+    if audit { 1 } else { 0 }
+}
+
+/// `socket`/`socketpair` of a family the `sock_create` hook does not see.
+#[tracepoint]
+pub fn guard_socket(ctx: TracePointContext) -> u32 {
+    let Some((_, identity)) = caller() else { return 0 };
+    let args = syscall_args(&ctx);
+    let family = args[0] as u32;
+    if family == AF_INET || family == AF_INET6 {
+        // Refused (with EPERM) by `sock_create`, which sees the real protocol.
+        return 0;
+    }
+    let kind_bit = classify_socket(family, args[1] as u32, args[2] as u32);
+    let Some((audit, allowed)) = policy_of(identity) else { return 0 };
+    if allowed & kind_bit == 0 {
+        kill_or_audit(&ctx, identity, op::SOCKET_SYSCALL, audit, args, 0, NO_IDENTITY, kind_bit);
+    }
+    0
+}
+
+#[tracepoint]
+pub fn guard_ptrace(ctx: TracePointContext) -> u32 {
+    let Some((_, identity)) = caller() else { return 0 };
+    let args = syscall_args(&ctx);
+    if args[0] != PTRACE_ATTACH && args[0] != PTRACE_SEIZE {
+        // Every other request needs an attach first (or is PTRACE_TRACEME,
+        // which hands the caller to its parent, not the other way round).
+        return 0;
+    }
+    across_identities(&ctx, identity, op::PTRACE, args, args[1] as u32);
+    0
+}
+
+#[tracepoint]
+pub fn guard_process_vm(ctx: TracePointContext) -> u32 {
+    let Some((_, identity)) = caller() else { return 0 };
+    let args = syscall_args(&ctx);
+    across_identities(&ctx, identity, op::PROCESS_VM, args, args[0] as u32);
+    0
+}
+
+#[tracepoint]
+pub fn guard_pidfd_getfd(ctx: TracePointContext) -> u32 {
+    let Some((_, identity)) = caller() else { return 0 };
+    let Some((audit, _)) = policy_of(identity) else { return 0 };
+    kill_or_audit(&ctx, identity, op::PIDFD_GETFD, audit, syscall_args(&ctx), 0, NO_IDENTITY, 0);
+    0
+}
+
+#[tracepoint]
+pub fn guard_bpf(ctx: TracePointContext) -> u32 {
+    let Some((_, identity)) = caller() else { return 0 };
+    let Some((audit, _)) = policy_of(identity) else { return 0 };
+    kill_or_audit(&ctx, identity, op::BPF, audit, syscall_args(&ctx), 0, NO_IDENTITY, 0);
+    0
+}
+
+/// A call on process `target` (a pid as the caller names it): allowed only
+/// within the caller's own identity. A pid the tables do not know (another
+/// pid namespace, a thread id) counts as outside: fail closed.
+#[inline(always)]
+fn across_identities(ctx: &TracePointContext, identity: u32, what: u32, args: [u64; 3], target: u32) {
+    let target_identity = identity_of(target);
+    if target_identity == identity {
+        return;
+    }
+    let Some((audit, _)) = policy_of(identity) else { return };
+    kill_or_audit(ctx, identity, what, audit, args, target, target_identity, 0);
+}
+
+/// The first three arguments of a `syscalls/sys_enter_*` record.
+#[inline(always)]
+fn syscall_args(ctx: &TracePointContext) -> [u64; 3] {
+    // SAFETY: `read_at` copies through bpf_probe_read_kernel (an error, not
+    // a fault, on a bad offset); every sys_enter record holds at least
+    // three 8-byte argument slots from ARG_OFF (these syscalls all take 3+).
+    unsafe {
+        [
+            ctx.read_at::<u64>(ARG_OFF).unwrap_or(0),
+            ctx.read_at::<u64>(ARG_OFF + 8).unwrap_or(0),
+            ctx.read_at::<u64>(ARG_OFF + 16).unwrap_or(0),
+        ]
+    }
+}
+
+#[inline(always)]
+#[expect(clippy::too_many_arguments, reason = "the fields of the GuardEvent, written in place into the ring buffer")]
+fn kill_or_audit(
+    ctx: &TracePointContext,
+    identity: u32,
+    what: u32,
+    audit: bool,
+    args: [u64; 3],
+    target: u32,
+    target_identity: u32,
+    kind_bit: u32,
+) {
+    if !audit {
+        // SAFETY: the helper takes a signal number and no memory; it
+        // signals the current task, which is what we mean.
+        unsafe { bpf_send_signal(SIGKILL) };
+    }
+    // SAFETY: as in `syscall_args`: a checked copy from the record.
+    let nr = unsafe { ctx.read_at::<i32>(NR_OFF) }.unwrap_or(-1) as u32;
+    emit(identity, what, if audit { action::AUDITED } else { action::KILLED }, nr, args, target, target_identity, kind_bit);
+}
+
+#[inline(always)]
+#[expect(clippy::too_many_arguments, reason = "the fields of the GuardEvent, written in place into the ring buffer")]
+fn emit(identity: u32, what: u32, act: u32, nr: u32, args: [u64; 3], target: u32, target_identity: u32, kind_bit: u32) {
+    let Some(mut entry) = reserve::<GuardEvent>(loss::RINGBUF_GUARD) else { return };
+    let tgid = (bpf_get_current_pid_tgid() >> 32) as u32;
+    // SAFETY: all-integer value of a preallocated hash, copied out here.
+    let (start_ns, cgroup_id) = match unsafe { PROC_TABLE.get(tgid) } {
+        Some(p) => (p.start_ns, p.cgroup_id),
+        None => (0, 0),
+    };
+    let ev = entry.as_mut_ptr();
+    // SAFETY: `ev` points to a ring buffer record reserved for a GuardEvent
+    // (its size, 8-byte aligned) that only this program sees until
+    // `submit`: the field writes are in bounds and unaliased.
+    unsafe {
+        (*ev).header = crate::lineage::event_header(kind::GUARD, identity, start_ns, cgroup_id);
+        (*ev).op = what;
+        (*ev).action = act;
+        (*ev).args = args;
+        (*ev).target_pid = target;
+        (*ev).target_identity = target_identity;
+        (*ev).sock_kind = kind_bit;
+        (*ev).syscall = nr;
+        (*ev).comm = bpf_get_current_comm().unwrap_or([0; 16]);
+    }
+    submit(entry);
+}
