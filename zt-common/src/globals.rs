@@ -11,6 +11,10 @@ pub const EXEC_OLD_PID: &str = "EXEC_OLD_PID_OFF";
 /// Offset of `group_dead` in `sched_process_exit`, or [`ABSENT`] on
 /// kernels whose tracepoint lacks the field.
 pub const EXIT_GROUP_DEAD: &str = "EXIT_GROUP_DEAD_OFF";
+/// Offsets of `dst_root`, `dst_id` and `pid` in `cgroup_attach_task`.
+pub const ATTACH_DST_ROOT: &str = "ATTACH_DST_ROOT_OFF";
+pub const ATTACH_DST_ID: &str = "ATTACH_DST_ID_OFF";
+pub const ATTACH_PID: &str = "ATTACH_PID_OFF";
 /// Offsets of `task_struct.mm`, `mm_struct.arg_start` and
 /// `mm_struct.arg_end` from kernel BTF, or [`ABSENT`]: then argv comes
 /// from the `sys_enter_execve[at]` programs instead.

@@ -58,6 +58,26 @@ pub fn classify_socket(family: u32, sock_type: u32, protocol: u32) -> u32 {
     }
 }
 
+/// Whether a `setsockopt(level, optname)` with an `optlen`-byte value can
+/// send packets via a first hop other than their destination: IPv4
+/// options (`IP_OPTIONS`, which carry loose/strict source routes; an empty
+/// value only clears them), IPv6 routing headers (`IPV6_RTHDR`,
+/// `IPV6_2292RTHDR`) and the RFC 2292 packet options that can carry one.
+#[inline(always)]
+pub fn reroutes(level: i32, optname: i32, optlen: i32) -> bool {
+    const SOL_IP: i32 = 0;
+    const IP_OPTIONS: i32 = 4;
+    const SOL_IPV6: i32 = 41;
+    const IPV6_2292RTHDR: i32 = 5;
+    const IPV6_2292PKTOPTIONS: i32 = 6;
+    const IPV6_RTHDR: i32 = 57;
+    match (level, optname) {
+        (SOL_IP, IP_OPTIONS) => optlen > 0,
+        (SOL_IPV6, IPV6_RTHDR | IPV6_2292RTHDR | IPV6_2292PKTOPTIONS) => optlen > 0,
+        _ => false,
+    }
+}
+
 /// What was guarded ([`GuardEvent::op`]).
 pub mod op {
     /// A socket refused at creation (cgroup `sock_create`, inet families).
@@ -72,7 +92,10 @@ pub mod op {
     pub const PIDFD_GETFD: u32 = 5;
     /// `bpf(2)`.
     pub const BPF: u32 = 6;
-    pub const NAMES: [&str; 7] = ["", "socket", "socket", "ptrace", "process_vm", "pidfd_getfd", "bpf"];
+    /// A socket option that re-routes ([`super::reroutes`]), refused at the
+    /// cgroup `setsockopt` hook.
+    pub const SETSOCKOPT: u32 = 7;
+    pub const NAMES: [&str; 8] = ["", "socket", "socket", "ptrace", "process_vm", "pidfd_getfd", "bpf", "setsockopt"];
 }
 
 /// What happened ([`GuardEvent::action`]).
@@ -136,11 +159,21 @@ mod tests {
     }
 
     #[test]
+    fn route_changing_options() {
+        assert!(reroutes(0, 4, 12), "IP_OPTIONS with a source route");
+        assert!(!reroutes(0, 4, 0), "clearing IP options");
+        assert!(reroutes(41, 57, 24), "IPV6_RTHDR");
+        assert!(reroutes(41, 5, 24) && reroutes(41, 6, 8));
+        assert!(!reroutes(0, 1, 4), "IP_TOS");
+        assert!(!reroutes(1, 25, 4), "SO_BINDTODEVICE decides the interface, not the destination");
+    }
+
+    #[test]
     fn guard_event_layout() {
         assert_eq!(core::mem::offset_of!(GuardEvent, op), 48);
         assert_eq!(core::mem::offset_of!(GuardEvent, args), 56);
         assert_eq!(core::mem::offset_of!(GuardEvent, comm), 96);
-        assert_eq!(op::NAMES.len(), 7);
+        assert_eq!(op::NAMES.len(), 8);
         assert_eq!(action::NAMES.len(), 4);
     }
 }

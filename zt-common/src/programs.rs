@@ -3,6 +3,7 @@
 pub const FORK: &str = "sched_process_fork";
 pub const EXEC: &str = "sched_process_exec";
 pub const EXIT: &str = "sched_process_exit";
+pub const CGROUP_ATTACH: &str = "cgroup_attach_task";
 pub const EXECVE_ARGS: &str = "sys_enter_execve";
 pub const EXECVEAT_ARGS: &str = "sys_enter_execveat";
 pub const CONNECT4: &str = "connect4";
@@ -10,6 +11,7 @@ pub const CONNECT6: &str = "connect6";
 pub const SENDMSG4: &str = "sendmsg4";
 pub const SENDMSG6: &str = "sendmsg6";
 pub const SOCK_CREATE: &str = "sock_create";
+pub const GUARD_SETSOCKOPT: &str = "guard_setsockopt";
 pub const GUARD_SOCKET: &str = "guard_socket";
 pub const GUARD_PTRACE: &str = "guard_ptrace";
 pub const GUARD_PROCESS_VM: &str = "guard_process_vm";
@@ -38,6 +40,7 @@ pub const ALL: &[&str] = &[
     FORK,
     EXEC,
     EXIT,
+    CGROUP_ATTACH,
     EXECVE_ARGS,
     EXECVEAT_ARGS,
     CONNECT4,
@@ -45,6 +48,7 @@ pub const ALL: &[&str] = &[
     SENDMSG4,
     SENDMSG6,
     SOCK_CREATE,
+    GUARD_SETSOCKOPT,
     GUARD_SOCKET,
     GUARD_PTRACE,
     GUARD_PROCESS_VM,

@@ -4,6 +4,9 @@
 //! - `sock_create` (cgroup, at the v2 root): an inet socket of a kind the
 //!   identity's policy does not allow (raw, ICMP "ping", SCTP, ...) fails
 //!   with EPERM at creation.
+//! - `setsockopt` (cgroup, at the v2 root): the options that send a packet
+//!   via a first hop other than the destination the egress hooks decided
+//!   on (IPv4 source-route options, IPv6 routing headers) fail with EPERM.
 //! - Syscall tracepoints, which cannot refuse a call, so the caller is
 //!   killed (`bpf_send_signal(SIGKILL)`, delivered before the call returns
 //!   to user space; the call itself has run):
@@ -19,12 +22,12 @@
 //! applied nothing is refused (as for egress).
 use aya_ebpf::{
     helpers::{bpf_get_current_comm, bpf_get_current_pid_tgid, generated::bpf_send_signal},
-    macros::{cgroup_sock, tracepoint},
-    programs::{SockContext, TracePointContext},
+    macros::{cgroup_sock, cgroup_sockopt, tracepoint},
+    programs::{SockContext, SockoptContext, TracePointContext},
 };
 use zt_common::{
     NO_IDENTITY,
-    guard::{AF_INET, AF_INET6, GuardEvent, action, classify_socket, op},
+    guard::{AF_INET, AF_INET6, GuardEvent, action, classify_socket, op, reroutes},
     kind, loss,
     policy::AUDIT,
 };
@@ -83,6 +86,22 @@ pub fn sock_create(ctx: SockContext) -> i32 {
     }
     let act = if audit { action::AUDITED } else { action::DENIED };
     emit(identity, op::SOCKET, act, 0, [family as u64, sock_type as u64, protocol as u64], 0, NO_IDENTITY, kind_bit);
+    if audit { 1 } else { 0 }
+}
+
+#[cgroup_sockopt(setsockopt)]
+pub fn guard_setsockopt(ctx: SockoptContext) -> i32 {
+    let Some((_, identity)) = caller() else { return 1 };
+    // SAFETY: the context pointer the kernel passed to this program, valid
+    // for the run; the verifier checks each field read here.
+    let so = unsafe { &*ctx.sockopt };
+    let (level, optname, optlen) = (so.level, so.optname, so.optlen);
+    if !reroutes(level, optname, optlen) {
+        return 1;
+    }
+    let Some((audit, _)) = policy_of(identity) else { return 1 };
+    let act = if audit { action::AUDITED } else { action::DENIED };
+    emit(identity, op::SETSOCKOPT, act, 0, [level as u64, optname as u64, optlen as u64], 0, NO_IDENTITY, 0);
     if audit { 1 } else { 0 }
 }
 

@@ -15,6 +15,10 @@
 //!   little, which is why it is only the fallback.
 //! - `sched_process_exit`: on the death of the whole thread group, emit an exit
 //!   event and drop the entry.
+//! - `cgroup_attach_task`: a process moved into a cgroup (a write to
+//!   `cgroup.procs`: no fork, no exec) adopts that cgroup's identity if it
+//!   had none, before it runs again. Identities stay sticky: a process
+//!   moved out keeps its identity.
 //!
 //! Threads: `sched_process_fork` also fires for `clone(CLONE_THREAD)` and the
 //! tracepoint does not say which it was, so a thread gets a (harmless) entry
@@ -42,8 +46,9 @@ use zt_common::{
 use crate::{
     events::{count_loss, reserve, submit},
     maps::{
-        ARGS_SCRATCH, CGROUP_IDENTITY, EXEC_ARGS, EXEC_FILENAME_OFF, EXEC_OLD_PID_OFF, EXIT_GROUP_DEAD_OFF, FORK_CHILD_PID_OFF,
-        MM_ARG_END_OFF, MM_ARG_START_OFF, PROC_TABLE, TASK_MM_OFF, global, set_pid_identity,
+        ARGS_SCRATCH, ATTACH_DST_ID_OFF, ATTACH_DST_ROOT_OFF, ATTACH_PID_OFF, CGROUP_IDENTITY, EXEC_ARGS, EXEC_FILENAME_OFF,
+        EXEC_OLD_PID_OFF, EXIT_GROUP_DEAD_OFF, FORK_CHILD_PID_OFF, MM_ARG_END_OFF, MM_ARG_START_OFF, PROC_TABLE, TASK_MM_OFF, global,
+        set_pid_identity,
     },
 };
 
@@ -418,3 +423,49 @@ fn try_exit(ctx: &TracePointContext) -> Result<(), i64> {
     }
     Ok(())
 }
+
+/// `cgroup:cgroup_attach_task`, fired in the task doing the move, once per
+/// thread moved. Only moves in the cgroup v2 hierarchy count (the ids of v1
+/// hierarchies are another namespace).
+#[tracepoint]
+pub fn cgroup_attach_task(ctx: TracePointContext) -> u32 {
+    match try_attach(&ctx) {
+        Ok(()) | Err(_) => 0,
+    }
+}
+
+fn try_attach(ctx: &TracePointContext) -> Result<(), i64> {
+    // SAFETY: checked copies through bpf_probe_read_kernel (an error, not a
+    // fault, on a bad offset) at the tracepoint's own offsets (tracefs, or
+    // the 6.18 defaults); any bit pattern is a valid integer.
+    let (root, cgroup_id, pid) = unsafe {
+        (
+            ctx.read_at::<i32>(global(&ATTACH_DST_ROOT_OFF) as usize)?,
+            ctx.read_at::<u64>(global(&ATTACH_DST_ID_OFF) as usize)?,
+            ctx.read_at::<i32>(global(&ATTACH_PID_OFF) as usize)?,
+        )
+    };
+    if root != DFL_HIERARCHY {
+        return Ok(());
+    }
+    let pid = pid as u32;
+    let Some(p) = PROC_TABLE.get_ptr_mut(pid) else { return Ok(()) };
+    // SAFETY: the lookup's pointer to this pid's element, valid and aligned
+    // for the run (a preallocated element stays mapped even if removed
+    // meanwhile). The moved task is stopped in the migration; user space may
+    // write the entry concurrently, and every field is an integer, so a race
+    // leaves valid values.
+    let p = unsafe { &mut *p };
+    p.cgroup_id = cgroup_id;
+    if p.identity == NO_IDENTITY {
+        let identity = cgroup_identity(cgroup_id);
+        if identity != NO_IDENTITY {
+            p.identity = identity;
+            set_pid_identity(pid, identity);
+        }
+    }
+    Ok(())
+}
+
+/// `dst_root` of the cgroup v2 (default) hierarchy.
+const DFL_HIERARCHY: i32 = 0;

@@ -118,6 +118,12 @@ pub static EXEC_FILENAME_OFF: u32 = 8;
 pub static EXEC_OLD_PID_OFF: u32 = 16;
 #[unsafe(no_mangle)]
 pub static EXIT_GROUP_DEAD_OFF: u32 = 32;
+#[unsafe(no_mangle)]
+pub static ATTACH_DST_ROOT_OFF: u32 = 8;
+#[unsafe(no_mangle)]
+pub static ATTACH_DST_ID_OFF: u32 = 16;
+#[unsafe(no_mangle)]
+pub static ATTACH_PID_OFF: u32 = 24;
 /// Kernel struct offsets from BTF (see `zt_common::globals::TASK_MM`);
 /// `u32::MAX` (absent) unless user space sets them.
 #[unsafe(no_mangle)]

@@ -17,6 +17,8 @@
 //! - try MODE ADDR OUT              one attempt, result ("OK", "EPERM" or "ERR <errno>")
 //!   written to file OUT; MODE: tcp, udp-sendto, udp-connect, uring-connect,
 //!   thread-tcp, double-fork-tcp (the grandchild of a double fork tries)
+//! - move-try PROCS MODE ADDR OUT  move this process into the cgroup whose
+//!   cgroup.procs is PROCS (no fork, no exec), then `try MODE ADDR OUT`
 //! - listen ADDR MS                 accept for MS ms; print how many connections came
 //! - connect-loop MS ADDR...       TCP connects to each ADDR in turn (then 0.5 ms
 //!   pause) for MS ms; prints how many attempts were denied (EPERM) and allowed
@@ -26,7 +28,9 @@
 //!   packet-udp ADDR (the same as an IPv4 frame through an AF_PACKET socket
 //!   on lo), ping ADDR (an ICMP echo through a ping socket; OK when the reply
 //!   came), socketpair (AF_UNIX), ptrace PID (attach, then detach),
-//!   process-vm-read PID (8 bytes of its first mapping), bpf (BPF_MAP_GET_NEXT_ID)
+//!   process-vm-read PID (8 bytes of its first mapping), bpf (BPF_MAP_GET_NEXT_ID),
+//!   lsrr HOP (IP_OPTIONS with a loose source route via HOP on a UDP socket),
+//!   tos - (IP_TOS on a UDP socket: an option that does not re-route)
 use std::{io::BufRead, net::TcpStream, time::Duration};
 
 fn connect(addr: &str) {
@@ -150,6 +154,10 @@ fn main() {
                 m => write(attempt(m, &addr)),
             }
         }
+        "move-try" => {
+            std::fs::write(a(2), std::process::id().to_string()).expect("moving to another cgroup");
+            std::fs::write(a(5), attempt(a(3), a(4))).expect("writing the result");
+        }
         "around" => {
             let (mode, target, out) = (a(2), a(3), a(4));
             std::fs::write(out, around::attempt(mode, target)).expect("writing the result");
@@ -267,6 +275,23 @@ mod around {
                 // SAFETY: both iovecs describe 8 bytes; the local one is ours.
                 let n = unsafe { libc::process_vm_readv(pid, &local, 1, &remote, 1, 0) };
                 if n == 8 { "OK".into() } else { last() }
+            }
+            "lsrr" | "tos" => {
+                let hop: std::net::Ipv4Addr = if mode == "lsrr" { target.parse().expect("HOP") } else { std::net::Ipv4Addr::LOCALHOST };
+                // SAFETY: plain socket(2).
+                let fd = unsafe { libc::socket(libc::AF_INET, libc::SOCK_DGRAM, 0) };
+                // NOP, then LSRR: type 0x83, length 7, pointer 4, the hop.
+                let mut opt = vec![1u8, 0x83, 7, 4];
+                opt.extend_from_slice(&hop.octets());
+                let tos = 0x10i32;
+                let (name, val, len) = if mode == "lsrr" {
+                    (libc::IP_OPTIONS, opt.as_ptr().cast::<libc::c_void>(), opt.len() as u32)
+                } else {
+                    (libc::IP_TOS, (&tos as *const i32).cast(), 4)
+                };
+                // SAFETY: the value is valid for the length given.
+                let r = unsafe { libc::setsockopt(fd, libc::IPPROTO_IP, name, val, len) };
+                if r == 0 { "OK".into() } else { last() }
             }
             "bpf" => {
                 // union bpf_attr for BPF_MAP_GET_NEXT_ID: start_id, next_id.

@@ -11,7 +11,7 @@ use std::{fs::File, path::Path};
 use anyhow::{Context as _, bail};
 use aya::{
     Ebpf, EbpfLoader,
-    programs::{CgroupAttachMode, CgroupSock, CgroupSockAddr, TracePoint},
+    programs::{CgroupAttachMode, CgroupSock, CgroupSockAddr, CgroupSockopt, TracePoint},
 };
 use serde::Serialize;
 use zt_common::{Config, maps as M, programs as P};
@@ -167,6 +167,12 @@ impl Bpf {
             (P::EXIT, "sched", "sched_process_exit", Need::Required),
             (P::FORK, "sched", "sched_process_fork", Need::Required),
             (P::EXEC, "sched", "sched_process_exec", Need::Required),
+            (
+                P::CGROUP_ATTACH,
+                "cgroup",
+                "cgroup_attach_task",
+                Need::Optional { fallback: "a process moved into an identity's cgroup is attributed at its next exec or rescan" },
+            ),
             (P::EXECVE_ARGS, "syscalls", "sys_enter_execve", Need::Optional { fallback: "argv read from /proc" }),
             (P::EXECVEAT_ARGS, "syscalls", "sys_enter_execveat", Need::Optional { fallback: "argv read from /proc" }),
         ] {
@@ -182,6 +188,10 @@ impl Bpf {
                 }
                 _ => None,
             };
+            let skip = skip.or_else(|| {
+                let absent = offsets.iter().any(|(g, v)| *g == zt_common::globals::ATTACH_PID && *v == zt_common::globals::ABSENT);
+                (prog == P::CGROUP_ATTACH && absent).then(|| "not attached: no cgroup_attach_task fields in tracefs; a process moved into an identity's cgroup is attributed at its next exec or rescan".to_string())
+            });
             if let Some(state) = skip {
                 bpf.hooks.push(HookStatus { program: prog, attach_point: at, state, attached: false });
                 continue;
@@ -219,6 +229,13 @@ impl Bpf {
             r,
             Need::Optional { fallback: "inet socket kinds (raw, ICMP, SCTP, ...) not restricted" },
         )?;
+        let r = self.attach_setsockopt(cgroup2);
+        self.record(
+            P::GUARD_SETSOCKOPT,
+            format!("cgroup/setsockopt at {}", cgroup2.display()),
+            r,
+            Need::Optional { fallback: "route-changing socket options not refused" },
+        )?;
         for (prog, tracepoints) in P::GUARD_TRACEPOINTS {
             for name in *tracepoints {
                 let at = format!("tracepoint/syscalls/{name}");
@@ -236,6 +253,14 @@ impl Bpf {
 
     fn attach_sock_create(&mut self, cgroup2: &Path) -> anyhow::Result<()> {
         let p: &mut CgroupSock = self.ebpf.program_mut(P::SOCK_CREATE).context("sock_create missing")?.try_into()?;
+        p.load().context("load")?;
+        let root = File::open(cgroup2).with_context(|| format!("opening {}", cgroup2.display()))?;
+        p.attach(&root, CgroupAttachMode::Single).context("attach")?;
+        Ok(())
+    }
+
+    fn attach_setsockopt(&mut self, cgroup2: &Path) -> anyhow::Result<()> {
+        let p: &mut CgroupSockopt = self.ebpf.program_mut(P::GUARD_SETSOCKOPT).context("guard_setsockopt missing")?.try_into()?;
         p.load().context("load")?;
         let root = File::open(cgroup2).with_context(|| format!("opening {}", cgroup2.display()))?;
         p.attach(&root, CgroupAttachMode::Single).context("attach")?;

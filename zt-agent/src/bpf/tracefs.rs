@@ -65,7 +65,13 @@ pub fn program_offsets(tracefs: &Path) -> Result<Vec<(&'static str, u32)>, Forma
     let need = |fields: &HashMap<String, (u32, u32)>, tp: &str, field: &str| {
         fields.get(field).map(|(o, _)| *o).ok_or_else(|| FormatError::MissingField { tracepoint: tp.into(), field: field.into() })
     };
+    // Optional: without it (or its fields) the migration hook is not attached.
+    let attach = read("cgroup/cgroup_attach_task").unwrap_or_default();
+    let attach_field = |field: &str| attach.get(field).map(|(o, _)| *o).unwrap_or(globals::ABSENT);
     Ok(vec![
+        (globals::ATTACH_DST_ROOT, attach_field("dst_root")),
+        (globals::ATTACH_DST_ID, attach_field("dst_id")),
+        (globals::ATTACH_PID, attach_field("pid")),
         (globals::FORK_PARENT_PID, need(&fork, "sched_process_fork", "parent_pid")?),
         (globals::FORK_CHILD_PID, need(&fork, "sched_process_fork", "child_pid")?),
         (globals::EXEC_FILENAME, need(&exec, "sched_process_exec", "filename")?),

@@ -91,7 +91,7 @@ impl Body {
 /// What a guard saw and did.
 #[derive(Debug, Clone, Serialize, PartialEq, Eq)]
 pub struct GuardInfo {
-    /// "socket", "ptrace", "process_vm", "pidfd_getfd" or "bpf".
+    /// "socket", "setsockopt", "ptrace", "process_vm", "pidfd_getfd" or "bpf".
     pub call: &'static str,
     /// "denied" (EPERM), "killed" (SIGKILL) or "audited" (audit mode: would be).
     pub action: &'static str,
