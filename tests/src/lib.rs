@@ -296,6 +296,8 @@ impl Agent {
             if extra.contains(&"--policy") { vec![] } else { vec!["--policy".as_ref(), policy_path.as_os_str()] };
         let own_state: Vec<std::ffi::OsString> =
             if extra.contains(&"--state-dir") { vec![] } else { vec!["--state-dir".into(), dir.join("state").into()] };
+        // Hermetic by default: nothing stays in the kernel after the test.
+        let own_pins: &[&str] = if extra.contains(&"--pin-dir") { &[] } else { &["--no-pin"] };
         let own_audit: Vec<std::ffi::OsString> = if extra.contains(&"--audit-dir") {
             vec![]
         } else {
@@ -306,6 +308,7 @@ impl Agent {
             .args(own_policy)
             .args(own_state)
             .args(own_audit)
+            .args(own_pins)
             .arg("--events")
             .arg(&events_path)
             .arg("--socket")
@@ -387,6 +390,14 @@ impl Agent {
                 bail!("timed out waiting for {what}; {} events so far; agent log:\n{}", ev.len(), self.stderr());
             }
             std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+
+    /// SIGKILL (no chance to clean up), and reap it.
+    pub fn kill9(&mut self) {
+        if let Some(c) = self.child.as_mut() {
+            let _ = c.kill();
+            let _ = c.wait();
         }
     }
 

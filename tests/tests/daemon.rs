@@ -35,6 +35,7 @@ fn started_and_stopped_in_process() {
         demo: false,
         argv: ArgvCapture::Kernel,
         syscall_guards: true,
+        pin_dir: None,
         state_dir: Some(dir.path().join("state")),
         node_labels: Default::default(),
         audit: audit::log::Config::new(audit_dir.clone(), dir.path().join("audit.key"), "zt-test/in-process".into()),
@@ -84,6 +85,7 @@ fn kernel_policy_target_refuses_the_slot_in_force() {
     let _in_runtime = rt.enter();
     let (bpf, maps) = Bpf::load(&LoadOptions {
         tracefs: &tracefs,
+        pins: None,
         ringbuf_bytes: 1 << 16,
         config: zt_common::Config::default(),
         argv: ArgvCapture::Proc,

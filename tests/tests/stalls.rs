@@ -41,7 +41,7 @@ fn an_event_reader_that_stops_reading_stalls_nothing() {
         .arg("run")
         .args(["--policy", dir.join("policy.yaml").to_str().unwrap(), "--state-dir", dir.join("state").to_str().unwrap()])
         .args(["--audit-dir", dir.join("audit").to_str().unwrap(), "--audit-key", dir.join("audit.key").to_str().unwrap()])
-        .args(["--events", fifo.to_str().unwrap(), "--show", "all", "--socket", socket.to_str().unwrap()])
+        .args(["--events", fifo.to_str().unwrap(), "--show", "all", "--socket", socket.to_str().unwrap(), "--no-pin"])
         .env("RUST_LOG", "info")
         .stdin(Stdio::null())
         .stdout(Stdio::null())

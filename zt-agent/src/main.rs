@@ -40,6 +40,13 @@ enum Command {
         #[command(subcommand)]
         command: cli::audit::AuditCommand,
     },
+    /// Remove the pinned programs and state (enforcement ends): what a stop
+    /// leaves in place on purpose. Stop the agent first.
+    Uninstall {
+        /// The pin directory the agent ran with.
+        #[arg(long, value_name = "DIR", default_value = zt_agent::bpf::pins::DEFAULT_DIR)]
+        pin_dir: PathBuf,
+    },
 }
 
 fn main() -> ExitCode {
@@ -55,6 +62,7 @@ fn main() -> ExitCode {
         Command::Status { socket, json } => cli::status::status(&socket, json),
         Command::Policy { command } => cli::policy::command(command),
         Command::Audit { command } => cli::audit::command(command),
+        Command::Uninstall { pin_dir } => cli::run::uninstall(&pin_dir),
     };
     result.unwrap_or_else(|e| {
         eprintln!("zt-agent: error: {e:#}");

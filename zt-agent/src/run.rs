@@ -35,6 +35,7 @@ use crate::{
     bpf::{
         self,
         loader::{ArgvCapture, Bpf, BpfMaps, LoadOptions},
+        pins::Pins,
         probe,
         tables::Counters,
     },
@@ -48,7 +49,7 @@ use crate::{
     pipeline::{
         self, Input, Stats,
         enrich::Enricher,
-        event::{AgentInfo, AgentState, Body, Event, PolicyAction},
+        event::{Adopted, AgentInfo, AgentState, Body, Event, PolicyAction},
         output::{JsonLines, Output, Show},
     },
     policy::{self, Bundle, RuleBook, conditions::Inputs, store},
@@ -67,6 +68,10 @@ pub struct RunOptions {
     pub argv: ArgvCapture,
     /// Attach the syscall-tracepoint guards (see `Bpf::attach_guards`).
     pub syscall_guards: bool,
+    /// Pin programs and state under this bpffs directory, so enforcement
+    /// outlives the daemon (see `bpf::pins`); None: everything is detached
+    /// when the agent stops. Needs `state_dir` (identity ids are kept there).
+    pub pin_dir: Option<PathBuf>,
     /// Where policy history is kept; None: in memory only.
     pub state_dir: Option<PathBuf>,
     pub node_labels: BTreeMap<String, String>,
@@ -105,6 +110,10 @@ pub struct Agent {
     object_digest: String,
     first_policy: Outcome,
     paths: Vec<(String, String)>,
+    /// Where the programs stay pinned after the stop, if they do.
+    pinned: Option<PathBuf>,
+    /// The earlier run's pinned state this run adopted.
+    adopted: Option<Adopted>,
 }
 
 /// The CLI's daemon: start, run until SIGINT/SIGTERM, shut down.
@@ -132,8 +141,9 @@ impl Agent {
         let cgroup2 = host::cgroup2_mount()?;
         let audit_writer = open_audit(&opts.audit)?;
         let paths = check_kernel()?;
+        let pins = prepare_pins(&opts)?;
 
-        let (mut bpf, maps) = load_programs(&opts, &tracefs)?;
+        let (mut bpf, maps) = load_programs(&opts, &tracefs, pins.as_ref())?;
         let object_digest = bpf::object_digest().to_hex().to_string();
         tracing::info!("eBPF object blake3 {object_digest}");
         bpf.forward_kernel_logs();
@@ -146,7 +156,12 @@ impl Agent {
             pipeline: input_tx.clone(),
             node: node.clone(),
         };
-        let mut manager = new_manager(&opts, Box::new(maps.policy), shared.clone())?;
+        // What stayed enforced while no agent ran (before this run's first policy).
+        let adopted = match pins.as_ref().filter(|p| p.adopted()) {
+            Some(_) => Some(Adopted { enforced_generation: policy::target::PolicyTarget::active(&maps.policy)?.generation }),
+            None => None,
+        };
+        let mut manager = new_manager(&opts, Box::new(maps.policy), shared.clone(), adopted.is_some())?;
         // The first policy goes into the maps before the egress hooks attach.
         let first_policy = manager.apply_and_report(bundle, "start", PolicyAction::Applied).await?;
         let config = Arc::new(policy::identity_config(manager.current_policy().expect("just applied"), manager.ids()));
@@ -163,6 +178,12 @@ impl Agent {
         // first policy is in the maps (their events wait in the ring).
         bpf.attach_network(&cgroup2)?;
         bpf.attach_guards(&cgroup2, opts.syscall_guards)?;
+        if let Some(pins) = &pins {
+            // Ours first, then the previous run's go: no moment without a program.
+            let pinned = bpf.pin_links(pins)?;
+            let retired = pins.retire_previous()?;
+            tracing::info!("{pinned} links pinned under {}; {retired} links of the previous run retired", pins.root().display());
+        }
         for h in &bpf.hooks {
             tracing::info!("{} -> {}: {}", h.program, h.attach_point, h.state);
         }
@@ -191,7 +212,22 @@ impl Agent {
         let state = control::State { info, stats, in_force: shared.in_force.clone(), commands, audit: Some(audit_control) };
         let control = start_control(opts.socket.clone(), state, stop_rx);
 
-        let mut agent = Agent { bpf, running, manager, control, stop, audit_failure, demo: None, node, object_digest, first_policy, paths };
+        let pinned = pins.as_ref().map(|p| p.root().to_path_buf());
+        let mut agent = Agent {
+            bpf,
+            running,
+            manager,
+            control,
+            stop,
+            audit_failure,
+            demo: None,
+            node,
+            object_digest,
+            first_policy,
+            paths,
+            pinned,
+            adopted,
+        };
         agent.emit(agent.agent_event(AgentState::Started, None)).await;
         if let Some(dir) = demo_cgroup {
             match demo::Demo::start(dir).await {
@@ -236,13 +272,18 @@ impl Agent {
         }
         let _ = (&mut self.control).await;
         self.emit(self.agent_event(AgentState::Stopped, Some(text.clone()))).await;
-        let Agent { bpf, running, demo, .. } = self;
+        let Agent { bpf, running, demo, pinned: self_pinned, .. } = self;
         running.shutdown().await;
         if let Some(d) = demo {
             d.remove_cgroup();
         }
         drop(bpf);
-        tracing::info!("stopped; all programs detached");
+        match &self_pinned {
+            Some(dir) => {
+                tracing::info!("stopped; the programs stay attached, pinned at {} (`zt-agent uninstall` removes them)", dir.display())
+            }
+            None => tracing::info!("stopped; all programs detached"),
+        }
         match reason {
             StopReason::Requested(_) => Ok(()),
             StopReason::AuditFailed(_) => bail!("{text}; the agent stopped because it can no longer record security events"),
@@ -265,6 +306,8 @@ impl Agent {
                     object_blake3: Some(self.object_digest.clone()),
                     policy: Some(format!("v{} blake3:{}", self.first_policy.version, self.first_policy.digest)),
                     paths: self.paths.clone(),
+                    pinned: self.pinned.as_ref().map(|p| p.display().to_string()),
+                    adopted: (state == AgentState::Started).then_some(self.adopted.clone()).flatten(),
                 },
             },
         }
@@ -291,10 +334,25 @@ fn check_kernel() -> anyhow::Result<Vec<(&'static str, String)>> {
     Ok(paths)
 }
 
-fn load_programs(opts: &RunOptions, tracefs: &Path) -> anyhow::Result<(Bpf, BpfMaps)> {
+/// The pin directory made ready (see `bpf::pins`), or None without pinning.
+fn prepare_pins(opts: &RunOptions) -> anyhow::Result<Option<Pins>> {
+    let Some(dir) = &opts.pin_dir else { return Ok(None) };
+    anyhow::ensure!(opts.state_dir.is_some(), "pinning needs a state directory (identity ids are kept there)");
+    let pins = Pins::prepare(dir, bpf::OBJECT)?;
+    if pins.adopted() {
+        tracing::warn!(
+            "adopting the pinned state at {}: enforcement carried on while no daemon ran (an unclean stop, or an upgrade)",
+            pins.root().display()
+        );
+    }
+    Ok(Some(pins))
+}
+
+fn load_programs(opts: &RunOptions, tracefs: &Path, pins: Option<&Pins>) -> anyhow::Result<(Bpf, BpfMaps)> {
     let flags = if opts.observe_all_connects { config_flags::OBSERVE_ALL_CONNECTS } else { 0 };
     Bpf::load(&LoadOptions {
         tracefs,
+        pins,
         ringbuf_bytes: opts.ringbuf_bytes,
         config: Config { flags, wakeup_bytes: opts.ringbuf_bytes / 4 },
         argv: opts.argv,
@@ -327,11 +385,20 @@ fn spawn_manager(
 
 /// The policy manager over `target`, with history under `--state-dir`
 /// and conditions evaluated against the clock and the node labels.
-fn new_manager(opts: &RunOptions, target: Box<dyn policy::target::PolicyTarget>, shared: Shared) -> anyhow::Result<Manager> {
+/// Identity ids are kept there too: `adopt` (pinned tables that carry ids)
+/// takes them from the last run, which must have left them.
+fn new_manager(opts: &RunOptions, target: Box<dyn policy::target::PolicyTarget>, shared: Shared, adopt: bool) -> anyhow::Result<Manager> {
     let store = store::Store::open(opts.state_dir.as_ref().map(|d| d.join("policy-history")))?;
     let labels = opts.node_labels.clone();
     let inputs = Box::new(move || Inputs::current(labels.clone()));
-    Ok(Manager::new(opts.policy.clone(), store, target, inputs, shared))
+    let ids_file = opts.state_dir.as_ref().map(|d| d.join("identity-ids.json"));
+    let ids = match (&ids_file, adopt) {
+        (Some(f), true) => policy::IdRegistry::load(f).context(
+            "the pinned tables hold identity ids from an earlier run; run `zt-agent uninstall` or start with the state directory that run used",
+        )?,
+        _ => policy::IdRegistry::default(),
+    };
+    Ok(Manager::new(opts.policy.clone(), store, target, inputs, shared).with_ids(ids, ids_file))
 }
 
 fn pipeline_options(opts: &RunOptions, cgroup2: &Path) -> pipeline::Options {

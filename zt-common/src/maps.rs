@@ -73,8 +73,31 @@ pub const ALL: &[&str] = &[
     AYA_LOGS,
 ];
 
+/// The maps that hold enforcement state: pinned, so enforcement outlives
+/// the daemon and a restarted one continues where it was (every map but
+/// the log channel and the per-CPU scratch space).
+pub const PINNED: &[&str] = &[
+    PROC_TABLE,
+    CGROUP_IDENTITY,
+    EXEC_ARGS,
+    EVENTS,
+    LOSS,
+    CONFIG,
+    NET_RULES,
+    IDENTITY_POLICY,
+    POLICY_ACTIVE,
+    PID_IDENTITY,
+    IDENTITY_COUNTERS,
+    EGRESS_AGG,
+];
+
 #[cfg(test)]
 mod tests {
+    #[test]
+    fn every_pinned_map_is_a_map() {
+        assert!(super::PINNED.iter().all(|m| super::ALL.contains(m)));
+    }
+
     #[test]
     fn every_map_named_once() {
         for (i, a) in super::ALL.iter().enumerate() {

@@ -51,6 +51,8 @@ fn pid_max() -> u32 {
 
 pub struct LoadOptions<'a> {
     pub tracefs: &'a Path,
+    /// Reuse (or create and pin) the state maps there.
+    pub pins: Option<&'a super::pins::Pins>,
     pub ringbuf_bytes: u32,
     pub config: Config,
     pub argv: ArgvCapture,
@@ -142,6 +144,11 @@ impl Bpf {
         let mut loader = loader_with_offsets(Some(&offsets));
         loader.map_max_entries(M::EVENTS, opts.ringbuf_bytes);
         loader.map_max_entries(M::PID_IDENTITY, pid_max());
+        if let Some(pins) = opts.pins {
+            for name in M::PINNED {
+                loader.map_pin_path(name, pins.map_path(name));
+            }
+        }
         let mut ebpf = loader.load(OBJECT).context("loading the eBPF object")?;
 
         let mut maps = BpfMaps {
@@ -249,6 +256,13 @@ impl Bpf {
             }
         }
         Ok(())
+    }
+
+    /// Pins the links of every program of ours now loaded (see
+    /// [`super::pins`]); returns how many.
+    pub fn pin_links(&self, pins: &super::pins::Pins) -> anyhow::Result<usize> {
+        let ids: Vec<(&str, u32)> = P::ALL.iter().filter_map(|name| Some((*name, self.ebpf.program(name)?.info().ok()?.id()))).collect();
+        Ok(pins.pin_links(&ids)?)
     }
 
     fn attach_sock_create(&mut self, cgroup2: &Path) -> anyhow::Result<()> {

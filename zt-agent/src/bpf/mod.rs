@@ -7,11 +7,14 @@
 //! - [`maps`]: typed map wrappers and the ring buffer source (map access only).
 //! - [`tables`]: the domain's table traits (`identity::table`,
 //!   `policy::target`, `pipeline::source`) implemented over [`maps`].
+//! - [`pins`]: pinning under bpffs, so enforcement outlives the daemon;
+//!   adoption by the next run, `uninstall`.
 //! - [`tracefs`]: tracepoint layouts from tracefs `format` files.
 //! - [`btf`]: kernel struct member offsets from BTF (no CO-RE in aya-ebpf).
 pub mod btf;
 pub mod loader;
 pub mod maps;
+pub mod pins;
 pub mod probe;
 pub mod tables;
 pub mod tracefs;

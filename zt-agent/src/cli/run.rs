@@ -60,6 +60,15 @@ pub struct RunArgs {
     /// cost, and `status` says they are off.
     #[arg(long, value_enum, default_value_t = SyscallGuards::On)]
     pub syscall_guards: SyscallGuards,
+    /// Pin programs and enforcement state here (bpffs), so enforcement
+    /// outlives the agent (a crash, `kill -9`, a stop, an upgrade) and the
+    /// next start adopts it without a gap. `zt-agent uninstall` removes it.
+    #[arg(long, value_name = "DIR", default_value = zt_agent::bpf::pins::DEFAULT_DIR)]
+    pub pin_dir: PathBuf,
+    /// Pin nothing: enforcement ends when the agent stops (development;
+    /// implied by --demo).
+    #[arg(long)]
+    pub no_pin: bool,
     /// Where the signed audit log is written.
     #[arg(long, value_name = "DIR", env = "ZT_AUDIT_DIR", default_value = audit::log::DEFAULT_DIR)]
     pub audit_dir: PathBuf,
@@ -105,6 +114,7 @@ impl RunArgs {
             demo: self.demo,
             argv: self.argv_capture,
             syscall_guards: self.syscall_guards == SyscallGuards::On,
+            pin_dir: (!self.no_pin && !self.demo).then_some(self.pin_dir),
             state_dir: Some(self.state_dir),
             node_labels: self.node_labels.into_iter().collect(),
             audit,
@@ -125,4 +135,16 @@ pub fn run(args: RunArgs) -> anyhow::Result<ExitCode> {
         }
         Err(e) => Err(e),
     }
+}
+
+/// `zt-agent uninstall`.
+pub fn uninstall(pin_dir: &std::path::Path) -> anyhow::Result<ExitCode> {
+    let removed = zt_agent::bpf::pins::uninstall(pin_dir)?;
+    println!(
+        "removed {} pinned links (their programs detached) and {} pinned maps under {}",
+        removed.links,
+        removed.maps,
+        pin_dir.display()
+    );
+    Ok(ExitCode::SUCCESS)
 }

@@ -97,6 +97,10 @@ fn propagate_by_table(tables: &mut Tables, root: u32, assign: &mut dyn FnMut(&mu
 /// Seeds the kernel table from /proc (processes that started before the
 /// agent), then fixes entries the kernel created meanwhile whose parent was
 /// seeded with an identity. Returns (seeded, attributed).
+/// Two start times of one process, from the kernel (ns) and from /proc
+/// (clock ticks), differ by less than this.
+const SAME_START_NS: u64 = 20_000_000;
+
 pub fn seed(resolver: &mut Resolver, tables: &mut Tables, cgroup2: &Path) -> (usize, usize) {
     for (cgid, _rel, identity) in resolver.cgroup_assignments(cgroup2) {
         if let Err(e) = tables.cgroups.set(cgid, identity) {
@@ -123,6 +127,18 @@ pub fn seed(resolver: &mut Resolver, tables: &mut Tables, cgroup2: &Path) -> (us
             Ok(true) => {
                 seeded += 1;
                 if info.identity != NO_IDENTITY {
+                    attributed += 1;
+                }
+            }
+            // An entry the kernel made (since the programs attached, or
+            // while a pinned table outlived the last run): it takes the
+            // classification if it has no identity and is this incarnation
+            // (/proc's start time has clock-tick resolution).
+            Ok(false) if p.classification.identity != NO_IDENTITY => {
+                let existing = tables.procs.get(p.pid).ok().flatten();
+                if let Some(e) = existing.filter(|e| e.identity == NO_IDENTITY && e.start_ns.abs_diff(p.start_ns) < SAME_START_NS)
+                    && matches!(tables.procs.assign(p.pid, e.start_ns, p.classification), Ok(Assign::Updated))
+                {
                     attributed += 1;
                 }
             }

@@ -115,6 +115,8 @@ pub type InputsFn = Box<dyn Fn() -> Inputs + Send + Sync>;
 pub struct Manager {
     paths: Vec<PathBuf>,
     ids: IdRegistry,
+    /// Where `ids` is kept across restarts (pinned tables carry the ids).
+    ids_file: Option<PathBuf>,
     store: store::Store,
     target: Box<dyn PolicyTarget>,
     /// The policy in force and which of its rules were active.
@@ -130,7 +132,14 @@ fn file_names(bundle: &Bundle) -> Vec<String> {
 impl Manager {
     /// `paths` empty: the embedded default policy.
     pub fn new(paths: Vec<PathBuf>, store: store::Store, target: Box<dyn PolicyTarget>, inputs: InputsFn, shared: Shared) -> Self {
-        Manager { paths, ids: IdRegistry::default(), store, target, current: None, inputs, shared }
+        Manager { paths, ids: IdRegistry::default(), ids_file: None, store, target, current: None, inputs, shared }
+    }
+
+    /// Starts from `ids` (adopted tables) and keeps them in `file`.
+    pub fn with_ids(mut self, ids: IdRegistry, file: Option<PathBuf>) -> Self {
+        self.ids = ids;
+        self.ids_file = file;
+        self
     }
 
     pub fn ids(&self) -> &IdRegistry {
@@ -165,6 +174,12 @@ impl Manager {
         let now = self.target.flip(slot)?;
         debug_assert_eq!(now.generation, generation);
         let micros = started.elapsed().as_micros() as u64;
+        if let Some(f) = self.ids_file.as_ref().filter(|f| ids != self.ids || !f.exists()) {
+            // The kernel now holds these ids; a restart adopting the tables needs them.
+            if let Err(e) = ids.save(f) {
+                tracing::error!("identity ids not saved (a restart cannot adopt the pinned tables): {}", crate::error::Chain(&e));
+            }
+        }
         self.ids = ids;
 
         let version = match record {

@@ -351,6 +351,18 @@ pub struct AgentInfo {
     pub object_blake3: Option<String>,
     pub policy: Option<String>,
     pub paths: Vec<(String, String)>,
+    /// Where the programs are pinned (they outlive the agent); None: they
+    /// are detached when it stops.
+    pub pinned: Option<String>,
+    /// At start: the pinned state of an earlier run was adopted, and the
+    /// policy generation that stayed enforced while no agent ran.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub adopted: Option<Adopted>,
+}
+
+#[derive(Debug, Clone, Serialize, PartialEq, Eq)]
+pub struct Adopted {
+    pub enforced_generation: u32,
 }
 
 #[cfg(test)]

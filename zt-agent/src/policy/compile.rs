@@ -42,13 +42,39 @@ pub enum CompileError {
     Identities { at: Pos, identity: String, count: usize, capacity: usize },
 }
 
-/// Identity ids, stable for the agent's lifetime; 0 is "no identity".
-#[derive(Debug, Clone, Default, PartialEq, Eq)]
+/// Identity ids, stable for the agent's lifetime (and, with pinned tables,
+/// across restarts: [`IdRegistry::save`], [`IdRegistry::load`]); 0 is "no
+/// identity".
+#[derive(Debug, Clone, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct IdRegistry {
     ids: BTreeMap<String, u32>,
 }
 
+/// An identity-id file that cannot be read.
+#[derive(Debug, thiserror::Error)]
+pub enum IdsError {
+    #[error(transparent)]
+    Fs(#[from] crate::fsutil::FsError),
+    #[error("{path}: {source}")]
+    Malformed {
+        path: String,
+        #[source]
+        source: serde_json::Error,
+    },
+}
+
 impl IdRegistry {
+    pub fn load(path: &std::path::Path) -> Result<Self, IdsError> {
+        let text = std::fs::read_to_string(path).map_err(crate::fsutil::at("reading", path))?;
+        serde_json::from_str(&text).map_err(|source| IdsError::Malformed { path: path.display().to_string(), source })
+    }
+
+    /// Written atomically (a crash leaves the old or the new ids).
+    pub fn save(&self, path: &std::path::Path) -> Result<(), crate::fsutil::FsError> {
+        let text = serde_json::to_string_pretty(self).expect("a map of strings to numbers encodes");
+        crate::fsutil::write_atomic(path, text.as_bytes())
+    }
+
     /// Gives every identity of `policy` an id (new names get the next one).
     pub fn assign(&mut self, policy: &Policy) -> Result<(), CompileError> {
         let capacity = (maps::IDENTITY_POLICY_CAPACITY / 2) as usize;

@@ -1,0 +1,137 @@
+//! Root test of enforcement that outlives the daemon: `kill -9` of the
+//! agent leaves egress denied (no window), a restart adopts the pinned
+//! state without a gap, a clean stop leaves enforcement in place, and
+//! `zt-agent uninstall` removes every program and pin.
+use std::{
+    path::Path,
+    process::{Child, Command, Stdio},
+};
+
+use serde_json::Value;
+use zt_tests::*;
+
+/// (denied, allowed) TCP connects from `cmd` to `addr` during `ms`.
+fn connect_loop(mut cmd: Command, ms: u64, addr: &str) -> (u64, u64) {
+    let out = cmd.args(["connect-loop", &ms.to_string(), addr]).output().unwrap();
+    let text = String::from_utf8_lossy(&out.stdout);
+    let mut it = text.split_whitespace().map(|n| n.parse::<u64>().unwrap());
+    (it.next().unwrap(), it.next().unwrap())
+}
+
+fn spawn_loop(mut cmd: Command, ms: u64, addr: &str) -> Child {
+    cmd.args(["connect-loop", &ms.to_string(), addr]).stdout(Stdio::piped()).spawn().unwrap()
+}
+
+fn counts(child: Child) -> (u64, u64) {
+    let out = child.wait_with_output().unwrap();
+    let text = String::from_utf8_lossy(&out.stdout);
+    let mut it = text.split_whitespace().map(|n| n.parse::<u64>().unwrap());
+    (it.next().unwrap(), it.next().unwrap())
+}
+
+/// Names of our loaded programs, each once per loaded copy.
+fn ours() -> Vec<String> {
+    let mut v = our_loaded_programs();
+    v.sort();
+    v
+}
+
+/// Our loaded programs once they equal `want` (programs are freed after an
+/// RCU grace period, not at once), or after 5 s.
+fn settled(want: &[String]) -> Vec<String> {
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(5);
+    loop {
+        let now = ours();
+        if now == want || std::time::Instant::now() > deadline {
+            return now;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    }
+}
+
+struct Uninstall<'a>(&'a Path);
+impl Drop for Uninstall<'_> {
+    fn drop(&mut self) {
+        let _ = Command::new(agent_bin()).args(["uninstall", "--pin-dir"]).arg(self.0).status();
+    }
+}
+
+#[test]
+#[ignore = "needs root (loads eBPF programs, creates cgroups, pins under bpffs): cargo xtask test runs it"]
+fn enforcement_survives_the_daemon_and_a_restart_adopts_it() {
+    if !require_root("enforcement_survives_the_daemon_and_a_restart_adopts_it") {
+        return;
+    }
+    let cg = TestCgroup::new(&format!("/{}/agent", unique("pins"))).unwrap();
+    let pol = policy("zt.test", &format!("    - name: a\n      selectors:\n        - cgroup: {}/**\n", cg.rel));
+    let tmp = tempdir("pins").unwrap();
+    let pin_dir = Path::new("/sys/fs/bpf").join(unique("zt-test-pins"));
+    let _cleanup = Uninstall(&pin_dir);
+    let d = |n: &str| tmp.path().join(n).display().to_string();
+    let (state, audit, key) = (d("state"), d("audit"), d("audit.key"));
+    let args = ["--pin-dir", pin_dir.to_str().unwrap(), "--state-dir", &state, "--audit-dir", &audit, "--audit-key", &key];
+    let listener = Listener::new();
+    let addr = listener.addr();
+    assert!(ours().is_empty(), "programs of ours loaded before the test: {:?}", ours());
+
+    let mut first = Agent::start("pins-1", &pol, &args).unwrap();
+    let programs = ours();
+    assert_eq!(connect_loop(cg.command(helper_bin()), 200, &addr).1, 0, "denied while the agent runs");
+
+    // kill -9: the programs stay attached and the policy stays in force.
+    first.kill9();
+    let (denied, allowed) = connect_loop(cg.command(helper_bin()), 500, &addr);
+    assert_eq!(allowed, 0, "a connect got out while no agent ran ({denied} denied)");
+    assert!(denied > 50);
+    let (_, control) = connect_loop(Command::new(helper_bin()), 100, &addr);
+    assert!(control > 0, "the control, outside the identity, connects");
+    assert_eq!(ours(), programs, "the same programs stay loaded");
+    drop(first);
+
+    // A restart adopts the pins: connects from the identity never get out,
+    // before, during and after the switch of programs.
+    let during = spawn_loop(cg.command(helper_bin()), 4000, &addr);
+    let second = Agent::start("pins-2", &pol, &args).unwrap();
+    assert!(second.stderr().contains("adopting the pinned state"), "{}", second.stderr());
+    let started: Vec<Value> = second.events().into_iter().filter(|e| e["kind"] == "agent" && e["agent"]["state"] == "started").collect();
+    assert_eq!(started[0]["agent"]["adopted"]["enforced_generation"], 1, "{started:?}");
+    assert_eq!(started[0]["agent"]["pinned"].as_str().map(|p| p.starts_with(pin_dir.to_str().unwrap())), Some(true));
+    let st = second.status();
+    assert_eq!(st["policy"]["generation"], 2, "the policy generation continues from the pinned slots");
+    let (denied, allowed) = counts(during);
+    assert_eq!(allowed, 0, "a connect got out across the restart ({denied} denied)");
+    assert_eq!(settled(&programs), programs, "the previous run's programs were retired: one set loaded");
+
+    // A clean stop leaves enforcement in place too.
+    second.stop().unwrap();
+    assert_eq!(ours(), programs);
+    assert_eq!(connect_loop(cg.command(helper_bin()), 200, &addr).1, 0, "denied after a clean stop");
+
+    // uninstall: nothing of ours left, and no enforcement.
+    let o = Command::new(agent_bin()).args(["uninstall", "--pin-dir"]).arg(&pin_dir).output().unwrap();
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    assert!(String::from_utf8_lossy(&o.stdout).starts_with("removed "), "{}", String::from_utf8_lossy(&o.stdout));
+    assert_eq!(settled(&[]), Vec::<String>::new(), "left after uninstall");
+    assert!(!pin_dir.exists());
+    assert!(connect_loop(cg.command(helper_bin()), 100, &addr).1 > 0, "no enforcement after uninstall");
+
+    // Pins of another build (another map layout) are refused, not adopted.
+    std::fs::create_dir_all(pin_dir.join("0000000000000000")).unwrap();
+    std::fs::write(tmp.path().join("policy.yaml"), &pol).unwrap();
+    let o = Command::new(agent_bin())
+        .arg("run")
+        .args(args)
+        .args(["--policy", tmp.path().join("policy.yaml").to_str().unwrap()])
+        .output()
+        .unwrap();
+    let text = String::from_utf8_lossy(&o.stderr);
+    assert!(!o.status.success() && text.contains("holds pins of another build") && text.contains("zt-agent uninstall --pin-dir"), "{text}");
+
+    // The audit log records the unclean stop at the adopting start, and verifies.
+    let o = Command::new(agent_bin()).args(["audit", "show", "--json", "--dir", &audit]).output().unwrap();
+    let recs: Vec<Value> = String::from_utf8_lossy(&o.stdout).lines().map(|l| serde_json::from_str(l).unwrap()).collect();
+    assert!(recs.iter().any(|r| r["kind"] == "recovery" && r["payload"]["unclean_stop"] == true), "no recovery record");
+    assert!(recs.iter().any(|r| r["kind"] == "agent" && r["payload"]["agent"]["adopted"]["enforced_generation"] == 1));
+    let o = Command::new(agent_bin()).args(["audit", "verify", &audit]).output().unwrap();
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stdout));
+}
