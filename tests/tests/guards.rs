@@ -211,3 +211,61 @@ fn a_process_moved_into_an_identity_cgroup_is_attributed_at_the_move() {
     drop(member);
     agent.stop().unwrap();
 }
+
+/// `exe:` (an exact path) and `uid:` selectors are decided in the kernel at
+/// exec: a fast binary that connects in its first microseconds never gets
+/// out, every time, and its exec event carries the identity. The same
+/// binary from another path, and another uid, are the controls.
+#[test]
+#[ignore = "needs root (loads eBPF programs, runs as another uid): cargo xtask test runs it"]
+fn exe_and_uid_selected_processes_never_run_unattributed() {
+    if !require_root("exe_and_uid_selected_processes_never_run_unattributed") {
+        return;
+    }
+    let dir = tempfile::Builder::new().prefix("zt-test-exesel-").tempdir().unwrap();
+    std::fs::set_permissions(dir.path(), std::os::unix::fs::PermissionsExt::from_mode(0o777)).unwrap();
+    let agent_exe = dir.path().join("zt-exe-agent");
+    std::fs::copy(helper_bin(), &agent_exe).unwrap();
+    let pol = policy(
+        "zt.test",
+        &format!(
+            "    - name: by-exe\n      selectors:\n        - exe: {}\n    - name: by-uid\n      selectors:\n        - uid: 4242\n",
+            agent_exe.display()
+        ),
+    );
+    let agent = Agent::start("exesel", &pol, &[]).unwrap();
+    let listener = Listener::new();
+    let out = dir.path().join("result");
+    let attempt = |mut cmd: Command| -> String {
+        let _ = std::fs::remove_file(&out);
+        let st = cmd.args(["try", "tcp", &listener.addr()]).arg(&out).arg("ZTMARK-exesel").status().unwrap();
+        assert!(st.success());
+        std::fs::read_to_string(&out).unwrap()
+    };
+    let by_exe: Vec<String> = (0..100).map(|_| attempt(Command::new(&agent_exe))).collect();
+    let got_out = by_exe.iter().filter(|r| *r != "EPERM").count();
+    assert_eq!(got_out, 0, "the exe-selected binary got out {got_out} of 100 times: {by_exe:?}");
+    assert_eq!(attempt(Command::new(helper_bin())), "OK", "the same program from another file is not the identity");
+
+    let by_uid: Vec<String> = (0..50)
+        .map(|_| {
+            let mut c = Command::new(helper_bin());
+            std::os::unix::process::CommandExt::uid(&mut c, 4242);
+            attempt(c)
+        })
+        .collect();
+    assert!(by_uid.iter().all(|r| r == "EPERM"), "a uid-selected process got out: {by_uid:?}");
+
+    // Every exec of the selected file is reported, with the identity.
+    let deadline = std::time::Instant::now() + Duration::from_secs(20);
+    loop {
+        let events = agent.events();
+        let with_identity = execs_with(&events, "ZTMARK-exesel").iter().filter(|e| e["identity"]["name"] == "by-exe").count();
+        if with_identity >= 100 {
+            break;
+        }
+        assert!(std::time::Instant::now() < deadline, "exec events with the identity: {with_identity} of 100");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    agent.stop().unwrap();
+}

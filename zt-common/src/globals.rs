@@ -21,4 +21,14 @@ pub const ATTACH_PID: &str = "ATTACH_PID_OFF";
 pub const TASK_MM: &str = "TASK_MM_OFF";
 pub const MM_ARG_START: &str = "MM_ARG_START_OFF";
 pub const MM_ARG_END: &str = "MM_ARG_END_OFF";
+/// Offsets of `task_struct.mm` (again: argv capture may be off while exec
+/// selection is on), `mm_struct.exe_file`, `file.f_inode`, `inode.i_ino`,
+/// `inode.i_sb` and `super_block.s_dev` from BTF, or [`ABSENT`]: then no
+/// selector is decided in the kernel at exec.
+pub const SEL_TASK_MM: &str = "SEL_TASK_MM_OFF";
+pub const MM_EXE_FILE: &str = "MM_EXE_FILE_OFF";
+pub const FILE_INODE: &str = "FILE_INODE_OFF";
+pub const INODE_INO: &str = "INODE_INO_OFF";
+pub const INODE_SB: &str = "INODE_SB_OFF";
+pub const SB_DEV: &str = "SB_DEV_OFF";
 pub const ABSENT: u32 = u32::MAX;

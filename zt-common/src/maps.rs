@@ -10,6 +10,9 @@ pub const PROC_TABLE_CAPACITY: u32 = 65_536;
 /// cgroup v2 id -> identity id (cgroups user space resolved to an identity).
 pub const CGROUP_IDENTITY: &str = "CGROUP_IDENTITY";
 pub const CGROUP_IDENTITY_CAPACITY: u32 = 16_384;
+/// Selectors decided in the kernel at exec (see `ExecKey`).
+pub const EXEC_SELECT: &str = "EXEC_SELECT";
+pub const EXEC_SELECT_CAPACITY: u32 = 4096;
 /// tid -> argv captured at `sys_enter_execve`, consumed at `sched_process_exec`.
 pub const EXEC_ARGS: &str = "EXEC_ARGS";
 pub const EXEC_ARGS_CAPACITY: u32 = 4_096;
@@ -59,6 +62,7 @@ pub const AYA_LOGS: &str = "AYA_LOGS";
 pub const ALL: &[&str] = &[
     PROC_TABLE,
     CGROUP_IDENTITY,
+    EXEC_SELECT,
     EXEC_ARGS,
     ARGS_SCRATCH,
     EVENTS,
@@ -79,6 +83,7 @@ pub const ALL: &[&str] = &[
 pub const PINNED: &[&str] = &[
     PROC_TABLE,
     CGROUP_IDENTITY,
+    EXEC_SELECT,
     EXEC_ARGS,
     EVENTS,
     LOSS,

@@ -1,9 +1,11 @@
 //! `aya::Pod` for the map key and value types and the ring records (feature `user`).
-use crate::{Config, ConnectEvent, EventHeader, ExecArgs, ExecEvent, ExitEvent, ProcInfo, policy};
+use crate::{Config, ConnectEvent, EventHeader, ExecArgs, ExecEvent, ExecKey, ExecPick, ExitEvent, ProcInfo, policy};
 
 // SAFETY: all are #[repr(C)], Copy, contain only integers and byte arrays,
 // and have no implicit padding (checked by the size asserts next to each type).
 unsafe impl aya::Pod for ProcInfo {}
+unsafe impl aya::Pod for ExecKey {}
+unsafe impl aya::Pod for ExecPick {}
 unsafe impl aya::Pod for Config {}
 unsafe impl aya::Pod for ExecArgs {}
 unsafe impl aya::Pod for policy::NetKeyData {}

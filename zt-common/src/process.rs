@@ -29,6 +29,31 @@ pub struct ProcInfo {
 }
 const _: () = assert!(size_of::<ProcInfo>() == 32);
 
+/// Key of `EXEC_SELECT`: an executable file (kernel `dev_t`, inode) and a
+/// real uid ([`ANY_UID`]: any); `ino` 0 and `dev` 0: any executable (a
+/// uid-only selector). User space fills it from the selectors the kernel
+/// can decide at exec (see `zt-ebpf/src/lineage.rs`).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+pub struct ExecKey {
+    pub ino: u64,
+    pub dev: u32,
+    pub uid: u32,
+}
+const _: () = assert!(size_of::<ExecKey>() == 16);
+
+pub const ANY_UID: u32 = u32::MAX;
+
+/// Value of `EXEC_SELECT`: the identity, and its place in the policy's
+/// order (the lowest wins when several keys match: first match wins).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct ExecPick {
+    pub identity: u32,
+    pub prio: u32,
+}
+const _: () = assert!(size_of::<ExecPick>() == 8);
+
 /// [`ProcInfo::flags`] bits.
 pub mod proc_flags {
     /// Entry was created at exec of a process the table did not know.
@@ -37,6 +62,8 @@ pub mod proc_flags {
     pub const SEEDED: u32 = 1 << 1;
     /// Identity was set by user space (selector match), not inherited.
     pub const RESOLVED: u32 = 1 << 2;
+    /// Identity was chosen in the kernel at exec (`EXEC_SELECT`).
+    pub const EXEC_SELECTED: u32 = 1 << 3;
 }
 
 #[cfg(test)]

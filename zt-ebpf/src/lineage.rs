@@ -6,7 +6,11 @@
 //!   overwritten, so a recycled pid starts from its own parent, never from the
 //!   dead process that held the number before.
 //! - `sched_process_exec`: refresh cgroup, adopt the cgroup's identity if the
-//!   process had none, emit an exec event with filename and argv. argv is read
+//!   process had none, else the identity of the first `exe`/`uid` selector
+//!   that matches the exec'd file (device, inode) and the real uid
+//!   (`EXEC_SELECT`, filled by user space; offsets from BTF), so such a
+//!   process never runs a single instruction unattributed; emit an exec
+//!   event with filename and argv. argv is read
 //!   from the new image (`current->mm->arg_start..arg_end`, offsets from BTF
 //!   set by user space), so no syscall tracepoint is needed.
 //! - `sys_enter_execve[at]`: the fallback when BTF offsets are unknown: argv
@@ -40,15 +44,16 @@ use aya_ebpf::{
 };
 use aya_log_ebpf::warn;
 use zt_common::{
-    ARGS_LEN, EventHeader, ExecEvent, ExitEvent, MAX_ARGS, NO_IDENTITY, ProcInfo, args_flags, globals::ABSENT, kind, loss, proc_flags,
+    ANY_UID, ARGS_LEN, EventHeader, ExecEvent, ExecKey, ExecPick, ExitEvent, MAX_ARGS, NO_IDENTITY, ProcInfo, args_flags, globals::ABSENT,
+    kind, loss, proc_flags,
 };
 
 use crate::{
     events::{count_loss, reserve, submit},
     maps::{
         ARGS_SCRATCH, ATTACH_DST_ID_OFF, ATTACH_DST_ROOT_OFF, ATTACH_PID_OFF, CGROUP_IDENTITY, EXEC_ARGS, EXEC_FILENAME_OFF,
-        EXEC_OLD_PID_OFF, EXIT_GROUP_DEAD_OFF, FORK_CHILD_PID_OFF, MM_ARG_END_OFF, MM_ARG_START_OFF, PROC_TABLE, TASK_MM_OFF, global,
-        set_pid_identity,
+        EXEC_OLD_PID_OFF, EXEC_SELECT, EXIT_GROUP_DEAD_OFF, FILE_INODE_OFF, FORK_CHILD_PID_OFF, INODE_INO_OFF, INODE_SB_OFF,
+        MM_ARG_END_OFF, MM_ARG_START_OFF, MM_EXE_FILE_OFF, PROC_TABLE, SB_DEV_OFF, SEL_TASK_MM_OFF, TASK_MM_OFF, global, set_pid_identity,
     },
 };
 
@@ -259,6 +264,22 @@ fn try_exec(ctx: &TracePointContext) -> Result<(), i64> {
             (info.identity, info.start_ns, 0)
         }
     };
+    let identity = match identity {
+        NO_IDENTITY => match select_at_exec() {
+            Some(picked) => {
+                if let Some(p) = PROC_TABLE.get_ptr_mut(tgid) {
+                    // SAFETY: as for the lookup above (same key, same run).
+                    unsafe {
+                        (*p).identity = picked;
+                        (*p).flags |= proc_flags::EXEC_SELECTED;
+                    }
+                }
+                picked
+            }
+            None => NO_IDENTITY,
+        },
+        id => id,
+    };
     set_pid_identity(tgid, identity);
 
     let from_mm = global(&TASK_MM_OFF) != ABSENT;
@@ -357,6 +378,46 @@ fn argv_from_mm(out: &mut [u8; ARGS_LEN]) -> Option<(u32, bool)> {
         return None;
     }
     Some((len, total > ARGS_LEN as u64))
+}
+
+/// The identity `EXEC_SELECT` gives the image just exec'd: the lowest
+/// `prio` among its entries for (file, uid), (file, any uid) and (any
+/// file, uid). `None` without BTF offsets or a match.
+#[inline(always)]
+fn select_at_exec() -> Option<u32> {
+    if global(&SB_DEV_OFF) == ABSENT {
+        return None;
+    }
+    // SAFETY: an argument-less helper with no preconditions; the result is
+    // only used as an address to read through bpf_probe_read_kernel.
+    let task = unsafe { bpf_get_current_task() } as *const u8;
+    // SAFETY: (every read here) read_kernel's contract holds: raw pointers
+    // and integers accept any bits; the addresses are formed with
+    // wrapping_add from BTF offsets and never dereferenced by this program.
+    let mm: *const u8 = unsafe { read_kernel(task.wrapping_add(global(&SEL_TASK_MM_OFF) as usize).cast())? };
+    // SAFETY: as above.
+    let file: *const u8 = unsafe { read_kernel(mm.wrapping_add(global(&MM_EXE_FILE_OFF) as usize).cast())? };
+    // SAFETY: as above.
+    let inode: *const u8 = unsafe { read_kernel(file.wrapping_add(global(&FILE_INODE_OFF) as usize).cast())? };
+    // SAFETY: as above.
+    let ino: u64 = unsafe { read_kernel(inode.wrapping_add(global(&INODE_INO_OFF) as usize).cast())? };
+    // SAFETY: as above.
+    let sb: *const u8 = unsafe { read_kernel(inode.wrapping_add(global(&INODE_SB_OFF) as usize).cast())? };
+    // SAFETY: as above.
+    let dev: u32 = unsafe { read_kernel(sb.wrapping_add(global(&SB_DEV_OFF) as usize).cast())? };
+    let uid = bpf_get_current_uid_gid() as u32;
+    let mut best: Option<ExecPick> = None;
+    for key in [ExecKey { ino, dev, uid }, ExecKey { ino, dev, uid: ANY_UID }, ExecKey { ino: 0, dev: 0, uid }] {
+        // SAFETY: a removed element of this preallocated hash may be reused
+        // while we read (why `get` is unsafe); ExecPick is all integers,
+        // copied out here.
+        if let Some(p) = unsafe { EXEC_SELECT.get(key) }.copied()
+            && best.is_none_or(|b| p.prio < b.prio)
+        {
+            best = Some(p);
+        }
+    }
+    best.map(|b| b.identity)
 }
 
 /// Reads a `T` from a kernel address; `None` when the address faults.

@@ -8,7 +8,7 @@ use aya_ebpf::{
     maps::{Array, HashMap, LpmTrie, LruHashMap, PerCpuArray, PerCpuHashMap, RingBuf},
 };
 use zt_common::{
-    Config, ExecArgs, ProcInfo, loss, maps,
+    Config, ExecArgs, ExecKey, ExecPick, ProcInfo, loss, maps,
     policy::{ActivePolicy, AggKey, AggValue, IdentityCounters, IdentityKey, IdentityPolicy, NetKeyData, NetRuleList},
 };
 
@@ -17,6 +17,9 @@ pub static PROC_TABLE: HashMap<u32, ProcInfo> = HashMap::with_max_entries(maps::
 
 #[map]
 pub static CGROUP_IDENTITY: HashMap<u64, u32> = HashMap::with_max_entries(maps::CGROUP_IDENTITY_CAPACITY, 0);
+
+#[map]
+pub static EXEC_SELECT: HashMap<ExecKey, ExecPick> = HashMap::with_max_entries(maps::EXEC_SELECT_CAPACITY, 0);
 
 /// LRU: an execve that fails never reaches `sched_process_exec`, so its entry
 /// is never consumed; LRU eviction bounds the leftovers.
@@ -132,6 +135,18 @@ pub static TASK_MM_OFF: u32 = u32::MAX;
 pub static MM_ARG_START_OFF: u32 = u32::MAX;
 #[unsafe(no_mangle)]
 pub static MM_ARG_END_OFF: u32 = u32::MAX;
+#[unsafe(no_mangle)]
+pub static SEL_TASK_MM_OFF: u32 = u32::MAX;
+#[unsafe(no_mangle)]
+pub static MM_EXE_FILE_OFF: u32 = u32::MAX;
+#[unsafe(no_mangle)]
+pub static FILE_INODE_OFF: u32 = u32::MAX;
+#[unsafe(no_mangle)]
+pub static INODE_INO_OFF: u32 = u32::MAX;
+#[unsafe(no_mangle)]
+pub static INODE_SB_OFF: u32 = u32::MAX;
+#[unsafe(no_mangle)]
+pub static SB_DEV_OFF: u32 = u32::MAX;
 
 /// Reads a global through a volatile load so the compiler cannot fold the
 /// default value in; the verifier then sees the frozen `.rodata` value.

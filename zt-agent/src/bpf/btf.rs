@@ -188,6 +188,21 @@ pub fn argv_offsets(vmlinux: &[u8]) -> Result<[(&'static str, u32); 3], BtfError
     ])
 }
 
+/// The kernel-struct offsets the exec program needs to name the file just
+/// exec'd (`current->mm->exe_file->f_inode`: `i_ino`, `i_sb->s_dev`).
+pub fn exe_offsets(vmlinux: &[u8]) -> Result<[(&'static str, u32); 6], BtfError> {
+    use zt_common::globals as g;
+    let btf = Btf::parse(vmlinux)?;
+    Ok([
+        (g::SEL_TASK_MM, btf.member_offset("task_struct", "mm")?),
+        (g::MM_EXE_FILE, btf.member_offset("mm_struct", "exe_file")?),
+        (g::FILE_INODE, btf.member_offset("file", "f_inode")?),
+        (g::INODE_INO, btf.member_offset("inode", "i_ino")?),
+        (g::INODE_SB, btf.member_offset("inode", "i_sb")?),
+        (g::SB_DEV, btf.member_offset("super_block", "s_dev")?),
+    ])
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -18,7 +18,9 @@ use zt_common::{Config, maps as M, programs as P};
 
 use super::{
     OBJECT, btf,
-    maps::{CgroupIdentities, ConfigMap, EgressAggregates, EventSource, IdentityCounterMap, LossCounters, PolicyMaps, ProcTable},
+    maps::{
+        CgroupIdentities, ConfigMap, EgressAggregates, EventSource, ExecSelect, IdentityCounterMap, LossCounters, PolicyMaps, ProcTable,
+    },
     tracefs,
 };
 
@@ -71,6 +73,7 @@ pub struct HookStatus {
 pub struct BpfMaps {
     pub proc_table: ProcTable,
     pub cgroups: CgroupIdentities,
+    pub exec_select: ExecSelect,
     pub loss: LossCounters,
     pub config: ConfigMap,
     pub events: EventSource,
@@ -141,6 +144,12 @@ impl Bpf {
                 }
             }
         };
+        // exe/uid selectors decided in the kernel at exec need five more (see lineage.rs).
+        let exe_selection = std::fs::read("/sys/kernel/btf/vmlinux").map_err(anyhow::Error::from).and_then(|d| Ok(btf::exe_offsets(&d)?));
+        match exe_selection {
+            Ok(o) => offsets.extend(o),
+            Err(e) => tracing::warn!("exe and uid selectors are decided in user space after exec (a window): no BTF offsets ({e:#})"),
+        }
         let mut loader = loader_with_offsets(Some(&offsets));
         loader.map_max_entries(M::EVENTS, opts.ringbuf_bytes);
         loader.map_max_entries(M::PID_IDENTITY, pid_max());
@@ -157,6 +166,7 @@ impl Bpf {
             loss: LossCounters::new(take(&mut ebpf, M::LOSS)?)?,
             config: ConfigMap::new(take(&mut ebpf, M::CONFIG)?)?,
             events: EventSource::new(take(&mut ebpf, M::EVENTS)?)?,
+            exec_select: ExecSelect::new(take(&mut ebpf, M::EXEC_SELECT)?)?,
             policy: PolicyMaps::new(
                 take(&mut ebpf, M::NET_RULES)?,
                 take(&mut ebpf, M::IDENTITY_POLICY)?,

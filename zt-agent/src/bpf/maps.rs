@@ -18,7 +18,7 @@ use aya::maps::{
 use thiserror::Error;
 use tokio::io::unix::AsyncFd;
 use zt_common::{
-    Config, NO_IDENTITY, ProcInfo, loss, maps,
+    Config, ExecKey, ExecPick, NO_IDENTITY, ProcInfo, loss, maps,
     policy::{ActivePolicy, AggKey, AggValue, IdentityCounters, IdentityKey, IdentityPolicy, NetKeyData, NetRuleList},
 };
 
@@ -116,6 +116,31 @@ impl ProcTable {
             Ok(()) => Ok(()),
             Err(e) if is_missing_key(&e) => Ok(()),
             Err(e) => Err(err(maps::PROC_TABLE, "remove")(e)),
+        }
+    }
+}
+
+/// `EXEC_SELECT`: the selectors the kernel decides at exec.
+pub struct ExecSelect(HashMap<MapData, ExecKey, ExecPick>);
+
+impl ExecSelect {
+    pub fn new(map: Map) -> Result<Self, MapAccessError> {
+        HashMap::try_from(map).map(Self).map_err(err(maps::EXEC_SELECT, "open"))
+    }
+
+    pub fn entries(&self) -> Vec<(ExecKey, ExecPick)> {
+        self.0.iter().filter_map(Result::ok).collect()
+    }
+
+    pub fn set(&mut self, key: ExecKey, pick: ExecPick) -> Result<(), MapAccessError> {
+        self.0.insert(key, pick, 0).map_err(err(maps::EXEC_SELECT, "insert"))
+    }
+
+    pub fn remove(&mut self, key: &ExecKey) -> Result<(), MapAccessError> {
+        match self.0.remove(key) {
+            Ok(()) => Ok(()),
+            Err(e) if is_missing_key(&e) => Ok(()),
+            Err(e) => Err(err(maps::EXEC_SELECT, "remove")(e)),
         }
     }
 }

@@ -12,17 +12,17 @@
 use std::time::Duration;
 
 use zt_common::{
-    ProcInfo,
+    ExecKey, ExecPick, ProcInfo,
     policy::{ActivePolicy, AggKey, AggValue, IdentityCounters},
 };
 
 use super::maps::{
-    CgroupIdentities, EgressAggregates, EventSource, IdentityCounterMap, LossCounters, MapAccessError, PolicyMaps, ProcTable,
+    CgroupIdentities, EgressAggregates, EventSource, ExecSelect, IdentityCounterMap, LossCounters, MapAccessError, PolicyMaps, ProcTable,
 };
 use crate::{
     identity::{
         Classification,
-        table::{self, Assign, CgroupTable, ProcessTable, TableError},
+        table::{self, Assign, CgroupTable, ExecTable, ProcessTable, TableError},
     },
     pipeline::source::{AggregateTable, EventRing, KernelCounters, LossArray},
     policy::{
@@ -67,6 +67,18 @@ impl ProcessTable for ProcTable {
 
     fn entries(&self) -> Vec<(u32, ProcInfo)> {
         ProcTable::entries(self)
+    }
+}
+
+impl ExecTable for ExecSelect {
+    fn entries(&self) -> Vec<(ExecKey, ExecPick)> {
+        ExecSelect::entries(self)
+    }
+    fn set(&mut self, key: ExecKey, pick: ExecPick) -> Result<(), TableError> {
+        ExecSelect::set(self, key, pick).map_err(table_err("exec selection table", "set"))
+    }
+    fn remove(&mut self, key: &ExecKey) -> Result<(), TableError> {
+        ExecSelect::remove(self, key).map_err(table_err("exec selection table", "remove"))
     }
 }
 

@@ -7,6 +7,8 @@
 //! - [`seed`]: processes that started before the agent, from /proc.
 //! - [`rescan_cgroups`]: new cgroups a cgroup selector matches, and the
 //!   processes moved into them without exec'ing.
+//! - [`sync_exec_selectors`]: the `exe`/`uid` selectors the kernel decides
+//!   at exec (files re-resolved to device and inode on every call).
 //! - [`propagate`]: an identity written by user space reaches the children
 //!   the process forked before it was classified.
 //! - [`gc_stale_entries`]: entries of processes that no longer exist.
@@ -16,13 +18,23 @@ use zt_common::{NO_IDENTITY, ProcInfo, proc_flags};
 
 use super::{
     Classification, Resolver, procfs,
-    table::{Assign, CgroupTable, ProcessTable},
+    table::{Assign, CgroupTable, ExecTable, ProcessTable},
 };
 
 /// The kernel tables user-space attribution writes.
 pub struct Tables {
     pub procs: Box<dyn ProcessTable + Send>,
     pub cgroups: Box<dyn CgroupTable + Send>,
+    pub execs: Box<dyn ExecTable + Send>,
+}
+
+/// Makes `EXEC_SELECT` what the selectors say now (a file replaced at a
+/// selector's path gets its new inode here; until then, user space decides
+/// for it after exec, as for every selector the kernel cannot decide).
+pub fn sync_exec_selectors(resolver: &Resolver, tables: &mut Tables) {
+    if let Err(e) = tables.execs.replace(&resolver.exec_entries()) {
+        tracing::warn!("updating the exec selection table: {}", crate::error::Chain(&e));
+    }
 }
 
 /// Most processes one propagation visits (the tree walk is bounded even if
@@ -102,6 +114,7 @@ fn propagate_by_table(tables: &mut Tables, root: u32, assign: &mut dyn FnMut(&mu
 const SAME_START_NS: u64 = 20_000_000;
 
 pub fn seed(resolver: &mut Resolver, tables: &mut Tables, cgroup2: &Path) -> (usize, usize) {
+    sync_exec_selectors(resolver, tables);
     for (cgid, _rel, identity) in resolver.cgroup_assignments(cgroup2) {
         if let Err(e) = tables.cgroups.set(cgid, identity) {
             tracing::warn!("{}", crate::error::Chain(&e));
@@ -157,6 +170,7 @@ pub fn seed(resolver: &mut Resolver, tables: &mut Tables, cgroup2: &Path) -> (us
 /// matches, teaches the kernel their identity, and attributes processes that
 /// were moved into them without exec'ing (which no hook would have seen).
 pub fn rescan_cgroups(resolver: &Resolver, tables: &mut Tables, cgroup2: &Path) {
+    sync_exec_selectors(resolver, tables);
     for (cgid, rel, identity) in resolver.cgroup_assignments(cgroup2) {
         if matches!(tables.cgroups.get(cgid), Ok(Some(_))) {
             continue;
@@ -211,11 +225,11 @@ mod tests {
     use super::*;
     use crate::identity::{
         IdentityConfig,
-        table::mem::{MemCgroups, MemProcs},
+        table::mem::{MemCgroups, MemExecs, MemProcs},
     };
 
     fn tables() -> Tables {
-        Tables { procs: Box::new(MemProcs::default()), cgroups: Box::new(MemCgroups::default()) }
+        Tables { procs: Box::new(MemProcs::default()), cgroups: Box::new(MemCgroups::default()), execs: Box::new(MemExecs::default()) }
     }
 
     fn info(ppid: u32, start_ns: u64) -> ProcInfo {

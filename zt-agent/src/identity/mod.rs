@@ -82,6 +82,11 @@ impl Facts for LiveFacts<'_> {
     }
 }
 
+/// A user-space `st_dev` in the kernel's `dev_t` encoding (major << 20 | minor).
+fn kernel_dev(st_dev: u64) -> u32 {
+    (libc::major(st_dev) << 20) | libc::minor(st_dev)
+}
+
 /// A process as seen in /proc at start-up.
 #[derive(Debug, Clone)]
 pub struct SeedProc {
@@ -156,6 +161,33 @@ impl Resolver {
 
     /// Identity of a cgroup by the selectors the kernel can apply alone
     /// (cgroup glob only); the first identity in policy order wins.
+    /// The `EXEC_SELECT` entries: for each identity in order, its `exe`
+    /// (exact path: the file's kernel device and inode, a symlink left to
+    /// user space) and `uid` selectors, while every earlier identity is
+    /// decided in the kernel too (else first-match order could not hold:
+    /// an earlier identity decided in user space must get its chance).
+    /// A key two identities share keeps the earlier one.
+    pub fn exec_entries(&self) -> HashMap<zt_common::ExecKey, zt_common::ExecPick> {
+        let mut out = HashMap::new();
+        for (prio, ident) in self.config.identities.iter().enumerate() {
+            for (exe, uid) in ident.selectors.iter().filter_map(|s| s.kernel_exec()) {
+                let (ino, dev) = match exe {
+                    None => (0, 0),
+                    Some(path) => match std::fs::symlink_metadata(path) {
+                        Ok(m) if m.file_type().is_file() => (m.ino(), kernel_dev(m.dev())),
+                        _ => continue,
+                    },
+                };
+                let key = zt_common::ExecKey { ino, dev, uid: uid.unwrap_or(zt_common::ANY_UID) };
+                out.entry(key).or_insert(zt_common::ExecPick { identity: ident.id, prio: prio as u32 });
+            }
+            if !ident.selectors.iter().all(|s| s.kernel_cgroup_only().is_some() || s.kernel_exec().is_some()) {
+                break;
+            }
+        }
+        out
+    }
+
     pub fn cgroup_identity(&self, cgroup_path: &str) -> u32 {
         for ident in &self.config.identities {
             if ident.selectors.iter().any(|s| s.kernel_cgroup_only().is_some_and(|g| g.is_match(cgroup_path))) {

@@ -69,6 +69,18 @@ impl Selector {
         parts.join(",")
     }
 
+    /// A selector the kernel decides at exec (`EXEC_SELECT`): an exact
+    /// executable path (no glob) with or without a uid, or a uid alone.
+    pub fn kernel_exec(&self) -> Option<(Option<&str>, Option<u32>)> {
+        match self {
+            Selector { exe: Some(e), cgroup: None, exe_digest: None, uid, descendant_of: None, k8s: false } if e.is_exact() => {
+                Some((Some(e.as_str()), *uid))
+            }
+            Selector { uid: Some(u), cgroup: None, exe: None, exe_digest: None, descendant_of: None, k8s: false } => Some((None, Some(*u))),
+            _ => None,
+        }
+    }
+
     /// A selector made of a cgroup glob alone can be decided in the kernel
     /// from the cgroup id (the `CGROUP_IDENTITY` map), with no race at all.
     pub fn kernel_cgroup_only(&self) -> Option<&CgroupGlob> {
@@ -168,6 +180,11 @@ impl ExeMatcher {
 
     pub fn as_str(&self) -> &str {
         &self.pattern
+    }
+
+    /// A plain path, not a pattern.
+    pub fn is_exact(&self) -> bool {
+        !self.pattern.contains(['*', '?', '[', ']', '{', '}', '\\'])
     }
 }
 

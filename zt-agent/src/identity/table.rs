@@ -7,12 +7,14 @@
 //!   safe), seed (never over a kernel-made entry), remove, entries.
 //! - [`CgroupTable`]: cgroup id -> identity id (decided in the kernel at
 //!   fork/exec for cgroup-only selectors).
+//! - [`ExecTable`]: (executable, uid) -> identity and its order (decided in
+//!   the kernel at exec for `exe`/`uid` selectors).
 //! - [`Assign`]: what an assignment did.
 //! - [`TableError`]: a failed table operation, naming the table and the
 //!   operation, with the backend's error as its source.
 use std::collections::HashMap;
 
-use zt_common::{NO_IDENTITY, ProcInfo};
+use zt_common::{ExecKey, ExecPick, NO_IDENTITY, ProcInfo};
 
 use super::Classification;
 
@@ -80,6 +82,25 @@ pub trait CgroupTable {
     }
 }
 
+/// The selectors the kernel decides at exec (`EXEC_SELECT`).
+pub trait ExecTable {
+    fn entries(&self) -> Vec<(ExecKey, ExecPick)>;
+    fn set(&mut self, key: ExecKey, pick: ExecPick) -> Result<(), TableError>;
+    fn remove(&mut self, key: &ExecKey) -> Result<(), TableError>;
+
+    /// Makes the table exactly `wanted`, writing only what changed.
+    fn replace(&mut self, wanted: &HashMap<ExecKey, ExecPick>) -> Result<(), TableError> {
+        let now: HashMap<ExecKey, ExecPick> = self.entries().into_iter().collect();
+        for k in now.keys().filter(|k| !wanted.contains_key(k)) {
+            self.remove(k)?;
+        }
+        for (k, v) in wanted.iter().filter(|(k, v)| now.get(*k) != Some(*v)) {
+            self.set(*k, *v)?;
+        }
+        Ok(())
+    }
+}
+
 /// The assignment rule both implementations share: `Some(new entry)` when
 /// `info` (the entry of `start_ns`) takes `c`, else what to answer.
 pub fn assigned(info: Option<ProcInfo>, start_ns: u64, c: Classification) -> Result<ProcInfo, Assign> {
@@ -103,7 +124,7 @@ pub fn assigned(info: Option<ProcInfo>, start_ns: u64, c: Classification) -> Res
 pub mod mem {
     use std::collections::HashMap;
 
-    use zt_common::ProcInfo;
+    use zt_common::{ExecKey, ExecPick, ProcInfo};
 
     use super::*;
 
@@ -136,6 +157,23 @@ pub mod mem {
         }
         fn entries(&self) -> Vec<(u32, ProcInfo)> {
             self.0.iter().map(|(k, v)| (*k, *v)).collect()
+        }
+    }
+
+    #[derive(Debug, Default)]
+    pub struct MemExecs(pub HashMap<ExecKey, ExecPick>);
+
+    impl ExecTable for MemExecs {
+        fn entries(&self) -> Vec<(ExecKey, ExecPick)> {
+            self.0.iter().map(|(k, v)| (*k, *v)).collect()
+        }
+        fn set(&mut self, key: ExecKey, pick: ExecPick) -> Result<(), TableError> {
+            self.0.insert(key, pick);
+            Ok(())
+        }
+        fn remove(&mut self, key: &ExecKey) -> Result<(), TableError> {
+            self.0.remove(key);
+            Ok(())
         }
     }
 

@@ -102,6 +102,7 @@ impl Enricher {
         if let Err(e) = tables.cgroups.replace(&wanted) {
             tracing::warn!("updating the cgroup identity map: {}", crate::error::Chain(&e));
         }
+        crate::identity::attribution::sync_exec_selectors(&self.resolver, tables);
     }
 
     fn identity_ref(&self, id: u32) -> Option<IdentityRef> {
@@ -366,10 +367,10 @@ impl Enricher {
 mod tests {
     use super::*;
 
-    use crate::identity::table::mem::{MemCgroups, MemProcs};
+    use crate::identity::table::mem::{MemCgroups, MemExecs, MemProcs};
 
     fn tables() -> Tables {
-        Tables { procs: Box::new(MemProcs::default()), cgroups: Box::new(MemCgroups::default()) }
+        Tables { procs: Box::new(MemProcs::default()), cgroups: Box::new(MemCgroups::default()), execs: Box::new(MemExecs::default()) }
     }
 
     fn info(ppid: u32, start_ns: u64) -> zt_common::ProcInfo {
