@@ -269,3 +269,34 @@ fn exe_and_uid_selected_processes_never_run_unattributed() {
     }
     agent.stop().unwrap();
 }
+
+/// Aggregation is per process: a quiet process's one denied attempt is its
+/// own event even while a sibling floods the same destination, and every
+/// connect event names its network namespace.
+#[test]
+#[ignore = "needs root (loads eBPF programs, creates cgroups): cargo xtask test runs it"]
+fn events_name_the_process_that_attempted() {
+    if !require_root("events_name_the_process_that_attempted") {
+        return;
+    }
+    let cg = TestCgroup::new(&format!("/{}/agent", unique("perproc"))).unwrap();
+    let agent =
+        Agent::start("perproc", &policy("zt.test", &format!("    - name: a\n      selectors:\n        - cgroup: {}/**\n", cg.rel)), &[])
+            .unwrap();
+    let dest = "127.0.0.1:41777";
+    let mut noisy = cg.command(helper_bin()).args(["udp-connects", "20000", dest]).spawn().unwrap();
+    std::thread::sleep(Duration::from_millis(50));
+    let tmp = tempdir("perproc").unwrap();
+    let out = tmp.path().join("result");
+    let mut quiet = cg.command(helper_bin()).args(["try", "udp-connect", dest]).arg(&out).spawn().unwrap();
+    let quiet_pid = quiet.id();
+    assert!(quiet.wait().unwrap().success());
+    assert_eq!(std::fs::read_to_string(&out).unwrap(), "EPERM");
+    assert!(noisy.wait().unwrap().success());
+    let events = agent.wait_for("the quiet process's own event", |e| e["kind"] == "connect" && e["process"]["pid"] == quiet_pid).unwrap();
+    let quiet_events: Vec<&Value> = events.iter().filter(|e| e["kind"] == "connect" && e["process"]["pid"] == quiet_pid).collect();
+    assert_eq!(quiet_events[0]["connect"]["repeats"], 1, "{:?}", quiet_events[0]);
+    let own_netns = std::fs::read_link("/proc/self/ns/net").unwrap();
+    assert!(quiet_events[0]["connect"]["netns_cookie"].as_u64().is_some_and(|c| c > 0), "{own_netns:?}: {:?}", quiet_events[0]);
+    agent.stop().unwrap();
+}

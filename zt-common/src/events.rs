@@ -133,8 +133,11 @@ pub struct ConnectEvent {
     /// `::ffff:a.b.c.d` (the address in the last 4 bytes).
     pub addr: [u8; 16],
     pub comm: [u8; COMM_LEN],
+    /// The socket's network namespace (`bpf_get_netns_cookie`): 127.0.0.1
+    /// in one namespace is not 127.0.0.1 in another.
+    pub netns_cookie: u64,
 }
-const _: () = assert!(size_of::<ConnectEvent>() == 48 + 12 + 8 + 4 + 8 + 8 + 16 + 16);
+const _: () = assert!(size_of::<ConnectEvent>() == 48 + 12 + 8 + 4 + 8 + 8 + 16 + 16 + 8);
 
 /// [`ConnectEvent::hook`] values.
 pub mod hook {
@@ -163,7 +166,7 @@ mod tests {
         assert_eq!(offset_of!(ExecEvent, filename), 88);
         assert_eq!(offset_of!(ExecEvent, args), 344);
         assert_eq!(size_of::<ExitEvent>(), 72);
-        assert_eq!(size_of::<ConnectEvent>(), 120);
+        assert_eq!(size_of::<ConnectEvent>(), 128);
         assert_eq!(offset_of!(ConnectEvent, verdict), 60);
         assert_eq!(offset_of!(ConnectEvent, hook), 72);
         assert_eq!(offset_of!(ConnectEvent, repeats_total), 80);

@@ -111,6 +111,12 @@ pub const AGG_WINDOW_NS: u64 = 1_000_000_000;
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub struct AggKey {
     pub identity: u32,
+    /// The process that attempted: one process's attempts are never folded
+    /// into another's event (a noisy sibling cannot hide a quiet one).
+    pub tgid: u32,
+    /// The policy generation that decided: a policy switch starts new
+    /// keys, so its first decisions are always reported.
+    pub generation: u32,
     pub port: u16,
     /// The protocol policy matched, [`match_proto`] of the socket's: MPTCP
     /// attempts share the key of TCP attempts to the same destination. That
@@ -123,12 +129,9 @@ pub struct AggKey {
     pub proto: u8,
     /// The policy's decision (`ALLOW`/`DENY`).
     pub decided: u8,
-    /// The policy generation that decided: a policy switch starts new
-    /// keys, so its first decisions are always reported.
-    pub generation: u32,
     pub addr: [u8; 16],
 }
-const _: () = assert!(size_of::<AggKey>() == 28);
+const _: () = assert!(size_of::<AggKey>() == 32);
 
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
@@ -222,7 +225,8 @@ mod tests {
 
     #[test]
     fn layout() {
-        assert_eq!(size_of::<AggKey>(), 28);
+        assert_eq!(size_of::<AggKey>(), 32);
+        assert_eq!(core::mem::offset_of!(AggKey, addr), 16);
         assert_eq!(size_of::<AggValue>(), 24);
         assert_eq!(size_of::<NetRuleList>(), 200);
     }

@@ -12,8 +12,8 @@
 //! caller gets EPERM before any packet leaves.
 //!
 //! Repeated attempts to one destination are aggregated in `EGRESS_AGG`: at
-//! most one event per (identity, destination, port, protocol, decision,
-//! policy generation) per second on each CPU, each carrying that CPU's running
+//! most one event per (identity, process, destination, port, protocol,
+//! decision, policy generation) per second on each CPU, each carrying that CPU's running
 //! attempt count; user space reports what is left when the attempts stop.
 //! Every attempt is counted, with one caveat: the per-CPU counters are plain
 //! adds, and these programs can be preempted (see `aggregate`), so under full
@@ -22,7 +22,7 @@ use aya_ebpf::{
     bindings::BPF_NOEXIST,
     helpers::{
         bpf_get_current_cgroup_id, bpf_get_current_comm, bpf_get_current_pid_tgid,
-        generated::{bpf_get_smp_processor_id, bpf_ktime_get_boot_ns},
+        generated::{bpf_get_netns_cookie, bpf_get_smp_processor_id, bpf_ktime_get_boot_ns},
     },
     macros::cgroup_sock_addr,
     maps::lpm_trie::Key,
@@ -109,7 +109,9 @@ fn decide(ctx: &SockAddrContext, family: u16, hook: u32) -> i32 {
             c.allowed += 1;
         }
     }
-    if let Some(repeats_total) = aggregate(identity, addr, port, proto, verdict.decided, active.generation) {
+    if let Some(repeats_total) =
+        aggregate(AggKey { identity, tgid, generation: active.generation, port, proto, decided: verdict.decided, addr })
+    {
         // The table lookup only when an event is due (at most once a second
         // per destination), not on every decision.
         // SAFETY: as for the lookup above: all-integer value, copied out here.
@@ -127,8 +129,7 @@ fn decide(ctx: &SockAddrContext, family: u16, hook: u32) -> i32 {
 /// `None` when it is folded into the next event. A full table is counted
 /// and the attempt reported on its own (total 0).
 #[inline(always)]
-fn aggregate(identity: u32, addr: [u8; 16], port: u16, proto: u8, decided: u8, generation: u32) -> Option<u64> {
-    let key = AggKey { identity, port, proto, decided, generation, addr };
+fn aggregate(key: AggKey) -> Option<u64> {
     // SAFETY: an argument-less helper with no preconditions (unsafe only as a
     // raw helper binding).
     let now = unsafe { bpf_ktime_get_boot_ns() };
@@ -245,6 +246,7 @@ fn emit(
         (*ev).repeats_total = repeats_total;
         (*ev).addr = addr;
         (*ev).comm = bpf_get_current_comm().unwrap_or([0; 16]);
+        (*ev).netns_cookie = bpf_get_netns_cookie(ctx.sock_addr.cast());
     }
     submit(entry);
 }

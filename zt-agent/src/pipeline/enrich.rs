@@ -183,6 +183,7 @@ impl Enricher {
                 if c.repeats_total > 0 {
                     let key = zt_common::policy::AggKey {
                         identity: h.identity,
+                        tgid: h.tgid,
                         port: c.port,
                         proto: zt_common::policy::match_proto(c.protocol),
                         decided: c.verdict.decided,
@@ -339,6 +340,7 @@ impl Enricher {
             }
             if repeats > 0 {
                 let summary = ConnectSummary {
+                    pid: k.tgid,
                     address: ip_from_mapped(k.addr),
                     port: k.port,
                     protocol: protocol_name(k.proto as u32, 0),
@@ -388,6 +390,7 @@ mod tests {
         let mut en = Enricher::new(Resolver::new(Arc::new(cfg), "/proc"), "n".into(), true, Default::default());
         let k = AggKey {
             identity: 1,
+            tgid: 4242,
             port: 53,
             proto: 17,
             decided: DENY,

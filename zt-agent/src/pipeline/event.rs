@@ -234,10 +234,14 @@ pub struct ConnectInfo {
     /// Attempts this event stands for (itself and the identical ones the
     /// kernel folded into it since the previous event for the destination).
     pub repeats: u64,
+    /// The socket's network namespace cookie (unique per namespace since boot).
+    pub netns_cookie: u64,
 }
 
 #[derive(Debug, Clone, Serialize)]
 pub struct ConnectSummary {
+    /// The process that attempted.
+    pub pid: u32,
     pub address: IpAddr,
     pub port: u16,
     pub protocol: &'static str,
@@ -263,6 +267,9 @@ pub fn protocol_name(proto: u32, sock_type: u32) -> &'static str {
         (zt_common::policy::IPPROTO_MPTCP, _) => "mptcp",
         (17, _) | (0, 2) => "udp",
         (1, _) | (58, _) => "icmp",
+        (132, _) => "sctp",
+        (136, _) => "udplite",
+        (255, _) | (_, 3) => "raw",
         _ => "other",
     }
 }
@@ -303,6 +310,7 @@ impl ConnectInfo {
             policy_generation: c.generation,
             hook: zt_common::hook::NAMES.get(c.hook as usize).copied().unwrap_or("unknown"),
             repeats: 1,
+            netns_cookie: c.netns_cookie,
         }
     }
 }
@@ -410,7 +418,10 @@ mod tests {
         assert_eq!(protocol_name(0, 2), "udp");
         assert_eq!(protocol_name(1, 2), "icmp");
         assert_eq!(protocol_name(58, 2), "icmp");
-        assert_eq!(protocol_name(0, 3), "other");
+        assert_eq!(protocol_name(0, 3), "raw");
+        assert_eq!(protocol_name(136, 2), "udplite");
+        assert_eq!(protocol_name(132, 1), "sctp");
+        assert_eq!(protocol_name(0, 5), "other");
         // A summary names AggKey::proto, the matched protocol: tcp for mptcp.
         assert_eq!(protocol_name(zt_common::policy::match_proto(262).into(), 0), "tcp");
     }
