@@ -300,3 +300,43 @@ fn events_name_the_process_that_attempted() {
     assert!(quiet_events[0]["connect"]["netns_cookie"].as_u64().is_some_and(|c| c > 0), "{own_netns:?}: {:?}", quiet_events[0]);
     agent.stop().unwrap();
 }
+
+/// A process matched by a selector decided in user space (an `exe` glob)
+/// that daemonizes at once (fork, setsid, fork, and both parents exit
+/// before user space classified it) still gets its identity to the daemon.
+#[test]
+#[ignore = "needs root (loads eBPF programs): cargo xtask test runs it"]
+fn a_daemon_of_a_process_classified_after_it_exited_is_attributed() {
+    if !require_root("a_daemon_of_a_process_classified_after_it_exited_is_attributed") {
+        return;
+    }
+    let dir = tempdir("daemonize").unwrap();
+    let agent_exe = dir.path().join("zt-daemon-agent");
+    std::fs::copy(helper_bin(), &agent_exe).unwrap();
+    let pol = policy("zt.test", &format!("    - name: d\n      selectors:\n        - exe: {}/zt-daemon-*\n", dir.path().display()));
+    let agent = Agent::start("daemonize", &pol, &[]).unwrap();
+    let listener = Listener::new();
+    let mut results = Vec::new();
+    for i in 0..10 {
+        let out = dir.path().join(format!("result-{i}"));
+        let st = Command::new(&agent_exe).args(["try", "daemon-tcp", &listener.addr()]).arg(&out).status().unwrap();
+        assert!(st.success());
+        let deadline = std::time::Instant::now() + Duration::from_secs(5);
+        while !out.exists() && std::time::Instant::now() < deadline {
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        std::thread::sleep(Duration::from_millis(20));
+        results.push(std::fs::read_to_string(&out).unwrap_or_else(|_| "no result".into()));
+    }
+    assert!(results.iter().all(|r| r == "EPERM"), "a daemon of the identity got out: {results:?}");
+    let out = dir.path().join("control");
+    let st = Command::new(helper_bin()).args(["try", "daemon-tcp", &listener.addr()]).arg(&out).status().unwrap();
+    assert!(st.success());
+    let deadline = std::time::Instant::now() + Duration::from_secs(5);
+    while !out.exists() && std::time::Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    std::thread::sleep(Duration::from_millis(20));
+    assert_eq!(std::fs::read_to_string(&out).unwrap(), "OK", "the same program from another file is not the identity");
+    agent.stop().unwrap();
+}

@@ -31,4 +31,7 @@ pub const FILE_INODE: &str = "FILE_INODE_OFF";
 pub const INODE_INO: &str = "INODE_INO_OFF";
 pub const INODE_SB: &str = "INODE_SB_OFF";
 pub const SB_DEV: &str = "SB_DEV_OFF";
+/// Offset of `task_struct.children` (the exit program keeps the entry of a
+/// process that leaves children), or [`ABSENT`].
+pub const TASK_CHILDREN: &str = "TASK_CHILDREN_OFF";
 pub const ABSENT: u32 = u32::MAX;

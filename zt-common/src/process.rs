@@ -64,6 +64,11 @@ pub mod proc_flags {
     pub const RESOLVED: u32 = 1 << 2;
     /// Identity was chosen in the kernel at exec (`EXEC_SELECT`).
     pub const EXEC_SELECTED: u32 = 1 << 3;
+    /// The process has exited, leaving children and no identity: its entry
+    /// stays (until user space's garbage collection) so that an identity
+    /// user space gives it later still reaches those children, re-parented
+    /// elsewhere (a daemonizing double fork).
+    pub const EXITED: u32 = 1 << 4;
 }
 
 #[cfg(test)]

@@ -18,7 +18,10 @@
 //!   Attaching any syscall tracepoint slows every syscall of every task a
 //!   little, which is why it is only the fallback.
 //! - `sched_process_exit`: on the death of the whole thread group, emit an exit
-//!   event and drop the entry.
+//!   event and drop the entry, unless the process has no identity and leaves
+//!   children: then the entry stays, marked `EXITED`, so an identity user
+//!   space gives it afterwards (a selector decided after exec) still reaches
+//!   its descendants through the recorded parents (user space removes it).
 //! - `cgroup_attach_task`: a process moved into a cgroup (a write to
 //!   `cgroup.procs`: no fork, no exec) adopts that cgroup's identity if it
 //!   had none, before it runs again. Identities stay sticky: a process
@@ -53,7 +56,8 @@ use crate::{
     maps::{
         ARGS_SCRATCH, ATTACH_DST_ID_OFF, ATTACH_DST_ROOT_OFF, ATTACH_PID_OFF, CGROUP_IDENTITY, EXEC_ARGS, EXEC_FILENAME_OFF,
         EXEC_OLD_PID_OFF, EXEC_SELECT, EXIT_GROUP_DEAD_OFF, FILE_INODE_OFF, FORK_CHILD_PID_OFF, INODE_INO_OFF, INODE_SB_OFF,
-        MM_ARG_END_OFF, MM_ARG_START_OFF, MM_EXE_FILE_OFF, PROC_TABLE, SB_DEV_OFF, SEL_TASK_MM_OFF, TASK_MM_OFF, global, set_pid_identity,
+        MM_ARG_END_OFF, MM_ARG_START_OFF, MM_EXE_FILE_OFF, PROC_TABLE, SB_DEV_OFF, SEL_TASK_MM_OFF, TASK_CHILDREN_OFF, TASK_MM_OFF, global,
+        set_pid_identity,
     },
 };
 
@@ -420,6 +424,26 @@ fn select_at_exec() -> Option<u32> {
     best.map(|b| b.identity)
 }
 
+/// Whether the exiting task still has children (they are re-parented
+/// after this tracepoint): `current->children` is not an empty list.
+#[inline(always)]
+fn has_children() -> bool {
+    let off = global(&TASK_CHILDREN_OFF);
+    if off == ABSENT {
+        return false;
+    }
+    // SAFETY: an argument-less helper with no preconditions; the result is
+    // only used as an address to read through bpf_probe_read_kernel.
+    let task = unsafe { bpf_get_current_task() } as *const u8;
+    let head = task.wrapping_add(off as usize);
+    // SAFETY: read_kernel's contract holds (a raw pointer accepts any bits);
+    // `list_head.next` is its first field.
+    match unsafe { read_kernel::<*const u8>(head.cast()) } {
+        Some(next) => !next.is_null() && next != head,
+        None => false,
+    }
+}
+
 /// Reads a `T` from a kernel address; `None` when the address faults.
 ///
 /// # Safety
@@ -467,7 +491,22 @@ fn try_exit(ctx: &TracePointContext) -> Result<(), i64> {
         // as a raw helper binding).
         None => (NO_IDENTITY, 0, 0, unsafe { bpf_get_current_cgroup_id() }),
     };
-    let _ = PROC_TABLE.remove(tgid);
+    let kept = identity == NO_IDENTITY
+        && has_children()
+        && match PROC_TABLE.get_ptr_mut(tgid) {
+            Some(p) => {
+                // SAFETY: the lookup's pointer to this tgid's element, valid
+                // and aligned for the run; the group is dying, so no other
+                // program writes this key now (user space may, and every
+                // field is an integer).
+                unsafe { (*p).flags |= proc_flags::EXITED };
+                true
+            }
+            None => false,
+        };
+    if !kept {
+        let _ = PROC_TABLE.remove(tgid);
+    }
     set_pid_identity(tgid, NO_IDENTITY);
     if let Some(mut entry) = reserve::<ExitEvent>(loss::RINGBUF_EXIT) {
         let ev = entry.as_mut_ptr();

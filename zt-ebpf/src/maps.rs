@@ -147,6 +147,8 @@ pub static INODE_INO_OFF: u32 = u32::MAX;
 pub static INODE_SB_OFF: u32 = u32::MAX;
 #[unsafe(no_mangle)]
 pub static SB_DEV_OFF: u32 = u32::MAX;
+#[unsafe(no_mangle)]
+pub static TASK_CHILDREN_OFF: u32 = u32::MAX;
 
 /// Reads a global through a volatile load so the compiler cannot fold the
 /// default value in; the verifier then sees the frozen `.rodata` value.

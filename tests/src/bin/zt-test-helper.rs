@@ -16,7 +16,9 @@
 //! - udp-connects-spread N IP PORT N UDP connect() calls to IP, ports PORT..PORT+N
 //! - try MODE ADDR OUT              one attempt, result ("OK", "EPERM" or "ERR <errno>")
 //!   written to file OUT; MODE: tcp, udp-sendto, udp-connect, uring-connect,
-//!   thread-tcp, double-fork-tcp (the grandchild of a double fork tries)
+//!   thread-tcp, double-fork-tcp (the grandchild of a double fork tries),
+//!   daemon-tcp (the same, but this process exits at once: the daemon's
+//!   parent and grandparent are gone before it tries, 300 ms later)
 //! - move-try PROCS MODE ADDR OUT  move this process into the cgroup whose
 //!   cgroup.procs is PROCS (no fork, no exec), then `try MODE ADDR OUT`
 //! - listen ADDR MS                 accept for MS ms; print how many connections came
@@ -150,6 +152,18 @@ fn main() {
                     }
                     libc::waitpid(pid, std::ptr::null_mut(), 0);
                     std::thread::sleep(Duration::from_millis(400));
+                },
+                "daemon-tcp" => unsafe {
+                    // SAFETY: single-threaded program; the children only attempt and exit.
+                    if libc::fork() == 0 {
+                        libc::setsid();
+                        if libc::fork() == 0 {
+                            std::thread::sleep(Duration::from_millis(300));
+                            write(attempt("tcp", &addr));
+                            libc::_exit(0);
+                        }
+                        libc::_exit(0);
+                    }
                 },
                 m => write(attempt(m, &addr)),
             }

@@ -190,7 +190,8 @@ pub fn argv_offsets(vmlinux: &[u8]) -> Result<[(&'static str, u32); 3], BtfError
 
 /// The kernel-struct offsets the exec program needs to name the file just
 /// exec'd (`current->mm->exe_file->f_inode`: `i_ino`, `i_sb->s_dev`).
-pub fn exe_offsets(vmlinux: &[u8]) -> Result<[(&'static str, u32); 6], BtfError> {
+/// Also `task_struct.children`, for the exit program (see lineage.rs).
+pub fn exe_offsets(vmlinux: &[u8]) -> Result<[(&'static str, u32); 7], BtfError> {
     use zt_common::globals as g;
     let btf = Btf::parse(vmlinux)?;
     Ok([
@@ -200,6 +201,7 @@ pub fn exe_offsets(vmlinux: &[u8]) -> Result<[(&'static str, u32); 6], BtfError>
         (g::INODE_INO, btf.member_offset("inode", "i_ino")?),
         (g::INODE_SB, btf.member_offset("inode", "i_sb")?),
         (g::SB_DEV, btf.member_offset("super_block", "s_dev")?),
+        (g::TASK_CHILDREN, btf.member_offset("task_struct", "children")?),
     ])
 }
 

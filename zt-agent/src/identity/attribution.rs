@@ -60,6 +60,7 @@ pub fn propagate(tables: &mut Tables, proc_root: &Path, root: u32, identity: u32
         }
     };
     let Some(first) = procfs::children(proc_root, root) else {
+        // Gone (its entry kept by the kernel, marked EXITED, if it left children).
         propagate_by_table(tables, root, &mut assign);
         return;
     };
@@ -82,20 +83,30 @@ pub fn propagate(tables: &mut Tables, proc_root: &Path, root: u32, identity: u32
         }
         queue.extend(procfs::children(proc_root, pid).unwrap_or_default().into_iter().map(|c| (pid, c)));
     }
+    // Descendants re-parented away (a child that double-forked and exited):
+    // /proc no longer links them to `root`; the recorded parents still do.
+    propagate_by_table(tables, root, &mut assign);
 }
 
-/// The fallback: every table entry whose recorded ancestry reaches `root`.
+/// Every table entry whose recorded ancestry reaches `root`. A recorded
+/// parent counts only if it started no later than its child: a parent pid
+/// reused since by a younger process is not that child's parent (the walk
+/// would otherwise hand an identity to a stranger whose parent died).
 fn propagate_by_table(tables: &mut Tables, root: u32, assign: &mut dyn FnMut(&mut Tables, u32, ProcInfo)) {
     let entries = tables.procs.entries();
-    let parent: std::collections::HashMap<u32, u32> = entries.iter().map(|(pid, i)| (*pid, i.ppid)).collect();
+    let by_pid: std::collections::HashMap<u32, ProcInfo> = entries.iter().map(|(pid, i)| (*pid, *i)).collect();
     let descends = |mut pid: u32| {
         // Bounded walk: the table could hold a (stale) cycle.
         for _ in 0..64 {
-            match parent.get(&pid) {
-                Some(&pp) if pp == root => return true,
-                Some(&pp) if pp != 0 && pp != pid => pid = pp,
-                _ => return false,
+            let Some(child) = by_pid.get(&pid) else { return false };
+            let pp = child.ppid;
+            if pp == 0 || pp == pid || by_pid.get(&pp).is_some_and(|parent| parent.start_ns > child.start_ns) {
+                return false;
             }
+            if pp == root {
+                return true;
+            }
+            pid = pp;
         }
         false
     };
@@ -201,7 +212,8 @@ pub fn attribute_cgroup_members(tables: &mut Tables, proc_root: &Path, cgroup2: 
 
 /// Removes table entries whose process no longer exists. The kernel removes
 /// entries at exit; leftovers come from a thread that exec'd (its old tid's
-/// entry is never exited). `/proc/<tid>` exists for live threads too, so
+/// entry is never exited) and from processes that left children without an
+/// identity (kept `EXITED` for a later classification to reach them). `/proc/<tid>` exists for live threads too, so
 /// thread entries stay. An entry is removed only if it still has the
 /// `start_ns` seen in the snapshot, so a pid reused meanwhile is kept.
 /// Returns (entries removed, entries left).
@@ -299,6 +311,22 @@ mod tests {
         fs::create_dir_all(proc_root.path().join("10")).unwrap();
         propagate(&mut t, proc_root.path(), 10, 3);
         assert_eq!((get(&t, 11).identity, get(&t, 12).identity, get(&t, 20).identity), (3, 3, 0));
+    }
+
+    /// The daemon case: 10 is classified after 11 (its child) exited; 12, the
+    /// re-parented grandchild, is still found through 11's kept entry. 30
+    /// names 10 as parent but started before it: its parent was an older
+    /// process with the same pid, and it is left alone.
+    #[test]
+    fn the_table_walk_crosses_exited_parents_but_not_reused_pids() {
+        let proc_root = tempfile::tempdir().unwrap();
+        let mut t = tables();
+        let exited = ProcInfo { flags: proc_flags::EXITED, ..info(10, 101) };
+        for (pid, i) in [(10, info(1, 100)), (11, exited), (12, info(11, 102)), (30, info(10, 50))] {
+            t.procs.seed(pid, i).unwrap();
+        }
+        propagate(&mut t, proc_root.path(), 10, 3);
+        assert_eq!((get(&t, 12).identity, get(&t, 30).identity), (3, 0));
     }
 
     const POLICY: &str = "apiVersion: zt-agent.io/v1alpha1\nkind: HostPolicy\nspec:\n  trustDomain: t\n  identities:\n    - name: a\n      selectors:\n        - cgroup: /agents/**\n";
