@@ -301,6 +301,18 @@ fn events_name_the_process_that_attempted() {
     agent.stop().unwrap();
 }
 
+/// What a daemon (outliving the command that started it) wrote to `out`,
+/// within 5 s.
+fn written_later(out: &Path) -> String {
+    let deadline = std::time::Instant::now() + Duration::from_secs(5);
+    while !out.exists() && std::time::Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    // The writer may still be between create and write.
+    std::thread::sleep(Duration::from_millis(20));
+    std::fs::read_to_string(out).unwrap_or_else(|_| "no result".into())
+}
+
 /// A process matched by a selector decided in user space (an `exe` glob)
 /// that daemonizes at once (fork, setsid, fork, and both parents exit
 /// before user space classified it) still gets its identity to the daemon.
@@ -321,22 +333,12 @@ fn a_daemon_of_a_process_classified_after_it_exited_is_attributed() {
         let out = dir.path().join(format!("result-{i}"));
         let st = Command::new(&agent_exe).args(["try", "daemon-tcp", &listener.addr()]).arg(&out).status().unwrap();
         assert!(st.success());
-        let deadline = std::time::Instant::now() + Duration::from_secs(5);
-        while !out.exists() && std::time::Instant::now() < deadline {
-            std::thread::sleep(Duration::from_millis(20));
-        }
-        std::thread::sleep(Duration::from_millis(20));
-        results.push(std::fs::read_to_string(&out).unwrap_or_else(|_| "no result".into()));
+        results.push(written_later(&out));
     }
     assert!(results.iter().all(|r| r == "EPERM"), "a daemon of the identity got out: {results:?}");
     let out = dir.path().join("control");
     let st = Command::new(helper_bin()).args(["try", "daemon-tcp", &listener.addr()]).arg(&out).status().unwrap();
     assert!(st.success());
-    let deadline = std::time::Instant::now() + Duration::from_secs(5);
-    while !out.exists() && std::time::Instant::now() < deadline {
-        std::thread::sleep(Duration::from_millis(20));
-    }
-    std::thread::sleep(Duration::from_millis(20));
-    assert_eq!(std::fs::read_to_string(&out).unwrap(), "OK", "the same program from another file is not the identity");
+    assert_eq!(written_later(&out), "OK", "the same program from another file is not the identity");
     agent.stop().unwrap();
 }

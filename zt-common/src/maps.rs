@@ -77,30 +77,23 @@ pub const ALL: &[&str] = &[
     AYA_LOGS,
 ];
 
-/// The maps that hold enforcement state: pinned, so enforcement outlives
-/// the daemon and a restarted one continues where it was (every map but
-/// the log channel and the per-CPU scratch space).
-pub const PINNED: &[&str] = &[
-    PROC_TABLE,
-    CGROUP_IDENTITY,
-    EXEC_SELECT,
-    EXEC_ARGS,
-    EVENTS,
-    LOSS,
-    CONFIG,
-    NET_RULES,
-    IDENTITY_POLICY,
-    POLICY_ACTIVE,
-    PID_IDENTITY,
-    IDENTITY_COUNTERS,
-    EGRESS_AGG,
-];
+/// The maps that are not pinned: the log channel and per-CPU scratch
+/// space. Every other map holds enforcement state and is pinned, so
+/// enforcement outlives the daemon and a restarted one continues where it
+/// was ([`pinned`]).
+pub const NOT_PINNED: &[&str] = &[ARGS_SCRATCH, AYA_LOGS];
+
+/// The pinned maps, in [`ALL`]'s order.
+pub fn pinned() -> impl Iterator<Item = &'static str> {
+    ALL.iter().copied().filter(|m| !NOT_PINNED.contains(m))
+}
 
 #[cfg(test)]
 mod tests {
     #[test]
-    fn every_pinned_map_is_a_map() {
-        assert!(super::PINNED.iter().all(|m| super::ALL.contains(m)));
+    fn every_unpinned_map_is_a_map() {
+        assert!(super::NOT_PINNED.iter().all(|m| super::ALL.contains(m)));
+        assert_eq!(super::pinned().count(), super::ALL.len() - super::NOT_PINNED.len());
     }
 
     #[test]

@@ -11,7 +11,7 @@ use std::{fs::File, path::Path};
 use anyhow::{Context as _, bail};
 use aya::{
     Ebpf, EbpfLoader,
-    programs::{CgroupAttachMode, CgroupSock, CgroupSockAddr, CgroupSockopt, TracePoint},
+    programs::{CgroupAttachMode, Program, TracePoint},
 };
 use serde::Serialize;
 use zt_common::{Config, maps as M, programs as P};
@@ -154,7 +154,7 @@ impl Bpf {
         loader.map_max_entries(M::EVENTS, opts.ringbuf_bytes);
         loader.map_max_entries(M::PID_IDENTITY, pid_max());
         if let Some(pins) = opts.pins {
-            for name in M::PINNED {
+            for name in M::pinned() {
                 loader.map_pin_path(name, pins.map_path(name));
             }
         }
@@ -239,14 +239,14 @@ impl Bpf {
     /// [`Bpf::attach_network`]; each one missing (or off: `syscalls`
     /// false) is said by `status`.
     pub fn attach_guards(&mut self, cgroup2: &Path, syscalls: bool) -> anyhow::Result<()> {
-        let r = self.attach_sock_create(cgroup2);
+        let r = self.attach_cgroup(P::SOCK_CREATE, cgroup2);
         self.record(
             P::SOCK_CREATE,
             format!("cgroup/sock_create at {}", cgroup2.display()),
             r,
             Need::Optional { fallback: "inet socket kinds (raw, ICMP, SCTP, ...) not restricted" },
         )?;
-        let r = self.attach_setsockopt(cgroup2);
+        let r = self.attach_cgroup(P::GUARD_SETSOCKOPT, cgroup2);
         self.record(
             P::GUARD_SETSOCKOPT,
             format!("cgroup/setsockopt at {}", cgroup2.display()),
@@ -275,22 +275,6 @@ impl Bpf {
         Ok(pins.pin_links(&ids)?)
     }
 
-    fn attach_sock_create(&mut self, cgroup2: &Path) -> anyhow::Result<()> {
-        let p: &mut CgroupSock = self.ebpf.program_mut(P::SOCK_CREATE).context("sock_create missing")?.try_into()?;
-        p.load().context("load")?;
-        let root = File::open(cgroup2).with_context(|| format!("opening {}", cgroup2.display()))?;
-        p.attach(&root, CgroupAttachMode::Single).context("attach")?;
-        Ok(())
-    }
-
-    fn attach_setsockopt(&mut self, cgroup2: &Path) -> anyhow::Result<()> {
-        let p: &mut CgroupSockopt = self.ebpf.program_mut(P::GUARD_SETSOCKOPT).context("guard_setsockopt missing")?.try_into()?;
-        p.load().context("load")?;
-        let root = File::open(cgroup2).with_context(|| format!("opening {}", cgroup2.display()))?;
-        p.attach(&root, CgroupAttachMode::Single).context("attach")?;
-        Ok(())
-    }
-
     fn record(&mut self, program: &'static str, attach_point: String, r: anyhow::Result<()>, need: Need) -> anyhow::Result<()> {
         let (state, attached) = match (r, need) {
             (Ok(()), _) => ("attached".to_string(), true),
@@ -312,16 +296,21 @@ impl Bpf {
         Ok(())
     }
 
+    /// Loads a cgroup program (sock_addr, sock or sockopt) and attaches it
+    /// at the cgroup v2 root.
     fn attach_cgroup(&mut self, prog: &str, cgroup2: &Path) -> anyhow::Result<()> {
-        let p: &mut CgroupSockAddr = self.ebpf.program_mut(prog).with_context(|| format!("{prog} missing"))?.try_into()?;
-        p.load().context("load")?;
         let root = File::open(cgroup2).with_context(|| format!("opening {}", cgroup2.display()))?;
         // aya attaches through a bpf_link on Linux >= 5.7; link attachments
         // always coexist with other programs at the same cgroup (the kernel
         // treats them as BPF_F_ALLOW_MULTI, and rejects the flag itself with
         // EINVAL), so "Single" evicts nothing that other software attached.
-        p.attach(&root, CgroupAttachMode::Single).context("attach")?;
-        Ok(())
+        let mode = CgroupAttachMode::Single;
+        match self.ebpf.program_mut(prog).with_context(|| format!("{prog} missing"))? {
+            Program::CgroupSockAddr(p) => p.load().context("load").and_then(|()| Ok(p.attach(&root, mode).map(drop)?)),
+            Program::CgroupSock(p) => p.load().context("load").and_then(|()| Ok(p.attach(&root, mode).map(drop)?)),
+            Program::CgroupSockopt(p) => p.load().context("load").and_then(|()| Ok(p.attach(&root, mode).map(drop)?)),
+            _ => bail!("{prog} is not a cgroup program"),
+        }
     }
 
     /// Forwards aya-log records from the kernel programs to `tracing` (via

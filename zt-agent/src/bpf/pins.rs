@@ -2,7 +2,7 @@
 //!
 //! # Layout under the pin directory (default `/sys/fs/bpf/zt-agent`)
 //! - `<abi>/maps/<MAP>`: the maps that hold enforcement state
-//!   (`zt_common::maps::PINNED`).
+//!   (`zt_common::maps::pinned`).
 //! - `<abi>/links/<run>/<program>-<link id>`: the links of one daemon run;
 //!   a pinned link keeps its program attached with no process holding it.
 //!
@@ -12,6 +12,8 @@
 //!
 //! # A start
 //! - No pins: maps are created and pinned.
+//! - Maps pinned by a start that failed before it pinned any link: removed
+//!   (they enforced nothing), and the start is a fresh one.
 //! - Pins of this ABI ([`Pins::adopted`]): the maps are reused, so the
 //!   process table, both policy slots, counters and events written while
 //!   the daemon was down carry on. The new programs attach first; only
@@ -67,10 +69,10 @@ pub enum PinError {
 pub fn abi(object: &[u8]) -> Result<String, PinError> {
     let obj = aya_obj::Object::parse(object).map_err(|e| PinError::Object(e.to_string()))?;
     let mut h = blake3::Hasher::new();
-    for name in M::PINNED {
-        let m = obj.maps.get(*name).ok_or_else(|| PinError::Object(format!("map {name} missing")))?;
+    for name in M::pinned() {
+        let m = obj.maps.get(name).ok_or_else(|| PinError::Object(format!("map {name} missing")))?;
         // Sizes set at load (ring buffer, pid array) are not the layout.
-        let entries = if [M::EVENTS, M::PID_IDENTITY].contains(name) { 0 } else { m.max_entries() };
+        let entries = if [M::EVENTS, M::PID_IDENTITY].contains(&name) { 0 } else { m.max_entries() };
         for v in [m.map_type(), m.key_size(), m.value_size(), entries, m.map_flags()] {
             h.update(&v.to_le_bytes());
         }
@@ -109,7 +111,14 @@ impl Pins {
         let links = root.join("links");
         std::fs::create_dir_all(&links).map_err(at("creating", &links))?;
         let previous = subdirs(&links)?;
-        let adopted = !previous.is_empty() || std::fs::read_dir(root.join("maps")).is_ok_and(|mut d| d.next().is_some());
+        let maps = root.join("maps");
+        if previous.is_empty() && std::fs::read_dir(&maps).is_ok_and(|mut d| d.next().is_some()) {
+            // Maps without links: a start that failed before it attached
+            // anything. Nothing enforced with them; start afresh.
+            remove_pins(&maps)?;
+            std::fs::create_dir_all(&maps).map_err(at("creating", &maps))?;
+        }
+        let adopted = !previous.is_empty();
         let run = links.join(format!("{}-{}", std::process::id(), crate::host::boottime_ns()));
         Ok(Pins { root, run, previous, adopted })
     }
