@@ -98,6 +98,9 @@ fn enforcement_survives_the_daemon_and_a_restart_adopts_it() {
     assert_eq!(started[0]["agent"]["pinned"].as_str().map(|p| p.starts_with(pin_dir.to_str().unwrap())), Some(true));
     let st = second.status();
     assert_eq!(st["policy"]["generation"], 2, "the policy generation continues from the pinned slots");
+    let when_down =
+        st["paths"].as_array().unwrap().iter().find(|p| p[0] == "enforcement when the agent is not running").unwrap()[1].to_string();
+    assert!(when_down.contains("pinned at") && when_down.contains("left policy generation 1 in force"), "{when_down}");
     let (denied, allowed) = counts(during);
     assert_eq!(allowed, 0, "a connect got out across the restart ({denied} denied)");
     assert_eq!(settled(&programs), programs, "the previous run's programs were retired: one set loaded");

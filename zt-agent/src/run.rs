@@ -140,7 +140,7 @@ impl Agent {
         let tracefs = host::ensure_tracefs()?;
         let cgroup2 = host::cgroup2_mount()?;
         let audit_writer = open_audit(&opts.audit)?;
-        let paths = check_kernel()?;
+        let mut paths = check_kernel()?;
         let pins = prepare_pins(&opts)?;
 
         let (mut bpf, maps) = load_programs(&opts, &tracefs, pins.as_ref())?;
@@ -161,6 +161,15 @@ impl Agent {
             Some(_) => Some(Adopted { enforced_generation: policy::target::PolicyTarget::active(&maps.policy)?.generation }),
             None => None,
         };
+        paths.push(("enforcement when the agent is not running", match (&pins, &adopted) {
+            (Some(p), Some(a)) => format!(
+                "pinned at {} (stays when the agent stops; `zt-agent uninstall` removes it); adopted from an earlier run that left policy generation {} in force",
+                p.root().display(),
+                a.enforced_generation
+            ),
+            (Some(p), None) => format!("pinned at {} (stays when the agent stops; `zt-agent uninstall` removes it)", p.root().display()),
+            (None, _) => "none: nothing pinned (--no-pin), every program detaches when the agent stops".to_string(),
+        }));
         let mut manager = new_manager(&opts, Box::new(maps.policy), shared.clone(), adopted.is_some())?;
         // The first policy goes into the maps before the egress hooks attach.
         let first_policy = manager.apply_and_report(bundle, "start", PolicyAction::Applied).await?;
