@@ -342,3 +342,27 @@ fn a_daemon_of_a_process_classified_after_it_exited_is_attributed() {
     assert_eq!(written_later(&out), "OK", "the same program from another file is not the identity");
     agent.stop().unwrap();
 }
+
+/// A guard that is not in force (here turned off on purpose) is said by
+/// `status`, in the enforcement path it belongs to, not only in the hook list.
+#[test]
+#[ignore = "needs root (loads eBPF programs): cargo xtask test runs it"]
+fn status_says_when_a_guard_is_not_in_force() {
+    if !require_root("status_says_when_a_guard_is_not_in_force") {
+        return;
+    }
+    let agent = Agent::start(
+        "degraded",
+        &policy("zt.test", "    - name: a\n      selectors:\n        - uid: 4242\n"),
+        &["--syscall-guards", "off"],
+    )
+    .unwrap();
+    let st = agent.status();
+    let line = |what: &str| st["paths"].as_array().unwrap().iter().find(|p| p[0] == what).map(|p| p[1].to_string()).unwrap_or_default();
+    assert!(line("process takeover, bpf(2)").contains("DEGRADED, not in force: guard_ptrace"), "{}", st["paths"]);
+    // Non-inet families go unguarded too; the cgroup hooks stay.
+    let sockets = line("socket kinds");
+    assert!(sockets.contains("DEGRADED, not in force: guard_socket") && !sockets.contains("sock_create at cgroup/"), "{sockets}");
+    assert!(!line("network enforcement").contains("DEGRADED"), "{}", st["paths"]);
+    agent.stop().unwrap();
+}

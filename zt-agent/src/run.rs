@@ -187,6 +187,7 @@ impl Agent {
         // first policy is in the maps (their events wait in the ring).
         bpf.attach_network(&cgroup2)?;
         bpf.attach_guards(&cgroup2, opts.syscall_guards)?;
+        mark_degraded(&mut paths, &bpf.hooks);
         if let Some(pins) = &pins {
             // Ours first, then the previous run's go: no moment without a program.
             let pinned = bpf.pin_links(pins)?;
@@ -341,6 +342,30 @@ fn check_kernel() -> anyhow::Result<Vec<(&'static str, String)>> {
         bail!("BPF ring buffers are unavailable (Linux >= 5.8 needed)");
     }
     Ok(paths)
+}
+
+/// The enforcement paths say what the kernel can run; a hook of theirs that
+/// did not attach (refused by the verifier, or turned off) makes the line
+/// say so, so `status` never claims a guard that is not in force.
+fn mark_degraded(paths: &mut [(&'static str, String)], hooks: &[bpf::loader::HookStatus]) {
+    use zt_common::programs as P;
+    let owners: [(&str, &[&str]); 3] = [
+        ("network enforcement", &[P::CONNECT4, P::CONNECT6, P::SENDMSG4, P::SENDMSG6]),
+        ("socket kinds", &[P::SOCK_CREATE, P::GUARD_SETSOCKOPT, P::GUARD_SOCKET]),
+        ("process takeover, bpf(2)", &[P::GUARD_PTRACE, P::GUARD_PROCESS_VM, P::GUARD_PIDFD_GETFD, P::GUARD_BPF]),
+    ];
+    for (what, programs) in owners {
+        let missing: Vec<String> = hooks
+            .iter()
+            .filter(|h| programs.contains(&h.program) && !h.attached)
+            .map(|h| format!("{} at {}", h.program, h.attach_point))
+            .collect();
+        if let Some((_, line)) = paths.iter_mut().find(|(w, _)| *w == what)
+            && !missing.is_empty()
+        {
+            line.push_str(&format!("; DEGRADED, not in force: {} (see hooks)", missing.join(", ")));
+        }
+    }
 }
 
 /// The pin directory made ready (see `bpf::pins`), or None without pinning.
