@@ -239,10 +239,12 @@ pub fn enforcement_paths(caps: &Capabilities) -> Vec<(&'static str, String)> {
     v.push((
         "socket kinds",
         match (caps.has(names::SOCK_ADDR), kill) {
-            (true, true) => {
-                "inet: cgroup sock_create at the cgroup v2 root (EPERM); other families: tracepoints on socket/socketpair, SIGKILL".into()
-            }
-            (true, false) => "inet: cgroup sock_create (EPERM); other families UNGUARDED (bpf_send_signal unavailable)".into(),
+            (true, true) => "inet: cgroup sock_create at the cgroup v2 root (EPERM); other families: tracepoints on socket/socketpair, \
+                             SIGKILL; route-changing options: cgroup setsockopt (EPERM)"
+                .into(),
+            (true, false) => "inet: cgroup sock_create (EPERM); route-changing options: cgroup setsockopt (EPERM); other families \
+                              UNGUARDED (bpf_send_signal unavailable)"
+                .into(),
             (false, _) => "UNGUARDED: cgroup programs do not load".into(),
         },
     ));
