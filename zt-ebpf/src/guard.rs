@@ -47,10 +47,9 @@ const ARG_OFF: usize = 16;
 
 /// The caller's identity, or `None` for a process without one.
 #[inline(always)]
-fn caller() -> Option<(u32, u32)> {
-    let tgid = (bpf_get_current_pid_tgid() >> 32) as u32;
-    let identity = identity_of(tgid);
-    (identity != NO_IDENTITY).then_some((tgid, identity))
+fn caller() -> Option<u32> {
+    let identity = identity_of((bpf_get_current_pid_tgid() >> 32) as u32);
+    (identity != NO_IDENTITY).then_some(identity)
 }
 
 /// Whether `identity` runs in audit mode, and the socket kinds it may
@@ -71,7 +70,7 @@ fn policy_of(identity: u32) -> Option<(bool, u32)> {
 
 #[cgroup_sock(sock_create)]
 pub fn sock_create(ctx: SockContext) -> i32 {
-    let Some((_, identity)) = caller() else { return 1 };
+    let Some(identity) = caller() else { return 1 };
     // SAFETY: the context pointer the kernel passed to this program, valid
     // for the run; the verifier checks each field read at this attach point.
     let sk = unsafe { &*ctx.sock };
@@ -91,7 +90,7 @@ pub fn sock_create(ctx: SockContext) -> i32 {
 
 #[cgroup_sockopt(setsockopt)]
 pub fn guard_setsockopt(ctx: SockoptContext) -> i32 {
-    let Some((_, identity)) = caller() else { return 1 };
+    let Some(identity) = caller() else { return 1 };
     // SAFETY: the context pointer the kernel passed to this program, valid
     // for the run; the verifier checks each field read here.
     let so = unsafe { &*ctx.sockopt };
@@ -108,7 +107,7 @@ pub fn guard_setsockopt(ctx: SockoptContext) -> i32 {
 /// `socket`/`socketpair` of a family the `sock_create` hook does not see.
 #[tracepoint]
 pub fn guard_socket(ctx: TracePointContext) -> u32 {
-    let Some((_, identity)) = caller() else { return 0 };
+    let Some(identity) = caller() else { return 0 };
     let args = syscall_args(&ctx);
     let family = args[0] as u32;
     if family == AF_INET || family == AF_INET6 {
@@ -125,7 +124,7 @@ pub fn guard_socket(ctx: TracePointContext) -> u32 {
 
 #[tracepoint]
 pub fn guard_ptrace(ctx: TracePointContext) -> u32 {
-    let Some((_, identity)) = caller() else { return 0 };
+    let Some(identity) = caller() else { return 0 };
     let args = syscall_args(&ctx);
     if args[0] != PTRACE_ATTACH && args[0] != PTRACE_SEIZE {
         // Every other request needs an attach first (or is PTRACE_TRACEME,
@@ -138,7 +137,7 @@ pub fn guard_ptrace(ctx: TracePointContext) -> u32 {
 
 #[tracepoint]
 pub fn guard_process_vm(ctx: TracePointContext) -> u32 {
-    let Some((_, identity)) = caller() else { return 0 };
+    let Some(identity) = caller() else { return 0 };
     let args = syscall_args(&ctx);
     across_identities(&ctx, identity, op::PROCESS_VM, args, args[0] as u32);
     0
@@ -146,7 +145,7 @@ pub fn guard_process_vm(ctx: TracePointContext) -> u32 {
 
 #[tracepoint]
 pub fn guard_pidfd_getfd(ctx: TracePointContext) -> u32 {
-    let Some((_, identity)) = caller() else { return 0 };
+    let Some(identity) = caller() else { return 0 };
     let Some((audit, _)) = policy_of(identity) else { return 0 };
     kill_or_audit(&ctx, identity, op::PIDFD_GETFD, audit, syscall_args(&ctx), 0, NO_IDENTITY, 0);
     0
@@ -154,7 +153,7 @@ pub fn guard_pidfd_getfd(ctx: TracePointContext) -> u32 {
 
 #[tracepoint]
 pub fn guard_bpf(ctx: TracePointContext) -> u32 {
-    let Some((_, identity)) = caller() else { return 0 };
+    let Some(identity) = caller() else { return 0 };
     let Some((audit, _)) = policy_of(identity) else { return 0 };
     kill_or_audit(&ctx, identity, op::BPF, audit, syscall_args(&ctx), 0, NO_IDENTITY, 0);
     0

@@ -179,8 +179,7 @@ impl<'a> Btf<'a> {
 
 /// The kernel-struct offsets the exec program needs to read argv from the
 /// new image (`current->mm->arg_start..arg_end`).
-pub fn argv_offsets(vmlinux: &[u8]) -> Result<[(&'static str, u32); 3], BtfError> {
-    let btf = Btf::parse(vmlinux)?;
+pub fn argv_offsets(btf: &Btf<'_>) -> Result<[(&'static str, u32); 3], BtfError> {
     Ok([
         (zt_common::globals::TASK_MM, btf.member_offset("task_struct", "mm")?),
         (zt_common::globals::MM_ARG_START, btf.member_offset("mm_struct", "arg_start")?),
@@ -191,9 +190,8 @@ pub fn argv_offsets(vmlinux: &[u8]) -> Result<[(&'static str, u32); 3], BtfError
 /// The kernel-struct offsets the exec program needs to name the file just
 /// exec'd (`current->mm->exe_file->f_inode`: `i_ino`, `i_sb->s_dev`).
 /// Also `task_struct.children`, for the exit program (see lineage.rs).
-pub fn exe_offsets(vmlinux: &[u8]) -> Result<[(&'static str, u32); 7], BtfError> {
+pub fn exe_offsets(btf: &Btf<'_>) -> Result<[(&'static str, u32); 7], BtfError> {
     use zt_common::globals as g;
-    let btf = Btf::parse(vmlinux)?;
     Ok([
         (g::SEL_TASK_MM, btf.member_offset("task_struct", "mm")?),
         (g::MM_EXE_FILE, btf.member_offset("mm_struct", "exe_file")?),
@@ -278,7 +276,7 @@ mod tests {
             );
             return;
         };
-        let [(_, mm), (_, start), (_, end)] = argv_offsets(&data).unwrap();
+        let [(_, mm), (_, start), (_, end)] = argv_offsets(&Btf::parse(&data).unwrap()).unwrap();
         assert!(mm > 0 && start > 0);
         assert_eq!(end, start + 8, "arg_end follows arg_start in mm_struct");
     }

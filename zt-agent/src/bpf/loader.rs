@@ -129,26 +129,28 @@ impl Bpf {
     /// Returns the maps separately so they can move to the tasks that use them.
     pub fn load(opts: &LoadOptions<'_>) -> anyhow::Result<(Bpf, BpfMaps)> {
         let mut offsets = tracefs::program_offsets(opts.tracefs).context("reading tracepoint layouts")?;
+        // Kernel struct offsets come from BTF, read and parsed once here.
+        let vmlinux = std::fs::read("/sys/kernel/btf/vmlinux").map_err(|e| format!("/sys/kernel/btf/vmlinux: {e}"));
+        let btf = vmlinux.as_ref().map_err(String::clone).and_then(|d| btf::Btf::parse(d).map_err(|e| e.to_string()));
         // argv from the exec'd image needs three struct offsets from BTF;
         // without them the syscall tracepoints are the fallback.
         let argv_source = match opts.argv {
             ArgvCapture::Proc => ArgvSource::Proc,
             ArgvCapture::Syscalls => ArgvSource::Syscalls("--argv-capture syscalls".into()),
             ArgvCapture::Kernel => {
-                match std::fs::read("/sys/kernel/btf/vmlinux").map_err(anyhow::Error::from).and_then(|d| Ok(btf::argv_offsets(&d)?)) {
+                match btf.as_ref().map_err(String::clone).and_then(|b| btf::argv_offsets(b).map_err(|e| e.to_string())) {
                     Ok(o) => {
                         offsets.extend(o);
                         ArgvSource::Mm
                     }
-                    Err(e) => ArgvSource::Syscalls(format!("no BTF offsets ({e:#})")),
+                    Err(e) => ArgvSource::Syscalls(format!("no BTF offsets ({e})")),
                 }
             }
         };
-        // exe/uid selectors decided in the kernel at exec need five more (see lineage.rs).
-        let exe_selection = std::fs::read("/sys/kernel/btf/vmlinux").map_err(anyhow::Error::from).and_then(|d| Ok(btf::exe_offsets(&d)?));
-        match exe_selection {
+        // exe/uid selectors decided in the kernel at exec need more (see lineage.rs).
+        match btf.as_ref().map_err(String::clone).and_then(|b| btf::exe_offsets(b).map_err(|e| e.to_string())) {
             Ok(o) => offsets.extend(o),
-            Err(e) => tracing::warn!("exe and uid selectors are decided in user space after exec (a window): no BTF offsets ({e:#})"),
+            Err(e) => tracing::warn!("exe and uid selectors are decided in user space after exec (a window): no BTF offsets ({e})"),
         }
         let mut loader = loader_with_offsets(Some(&offsets));
         loader.map_max_entries(M::EVENTS, opts.ringbuf_bytes);

@@ -42,11 +42,14 @@ pub fn sync_exec_selectors(resolver: &Resolver, tables: &mut Tables) {
 const MAX_PROPAGATE: usize = 65_536;
 
 /// Gives `identity` to every unattributed descendant of `root`: children the
-/// process forked before user space classified it. Walks the live process
-/// tree through `/proc/<pid>/task/*/children` (no table walk); an entry is
-/// assigned only if the table records the walked parent as its parent, so a
-/// pid recycled during the walk is left alone. Without those files
-/// (`CONFIG_PROC_CHILDREN` off) it falls back to one pass over the table.
+/// process forked before user space classified it. First the live process
+/// tree through `/proc/<pid>/task/*/children` (an entry is assigned only if
+/// the table records the walked parent as its parent, so a pid recycled
+/// during the walk is left alone), then one pass over the table for the
+/// descendants /proc no longer links to `root`: those re-parented when an
+/// intermediate process exited (kept as `EXITED` entries by the kernel), and
+/// all of them when `root` is gone or the children files are missing
+/// (`CONFIG_PROC_CHILDREN` off).
 pub fn propagate(tables: &mut Tables, proc_root: &Path, root: u32, identity: u32) {
     if identity == NO_IDENTITY {
         return;
@@ -59,12 +62,7 @@ pub fn propagate(tables: &mut Tables, proc_root: &Path, root: u32, identity: u32
             tracing::warn!("propagating identity to pid {pid}: {}", crate::error::Chain(&e));
         }
     };
-    let Some(first) = procfs::children(proc_root, root) else {
-        // Gone (its entry kept by the kernel, marked EXITED, if it left children).
-        propagate_by_table(tables, root, &mut assign);
-        return;
-    };
-    let mut queue: Vec<(u32, u32)> = first.into_iter().map(|c| (root, c)).collect();
+    let mut queue: Vec<(u32, u32)> = procfs::children(proc_root, root).unwrap_or_default().into_iter().map(|c| (root, c)).collect();
     let mut visited = 0;
     while let Some((parent, pid)) = queue.pop() {
         visited += 1;
@@ -83,8 +81,6 @@ pub fn propagate(tables: &mut Tables, proc_root: &Path, root: u32, identity: u32
         }
         queue.extend(procfs::children(proc_root, pid).unwrap_or_default().into_iter().map(|c| (pid, c)));
     }
-    // Descendants re-parented away (a child that double-forked and exited):
-    // /proc no longer links them to `root`; the recorded parents still do.
     propagate_by_table(tables, root, &mut assign);
 }
 
