@@ -12,7 +12,7 @@
 //! - [`propagate`]: an identity written by user space reaches the children
 //!   the process forked before it was classified.
 //! - [`gc_stale_entries`]: entries of processes that no longer exist.
-use std::path::Path;
+use std::{collections::HashSet, path::Path};
 
 use zt_common::{NO_IDENTITY, ProcInfo, proc_flags};
 
@@ -212,17 +212,28 @@ pub fn attribute_cgroup_members(tables: &mut Tables, proc_root: &Path, cgroup2: 
 /// identity (kept `EXITED` for a later classification to reach them). `/proc/<tid>` exists for live threads too, so
 /// thread entries stay. An entry is removed only if it still has the
 /// `start_ns` seen in the snapshot, so a pid reused meanwhile is kept.
-/// Returns (entries removed, entries left).
-pub fn gc_stale_entries(procs: &mut dyn ProcessTable, proc_root: &Path) -> (usize, usize) {
+/// `EXITED` entries are removed at the second collection that sees them
+/// (`exited` carries them from one to the next). Returns (entries removed,
+/// entries left).
+pub fn gc_stale_entries(procs: &mut dyn ProcessTable, proc_root: &Path, exited: &mut HashSet<(u32, u64)>) -> (usize, usize) {
     let mut removed = 0;
     let entries = procs.entries();
     let total = entries.len();
+    let mut exited_now = HashSet::new();
     for (pid, info) in entries {
+        // An entry the kernel kept for a process that left children waits
+        // one whole collection interval: an identity given to it after it
+        // exited must still find its descendants through it.
+        if info.flags & proc_flags::EXITED != 0 && !exited.contains(&(pid, info.start_ns)) {
+            exited_now.insert((pid, info.start_ns));
+            continue;
+        }
         let gone = || !proc_root.join(pid.to_string()).exists();
         if gone() && matches!(procs.get(pid), Ok(Some(now)) if now.start_ns == info.start_ns) && gone() && procs.remove(pid).is_ok() {
             removed += 1;
         }
     }
+    *exited = exited_now;
     (removed, total - removed)
 }
 
@@ -377,8 +388,21 @@ mod tests {
         let mut procs = MemProcs::default();
         procs.seed(60, info(1, 600)).unwrap();
         procs.seed(61, info(1, 610)).unwrap();
-        assert_eq!(gc_stale_entries(&mut procs, proc_root.path()), (1, 1));
+        assert_eq!(gc_stale_entries(&mut procs, proc_root.path(), &mut HashSet::new()), (1, 1));
         assert!(procs.get(60).unwrap().is_some());
         assert!(procs.get(61).unwrap().is_none());
+    }
+
+    /// A kept `EXITED` entry survives the first collection that sees it (a
+    /// classification may still need it) and goes at the next.
+    #[test]
+    fn gc_keeps_an_exited_parent_for_one_interval() {
+        let proc_root = fake_proc(&[]);
+        let mut procs = MemProcs::default();
+        procs.seed(70, ProcInfo { flags: proc_flags::EXITED, ..info(1, 700) }).unwrap();
+        let mut exited = HashSet::new();
+        assert_eq!(gc_stale_entries(&mut procs, proc_root.path(), &mut exited), (0, 1));
+        assert!(procs.get(70).unwrap().is_some());
+        assert_eq!(gc_stale_entries(&mut procs, proc_root.path(), &mut exited), (1, 0));
     }
 }

@@ -127,6 +127,7 @@ pub async fn enrich<A: AggregateTable>(mut e: Enrich<A>, mut rx: mpsc::Receiver<
     let mut rescan = tokio::time::interval(upkeep.rescan);
     let mut flush = tokio::time::interval(Duration::from_secs(1));
     let mut ticks: u32 = 0;
+    let mut exited = std::collections::HashSet::new();
     loop {
         tokio::select! {
             msg = rx.recv() => match msg {
@@ -146,7 +147,7 @@ pub async fn enrich<A: AggregateTable>(mut e: Enrich<A>, mut rx: mpsc::Receiver<
                 attribution::rescan_cgroups(e.enricher.resolver(), &mut e.tables, &upkeep.cgroup2);
                 // The GC walks the whole table; it also yields the entry count.
                 if ticks.is_multiple_of(upkeep.gc_every) {
-                    let (removed, remaining) = attribution::gc_stale_entries(e.tables.procs.as_mut(), e.enricher.resolver().proc_root());
+                    let (removed, remaining) = attribution::gc_stale_entries(e.tables.procs.as_mut(), e.enricher.resolver().proc_root(), &mut exited);
                     stats.stale_entries_removed.fetch_add(removed as u64, Relaxed);
                     stats.proc_table_entries.store(remaining as u64, Relaxed);
                 }
