@@ -18,7 +18,8 @@
 //!   written to file OUT; MODE: tcp, udp-sendto, udp-connect, uring-connect,
 //!   thread-tcp, double-fork-tcp (the grandchild of a double fork tries),
 //!   daemon-tcp (the same, but this process exits at once: the daemon's
-//!   parent and grandparent are gone before it tries, 300 ms later)
+//!   parent and grandparent are gone before it tries, once the file
+//!   OUT.go exists (5 s at most))
 //! - move-try PROCS MODE ADDR OUT  move this process into the cgroup whose
 //!   cgroup.procs is PROCS (no fork, no exec), then `try MODE ADDR OUT`
 //! - listen ADDR MS                 accept for MS ms; print how many connections came
@@ -158,7 +159,11 @@ fn main() {
                     if libc::fork() == 0 {
                         libc::setsid();
                         if libc::fork() == 0 {
-                            std::thread::sleep(Duration::from_millis(300));
+                            let go = format!("{out}.go");
+                            let until = std::time::Instant::now() + Duration::from_secs(5);
+                            while !std::path::Path::new(&go).exists() && std::time::Instant::now() < until {
+                                std::thread::sleep(Duration::from_millis(10));
+                            }
                             write(attempt("tcp", &addr));
                             libc::_exit(0);
                         }
