@@ -89,25 +89,32 @@ pub fn propagate(tables: &mut Tables, proc_root: &Path, root: u32, identity: u32
 /// reused since by a younger process is not that child's parent (the walk
 /// would otherwise hand an identity to a stranger whose parent died).
 fn propagate_by_table(tables: &mut Tables, root: u32, assign: &mut dyn FnMut(&mut Tables, u32, ProcInfo)) {
-    let entries = tables.procs.entries();
-    let by_pid: std::collections::HashMap<u32, ProcInfo> = entries.iter().map(|(pid, i)| (*pid, *i)).collect();
-    let descends = |mut pid: u32| {
-        // Bounded walk: the table could hold a (stale) cycle.
-        for _ in 0..64 {
-            let Some(child) = by_pid.get(&pid) else { return false };
-            let pp = child.ppid;
-            if pp == 0 || pp == pid || by_pid.get(&pp).is_some_and(|parent| parent.start_ns > child.start_ns) {
-                return false;
+    // A child forked while a snapshot was read (its parent still without the
+    // identity) can be missing from it: passes repeat while they find some.
+    for _ in 0..3 {
+        let entries = tables.procs.entries();
+        let by_pid: std::collections::HashMap<u32, ProcInfo> = entries.iter().map(|(pid, i)| (*pid, *i)).collect();
+        let descends = |mut pid: u32| {
+            // Bounded walk: the table could hold a (stale) cycle.
+            for _ in 0..64 {
+                let Some(child) = by_pid.get(&pid) else { return false };
+                let pp = child.ppid;
+                if pp == 0 || pp == pid || by_pid.get(&pp).is_some_and(|parent| parent.start_ns > child.start_ns) {
+                    return false;
+                }
+                if pp == root {
+                    return true;
+                }
+                pid = pp;
             }
-            if pp == root {
-                return true;
-            }
-            pid = pp;
+            false
+        };
+        let found: Vec<(u32, ProcInfo)> =
+            entries.into_iter().filter(|(pid, i)| *pid != root && i.identity == NO_IDENTITY && descends(*pid)).collect();
+        if found.is_empty() {
+            break;
         }
-        false
-    };
-    for (pid, info) in entries {
-        if pid != root && descends(pid) {
+        for (pid, info) in found {
             assign(tables, pid, info);
         }
     }
