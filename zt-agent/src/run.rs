@@ -350,7 +350,7 @@ fn check_kernel() -> anyhow::Result<Vec<(&'static str, String)>> {
 fn mark_degraded(paths: &mut [(&'static str, String)], hooks: &[bpf::loader::HookStatus]) {
     use zt_common::programs as P;
     let owners: [(&str, &[&str]); 3] = [
-        ("network enforcement", &[P::CONNECT4, P::CONNECT6, P::SENDMSG4, P::SENDMSG6]),
+        ("network enforcement", &[P::CONNECT4, P::CONNECT6, P::SENDMSG4, P::SENDMSG6, P::CONNECT_UNIX, P::SENDMSG_UNIX]),
         ("socket kinds", &[P::SOCK_CREATE, P::GUARD_SETSOCKOPT, P::GUARD_SOCKET]),
         ("process takeover, bpf(2)", &[P::GUARD_PTRACE, P::GUARD_PROCESS_VM, P::GUARD_PIDFD_GETFD, P::GUARD_BPF]),
     ];

@@ -9,6 +9,8 @@ pub mod kind {
     pub const CONNECT: u32 = 3;
     /// A [`crate::guard::GuardEvent`].
     pub const GUARD: u32 = 4;
+    /// A [`crate::unix::UnixEvent`].
+    pub const UNIX: u32 = 5;
 }
 
 /// Common prefix of every ring buffer record.
@@ -145,7 +147,10 @@ pub mod hook {
     pub const CONNECT6: u32 = 1;
     pub const SENDMSG4: u32 = 2;
     pub const SENDMSG6: u32 = 3;
-    pub const NAMES: [&str; 4] = ["connect4", "connect6", "sendmsg4", "sendmsg6"];
+    /// [`crate::unix::UnixEvent::hook`] values.
+    pub const CONNECT_UNIX: u32 = 4;
+    pub const SENDMSG_UNIX: u32 = 5;
+    pub const NAMES: [&str; 6] = ["connect4", "connect6", "sendmsg4", "sendmsg6", "connect_unix", "sendmsg_unix"];
 }
 
 #[cfg(test)]

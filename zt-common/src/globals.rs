@@ -34,4 +34,9 @@ pub const SB_DEV: &str = "SB_DEV_OFF";
 /// Offset of `task_struct.children` (the exit program keeps the entry of a
 /// process that leaves children), or [`ABSENT`].
 pub const TASK_CHILDREN: &str = "TASK_CHILDREN_OFF";
+/// Offsets of `uaddr` and `uaddrlen` in `struct bpf_sock_addr_kern` (what
+/// a sock_addr program's context really points to), or [`ABSENT`]: then
+/// the Unix-socket programs are not loaded.
+pub const SOCK_ADDR_UADDR: &str = "SOCK_ADDR_UADDR_OFF";
+pub const SOCK_ADDR_UADDRLEN: &str = "SOCK_ADDR_UADDRLEN_OFF";
 pub const ABSENT: u32 = u32::MAX;

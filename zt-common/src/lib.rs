@@ -14,6 +14,7 @@
 //! - `policy.rs` ([`policy`]): compiled egress rules and [`policy::decide_net`],
 //!   the decision both the kernel and `zt-agent policy explain` run.
 //! - `path_policy.rs` ([`path_policy`]): compiled file and exec rules.
+//! - `unix.rs` ([`unix`]): Unix-socket rule keys and [`unix::UnixEvent`].
 //! - `guard.rs` ([`guard`]): socket kinds, the calls agent identities may
 //!   not make around the egress hooks, and [`guard::GuardEvent`].
 //! - `config.rs`: [`Config`], run-time switches user space writes into the
@@ -35,6 +36,7 @@ pub mod maps;
 pub mod path_policy;
 pub mod policy;
 pub mod programs;
+pub mod unix;
 
 mod config;
 mod events;

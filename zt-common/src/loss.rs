@@ -17,9 +17,12 @@ pub const AGG_FULL: u32 = 5;
 /// `bpf_ringbuf_reserve` failed for a guard event (the call was still
 /// refused or the process killed; only the record is lost).
 pub const RINGBUF_GUARD: u32 = 6;
-pub const COUNT: u32 = 7;
+/// `bpf_ringbuf_reserve` failed for a Unix-socket event (the decision
+/// was still enforced and counted).
+pub const RINGBUF_UNIX: u32 = 7;
+pub const COUNT: u32 = 8;
 pub const NAMES: [&str; COUNT as usize] =
-    ["ringbuf_exec", "ringbuf_exit", "ringbuf_connect", "proc_table_full", "exec_args", "egress_agg_full", "ringbuf_guard"];
+    ["ringbuf_exec", "ringbuf_exit", "ringbuf_connect", "proc_table_full", "exec_args", "egress_agg_full", "ringbuf_guard", "ringbuf_unix"];
 
 #[cfg(test)]
 mod tests {

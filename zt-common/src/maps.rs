@@ -32,6 +32,11 @@ pub const CONFIG: &str = "CONFIG";
 pub const NET_RULES: &str = "NET_RULES";
 /// Both slots together (double buffering).
 pub const NET_RULES_CAPACITY: u32 = 65_536;
+/// LPM trie `(slot, identity, name)` -> [`crate::policy::NetRuleList`]:
+/// the Unix-socket rules (see [`crate::unix`]).
+pub const UNIX_RULES: &str = "UNIX_RULES";
+/// Both slots together.
+pub const UNIX_RULES_CAPACITY: u32 = 8_192;
 /// `(slot, identity)` -> [`crate::policy::IdentityPolicy`].
 pub const IDENTITY_POLICY: &str = "IDENTITY_POLICY";
 pub const IDENTITY_POLICY_CAPACITY: u32 = 2 * 1024;
@@ -69,6 +74,7 @@ pub const ALL: &[&str] = &[
     LOSS,
     CONFIG,
     NET_RULES,
+    UNIX_RULES,
     IDENTITY_POLICY,
     POLICY_ACTIVE,
     PID_IDENTITY,

@@ -20,3 +20,5 @@ unsafe impl aya::Pod for EventHeader {}
 unsafe impl aya::Pod for ExecEvent {}
 unsafe impl aya::Pod for ExitEvent {}
 unsafe impl aya::Pod for ConnectEvent {}
+unsafe impl aya::Pod for crate::unix::UnixKeyData {}
+unsafe impl aya::Pod for crate::unix::UnixEvent {}

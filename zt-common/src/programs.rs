@@ -10,6 +10,9 @@ pub const CONNECT4: &str = "connect4";
 pub const CONNECT6: &str = "connect6";
 pub const SENDMSG4: &str = "sendmsg4";
 pub const SENDMSG6: &str = "sendmsg6";
+/// Loaded by `zt-agent/src/bpf/unix.rs`, not by aya (see there).
+pub const CONNECT_UNIX: &str = "connect_unix";
+pub const SENDMSG_UNIX: &str = "sendmsg_unix";
 pub const SOCK_CREATE: &str = "sock_create";
 pub const GUARD_SETSOCKOPT: &str = "guard_setsockopt";
 pub const GUARD_SOCKET: &str = "guard_socket";
@@ -47,6 +50,8 @@ pub const ALL: &[&str] = &[
     CONNECT6,
     SENDMSG4,
     SENDMSG6,
+    CONNECT_UNIX,
+    SENDMSG_UNIX,
     SOCK_CREATE,
     GUARD_SETSOCKOPT,
     GUARD_SOCKET,

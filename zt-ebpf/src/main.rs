@@ -9,6 +9,8 @@
 //!   `sendmsg4`/`sendmsg6` hooks: a denied connect or UDP send fails with
 //!   EPERM (audit mode only reports it); decisions are counted and reported
 //!   as aggregated connect events.
+//! - `unix`: Unix-socket decisions at the cgroup `connect_unix` and
+//!   `sendmsg_unix` hooks (EPERM), from the address as the caller wrote it.
 //! - `guard`: what agent identities may not do around the egress hooks:
 //!   socket kinds their policy does not allow (EPERM at `sock_create`, or
 //!   SIGKILL at the `socket` tracepoint), ptrace and memory access across
@@ -25,6 +27,7 @@ mod lineage;
 mod maps;
 mod net;
 mod probe;
+mod unix;
 
 #[cfg(not(test))]
 #[panic_handler]

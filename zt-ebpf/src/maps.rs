@@ -10,6 +10,7 @@ use aya_ebpf::{
 use zt_common::{
     Config, ExecArgs, ExecKey, ExecPick, ProcInfo, loss, maps,
     policy::{ActivePolicy, AggKey, AggValue, IdentityCounters, IdentityKey, IdentityPolicy, NetKeyData, NetRuleList},
+    unix::UnixKeyData,
 };
 
 #[map]
@@ -42,6 +43,10 @@ pub static CONFIG: Array<Config> = Array::with_max_entries(1, 0);
 /// Compiled egress rules of both policy slots (see `zt_common::policy`).
 #[map]
 pub static NET_RULES: LpmTrie<NetKeyData, NetRuleList> = LpmTrie::with_max_entries(maps::NET_RULES_CAPACITY, 0);
+
+/// Compiled Unix-socket rules of both slots (see `zt_common::unix`).
+#[map]
+pub static UNIX_RULES: LpmTrie<UnixKeyData, NetRuleList> = LpmTrie::with_max_entries(maps::UNIX_RULES_CAPACITY, 0);
 
 #[map]
 pub static IDENTITY_POLICY: HashMap<IdentityKey, IdentityPolicy> = HashMap::with_max_entries(maps::IDENTITY_POLICY_CAPACITY, 0);
@@ -149,6 +154,10 @@ pub static INODE_SB_OFF: u32 = u32::MAX;
 pub static SB_DEV_OFF: u32 = u32::MAX;
 #[unsafe(no_mangle)]
 pub static TASK_CHILDREN_OFF: u32 = u32::MAX;
+#[unsafe(no_mangle)]
+pub static SOCK_ADDR_UADDR_OFF: u32 = u32::MAX;
+#[unsafe(no_mangle)]
+pub static SOCK_ADDR_UADDRLEN_OFF: u32 = u32::MAX;
 
 /// Reads a global through a volatile load so the compiler cannot fold the
 /// default value in; the verifier then sees the frozen `.rodata` value.

@@ -92,6 +92,25 @@ fn decide(ctx: &SockAddrContext, family: u16, hook: u32) -> i32 {
             decide_net(&pol, list, proto, port)
         }
     };
+    count_decision(identity, verdict);
+    if let Some(repeats_total) =
+        aggregate(AggKey { identity, tgid, generation: active.generation, port, proto, decided: verdict.decided, addr })
+    {
+        // The table lookup only when an event is due (at most once a second
+        // per destination), not on every decision.
+        // SAFETY: as for the lookup above: all-integer value, copied out here.
+        let (start_ns, cgroup_id) = match unsafe { PROC_TABLE.get(tgid) } {
+            Some(p) => (p.start_ns, p.cgroup_id),
+            None => (0, 0),
+        };
+        emit(ctx, family, hook, identity, start_ns, cgroup_id, addr, port, protocol, verdict, active.generation, repeats_total);
+    }
+    if verdict.action == DENY { 0 } else { 1 }
+}
+
+/// Counts one decision in the identity's per-CPU counters.
+#[inline(always)]
+pub fn count_decision(identity: u32, verdict: Verdict) {
     if let Some(c) = IDENTITY_COUNTERS.get_ptr_mut(identity) {
         // SAFETY: the lookup bounds-checked `identity` and returned this
         // CPU's slot, valid and aligned for the run. Only these socket
@@ -109,19 +128,6 @@ fn decide(ctx: &SockAddrContext, family: u16, hook: u32) -> i32 {
             c.allowed += 1;
         }
     }
-    if let Some(repeats_total) =
-        aggregate(AggKey { identity, tgid, generation: active.generation, port, proto, decided: verdict.decided, addr })
-    {
-        // The table lookup only when an event is due (at most once a second
-        // per destination), not on every decision.
-        // SAFETY: as for the lookup above: all-integer value, copied out here.
-        let (start_ns, cgroup_id) = match unsafe { PROC_TABLE.get(tgid) } {
-            Some(p) => (p.start_ns, p.cgroup_id),
-            None => (0, 0),
-        };
-        emit(ctx, family, hook, identity, start_ns, cgroup_id, addr, port, protocol, verdict, active.generation, repeats_total);
-    }
-    if verdict.action == DENY { 0 } else { 1 }
 }
 
 /// Counts the attempt under its key; returns the running total when an

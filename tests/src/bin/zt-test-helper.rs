@@ -33,7 +33,10 @@
 //!   came), socketpair (AF_UNIX), ptrace PID (attach, then detach),
 //!   process-vm-read PID (8 bytes of its first mapping), bpf (BPF_MAP_GET_NEXT_ID),
 //!   lsrr HOP (IP_OPTIONS with a loose source route via HOP on a UDP socket),
-//!   tos - (IP_TOS on a UDP socket: an option that does not re-route)
+//!   tos - (IP_TOS on a UDP socket: an option that does not re-route),
+//!   unix-stream PATH, unix-dgram PATH, unix-abstract NAME (send "zt-unix"
+//!   over a connected stream, as a datagram, to an abstract name),
+//!   unix-relative PATH (change into PATH's directory, connect to its name)
 use std::{io::BufRead, net::TcpStream, time::Duration};
 
 fn connect(addr: &str) {
@@ -312,6 +315,7 @@ mod around {
                 let r = unsafe { libc::setsockopt(fd, libc::IPPROTO_IP, name, val, len) };
                 if r == 0 { "OK".into() } else { last() }
             }
+            "unix-stream" | "unix-dgram" | "unix-abstract" | "unix-relative" => unix(mode, target),
             "bpf" => {
                 // union bpf_attr for BPF_MAP_GET_NEXT_ID: start_id, next_id.
                 let mut attr = [0u32; 2];
@@ -320,6 +324,36 @@ mod around {
                 if r == 0 { "OK".into() } else { last() }
             }
             other => panic!("unknown mode {other}"),
+        }
+    }
+
+    /// Sends `zt-unix` to a Unix socket: connected stream to a path, a
+    /// datagram to a path, a stream to an abstract name, or a stream to a
+    /// path relative to its directory (the helper changes into it first).
+    fn unix(mode: &str, target: &str) -> String {
+        use std::{
+            io::Write,
+            os::{
+                linux::net::SocketAddrExt,
+                unix::net::{SocketAddr, UnixDatagram, UnixStream},
+            },
+        };
+        let sent = match mode {
+            "unix-stream" => UnixStream::connect(target).and_then(|mut s| s.write_all(b"zt-unix")),
+            "unix-dgram" => UnixDatagram::unbound().and_then(|s| s.send_to(b"zt-unix", target)).map(drop),
+            "unix-abstract" => {
+                UnixStream::connect_addr(&SocketAddr::from_abstract_name(target).expect("NAME")).and_then(|mut s| s.write_all(b"zt-unix"))
+            }
+            _ => {
+                let p = std::path::Path::new(target);
+                std::env::set_current_dir(p.parent().expect("DIR")).expect("chdir");
+                UnixStream::connect(p.file_name().expect("NAME")).and_then(|mut s| s.write_all(b"zt-unix"))
+            }
+        };
+        match sent {
+            Ok(()) => "OK".into(),
+            Err(e) if e.raw_os_error() == Some(libc::EPERM) => "EPERM".into(),
+            Err(e) => format!("ERR {}", e.raw_os_error().unwrap_or(-1)),
         }
     }
 

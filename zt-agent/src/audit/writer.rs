@@ -41,7 +41,7 @@ pub fn wants(e: &Event) -> bool {
     match &e.body {
         Body::Connect { connect, .. } => connect.action != ConnectAction::Allowed,
         Body::ConnectSummary { connect_summary, .. } => connect_summary.decision == Decision::Deny,
-        Body::Loss { .. } | Body::Agent { .. } | Body::Policy { .. } | Body::Guard { .. } => true,
+        Body::Loss { .. } | Body::Agent { .. } | Body::Policy { .. } | Body::Guard { .. } | Body::UnixConnect { .. } => true,
         Body::Exec { .. } | Body::Exit { .. } => false,
     }
 }

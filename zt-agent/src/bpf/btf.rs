@@ -203,6 +203,17 @@ pub fn exe_offsets(btf: &Btf<'_>) -> Result<[(&'static str, u32); 7], BtfError> 
     ])
 }
 
+/// Offsets of `uaddr` and `uaddrlen` in `struct bpf_sock_addr_kern`, the
+/// struct a sock_addr program's context points to (read by the
+/// Unix-socket programs, see `zt-ebpf/src/unix.rs`).
+pub fn sock_addr_offsets(btf: &Btf<'_>) -> Result<[(&'static str, u32); 2], BtfError> {
+    use zt_common::globals as g;
+    Ok([
+        (g::SOCK_ADDR_UADDR, btf.member_offset("bpf_sock_addr_kern", "uaddr")?),
+        (g::SOCK_ADDR_UADDRLEN, btf.member_offset("bpf_sock_addr_kern", "uaddrlen")?),
+    ])
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

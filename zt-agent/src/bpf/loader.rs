@@ -22,6 +22,7 @@ use super::{
         CgroupIdentities, ConfigMap, EgressAggregates, EventSource, ExecSelect, IdentityCounterMap, LossCounters, PolicyMaps, ProcTable,
     },
     tracefs,
+    unix::UnixPrograms,
 };
 
 /// An `EbpfLoader` with the tracepoint offsets set (or the object's defaults
@@ -84,6 +85,8 @@ pub struct BpfMaps {
 
 pub struct Bpf {
     ebpf: Ebpf,
+    /// Loaded beside aya (see [`super::unix`]), or why not.
+    unix: Result<UnixPrograms, String>,
     pub hooks: Vec<HookStatus>,
     /// Forwards the programs' aya-log records to `tracing`; aborted on drop.
     logger: Option<tokio::task::JoinHandle<()>>,
@@ -152,6 +155,11 @@ impl Bpf {
             Ok(o) => offsets.extend(o),
             Err(e) => tracing::warn!("exe and uid selectors are decided in user space after exec (a window): no BTF offsets ({e})"),
         }
+        // The Unix-socket programs read the address behind their context.
+        let unix_offsets = btf.as_ref().map_err(String::clone).and_then(|b| btf::sock_addr_offsets(b).map_err(|e| e.to_string()));
+        if let Ok(o) = &unix_offsets {
+            offsets.extend(o.iter().copied());
+        }
         let mut loader = loader_with_offsets(Some(&offsets));
         loader.map_max_entries(M::EVENTS, opts.ringbuf_bytes);
         loader.map_max_entries(M::PID_IDENTITY, pid_max());
@@ -161,6 +169,10 @@ impl Bpf {
             }
         }
         let mut ebpf = loader.load(OBJECT).context("loading the eBPF object")?;
+        // Before any map is taken out: they relocate against all of them.
+        let unix = unix_offsets
+            .map_err(|e| format!("no BTF offsets ({e})"))
+            .and_then(|_| UnixPrograms::load(&ebpf, OBJECT).map_err(|e| format!("{e}")));
 
         let mut maps = BpfMaps {
             proc_table: ProcTable::new(take(&mut ebpf, M::PROC_TABLE)?, take(&mut ebpf, M::PID_IDENTITY)?)?,
@@ -171,6 +183,7 @@ impl Bpf {
             exec_select: ExecSelect::new(take(&mut ebpf, M::EXEC_SELECT)?)?,
             policy: PolicyMaps::new(
                 take(&mut ebpf, M::NET_RULES)?,
+                take(&mut ebpf, M::UNIX_RULES)?,
                 take(&mut ebpf, M::IDENTITY_POLICY)?,
                 take(&mut ebpf, M::POLICY_ACTIVE)?,
             )?,
@@ -179,7 +192,7 @@ impl Bpf {
         };
         maps.config.set(opts.config)?;
 
-        let mut bpf = Bpf { ebpf, hooks: Vec::new(), logger: None };
+        let mut bpf = Bpf { ebpf, unix, hooks: Vec::new(), logger: None };
         // Exit before fork before exec: a process is never forked into the
         // table after its exit was missed.
         for (prog, category, name, need) in [
@@ -233,6 +246,18 @@ impl Bpf {
                 Need::Optional { fallback: "no egress enforcement or connect events" },
             )?;
         }
+        for (prog, _) in super::unix::HOOKS {
+            let r = match &mut self.unix {
+                Ok(u) => u.attach(prog, cgroup2).map_err(anyhow::Error::from).context("attach"),
+                Err(why) => Err(anyhow::anyhow!("not loaded: {why}")),
+            };
+            self.record(
+                prog,
+                format!("cgroup/{prog} at {}", cgroup2.display()),
+                r,
+                Need::Optional { fallback: "Unix-socket destinations not enforced (needs Linux >= 6.7 and BTF)" },
+            )?;
+        }
         Ok(())
     }
 
@@ -273,7 +298,11 @@ impl Bpf {
     /// Pins the links of every program of ours now loaded (see
     /// [`super::pins`]); returns how many.
     pub fn pin_links(&self, pins: &super::pins::Pins) -> anyhow::Result<usize> {
-        let ids: Vec<(&str, u32)> = P::ALL.iter().filter_map(|name| Some((*name, self.ebpf.program(name)?.info().ok()?.id()))).collect();
+        let mut ids: Vec<(&str, u32)> =
+            P::ALL.iter().filter_map(|name| Some((*name, self.ebpf.program(name)?.info().ok()?.id()))).collect();
+        if let Ok(u) = &self.unix {
+            ids.extend(u.ids());
+        }
         Ok(pins.pin_links(&ids)?)
     }
 

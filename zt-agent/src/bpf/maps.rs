@@ -20,6 +20,7 @@ use tokio::io::unix::AsyncFd;
 use zt_common::{
     Config, ExecKey, ExecPick, NO_IDENTITY, ProcInfo, loss, maps,
     policy::{ActivePolicy, AggKey, AggValue, IdentityCounters, IdentityKey, IdentityPolicy, NetKeyData, NetRuleList},
+    unix::UnixKeyData,
 };
 
 #[derive(Debug, Error)]
@@ -301,22 +302,48 @@ impl EventSource {
 /// over these in `bpf::tables`).
 pub struct PolicyMaps {
     net: LpmTrie<MapData, NetKeyData, NetRuleList>,
+    unix: LpmTrie<MapData, UnixKeyData, NetRuleList>,
     identities: HashMap<MapData, IdentityKey, IdentityPolicy>,
     active: Array<MapData, ActivePolicy>,
     /// Keys written into each slot, to clear it before reuse.
-    installed: [(Vec<Key<NetKeyData>>, Vec<IdentityKey>); 2],
+    installed: [Installed; 2],
     last_switch: Option<std::time::Instant>,
 }
 
+#[derive(Default)]
+struct Installed {
+    net: Vec<Key<NetKeyData>>,
+    unix: Vec<Key<UnixKeyData>>,
+    identities: Vec<IdentityKey>,
+}
+
 impl PolicyMaps {
-    pub fn new(net: Map, identities: Map, active: Map) -> Result<Self, MapAccessError> {
-        Ok(PolicyMaps {
+    /// Opens the maps. Keys already in them (pinned maps adopted from an
+    /// earlier run) count as installed, so the first install into a slot
+    /// clears what that run left there.
+    pub fn new(net: Map, unix: Map, identities: Map, active: Map) -> Result<Self, MapAccessError> {
+        let mut m = PolicyMaps {
             net: LpmTrie::try_from(net).map_err(err(maps::NET_RULES, "open"))?,
+            unix: LpmTrie::try_from(unix).map_err(err(maps::UNIX_RULES, "open"))?,
             identities: HashMap::try_from(identities).map_err(err(maps::IDENTITY_POLICY, "open"))?,
             active: Array::try_from(active).map_err(err(maps::POLICY_ACTIVE, "open"))?,
             installed: Default::default(),
             last_switch: None,
-        })
+        };
+        let slot = |s: u32| (s as usize).min(1);
+        for k in m.net.keys() {
+            let k = k.map_err(err(maps::NET_RULES, "list"))?;
+            m.installed[slot(k.data().slot)].net.push(k);
+        }
+        for k in m.unix.keys() {
+            let k = k.map_err(err(maps::UNIX_RULES, "list"))?;
+            m.installed[slot(k.data().slot)].unix.push(k);
+        }
+        for k in m.identities.keys() {
+            let k = k.map_err(err(maps::IDENTITY_POLICY, "list"))?;
+            m.installed[slot(k.slot)].identities.push(k);
+        }
+        Ok(m)
     }
 
     pub fn active(&self) -> Result<ActivePolicy, MapAccessError> {
@@ -325,41 +352,40 @@ impl PolicyMaps {
 
     /// Removes every key an earlier install wrote into `slot`.
     pub fn clear_slot(&mut self, slot: u32) -> Result<(), MapAccessError> {
-        let (old_net, old_ids) = std::mem::take(&mut self.installed[slot as usize]);
-        for k in &old_net {
-            match self.net.remove(k) {
-                Ok(()) => {}
-                Err(e) if is_missing_key(&e) => {}
-                Err(e) => return Err(err(maps::NET_RULES, "clear")(e)),
-            }
+        let old = std::mem::take(&mut self.installed[slot as usize]);
+        for k in &old.net {
+            self.net.remove(k).or_else(|e| if is_missing_key(&e) { Ok(()) } else { Err(e) }).map_err(err(maps::NET_RULES, "clear"))?;
         }
-        for k in &old_ids {
-            match self.identities.remove(k) {
-                Ok(()) => {}
-                Err(e) if is_missing_key(&e) => {}
-                Err(e) => return Err(err(maps::IDENTITY_POLICY, "clear")(e)),
-            }
+        for k in &old.unix {
+            self.unix.remove(k).or_else(|e| if is_missing_key(&e) { Ok(()) } else { Err(e) }).map_err(err(maps::UNIX_RULES, "clear"))?;
+        }
+        for k in &old.identities {
+            self.identities
+                .remove(k)
+                .or_else(|e| if is_missing_key(&e) { Ok(()) } else { Err(e) })
+                .map_err(err(maps::IDENTITY_POLICY, "clear"))?;
         }
         Ok(())
     }
 
-    /// Writes entries into `slot`, recording each key as it is written so a
-    /// failed write is cleared by the next [`Self::clear_slot`].
-    pub fn write_slot<'a>(
-        &mut self,
-        slot: u32,
-        net: impl IntoIterator<Item = &'a (u32, NetKeyData, NetRuleList)>,
-        identities: impl IntoIterator<Item = &'a (IdentityKey, IdentityPolicy)>,
-    ) -> Result<(), MapAccessError> {
-        let (net_keys, id_keys) = &mut self.installed[slot as usize];
-        for (len, data, list) in net {
+    /// Writes a compiled policy's entries into its slot, recording each key
+    /// as it is written so a failed write is cleared by the next
+    /// [`Self::clear_slot`].
+    pub fn write_slot(&mut self, c: &crate::policy::Compiled) -> Result<(), MapAccessError> {
+        let installed = &mut self.installed[c.slot as usize];
+        for (len, data, list) in &c.net {
             let key = Key::new(*len, *data);
             self.net.insert(&key, list, 0).map_err(err(maps::NET_RULES, "insert"))?;
-            net_keys.push(key);
+            installed.net.push(key);
         }
-        for (k, v) in identities {
+        for (len, data, list) in &c.unix {
+            let key = Key::new(*len, *data);
+            self.unix.insert(&key, list, 0).map_err(err(maps::UNIX_RULES, "insert"))?;
+            installed.unix.push(key);
+        }
+        for (k, v) in &c.identities {
             self.identities.insert(k, v, 0).map_err(err(maps::IDENTITY_POLICY, "insert"))?;
-            id_keys.push(*k);
+            installed.identities.push(*k);
         }
         Ok(())
     }

@@ -9,6 +9,8 @@
 //!   `policy::target`, `pipeline::source`) implemented over [`maps`].
 //! - [`pins`]: pinning under bpffs, so enforcement outlives the daemon;
 //!   adoption by the next run, `uninstall`.
+//! - [`unix`]: the Unix-socket programs, loaded beside aya (it has no
+//!   attach type for their hooks).
 //! - [`tracefs`]: tracepoint layouts from tracefs `format` files.
 //! - [`btf`]: kernel struct member offsets from BTF (no CO-RE in aya-ebpf).
 pub mod btf;
@@ -18,6 +20,7 @@ pub mod pins;
 pub mod probe;
 pub mod tables;
 pub mod tracefs;
+pub mod unix;
 
 /// The eBPF object built from `zt-ebpf` by `build.rs`.
 pub static OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/zt-ebpf"));

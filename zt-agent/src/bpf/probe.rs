@@ -230,7 +230,9 @@ pub fn enforcement_paths(caps: &Capabilities) -> Vec<(&'static str, String)> {
     v.push((
         "network enforcement",
         if caps.has(names::SOCK_ADDR) && caps.has(names::LPM_TRIE) {
-            "cgroup connect4/connect6/sendmsg4/sendmsg6 at the cgroup v2 root: per-identity egress rules, EPERM on deny".into()
+            "cgroup connect4/connect6/sendmsg4/sendmsg6 (IP) and connect_unix/sendmsg_unix (Unix sockets) at the cgroup v2 root: \
+             per-identity egress rules, EPERM on deny"
+                .into()
         } else {
             "UNAVAILABLE: cgroup sock_addr programs or LPM tries do not load; no egress enforcement".into()
         },

@@ -108,7 +108,7 @@ impl PolicyTarget for PolicyMaps {
             return Err(TargetError::SlotInForce { slot: compiled.slot, generation: active.generation });
         }
         self.clear_slot(compiled.slot).map_err(target_err("clear the inactive slot"))?;
-        self.write_slot(compiled.slot, &compiled.net, &compiled.identities).map_err(target_err("write the inactive slot"))
+        self.write_slot(compiled).map_err(target_err("write the inactive slot"))
     }
 
     fn flip(&mut self, slot: u32) -> Result<ActivePolicy, TargetError> {

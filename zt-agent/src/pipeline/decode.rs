@@ -8,7 +8,7 @@
 use std::mem::size_of;
 
 use thiserror::Error;
-use zt_common::{ConnectEvent, EventHeader, ExecEvent, ExitEvent, guard::GuardEvent, kind};
+use zt_common::{ConnectEvent, EventHeader, ExecEvent, ExitEvent, guard::GuardEvent, kind, unix::UnixEvent};
 
 #[derive(Debug, Clone)]
 pub enum RawEvent {
@@ -16,6 +16,7 @@ pub enum RawEvent {
     Exit(ExitEvent),
     Connect(ConnectEvent),
     Guard(GuardEvent),
+    Unix(Box<UnixEvent>),
 }
 
 impl RawEvent {
@@ -25,6 +26,7 @@ impl RawEvent {
             RawEvent::Exit(e) => &e.header,
             RawEvent::Connect(e) => &e.header,
             RawEvent::Guard(e) => &e.header,
+            RawEvent::Unix(e) => &e.header,
         }
     }
 }
@@ -61,6 +63,7 @@ pub fn decode(bytes: &[u8]) -> Result<RawEvent, DecodeError> {
         kind::EXIT => Ok(RawEvent::Exit(read(bytes, "exit")?)),
         kind::CONNECT => Ok(RawEvent::Connect(read(bytes, "connect")?)),
         kind::GUARD => Ok(RawEvent::Guard(read(bytes, "guard")?)),
+        kind::UNIX => Ok(RawEvent::Unix(Box::new(read(bytes, "unix")?))),
         other => Err(DecodeError::UnknownKind(other)),
     }
 }

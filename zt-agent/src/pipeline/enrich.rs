@@ -16,7 +16,7 @@ use zt_common::{NO_IDENTITY, args_flags};
 
 use super::{
     decode::{RawEvent, c_str},
-    event::{Body, ConnectInfo, Event, ExecInfo, GuardInfo, IdentityRef, Process},
+    event::{Body, ConnectInfo, Event, ExecInfo, GuardInfo, IdentityRef, Process, UnixInfo},
 };
 use crate::{
     host::wall_time,
@@ -202,6 +202,13 @@ impl Enricher {
                 let target = self.identity_ref(g.target_identity).map(|r| r.name);
                 let guard = GuardInfo::from_raw(&g, target);
                 Some(self.event(wall_time(h.time_ns), Body::Guard { process, identity: self.identity_ref(h.identity), guard }))
+            }
+            // Denials and would-denies only: security records, always shown.
+            RawEvent::Unix(u) => {
+                let meta = self.meta(h.tgid, h.start_ns, h.cgroup_id);
+                let process = self.process_info(&h, meta.ppid, &u.comm, meta.exe, meta.cgroup);
+                let unix_connect = UnixInfo::from_raw(&u, |g, r| self.rulebook.name(g, r));
+                Some(self.event(wall_time(h.time_ns), Body::UnixConnect { process, identity: self.identity_ref(h.identity), unix_connect }))
             }
         }
     }

@@ -60,6 +60,13 @@ pub enum Body {
         identity: Option<IdentityRef>,
         guard: GuardInfo,
     },
+    /// A connect or datagram to a Unix-socket address that the policy
+    /// denies (or would deny: audit). Allowed ones are counted, not reported.
+    UnixConnect {
+        process: Process,
+        identity: Option<IdentityRef>,
+        unix_connect: UnixInfo,
+    },
 }
 
 impl Body {
@@ -69,7 +76,8 @@ impl Body {
             | Body::Exit { identity, .. }
             | Body::Connect { identity, .. }
             | Body::ConnectSummary { identity, .. }
-            | Body::Guard { identity, .. } => identity.as_ref(),
+            | Body::Guard { identity, .. }
+            | Body::UnixConnect { identity, .. } => identity.as_ref(),
             Body::Loss { .. } | Body::Agent { .. } | Body::Policy { .. } => None,
         }
     }
@@ -84,6 +92,7 @@ impl Body {
             Body::Policy { .. } => "policy",
             Body::ConnectSummary { .. } => "connect_summary",
             Body::Guard { .. } => "guard",
+            Body::UnixConnect { .. } => "unix_connect",
         }
     }
 }
@@ -277,7 +286,6 @@ pub fn protocol_name(proto: u32, sock_type: u32) -> &'static str {
 impl ConnectInfo {
     /// From a kernel record; `rule_name` resolves a rule index of the record's generation.
     pub fn from_raw(c: &zt_common::ConnectEvent, rule_name: impl Fn(u32, u32) -> Option<String>) -> Self {
-        use zt_common::policy as kp;
         let a = c.addr;
         let v6 = Ipv6Addr::from(a);
         let (family_name, address) = if c.family == zt_common::AF_INET {
@@ -286,31 +294,85 @@ impl ConnectInfo {
             ("ipv6", IpAddr::V6(v6))
         };
         let protocol = protocol_name(c.protocol, c.sock_type);
-        let v = c.verdict;
-        let action = match (v.action, v.decided) {
-            (kp::DENY, _) => ConnectAction::Denied,
-            (_, kp::DENY) => ConnectAction::Audited,
-            _ => ConnectAction::Allowed,
-        };
-        let rule = match v.rule {
-            kp::RULE_DEFAULT => "default".to_string(),
-            kp::RULE_NO_POLICY => "no-policy".to_string(),
-            kp::RULE_NONE_APPLIED => "none-applied".to_string(),
-            r => rule_name(c.generation, r).unwrap_or_else(|| format!("#{r}")),
-        };
+        let (action, decision, mode, rule) = verdict_fields(c.verdict, c.generation, rule_name);
         ConnectInfo {
             family: family_name,
             address,
             port: c.port,
             protocol,
             action,
-            decision: Decision::from_kernel(v.decided),
-            mode: if v.mode == kp::AUDIT { EnforcementMode::Audit } else { EnforcementMode::Enforce },
+            decision,
+            mode,
             rule,
             policy_generation: c.generation,
             hook: zt_common::hook::NAMES.get(c.hook as usize).copied().unwrap_or("unknown"),
             repeats: 1,
             netns_cookie: c.netns_cookie,
+        }
+    }
+}
+
+/// A kernel verdict as the event fields: action, decision, mode, rule name.
+fn verdict_fields(
+    v: zt_common::policy::Verdict,
+    generation: u32,
+    rule_name: impl Fn(u32, u32) -> Option<String>,
+) -> (ConnectAction, Decision, EnforcementMode, String) {
+    use zt_common::policy as kp;
+    let action = match (v.action, v.decided) {
+        (kp::DENY, _) => ConnectAction::Denied,
+        (_, kp::DENY) => ConnectAction::Audited,
+        _ => ConnectAction::Allowed,
+    };
+    let rule = match v.rule {
+        kp::RULE_DEFAULT => "default".to_string(),
+        kp::RULE_NO_POLICY => "no-policy".to_string(),
+        kp::RULE_NONE_APPLIED => "none-applied".to_string(),
+        r => rule_name(generation, r).unwrap_or_else(|| format!("#{r}")),
+    };
+    let mode = if v.mode == kp::AUDIT { EnforcementMode::Audit } else { EnforcementMode::Enforce };
+    (action, Decision::from_kernel(v.decided), mode, rule)
+}
+
+/// A Unix-socket decision.
+#[derive(Debug, Clone, Serialize)]
+pub struct UnixInfo {
+    /// The path as the caller wrote it (unresolved), or `@name` for an
+    /// abstract name (bytes that are not printable ASCII as `\xNN`).
+    pub address: String,
+    /// "stream", "dgram", "seqpacket" (or the number).
+    pub socket_type: String,
+    pub action: ConnectAction,
+    pub decision: Decision,
+    pub mode: EnforcementMode,
+    /// As for connect events.
+    pub rule: String,
+    pub policy_generation: u32,
+    /// connect_unix, or sendmsg_unix (a datagram sent with an address).
+    pub hook: &'static str,
+    /// The path had a `.`, `..` or empty component, so no allow rule could
+    /// match it.
+    pub unnormalized: bool,
+}
+
+impl UnixInfo {
+    pub fn from_raw(u: &zt_common::unix::UnixEvent, rule_name: impl Fn(u32, u32) -> Option<String>) -> Self {
+        let (action, decision, mode, rule) = verdict_fields(u.verdict, u.generation, rule_name);
+        UnixInfo {
+            address: crate::policy::unix::address_text(&u.name),
+            socket_type: match u.sock_type {
+                1 => "stream".into(),
+                2 => "dgram".into(),
+                5 => "seqpacket".into(),
+                t => t.to_string(),
+            },
+            action,
+            decision,
+            mode,
+            rule,
+            policy_generation: u.generation,
+            hook: zt_common::hook::NAMES.get(u.hook as usize).copied().unwrap_or("unknown"),
+            unnormalized: u.unnormalized != 0,
         }
     }
 }

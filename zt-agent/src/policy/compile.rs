@@ -4,8 +4,8 @@
 //! - [`IdRegistry`]: identity name -> numeric id, stable across reloads (the
 //!   process table holds ids, so a reload that reorders identities must not
 //!   reattribute running processes).
-//! - [`compile`]: one slot's entries: `IDENTITY_POLICY`, `NET_RULES` (LPM),
-//!   and the path rules for the file/exec issue.
+//! - [`compile`]: one slot's entries: `IDENTITY_POLICY`, `NET_RULES` and
+//!   `UNIX_RULES` (LPM), and the path rules for the file/exec issue.
 //! - [`CompileError`]: capacity limits, with identity, count and capacity.
 //!
 //! Egress compilation: every destination becomes an IPv6 prefix (IPv4 as
@@ -23,9 +23,10 @@ use zt_common::{
         ALLOW, AUDIT, DENY, ENFORCE, IdentityKey, IdentityPolicy, NET_KEY_FIXED_BITS, NET_RULES_PER_PREFIX, NetKeyData, NetRule,
         NetRuleList, PROTO_ANY, PROTO_TCP, PROTO_UDP,
     },
+    unix::UnixKeyData,
 };
 
-use super::model::{Action, IdentityDef, Mode, Policy, Pos, Proto, Rule};
+use super::model::{Action, IdentityDef, Mode, Policy, Pos, Proto, Rule, UnixName};
 
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum CompileError {
@@ -37,6 +38,14 @@ pub enum CompileError {
     /// `at`: the identity whose prefixes passed the capacity.
     #[error("{at}: identity {identity:?} brings the egress prefixes of one policy slot to {count}, capacity {capacity}")]
     NetEntries { at: Pos, identity: String, count: usize, capacity: usize },
+    /// `at`: the first rule beyond the capacity.
+    #[error(
+        "{at}: identity {identity:?}: Unix-socket destination {name} has {count} applicable rules (its own and those of the names covering it), capacity {capacity}; this rule is the first beyond it"
+    )]
+    UnixRules { at: Pos, identity: String, name: String, count: usize, capacity: usize },
+    /// `at`: the identity whose names passed the capacity.
+    #[error("{at}: identity {identity:?} brings the Unix-socket destinations of one policy slot to {count}, capacity {capacity}")]
+    UnixEntries { at: Pos, identity: String, count: usize, capacity: usize },
     /// `at`: the first new identity beyond the capacity.
     #[error("{at}: identity {identity:?} is number {count} (over the agent's lifetime, ids are never reused), capacity {capacity}")]
     Identities { at: Pos, identity: String, count: usize, capacity: usize },
@@ -126,6 +135,8 @@ pub struct Compiled {
     pub identities: Vec<(IdentityKey, IdentityPolicy)>,
     /// `(prefix_len, key data, rules)`, sorted by key.
     pub net: Vec<(u32, NetKeyData, NetRuleList)>,
+    /// `UNIX_RULES` entries `(prefix_len, key data, rules)`, sorted by key.
+    pub unix: Vec<(u32, UnixKeyData, NetRuleList)>,
     pub paths: Vec<PathRule>,
     /// Index = rule id.
     pub rules: Vec<RuleInfo>,
@@ -171,6 +182,7 @@ pub fn prefix_string(addr: u128, len: u8) -> String {
 pub fn compile(policy: &Policy, ids: &IdRegistry, slot: u32, active: &[bool]) -> Result<Compiled, CompileError> {
     let mut identities = Vec::new();
     let mut net = Vec::new();
+    let mut unix = Vec::new();
     let mut paths = Vec::new();
     let rules: Vec<RuleInfo> =
         policy.rules.iter().map(|r| RuleInfo { name: r.name.clone(), identity: r.identity.clone(), pos: r.pos.to_string() }).collect();
@@ -189,12 +201,13 @@ pub fn compile(policy: &Policy, ids: &IdRegistry, slot: u32, active: &[bool]) ->
         ));
         // prefix -> rules declared on exactly that prefix.
         let mut by_prefix: BTreeMap<(u128, u8), Vec<NetRule>> = BTreeMap::new();
+        let mut by_name: BTreeMap<UnixName, Vec<NetRule>> = BTreeMap::new();
         for (rule_id, rule) in policy.rules.iter().enumerate() {
             if rule.identity != ident.name || !active.get(rule_id).copied().unwrap_or(true) {
                 continue;
             }
             let eff_mode = if ident.mode == Mode::Audit || rule.mode == Some(Mode::Audit) { AUDIT } else { ENFORCE };
-            add_egress(&mut by_prefix, rule, rule_id as u32, eff_mode);
+            add_egress(&mut by_prefix, &mut by_name, rule, rule_id as u32, eff_mode);
             paths.extend(path_rules(rule, id, rule_id as u32, eff_mode));
         }
         net.extend(prefix_entries(&by_prefix, &policy.rules, &ident.name, slot, id)?);
@@ -202,14 +215,44 @@ pub fn compile(policy: &Policy, ids: &IdRegistry, slot: u32, active: &[bool]) ->
         if net.len() > capacity {
             return Err(CompileError::NetEntries { at: ident.pos.clone(), identity: ident.name.clone(), count: net.len(), capacity });
         }
+        unix.extend(super::unix::entries(&by_name, slot, id).map_err(|e| CompileError::UnixRules {
+            at: policy.rules[e.rules[NET_RULES_PER_PREFIX].rule as usize].pos.clone(),
+            identity: ident.name.clone(),
+            name: e.name.to_string(),
+            count: e.rules.len(),
+            capacity: NET_RULES_PER_PREFIX,
+        })?);
+        let capacity = (maps::UNIX_RULES_CAPACITY / 2) as usize;
+        if unix.len() > capacity {
+            return Err(CompileError::UnixEntries { at: ident.pos.clone(), identity: ident.name.clone(), count: unix.len(), capacity });
+        }
     }
     net.sort_by_key(|(l, k, _)| (*k, *l));
-    Ok(Compiled { slot, identities, net, paths, rules, active: active.to_vec() })
+    unix.sort_by_key(|(l, k, _)| (*k, *l));
+    Ok(Compiled { slot, identities, net, unix, paths, rules, active: active.to_vec() })
 }
 
-/// One rule's egress entries, under the prefix each names.
-fn add_egress(by_prefix: &mut BTreeMap<(u128, u8), Vec<NetRule>>, rule: &Rule, rule_id: u32, eff_mode: u8) {
+/// One rule's egress entries, under the prefix or Unix name each names.
+fn add_egress(
+    by_prefix: &mut BTreeMap<(u128, u8), Vec<NetRule>>,
+    by_name: &mut BTreeMap<UnixName, Vec<NetRule>>,
+    rule: &Rule,
+    rule_id: u32,
+    eff_mode: u8,
+) {
     for e in &rule.egress {
+        for n in &e.unix {
+            let r = NetRule {
+                port_lo: 0,
+                port_hi: u16::MAX,
+                proto: PROTO_ANY,
+                action: action(rule.action),
+                mode: eff_mode,
+                _pad: 0,
+                rule: rule_id,
+            };
+            by_name.entry(n.clone()).or_default().push(r);
+        }
         let proto = match e.proto {
             Proto::Any => PROTO_ANY,
             Proto::Tcp => PROTO_TCP,

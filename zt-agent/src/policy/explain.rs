@@ -13,6 +13,7 @@ use serde::Serialize;
 use zt_common::{
     path_policy::{self, decide_path},
     policy::{self as kp, Verdict, decide_net},
+    unix::decide_unix,
 };
 
 use super::{CompileError, Compiled, IdRegistry, Policy, RuleInfo, compile, model::Rule};
@@ -29,7 +30,9 @@ pub enum ExplainError {
 pub enum QueryError {
     #[error("unknown protocol {0:?} (tcp or udp)")]
     Protocol(String),
-    #[error("{text:?}: write ADDR:PORT, IPv6 as [ADDR]:PORT")]
+    #[error("{0}")]
+    Unix(String),
+    #[error("{text:?}: write ADDR:PORT, IPv6 as [ADDR]:PORT, or unix:/path or unix:@name")]
     Address {
         text: String,
         #[source]
@@ -40,14 +43,31 @@ pub enum QueryError {
 /// What `explain` is asked about.
 #[derive(Debug, Clone)]
 pub enum Query {
-    Connect { addr: IpAddr, port: u16, proto: u8 },
-    Open { path: String, write: bool },
-    Exec { path: String },
+    Connect {
+        addr: IpAddr,
+        port: u16,
+        proto: u8,
+    },
+    /// A Unix-socket address, as the kernel keys it.
+    ConnectUnix {
+        key: [u8; zt_common::unix::NAME_LEN],
+    },
+    Open {
+        path: String,
+        write: bool,
+    },
+    Exec {
+        path: String,
+    },
 }
 
 impl Query {
-    /// Parses `10.1.2.3:443/tcp`, `[2001:db8::1]:443/udp` (protocol optional: tcp).
+    /// Parses `10.1.2.3:443/tcp`, `[2001:db8::1]:443/udp` (protocol
+    /// optional: tcp), `unix:/run/x.sock` or `unix:@name`.
     pub fn parse_connect(s: &str) -> Result<Query, QueryError> {
+        if let Some(addr) = s.strip_prefix("unix:") {
+            return super::unix::address_key(addr).map(|key| Query::ConnectUnix { key }).map_err(QueryError::Unix);
+        }
         let (hostport, proto) = match s.rsplit_once('/') {
             Some((hp, "tcp")) => (hp, kp::PROTO_TCP),
             Some((hp, "udp")) => (hp, kp::PROTO_UDP),
@@ -89,6 +109,7 @@ pub fn explain(policy: &Policy, identity: &str, query: &Query, active: &[bool]) 
             };
             decide_net(&pol, compile::lookup(&compiled, id, mapped), *proto, *port)
         }
+        Query::ConnectUnix { key } => decide_unix(&pol, super::unix::lookup(&compiled.unix, compiled.slot, id, key), key),
         Query::Open { path, write } => {
             let access = if *write { path_policy::WRITE } else { path_policy::READ };
             decide_path(&pol, compiled.paths.iter(), id, path.as_bytes(), access)
@@ -132,7 +153,14 @@ fn rule_changes(old: &Policy, new: &Policy) -> Vec<String> {
             r.action,
             r.mode,
             r.when.is_some(),
-            r.egress.iter().map(|e| (e.to.iter().map(|n| n.to_string()).collect::<Vec<_>>(), &e.ports, e.proto)).collect::<Vec<_>>(),
+            r.egress
+                .iter()
+                .map(|e| (
+                    e.to.iter().map(|n| n.to_string()).chain(e.unix.iter().map(|n| n.to_string())).collect::<Vec<_>>(),
+                    &e.ports,
+                    e.proto
+                ))
+                .collect::<Vec<_>>(),
             r.files.iter().map(|f| (&f.paths, f.access)).collect::<Vec<_>>(),
             r.exec.iter().map(|f| &f.paths).collect::<Vec<_>>(),
         )
@@ -199,6 +227,9 @@ fn entry_changes(old: &Policy, new: &Policy) -> Result<Vec<String>, CompileError
         for (len, k, l) in &c.net {
             let prefix = compile::prefix_string(u128::from_be_bytes(k.addr), (len - kp::NET_KEY_FIXED_BITS) as u8);
             m.insert(format!("NET_RULES {} {prefix}", name_of(k.identity)), net_text(c, l));
+        }
+        for (len, k, l) in &c.unix {
+            m.insert(format!("UNIX_RULES {} {}", name_of(k.identity), super::unix::key_text(&k.name, *len)), net_text(c, l));
         }
         m
     };

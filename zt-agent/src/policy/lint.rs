@@ -1,6 +1,6 @@
 //! Warnings for valid but suspicious policies: shadowed or redundant rules,
 //! overly broad egress, identities no selector can match.
-use super::model::{Action, Diagnostic, Egress, Policy, Pos, Proto, Rule};
+use super::model::{Action, Diagnostic, Egress, Policy, Pos, Proto, Rule, UnixName};
 
 const ALL_PORTS: &[(u16, u16)] = &[(0, u16::MAX)];
 
@@ -12,6 +12,7 @@ fn covers(outer: &Egress, inner: &Egress) -> bool {
     (outer.proto == Proto::Any || outer.proto == inner.proto)
         && ports(inner).iter().all(|(lo, hi)| ports(outer).iter().any(|(a, b)| a <= lo && hi <= b))
         && inner.to.iter().all(|n| outer.to.iter().any(|o| o.contains(n)))
+        && inner.unix.iter().all(|n| outer.unix.iter().any(|o| o.covers(n)))
 }
 
 pub fn lint(policy: &mut Policy) {
@@ -31,6 +32,13 @@ pub fn lint(policy: &mut Policy) {
                     &e.pos,
                     format!("rule {:?} allows identity {:?} to reach every destination", rule.name, rule.identity),
                     Some("zero trust: list the networks this identity needs"),
+                ));
+            }
+            if rule.action == Action::Allow && e.unix.iter().any(|n| matches!(n, UnixName::Under(d) if d == "/")) {
+                warnings.push(warn(
+                    &e.pos,
+                    format!("rule {:?} allows identity {:?} to reach every Unix socket by path", rule.name, rule.identity),
+                    Some("zero trust: list the sockets this identity needs (a local service acting on request is a way around every other rule)"),
                 ));
             }
             // Shadowed: an unconditional deny of the same identity covers it

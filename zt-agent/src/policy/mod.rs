@@ -17,6 +17,7 @@
 //!   tables, as a trait).
 //! - [`rulebook`]: rule names by policy generation, for events.
 //! - [`store`]: history of applied bundles (persisted) for history/rollback.
+//! - [`unix`]: Unix-socket destinations: parsing, kernel keys, lookup.
 pub mod compile;
 pub mod conditions;
 pub mod explain;
@@ -29,6 +30,7 @@ pub mod store;
 pub mod target;
 #[cfg(test)]
 mod tests;
+pub mod unix;
 
 use std::path::Path;
 

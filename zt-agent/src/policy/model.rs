@@ -120,10 +120,48 @@ pub struct IdentityDef {
 pub struct Egress {
     /// Networks; IPv4 kept as IPv4 here (mapped at compile time).
     pub to: Vec<IpNet>,
+    /// Unix-domain socket destinations (`unix:` in `to`).
+    pub unix: Vec<UnixName>,
     /// Inclusive port ranges; empty = every port.
     pub ports: Vec<(u16, u16)>,
     pub proto: Proto,
     pub pos: Pos,
+}
+
+/// A Unix-domain socket destination (`to: [unix:...]`).
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub enum UnixName {
+    /// `unix:/run/x.sock`: exactly that path, as the caller writes it.
+    Path(String),
+    /// `unix:/run/dir/**`: every path below the directory (held with its
+    /// trailing '/'; `unix:/**` is every path).
+    Under(String),
+    /// `unix:@name`: exactly that abstract name.
+    Abstract(Vec<u8>),
+    /// `unix:@*`: every abstract name.
+    AnyAbstract,
+}
+
+impl UnixName {
+    /// Whether every address `other` matches, this matches too.
+    pub fn covers(&self, other: &UnixName) -> bool {
+        match (self, other) {
+            (UnixName::Under(d), UnixName::Path(p) | UnixName::Under(p)) => p.starts_with(d.as_str()),
+            (UnixName::AnyAbstract, UnixName::Abstract(_) | UnixName::AnyAbstract) => true,
+            (a, b) => a == b,
+        }
+    }
+}
+
+impl fmt::Display for UnixName {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            UnixName::Path(p) => write!(f, "unix:{p}"),
+            UnixName::Under(d) => write!(f, "unix:{d}**"),
+            UnixName::Abstract(n) => write!(f, "unix:@{}", n.escape_ascii()),
+            UnixName::AnyAbstract => write!(f, "unix:@*"),
+        }
+    }
 }
 
 /// File access bits (also in `zt_common::policy`-compatible order).

@@ -489,15 +489,41 @@ fn convert_egress(cx: &mut Ctx<'_>, e: &Spanned<RawEgress>) -> Option<Egress> {
         cx.error(&e.referenced, "egress entry without `to`", Some("e.g. `to: [10.0.0.0/8]`, or `0.0.0.0/0` for any IPv4 destination"));
         return None;
     }
-    let mut to = Vec::new();
+    let (mut to, mut unix) = (Vec::new(), Vec::new());
     for t in &e.value.to {
+        if let Some(name) = t.value.strip_prefix("unix:") {
+            match super::unix::parse_name(name) {
+                Ok(n) => unix.push(n),
+                Err(why) => cx.error(
+                    &t.referenced,
+                    format!("invalid Unix-socket destination {:?}: {why}", t.value),
+                    Some("unix:/abs/path.sock, unix:/abs/dir/** (everything below), unix:@abstract-name, or unix:@* (every abstract name)"),
+                ),
+            }
+            continue;
+        }
         match parse_net(&t.value) {
             Ok(n) => to.push(n),
             Err(why) => cx.error(
                 &t.referenced,
                 format!("invalid destination {:?}: {why}", t.value),
-                Some("a CIDR like 10.0.0.0/8 or 2001:db8::/32, or a single address"),
+                Some("a CIDR like 10.0.0.0/8 or 2001:db8::/32, a single address, or unix:/path"),
             ),
+        }
+    }
+    if e.value.to.iter().any(|t| t.value.starts_with("unix:")) {
+        // Ports and protocols mean nothing to a Unix socket; accepting them
+        // would suggest a narrower rule than the kernel applies.
+        for (field, at) in
+            [("ports", e.value.ports.as_ref().map(|p| &p.referenced)), ("protocol", e.value.protocol.as_ref().map(|p| &p.referenced))]
+        {
+            if let Some(at) = at {
+                cx.error(
+                    at,
+                    format!("`{field}` does not apply to unix: destinations"),
+                    Some("put Unix-socket destinations in an egress entry of their own"),
+                );
+            }
         }
     }
     let mut ports = Vec::new();
@@ -520,7 +546,7 @@ fn convert_egress(cx: &mut Ctx<'_>, e: &Spanned<RawEgress>) -> Option<Egress> {
             Proto::Any
         }
     };
-    Some(Egress { to, ports, proto, pos: cx.pos(&e.referenced) })
+    Some(Egress { to, unix, ports, proto, pos: cx.pos(&e.referenced) })
 }
 
 /// Absolute paths without `..`, short enough for the kernel's buffers.

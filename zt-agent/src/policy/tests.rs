@@ -137,8 +137,8 @@ fn every_error_is_reported_with_position() {
         [
             "p.yaml:12:17: rule for unknown identity \"b\" (hint: known identities: a)",
             "p.yaml:13:15: invalid action \"permit\" (hint: use \"allow\" or \"deny\")",
-            "p.yaml:15:16: invalid destination \"10.0.0.1/8\": host bits set (did you mean 10.0.0.0/8?) (hint: a CIDR like 10.0.0.0/8 or 2001:db8::/32, or a single address)",
-            "p.yaml:15:28: invalid destination \"300.1.1.1\": invalid IP address syntax (hint: a CIDR like 10.0.0.0/8 or 2001:db8::/32, or a single address)",
+            "p.yaml:15:16: invalid destination \"10.0.0.1/8\": host bits set (did you mean 10.0.0.0/8?) (hint: a CIDR like 10.0.0.0/8 or 2001:db8::/32, a single address, or unix:/path)",
+            "p.yaml:15:28: invalid destination \"300.1.1.1\": invalid IP address syntax (hint: a CIDR like 10.0.0.0/8 or 2001:db8::/32, a single address, or unix:/path)",
             "p.yaml:16:19: port 70000 out of range 1-65535 (hint: a port (443) or an inclusive range (\"8000-8080\"))",
             "p.yaml:16:26: port range \"90-80\" is empty (start > end) (hint: a port (443) or an inclusive range (\"8000-8080\"))",
             "p.yaml:17:21: invalid protocol \"icmp\" (hint: use tcp, udp or any)",
@@ -500,4 +500,65 @@ fn rego_messages_are_placed_in_the_policy_file() {
     );
     let e = errs(&text);
     assert!(e.starts_with("p.yaml:15:37: invalid Rego condition: builtin `net.cidr_expand` is not allowed"), "{e}");
+}
+
+/// Unix-socket destinations: errors with positions, the exact kernel
+/// entries, explain through the kernel's decision, diff.
+#[test]
+fn unix_destinations() {
+    let rules = |to: &str, extra: &str| {
+        format!(
+            "{HEAD}  identities:\n    - name: a\n      selectors:\n        - uid: 1\n  rules:\n    - name: r\n      identity: a\n      action: allow\n      egress:\n        - to: [{to}]\n{extra}"
+        )
+    };
+    let e = errs(&rules("unix:/run/*.sock, \"unix:run/x\"", "          ports: [80]\n"));
+    assert!(e.contains("p.yaml:16:16: invalid Unix-socket destination \"unix:/run/*.sock\": only a trailing `/**`"), "{e}");
+    assert!(e.contains("p.yaml:16:34: invalid Unix-socket destination \"unix:run/x\": not an absolute path"), "{e}");
+    assert!(e.contains("p.yaml:17:18: `ports` does not apply to unix: destinations"), "{e}");
+
+    let text = rules(
+        "unix:/run/agent/**, unix:@bus",
+        "    - name: d\n      identity: a\n      action: deny\n      egress:\n        - to: [unix:/run/agent/admin.sock]\n",
+    );
+    let p = parse1(&text).unwrap();
+    let ids = IdRegistry::for_policy(&p).unwrap();
+    let c = compile(&p, &ids, 1, &[true, true]).unwrap();
+    let keys: Vec<(u32, String)> = c.unix.iter().map(|(l, k, _)| (*l, crate::policy::unix::key_text(&k.name, *l))).collect();
+    assert_eq!(
+        keys,
+        [
+            (64 + 8 * 12, "unix:/run/agent/**".to_string()),
+            (64 + 8 * 23, "unix:/run/agent/admin.sock".into()),
+            (64 + 8 * 5, "unix:@bus".into())
+        ]
+    );
+    // Key: slot 1, identity 1, kind 1 (path), the bytes, NUL padding.
+    let (_, key, list) = &c.unix[1];
+    assert_eq!(hex(&bytes_of(key)[..32]), format!("0100000001000000{}{}0000", "01", hex(b"/run/agent/admin.sock")));
+    assert!(bytes_of(key)[31..].iter().all(|b| *b == 0));
+    // Its own deny (rule 1) and the covering directory's allow (rule 0):
+    // every port, any protocol.
+    assert_eq!(hex(&bytes_of(list)[..32]), concat!("0200000000000000", "0000ffff0000000000000000", "0000ffff0001000001000000"));
+    let (_, key, _) = &c.unix[2];
+    assert_eq!(hex(&bytes_of(key)[8..14]), "020362757300", "abstract: kind 2, length, name");
+
+    let all = [true, true];
+    let ex = |q: &str| explain(&p, "a", &Query::parse_connect(q).unwrap(), &all).unwrap();
+    assert_eq!(ex("unix:/run/agent/api.sock").decision, "allow");
+    assert_eq!(ex("unix:/run/agent/admin.sock").rule.unwrap().name, "d");
+    assert_eq!(ex("unix:/run/agent/../docker.sock").decision, "deny", "`..` matches no allow rule");
+    assert_eq!(ex("unix:/run/docker.sock").reason, "default action of identity \"a\" (p.yaml:8:13)");
+    assert_eq!(ex("unix:@bus").decision, "allow");
+    assert_eq!(ex("unix:@bus2").decision, "deny");
+    assert!(Query::parse_connect("unix:").is_err());
+
+    // Lint: a Unix deny covers an allow below it; an IP-only deny does not.
+    let deny = |to: &str| format!("    - name: d\n      identity: a\n      action: deny\n      egress:\n        - to: [{to}]\n");
+    let w = parse1(&rules("unix:/run/agent/x.sock", &deny("unix:/run/**"))).unwrap().warnings;
+    assert!(w.iter().any(|w| w.message.contains("can never apply: deny rule \"d\"")), "{w:?}");
+    assert!(parse1(&rules("unix:/run/agent/x.sock", &deny("0.0.0.0/0"))).unwrap().warnings.is_empty());
+
+    let d = diff(&p, &parse1(&text.replace("unix:@bus", "unix:@*")).unwrap()).unwrap();
+    assert!(d.iter().any(|l| l == "- UNIX_RULES a unix:@bus: allow any 0-65535 rule=r"), "{d:#?}");
+    assert!(d.iter().any(|l| l == "+ UNIX_RULES a unix:@*: allow any 0-65535 rule=r"), "{d:#?}");
 }
