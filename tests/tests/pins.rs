@@ -138,3 +138,46 @@ fn enforcement_survives_the_daemon_and_a_restart_adopts_it() {
     let o = Command::new(agent_bin()).args(["audit", "verify", &audit]).output().unwrap();
     assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stdout));
 }
+
+/// A restarted daemon installs into the slot the previous run left out of
+/// force, and clears that run's entries there first: an allow rule the
+/// previous run had replaced must not come back with the next policy.
+#[test]
+#[ignore = "needs root (loads eBPF programs, creates cgroups, pins under bpffs): cargo xtask test runs it"]
+fn a_restart_clears_what_the_previous_run_left_in_the_idle_slot() {
+    if !require_root("a_restart_clears_what_the_previous_run_left_in_the_idle_slot") {
+        return;
+    }
+    let cg = TestCgroup::new(&format!("/{}/agent", unique("pins-slots"))).unwrap();
+    let listener = Listener::new();
+    let addr = listener.addr();
+    let ident = format!("    - name: a\n      selectors:\n        - cgroup: {}/**\n", cg.rel);
+    let denying = policy("zt.test", &ident);
+    let allowing = format!("{denying}  rules:\n    - identity: a\n      action: allow\n      egress:\n        - to: [127.0.0.1/32]\n");
+    let tmp = tempdir("pins-slots").unwrap();
+    let pin_dir = Path::new("/sys/fs/bpf").join(unique("zt-test-slots"));
+    let cleanup = Uninstall(&pin_dir);
+    let d = |n: &str| tmp.path().join(n).display().to_string();
+    let (state, policy_file) = (d("state"), d("policy.yaml"));
+    std::fs::write(&policy_file, &allowing).unwrap();
+    let args = ["--pin-dir", pin_dir.to_str().unwrap(), "--state-dir", &state, "--policy", &policy_file];
+
+    // Generation 1 (slot 0) allows; generation 2 (slot 1) denies.
+    let mut first = Agent::start("slots-1", "", &args).unwrap();
+    assert!(connect_loop(cg.command(helper_bin()), 100, &addr).1 > 0, "allowed by generation 1");
+    std::fs::write(&policy_file, &denying).unwrap();
+    first.wait_status("generation 2", |s| s["policy"]["generation"] == 2);
+    assert_eq!(connect_loop(cg.command(helper_bin()), 100, &addr).1, 0, "denied by generation 2");
+    first.kill9();
+    drop(first);
+
+    // The next run installs the same denying policy into slot 0, where
+    // generation 1's allow entry still sits.
+    let second = Agent::start("slots-2", "", &args).unwrap();
+    assert_eq!(second.status()["policy"]["generation"], 3);
+    let (denied, allowed) = connect_loop(cg.command(helper_bin()), 200, &addr);
+    assert_eq!(allowed, 0, "a stale allow entry of the previous run decided ({denied} denied)");
+    second.stop().unwrap();
+    drop(cleanup);
+    assert_eq!(settled(&[]), Vec::<String>::new(), "left after uninstall");
+}
