@@ -270,6 +270,86 @@ fn exe_and_uid_selected_processes_never_run_unattributed() {
     agent.stop().unwrap();
 }
 
+/// `exeDigest` selectors are decided in the kernel at exec, from the
+/// verdict user space leaves per file version (device, inode, change
+/// time). A file not hashed yet makes its process pending (egress denied)
+/// until user space has hashed it: never a free window. A file no selector
+/// names pays that window at its first run only; a file whose content is
+/// replaced in place is judged again, not by its old verdict.
+#[test]
+#[ignore = "needs root (loads eBPF programs): cargo xtask test runs it"]
+fn exe_digest_selected_processes_never_run_unattributed() {
+    if !require_root("exe_digest_selected_processes_never_run_unattributed") {
+        return;
+    }
+    let dir = tempfile::Builder::new().prefix("zt-test-digest-").tempdir().unwrap();
+    let agent_exe = dir.path().join("zt-digest-agent");
+    let other_exe = dir.path().join("zt-digest-other");
+    let agent_bytes = std::fs::read(helper_bin()).unwrap();
+    std::fs::write(&agent_exe, &agent_bytes).unwrap();
+    // The same program, one byte longer: another digest.
+    std::fs::write(&other_exe, [agent_bytes.as_slice(), b"\0"].concat()).unwrap();
+    for p in [&agent_exe, &other_exe] {
+        std::fs::set_permissions(p, std::os::unix::fs::PermissionsExt::from_mode(0o755)).unwrap();
+    }
+    let digest = blake3::hash(&agent_bytes).to_hex();
+    let pol = policy("zt.test", &format!("    - name: by-digest\n      selectors:\n        - exeDigest: blake3:{digest}\n"));
+    let agent = Agent::start("digestsel", &pol, &[]).unwrap();
+    let listener = Listener::new();
+    let out = dir.path().join("result");
+    let attempt = |exe: &Path| -> String {
+        let _ = std::fs::remove_file(&out);
+        let st = Command::new(exe).args(["try", "tcp", &listener.addr()]).arg(&out).arg("ZTMARK-digest").status().unwrap();
+        assert!(st.success());
+        std::fs::read_to_string(&out).unwrap()
+    };
+    let by_digest: Vec<String> = (0..100).map(|_| attempt(&agent_exe)).collect();
+    let got_out = by_digest.iter().filter(|r| *r != "EPERM").count();
+    assert_eq!(got_out, 0, "the digest-selected binary got out {got_out} of 100 times: {by_digest:?}");
+    // Pending only until user space had hashed the file (its first runs,
+    // while the first exec event was handled): every later run was decided
+    // in the kernel, from the verdict.
+    let deadline = std::time::Instant::now() + Duration::from_secs(20);
+    loop {
+        let events = agent.events();
+        let ours: Vec<&Value> =
+            events.iter().filter(|e| e["kind"] == "connect" && e["process"]["exe"] == agent_exe.to_str().unwrap()).collect();
+        if ours.len() >= 100 {
+            let mut runs: Vec<(u64, &str)> = ours
+                .iter()
+                .map(|e| (e["process"]["start_ns"].as_u64().unwrap(), e["identity"]["name"].as_str().unwrap_or("none")))
+                .collect();
+            runs.sort();
+            let pending = runs.iter().filter(|r| r.1 == "(pending)").count();
+            eprintln!("the selected file: {pending} of 100 runs pending before its verdict");
+            let first_decided = runs.iter().position(|r| r.1 == "by-digest").expect("some run decided in the kernel");
+            assert!(runs[first_decided..].iter().all(|r| r.1 == "by-digest"), "pending after a run was decided in the kernel: {runs:?}");
+            assert!(pending < 60, "{pending} of 100 runs pending");
+            break;
+        }
+        assert!(std::time::Instant::now() < deadline, "connect events of the selected file: {} of 100", ours.len());
+        std::thread::sleep(Duration::from_millis(100));
+    }
+
+    // A file no selector names: denied while pending, its first runs (the
+    // cost, measured here), then decided in the kernel as no identity.
+    let first = std::time::Instant::now();
+    let mut runs = 0;
+    while attempt(&other_exe) != "OK" {
+        runs += 1;
+        assert!(first.elapsed() < Duration::from_secs(5), "never settled");
+    }
+    eprintln!("a file no selector names: {runs} run(s) pending before it was settled ({:?})", first.elapsed());
+    assert!((0..20).all(|_| attempt(&other_exe) == "OK"), "decided in the kernel as no identity");
+
+    // Its content replaced in place by the selected program's: its verdict
+    // (none) was for the old content, so it is judged again: denied.
+    std::fs::write(&other_exe, &agent_bytes).unwrap();
+    let after: Vec<String> = (0..20).map(|_| attempt(&other_exe)).collect();
+    assert!(after.iter().all(|r| r == "EPERM"), "the replaced content ran on the old verdict: {after:?}");
+    agent.stop().unwrap();
+}
+
 /// Aggregation is per process: a quiet process's one denied attempt is its
 /// own event even while a sibling floods the same destination, and every
 /// connect event names its network namespace.

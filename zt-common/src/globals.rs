@@ -31,6 +31,11 @@ pub const FILE_INODE: &str = "FILE_INODE_OFF";
 pub const INODE_INO: &str = "INODE_INO_OFF";
 pub const INODE_SB: &str = "INODE_SB_OFF";
 pub const SB_DEV: &str = "SB_DEV_OFF";
+/// Offsets of `inode.i_ctime_sec` and `inode.i_ctime_nsec` (Linux >= 6.6),
+/// or [`ABSENT`]: then `exeDigest` selectors are decided in user space
+/// after exec.
+pub const INODE_CTIME_SEC: &str = "INODE_CTIME_SEC_OFF";
+pub const INODE_CTIME_NSEC: &str = "INODE_CTIME_NSEC_OFF";
 /// Offset of `task_struct.children` (the exit program keeps the entry of a
 /// process that leaves children), or [`ABSENT`].
 pub const TASK_CHILDREN: &str = "TASK_CHILDREN_OFF";

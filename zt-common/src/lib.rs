@@ -54,4 +54,6 @@ pub use events::{
     AF_INET, AF_INET6, ARGS_LEN, COMM_LEN, ConnectEvent, EventHeader, ExecArgs, ExecEvent, ExitEvent, FILENAME_LEN, MAX_ARGS, args_flags,
     hook, kind,
 };
-pub use process::{ANY_UID, ExecKey, ExecPick, NO_IDENTITY, ProcInfo, proc_flags};
+pub use process::{
+    ANY_UID, CTIME_NSEC_MASK, DIGEST_SENTINEL, DigestKey, ExecKey, ExecPick, NO_IDENTITY, PENDING_IDENTITY, ProcInfo, proc_flags,
+};

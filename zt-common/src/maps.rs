@@ -13,6 +13,11 @@ pub const CGROUP_IDENTITY_CAPACITY: u32 = 16_384;
 /// Selectors decided in the kernel at exec (see `ExecKey`).
 pub const EXEC_SELECT: &str = "EXEC_SELECT";
 pub const EXEC_SELECT_CAPACITY: u32 = 4096;
+/// [`crate::DigestKey`] -> [`crate::ExecPick`]: `exeDigest` verdicts per
+/// executable file, filled by user space as it hashes files (cleared when
+/// the policy changes; cleared too when full).
+pub const DIGEST_VERDICT: &str = "DIGEST_VERDICT";
+pub const DIGEST_VERDICT_CAPACITY: u32 = 16_384;
 /// tid -> argv captured at `sys_enter_execve`, consumed at `sched_process_exec`.
 pub const EXEC_ARGS: &str = "EXEC_ARGS";
 pub const EXEC_ARGS_CAPACITY: u32 = 4_096;
@@ -68,6 +73,7 @@ pub const ALL: &[&str] = &[
     PROC_TABLE,
     CGROUP_IDENTITY,
     EXEC_SELECT,
+    DIGEST_VERDICT,
     EXEC_ARGS,
     ARGS_SCRATCH,
     EVENTS,

@@ -6,6 +6,7 @@ use crate::{Config, ConnectEvent, EventHeader, ExecArgs, ExecEvent, ExecKey, Exe
 unsafe impl aya::Pod for ProcInfo {}
 unsafe impl aya::Pod for ExecKey {}
 unsafe impl aya::Pod for ExecPick {}
+unsafe impl aya::Pod for crate::DigestKey {}
 unsafe impl aya::Pod for Config {}
 unsafe impl aya::Pod for ExecArgs {}
 unsafe impl aya::Pod for policy::NetKeyData {}

@@ -3,6 +3,13 @@
 /// Identity id 0: the process belongs to no identity (the fast path).
 pub const NO_IDENTITY: u32 = 0;
 
+/// The identity of a process whose executable the kernel could not judge
+/// at exec: `exeDigest` selectors are decided in the kernel, but this file
+/// (device, inode, change time) is not in `DIGEST_VERDICT` yet. Until user
+/// space has hashed it and classified the process, the process is held to
+/// the pending policy (egress denied: fail closed), never free.
+pub const PENDING_IDENTITY: u32 = u32::MAX - 1;
+
 /// Value of the process table, keyed by tgid.
 ///
 /// `start_ns` makes an entry one process incarnation: the kernel overwrites the
@@ -44,6 +51,33 @@ const _: () = assert!(size_of::<ExecKey>() == 16);
 
 pub const ANY_UID: u32 = u32::MAX;
 
+/// The `EXEC_SELECT` key whose value's `prio` is that of the first
+/// identity with an `exeDigest` selector the kernel decides (absent: none):
+/// an exec whose own pick does not come before it must know the file's
+/// digest verdict.
+pub const DIGEST_SENTINEL: ExecKey = ExecKey { ino: u64::MAX, dev: u32::MAX, uid: ANY_UID };
+
+/// Key of `DIGEST_VERDICT`: an executable file as the kernel sees it at
+/// exec, with its change time (`inode.i_ctime_*`: every write or metadata
+/// change moves it, and no call can set it back), so a verdict never
+/// outlives the content it was computed from. The value is an
+/// [`ExecPick`]: the identity whose `exeDigest` the file has, or
+/// [`NO_IDENTITY`].
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+pub struct DigestKey {
+    pub ino: u64,
+    pub dev: u32,
+    /// Nanoseconds of the change time, masked with [`CTIME_NSEC_MASK`].
+    pub ctime_nsec: u32,
+    pub ctime_sec: i64,
+}
+const _: () = assert!(size_of::<DigestKey>() == 24);
+
+/// Bits of `i_ctime_nsec` that hold nanoseconds (the kernel keeps a
+/// multigrain-timestamp flag in bit 31; nanoseconds need 30 bits).
+pub const CTIME_NSEC_MASK: u32 = (1 << 30) - 1;
+
 /// Value of `EXEC_SELECT`: the identity, and its place in the policy's
 /// order (the lowest wins when several keys match: first match wins).
 #[repr(C)]
@@ -69,6 +103,8 @@ pub mod proc_flags {
     /// user space gives it later still reaches those children, re-parented
     /// elsewhere (a daemonizing double fork).
     pub const EXITED: u32 = 1 << 4;
+    /// The process got [`super::PENDING_IDENTITY`] at exec.
+    pub const DIGEST_PENDING: u32 = 1 << 5;
 }
 
 #[cfg(test)]

@@ -8,8 +8,12 @@
 //! - `sched_process_exec`: refresh cgroup, adopt the cgroup's identity if the
 //!   process had none, else the identity of the first `exe`/`uid` selector
 //!   that matches the exec'd file (device, inode) and the real uid
-//!   (`EXEC_SELECT`, filled by user space; offsets from BTF), so such a
-//!   process never runs a single instruction unattributed; emit an exec
+//!   (`EXEC_SELECT`, filled by user space; offsets from BTF), or of an
+//!   `exeDigest` selector whose verdict for that file version (device,
+//!   inode, change time) user space left in `DIGEST_VERDICT`; a file with
+//!   no verdict yet makes the process `PENDING_IDENTITY` (held to the
+//!   pending policy, egress denied) until user space has hashed it. So such
+//!   a process never runs a single instruction unattributed; emit an exec
 //!   event with filename and argv. argv is read
 //!   from the new image (`current->mm->arg_start..arg_end`, offsets from BTF
 //!   set by user space), so no syscall tracepoint is needed.
@@ -47,17 +51,17 @@ use aya_ebpf::{
 };
 use aya_log_ebpf::warn;
 use zt_common::{
-    ANY_UID, ARGS_LEN, EventHeader, ExecEvent, ExecKey, ExecPick, ExitEvent, MAX_ARGS, NO_IDENTITY, ProcInfo, args_flags, globals::ABSENT,
-    kind, loss, proc_flags,
+    ANY_UID, ARGS_LEN, CTIME_NSEC_MASK, DIGEST_SENTINEL, DigestKey, EventHeader, ExecEvent, ExecKey, ExecPick, ExitEvent, MAX_ARGS,
+    NO_IDENTITY, PENDING_IDENTITY, ProcInfo, args_flags, globals::ABSENT, kind, loss, proc_flags,
 };
 
 use crate::{
     events::{count_loss, reserve, submit},
     maps::{
-        ARGS_SCRATCH, ATTACH_DST_ID_OFF, ATTACH_DST_ROOT_OFF, ATTACH_PID_OFF, CGROUP_IDENTITY, EXEC_ARGS, EXEC_FILENAME_OFF,
-        EXEC_OLD_PID_OFF, EXEC_SELECT, EXIT_GROUP_DEAD_OFF, FILE_INODE_OFF, FORK_CHILD_PID_OFF, INODE_INO_OFF, INODE_SB_OFF,
-        MM_ARG_END_OFF, MM_ARG_START_OFF, MM_EXE_FILE_OFF, PROC_TABLE, SB_DEV_OFF, SEL_TASK_MM_OFF, TASK_CHILDREN_OFF, TASK_MM_OFF, global,
-        set_pid_identity,
+        ARGS_SCRATCH, ATTACH_DST_ID_OFF, ATTACH_DST_ROOT_OFF, ATTACH_PID_OFF, CGROUP_IDENTITY, DIGEST_VERDICT, EXEC_ARGS,
+        EXEC_FILENAME_OFF, EXEC_OLD_PID_OFF, EXEC_SELECT, EXIT_GROUP_DEAD_OFF, FILE_INODE_OFF, FORK_CHILD_PID_OFF, INODE_CTIME_NSEC_OFF,
+        INODE_CTIME_SEC_OFF, INODE_INO_OFF, INODE_SB_OFF, MM_ARG_END_OFF, MM_ARG_START_OFF, MM_EXE_FILE_OFF, PROC_TABLE, SB_DEV_OFF,
+        SEL_TASK_MM_OFF, TASK_CHILDREN_OFF, TASK_MM_OFF, global, set_pid_identity,
     },
 };
 
@@ -269,19 +273,23 @@ fn try_exec(ctx: &TracePointContext) -> Result<(), i64> {
         }
     };
     let identity = match identity {
-        NO_IDENTITY => match select_at_exec() {
-            Some(picked) => {
-                if let Some(p) = PROC_TABLE.get_ptr_mut(tgid) {
-                    // SAFETY: as for the lookup above (same key, same run).
-                    unsafe {
-                        (*p).identity = picked;
-                        (*p).flags |= proc_flags::EXEC_SELECTED;
-                    }
+        NO_IDENTITY => {
+            let (picked, flag) = match select_at_exec() {
+                Selected::Identity(id) => (id, proc_flags::EXEC_SELECTED),
+                Selected::Pending => (PENDING_IDENTITY, proc_flags::DIGEST_PENDING),
+                Selected::None => (NO_IDENTITY, 0),
+            };
+            if picked != NO_IDENTITY
+                && let Some(p) = PROC_TABLE.get_ptr_mut(tgid)
+            {
+                // SAFETY: as for the lookup above (same key, same run).
+                unsafe {
+                    (*p).identity = picked;
+                    (*p).flags |= flag;
                 }
-                picked
             }
-            None => NO_IDENTITY,
-        },
+            picked
+        }
         id => id,
     };
     set_pid_identity(tgid, identity);
@@ -384,14 +392,65 @@ fn argv_from_mm(out: &mut [u8; ARGS_LEN]) -> Option<(u32, bool)> {
     Some((len, total > ARGS_LEN as u64))
 }
 
-/// The identity `EXEC_SELECT` gives the image just exec'd: the lowest
-/// `prio` among its entries for (file, uid), (file, any uid) and (any
-/// file, uid). `None` without BTF offsets or a match.
+enum Selected {
+    Identity(u32),
+    /// An `exeDigest` identity may come first, and the file has no verdict.
+    Pending,
+    None,
+}
+
+/// The identity the image just exec'd gets: the lowest `prio` among the
+/// `EXEC_SELECT` entries for (file, uid), (file, any uid) and (any file,
+/// uid), and the file's `DIGEST_VERDICT` when an `exeDigest` identity could
+/// come before that pick (`DIGEST_SENTINEL` holds the first one's prio).
+/// `None` without BTF offsets or a match.
 #[inline(always)]
-fn select_at_exec() -> Option<u32> {
+fn select_at_exec() -> Selected {
     if global(&SB_DEV_OFF) == ABSENT {
-        return None;
+        return Selected::None;
     }
+    let Some((ino, dev, inode)) = exe_file() else { return Selected::None };
+    let uid = bpf_get_current_uid_gid() as u32;
+    let mut best: Option<ExecPick> = None;
+    for key in [ExecKey { ino, dev, uid }, ExecKey { ino, dev, uid: ANY_UID }, ExecKey { ino: 0, dev: 0, uid }] {
+        // SAFETY: a removed element of this preallocated hash may be reused
+        // while we read (why `get` is unsafe); ExecPick is all integers,
+        // copied out here.
+        if let Some(p) = unsafe { EXEC_SELECT.get(key) }.copied()
+            && best.is_none_or(|b| p.prio < b.prio)
+        {
+            best = Some(p);
+        }
+    }
+    // SAFETY: as above.
+    let digest_first = unsafe { EXEC_SELECT.get(DIGEST_SENTINEL) }.copied();
+    if let Some(first) = digest_first
+        && best.is_none_or(|b| b.prio > first.prio)
+        && global(&INODE_CTIME_NSEC_OFF) != ABSENT
+    {
+        // SAFETY: read_kernel's contract, as in `exe_file`.
+        let sec: Option<i64> = unsafe { read_kernel(inode.wrapping_add(global(&INODE_CTIME_SEC_OFF) as usize).cast()) };
+        // SAFETY: as above.
+        let nsec: Option<u32> = unsafe { read_kernel(inode.wrapping_add(global(&INODE_CTIME_NSEC_OFF) as usize).cast()) };
+        let (Some(ctime_sec), Some(nsec)) = (sec, nsec) else { return Selected::Pending };
+        let key = DigestKey { ino, dev, ctime_nsec: nsec & CTIME_NSEC_MASK, ctime_sec };
+        // SAFETY: as for EXEC_SELECT above.
+        match unsafe { DIGEST_VERDICT.get(key) }.copied() {
+            Some(v) if v.identity != NO_IDENTITY && best.is_none_or(|b| v.prio < b.prio) => best = Some(v),
+            Some(_) => {}
+            None => return Selected::Pending,
+        }
+    }
+    match best {
+        Some(b) => Selected::Identity(b.identity),
+        None => Selected::None,
+    }
+}
+
+/// The exec'd file (`current->mm->exe_file->f_inode`): inode number,
+/// device (kernel `dev_t`), and the inode's address (to read more of it).
+#[inline(always)]
+fn exe_file() -> Option<(u64, u32, *const u8)> {
     // SAFETY: an argument-less helper with no preconditions; the result is
     // only used as an address to read through bpf_probe_read_kernel.
     let task = unsafe { bpf_get_current_task() } as *const u8;
@@ -409,19 +468,7 @@ fn select_at_exec() -> Option<u32> {
     let sb: *const u8 = unsafe { read_kernel(inode.wrapping_add(global(&INODE_SB_OFF) as usize).cast())? };
     // SAFETY: as above.
     let dev: u32 = unsafe { read_kernel(sb.wrapping_add(global(&SB_DEV_OFF) as usize).cast())? };
-    let uid = bpf_get_current_uid_gid() as u32;
-    let mut best: Option<ExecPick> = None;
-    for key in [ExecKey { ino, dev, uid }, ExecKey { ino, dev, uid: ANY_UID }, ExecKey { ino: 0, dev: 0, uid }] {
-        // SAFETY: a removed element of this preallocated hash may be reused
-        // while we read (why `get` is unsafe); ExecPick is all integers,
-        // copied out here.
-        if let Some(p) = unsafe { EXEC_SELECT.get(key) }.copied()
-            && best.is_none_or(|b| p.prio < b.prio)
-        {
-            best = Some(p);
-        }
-    }
-    best.map(|b| b.identity)
+    Some((ino, dev, inode))
 }
 
 /// Whether the exiting task still has children (they are re-parented
@@ -491,7 +538,9 @@ fn try_exit(ctx: &TracePointContext) -> Result<(), i64> {
         // as a raw helper binding).
         None => (NO_IDENTITY, 0, 0, unsafe { bpf_get_current_cgroup_id() }),
     };
-    let kept = identity == NO_IDENTITY
+    // A pending process is not attributed yet either: its settlement must
+    // still reach its children through it.
+    let kept = (identity == NO_IDENTITY || identity == PENDING_IDENTITY)
         && has_children()
         && match PROC_TABLE.get_ptr_mut(tgid) {
             Some(p) => {

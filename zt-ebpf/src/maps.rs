@@ -8,7 +8,7 @@ use aya_ebpf::{
     maps::{Array, HashMap, LpmTrie, LruHashMap, PerCpuArray, PerCpuHashMap, RingBuf},
 };
 use zt_common::{
-    Config, ExecArgs, ExecKey, ExecPick, ProcInfo, loss, maps,
+    Config, DigestKey, ExecArgs, ExecKey, ExecPick, ProcInfo, loss, maps,
     policy::{ActivePolicy, AggKey, AggValue, IdentityCounters, IdentityKey, IdentityPolicy, NetKeyData, NetRuleList},
     unix::UnixKeyData,
 };
@@ -21,6 +21,9 @@ pub static CGROUP_IDENTITY: HashMap<u64, u32> = HashMap::with_max_entries(maps::
 
 #[map]
 pub static EXEC_SELECT: HashMap<ExecKey, ExecPick> = HashMap::with_max_entries(maps::EXEC_SELECT_CAPACITY, 0);
+
+#[map]
+pub static DIGEST_VERDICT: HashMap<DigestKey, ExecPick> = HashMap::with_max_entries(maps::DIGEST_VERDICT_CAPACITY, 0);
 
 /// LRU: an execve that fails never reaches `sched_process_exec`, so its entry
 /// is never consumed; LRU eviction bounds the leftovers.
@@ -154,6 +157,10 @@ pub static INODE_SB_OFF: u32 = u32::MAX;
 pub static SB_DEV_OFF: u32 = u32::MAX;
 #[unsafe(no_mangle)]
 pub static TASK_CHILDREN_OFF: u32 = u32::MAX;
+#[unsafe(no_mangle)]
+pub static INODE_CTIME_SEC_OFF: u32 = u32::MAX;
+#[unsafe(no_mangle)]
+pub static INODE_CTIME_NSEC_OFF: u32 = u32::MAX;
 #[unsafe(no_mangle)]
 pub static SOCK_ADDR_UADDR_OFF: u32 = u32::MAX;
 #[unsafe(no_mangle)]

@@ -203,6 +203,16 @@ pub fn exe_offsets(btf: &Btf<'_>) -> Result<[(&'static str, u32); 7], BtfError> 
     ])
 }
 
+/// Offsets of the inode's change time (`exeDigest` verdicts are keyed by
+/// it; see `zt_common::DigestKey`).
+pub fn ctime_offsets(btf: &Btf<'_>) -> Result<[(&'static str, u32); 2], BtfError> {
+    use zt_common::globals as g;
+    Ok([
+        (g::INODE_CTIME_SEC, btf.member_offset("inode", "i_ctime_sec")?),
+        (g::INODE_CTIME_NSEC, btf.member_offset("inode", "i_ctime_nsec")?),
+    ])
+}
+
 /// Offsets of `uaddr` and `uaddrlen` in `struct bpf_sock_addr_kern`, the
 /// struct a sock_addr program's context points to (read by the
 /// Unix-socket programs, see `zt-ebpf/src/unix.rs`).

@@ -155,6 +155,10 @@ impl Bpf {
             Ok(o) => offsets.extend(o),
             Err(e) => tracing::warn!("exe and uid selectors are decided in user space after exec (a window): no BTF offsets ({e})"),
         }
+        match btf.as_ref().map_err(String::clone).and_then(|b| btf::ctime_offsets(b).map_err(|e| e.to_string())) {
+            Ok(o) => offsets.extend(o),
+            Err(e) => tracing::warn!("exeDigest selectors are decided in user space after exec (a window): no BTF offsets ({e})"),
+        }
         // The Unix-socket programs read the address behind their context.
         let unix_offsets = btf.as_ref().map_err(String::clone).and_then(|b| btf::sock_addr_offsets(b).map_err(|e| e.to_string()));
         if let Ok(o) = &unix_offsets {
@@ -180,7 +184,7 @@ impl Bpf {
             loss: LossCounters::new(take(&mut ebpf, M::LOSS)?)?,
             config: ConfigMap::new(take(&mut ebpf, M::CONFIG)?)?,
             events: EventSource::new(take(&mut ebpf, M::EVENTS)?)?,
-            exec_select: ExecSelect::new(take(&mut ebpf, M::EXEC_SELECT)?)?,
+            exec_select: ExecSelect::new(take(&mut ebpf, M::EXEC_SELECT)?, take(&mut ebpf, M::DIGEST_VERDICT)?)?,
             policy: PolicyMaps::new(
                 take(&mut ebpf, M::NET_RULES)?,
                 take(&mut ebpf, M::UNIX_RULES)?,

@@ -18,7 +18,7 @@ use aya::maps::{
 use thiserror::Error;
 use tokio::io::unix::AsyncFd;
 use zt_common::{
-    Config, ExecKey, ExecPick, NO_IDENTITY, ProcInfo, loss, maps,
+    Config, DigestKey, ExecKey, ExecPick, NO_IDENTITY, ProcInfo, loss, maps,
     policy::{ActivePolicy, AggKey, AggValue, IdentityCounters, IdentityKey, IdentityPolicy, NetKeyData, NetRuleList},
     unix::UnixKeyData,
 };
@@ -121,28 +121,58 @@ impl ProcTable {
     }
 }
 
-/// `EXEC_SELECT`: the selectors the kernel decides at exec.
-pub struct ExecSelect(HashMap<MapData, ExecKey, ExecPick>);
+/// `EXEC_SELECT`: the selectors the kernel decides at exec; and
+/// `DIGEST_VERDICT`, the `exeDigest` verdicts per file version.
+pub struct ExecSelect {
+    select: HashMap<MapData, ExecKey, ExecPick>,
+    verdicts: HashMap<MapData, DigestKey, ExecPick>,
+}
 
 impl ExecSelect {
-    pub fn new(map: Map) -> Result<Self, MapAccessError> {
-        HashMap::try_from(map).map(Self).map_err(err(maps::EXEC_SELECT, "open"))
+    pub fn new(select: Map, verdicts: Map) -> Result<Self, MapAccessError> {
+        Ok(ExecSelect {
+            select: HashMap::try_from(select).map_err(err(maps::EXEC_SELECT, "open"))?,
+            verdicts: HashMap::try_from(verdicts).map_err(err(maps::DIGEST_VERDICT, "open"))?,
+        })
     }
 
     pub fn entries(&self) -> Vec<(ExecKey, ExecPick)> {
-        self.0.iter().filter_map(Result::ok).collect()
+        self.select.iter().filter_map(Result::ok).collect()
     }
 
     pub fn set(&mut self, key: ExecKey, pick: ExecPick) -> Result<(), MapAccessError> {
-        self.0.insert(key, pick, 0).map_err(err(maps::EXEC_SELECT, "insert"))
+        self.select.insert(key, pick, 0).map_err(err(maps::EXEC_SELECT, "insert"))
     }
 
     pub fn remove(&mut self, key: &ExecKey) -> Result<(), MapAccessError> {
-        match self.0.remove(key) {
+        match self.select.remove(key) {
             Ok(()) => Ok(()),
             Err(e) if is_missing_key(&e) => Ok(()),
             Err(e) => Err(err(maps::EXEC_SELECT, "remove")(e)),
         }
+    }
+
+    /// Records a verdict; a full map (E2BIG) is cleared and the write retried.
+    pub fn set_verdict(&mut self, key: DigestKey, pick: ExecPick) -> Result<(), MapAccessError> {
+        match self.verdicts.insert(key, pick, 0) {
+            Err(MapError::SyscallError(s)) if s.io_error.raw_os_error() == Some(libc::E2BIG) => {
+                self.clear_verdicts()?;
+                self.verdicts.insert(key, pick, 0).map_err(err(maps::DIGEST_VERDICT, "insert"))
+            }
+            r => r.map_err(err(maps::DIGEST_VERDICT, "insert")),
+        }
+    }
+
+    pub fn clear_verdicts(&mut self) -> Result<(), MapAccessError> {
+        let keys: Vec<DigestKey> = self.verdicts.keys().filter_map(Result::ok).collect();
+        for k in keys {
+            match self.verdicts.remove(&k) {
+                Ok(()) => {}
+                Err(e) if is_missing_key(&e) => {}
+                Err(e) => return Err(err(maps::DIGEST_VERDICT, "clear")(e)),
+            }
+        }
+        Ok(())
     }
 }
 
@@ -383,7 +413,19 @@ impl PolicyMaps {
             self.unix.insert(&key, list, 0).map_err(err(maps::UNIX_RULES, "insert"))?;
             installed.unix.push(key);
         }
-        for (k, v) in &c.identities {
+        // The pending pseudo-identity (see `zt_common::PENDING_IDENTITY`):
+        // egress denied, the default socket kinds, nothing else restricted.
+        let pending = (
+            IdentityKey { slot: c.slot, identity: zt_common::PENDING_IDENTITY },
+            IdentityPolicy {
+                default_egress: zt_common::policy::DENY,
+                default_files: zt_common::policy::ALLOW,
+                default_exec: zt_common::policy::ALLOW,
+                mode: zt_common::policy::ENFORCE,
+                sockets: zt_common::guard::sock_kind::DEFAULT,
+            },
+        );
+        for (k, v) in c.identities.iter().chain([&pending]) {
             self.identities.insert(k, v, 0).map_err(err(maps::IDENTITY_POLICY, "insert"))?;
             installed.identities.push(*k);
         }

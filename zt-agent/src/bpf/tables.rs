@@ -12,7 +12,7 @@
 use std::time::Duration;
 
 use zt_common::{
-    ExecKey, ExecPick, ProcInfo,
+    DigestKey, ExecKey, ExecPick, ProcInfo,
     policy::{ActivePolicy, AggKey, AggValue, IdentityCounters},
 };
 
@@ -79,6 +79,12 @@ impl ExecTable for ExecSelect {
     }
     fn remove(&mut self, key: &ExecKey) -> Result<(), TableError> {
         ExecSelect::remove(self, key).map_err(table_err("exec selection table", "remove"))
+    }
+    fn set_verdict(&mut self, key: DigestKey, pick: ExecPick) -> Result<(), TableError> {
+        ExecSelect::set_verdict(self, key, pick).map_err(table_err("digest verdicts", "set"))
+    }
+    fn clear_verdicts(&mut self) -> Result<(), TableError> {
+        ExecSelect::clear_verdicts(self).map_err(table_err("digest verdicts", "clear"))
     }
 }
 

@@ -14,7 +14,7 @@
 //! - [`gc_stale_entries`]: entries of processes that no longer exist.
 use std::{collections::HashSet, path::Path};
 
-use zt_common::{NO_IDENTITY, ProcInfo, proc_flags};
+use zt_common::{NO_IDENTITY, PENDING_IDENTITY, ProcInfo, proc_flags};
 
 use super::{
     Classification, Resolver, procfs,
@@ -50,13 +50,13 @@ const MAX_PROPAGATE: usize = 65_536;
 /// intermediate process exited (kept as `EXITED` entries by the kernel), and
 /// all of them when `root` is gone or the children files are missing
 /// (`CONFIG_PROC_CHILDREN` off).
+///
+/// With `identity` none, only descendants still pending (`PENDING_IDENTITY`,
+/// inherited from `root` before it was settled) are settled, to none.
 pub fn propagate(tables: &mut Tables, proc_root: &Path, root: u32, identity: u32) {
-    if identity == NO_IDENTITY {
-        return;
-    }
     let c = Classification { identity, child_identity: NO_IDENTITY };
     let mut assign = |tables: &mut Tables, pid: u32, info: ProcInfo| {
-        if info.identity == NO_IDENTITY
+        if unsettled(info.identity, identity)
             && let Err(e) = tables.procs.assign(pid, info.start_ns, c)
         {
             tracing::warn!("propagating identity to pid {pid}: {}", crate::error::Chain(&e));
@@ -81,14 +81,19 @@ pub fn propagate(tables: &mut Tables, proc_root: &Path, root: u32, identity: u32
         }
         queue.extend(procfs::children(proc_root, pid).unwrap_or_default().into_iter().map(|c| (pid, c)));
     }
-    propagate_by_table(tables, root, &mut assign);
+    propagate_by_table(tables, root, identity, &mut assign);
+}
+
+/// Whether propagating `identity` gives it to an entry holding `held`.
+fn unsettled(held: u32, identity: u32) -> bool {
+    held == PENDING_IDENTITY || (held == NO_IDENTITY && identity != NO_IDENTITY)
 }
 
 /// Every table entry whose recorded ancestry reaches `root`. A recorded
 /// parent counts only if it started no later than its child: a parent pid
 /// reused since by a younger process is not that child's parent (the walk
 /// would otherwise hand an identity to a stranger whose parent died).
-fn propagate_by_table(tables: &mut Tables, root: u32, assign: &mut dyn FnMut(&mut Tables, u32, ProcInfo)) {
+fn propagate_by_table(tables: &mut Tables, root: u32, identity: u32, assign: &mut dyn FnMut(&mut Tables, u32, ProcInfo)) {
     // A child forked while a snapshot was read (its parent still without the
     // identity) can be missing from it: passes repeat while they find some.
     for _ in 0..3 {
@@ -110,7 +115,7 @@ fn propagate_by_table(tables: &mut Tables, root: u32, assign: &mut dyn FnMut(&mu
             false
         };
         let found: Vec<(u32, ProcInfo)> =
-            entries.into_iter().filter(|(pid, i)| *pid != root && i.identity == NO_IDENTITY && descends(*pid)).collect();
+            entries.into_iter().filter(|(pid, i)| *pid != root && unsettled(i.identity, identity) && descends(*pid)).collect();
         if found.is_empty() {
             break;
         }

@@ -1,4 +1,6 @@
-//! blake3 digests of executables, cached by (device, inode, size, mtime).
+//! blake3 digests of executables, cached by (device, inode, size, mtime,
+//! ctime): the change time too, because mtime can be set back with
+//! `utimensat` after the content changed, and ctime cannot.
 //!
 //! The file is opened through `/proc/<pid>/exe`, which yields the very file
 //! the process runs even if its path was since replaced or unlinked, so the
@@ -11,6 +13,7 @@ struct FileKey {
     ino: u64,
     size: u64,
     mtime_ns: i128,
+    ctime_ns: i128,
 }
 
 #[derive(Default, Debug)]
@@ -28,8 +31,14 @@ impl DigestCache {
     /// Digest of an open file, from the cache when its identity is unchanged.
     pub fn digest_file(&mut self, file: &File) -> io::Result<blake3::Hash> {
         let m = file.metadata()?;
-        let key =
-            FileKey { dev: m.dev(), ino: m.ino(), size: m.size(), mtime_ns: m.mtime() as i128 * 1_000_000_000 + m.mtime_nsec() as i128 };
+        let ns = |s: i64, n: i64| s as i128 * 1_000_000_000 + n as i128;
+        let key = FileKey {
+            dev: m.dev(),
+            ino: m.ino(),
+            size: m.size(),
+            mtime_ns: ns(m.mtime(), m.mtime_nsec()),
+            ctime_ns: ns(m.ctime(), m.ctime_nsec()),
+        };
         if let Some(h) = self.cache.get(&key) {
             return Ok(*h);
         }
@@ -72,5 +81,13 @@ mod tests {
         std::fs::OpenOptions::new().append(true).open(&p).unwrap().write_all(b"!").unwrap();
         assert_eq!(c.digest_path(&p).unwrap(), blake3::hash(b"hello!"));
         assert_eq!(c.computed, 2);
+        // Same size, and mtime set back afterwards: the change time still
+        // moved (past the timestamp granularity), so it is recomputed.
+        let mtime = std::fs::metadata(&p).unwrap().modified().unwrap();
+        std::thread::sleep(std::time::Duration::from_millis(20));
+        std::fs::write(&p, b"HELLO!").unwrap();
+        std::fs::File::options().write(true).open(&p).unwrap().set_modified(mtime).unwrap();
+        assert_eq!(std::fs::metadata(&p).unwrap().modified().unwrap(), mtime);
+        assert_eq!(c.digest_path(&p).unwrap(), blake3::hash(b"HELLO!"));
     }
 }

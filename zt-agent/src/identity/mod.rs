@@ -36,7 +36,7 @@ use std::{
 pub use config::{Identity, IdentityConfig};
 use digest::DigestCache;
 use selector::Facts;
-use zt_common::NO_IDENTITY;
+use zt_common::{DIGEST_SENTINEL, NO_IDENTITY};
 
 /// What the resolver decided for one process.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
@@ -166,10 +166,13 @@ impl Resolver {
     /// user space) and `uid` selectors, while every earlier identity is
     /// decided in the kernel too (else first-match order could not hold:
     /// an earlier identity decided in user space must get its chance).
-    /// A key two identities share keeps the earlier one.
+    /// A key two identities share keeps the earlier one. When such an
+    /// identity has an `exeDigest` selector alone, [`DIGEST_SENTINEL`]
+    /// holds the first one's place (see [`Self::digest_pick`]).
     pub fn exec_entries(&self) -> HashMap<zt_common::ExecKey, zt_common::ExecPick> {
         let mut out = HashMap::new();
-        for (prio, ident) in self.config.identities.iter().enumerate() {
+        for (prio, ident) in self.kernel_decided() {
+            let pick = zt_common::ExecPick { identity: ident.id, prio };
             for (exe, uid) in ident.selectors.iter().filter_map(|s| s.kernel_exec()) {
                 let (ino, dev) = match exe {
                     None => (0, 0),
@@ -178,14 +181,54 @@ impl Resolver {
                         _ => continue,
                     },
                 };
-                let key = zt_common::ExecKey { ino, dev, uid: uid.unwrap_or(zt_common::ANY_UID) };
-                out.entry(key).or_insert(zt_common::ExecPick { identity: ident.id, prio: prio as u32 });
+                out.entry(zt_common::ExecKey { ino, dev, uid: uid.unwrap_or(zt_common::ANY_UID) }).or_insert(pick);
             }
-            if !ident.selectors.iter().all(|s| s.kernel_cgroup_only().is_some() || s.kernel_exec().is_some()) {
-                break;
+            if ident.selectors.iter().any(|s| s.kernel_digest().is_some()) {
+                out.entry(DIGEST_SENTINEL).or_insert(zt_common::ExecPick { identity: NO_IDENTITY, prio });
             }
         }
         out
+    }
+
+    /// The identities the kernel decides, with their place in the policy:
+    /// every one up to (and including) the first with a selector the
+    /// kernel cannot decide is excluded from there on.
+    fn kernel_decided(&self) -> impl Iterator<Item = (u32, &Identity)> {
+        let decidable = |i: &&Identity| {
+            i.selectors.iter().all(|s| s.kernel_cgroup_only().is_some() || s.kernel_exec().is_some() || s.kernel_digest().is_some())
+        };
+        let n = self.config.identities.iter().take_while(decidable).count();
+        // The first identity the kernel cannot fully decide still gets its
+        // kernel-decidable selectors (as before): nothing after it.
+        let upto = (n + 1).min(self.config.identities.len());
+        self.config.identities[..upto].iter().enumerate().map(|(p, i)| (p as u32, i))
+    }
+
+    /// The `DIGEST_VERDICT` value for a file with digest `hash`: the first
+    /// identity the kernel decides whose `exeDigest` selector names it, or
+    /// none (`NO_IDENTITY`).
+    pub fn digest_pick(&self, hash: &blake3::Hash) -> zt_common::ExecPick {
+        self.kernel_decided()
+            .find(|(_, i)| i.selectors.iter().any(|s| s.kernel_digest() == Some(hash)))
+            .map(|(prio, i)| zt_common::ExecPick { identity: i.id, prio })
+            .unwrap_or_default()
+    }
+
+    /// The verdict key and value for the executable `pid` runs, read and
+    /// hashed through `/proc/<pid>/exe`; `None` when it cannot be read, or
+    /// it changed while being hashed (no verdict then: the next exec of it
+    /// is pending again).
+    pub fn digest_verdict(&mut self, pid: u32) -> Option<(zt_common::DigestKey, zt_common::ExecPick)> {
+        let file = std::fs::File::open(self.proc_root.join(pid.to_string()).join("exe")).ok()?;
+        let key = |m: &std::fs::Metadata| zt_common::DigestKey {
+            ino: m.ino(),
+            dev: kernel_dev(m.dev()),
+            ctime_nsec: m.ctime_nsec() as u32 & zt_common::CTIME_NSEC_MASK,
+            ctime_sec: m.ctime(),
+        };
+        let before = key(&file.metadata().ok()?);
+        let hash = self.digests.digest_file(&file).ok()?;
+        (key(&file.metadata().ok()?) == before).then(|| (before, self.digest_pick(&hash)))
     }
 
     pub fn cgroup_identity(&self, cgroup_path: &str) -> u32 {
@@ -283,6 +326,41 @@ spec:
         assert_eq!(r.classify(1, Some("/usr/bin/b"), Some(7), Some("/")), Classification { identity: 2, child_identity: 0 });
         assert_eq!(r.classify(1, Some("/usr/bin/b"), Some(8), Some("/")), Classification::default());
         assert_eq!(r.classify(1, Some("/usr/bin/runner"), Some(0), Some("/")), Classification { identity: 0, child_identity: 2 });
+    }
+
+    /// `exeDigest` alone is decided in the kernel: the sentinel holds the
+    /// first such identity's place, verdicts name the first identity whose
+    /// digest a file has, and nothing after an identity decided in user
+    /// space is decided in the kernel.
+    #[test]
+    fn digest_selectors_in_the_kernel() {
+        let (d1, d2) = (blake3::hash(b"one"), blake3::hash(b"two"));
+        let r = resolver(&format!(
+            "apiVersion: zt-agent.io/v1alpha1\nkind: HostPolicy\nspec:\n  trustDomain: t\n  identities:\n    \
+             - name: u\n      selectors:\n        - uid: 5\n    \
+             - name: d\n      selectors:\n        - exeDigest: blake3:{}\n    \
+             - name: mixed\n      selectors:\n        - exeDigest: blake3:{}\n        - exe: /opt/*/bin\n    \
+             - name: late\n      selectors:\n        - uid: 6\n        - exeDigest: blake3:{}\n",
+            d1.to_hex(),
+            d2.to_hex(),
+            blake3::hash(b"three").to_hex()
+        ));
+        let e = r.exec_entries();
+        assert_eq!(e[&DIGEST_SENTINEL], zt_common::ExecPick { identity: NO_IDENTITY, prio: 1 });
+        assert_eq!(e[&zt_common::ExecKey { ino: 0, dev: 0, uid: 5 }].prio, 0);
+        assert!(!e.contains_key(&zt_common::ExecKey { ino: 0, dev: 0, uid: 6 }), "after a user-space identity");
+        assert_eq!(r.digest_pick(&d1), zt_common::ExecPick { identity: 2, prio: 1 });
+        assert_eq!(
+            r.digest_pick(&d2),
+            zt_common::ExecPick { identity: 3, prio: 2 },
+            "the first undecided identity's own kernel selectors count"
+        );
+        assert_eq!(
+            r.digest_pick(&blake3::hash(b"three")),
+            zt_common::ExecPick::default(),
+            "after a user-space identity: user space decides"
+        );
+        assert_eq!(r.digest_pick(&blake3::hash(b"other")).identity, NO_IDENTITY);
     }
 
     #[test]

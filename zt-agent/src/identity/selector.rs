@@ -81,6 +81,16 @@ impl Selector {
         }
     }
 
+    /// An `exeDigest` selector alone: decided in the kernel at exec from the
+    /// file's verdict (`DIGEST_VERDICT`), which user space leaves there
+    /// once it has hashed that file version.
+    pub fn kernel_digest(&self) -> Option<&blake3::Hash> {
+        match self {
+            Selector { exe_digest: Some(d), cgroup: None, exe: None, uid: None, descendant_of: None, k8s: false } => Some(d),
+            _ => None,
+        }
+    }
+
     /// A selector made of a cgroup glob alone can be decided in the kernel
     /// from the cgroup id (the `CGROUP_IDENTITY` map), with no race at all.
     pub fn kernel_cgroup_only(&self) -> Option<&CgroupGlob> {

@@ -8,13 +8,14 @@
 //! - [`CgroupTable`]: cgroup id -> identity id (decided in the kernel at
 //!   fork/exec for cgroup-only selectors).
 //! - [`ExecTable`]: (executable, uid) -> identity and its order (decided in
-//!   the kernel at exec for `exe`/`uid` selectors).
+//!   the kernel at exec for `exe`/`uid` selectors), and per file version the
+//!   `exeDigest` verdict.
 //! - [`Assign`]: what an assignment did.
 //! - [`TableError`]: a failed table operation, naming the table and the
 //!   operation, with the backend's error as its source.
 use std::collections::HashMap;
 
-use zt_common::{ExecKey, ExecPick, NO_IDENTITY, ProcInfo};
+use zt_common::{DigestKey, ExecKey, ExecPick, NO_IDENTITY, PENDING_IDENTITY, ProcInfo};
 
 use super::Classification;
 
@@ -82,11 +83,17 @@ pub trait CgroupTable {
     }
 }
 
-/// The selectors the kernel decides at exec (`EXEC_SELECT`).
+/// The selectors the kernel decides at exec (`EXEC_SELECT`), and the
+/// `exeDigest` verdicts per file version (`DIGEST_VERDICT`).
 pub trait ExecTable {
     fn entries(&self) -> Vec<(ExecKey, ExecPick)>;
     fn set(&mut self, key: ExecKey, pick: ExecPick) -> Result<(), TableError>;
     fn remove(&mut self, key: &ExecKey) -> Result<(), TableError>;
+    /// Records the verdict for one file version; a full table is cleared
+    /// first (a file without a verdict only costs a pending window again).
+    fn set_verdict(&mut self, key: DigestKey, pick: ExecPick) -> Result<(), TableError>;
+    /// Forgets every verdict (the digests a policy names changed).
+    fn clear_verdicts(&mut self) -> Result<(), TableError>;
 
     /// Makes the table exactly `wanted`, writing only what changed.
     fn replace(&mut self, wanted: &HashMap<ExecKey, ExecPick>) -> Result<(), TableError> {
@@ -108,7 +115,9 @@ pub fn assigned(info: Option<ProcInfo>, start_ns: u64, c: Classification) -> Res
     if info.start_ns != start_ns {
         return Err(Assign::Gone);
     }
-    if info.identity != NO_IDENTITY {
+    // A pending process (see `PENDING_IDENTITY`) is not attributed yet:
+    // its classification replaces the placeholder, identity or none.
+    if info.identity != NO_IDENTITY && info.identity != PENDING_IDENTITY {
         return Err(Assign::AlreadyAttributed(info.identity));
     }
     info.identity = c.identity;
@@ -161,9 +170,17 @@ pub mod mem {
     }
 
     #[derive(Debug, Default)]
-    pub struct MemExecs(pub HashMap<ExecKey, ExecPick>);
+    pub struct MemExecs(pub HashMap<ExecKey, ExecPick>, pub HashMap<DigestKey, ExecPick>);
 
     impl ExecTable for MemExecs {
+        fn set_verdict(&mut self, key: DigestKey, pick: ExecPick) -> Result<(), TableError> {
+            self.1.insert(key, pick);
+            Ok(())
+        }
+        fn clear_verdicts(&mut self) -> Result<(), TableError> {
+            self.1.clear();
+            Ok(())
+        }
         fn entries(&self) -> Vec<(ExecKey, ExecPick)> {
             self.0.iter().map(|(k, v)| (*k, *v)).collect()
         }

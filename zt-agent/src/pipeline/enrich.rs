@@ -12,7 +12,7 @@ use std::{
     sync::Arc,
 };
 
-use zt_common::{NO_IDENTITY, args_flags};
+use zt_common::{NO_IDENTITY, PENDING_IDENTITY, args_flags};
 
 use super::{
     decode::{RawEvent, c_str},
@@ -103,6 +103,29 @@ impl Enricher {
             tracing::warn!("updating the cgroup identity map: {}", crate::error::Chain(&e));
         }
         crate::identity::attribution::sync_exec_selectors(&self.resolver, tables);
+        // Verdicts name the identities of the digests the old policy listed.
+        if let Err(e) = tables.execs.clear_verdicts() {
+            tracing::warn!("clearing the digest verdicts: {}", crate::error::Chain(&e));
+        }
+    }
+
+    /// Settles every live process still pending (`PENDING_IDENTITY`) by its
+    /// own executable: those whose exec event could not (the parent that
+    /// exec'd was gone, its children forked before it was settled), within
+    /// one rescan interval.
+    pub fn settle_pending(&mut self, tables: &mut Tables) {
+        let root = self.resolver.proc_root().to_path_buf();
+        let pending: Vec<(u32, u64)> = tables
+            .procs
+            .entries()
+            .into_iter()
+            .filter(|(_, i)| i.identity == PENDING_IDENTITY && i.flags & zt_common::proc_flags::EXITED == 0)
+            .map(|(pid, i)| (pid, i.start_ns))
+            .collect();
+        for (pid, start_ns) in pending {
+            let (exe, uid, cgroup) = (procfs::exe(&root, pid), procfs::uid(&root, pid), procfs::cgroup_v2(&root, pid));
+            self.resolve(pid, start_ns, 0, uid, true, exe.as_deref(), cgroup.as_deref(), tables);
+        }
     }
 
     fn identity_ref(&self, id: u32) -> Option<IdentityRef> {
@@ -131,9 +154,11 @@ impl Enricher {
                 };
                 let mut identity = h.identity;
                 let mut facts = None;
-                if identity == NO_IDENTITY && self.needs_resolution(h.cgroup_id) {
+                let pending = identity == PENDING_IDENTITY;
+                if pending || (identity == NO_IDENTITY && self.needs_resolution(h.cgroup_id)) {
                     let (exe, cgroup) = read_facts(self);
-                    identity = self.resolve(&h, exe.as_deref(), cgroup.as_deref(), tables);
+                    identity =
+                        self.resolve(h.tgid, h.start_ns, h.cgroup_id, Some(h.uid), pending, exe.as_deref(), cgroup.as_deref(), tables);
                     facts = Some((exe, cgroup));
                 }
                 if !wanted(identity) {
@@ -267,10 +292,29 @@ impl Enricher {
         }
     }
 
-    /// Classifies a process the kernel left unattributed and writes the result
-    /// into the kernel table; returns the identity the event should carry.
-    fn resolve(&mut self, h: &zt_common::EventHeader, exe: Option<&str>, cgroup: Option<&str>, tables: &mut Tables) -> u32 {
-        let (tgid, start_ns, cgroup_id) = (h.tgid, h.start_ns, h.cgroup_id);
+    /// Classifies a process the kernel left unattributed (or `pending`: held
+    /// until its executable is hashed) and writes the result into the kernel
+    /// table; returns the identity the event should carry. For a pending
+    /// process the file's digest verdict goes to the kernel first, so the
+    /// next exec of that file version is decided there.
+    #[expect(clippy::too_many_arguments, reason = "the facts of one process, from an event or from /proc")]
+    fn resolve(
+        &mut self,
+        tgid: u32,
+        start_ns: u64,
+        cgroup_id: u64,
+        uid: Option<u32>,
+        pending: bool,
+        exe: Option<&str>,
+        cgroup: Option<&str>,
+        tables: &mut Tables,
+    ) -> u32 {
+        if pending
+            && let Some((key, pick)) = self.resolver.digest_verdict(tgid)
+            && let Err(e) = tables.execs.set_verdict(key, pick)
+        {
+            tracing::warn!("recording a digest verdict: {}", crate::error::Chain(&e));
+        }
         // A cgroup created after start-up: teach the kernel its identity so
         // later forks and execs in it are attributed without us.
         if let Some(path) = cgroup
@@ -286,8 +330,8 @@ impl Enricher {
                 tracing::warn!("{}", crate::error::Chain(&e));
             }
         }
-        let c = self.resolver.classify(tgid, exe, Some(h.uid), cgroup);
-        if c == Classification::default() {
+        let c = self.resolver.classify(tgid, exe, uid, cgroup);
+        if c == Classification::default() && !pending {
             return NO_IDENTITY;
         }
         match tables.procs.assign(tgid, start_ns, c) {
@@ -308,6 +352,8 @@ impl Enricher {
 }
 
 fn add_refs(refs: &mut HashMap<u32, IdentityRef>, config: &IdentityConfig) {
+    // Not a name an identity can have ([A-Za-z0-9._/-]).
+    refs.insert(PENDING_IDENTITY, IdentityRef { name: "(pending)".into(), spiffe_id: "".into() });
     for i in &config.identities {
         refs.insert(i.id, IdentityRef { name: i.name.as_str().into(), spiffe_id: i.spiffe_id.as_str().into() });
     }
@@ -439,11 +485,23 @@ mod tests {
         let mut t = tables();
         t.procs.seed(77, info(1, 500)).unwrap();
         // Event of an older incarnation of pid 77 (start 400): must not touch 77.
-        let h = |start_ns| zt_common::EventHeader { tgid: 77, start_ns, uid: 4242, ..Default::default() };
-        assert_eq!(en.resolve(&h(400), None, None, &mut t), 0);
+        assert_eq!(en.resolve(77, 400, 0, Some(4242), false, None, None, &mut t), 0);
         assert_eq!(t.procs.get(77).unwrap().unwrap().identity, 0);
-        assert_eq!(en.resolve(&h(500), None, None, &mut t), 1);
+        assert_eq!(en.resolve(77, 500, 0, Some(4242), false, None, None, &mut t), 1);
         assert_eq!(t.procs.get(77).unwrap().unwrap().identity, 1);
         assert_eq!(en.identity_ref(1).unwrap().spiffe_id.as_ref(), "spiffe://t/u");
+
+        // Pending processes (and the children they forked meanwhile) are
+        // settled either way: to the identity, or to none.
+        let (parent, child, other) = (4_190_001, 4_190_002, 4_190_003);
+        let pending = |ppid| zt_common::ProcInfo { identity: PENDING_IDENTITY, ..info(ppid, 600) };
+        t.procs.seed(parent, pending(1)).unwrap();
+        t.procs.seed(child, pending(parent)).unwrap();
+        assert_eq!(en.resolve(parent, 600, 0, Some(4242), true, None, None, &mut t), 1);
+        assert_eq!((t.procs.get(parent).unwrap().unwrap().identity, t.procs.get(child).unwrap().unwrap().identity), (1, 1));
+        t.procs.seed(other, pending(1)).unwrap();
+        t.procs.seed(other + 1, pending(other)).unwrap();
+        assert_eq!(en.resolve(other, 600, 0, Some(1), true, None, None, &mut t), 0);
+        assert_eq!((t.procs.get(other).unwrap().unwrap().identity, t.procs.get(other + 1).unwrap().unwrap().identity), (0, 0));
     }
 }

@@ -145,6 +145,7 @@ pub async fn enrich<A: AggregateTable>(mut e: Enrich<A>, mut rx: mpsc::Receiver<
             _ = flush.tick() => flush_aggregates(&mut e, false),
             _ = rescan.tick() => {
                 attribution::rescan_cgroups(e.enricher.resolver(), &mut e.tables, &upkeep.cgroup2);
+                e.enricher.settle_pending(&mut e.tables);
                 // The GC walks the whole table; it also yields the entry count.
                 if ticks.is_multiple_of(upkeep.gc_every) {
                     let (removed, remaining) = attribution::gc_stale_entries(e.tables.procs.as_mut(), e.enricher.resolver().proc_root(), &mut exited);
