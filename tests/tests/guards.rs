@@ -178,6 +178,98 @@ fn no_way_around_the_egress_hooks() {
     assert!(audited >= 7, "every guard event is a signed audit record ({audited})");
 }
 
+/// Captures IPv4 packets on `lo` (an `AF_PACKET` socket, from the IP
+/// header on) until dropped.
+struct Wire(std::os::fd::OwnedFd);
+
+impl Wire {
+    fn open() -> Wire {
+        use std::os::fd::FromRawFd;
+        let proto = (libc::ETH_P_IP as u16).to_be() as i32;
+        // SAFETY: plain socket(2); the fd is owned below.
+        let fd = unsafe { libc::socket(libc::AF_PACKET, libc::SOCK_DGRAM, proto) };
+        assert!(fd >= 0, "AF_PACKET socket: {}", std::io::Error::last_os_error());
+        // SAFETY: a new descriptor, owned only here.
+        let fd = unsafe { std::os::fd::OwnedFd::from_raw_fd(fd) };
+        let ifindex = nix::net::if_::if_nametoindex("lo").unwrap();
+        // SAFETY: sockaddr_ll is plain data.
+        let mut sll: libc::sockaddr_ll = unsafe { std::mem::zeroed() };
+        sll.sll_family = libc::AF_PACKET as u16;
+        sll.sll_protocol = proto as u16;
+        sll.sll_ifindex = ifindex as i32;
+        let tv = libc::timeval { tv_sec: 0, tv_usec: 200_000 };
+        // SAFETY: the address and option are valid for the lengths given.
+        unsafe {
+            let sa = (&sll as *const libc::sockaddr_ll).cast();
+            assert_eq!(libc::bind(std::os::fd::AsRawFd::as_raw_fd(&fd), sa, size_of::<libc::sockaddr_ll>() as u32), 0);
+            let opt = (&tv as *const libc::timeval).cast();
+            libc::setsockopt(
+                std::os::fd::AsRawFd::as_raw_fd(&fd),
+                libc::SOL_SOCKET,
+                libc::SO_RCVTIMEO,
+                opt,
+                size_of::<libc::timeval>() as u32,
+            );
+        }
+        Wire(fd)
+    }
+
+    /// The IPv4 header lengths (bytes) of the packets seen since the last
+    /// call whose payload holds `marker` (reads until 200 ms pass quietly).
+    fn seen(&self, marker: &[u8]) -> Vec<usize> {
+        let mut out = Vec::new();
+        let mut buf = [0u8; 2048];
+        loop {
+            // SAFETY: the buffer is valid for its length.
+            let n = unsafe { libc::recv(std::os::fd::AsRawFd::as_raw_fd(&self.0), buf.as_mut_ptr().cast(), buf.len(), 0) };
+            if n <= 0 {
+                return out;
+            }
+            let p = &buf[..n as usize];
+            if p.windows(marker.len()).any(|w| w == marker) {
+                out.push(((p[0] & 0x0f) * 4) as usize);
+            }
+        }
+    }
+}
+
+/// A source route given per message (`IP_RETOPTS` ancillary data to
+/// `sendmsg`) is seen by no sockaddr hook or socket option: the packet of
+/// an agent identity's socket carrying it is dropped at cgroup skb egress
+/// (looked for on the wire), while the same datagram without it, and the
+/// control's with it, go out.
+#[test]
+#[ignore = "needs root (loads eBPF programs, creates cgroups): cargo xtask test runs it"]
+fn a_source_route_given_per_message_is_dropped() {
+    if !require_root("a_source_route_given_per_message_is_dropped") {
+        return;
+    }
+    let cg = TestCgroup::new(&format!("/{}/agent", unique("route"))).unwrap();
+    let pol = format!(
+        "{}  rules:\n    - identity: a\n      action: allow\n      egress:\n        - to: [127.0.0.1/32]\n          protocol: udp\n",
+        policy("zt.test", &format!("    - name: a\n      selectors:\n        - cgroup: {}/**\n", cg.rel))
+    );
+    let agent = Agent::start("route", &pol, &[]).unwrap();
+    let wire = Wire::open();
+    let listener = UdpSocket::bind("127.0.0.1:0").unwrap();
+    let target = format!("127.0.0.2,{}", listener.local_addr().unwrap());
+    let tmp = tempdir("route-out").unwrap();
+    let out = tmp.path().join("result");
+    let marker = b"zt-around";
+
+    assert_eq!(around(cg.command(helper_bin()), "plain-msg", &target, &out), "OK");
+    assert_eq!(wire.seen(marker), vec![20], "the allowed datagram goes out, no options");
+    assert_eq!(around(cg.command(helper_bin()), "lsrr-msg", &target, &out), "EPERM");
+    assert_eq!(wire.seen(marker), Vec::<usize>::new(), "the source-routed datagram must not go out");
+    assert_eq!(around(Command::new(helper_bin()), "lsrr-msg", &target, &out), "OK");
+    assert_eq!(wire.seen(marker), vec![28], "the control's source-routed datagram goes out, with its 8 option bytes");
+
+    let events = agent.wait_for("the route guard event", |e| e["kind"] == "guard" && e["guard"]["call"] == "route").unwrap();
+    let g = events.iter().find(|e| e["kind"] == "guard" && e["guard"]["call"] == "route").unwrap();
+    assert_eq!((g["guard"]["action"].as_str(), g["identity"]["name"].as_str()), (Some("denied"), Some("a")), "{g}");
+    agent.stop().unwrap();
+}
+
 /// A running process moved into an identity's cgroup by a write to
 /// `cgroup.procs` (no fork, no exec) is that identity at once: its next
 /// connect is decided by the identity's policy. The control stays put.

@@ -6,7 +6,8 @@
 //! - [`cgroup2_mount`]: the cgroup v2 hierarchy, mounted if absent.
 //! - [`ensure_tracefs`], [`ensure_securityfs`]: mount when missing.
 //! - [`check_privileges`]: a clear message naming what is missing.
-//! - [`boottime_ns`], [`wall_time`]: the kernel's event clock and wall time.
+//! - [`boottime_ns`], [`wall_time`]: the kernel's event clock and wall time;
+//!   [`monotonic_coarse_ns`]: its aggregation clock.
 use std::path::{Path, PathBuf};
 
 use anyhow::{Context as _, bail};
@@ -127,6 +128,13 @@ pub fn wall_time(boot_ns: u64) -> String {
 /// `CLOCK_BOOTTIME` now, in ns: the clock of event `time_ns` fields.
 pub fn boottime_ns() -> u64 {
     let ts = nix::time::clock_gettime(nix::time::ClockId::CLOCK_BOOTTIME).expect("CLOCK_BOOTTIME");
+    ts.tv_sec() as u64 * 1_000_000_000 + ts.tv_nsec() as u64
+}
+
+/// `CLOCK_MONOTONIC_COARSE` now, in ns: the clock of the kernel's
+/// aggregation times (`zt_common::policy::AggValue`).
+pub fn monotonic_coarse_ns() -> u64 {
+    let ts = nix::time::clock_gettime(nix::time::ClockId::CLOCK_MONOTONIC_COARSE).expect("CLOCK_MONOTONIC_COARSE");
     ts.tv_sec() as u64 * 1_000_000_000 + ts.tv_nsec() as u64
 }
 

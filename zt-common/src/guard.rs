@@ -95,8 +95,18 @@ pub mod op {
     /// A socket option that re-routes ([`super::reroutes`]), refused at the
     /// cgroup `setsockopt` hook.
     pub const SETSOCKOPT: u32 = 7;
-    pub const NAMES: [&str; 8] = ["", "socket", "socket", "ptrace", "process_vm", "pidfd_getfd", "bpf", "setsockopt"];
+    /// A packet of an agent identity's socket carrying IPv4 options or an
+    /// IPv6 routing header (given per message, as `sendmsg` ancillary
+    /// data), dropped at the cgroup skb egress hook.
+    pub const ROUTE: u32 = 8;
+    pub const NAMES: [&str; 9] = ["", "socket", "socket", "ptrace", "process_vm", "pidfd_getfd", "bpf", "setsockopt", "route"];
 }
+
+/// IPv6 extension headers that may precede a routing header (hop-by-hop
+/// options, destination options), and the routing header itself.
+pub const IPV6_HOPOPTS: u8 = 0;
+pub const IPV6_DSTOPTS: u8 = 60;
+pub const IPV6_ROUTING: u8 = 43;
 
 /// What happened ([`GuardEvent::action`]).
 pub mod action {
@@ -173,7 +183,7 @@ mod tests {
         assert_eq!(core::mem::offset_of!(GuardEvent, op), 48);
         assert_eq!(core::mem::offset_of!(GuardEvent, args), 56);
         assert_eq!(core::mem::offset_of!(GuardEvent, comm), 96);
-        assert_eq!(op::NAMES.len(), 8);
+        assert_eq!(op::NAMES.len(), 9);
         assert_eq!(action::NAMES.len(), 4);
     }
 }

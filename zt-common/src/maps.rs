@@ -42,6 +42,12 @@ pub const NET_RULES_CAPACITY: u32 = 65_536;
 pub const UNIX_RULES: &str = "UNIX_RULES";
 /// Both slots together.
 pub const UNIX_RULES_CAPACITY: u32 = 8_192;
+/// Socket cookie -> identity, for the inet sockets agent identities
+/// create (`sock_create`), so the packet guard at cgroup skb egress knows
+/// a packet's owner (removed at `sock_release`; LRU bounds what a socket
+/// closed by another process leaves).
+pub const AGENT_SOCKETS: &str = "AGENT_SOCKETS";
+pub const AGENT_SOCKETS_CAPACITY: u32 = 65_536;
 /// `(slot, identity)` -> [`crate::policy::IdentityPolicy`].
 pub const IDENTITY_POLICY: &str = "IDENTITY_POLICY";
 pub const IDENTITY_POLICY_CAPACITY: u32 = 2 * 1024;
@@ -81,6 +87,7 @@ pub const ALL: &[&str] = &[
     CONFIG,
     NET_RULES,
     UNIX_RULES,
+    AGENT_SOCKETS,
     IDENTITY_POLICY,
     POLICY_ACTIVE,
     PID_IDENTITY,

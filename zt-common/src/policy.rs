@@ -133,6 +133,9 @@ pub struct AggKey {
 }
 const _: () = assert!(size_of::<AggKey>() == 32);
 
+/// Times in [`AggValue`] are `CLOCK_MONOTONIC_COARSE` ns (the kernel's
+/// `bpf_ktime_get_coarse_ns`: a tick of the scheduler clock, cheap to read),
+/// not the events' `CLOCK_BOOTTIME`.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct AggValue {

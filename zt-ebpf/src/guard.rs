@@ -7,6 +7,13 @@
 //! - `setsockopt` (cgroup, at the v2 root): the options that send a packet
 //!   via a first hop other than the destination the egress hooks decided
 //!   on (IPv4 source-route options, IPv6 routing headers) fail with EPERM.
+//! - `guard_route` (cgroup skb egress, at the v2 root): the same options
+//!   given per message (`sendmsg` ancillary data: `IP_RETOPTS`,
+//!   `IPV6_RTHDR`), seen in the packet itself: a packet of an agent
+//!   identity's socket with IPv4 options or an IPv6 routing header is
+//!   dropped (the send fails with EPERM). Its owner is known from
+//!   `AGENT_SOCKETS`, which `sock_create` fills and `sock_release` empties;
+//!   every other packet costs one header byte read (IPv6: two).
 //! - Syscall tracepoints, which cannot refuse a call, so the caller is
 //!   killed (`bpf_send_signal(SIGKILL)`, delivered before the call returns
 //!   to user space; the call itself has run):
@@ -21,20 +28,23 @@
 //! identity in audit mode only gets the event. Before the first policy is
 //! applied nothing is refused (as for egress).
 use aya_ebpf::{
-    helpers::{bpf_get_current_comm, bpf_get_current_pid_tgid, generated::bpf_send_signal},
-    macros::{cgroup_sock, cgroup_sockopt, tracepoint},
-    programs::{SockContext, SockoptContext, TracePointContext},
+    helpers::{
+        bpf_get_current_comm, bpf_get_current_pid_tgid,
+        generated::{bpf_get_socket_cookie, bpf_send_signal},
+    },
+    macros::{cgroup_skb, cgroup_sock, cgroup_sockopt, tracepoint},
+    programs::{SkBuffContext, SockContext, SockoptContext, TracePointContext},
 };
 use zt_common::{
     NO_IDENTITY,
-    guard::{AF_INET, AF_INET6, GuardEvent, action, classify_socket, op, reroutes},
+    guard::{AF_INET, AF_INET6, GuardEvent, IPV6_DSTOPTS, IPV6_HOPOPTS, IPV6_ROUTING, action, classify_socket, op, reroutes},
     kind, loss,
     policy::AUDIT,
 };
 
 use crate::{
     events::{reserve, submit},
-    maps::{PROC_TABLE, identity_of, identity_policy},
+    maps::{AGENT_SOCKETS, PROC_TABLE, identity_of, identity_policy},
 };
 
 const SIGKILL: u32 = 9;
@@ -79,12 +89,65 @@ pub fn sock_create(ctx: SockContext) -> i32 {
         return 1;
     }
     let kind_bit = classify_socket(family, sock_type, protocol);
+    // The packet guard needs to know this socket's owner (whatever the
+    // policy in force says now: a later one may refuse its packets).
+    // SAFETY: the helper reads the socket the kernel passed as context.
+    let cookie = unsafe { bpf_get_socket_cookie(ctx.sock.cast()) };
+    let _ = AGENT_SOCKETS.insert(cookie, identity, 0);
     let Some((audit, allowed)) = policy_of(identity) else { return 1 };
     if allowed & kind_bit != 0 {
         return 1;
     }
     let act = if audit { action::AUDITED } else { action::DENIED };
     emit(identity, op::SOCKET, act, 0, [family as u64, sock_type as u64, protocol as u64], 0, NO_IDENTITY, kind_bit);
+    if audit { 1 } else { 0 }
+}
+
+/// Forgets an agent identity's socket (see `guard_route`).
+#[cgroup_sock(sock_release)]
+pub fn sock_release(ctx: SockContext) -> i32 {
+    if caller().is_some() {
+        // SAFETY: as in `sock_create`.
+        let cookie = unsafe { bpf_get_socket_cookie(ctx.sock.cast()) };
+        let _ = AGENT_SOCKETS.remove(cookie);
+    }
+    1
+}
+
+/// A packet whose IPv4 options or IPv6 routing header can send it via a
+/// first hop other than the destination `connect4/6`/`sendmsg4/6` decided.
+#[cgroup_skb(egress)]
+pub fn guard_route(ctx: SkBuffContext) -> i32 {
+    // cgroup skb programs see the packet from its network header.
+    let Ok(first) = ctx.load::<u8>(0) else { return 1 };
+    let (rerouted, detail) = match first >> 4 {
+        4 => (first & 0x0f > 5, first as u64),
+        6 => {
+            // Up to two option headers may come before a routing header.
+            let mut next = ctx.load::<u8>(6).unwrap_or(IPV6_ROUTING);
+            let mut off = 40usize;
+            let mut hops = 0;
+            while (next == IPV6_HOPOPTS || next == IPV6_DSTOPTS) && hops < 2 {
+                // A header that cannot be read counts as a routing header.
+                next = ctx.load::<u8>(off).unwrap_or(IPV6_ROUTING);
+                off += (ctx.load::<u8>(off + 1).unwrap_or(0) as usize + 1) * 8;
+                hops += 1;
+            }
+            (next == IPV6_ROUTING, next as u64)
+        }
+        _ => (false, 0),
+    };
+    if !rerouted {
+        return 1;
+    }
+    // SAFETY: the helper reads the socket of the packet the kernel passed.
+    let cookie = unsafe { bpf_get_socket_cookie(ctx.skb.skb.cast()) };
+    // SAFETY: an LRU hash value may be reused while we read (why `get` is
+    // unsafe); it is a u32, copied out here.
+    let Some(identity) = (unsafe { AGENT_SOCKETS.get(cookie) }).copied() else { return 1 };
+    let Some((audit, _)) = policy_of(identity) else { return 1 };
+    let act = if audit { action::AUDITED } else { action::DENIED };
+    emit(identity, op::ROUTE, act, 0, [(first >> 4) as u64, detail, 0], 0, NO_IDENTITY, 0);
     if audit { 1 } else { 0 }
 }
 

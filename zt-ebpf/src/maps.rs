@@ -52,6 +52,9 @@ pub static NET_RULES: LpmTrie<NetKeyData, NetRuleList> = LpmTrie::with_max_entri
 pub static UNIX_RULES: LpmTrie<UnixKeyData, NetRuleList> = LpmTrie::with_max_entries(maps::UNIX_RULES_CAPACITY, 0);
 
 #[map]
+pub static AGENT_SOCKETS: LruHashMap<u64, u32> = LruHashMap::with_max_entries(maps::AGENT_SOCKETS_CAPACITY, 0);
+
+#[map]
 pub static IDENTITY_POLICY: HashMap<IdentityKey, IdentityPolicy> = HashMap::with_max_entries(maps::IDENTITY_POLICY_CAPACITY, 0);
 
 /// Which slot is in force; flipped by user space after filling the other.

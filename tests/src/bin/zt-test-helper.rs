@@ -36,7 +36,10 @@
 //!   tos - (IP_TOS on a UDP socket: an option that does not re-route),
 //!   unix-stream PATH, unix-dgram PATH, unix-abstract NAME (send "zt-unix"
 //!   over a connected stream, as a datagram, to an abstract name),
-//!   unix-relative PATH (change into PATH's directory, connect to its name)
+//!   unix-relative PATH (change into PATH's directory, connect to its name),
+//!   lsrr-msg HOP,ADDR (a UDP datagram "zt-around" to ADDR with a loose
+//!   source route via HOP given per message: IP_RETOPTS ancillary data),
+//!   plain-msg HOP,ADDR (the same datagram without it)
 use std::{io::BufRead, net::TcpStream, time::Duration};
 
 fn connect(addr: &str) {
@@ -316,6 +319,10 @@ mod around {
                 if r == 0 { "OK".into() } else { last() }
             }
             "unix-stream" | "unix-dgram" | "unix-abstract" | "unix-relative" => unix(mode, target),
+            "lsrr-msg" | "plain-msg" => {
+                let (hop, dst) = target.split_once(',').expect("HOP,ADDR");
+                udp_with_route(mode == "lsrr-msg", hop.parse().expect("HOP"), dst.parse().expect("ADDR"))
+            }
             "bpf" => {
                 // union bpf_attr for BPF_MAP_GET_NEXT_ID: start_id, next_id.
                 let mut attr = [0u32; 2];
@@ -325,6 +332,50 @@ mod around {
             }
             other => panic!("unknown mode {other}"),
         }
+    }
+
+    /// Sends "zt-around" over an unconnected UDP socket to `dst`, with a loose
+    /// source route via `hop` given per message (`IP_RETOPTS` ancillary
+    /// data) when `route`: the packet goes to `hop` first.
+    fn udp_with_route(route: bool, hop: std::net::Ipv4Addr, dst: SocketAddrV4) -> String {
+        // SAFETY: plain socket(2).
+        let fd = unsafe { libc::socket(libc::AF_INET, libc::SOCK_DGRAM, 0) };
+        let sa = libc::sockaddr_in {
+            sin_family: libc::AF_INET as u16,
+            sin_port: dst.port().to_be(),
+            sin_addr: libc::in_addr { s_addr: u32::from_ne_bytes(dst.ip().octets()) },
+            sin_zero: [0; 8],
+        };
+        let mut payload = *b"zt-around";
+        let mut iov = libc::iovec { iov_base: payload.as_mut_ptr().cast(), iov_len: payload.len() };
+        // NOP, then LSRR: type 0x83, length 7, pointer 4, the hop.
+        let mut opt = [1u8, 0x83, 7, 4, 0, 0, 0, 0];
+        opt[4..].copy_from_slice(&hop.octets());
+        // SAFETY: CMSG_SPACE is a pure size computation.
+        let space = unsafe { libc::CMSG_SPACE(opt.len() as u32) } as usize;
+        let mut control = vec![0u8; space];
+        // SAFETY: msghdr is plain data; every pointer set below outlives the call.
+        let mut msg: libc::msghdr = unsafe { std::mem::zeroed() };
+        msg.msg_name = (&sa as *const libc::sockaddr_in).cast_mut().cast();
+        msg.msg_namelen = size_of::<libc::sockaddr_in>() as u32;
+        msg.msg_iov = &mut iov;
+        msg.msg_iovlen = 1;
+        if route {
+            msg.msg_control = control.as_mut_ptr().cast();
+            msg.msg_controllen = space;
+            // SAFETY: the control buffer holds CMSG_SPACE(len) bytes, room
+            // for one header and its data.
+            unsafe {
+                let c = libc::CMSG_FIRSTHDR(&msg);
+                (*c).cmsg_level = libc::SOL_IP;
+                (*c).cmsg_type = libc::IP_RETOPTS;
+                (*c).cmsg_len = libc::CMSG_LEN(opt.len() as u32) as usize;
+                std::ptr::copy_nonoverlapping(opt.as_ptr(), libc::CMSG_DATA(c), opt.len());
+            }
+        }
+        // SAFETY: `msg` describes valid buffers (see above).
+        let n = unsafe { libc::sendmsg(fd, &msg, 0) };
+        if n == payload.len() as isize { "OK".into() } else { last() }
     }
 
     /// Sends `zt-unix` to a Unix socket: connected stream to a path, a

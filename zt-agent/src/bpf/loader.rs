@@ -284,6 +284,15 @@ impl Bpf {
             r,
             Need::Optional { fallback: "route-changing socket options not refused" },
         )?;
+        for (prog, at) in [(P::SOCK_RELEASE, "cgroup/sock_release"), (P::GUARD_ROUTE, "cgroup_skb/egress")] {
+            let r = self.attach_cgroup(prog, cgroup2);
+            self.record(
+                prog,
+                format!("{at} at {}", cgroup2.display()),
+                r,
+                Need::Optional { fallback: "route-changing options given per message (sendmsg ancillary data) not dropped" },
+            )?;
+        }
         for (prog, tracepoints) in P::GUARD_TRACEPOINTS {
             for name in *tracepoints {
                 let at = format!("tracepoint/syscalls/{name}");
@@ -331,7 +340,7 @@ impl Bpf {
         Ok(())
     }
 
-    /// Loads a cgroup program (sock_addr, sock or sockopt) and attaches it
+    /// Loads a cgroup program (sock_addr, sock, sockopt or skb egress) and attaches it
     /// at the cgroup v2 root.
     fn attach_cgroup(&mut self, prog: &str, cgroup2: &Path) -> anyhow::Result<()> {
         let root = File::open(cgroup2).with_context(|| format!("opening {}", cgroup2.display()))?;
@@ -344,6 +353,9 @@ impl Bpf {
             Program::CgroupSockAddr(p) => p.load().context("load").and_then(|()| Ok(p.attach(&root, mode).map(drop)?)),
             Program::CgroupSock(p) => p.load().context("load").and_then(|()| Ok(p.attach(&root, mode).map(drop)?)),
             Program::CgroupSockopt(p) => p.load().context("load").and_then(|()| Ok(p.attach(&root, mode).map(drop)?)),
+            Program::CgroupSkb(p) => {
+                p.load().context("load").and_then(|()| Ok(p.attach(&root, aya::programs::CgroupSkbAttachType::Egress, mode).map(drop)?))
+            }
             _ => bail!("{prog} is not a cgroup program"),
         }
     }

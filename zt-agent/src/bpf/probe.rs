@@ -242,7 +242,7 @@ pub fn enforcement_paths(caps: &Capabilities) -> Vec<(&'static str, String)> {
         "socket kinds",
         match (caps.has(names::SOCK_ADDR), kill) {
             (true, true) => "inet: cgroup sock_create at the cgroup v2 root (EPERM); other families: tracepoints on socket/socketpair, \
-                             SIGKILL; route-changing options: cgroup setsockopt (EPERM)"
+                             SIGKILL; route-changing options: cgroup setsockopt (EPERM), and given per message: cgroup skb egress (dropped)"
                 .into(),
             (true, false) => "inet: cgroup sock_create (EPERM); route-changing options: cgroup setsockopt (EPERM); other families \
                               UNGUARDED (bpf_send_signal unavailable)"

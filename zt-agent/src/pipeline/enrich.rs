@@ -363,7 +363,8 @@ impl Enricher {
     /// Reports attempts the kernel counted but no event carried: keys whose
     /// total moved past what was reported and whose window has closed.
     /// Prunes keys idle for `idle_ns` with everything reported (the kernel
-    /// table never evicts on its own). `now_ns` is CLOCK_BOOTTIME; `force`
+    /// table never evicts on its own). `now_ns` is the kernel's aggregation
+    /// clock (`host::monotonic_coarse_ns`); `force`
     /// ignores the window (at shutdown, so nothing counted goes unreported).
     pub fn flush_aggregates(
         &mut self,
@@ -401,12 +402,10 @@ impl Enricher {
                     policy_generation: k.generation,
                     repeats,
                 };
-                events.push(
-                    self.event(
-                        wall_time(now_ns),
-                        Body::ConnectSummary { identity: self.identity_ref(k.identity), connect_summary: summary },
-                    ),
-                );
+                events.push(self.event(
+                    wall_time(crate::host::boottime_ns()),
+                    Body::ConnectSummary { identity: self.identity_ref(k.identity), connect_summary: summary },
+                ));
             } else if idle {
                 for cpu in 0..per_cpu.len() as u32 {
                     self.reported.remove(&(*k, cpu));

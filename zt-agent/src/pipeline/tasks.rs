@@ -165,7 +165,7 @@ pub async fn enrich<A: AggregateTable>(mut e: Enrich<A>, mut rx: mpsc::Receiver<
 /// first: an attempt since the snapshot keeps the key). `force`: at shutdown.
 fn flush_aggregates<A: AggregateTable>(e: &mut Enrich<A>, force: bool) {
     let entries = e.aggregates.entries();
-    let (events, prune) = e.enricher.flush_aggregates(&entries, boottime_ns(), AGG_IDLE_NS, force);
+    let (events, prune) = e.enricher.flush_aggregates(&entries, crate::host::monotonic_coarse_ns(), AGG_IDLE_NS, force);
     let totals = |v: &[AggValue]| v.iter().map(|x| x.total).collect::<Vec<_>>();
     for k in prune {
         let seen = entries.iter().find(|(e, _)| *e == k).map(|(_, v)| totals(v));
