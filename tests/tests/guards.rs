@@ -101,6 +101,11 @@ fn no_way_around_the_egress_hooks() {
     assert_eq!(arrived(&listener), None, "the agent's frame must not arrive");
     assert_eq!(around(outside(), "packet-udp", &to, &out), "OK");
     assert_eq!(arrived(&listener).as_deref(), Some(&b"zt-around"[..]), "the control's frame arrives");
+    // The same socket made by io_uring (no socket syscall): killed at submission.
+    assert_eq!(around(inside(), "uring-packet", &to, &out), "KILLED");
+    assert_eq!(arrived(&listener), None, "the agent's io_uring frame must not arrive");
+    assert_eq!(around(outside(), "uring-packet", &to, &out), "OK");
+    assert_eq!(arrived(&listener).as_deref(), Some(&b"zt-around"[..]), "the control's io_uring frame arrives");
 
     // Ping socket: refused for the identity whose policy does not name icmp;
     // allowed (the echo reply comes back) for the one that does, and for the control.
@@ -134,7 +139,7 @@ fn no_way_around_the_egress_hooks() {
     let deadline = std::time::Instant::now() + Duration::from_secs(20);
     let guards: Vec<Value> = loop {
         let g: Vec<Value> = agent.events().into_iter().filter(|e| e["kind"] == "guard").collect();
-        if g.len() >= 7 {
+        if g.len() >= 8 {
             break g;
         }
         assert!(std::time::Instant::now() < deadline, "guard events so far: {g:?}");
@@ -157,6 +162,7 @@ fn no_way_around_the_egress_hooks() {
     ] {
         assert!(seen.iter().any(|s| (s.0.as_str(), s.1.as_str(), s.2.as_str()) == want), "no {want:?} event in {seen:?}");
     }
+    assert!(seen.iter().any(|s| (s.0.as_str(), s.1.as_str(), s.2.as_str()) == ("io_uring_socket", "killed", "packet")), "{seen:?}");
     assert!(guards.iter().all(|e| e["identity"]["name"] == "agent"), "only the agent identity's calls: {guards:?}");
     let ptrace = guards.iter().find(|e| e["guard"]["call"] == "ptrace").unwrap();
     assert_eq!(ptrace["guard"]["target"]["pid"].to_string(), vpid);
@@ -175,7 +181,7 @@ fn no_way_around_the_egress_hooks() {
     agent.stop().unwrap();
     let o = Command::new(agent_bin()).args(["audit", "show", "--json", "--dir", audit_dir.to_str().unwrap()]).output().unwrap();
     let audited = String::from_utf8_lossy(&o.stdout).lines().filter(|l| l.contains("\"kind\":\"guard\"")).count();
-    assert!(audited >= 7, "every guard event is a signed audit record ({audited})");
+    assert!(audited >= 8, "every guard event is a signed audit record ({audited})");
 }
 
 /// Captures IPv4 packets on `lo` (an `AF_PACKET` socket, from the IP

@@ -44,4 +44,13 @@ pub const TASK_CHILDREN: &str = "TASK_CHILDREN_OFF";
 /// the Unix-socket programs are not loaded.
 pub const SOCK_ADDR_UADDR: &str = "SOCK_ADDR_UADDR_OFF";
 pub const SOCK_ADDR_UADDRLEN: &str = "SOCK_ADDR_UADDRLEN_OFF";
+/// Offsets of `req` and `opcode` in `io_uring_submit_req`, and of `domain`,
+/// `type` and `protocol` in the request's `struct io_socket` (BTF; the
+/// request's command data starts the `io_kiocb`), or [`ABSENT`]: then
+/// sockets made through io_uring are not guarded.
+pub const URING_REQ: &str = "URING_REQ_OFF";
+pub const URING_OPCODE: &str = "URING_OPCODE_OFF";
+pub const IO_SOCKET_DOMAIN: &str = "IO_SOCKET_DOMAIN_OFF";
+pub const IO_SOCKET_TYPE: &str = "IO_SOCKET_TYPE_OFF";
+pub const IO_SOCKET_PROTOCOL: &str = "IO_SOCKET_PROTOCOL_OFF";
 pub const ABSENT: u32 = u32::MAX;

@@ -99,8 +99,16 @@ pub mod op {
     /// IPv6 routing header (given per message, as `sendmsg` ancillary
     /// data), dropped at the cgroup skb egress hook.
     pub const ROUTE: u32 = 8;
-    pub const NAMES: [&str; 9] = ["", "socket", "socket", "ptrace", "process_vm", "pidfd_getfd", "bpf", "setsockopt", "route"];
+    /// An io_uring `IORING_OP_SOCKET` of a family no hook refuses, seen at
+    /// the `io_uring_submit_req` tracepoint (the `socket` syscall is never
+    /// made).
+    pub const SOCKET_URING: u32 = 9;
+    pub const NAMES: [&str; 10] =
+        ["", "socket", "socket", "ptrace", "process_vm", "pidfd_getfd", "bpf", "setsockopt", "route", "io_uring_socket"];
 }
+
+/// `IORING_OP_SOCKET` (`include/uapi/linux/io_uring.h`).
+pub const IORING_OP_SOCKET: u8 = 45;
 
 /// IPv6 extension headers that may precede a routing header (hop-by-hop
 /// options, destination options), and the routing header itself.
@@ -183,7 +191,7 @@ mod tests {
         assert_eq!(core::mem::offset_of!(GuardEvent, op), 48);
         assert_eq!(core::mem::offset_of!(GuardEvent, args), 56);
         assert_eq!(core::mem::offset_of!(GuardEvent, comm), 96);
-        assert_eq!(op::NAMES.len(), 9);
+        assert_eq!(op::NAMES.len(), 10);
         assert_eq!(action::NAMES.len(), 4);
     }
 }

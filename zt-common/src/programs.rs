@@ -22,6 +22,9 @@ pub const GUARD_PTRACE: &str = "guard_ptrace";
 pub const GUARD_PROCESS_VM: &str = "guard_process_vm";
 pub const GUARD_PIDFD_GETFD: &str = "guard_pidfd_getfd";
 pub const GUARD_BPF: &str = "guard_bpf";
+/// At `io_uring/io_uring_submit_req` (not a syscall tracepoint: attached
+/// whatever `--syscall-guards` says).
+pub const GUARD_URING: &str = "guard_uring";
 /// Each guard tracepoint program and the `syscalls` tracepoints it
 /// attaches to.
 pub const GUARD_TRACEPOINTS: &[(&str, &[&str])] = &[
@@ -63,6 +66,7 @@ pub const ALL: &[&str] = &[
     GUARD_PROCESS_VM,
     GUARD_PIDFD_GETFD,
     GUARD_BPF,
+    GUARD_URING,
     PROBE_TRACEPOINT,
     PROBE_RAW_TRACEPOINT,
     PROBE_SEND_SIGNAL,

@@ -165,6 +165,16 @@ pub static INODE_CTIME_SEC_OFF: u32 = u32::MAX;
 #[unsafe(no_mangle)]
 pub static INODE_CTIME_NSEC_OFF: u32 = u32::MAX;
 #[unsafe(no_mangle)]
+pub static URING_REQ_OFF: u32 = u32::MAX;
+#[unsafe(no_mangle)]
+pub static URING_OPCODE_OFF: u32 = u32::MAX;
+#[unsafe(no_mangle)]
+pub static IO_SOCKET_DOMAIN_OFF: u32 = u32::MAX;
+#[unsafe(no_mangle)]
+pub static IO_SOCKET_TYPE_OFF: u32 = u32::MAX;
+#[unsafe(no_mangle)]
+pub static IO_SOCKET_PROTOCOL_OFF: u32 = u32::MAX;
+#[unsafe(no_mangle)]
 pub static SOCK_ADDR_UADDR_OFF: u32 = u32::MAX;
 #[unsafe(no_mangle)]
 pub static SOCK_ADDR_UADDRLEN_OFF: u32 = u32::MAX;

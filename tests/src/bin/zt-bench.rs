@@ -526,13 +526,19 @@ fn net_bench(rounds: usize) -> anyhow::Result<()> {
     let mut prog_cost = Vec::new();
     for (vi, (label, _)) in variants.iter().enumerate().skip(1) {
         let agent = Agent::start("bench-net", policies[vi].as_ref().expect("agent variant"), &[])?;
+        // The median of `rounds` measurements each (the VM's run-to-run
+        // jitter is tens of ns).
         let mut per_call = [0.0; 2];
         for (k, agent_proc) in [false, true].into_iter().enumerate() {
-            let before = zt_agent::bpf::program_run_stats("connect4")?;
-            measure(agent_proc)?;
-            let after = zt_agent::bpf::program_run_stats("connect4")?;
-            let calls = (after.1 - before.1).max(1);
-            per_call[k] = (after.0 - before.0).as_nanos() as f64 / calls as f64;
+            let mut runs = Vec::new();
+            for _ in 0..rounds.max(3) {
+                let before = zt_agent::bpf::program_run_stats("connect4")?;
+                measure(agent_proc)?;
+                let after = zt_agent::bpf::program_run_stats("connect4")?;
+                let calls = (after.1 - before.1).max(1);
+                runs.push((after.0 - before.0).as_nanos() as f64 / calls as f64);
+            }
+            per_call[k] = median(&mut runs);
         }
         agent.stop()?;
         prog_cost.push((*label, per_call));
@@ -548,7 +554,11 @@ fn net_bench(rounds: usize) -> anyhow::Result<()> {
     }
     let base = median(&mut samples[0][0]);
     println!();
-    println!("connect4 program run time per call (kernel bpf_stats), and as a share of the no-agent connect p50 ({:.2} us):", base / 1e3);
+    println!(
+        "connect4 program run time per call (kernel bpf_stats, median of {} runs), and as a share of the no-agent connect p50 ({:.2} us):",
+        rounds.max(3),
+        base / 1e3
+    );
     for (label, [non_agent, agent_proc]) in prog_cost {
         println!(
             "  {label:<22} non-agent process {:>6.0} ns (+{:.2}%)   agent process {:>6.0} ns (+{:.2}%)",
@@ -703,22 +713,47 @@ fn audit_bench(rounds: usize) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// Child mode: N calls of WHAT (`getppid`, `socket-inet`, `socket-unix`:
-/// socket()+close()); prints ns per call (the best of 5 batches).
+/// Child mode: N calls of WHAT (`getppid`; `socket-inet`, `socket-unix`:
+/// socket()+close(); `setsockopt`: IP_TOS on one UDP socket; `udp-send`: a
+/// datagram to 127.0.0.1:9 from one unconnected UDP socket; `unix-connect`:
+/// socket()+connect()+close() to the listener at `$ZT_BENCH_UNIX`); prints
+/// ns per call (the best of 5 batches).
 fn syscall_loop(what: &str, n: usize) -> anyhow::Result<()> {
-    let call: fn() = match what {
-        "getppid" => || {
+    // SAFETY: plain socket(2); a descriptor the loops below use and leak.
+    let udp = || unsafe { libc::socket(libc::AF_INET, libc::SOCK_DGRAM, 0) };
+    let mut call: Box<dyn FnMut()> = match what {
+        "getppid" => Box::new(|| {
             // SAFETY: no arguments, no memory.
             unsafe { libc::getppid() };
-        },
-        "socket-inet" => || {
+        }),
+        "socket-inet" => Box::new(|| {
             // SAFETY: plain socket(2) and close(2) of the descriptor it returned.
             unsafe { libc::close(libc::socket(libc::AF_INET, libc::SOCK_DGRAM, 0)) };
-        },
-        "socket-unix" => || {
+        }),
+        "socket-unix" => Box::new(|| {
             // SAFETY: as above.
             unsafe { libc::close(libc::socket(libc::AF_UNIX, libc::SOCK_STREAM, 0)) };
-        },
+        }),
+        "setsockopt" => {
+            let fd = udp();
+            Box::new(move || {
+                let tos = 0x10i32;
+                // SAFETY: the value is a valid i32 for the length given.
+                unsafe { libc::setsockopt(fd, libc::IPPROTO_IP, libc::IP_TOS, (&tos as *const i32).cast(), 4) };
+            })
+        }
+        "udp-send" => {
+            let s = std::net::UdpSocket::bind("127.0.0.1:0")?;
+            Box::new(move || {
+                let _ = s.send_to(b"x", "127.0.0.1:9");
+            })
+        }
+        "unix-connect" => {
+            let path = std::env::var("ZT_BENCH_UNIX")?;
+            Box::new(move || {
+                let _ = std::os::unix::net::UnixStream::connect(&path);
+            })
+        }
         other => anyhow::bail!("unknown syscall loop {other}"),
     };
     let best = (0..5)
@@ -740,9 +775,28 @@ fn hardening_bench(rounds: usize) -> anyhow::Result<()> {
     let cg = TestCgroup::new(&format!("/zt-bench-{}/agent", std::process::id()))?;
     let pol = policy("zt.bench", &format!("    - name: bench-agent\n      selectors:\n        - cgroup: {}/**\n", cg.rel));
     println!("zt-agent {} — hardening benchmark: per-call cost for a process without an identity, {rounds} rounds", agent_bin().display());
-    let loops: [(&str, usize); 4] = [("getppid", 200_000), ("socket-inet", 50_000), ("socket-unix", 50_000), ("fork+exec", 300)];
+    let loops: [(&str, usize); 7] = [
+        ("getppid", 200_000),
+        ("socket-inet", 50_000),
+        ("socket-unix", 50_000),
+        ("setsockopt", 200_000),
+        ("udp-send", 50_000),
+        ("unix-connect", 20_000),
+        ("fork+exec", 300),
+    ];
+    // The Unix listener `unix-connect` connects to (accepting, so the
+    // backlog never fills).
+    let sock_dir = tempfile::tempdir()?;
+    let sock_path = sock_dir.path().join("bench.sock");
+    let unix = std::os::unix::net::UnixListener::bind(&sock_path)?;
+    std::thread::spawn(move || {
+        for c in unix.incoming() {
+            drop(c);
+        }
+    });
     let measure = |what: &str, n: usize| -> anyhow::Result<f64> {
         let mut cmd = Command::new(&me);
+        cmd.env("ZT_BENCH_UNIX", &sock_path);
         if what == "fork+exec" {
             cmd.args(["spawn-loop", &n.to_string()]);
         } else {
@@ -794,7 +848,15 @@ fn hardening_bench(rounds: usize) -> anyhow::Result<()> {
     let agent = Agent::start("bench-hardening", &pol, &[])?;
     println!();
     println!("guard program run time per call (bpf_stats), process without an identity:");
-    for (prog, what) in [("sock_create", "socket-inet"), ("guard_socket", "socket-unix")] {
+    for (prog, what) in [
+        ("sock_create", "socket-inet"),
+        ("sock_release", "socket-inet"),
+        ("guard_socket", "socket-unix"),
+        ("guard_setsockop", "setsockopt"),
+        ("guard_route", "udp-send"),
+        ("sendmsg4", "udp-send"),
+        ("connect_unix", "unix-connect"),
+    ] {
         let before = zt_agent::bpf::program_run_stats(prog)?;
         measure(what, 50_000)?;
         let after = zt_agent::bpf::program_run_stats(prog)?;

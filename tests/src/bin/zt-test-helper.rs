@@ -29,7 +29,8 @@
 //!   ("OK", "EPERM", "ERR <errno>") in OUT, nothing if the process was killed.
 //!   MODE: raw-udp ADDR (a UDP datagram "zt-around" through a raw socket),
 //!   packet-udp ADDR (the same as an IPv4 frame through an AF_PACKET socket
-//!   on lo), ping ADDR (an ICMP echo through a ping socket; OK when the reply
+//!   on lo), uring-packet ADDR (the same, the socket made by io_uring
+//!   IORING_OP_SOCKET), ping ADDR (an ICMP echo through a ping socket; OK when the reply
 //!   came), socketpair (AF_UNIX), ptrace PID (attach, then detach),
 //!   process-vm-read PID (8 bytes of its first mapping), bpf (BPF_MAP_GET_NEXT_ID),
 //!   lsrr HOP (IP_OPTIONS with a loose source route via HOP on a UDP socket),
@@ -269,7 +270,8 @@ mod around {
     pub fn attempt(mode: &str, target: &str) -> String {
         match mode {
             "raw-udp" => raw_udp(target.parse().expect("IPv4 ADDR")),
-            "packet-udp" => packet_udp(target.parse().expect("IPv4 ADDR")),
+            "packet-udp" => packet_udp(target.parse().expect("IPv4 ADDR"), false),
+            "uring-packet" => packet_udp(target.parse().expect("IPv4 ADDR"), true),
             "ping" => ping(target.parse().expect("IPv4 ADDR:0")),
             "socketpair" => {
                 let mut fds = [0; 2];
@@ -444,9 +446,25 @@ mod around {
         if n < 0 { last() } else { "OK".into() }
     }
 
-    fn packet_udp(to: SocketAddrV4) -> String {
-        // SAFETY: plain socket(2); ETH_P_IP in network order.
-        let fd = unsafe { libc::socket(libc::AF_PACKET, libc::SOCK_DGRAM, (libc::ETH_P_IP as u16).to_be() as i32) };
+    /// The datagram as an IPv4 frame through an `AF_PACKET` socket made
+    /// with socket(2), or through io_uring (`IORING_OP_SOCKET`: no syscall).
+    fn packet_udp(to: SocketAddrV4, uring: bool) -> String {
+        let proto = (libc::ETH_P_IP as u16).to_be() as i32;
+        let fd = if uring {
+            let mut ring = io_uring::IoUring::new(2).expect("io_uring_setup");
+            let sqe = io_uring::opcode::Socket::new(libc::AF_PACKET, libc::SOCK_DGRAM, proto).build();
+            // SAFETY: the entry refers to no user memory.
+            unsafe { ring.submission().push(&sqe).expect("a free entry") };
+            ring.submit_and_wait(1).expect("io_uring_enter");
+            let cqe = ring.completion().next().expect("a completion");
+            if cqe.result() < 0 {
+                return format!("ERR {}", -cqe.result());
+            }
+            cqe.result()
+        } else {
+            // SAFETY: plain socket(2); ETH_P_IP in network order.
+            unsafe { libc::socket(libc::AF_PACKET, libc::SOCK_DGRAM, proto) }
+        };
         if fd < 0 {
             return last();
         }

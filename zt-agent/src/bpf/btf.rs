@@ -213,6 +213,18 @@ pub fn ctime_offsets(btf: &Btf<'_>) -> Result<[(&'static str, u32); 2], BtfError
     ])
 }
 
+/// Offsets of `domain`, `type` and `protocol` of an io_uring socket
+/// request, from the start of its `io_kiocb` (whose command data it is).
+pub fn io_socket_offsets(btf: &Btf<'_>) -> Result<[(&'static str, u32); 3], BtfError> {
+    use zt_common::globals as g;
+    let cmd = btf.member_offset("io_kiocb", "cmd")?;
+    Ok([
+        (g::IO_SOCKET_DOMAIN, cmd + btf.member_offset("io_socket", "domain")?),
+        (g::IO_SOCKET_TYPE, cmd + btf.member_offset("io_socket", "type")?),
+        (g::IO_SOCKET_PROTOCOL, cmd + btf.member_offset("io_socket", "protocol")?),
+    ])
+}
+
 /// Offsets of `uaddr` and `uaddrlen` in `struct bpf_sock_addr_kern`, the
 /// struct a sock_addr program's context points to (read by the
 /// Unix-socket programs, see `zt-ebpf/src/unix.rs`).

@@ -87,6 +87,8 @@ pub struct Bpf {
     ebpf: Ebpf,
     /// Loaded beside aya (see [`super::unix`]), or why not.
     unix: Result<UnixPrograms, String>,
+    /// The io_uring guard's offsets are known (tracefs and BTF).
+    uring_offsets: bool,
     pub hooks: Vec<HookStatus>,
     /// Forwards the programs' aya-log records to `tracing`; aborted on drop.
     logger: Option<tokio::task::JoinHandle<()>>,
@@ -159,6 +161,10 @@ impl Bpf {
             Ok(o) => offsets.extend(o),
             Err(e) => tracing::warn!("exeDigest selectors are decided in user space after exec (a window): no BTF offsets ({e})"),
         }
+        match btf.as_ref().map_err(String::clone).and_then(|b| btf::io_socket_offsets(b).map_err(|e| e.to_string())) {
+            Ok(o) => offsets.extend(o),
+            Err(e) => tracing::warn!("sockets made through io_uring are not guarded: no BTF offsets ({e})"),
+        }
         // The Unix-socket programs read the address behind their context.
         let unix_offsets = btf.as_ref().map_err(String::clone).and_then(|b| btf::sock_addr_offsets(b).map_err(|e| e.to_string()));
         if let Ok(o) = &unix_offsets {
@@ -196,7 +202,11 @@ impl Bpf {
         };
         maps.config.set(opts.config)?;
 
-        let mut bpf = Bpf { ebpf, unix, hooks: Vec::new(), logger: None };
+        let uring_offsets = {
+            use zt_common::globals::{ABSENT, IO_SOCKET_DOMAIN, URING_REQ};
+            offsets.iter().any(|(g, v)| *g == URING_REQ && *v != ABSENT) && offsets.iter().any(|(g, _)| *g == IO_SOCKET_DOMAIN)
+        };
+        let mut bpf = Bpf { ebpf, unix, uring_offsets, hooks: Vec::new(), logger: None };
         // Exit before fork before exec: a process is never forked into the
         // table after its exit was missed.
         for (prog, category, name, need) in [
@@ -292,6 +302,16 @@ impl Bpf {
                 r,
                 Need::Optional { fallback: "route-changing options given per message (sendmsg ancillary data) not dropped" },
             )?;
+        }
+        // Not a syscall tracepoint: no cost to other syscalls, so attached
+        // whatever `--syscall-guards` says.
+        let at = "tracepoint/io_uring/io_uring_submit_req".to_string();
+        if !self.uring_offsets {
+            let state = "not attached: no io_uring_submit_req fields in tracefs or no io_socket in BTF; sockets made through io_uring are not guarded".to_string();
+            self.hooks.push(HookStatus { program: P::GUARD_URING, attach_point: at, state, attached: false });
+        } else {
+            let r = self.attach_tracepoint(P::GUARD_URING, "io_uring", "io_uring_submit_req");
+            self.record(P::GUARD_URING, at, r, Need::Optional { fallback: "sockets made through io_uring are not guarded" })?;
         }
         for (prog, tracepoints) in P::GUARD_TRACEPOINTS {
             for name in *tracepoints {

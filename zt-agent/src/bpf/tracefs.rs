@@ -68,7 +68,12 @@ pub fn program_offsets(tracefs: &Path) -> Result<Vec<(&'static str, u32)>, Forma
     // Optional: without it (or its fields) the migration hook is not attached.
     let attach = read("cgroup/cgroup_attach_task").unwrap_or_default();
     let attach_field = |field: &str| attach.get(field).map(|(o, _)| *o).unwrap_or(globals::ABSENT);
+    // Optional too: without it, io_uring socket creation is not guarded.
+    let uring = read("io_uring/io_uring_submit_req").unwrap_or_default();
+    let uring_field = |field: &str| uring.get(field).map(|(o, _)| *o).unwrap_or(globals::ABSENT);
     Ok(vec![
+        (globals::URING_REQ, uring_field("req")),
+        (globals::URING_OPCODE, uring_field("opcode")),
         (globals::ATTACH_DST_ROOT, attach_field("dst_root")),
         (globals::ATTACH_DST_ID, attach_field("dst_id")),
         (globals::ATTACH_PID, attach_field("pid")),

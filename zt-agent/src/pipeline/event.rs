@@ -100,7 +100,8 @@ impl Body {
 /// What a guard saw and did.
 #[derive(Debug, Clone, Serialize, PartialEq, Eq)]
 pub struct GuardInfo {
-    /// "socket", "setsockopt", "ptrace", "process_vm", "pidfd_getfd" or "bpf".
+    /// "socket", "io_uring_socket", "setsockopt", "route", "ptrace",
+    /// "process_vm", "pidfd_getfd" or "bpf".
     pub call: &'static str,
     /// "denied" (EPERM), "killed" (SIGKILL) or "audited" (audit mode: would be).
     pub action: &'static str,
@@ -139,7 +140,7 @@ impl GuardInfo {
     pub fn from_raw(g: &zt_common::guard::GuardEvent, target_identity: Option<Arc<str>>) -> Self {
         use zt_common::guard::{action, op, sock_kind};
         let name = |names: &[&'static str], i: u32| names.get(i as usize).copied().unwrap_or("unknown");
-        let is_socket = g.op == op::SOCKET || g.op == op::SOCKET_SYSCALL;
+        let is_socket = g.op == op::SOCKET || g.op == op::SOCKET_SYSCALL || g.op == op::SOCKET_URING;
         GuardInfo {
             call: name(&op::NAMES, g.op),
             action: name(&action::NAMES, g.action),
