@@ -48,9 +48,10 @@ pub const UNIX_RULES_CAPACITY: u32 = 8_192;
 /// closed by another process leaves).
 pub const AGENT_SOCKETS: &str = "AGENT_SOCKETS";
 pub const AGENT_SOCKETS_CAPACITY: u32 = 65_536;
-/// `(slot, identity)` -> [`crate::policy::IdentityPolicy`].
+/// Array: [`crate::policy::identity_index`]`(slot, identity)` ->
+/// [`crate::policy::IdentityPolicy`].
 pub const IDENTITY_POLICY: &str = "IDENTITY_POLICY";
-pub const IDENTITY_POLICY_CAPACITY: u32 = 2 * 1024;
+pub const IDENTITY_POLICY_CAPACITY: u32 = 2 * crate::policy::IDENTITY_SLOT_STRIDE;
 /// Array with one [`crate::policy::ActivePolicy`].
 pub const POLICY_ACTIVE: &str = "POLICY_ACTIVE";
 /// Array indexed by pid (tgid or tid) -> identity id: the socket hooks'

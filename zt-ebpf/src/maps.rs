@@ -9,7 +9,7 @@ use aya_ebpf::{
 };
 use zt_common::{
     Config, DigestKey, ExecArgs, ExecKey, ExecPick, ProcInfo, loss, maps,
-    policy::{ActivePolicy, AggKey, AggValue, IdentityCounters, IdentityKey, IdentityPolicy, NetKeyData, NetRuleList},
+    policy::{ActivePolicy, AggKey, AggValue, IdentityCounters, IdentityPolicy, NetKeyData, NetRuleList, identity_index},
     unix::UnixKeyData,
 };
 
@@ -55,7 +55,7 @@ pub static UNIX_RULES: LpmTrie<UnixKeyData, NetRuleList> = LpmTrie::with_max_ent
 pub static AGENT_SOCKETS: LruHashMap<u64, u32> = LruHashMap::with_max_entries(maps::AGENT_SOCKETS_CAPACITY, 0);
 
 #[map]
-pub static IDENTITY_POLICY: HashMap<IdentityKey, IdentityPolicy> = HashMap::with_max_entries(maps::IDENTITY_POLICY_CAPACITY, 0);
+pub static IDENTITY_POLICY: Array<IdentityPolicy> = Array::with_max_entries(maps::IDENTITY_POLICY_CAPACITY, 0);
 
 /// Which slot is in force; flipped by user space after filling the other.
 #[map]
@@ -96,10 +96,10 @@ pub fn identity_policy(identity: u32) -> (ActivePolicy, Option<IdentityPolicy>) 
         Some(a) => *a,
         None => Default::default(),
     };
-    // SAFETY: a removed element of this preallocated hash may be reused
-    // while we read (why `get` is unsafe); IdentityPolicy is all integers
-    // (any bit pattern valid), copied out here.
-    let pol = unsafe { IDENTITY_POLICY.get(IdentityKey { slot: active.slot, identity }) }.copied();
+    let pol = match identity_index(active.slot, identity) {
+        Some(i) => IDENTITY_POLICY.get(i).copied().filter(|p| p.defined != 0),
+        None => None,
+    };
     (active, pol)
 }
 

@@ -333,7 +333,7 @@ impl EventSource {
 pub struct PolicyMaps {
     net: LpmTrie<MapData, NetKeyData, NetRuleList>,
     unix: LpmTrie<MapData, UnixKeyData, NetRuleList>,
-    identities: HashMap<MapData, IdentityKey, IdentityPolicy>,
+    identities: Array<MapData, IdentityPolicy>,
     active: Array<MapData, ActivePolicy>,
     /// Keys written into each slot, to clear it before reuse.
     installed: [Installed; 2],
@@ -344,7 +344,8 @@ pub struct PolicyMaps {
 struct Installed {
     net: Vec<Key<NetKeyData>>,
     unix: Vec<Key<UnixKeyData>>,
-    identities: Vec<IdentityKey>,
+    /// `IDENTITY_POLICY` elements.
+    identities: Vec<u32>,
 }
 
 impl PolicyMaps {
@@ -355,7 +356,7 @@ impl PolicyMaps {
         let mut m = PolicyMaps {
             net: LpmTrie::try_from(net).map_err(err(maps::NET_RULES, "open"))?,
             unix: LpmTrie::try_from(unix).map_err(err(maps::UNIX_RULES, "open"))?,
-            identities: HashMap::try_from(identities).map_err(err(maps::IDENTITY_POLICY, "open"))?,
+            identities: Array::try_from(identities).map_err(err(maps::IDENTITY_POLICY, "open"))?,
             active: Array::try_from(active).map_err(err(maps::POLICY_ACTIVE, "open"))?,
             installed: Default::default(),
             last_switch: None,
@@ -369,9 +370,10 @@ impl PolicyMaps {
             let k = k.map_err(err(maps::UNIX_RULES, "list"))?;
             m.installed[slot(k.data().slot)].unix.push(k);
         }
-        for k in m.identities.keys() {
-            let k = k.map_err(err(maps::IDENTITY_POLICY, "list"))?;
-            m.installed[slot(k.slot)].identities.push(k);
+        for i in 0..maps::IDENTITY_POLICY_CAPACITY {
+            if m.identities.get(&i, 0).map_err(err(maps::IDENTITY_POLICY, "list"))?.defined != 0 {
+                m.installed[slot(i / zt_common::policy::IDENTITY_SLOT_STRIDE)].identities.push(i);
+            }
         }
         Ok(m)
     }
@@ -389,11 +391,8 @@ impl PolicyMaps {
         for k in &old.unix {
             self.unix.remove(k).or_else(|e| if is_missing_key(&e) { Ok(()) } else { Err(e) }).map_err(err(maps::UNIX_RULES, "clear"))?;
         }
-        for k in &old.identities {
-            self.identities
-                .remove(k)
-                .or_else(|e| if is_missing_key(&e) { Ok(()) } else { Err(e) })
-                .map_err(err(maps::IDENTITY_POLICY, "clear"))?;
+        for i in &old.identities {
+            self.identities.set(*i, IdentityPolicy::default(), 0).map_err(err(maps::IDENTITY_POLICY, "clear"))?;
         }
         Ok(())
     }
@@ -423,11 +422,13 @@ impl PolicyMaps {
                 default_exec: zt_common::policy::ALLOW,
                 mode: zt_common::policy::ENFORCE,
                 sockets: zt_common::guard::sock_kind::DEFAULT,
+                defined: 1,
             },
         );
         for (k, v) in c.identities.iter().chain([&pending]) {
-            self.identities.insert(k, v, 0).map_err(err(maps::IDENTITY_POLICY, "insert"))?;
-            installed.identities.push(*k);
+            let Some(i) = zt_common::policy::identity_index(k.slot, k.identity) else { continue };
+            self.identities.set(i, *v, 0).map_err(err(maps::IDENTITY_POLICY, "insert"))?;
+            installed.identities.push(i);
         }
         Ok(())
     }

@@ -86,7 +86,7 @@ impl IdRegistry {
 
     /// Gives every identity of `policy` an id (new names get the next one).
     pub fn assign(&mut self, policy: &Policy) -> Result<(), CompileError> {
-        let capacity = (maps::IDENTITY_POLICY_CAPACITY / 2) as usize;
+        let capacity = maps::MAX_IDENTITIES as usize;
         let new: Vec<&IdentityDef> = policy.identities.iter().filter(|i| !self.ids.contains_key(&i.name)).collect();
         if self.ids.len() + new.len() > capacity {
             let first_beyond = new[capacity - self.ids.len()];
@@ -197,6 +197,7 @@ pub fn compile(policy: &Policy, ids: &IdRegistry, slot: u32, active: &[bool]) ->
                 default_exec: action(ident.defaults.exec),
                 mode: mode(ident.mode),
                 sockets: ident.sockets,
+                defined: 1,
             },
         ));
         // prefix -> rules declared on exactly that prefix.

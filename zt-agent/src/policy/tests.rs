@@ -208,9 +208,9 @@ fn compiles_byte_for_byte() {
     assert_eq!(c.identities.len(), 1);
     let (k, v) = &c.identities[0];
     // slot 1, identity 1 | egress deny, files allow, exec allow, enforce,
-    // sockets tcp|udp|unix|netlink (0x0f).
+    // sockets tcp|udp|unix|netlink (0x0f), defined.
     assert_eq!(hex(&bytes_of(k)), "0100000001000000");
-    assert_eq!(hex(&bytes_of(v)), "010000000f000000");
+    assert_eq!(hex(&bytes_of(v)), "010000000f00000001000000");
     assert_eq!(c.net.len(), 2);
     // 10.0.0.0/8 -> prefix 64 + 96 + 8; key: slot, identity, ::ffff:10.0.0.0.
     let (len, key, list) = &c.net[0];
