@@ -345,6 +345,16 @@ fn exe_and_uid_selected_processes_never_run_unattributed() {
     assert_eq!(got_out, 0, "the exe-selected binary got out {got_out} of 100 times: {by_exe:?}");
     assert_eq!(attempt(Command::new(helper_bin())), "OK", "the same program from another file is not the identity");
 
+    // Replaced the way a package upgrade does it (a new inode renamed over
+    // the path): the kernel learns the new inode at once, well before the
+    // 2 s rescan.
+    let staged = dir.path().join("zt-exe-agent.new");
+    std::fs::copy(helper_bin(), &staged).unwrap();
+    std::fs::rename(&staged, &agent_exe).unwrap();
+    std::thread::sleep(Duration::from_millis(200));
+    let replaced: Vec<String> = (0..20).map(|_| attempt(Command::new(&agent_exe))).collect();
+    assert!(replaced.iter().all(|r| r == "EPERM"), "the replaced file ran unattributed: {replaced:?}");
+
     let by_uid: Vec<String> = (0..50)
         .map(|_| {
             let mut c = Command::new(helper_bin());

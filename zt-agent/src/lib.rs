@@ -15,10 +15,12 @@
 //! - [`identity`]: selectors, the resolver, and the attribution tables as traits.
 //! - [`host`]: mounts, cgroup v2, privileges, clocks.
 //! - [`fsutil`]: crash-safe file replacement.
+//! - [`dirwatch`]: directory watching (inotify on tokio).
 //! - [`error`]: rendering error chains.
 pub mod audit;
 pub mod bpf;
 pub mod control;
+pub mod dirwatch;
 pub mod error;
 pub mod fsutil;
 pub mod host;

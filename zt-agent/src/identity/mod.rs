@@ -190,6 +190,20 @@ impl Resolver {
         out
     }
 
+    /// The directories holding the files the kernel's `exe` selectors name:
+    /// a file replaced there (a package upgrade renames a new inode over
+    /// the path) is re-resolved at once, not at the next rescan.
+    pub fn exec_watch_dirs(&self) -> Vec<PathBuf> {
+        let mut dirs: Vec<PathBuf> = self
+            .kernel_decided()
+            .flat_map(|(_, i)| i.selectors.iter().filter_map(|s| s.kernel_exec()?.0))
+            .filter_map(|p| Path::new(p).parent().map(Path::to_path_buf))
+            .collect();
+        dirs.sort();
+        dirs.dedup();
+        dirs
+    }
+
     /// The identities the kernel decides, with their place in the policy:
     /// every one up to (and including) the first with a selector the
     /// kernel cannot decide is excluded from there on.

@@ -128,6 +128,8 @@ pub async fn enrich<A: AggregateTable>(mut e: Enrich<A>, mut rx: mpsc::Receiver<
     let mut flush = tokio::time::interval(Duration::from_secs(1));
     let mut ticks: u32 = 0;
     let mut exited = std::collections::HashSet::new();
+    let exe_watch = |e: &Enrich<A>| crate::dirwatch::watch(&e.enricher.resolver().exec_watch_dirs(), "exe selector files");
+    let mut exe_files = exe_watch(&e);
     loop {
         tokio::select! {
             msg = rx.recv() => match msg {
@@ -139,10 +141,16 @@ pub async fn enrich<A: AggregateTable>(mut e: Enrich<A>, mut rx: mpsc::Receiver<
                     stats.assigned.store(e.enricher.assigned, Relaxed);
                 }
                 Some(Input::Emit(ev)) => e.outputs.send(&ev),
-                Some(Input::Identities(cfg)) => e.enricher.set_identities(cfg, &mut e.tables, &upkeep.cgroup2),
+                Some(Input::Identities(cfg)) => {
+                    e.enricher.set_identities(cfg, &mut e.tables, &upkeep.cgroup2);
+                    exe_files = exe_watch(&e);
+                }
                 None => break,
             },
             _ = flush.tick() => flush_aggregates(&mut e, false),
+            // A file an `exe` selector names was replaced: its new inode
+            // goes to the kernel now, not at the next rescan.
+            _ = crate::dirwatch::changed(&exe_files) => attribution::sync_exec_selectors(e.enricher.resolver(), &mut e.tables),
             _ = rescan.tick() => {
                 attribution::rescan_cgroups(e.enricher.resolver(), &mut e.tables, &upkeep.cgroup2);
                 e.enricher.settle_pending(&mut e.tables);
