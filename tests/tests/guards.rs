@@ -324,11 +324,17 @@ fn exe_and_uid_selected_processes_never_run_unattributed() {
     std::fs::set_permissions(dir.path(), std::os::unix::fs::PermissionsExt::from_mode(0o777)).unwrap();
     let agent_exe = dir.path().join("zt-exe-agent");
     std::fs::copy(helper_bin(), &agent_exe).unwrap();
+    // A selector naming a symlink selects its target, by either name.
+    let linked = dir.path().join("zt-exe-linked");
+    std::fs::copy(helper_bin(), &linked).unwrap();
+    let link = dir.path().join("zt-exe-link");
+    std::os::unix::fs::symlink(&linked, &link).unwrap();
     let pol = policy(
         "zt.test",
         &format!(
-            "    - name: by-exe\n      selectors:\n        - exe: {}\n    - name: by-uid\n      selectors:\n        - uid: 4242\n",
-            agent_exe.display()
+            "    - name: by-exe\n      selectors:\n        - exe: {}\n    - name: by-link\n      selectors:\n        - exe: {}\n    - name: by-uid\n      selectors:\n        - uid: 4242\n",
+            agent_exe.display(),
+            link.display()
         ),
     );
     let agent = Agent::start("exesel", &pol, &[]).unwrap();
@@ -344,6 +350,9 @@ fn exe_and_uid_selected_processes_never_run_unattributed() {
     let got_out = by_exe.iter().filter(|r| *r != "EPERM").count();
     assert_eq!(got_out, 0, "the exe-selected binary got out {got_out} of 100 times: {by_exe:?}");
     assert_eq!(attempt(Command::new(helper_bin())), "OK", "the same program from another file is not the identity");
+
+    let via_link: Vec<String> = [&link, &linked].iter().flat_map(|p| (0..10).map(move |_| attempt(Command::new(p)))).collect();
+    assert!(via_link.iter().all(|r| r == "EPERM"), "the symlink selector's target ran unattributed: {via_link:?}");
 
     // Replaced the way a package upgrade does it (a new inode renamed over
     // the path): the kernel learns the new inode at once, well before the

@@ -162,8 +162,8 @@ impl Resolver {
     /// Identity of a cgroup by the selectors the kernel can apply alone
     /// (cgroup glob only); the first identity in policy order wins.
     /// The `EXEC_SELECT` entries: for each identity in order, its `exe`
-    /// (exact path: the file's kernel device and inode, a symlink left to
-    /// user space) and `uid` selectors, while every earlier identity is
+    /// (exact path: the kernel device and inode of the file it resolves to)
+    /// and `uid` selectors, while every earlier identity is
     /// decided in the kernel too (else first-match order could not hold:
     /// an earlier identity decided in user space must get its chance).
     /// A key two identities share keeps the earlier one. When such an
@@ -176,7 +176,10 @@ impl Resolver {
             for (exe, uid) in ident.selectors.iter().filter_map(|s| s.kernel_exec()) {
                 let (ino, dev) = match exe {
                     None => (0, 0),
-                    Some(path) => match std::fs::symlink_metadata(path) {
+                    // The file the path resolves to, as `/proc/<pid>/exe`
+                    // names the file a process runs: a selector naming a
+                    // symlink selects its target, whichever name it is run by.
+                    Some(path) => match std::fs::metadata(path) {
                         Ok(m) if m.file_type().is_file() => (m.ino(), kernel_dev(m.dev())),
                         _ => continue,
                     },
@@ -197,7 +200,11 @@ impl Resolver {
         let mut dirs: Vec<PathBuf> = self
             .kernel_decided()
             .flat_map(|(_, i)| i.selectors.iter().filter_map(|s| s.kernel_exec()?.0))
-            .filter_map(|p| Path::new(p).parent().map(Path::to_path_buf))
+            // The path's directory, and its target's (a symlink retargeted,
+            // or its target replaced).
+            .flat_map(|p| [Some(PathBuf::from(p)), std::fs::canonicalize(p).ok()])
+            .flatten()
+            .filter_map(|p| p.parent().map(Path::to_path_buf))
             .collect();
         dirs.sort();
         dirs.dedup();

@@ -184,8 +184,11 @@ impl ExeMatcher {
         Ok(Self { pattern: pattern.to_string(), matcher })
     }
 
+    /// Whether `path` (an executable as `/proc/<pid>/exe` names it, symlinks
+    /// resolved) matches. An exact path that is a symlink matches its target,
+    /// as the kernel decides it at exec.
     pub fn is_match(&self, path: &str) -> bool {
-        self.matcher.is_match(path)
+        self.matcher.is_match(path) || (self.is_exact() && std::fs::canonicalize(&self.pattern).is_ok_and(|t| t.as_os_str() == path))
     }
 
     pub fn as_str(&self) -> &str {
@@ -254,6 +257,18 @@ pub(crate) mod tests {
         assert!(!sel.matches(&mut f));
         f.exe = None;
         assert!(!sel.matches(&mut f));
+    }
+
+    #[test]
+    fn an_exact_symlink_matches_its_target() {
+        let dir = tempfile::tempdir().unwrap();
+        let (target, link) = (dir.path().join("python3.12"), dir.path().join("python3"));
+        std::fs::write(&target, b"").unwrap();
+        std::os::unix::fs::symlink(&target, &link).unwrap();
+        let m = ExeMatcher::new(link.to_str().unwrap()).unwrap();
+        assert!(m.is_match(target.canonicalize().unwrap().to_str().unwrap()));
+        assert!(m.is_match(link.to_str().unwrap()));
+        assert!(!m.is_match("/usr/bin/other"));
     }
 
     #[test]
