@@ -15,6 +15,17 @@ fn covers(outer: &Egress, inner: &Egress) -> bool {
         && inner.unix.iter().all(|n| outer.unix.iter().any(|o| o.covers(n)))
 }
 
+/// Directories every user may create entries in (sticky or not, a name
+/// not yet taken is anyone's).
+const SHARED_DIRS: [&str; 5] = ["/tmp/", "/var/tmp/", "/dev/shm/", "/run/lock/", "/var/lock/"];
+
+fn in_shared_directory(n: &UnixName) -> bool {
+    match n {
+        UnixName::Path(p) | UnixName::Under(p) => SHARED_DIRS.iter().any(|d| p.starts_with(d)),
+        UnixName::Abstract(_) | UnixName::AnyAbstract => false,
+    }
+}
+
 pub fn lint(policy: &mut Policy) {
     let mut warnings = Vec::new();
     let warn = |pos: &Pos, message: String, hint: Option<&str>| Diagnostic { pos: pos.clone(), message, hint: hint.map(str::to_string) };
@@ -39,6 +50,20 @@ pub fn lint(policy: &mut Policy) {
                     &e.pos,
                     format!("rule {:?} allows identity {:?} to reach every Unix socket by path", rule.name, rule.identity),
                     Some("zero trust: list the sockets this identity needs (a local service acting on request is a way around every other rule)"),
+                ));
+            }
+            // The rules match the path as written: in a directory anyone can
+            // write, a symlink placed at an allowed name reaches any socket.
+            if rule.action == Action::Allow
+                && let Some(n) = e.unix.iter().find(|n| in_shared_directory(n))
+            {
+                warnings.push(warn(
+                    &e.pos,
+                    format!(
+                        "rule {:?} allows {n}, in a directory every user can write: a symlink placed there reaches any socket",
+                        rule.name
+                    ),
+                    Some("allow sockets in directories the identity cannot write (see policies/README.md, Unix-socket destinations)"),
                 ));
             }
             // Shadowed: an unconditional deny of the same identity covers it

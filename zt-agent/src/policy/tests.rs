@@ -557,6 +557,8 @@ fn unix_destinations() {
     let w = parse1(&rules("unix:/run/agent/x.sock", &deny("unix:/run/**"))).unwrap().warnings;
     assert!(w.iter().any(|w| w.message.contains("can never apply: deny rule \"d\"")), "{w:?}");
     assert!(parse1(&rules("unix:/run/agent/x.sock", &deny("0.0.0.0/0"))).unwrap().warnings.is_empty());
+    let w = parse1(&rules("unix:/tmp/agent.sock", "")).unwrap().warnings;
+    assert!(w.iter().any(|w| w.message.contains("unix:/tmp/agent.sock, in a directory every user can write")), "{w:?}");
 
     let d = diff(&p, &parse1(&text.replace("unix:@bus", "unix:@*")).unwrap()).unwrap();
     assert!(d.iter().any(|l| l == "- UNIX_RULES a unix:@bus: allow any 0-65535 rule=r"), "{d:#?}");
