@@ -497,12 +497,18 @@ impl AuditLog {
     /// `checkpoint` file and appends the checkpoint as a record. Nothing is
     /// signed unless every record in the tree is durable.
     pub fn checkpoint(&mut self) -> Result<Checkpoint, LogError> {
-        let cp = self.sign()?;
-        Ok(self.apply_retention()?.unwrap_or(cp))
+        self.checkpoint_as(false)
     }
 
-    /// [`Self::checkpoint`] without retention.
-    fn sign(&mut self) -> Result<Checkpoint, LogError> {
+    /// A checkpoint; `closed` marks it (and a retention checkpoint after it)
+    /// as the log's last: a log that ends otherwise was stopped uncleanly.
+    fn checkpoint_as(&mut self, closed: bool) -> Result<Checkpoint, LogError> {
+        let cp = self.sign(closed)?;
+        Ok(self.apply_retention(closed)?.unwrap_or(cp))
+    }
+
+    /// [`Self::checkpoint_as`] without retention.
+    fn sign(&mut self, closed: bool) -> Result<Checkpoint, LogError> {
         self.sync()?;
         let cp = Checkpoint { origin: self.origin.clone(), size: self.edge.size(), root: self.edge.root() };
         let signers: Vec<&Signer> = self.signers.iter().collect();
@@ -512,7 +518,11 @@ impl AuditLog {
         self.last_checkpoint = Some(cp.clone());
         self.last_sign = Instant::now();
         self.unsigned = 0;
-        self.append_record(kind::CHECKPOINT, json!({"size": cp.size, "root": B64.encode(cp.root), "note": note}))?;
+        let mut payload = json!({"size": cp.size, "root": B64.encode(cp.root), "note": note});
+        if closed {
+            payload["closed"] = json!(true);
+        }
+        self.append_record(kind::CHECKPOINT, payload)?;
         Ok(cp)
     }
 
@@ -523,7 +533,7 @@ impl AuditLog {
             self.next_retry = Instant::now();
             self.retry()?;
         }
-        let cp = self.checkpoint()?;
+        let cp = self.checkpoint_as(true)?;
         self.sync()?;
         Ok(cp)
     }
@@ -579,7 +589,7 @@ impl AuditLog {
     /// `retention` record that names them and signing it (so every missing
     /// range is covered by a signed record: see [`retention_gap`]). Returns
     /// that checkpoint, if it deleted anything.
-    fn apply_retention(&mut self) -> Result<Option<Checkpoint>, LogError> {
+    fn apply_retention(&mut self, closed: bool) -> Result<Option<Checkpoint>, LogError> {
         let Some(limit) = self.cfg.retain_bytes else { return Ok(None) };
         let dir = self.cfg.dir.clone();
         let numbers = segment::segments(&dir)?;
@@ -608,7 +618,7 @@ impl AuditLog {
         }
         let count = doomed.len();
         self.append(kind::RETENTION, json!({"retain_bytes": limit, "deleted": doomed, "deleted_below": deleted_below}))?;
-        let cp = self.sign()?;
+        let cp = self.sign(closed)?;
         for n in &numbers[..count] {
             let path = segment::segment_path(&dir, *n);
             std::fs::remove_file(&path).map_err(io("deleting segment", &path))?;
@@ -727,11 +737,12 @@ fn scan_log(dir: &Path, signed: &Signed) -> Result<Scanned, OpenError> {
     let mut signed_root: Option<Hash> = (signed_size == base).then(|| edge.root());
     let mut rotation_until: Option<String> = None;
     let mut last_checkpoint_record: Option<u64> = None;
+    let mut closed = false;
     let mut retention: Vec<(u64, Vec<(u64, u64)>)> = Vec::new();
     let mut last_record = Vec::new();
     let scan = segment::scan_dir(dir, |i, rec| {
         let idx = base + i;
-        check_record(idx, rec, &edge, &mut rotation_until, &mut last_checkpoint_record, &mut retention)?;
+        check_record(idx, rec, &edge, &mut rotation_until, (&mut last_checkpoint_record, &mut closed), &mut retention)?;
         last_record.clear();
         last_record.extend_from_slice(rec);
         edge.push_hash(leaf_hash(rec));
@@ -751,7 +762,7 @@ fn scan_log(dir: &Path, signed: &Signed) -> Result<Scanned, OpenError> {
     if let Some((from, to)) = retention_gap(base, signed_ranges) {
         return Err(violation(dir, missing_without_retention(from, to)));
     }
-    Ok(Scanned { edge, rotation_until, tail: Tail { base, last_checkpoint_record, last_record }, scan })
+    Ok(Scanned { edge, rotation_until, tail: Tail { base, last_checkpoint_record, closed, last_record }, scan })
 }
 
 /// How the scanned log ends.
@@ -760,6 +771,8 @@ struct Tail {
     base: u64,
     /// Index of the last checkpoint record: a log closed cleanly ends with one.
     last_checkpoint_record: Option<u64>,
+    /// That checkpoint was written by a close (`"closed": true`).
+    closed: bool,
     /// The last record (its time dates an unclean stop).
     last_record: Vec<u8>,
 }
@@ -769,7 +782,7 @@ struct Tail {
 /// checkpoint record, as a closed log does): the unsigned records adopted
 /// and signed from now on, and when the last of them was written.
 fn recovery_payload(tail: &Tail, dropped: Option<&BadFrame>, records: u64, signed_size: u64) -> Option<Value> {
-    let unclean = records > 0 && tail.last_checkpoint_record != Some(records - 1);
+    let unclean = records > 0 && !(tail.closed && tail.last_checkpoint_record == Some(records - 1));
     if dropped.is_none() && !unclean {
         return None;
     }
@@ -810,7 +823,7 @@ fn check_record(
     rec: &[u8],
     edge: &Edge,
     rotation_until: &mut Option<String>,
-    last_checkpoint_record: &mut Option<u64>,
+    (last_checkpoint_record, closed): (&mut Option<u64>, &mut bool),
     retention: &mut Vec<(u64, Vec<(u64, u64)>)>,
 ) -> Result<(), ScanErr> {
     let h = Header::parse(rec).map_err(|e| ScanErr::Stop(format!("record {idx}: {e}")))?;
@@ -829,6 +842,7 @@ fn check_record(
                 return Err(ScanErr::Stop(format!("record {idx}: checkpoint record does not match the records before it")));
             }
             *last_checkpoint_record = Some(size);
+            *closed = env.payload["closed"] == true;
         }
         kind::KEY_ROTATION => *rotation_until = env.payload["overlap_until"].as_str().map(String::from),
         _ => *rotation_until = None,

@@ -608,3 +608,21 @@ fn an_unclean_stop_leaves_a_recovery_record() {
     assert_eq!(rec["payload"]["adopted"], json!({"from": 2, "to": 4}), "records 2 and 3 were never signed");
     assert!(rec["payload"]["last_record_time"].is_string(), "{rec}");
 }
+
+/// A stop right after a periodic checkpoint is unclean too: only the
+/// checkpoint a close writes (`"closed": true`) ends a log cleanly.
+#[test]
+fn a_stop_right_after_a_periodic_checkpoint_is_unclean() {
+    let t = Tmp::new("unclean-cp");
+    let (mut log, _) = AuditLog::open(t.config()).unwrap();
+    log.append("policy", json!({})).unwrap();
+    log.checkpoint().unwrap();
+    drop(log); // as kill -9, the log ending with a checkpoint
+    let (log, _) = AuditLog::open(t.config()).unwrap();
+    log.close().unwrap();
+    let recs = records(&t.log());
+    let recovery = recs.iter().map(|r| serde_json::from_slice::<serde_json::Value>(r).unwrap()).find(|r| r["kind"] == "recovery");
+    assert_eq!(recovery.expect("a recovery record")["payload"]["unclean_stop"], true);
+    let last: serde_json::Value = serde_json::from_slice(recs.last().unwrap()).unwrap();
+    assert_eq!((last["kind"].as_str(), last["payload"]["closed"].as_bool()), (Some("checkpoint"), Some(true)));
+}

@@ -33,14 +33,21 @@ pub fn object_digest() -> blake3::Hash {
 /// Names of every BPF program loaded in the kernel (truncated by the kernel
 /// to 15 bytes); used to check that nothing of ours is left after a stop.
 pub fn loaded_program_names() -> Result<Vec<String>, aya::programs::ProgramError> {
-    aya::programs::loaded_programs().map(|p| p.map(|info| info.name_as_str().unwrap_or_default().to_string())).collect()
+    loaded_programs().map(|p| p.map(|info| info.name_as_str().unwrap_or_default().to_string())).collect()
+}
+
+/// Every loaded program, skipping one unloaded between the kernel listing
+/// its id and our opening it (ENOENT: not an error, it is gone).
+fn loaded_programs() -> impl Iterator<Item = Result<aya::programs::ProgramInfo, aya::programs::ProgramError>> {
+    aya::programs::loaded_programs()
+        .filter(|p| !matches!(p, Err(aya::programs::ProgramError::SyscallError(e)) if e.io_error.raw_os_error() == Some(libc::ENOENT)))
 }
 
 /// Total run time and run count of every loaded program named `name`
 /// (kernel run-time statistics; enable them with [`enable_run_time_stats`]).
 pub fn program_run_stats(name: &str) -> Result<(std::time::Duration, u64), aya::programs::ProgramError> {
     let mut total = (std::time::Duration::ZERO, 0);
-    for p in aya::programs::loaded_programs() {
+    for p in loaded_programs() {
         let p = p?;
         if p.name_as_str() == Some(name) {
             total.0 += p.run_time();
