@@ -303,9 +303,15 @@ fn a_process_moved_into_an_identity_cgroup_is_attributed_at_the_move() {
         results.push(std::fs::read_to_string(&out).unwrap());
     }
     assert!(results.iter().all(|r| r == "EPERM"), "a moved process connected: {results:?}");
-    let st = Command::new(helper_bin()).args(["try", "tcp", &listener.addr()]).arg(&out).status().unwrap();
-    assert!(st.success());
-    assert_eq!(std::fs::read_to_string(&out).unwrap(), "OK", "the control, outside the identity, connects");
+    let control = Command::new(helper_bin()).args(["try", "tcp", &listener.addr()]).arg(&out).spawn().unwrap();
+    let control_pid = control.id();
+    assert!(control.wait_with_output().unwrap().status.success());
+    let got = std::fs::read_to_string(&out).unwrap();
+    if got != "OK" {
+        std::thread::sleep(Duration::from_millis(300));
+        let evs: Vec<Value> = agent.events().into_iter().filter(|e| e["process"]["pid"] == control_pid).collect();
+        panic!("the control, outside the identity, got {got}; its events: {evs:?}");
+    }
     drop(member);
     agent.stop().unwrap();
 }

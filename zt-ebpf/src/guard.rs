@@ -50,8 +50,8 @@ use zt_common::{
 use crate::{
     events::{reserve, submit},
     maps::{
-        AGENT_SOCKETS, IO_SOCKET_DOMAIN_OFF, IO_SOCKET_PROTOCOL_OFF, IO_SOCKET_TYPE_OFF, PROC_TABLE, URING_OPCODE_OFF, URING_REQ_OFF,
-        global, identity_of, identity_policy,
+        AGENT_SOCKETS, IO_SOCKET_DOMAIN_OFF, IO_SOCKET_PROTOCOL_OFF, IO_SOCKET_TYPE_OFF, URING_OPCODE_OFF, URING_REQ_OFF, global,
+        identity_of, identity_policy,
     },
 };
 
@@ -328,18 +328,12 @@ fn kill_or_audit(
 #[expect(clippy::too_many_arguments, reason = "the fields of the GuardEvent, written in place into the ring buffer")]
 fn emit(identity: u32, what: u32, act: u32, nr: u32, args: [u64; 3], target: u32, target_identity: u32, kind_bit: u32) {
     let Some(mut entry) = reserve::<GuardEvent>(loss::RINGBUF_GUARD) else { return };
-    let tgid = (bpf_get_current_pid_tgid() >> 32) as u32;
-    // SAFETY: all-integer value of a preallocated hash, copied out here.
-    let (start_ns, cgroup_id) = match unsafe { PROC_TABLE.get(tgid) } {
-        Some(p) => (p.start_ns, p.cgroup_id),
-        None => (0, 0),
-    };
     let ev = entry.as_mut_ptr();
     // SAFETY: `ev` points to a ring buffer record reserved for a GuardEvent
     // (its size, 8-byte aligned) that only this program sees until
     // `submit`: the field writes are in bounds and unaliased.
     unsafe {
-        (*ev).header = crate::lineage::event_header(kind::GUARD, identity, start_ns, cgroup_id);
+        (*ev).header = crate::lineage::current_process_header(kind::GUARD, identity);
         (*ev).op = what;
         (*ev).action = act;
         (*ev).args = args;

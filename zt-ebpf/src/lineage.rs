@@ -81,6 +81,19 @@ fn cgroup_identity(cgroup_id: u64) -> u32 {
     }
 }
 
+/// The header of an event about the current process, with its incarnation
+/// and cgroup from the process table (0 when it is not there).
+#[inline(always)]
+pub fn current_process_header(kind: u32, identity: u32) -> EventHeader {
+    let tgid = (bpf_get_current_pid_tgid() >> 32) as u32;
+    // SAFETY: all-integer value of a preallocated hash, copied out here.
+    let (start_ns, cgroup_id) = match unsafe { PROC_TABLE.get(tgid) } {
+        Some(p) => (p.start_ns, p.cgroup_id),
+        None => (0, 0),
+    };
+    event_header(kind, identity, start_ns, cgroup_id)
+}
+
 #[inline(always)]
 pub fn event_header(kind: u32, identity: u32, start_ns: u64, cgroup_id: u64) -> EventHeader {
     let pid_tgid = bpf_get_current_pid_tgid();

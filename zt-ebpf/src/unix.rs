@@ -30,7 +30,7 @@ use zt_common::{
 
 use crate::{
     events::{reserve, submit},
-    maps::{PROC_TABLE, SOCK_ADDR_UADDR_OFF, SOCK_ADDR_UADDRLEN_OFF, UNIX_RULES, global, identity_of, identity_policy},
+    maps::{SOCK_ADDR_UADDR_OFF, SOCK_ADDR_UADDRLEN_OFF, UNIX_RULES, global, identity_of, identity_policy},
     net::count_decision,
 };
 
@@ -135,12 +135,6 @@ fn emit(
     name: &[u8; NAME_LEN],
 ) {
     let Some(mut entry) = reserve::<UnixEvent>(loss::RINGBUF_UNIX) else { return };
-    let tgid = (bpf_get_current_pid_tgid() >> 32) as u32;
-    // SAFETY: all-integer value of a preallocated hash, copied out here.
-    let (start_ns, cgroup_id) = match unsafe { PROC_TABLE.get(tgid) } {
-        Some(p) => (p.start_ns, p.cgroup_id),
-        None => (0, 0),
-    };
     // SAFETY: the program's context pointer, valid for the run; `type_` is
     // readable at every sock_addr hook.
     let sock_type = unsafe { (*ctx.sock_addr).type_ };
@@ -149,7 +143,7 @@ fn emit(
     // (its size, 8-byte aligned) that only this program sees until
     // `submit`: the field writes are in bounds and unaliased.
     unsafe {
-        (*ev).header = crate::lineage::event_header(kind::UNIX, identity, start_ns, cgroup_id);
+        (*ev).header = crate::lineage::current_process_header(kind::UNIX, identity);
         (*ev).hook = hook;
         (*ev).sock_type = sock_type;
         (*ev).verdict = verdict;

@@ -225,6 +225,12 @@ impl Resolver {
         self.config.identities[..upto].iter().enumerate().map(|(p, i)| (p as u32, i))
     }
 
+    /// Whether the kernel decides some `exeDigest` selector at exec (and so
+    /// may make processes pending).
+    pub fn has_kernel_digests(&self) -> bool {
+        self.kernel_decided().any(|(_, i)| i.selectors.iter().any(|s| s.kernel_digest().is_some()))
+    }
+
     /// The `DIGEST_VERDICT` value for a file with digest `hash`: the first
     /// identity the kernel decides whose `exeDigest` selector names it, or
     /// none (`NO_IDENTITY`).

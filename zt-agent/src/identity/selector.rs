@@ -10,6 +10,11 @@
 //! `descendantOf` is not matched here: the resolver marks a matching process
 //! as an anchor and the kernel gives the anchor's identity to every process
 //! it forks (see `lineage.rs` in zt-ebpf).
+use std::{
+    sync::{Arc, Mutex, PoisonError},
+    time::Instant,
+};
+
 use globset::{GlobBuilder, GlobMatcher};
 
 #[derive(Debug, Clone, Default)]
@@ -164,12 +169,23 @@ impl CgroupGlob {
     }
 }
 
+/// How long [`ExeMatcher`] keeps the file an exact path resolves to.
+const TARGET_TTL: std::time::Duration = std::time::Duration::from_secs(1);
+
 /// An executable path, exact or a glob (`/opt/agents/*/bin/agent`).
 #[derive(Debug, Clone)]
 pub struct ExeMatcher {
     pattern: String,
     matcher: GlobMatcher,
+    /// For an exact path: the file it resolves to, and when that was read.
+    /// Matching runs for every exec event, so the path is resolved at most
+    /// once per [`TARGET_TTL`], not per event (the kernel, which decides
+    /// exact paths at exec, learns a retargeted symlink at once).
+    target: Arc<Mutex<Option<Resolved>>>,
 }
+
+/// When a path was resolved, and the file it resolved to (None: it did not).
+type Resolved = (Instant, Option<String>);
 
 impl ExeMatcher {
     pub fn new(pattern: &str) -> Result<Self, String> {
@@ -181,14 +197,25 @@ impl ExeMatcher {
             .build()
             .map_err(|e| format!("invalid exe pattern {pattern:?}: {e}"))?
             .compile_matcher();
-        Ok(Self { pattern: pattern.to_string(), matcher })
+        Ok(Self { pattern: pattern.to_string(), matcher, target: Default::default() })
     }
 
     /// Whether `path` (an executable as `/proc/<pid>/exe` names it, symlinks
     /// resolved) matches. An exact path that is a symlink matches its target,
     /// as the kernel decides it at exec.
     pub fn is_match(&self, path: &str) -> bool {
-        self.matcher.is_match(path) || (self.is_exact() && std::fs::canonicalize(&self.pattern).is_ok_and(|t| t.as_os_str() == path))
+        if self.matcher.is_match(path) {
+            return true;
+        }
+        if !self.is_exact() {
+            return false;
+        }
+        let mut target = self.target.lock().unwrap_or_else(PoisonError::into_inner);
+        if target.as_ref().is_none_or(|(at, _)| at.elapsed() >= TARGET_TTL) {
+            let resolved = std::fs::canonicalize(&self.pattern).ok().map(|t| t.to_string_lossy().into_owned());
+            *target = Some((Instant::now(), resolved));
+        }
+        target.as_ref().and_then(|(_, t)| t.as_deref()) == Some(path)
     }
 
     pub fn as_str(&self) -> &str {

@@ -59,6 +59,10 @@ pub struct Enricher {
     reported: HashMap<(zt_common::policy::AggKey, u32), u64>,
     /// Identities written into the kernel table by user space.
     pub assigned: u64,
+    /// Whether the table may hold pending processes: the policy has kernel
+    /// `exeDigest` selectors, or the last sweep (or the start, or a policy
+    /// change) could not rule them out. Without, the sweep reads nothing.
+    sweep_pending: bool,
 }
 
 impl Enricher {
@@ -76,6 +80,7 @@ impl Enricher {
             show_unattributed,
             reported: HashMap::new(),
             assigned: 0,
+            sweep_pending: true,
         }
     }
 
@@ -107,6 +112,7 @@ impl Enricher {
         if let Err(e) = tables.execs.clear_verdicts() {
             tracing::warn!("clearing the digest verdicts: {}", crate::error::Chain(&e));
         }
+        self.sweep_pending = true;
     }
 
     /// Settles every live process still pending (`PENDING_IDENTITY`) by its
@@ -114,6 +120,9 @@ impl Enricher {
     /// exec'd was gone, its children forked before it was settled), within
     /// one rescan interval.
     pub fn settle_pending(&mut self, tables: &mut Tables) {
+        if !self.sweep_pending {
+            return;
+        }
         let root = self.resolver.proc_root().to_path_buf();
         let pending: Vec<(u32, u64)> = tables
             .procs
@@ -122,6 +131,7 @@ impl Enricher {
             .filter(|(_, i)| i.identity == PENDING_IDENTITY && i.flags & zt_common::proc_flags::EXITED == 0)
             .map(|(pid, i)| (pid, i.start_ns))
             .collect();
+        self.sweep_pending = !pending.is_empty() || self.resolver.has_kernel_digests();
         for (pid, start_ns) in pending {
             let (exe, uid, cgroup) = (procfs::exe(&root, pid), procfs::uid(&root, pid), procfs::cgroup_v2(&root, pid));
             self.resolve(pid, start_ns, 0, uid, true, exe.as_deref(), cgroup.as_deref(), tables);
