@@ -473,6 +473,113 @@ fn exe_digest_selected_processes_never_run_unattributed() {
     agent.stop().unwrap();
 }
 
+/// `exe` globs and compound selectors are decided in the kernel at exec
+/// too. A glob's files are listed by user space ahead; a file new under the
+/// glob's directory (in a new directory, even) is held (egress denied)
+/// until user space has listed it: never a free window. A file there that
+/// the glob does not match is held at its first runs only. A selector with
+/// a key the kernel cannot check (a cgroup beside an exe) holds every exec
+/// of its file until user space decides: the process in the cgroup never
+/// gets out, the one outside is released (how soon is printed).
+#[test]
+#[ignore = "needs root (loads eBPF programs, creates cgroups): cargo xtask test runs it"]
+fn exe_glob_and_compound_selected_processes_never_run_unattributed() {
+    if !require_root("exe_glob_and_compound_selected_processes_never_run_unattributed") {
+        return;
+    }
+    let dir = tempfile::Builder::new().prefix("zt-test-glob-").tempdir().unwrap();
+    let root = dir.path().join("agents");
+    let install = |p: &Path| {
+        std::fs::create_dir_all(p.parent().unwrap()).unwrap();
+        std::fs::copy(helper_bin(), p).unwrap();
+    };
+    let (listed, fresh, unmatched) = (root.join("a/bin/agent"), root.join("new/bin/agent"), root.join("a/bin/tool"));
+    let compound_exe = dir.path().join("compound/agent");
+    install(&listed);
+    install(&compound_exe);
+    let cg = TestCgroup::new(&format!("/{}/agent", unique("compound"))).unwrap();
+    let pol = policy(
+        "zt.test",
+        &format!(
+            "    - name: by-glob\n      selectors:\n        - exe: {}/*/bin/agent\n    \
+             - name: by-compound\n      selectors:\n        - exe: {}\n          cgroup: {}/**\n",
+            root.display(),
+            compound_exe.display(),
+            cg.rel
+        ),
+    );
+    let agent = Agent::start("globsel", &pol, &[]).unwrap();
+    let listener = Listener::new();
+    let out = dir.path().join("result");
+    let attempt_as = |mut cmd: Command, mode: &str| -> String {
+        let _ = std::fs::remove_file(&out);
+        let st = cmd.args(["try", mode, &listener.addr()]).arg(&out).arg("ZTMARK-glob").status().unwrap();
+        assert!(st.success());
+        std::fs::read_to_string(&out).unwrap()
+    };
+    let attempt = |cmd: Command| attempt_as(cmd, "tcp");
+    let runs = |exe: &Path, n| -> Vec<String> { (0..n).map(|_| attempt(Command::new(exe))).collect() };
+
+    let by_listed = runs(&listed, 100);
+    assert!(by_listed.iter().all(|r| r == "EPERM"), "a listed file of the glob got out: {by_listed:?}");
+    // A new directory and file under the glob's root, run at once.
+    install(&fresh);
+    let by_fresh = runs(&fresh, 50);
+    assert!(by_fresh.iter().all(|r| r == "EPERM"), "a new file of the glob got out: {by_fresh:?}");
+    assert_eq!(attempt(Command::new(helper_bin())), "OK", "a file outside the glob's directory is not held");
+    install(&unmatched);
+    let first = std::time::Instant::now();
+    let mut held = 0;
+    while attempt(Command::new(&unmatched)) != "OK" {
+        held += 1;
+        assert!(first.elapsed() < Duration::from_secs(5), "a file the glob does not match was never settled");
+    }
+    eprintln!("a file under the glob's directory that it does not match: {held} run(s) held ({:?})", first.elapsed());
+    assert!(runs(&unmatched, 20).iter().all(|r| r == "OK"), "decided in the kernel as no identity");
+
+    let in_cgroup: Vec<String> = (0..50).map(|_| attempt(cg.command(&compound_exe))).collect();
+    assert!(in_cgroup.iter().all(|r| r == "EPERM"), "the compound-selected process got out: {in_cgroup:?}");
+    let mut released: Vec<u64> = (0..20)
+        .map(|_| {
+            let r = attempt_as(Command::new(&compound_exe), "tcp-retry");
+            let (result, micros) = r.split_once(' ').unwrap();
+            assert_eq!(result, "OK", "the compound exe outside the cgroup was never released");
+            micros.parse().unwrap()
+        })
+        .collect();
+    released.sort();
+    eprintln!("the compound exe outside its cgroup: released after {} µs (median), {} µs (max) of 20", released[10], released[19]);
+
+    // Every exec of the selected files is reported with the identity, or
+    // as held ("(pending)") when it exited before user space decided.
+    let deadline = std::time::Instant::now() + Duration::from_secs(20);
+    loop {
+        let events = agent.events();
+        let execs = execs_with(&events, "ZTMARK-glob");
+        let of = |p: &Path| -> Vec<&str> {
+            execs
+                .iter()
+                .filter(|e| e["process"]["exe"] == p.to_str().unwrap())
+                .map(|e| e["identity"]["name"].as_str().unwrap_or("none"))
+                .collect()
+        };
+        let (l, f, c) = (of(&listed), of(&fresh), of(&compound_exe));
+        if l.len() >= 100 && f.len() >= 50 && c.len() >= 70 {
+            assert!(l.iter().all(|n| *n == "by-glob"), "listed: decided in the kernel at every exec: {l:?}");
+            assert!(f.iter().all(|n| ["by-glob", "(pending)"].contains(n)), "new file: {f:?}");
+            let c_in = c.iter().filter(|n| **n == "by-compound").count();
+            assert!(c.iter().all(|n| ["by-compound", "(pending)", "none"].contains(n)) && c_in > 0, "compound: {c:?}");
+            assert!(of(&unmatched).iter().all(|n| ["none", "(pending)"].contains(n)));
+            let held = |v: &[&str]| v.iter().filter(|n| **n == "(pending)").count();
+            eprintln!("exec events that exited while held: new file {} of 50, compound {} of 70", held(&f), held(&c));
+            break;
+        }
+        assert!(std::time::Instant::now() < deadline, "exec events: listed {}/100, new {}/50, compound {}/70", l.len(), f.len(), c.len());
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    agent.stop().unwrap();
+}
+
 /// Aggregation is per process: a quiet process's one denied attempt is its
 /// own event even while a sibling floods the same destination, and every
 /// connect event names its network namespace.

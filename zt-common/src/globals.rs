@@ -31,6 +31,12 @@ pub const FILE_INODE: &str = "FILE_INODE_OFF";
 pub const INODE_INO: &str = "INODE_INO_OFF";
 pub const INODE_SB: &str = "INODE_SB_OFF";
 pub const SB_DEV: &str = "SB_DEV_OFF";
+/// Offsets of `file.f_path.dentry`, `dentry.d_parent` and
+/// `dentry.d_inode`: the exec program walks up the exec'd file's
+/// directories for `exe` globs.
+pub const FILE_DENTRY: &str = "FILE_DENTRY_OFF";
+pub const DENTRY_PARENT: &str = "DENTRY_PARENT_OFF";
+pub const DENTRY_INODE: &str = "DENTRY_INODE_OFF";
 /// Offsets of `inode.i_ctime_sec` and `inode.i_ctime_nsec` (Linux >= 6.6),
 /// or [`ABSENT`]: then `exeDigest` selectors are decided in user space
 /// after exec.

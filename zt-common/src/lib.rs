@@ -55,5 +55,6 @@ pub use events::{
     hook, kind,
 };
 pub use process::{
-    ANY_UID, CTIME_NSEC_MASK, DIGEST_SENTINEL, DigestKey, ExecKey, ExecPick, NO_IDENTITY, PENDING_IDENTITY, ProcInfo, proc_flags,
+    ANY_UID, CTIME_NSEC_MASK, DIGEST_SENTINEL, DigestKey, ExecKey, ExecPick, GLOB_DIR_DEPTH, GLOB_DIR_UID, GLOB_SENTINEL, NO_IDENTITY,
+    PENDING_IDENTITY, ProcInfo, proc_flags,
 };

@@ -57,12 +57,33 @@ pub const ANY_UID: u32 = u32::MAX;
 /// digest verdict.
 pub const DIGEST_SENTINEL: ExecKey = ExecKey { ino: u64::MAX, dev: u32::MAX, uid: ANY_UID };
 
+/// The `uid` of an `EXEC_SELECT` key that names a directory (its device
+/// and inode), not an executable: the directory an `exe` glob's matches
+/// lie under (its root, or a filesystem mounted below the root). The
+/// value's `prio` is that of the first identity with such a glob.
+pub const GLOB_DIR_UID: u32 = u32::MAX - 1;
+
+/// The `EXEC_SELECT` key whose value's `prio` is that of the first
+/// identity with an `exe` glob the kernel decides (absent: none): an exec
+/// whose own pick does not come before it walks up the file's directories
+/// (at most [`GLOB_DIR_DEPTH`]) looking for a [`GLOB_DIR_UID`] key; under
+/// one, a file user space has not examined yet (no `DIGEST_VERDICT`) is
+/// pending until it has.
+pub const GLOB_SENTINEL: ExecKey = ExecKey { ino: u64::MAX, dev: u32::MAX, uid: GLOB_DIR_UID };
+
+/// Directories the exec program walks up from an executable looking for a
+/// glob's directory (the file's own directory first).
+pub const GLOB_DIR_DEPTH: usize = 16;
+
 /// Key of `DIGEST_VERDICT`: an executable file as the kernel sees it at
 /// exec, with its change time (`inode.i_ctime_*`: every write or metadata
 /// change moves it, and no call can set it back), so a verdict never
 /// outlives the content it was computed from. The value is an
 /// [`ExecPick`]: the identity whose `exeDigest` the file has, or
-/// [`NO_IDENTITY`].
+/// [`NO_IDENTITY`], or [`PENDING_IDENTITY`] (an `exeDigest` selector with
+/// other keys names it: user space decides each exec). Its presence also
+/// says user space has examined this file version, so the `EXEC_SELECT`
+/// entries of `exe` globs are current for it.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
 pub struct DigestKey {

@@ -4,7 +4,8 @@
 //! `shared/docs/limits.md`), so records are submitted with `BPF_RB_NO_WAKEUP`
 //! and user space polls on a short timer. Only when the ring holds at least
 //! `Config::wakeup_bytes` (and that is not 0) does a submit force a wakeup, so
-//! a burst is drained before it overflows.
+//! a burst is drained before it overflows. A record user space must act on
+//! at once (a process held at exec) wakes it ([`submit_now`]).
 use aya_ebpf::{
     bindings::{BPF_RB_AVAIL_DATA, BPF_RB_FORCE_WAKEUP, BPF_RB_NO_WAKEUP},
     maps::ring_buf::RingBufEntry,
@@ -44,4 +45,11 @@ pub fn submit<T>(entry: RingBufEntry<T>) {
     let threshold = config().wakeup_bytes as u64;
     let flags = if threshold != 0 && EVENTS.query(BPF_RB_AVAIL_DATA as u64) >= threshold { BPF_RB_FORCE_WAKEUP } else { BPF_RB_NO_WAKEUP };
     entry.submit(flags as u64);
+}
+
+/// Submits a record and wakes the consumer at once: for a record user space
+/// must act on without delay (a process held until it decides).
+#[inline(always)]
+pub fn submit_now<T>(entry: RingBufEntry<T>) {
+    entry.submit(BPF_RB_FORCE_WAKEUP as u64);
 }

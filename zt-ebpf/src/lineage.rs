@@ -10,10 +10,12 @@
 //!   that matches the exec'd file (device, inode) and the real uid
 //!   (`EXEC_SELECT`, filled by user space; offsets from BTF), or of an
 //!   `exeDigest` selector whose verdict for that file version (device,
-//!   inode, change time) user space left in `DIGEST_VERDICT`; a file with
-//!   no verdict yet makes the process `PENDING_IDENTITY` (held to the
-//!   pending policy, egress denied) until user space has hashed it. So such
-//!   a process never runs a single instruction unattributed; emit an exec
+//!   inode, change time) user space left in `DIGEST_VERDICT`. A file with
+//!   no verdict yet (for an `exe` glob: one under a glob's directory) makes
+//!   the process `PENDING_IDENTITY` (held to the pending policy, egress
+//!   denied) until user space has examined it, and so does a selector with
+//!   keys the kernel cannot check (a pick of `PENDING_IDENTITY`). So a
+//!   selected process never runs a single instruction unattributed; emit an exec
 //!   event with filename and argv. argv is read
 //!   from the new image (`current->mm->arg_start..arg_end`, offsets from BTF
 //!   set by user space), so no syscall tracepoint is needed.
@@ -51,17 +53,17 @@ use aya_ebpf::{
 };
 use aya_log_ebpf::warn;
 use zt_common::{
-    ANY_UID, ARGS_LEN, CTIME_NSEC_MASK, DIGEST_SENTINEL, DigestKey, EventHeader, ExecEvent, ExecKey, ExecPick, ExitEvent, MAX_ARGS,
-    NO_IDENTITY, PENDING_IDENTITY, ProcInfo, args_flags, globals::ABSENT, kind, loss, proc_flags,
+    ANY_UID, ARGS_LEN, CTIME_NSEC_MASK, DIGEST_SENTINEL, DigestKey, EventHeader, ExecEvent, ExecKey, ExecPick, ExitEvent, GLOB_DIR_DEPTH,
+    GLOB_DIR_UID, GLOB_SENTINEL, MAX_ARGS, NO_IDENTITY, PENDING_IDENTITY, ProcInfo, args_flags, globals::ABSENT, kind, loss, proc_flags,
 };
 
 use crate::{
-    events::{count_loss, reserve, submit},
+    events::{count_loss, reserve, submit, submit_now},
     maps::{
-        ARGS_SCRATCH, ATTACH_DST_ID_OFF, ATTACH_DST_ROOT_OFF, ATTACH_PID_OFF, CGROUP_IDENTITY, DIGEST_VERDICT, EXEC_ARGS,
-        EXEC_FILENAME_OFF, EXEC_OLD_PID_OFF, EXEC_SELECT, EXIT_GROUP_DEAD_OFF, FILE_INODE_OFF, FORK_CHILD_PID_OFF, INODE_CTIME_NSEC_OFF,
-        INODE_CTIME_SEC_OFF, INODE_INO_OFF, INODE_SB_OFF, MM_ARG_END_OFF, MM_ARG_START_OFF, MM_EXE_FILE_OFF, PROC_TABLE, SB_DEV_OFF,
-        SEL_TASK_MM_OFF, TASK_CHILDREN_OFF, TASK_MM_OFF, global, set_pid_identity,
+        ARGS_SCRATCH, ATTACH_DST_ID_OFF, ATTACH_DST_ROOT_OFF, ATTACH_PID_OFF, CGROUP_IDENTITY, DENTRY_INODE_OFF, DENTRY_PARENT_OFF,
+        DIGEST_VERDICT, EXEC_ARGS, EXEC_FILENAME_OFF, EXEC_OLD_PID_OFF, EXEC_SELECT, EXIT_GROUP_DEAD_OFF, FILE_DENTRY_OFF, FILE_INODE_OFF,
+        FORK_CHILD_PID_OFF, INODE_CTIME_NSEC_OFF, INODE_CTIME_SEC_OFF, INODE_INO_OFF, INODE_SB_OFF, MM_ARG_END_OFF, MM_ARG_START_OFF,
+        MM_EXE_FILE_OFF, PROC_TABLE, SB_DEV_OFF, SEL_TASK_MM_OFF, TASK_CHILDREN_OFF, TASK_MM_OFF, global, set_pid_identity,
     },
 };
 
@@ -370,7 +372,12 @@ fn try_exec(ctx: &TracePointContext) -> Result<(), i64> {
     if stashed.is_some() {
         let _ = EXEC_ARGS.remove(old_tid as u32);
     }
-    submit(entry);
+    // A held process waits for user space: wake it now, not at its next poll.
+    if identity == PENDING_IDENTITY {
+        submit_now(entry)
+    } else {
+        submit(entry)
+    }
     Ok(())
 }
 
@@ -407,7 +414,9 @@ fn argv_from_mm(out: &mut [u8; ARGS_LEN]) -> Option<(u32, bool)> {
 
 enum Selected {
     Identity(u32),
-    /// An `exeDigest` identity may come first, and the file has no verdict.
+    /// User space decides: an `exeDigest` or `exe` glob identity may come
+    /// first and the file has no verdict, or the first pick is a selector
+    /// with keys the kernel cannot check (`PENDING_IDENTITY`).
     Pending,
     None,
 }
@@ -415,14 +424,17 @@ enum Selected {
 /// The identity the image just exec'd gets: the lowest `prio` among the
 /// `EXEC_SELECT` entries for (file, uid), (file, any uid) and (any file,
 /// uid), and the file's `DIGEST_VERDICT` when an `exeDigest` identity could
-/// come before that pick (`DIGEST_SENTINEL` holds the first one's prio).
-/// `None` without BTF offsets or a match.
+/// come before that pick (`DIGEST_SENTINEL` holds the first one's prio), or
+/// an `exe` glob identity could and the file lies under one of its
+/// directories (`GLOB_SENTINEL`, `GLOB_DIR_UID` keys). `None` without BTF
+/// offsets or a match.
 #[inline(always)]
 fn select_at_exec() -> Selected {
     if global(&SB_DEV_OFF) == ABSENT {
         return Selected::None;
     }
-    let Some((ino, dev, inode)) = exe_file() else { return Selected::None };
+    let Some(exe) = exe_file() else { return Selected::None };
+    let (ino, dev) = (exe.ino, exe.dev);
     let uid = bpf_get_current_uid_gid() as u32;
     let mut best: Option<ExecPick> = None;
     for key in [ExecKey { ino, dev, uid }, ExecKey { ino, dev, uid: ANY_UID }, ExecKey { ino: 0, dev: 0, uid }] {
@@ -435,16 +447,17 @@ fn select_at_exec() -> Selected {
             best = Some(p);
         }
     }
-    // SAFETY: as above.
-    let digest_first = unsafe { EXEC_SELECT.get(DIGEST_SENTINEL) }.copied();
-    if let Some(first) = digest_first
-        && best.is_none_or(|b| b.prio > first.prio)
-        && global(&INODE_CTIME_NSEC_OFF) != ABSENT
-    {
+    let beats_best = |key: ExecKey| -> bool {
+        // SAFETY: as for EXEC_SELECT above.
+        let first = unsafe { EXEC_SELECT.get(key) }.copied();
+        first.is_some_and(|f| best.is_none_or(|b| f.prio < b.prio))
+    };
+    let needs_verdict = beats_best(DIGEST_SENTINEL) || (beats_best(GLOB_SENTINEL) && under_glob_dir(exe.dentry, dev, best));
+    if needs_verdict && global(&INODE_CTIME_NSEC_OFF) != ABSENT {
         // SAFETY: read_kernel's contract, as in `exe_file`.
-        let sec: Option<i64> = unsafe { read_kernel(inode.wrapping_add(global(&INODE_CTIME_SEC_OFF) as usize).cast()) };
+        let sec: Option<i64> = unsafe { read_kernel(exe.inode.wrapping_add(global(&INODE_CTIME_SEC_OFF) as usize).cast()) };
         // SAFETY: as above.
-        let nsec: Option<u32> = unsafe { read_kernel(inode.wrapping_add(global(&INODE_CTIME_NSEC_OFF) as usize).cast()) };
+        let nsec: Option<u32> = unsafe { read_kernel(exe.inode.wrapping_add(global(&INODE_CTIME_NSEC_OFF) as usize).cast()) };
         let (Some(ctime_sec), Some(nsec)) = (sec, nsec) else { return Selected::Pending };
         let key = DigestKey { ino, dev, ctime_nsec: nsec & CTIME_NSEC_MASK, ctime_sec };
         // SAFETY: as for EXEC_SELECT above.
@@ -455,15 +468,62 @@ fn select_at_exec() -> Selected {
         }
     }
     match best {
+        Some(b) if b.identity == PENDING_IDENTITY => Selected::Pending,
         Some(b) => Selected::Identity(b.identity),
         None => Selected::None,
     }
 }
 
-/// The exec'd file (`current->mm->exe_file->f_inode`): inode number,
-/// device (kernel `dev_t`), and the inode's address (to read more of it).
+/// Whether one of the directories above `dentry` (at most
+/// `GLOB_DIR_DEPTH`, within its filesystem) is an `exe` glob's directory
+/// whose identity comes before `best`. A directory that cannot be read
+/// counts as one (user space then examines the file).
 #[inline(always)]
-fn exe_file() -> Option<(u64, u32, *const u8)> {
+fn under_glob_dir(dentry: *const u8, dev: u32, best: Option<ExecPick>) -> bool {
+    let mut d = dentry;
+    for _ in 0..GLOB_DIR_DEPTH {
+        // SAFETY: (every read here) read_kernel's contract, as in `exe_file`.
+        let Some(parent) = (unsafe { read_kernel::<*const u8>(d.wrapping_add(global(&DENTRY_PARENT_OFF) as usize).cast()) }) else {
+            return true;
+        };
+        // SAFETY: as above.
+        let Some(inode) = (unsafe { read_kernel::<*const u8>(parent.wrapping_add(global(&DENTRY_INODE_OFF) as usize).cast()) }) else {
+            return true;
+        };
+        // SAFETY: as above.
+        let Some(ino) = (unsafe { read_kernel::<u64>(inode.wrapping_add(global(&INODE_INO_OFF) as usize).cast()) }) else {
+            return true;
+        };
+        // SAFETY: as for EXEC_SELECT in `select_at_exec`.
+        if let Some(p) = unsafe { EXEC_SELECT.get(ExecKey { ino, dev, uid: GLOB_DIR_UID }) }
+            && best.is_none_or(|b| p.prio < b.prio)
+        {
+            return true;
+        }
+        // The filesystem's root is its own parent.
+        if parent == d {
+            return false;
+        }
+        d = parent;
+    }
+    false
+}
+
+/// The exec'd file (`current->mm->exe_file`).
+struct ExeFile {
+    ino: u64,
+    /// Kernel `dev_t`.
+    dev: u32,
+    /// The inode's address (to read more of it).
+    inode: *const u8,
+    /// `f_path.dentry`: the name it was exec'd by.
+    dentry: *const u8,
+}
+
+/// The exec'd file (`current->mm->exe_file`): inode number, device and
+/// the addresses to read more of it.
+#[inline(always)]
+fn exe_file() -> Option<ExeFile> {
     // SAFETY: an argument-less helper with no preconditions; the result is
     // only used as an address to read through bpf_probe_read_kernel.
     let task = unsafe { bpf_get_current_task() } as *const u8;
@@ -481,7 +541,9 @@ fn exe_file() -> Option<(u64, u32, *const u8)> {
     let sb: *const u8 = unsafe { read_kernel(inode.wrapping_add(global(&INODE_SB_OFF) as usize).cast())? };
     // SAFETY: as above.
     let dev: u32 = unsafe { read_kernel(sb.wrapping_add(global(&SB_DEV_OFF) as usize).cast())? };
-    Some((ino, dev, inode))
+    // SAFETY: as above.
+    let dentry: *const u8 = unsafe { read_kernel(file.wrapping_add(global(&FILE_DENTRY_OFF) as usize).cast())? };
+    Some(ExeFile { ino, dev, inode, dentry })
 }
 
 /// Whether the exiting task still has children (they are re-parented

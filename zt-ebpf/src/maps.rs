@@ -159,6 +159,12 @@ pub static INODE_SB_OFF: u32 = u32::MAX;
 #[unsafe(no_mangle)]
 pub static SB_DEV_OFF: u32 = u32::MAX;
 #[unsafe(no_mangle)]
+pub static FILE_DENTRY_OFF: u32 = u32::MAX;
+#[unsafe(no_mangle)]
+pub static DENTRY_PARENT_OFF: u32 = u32::MAX;
+#[unsafe(no_mangle)]
+pub static DENTRY_INODE_OFF: u32 = u32::MAX;
+#[unsafe(no_mangle)]
 pub static TASK_CHILDREN_OFF: u32 = u32::MAX;
 #[unsafe(no_mangle)]
 pub static INODE_CTIME_SEC_OFF: u32 = u32::MAX;

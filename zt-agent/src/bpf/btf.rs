@@ -188,9 +188,10 @@ pub fn argv_offsets(btf: &Btf<'_>) -> Result<[(&'static str, u32); 3], BtfError>
 }
 
 /// The kernel-struct offsets the exec program needs to name the file just
-/// exec'd (`current->mm->exe_file->f_inode`: `i_ino`, `i_sb->s_dev`).
+/// exec'd (`current->mm->exe_file->f_inode`: `i_ino`, `i_sb->s_dev`) and
+/// walk up its directories (`f_path.dentry->d_parent`, `d_inode`).
 /// Also `task_struct.children`, for the exit program (see lineage.rs).
-pub fn exe_offsets(btf: &Btf<'_>) -> Result<[(&'static str, u32); 7], BtfError> {
+pub fn exe_offsets(btf: &Btf<'_>) -> Result<[(&'static str, u32); 10], BtfError> {
     use zt_common::globals as g;
     Ok([
         (g::SEL_TASK_MM, btf.member_offset("task_struct", "mm")?),
@@ -199,6 +200,9 @@ pub fn exe_offsets(btf: &Btf<'_>) -> Result<[(&'static str, u32); 7], BtfError> 
         (g::INODE_INO, btf.member_offset("inode", "i_ino")?),
         (g::INODE_SB, btf.member_offset("inode", "i_sb")?),
         (g::SB_DEV, btf.member_offset("super_block", "s_dev")?),
+        (g::FILE_DENTRY, btf.member_offset("file", "f_path")? + btf.member_offset("path", "dentry")?),
+        (g::DENTRY_PARENT, btf.member_offset("dentry", "d_parent")?),
+        (g::DENTRY_INODE, btf.member_offset("dentry", "d_inode")?),
         (g::TASK_CHILDREN, btf.member_offset("task_struct", "children")?),
     ])
 }

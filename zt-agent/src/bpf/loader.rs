@@ -155,11 +155,15 @@ impl Bpf {
         // exe/uid selectors decided in the kernel at exec need more (see lineage.rs).
         match btf.as_ref().map_err(String::clone).and_then(|b| btf::exe_offsets(b).map_err(|e| e.to_string())) {
             Ok(o) => offsets.extend(o),
-            Err(e) => tracing::warn!("exe and uid selectors are decided in user space after exec (a window): no BTF offsets ({e})"),
+            Err(e) => {
+                tracing::warn!("exe, exeDigest and uid selectors are decided in user space after exec (a window): no BTF offsets ({e})")
+            }
         }
         match btf.as_ref().map_err(String::clone).and_then(|b| btf::ctime_offsets(b).map_err(|e| e.to_string())) {
             Ok(o) => offsets.extend(o),
-            Err(e) => tracing::warn!("exeDigest selectors are decided in user space after exec (a window): no BTF offsets ({e})"),
+            Err(e) => {
+                tracing::warn!("exeDigest selectors and exe globs are decided in user space after exec (a window): no BTF offsets ({e})")
+            }
         }
         match btf.as_ref().map_err(String::clone).and_then(|b| btf::io_socket_offsets(b).map_err(|e| e.to_string())) {
             Ok(o) => offsets.extend(o),

@@ -7,8 +7,8 @@
 //! - [`seed`]: processes that started before the agent, from /proc.
 //! - [`rescan_cgroups`]: new cgroups a cgroup selector matches, and the
 //!   processes moved into them without exec'ing.
-//! - [`sync_exec_selectors`]: the `exe`/`uid` selectors the kernel decides
-//!   at exec (files re-resolved to device and inode on every call).
+//! - [`sync_exec_selectors`]: the selectors the kernel decides at exec
+//!   (files re-resolved to device and inode, globs listed, on every call).
 //! - [`propagate`]: an identity written by user space reaches the children
 //!   the process forked before it was classified.
 //! - [`gc_stale_entries`]: entries of processes that no longer exist.
@@ -28,12 +28,23 @@ pub struct Tables {
     pub execs: Box<dyn ExecTable + Send>,
 }
 
-/// Makes `EXEC_SELECT` what the selectors say now (a file replaced at a
-/// selector's path gets its new inode here; until then, user space decides
-/// for it after exec, as for every selector the kernel cannot decide).
-pub fn sync_exec_selectors(resolver: &Resolver, tables: &mut Tables) {
-    if let Err(e) = tables.execs.replace(&resolver.exec_entries()) {
-        tracing::warn!("updating the exec selection table: {}", crate::error::Chain(&e));
+/// Makes `EXEC_SELECT` what the selectors say now (a file replaced at an
+/// exact selector's path gets its new inode here, a glob's new files their
+/// entries). Returns whether the table now lists every file the globs
+/// match (only then may a verdict say a file was examined).
+pub fn sync_exec_selectors(resolver: &Resolver, tables: &mut Tables) -> bool {
+    let wanted = resolver.exec_entries();
+    if !wanted.complete {
+        tracing::warn!(
+            "exe globs match more files than the kernel table lists: their files are held at every exec until user space decides"
+        );
+    }
+    match tables.execs.replace(&wanted.entries) {
+        Ok(()) => wanted.complete,
+        Err(e) => {
+            tracing::warn!("updating the exec selection table: {}", crate::error::Chain(&e));
+            false
+        }
     }
 }
 

@@ -13,9 +13,11 @@
 //! - [`Resolver`]: facts -> [`Classification`]; cgroup tree -> kernel
 //!   `CGROUP_IDENTITY` entries; the start-up seeding plan.
 //!
-//! The kernel inherits identities at fork (zt-ebpf `lineage.rs`); user space
-//! only decides identities for processes that match a selector on their own
-//! (exe path, digest, uid, compound selectors) and writes them into the table.
+//! The kernel inherits identities at fork and selects at exec from the
+//! tables user space fills ([`Resolver::exec_entries`], verdicts per file
+//! version), holding a process as pending where only user space can decide
+//! (zt-ebpf `lineage.rs`); user space decides those, `descendantOf` anchors
+//! and what came before its programs, and writes them into the table.
 //! An identity, once held, is never changed or cleared by user space: a
 //! process cannot shed its identity by exec'ing another binary.
 pub mod attribution;
@@ -35,8 +37,8 @@ use std::{
 
 pub use config::{Identity, IdentityConfig};
 use digest::DigestCache;
-use selector::Facts;
-use zt_common::{DIGEST_SENTINEL, NO_IDENTITY};
+use selector::{ExecRule, Facts, Selector};
+use zt_common::{ANY_UID, DIGEST_SENTINEL, DigestKey, ExecKey, ExecPick, GLOB_DIR_UID, GLOB_SENTINEL, NO_IDENTITY, PENDING_IDENTITY};
 
 /// What the resolver decided for one process.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
@@ -86,6 +88,18 @@ impl Facts for LiveFacts<'_> {
 fn kernel_dev(st_dev: u64) -> u32 {
     (libc::major(st_dev) << 20) | libc::minor(st_dev)
 }
+
+/// What the kernel needs to decide selectors at exec.
+#[derive(Debug, Default)]
+pub struct ExecEntries {
+    pub entries: HashMap<ExecKey, ExecPick>,
+    /// Every `exe` glob's matching files are listed (and fit the table):
+    /// only then may a verdict say a file was examined.
+    pub complete: bool,
+}
+
+/// Directory entries listed for `exe` globs per pass, at most.
+const MAX_GLOB_WALK: usize = 100_000;
 
 /// A process as seen in /proc at start-up.
 #[derive(Debug, Clone)]
@@ -159,47 +173,86 @@ impl Resolver {
         self.classify(pid, exe.as_deref(), uid, cgroup.as_deref())
     }
 
-    /// Identity of a cgroup by the selectors the kernel can apply alone
-    /// (cgroup glob only); the first identity in policy order wins.
-    /// The `EXEC_SELECT` entries: for each identity in order, its `exe`
-    /// (exact path: the kernel device and inode of the file it resolves to)
-    /// and `uid` selectors, while every earlier identity is
-    /// decided in the kernel too (else first-match order could not hold:
-    /// an earlier identity decided in user space must get its chance).
-    /// A key two identities share keeps the earlier one. When such an
-    /// identity has an `exeDigest` selector alone, [`DIGEST_SENTINEL`]
-    /// holds the first one's place (see [`Self::digest_pick`]).
-    pub fn exec_entries(&self) -> HashMap<zt_common::ExecKey, zt_common::ExecPick> {
-        let mut out = HashMap::new();
+    /// The `EXEC_SELECT` entries (see [`ExecRule`]), for each identity in
+    /// policy order while every earlier identity is decided in the kernel
+    /// too (first match wins: an earlier identity decided in user space
+    /// must get its chance). A key two identities share keeps the earlier
+    /// one. The sentinels hold the place of the first identity with an
+    /// `exeDigest` ([`DIGEST_SENTINEL`]) or an `exe` glob ([`GLOB_SENTINEL`]).
+    pub fn exec_entries(&self) -> ExecEntries {
+        let mut out = ExecEntries { entries: HashMap::new(), complete: true };
+        let mut budget = MAX_GLOB_WALK;
+        let mounts = std::fs::read_to_string("/proc/self/mountinfo").map(|t| crate::host::parse_mountinfo(&t)).unwrap_or_default();
         for (prio, ident) in self.kernel_decided() {
-            let pick = zt_common::ExecPick { identity: ident.id, prio };
-            for (exe, uid) in ident.selectors.iter().filter_map(|s| s.kernel_exec()) {
-                let (ino, dev) = match exe {
-                    None => (0, 0),
+            let (pick, held) = (ExecPick { identity: ident.id, prio }, ExecPick { identity: PENDING_IDENTITY, prio });
+            let mut add = |key: ExecKey, pick: ExecPick| {
+                out.entries.entry(key).or_insert(pick);
+            };
+            for rule in ident.selectors.iter().map(Selector::exec_rule) {
+                let (exe, uid, alone) = match rule {
+                    ExecRule::Files { exe, uid, alone } => (exe, uid.unwrap_or(ANY_UID), alone),
+                    ExecRule::Digest { .. } => {
+                        add(DIGEST_SENTINEL, ExecPick { identity: NO_IDENTITY, prio });
+                        continue;
+                    }
+                    ExecRule::NotAtExec => continue,
+                };
+                let pick = if alone { pick } else { held };
+                let Some(exe) = exe else {
+                    add(ExecKey { ino: 0, dev: 0, uid }, pick);
+                    continue;
+                };
+                let Some(root) = exe.glob_root() else {
                     // The file the path resolves to, as `/proc/<pid>/exe`
                     // names the file a process runs: a selector naming a
                     // symlink selects its target, whichever name it is run by.
-                    Some(path) => match std::fs::metadata(path) {
-                        Ok(m) if m.file_type().is_file() => (m.ino(), kernel_dev(m.dev())),
-                        _ => continue,
-                    },
+                    if let Ok(m) = std::fs::metadata(exe.as_str())
+                        && m.file_type().is_file()
+                    {
+                        add(ExecKey { ino: m.ino(), dev: kernel_dev(m.dev()), uid }, pick);
+                    }
+                    continue;
                 };
-                out.entry(zt_common::ExecKey { ino, dev, uid: uid.unwrap_or(zt_common::ANY_UID) }).or_insert(pick);
+                add(GLOB_SENTINEL, ExecPick { identity: NO_IDENTITY, prio });
+                // The root, and every filesystem mounted below it (the
+                // kernel's walk up from a file stops at its filesystem's root).
+                let below = mounts.iter().map(|(m, _)| m.as_path()).filter(|m| m.starts_with(&root));
+                for dir in std::iter::once(root.as_path()).chain(below) {
+                    if let Ok(m) = std::fs::metadata(dir) {
+                        add(
+                            ExecKey { ino: m.ino(), dev: kernel_dev(m.dev()), uid: GLOB_DIR_UID },
+                            ExecPick { identity: NO_IDENTITY, prio },
+                        );
+                    }
+                }
+                match exe.matching_files(&mut budget) {
+                    Some(files) => {
+                        for m in files {
+                            add(ExecKey { ino: m.ino(), dev: kernel_dev(m.dev()), uid }, pick);
+                        }
+                    }
+                    None => out.complete = false,
+                }
             }
-            if ident.selectors.iter().any(|s| s.kernel_digest().is_some()) {
-                out.entry(DIGEST_SENTINEL).or_insert(zt_common::ExecPick { identity: NO_IDENTITY, prio });
-            }
+        }
+        if out.entries.len() > zt_common::maps::EXEC_SELECT_CAPACITY as usize {
+            out.complete = false;
         }
         out
     }
 
-    /// The directories holding the files the kernel's `exe` selectors name:
-    /// a file replaced there (a package upgrade renames a new inode over
-    /// the path) is re-resolved at once, not at the next rescan.
+    /// The directories holding the files the kernel's exact `exe` selectors
+    /// name: a file replaced there (a package upgrade renames a new inode
+    /// over the path) is re-resolved at once, not at the next rescan. (A
+    /// glob's new files are held at exec until user space has listed them.)
     pub fn exec_watch_dirs(&self) -> Vec<PathBuf> {
         let mut dirs: Vec<PathBuf> = self
             .kernel_decided()
-            .flat_map(|(_, i)| i.selectors.iter().filter_map(|s| s.kernel_exec()?.0))
+            .flat_map(|(_, i)| i.selectors.iter().map(Selector::exec_rule))
+            .filter_map(|r| match r {
+                ExecRule::Files { exe: Some(e), .. } if e.is_exact() => Some(e.as_str()),
+                _ => None,
+            })
             // The path's directory, and its target's (a symlink retargeted,
             // or its target replaced).
             .flat_map(|p| [Some(PathBuf::from(p)), std::fs::canonicalize(p).ok()])
@@ -211,53 +264,73 @@ impl Resolver {
         dirs
     }
 
-    /// The identities the kernel decides, with their place in the policy:
-    /// every one up to (and including) the first with a selector the
-    /// kernel cannot decide is excluded from there on.
+    /// The identities the kernel decides at exec, with their place in the
+    /// policy: all of them up to (and including) the first with a
+    /// `descendantOf` selector, which user space decides.
     fn kernel_decided(&self) -> impl Iterator<Item = (u32, &Identity)> {
-        let decidable = |i: &&Identity| {
-            i.selectors.iter().all(|s| s.kernel_cgroup_only().is_some() || s.kernel_exec().is_some() || s.kernel_digest().is_some())
-        };
+        let decidable = |i: &&Identity| i.selectors.iter().all(|s| s.descendant_of.is_none());
         let n = self.config.identities.iter().take_while(decidable).count();
         // The first identity the kernel cannot fully decide still gets its
-        // kernel-decidable selectors (as before): nothing after it.
+        // kernel-decidable selectors: nothing after it.
         let upto = (n + 1).min(self.config.identities.len());
         self.config.identities[..upto].iter().enumerate().map(|(p, i)| (p as u32, i))
     }
 
-    /// Whether the kernel decides some `exeDigest` selector at exec (and so
-    /// may make processes pending).
-    pub fn has_kernel_digests(&self) -> bool {
-        self.kernel_decided().any(|(_, i)| i.selectors.iter().any(|s| s.kernel_digest().is_some()))
+    /// Whether the kernel may hold processes pending until user space has
+    /// examined their file (an `exeDigest` or `exe` glob decided at exec).
+    pub fn has_kernel_verdicts(&self) -> bool {
+        self.has_kernel_globs()
+            || self.kernel_decided().flat_map(|(_, i)| &i.selectors).any(|s| matches!(s.exec_rule(), ExecRule::Digest { .. }))
+    }
+
+    /// Whether some `exe` glob is decided at exec (a file new under its
+    /// directory is held until user space has listed it).
+    pub fn has_kernel_globs(&self) -> bool {
+        self.kernel_decided()
+            .flat_map(|(_, i)| &i.selectors)
+            .any(|s| matches!(s.exec_rule(), ExecRule::Files { exe: Some(e), .. } if !e.is_exact()))
     }
 
     /// The `DIGEST_VERDICT` value for a file with digest `hash`: the first
-    /// identity the kernel decides whose `exeDigest` selector names it, or
+    /// identity the kernel decides whose `exeDigest` selector names it
+    /// (held, `PENDING_IDENTITY`, when that selector has other keys), or
     /// none (`NO_IDENTITY`).
-    pub fn digest_pick(&self, hash: &blake3::Hash) -> zt_common::ExecPick {
+    pub fn digest_pick(&self, hash: &blake3::Hash) -> ExecPick {
         self.kernel_decided()
-            .find(|(_, i)| i.selectors.iter().any(|s| s.kernel_digest() == Some(hash)))
-            .map(|(prio, i)| zt_common::ExecPick { identity: i.id, prio })
+            .find_map(|(prio, i)| {
+                i.selectors.iter().find_map(|s| match s.exec_rule() {
+                    ExecRule::Digest { hash: h, alone } if h == hash => {
+                        Some(ExecPick { identity: if alone { i.id } else { PENDING_IDENTITY }, prio })
+                    }
+                    _ => None,
+                })
+            })
             .unwrap_or_default()
     }
 
-    /// The verdict key and value for the executable `pid` runs, read and
-    /// hashed through `/proc/<pid>/exe`; `None` when it cannot be read, or
-    /// it changed while being hashed (no verdict then: the next exec of it
-    /// is pending again).
-    pub fn digest_verdict(&mut self, pid: u32) -> Option<(zt_common::DigestKey, zt_common::ExecPick)> {
+    /// The verdict key and value for the executable `pid` runs, read (and
+    /// hashed, when some `exeDigest` selector is decided at exec) through
+    /// `/proc/<pid>/exe`; `None` when it cannot be read, or it changed
+    /// while being hashed (no verdict then: the next exec of it is pending
+    /// again).
+    pub fn file_verdict(&mut self, pid: u32) -> Option<(DigestKey, ExecPick)> {
         let file = std::fs::File::open(self.proc_root.join(pid.to_string()).join("exe")).ok()?;
-        let key = |m: &std::fs::Metadata| zt_common::DigestKey {
+        let key = |m: &std::fs::Metadata| DigestKey {
             ino: m.ino(),
             dev: kernel_dev(m.dev()),
             ctime_nsec: m.ctime_nsec() as u32 & zt_common::CTIME_NSEC_MASK,
             ctime_sec: m.ctime(),
         };
         let before = key(&file.metadata().ok()?);
+        if !self.kernel_decided().flat_map(|(_, i)| &i.selectors).any(|s| matches!(s.exec_rule(), ExecRule::Digest { .. })) {
+            return Some((before, ExecPick::default()));
+        }
         let hash = self.digests.digest_file(&file).ok()?;
         (key(&file.metadata().ok()?) == before).then(|| (before, self.digest_pick(&hash)))
     }
 
+    /// Identity of a cgroup by the selectors the kernel can apply alone
+    /// (cgroup glob only); the first identity in policy order wins.
     pub fn cgroup_identity(&self, cgroup_path: &str) -> u32 {
         for ident in &self.config.identities {
             if ident.selectors.iter().any(|s| s.kernel_cgroup_only().is_some_and(|g| g.is_match(cgroup_path))) {
@@ -355,39 +428,67 @@ spec:
         assert_eq!(r.classify(1, Some("/usr/bin/runner"), Some(0), Some("/")), Classification { identity: 0, child_identity: 2 });
     }
 
-    /// `exeDigest` alone is decided in the kernel: the sentinel holds the
-    /// first such identity's place, verdicts name the first identity whose
-    /// digest a file has, and nothing after an identity decided in user
-    /// space is decided in the kernel.
+    fn policy(identities: &str) -> String {
+        format!("apiVersion: zt-agent.io/v1alpha1\nkind: HostPolicy\nspec:\n  trustDomain: t\n  identities:\n{identities}")
+    }
+
+    /// `exeDigest` is decided in the kernel: the sentinel holds the first
+    /// such identity's place, verdicts name the first identity whose digest
+    /// a file has (held when the selector has other keys), and nothing
+    /// after an identity with a `descendantOf` selector is decided there.
     #[test]
     fn digest_selectors_in_the_kernel() {
-        let (d1, d2) = (blake3::hash(b"one"), blake3::hash(b"two"));
-        let r = resolver(&format!(
-            "apiVersion: zt-agent.io/v1alpha1\nkind: HostPolicy\nspec:\n  trustDomain: t\n  identities:\n    \
-             - name: u\n      selectors:\n        - uid: 5\n    \
+        let (d1, d2, d3) = (blake3::hash(b"one"), blake3::hash(b"two"), blake3::hash(b"three"));
+        let r = resolver(&policy(&format!(
+            "    - name: u\n      selectors:\n        - uid: 5\n    \
              - name: d\n      selectors:\n        - exeDigest: blake3:{}\n    \
-             - name: mixed\n      selectors:\n        - exeDigest: blake3:{}\n        - exe: /opt/*/bin\n    \
+             - name: mixed\n      selectors:\n        - exeDigest: blake3:{}\n          uid: 9\n        \
+             - descendantOf:\n            uid: 8\n    \
              - name: late\n      selectors:\n        - uid: 6\n        - exeDigest: blake3:{}\n",
             d1.to_hex(),
             d2.to_hex(),
-            blake3::hash(b"three").to_hex()
-        ));
-        let e = r.exec_entries();
-        assert_eq!(e[&DIGEST_SENTINEL], zt_common::ExecPick { identity: NO_IDENTITY, prio: 1 });
-        assert_eq!(e[&zt_common::ExecKey { ino: 0, dev: 0, uid: 5 }].prio, 0);
-        assert!(!e.contains_key(&zt_common::ExecKey { ino: 0, dev: 0, uid: 6 }), "after a user-space identity");
-        assert_eq!(r.digest_pick(&d1), zt_common::ExecPick { identity: 2, prio: 1 });
-        assert_eq!(
-            r.digest_pick(&d2),
-            zt_common::ExecPick { identity: 3, prio: 2 },
-            "the first undecided identity's own kernel selectors count"
-        );
-        assert_eq!(
-            r.digest_pick(&blake3::hash(b"three")),
-            zt_common::ExecPick::default(),
-            "after a user-space identity: user space decides"
-        );
+            d3.to_hex()
+        )));
+        let e = r.exec_entries().entries;
+        assert_eq!(e[&DIGEST_SENTINEL], ExecPick { identity: NO_IDENTITY, prio: 1 });
+        assert_eq!(e[&ExecKey { ino: 0, dev: 0, uid: 5 }].prio, 0);
+        assert!(!e.contains_key(&ExecKey { ino: 0, dev: 0, uid: 6 }), "after a descendantOf identity");
+        assert_eq!(r.digest_pick(&d1), ExecPick { identity: 2, prio: 1 });
+        assert_eq!(r.digest_pick(&d2), ExecPick { identity: PENDING_IDENTITY, prio: 2 }, "a digest with a uid: held for user space");
+        assert_eq!(r.digest_pick(&d3), ExecPick::default(), "after a descendantOf identity: user space decides");
         assert_eq!(r.digest_pick(&blake3::hash(b"other")).identity, NO_IDENTITY);
+    }
+
+    /// An `exe` glob: its files listed by device and inode (with the uid),
+    /// its root directory marked, the sentinel at its place; a selector with
+    /// a key the kernel cannot check is held (`PENDING_IDENTITY`).
+    #[test]
+    fn glob_and_compound_selectors_in_the_kernel() {
+        let dir = tempfile::tempdir().unwrap();
+        let root = dir.path().join("agents");
+        for p in ["a/bin/agent", "b/bin/agent", "b/bin/other", "c/lib/agent", "a/bin/deeper/agent"] {
+            std::fs::create_dir_all(root.join(p).parent().unwrap()).unwrap();
+            std::fs::write(root.join(p), b"").unwrap();
+        }
+        let key = |p: &Path, uid| {
+            let m = std::fs::metadata(p).unwrap();
+            ExecKey { ino: m.ino(), dev: kernel_dev(m.dev()), uid }
+        };
+        let r = resolver(&policy(&format!(
+            "    - name: c\n      selectors:\n        - cgroup: /x/**\n          uid: 4\n    \
+             - name: g\n      selectors:\n        - exe: {}/*/bin/agent\n          uid: 7\n",
+            root.display()
+        )));
+        let got = r.exec_entries();
+        assert!(got.complete);
+        let e = got.entries;
+        assert_eq!(e[&ExecKey { ino: 0, dev: 0, uid: 4 }], ExecPick { identity: PENDING_IDENTITY, prio: 0 }, "cgroup and uid: held");
+        assert_eq!(e[&key(&root.join("a/bin/agent"), 7)], ExecPick { identity: 2, prio: 1 });
+        assert_eq!(e[&key(&root.join("b/bin/agent"), 7)], ExecPick { identity: 2, prio: 1 });
+        assert_eq!(e[&key(&root, GLOB_DIR_UID)], ExecPick { identity: NO_IDENTITY, prio: 1 });
+        assert_eq!(e[&GLOB_SENTINEL], ExecPick { identity: NO_IDENTITY, prio: 1 });
+        assert_eq!(e.len(), 5, "no other file matches: {e:?}");
+        assert!(r.has_kernel_globs() && r.has_kernel_verdicts());
     }
 
     #[test]

@@ -3,7 +3,9 @@
 //! # Layout
 //! - [`Selector`]: the keys of one selector; all given keys must match (AND);
 //!   an identity's selectors are alternatives (OR).
-//! - [`CgroupGlob`], [`ExeMatcher`]: validated path patterns.
+//! - [`ExecRule`]: how the kernel decides a selector at exec.
+//! - [`CgroupGlob`], [`ExeMatcher`]: validated path patterns (a glob's
+//!   directory and matching files listed for the kernel).
 //! - [`Facts`]: what a selector is matched against, with the exe digest
 //!   computed only when a selector asks for it.
 //!
@@ -11,6 +13,7 @@
 //! as an anchor and the kernel gives the anchor's identity to every process
 //! it forks (see `lineage.rs` in zt-ebpf).
 use std::{
+    path::PathBuf,
     sync::{Arc, Mutex, PoisonError},
     time::Instant,
 };
@@ -37,6 +40,25 @@ pub trait Facts {
     /// cgroup v2 path relative to the cgroup2 mount, starting with '/'.
     fn cgroup(&self) -> Option<&str>;
     fn digest(&mut self) -> Option<blake3::Hash>;
+}
+
+/// How the kernel decides a selector at exec (zt-ebpf `lineage.rs`). With
+/// `alone` false the selector has keys the kernel cannot check (a cgroup
+/// glob, or keys beside a digest): its pick is `PENDING_IDENTITY`, and user
+/// space decides each such exec while the process is held.
+#[derive(Debug, Clone, Copy)]
+pub enum ExecRule<'a> {
+    /// `EXEC_SELECT` entries for the files `exe` names (an exact path: the
+    /// file it resolves to; a glob: the files under its directory that
+    /// match, listed by user space, plus the directory so a file not listed
+    /// yet is held) with the uid; without `exe`, any file of that uid.
+    Files { exe: Option<&'a ExeMatcher>, uid: Option<u32>, alone: bool },
+    /// The file's `DIGEST_VERDICT`, which user space writes once it has
+    /// hashed that file version.
+    Digest { hash: &'a blake3::Hash, alone: bool },
+    /// Not at exec: a cgroup glob alone (`CGROUP_IDENTITY`, at fork and
+    /// move), `descendantOf` (the lineage), `k8s` (matches nothing yet).
+    NotAtExec,
 }
 
 impl Selector {
@@ -74,26 +96,17 @@ impl Selector {
         parts.join(",")
     }
 
-    /// A selector the kernel decides at exec (`EXEC_SELECT`): an exact
-    /// executable path (no glob) with or without a uid, or a uid alone.
-    pub fn kernel_exec(&self) -> Option<(Option<&str>, Option<u32>)> {
-        match self {
-            Selector { exe: Some(e), cgroup: None, exe_digest: None, uid, descendant_of: None, k8s: false } if e.is_exact() => {
-                Some((Some(e.as_str()), *uid))
-            }
-            Selector { uid: Some(u), cgroup: None, exe: None, exe_digest: None, descendant_of: None, k8s: false } => Some((None, Some(*u))),
-            _ => None,
+    /// How the kernel decides this selector at exec (see [`ExecRule`]).
+    pub fn exec_rule(&self) -> ExecRule<'_> {
+        if self.descendant_of.is_some() || self.k8s || self.is_empty() || self.kernel_cgroup_only().is_some() {
+            return ExecRule::NotAtExec;
         }
-    }
-
-    /// An `exeDigest` selector alone: decided in the kernel at exec from the
-    /// file's verdict (`DIGEST_VERDICT`), which user space leaves there
-    /// once it has hashed that file version.
-    pub fn kernel_digest(&self) -> Option<&blake3::Hash> {
-        match self {
-            Selector { exe_digest: Some(d), cgroup: None, exe: None, uid: None, descendant_of: None, k8s: false } => Some(d),
-            _ => None,
+        // The digest narrows most: every other key is checked in user space.
+        if let Some(hash) = &self.exe_digest {
+            let alone = self.exe.is_none() && self.uid.is_none() && self.cgroup.is_none();
+            return ExecRule::Digest { hash, alone };
         }
+        ExecRule::Files { exe: self.exe.as_ref(), uid: self.uid, alone: self.cgroup.is_none() }
     }
 
     /// A selector made of a cgroup glob alone can be decided in the kernel
@@ -224,9 +237,57 @@ impl ExeMatcher {
 
     /// A plain path, not a pattern.
     pub fn is_exact(&self) -> bool {
-        !self.pattern.contains(['*', '?', '[', ']', '{', '}', '\\'])
+        !self.pattern.contains(GLOB_CHARS)
+    }
+
+    /// For a glob: the deepest directory all its matches lie under (the
+    /// components before the first with a pattern character).
+    pub fn glob_root(&self) -> Option<PathBuf> {
+        if self.is_exact() {
+            return None;
+        }
+        let mut root = PathBuf::from("/");
+        for c in self.pattern.split('/').filter(|c| !c.is_empty()).take_while(|c| !c.contains(GLOB_CHARS)) {
+            root.push(c);
+        }
+        Some(root)
+    }
+
+    /// For a glob: the regular files under its root whose path matches
+    /// (symlinks are not followed: a process's exe is matched by the path it
+    /// resolves to). Visits at most `budget` directory entries, counting
+    /// them off; `None` when that was not enough to see them all.
+    pub fn matching_files(&self, budget: &mut usize) -> Option<Vec<std::fs::Metadata>> {
+        let root = self.glob_root()?;
+        let below = self.pattern.split('/').filter(|c| !c.is_empty()).count() - root.components().count() + 1;
+        let max_depth = if self.pattern.contains("**") { MAX_GLOB_WALK_DEPTH } else { below };
+        let mut out = Vec::new();
+        let mut stack = vec![(root, 1)];
+        while let Some((dir, depth)) = stack.pop() {
+            let Ok(entries) = std::fs::read_dir(&dir) else { continue };
+            for e in entries.flatten() {
+                *budget = budget.checked_sub(1)?;
+                let Ok(t) = e.file_type() else { continue };
+                let path = e.path();
+                if t.is_dir() && depth < max_depth {
+                    stack.push((path, depth + 1));
+                } else if t.is_file()
+                    && path.to_str().is_some_and(|p| self.matcher.is_match(p))
+                    && let Ok(m) = e.metadata()
+                {
+                    out.push(m);
+                }
+            }
+        }
+        Some(out)
     }
 }
+
+/// The characters that make an `exe` value a pattern.
+const GLOB_CHARS: [char; 7] = ['*', '?', '[', ']', '{', '}', '\\'];
+
+/// Deepest a `**` glob's files are looked for below its root.
+const MAX_GLOB_WALK_DEPTH: usize = 32;
 
 #[cfg(test)]
 pub(crate) mod tests {

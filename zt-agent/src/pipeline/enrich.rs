@@ -131,7 +131,7 @@ impl Enricher {
             .filter(|(_, i)| i.identity == PENDING_IDENTITY && i.flags & zt_common::proc_flags::EXITED == 0)
             .map(|(pid, i)| (pid, i.start_ns))
             .collect();
-        self.sweep_pending = !pending.is_empty() || self.resolver.has_kernel_digests();
+        self.sweep_pending = !pending.is_empty() || self.resolver.has_kernel_verdicts();
         for (pid, start_ns) in pending {
             let (exe, uid, cgroup) = (procfs::exe(&root, pid), procfs::uid(&root, pid), procfs::cgroup_v2(&root, pid));
             self.resolve(pid, start_ns, 0, uid, true, exe.as_deref(), cgroup.as_deref(), tables);
@@ -303,10 +303,10 @@ impl Enricher {
     }
 
     /// Classifies a process the kernel left unattributed (or `pending`: held
-    /// until its executable is hashed) and writes the result into the kernel
-    /// table; returns the identity the event should carry. For a pending
-    /// process the file's digest verdict goes to the kernel first, so the
-    /// next exec of that file version is decided there.
+    /// until user space has examined its executable) and writes the result
+    /// into the kernel table; returns the identity the event should carry.
+    /// For a pending process the file's verdict goes to the kernel first, so
+    /// the next exec of that file version is decided there.
     #[expect(clippy::too_many_arguments, reason = "the facts of one process, from an event or from /proc")]
     fn resolve(
         &mut self,
@@ -319,11 +319,14 @@ impl Enricher {
         cgroup: Option<&str>,
         tables: &mut Tables,
     ) -> u32 {
+        // An `exe` glob's new file gets its entries before the verdict says
+        // the file was examined.
         if pending
-            && let Some((key, pick)) = self.resolver.digest_verdict(tgid)
+            && (!self.resolver.has_kernel_globs() || attribution::sync_exec_selectors(&self.resolver, tables))
+            && let Some((key, pick)) = self.resolver.file_verdict(tgid)
             && let Err(e) = tables.execs.set_verdict(key, pick)
         {
-            tracing::warn!("recording a digest verdict: {}", crate::error::Chain(&e));
+            tracing::warn!("recording a file verdict: {}", crate::error::Chain(&e));
         }
         // A cgroup created after start-up: teach the kernel its identity so
         // later forks and execs in it are attributed without us.
@@ -352,6 +355,8 @@ impl Enricher {
                 c.identity
             }
             Ok(Assign::AlreadyAttributed(id)) => id,
+            // Held until it exited: it never ran with an identity.
+            Ok(Assign::Gone) if pending => PENDING_IDENTITY,
             Ok(Assign::Gone) => NO_IDENTITY,
             Err(e) => {
                 tracing::warn!("assigning identity to pid {tgid}: {}", crate::error::Chain(&e));

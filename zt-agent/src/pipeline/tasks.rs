@@ -150,7 +150,9 @@ pub async fn enrich<A: AggregateTable>(mut e: Enrich<A>, mut rx: mpsc::Receiver<
             _ = flush.tick() => flush_aggregates(&mut e, false),
             // A file an `exe` selector names was replaced: its new inode
             // goes to the kernel now, not at the next rescan.
-            _ = crate::dirwatch::changed(&exe_files) => attribution::sync_exec_selectors(e.enricher.resolver(), &mut e.tables),
+            _ = crate::dirwatch::changed(&exe_files) => {
+                attribution::sync_exec_selectors(e.enricher.resolver(), &mut e.tables);
+            }
             _ = rescan.tick() => {
                 attribution::rescan_cgroups(e.enricher.resolver(), &mut e.tables, &upkeep.cgroup2);
                 e.enricher.settle_pending(&mut e.tables);

@@ -378,7 +378,13 @@ fn convert_selector(cx: &mut Ctx<'_>, rs: &RawSelector, parent: &Location) -> Op
         }
     }
     if let Some(u) = &rs.uid {
-        sel.uid = Some(u.value);
+        // (uid_t)-1 means "no change" to the kernel, and the exec table
+        // keeps -1 and -2 for its own keys (zt_common::ANY_UID, GLOB_DIR_UID).
+        if u.value >= zt_common::GLOB_DIR_UID {
+            cx.error(&u.referenced, format!("uid {} is reserved", u.value), Some("a uid is below 4294967294"));
+        } else {
+            sel.uid = Some(u.value);
+        }
     }
     if let Some(k) = &rs.k8s {
         cx.warn(&k.referenced, "k8s selectors are accepted but match nothing yet (no Kubernetes metadata source in this version)", None);
