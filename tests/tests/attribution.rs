@@ -350,12 +350,14 @@ fn argv_capture_modes() {
     }
 }
 
-/// Loss is never silent: with a tiny ring buffer and a slow consumer, a
-/// burst of connects to distinct destinations overflows the ring; the lost
-/// records are counted and reported (`loss` event, status), and because the
-/// kernel also counts every attempt per destination, the attempts of lost
-/// records still reach the output as `connect_summary` events: the repeats
-/// of all connect and summary events add up to exactly the attempts made.
+/// Loss is never silent: with tiny ring buffers and a slow consumer, a
+/// burst of denied connects to distinct destinations (more than the
+/// aggregation cache has slots) overflows the security ring; the lost
+/// records are counted and reported (`loss` event with the identity and
+/// time range, status), and because the kernel also counts every attempt
+/// per destination, the attempts of lost records still reach the output as
+/// `connect_summary` events (from evictions and the flush): the repeats of
+/// all connect and summary events add up to exactly the attempts made.
 #[test]
 #[ignore = "needs root (loads eBPF programs, creates cgroups): cargo xtask test runs it"]
 fn ring_buffer_overflow_is_counted_and_reported() {
@@ -363,8 +365,12 @@ fn ring_buffer_overflow_is_counted_and_reported() {
         return;
     }
     let cg = TestCgroup::new(&format!("/{}/agent", unique("loss"))).unwrap();
-    let agent =
-        Agent::start("loss", &cgroup_policy(&cg), &["--ringbuf-size", "4096", "--poll-ms", "1000", "--show", "attributed"]).unwrap();
+    let agent = Agent::start(
+        "loss",
+        &cgroup_policy(&cg),
+        &["--ringbuf-size", "4096", "--security-ringbuf-size", "4096", "--poll-ms", "1000", "--show", "attributed"],
+    )
+    .unwrap();
     let n: u64 = 10_000;
     let base: u16 = 40_000;
     assert!(
@@ -379,6 +385,17 @@ fn ring_buffer_overflow_is_counted_and_reported() {
     assert!(lost > 0, "expected ring buffer loss with a 4 KiB ring: {c}");
     let last_loss = events.iter().rev().find(|e| e["kind"] == "loss").unwrap();
     assert_eq!(last_loss["loss"]["totals"]["ringbuf_connect"].as_u64(), Some(lost), "{last_loss}");
+    // Denials are security records: what the security ring lost is known per
+    // identity, with its time range, and adds up to the kernel's counters.
+    let evict_lost = c["kernel_loss"]["ringbuf_agg_evict"].as_u64().unwrap();
+    let per_identity: Vec<&serde_json::Value> = events
+        .iter()
+        .filter(|e| e["kind"] == "loss")
+        .flat_map(|e| e["loss"]["security_records"].as_array().into_iter().flatten())
+        .collect();
+    assert!(per_identity.iter().all(|r| r["identity"]["name"] == "test-agent" && r["from"].is_string() && r["to"].is_string()));
+    let security_lost: u64 = per_identity.iter().map(|r| r["lost"].as_u64().unwrap()).sum();
+    assert_eq!(security_lost, lost + evict_lost, "security records lost per identity: {per_identity:?}");
     let in_range = |p: &serde_json::Value| p.as_u64().is_some_and(|p| p >= base as u64 && p < base as u64 + n);
     let written: u64 = events
         .iter()
@@ -390,8 +407,12 @@ fn ring_buffer_overflow_is_counted_and_reported() {
         .filter(|e| e["kind"] == "connect_summary" && in_range(&e["connect_summary"]["port"]))
         .map(|e| e["connect_summary"]["repeats"].as_u64().unwrap())
         .sum();
+    // Attempts whose eviction report found the ring full are folded into
+    // counts for the identity.
+    let folded: u64 =
+        events.iter().filter(|e| e["kind"] == "connect_folded").map(|e| e["connect_folded"]["denied"].as_u64().unwrap()).sum();
     assert!(written > 0 && summarized > 0, "written {written}, summarized {summarized}");
-    assert_eq!(written + summarized, n, "every attempt reported exactly once (lost records: {lost})");
+    assert_eq!(written + summarized + folded, n, "every attempt reported exactly once (lost records: {lost}, folded {folded})");
 }
 
 /// A flood to one destination becomes a handful of events whose repeats

@@ -30,6 +30,8 @@ fn started_and_stopped_in_process() {
         show: Show::All,
         observe_all_connects: false,
         ringbuf_bytes: zt_common::maps::EVENTS_DEFAULT_BYTES,
+        security_ringbuf_bytes: zt_common::maps::SECURITY_EVENTS_DEFAULT_BYTES,
+        event_rate: 20_000,
         poll_interval: Duration::from_millis(10),
         socket: dir.path().join("control.sock"),
         demo: false,
@@ -86,7 +88,7 @@ fn kernel_policy_target_refuses_the_slot_in_force() {
     let (bpf, maps) = Bpf::load(&LoadOptions {
         tracefs: &tracefs,
         pins: None,
-        ringbuf_bytes: 1 << 16,
+        ringbuf_bytes: (1 << 16, 1 << 16),
         config: zt_common::Config::default(),
         argv: ArgvCapture::Proc,
     })

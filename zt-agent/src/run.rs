@@ -62,6 +62,9 @@ pub struct RunOptions {
     pub show: Show,
     pub observe_all_connects: bool,
     pub ringbuf_bytes: u32,
+    pub security_ringbuf_bytes: u32,
+    /// Connect events per second per identity and CPU (0: unlimited).
+    pub event_rate: u32,
     pub poll_interval: Duration,
     pub socket: PathBuf,
     pub demo: bool,
@@ -387,8 +390,13 @@ fn load_programs(opts: &RunOptions, tracefs: &Path, pins: Option<&Pins>) -> anyh
     Bpf::load(&LoadOptions {
         tracefs,
         pins,
-        ringbuf_bytes: opts.ringbuf_bytes,
-        config: Config { flags, wakeup_bytes: opts.ringbuf_bytes / 4 },
+        ringbuf_bytes: (opts.ringbuf_bytes, opts.security_ringbuf_bytes),
+        config: Config {
+            flags,
+            wakeup_bytes: opts.ringbuf_bytes / 4,
+            security_wakeup_bytes: opts.security_ringbuf_bytes / 4,
+            event_rate: opts.event_rate,
+        },
         argv: opts.argv,
     })
 }
@@ -517,11 +525,11 @@ fn open_audit(cfg: &audit::log::Config) -> anyhow::Result<audit::writer::Writer>
     audit::writer::spawn(log, &cfg.dir, AUDIT_QUEUE_CAPACITY).context("starting the audit thread")
 }
 
-/// The `--ringbuf-size` check: a power of two of at least a page.
-pub fn valid_ringbuf_size(bytes: u32) -> anyhow::Result<u32> {
+/// The `--ringbuf-size` (`flag`) check: a power of two of at least a page.
+pub fn valid_ringbuf_size(flag: &str, bytes: u32) -> anyhow::Result<u32> {
     let page = 4096;
     if bytes < page || !bytes.is_power_of_two() {
-        bail!("--ringbuf-size must be a power of two of at least {page} bytes (got {bytes})");
+        bail!("{flag} must be a power of two of at least {page} bytes (got {bytes})");
     }
     Ok(bytes)
 }

@@ -9,8 +9,13 @@ pub struct Config {
     /// Ring buffer fill level (bytes) above which a submit wakes the consumer;
     /// below it records are submitted without a wakeup and the consumer polls.
     pub wakeup_bytes: u32,
+    /// The same for the security ring.
+    pub security_wakeup_bytes: u32,
+    /// Connect events per second each identity may cause on each CPU (its
+    /// budget, see `policy::IdentityBudget`); 0: unlimited.
+    pub event_rate: u32,
 }
-const _: () = assert!(size_of::<Config>() == 8);
+const _: () = assert!(size_of::<Config>() == 16);
 
 /// [`Config::flags`] bits.
 pub mod config_flags {

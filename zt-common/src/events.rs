@@ -11,6 +11,8 @@ pub mod kind {
     pub const GUARD: u32 = 4;
     /// A [`crate::unix::UnixEvent`].
     pub const UNIX: u32 = 5;
+    /// An [`AggEvictEvent`].
+    pub const AGG_EVICT: u32 = 6;
 }
 
 /// Common prefix of every ring buffer record.
@@ -126,10 +128,9 @@ pub struct ConnectEvent {
     pub hook: u32,
     /// CPU that decided (aggregation totals are per CPU).
     pub cpu: u32,
-    /// Attempts to this (identity, destination, port, protocol, decision,
-    /// policy generation) counted on this CPU so far, this one included; 0
-    /// when the attempt could not be aggregated (table full). See
-    /// [`policy::AggKey`].
+    /// Attempts of this process to this (identity, destination, port,
+    /// protocol, decision, policy generation) counted on this CPU so far,
+    /// this one included. See [`policy::AggSlot`].
     pub repeats_total: u64,
     /// Destination as an IPv6 address in network byte order; IPv4 as
     /// `::ffff:a.b.c.d` (the address in the last 4 bytes).
@@ -140,6 +141,22 @@ pub struct ConnectEvent {
     pub netns_cookie: u64,
 }
 const _: () = assert!(size_of::<ConnectEvent>() == 48 + 12 + 8 + 4 + 8 + 8 + 16 + 16 + 8);
+
+/// An aggregation key evicted from its slot by another key (see
+/// [`policy::AggSlot`]): its attempts on `cpu` up to the eviction, so user
+/// space reports those no event carried. The header is the evicting
+/// attempt's process; the key names the evicted one.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct AggEvictEvent {
+    pub header: EventHeader,
+    pub key: policy::AggKey,
+    /// The evicted key's attempts in the slot ([`policy::AggSlot::total`]).
+    pub total: u64,
+    pub cpu: u32,
+    pub _pad: u32,
+}
+const _: () = assert!(size_of::<AggEvictEvent>() == 48 + 32 + 16);
 
 /// [`ConnectEvent::hook`] values.
 pub mod hook {

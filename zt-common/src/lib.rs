@@ -9,7 +9,7 @@
 //! - `process.rs`: [`ProcInfo`], the value of the in-kernel process table
 //!   (keyed by tgid), with [`proc_flags`] and [`NO_IDENTITY`].
 //! - `events.rs`: [`EventHeader`] and the records behind it ([`ExecEvent`],
-//!   [`ExitEvent`], [`ConnectEvent`]), written to the one ring buffer, with
+//!   [`ExitEvent`], [`ConnectEvent`], [`AggEvictEvent`]), written to the two ring buffers, with
 //!   [`kind`], [`hook`], [`args_flags`] and the argv scratch [`ExecArgs`].
 //! - `policy.rs` ([`policy`]): compiled egress rules and [`policy::decide_net`],
 //!   the decision both the kernel and `zt-agent policy explain` run.
@@ -51,8 +51,8 @@ pub use aya::Pod;
 
 pub use config::{Config, config_flags};
 pub use events::{
-    AF_INET, AF_INET6, ARGS_LEN, COMM_LEN, ConnectEvent, EventHeader, ExecArgs, ExecEvent, ExitEvent, FILENAME_LEN, MAX_ARGS, args_flags,
-    hook, kind,
+    AF_INET, AF_INET6, ARGS_LEN, AggEvictEvent, COMM_LEN, ConnectEvent, EventHeader, ExecArgs, ExecEvent, ExitEvent, FILENAME_LEN,
+    MAX_ARGS, args_flags, hook, kind,
 };
 pub use process::{
     ANY_UID, CTIME_NSEC_MASK, DIGEST_SENTINEL, DigestKey, ExecKey, ExecPick, GLOB_DIR_DEPTH, GLOB_DIR_UID, GLOB_SENTINEL, NO_IDENTITY,

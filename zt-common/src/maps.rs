@@ -25,10 +25,21 @@ pub const EXEC_ARGS_CAPACITY: u32 = 4_096;
 /// `sys_enter_execve` builds an entry of `EXEC_ARGS` in (it is larger than
 /// the 512-byte eBPF stack). Kernel-only; user space never opens it.
 pub const ARGS_SCRATCH: &str = "ARGS_SCRATCH";
-/// The one ring buffer of events.
+/// The ring buffer of telemetry: exec, exit, allowed connects.
 pub const EVENTS: &str = "EVENTS";
 /// Default ring buffer size in bytes (power of two, multiple of the page size).
 pub const EVENTS_DEFAULT_BYTES: u32 = 8 << 20;
+/// The ring buffer of security records: denials and would-denies (connect,
+/// Unix), guard kills and refusals. A telemetry flood cannot crowd them out:
+/// they never share space with telemetry, and user space drains this ring
+/// first, into a queue that never drops.
+pub const SECURITY_EVENTS: &str = "SECURITY_EVENTS";
+pub const SECURITY_EVENTS_DEFAULT_BYTES: u32 = 2 << 20;
+/// Per-CPU array indexed by [`crate::loss::identity_slot`] ->
+/// [`crate::loss::SecurityLoss`]: security records the kernel could not put
+/// in `SECURITY_EVENTS`, per identity, with their time range.
+pub const SECURITY_LOSS: &str = "SECURITY_LOSS";
+pub const SECURITY_LOSS_CAPACITY: u32 = MAX_IDENTITIES + 2;
 /// Per-CPU array of loss counters, indexed by [`crate::loss`].
 pub const LOSS: &str = "LOSS";
 /// Array with one [`crate::Config`].
@@ -63,12 +74,13 @@ pub const PID_IDENTITY_DEFAULT_CAPACITY: u32 = 4_194_304;
 pub const IDENTITY_COUNTERS: &str = "IDENTITY_COUNTERS";
 /// Identity ids are 1..=this (id 0 is "none").
 pub const MAX_IDENTITIES: u32 = 1024;
-/// [`crate::policy::AggKey`] -> per-CPU [`crate::policy::AggValue`]: a
-/// per-CPU hash (no atomics needed, never evicts silently); a full table
-/// is counted and the attempt reported unaggregated. User space removes
-/// idle, fully reported keys.
+/// Per-CPU array of [`crate::policy::AGG_SLOTS`] [`crate::policy::AggSlot`]s:
+/// the egress aggregation cache (no atomics needed; never full: a key
+/// evicts another with a report of its unreported attempts).
 pub const EGRESS_AGG: &str = "EGRESS_AGG";
-pub const EGRESS_AGG_CAPACITY: u32 = 16_384;
+/// Per-CPU array indexed by [`crate::loss::identity_slot`] ->
+/// [`crate::policy::IdentityBudget`]: event budgets and folded attempts.
+pub const IDENTITY_BUDGET: &str = "IDENTITY_BUDGET";
 /// The ring buffer of kernel log records. Not declared in
 /// `zt-ebpf/src/maps.rs`: aya-log-ebpf defines it, and it is in the object
 /// because `zt-ebpf/src/lineage.rs` logs with `warn!`; user space reads it
@@ -84,6 +96,8 @@ pub const ALL: &[&str] = &[
     EXEC_ARGS,
     ARGS_SCRATCH,
     EVENTS,
+    SECURITY_EVENTS,
+    SECURITY_LOSS,
     LOSS,
     CONFIG,
     NET_RULES,
@@ -94,6 +108,7 @@ pub const ALL: &[&str] = &[
     PID_IDENTITY,
     IDENTITY_COUNTERS,
     EGRESS_AGG,
+    IDENTITY_BUDGET,
     AYA_LOGS,
 ];
 

@@ -16,10 +16,13 @@ unsafe impl aya::Pod for policy::IdentityPolicy {}
 unsafe impl aya::Pod for policy::ActivePolicy {}
 unsafe impl aya::Pod for policy::IdentityCounters {}
 unsafe impl aya::Pod for policy::AggKey {}
-unsafe impl aya::Pod for policy::AggValue {}
+unsafe impl aya::Pod for policy::AggSlot {}
+unsafe impl aya::Pod for policy::IdentityBudget {}
+unsafe impl aya::Pod for crate::loss::SecurityLoss {}
 unsafe impl aya::Pod for EventHeader {}
 unsafe impl aya::Pod for ExecEvent {}
 unsafe impl aya::Pod for ExitEvent {}
 unsafe impl aya::Pod for ConnectEvent {}
+unsafe impl aya::Pod for crate::AggEvictEvent {}
 unsafe impl aya::Pod for crate::unix::UnixKeyData {}
 unsafe impl aya::Pod for crate::unix::UnixEvent {}

@@ -123,7 +123,7 @@ pub const fn identity_index(slot: u32, identity: u32) -> Option<u32> {
 /// Aggregation of repeated egress attempts: one event per key per
 /// [`AGG_WINDOW_NS`] (per CPU), the kernel counting every attempt in between
 /// (plain per-CPU adds: `zt-ebpf/src/net.rs` says when preemption can lose
-/// one), so a flood cannot blind the pipeline.
+/// one), so a flood cannot blind the pipeline. See [`AggSlot`].
 pub const AGG_WINDOW_NS: u64 = 1_000_000_000;
 
 #[repr(C)]
@@ -152,20 +152,76 @@ pub struct AggKey {
 }
 const _: () = assert!(size_of::<AggKey>() == 32);
 
-/// Times in [`AggValue`] are `CLOCK_MONOTONIC_COARSE` ns (the kernel's
-/// `bpf_ktime_get_coarse_ns`: a tick of the scheduler clock, cheap to read),
-/// not the events' `CLOCK_BOOTTIME`.
+/// One slot of the per-CPU aggregation cache (`EGRESS_AGG`, a per-CPU
+/// array of [`AGG_SLOTS`] slots, direct-mapped by [`agg_slot`]): the key it
+/// holds and that key's attempts on this CPU. A key that finds its slot
+/// taken by another key evicts it; the kernel then reports what the evicted
+/// key had not reported yet ([`crate::AggEvictEvent`]), so an eviction is
+/// never a silent miss and the counts still add up to every attempt.
+/// Times are `CLOCK_MONOTONIC_COARSE` ns (the kernel's
+/// `bpf_ktime_get_coarse_ns`: a tick of the scheduler clock, cheap to
+/// read), not the events' `CLOCK_BOOTTIME`.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
-pub struct AggValue {
-    /// Attempts so far on this CPU.
+pub struct AggSlot {
+    pub key: AggKey,
+    /// Attempts of `key` in this slot so far (0: the slot is empty).
     pub total: u64,
+    /// `total` as of the kernel's last event for the key that reached the
+    /// ring (a lost one does not count: the eviction reports its attempts).
+    pub emitted: u64,
     /// When an event for this key was last emitted.
     pub last_emit_ns: u64,
-    /// When the last attempt happened.
-    pub last_seen_ns: u64,
+    pub _pad: u64,
 }
-const _: () = assert!(size_of::<AggValue>() == 24);
+const _: () = assert!(size_of::<AggSlot>() == 64);
+
+/// Slots per CPU in `EGRESS_AGG` (a power of two).
+pub const AGG_SLOTS: u32 = 4096;
+
+/// The slot of `key`: a multiplicative hash of its bytes (keys differ
+/// mostly in the address, the process and the port).
+#[inline(always)]
+pub fn agg_slot(key: &AggKey) -> u32 {
+    let a = u64::from_ne_bytes([key.addr[0], key.addr[1], key.addr[2], key.addr[3], key.addr[4], key.addr[5], key.addr[6], key.addr[7]]);
+    let b =
+        u64::from_ne_bytes([key.addr[8], key.addr[9], key.addr[10], key.addr[11], key.addr[12], key.addr[13], key.addr[14], key.addr[15]]);
+    let c = (key.identity as u64) << 32 | key.tgid as u64;
+    let d = (key.generation as u64) << 32 | (key.port as u64) << 16 | (key.proto as u64) << 8 | key.decided as u64;
+    let mut h = a.wrapping_mul(0x9e37_79b9_7f4a_7c15);
+    h = (h ^ b.rotate_left(23)).wrapping_mul(0xc2b2_ae3d_27d4_eb4f);
+    h = (h ^ c.rotate_left(41)).wrapping_mul(0x1656_67b1_9e37_79f9);
+    h = (h ^ d).wrapping_mul(0x9e37_79b9_7f4a_7c15);
+    (h >> 32) as u32 & (AGG_SLOTS - 1)
+}
+
+/// One identity's event budget on one CPU (`IDENTITY_BUDGET`, indexed by
+/// [`crate::loss::identity_slot`]), and the attempts folded into counts
+/// when it was spent. Every connect event an identity's decisions cause
+/// (a new aggregation key, or a key's next window) takes a token; tokens
+/// refill at [`crate::Config::event_rate`] per second up to one second's
+/// worth. Without a token a new key's attempt is not cached (so it cannot
+/// evict another identity's key) but counted here, and reported by user
+/// space as a counted summary of the identity (`connect_folded`); a cached
+/// key's attempts stay counted in its slot. So one identity's flood cannot
+/// crowd out another's events, and the counts still add up to every
+/// attempt. Times are `CLOCK_MONOTONIC_COARSE` ns.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct IdentityBudget {
+    pub tokens: u64,
+    /// When tokens were last added.
+    pub refill_ns: u64,
+    /// Folded attempts by outcome (as [`IdentityCounters`]).
+    pub allowed: u64,
+    pub denied: u64,
+    pub audited: u64,
+    /// The first and the last folded attempt (0: none yet).
+    pub first_ns: u64,
+    pub last_ns: u64,
+    pub _pad: u64,
+}
+const _: () = assert!(size_of::<IdentityBudget>() == 64);
 
 /// Per-identity decision counters (per CPU; user space sums them).
 #[repr(C)]
@@ -249,7 +305,7 @@ mod tests {
     fn layout() {
         assert_eq!(size_of::<AggKey>(), 32);
         assert_eq!(core::mem::offset_of!(AggKey, addr), 16);
-        assert_eq!(size_of::<AggValue>(), 24);
+        assert_eq!(size_of::<AggSlot>(), 64);
         assert_eq!(size_of::<NetRuleList>(), 200);
     }
 

@@ -48,7 +48,7 @@ use zt_common::{
 };
 
 use crate::{
-    events::{reserve, submit},
+    events::{Ring, reserve, submit},
     maps::{
         AGENT_SOCKETS, IO_SOCKET_DOMAIN_OFF, IO_SOCKET_PROTOCOL_OFF, IO_SOCKET_TYPE_OFF, URING_OPCODE_OFF, URING_REQ_OFF, global,
         identity_of, identity_policy,
@@ -327,7 +327,7 @@ fn kill_or_audit(
 #[inline(always)]
 #[expect(clippy::too_many_arguments, reason = "the fields of the GuardEvent, written in place into the ring buffer")]
 fn emit(identity: u32, what: u32, act: u32, nr: u32, args: [u64; 3], target: u32, target_identity: u32, kind_bit: u32) {
-    let Some(mut entry) = reserve::<GuardEvent>(loss::RINGBUF_GUARD) else { return };
+    let Some(mut entry) = reserve::<GuardEvent>(Ring::Security, loss::RINGBUF_GUARD, identity) else { return };
     let ev = entry.as_mut_ptr();
     // SAFETY: `ev` points to a ring buffer record reserved for a GuardEvent
     // (its size, 8-byte aligned) that only this program sees until
@@ -343,5 +343,5 @@ fn emit(identity: u32, what: u32, act: u32, nr: u32, args: [u64; 3], target: u32
         (*ev).syscall = nr;
         (*ev).comm = bpf_get_current_comm().unwrap_or([0; 16]);
     }
-    submit(entry);
+    submit(Ring::Security, entry);
 }

@@ -58,7 +58,7 @@ use zt_common::{
 };
 
 use crate::{
-    events::{count_loss, reserve, submit, submit_now},
+    events::{Ring, count_loss, reserve, submit, submit_now},
     maps::{
         ARGS_SCRATCH, ATTACH_DST_ID_OFF, ATTACH_DST_ROOT_OFF, ATTACH_PID_OFF, CGROUP_IDENTITY, DENTRY_INODE_OFF, DENTRY_PARENT_OFF,
         DIGEST_VERDICT, EXEC_ARGS, EXEC_FILENAME_OFF, EXEC_OLD_PID_OFF, EXEC_SELECT, EXIT_GROUP_DEAD_OFF, FILE_DENTRY_OFF, FILE_INODE_OFF,
@@ -316,7 +316,11 @@ fn try_exec(ctx: &TracePointContext) -> Result<(), i64> {
     // integers and bytes, `len` is clamped before use and the bytes are
     // copied with bpf_probe_read_kernel, so a race yields wrong argv at worst.
     let stashed = if from_mm { None } else { unsafe { EXEC_ARGS.get(old_tid as u32) } };
-    let Some(mut entry) = reserve::<ExecEvent>(loss::RINGBUF_EXEC) else {
+    // A held process waits for user space to decide: its exec goes with the
+    // security records (never dropped there) and wakes user space now.
+    let held = identity == PENDING_IDENTITY;
+    let ring = if held { Ring::Security } else { Ring::Telemetry };
+    let Some(mut entry) = reserve::<ExecEvent>(ring, loss::RINGBUF_EXEC, identity) else {
         if stashed.is_some() {
             let _ = EXEC_ARGS.remove(old_tid as u32);
         }
@@ -372,11 +376,10 @@ fn try_exec(ctx: &TracePointContext) -> Result<(), i64> {
     if stashed.is_some() {
         let _ = EXEC_ARGS.remove(old_tid as u32);
     }
-    // A held process waits for user space: wake it now, not at its next poll.
-    if identity == PENDING_IDENTITY {
+    if held {
         submit_now(entry)
     } else {
-        submit(entry)
+        submit(ring, entry)
     }
     Ok(())
 }
@@ -632,7 +635,7 @@ fn try_exit(ctx: &TracePointContext) -> Result<(), i64> {
         let _ = PROC_TABLE.remove(tgid);
     }
     set_pid_identity(tgid, NO_IDENTITY);
-    if let Some(mut entry) = reserve::<ExitEvent>(loss::RINGBUF_EXIT) {
+    if let Some(mut entry) = reserve::<ExitEvent>(Ring::Telemetry, loss::RINGBUF_EXIT, identity) {
         let ev = entry.as_mut_ptr();
         // SAFETY: `ev` points to a ring buffer record reserved for an
         // ExitEvent (its size, 8-byte aligned) that only this program can see
@@ -643,7 +646,7 @@ fn try_exit(ctx: &TracePointContext) -> Result<(), i64> {
             (*ev)._pad = 0;
             (*ev).comm = bpf_get_current_comm().unwrap_or([0; 16]);
         }
-        submit(entry);
+        submit(Ring::Telemetry, entry);
     }
     Ok(())
 }

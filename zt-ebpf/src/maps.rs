@@ -5,11 +5,13 @@
 //! by the same names (`zt-agent/src/bpf/maps.rs`).
 use aya_ebpf::{
     macros::map,
-    maps::{Array, HashMap, LpmTrie, LruHashMap, PerCpuArray, PerCpuHashMap, RingBuf},
+    maps::{Array, HashMap, LpmTrie, LruHashMap, PerCpuArray, RingBuf},
 };
 use zt_common::{
-    Config, DigestKey, ExecArgs, ExecKey, ExecPick, ProcInfo, loss, maps,
-    policy::{ActivePolicy, AggKey, AggValue, IdentityCounters, IdentityPolicy, NetKeyData, NetRuleList, identity_index},
+    Config, DigestKey, ExecArgs, ExecKey, ExecPick, ProcInfo,
+    loss::{self, SecurityLoss},
+    maps,
+    policy::{AGG_SLOTS, ActivePolicy, AggSlot, IdentityBudget, IdentityCounters, IdentityPolicy, NetKeyData, NetRuleList, identity_index},
     unix::UnixKeyData,
 };
 
@@ -36,6 +38,12 @@ pub static ARGS_SCRATCH: PerCpuArray<ExecArgs> = PerCpuArray::with_max_entries(1
 
 #[map]
 pub static EVENTS: RingBuf = RingBuf::with_byte_size(maps::EVENTS_DEFAULT_BYTES, 0);
+
+#[map]
+pub static SECURITY_EVENTS: RingBuf = RingBuf::with_byte_size(maps::SECURITY_EVENTS_DEFAULT_BYTES, 0);
+
+#[map]
+pub static SECURITY_LOSS: PerCpuArray<SecurityLoss> = PerCpuArray::with_max_entries(maps::SECURITY_LOSS_CAPACITY, 0);
 
 #[map]
 pub static LOSS: PerCpuArray<u64> = PerCpuArray::with_max_entries(loss::COUNT, 0);
@@ -67,7 +75,10 @@ pub static POLICY_ACTIVE: Array<ActivePolicy> = Array::with_max_entries(1, 0);
 pub static PID_IDENTITY: Array<u32> = Array::with_max_entries(maps::PID_IDENTITY_DEFAULT_CAPACITY, 0);
 
 #[map]
-pub static EGRESS_AGG: PerCpuHashMap<AggKey, AggValue> = PerCpuHashMap::with_max_entries(maps::EGRESS_AGG_CAPACITY, 0);
+pub static EGRESS_AGG: PerCpuArray<AggSlot> = PerCpuArray::with_max_entries(AGG_SLOTS, 0);
+
+#[map]
+pub static IDENTITY_BUDGET: PerCpuArray<IdentityBudget> = PerCpuArray::with_max_entries(maps::SECURITY_LOSS_CAPACITY, 0);
 
 #[map]
 pub static IDENTITY_COUNTERS: PerCpuArray<IdentityCounters> = PerCpuArray::with_max_entries(maps::MAX_IDENTITIES + 1, 0);

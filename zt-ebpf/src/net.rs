@@ -11,15 +11,17 @@
 //! `zt-agent policy explain` runs. A deny in enforce mode returns 0: the
 //! caller gets EPERM before any packet leaves.
 //!
-//! Repeated attempts to one destination are aggregated in `EGRESS_AGG`: at
-//! most one event per (identity, process, destination, port, protocol,
-//! decision, policy generation) per second on each CPU, each carrying that CPU's running
-//! attempt count; user space reports what is left when the attempts stop.
-//! Every attempt is counted, with one caveat: the per-CPU counters are plain
-//! adds, and these programs can be preempted (see `aggregate`), so under full
-//! preemption a racing attempt on the same CPU can lose a count.
+//! Repeated attempts to one destination are aggregated in `EGRESS_AGG`, a
+//! per-CPU direct-mapped cache (`zt_common::policy::AggSlot`): at most one
+//! event per (identity, process, destination, port, protocol, decision,
+//! policy generation) per second on each CPU, each carrying that CPU's
+//! running attempt count; a key evicted by another is reported with its
+//! count (`AggEvictEvent`), and user space reports what is left when the
+//! attempts stop. Every attempt is counted, with one caveat: the per-CPU
+//! counters are plain adds, and these programs can be preempted (see
+//! `aggregate`), so under full preemption a racing attempt on the same CPU
+//! can lose a count.
 use aya_ebpf::{
-    bindings::BPF_NOEXIST,
     helpers::{
         bpf_get_current_cgroup_id, bpf_get_current_comm, bpf_get_current_pid_tgid,
         generated::{bpf_get_netns_cookie, bpf_get_smp_processor_id, bpf_ktime_get_coarse_ns},
@@ -29,16 +31,16 @@ use aya_ebpf::{
     programs::SockAddrContext,
 };
 use zt_common::{
-    AF_INET, AF_INET6, ConnectEvent, NO_IDENTITY, config_flags, hook, kind, loss,
+    AF_INET, AF_INET6, AggEvictEvent, ConnectEvent, NO_IDENTITY, config_flags, hook, kind, loss,
     policy::{
-        AGG_WINDOW_NS, ALLOW, AUDIT, AggKey, AggValue, DENY, ENFORCE, NetKeyData, PROTO_TCP, PROTO_UDP, RULE_NO_POLICY, RULE_NONE_APPLIED,
-        Verdict, decide_net, match_proto,
+        AGG_WINDOW_NS, ALLOW, AUDIT, AggKey, AggSlot, DENY, ENFORCE, NetKeyData, PROTO_TCP, PROTO_UDP, RULE_NO_POLICY, RULE_NONE_APPLIED,
+        Verdict, agg_slot, decide_net, match_proto,
     },
 };
 
 use crate::{
-    events::{count_loss, reserve, submit},
-    maps::{EGRESS_AGG, IDENTITY_COUNTERS, NET_RULES, PROC_TABLE, config, identity_of, identity_policy},
+    events::{Ring, reserve, submit},
+    maps::{EGRESS_AGG, IDENTITY_BUDGET, IDENTITY_COUNTERS, NET_RULES, PROC_TABLE, config, identity_of, identity_policy},
 };
 
 const SOCK_STREAM: u32 = 1;
@@ -71,7 +73,7 @@ fn decide(ctx: &SockAddrContext, family: u16, hook: u32) -> i32 {
     if identity == NO_IDENTITY {
         if config().flags & config_flags::OBSERVE_ALL_CONNECTS != 0 {
             let (addr, port, protocol) = destination(ctx, family);
-            emit(ctx, family, hook, identity, 0, 0, addr, port, protocol, Verdict::new(ALLOW, ENFORCE, 0), 0, 0);
+            let _ = emit(ctx, family, hook, identity, 0, 0, addr, port, protocol, Verdict::new(ALLOW, ENFORCE, 0), 0, 0);
         }
         return 1;
     }
@@ -93,9 +95,8 @@ fn decide(ctx: &SockAddrContext, family: u16, hook: u32) -> i32 {
         }
     };
     count_decision(identity, verdict);
-    if let Some(repeats_total) =
-        aggregate(AggKey { identity, tgid, generation: active.generation, port, proto, decided: verdict.decided, addr })
-    {
+    let key = AggKey { identity, tgid, generation: active.generation, port, proto, decided: verdict.decided, addr };
+    if let Some(repeats_total) = aggregate(&key, verdict) {
         // The table lookup only when an event is due (at most once a second
         // per destination), not on every decision.
         // SAFETY: as for the lookup above: all-integer value, copied out here.
@@ -103,7 +104,9 @@ fn decide(ctx: &SockAddrContext, family: u16, hook: u32) -> i32 {
             Some(p) => (p.start_ns, p.cgroup_id),
             None => (0, 0),
         };
-        emit(ctx, family, hook, identity, start_ns, cgroup_id, addr, port, protocol, verdict, active.generation, repeats_total);
+        if emit(ctx, family, hook, identity, start_ns, cgroup_id, addr, port, protocol, verdict, active.generation, repeats_total) {
+            emitted(&key, repeats_total);
+        }
     }
     if verdict.action == DENY { 0 } else { 1 }
 }
@@ -130,50 +133,127 @@ pub fn count_decision(identity: u32, verdict: Verdict) {
     }
 }
 
-/// Counts the attempt under its key; returns the running total when an
-/// event is due (first attempt, or the window since the last event passed),
-/// `None` when it is folded into the next event. A full table is counted
-/// and the attempt reported on its own (total 0).
+/// Counts the attempt under its key in this CPU's slot of the aggregation
+/// cache; returns the running total when an event is due (first attempt in
+/// the slot, or the window since the last event passed), `None` when it is
+/// folded into the next event. A key that finds its slot held by another
+/// key takes it over, after reporting what the evicted key had not
+/// reported yet (`AggEvictEvent`, in the ring its decision belongs to).
 #[inline(always)]
-fn aggregate(key: AggKey) -> Option<u64> {
+fn aggregate(key: &AggKey, verdict: Verdict) -> Option<u64> {
     // The coarse clock (CLOCK_MONOTONIC_COARSE, ticks of the scheduler
     // clock): a precise one costs 70-100 ns per read on these VMs, a third
     // of the whole decision, and one-second windows need no more than ticks.
     // SAFETY: an argument-less helper with no preconditions (unsafe only as a
     // raw helper binding).
     let now = unsafe { bpf_ktime_get_coarse_ns() };
-    match EGRESS_AGG.get_ptr_mut(key) {
-        Some(v) => {
-            // SAFETY: the lookup returned this CPU's slot of the element,
-            // valid and aligned for the run (a preallocated element stays
-            // mapped even if removed meanwhile). Not exclusive: another
-            // task's decision on this CPU can preempt us under full
-            // preemption (cgroup programs run with migration disabled only),
-            // and user space may remove an idle key, letting the element be
-            // reused for another key. Either race can lose or misplace one
-            // count; the fields stay plain u64s.
-            let v = unsafe { &mut *v };
-            v.total += 1;
-            v.last_seen_ns = now;
-            if now.wrapping_sub(v.last_emit_ns) < AGG_WINDOW_NS {
-                return None;
-            }
-            v.last_emit_ns = now;
-            Some(v.total)
+    // The slot index is below AGG_SLOTS, the array's size: never None.
+    let slot = EGRESS_AGG.get_ptr_mut(agg_slot(key))?;
+    // SAFETY: this CPU's element of a per-CPU array, valid and aligned for
+    // the run. Not exclusive: another task's decision on this CPU can
+    // preempt us under full preemption (cgroup programs run with migration
+    // disabled only) and update the slot in between; that can lose or
+    // misplace one count. The fields stay plain integers.
+    let slot = unsafe { &mut *slot };
+    if slot.total != 0 && slot.key == *key {
+        slot.total += 1;
+        // Over budget: the attempts stay counted in the slot for later.
+        if now.wrapping_sub(slot.last_emit_ns) < AGG_WINDOW_NS || !take_token(key.identity, now) {
+            return None;
         }
-        None => {
-            let v = AggValue { total: 1, last_emit_ns: now, last_seen_ns: now };
-            match EGRESS_AGG.insert(key, v, BPF_NOEXIST as u64) {
-                Ok(()) => Some(1),
-                Err(_) => {
-                    // Full (or inserted concurrently by another CPU): report
-                    // this attempt on its own rather than lose it.
-                    count_loss(loss::AGG_FULL);
-                    Some(0)
-                }
-            }
+        slot.last_emit_ns = now;
+        return Some(slot.total);
+    }
+    // A new key: over budget, or its slot's key not reported, it is only
+    // counted for its identity; the slot keeps what it holds.
+    if !take_token(key.identity, now) || (slot.total > slot.emitted && !evicted(&slot.key, slot.total)) {
+        fold(key.identity, verdict, now);
+        return None;
+    }
+    *slot = AggSlot { key: *key, total: 1, emitted: 0, last_emit_ns: now, _pad: 0 };
+    Some(1)
+}
+
+/// Takes one of `identity`'s event tokens on this CPU, refilling them at
+/// `Config::event_rate` per second (at most one second's worth).
+#[inline(always)]
+fn take_token(identity: u32, now: u64) -> bool {
+    let rate = config().event_rate as u64;
+    if rate == 0 {
+        return true;
+    }
+    let Some(b) = IDENTITY_BUDGET.get_ptr_mut(loss::identity_slot(identity)) else { return true };
+    // SAFETY: this CPU's element, valid for the run; plain integers (a
+    // preempting decision can lose or add one token at worst).
+    let b = unsafe { &mut *b };
+    let elapsed = now.wrapping_sub(b.refill_ns);
+    let add = if elapsed >= NS_PER_SEC { rate } else { elapsed * rate / NS_PER_SEC };
+    if add > 0 {
+        b.tokens = if b.tokens + add > rate { rate } else { b.tokens + add };
+        b.refill_ns = now;
+    }
+    if b.tokens == 0 {
+        return false;
+    }
+    b.tokens -= 1;
+    true
+}
+
+const NS_PER_SEC: u64 = 1_000_000_000;
+
+/// Counts an attempt no event or slot reports, for its identity.
+#[inline(always)]
+fn fold(identity: u32, verdict: Verdict, now: u64) {
+    if let Some(b) = IDENTITY_BUDGET.get_ptr_mut(loss::identity_slot(identity)) {
+        // SAFETY: as in `take_token`.
+        let b = unsafe { &mut *b };
+        if verdict.action == DENY {
+            b.denied += 1;
+        } else if verdict.decided == DENY {
+            b.audited += 1;
+        } else {
+            b.allowed += 1;
+        }
+        if b.first_ns == 0 {
+            b.first_ns = now;
+        }
+        b.last_ns = now;
+    }
+}
+
+/// Records that an event carried `key`'s running total `total` (one whose
+/// record could not be reserved is not: its attempts are reported when the
+/// key is evicted, or by user space's flush).
+#[inline(always)]
+fn emitted(key: &AggKey, total: u64) {
+    if let Some(slot) = EGRESS_AGG.get_ptr_mut(agg_slot(key)) {
+        // SAFETY: as in `aggregate`.
+        let slot = unsafe { &mut *slot };
+        if slot.key == *key && slot.emitted < total {
+            slot.emitted = total;
         }
     }
+}
+
+/// Reports an evicted key's attempts (user space subtracts what it already
+/// reported for the key on this CPU); false when the ring had no room.
+#[inline(always)]
+fn evicted(key: &AggKey, total: u64) -> bool {
+    let ring = if key.decided == DENY { Ring::Security } else { Ring::Telemetry };
+    let Some(mut entry) = reserve::<AggEvictEvent>(ring, loss::AGG_EVICT, key.identity) else { return false };
+    let ev = entry.as_mut_ptr();
+    // SAFETY: `ev` points to a ring buffer record reserved for an
+    // AggEvictEvent that only this program sees until `submit`; the helper
+    // takes no arguments.
+    unsafe {
+        (*ev).header = crate::lineage::event_header(kind::AGG_EVICT, key.identity, 0, 0);
+        (*ev).key = *key;
+        (*ev).total = total;
+        (*ev).cpu = bpf_get_smp_processor_id();
+        (*ev)._pad = 0;
+    }
+    submit(ring, entry);
+    true
 }
 
 /// Destination as an IPv6 address (IPv4 as `::ffff:a.b.c.d`), port in host
@@ -229,9 +309,11 @@ fn emit(
     verdict: Verdict,
     generation: u32,
     repeats_total: u64,
-) {
-    let Some(mut entry) = reserve::<ConnectEvent>(loss::RINGBUF_CONNECT) else {
-        return;
+) -> bool {
+    // Denials and would-denies are security records: their own ring.
+    let ring = if verdict.decided == DENY { Ring::Security } else { Ring::Telemetry };
+    let Some(mut entry) = reserve::<ConnectEvent>(ring, loss::RINGBUF_CONNECT, identity) else {
+        return false;
     };
     // SAFETY: the program's context pointer, valid for the run; the verifier
     // checks that `type_` is readable here.
@@ -257,5 +339,6 @@ fn emit(
         (*ev).comm = bpf_get_current_comm().unwrap_or([0; 16]);
         (*ev).netns_cookie = bpf_get_netns_cookie(ctx.sock_addr.cast());
     }
-    submit(entry);
+    submit(ring, entry);
+    true
 }

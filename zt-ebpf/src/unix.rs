@@ -29,7 +29,7 @@ use zt_common::{
 };
 
 use crate::{
-    events::{reserve, submit},
+    events::{Ring, reserve, submit},
     maps::{SOCK_ADDR_UADDR_OFF, SOCK_ADDR_UADDRLEN_OFF, UNIX_RULES, global, identity_of, identity_policy},
     net::count_decision,
 };
@@ -134,7 +134,7 @@ fn emit(
     odd: bool,
     name: &[u8; NAME_LEN],
 ) {
-    let Some(mut entry) = reserve::<UnixEvent>(loss::RINGBUF_UNIX) else { return };
+    let Some(mut entry) = reserve::<UnixEvent>(Ring::Security, loss::RINGBUF_UNIX, identity) else { return };
     // SAFETY: the program's context pointer, valid for the run; `type_` is
     // readable at every sock_addr hook.
     let sock_type = unsafe { (*ctx.sock_addr).type_ };
@@ -154,5 +154,5 @@ fn emit(
         (*ev).comm = bpf_get_current_comm().unwrap_or([0; 16]);
         (*ev).name = *name;
     }
-    submit(entry);
+    submit(Ring::Security, entry);
 }

@@ -120,6 +120,22 @@ fn main() {
                 let _ = sock.connect((a(3), base + i));
             }
         }
+        // connect() a UDP socket to ever-new destinations in 10.0.0.0/8 for
+        // SECS seconds (every attempt a distinct aggregation key); prints the
+        // attempts made.
+        "udp-flood-distinct" => {
+            let until = std::time::Instant::now() + Duration::from_secs_f64(a(2).parse().expect("SECS"));
+            let sock = std::net::UdpSocket::bind("0.0.0.0:0").unwrap();
+            let mut n: u32 = 0;
+            while std::time::Instant::now() < until {
+                for _ in 0..256 {
+                    n = n.wrapping_add(1);
+                    let ip = std::net::Ipv4Addr::from(0x0a00_0000 | (n & 0x00ff_ffff));
+                    let _ = sock.connect((ip, 9));
+                }
+            }
+            println!("{n}");
+        }
         "connect-loop" => {
             let until = std::time::Instant::now() + ms(a(2));
             let addrs: Vec<std::net::SocketAddr> =

@@ -31,19 +31,13 @@ use tokio::sync::{oneshot, watch};
 
 use super::log::{AuditLog, Fault, LogError};
 use crate::pipeline::{
-    event::{Body, ConnectAction, Decision, Event},
+    event::Event,
     output::{CLOSE_WITHIN, Closing, Dropped, LossNames, Output, ThreadEnd, spawn_thread},
 };
 
-/// Security-relevant events: denials and would-denials, policy changes,
-/// agent life cycle, losses (and, later, anomaly alerts).
+/// Security records ([`crate::pipeline::event::Body::is_security`]).
 pub fn wants(e: &Event) -> bool {
-    match &e.body {
-        Body::Connect { connect, .. } => connect.action != ConnectAction::Allowed,
-        Body::ConnectSummary { connect_summary, .. } => connect_summary.decision == Decision::Deny,
-        Body::Loss { .. } | Body::Agent { .. } | Body::Policy { .. } | Body::Guard { .. } | Body::UnixConnect { .. } => true,
-        Body::Exec { .. } | Body::Exit { .. } => false,
-    }
+    e.body.is_security()
 }
 
 enum Item {
@@ -294,7 +288,7 @@ fn handle(log: &mut AuditLog, item: Item, st: &Mutex<Status>, errors: &mut Throt
 #[cfg(test)]
 mod tests {
     use super::{super::log::MAX_KEY_OVERLAP, *};
-    use crate::pipeline::event::LossReport;
+    use crate::pipeline::event::{Body, LossReport};
 
     fn loss_event() -> Event {
         Event { time: String::new(), node: "n".into(), body: Body::Loss { loss: LossReport::default() } }

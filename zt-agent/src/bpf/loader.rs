@@ -56,7 +56,8 @@ pub struct LoadOptions<'a> {
     pub tracefs: &'a Path,
     /// Reuse (or create and pin) the state maps there.
     pub pins: Option<&'a super::pins::Pins>,
-    pub ringbuf_bytes: u32,
+    /// Sizes of the telemetry and the security ring.
+    pub ringbuf_bytes: (u32, u32),
     pub config: Config,
     pub argv: ArgvCapture,
 }
@@ -175,7 +176,8 @@ impl Bpf {
             offsets.extend(o.iter().copied());
         }
         let mut loader = loader_with_offsets(Some(&offsets));
-        loader.map_max_entries(M::EVENTS, opts.ringbuf_bytes);
+        loader.map_max_entries(M::EVENTS, opts.ringbuf_bytes.0);
+        loader.map_max_entries(M::SECURITY_EVENTS, opts.ringbuf_bytes.1);
         loader.map_max_entries(M::PID_IDENTITY, pid_max());
         if let Some(pins) = opts.pins {
             for name in M::pinned() {
@@ -191,9 +193,9 @@ impl Bpf {
         let mut maps = BpfMaps {
             proc_table: ProcTable::new(take(&mut ebpf, M::PROC_TABLE)?, take(&mut ebpf, M::PID_IDENTITY)?)?,
             cgroups: CgroupIdentities::new(take(&mut ebpf, M::CGROUP_IDENTITY)?)?,
-            loss: LossCounters::new(take(&mut ebpf, M::LOSS)?)?,
+            loss: LossCounters::new(take(&mut ebpf, M::LOSS)?, take(&mut ebpf, M::SECURITY_LOSS)?)?,
             config: ConfigMap::new(take(&mut ebpf, M::CONFIG)?)?,
-            events: EventSource::new(take(&mut ebpf, M::EVENTS)?)?,
+            events: EventSource::new(take(&mut ebpf, M::EVENTS)?, take(&mut ebpf, M::SECURITY_EVENTS)?)?,
             exec_select: ExecSelect::new(take(&mut ebpf, M::EXEC_SELECT)?, take(&mut ebpf, M::DIGEST_VERDICT)?)?,
             policy: PolicyMaps::new(
                 take(&mut ebpf, M::NET_RULES)?,
@@ -202,7 +204,7 @@ impl Bpf {
                 take(&mut ebpf, M::POLICY_ACTIVE)?,
             )?,
             identity_counters: IdentityCounterMap::new(take(&mut ebpf, M::IDENTITY_COUNTERS)?)?,
-            aggregates: EgressAggregates::new(take(&mut ebpf, M::EGRESS_AGG)?)?,
+            aggregates: EgressAggregates::new(take(&mut ebpf, M::EGRESS_AGG)?, take(&mut ebpf, M::IDENTITY_BUDGET)?)?,
         };
         maps.config.set(opts.config)?;
 

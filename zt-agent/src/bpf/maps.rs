@@ -4,22 +4,25 @@
 //! # Layout
 //! - [`ProcTable`]: tgid -> `ProcInfo` and its fast-path shadow `PID_IDENTITY`.
 //! - [`CgroupIdentities`]: cgroup id -> identity id.
-//! - [`LossCounters`]: per-CPU kernel loss counters, summed.
+//! - [`LossCounters`]: per-CPU kernel loss counters, summed (and the
+//!   security records lost per identity).
 //! - [`ConfigMap`]: the run-time switches.
-//! - [`EventSource`]: the ring buffer, readable from tokio.
+//! - [`EventSource`]: the two ring buffers, readable from tokio.
 //! - [`PolicyMaps`]: the policy maps of both slots and the active-slot switch.
 //!
 //! Nothing here knows the domain's rules: `bpf::tables` implements the
 //! domain's table traits over these wrappers.
 use aya::maps::{
-    Array, HashMap, Map, MapData, MapError, PerCpuArray, PerCpuHashMap, RingBuf,
+    Array, HashMap, Map, MapData, MapError, PerCpuArray, RingBuf,
     lpm_trie::{Key, LpmTrie},
 };
 use thiserror::Error;
 use tokio::io::unix::AsyncFd;
 use zt_common::{
-    Config, DigestKey, ExecKey, ExecPick, NO_IDENTITY, ProcInfo, loss, maps,
-    policy::{ActivePolicy, AggKey, AggValue, IdentityCounters, IdentityKey, IdentityPolicy, NetKeyData, NetRuleList},
+    Config, DigestKey, ExecKey, ExecPick, NO_IDENTITY, ProcInfo,
+    loss::{self, SecurityLoss},
+    maps,
+    policy::{AGG_SLOTS, ActivePolicy, AggSlot, IdentityBudget, IdentityCounters, IdentityKey, IdentityPolicy, NetKeyData, NetRuleList},
     unix::UnixKeyData,
 };
 
@@ -208,51 +211,94 @@ impl CgroupIdentities {
     }
 }
 
-pub struct LossCounters(PerCpuArray<MapData, u64>);
+pub struct LossCounters {
+    loss: PerCpuArray<MapData, u64>,
+    security: PerCpuArray<MapData, SecurityLoss>,
+}
 
 impl LossCounters {
-    pub fn new(map: Map) -> Result<Self, MapAccessError> {
-        PerCpuArray::try_from(map).map(Self).map_err(err(maps::LOSS, "open"))
+    pub fn new(loss: Map, security: Map) -> Result<Self, MapAccessError> {
+        Ok(LossCounters {
+            loss: PerCpuArray::try_from(loss).map_err(err(maps::LOSS, "open"))?,
+            security: PerCpuArray::try_from(security).map_err(err(maps::SECURITY_LOSS, "open"))?,
+        })
     }
 
     /// Each counter summed over CPUs, indexed by `zt_common::loss`.
     pub fn read(&self) -> Result<[u64; loss::COUNT as usize], MapAccessError> {
         let mut out = [0u64; loss::COUNT as usize];
         for (i, slot) in out.iter_mut().enumerate() {
-            let per_cpu = self.0.get(&(i as u32), 0).map_err(err(maps::LOSS, "get"))?;
+            let per_cpu = self.loss.get(&(i as u32), 0).map_err(err(maps::LOSS, "get"))?;
             *slot = per_cpu.iter().sum();
+        }
+        Ok(out)
+    }
+
+    /// Security records lost per identity (every CPU together: counts
+    /// summed, the earliest first and the latest last loss), for identities
+    /// with any.
+    pub fn security(&self) -> Result<Vec<(u32, SecurityLoss)>, MapAccessError> {
+        let mut out = Vec::new();
+        for slot in 0..maps::SECURITY_LOSS_CAPACITY {
+            let per_cpu = self.security.get(&slot, 0).map_err(err(maps::SECURITY_LOSS, "get"))?;
+            let mut sum = SecurityLoss::default();
+            for l in per_cpu.iter().filter(|l| l.count > 0) {
+                sum.count += l.count;
+                sum.first_ns = if sum.first_ns == 0 { l.first_ns } else { sum.first_ns.min(l.first_ns) };
+                sum.last_ns = sum.last_ns.max(l.last_ns);
+            }
+            if sum.count > 0 {
+                out.push((loss::slot_identity(slot), sum));
+            }
         }
         Ok(out)
     }
 }
 
-/// The kernel's per-CPU egress aggregation table (read and pruned by user space).
-pub struct EgressAggregates(PerCpuHashMap<MapData, AggKey, AggValue>);
+/// The kernel's per-CPU egress aggregation cache and the identities'
+/// budgets with their folded attempts (read by user space).
+pub struct EgressAggregates {
+    slots: PerCpuArray<MapData, AggSlot>,
+    budgets: PerCpuArray<MapData, IdentityBudget>,
+}
 
 impl EgressAggregates {
-    pub fn new(map: Map) -> Result<Self, MapAccessError> {
-        PerCpuHashMap::try_from(map).map(Self).map_err(err(maps::EGRESS_AGG, "open"))
+    pub fn new(slots: Map, budgets: Map) -> Result<Self, MapAccessError> {
+        Ok(Self {
+            slots: PerCpuArray::try_from(slots).map_err(err(maps::EGRESS_AGG, "open"))?,
+            budgets: PerCpuArray::try_from(budgets).map_err(err(maps::IDENTITY_BUDGET, "open"))?,
+        })
     }
 
-    /// Every key with its value on each CPU (index = CPU).
-    pub fn entries(&self) -> Vec<(AggKey, Vec<AggValue>)> {
-        self.0.iter().filter_map(Result::ok).map(|(k, v)| (k, v.iter().copied().collect())).collect()
-    }
-
-    pub fn get(&self, key: &AggKey) -> Result<Option<Vec<AggValue>>, MapAccessError> {
-        match self.0.get(key, 0) {
-            Ok(v) => Ok(Some(v.iter().copied().collect())),
-            Err(e) if is_missing_key(&e) => Ok(None),
-            Err(e) => Err(err(maps::EGRESS_AGG, "get")(e)),
+    /// Every slot holding a key, with its CPU.
+    pub fn slots(&self) -> Result<Vec<(u32, AggSlot)>, MapAccessError> {
+        let mut out = Vec::new();
+        for i in 0..AGG_SLOTS {
+            let per_cpu = self.slots.get(&i, 0).map_err(err(maps::EGRESS_AGG, "get"))?;
+            out.extend(per_cpu.iter().enumerate().filter(|(_, s)| s.total != 0).map(|(cpu, s)| (cpu as u32, *s)));
         }
+        Ok(out)
     }
 
-    pub fn remove(&mut self, key: &AggKey) -> Result<(), MapAccessError> {
-        match self.0.remove(key) {
-            Ok(()) => Ok(()),
-            Err(e) if is_missing_key(&e) => Ok(()),
-            Err(e) => Err(err(maps::EGRESS_AGG, "remove")(e)),
+    /// Attempts folded per identity (every CPU together: counts summed,
+    /// the earliest first and the latest last), for `identities`.
+    pub fn folded(&self, identities: &[u32]) -> Result<Vec<(u32, IdentityBudget)>, MapAccessError> {
+        let mut out = Vec::new();
+        for &id in identities {
+            let per_cpu = self.budgets.get(&loss::identity_slot(id), 0).map_err(err(maps::IDENTITY_BUDGET, "get"))?;
+            let mut sum = IdentityBudget::default();
+            for b in per_cpu.iter().filter(|b| b.first_ns != 0) {
+                sum.allowed += b.allowed;
+                sum.denied += b.denied;
+                sum.audited += b.audited;
+                sum.first_ns = if sum.first_ns == 0 { b.first_ns } else { sum.first_ns.min(b.first_ns) };
+                sum.last_ns = sum.last_ns.max(b.last_ns);
+            }
+            if sum.first_ns != 0 {
+                out.push((id, sum));
+            }
         }
+        Ok(out)
     }
 }
 
@@ -294,32 +340,45 @@ impl ConfigMap {
     }
 }
 
-/// The event ring buffer, registered with tokio. The kernel submits without
-/// waking us (except when the ring fills past `Config::wakeup_bytes`), so the
-/// consumer drains on a short timer as well as on readiness.
-pub struct EventSource(AsyncFd<RingBuf<MapData>>);
+/// The two event ring buffers (telemetry and security records), registered
+/// with tokio. The kernel submits without waking us (except when a ring
+/// fills past its threshold, or a process is held at exec), so the consumer
+/// drains on a short timer as well as on readiness.
+pub struct EventSource {
+    telemetry: AsyncFd<RingBuf<MapData>>,
+    security: AsyncFd<RingBuf<MapData>>,
+}
 
 impl EventSource {
-    pub fn new(map: Map) -> Result<Self, anyhow::Error> {
-        let ring = RingBuf::try_from(map).map_err(err(maps::EVENTS, "open"))?;
-        // SAFETY: the RingBuf owns its map fd, which stays open and the same
-        // for the AsyncFd's whole life (the AsyncFd owns the RingBuf).
-        let fd = unsafe { AsyncFd::register(ring) }.map_err(|e| anyhow::anyhow!("registering the ring buffer with tokio: {e}"))?;
-        Ok(Self(fd))
+    pub fn new(telemetry: Map, security: Map) -> Result<Self, anyhow::Error> {
+        let ring = |map: Map, name: &'static str| -> Result<AsyncFd<RingBuf<MapData>>, anyhow::Error> {
+            let ring = RingBuf::try_from(map).map_err(err(name, "open"))?;
+            // SAFETY: the RingBuf owns its map fd, which stays open and the
+            // same for the AsyncFd's whole life (the AsyncFd owns the RingBuf).
+            unsafe { AsyncFd::register(ring) }.map_err(|e| anyhow::anyhow!("registering the ring buffer {name} with tokio: {e}"))
+        };
+        Ok(Self { telemetry: ring(telemetry, maps::EVENTS)?, security: ring(security, maps::SECURITY_EVENTS)? })
     }
 
-    /// Waits until the kernel forces a wakeup or `timeout` passes.
+    /// Waits until the kernel forces a wakeup on either ring or `timeout` passes.
     pub async fn wait(&self, timeout: std::time::Duration) {
-        if let Ok(Ok(mut guard)) = tokio::time::timeout(timeout, self.0.readable()).await {
-            guard.clear_ready();
-        }
+        let either = async {
+            tokio::select! {
+                Ok(mut g) = self.security.readable() => g.clear_ready(),
+                Ok(mut g) = self.telemetry.readable() => g.clear_ready(),
+            }
+        };
+        let _ = tokio::time::timeout(timeout, either).await;
     }
 
-    /// Hands every pending record to `f`; returns how many there were.
-    pub fn drain(&mut self, mut f: impl FnMut(&[u8])) -> usize {
-        let ring = self.0.get_mut();
+    /// Hands at most `max` pending records of one ring to `f`; returns how
+    /// many there were.
+    pub fn drain(&mut self, security: bool, max: usize, mut f: impl FnMut(&[u8])) -> usize {
+        let ring = if security { self.security.get_mut() } else { self.telemetry.get_mut() };
         let mut n = 0;
-        while let Some(item) = ring.next() {
+        while n < max
+            && let Some(item) = ring.next()
+        {
             f(&item);
             n += 1;
         }

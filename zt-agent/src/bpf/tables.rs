@@ -13,7 +13,8 @@ use std::time::Duration;
 
 use zt_common::{
     DigestKey, ExecKey, ExecPick, ProcInfo,
-    policy::{ActivePolicy, AggKey, AggValue, IdentityCounters},
+    loss::SecurityLoss,
+    policy::{ActivePolicy, AggSlot, IdentityBudget, IdentityCounters},
 };
 
 use super::maps::{
@@ -24,7 +25,7 @@ use crate::{
         Classification,
         table::{self, Assign, CgroupTable, ExecTable, ProcessTable, TableError},
     },
-    pipeline::source::{AggregateTable, EventRing, KernelCounters, LossArray},
+    pipeline::source::{AggregateTable, EventRing, KernelCounters, LossArray, Ring},
     policy::{
         Compiled,
         target::{GRACE, PolicyTarget, TargetError, target_slot},
@@ -129,14 +130,11 @@ impl PolicyTarget for PolicyMaps {
 }
 
 impl AggregateTable for EgressAggregates {
-    fn entries(&self) -> Vec<(AggKey, Vec<AggValue>)> {
-        EgressAggregates::entries(self)
+    fn slots(&self) -> Result<Vec<(u32, AggSlot)>, TableError> {
+        EgressAggregates::slots(self).map_err(table_err("egress aggregates", "read"))
     }
-    fn get(&self, key: &AggKey) -> Result<Option<Vec<AggValue>>, TableError> {
-        EgressAggregates::get(self, key).map_err(table_err("egress aggregates", "get"))
-    }
-    fn remove(&mut self, key: &AggKey) -> Result<(), TableError> {
-        EgressAggregates::remove(self, key).map_err(table_err("egress aggregates", "remove"))
+    fn folded(&self, identities: &[u32]) -> Result<Vec<(u32, IdentityBudget)>, TableError> {
+        EgressAggregates::folded(self, identities).map_err(table_err("identity budgets", "read"))
     }
 }
 
@@ -150,6 +148,9 @@ impl KernelCounters for Counters {
     fn loss(&self) -> Result<LossArray, TableError> {
         self.loss.read().map_err(table_err("loss counters", "read"))
     }
+    fn security_loss(&self) -> Result<Vec<(u32, SecurityLoss)>, TableError> {
+        self.loss.security().map_err(table_err("security loss counters", "read"))
+    }
     fn decisions(&self) -> Result<Vec<(u32, IdentityCounters)>, TableError> {
         self.decisions.read().map_err(table_err("decision counters", "read"))
     }
@@ -159,7 +160,7 @@ impl EventRing for EventSource {
     fn wait(&self, timeout: Duration) -> impl Future<Output = ()> + Send {
         EventSource::wait(self, timeout)
     }
-    fn drain(&mut self, f: &mut dyn FnMut(&[u8])) -> usize {
-        EventSource::drain(self, f)
+    fn drain(&mut self, ring: Ring, max: usize, f: &mut dyn FnMut(&[u8])) -> usize {
+        EventSource::drain(self, ring == Ring::Security, max, f)
     }
 }

@@ -35,9 +35,17 @@ pub struct RunArgs {
     /// Also report connects of processes without an identity (costs more per connect).
     #[arg(long)]
     pub observe_all_connects: bool,
-    /// Ring buffer size in bytes (power of two).
+    /// Telemetry ring buffer size in bytes (power of two): exec, exit, allowed connects.
     #[arg(long, value_name = "BYTES", default_value_t = zt_common::maps::EVENTS_DEFAULT_BYTES)]
     pub ringbuf_size: u32,
+    /// Security ring buffer size in bytes (power of two): denials, would-denies, guard actions.
+    #[arg(long, value_name = "BYTES", default_value_t = zt_common::maps::SECURITY_EVENTS_DEFAULT_BYTES)]
+    pub security_ringbuf_size: u32,
+    /// Connect events per second each identity may cause on each CPU; past it,
+    /// its new destinations are folded into counted `connect_folded` summaries
+    /// (0: unlimited).
+    #[arg(long, value_name = "N", default_value_t = 20_000)]
+    pub event_rate: u32,
     /// How often the consumer drains the ring buffer (the kernel submits without wakeups).
     #[arg(long, value_name = "MS", default_value_t = 10)]
     pub poll_ms: u64,
@@ -108,7 +116,9 @@ impl RunArgs {
             events: self.events,
             show: self.show,
             observe_all_connects: self.observe_all_connects,
-            ringbuf_bytes: run::valid_ringbuf_size(self.ringbuf_size)?,
+            ringbuf_bytes: run::valid_ringbuf_size("--ringbuf-size", self.ringbuf_size)?,
+            security_ringbuf_bytes: run::valid_ringbuf_size("--security-ringbuf-size", self.security_ringbuf_size)?,
+            event_rate: self.event_rate,
             poll_interval: Duration::from_millis(self.poll_ms.max(1)),
             socket: self.socket,
             demo: self.demo,

@@ -8,7 +8,7 @@
 use std::mem::size_of;
 
 use thiserror::Error;
-use zt_common::{ConnectEvent, EventHeader, ExecEvent, ExitEvent, guard::GuardEvent, kind, unix::UnixEvent};
+use zt_common::{AggEvictEvent, ConnectEvent, EventHeader, ExecEvent, ExitEvent, guard::GuardEvent, kind, unix::UnixEvent};
 
 #[derive(Debug, Clone)]
 pub enum RawEvent {
@@ -17,6 +17,7 @@ pub enum RawEvent {
     Connect(ConnectEvent),
     Guard(GuardEvent),
     Unix(Box<UnixEvent>),
+    AggEvict(AggEvictEvent),
 }
 
 impl RawEvent {
@@ -27,6 +28,7 @@ impl RawEvent {
             RawEvent::Connect(e) => &e.header,
             RawEvent::Guard(e) => &e.header,
             RawEvent::Unix(e) => &e.header,
+            RawEvent::AggEvict(e) => &e.header,
         }
     }
 }
@@ -64,6 +66,7 @@ pub fn decode(bytes: &[u8]) -> Result<RawEvent, DecodeError> {
         kind::CONNECT => Ok(RawEvent::Connect(read(bytes, "connect")?)),
         kind::GUARD => Ok(RawEvent::Guard(read(bytes, "guard")?)),
         kind::UNIX => Ok(RawEvent::Unix(Box::new(read(bytes, "unix")?))),
+        kind::AGG_EVICT => Ok(RawEvent::AggEvict(read(bytes, "agg_evict")?)),
         other => Err(DecodeError::UnknownKind(other)),
     }
 }

@@ -8,15 +8,21 @@
 //! - A per-incarnation cache `(tgid, start_ns) -> ProcMeta`, so a recycled pid
 //!   never reuses a dead process's exe, cgroup or identity.
 use std::{
-    collections::{HashMap, HashSet},
+    collections::{BTreeMap, HashMap, HashSet},
     sync::Arc,
 };
 
-use zt_common::{NO_IDENTITY, PENDING_IDENTITY, args_flags};
+use zt_common::{
+    AggEvictEvent, NO_IDENTITY, PENDING_IDENTITY, args_flags,
+    policy::{AGG_WINDOW_NS, AggKey, AggSlot, IdentityBudget},
+};
 
 use super::{
     decode::{RawEvent, c_str},
-    event::{Body, ConnectInfo, Event, ExecInfo, GuardInfo, IdentityRef, Process, UnixInfo},
+    event::{
+        Body, ConnectFolded, ConnectInfo, ConnectSummary, Decision, Event, ExecInfo, GuardInfo, IdentityRef, Process, UnixInfo,
+        ip_from_mapped, protocol_name,
+    },
 };
 use crate::{
     host::wall_time,
@@ -56,7 +62,9 @@ pub struct Enricher {
     /// Whether some output shows events of processes without an identity.
     show_unattributed: bool,
     /// Per (aggregation key, CPU): the kernel's running total already reported.
-    reported: HashMap<(zt_common::policy::AggKey, u32), u64>,
+    reported: HashMap<(AggKey, u32), u64>,
+    /// Per identity: the kernel's folded counts as of the last report.
+    folded_reported: HashMap<u32, IdentityBudget>,
     /// Identities written into the kernel table by user space.
     pub assigned: u64,
     /// Whether the table may hold pending processes: the policy has kernel
@@ -79,6 +87,7 @@ impl Enricher {
             seen_cgroups: HashSet::new(),
             show_unattributed,
             reported: HashMap::new(),
+            folded_reported: HashMap::new(),
             assigned: 0,
             sweep_pending: true,
         }
@@ -135,6 +144,16 @@ impl Enricher {
         for (pid, start_ns) in pending {
             let (exe, uid, cgroup) = (procfs::exe(&root, pid), procfs::uid(&root, pid), procfs::cgroup_v2(&root, pid));
             self.resolve(pid, start_ns, 0, uid, true, exe.as_deref(), cgroup.as_deref(), tables);
+        }
+    }
+
+    /// Names the identities an already-built event counts by id (a loss
+    /// event's lost security records).
+    pub fn name_identities(&self, ev: &mut Event) {
+        if let Body::Loss { loss } = &mut ev.body {
+            for r in &mut loss.security_records {
+                r.identity = self.identity_ref(r.identity_id);
+            }
         }
     }
 
@@ -216,7 +235,7 @@ impl Enricher {
                 let process = self.process_info(&h, meta.ppid, &c.comm, meta.exe, meta.cgroup);
                 let mut connect = ConnectInfo::from_raw(&c, |g, r| self.rulebook.name(g, r));
                 if c.repeats_total > 0 {
-                    let key = zt_common::policy::AggKey {
+                    let key = AggKey {
                         identity: h.identity,
                         tgid: h.tgid,
                         port: c.port,
@@ -238,6 +257,7 @@ impl Enricher {
                 let guard = GuardInfo::from_raw(&g, target);
                 Some(self.event(wall_time(h.time_ns), Body::Guard { process, identity: self.identity_ref(h.identity), guard }))
             }
+            RawEvent::AggEvict(e) => self.evicted(&e).filter(|ev| wanted(e.key.identity) || ev.body.is_security()),
             // Denials and would-denies only: security records, always shown.
             RawEvent::Unix(u) => {
                 let meta = self.meta(h.tgid, h.start_ns, h.cgroup_id);
@@ -375,60 +395,81 @@ fn add_refs(refs: &mut HashMap<u32, IdentityRef>, config: &IdentityConfig) {
 }
 
 impl Enricher {
-    /// Reports attempts the kernel counted but no event carried: keys whose
-    /// total moved past what was reported and whose window has closed.
-    /// Prunes keys idle for `idle_ns` with everything reported (the kernel
-    /// table never evicts on its own). `now_ns` is the kernel's aggregation
-    /// clock (`host::monotonic_coarse_ns`); `force`
-    /// ignores the window (at shutdown, so nothing counted goes unreported).
-    pub fn flush_aggregates(
-        &mut self,
-        entries: &[(zt_common::policy::AggKey, Vec<zt_common::policy::AggValue>)],
-        now_ns: u64,
-        idle_ns: u64,
-        force: bool,
-    ) -> (Vec<Event>, Vec<zt_common::policy::AggKey>) {
-        use super::event::{ConnectSummary, Decision, ip_from_mapped, protocol_name};
-        let mut events = Vec::new();
-        let mut prune = Vec::new();
-        for (k, per_cpu) in entries {
-            let mut repeats = 0;
-            let mut idle = true;
-            for (cpu, v) in per_cpu.iter().enumerate() {
-                let slot = (*k, cpu as u32);
-                let last = self.reported.get(&slot).copied().unwrap_or(0);
-                if v.total > last {
-                    idle = false;
-                    if force || now_ns.saturating_sub(v.last_emit_ns) >= zt_common::policy::AGG_WINDOW_NS {
-                        self.reported.insert(slot, v.total);
-                        repeats += v.total - last;
-                    }
-                } else if now_ns.saturating_sub(v.last_seen_ns) < idle_ns {
-                    idle = false;
-                }
-            }
-            if repeats > 0 {
-                let summary = ConnectSummary {
-                    pid: k.tgid,
-                    address: ip_from_mapped(k.addr),
-                    port: k.port,
-                    protocol: protocol_name(k.proto as u32, 0),
-                    decision: Decision::from_kernel(k.decided),
-                    policy_generation: k.generation,
-                    repeats,
-                };
-                events.push(self.event(
-                    wall_time(crate::host::boottime_ns()),
-                    Body::ConnectSummary { identity: self.identity_ref(k.identity), connect_summary: summary },
-                ));
-            } else if idle {
-                for cpu in 0..per_cpu.len() as u32 {
-                    self.reported.remove(&(*k, cpu));
-                }
-                prune.push(*k);
+    /// Reports attempts the kernel only counted: per key (across CPUs),
+    /// what its slots hold beyond what was reported, once the slot's window
+    /// has passed (every such key when `force`: at shutdown). `slots`: the
+    /// non-empty slots of the kernel cache with their CPU. Forgets what was
+    /// reported for keys no slot holds any more.
+    pub fn flush_aggregates(&mut self, slots: &[(u32, AggSlot)], now_ns: u64, force: bool) -> Vec<Event> {
+        let mut repeats: BTreeMap<AggKey, u64> = BTreeMap::new();
+        for (cpu, s) in slots {
+            let last = self.reported.get(&(s.key, *cpu)).copied().unwrap_or(0);
+            if s.total > last && (force || now_ns.saturating_sub(s.last_emit_ns) >= AGG_WINDOW_NS) {
+                self.reported.insert((s.key, *cpu), s.total);
+                *repeats.entry(s.key).or_default() += s.total - last;
             }
         }
-        (events, prune)
+        if self.reported.len() > slots.len() {
+            let held: HashSet<(AggKey, u32)> = slots.iter().map(|(cpu, s)| (s.key, *cpu)).collect();
+            self.reported.retain(|k, _| held.contains(k));
+        }
+        repeats.into_iter().map(|(k, n)| self.summary(k, n)).collect()
+    }
+
+    /// The identities that can have folded attempts (every one ever in
+    /// force, and pending processes).
+    pub fn identity_ids(&self) -> Vec<u32> {
+        self.identity_refs.keys().copied().collect()
+    }
+
+    /// `connect_folded` events for the attempts each identity folded since
+    /// the last report (`folded`: the kernel's running counts; its times
+    /// and `now_coarse` are CLOCK_MONOTONIC_COARSE, shown as wall time).
+    pub fn flush_folded(&mut self, folded: &[(u32, IdentityBudget)], now_coarse: u64) -> Vec<Event> {
+        let to_boot = crate::host::boottime_ns().wrapping_sub(now_coarse);
+        let mut out = Vec::new();
+        for (id, b) in folded {
+            let prev = self.folded_reported.get(id).copied().unwrap_or(IdentityBudget { last_ns: b.first_ns, ..Default::default() });
+            let delta =
+                (b.allowed - prev.allowed.min(b.allowed), b.denied - prev.denied.min(b.denied), b.audited - prev.audited.min(b.audited));
+            if delta == (0, 0, 0) {
+                continue;
+            }
+            self.folded_reported.insert(*id, *b);
+            let connect_folded = ConnectFolded {
+                allowed: delta.0,
+                denied: delta.1,
+                audited: delta.2,
+                from: wall_time(prev.last_ns.wrapping_add(to_boot)),
+                to: wall_time(b.last_ns.wrapping_add(to_boot)),
+            };
+            out.push(
+                self.event(wall_time(crate::host::boottime_ns()), Body::ConnectFolded { identity: self.identity_ref(*id), connect_folded }),
+            );
+        }
+        out
+    }
+
+    /// The attempts of an evicted key that no event reported (none: `None`).
+    fn evicted(&mut self, e: &AggEvictEvent) -> Option<Event> {
+        let last = self.reported.remove(&(e.key, e.cpu)).unwrap_or(0);
+        (e.total > last).then(|| self.summary(e.key, e.total - last))
+    }
+
+    fn summary(&self, k: AggKey, repeats: u64) -> Event {
+        let summary = ConnectSummary {
+            pid: k.tgid,
+            address: ip_from_mapped(k.addr),
+            port: k.port,
+            protocol: protocol_name(k.proto as u32, 0),
+            decision: Decision::from_kernel(k.decided),
+            policy_generation: k.generation,
+            repeats,
+        };
+        self.event(
+            wall_time(crate::host::boottime_ns()),
+            Body::ConnectSummary { identity: self.identity_ref(k.identity), connect_summary: summary },
+        )
     }
 }
 
@@ -448,7 +489,7 @@ mod tests {
 
     #[test]
     fn aggregates_report_every_attempt_once() {
-        use zt_common::policy::{AGG_WINDOW_NS, AggKey, AggValue, DENY};
+        use zt_common::policy::{AGG_WINDOW_NS, DENY};
         let cfg = crate::policy::identities_from_text(
             "t.yaml",
             "apiVersion: zt-agent.io/v1alpha1\nkind: HostPolicy\nspec:\n  trustDomain: t\n  identities:\n    - name: u\n      selectors:\n        - uid: 4242\n",
@@ -464,12 +505,19 @@ mod tests {
             generation: 1,
             addr: std::net::Ipv4Addr::new(10, 0, 0, 1).to_ipv6_mapped().octets(),
         };
-        let v = |total, last_emit_ns, last_seen_ns| AggValue { total, last_emit_ns, last_seen_ns };
+        let slot = |total, last_emit_ns| AggSlot { key: k, total, emitted: 1, last_emit_ns, _pad: 0 };
+        let repeats = |ev: &[Event]| -> Vec<u64> {
+            ev.iter()
+                .map(|e| match &e.body {
+                    Body::ConnectSummary { connect_summary, .. } => connect_summary.repeats,
+                    _ => panic!(),
+                })
+                .collect()
+        };
         let s = 10 * AGG_WINDOW_NS;
         // CPU 0: 7 attempts, the last event 2 s ago; CPU 1: 3 attempts, event just now.
-        let entries = vec![(k, vec![v(7, s - 2 * AGG_WINDOW_NS, s), v(3, s, s)])];
-        let (ev, prune) = en.flush_aggregates(&entries, s, 30 * AGG_WINDOW_NS, false);
-        assert!(prune.is_empty());
+        let slots = vec![(0, slot(7, s - 2 * AGG_WINDOW_NS)), (1, slot(3, s))];
+        let ev = en.flush_aggregates(&slots, s, false);
         let Body::ConnectSummary { connect_summary, identity } = &ev[0].body else { panic!() };
         assert_eq!(
             (connect_summary.repeats, connect_summary.address.to_string().as_str(), connect_summary.decision),
@@ -477,15 +525,17 @@ mod tests {
         );
         assert_eq!(identity.as_ref().unwrap().name.as_ref(), "u");
         // CPU 1's window is open: reported only when forced (shutdown).
-        let (ev, _) = en.flush_aggregates(&entries, s, 30 * AGG_WINDOW_NS, false);
-        assert!(ev.is_empty());
-        let (ev, _) = en.flush_aggregates(&entries, s, 30 * AGG_WINDOW_NS, true);
-        let Body::ConnectSummary { connect_summary, .. } = &ev[0].body else { panic!() };
-        assert_eq!(connect_summary.repeats, 3);
-        // Everything reported and idle: pruned.
-        let (ev, prune) = en.flush_aggregates(&entries, s + 31 * AGG_WINDOW_NS, 30 * AGG_WINDOW_NS, false);
-        assert!(ev.is_empty());
-        assert_eq!(prune, vec![k]);
+        assert!(en.flush_aggregates(&slots, s, false).is_empty());
+        assert_eq!(repeats(&en.flush_aggregates(&slots, s, true)), [3]);
+        // CPU 0's key evicted after 4 more attempts: those 4 are reported,
+        // once; then its slot holds another key, and nothing is left.
+        let ev = AggEvictEvent { key: k, total: 11, cpu: 0, ..Default::default() };
+        assert_eq!(repeats(&en.evicted(&ev).into_iter().collect::<Vec<_>>()), [4]);
+        assert!(en.evicted(&ev).is_some(), "forgotten once evicted: a later eviction counts from 0");
+        // A key back in a slot after its eviction starts from its own count.
+        assert_eq!(repeats(&en.flush_aggregates(&[(0, slot(2, s - 2 * AGG_WINDOW_NS))], s, false)), [2]);
+        assert!(en.flush_aggregates(&[], s, true).is_empty());
+        assert!(en.reported.is_empty(), "nothing kept for keys no slot holds");
     }
 
     #[test]

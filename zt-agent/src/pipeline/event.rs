@@ -53,6 +53,13 @@ pub enum Body {
         identity: Option<IdentityRef>,
         connect_summary: ConnectSummary,
     },
+    /// Attempts of an identity the kernel only counted, without their
+    /// destinations: it was over its event budget (`--event-rate`), or the
+    /// ring had no room to report a key its new destination would evict.
+    ConnectFolded {
+        identity: Option<IdentityRef>,
+        connect_folded: ConnectFolded,
+    },
     /// A call an agent identity may not make around the egress hooks was
     /// refused, or its process killed (see `zt_common::guard`).
     Guard {
@@ -76,9 +83,23 @@ impl Body {
             | Body::Exit { identity, .. }
             | Body::Connect { identity, .. }
             | Body::ConnectSummary { identity, .. }
+            | Body::ConnectFolded { identity, .. }
             | Body::Guard { identity, .. }
             | Body::UnixConnect { identity, .. } => identity.as_ref(),
             Body::Loss { .. } | Body::Agent { .. } | Body::Policy { .. } => None,
+        }
+    }
+
+    /// A security record: a denial or would-deny, a guard action, a policy
+    /// change, the agent's life cycle, a loss (and, later, anomaly alerts).
+    /// The audit log keeps these, and no telemetry flood may crowd them out.
+    pub fn is_security(&self) -> bool {
+        match self {
+            Body::Connect { connect, .. } => connect.action != ConnectAction::Allowed,
+            Body::ConnectSummary { connect_summary, .. } => connect_summary.decision == Decision::Deny,
+            Body::ConnectFolded { connect_folded, .. } => connect_folded.denied + connect_folded.audited > 0,
+            Body::Loss { .. } | Body::Agent { .. } | Body::Policy { .. } | Body::Guard { .. } | Body::UnixConnect { .. } => true,
+            Body::Exec { .. } | Body::Exit { .. } => false,
         }
     }
 
@@ -91,6 +112,7 @@ impl Body {
             Body::Agent { .. } => "agent",
             Body::Policy { .. } => "policy",
             Body::ConnectSummary { .. } => "connect_summary",
+            Body::ConnectFolded { .. } => "connect_folded",
             Body::Guard { .. } => "guard",
             Body::UnixConnect { .. } => "unix_connect",
         }
@@ -261,6 +283,18 @@ pub struct ConnectSummary {
     pub repeats: u64,
 }
 
+/// Attempts folded since the last `connect_folded` event of the identity,
+/// by outcome, made after `from` and up to `to`.
+#[derive(Debug, Clone, Serialize, PartialEq, Eq)]
+pub struct ConnectFolded {
+    pub allowed: u64,
+    pub denied: u64,
+    /// Allowed, but the policy would deny (audit mode).
+    pub audited: u64,
+    pub from: String,
+    pub to: String,
+}
+
 /// Address in the kernel's IPv6 form (IPv4 mapped) back to an `IpAddr`.
 pub fn ip_from_mapped(addr: [u8; 16]) -> IpAddr {
     let v6 = Ipv6Addr::from(addr);
@@ -412,6 +446,23 @@ pub struct LossReport {
     /// Per kernel counter (`zt_common::loss::NAMES`) and user-space counter.
     pub totals: std::collections::BTreeMap<&'static str, u64>,
     pub delta: std::collections::BTreeMap<&'static str, u64>,
+    /// Security records the kernel could not queue since the last loss
+    /// event (the security ring was full), per identity.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub security_records: Vec<SecurityRecordsLost>,
+}
+
+/// Security records of one identity that were lost: how many, and the
+/// time range they fall in (after `from`, up to and including `to`).
+#[derive(Debug, Clone, Serialize, PartialEq, Eq)]
+pub struct SecurityRecordsLost {
+    /// Named by the enricher (`None`: an identity no policy defined).
+    pub identity: Option<IdentityRef>,
+    #[serde(skip)]
+    pub identity_id: u32,
+    pub lost: u64,
+    pub from: String,
+    pub to: String,
 }
 
 #[derive(Debug, Clone, Serialize)]

@@ -2,7 +2,8 @@
 //! [`super`]).
 //!
 //! # Layout
-//! - [`read`]: ring buffer -> decoded records -> the enrich queue.
+//! - [`read`]: the rings -> decoded records -> the enrich queue (security
+//!   records first and never dropped).
 //! - [`report_loss`]: kernel counters -> `Stats`, and a `loss` event when
 //!   any loss counter moved.
 //! - [`enrich`]: the queue -> events -> outputs; aggregation flushes, cgroup
@@ -14,51 +15,89 @@ use std::{
 };
 
 use tokio::sync::{mpsc, watch};
-use zt_common::policy::AggValue;
 
 use super::{
     Input, Stats, decode,
     enrich::Enricher,
-    event::{Body, Event, LossReport},
+    event::{Body, Event, LossReport, SecurityRecordsLost},
     output::Outputs,
-    source::{AggregateTable, EventRing, KernelCounters},
+    source::{AggregateTable, EventRing, KernelCounters, Ring},
 };
 use crate::{
     host::{boottime_ns, wall_time},
     identity::attribution::{self, Tables},
 };
 
-/// Aggregation keys idle this long, with every attempt reported, are pruned.
-const AGG_IDLE_NS: u64 = 30_000_000_000;
-
 /// Malformed records are logged at most this often (each one is counted).
 const DECODE_WARN_EVERY: Duration = Duration::from_secs(10);
 
+/// The share of the enrich queue telemetry may not take (1/this): room
+/// kept for security records and the agent's own events.
+const SECURITY_RESERVE_DIVISOR: usize = 4;
+
+/// Drains the rings into the enrich queue. Security records are never
+/// dropped: only what the queue has room for is taken from their ring (the
+/// rest waits there, and what the ring itself cannot hold the kernel counts
+/// per identity). Telemetry takes what room is left beyond a reserve kept
+/// for security records; the rest is dropped and counted
+/// (`queue_overflow`). What one pass takes from both rings is queued in
+/// time order, so a process's exec (telemetry) is enriched before its
+/// denied connect (security) and the denial names its executable.
 pub async fn read<R: EventRing>(mut ring: R, tx: mpsc::Sender<Input>, mut stop: watch::Receiver<bool>, poll: Duration, stats: Arc<Stats>) {
+    let reserve = tx.max_capacity() / SECURITY_RESERVE_DIVISOR;
     let mut last_decode_warn: Option<Instant> = None;
+    let mut decoded = |bytes: &[u8], stats: &Stats| -> Option<decode::RawEvent> {
+        stats.records.fetch_add(1, Relaxed);
+        match decode::decode(bytes) {
+            Ok(raw) => Some(raw),
+            Err(e) => {
+                stats.decode_errors.fetch_add(1, Relaxed);
+                if last_decode_warn.is_none_or(|t| t.elapsed() > DECODE_WARN_EVERY) {
+                    last_decode_warn = Some(Instant::now());
+                    tracing::warn!("dropping malformed ring buffer record: {e}");
+                }
+                None
+            }
+        }
+    };
+    let mut more = false;
     loop {
-        let stopping = tokio::select! {
-            _ = stop.changed() => true,
-            _ = ring.wait(poll) => false,
+        let stopping = if more {
+            tokio::task::yield_now().await;
+            *stop.borrow()
+        } else {
+            tokio::select! {
+                _ = stop.changed() => true,
+                _ = ring.wait(poll) => false,
+            }
         };
-        ring.drain(&mut |bytes| {
-            stats.records.fetch_add(1, Relaxed);
-            match decode::decode(bytes) {
-                Ok(raw) => {
-                    if tx.try_send(Input::Raw(raw)).is_err() {
-                        stats.queue_overflow.fetch_add(1, Relaxed);
-                    }
-                }
-                Err(e) => {
-                    stats.decode_errors.fetch_add(1, Relaxed);
-                    if last_decode_warn.is_none_or(|t| t.elapsed() > DECODE_WARN_EVERY) {
-                        last_decode_warn = Some(Instant::now());
-                        tracing::warn!("dropping malformed ring buffer record: {e}");
-                    }
-                }
+        // (security, record), merged by time below.
+        let mut batch: Vec<(bool, decode::RawEvent)> = Vec::new();
+        let room = tx.capacity();
+        more = ring.drain(Ring::Security, room, &mut |bytes| batch.extend(decoded(bytes, &stats).map(|r| (true, r)))) == room;
+        let mut telemetry_room = room.saturating_sub(batch.len()).saturating_sub(reserve);
+        ring.drain(Ring::Telemetry, usize::MAX, &mut |bytes| {
+            if telemetry_room == 0 {
+                stats.records.fetch_add(1, Relaxed);
+                stats.queue_overflow.fetch_add(1, Relaxed);
+            } else if let Some(raw) = decoded(bytes, &stats) {
+                telemetry_room -= 1;
+                batch.push((false, raw));
             }
         });
-        if stopping {
+        batch.sort_by_key(|(_, raw)| raw.header().time_ns);
+        for (security, raw) in batch {
+            if security {
+                // The room was there when counted; another sender (the
+                // policy manager) may have taken some: wait rather than drop.
+                if tx.send(Input::Raw(raw)).await.is_err() {
+                    return;
+                }
+            } else if tx.try_send(Input::Raw(raw)).is_err() {
+                stats.queue_overflow.fetch_add(1, Relaxed);
+            }
+        }
+        if stopping && !more {
             break;
         }
     }
@@ -73,6 +112,8 @@ pub async fn report_loss<C: KernelCounters>(
     stats: Arc<Stats>,
 ) {
     let mut reported = stats.loss_totals();
+    // Per identity: security records lost so far, and the last one's time.
+    let mut reported_security: std::collections::HashMap<u32, (u64, u64)> = Default::default();
     let mut tick = tokio::time::interval(every);
     loop {
         let stopping = tokio::select! {
@@ -87,18 +128,38 @@ pub async fn report_loss<C: KernelCounters>(
             Ok(d) => *stats.decisions.lock().expect("poisoned") = d,
             Err(e) => tracing::warn!("{}", crate::error::Chain(&e)),
         }
+        let per_identity = counters.security_loss().unwrap_or_else(|e| {
+            tracing::warn!("{}", crate::error::Chain(&e));
+            Vec::new()
+        });
+        // What each identity lost since the last report, between its last
+        // loss then (or its first ever) and its last loss now.
+        let security_records: Vec<SecurityRecordsLost> = per_identity
+            .iter()
+            .filter_map(|(id, l)| {
+                let (count, last) = reported_security.get(id).copied().unwrap_or((0, l.first_ns));
+                (l.count > count).then(|| SecurityRecordsLost {
+                    identity_id: *id,
+                    identity: None,
+                    lost: l.count - count,
+                    from: wall_time(last),
+                    to: wall_time(l.last_ns),
+                })
+            })
+            .collect();
         let totals = stats.loss_totals();
-        if totals != reported {
+        if totals != reported || !security_records.is_empty() {
             let delta = totals.iter().map(|(k, v)| (*k, v - reported.get(k).copied().unwrap_or(0))).collect();
             let ev = Event {
                 time: wall_time(boottime_ns()),
                 node: node.clone(),
-                body: Body::Loss { loss: LossReport { totals: totals.clone(), delta } },
+                body: Body::Loss { loss: LossReport { totals: totals.clone(), delta, security_records } },
             };
             tracing::warn!("events lost: {totals:?}");
             // On a full queue, keep `reported`: the next tick reports the totals again.
             if tx.try_send(Input::Emit(Box::new(ev))).is_ok() {
                 reported = totals;
+                reported_security.extend(per_identity.iter().map(|(id, l)| (*id, (l.count, l.last_ns))));
             }
         }
         if stopping {
@@ -140,7 +201,10 @@ pub async fn enrich<A: AggregateTable>(mut e: Enrich<A>, mut rx: mpsc::Receiver<
                     }
                     stats.assigned.store(e.enricher.assigned, Relaxed);
                 }
-                Some(Input::Emit(ev)) => e.outputs.send(&ev),
+                Some(Input::Emit(mut ev)) => {
+                    e.enricher.name_identities(&mut ev);
+                    e.outputs.send(&ev)
+                }
                 Some(Input::Identities(cfg)) => {
                     e.enricher.set_identities(cfg, &mut e.tables, &upkeep.cgroup2);
                     exe_files = exe_watch(&e);
@@ -171,21 +235,23 @@ pub async fn enrich<A: AggregateTable>(mut e: Enrich<A>, mut rx: mpsc::Receiver<
     e.outputs.close().await;
 }
 
-/// Reports attempts the kernel only counted, and prunes idle keys (re-read
-/// first: an attempt since the snapshot keeps the key). `force`: at shutdown.
+/// Reports attempts the kernel only counted: per key, and folded per
+/// identity. `force`: at shutdown.
 fn flush_aggregates<A: AggregateTable>(e: &mut Enrich<A>, force: bool) {
-    let entries = e.aggregates.entries();
-    let (events, prune) = e.enricher.flush_aggregates(&entries, crate::host::monotonic_coarse_ns(), AGG_IDLE_NS, force);
-    let totals = |v: &[AggValue]| v.iter().map(|x| x.total).collect::<Vec<_>>();
-    for k in prune {
-        let seen = entries.iter().find(|(e, _)| *e == k).map(|(_, v)| totals(v));
-        if e.aggregates.get(&k).ok().flatten().map(|v| totals(&v)) == seen
-            && let Err(err) = e.aggregates.remove(&k)
-        {
+    let slots = match e.aggregates.slots() {
+        Ok(s) => s,
+        Err(err) => {
             tracing::warn!("{}", crate::error::Chain(&err));
+            return;
         }
+    };
+    let now = crate::host::monotonic_coarse_ns();
+    let mut events = e.enricher.flush_aggregates(&slots, now, force);
+    match e.aggregates.folded(&e.enricher.identity_ids()) {
+        Ok(folded) => events.extend(e.enricher.flush_folded(&folded, now)),
+        Err(err) => tracing::warn!("{}", crate::error::Chain(&err)),
     }
-    for ev in &events {
-        e.outputs.send(ev);
+    for ev in events {
+        e.outputs.send(&ev);
     }
 }
