@@ -15,6 +15,9 @@
 //! - [`TestCgroup`]: a cgroup v2 subtree, removed (processes killed) on drop.
 //! - [`Listener`]: a loopback TCP listener that accepts and drops.
 //! - [`our_loaded_programs`]: which of our programs the kernel still holds.
+//! - [`flood`]: the flood attack (one identity floods, another is quiet).
+pub mod flood;
+
 use std::{
     io::{BufRead, BufReader},
     net::TcpListener,
@@ -391,6 +394,11 @@ impl Agent {
             }
             std::thread::sleep(Duration::from_millis(50));
         }
+    }
+
+    /// The agent's pid, while it runs.
+    pub fn pid(&self) -> Option<u32> {
+        self.child.as_ref().map(Child::id)
     }
 
     /// SIGKILL (no chance to clean up), and reap it.

@@ -11,7 +11,8 @@
 //!   then the integration tests single-threaded (they load programs into the
 //!   one shared kernel; the root ones only as root). Prints
 //!   `xtask: N passed, F failed, S skipped` and what was skipped and why.
-//! - `bench`: benchmarks (`bench attribution`, `bench policy`, `bench net`, `bench audit`).
+//! - `bench`: benchmarks (`bench attribution`, `bench policy`, `bench net`, `bench audit`,
+//!   `bench hardening`, `bench pipeline`).
 use std::{
     ffi::OsString,
     path::{Path, PathBuf},
@@ -73,6 +74,9 @@ enum Bench {
     /// the guards' cost to processes without an identity: a syscall no guard
     /// watches, socket()+close(), fork+exec, with and without the guards.
     Hardening,
+    /// event pipeline throughput (distinct events at 100k/500k/1M per
+    /// second, budget off and on) and the flood-with-a-quiet-identity attack.
+    Pipeline,
 }
 
 fn main() -> std::process::ExitCode {
@@ -120,6 +124,7 @@ fn real_main() -> anyhow::Result<()> {
                 Bench::Net => "net",
                 Bench::Audit => "audit",
                 Bench::Hardening => "hardening",
+                Bench::Pipeline => "pipeline",
             };
             let mut cmd = cargo();
             cmd.args(["run", "--release", "--quiet", "-p", "zt-tests", "--bin", "zt-bench", "--", name])

@@ -121,8 +121,20 @@ pub fn boot_id() -> String {
 
 /// Wall-clock RFC 3339 time of a `CLOCK_BOOTTIME` timestamp (event times).
 pub fn wall_time(boot_ns: u64) -> String {
-    let age = std::time::Duration::from_nanos(boottime_ns().saturating_sub(boot_ns));
-    humantime::format_rfc3339_micros(std::time::SystemTime::now() - age).to_string()
+    // The offset between the two clocks, read once per thread and second:
+    // two clock reads per event cost more than the rest of formatting it.
+    thread_local! {
+        static OFFSET: std::cell::Cell<Option<(std::time::Instant, std::time::SystemTime)>> = const { std::cell::Cell::new(None) };
+    }
+    let wall_at_boot = OFFSET.with(|o| match o.get() {
+        Some((read, at)) if read.elapsed() < std::time::Duration::from_secs(1) => at,
+        _ => {
+            let at = std::time::SystemTime::now() - std::time::Duration::from_nanos(boottime_ns());
+            o.set(Some((std::time::Instant::now(), at)));
+            at
+        }
+    });
+    humantime::format_rfc3339_micros(wall_at_boot + std::time::Duration::from_nanos(boot_ns)).to_string()
 }
 
 /// `CLOCK_BOOTTIME` now, in ns: the clock of event `time_ns` fields.

@@ -40,8 +40,17 @@
 //! fork+exec+wait of /bin/true. Plus the guard programs' own run time per
 //! call (bpf_stats).
 //!
+//! `pipeline`: distinct connect events (every attempt a new destination)
+//! offered by one agent process at 100k, 500k and 1M per second for 3 s,
+//! with the per-identity event budget off (`--event-rate 0`: every event
+//! goes through the pipeline) and on (the default): offered, read from the
+//! rings, written, folded and dropped per second, and the agent's peak RSS.
+//! Then the flood issue's attack ([`zt_tests::flood`]): how many of a
+//! quiet identity's denials reach the stream and the audit log.
+//!
 //! Internal child modes: `spawn-loop N`, `udp-flood RATE SECS ADDR`,
-//! `connect-latency N ADDR`, `syscall-loop WHAT N`.
+//! `connect-latency N ADDR`, `syscall-loop WHAT N`, and
+//! [`zt_tests::flood::child_mode`]'s.
 use std::{
     net::UdpSocket,
     process::Command,
@@ -53,22 +62,26 @@ use zt_tests::{Agent, TestCgroup, agent_bin, policy};
 
 fn main() -> anyhow::Result<()> {
     let args: Vec<String> = std::env::args().collect();
+    if let Some(done) = zt_tests::flood::child_mode(&args) {
+        return done;
+    }
     match args.get(1).map(String::as_str) {
         Some("spawn-loop") => spawn_loop(args[2].parse()?),
         Some("udp-flood") => udp_flood(args[2].parse()?, args[3].parse()?, &args[4]),
         Some("connect-latency") => connect_latency(args[2].parse()?, &args[3]),
         Some("syscall-loop") => syscall_loop(&args[2], args[3].parse()?),
-        Some(which @ ("attribution" | "policy" | "net" | "audit" | "hardening")) => {
+        Some(which @ ("attribution" | "policy" | "net" | "audit" | "hardening" | "pipeline")) => {
             let rounds = args.iter().position(|a| a == "--rounds").and_then(|i| args.get(i + 1)).and_then(|r| r.parse().ok()).unwrap_or(10);
             match which {
                 "attribution" => attribution(rounds),
                 "policy" => policy_bench(rounds),
                 "audit" => audit_bench(rounds),
                 "hardening" => hardening_bench(rounds),
+                "pipeline" => pipeline_bench(rounds),
                 _ => net_bench(rounds),
             }
         }
-        _ => anyhow::bail!("usage: zt-bench attribution|policy|net|audit|hardening [--rounds N]"),
+        _ => anyhow::bail!("usage: zt-bench attribution|policy|net|audit|hardening|pipeline [--rounds N]"),
     }
 }
 
@@ -865,4 +878,131 @@ fn hardening_bench(rounds: usize) -> anyhow::Result<()> {
     }
     agent.stop()?;
     Ok(())
+}
+
+/// One pipeline run's figures, per second of the run where it says so.
+#[derive(Default, Clone, Copy)]
+struct PipelineRun {
+    offered: f64,
+    read: f64,
+    written: f64,
+    folded: f64,
+    dropped: f64,
+    peak_rss_mb: f64,
+}
+
+fn pipeline_bench(rounds: usize) -> anyhow::Result<()> {
+    anyhow::ensure!(nix::unistd::geteuid().is_root(), "the benchmark loads eBPF programs: run it as root");
+    let me = std::env::current_exe()?;
+    let base = format!("/zt-bench-{}", std::process::id());
+    let (a, b) = (TestCgroup::new(&format!("{base}/a"))?, TestCgroup::new(&format!("{base}/b"))?);
+    let pol = zt_tests::flood::policy(&a, &b);
+    let secs = 3.0;
+    let rates = [100_000u64, 500_000, 1_000_000];
+    // Only the flood's events: the status polls are processes too.
+    let variants: [(&str, &[&str]); 2] =
+        [("budget off", &["--event-rate", "0", "--show", "attributed"]), ("budget on (default)", &["--show", "attributed"])];
+    println!("zt-agent {} — pipeline benchmark: distinct connect events for {secs} s, {rounds} rounds", agent_bin().display());
+    let mut runs = vec![vec![Vec::new(); rates.len()]; variants.len()];
+    for r in 0..rounds {
+        for (vi, (label, args)) in variants.iter().enumerate() {
+            for (ri, rate) in rates.iter().enumerate() {
+                let run = pipeline_run(&me, &a, &pol, args, *rate, secs)?;
+                eprintln!(
+                    "round {r}: {label}, {rate}/s: offered {:.0}/s, read {:.0}/s, written {:.0}/s, folded {:.0}/s, dropped {:.0}/s",
+                    run.offered, run.read, run.written, run.folded, run.dropped
+                );
+                runs[vi][ri].push(run);
+            }
+        }
+    }
+    println!();
+    println!("per second of the flood (written: over the time the writer was busy); median over rounds");
+    println!(
+        "  {:<20} {:>10} {:>10} {:>10} {:>10} {:>10} {:>10} {:>9}",
+        "variant", "asked", "offered", "read", "written", "folded", "dropped", "peak RSS"
+    );
+    for (vi, (label, _)) in variants.iter().enumerate() {
+        for (ri, rate) in rates.iter().enumerate() {
+            let m = |f: fn(&PipelineRun) -> f64| median(&mut runs[vi][ri].iter().map(f).collect::<Vec<_>>());
+            println!(
+                "  {label:<20} {rate:>10} {:>10.0} {:>10.0} {:>10.0} {:>10.0} {:>10.0} {:>6.0} MB",
+                m(|x| x.offered),
+                m(|x| x.read),
+                m(|x| x.written),
+                m(|x| x.folded),
+                m(|x| x.dropped),
+                m(|x| x.peak_rss_mb)
+            );
+        }
+    }
+
+    let agent = Agent::start("bench-flood", &pol, &[])?;
+    let f = zt_tests::flood::run(&agent, &a, &b, &me, 6.0, None)?;
+    agent.stop()?;
+    println!();
+    println!(
+        "flood with a quiet identity (default budget): {:.0} distinct attempts/s for {} s; the quiet identity's {} denials: {} in the event \
+         stream, {} in the audit log; its exec events: {}; the flooder's attempts: {} in connect events + {} in summaries + {} folded = {} \
+         of {}; agent peak RSS {} MB",
+        f.attempts as f64 / f.secs,
+        f.secs,
+        f.quiet,
+        f.in_stream,
+        f.in_log,
+        f.quiet_execs,
+        f.evented,
+        f.summarized,
+        f.folded,
+        f.evented + f.summarized + f.folded,
+        f.attempts,
+        f.peak_rss_kb.unwrap_or(0) / 1024
+    );
+    Ok(())
+}
+
+/// One agent, one flood of `rate` distinct connects per second for `secs`.
+fn pipeline_run(me: &std::path::Path, cg: &TestCgroup, pol: &str, args: &[&str], rate: u64, secs: f64) -> anyhow::Result<PipelineRun> {
+    let agent = Agent::start("bench-pipeline", pol, args)?;
+    let counter = |c: &serde_json::Value, path: &[&str]| path.iter().fold(c, |v, k| &v[*k]).as_u64().unwrap_or(0);
+    let start = Instant::now();
+    let mut flood =
+        cg.command(me).args(["udp-flood-distinct", &rate.to_string(), &secs.to_string()]).stdout(std::process::Stdio::piped()).spawn()?;
+    // (seconds since start, events written) while the writer is busy.
+    let mut first_write: Option<(f64, u64)> = None;
+    let mut last_write = (0.0, 0);
+    let mut flood_done = false;
+    loop {
+        std::thread::sleep(Duration::from_millis(100));
+        let written = counter(&agent.status()["counters"], &["written"]);
+        let t = start.elapsed().as_secs_f64();
+        if written > last_write.1 {
+            first_write.get_or_insert((t, written));
+            last_write = (t, written);
+        }
+        flood_done = flood_done || flood.try_wait()?.is_some();
+        if flood_done && t - last_write.0 > 1.5 {
+            break;
+        }
+    }
+    let offered: f64 = String::from_utf8(flood.wait_with_output()?.stdout)?.trim().parse()?;
+    let c = agent.status()["counters"].clone();
+    let peak_rss_mb = agent.pid().map(|p| std::fs::read_to_string(format!("/proc/{p}/status"))).transpose()?.and_then(|s| {
+        s.lines().find_map(|l| l.strip_prefix("VmHWM:")).and_then(|v| v.trim().trim_end_matches("kB").trim().parse::<f64>().ok())
+    });
+    let events = agent.stop()?;
+    let folded: u64 =
+        events.iter().filter(|e| e["kind"] == "connect_folded").map(|e| e["connect_folded"]["allowed"].as_u64().unwrap_or(0)).sum();
+    let dropped = ["queue_overflow", "output_overflow"].iter().map(|k| counter(&c, &[k])).sum::<u64>()
+        + ["ringbuf_connect", "ringbuf_agg_evict"].iter().map(|k| counter(&c, &["kernel_loss", k])).sum::<u64>();
+    let (t0, w0) = first_write.unwrap_or_default();
+    let busy = (last_write.0 - t0).max(0.1);
+    Ok(PipelineRun {
+        offered: offered / secs,
+        read: counter(&c, &["records"]) as f64 / secs,
+        written: (last_write.1 - w0) as f64 / busy,
+        folded: folded as f64 / secs,
+        dropped: dropped as f64 / secs,
+        peak_rss_mb: peak_rss_mb.unwrap_or(0.0) / 1024.0,
+    })
 }

@@ -15,13 +15,14 @@
 //! - udp-connects N ADDR           N UDP connect() calls as fast as possible
 //! - udp-connects-spread N IP PORT N UDP connect() calls to IP, ports PORT..PORT+N
 //! - try MODE ADDR OUT              one attempt, result ("OK", "EPERM" or "ERR <errno>")
-//!   written to file OUT; MODE: tcp, udp-sendto, udp-connect, uring-connect,
+//!   written to file OUT; MODE: tcp, tcp-retry (until allowed, 2 s at most; with the µs it took), udp-sendto, udp-connect, uring-connect,
 //!   thread-tcp, double-fork-tcp (the grandchild of a double fork tries),
 //!   daemon-tcp (the same, but this process exits at once: the daemon's
 //!   parent and grandparent are gone before it tries, once the file
 //!   OUT.go exists (5 s at most))
 //! - move-try PROCS MODE ADDR OUT  move this process into the cgroup whose
 //!   cgroup.procs is PROCS (no fork, no exec), then `try MODE ADDR OUT`
+//! - udp-flood-distinct RATE SECS, try-tcp ADDR: see `zt_tests::flood::child_mode`
 //! - listen ADDR MS                 accept for MS ms; print how many connections came
 //! - connect-loop MS ADDR...       TCP connects to each ADDR in turn (then 0.5 ms
 //!   pause) for MS ms; prints how many attempts were denied (EPERM) and allowed
@@ -53,6 +54,10 @@ fn ms(s: &str) -> Duration {
 
 fn main() {
     let args: Vec<String> = std::env::args().collect();
+    if let Some(done) = zt_tests::flood::child_mode(&args) {
+        done.expect("flood child mode");
+        return;
+    }
     let a = |i: usize| args.get(i).map(String::as_str).unwrap_or_else(|| panic!("missing argument {i}"));
     match a(1) {
         "connect" => connect(a(2)),
@@ -119,22 +124,6 @@ fn main() {
             for i in 0..n {
                 let _ = sock.connect((a(3), base + i));
             }
-        }
-        // connect() a UDP socket to ever-new destinations in 10.0.0.0/8 for
-        // SECS seconds (every attempt a distinct aggregation key); prints the
-        // attempts made.
-        "udp-flood-distinct" => {
-            let until = std::time::Instant::now() + Duration::from_secs_f64(a(2).parse().expect("SECS"));
-            let sock = std::net::UdpSocket::bind("0.0.0.0:0").unwrap();
-            let mut n: u32 = 0;
-            while std::time::Instant::now() < until {
-                for _ in 0..256 {
-                    n = n.wrapping_add(1);
-                    let ip = std::net::Ipv4Addr::from(0x0a00_0000 | (n & 0x00ff_ffff));
-                    let _ = sock.connect((ip, 9));
-                }
-            }
-            println!("{n}");
         }
         "connect-loop" => {
             let until = std::time::Instant::now() + ms(a(2));

@@ -14,7 +14,7 @@ use std::{
 
 use zt_common::{
     AggEvictEvent, NO_IDENTITY, PENDING_IDENTITY, args_flags,
-    policy::{AGG_WINDOW_NS, AggKey, AggSlot, IdentityBudget},
+    policy::{AGG_SLOTS, AGG_WINDOW_NS, AggKey, AggSlot, IdentityBudget, agg_slot},
 };
 
 use super::{
@@ -61,8 +61,8 @@ pub struct Enricher {
     seen_cgroups: HashSet<u64>,
     /// Whether some output shows events of processes without an identity.
     show_unattributed: bool,
-    /// Per (aggregation key, CPU): the kernel's running total already reported.
-    reported: HashMap<(AggKey, u32), u64>,
+    /// What was reported of the kernel's aggregation cache.
+    reported: Reported,
     /// Per identity: the kernel's folded counts as of the last report.
     folded_reported: HashMap<u32, IdentityBudget>,
     /// Identities written into the kernel table by user space.
@@ -86,7 +86,7 @@ impl Enricher {
             cgroup_paths: HashMap::new(),
             seen_cgroups: HashSet::new(),
             show_unattributed,
-            reported: HashMap::new(),
+            reported: Reported::default(),
             folded_reported: HashMap::new(),
             assigned: 0,
             sweep_pending: true,
@@ -244,7 +244,7 @@ impl Enricher {
                         generation: c.generation,
                         addr: c.addr,
                     };
-                    let last = self.reported.insert((key, c.cpu), c.repeats_total).unwrap_or(0);
+                    let last = self.reported.set(c.cpu, key, c.repeats_total);
                     connect.repeats = c.repeats_total.saturating_sub(last).max(1);
                 }
                 Some(self.event(wall_time(h.time_ns), Body::Connect { process, identity: self.identity_ref(h.identity), connect }))
@@ -386,6 +386,55 @@ impl Enricher {
     }
 }
 
+/// Per CPU and slot of the kernel's aggregation cache: the key last seen
+/// there and its running total already reported. Mirrors the cache (a key
+/// is only ever in its own slot), so it is bounded like it and needs no
+/// hashing or pruning: a key seen in a slot replaces the one before.
+#[derive(Default)]
+struct Reported(Vec<Vec<Option<(AggKey, u64)>>>);
+
+impl Reported {
+    fn entry(&mut self, cpu: u32, key: &AggKey) -> &mut Option<(AggKey, u64)> {
+        let cpu = cpu as usize;
+        if self.0.len() <= cpu {
+            self.0.resize_with(cpu + 1, || vec![None; AGG_SLOTS as usize]);
+        }
+        &mut self.0[cpu][agg_slot(key) as usize]
+    }
+
+    /// What was reported of `key` on `cpu` (0: nothing, or its place was taken).
+    fn get(&mut self, cpu: u32, key: &AggKey) -> u64 {
+        match self.entry(cpu, key) {
+            Some((k, n)) if k == key => *n,
+            _ => 0,
+        }
+    }
+
+    /// Records `total` as reported; returns what was before.
+    fn set(&mut self, cpu: u32, key: AggKey, total: u64) -> u64 {
+        let e = self.entry(cpu, &key);
+        let last = match e {
+            Some((k, n)) if *k == key => *n,
+            _ => 0,
+        };
+        *e = Some((key, total));
+        last
+    }
+
+    /// Forgets `key` on `cpu` (evicted); returns what was reported of it.
+    fn take(&mut self, cpu: u32, key: &AggKey) -> u64 {
+        let e = self.entry(cpu, key);
+        match e {
+            Some((k, n)) if k == key => {
+                let n = *n;
+                *e = None;
+                n
+            }
+            _ => 0,
+        }
+    }
+}
+
 fn add_refs(refs: &mut HashMap<u32, IdentityRef>, config: &IdentityConfig) {
     // Not a name an identity can have ([A-Za-z0-9._/-]).
     refs.insert(PENDING_IDENTITY, IdentityRef { name: "(pending)".into(), spiffe_id: "".into() });
@@ -399,19 +448,15 @@ impl Enricher {
     /// what its slots hold beyond what was reported, once the slot's window
     /// has passed (every such key when `force`: at shutdown). `slots`: the
     /// non-empty slots of the kernel cache with their CPU. Forgets what was
-    /// reported for keys no slot holds any more.
+    /// reported for keys no slot holds any more (their place is taken).
     pub fn flush_aggregates(&mut self, slots: &[(u32, AggSlot)], now_ns: u64, force: bool) -> Vec<Event> {
         let mut repeats: BTreeMap<AggKey, u64> = BTreeMap::new();
         for (cpu, s) in slots {
-            let last = self.reported.get(&(s.key, *cpu)).copied().unwrap_or(0);
+            let last = self.reported.get(*cpu, &s.key);
             if s.total > last && (force || now_ns.saturating_sub(s.last_emit_ns) >= AGG_WINDOW_NS) {
-                self.reported.insert((s.key, *cpu), s.total);
+                self.reported.set(*cpu, s.key, s.total);
                 *repeats.entry(s.key).or_default() += s.total - last;
             }
-        }
-        if self.reported.len() > slots.len() {
-            let held: HashSet<(AggKey, u32)> = slots.iter().map(|(cpu, s)| (s.key, *cpu)).collect();
-            self.reported.retain(|k, _| held.contains(k));
         }
         repeats.into_iter().map(|(k, n)| self.summary(k, n)).collect()
     }
@@ -452,7 +497,7 @@ impl Enricher {
 
     /// The attempts of an evicted key that no event reported (none: `None`).
     fn evicted(&mut self, e: &AggEvictEvent) -> Option<Event> {
-        let last = self.reported.remove(&(e.key, e.cpu)).unwrap_or(0);
+        let last = self.reported.take(e.cpu, &e.key);
         (e.total > last).then(|| self.summary(e.key, e.total - last))
     }
 
@@ -535,7 +580,6 @@ mod tests {
         // A key back in a slot after its eviction starts from its own count.
         assert_eq!(repeats(&en.flush_aggregates(&[(0, slot(2, s - 2 * AGG_WINDOW_NS))], s, false)), [2]);
         assert!(en.flush_aggregates(&[], s, true).is_empty());
-        assert!(en.reported.is_empty(), "nothing kept for keys no slot holds");
     }
 
     #[test]

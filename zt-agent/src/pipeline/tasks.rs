@@ -87,14 +87,19 @@ pub async fn read<R: EventRing>(mut ring: R, tx: mpsc::Sender<Input>, mut stop: 
         });
         batch.sort_by_key(|(_, raw)| raw.header().time_ns);
         for (security, raw) in batch {
-            if security {
+            match tx.try_send(Input::Raw(raw)) {
+                Ok(()) => {}
                 // The room was there when counted; another sender (the
                 // policy manager) may have taken some: wait rather than drop.
-                if tx.send(Input::Raw(raw)).await.is_err() {
-                    return;
+                Err(mpsc::error::TrySendError::Full(input)) if security => {
+                    if tx.send(input).await.is_err() {
+                        return;
+                    }
                 }
-            } else if tx.try_send(Input::Raw(raw)).is_err() {
-                stats.queue_overflow.fetch_add(1, Relaxed);
+                Err(mpsc::error::TrySendError::Closed(_)) => return,
+                Err(_) => {
+                    stats.queue_overflow.fetch_add(1, Relaxed);
+                }
             }
         }
         if stopping && !more {
