@@ -242,7 +242,12 @@ fn the_running_agent_on_a_full_disk_keeps_enforcing_reports_and_recovers() {
     let faulted = agent.wait_status("the audit log unwritable", |s| !s["audit"]["unwritable"].is_null());
     denials(50, 41200);
     agent.wait_for("denials while the disk is full", |e| e["kind"] == "connect" && e["connect"]["port"] == 41249).unwrap();
-    let st = agent.wait_status("50 refused denials", |s| s["audit"]["unwritable"]["lost"]["connect"] == 50);
+    // All 50 sent after the fault are refused; of the 10 before it, those
+    // that missed the faulted write are too (how many did depends on how
+    // the records were batched to the audit thread).
+    let st = agent.wait_status("50 refused denials", |s| s["audit"]["unwritable"]["lost"]["connect"].as_u64() >= Some(50));
+    let lost = st["audit"]["unwritable"]["lost"]["connect"].as_u64().unwrap();
+    assert!(lost <= 60, "more denials refused than were made after the disk filled: {lost}");
     let unwritable = &st["audit"]["unwritable"];
     assert!(unwritable["error"].as_str().unwrap().contains("No space left on device"), "{unwritable}");
     assert_eq!(st["audit"]["signed_size"], faulted["audit"]["signed_size"], "nothing was signed while records were not on disk");
