@@ -139,6 +139,10 @@ pub fn count_decision(identity: u32, verdict: Verdict) {
 /// folded into the next event. A key that finds its slot held by another
 /// key takes it over, after reporting what the evicted key had not
 /// reported yet (`AggEvictEvent`, in the ring its decision belongs to).
+/// An event due while the identity is over its budget is not emitted: a
+/// known key's attempts stay counted in its slot, a new key's attempt is
+/// folded into its identity's counts (`fold`), as it is when the evicted
+/// key's report finds no room in the ring.
 #[inline(always)]
 fn aggregate(key: &AggKey, verdict: Verdict) -> Option<u64> {
     // The coarse clock (CLOCK_MONOTONIC_COARSE, ticks of the scheduler

