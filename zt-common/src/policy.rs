@@ -212,10 +212,8 @@ pub struct IdentityBudget {
     pub tokens: u64,
     /// When tokens were last added.
     pub refill_ns: u64,
-    /// Folded attempts by outcome (as [`IdentityCounters`]).
-    pub allowed: u64,
-    pub denied: u64,
-    pub audited: u64,
+    /// Folded attempts by outcome.
+    pub folded: IdentityCounters,
     /// The first and the last folded attempt (0: none yet).
     pub first_ns: u64,
     pub last_ns: u64,
@@ -233,6 +231,37 @@ pub struct IdentityCounters {
     pub audited: u64,
 }
 const _: () = assert!(size_of::<IdentityCounters>() == 24);
+
+impl IdentityCounters {
+    /// Counts one decision by what the kernel did with it.
+    #[inline(always)]
+    pub fn count(&mut self, verdict: Verdict) {
+        if verdict.action == DENY {
+            self.denied += 1;
+        } else if verdict.decided == DENY {
+            self.audited += 1;
+        } else {
+            self.allowed += 1;
+        }
+    }
+
+    /// What was counted since `earlier` (0 for a counter that went back).
+    pub fn since(self, earlier: IdentityCounters) -> IdentityCounters {
+        IdentityCounters {
+            allowed: self.allowed.saturating_sub(earlier.allowed),
+            denied: self.denied.saturating_sub(earlier.denied),
+            audited: self.audited.saturating_sub(earlier.audited),
+        }
+    }
+}
+
+/// User space sums the counters over CPUs.
+impl core::ops::Add for IdentityCounters {
+    type Output = IdentityCounters;
+    fn add(self, o: IdentityCounters) -> IdentityCounters {
+        IdentityCounters { allowed: self.allowed + o.allowed, denied: self.denied + o.denied, audited: self.audited + o.audited }
+    }
+}
 
 /// The single entry of the `POLICY_ACTIVE` array: which slot programs
 /// read. Read once per decision, so a decision sees one whole policy.

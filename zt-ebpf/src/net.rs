@@ -122,14 +122,7 @@ pub fn count_decision(identity: u32, verdict: Verdict) {
         // preemptible kernel another task's decision on this CPU can update
         // the slot between our load and store and one count is lost. The
         // fields are plain u64s, so nothing worse can happen.
-        let c = unsafe { &mut *c };
-        if verdict.action == DENY {
-            c.denied += 1;
-        } else if verdict.decided == DENY {
-            c.audited += 1;
-        } else {
-            c.allowed += 1;
-        }
+        unsafe { (*c).count(verdict) };
     }
 }
 
@@ -211,13 +204,7 @@ fn fold(identity: u32, verdict: Verdict, now: u64) {
     if let Some(b) = IDENTITY_BUDGET.get_ptr_mut(loss::identity_slot(identity)) {
         // SAFETY: as in `take_token`.
         let b = unsafe { &mut *b };
-        if verdict.action == DENY {
-            b.denied += 1;
-        } else if verdict.decided == DENY {
-            b.audited += 1;
-        } else {
-            b.allowed += 1;
-        }
+        b.folded.count(verdict);
         if b.first_ns == 0 {
             b.first_ns = now;
         }

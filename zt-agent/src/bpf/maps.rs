@@ -288,9 +288,7 @@ impl EgressAggregates {
             let per_cpu = self.budgets.get(&loss::identity_slot(id), 0).map_err(err(maps::IDENTITY_BUDGET, "get"))?;
             let mut sum = IdentityBudget::default();
             for b in per_cpu.iter().filter(|b| b.first_ns != 0) {
-                sum.allowed += b.allowed;
-                sum.denied += b.denied;
-                sum.audited += b.audited;
+                sum.folded = sum.folded + b.folded;
                 sum.first_ns = if sum.first_ns == 0 { b.first_ns } else { sum.first_ns.min(b.first_ns) };
                 sum.last_ns = sum.last_ns.max(b.last_ns);
             }
@@ -315,11 +313,7 @@ impl IdentityCounterMap {
         let mut out = Vec::new();
         for id in 1..=maps::MAX_IDENTITIES {
             let per_cpu = self.0.get(&id, 0).map_err(err(maps::IDENTITY_COUNTERS, "get"))?;
-            let sum = per_cpu.iter().fold(IdentityCounters::default(), |a, c| IdentityCounters {
-                allowed: a.allowed + c.allowed,
-                denied: a.denied + c.denied,
-                audited: a.audited + c.audited,
-            });
+            let sum = per_cpu.iter().fold(IdentityCounters::default(), |a, c| a + *c);
             if sum != IdentityCounters::default() {
                 out.push((id, sum));
             }

@@ -14,7 +14,7 @@ use std::{
 
 use zt_common::{
     AggEvictEvent, NO_IDENTITY, PENDING_IDENTITY, args_flags,
-    policy::{AGG_SLOTS, AGG_WINDOW_NS, AggKey, AggSlot, IdentityBudget, agg_slot},
+    policy::{AGG_SLOTS, AGG_WINDOW_NS, AggKey, AggSlot, IdentityBudget, IdentityCounters, agg_slot},
 };
 
 use super::{
@@ -475,16 +475,15 @@ impl Enricher {
         let mut out = Vec::new();
         for (id, b) in folded {
             let prev = self.folded_reported.get(id).copied().unwrap_or(IdentityBudget { last_ns: b.first_ns, ..Default::default() });
-            let delta =
-                (b.allowed - prev.allowed.min(b.allowed), b.denied - prev.denied.min(b.denied), b.audited - prev.audited.min(b.audited));
-            if delta == (0, 0, 0) {
+            let delta = b.folded.since(prev.folded);
+            if delta == IdentityCounters::default() {
                 continue;
             }
             self.folded_reported.insert(*id, *b);
             let connect_folded = ConnectFolded {
-                allowed: delta.0,
-                denied: delta.1,
-                audited: delta.2,
+                allowed: delta.allowed,
+                denied: delta.denied,
+                audited: delta.audited,
                 from: wall_time(prev.last_ns.wrapping_add(to_boot)),
                 to: wall_time(b.last_ns.wrapping_add(to_boot)),
             };
