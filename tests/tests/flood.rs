@@ -33,6 +33,7 @@ fn a_flood_never_costs_another_identity_its_denials() {
         r.peak_rss_kb,
         r.counters
     );
+    assert_eq!(r.flooder_denied, 0, "the flooder's allowed destinations were denied");
     assert_eq!(r.in_stream, r.quiet, "denials missing from the event stream");
     assert_eq!(r.in_log, r.quiet, "denials missing from the audit log");
     assert_eq!(r.quiet_execs, r.quiet, "the quiet identity's exec events were crowded out");
@@ -56,12 +57,15 @@ fn a_flood_during_policy_reloads_loses_nothing() {
         "flood with reloads: {} reloads applied; quiet denials {} / {} / {} of {}; flooder {} + {} + {} of {}",
         r.reloads_applied, r.in_stream, r.in_log, r.quiet_execs, r.quiet, r.evented, r.summarized, r.folded, r.attempts
     );
-    eprintln!(
-        "flooder denied: {}; quiet execs with another identity: {:?}; counters {}",
-        r.flooder_denied, r.quiet_exec_identities, r.counters
-    );
     assert!(r.reloads_applied >= 5, "reloads applied during the flood: {}", r.reloads_applied);
-    assert_eq!((r.in_stream, r.in_log, r.quiet_execs), (r.quiet, r.quiet, r.quiet), "quiet identity's records lost");
+    assert_eq!(r.flooder_denied, 0, "a switch denied the flooder's allowed destinations; counters {}", r.counters);
+    assert_eq!(
+        (r.in_stream, r.in_log, r.quiet_execs),
+        (r.quiet, r.quiet, r.quiet),
+        "quiet identity's records lost; its execs with another identity: {:?}; counters {}",
+        r.quiet_exec_identities,
+        r.counters
+    );
     assert_eq!(r.evented + r.summarized + r.folded, r.attempts, "the flooder's attempts do not add up");
     agent.stop().unwrap();
 }

@@ -182,7 +182,8 @@ impl Resolver {
     pub fn exec_entries(&self) -> ExecEntries {
         let mut out = ExecEntries { entries: HashMap::new(), complete: true };
         let mut budget = MAX_GLOB_WALK;
-        let mounts = std::fs::read_to_string("/proc/self/mountinfo").map(|t| crate::host::parse_mountinfo(&t)).unwrap_or_default();
+        // Read once, and only when a glob needs it.
+        let mut mounts: Option<Vec<(PathBuf, String)>> = None;
         for (prio, ident) in self.kernel_decided() {
             let (pick, held) = (ExecPick { identity: ident.id, prio }, ExecPick { identity: PENDING_IDENTITY, prio });
             let mut add = |key: ExecKey, pick: ExecPick| {
@@ -216,6 +217,9 @@ impl Resolver {
                 add(GLOB_SENTINEL, ExecPick { identity: NO_IDENTITY, prio });
                 // The root, and every filesystem mounted below it (the
                 // kernel's walk up from a file stops at its filesystem's root).
+                let mounts = mounts.get_or_insert_with(|| {
+                    std::fs::read_to_string("/proc/self/mountinfo").map(|t| crate::host::parse_mountinfo(&t)).unwrap_or_default()
+                });
                 let below = mounts.iter().map(|(m, _)| m.as_path()).filter(|m| m.starts_with(&root));
                 for dir in std::iter::once(root.as_path()).chain(below) {
                     if let Ok(m) = std::fs::metadata(dir) {
@@ -279,8 +283,12 @@ impl Resolver {
     /// Whether the kernel may hold processes pending until user space has
     /// examined their file (an `exeDigest` or `exe` glob decided at exec).
     pub fn has_kernel_verdicts(&self) -> bool {
-        self.has_kernel_globs()
-            || self.kernel_decided().flat_map(|(_, i)| &i.selectors).any(|s| matches!(s.exec_rule(), ExecRule::Digest { .. }))
+        self.has_kernel_globs() || self.has_kernel_digests()
+    }
+
+    /// Whether some `exeDigest` selector is decided at exec.
+    fn has_kernel_digests(&self) -> bool {
+        self.kernel_decided().flat_map(|(_, i)| &i.selectors).any(|s| matches!(s.exec_rule(), ExecRule::Digest { .. }))
     }
 
     /// Whether some `exe` glob is decided at exec (a file new under its
@@ -322,7 +330,7 @@ impl Resolver {
             ctime_sec: m.ctime(),
         };
         let before = key(&file.metadata().ok()?);
-        if !self.kernel_decided().flat_map(|(_, i)| &i.selectors).any(|s| matches!(s.exec_rule(), ExecRule::Digest { .. })) {
+        if !self.has_kernel_digests() {
             return Some((before, ExecPick::default()));
         }
         let hash = self.digests.digest_file(&file).ok()?;

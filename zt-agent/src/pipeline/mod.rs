@@ -1,5 +1,6 @@
-//! The event pipeline: kernel ring buffer -> decode -> enrich -> outputs,
-//! with every drop counted.
+//! The event pipeline: kernel ring buffers -> decode -> enrich -> outputs,
+//! with every drop counted. Security records are never dropped for
+//! telemetry: every queue keeps [`telemetry_has_room`]'s reserve for them.
 //!
 //! # Layout
 //! - [`source`]: what the pipeline reads from the kernel, as traits.
@@ -11,7 +12,7 @@
 //! - [`spawn`]: starts the tasks; [`Running::shutdown`] stops them in order.
 //!
 //! # Tasks and shutdown
-//! - `reader`: drains the ring on a short timer (the kernel submits without
+//! - `reader`: drains the rings on a short timer (the kernel submits without
 //!   wakeups) into a bounded queue; stops on the shutdown signal after a last
 //!   drain, dropping its queue sender.
 //! - `loss`: reads the kernel loss counters (and the per-identity decision
@@ -118,6 +119,13 @@ impl Stats {
         m.extend(self.outputs.snapshot());
         m
     }
+}
+
+/// Whether a queue of `capacity` with `free` places left may take one
+/// more telemetry record: a quarter of every queue is kept for security
+/// records and the agent's own events.
+pub(crate) fn telemetry_has_room(free: usize, capacity: usize) -> bool {
+    free > capacity / 4
 }
 
 /// What flows into the enrich task.

@@ -213,10 +213,10 @@ impl Output for JsonLines {
     fn wants(&self, event: &Event) -> bool {
         self.show.wants(event)
     }
-    /// Telemetry takes at most three quarters of the queue: the rest is
-    /// kept for security records, so a telemetry flood cannot crowd them out.
+    /// Telemetry leaves the queue's reserve to security records
+    /// ([`super::telemetry_has_room`]), so a flood cannot crowd them out.
     fn try_send(&self, event: &Event) -> Result<(), Dropped> {
-        if !event.body.is_security() && self.tx.capacity() <= self.tx.max_capacity() / 4 {
+        if !event.body.is_security() && !super::telemetry_has_room(self.tx.capacity(), self.tx.max_capacity()) {
             return Err(Dropped::Full);
         }
         self.tx.try_send(event.clone()).map_err(|e| match e {

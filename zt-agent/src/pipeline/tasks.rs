@@ -31,20 +31,15 @@ use crate::{
 /// Malformed records are logged at most this often (each one is counted).
 const DECODE_WARN_EVERY: Duration = Duration::from_secs(10);
 
-/// The share of the enrich queue telemetry may not take (1/this): room
-/// kept for security records and the agent's own events.
-const SECURITY_RESERVE_DIVISOR: usize = 4;
-
 /// Drains the rings into the enrich queue. Security records are never
 /// dropped: only what the queue has room for is taken from their ring (the
 /// rest waits there, and what the ring itself cannot hold the kernel counts
-/// per identity). Telemetry takes what room is left beyond a reserve kept
-/// for security records; the rest is dropped and counted
+/// per identity). Telemetry takes what room is left beyond the reserve kept
+/// for security records ([`super::telemetry_has_room`]); the rest is dropped and counted
 /// (`queue_overflow`). What one pass takes from both rings is queued in
 /// time order, so a process's exec (telemetry) is enriched before its
 /// denied connect (security) and the denial names its executable.
 pub async fn read<R: EventRing>(mut ring: R, tx: mpsc::Sender<Input>, mut stop: watch::Receiver<bool>, poll: Duration, stats: Arc<Stats>) {
-    let reserve = tx.max_capacity() / SECURITY_RESERVE_DIVISOR;
     let mut last_decode_warn: Option<Instant> = None;
     let mut decoded = |bytes: &[u8], stats: &Stats| -> Option<decode::RawEvent> {
         stats.records.fetch_add(1, Relaxed);
@@ -75,13 +70,14 @@ pub async fn read<R: EventRing>(mut ring: R, tx: mpsc::Sender<Input>, mut stop: 
         let mut batch: Vec<(bool, decode::RawEvent)> = Vec::new();
         let room = tx.capacity();
         more = ring.drain(Ring::Security, room, &mut |bytes| batch.extend(decoded(bytes, &stats).map(|r| (true, r)))) == room;
-        let mut telemetry_room = room.saturating_sub(batch.len()).saturating_sub(reserve);
+        // The places left once this pass's records are queued.
+        let mut free = room.saturating_sub(batch.len());
         ring.drain(Ring::Telemetry, usize::MAX, &mut |bytes| {
-            if telemetry_room == 0 {
+            if !super::telemetry_has_room(free, tx.max_capacity()) {
                 stats.records.fetch_add(1, Relaxed);
                 stats.queue_overflow.fetch_add(1, Relaxed);
             } else if let Some(raw) = decoded(bytes, &stats) {
-                telemetry_room -= 1;
+                free -= 1;
                 batch.push((false, raw));
             }
         });
