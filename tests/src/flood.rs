@@ -229,7 +229,18 @@ pub fn audit_records(dir: &Path) -> anyhow::Result<Vec<Value>> {
 }
 
 /// A process's peak resident set (`VmHWM`, kB).
-fn peak_rss_kb(pid: u32) -> Option<u64> {
+pub fn peak_rss_kb(pid: u32) -> Option<u64> {
     let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
     status.lines().find_map(|l| l.strip_prefix("VmHWM:")).and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+}
+
+/// The CPU time a process (all its threads) has used so far, user plus
+/// system (`/proc/PID/stat` fields 14 and 15).
+pub fn cpu_time(pid: u32) -> Option<Duration> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    // Fields after the command name, which may hold spaces: state is field 3.
+    let mut f = stat.rsplit_once(')')?.1.split_whitespace().skip(11);
+    let ticks = f.next()?.parse::<u64>().ok()? + f.next()?.parse::<u64>().ok()?;
+    let hz = nix::unistd::sysconf(nix::unistd::SysconfVar::CLK_TCK).ok()??.max(1) as u64;
+    Some(Duration::from_nanos(ticks * 1_000_000_000 / hz))
 }

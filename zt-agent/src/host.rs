@@ -6,7 +6,7 @@
 //! - [`cgroup2_mount`]: the cgroup v2 hierarchy, mounted if absent.
 //! - [`ensure_tracefs`], [`ensure_securityfs`]: mount when missing.
 //! - [`check_privileges`]: a clear message naming what is missing.
-//! - [`boottime_ns`], [`wall_time`]: the kernel's event clock and wall time;
+//! - [`boottime_ns`], [`wall_time`] -> [`WallTime`]: the kernel's event clock and wall time;
 //!   [`monotonic_coarse_ns`]: its aggregation clock.
 use std::path::{Path, PathBuf};
 
@@ -119,8 +119,26 @@ pub fn boot_id() -> String {
     std::fs::read_to_string("/proc/sys/kernel/random/boot_id").map(|s| s.trim().to_string()).unwrap_or_default()
 }
 
-/// Wall-clock RFC 3339 time of a `CLOCK_BOOTTIME` timestamp (event times).
-pub fn wall_time(boot_ns: u64) -> String {
+/// A wall-clock time, shown (and serialised) as RFC 3339 UTC with
+/// microseconds: formatted where it is written, so an event carries 16
+/// bytes instead of an allocated string.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+pub struct WallTime(pub std::time::SystemTime);
+
+impl std::fmt::Display for WallTime {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        humantime::format_rfc3339_micros(self.0).fmt(f)
+    }
+}
+
+impl serde::Serialize for WallTime {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.collect_str(self)
+    }
+}
+
+/// Wall-clock time of a `CLOCK_BOOTTIME` timestamp (event times).
+pub fn wall_time(boot_ns: u64) -> WallTime {
     // The offset between the two clocks, read once per thread and second:
     // two clock reads per event cost more than the rest of formatting it.
     thread_local! {
@@ -134,7 +152,7 @@ pub fn wall_time(boot_ns: u64) -> String {
             at
         }
     });
-    humantime::format_rfc3339_micros(wall_at_boot + std::time::Duration::from_nanos(boot_ns)).to_string()
+    WallTime(wall_at_boot + std::time::Duration::from_nanos(boot_ns))
 }
 
 /// `CLOCK_BOOTTIME` now, in ns: the clock of event `time_ns` fields.

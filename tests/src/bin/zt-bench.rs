@@ -889,6 +889,8 @@ struct PipelineRun {
     folded: f64,
     dropped: f64,
     peak_rss_mb: f64,
+    /// The agent's CPU time during the run per event written (µs).
+    cpu_per_written_us: f64,
 }
 
 fn pipeline_bench(rounds: usize) -> anyhow::Result<()> {
@@ -909,27 +911,32 @@ fn pipeline_bench(rounds: usize) -> anyhow::Result<()> {
             for (ri, rate) in rates.iter().enumerate() {
                 let run = pipeline_run(&me, &a, &pol, args, *rate, secs)?;
                 eprintln!(
-                    "round {r}: {label}, {rate}/s: offered {:.0}/s, read {:.0}/s, written {:.0}/s, folded {:.0}/s, dropped {:.0}/s",
-                    run.offered, run.read, run.written, run.folded, run.dropped
+                    "round {r}: {label}, {rate}/s: offered {:.0}/s, read {:.0}/s, written {:.0}/s, folded {:.0}/s, dropped {:.0}/s, \
+                     agent CPU {:.2} µs per written event",
+                    run.offered, run.read, run.written, run.folded, run.dropped, run.cpu_per_written_us
                 );
                 runs[vi][ri].push(run);
             }
         }
     }
     println!();
-    println!("per second of the flood (written: over the time the writer was busy); median over rounds");
     println!(
-        "  {:<20} {:>10} {:>10} {:>10} {:>10} {:>10} {:>10} {:>9}",
-        "variant", "asked", "offered", "read", "written", "folded", "dropped", "peak RSS"
+        "per second of the flood (written: over the time the writer was busy); per core: events written per second of the \
+         agent's CPU time (all its threads); median over rounds"
+    );
+    println!(
+        "  {:<20} {:>10} {:>10} {:>10} {:>10} {:>10} {:>10} {:>10} {:>9}",
+        "variant", "asked", "offered", "read", "written", "per core", "folded", "dropped", "peak RSS"
     );
     for (vi, (label, _)) in variants.iter().enumerate() {
         for (ri, rate) in rates.iter().enumerate() {
             let m = |f: fn(&PipelineRun) -> f64| median(&mut runs[vi][ri].iter().map(f).collect::<Vec<_>>());
             println!(
-                "  {label:<20} {rate:>10} {:>10.0} {:>10.0} {:>10.0} {:>10.0} {:>10.0} {:>6.0} MB",
+                "  {label:<20} {rate:>10} {:>10.0} {:>10.0} {:>10.0} {:>10.0} {:>10.0} {:>10.0} {:>6.0} MB",
                 m(|x| x.offered),
                 m(|x| x.read),
                 m(|x| x.written),
+                m(|x| 1e6 / x.cpu_per_written_us),
                 m(|x| x.folded),
                 m(|x| x.dropped),
                 m(|x| x.peak_rss_mb)
@@ -965,6 +972,7 @@ fn pipeline_bench(rounds: usize) -> anyhow::Result<()> {
 fn pipeline_run(me: &std::path::Path, cg: &TestCgroup, pol: &str, args: &[&str], rate: u64, secs: f64) -> anyhow::Result<PipelineRun> {
     let agent = Agent::start("bench-pipeline", pol, args)?;
     let counter = |c: &serde_json::Value, path: &[&str]| path.iter().fold(c, |v, k| &v[*k]).as_u64().unwrap_or(0);
+    let cpu_before = agent.pid().and_then(zt_tests::flood::cpu_time).unwrap_or_default();
     let start = Instant::now();
     let mut flood =
         cg.command(me).args(["udp-flood-distinct", &rate.to_string(), &secs.to_string()]).stdout(std::process::Stdio::piped()).spawn()?;
@@ -987,9 +995,9 @@ fn pipeline_run(me: &std::path::Path, cg: &TestCgroup, pol: &str, args: &[&str],
     }
     let offered: f64 = String::from_utf8(flood.wait_with_output()?.stdout)?.trim().parse()?;
     let c = agent.status()["counters"].clone();
-    let peak_rss_mb = agent.pid().map(|p| std::fs::read_to_string(format!("/proc/{p}/status"))).transpose()?.and_then(|s| {
-        s.lines().find_map(|l| l.strip_prefix("VmHWM:")).and_then(|v| v.trim().trim_end_matches("kB").trim().parse::<f64>().ok())
-    });
+    let pid = agent.pid().context("the agent's pid")?;
+    let peak_rss_kb = zt_tests::flood::peak_rss_kb(pid).unwrap_or(0);
+    let cpu = zt_tests::flood::cpu_time(pid).unwrap_or_default().saturating_sub(cpu_before);
     let events = agent.stop()?;
     let folded: u64 =
         events.iter().filter(|e| e["kind"] == "connect_folded").map(|e| e["connect_folded"]["allowed"].as_u64().unwrap_or(0)).sum();
@@ -1003,6 +1011,7 @@ fn pipeline_run(me: &std::path::Path, cg: &TestCgroup, pol: &str, args: &[&str],
         written: (last_write.1 - w0) as f64 / busy,
         folded: folded as f64 / secs,
         dropped: dropped as f64 / secs,
-        peak_rss_mb: peak_rss_mb.unwrap_or(0.0) / 1024.0,
+        peak_rss_mb: peak_rss_kb as f64 / 1024.0,
+        cpu_per_written_us: cpu.as_secs_f64() * 1e6 / counter(&c, &["written"]).max(1) as f64,
     })
 }

@@ -41,7 +41,7 @@ pub fn wants(e: &Event) -> bool {
 }
 
 enum Item {
-    Event(Box<Event>),
+    Event(Arc<Event>),
     /// Replies with the new verifier key and the end of the overlap.
     RotateKey {
         overlap: Duration,
@@ -136,8 +136,8 @@ impl Output for Writer {
     fn wants(&self, event: &Event) -> bool {
         wants(event)
     }
-    fn try_send(&self, event: &Event) -> Result<(), Dropped> {
-        self.tx.try_send(Item::Event(Box::new(event.clone()))).map_err(|e| match e {
+    fn try_send(&self, event: &Arc<Event>) -> Result<(), Dropped> {
+        self.tx.try_send(Item::Event(event.clone())).map_err(|e| match e {
             TrySendError::Full(_) => Dropped::Full,
             TrySendError::Disconnected(_) => Dropped::Closed,
         })
@@ -290,8 +290,8 @@ mod tests {
     use super::{super::log::MAX_KEY_OVERLAP, *};
     use crate::pipeline::event::{Body, LossReport};
 
-    fn loss_event() -> Event {
-        Event { time: String::new(), node: "n".into(), body: Body::Loss { loss: LossReport::default() } }
+    fn loss_event() -> Arc<Event> {
+        Arc::new(Event { time: crate::host::wall_time(0), node: "n".into(), body: Body::Loss { loss: LossReport::default() } })
     }
 
     /// A writer over a new log in `dir`.

@@ -5,18 +5,19 @@
 //! - `/kubepods/burstable/pod<uid>/<64 hex>`
 //! - `/kubepods.slice/kubepods-besteffort.slice/kubepods-besteffort-pod<uid with _>.slice/cri-containerd-<64 hex>.scope`
 //! - `/system.slice/docker-<64 hex>.scope`, `/docker/<64 hex>`, `crio-<64 hex>.scope`
+use std::sync::Arc;
 
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct Workload {
-    pub pod_uid: Option<String>,
-    pub container_id: Option<String>,
+    pub pod_uid: Option<Arc<str>>,
+    pub container_id: Option<Arc<str>>,
 }
 
 fn is_container_id(s: &str) -> bool {
     s.len() == 64 && s.bytes().all(|b| b.is_ascii_hexdigit())
 }
 
-fn pod_uid(component: &str) -> Option<String> {
+fn pod_uid(component: &str) -> Option<Arc<str>> {
     // cgroupfs: "pod<uid>"; systemd: "kubepods-<qos>-pod<uid_with_underscores>.slice"
     let rest = component.strip_suffix(".slice").unwrap_or(component);
     let idx = rest.rfind("pod")?;
@@ -25,16 +26,16 @@ fn pod_uid(component: &str) -> Option<String> {
     }
     let uid = rest[idx + 3..].replace('_', "-");
     let valid = uid.len() == 36 && uid.bytes().all(|b| b.is_ascii_hexdigit() || b == b'-');
-    valid.then_some(uid)
+    valid.then(|| uid.into())
 }
 
-fn container_id(component: &str) -> Option<String> {
+fn container_id(component: &str) -> Option<Arc<str>> {
     if is_container_id(component) {
-        return Some(component.to_string());
+        return Some(component.into());
     }
     let stem = component.strip_suffix(".scope")?;
     let id = stem.rsplit(['-', ':']).next()?;
-    is_container_id(id).then(|| id.to_string())
+    is_container_id(id).then(|| id.into())
 }
 
 pub fn parse(cgroup_path: &str) -> Workload {

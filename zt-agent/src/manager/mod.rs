@@ -169,7 +169,7 @@ impl Manager {
         let generation = self.target.active()?.generation + 1;
         // Names first: an event decided by the new generation may be read
         // before this function returns.
-        self.shared.rulebook.insert(generation, Arc::new(compiled.rules.clone()));
+        self.shared.rulebook.insert(generation, &compiled.rules);
         self.target.install(&compiled)?;
         let now = self.target.flip(slot)?;
         debug_assert_eq!(now.generation, generation);

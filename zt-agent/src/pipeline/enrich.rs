@@ -20,8 +20,8 @@ use zt_common::{
 use super::{
     decode::{RawEvent, c_str},
     event::{
-        Body, ConnectFolded, ConnectInfo, ConnectSummary, Decision, Event, ExecInfo, GuardInfo, IdentityRef, Process, UnixInfo,
-        ip_from_mapped, protocol_name,
+        Body, Comm, ConnectFolded, ConnectInfo, ConnectSummary, Decision, Event, ExecInfo, GuardInfo, IdentityRef, Process, UnixInfo,
+        WallTime, ip_from_mapped, protocol_name,
     },
 };
 use crate::{
@@ -35,11 +35,22 @@ use crate::{
     policy::RuleBook,
 };
 
+/// What events of a process incarnation share, learnt once: its strings
+/// are shared with every event (no copies per event).
 #[derive(Debug, Clone, Default)]
 struct ProcMeta {
     ppid: u32,
-    exe: Option<String>,
-    cgroup: Option<String>,
+    exe: Option<Arc<str>>,
+    cgroup: Option<Arc<str>>,
+    /// Parsed from `cgroup`.
+    workload: container::Workload,
+}
+
+impl ProcMeta {
+    fn new(ppid: u32, exe: Option<Arc<str>>, cgroup: Option<Arc<str>>) -> Self {
+        let workload = cgroup.as_deref().map(container::parse).unwrap_or_default();
+        ProcMeta { ppid, exe, cgroup, workload }
+    }
 }
 
 /// Cap on cached process incarnations (entries are dropped at exit; the cap
@@ -56,7 +67,7 @@ pub struct Enricher {
     procs: HashMap<(u32, u64), ProcMeta>,
     /// cgroup id -> path, learnt from /proc; used when a process is already
     /// gone when its event is enriched (short-lived commands).
-    cgroup_paths: HashMap<u64, String>,
+    cgroup_paths: HashMap<u64, Arc<str>>,
     /// cgroup ids already checked against the cgroup selectors.
     seen_cgroups: HashSet<u64>,
     /// Whether some output shows events of processes without an identity.
@@ -161,7 +172,7 @@ impl Enricher {
         self.identity_refs.get(&id).cloned()
     }
 
-    pub fn event(&self, time: String, body: Body) -> Event {
+    pub fn event(&self, time: WallTime, body: Body) -> Event {
         Event { time, node: self.node.clone(), body }
     }
 
@@ -179,7 +190,7 @@ impl Enricher {
                     let exe =
                         procfs::exe(&root, h.tgid).or_else(|| Some(c_str(&e.filename[..(e.filename_len as usize).min(e.filename.len())])));
                     let cgroup = en.cgroup_path(h.cgroup_id, procfs::cgroup_v2(&root, h.tgid));
-                    (exe, cgroup)
+                    (exe.map(Arc::from), cgroup)
                 };
                 let mut identity = h.identity;
                 let mut facts = None;
@@ -205,12 +216,12 @@ impl Enricher {
                         None => (Vec::new(), "none"),
                     }
                 };
-                let meta = ProcMeta { ppid: e.ppid, exe: exe.clone(), cgroup: cgroup.clone() };
+                let meta = ProcMeta::new(e.ppid, exe, cgroup);
                 if self.procs.len() >= MAX_CACHED {
                     self.procs.clear();
                 }
+                let process = self.process_info(&h, &e.comm, &meta);
                 self.procs.insert((h.tgid, h.start_ns), meta);
-                let process = self.process_info(&h, e.ppid, &e.comm, exe, cgroup);
                 let exec = ExecInfo {
                     filename: c_str(&e.filename[..(e.filename_len as usize).min(e.filename.len())]),
                     argv,
@@ -224,7 +235,8 @@ impl Enricher {
                 if !wanted(h.identity) {
                     return None;
                 }
-                let process = self.process_info(&h, e.ppid, &e.comm, meta.exe, meta.cgroup);
+                let meta = ProcMeta { ppid: e.ppid, ..meta };
+                let process = self.process_info(&h, &e.comm, &meta);
                 Some(self.event(wall_time(h.time_ns), Body::Exit { process, identity: self.identity_ref(h.identity) }))
             }
             RawEvent::Connect(c) => {
@@ -232,7 +244,7 @@ impl Enricher {
                     return None;
                 }
                 let meta = self.meta(h.tgid, h.start_ns, h.cgroup_id);
-                let process = self.process_info(&h, meta.ppid, &c.comm, meta.exe, meta.cgroup);
+                let process = self.process_info(&h, &c.comm, &meta);
                 let mut connect = ConnectInfo::from_raw(&c, |g, r| self.rulebook.name(g, r));
                 if c.repeats_total > 0 {
                     let key = AggKey {
@@ -252,7 +264,7 @@ impl Enricher {
             // Security records: always shown, whatever `--show` says.
             RawEvent::Guard(g) => {
                 let meta = self.meta(h.tgid, h.start_ns, h.cgroup_id);
-                let process = self.process_info(&h, meta.ppid, &g.comm, meta.exe, meta.cgroup);
+                let process = self.process_info(&h, &g.comm, &meta);
                 let target = self.identity_ref(g.target_identity).map(|r| r.name);
                 let guard = GuardInfo::from_raw(&g, target);
                 Some(self.event(wall_time(h.time_ns), Body::Guard { process, identity: self.identity_ref(h.identity), guard }))
@@ -261,7 +273,7 @@ impl Enricher {
             // Denials and would-denies only: security records, always shown.
             RawEvent::Unix(u) => {
                 let meta = self.meta(h.tgid, h.start_ns, h.cgroup_id);
-                let process = self.process_info(&h, meta.ppid, &u.comm, meta.exe, meta.cgroup);
+                let process = self.process_info(&h, &u.comm, &meta);
                 let unix_connect = UnixInfo::from_raw(&u, |g, r| self.rulebook.name(g, r));
                 Some(self.event(wall_time(h.time_ns), Body::UnixConnect { process, identity: self.identity_ref(h.identity), unix_connect }))
             }
@@ -281,20 +293,18 @@ impl Enricher {
             return m.clone();
         }
         let root = self.resolver.proc_root().to_path_buf();
-        let m = ProcMeta {
-            ppid: procfs::stat(&root, tgid).map(|s| s.ppid).unwrap_or(0),
-            exe: procfs::exe(&root, tgid),
-            cgroup: self.cgroup_path(cgroup_id, procfs::cgroup_v2(&root, tgid)),
-        };
+        let cgroup = self.cgroup_path(cgroup_id, procfs::cgroup_v2(&root, tgid));
+        let m = ProcMeta::new(procfs::stat(&root, tgid).map(|s| s.ppid).unwrap_or(0), procfs::exe(&root, tgid).map(Arc::from), cgroup);
         self.procs.insert((tgid, start_ns), m.clone());
         m
     }
 
     /// The cgroup path read from /proc (remembered for its id), else the
     /// path last seen for that cgroup id.
-    fn cgroup_path(&mut self, cgroup_id: u64, from_proc: Option<String>) -> Option<String> {
+    fn cgroup_path(&mut self, cgroup_id: u64, from_proc: Option<String>) -> Option<Arc<str>> {
         match from_proc {
             Some(p) => {
+                let p: Arc<str> = p.into();
                 if cgroup_id != 0 && self.cgroup_paths.len() < MAX_CACHED {
                     self.cgroup_paths.entry(cgroup_id).or_insert_with(|| p.clone());
                 }
@@ -304,21 +314,20 @@ impl Enricher {
         }
     }
 
-    fn process_info(&self, h: &zt_common::EventHeader, ppid: u32, comm: &[u8], exe: Option<String>, cgroup: Option<String>) -> Process {
-        let w = cgroup.as_deref().map(container::parse).unwrap_or_default();
+    fn process_info(&self, h: &zt_common::EventHeader, comm: &[u8], meta: &ProcMeta) -> Process {
         Process {
             pid: h.tgid,
             tid: h.tid,
-            ppid,
+            ppid: meta.ppid,
             start_ns: h.start_ns,
             uid: h.uid,
             gid: h.gid,
-            comm: c_str(comm),
-            exe,
-            cgroup,
+            comm: Comm::new(comm),
+            exe: meta.exe.clone(),
+            cgroup: meta.cgroup.clone(),
             cgroup_id: h.cgroup_id,
-            pod_uid: w.pod_uid,
-            container_id: w.container_id,
+            pod_uid: meta.workload.pod_uid.clone(),
+            container_id: meta.workload.container_id.clone(),
         }
     }
 

@@ -7,10 +7,16 @@ use std::{
 
 use serde::Serialize;
 
+pub use crate::host::WallTime;
+
+/// Every field of an event is cheap to build and to share: times are
+/// formatted and names copied only when serialised, and the strings of a
+/// process and its rules are shared (`Arc<str>`) with the caches they come
+/// from. An event goes to its outputs behind one `Arc`.
 #[derive(Debug, Clone, Serialize)]
 pub struct Event {
     /// RFC 3339 UTC wall-clock time of the event.
-    pub time: String,
+    pub time: WallTime,
     /// Host name of the node.
     pub node: Arc<str>,
     #[serde(flatten)]
@@ -194,12 +200,44 @@ pub struct Process {
     pub start_ns: u64,
     pub uid: u32,
     pub gid: u32,
-    pub comm: String,
-    pub exe: Option<String>,
-    pub cgroup: Option<String>,
+    pub comm: Comm,
+    pub exe: Option<Arc<str>>,
+    pub cgroup: Option<Arc<str>>,
     pub cgroup_id: u64,
-    pub pod_uid: Option<String>,
-    pub container_id: Option<String>,
+    pub pod_uid: Option<Arc<str>>,
+    pub container_id: Option<Arc<str>>,
+}
+
+/// A task's command name as the kernel holds it (at most 15 bytes and a
+/// NUL), kept inline; shown as text (bytes that are not UTF-8 as U+FFFD).
+#[derive(Clone, Copy, Default, PartialEq, Eq)]
+pub struct Comm([u8; 16]);
+
+impl Comm {
+    /// The bytes up to the first NUL (at most 16).
+    pub fn new(bytes: &[u8]) -> Self {
+        let end = bytes.iter().position(|b| *b == 0).unwrap_or(bytes.len()).min(16);
+        let mut c = [0; 16];
+        c[..end].copy_from_slice(&bytes[..end]);
+        Comm(c)
+    }
+
+    pub fn text(&self) -> std::borrow::Cow<'_, str> {
+        let end = self.0.iter().position(|b| *b == 0).unwrap_or(16);
+        String::from_utf8_lossy(&self.0[..end])
+    }
+}
+
+impl std::fmt::Debug for Comm {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        self.text().fmt(f)
+    }
+}
+
+impl Serialize for Comm {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_str(&self.text())
+    }
 }
 
 #[derive(Debug, Clone, Serialize)]
@@ -256,9 +294,7 @@ pub struct ConnectInfo {
     /// What the policy decided: "allow" or "deny".
     pub decision: Decision,
     pub mode: EnforcementMode,
-    /// The deciding rule's name; "default" (identity default), "no-policy"
-    /// (identity unknown to the policy in force: fail closed), "none-applied".
-    pub rule: String,
+    pub rule: RuleName,
     pub policy_generation: u32,
     /// The hook that decided: connect4, connect6, sendmsg4 (UDP sendto
     /// without connect), sendmsg6.
@@ -291,8 +327,42 @@ pub struct ConnectFolded {
     pub denied: u64,
     /// Allowed, but the policy would deny (audit mode).
     pub audited: u64,
-    pub from: String,
-    pub to: String,
+    pub from: WallTime,
+    pub to: WallTime,
+}
+
+/// The rule that decided, shown as its name; "default" (the identity's
+/// default), "no-policy" (an identity unknown to the policy in force: fail
+/// closed), "none-applied", or `#N` for a rule index of a generation the
+/// agent no longer knows.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum RuleName {
+    Named(Arc<str>),
+    Default,
+    NoPolicy,
+    NoneApplied,
+    Unknown(u32),
+}
+
+impl std::fmt::Display for RuleName {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            RuleName::Named(n) => f.write_str(n),
+            RuleName::Default => f.write_str("default"),
+            RuleName::NoPolicy => f.write_str("no-policy"),
+            RuleName::NoneApplied => f.write_str("none-applied"),
+            RuleName::Unknown(i) => write!(f, "#{i}"),
+        }
+    }
+}
+
+impl Serialize for RuleName {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        match self {
+            RuleName::Named(n) => s.serialize_str(n),
+            other => s.collect_str(other),
+        }
+    }
 }
 
 /// Address in the kernel's IPv6 form (IPv4 mapped) back to an `IpAddr`.
@@ -320,7 +390,7 @@ pub fn protocol_name(proto: u32, sock_type: u32) -> &'static str {
 
 impl ConnectInfo {
     /// From a kernel record; `rule_name` resolves a rule index of the record's generation.
-    pub fn from_raw(c: &zt_common::ConnectEvent, rule_name: impl Fn(u32, u32) -> Option<String>) -> Self {
+    pub fn from_raw(c: &zt_common::ConnectEvent, rule_name: impl Fn(u32, u32) -> Option<Arc<str>>) -> Self {
         let a = c.addr;
         let v6 = Ipv6Addr::from(a);
         let (family_name, address) = if c.family == zt_common::AF_INET {
@@ -351,8 +421,8 @@ impl ConnectInfo {
 fn verdict_fields(
     v: zt_common::policy::Verdict,
     generation: u32,
-    rule_name: impl Fn(u32, u32) -> Option<String>,
-) -> (ConnectAction, Decision, EnforcementMode, String) {
+    rule_name: impl Fn(u32, u32) -> Option<Arc<str>>,
+) -> (ConnectAction, Decision, EnforcementMode, RuleName) {
     use zt_common::policy as kp;
     let action = match (v.action, v.decided) {
         (kp::DENY, _) => ConnectAction::Denied,
@@ -360,10 +430,10 @@ fn verdict_fields(
         _ => ConnectAction::Allowed,
     };
     let rule = match v.rule {
-        kp::RULE_DEFAULT => "default".to_string(),
-        kp::RULE_NO_POLICY => "no-policy".to_string(),
-        kp::RULE_NONE_APPLIED => "none-applied".to_string(),
-        r => rule_name(generation, r).unwrap_or_else(|| format!("#{r}")),
+        kp::RULE_DEFAULT => RuleName::Default,
+        kp::RULE_NO_POLICY => RuleName::NoPolicy,
+        kp::RULE_NONE_APPLIED => RuleName::NoneApplied,
+        r => rule_name(generation, r).map_or(RuleName::Unknown(r), RuleName::Named),
     };
     let mode = if v.mode == kp::AUDIT { EnforcementMode::Audit } else { EnforcementMode::Enforce };
     (action, Decision::from_kernel(v.decided), mode, rule)
@@ -380,8 +450,7 @@ pub struct UnixInfo {
     pub action: ConnectAction,
     pub decision: Decision,
     pub mode: EnforcementMode,
-    /// As for connect events.
-    pub rule: String,
+    pub rule: RuleName,
     pub policy_generation: u32,
     /// connect_unix, or sendmsg_unix (a datagram sent with an address).
     pub hook: &'static str,
@@ -391,7 +460,7 @@ pub struct UnixInfo {
 }
 
 impl UnixInfo {
-    pub fn from_raw(u: &zt_common::unix::UnixEvent, rule_name: impl Fn(u32, u32) -> Option<String>) -> Self {
+    pub fn from_raw(u: &zt_common::unix::UnixEvent, rule_name: impl Fn(u32, u32) -> Option<Arc<str>>) -> Self {
         let (action, decision, mode, rule) = verdict_fields(u.verdict, u.generation, rule_name);
         UnixInfo {
             address: crate::policy::unix::address_text(&u.name),
@@ -461,8 +530,8 @@ pub struct SecurityRecordsLost {
     #[serde(skip)]
     pub identity_id: u32,
     pub lost: u64,
-    pub from: String,
-    pub to: String,
+    pub from: WallTime,
+    pub to: WallTime,
 }
 
 #[derive(Debug, Clone, Serialize)]
@@ -503,22 +572,25 @@ mod tests {
             generation: 7,
             ..Default::default()
         };
-        let names = |g: u32, r: u32| (g == 7 && r == 3).then(|| "r3".to_string());
+        let names = |g: u32, r: u32| (g == 7 && r == 3).then(|| "r3".into());
         let i = ConnectInfo::from_raw(&c, names);
         assert_eq!(i.address.to_string(), "127.0.0.1");
         assert_eq!(
-            (i.protocol, i.action, i.decision, i.mode, i.rule.as_str()),
+            (i.protocol, i.action, i.decision, i.mode, i.rule.to_string().as_str()),
             ("tcp", ConnectAction::Audited, Decision::Deny, EnforcementMode::Audit, "r3")
         );
         let v = serde_json::to_value(&i).unwrap();
         assert_eq!((v["action"].as_str(), v["decision"].as_str(), v["mode"].as_str()), (Some("audited"), Some("deny"), Some("audit")));
+        assert_eq!(v["rule"], "r3");
+        c.verdict = Verdict::new(DENY, AUDIT, 4);
+        assert_eq!(serde_json::to_value(ConnectInfo::from_raw(&c, names)).unwrap()["rule"], "#4", "a rule no generation names");
         c.verdict = Verdict::new(DENY, ENFORCE, RULE_DEFAULT);
         c.family = zt_common::AF_INET6;
         c.addr = Ipv6Addr::LOCALHOST.octets();
         c.protocol = 17;
         let v6 = ConnectInfo::from_raw(&c, names);
         assert_eq!(
-            (v6.family, v6.address.to_string().as_str(), v6.protocol, v6.action, v6.rule.as_str()),
+            (v6.family, v6.address.to_string().as_str(), v6.protocol, v6.action, v6.rule.to_string().as_str()),
             ("ipv6", "::1", "udp", ConnectAction::Denied, "default")
         );
     }
@@ -543,16 +615,18 @@ mod tests {
     #[test]
     fn schema_shape() {
         let e = Event {
-            time: "2026-01-01T00:00:00Z".into(),
+            time: WallTime(std::time::UNIX_EPOCH + std::time::Duration::from_secs(1_767_225_600)),
             node: "n".into(),
             body: Body::Exit {
-                process: Process { pid: 5, ..Default::default() },
+                process: Process { pid: 5, comm: Comm::new(b"sh\0junk"), ..Default::default() },
                 identity: Some(IdentityRef { name: "a".into(), spiffe_id: "spiffe://t/a".into() }),
             },
         };
         let v: serde_json::Value = serde_json::to_value(&e).unwrap();
+        assert_eq!(v["time"], "2026-01-01T00:00:00.000000Z");
         assert_eq!(v["kind"], "exit");
         assert_eq!(v["process"]["pid"], 5);
+        assert_eq!(v["process"]["comm"], "sh");
         assert_eq!(v["identity"]["spiffe_id"], "spiffe://t/a");
         assert_eq!(v["node"], "n");
     }

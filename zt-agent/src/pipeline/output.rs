@@ -84,8 +84,8 @@ pub trait Output: Send {
     fn loss_names(&self) -> LossNames;
     /// Whether this output records `event` at all.
     fn wants(&self, event: &Event) -> bool;
-    /// Queues `event` without blocking.
-    fn try_send(&self, event: &Event) -> Result<(), Dropped>;
+    /// Queues `event` without blocking (the outputs share one copy).
+    fn try_send(&self, event: &Arc<Event>) -> Result<(), Dropped>;
     /// Closes the queue and resolves once everything queued is written.
     fn close(self: Box<Self>) -> Closing;
 }
@@ -141,12 +141,13 @@ impl Outputs {
         )
     }
 
-    pub fn send(&mut self, event: &Event) {
+    pub fn send(&mut self, event: Event) {
+        let event = Arc::new(event);
         for r in &mut self.0 {
-            if !r.output.wants(event) {
+            if !r.output.wants(&event) {
                 continue;
             }
-            match r.output.try_send(event) {
+            match r.output.try_send(&event) {
                 Ok(()) => {}
                 Err(Dropped::Full) => {
                     r.full.fetch_add(1, Relaxed);
@@ -193,7 +194,7 @@ impl Show {
 /// thread: a write that blocks holds up only this output (its queue fills
 /// and its drops are counted).
 pub struct JsonLines {
-    tx: mpsc::Sender<Event>,
+    tx: mpsc::Sender<Arc<Event>>,
     show: Show,
     end: ThreadEnd,
 }
@@ -215,7 +216,7 @@ impl Output for JsonLines {
     }
     /// Telemetry leaves the queue's reserve to security records
     /// ([`super::telemetry_has_room`]), so a flood cannot crowd them out.
-    fn try_send(&self, event: &Event) -> Result<(), Dropped> {
+    fn try_send(&self, event: &Arc<Event>) -> Result<(), Dropped> {
         if !event.body.is_security() && !super::telemetry_has_room(self.tx.capacity(), self.tx.max_capacity()) {
             return Err(Dropped::Full);
         }
@@ -236,7 +237,7 @@ impl Output for JsonLines {
 /// reused buffer first and handed over in one piece: serde_json's many
 /// small writes straight into the boxed writer cost a quarter of the
 /// writer's time. Returns when the sender side closes.
-fn write_json_lines(mut rx: mpsc::Receiver<Event>, mut out: Box<dyn Write + Send>, stats: &Stats) {
+fn write_json_lines(mut rx: mpsc::Receiver<Arc<Event>>, mut out: Box<dyn Write + Send>, stats: &Stats) {
     let mut line = Vec::with_capacity(2048);
     while let Some(first) = rx.blocking_recv() {
         let mut next = Some(first);
@@ -272,7 +273,7 @@ mod tests {
         fn wants(&self, e: &Event) -> bool {
             e.body.kind() == "loss"
         }
-        fn try_send(&self, _: &Event) -> Result<(), Dropped> {
+        fn try_send(&self, _: &Arc<Event>) -> Result<(), Dropped> {
             let mut n = self.0.lock().unwrap();
             *n += 1;
             match *n {
@@ -290,9 +291,9 @@ mod tests {
     fn every_drop_is_counted_by_cause() {
         let counters = OutputCounters::default();
         let mut outs = Outputs::new(vec![Box::new(Picky(Default::default()))], &counters);
-        let ev = Event { time: String::new(), node: "n".into(), body: Body::Loss { loss: LossReport::default() } };
+        let ev = Event { time: crate::host::wall_time(0), node: "n".into(), body: Body::Loss { loss: LossReport::default() } };
         for _ in 0..4 {
-            outs.send(&ev);
+            outs.send(ev.clone());
         }
         assert_eq!(counters.snapshot(), vec![("picky_overflow", 1), ("picky_closed", 2)]);
     }

@@ -198,13 +198,13 @@ pub async fn enrich<A: AggregateTable>(mut e: Enrich<A>, mut rx: mpsc::Receiver<
                 Some(Input::Raw(raw)) => {
                     if let Some(ev) = e.enricher.process(raw, &mut e.tables) {
                         stats.enriched.fetch_add(1, Relaxed);
-                        e.outputs.send(&ev);
+                        e.outputs.send(ev);
                     }
                     stats.assigned.store(e.enricher.assigned, Relaxed);
                 }
                 Some(Input::Emit(mut ev)) => {
                     e.enricher.name_identities(&mut ev);
-                    e.outputs.send(&ev)
+                    e.outputs.send(*ev)
                 }
                 Some(Input::Identities(cfg)) => {
                     e.enricher.set_identities(cfg, &mut e.tables, &upkeep.cgroup2);
@@ -253,6 +253,6 @@ fn flush_aggregates<A: AggregateTable>(e: &mut Enrich<A>, force: bool) {
         Err(err) => tracing::warn!("{}", crate::error::Chain(&err)),
     }
     for ev in events {
-        e.outputs.send(&ev);
+        e.outputs.send(ev);
     }
 }
