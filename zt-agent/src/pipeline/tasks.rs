@@ -28,6 +28,9 @@ use crate::{
     identity::attribution::{self, Tables},
 };
 
+/// Inputs the enrich task takes from its queue at once.
+const INPUT_BATCH: usize = 256;
+
 /// Malformed records are logged at most this often (each one is counted).
 const DECODE_WARN_EVERY: Duration = Duration::from_secs(10);
 
@@ -192,26 +195,35 @@ pub async fn enrich<A: AggregateTable>(mut e: Enrich<A>, mut rx: mpsc::Receiver<
     let mut exited = std::collections::HashSet::new();
     let exe_watch = |e: &Enrich<A>| crate::dirwatch::watch(&e.enricher.resolver().exec_watch_dirs(), "exe selector files");
     let mut exe_files = exe_watch(&e);
+    // Inputs are taken in batches: one pass through the `select!` (and its
+    // timers) per batch, not per event.
+    let mut batch = Vec::with_capacity(INPUT_BATCH);
     loop {
         tokio::select! {
-            msg = rx.recv() => match msg {
-                Some(Input::Raw(raw)) => {
-                    if let Some(ev) = e.enricher.process(raw, &mut e.tables) {
-                        stats.enriched.fetch_add(1, Relaxed);
-                        e.outputs.send(ev);
+            n = rx.recv_many(&mut batch, INPUT_BATCH) => {
+                if n == 0 {
+                    break;
+                }
+                for input in batch.drain(..) {
+                    match input {
+                        Input::Raw(raw) => {
+                            if let Some(ev) = e.enricher.process(raw, &mut e.tables) {
+                                stats.enriched.fetch_add(1, Relaxed);
+                                e.outputs.send(ev);
+                            }
+                        }
+                        Input::Emit(mut ev) => {
+                            e.enricher.name_identities(&mut ev);
+                            e.outputs.send(*ev)
+                        }
+                        Input::Identities(cfg) => {
+                            e.enricher.set_identities(cfg, &mut e.tables, &upkeep.cgroup2);
+                            exe_files = exe_watch(&e);
+                        }
                     }
-                    stats.assigned.store(e.enricher.assigned, Relaxed);
                 }
-                Some(Input::Emit(mut ev)) => {
-                    e.enricher.name_identities(&mut ev);
-                    e.outputs.send(*ev)
-                }
-                Some(Input::Identities(cfg)) => {
-                    e.enricher.set_identities(cfg, &mut e.tables, &upkeep.cgroup2);
-                    exe_files = exe_watch(&e);
-                }
-                None => break,
-            },
+                stats.assigned.store(e.enricher.assigned, Relaxed);
+            }
             _ = flush.tick() => flush_aggregates(&mut e, false),
             // A file an `exe` selector names was replaced: its new inode
             // goes to the kernel now, not at the next rescan.
