@@ -162,14 +162,15 @@ pub fn run(
     std::thread::sleep(Duration::from_secs(2));
     let settle = Instant::now() + Duration::from_secs(60);
     let mut last = None;
-    let events = loop {
+    loop {
         std::thread::sleep(Duration::from_millis(1500));
-        let events = agent.events();
-        if last == Some(events.len()) || Instant::now() > settle {
-            break events;
+        let n = agent.event_count();
+        if last == Some(n) || Instant::now() > settle {
+            break;
         }
-        last = Some(events.len());
-    };
+        last = Some(n);
+    }
+    let events = agent.events();
     let quiet_procs: BTreeSet<u64> = execs_with(&events, "ZTMARK-quiet")
         .iter()
         .filter(|e| e["identity"]["name"] == "quiet")

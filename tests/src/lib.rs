@@ -376,8 +376,19 @@ impl Agent {
 
     /// Every event written so far.
     pub fn events(&self) -> Vec<Value> {
+        self.events_where(|_| true)
+    }
+
+    /// The events whose JSON line passes `keep` (a cheap test on the text,
+    /// so a flood's millions of lines are not all parsed and held).
+    pub fn events_where(&self, keep: impl Fn(&str) -> bool) -> Vec<Value> {
         let Ok(text) = std::fs::read_to_string(&self.events_path) else { return Vec::new() };
-        text.lines().filter_map(|l| serde_json::from_str(l).ok()).collect()
+        text.lines().filter(|l| keep(l)).filter_map(|l| serde_json::from_str(l).ok()).collect()
+    }
+
+    /// How many event lines have been written so far.
+    pub fn event_count(&self) -> usize {
+        std::fs::read(&self.events_path).map(|b| b.iter().filter(|c| **c == b'\n').count()).unwrap_or(0)
     }
 
     /// Waits until `pred` holds for some event (events are flushed within a
@@ -410,7 +421,12 @@ impl Agent {
     }
 
     /// SIGTERM, wait for exit, return the final events.
-    pub fn stop(mut self) -> anyhow::Result<Vec<Value>> {
+    pub fn stop(self) -> anyhow::Result<Vec<Value>> {
+        self.stop_keeping(|_| true)
+    }
+
+    /// [`Self::stop`], returning only the events [`Self::events_where`] keeps.
+    pub fn stop_keeping(mut self, keep: impl Fn(&str) -> bool) -> anyhow::Result<Vec<Value>> {
         let mut child = self.child.take().unwrap();
         let signalled = nix::sys::signal::kill(nix::unistd::Pid::from_raw(child.id() as i32), nix::sys::signal::Signal::SIGTERM);
         let status = child.wait()?;
@@ -418,7 +434,7 @@ impl Agent {
         if !status.success() {
             bail!("zt-agent exited with {status}:\n{}", self.stderr());
         }
-        Ok(self.events())
+        Ok(self.events_where(keep))
     }
 }
 
