@@ -29,3 +29,4 @@ pub mod manager;
 pub mod pipeline;
 pub mod policy;
 pub mod run;
+pub mod siem;

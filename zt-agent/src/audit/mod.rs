@@ -7,6 +7,8 @@
 //! - [`note`]: C2SP signed notes with Ed25519 (ring), verifier keys.
 //! - [`checkpoint`]: C2SP tlog checkpoints (origin, size, root) as notes.
 //! - [`segment`]: append-only framed segment files, crash recovery.
+//! - [`tail`]: reading from a record index on while the log is written
+//!   (SIEM delivery).
 //! - [`keys`]: signing keys on disk.
 //! - [`log`]: the writer tying these together (cadence, recovery, rotation,
 //!   retention).
@@ -21,6 +23,7 @@ pub mod merkle;
 pub mod note;
 pub mod record;
 pub mod segment;
+pub mod tail;
 pub mod verify;
 pub mod writer;
 

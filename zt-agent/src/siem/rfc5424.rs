@@ -253,7 +253,7 @@ mod tests {
     fn sd_values_are_escaped_and_names_cleaned() {
         let sd = [SdElement { id: "zt@32473".into(), params: vec![("pa th", "a\"b\\c]d=e\nf".into())] }];
         let (text, _) = render(&message(&sd, ""), 8192);
-        assert!(text.ends_with(r#"[zt@32473 path="a\"b\\c\]d=e"#.to_owned() + "\nf\"]"), "{text}");
+        assert!(text.ends_with(&(r#"[zt@32473 path="a\"b\\c\]d=e"#.to_owned() + "\nf\"]")), "{text}");
     }
 
     #[test]
