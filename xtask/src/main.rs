@@ -178,8 +178,11 @@ fn output(program: &str, args: &[&str]) -> anyhow::Result<String> {
 
 /// apt packages the tests and the agent use at run time:
 /// bash (the demo workload and test shells), iproute2 (network namespaces
-/// for later network tests), procps (ps/pkill in diagnostics).
-const APT_PACKAGES: &[&str] = &["bash", "iproute2", "procps"];
+/// for later network tests), procps (ps/pkill in diagnostics), rsyslog with
+/// its GnuTLS and OpenSSL drivers (real syslog receivers for the SIEM
+/// tests; installing starts no daemon here, the tests start their own),
+/// openssl (test certificates).
+const APT_PACKAGES: &[&str] = &["bash", "iproute2", "procps", "rsyslog", "rsyslog-gnutls", "rsyslog-openssl", "openssl"];
 
 fn setup() -> anyhow::Result<()> {
     // 1. rust-src for the nightly toolchain (the eBPF crate builds core itself),

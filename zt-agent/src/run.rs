@@ -53,6 +53,7 @@ use crate::{
         output::{JsonLines, Output, Show},
     },
     policy::{self, Bundle, RuleBook, conditions::Inputs, store},
+    siem,
 };
 
 pub struct RunOptions {
@@ -79,6 +80,9 @@ pub struct RunOptions {
     pub state_dir: Option<PathBuf>,
     pub node_labels: BTreeMap<String, String>,
     pub audit: audit::log::Config,
+    /// SIEM destinations: security records from the audit log, each from
+    /// its cursor (kept under `state_dir/siem`).
+    pub syslog: Vec<siem::Destination>,
 }
 
 /// Queue into the audit thread (security-relevant events only).
@@ -205,9 +209,14 @@ impl Agent {
         let stats = Arc::new(Stats::default());
         let audit_failure = audit_writer.failure();
         let audit_control = audit_writer.control();
+        let siem = start_siem(&opts, &audit_control, &node)?;
+        let siem_status = siem.statuses();
+        // The audit log closes before the SIEM destinations: they send its
+        // final checkpoint.
         let outputs: Vec<Box<dyn Output>> = vec![
             Box::new(JsonLines::spawn(events, opts.show, QUEUE_CAPACITY, stats.clone()).context("starting the event writer")?),
             Box::new(audit_writer),
+            Box::new(siem),
         ];
         let kernel = pipeline::Kernel {
             ring: maps.events,
@@ -222,7 +231,8 @@ impl Agent {
         let manager = spawn_manager(manager, commands_rx, stop_rx.clone())?;
         let paths: Vec<(String, String)> = paths.into_iter().map(|(a, b)| (a.to_string(), b)).collect();
         let info = Arc::new(static_info(&bpf, &object_digest, &paths, &cgroup2));
-        let state = control::State { info, stats, in_force: shared.in_force.clone(), commands, audit: Some(audit_control) };
+        let state =
+            control::State { info, stats, in_force: shared.in_force.clone(), commands, audit: Some(audit_control), siem: siem_status };
         let control = start_control(opts.socket.clone(), state, stop_rx);
 
         let pinned = pins.as_ref().map(|p| p.root().to_path_buf());
@@ -470,6 +480,22 @@ fn static_info(bpf: &Bpf, object_digest: &str, paths: &[(String, String)], cgrou
         paths: paths.to_vec(),
         cgroup2: cgroup2.display().to_string(),
     }
+}
+
+/// The SIEM destinations' threads, reading the audit log from their cursors.
+fn start_siem(opts: &RunOptions, audit: &audit::writer::Control, node: &str) -> anyhow::Result<siem::Siem> {
+    let cursor_dir = match &opts.state_dir {
+        Some(d) => d.join("siem"),
+        None => opts.audit.dir.with_extension("siem-cursors"),
+    };
+    let ctx = siem::Context {
+        audit_dir: opts.audit.dir.clone(),
+        cursor_dir,
+        origin: audit.status().origin,
+        node: node.to_string(),
+        version: env!("CARGO_PKG_VERSION"),
+    };
+    siem::Siem::start(&opts.syslog, ctx)
 }
 
 /// Where the JSON-lines events go: appended to `path`, or stdout. The

@@ -93,6 +93,14 @@ pub struct RunArgs {
     /// Delete the oldest signed segments beyond this total size (recorded in the log).
     #[arg(long, value_name = "BYTES")]
     pub audit_retain_bytes: Option<u64>,
+    /// Send every audit record (denials, policy changes, ...) to a SIEM over
+    /// syslog (RFC 5424): `udp://HOST:PORT`, `tcp://HOST:PORT` or
+    /// `tls://HOST:PORT?ca=FILE[&cert=FILE&key=FILE]`, with options
+    /// `format=ocsf|cef|json`, `severity=LEVEL`, `kinds=a,b`,
+    /// `telemetry=true`, `name=NAME`, `facility=NAME`, `max_message=BYTES`,
+    /// `server_name=NAME`, `sd_id=ID` (README: "SIEM output"). Repeatable.
+    #[arg(long, value_name = "URL")]
+    pub syslog: Vec<zt_agent::siem::Destination>,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
@@ -128,6 +136,7 @@ impl RunArgs {
             state_dir: Some(self.state_dir),
             node_labels: self.node_labels.into_iter().collect(),
             audit,
+            syslog: self.syslog,
         })
     }
 }

@@ -68,6 +68,7 @@ pub struct State {
     pub in_force: Arc<std::sync::RwLock<InForce>>,
     pub commands: mpsc::Sender<Command>,
     pub audit: Option<audit::writer::Control>,
+    pub siem: Vec<Arc<std::sync::Mutex<crate::siem::Status>>>,
 }
 
 /// Creates the socket (mode 0600), replacing a stale one.
@@ -172,7 +173,8 @@ fn status(state: &State) -> StatusDoc {
         })
         .collect();
     let audit = state.audit.as_ref().map(|a| a.status());
-    StatusDoc { info: (*state.info).clone(), policy, counters: state.stats.snapshot(), decisions, audit }
+    let siem = state.siem.iter().map(|s| s.lock().expect("poisoned").clone()).collect();
+    StatusDoc { info: (*state.info).clone(), policy, counters: state.stats.snapshot(), decisions, audit, siem }
 }
 
 /// Client side: sends one request, returns the agent's reply.

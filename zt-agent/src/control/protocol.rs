@@ -76,6 +76,9 @@ pub struct StatusDoc {
     /// Egress decisions per identity since start.
     pub decisions: Vec<Decisions>,
     pub audit: Option<AuditStatus>,
+    /// SIEM destinations (`--syslog`).
+    #[serde(default)]
+    pub siem: Vec<crate::siem::Status>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]

@@ -1,0 +1,260 @@
+//! Real syslog receivers for the SIEM tests: test certificates made with
+//! the openssl CLI, and rsyslogd started on 127.0.0.1 with UDP, TCP and
+//! TLS inputs (both its `gtls` and `ossl` drivers), each writing the raw
+//! messages it received (framing removed, bytes as sent) to its own file.
+use std::{
+    net::{TcpListener, TcpStream, UdpSocket},
+    path::{Path, PathBuf},
+    process::{Child, Command, Stdio},
+    time::{Duration, Instant},
+};
+
+use anyhow::{Context as _, bail};
+
+/// A P-256 CA, a server certificate for `localhost` and 127.0.0.1, and a
+/// client certificate (`clientAuth`), as PEM files in `dir`.
+pub struct Certs {
+    pub dir: PathBuf,
+}
+
+impl Certs {
+    pub fn ca(&self) -> PathBuf {
+        self.dir.join("ca.pem")
+    }
+    pub fn server(&self) -> (PathBuf, PathBuf) {
+        (self.dir.join("server.pem"), self.dir.join("server.key"))
+    }
+    pub fn client(&self) -> (PathBuf, PathBuf) {
+        (self.dir.join("client.pem"), self.dir.join("client.key"))
+    }
+
+    pub fn new(dir: &Path) -> anyhow::Result<Self> {
+        let c = Certs { dir: dir.to_path_buf() };
+        let ossl = |args: &[&str]| -> anyhow::Result<()> {
+            let o = Command::new("openssl").args(args).current_dir(dir).output().context("running openssl")?;
+            if !o.status.success() {
+                bail!("openssl {args:?}: {}", String::from_utf8_lossy(&o.stderr));
+            }
+            Ok(())
+        };
+        let key = |name: &str| ossl(&["genpkey", "-algorithm", "EC", "-pkeyopt", "ec_paramgen_curve:P-256", "-out", name]);
+        key("ca.key")?;
+        ossl(&[
+            "req",
+            "-x509",
+            "-new",
+            "-key",
+            "ca.key",
+            "-subj",
+            "/CN=zt-test-ca",
+            "-days",
+            "2",
+            "-out",
+            "ca.pem",
+            "-addext",
+            "basicConstraints=critical,CA:TRUE",
+            "-addext",
+            "keyUsage=critical,keyCertSign,cRLSign",
+        ])?;
+        for (name, cn, ext) in [
+            (
+                "server",
+                "localhost",
+                "subjectAltName=DNS:localhost,IP:127.0.0.1\nextendedKeyUsage=serverAuth\nkeyUsage=critical,digitalSignature\n",
+            ),
+            ("client", "zt-agent", "subjectAltName=DNS:zt-agent\nextendedKeyUsage=clientAuth\nkeyUsage=critical,digitalSignature\n"),
+        ] {
+            key(&format!("{name}.key"))?;
+            std::fs::write(dir.join(format!("{name}.ext")), ext)?;
+            ossl(&["req", "-new", "-key", &format!("{name}.key"), "-subj", &format!("/CN={cn}"), "-out", &format!("{name}.csr")])?;
+            ossl(&[
+                "x509",
+                "-req",
+                "-in",
+                &format!("{name}.csr"),
+                "-CA",
+                "ca.pem",
+                "-CAkey",
+                "ca.key",
+                "-CAcreateserial",
+                "-days",
+                "2",
+                "-extfile",
+                &format!("{name}.ext"),
+                "-out",
+                &format!("{name}.pem"),
+            ])?;
+        }
+        Ok(c)
+    }
+}
+
+/// A free port on 127.0.0.1 (TCP and UDP), released for the receiver.
+pub fn free_port() -> u16 {
+    loop {
+        let t = TcpListener::bind("127.0.0.1:0").expect("binding a TCP port");
+        let port = t.local_addr().unwrap().port();
+        if UdpSocket::bind(("127.0.0.1", port)).is_ok() {
+            return port;
+        }
+    }
+}
+
+/// An rsyslogd of our own: `udp`, `tcp`, `gtls` and `ossl` inputs, each
+/// writing what it receives to `DIR/<input>.log`, one message per line.
+pub struct Rsyslog {
+    pub dir: PathBuf,
+    pub udp: u16,
+    pub tcp: u16,
+    pub gtls: u16,
+    pub ossl: u16,
+    child: Option<Child>,
+}
+
+impl Rsyslog {
+    pub fn available() -> bool {
+        Command::new("rsyslogd").arg("-v").stdout(Stdio::null()).stderr(Stdio::null()).status().is_ok_and(|s| s.success())
+    }
+
+    pub fn start(dir: &Path, certs: &Certs) -> anyhow::Result<Self> {
+        let (udp, tcp, gtls, ossl) = (free_port(), free_port(), free_port(), free_port());
+        let mut r = Rsyslog { dir: dir.to_path_buf(), udp, tcp, gtls, ossl, child: None };
+        r.restart(certs)?;
+        Ok(r)
+    }
+
+    /// The messages received on `input` so far.
+    pub fn received(&self, input: &str) -> Vec<String> {
+        std::fs::read(self.dir.join(format!("{input}.log")))
+            .map(|b| String::from_utf8_lossy(&b).lines().map(str::to_string).collect())
+            .unwrap_or_default()
+    }
+
+    /// Stops the receiver (SIGTERM, waited for).
+    pub fn stop(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            let _ = nix::sys::signal::kill(nix::unistd::Pid::from_raw(c.id() as i32), nix::sys::signal::Signal::SIGTERM);
+            let _ = c.wait();
+        }
+    }
+
+    /// Starts it again on the same ports (after [`Self::stop`]).
+    pub fn restart(&mut self, certs: &Certs) -> anyhow::Result<()> {
+        let d = self.dir.display();
+        let (ca, (cert, key)) = (certs.ca(), certs.server());
+        let conf = format!(
+            r#"global(workDirectory="{d}" maxMessageSize="64k" parser.escapeControlCharactersOnReceive="off"
+       defaultNetstreamDriverCAFile="{ca}" defaultNetstreamDriverCertFile="{cert}" defaultNetstreamDriverKeyFile="{key}")
+module(load="imudp")
+module(load="imptcp")
+module(load="imtcp" maxSessions="100")
+template(name="raw" type="string" string="%rawmsg%\n")
+ruleset(name="udp") {{ action(type="omfile" file="{d}/udp.log" template="raw") }}
+ruleset(name="tcp") {{ action(type="omfile" file="{d}/tcp.log" template="raw") }}
+ruleset(name="gtls") {{ action(type="omfile" file="{d}/gtls.log" template="raw") }}
+ruleset(name="ossl") {{ action(type="omfile" file="{d}/ossl.log" template="raw") }}
+input(type="imudp" address="127.0.0.1" port="{udp}" ruleset="udp")
+input(type="imptcp" address="127.0.0.1" port="{tcp}" ruleset="tcp" supportOctetCountedFraming="on")
+input(type="imtcp" address="127.0.0.1" port="{gtls}" ruleset="gtls"
+      streamDriver.name="gtls" streamDriver.mode="1" streamDriver.authMode="x509/certvalid")
+input(type="imtcp" address="127.0.0.1" port="{ossl}" ruleset="ossl"
+      streamDriver.name="ossl" streamDriver.mode="1" streamDriver.authMode="x509/certvalid")
+"#,
+            ca = ca.display(),
+            cert = cert.display(),
+            key = key.display(),
+            udp = self.udp,
+            tcp = self.tcp,
+            gtls = self.gtls,
+            ossl = self.ossl,
+        );
+        let conf_path = self.dir.join("rsyslog.conf");
+        std::fs::write(&conf_path, conf)?;
+        let child = Command::new("rsyslogd")
+            .arg("-n")
+            .arg("-f")
+            .arg(&conf_path)
+            .arg("-i")
+            .arg(self.dir.join("rsyslog.pid"))
+            .stdout(Stdio::null())
+            .stderr(std::fs::File::create(self.dir.join("rsyslogd.stderr"))?)
+            .spawn()
+            .context("starting rsyslogd")?;
+        self.child = Some(child);
+        // Listening once every TCP input accepts (the UDP input opens with them).
+        let deadline = Instant::now() + Duration::from_secs(20);
+        for port in [self.tcp, self.gtls, self.ossl] {
+            while TcpStream::connect(("127.0.0.1", port)).is_err() {
+                if Instant::now() > deadline {
+                    bail!(
+                        "rsyslogd did not listen on {port}: {}",
+                        std::fs::read_to_string(self.dir.join("rsyslogd.stderr")).unwrap_or_default()
+                    );
+                }
+                std::thread::sleep(Duration::from_millis(50));
+            }
+        }
+        Ok(())
+    }
+}
+
+impl Drop for Rsyslog {
+    fn drop(&mut self) {
+        self.stop();
+    }
+}
+
+/// One received RFC 5424 message: what the tests look at.
+#[derive(Debug, Clone)]
+pub struct Received {
+    pub pri: u32,
+    pub msgid: String,
+    /// SD parameters of the agent's element, unescaped.
+    pub sd: Vec<(String, String)>,
+    /// The body after the BOM.
+    pub body: String,
+}
+
+impl Received {
+    pub fn parse(line: &str) -> Option<Self> {
+        let rest = line.strip_prefix('<')?;
+        let (pri, rest) = rest.split_once('>')?;
+        let mut fields = rest.splitn(7, ' ');
+        let (_version, _time, _host, _app, _procid) = (fields.next()?, fields.next()?, fields.next()?, fields.next()?, fields.next()?);
+        let msgid = fields.next()?.to_string();
+        let rest = fields.next()?;
+        let rest = rest.strip_prefix('[')?;
+        let (_id, mut rest) = rest.split_once(' ')?;
+        let mut sd = Vec::new();
+        loop {
+            let (name, after) = rest.split_once("=\"")?;
+            let mut value = String::new();
+            let mut chars = after.char_indices();
+            let end = loop {
+                match chars.next()? {
+                    (_, '\\') => value.push(chars.next()?.1),
+                    (i, '"') => break i,
+                    (_, c) => value.push(c),
+                }
+            };
+            sd.push((name.to_string(), value));
+            rest = &after[end + 1..];
+            if let Some(r) = rest.strip_prefix(' ') {
+                rest = r;
+            } else {
+                rest = rest.strip_prefix(']')?;
+                break;
+            }
+        }
+        let body = rest.strip_prefix(" \u{feff}").unwrap_or(rest).to_string();
+        Some(Received { pri: pri.parse().ok()?, msgid, sd, body })
+    }
+
+    pub fn param(&self, name: &str) -> Option<&str> {
+        self.sd.iter().find(|(n, _)| n == name).map(|(_, v)| v.as_str())
+    }
+
+    pub fn index(&self) -> Option<u64> {
+        self.param("index")?.parse().ok()
+    }
+}
