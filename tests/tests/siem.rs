@@ -160,3 +160,66 @@ fn every_audit_record_reaches_rsyslog_byte_exact_over_udp_tcp_and_mutual_tls() {
         .collect();
     assert!(telemetry.iter().any(|t| t["exec"]["argv"] == exec["exec"]["argv"]), "the nasty argv did not arrive intact");
 }
+
+/// The receiver goes away, denials happen, it comes back: every record
+/// arrives, over every transport; a record arrives twice only if it was
+/// sent while the receiver was going away (the replay window).
+#[test]
+#[ignore = "needs root: loads eBPF programs and starts rsyslogd"]
+fn a_receiver_outage_delays_records_and_loses_none() {
+    if !require_root("a_receiver_outage_delays_records_and_loses_none") {
+        return;
+    }
+    assert!(Rsyslog::available(), "rsyslogd is missing: `cargo xtask setup` installs it");
+    let dir = tempdir("siem-outage").unwrap();
+    let certs = Certs::new(dir.path()).unwrap();
+    let mut rs = Rsyslog::start(dir.path(), &certs).unwrap();
+    let cg = TestCgroup::new(&format!("/{}/agent", unique("siem-outage"))).unwrap();
+    let (ca, (cert, key)) = (certs.ca(), certs.client());
+    let tls = |name: &str, port: u16| format!("tls://localhost:{port}?name={name}&ca={}&cert={}&key={}", ca.display(), cert.display(), key.display());
+    let urls = [format!("udp://127.0.0.1:{}?name=udp", rs.udp), format!("tcp://127.0.0.1:{}?name=tcp", rs.tcp), tls("gtls", rs.gtls), tls("ossl", rs.ossl)];
+    let audit_dir = dir.path().join("audit");
+    let key = dir.path().join("audit.key");
+    let mut args = vec!["--audit-dir", audit_dir.to_str().unwrap(), "--audit-key", key.to_str().unwrap()];
+    for u in &urls {
+        args.extend(["--syslog", u.as_str()]);
+    }
+    let agent = Agent::start("siem-outage", &deny_all_policy(&cg), &args).unwrap();
+    let caught_up = |what: &str| {
+        agent.wait_status(what, |s| {
+            let size = s["audit"]["records"].as_u64().unwrap_or(0);
+            s["siem"].as_array().is_some_and(|d| d.iter().all(|d| d["delivered_below"].as_u64() == Some(size) && d["connected"] == true))
+        })
+    };
+    caught_up("delivery before the outage");
+    let before = log_records(&audit_dir).len() as u64;
+
+    rs.stop();
+    let st = cg.command(helper_bin()).args(["udp-connects-spread", "30", "127.0.0.1", "40200"]).status().unwrap();
+    assert!(st.success());
+    wait_until("30 denials in the log", Duration::from_secs(20), || {
+        log_records(&audit_dir).values().filter(|r| r.contains("\"port\":402")).count() >= 30
+    });
+    // The destinations notice (an error each) and hold the records back.
+    let down = agent.wait_status("every destination noticing the outage", |s| {
+        s["siem"].as_array().is_some_and(|d| d.iter().all(|d| d["last_error"].is_string()))
+    });
+    for d in down["siem"].as_array().unwrap() {
+        assert!(d["delivered_below"].as_u64().unwrap() < log_records(&audit_dir).len() as u64, "{d}");
+    }
+    std::thread::sleep(Duration::from_secs(2));
+    rs.restart(&certs).unwrap();
+    let up = caught_up("delivery after the outage (the backoff is at most 30 s)");
+    let records = log_records(&audit_dir);
+    for input in ["udp", "tcp", "gtls", "ossl"] {
+        let got = by_index(&rs, input);
+        let missing: Vec<u64> = records.keys().filter(|i| !got.contains_key(i)).copied().collect();
+        assert!(missing.is_empty(), "{input}: records {missing:?} never arrived; status {}", up["siem"]);
+        let twice: Vec<u64> = got.iter().filter(|(_, m)| m.len() > 1).map(|(i, _)| *i).collect();
+        assert!(twice.iter().all(|i| *i >= before), "{input}: duplicates {twice:?} outside the outage window (from {before})");
+    }
+    for d in up["siem"].as_array().unwrap() {
+        assert!(d["reconnects"].as_u64() >= Some(1), "{d}");
+    }
+    agent.stop().unwrap();
+}

@@ -239,6 +239,7 @@ pub fn run(
     let mut stopping: Option<Instant> = None;
     // Records below this were sent at least once by this run.
     let mut high = confirmed;
+    let mut last_send = Instant::now();
     lock().delivered_below = confirmed;
     loop {
         if stopping.is_none() && stop.load(Ordering::Relaxed) {
@@ -344,6 +345,9 @@ pub fn run(
             s.records_skipped += skipped;
             s.telemetry_sent += batch.telemetry;
         }
+        if !batch.is_empty() {
+            last_send = Instant::now();
+        }
         high = high.max(t.next_index());
         inflight.push_back((c.written(), t.next_index()));
         // What the receiver has.
@@ -366,7 +370,8 @@ pub fn run(
                 tail = None;
                 continue;
             }
-            if c.is_datagram() {
+            // An ICMP error for the last datagrams has had time to come back.
+            if c.is_datagram() && last_send.elapsed() >= POLL {
                 confirmed = t.next_index();
                 inflight.clear();
             }
