@@ -27,6 +27,14 @@ impl Certs {
     pub fn client(&self) -> (PathBuf, PathBuf) {
         (self.dir.join("client.pem"), self.dir.join("client.key"))
     }
+    /// A server certificate for `localhost` signed by the CA that expired yesterday.
+    pub fn expired_server(&self) -> (PathBuf, PathBuf) {
+        (self.dir.join("expired.pem"), self.dir.join("expired.key"))
+    }
+    /// Another CA, which signed none of these.
+    pub fn other_ca(&self) -> PathBuf {
+        self.dir.join("other-ca.pem")
+    }
 
     pub fn new(dir: &Path) -> anyhow::Result<Self> {
         let c = Certs { dir: dir.to_path_buf() };
@@ -56,34 +64,21 @@ impl Certs {
             "-addext",
             "keyUsage=critical,keyCertSign,cRLSign",
         ])?;
-        for (name, cn, ext) in [
-            (
-                "server",
-                "localhost",
-                "subjectAltName=DNS:localhost,IP:127.0.0.1\nextendedKeyUsage=serverAuth\nkeyUsage=critical,digitalSignature\n",
-            ),
-            ("client", "zt-agent", "subjectAltName=DNS:zt-agent\nextendedKeyUsage=clientAuth\nkeyUsage=critical,digitalSignature\n"),
-        ] {
+        key("other-ca.key")?;
+        ossl(&["req", "-x509", "-new", "-key", "other-ca.key", "-subj", "/CN=zt-other-ca", "-days", "2", "-out", "other-ca.pem"])?;
+        let server = "subjectAltName=DNS:localhost,IP:127.0.0.1\nextendedKeyUsage=serverAuth\nkeyUsage=critical,digitalSignature\n";
+        let client = "subjectAltName=DNS:zt-agent\nextendedKeyUsage=clientAuth\nkeyUsage=critical,digitalSignature\n";
+        // (file name, CN, extensions, validity in days: -1 expired yesterday)
+        for (name, cn, ext, days) in
+            [("server", "localhost", server, "2"), ("expired", "localhost", server, "-1"), ("client", "zt-agent", client, "2")]
+        {
             key(&format!("{name}.key"))?;
             std::fs::write(dir.join(format!("{name}.ext")), ext)?;
-            ossl(&["req", "-new", "-key", &format!("{name}.key"), "-subj", &format!("/CN={cn}"), "-out", &format!("{name}.csr")])?;
-            ossl(&[
-                "x509",
-                "-req",
-                "-in",
-                &format!("{name}.csr"),
-                "-CA",
-                "ca.pem",
-                "-CAkey",
-                "ca.key",
-                "-CAcreateserial",
-                "-days",
-                "2",
-                "-extfile",
-                &format!("{name}.ext"),
-                "-out",
-                &format!("{name}.pem"),
-            ])?;
+            let (csr, pem) = (format!("{name}.csr"), format!("{name}.pem"));
+            ossl(&["req", "-new", "-key", &format!("{name}.key"), "-subj", &format!("/CN={cn}"), "-out", &csr])?;
+            let ext_file = format!("{name}.ext");
+            let signed = ["-CA", "ca.pem", "-CAkey", "ca.key", "-CAcreateserial", "-days", days, "-extfile", &ext_file, "-out", &pem];
+            ossl(&[&["x509", "-req", "-in", csr.as_str()][..], &signed[..]].concat())?;
         }
         Ok(c)
     }
@@ -256,5 +251,47 @@ impl Received {
 
     pub fn index(&self) -> Option<u64> {
         self.param("index")?.parse().ok()
+    }
+}
+
+/// `openssl s_server` serving `cert` on a port of 127.0.0.1, writing what it
+/// receives (after TLS) to `out`: a TLS receiver with a certificate
+/// rsyslog would not start with.
+pub struct TlsServer {
+    pub port: u16,
+    child: Child,
+}
+
+impl TlsServer {
+    pub fn start(cert: &Path, key: &Path, out: &Path) -> anyhow::Result<Self> {
+        let port = free_port();
+        let child = Command::new("openssl")
+            .args(["s_server", "-quiet", "-accept", &port.to_string(), "-cert"])
+            .arg(cert)
+            .arg("-key")
+            .arg(key)
+            .stdin(Stdio::piped())
+            .stdout(std::fs::File::create(out)?)
+            .stderr(std::fs::File::create(out.with_extension("stderr"))?)
+            .spawn()
+            .context("starting openssl s_server")?;
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while TcpStream::connect(("127.0.0.1", port)).is_err() {
+            if Instant::now() > deadline {
+                bail!(
+                    "openssl s_server did not listen on {port}: {}",
+                    std::fs::read_to_string(out.with_extension("stderr")).unwrap_or_default()
+                );
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        Ok(TlsServer { port, child })
+    }
+}
+
+impl Drop for TlsServer {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
     }
 }

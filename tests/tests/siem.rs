@@ -176,8 +176,15 @@ fn a_receiver_outage_delays_records_and_loses_none() {
     let mut rs = Rsyslog::start(dir.path(), &certs).unwrap();
     let cg = TestCgroup::new(&format!("/{}/agent", unique("siem-outage"))).unwrap();
     let (ca, (cert, key)) = (certs.ca(), certs.client());
-    let tls = |name: &str, port: u16| format!("tls://localhost:{port}?name={name}&ca={}&cert={}&key={}", ca.display(), cert.display(), key.display());
-    let urls = [format!("udp://127.0.0.1:{}?name=udp", rs.udp), format!("tcp://127.0.0.1:{}?name=tcp", rs.tcp), tls("gtls", rs.gtls), tls("ossl", rs.ossl)];
+    let tls = |name: &str, port: u16| {
+        format!("tls://localhost:{port}?name={name}&ca={}&cert={}&key={}", ca.display(), cert.display(), key.display())
+    };
+    let urls = [
+        format!("udp://127.0.0.1:{}?name=udp", rs.udp),
+        format!("tcp://127.0.0.1:{}?name=tcp", rs.tcp),
+        tls("gtls", rs.gtls),
+        tls("ossl", rs.ossl),
+    ];
     let audit_dir = dir.path().join("audit");
     let key = dir.path().join("audit.key");
     let mut args = vec!["--audit-dir", audit_dir.to_str().unwrap(), "--audit-key", key.to_str().unwrap()];
@@ -222,4 +229,81 @@ fn a_receiver_outage_delays_records_and_loses_none() {
         assert!(d["reconnects"].as_u64() >= Some(1), "{d}");
     }
     agent.stop().unwrap();
+}
+
+/// Each way a TLS destination can be wrong is a clear error of that
+/// destination, nothing counts as delivered, and nothing goes out in
+/// plaintext; the others are unaffected.
+#[test]
+#[ignore = "needs root: loads eBPF programs and starts rsyslogd"]
+fn a_misconfigured_tls_destination_says_why_and_sends_nothing() {
+    if !require_root("a_misconfigured_tls_destination_says_why_and_sends_nothing") {
+        return;
+    }
+    assert!(Rsyslog::available(), "rsyslogd is missing: `cargo xtask setup` installs it");
+    let dir = tempdir("siem-bad").unwrap();
+    let certs = Certs::new(dir.path()).unwrap();
+    let rs = Rsyslog::start(dir.path(), &certs).unwrap();
+    let (expired_cert, expired_key) = certs.expired_server();
+    let expired_out = dir.path().join("expired-received");
+    let expired = TlsServer::start(&expired_cert, &expired_key, &expired_out).unwrap();
+    let cg = TestCgroup::new(&format!("/{}/agent", unique("siem-bad"))).unwrap();
+    let (ca, (cert, key)) = (certs.ca(), certs.client());
+    let client = format!("&cert={}&key={}", cert.display(), key.display());
+    // (name, url, what the error must say)
+    let bad = [
+        ("wrong_ca", format!("tls://localhost:{}?name=wrong_ca&ca={}{client}", rs.gtls, certs.other_ca().display()), "UnknownIssuer"),
+        (
+            "wrong_name",
+            format!("tls://127.0.0.1:{}?name=wrong_name&server_name=siem.example&ca={}{client}", rs.gtls, ca.display()),
+            "not valid for name",
+        ),
+        ("expired", format!("tls://localhost:{}?name=expired&ca={}{client}", expired.port, ca.display()), "Expired"),
+        ("no_cert_ossl", format!("tls://localhost:{}?name=no_cert_ossl&ca={}", rs.ossl, ca.display()), "CertificateRequired"),
+        ("no_cert_gtls", format!("tls://localhost:{}?name=no_cert_gtls&ca={}", rs.gtls, ca.display()), "refuse our client certificate"),
+        (
+            "plain_receiver",
+            format!("tls://localhost:{}?name=plain_receiver&ca={}{client}", rs.tcp, ca.display()),
+            "no answer to the TLS handshake",
+        ),
+    ];
+    let good = format!("tls://localhost:{}?name=good&ca={}{client}", rs.ossl, ca.display());
+    let audit_dir = dir.path().join("audit");
+    let audit_key = dir.path().join("audit.key");
+    let mut args = vec!["--audit-dir", audit_dir.to_str().unwrap(), "--audit-key", audit_key.to_str().unwrap(), "--syslog", good.as_str()];
+    for (_, u, _) in &bad {
+        args.extend(["--syslog", u.as_str()]);
+    }
+    let agent = Agent::start("siem-bad", &deny_all_policy(&cg), &args).unwrap();
+    let st = cg.command(helper_bin()).args(["udp-connects-spread", "5", "127.0.0.1", "40300"]).status().unwrap();
+    assert!(st.success());
+    let status = agent.wait_status("an error on every bad destination and the good one caught up", |s| {
+        let size = s["audit"]["records"].as_u64().unwrap_or(0);
+        let d = s["siem"].as_array().cloned().unwrap_or_default();
+        let good_done = d.iter().any(|d| d["name"] == "good" && d["delivered_below"].as_u64() == Some(size) && size > 5);
+        good_done && d.iter().filter(|d| d["name"] != "good").all(|d| d["last_error"].is_string())
+    });
+    for (name, _, _) in &bad {
+        let d = status["siem"].as_array().unwrap().iter().find(|d| d["name"] == *name).unwrap();
+        eprintln!("{name}: {}", d["last_error"]);
+    }
+    for (name, _, why) in &bad {
+        let d = status["siem"].as_array().unwrap().iter().find(|d| d["name"] == *name).unwrap();
+        let err = d["last_error"].as_str().unwrap();
+        assert!(err.contains(why), "{name}: {err:?} does not say {why:?}");
+        assert_eq!((d["connected"].as_bool(), d["delivered_below"].as_u64()), (Some(false), Some(0)), "{name}: {d}");
+    }
+    agent.stop().unwrap();
+    // Nothing readable reached the receivers of the bad destinations.
+    let log = log_records(&audit_dir);
+    let denial = log.values().find(|r| r.contains("\"action\":\"denied\"")).unwrap();
+    let origin = serde_json::from_str::<Value>(denial).unwrap()["origin"].as_str().unwrap().to_string();
+    for (what, text) in [
+        ("the plaintext port", rs.received("tcp").join("\n")),
+        ("the gtls port", rs.received("gtls").join("\n")),
+        ("the expired receiver", String::from_utf8_lossy(&std::fs::read(&expired_out).unwrap_or_default()).into_owned()),
+    ] {
+        assert!(!text.contains(&origin) && !text.contains("denied"), "{what} received a record: {text}");
+    }
+    assert!(by_index(&rs, "ossl").len() >= log.len() - 1, "the good destination delivered the log");
 }

@@ -32,6 +32,8 @@ const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
 const IO_TIMEOUT: Duration = Duration::from_secs(10);
 const USER_TIMEOUT: Duration = Duration::from_secs(30);
 const CLOSE_WAIT: Duration = Duration::from_secs(2);
+/// How long a new TLS connection waits for a refusal (see [`refused_after_handshake`]).
+const POST_HANDSHAKE: Duration = Duration::from_millis(200);
 
 #[derive(Debug, thiserror::Error)]
 pub enum TransportError {
@@ -163,9 +165,19 @@ impl Conn {
                 let mut conn = ClientConnection::new(config.clone(), server_name.clone())
                     .map_err(|e| TransportError::Tls { addr: peer, reason: e.to_string() })?;
                 while conn.is_handshaking() {
-                    conn.complete_io(&mut sock).map_err(|e| TransportError::Tls { addr: peer, reason: tls_reason(&e) })?;
+                    conn.complete_io(&mut sock).map_err(|e| {
+                        let reason = match e.kind() {
+                            io::ErrorKind::WouldBlock | io::ErrorKind::TimedOut => {
+                                format!("no answer to the TLS handshake within {IO_TIMEOUT:?} (is it a TLS receiver?)")
+                            }
+                            _ => tls_reason(&e),
+                        };
+                        TransportError::Tls { addr: peer, reason }
+                    })?;
                 }
-                Inner::Tls(Box::new(StreamOwned::new(conn, sock)))
+                let mut stream = StreamOwned::new(conn, sock);
+                refused_after_handshake(&mut stream).map_err(|reason| TransportError::Tls { addr: peer, reason })?;
+                Inner::Tls(Box::new(stream))
             }
         };
         Ok(Conn { inner, peer })
@@ -281,6 +293,27 @@ impl Conn {
             std::thread::sleep(Duration::from_millis(10));
         }
     }
+}
+
+/// Under TLS 1.3 the receiver judges our certificate after the handshake
+/// ended on our side: a refusal comes as an alert (rsyslog `ossl`) or a
+/// silent close (rsyslog `gtls`) right after it. Waiting briefly for either
+/// makes a refusing receiver an error here, not a sink that swallows what
+/// we send.
+fn refused_after_handshake(stream: &mut StreamOwned<ClientConnection, Counted>) -> Result<(), String> {
+    let set = |s: &StreamOwned<ClientConnection, Counted>, t| s.sock.tcp.set_read_timeout(Some(t)).map_err(|e| e.to_string());
+    set(stream, POST_HANDSHAKE)?;
+    let mut b = [0u8; 64];
+    let closed = "the receiver closed the connection right after the handshake (did it refuse our client certificate?)";
+    let r = match stream.read(&mut b) {
+        Ok(0) => Err(closed.into()),
+        Err(e) if e.kind() == io::ErrorKind::UnexpectedEof => Err(closed.into()),
+        Ok(_) => Ok(()),
+        Err(e) if matches!(e.kind(), io::ErrorKind::WouldBlock | io::ErrorKind::TimedOut) => Ok(()),
+        Err(e) => Err(tls_reason(&e)),
+    };
+    set(stream, IO_TIMEOUT)?;
+    r
 }
 
 fn tcp(peer: SocketAddr) -> io::Result<TcpStream> {
