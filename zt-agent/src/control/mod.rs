@@ -173,7 +173,16 @@ fn status(state: &State) -> StatusDoc {
         })
         .collect();
     let audit = state.audit.as_ref().map(|a| a.status());
-    let siem = state.siem.iter().map(|s| s.lock().expect("poisoned").clone()).collect();
+    let records = audit.as_ref().map_or(0, |a| a.records);
+    let siem = state
+        .siem
+        .iter()
+        .map(|s| {
+            let mut s = s.lock().expect("poisoned").clone();
+            s.backlog = records.saturating_sub(s.delivered_below);
+            s
+        })
+        .collect();
     StatusDoc { info: (*state.info).clone(), policy, counters: state.stats.snapshot(), decisions, audit, siem }
 }
 

@@ -69,6 +69,11 @@ pub struct Status {
     pub connected: bool,
     /// Index of the first audit record the receiver may not have.
     pub delivered_below: u64,
+    /// Audit records not yet delivered (filled in by `status`).
+    pub backlog: u64,
+    /// When it last had every record of the log (its lag is the time since,
+    /// while `backlog` is not 0).
+    pub caught_up_at: Option<String>,
     /// Records sent (again, after a broken connection, included).
     pub records_sent: u64,
     /// Records sent again after a connection broke.
@@ -240,6 +245,7 @@ pub fn run(
     // Records below this were sent at least once by this run.
     let mut high = confirmed;
     let mut last_send = Instant::now();
+    let mut last_caught_up = Instant::now() - SAVE_EVERY;
     lock().delivered_below = confirmed;
     loop {
         if stopping.is_none() && stop.load(Ordering::Relaxed) {
@@ -380,7 +386,14 @@ pub fn run(
             save_cursor(&ctx, &d.name, confirmed);
             (saved, last_save) = (confirmed, Instant::now());
         }
-        lock().delivered_below = confirmed;
+        {
+            let mut s = lock();
+            s.delivered_below = confirmed;
+            if idle && confirmed == t.next_index() && last_caught_up.elapsed() >= SAVE_EVERY {
+                s.caught_up_at = Some(humantime::format_rfc3339_seconds(SystemTime::now()).to_string());
+                last_caught_up = Instant::now();
+            }
+        }
         if idle {
             if stopping.is_some() {
                 break;
