@@ -99,6 +99,9 @@ pub fn free_port() -> u16 {
 /// writing what it receives to `DIR/<input>.log`, one message per line.
 pub struct Rsyslog {
     pub dir: PathBuf,
+    /// Each line starts with the time rsyslog received the message
+    /// (`%timegenerated%`, RFC 3339 with microseconds) and a space.
+    pub stamped: bool,
     pub udp: u16,
     pub tcp: u16,
     pub gtls: u16,
@@ -112,8 +115,13 @@ impl Rsyslog {
     }
 
     pub fn start(dir: &Path, certs: &Certs) -> anyhow::Result<Self> {
+        Self::start_with(dir, certs, false)
+    }
+
+    /// [`Self::start`], with lines [`Self::stamped`] or not.
+    pub fn start_with(dir: &Path, certs: &Certs, stamped: bool) -> anyhow::Result<Self> {
         let (udp, tcp, gtls, ossl) = (free_port(), free_port(), free_port(), free_port());
-        let mut r = Rsyslog { dir: dir.to_path_buf(), udp, tcp, gtls, ossl, child: None };
+        let mut r = Rsyslog { dir: dir.to_path_buf(), stamped, udp, tcp, gtls, ossl, child: None };
         r.restart(certs)?;
         Ok(r)
     }
@@ -143,7 +151,7 @@ impl Rsyslog {
 module(load="imudp")
 module(load="imptcp")
 module(load="imtcp" maxSessions="100")
-template(name="raw" type="string" string="%rawmsg%\n")
+template(name="raw" type="string" string="{stamp}%rawmsg%\n")
 ruleset(name="udp") {{ action(type="omfile" file="{d}/udp.log" template="raw") }}
 ruleset(name="tcp") {{ action(type="omfile" file="{d}/tcp.log" template="raw") }}
 ruleset(name="gtls") {{ action(type="omfile" file="{d}/gtls.log" template="raw") }}
@@ -162,6 +170,7 @@ input(type="imtcp" address="127.0.0.1" port="{ossl}" ruleset="ossl"
             tcp = self.tcp,
             gtls = self.gtls,
             ossl = self.ossl,
+            stamp = if self.stamped { "%timegenerated:::date-rfc3339% " } else { "" },
         );
         let conf_path = self.dir.join("rsyslog.conf");
         std::fs::write(&conf_path, conf)?;

@@ -77,6 +77,9 @@ enum Bench {
     /// event pipeline throughput (distinct events at 100k/500k/1M per
     /// second, budget off and on) and the flood-with-a-quiet-identity attack.
     Pipeline,
+    /// SIEM delivery: backlog drain rate per transport to a local rsyslogd,
+    /// and denial-to-receiver latency over TLS.
+    Siem,
 }
 
 fn main() -> std::process::ExitCode {
@@ -125,6 +128,7 @@ fn real_main() -> anyhow::Result<()> {
                 Bench::Audit => "audit",
                 Bench::Hardening => "hardening",
                 Bench::Pipeline => "pipeline",
+                Bench::Siem => "siem",
             };
             let mut cmd = cargo();
             cmd.args(["run", "--release", "--quiet", "-p", "zt-tests", "--bin", "zt-bench", "--", name])

@@ -57,6 +57,8 @@ use std::{
     time::{Duration, Instant},
 };
 
+use std::collections::BTreeMap;
+
 use anyhow::Context as _;
 use zt_tests::{Agent, TestCgroup, agent_bin, policy};
 
@@ -70,7 +72,7 @@ fn main() -> anyhow::Result<()> {
         Some("udp-flood") => udp_flood(args[2].parse()?, args[3].parse()?, &args[4]),
         Some("connect-latency") => connect_latency(args[2].parse()?, &args[3]),
         Some("syscall-loop") => syscall_loop(&args[2], args[3].parse()?),
-        Some(which @ ("attribution" | "policy" | "net" | "audit" | "hardening" | "pipeline")) => {
+        Some(which @ ("attribution" | "policy" | "net" | "audit" | "hardening" | "pipeline" | "siem")) => {
             let rounds = args.iter().position(|a| a == "--rounds").and_then(|i| args.get(i + 1)).and_then(|r| r.parse().ok()).unwrap_or(10);
             match which {
                 "attribution" => attribution(rounds),
@@ -78,10 +80,11 @@ fn main() -> anyhow::Result<()> {
                 "audit" => audit_bench(rounds),
                 "hardening" => hardening_bench(rounds),
                 "pipeline" => pipeline_bench(rounds),
+                "siem" => siem_bench(rounds),
                 _ => net_bench(rounds),
             }
         }
-        _ => anyhow::bail!("usage: zt-bench attribution|policy|net|audit|hardening|pipeline [--rounds N]"),
+        _ => anyhow::bail!("usage: zt-bench attribution|policy|net|audit|hardening|pipeline|siem [--rounds N]"),
     }
 }
 
@@ -1015,4 +1018,121 @@ fn pipeline_run(me: &std::path::Path, cg: &TestCgroup, pol: &str, args: &[&str],
         peak_rss_mb: peak_rss_kb as f64 / 1024.0,
         cpu_per_written_us: cpu.as_secs_f64() * 1e6 / counter(&c, &["written"]).max(1) as f64,
     })
+}
+
+/// SIEM delivery: how fast a backlog of audit records drains to a local
+/// rsyslogd per transport (the destination thread of the agent, run
+/// in-process on a log written beforehand), and how long a denial takes
+/// from the kernel to the receiver under normal load (the whole agent).
+fn siem_bench(rounds: usize) -> anyhow::Result<()> {
+    use zt_tests::siem::{Certs, Received, Rsyslog};
+    anyhow::ensure!(nix::unistd::geteuid().is_root(), "the benchmark loads eBPF programs: run it as root");
+    anyhow::ensure!(Rsyslog::available(), "rsyslogd is missing: `cargo xtask setup` installs it");
+    let dir = zt_tests::tempdir("bench-siem")?;
+    let certs = Certs::new(dir.path())?;
+    let (ca, (cert, key)) = (certs.ca(), certs.client());
+    let tls = |port: u16| format!("tls://localhost:{port}?ca={}&cert={}&key={}", ca.display(), cert.display(), key.display());
+
+    // 1. Backlog drain: N records in a log, then one destination from cursor 0.
+    const N: u64 = 100_000;
+    let audit_dir = dir.path().join("audit");
+    let origin = "zt-bench/siem";
+    {
+        let mut cfg = zt_agent::audit::log::Config::new(audit_dir.clone(), dir.path().join("audit.key"), origin.into());
+        cfg.checkpoint_records = 4096;
+        let (mut log, _) = zt_agent::audit::log::AuditLog::open(cfg)?;
+        for i in 0..N {
+            log.append("connect", denial_payload(i))?;
+            log.tick()?;
+        }
+        log.close()?;
+    }
+    let size = zt_agent::audit::inspect::load(&audit_dir)?.records.len() as u64;
+    println!("zt-agent siem benchmark: {size} audit records ({N} denials) drained from cursor 0 to a local rsyslogd, {rounds} rounds");
+    let rt = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
+    let mut drain: BTreeMap<&str, Vec<(f64, f64)>> = BTreeMap::new();
+    for r in 0..rounds {
+        for (label, scheme) in [("tls (ossl)", "ossl"), ("tls (gtls)", "gtls"), ("tcp", "tcp"), ("udp", "udp")] {
+            let rdir = dir.path().join(format!("rs-{r}-{scheme}"));
+            std::fs::create_dir_all(&rdir)?;
+            let rs = Rsyslog::start(&rdir, &certs)?;
+            let url = match scheme {
+                "ossl" => tls(rs.ossl),
+                "gtls" => tls(rs.gtls),
+                "tcp" => format!("tcp://127.0.0.1:{}", rs.tcp),
+                _ => format!("udp://127.0.0.1:{}", rs.udp),
+            };
+            let dest: zt_agent::siem::Destination = url.parse().map_err(anyhow::Error::msg)?;
+            let ctx = zt_agent::siem::Context {
+                audit_dir: audit_dir.clone(),
+                cursor_dir: rdir.join("cursors"),
+                origin: origin.into(),
+                node: "bench".into(),
+                version: "bench",
+            };
+            let start = Instant::now();
+            let siem = zt_agent::siem::Siem::start(std::slice::from_ref(&dest), ctx)?;
+            let status = siem.statuses().remove(0);
+            let deadline = start + Duration::from_secs(120);
+            while status.lock().unwrap().delivered_below < size && Instant::now() < deadline {
+                std::thread::sleep(Duration::from_millis(5));
+            }
+            let sent = start.elapsed().as_secs_f64();
+            while (rs.received(scheme).len() as u64) < size && Instant::now() < deadline {
+                std::thread::sleep(Duration::from_millis(20));
+            }
+            let received_n = rs.received(scheme).len() as u64;
+            let received = start.elapsed().as_secs_f64();
+            rt.block_on(zt_agent::pipeline::output::Output::close(Box::new(siem)));
+            eprintln!("round {r}: {label}: delivered in {sent:.2} s, {received_n} of {size} written by rsyslog in {received:.2} s");
+            drain.entry(label).or_default().push((size as f64 / sent, received_n as f64 / received));
+        }
+    }
+    println!();
+    println!("backlog drain (median over rounds; delivered = acknowledged by the receiver's TCP, written = in rsyslog's file)");
+    println!("  {:<12} {:>14} {:>14}", "transport", "delivered/s", "written/s");
+    for (label, v) in &drain {
+        let m = |f: fn(&(f64, f64)) -> f64| median(&mut v.iter().map(f).collect::<Vec<_>>());
+        println!("  {label:<12} {:>14.0} {:>14.0}", m(|x| x.0), m(|x| x.1));
+    }
+
+    // 2. Latency: denials at a steady rate through the running agent.
+    let rdir = dir.path().join("rs-latency");
+    std::fs::create_dir_all(&rdir)?;
+    let rs = Rsyslog::start_with(&rdir, &certs, true)?;
+    let cg = TestCgroup::new(&format!("/zt-bench-siem-{}", std::process::id()))?;
+    let pol = policy("zt.bench", &format!("    - name: siem-bench\n      selectors:\n        - cgroup: {}/**\n", cg.rel));
+    let url = format!("{}&format=json", tls(rs.gtls));
+    let agent = Agent::start("bench-siem", &pol, &["--syslog", &url])?;
+    let (rate, secs) = (200, 10.0);
+    let me = std::env::current_exe()?;
+    let out = cg.command(&me).args(["udp-flood-distinct", &rate.to_string(), &secs.to_string()]).output()?;
+    let attempts: u64 = String::from_utf8(out.stdout)?.trim().parse()?;
+    std::thread::sleep(Duration::from_secs(3));
+    agent.stop()?;
+    let mut lat: Vec<f64> = rs
+        .received("gtls")
+        .iter()
+        .filter_map(|line| {
+            let (stamp, raw) = line.split_once(' ')?;
+            let m = Received::parse(raw)?;
+            let body: serde_json::Value = serde_json::from_str(&m.body).ok()?;
+            (m.msgid == "connect").then_some(())?;
+            let at = humantime::parse_rfc3339_weak(stamp).ok()?;
+            let event = humantime::parse_rfc3339_weak(body["time"].as_str()?).ok()?;
+            Some(at.duration_since(event).map(|d| d.as_secs_f64() * 1e3).unwrap_or(0.0))
+        })
+        .collect();
+    lat.sort_by(f64::total_cmp);
+    let pct = |p: f64| lat.get(((lat.len() as f64 * p) as usize).min(lat.len().saturating_sub(1))).copied().unwrap_or(f64::NAN);
+    println!();
+    println!(
+        "latency, denial in the kernel -> rsyslog (TLS, gtls) at {rate} denials/s for {secs} s ({attempts} attempts, {} received): \
+         p50 {:.1} ms, p99 {:.1} ms, max {:.1} ms",
+        lat.len(),
+        pct(0.5),
+        pct(0.99),
+        lat.last().copied().unwrap_or(f64::NAN)
+    );
+    Ok(())
 }
