@@ -1078,11 +1078,15 @@ fn siem_bench(rounds: usize) -> anyhow::Result<()> {
                 std::thread::sleep(Duration::from_millis(5));
             }
             let sent = start.elapsed().as_secs_f64();
-            while (rs.received(scheme).len() as u64) < size && Instant::now() < deadline {
+            // Until all is written, or (UDP may lose) nothing more came for 2 s.
+            let (mut received_n, mut received, mut last_growth) = (0, 0.0, Instant::now());
+            while received_n < size && last_growth.elapsed() < Duration::from_secs(2) && Instant::now() < deadline {
                 std::thread::sleep(Duration::from_millis(20));
+                let n = rs.received(scheme).len() as u64;
+                if n > received_n {
+                    (received_n, received, last_growth) = (n, start.elapsed().as_secs_f64(), Instant::now());
+                }
             }
-            let received_n = rs.received(scheme).len() as u64;
-            let received = start.elapsed().as_secs_f64();
             rt.block_on(zt_agent::pipeline::output::Output::close(Box::new(siem)));
             eprintln!("round {r}: {label}: delivered in {sent:.2} s, {received_n} of {size} written by rsyslog in {received:.2} s");
             drain.entry(label).or_default().push((size as f64 / sent, received_n as f64 / received));

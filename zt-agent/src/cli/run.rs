@@ -97,7 +97,7 @@ pub struct RunArgs {
     /// syslog (RFC 5424): `udp://HOST:PORT`, `tcp://HOST:PORT` or
     /// `tls://HOST:PORT?ca=FILE[&cert=FILE&key=FILE]`, with options
     /// `format=ocsf|cef|json`, `severity=LEVEL`, `kinds=a,b`,
-    /// `telemetry=true`, `name=NAME`, `facility=NAME`, `max_message=BYTES`,
+    /// `telemetry=true`, `name=NAME`, `facility=NAME`, `max_message=BYTES`, `rate=N` (UDP),
     /// `server_name=NAME`, `sd_id=ID` (README: "SIEM output"). Repeatable.
     #[arg(long, value_name = "URL")]
     pub syslog: Vec<zt_agent::siem::Destination>,

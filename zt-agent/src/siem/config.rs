@@ -10,6 +10,7 @@
 //! | `telemetry` | `false` | also send telemetry (exec, exit, allowed connects): best effort, every drop counted |
 //! | `facility` | `auth` | syslog facility |
 //! | `max_message` | 2048 (udp), 8192 (tcp, tls) | longest message in bytes; a longer body is cut and marked `truncated` |
+//! | `rate` | 10000 | UDP only: datagrams per second at most (UDP has no flow control: a backlog sent at once overflows the receiver) |
 //! | `ca` | — | TLS: the CA bundle (PEM) the receiver is verified against (required) |
 //! | `cert`, `key` | — | TLS: client certificate chain and key (PEM), for mutual TLS |
 //! | `server_name` | the host | TLS: the name the receiver's certificate must carry (and SNI) |
@@ -45,6 +46,8 @@ pub struct Destination {
     pub telemetry: bool,
     pub facility: Facility,
     pub max_message: usize,
+    /// UDP datagrams per second at most.
+    pub rate: u32,
     pub ca: Option<PathBuf>,
     pub client_cert: Option<(PathBuf, PathBuf)>,
     pub server_name: String,
@@ -82,6 +85,7 @@ impl FromStr for Destination {
             telemetry: false,
             facility: Facility::AUTH,
             max_message: if scheme == Scheme::Udp { 2048 } else { 8192 },
+            rate: 10_000,
             ca: None,
             client_cert: None,
             server_name: host_bare.to_string(),
@@ -113,6 +117,7 @@ impl FromStr for Destination {
                     d.max_message =
                         v.parse().ok().filter(|n| (480..=1 << 20).contains(n)).ok_or_else(|| bad("a size from 480 to 1048576 bytes"))?
                 }
+                "rate" => d.rate = v.parse().ok().filter(|n| *n > 0).ok_or_else(|| bad("datagrams per second, at least 1"))?,
                 "ca" => d.ca = Some(PathBuf::from(v.as_ref())),
                 "cert" => cert = Some(PathBuf::from(v.as_ref())),
                 "key" => key = Some(PathBuf::from(v.as_ref())),

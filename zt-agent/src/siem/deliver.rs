@@ -156,29 +156,30 @@ impl Batch {
 }
 
 /// Renders one record as a syslog message onto the batch.
-fn render(r: &Record, d: &Destination, ctx: &Context, procid: &str, out: &mut Batch) {
-    let body = match d.format {
-        Format::Ocsf => ocsf::event(r, &ocsf::Context { product_version: ctx.version, node: &ctx.node }).to_string(),
-        Format::Cef => cef::event(r, ctx.version),
-        Format::Json => r.payload.to_string(),
-    };
+fn render(r: Record, d: &Destination, ctx: &Context, procid: &str, out: &mut Batch) {
     let mut params: Vec<(&'static str, String)> = match &r.place {
         Some(p) => vec![("origin", p.origin.clone()), ("index", p.index.to_string()), ("leaf", p.leaf.clone())],
         None => vec![("origin", ctx.origin.clone()), ("telemetry", "true".into())],
     };
     let time = humantime::parse_rfc3339_weak(&r.time).unwrap_or_else(|_| SystemTime::now());
+    let (severity, kind) = (r.severity(), r.kind.clone());
+    let body = match d.format {
+        Format::Ocsf => ocsf::event(&r, &ocsf::Context { product_version: ctx.version, node: &ctx.node }),
+        Format::Cef => cef::event(&r, ctx.version),
+        Format::Json => r.payload.to_string(),
+    };
     let mut msg = Vec::with_capacity(body.len() + 256);
     let write = |params: Vec<(&'static str, String)>, msg: &mut Vec<u8>| {
         let sd = [SdElement { id: d.sd_id.clone(), params }];
         msg.clear();
         Message {
             facility: d.facility,
-            severity: r.severity(),
+            severity,
             time: WallTime(time),
             hostname: &ctx.node,
             app_name: "zt-agent",
             procid,
-            msgid: &r.kind,
+            msgid: &kind,
             structured_data: &sd,
             body: &body,
         }
@@ -193,6 +194,25 @@ fn render(r: &Record, d: &Destination, ctx: &Context, procid: &str, out: &mut Ba
     } else {
         frame(&msg, &mut out.framed);
     }
+}
+
+/// Datagrams go out in small groups, at most `rate` per second: UDP has no
+/// flow control, and a backlog sent at once overflows the receiver's
+/// buffer. A stream gets the whole batch in one write.
+fn send(c: &mut Conn, batch: &Batch, rate: u32, next: &mut Instant) -> std::io::Result<()> {
+    const GROUP: usize = 8;
+    if batch.datagrams.is_empty() {
+        return c.send(&batch.framed, &[]);
+    }
+    for group in batch.datagrams.chunks(GROUP) {
+        let now = Instant::now();
+        if *next > now {
+            std::thread::sleep(*next - now);
+        }
+        *next = (*next).max(now) + Duration::from_secs_f64(group.len() as f64 / rate as f64);
+        c.send(&[], group)?;
+    }
+    Ok(())
 }
 
 /// The thread's body: runs until `stop` is set and the log is drained.
@@ -245,6 +265,7 @@ pub fn run(
     // Records below this were sent at least once by this run.
     let mut high = confirmed;
     let mut last_send = Instant::now();
+    let mut udp_next = Instant::now();
     let mut last_caught_up = Instant::now() - SAVE_EVERY;
     lock().delivered_below = confirmed;
     loop {
@@ -305,7 +326,7 @@ pub fn run(
         for (index, bytes) in &raw {
             match Record::from_log(bytes) {
                 Ok(r) if d.wants(&r.kind, r.severity()) => {
-                    render(&r, &d, &ctx, &procid, &mut batch);
+                    render(r, &d, &ctx, &procid, &mut batch);
                     batch.records += 1;
                 }
                 Ok(_) => skipped += 1,
@@ -327,14 +348,14 @@ pub fn run(
                 };
                 let r = Record::telemetry(serde_json::to_value(&*ev).unwrap_or_default());
                 if d.wants(&r.kind, r.severity()) {
-                    render(&r, &d, &ctx, &procid, &mut batch);
+                    render(r, &d, &ctx, &procid, &mut batch);
                     batch.telemetry += 1;
                 }
             }
         }
         let resent = high.saturating_sub(before).min(raw.len() as u64);
         if !batch.is_empty()
-            && let Err(e) = c.send(&batch.framed, &batch.datagrams).and_then(|()| c.check())
+            && let Err(e) = send(c, &batch, d.rate, &mut udp_next).and_then(|()| c.check())
         {
             fail(format!("sending to {}: {e}", c.peer));
             lock().telemetry_dropped += batch.telemetry;
