@@ -494,6 +494,7 @@ fn start_siem(opts: &RunOptions, audit: &audit::writer::Control, node: &str) -> 
         origin: audit.status().origin,
         node: node.to_string(),
         version: env!("CARGO_PKG_VERSION"),
+        readers: opts.audit.readers.clone(),
     };
     siem::Siem::start(&opts.syslog, ctx)
 }

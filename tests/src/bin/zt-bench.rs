@@ -1069,6 +1069,7 @@ fn siem_bench(rounds: usize) -> anyhow::Result<()> {
                 origin: origin.into(),
                 node: "bench".into(),
                 version: "bench",
+                readers: Default::default(),
             };
             let start = Instant::now();
             let siem = zt_agent::siem::Siem::start(std::slice::from_ref(&dest), ctx)?;

@@ -54,6 +54,7 @@
 use std::{
     collections::BTreeMap,
     path::{Path, PathBuf},
+    sync::{Arc, Mutex},
     time::{Duration, Instant, SystemTime},
 };
 
@@ -85,6 +86,9 @@ pub struct Config {
     pub heartbeat: Duration,
     /// Delete the oldest fully signed segments beyond this many bytes.
     pub retain_bytes: Option<u64>,
+    /// Where the log's readers (SIEM destinations) are: retention records
+    /// the records it deletes before a reader had them.
+    pub readers: Readers,
     /// How often a faulted log tries to write again.
     pub retry_interval: Duration,
 }
@@ -100,8 +104,31 @@ impl Config {
             checkpoint_records: 4096,
             heartbeat: Duration::from_secs(10),
             retain_bytes: None,
+            readers: Readers::default(),
             retry_interval: Duration::from_secs(1),
         }
+    }
+}
+
+/// Each reader's position: the index of the first record it does not have.
+#[derive(Debug, Clone, Default)]
+pub struct Readers(Arc<Mutex<BTreeMap<String, u64>>>);
+
+impl Readers {
+    pub fn set(&self, name: &str, next: u64) {
+        let mut m = self.0.lock().expect("poisoned");
+        match m.get_mut(name) {
+            Some(n) => *n = next,
+            None => {
+                m.insert(name.to_string(), next);
+            }
+        }
+    }
+
+    /// `{destination, from, to}` for each reader that lacks records below `below`.
+    fn behind(&self, below: u64) -> Vec<Value> {
+        let m = self.0.lock().expect("poisoned");
+        m.iter().filter(|(_, next)| **next < below).map(|(name, next)| json!({"destination": name, "from": next, "to": below})).collect()
     }
 }
 
@@ -617,7 +644,15 @@ impl AuditLog {
             return Ok(None);
         }
         let count = doomed.len();
-        self.append(kind::RETENTION, json!({"retain_bytes": limit, "deleted": doomed, "deleted_below": deleted_below}))?;
+        let mut record = json!({"retain_bytes": limit, "deleted": doomed, "deleted_below": deleted_below});
+        let undelivered = self.cfg.readers.behind(deleted_below);
+        if !undelivered.is_empty() {
+            tracing::error!(
+                "audit log retention deletes records below {deleted_below} that SIEM destinations do not have: {undelivered:?}"
+            );
+            record["undelivered"] = Value::Array(undelivered);
+        }
+        self.append(kind::RETENTION, record)?;
         let cp = self.sign(closed)?;
         for n in &numbers[..count] {
             let path = segment::segment_path(&dir, *n);

@@ -699,3 +699,24 @@ fn a_tail_reports_what_retention_deleted_and_names_corruption() {
         e => panic!("{e}"),
     }
 }
+
+/// Retention that deletes records a reader (a SIEM destination) has not
+/// had says so in its signed record: which reader, which range.
+#[test]
+fn retention_records_what_a_reader_had_not_received() {
+    let t = Tmp::new("retention-readers");
+    let mut cfg = t.config();
+    cfg.segment_bytes = 4096;
+    cfg.retain_bytes = Some(12_000);
+    cfg.readers.set("siem-a", 5);
+    cfg.readers.set("siem-b", 1_000_000);
+    write(&cfg, 400, 20);
+    let retention: Vec<serde_json::Value> = records(&t.log())
+        .iter()
+        .map(|r| serde_json::from_slice::<serde_json::Value>(r).unwrap())
+        .filter(|v| v["kind"] == "retention")
+        .collect();
+    let first = &retention[0]["payload"];
+    let below = first["deleted_below"].as_u64().unwrap();
+    assert_eq!(first["undelivered"], json!([{"destination": "siem-a", "from": 5, "to": below}]), "only the reader behind");
+}

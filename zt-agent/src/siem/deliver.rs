@@ -59,6 +59,8 @@ pub struct Context {
     pub origin: String,
     pub node: String,
     pub version: &'static str,
+    /// Where each destination is, for the log's retention.
+    pub readers: crate::audit::log::Readers,
 }
 
 /// A destination as `status` shows it.
@@ -268,6 +270,7 @@ pub fn run(
     let mut udp_next = Instant::now();
     let mut last_caught_up = Instant::now() - SAVE_EVERY;
     lock().delivered_below = confirmed;
+    ctx.readers.set(&d.name, confirmed);
     loop {
         if stopping.is_none() && stop.load(Ordering::Relaxed) {
             stopping = Some(Instant::now());
@@ -407,6 +410,7 @@ pub fn run(
             save_cursor(&ctx, &d.name, confirmed);
             (saved, last_save) = (confirmed, Instant::now());
         }
+        ctx.readers.set(&d.name, confirmed);
         {
             let mut s = lock();
             s.delivered_below = confirmed;

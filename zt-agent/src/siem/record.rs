@@ -85,6 +85,7 @@ pub fn severity(kind: &str, p: &Value) -> Severity {
             _ => Notice,
         },
         "loss" | "recovery" => Error,
+        "retention" if p["undelivered"].is_array() => Warning,
         "agent" | "key_rotation" | "key_retired" | "retention" | "siem_undelivered" => Notice,
         _ => Info,
     }
