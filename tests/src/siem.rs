@@ -208,6 +208,101 @@ impl Drop for Rsyslog {
     }
 }
 
+/// A syslog-ng 3.38 of our own (unpacked under `target/syslog-ng` by
+/// `cargo xtask setup`: it conflicts with the rsyslog package): `tcp` and
+/// mutual-`tls` syslog sources (octet counting), each writing the raw
+/// messages to `DIR/ng-<source>.log`.
+pub struct SyslogNg {
+    pub dir: PathBuf,
+    pub tcp: u16,
+    pub tls: u16,
+    child: Child,
+}
+
+impl SyslogNg {
+    fn root() -> PathBuf {
+        Path::new(env!("CARGO_MANIFEST_DIR")).join("../target/syslog-ng")
+    }
+
+    pub fn available() -> bool {
+        Self::root().join("usr/sbin/syslog-ng").exists()
+    }
+
+    pub fn start(dir: &Path, certs: &Certs) -> anyhow::Result<Self> {
+        let (tcp, tls) = (free_port(), free_port());
+        let d = dir.display();
+        let (ca, (cert, key)) = (certs.ca(), certs.server());
+        let conf = format!(
+            r#"@version: 3.38
+options {{ keep-hostname(yes); log-msg-size(65536); stats-freq(0); }};
+source s_tcp {{ syslog(ip("127.0.0.1") port({tcp}) transport("tcp") flags(store-raw-message)); }};
+source s_tls {{ syslog(ip("127.0.0.1") port({tls}) transport("tls") flags(store-raw-message)
+  tls(key-file("{key}") cert-file("{cert}") ca-file("{ca}") peer-verify(required-trusted))); }};
+destination d_tcp {{ file("{d}/ng-tcp.log" template("${{RAWMSG}}\n")); }};
+destination d_tls {{ file("{d}/ng-tls.log" template("${{RAWMSG}}\n")); }};
+log {{ source(s_tcp); destination(d_tcp); }};
+log {{ source(s_tls); destination(d_tls); }};
+"#,
+            key = key.display(),
+            cert = cert.display(),
+            ca = ca.display(),
+        );
+        let conf_path = dir.join("syslog-ng.conf");
+        std::fs::write(&conf_path, conf)?;
+        let root = Self::root();
+        let libs = ["usr/lib/x86_64-linux-gnu", "lib/x86_64-linux-gnu", "usr/lib/syslog-ng"]
+            .iter()
+            .map(|l| root.join(l).display().to_string())
+            .collect::<Vec<_>>()
+            .join(":");
+        let child = Command::new(root.join("usr/sbin/syslog-ng"))
+            .args(["-F", "--no-caps"])
+            .arg("-f")
+            .arg(&conf_path)
+            .arg("-R")
+            .arg(dir.join("syslog-ng.persist"))
+            .arg("-c")
+            .arg(dir.join("syslog-ng.ctl"))
+            .arg("-p")
+            .arg(dir.join("syslog-ng.pid"))
+            .arg("--module-path")
+            .arg(root.join("usr/lib/syslog-ng/3.38"))
+            .env("LD_LIBRARY_PATH", libs)
+            .stdout(Stdio::null())
+            .stderr(std::fs::File::create(dir.join("syslog-ng.stderr"))?)
+            .spawn()
+            .context("starting syslog-ng")?;
+        let ng = SyslogNg { dir: dir.to_path_buf(), tcp, tls, child };
+        let deadline = Instant::now() + Duration::from_secs(20);
+        for port in [tcp, tls] {
+            while TcpStream::connect(("127.0.0.1", port)).is_err() {
+                if Instant::now() > deadline {
+                    bail!(
+                        "syslog-ng did not listen on {port}: {}",
+                        std::fs::read_to_string(dir.join("syslog-ng.stderr")).unwrap_or_default()
+                    );
+                }
+                std::thread::sleep(Duration::from_millis(50));
+            }
+        }
+        Ok(ng)
+    }
+
+    /// The messages received on `source` (`tcp` or `tls`) so far.
+    pub fn received(&self, source: &str) -> Vec<String> {
+        std::fs::read(self.dir.join(format!("ng-{source}.log")))
+            .map(|b| String::from_utf8_lossy(&b).lines().map(str::to_string).collect())
+            .unwrap_or_default()
+    }
+}
+
+impl Drop for SyslogNg {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
 /// One received RFC 5424 message: what the tests look at.
 #[derive(Debug, Clone)]
 pub struct Received {

@@ -38,16 +38,35 @@ fn leaf(record: &str) -> String {
     B64.encode(ctx.finish().as_ref())
 }
 
-/// Received messages of `input` that carry an audit index, by index.
-fn by_index(rs: &Rsyslog, input: &str) -> BTreeMap<u64, Vec<Received>> {
+/// Received messages that carry an audit index, by index.
+fn by_index(lines: &[String]) -> BTreeMap<u64, Vec<Received>> {
     let mut m: BTreeMap<u64, Vec<Received>> = BTreeMap::new();
-    for line in rs.received(input) {
-        let r = Received::parse(&line).unwrap_or_else(|| panic!("{input}: not an RFC 5424 message: {line:?}"));
+    for line in lines {
+        let r = Received::parse(line).unwrap_or_else(|| panic!("not an RFC 5424 message: {line:?}"));
         if let Some(i) = r.index() {
             m.entry(i).or_default().push(r);
         }
     }
     m
+}
+
+/// Every record of the log arrived once, with its leaf hash, origin and
+/// kind; with `json` bodies, the body is the record's payload byte for byte.
+fn assert_whole_log(input: &str, lines: &[String], records: &BTreeMap<u64, String>, json: bool) {
+    let got = by_index(lines);
+    assert_eq!(got.keys().copied().collect::<Vec<_>>(), records.keys().copied().collect::<Vec<_>>(), "{input}: every index");
+    for (i, rec) in records {
+        let msgs = &got[i];
+        assert_eq!(msgs.len(), 1, "{input}: record {i} arrived {} times", msgs.len());
+        let m = &msgs[0];
+        assert_eq!(m.param("leaf"), Some(leaf(rec).as_str()), "{input}: record {i}'s leaf hash");
+        let v: Value = serde_json::from_str(rec).unwrap();
+        assert_eq!(m.msgid, v["kind"].as_str().unwrap(), "{input}: msgid of {i}");
+        assert_eq!(m.param("origin"), v["origin"].as_str(), "{input}");
+        if json {
+            assert_eq!(m.body, v["payload"].to_string(), "{input}: body of {i}");
+        }
+    }
 }
 
 fn wait_until(what: &str, limit: Duration, mut done: impl FnMut() -> bool) {
@@ -111,39 +130,29 @@ fn every_audit_record_reaches_rsyslog_byte_exact_over_udp_tcp_and_mutual_tls() {
     // reached each TCP and TLS receiver once, byte-exact.
     let records = log_records(&audit_dir);
     for input in ["tcp", "gtls", "ossl"] {
-        wait_until(&format!("{input}: the whole log"), Duration::from_secs(10), || by_index(&rs, input).len() == records.len());
-        let got = by_index(&rs, input);
-        assert_eq!(got.keys().copied().collect::<Vec<_>>(), records.keys().copied().collect::<Vec<_>>(), "{input}: every index");
-        for (i, rec) in &records {
-            let msgs = &got[i];
-            assert_eq!(msgs.len(), 1, "{input}: record {i} arrived {} times", msgs.len());
-            let m = &msgs[0];
-            assert_eq!(m.param("leaf"), Some(leaf(rec).as_str()), "{input}: record {i}'s leaf hash");
-            let v: Value = serde_json::from_str(rec).unwrap();
-            assert_eq!(m.msgid, v["kind"].as_str().unwrap(), "{input}: msgid of {i}");
-            assert_eq!(m.param("origin"), v["origin"].as_str(), "{input}");
-            if input == "ossl" {
-                let o: Value = serde_json::from_str(&m.body).unwrap_or_else(|e| panic!("ossl: OCSF body of {i}: {e}: {}", m.body));
-                assert_eq!(o["metadata"]["sequence"].as_u64(), Some(*i));
+        wait_until(&format!("{input}: the whole log"), Duration::from_secs(10), || by_index(&rs.received(input)).len() == records.len());
+        assert_whole_log(input, &rs.received(input), &records, input != "ossl");
+        if input == "ossl" {
+            for (i, m) in by_index(&rs.received(input)) {
+                let v: Value = serde_json::from_str(&records[&i]).unwrap();
+                let o: Value = serde_json::from_str(&m[0].body).unwrap_or_else(|e| panic!("ossl: OCSF body of {i}: {e}: {}", m[0].body));
+                assert_eq!(o["metadata"]["sequence"].as_u64(), Some(i));
                 assert_eq!(o["metadata"]["log_name"], v["origin"]);
-            } else {
-                // The body is the record's payload, byte for byte as the log holds it.
-                assert_eq!(m.body, v["payload"].to_string(), "{input}: body of {i}");
             }
         }
     }
     let denials: Vec<u64> = records.iter().filter(|(_, r)| r.contains("\"action\":\"denied\"")).map(|(i, _)| *i).collect();
     assert!(denials.len() >= 20);
     for i in &denials {
-        let m = &by_index(&rs, "tcp")[i][0];
+        let m = &by_index(&rs.received("tcp"))[i][0];
         assert_eq!(m.pri, 4 * 8 + 4, "auth.warning");
-        let o = &by_index(&rs, "ossl")[i][0];
+        let o = &by_index(&rs.received("ossl"))[i][0];
         let ocsf: Value = serde_json::from_str(&o.body).unwrap();
         assert_eq!((ocsf["class_uid"].as_u64(), ocsf["action_id"].as_u64()), (Some(2004), Some(2)), "{ocsf}");
         assert_eq!(ocsf["ai_agent"]["uid"], format!("spiffe://{TD}/siem-agent"));
     }
     // UDP: every denial (UDP has no delivery guarantee, but on loopback none is lost).
-    let udp = by_index(&rs, "udp");
+    let udp = by_index(&rs.received("udp"));
     for i in &denials {
         assert!(udp.contains_key(i), "udp: denial {i} missing");
     }
@@ -219,7 +228,7 @@ fn a_receiver_outage_delays_records_and_loses_none() {
     let up = caught_up("delivery after the outage (the backoff is at most 30 s)");
     let records = log_records(&audit_dir);
     for input in ["udp", "tcp", "gtls", "ossl"] {
-        let got = by_index(&rs, input);
+        let got = by_index(&rs.received(input));
         let missing: Vec<u64> = records.keys().filter(|i| !got.contains_key(i)).copied().collect();
         assert!(missing.is_empty(), "{input}: records {missing:?} never arrived; status {}", up["siem"]);
         let twice: Vec<u64> = got.iter().filter(|(_, m)| m.len() > 1).map(|(i, _)| *i).collect();
@@ -305,5 +314,45 @@ fn a_misconfigured_tls_destination_says_why_and_sends_nothing() {
     ] {
         assert!(!text.contains(&origin) && !text.contains("denied"), "{what} received a record: {text}");
     }
-    assert!(by_index(&rs, "ossl").len() >= log.len() - 1, "the good destination delivered the log");
+    assert!(by_index(&rs.received("ossl")).len() >= log.len() - 1, "the good destination delivered the log");
+}
+
+/// The same over syslog-ng (TCP and mutual TLS): every record once,
+/// byte-exact, its leaf hash checked.
+#[test]
+#[ignore = "needs root: loads eBPF programs and starts syslog-ng"]
+fn every_audit_record_reaches_syslog_ng_over_tcp_and_mutual_tls() {
+    if !require_root("every_audit_record_reaches_syslog_ng_over_tcp_and_mutual_tls") {
+        return;
+    }
+    assert!(SyslogNg::available(), "syslog-ng is missing: `cargo xtask setup` unpacks it under target/syslog-ng");
+    let dir = tempdir("siem-ng").unwrap();
+    let certs = Certs::new(dir.path()).unwrap();
+    let ng = SyslogNg::start(dir.path(), &certs).unwrap();
+    let cg = TestCgroup::new(&format!("/{}/agent", unique("siem-ng"))).unwrap();
+    let (ca, (cert, key)) = (certs.ca(), certs.client());
+    let urls = [
+        format!("tcp://127.0.0.1:{}?name=tcp&format=json", ng.tcp),
+        format!("tls://localhost:{}?name=tls&format=json&ca={}&cert={}&key={}", ng.tls, ca.display(), cert.display(), key.display()),
+    ];
+    let audit_dir = dir.path().join("audit");
+    let audit_key = dir.path().join("audit.key");
+    let mut args = vec!["--audit-dir", audit_dir.to_str().unwrap(), "--audit-key", audit_key.to_str().unwrap()];
+    for u in &urls {
+        args.extend(["--syslog", u.as_str()]);
+    }
+    let agent = Agent::start("siem-ng", &deny_all_policy(&cg), &args).unwrap();
+    let st = cg.command(helper_bin()).args(["udp-connects-spread", "10", "127.0.0.1", "40400"]).status().unwrap();
+    assert!(st.success());
+    wait_until("10 denials in the audit log", Duration::from_secs(20), || {
+        log_records(&audit_dir).values().filter(|r| r.contains("\"action\":\"denied\"")).count() >= 10
+    });
+    agent.stop().unwrap();
+    let records = log_records(&audit_dir);
+    for source in ["tcp", "tls"] {
+        wait_until(&format!("syslog-ng {source}: the whole log"), Duration::from_secs(10), || {
+            by_index(&ng.received(source)).len() == records.len()
+        });
+        assert_whole_log(&format!("syslog-ng {source}"), &ng.received(source), &records, true);
+    }
 }

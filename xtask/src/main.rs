@@ -229,8 +229,32 @@ fn setup() -> anyhow::Result<()> {
         i.args(["install", "-y", "-qq", "--no-install-recommends"]).args(&missing).env("DEBIAN_FRONTEND", "noninteractive");
         run(i)?;
     }
+
+    // 4. syslog-ng for the SIEM tests: it conflicts with the rsyslog
+    //    package, so it is unpacked (not installed) under target/syslog-ng
+    //    and run from there with its own library path.
+    let syslog_ng = workspace_root().join("target/syslog-ng");
+    if !syslog_ng.join("usr/sbin/syslog-ng").exists() {
+        eprintln!("xtask setup: unpacking syslog-ng into {}", syslog_ng.display());
+        let debs = workspace_root().join("target/syslog-ng-debs");
+        std::fs::create_dir_all(&debs)?;
+        let mut u = Command::new("apt-get");
+        u.args(["update", "-qq"]);
+        run(u)?;
+        let mut d = Command::new("apt-get");
+        d.arg("download").args(SYSLOG_NG_PACKAGES).current_dir(&debs);
+        run(d)?;
+        for deb in std::fs::read_dir(&debs)? {
+            let mut x = Command::new("dpkg");
+            x.arg("-x").arg(deb?.path()).arg(&syslog_ng);
+            run(x)?;
+        }
+    }
     Ok(())
 }
+
+/// syslog-ng and the libraries it needs that a base system lacks.
+const SYSLOG_NG_PACKAGES: &[&str] = &["syslog-ng-core", "libivykis0", "libnet1", "libpcre3", "libwrap0", "libjson-c5"];
 
 fn install_bpf_linker() -> anyhow::Result<()> {
     eprintln!("xtask setup: building bpf-linker against the stable toolchain's LLVM (about 2 minutes)");
