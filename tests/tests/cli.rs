@@ -210,3 +210,51 @@ fn explain_conditions_says_why_each_rule_is_or_is_not_active() {
     assert!(text.contains(&format!("rule \"a/2\": active (fails closed): its Rego condition failed at {}:", p.display())), "{text}");
     assert!(text.starts_with("deny"), "the deny rule whose condition failed stays in force: {text}");
 }
+
+#[test]
+fn config_check_names_every_error_at_its_place() {
+    let dir = tempdir("cli-config").unwrap();
+    let p = dir.path().join("config.yaml");
+    std::fs::write(&p, "eventRate: 100\nsyslog:\n  - tls://siem:6514\n").unwrap();
+    let out = Command::new(agent_bin()).args(["config", "check"]).arg(&p).output().unwrap();
+    let err = String::from_utf8_lossy(&out.stderr).replace(&p.display().to_string(), "C");
+    assert_eq!(out.status.code(), Some(1));
+    assert!(err.starts_with("C:3:5: ") && err.contains("needs ca=FILE"), "{err}");
+    std::fs::write(&p, "eventRate: 100\npollMillis: 5\n").unwrap();
+    let out = Command::new(agent_bin()).args(["config", "check"]).arg(&p).output().unwrap();
+    let err = String::from_utf8_lossy(&out.stderr).replace(&p.display().to_string(), "C");
+    assert_eq!(out.status.code(), Some(1));
+    assert!(err.starts_with("C:2:1: ") && err.contains("pollMillis"), "an unknown key: {err}");
+    std::fs::write(&p, "eventRate: 100\nsyslog: [\"udp://127.0.0.1:514\"]\n").unwrap();
+    let out = Command::new(agent_bin()).args(["config", "check"]).arg(&p).output().unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    // `run` refuses the bad file before touching the kernel.
+    std::fs::write(&p, "eventRate: lots\n").unwrap();
+    let out = Command::new(agent_bin()).args(["run", "--config"]).arg(&p).output().unwrap();
+    let err = String::from_utf8_lossy(&out.stderr).replace(&p.display().to_string(), "C");
+    assert_eq!(out.status.code(), Some(2));
+    assert!(err.contains("C:1:12: "), "{err}");
+}
+
+/// The file sets what the command line does not; the command line wins
+/// where both do; `status` says where each value came from.
+#[test]
+#[ignore = "needs root: loads eBPF programs"]
+fn the_command_line_overrides_the_config_file_and_status_says_so() {
+    if !require_root("the_command_line_overrides_the_config_file_and_status_says_so") {
+        return;
+    }
+    let dir = tempdir("cli-config-run").unwrap();
+    let p = dir.path().join("config.yaml");
+    std::fs::write(&p, "eventRate: 1234\nshow: attributed\n").unwrap();
+    let policy = zt_tests::policy("zt.test", "    - name: nobody\n      selectors:\n        - cgroup: /zt-none-such/**\n");
+    // Agent::start passes `--show all` on the command line.
+    let agent = zt_tests::Agent::start("config-run", &policy, &["--config", p.to_str().unwrap()]).unwrap();
+    let config = agent.status()["config"].clone();
+    let setting = |key: &str| config.as_array().unwrap().iter().find(|s| s["key"] == key).cloned().unwrap();
+    assert_eq!(setting("eventRate")["value"], "1234");
+    assert_eq!(setting("eventRate")["source"], format!("{}:1:12", p.display()));
+    assert_eq!((setting("show")["value"].as_str(), setting("show")["source"].as_str()), (Some("All"), Some("command line")));
+    assert_eq!(setting("pollMs")["source"], "default");
+    agent.stop().unwrap();
+}

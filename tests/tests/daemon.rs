@@ -42,6 +42,7 @@ fn started_and_stopped_in_process() {
         node_labels: Default::default(),
         audit: audit::log::Config::new(audit_dir.clone(), dir.path().join("audit.key"), "zt-test/in-process".into()),
         syslog: Vec::new(),
+        settings: Vec::new(),
     };
     let rt = tokio::runtime::Builder::new_multi_thread().enable_all().build().unwrap();
     rt.block_on(async {

@@ -5,11 +5,13 @@
 //! domain's traits; nothing but `bpf` imports aya):
 //! - [`run`]: the daemon: wires the rest together and owns shutdown.
 //! - [`control`]: the local control socket and its protocol (`zt-agent status`).
+//! - [`config`]: the config file (every `run` option), checked at `file:line:col`.
 //! - [`manager`]: applies policies to a [`policy::target::PolicyTarget`]
 //!   (reload, history, rollback, conditions).
 //! - [`bpf`]: the only module that uses aya: load, attach, probe, typed
 //!   maps, and the domain's table traits implemented over them.
 //! - [`audit`]: the signed, tamper-evident audit log (an output of the pipeline).
+//! - [`siem`]: the audit log's records to SIEM destinations over syslog.
 //! - [`pipeline`]: ring buffer -> decode -> enrich -> outputs, loss counting.
 //! - [`policy`]: host policy language, compilation to map entries, history.
 //! - [`identity`]: selectors, the resolver, and the attribution tables as traits.
@@ -19,6 +21,7 @@
 //! - [`error`]: rendering error chains.
 pub mod audit;
 pub mod bpf;
+pub mod config;
 pub mod control;
 pub mod dirwatch;
 pub mod error;

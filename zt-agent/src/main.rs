@@ -30,6 +30,11 @@ enum Command {
         #[arg(long)]
         json: bool,
     },
+    /// Config file tools.
+    Config {
+        #[command(subcommand)]
+        command: cli::config::ConfigCommand,
+    },
     /// Policy file tools.
     Policy {
         #[command(subcommand)]
@@ -56,8 +61,12 @@ fn main() -> ExitCode {
         )
         .with_writer(std::io::stderr)
         .init();
-    let result = match Cli::parse().command {
-        Command::Run(args) => cli::run::run(args),
+    // The matches say which options were given (a config file fills the rest).
+    let matches = <Cli as clap::CommandFactory>::command().get_matches();
+    let cli = <Cli as clap::FromArgMatches>::from_arg_matches(&matches).unwrap_or_else(|e| e.exit());
+    let result = match cli.command {
+        Command::Run(args) => cli::run::run(args, matches.subcommand_matches("run").expect("the run subcommand")),
+        Command::Config { command } => cli::config::command(command),
         Command::Probe { json } => cli::status::probe(json),
         Command::Status { socket, json } => cli::status::status(&socket, json),
         Command::Policy { command } => cli::policy::command(command),

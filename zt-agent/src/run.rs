@@ -83,6 +83,8 @@ pub struct RunOptions {
     /// SIEM destinations: security records from the audit log, each from
     /// its cursor (kept under `state_dir/siem`).
     pub syslog: Vec<siem::Destination>,
+    /// The effective settings and their sources, for `status`.
+    pub settings: Vec<crate::config::Setting>,
 }
 
 /// Queue into the audit thread (security-relevant events only).
@@ -230,7 +232,7 @@ impl Agent {
         let (commands, commands_rx) = mpsc::channel(16);
         let manager = spawn_manager(manager, commands_rx, stop_rx.clone())?;
         let paths: Vec<(String, String)> = paths.into_iter().map(|(a, b)| (a.to_string(), b)).collect();
-        let info = Arc::new(static_info(&bpf, &object_digest, &paths, &cgroup2));
+        let info = Arc::new(static_info(&bpf, &object_digest, &paths, &cgroup2, &opts.settings));
         let state =
             control::State { info, stats, in_force: shared.in_force.clone(), commands, audit: Some(audit_control), siem: siem_status };
         let control = start_control(opts.socket.clone(), state, stop_rx);
@@ -464,7 +466,13 @@ fn pipeline_options(opts: &RunOptions, cgroup2: &Path) -> pipeline::Options {
 }
 
 /// What `status` reports that does not change while the agent runs.
-fn static_info(bpf: &Bpf, object_digest: &str, paths: &[(String, String)], cgroup2: &Path) -> protocol::StaticInfo {
+fn static_info(
+    bpf: &Bpf,
+    object_digest: &str,
+    paths: &[(String, String)],
+    cgroup2: &Path,
+    settings: &[crate::config::Setting],
+) -> protocol::StaticInfo {
     let hook = |h: &bpf::loader::HookStatus| protocol::Hook {
         program: h.program.into(),
         attach_point: h.attach_point.clone(),
@@ -479,6 +487,7 @@ fn static_info(bpf: &Bpf, object_digest: &str, paths: &[(String, String)], cgrou
         hooks: bpf.hooks.iter().map(hook).collect(),
         paths: paths.to_vec(),
         cgroup2: cgroup2.display().to_string(),
+        config: settings.to_vec(),
     }
 }
 

@@ -104,7 +104,8 @@ impl Drop for Bpf {
 }
 
 /// Where exec argv comes from (`zt-agent run --argv-capture`).
-#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum, serde::Deserialize)]
+#[serde(rename_all = "lowercase")]
 pub enum ArgvCapture {
     /// In the kernel: from the exec'd image at `sched_process_exec` (needs
     /// kernel BTF), else from the syscall arguments at `sys_enter_execve[at]`.

@@ -2,11 +2,13 @@
 //! the library).
 //!
 //! # Layout
-//! - [`run`]: `zt-agent run` options -> the daemon.
+//! - [`run`]: `zt-agent run` options (flags, environment, config file) -> the daemon.
+//! - [`config`]: `config check`.
 //! - [`status`]: `status`, `probe`.
 //! - [`policy`]: `policy check|explain|diff|history|rollback|reload`.
 //! - [`audit`]: `audit verify|proof|consistency|show|tail|key|rotate-key`.
 pub mod audit;
+pub mod config;
 pub mod policy;
 pub mod run;
 pub mod status;

@@ -1,10 +1,17 @@
-//! `zt-agent run`: the daemon's options -> [`zt_agent::run::RunOptions`].
-use std::{path::PathBuf, process::ExitCode, time::Duration};
+//! `zt-agent run`: the daemon's options (command line, environment, config
+//! file, defaults, in that order) -> [`zt_agent::run::RunOptions`].
+use std::{
+    path::{Path, PathBuf},
+    process::ExitCode,
+    time::Duration,
+};
 
-use clap::Args;
+use clap::{ArgMatches, Args, parser::ValueSource};
+use serde_saphyr::{Location, Spanned};
 use zt_agent::{
     audit::{self, log::OpenError},
     bpf::loader::ArgvCapture,
+    config::{self, ConfigFile, Loaded, Setting, SyscallGuards},
     control,
     pipeline::output::Show,
     run,
@@ -15,6 +22,12 @@ const AUDIT_VIOLATION_EXIT: u8 = 3;
 
 #[derive(Args)]
 pub struct RunArgs {
+    /// The config file (YAML): every option of `run` under its flag's name
+    /// in camelCase (README: "Config file"). Flags and environment
+    /// variables override it. Default: /etc/zt-agent/config.yaml when it
+    /// exists.
+    #[arg(long, value_name = "FILE")]
+    pub config: Option<PathBuf>,
     /// Policy file or directory (YAML, `kind: HostPolicy`); repeat to compose
     /// several. Watched for changes (inotify) and reloaded on SIGHUP.
     /// Default: the embedded policy.
@@ -103,46 +116,117 @@ pub struct RunArgs {
     pub syslog: Vec<zt_agent::siem::Destination>,
 }
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
-pub enum SyscallGuards {
-    On,
-    Off,
-}
-
 fn parse_label(s: &str) -> Result<(String, String), String> {
     s.split_once('=').map(|(k, v)| (k.to_string(), v.to_string())).ok_or_else(|| format!("{s:?}: expected KEY=VALUE"))
 }
 
+/// Picks each option from the command line or environment, else the
+/// config file, else the default, and records where it came from.
+struct Picker<'a> {
+    matches: &'a ArgMatches,
+    file: Option<&'a Loaded>,
+    settings: Vec<Setting>,
+}
+
+impl Picker<'_> {
+    /// `id`: the clap argument (the field name); `key`: the file's key.
+    fn pick<T: std::fmt::Debug>(&mut self, id: &str, key: &str, cli: T, in_file: impl FnOnce(&ConfigFile) -> Option<(T, Location)>) -> T {
+        let from_file = self.file.and_then(|l| in_file(&l.file).map(|(v, at)| (v, l.at(&at))));
+        let (value, source) = match (self.matches.value_source(id), from_file) {
+            (Some(ValueSource::CommandLine), _) => (cli, "command line".to_string()),
+            (Some(ValueSource::EnvVariable), _) => (cli, "environment".to_string()),
+            (_, Some((v, at))) => (v, at),
+            (_, None) => (cli, "default".to_string()),
+        };
+        self.settings.push(Setting { key: key.into(), value: format!("{value:?}"), source });
+        value
+    }
+}
+
 impl RunArgs {
-    fn options(self) -> anyhow::Result<run::RunOptions> {
-        let mut audit =
-            audit::log::Config::new(self.audit_dir, self.audit_key, self.audit_origin.unwrap_or_else(audit::log::default_origin));
-        audit.segment_bytes = self.audit_segment_bytes;
-        audit.retain_bytes = self.audit_retain_bytes;
+    fn options(self, matches: &ArgMatches) -> anyhow::Result<run::RunOptions> {
+        let path = self.config.clone().or_else(|| Path::new(config::DEFAULT_PATH).exists().then(|| config::DEFAULT_PATH.into()));
+        let loaded = path.map(|p| config::load(&p)).transpose()?;
+        let mut p = Picker { matches, file: loaded.as_ref(), settings: Vec::new() };
+        let policy = p.pick("policy", "policy", self.policy, |f| val(&f.policy));
+        let state_dir = p.pick("state_dir", "stateDir", self.state_dir, |f| val(&f.state_dir));
+        let labels = p.pick("node_labels", "nodeLabels", self.node_labels.into_iter().collect(), |f| val(&f.node_labels));
+        let events = p.pick("events", "events", self.events, |f| opt(&f.events));
+        let show = p.pick("show", "show", self.show, |f| val(&f.show));
+        let observe_all_connects =
+            p.pick("observe_all_connects", "observeAllConnects", self.observe_all_connects, |f| val(&f.observe_all_connects));
+        let ringbuf_size = p.pick("ringbuf_size", "ringbufSize", self.ringbuf_size, |f| val(&f.ringbuf_size));
+        let security_ringbuf_size =
+            p.pick("security_ringbuf_size", "securityRingbufSize", self.security_ringbuf_size, |f| val(&f.security_ringbuf_size));
+        let event_rate = p.pick("event_rate", "eventRate", self.event_rate, |f| val(&f.event_rate));
+        let poll_ms = p.pick("poll_ms", "pollMs", self.poll_ms, |f| val(&f.poll_ms));
+        let socket = p.pick("socket", "socket", self.socket, |f| val(&f.socket));
+        let demo = p.pick("demo", "demo", self.demo, |f| val(&f.demo));
+        let argv_capture = p.pick("argv_capture", "argvCapture", self.argv_capture, |f| val(&f.argv_capture));
+        let syscall_guards = p.pick("syscall_guards", "syscallGuards", self.syscall_guards, |f| val(&f.syscall_guards));
+        let pin_dir = p.pick("pin_dir", "pinDir", self.pin_dir, |f| val(&f.pin_dir));
+        let no_pin = p.pick("no_pin", "noPin", self.no_pin, |f| val(&f.no_pin));
+        let audit_dir = p.pick("audit_dir", "auditDir", self.audit_dir, |f| val(&f.audit_dir));
+        let audit_key = p.pick("audit_key", "auditKey", self.audit_key, |f| val(&f.audit_key));
+        let audit_origin = p.pick("audit_origin", "auditOrigin", self.audit_origin, |f| opt(&f.audit_origin));
+        let audit_segment_bytes =
+            p.pick("audit_segment_bytes", "auditSegmentBytes", self.audit_segment_bytes, |f| val(&f.audit_segment_bytes));
+        let audit_retain_bytes = p.pick("audit_retain_bytes", "auditRetainBytes", self.audit_retain_bytes, |f| opt(&f.audit_retain_bytes));
+        // SIEM destinations: the command line's list replaces the file's.
+        let syslog = match (matches.value_source("syslog"), &loaded) {
+            (Some(ValueSource::CommandLine), _) | (_, None) => self.syslog,
+            (_, Some(l)) => l.syslog.clone(),
+        };
+        p.settings.push(Setting {
+            key: "syslog".into(),
+            value: format!("{:?}", syslog.iter().map(|d| d.url.as_str()).collect::<Vec<_>>()),
+            source: match (
+                matches.value_source("syslog"),
+                loaded.as_ref().and_then(|l| l.file.syslog.as_ref().and_then(|s| s.first()).map(|s| l.at(&s.referenced))),
+            ) {
+                (Some(ValueSource::CommandLine), _) => "command line".into(),
+                (_, Some(at)) => at,
+                _ => "default".into(),
+            },
+        });
+        let mut audit = audit::log::Config::new(audit_dir, audit_key, audit_origin.unwrap_or_else(audit::log::default_origin));
+        audit.segment_bytes = audit_segment_bytes;
+        audit.retain_bytes = audit_retain_bytes;
         Ok(run::RunOptions {
-            policy: self.policy,
-            events: self.events,
-            show: self.show,
-            observe_all_connects: self.observe_all_connects,
-            ringbuf_bytes: run::valid_ringbuf_size("--ringbuf-size", self.ringbuf_size)?,
-            security_ringbuf_bytes: run::valid_ringbuf_size("--security-ringbuf-size", self.security_ringbuf_size)?,
-            event_rate: self.event_rate,
-            poll_interval: Duration::from_millis(self.poll_ms.max(1)),
-            socket: self.socket,
-            demo: self.demo,
-            argv: self.argv_capture,
-            syscall_guards: self.syscall_guards == SyscallGuards::On,
-            pin_dir: (!self.no_pin && !self.demo).then_some(self.pin_dir),
-            state_dir: Some(self.state_dir),
-            node_labels: self.node_labels.into_iter().collect(),
+            policy,
+            events,
+            show,
+            observe_all_connects,
+            ringbuf_bytes: run::valid_ringbuf_size("--ringbuf-size", ringbuf_size)?,
+            security_ringbuf_bytes: run::valid_ringbuf_size("--security-ringbuf-size", security_ringbuf_size)?,
+            event_rate,
+            poll_interval: Duration::from_millis(poll_ms.max(1)),
+            socket,
+            demo,
+            argv: argv_capture,
+            syscall_guards: syscall_guards == SyscallGuards::On,
+            pin_dir: (!no_pin && !demo).then_some(pin_dir),
+            state_dir: Some(state_dir),
+            node_labels: labels,
             audit,
-            syslog: self.syslog,
+            syslog,
+            settings: p.settings,
         })
     }
 }
 
-pub fn run(args: RunArgs) -> anyhow::Result<ExitCode> {
-    let opts = args.options()?;
+/// A value from the file, and where it is.
+fn val<T: Clone>(s: &Option<Spanned<T>>) -> Option<(T, Location)> {
+    s.as_ref().map(|s| (s.value.clone(), s.referenced))
+}
+
+/// [`val`] for a flag whose value is optional.
+fn opt<T: Clone>(s: &Option<Spanned<T>>) -> Option<(Option<T>, Location)> {
+    s.as_ref().map(|s| (Some(s.value.clone()), s.referenced))
+}
+
+pub fn run(args: RunArgs, matches: &ArgMatches) -> anyhow::Result<ExitCode> {
+    let opts = args.options(matches)?;
     match tokio::runtime::Builder::new_multi_thread().enable_all().build()?.block_on(run::run(opts)) {
         Ok(()) => Ok(ExitCode::SUCCESS),
         Err(e) if matches!(e.downcast_ref(), Some(OpenError::Integrity { .. })) => {

@@ -54,6 +54,9 @@ pub struct StaticInfo {
     /// (capability, mechanism in force)
     pub paths: Vec<(String, String)>,
     pub cgroup2: String,
+    /// The effective `run` settings and where each came from.
+    #[serde(default)]
+    pub config: Vec<crate::config::Setting>,
 }
 
 /// One kernel hook and whether it is attached.

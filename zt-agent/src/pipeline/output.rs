@@ -171,7 +171,8 @@ impl Outputs {
 }
 
 /// Which events an output shows.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum, serde::Deserialize)]
+#[serde(rename_all = "lowercase")]
 pub enum Show {
     /// Events of processes with an identity, plus loss, agent and policy events.
     Attributed,

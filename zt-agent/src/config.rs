@@ -1,0 +1,176 @@
+//! The agent's config file (`zt-agent run --config FILE`, default
+//! [`DEFAULT_PATH`] when it exists): every `run` option under its flag's
+//! name in camelCase (`--event-rate` is `eventRate`), YAML. Unknown keys
+//! and bad values are errors at `file:line:column`; the command line
+//! overrides the file (see `cli/run.rs`), and `status` shows where each
+//! value came from ([`Setting`]).
+//!
+//! ```yaml
+//! policy: [/etc/zt-agent/policies]
+//! eventRate: 20000
+//! auditDir: /var/lib/zt-agent/audit
+//! syslog:
+//!   - tls://siem.example:6514?ca=/etc/zt-agent/siem-ca.pem&cert=/etc/zt-agent/client.pem&key=/etc/zt-agent/client.key
+//! ```
+use std::{
+    collections::BTreeMap,
+    path::{Path, PathBuf},
+};
+
+use serde::{Deserialize, Serialize};
+use serde_saphyr::{Location, Spanned};
+
+use crate::{bpf::loader::ArgvCapture, pipeline::output::Show, siem::Destination};
+
+pub const DEFAULT_PATH: &str = "/etc/zt-agent/config.yaml";
+
+/// `--syscall-guards`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum SyscallGuards {
+    On,
+    Off,
+}
+
+/// The file's shape. Each key is a `run` flag; see `zt-agent run --help`.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+pub struct ConfigFile {
+    pub policy: Option<Spanned<Vec<PathBuf>>>,
+    pub state_dir: Option<Spanned<PathBuf>>,
+    pub node_labels: Option<Spanned<BTreeMap<String, String>>>,
+    pub events: Option<Spanned<PathBuf>>,
+    pub show: Option<Spanned<Show>>,
+    pub observe_all_connects: Option<Spanned<bool>>,
+    pub ringbuf_size: Option<Spanned<u32>>,
+    pub security_ringbuf_size: Option<Spanned<u32>>,
+    pub event_rate: Option<Spanned<u32>>,
+    pub poll_ms: Option<Spanned<u64>>,
+    pub socket: Option<Spanned<PathBuf>>,
+    pub demo: Option<Spanned<bool>>,
+    pub argv_capture: Option<Spanned<ArgvCapture>>,
+    pub syscall_guards: Option<Spanned<SyscallGuards>>,
+    pub pin_dir: Option<Spanned<PathBuf>>,
+    pub no_pin: Option<Spanned<bool>>,
+    pub audit_dir: Option<Spanned<PathBuf>>,
+    pub audit_key: Option<Spanned<PathBuf>>,
+    pub audit_origin: Option<Spanned<String>>,
+    pub audit_segment_bytes: Option<Spanned<u64>>,
+    pub audit_retain_bytes: Option<Spanned<u64>>,
+    /// SIEM destination URLs (as `--syslog`).
+    pub syslog: Option<Vec<Spanned<String>>>,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("reading {path}: {source}")]
+    Read { path: String, source: std::io::Error },
+    /// One line per problem, each `file:line:column: message`.
+    #[error("{}", .0.join("\n"))]
+    Invalid(Vec<String>),
+}
+
+/// A config file, read and checked.
+#[derive(Debug)]
+pub struct Loaded {
+    pub path: PathBuf,
+    pub file: ConfigFile,
+    /// The `syslog` URLs, parsed.
+    pub syslog: Vec<Destination>,
+}
+
+impl Loaded {
+    /// `file:line:column` of a value in the file.
+    pub fn at(&self, loc: &Location) -> String {
+        format!("{}:{}:{}", self.path.display(), loc.line(), loc.column())
+    }
+}
+
+/// Reads and checks `path`: syntax, unknown keys and value types (serde),
+/// then the values serde cannot judge (ring sizes, SIEM URLs); every
+/// problem is reported, each at its place.
+pub fn load(path: &Path) -> Result<Loaded, ConfigError> {
+    let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read { path: path.display().to_string(), source })?;
+    parse(path, &text)
+}
+
+pub fn parse(path: &Path, text: &str) -> Result<Loaded, ConfigError> {
+    let file: ConfigFile = if text.trim().is_empty() {
+        ConfigFile::default()
+    } else {
+        serde_saphyr::from_str(text).map_err(|e| {
+            let (line, column) = e.location().map(|l| (l.line(), l.column())).unwrap_or((0, 0));
+            let message = e.to_string().lines().next().unwrap_or_default().to_string();
+            ConfigError::Invalid(vec![format!("{}:{line}:{column}: {message}", path.display())])
+        })?
+    };
+    let mut loaded = Loaded { path: path.to_path_buf(), file, syslog: Vec::new() };
+    let mut errors = Vec::new();
+    for (key, size) in [("ringbufSize", &loaded.file.ringbuf_size), ("securityRingbufSize", &loaded.file.security_ringbuf_size)] {
+        if let Some(s) = size
+            && let Err(e) = crate::run::valid_ringbuf_size(key, s.value)
+        {
+            errors.push(format!("{}: {e}", loaded.at(&s.referenced)));
+        }
+    }
+    for url in loaded.file.syslog.iter().flatten() {
+        match url.value.parse::<Destination>() {
+            Ok(d) => loaded.syslog.push(d),
+            Err(e) => errors.push(format!("{}: {e}", loaded.at(&url.referenced))),
+        }
+    }
+    if errors.is_empty() { Ok(loaded) } else { Err(ConfigError::Invalid(errors)) }
+}
+
+/// One effective `run` setting, as `status` shows it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Setting {
+    /// The config-file key (the flag is its kebab-case form).
+    pub key: String,
+    pub value: String,
+    /// "command line", "environment", "FILE:line:column", or "default".
+    pub source: String,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn errors(text: &str) -> Vec<String> {
+        match parse(Path::new("c.yaml"), text) {
+            Err(ConfigError::Invalid(e)) => e,
+            other => panic!("expected errors, got {other:?}"),
+        }
+    }
+
+    #[test]
+    fn reads_every_kind_of_value() {
+        let text = "policy: [/p1, /p2]\neventRate: 500\nshow: all\nargvCapture: proc\nsyscallGuards: off\nnodeLabels: {zone: a}\n\
+                    syslog:\n  - udp://127.0.0.1:514\n  - tcp://127.0.0.1:601?format=cef\n";
+        let l = parse(Path::new("c.yaml"), text).unwrap();
+        let f = &l.file;
+        assert_eq!(f.policy.as_ref().unwrap().value, vec![PathBuf::from("/p1"), "/p2".into()]);
+        assert_eq!(f.event_rate.as_ref().map(|s| s.value), Some(500));
+        assert_eq!(f.show.as_ref().map(|s| s.value), Some(Show::All));
+        assert_eq!(f.argv_capture.as_ref().map(|s| s.value), Some(ArgvCapture::Proc));
+        assert_eq!(f.syscall_guards.as_ref().map(|s| s.value), Some(SyscallGuards::Off));
+        assert_eq!(l.syslog.len(), 2);
+        assert_eq!(l.at(&f.event_rate.as_ref().unwrap().referenced), "c.yaml:2:12");
+        assert!(parse(Path::new("c.yaml"), "").unwrap().syslog.is_empty(), "an empty file is an empty config");
+    }
+
+    #[test]
+    fn every_error_has_its_place() {
+        let e = errors("eventRate: 5\nevntRate: 6\n");
+        assert!(e[0].starts_with("c.yaml:2:1: ") && e[0].contains("evntRate"), "{e:?}");
+        let e = errors("show: everything\n");
+        assert!(e[0].starts_with("c.yaml:1:7: "), "{e:?}");
+        let e = errors("eventRate: many\n");
+        assert!(e[0].starts_with("c.yaml:1:12: "), "{e:?}");
+        let e = errors("ringbufSize: 5000\nsyslog:\n  - tls://h:1\n  - udp://ok:514\n  - ftp://x:1\n");
+        assert_eq!(e.len(), 3, "{e:?}");
+        assert!(e[0].starts_with("c.yaml:1:14: ") && e[0].contains("power of two"), "{e:?}");
+        assert!(e[1].starts_with("c.yaml:3:5: ") && e[1].contains("needs ca=FILE"), "{e:?}");
+        assert!(e[2].starts_with("c.yaml:5:5: ") && e[2].contains("unknown scheme"), "{e:?}");
+    }
+}
