@@ -9,7 +9,11 @@ use std::fmt::Write as _;
 
 use serde_json::Value;
 
-use super::{ocsf::summary, record::Record, rfc5424::Severity};
+use super::{
+    ocsf::{epoch_ms, summary},
+    record::Record,
+    rfc5424::Severity,
+};
 
 /// CEF severity (0-10) of a syslog severity.
 fn severity(s: Severity) -> u8 {
@@ -106,10 +110,6 @@ pub fn event(r: &Record, product_version: &str) -> String {
     out
 }
 
-fn epoch_ms(time: &str) -> u64 {
-    humantime::parse_rfc3339_weak(time).ok().and_then(|t| t.duration_since(std::time::UNIX_EPOCH).ok()).map_or(0, |d| d.as_millis() as u64)
-}
-
 /// A CEF line's 7 header fields and its extension pairs, unescaped.
 pub type Parsed = (Vec<String>, Vec<(String, String)>);
 
@@ -193,6 +193,33 @@ mod tests {
                 "identity": {"name": "coder", "spiffe_id": "spiffe://t/coder"},
                 "unix_connect": {"address": argv_like, "action": "denied", "rule": "r=1"}
             }),
+        }
+    }
+
+    /// Many generated strings of the characters CEF must escape, and more:
+    /// each reads back exactly (header fields: with line breaks as spaces).
+    #[test]
+    fn any_text_reads_back() {
+        const ALPHABET: [&str; 14] = ["\\", "=", "|", "\n", "\r", " ", "a", "é", "]", "\"", "k=", " x=", "\u{0}", "\\n"];
+        let mut state: u64 = 0x9e37_79b9_7f4a_7c15;
+        let mut next = || {
+            state ^= state << 13;
+            state ^= state >> 7;
+            state ^= state << 17;
+            state
+        };
+        for _ in 0..2000 {
+            let len = (next() % 12) as usize;
+            let text: String = (0..len).map(|_| ALPHABET[(next() % ALPHABET.len() as u64) as usize]).collect();
+            let mut r = record(&text);
+            r.payload["process"]["comm"] = json!(text);
+            r.payload["unix_connect"]["rule"] = json!(text);
+            let line = event(&r, &text);
+            assert!(!line.contains(['\n', '\r']), "one line: {line:?}");
+            let (header, ext) = parse(&line).unwrap_or_else(|| panic!("unparseable: {line:?}"));
+            let get = |k: &str| ext.iter().find(|(key, _)| key == k).map(|(_, v)| v.as_str());
+            assert_eq!((get("filePath"), get("sproc"), get("cs3")), (Some(text.as_str()), Some(text.as_str()), Some(text.as_str())), "{line:?}");
+            assert_eq!(header[3], text.replace(['\n', '\r'], " "), "the version field: {line:?}");
         }
     }
 

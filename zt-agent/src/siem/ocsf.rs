@@ -35,7 +35,7 @@ fn severity(s: Severity) -> (u8, &'static str) {
 }
 
 /// Milliseconds since the epoch of an RFC 3339 time (0 if unreadable).
-fn epoch_ms(time: &str) -> u64 {
+pub(super) fn epoch_ms(time: &str) -> u64 {
     humantime::parse_rfc3339_weak(time).ok().and_then(|t| t.duration_since(std::time::UNIX_EPOCH).ok()).map_or(0, |d| d.as_millis() as u64)
 }
 
