@@ -218,7 +218,11 @@ mod tests {
             assert!(!line.contains(['\n', '\r']), "one line: {line:?}");
             let (header, ext) = parse(&line).unwrap_or_else(|| panic!("unparseable: {line:?}"));
             let get = |k: &str| ext.iter().find(|(key, _)| key == k).map(|(_, v)| v.as_str());
-            assert_eq!((get("filePath"), get("sproc"), get("cs3")), (Some(text.as_str()), Some(text.as_str()), Some(text.as_str())), "{line:?}");
+            assert_eq!(
+                (get("filePath"), get("sproc"), get("cs3")),
+                (Some(text.as_str()), Some(text.as_str()), Some(text.as_str())),
+                "{line:?}"
+            );
             assert_eq!(header[3], text.replace(['\n', '\r'], " "), "the version field: {line:?}");
         }
     }

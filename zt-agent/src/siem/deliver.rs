@@ -294,8 +294,9 @@ pub fn run(
             }
             match Conn::connect(&transport, &d.address) {
                 Ok(c) => {
+                    // `last_error` stays, with its time: what went wrong last.
                     let mut s = lock();
-                    (s.connected, s.last_error) = (true, None);
+                    s.connected = true;
                     if ever_connected {
                         s.reconnects += 1;
                     }
