@@ -11,8 +11,12 @@
 //!   then the integration tests single-threaded (they load programs into the
 //!   one shared kernel; the root ones only as root). Prints
 //!   `xtask: N passed, F failed, S skipped` and what was skipped and why.
+//!   The last part boots a stock Debian kernel under QEMU (`vm-test`).
+//! - `vm-test`: the guest tests (tests/tests/guest.rs) in a QEMU guest that
+//!   boots a stock Debian kernel (where BPF LSM loads) on the host's root,
+//!   read-only over virtiofs; pass/fail from the guest's `GUEST-RC=` line.
 //! - `bench`: benchmarks (`bench attribution`, `bench policy`, `bench net`, `bench audit`,
-//!   `bench hardening`, `bench pipeline`).
+//!   `bench hardening`, `bench pipeline`, `bench siem`).
 use std::{
     ffi::OsString,
     path::{Path, PathBuf},
@@ -48,6 +52,13 @@ enum Cmd {
     /// tests only as root; counted as skipped otherwise).
     Test {
         /// Extra arguments for the test binaries (e.g. a name filter).
+        #[arg(last = true)]
+        args: Vec<OsString>,
+    },
+    /// Run the guest tests in a QEMU guest on a stock Debian kernel (BPF
+    /// LSM loads there); counted like the other tests.
+    VmTest {
+        /// Extra arguments for the guest test binary (e.g. a name filter).
         #[arg(last = true)]
         args: Vec<OsString>,
     },
@@ -113,6 +124,17 @@ fn real_main() -> anyhow::Result<()> {
                 cmd.args(args);
             }
             exec(cmd)
+        }
+        Cmd::VmTest { args } => {
+            setup()?;
+            build(false)?;
+            let mut tally = Tally::default();
+            let ok = vm_test(&root, &args, &mut tally)?;
+            tally.summary();
+            if !ok || tally.failed > 0 {
+                bail!("guest tests failed");
+            }
+            Ok(())
         }
         Cmd::Test { args } => {
             setup()?;
@@ -186,7 +208,8 @@ fn output(program: &str, args: &[&str]) -> anyhow::Result<String> {
 /// its GnuTLS and OpenSSL drivers (real syslog receivers for the SIEM
 /// tests; installing starts no daemon here, the tests start their own),
 /// openssl (test certificates).
-const APT_PACKAGES: &[&str] = &["bash", "iproute2", "procps", "rsyslog", "rsyslog-gnutls", "rsyslog-openssl", "openssl"];
+/// qemu-system-x86 (with virtiofsd) boots the guest of `vm-test`.
+const APT_PACKAGES: &[&str] = &["bash", "iproute2", "procps", "rsyslog", "rsyslog-gnutls", "rsyslog-openssl", "openssl", "qemu-system-x86"];
 
 fn setup() -> anyhow::Result<()> {
     // 1. rust-src for the nightly toolchain (the eBPF crate builds core itself),
@@ -247,6 +270,39 @@ fn setup() -> anyhow::Result<()> {
         for deb in std::fs::read_dir(&debs)? {
             let mut x = Command::new("dpkg");
             x.arg("-x").arg(deb?.path()).arg(&syslog_ng);
+            run(x)?;
+        }
+    }
+    // 5. The guest kernel of `vm-test`.
+    unpack_guest_kernel()?;
+    Ok(())
+}
+
+/// The guest kernel of `vm-test`: the newest Debian 6.12 cloud kernel the
+/// archive has, unpacked (not installed) under target/vm.
+fn unpack_guest_kernel() -> anyhow::Result<()> {
+    let dir = guest_kernel();
+    if dir.join("boot").exists() {
+        return Ok(());
+    }
+    let mut u = Command::new("apt-get");
+    u.args(["update", "-qq"]);
+    run(u)?;
+    let list = output("apt-cache", &["search", "--names-only", "^linux-image-6\\.12\\..*-cloud-amd64-unsigned$"])?;
+    let mut names: Vec<&str> = list.lines().filter_map(|l| l.split_whitespace().next()).collect();
+    names.sort_by_key(|n| n.split(['.', '+', '-']).map(|p| p.parse::<u64>().unwrap_or(0)).collect::<Vec<_>>());
+    let name = names.last().context("no linux-image-6.12.*-cloud-amd64-unsigned package in the archive")?;
+    eprintln!("xtask setup: unpacking {name} into {} (the vm-test guest kernel)", dir.display());
+    let debs = workspace_root().join("target/vm/debs");
+    std::fs::create_dir_all(&debs)?;
+    let mut d = Command::new("apt-get");
+    d.args(["download", name]).current_dir(&debs);
+    run(d)?;
+    for deb in std::fs::read_dir(&debs)? {
+        let deb = deb?.path();
+        if deb.file_name().is_some_and(|n| n.to_string_lossy().starts_with(name)) {
+            let mut x = Command::new("dpkg");
+            x.arg("-x").arg(&deb).arg(&dir);
             run(x)?;
         }
     }
@@ -326,16 +382,19 @@ fn test(root: &Path, args: &[OsString]) -> anyhow::Result<()> {
     }
     integ.args(args).env("ZT_AGENT_BIN", root.join("target/debug/zt-agent"));
     let integ_ok = run_counting(integ, &mut tally)?;
+    // The guest tests, in a QEMU guest on a stock kernel (as root only).
+    let guest_ok = if is_root {
+        vm_test(root, args, &mut tally)?
+    } else {
+        tally.skipped.push(("vm-test".into(), "needs root (QEMU guest with the host's root filesystem)".into()));
+        true
+    };
 
-    let passed = tally.passed.saturating_sub(tally.skipped_at_run_time);
-    println!("xtask: {passed} passed, {} failed, {} skipped", tally.failed, tally.skipped.len());
-    for (name, why) in &tally.skipped {
-        println!("xtask:   skipped {name}: {why}");
-    }
+    let passed = tally.summary();
     if !failed_gates.is_empty() {
         println!("xtask: failed gates: {}", failed_gates.join(", "));
     }
-    if !(unit_ok && integ_ok) || tally.failed > 0 {
+    if !(unit_ok && integ_ok && guest_ok) || tally.failed > 0 {
         bail!("tests failed");
     }
     if passed == 0 {
@@ -453,11 +512,25 @@ struct Tally {
     skipped: Vec<(String, String)>,
     /// Whole tests among `skipped` that libtest counted as passed.
     skipped_at_run_time: u64,
+    /// The exit status a QEMU guest printed (`GUEST-RC=<n>`).
+    guest_rc: Option<i32>,
 }
 
 impl Tally {
+    /// Prints the summary; returns the tests that passed.
+    fn summary(&self) -> u64 {
+        let passed = self.passed.saturating_sub(self.skipped_at_run_time);
+        println!("xtask: {passed} passed, {} failed, {} skipped", self.failed, self.skipped.len());
+        for (name, why) in &self.skipped {
+            println!("xtask:   skipped {name}: {why}");
+        }
+        passed
+    }
+
     fn line(&mut self, line: &str) {
-        if let Some(rest) = line.strip_prefix("test result: ") {
+        if let Some(rc) = line.trim().strip_prefix("GUEST-RC=") {
+            self.guest_rc = rc.parse().ok();
+        } else if let Some(rest) = line.strip_prefix("test result: ") {
             let num = |word: &str| {
                 rest.split([';', '.']).map(str::trim).find_map(|part| part.strip_suffix(word)?.trim().parse::<u64>().ok()).unwrap_or(0)
             };
@@ -474,6 +547,98 @@ impl Tally {
                 self.skipped_at_run_time += 1;
             }
             self.skipped.push((name.to_string(), why.to_string()));
+        }
+    }
+}
+
+/// The kernel the guest boots: Debian's 6.12 cloud kernel (virtiofs and
+/// virtio-pci built in, so no initramfs), unpacked by `setup` here.
+fn guest_kernel() -> PathBuf {
+    workspace_root().join("target/vm/linux-6.12")
+}
+
+/// Boots the guest kernel under QEMU (TCG) with the host's root read-only
+/// over virtiofs and runs the guest test binary there, counting its
+/// results into `tally`; false when the guest failed or said nothing.
+fn vm_test(root: &Path, args: &[OsString], tally: &mut Tally) -> anyhow::Result<bool> {
+    let skip = |tally: &mut Tally, why: String| {
+        eprintln!("xtask: vm-test SKIPPED: {why}");
+        tally.skipped.push(("vm-test".into(), why));
+        Ok(true)
+    };
+    let virtiofsd = Path::new("/usr/lib/qemu/virtiofsd");
+    if !quiet_ok("qemu-system-x86_64", &["--version"]) || !virtiofsd.exists() {
+        return skip(tally, "qemu-system-x86_64 or virtiofsd is missing (`cargo xtask setup` installs qemu-system-x86)".into());
+    }
+    let Some(kernel) = std::fs::read_dir(guest_kernel().join("boot")).ok().and_then(|d| {
+        d.filter_map(Result::ok).map(|e| e.path()).find(|p| p.file_name().is_some_and(|n| n.to_string_lossy().starts_with("vmlinuz-")))
+    }) else {
+        return skip(tally, format!("no guest kernel under {} (`cargo xtask setup` unpacks it)", guest_kernel().display()));
+    };
+    // The guest test binary and the guest's init, built for the host (the
+    // guest runs them from the shared root).
+    let out = Command::new(std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into()))
+        .args(["test", "-p", "zt-tests", "--test", "guest", "--no-run", "--message-format=json"])
+        .output()
+        .context("building the guest tests")?;
+    anyhow::ensure!(out.status.success(), "building the guest tests: {}", String::from_utf8_lossy(&out.stderr));
+    let exe = String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
+        .find_map(|v| (v["target"]["name"] == "guest").then(|| v["executable"].as_str().map(PathBuf::from)).flatten())
+        .context("no guest test executable in cargo's output")?;
+    let mut b = cargo();
+    b.args(["build", "-p", "zt-tests", "--bin", "zt-guest-init"]);
+    run(b)?;
+    let init = root.join("target/debug/zt-guest-init");
+    let dir = root.join("target/vm");
+    let sock = dir.join("virtiofs.sock");
+    let _ = std::fs::remove_file(&sock);
+    let mut fsd = Command::new(virtiofsd)
+        .arg(format!("--socket-path={}", sock.display()))
+        .args(["-o", "source=/", "-o", "cache=always", "-o", "sandbox=chroot"])
+        .stdout(std::process::Stdio::null())
+        .stderr(std::fs::File::create(dir.join("virtiofsd.log"))?)
+        .spawn()
+        .context("starting virtiofsd")?;
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    while !sock.exists() && std::time::Instant::now() < deadline {
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
+    let mut guest_cmd = vec![exe.display().to_string(), "--include-ignored".into(), "--test-threads=1".into(), "--color=never".into()];
+    guest_cmd.extend(args.iter().map(|a| a.to_string_lossy().into_owned()));
+    let append = format!(
+        "console=ttyS0 root=hostroot rootfstype=virtiofs ro init={} panic=-1 quiet lsm=lockdown,capability,landlock,yama,apparmor,bpf -- {}",
+        init.display(),
+        guest_cmd.join(" ")
+    );
+    eprintln!("xtask: vm-test: booting {} under QEMU (TCG) for {}", kernel.display(), exe.display());
+    // QEMU's own status says nothing about the guest: the GUEST-RC line does.
+    let mut qemu = Command::new("timeout");
+    qemu.args(["1200", "qemu-system-x86_64", "-accel", "tcg,thread=multi", "-cpu", "max", "-smp", "2", "-m", "1G"])
+        .args(["-object", "memory-backend-memfd,id=mem,size=1G,share=on", "-numa", "node,memdev=mem"])
+        .arg("-chardev")
+        .arg(format!("socket,id=vfs,path={}", sock.display()))
+        .args(["-device", "vhost-user-fs-pci,chardev=vfs,tag=hostroot"])
+        .args(["-display", "none", "-no-reboot", "-nodefaults", "-serial", "stdio", "-kernel"])
+        .arg(&kernel)
+        .arg("-append")
+        .arg(append);
+    tally.guest_rc = None;
+    let ran = run_counting(qemu, tally);
+    let _ = fsd.kill();
+    let _ = fsd.wait();
+    ran?;
+    match tally.guest_rc {
+        Some(0) => Ok(true),
+        Some(rc) => {
+            eprintln!("xtask: vm-test: the guest tests exited with {rc}");
+            Ok(false)
+        }
+        None => {
+            eprintln!("xtask: vm-test: the guest printed no GUEST-RC line (it did not boot or hung): counted as a failure");
+            tally.failed += 1;
+            Ok(false)
         }
     }
 }

@@ -1,0 +1,58 @@
+//! PID 1 of the QEMU test guest (`cargo xtask vm-test`): the host's root is
+//! the guest's, read-only over virtiofs. Mounts what the agent and the
+//! tests need (proc, sys, dev, tmpfs on /run and /tmp, securityfs,
+//! tracefs, bpffs, cgroup2), brings `lo` up, runs its arguments as the
+//! test command, prints `GUEST-RC=<exit code>` on the console (QEMU's own
+//! exit status says nothing) and powers the guest off.
+use std::process::Command;
+
+use nix::mount::{MsFlags, mount};
+
+fn main() {
+    let mounts: [(&str, &str, &str); 9] = [
+        ("proc", "/proc", "proc"),
+        ("sysfs", "/sys", "sysfs"),
+        ("devtmpfs", "/dev", "devtmpfs"),
+        ("tmpfs", "/run", "tmpfs"),
+        ("tmpfs", "/tmp", "tmpfs"),
+        ("securityfs", "/sys/kernel/security", "securityfs"),
+        ("tracefs", "/sys/kernel/tracing", "tracefs"),
+        ("bpf", "/sys/fs/bpf", "bpf"),
+        ("cgroup2", "/sys/fs/cgroup", "cgroup2"),
+    ];
+    for (source, target, fstype) in mounts {
+        if let Err(e) = mount(Some(source), target, Some(fstype), MsFlags::empty(), None::<&str>) {
+            println!("zt-guest-init: mounting {fstype} on {target}: {e}");
+        }
+    }
+    let _ = Command::new("ip").args(["link", "set", "lo", "up"]).status();
+    let args: Vec<String> = std::env::args().skip(1).collect();
+    let rc = match args.split_first() {
+        None => {
+            println!("zt-guest-init: no command given");
+            2
+        }
+        Some((cmd, rest)) => {
+            println!(
+                "zt-guest-init: running {args:?} on {}",
+                nix::sys::utsname::uname().map(|u| u.release().to_string_lossy().into_owned()).unwrap_or_default()
+            );
+            match Command::new(cmd)
+                .args(rest)
+                .env("PATH", "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin")
+                .env("HOME", "/tmp")
+                .env("ZT_GUEST", "1")
+                .status()
+            {
+                Ok(s) => s.code().unwrap_or(128),
+                Err(e) => {
+                    println!("zt-guest-init: {cmd}: {e}");
+                    127
+                }
+            }
+        }
+    };
+    println!("GUEST-RC={rc}");
+    nix::unistd::sync();
+    let _ = nix::sys::reboot::reboot(nix::sys::reboot::RebootMode::RB_POWER_OFF);
+}
