@@ -1,20 +1,20 @@
 //! PID 1 of the QEMU test guest (`cargo xtask vm-test`): the host's root is
 //! the guest's, read-only over virtiofs. Mounts what the agent and the
-//! tests need (proc, sys, dev, tmpfs on /run and /tmp, securityfs,
-//! tracefs, bpffs, cgroup2), brings `lo` up, runs its arguments as the
-//! test command, prints `GUEST-RC=<exit code>` on the console (QEMU's own
-//! exit status says nothing) and powers the guest off.
+//! tests need (proc, sys, dev, a tmpfs on /run, securityfs, tracefs,
+//! bpffs, cgroup2), brings `lo` up, runs its arguments as the test command
+//! with `TMPDIR=/run/tmp` (not a tmpfs over /tmp: the workspace being
+//! tested may live there), prints `GUEST-RC=<exit code>` on the console
+//! (QEMU's own exit status says nothing) and powers the guest off.
 use std::process::Command;
 
 use nix::mount::{MsFlags, mount};
 
 fn main() {
-    let mounts: [(&str, &str, &str); 9] = [
+    let mounts: [(&str, &str, &str); 8] = [
         ("proc", "/proc", "proc"),
         ("sysfs", "/sys", "sysfs"),
         ("devtmpfs", "/dev", "devtmpfs"),
         ("tmpfs", "/run", "tmpfs"),
-        ("tmpfs", "/tmp", "tmpfs"),
         ("securityfs", "/sys/kernel/security", "securityfs"),
         ("tracefs", "/sys/kernel/tracing", "tracefs"),
         ("bpf", "/sys/fs/bpf", "bpf"),
@@ -26,6 +26,7 @@ fn main() {
         }
     }
     let _ = Command::new("ip").args(["link", "set", "lo", "up"]).status();
+    let _ = std::fs::create_dir_all("/run/tmp");
     let args: Vec<String> = std::env::args().skip(1).collect();
     let rc = match args.split_first() {
         None => {
