@@ -41,7 +41,8 @@ fn main() {
             match Command::new(cmd)
                 .args(rest)
                 .env("PATH", "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin")
-                .env("HOME", "/tmp")
+                .env("HOME", "/run/tmp")
+                .env("TMPDIR", "/run/tmp")
                 .env("ZT_GUEST", "1")
                 .status()
             {
