@@ -541,7 +541,7 @@ impl Tally {
         {
             let why = why.trim_start_matches(',').trim();
             self.skipped.push((name.to_string(), if why.is_empty() { "#[ignore]".into() } else { why.to_string() }));
-        } else if let Some((name, why)) = line.trim_start().strip_prefix("SKIPPED ").and_then(|l| l.split_once(": ")) {
+        } else if let Some((name, why)) = skipped_part(line).and_then(|l| l.split_once(": ")) {
             // `test/variant`: one variant of a test that itself ran (zt_tests::skip_variant).
             if !name.contains('/') {
                 self.skipped_at_run_time += 1;
@@ -550,6 +550,10 @@ impl Tally {
         }
     }
 }
+
+/// The integration suites run in the guest: its own, and the network
+/// enforcement suite on a stock kernel.
+const GUEST_SUITES: [&str; 2] = ["guest", "network"];
 
 /// The kernel the guest boots: Debian's 6.12 cloud kernel (virtiofs and
 /// virtio-pci built in, so no initramfs), unpacked by `setup` here.
@@ -577,16 +581,20 @@ fn vm_test(root: &Path, args: &[OsString], tally: &mut Tally) -> anyhow::Result<
     };
     // The guest test binary and the guest's init, built for the host (the
     // guest runs them from the shared root).
-    let out = Command::new(std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into()))
-        .args(["test", "-p", "zt-tests", "--test", "guest", "--no-run", "--message-format=json"])
-        .output()
-        .context("building the guest tests")?;
+    let mut build_tests = cargo();
+    build_tests.args(["test", "-p", "zt-tests", "--no-run", "--message-format=json"]);
+    for suite in GUEST_SUITES {
+        build_tests.args(["--test", suite]);
+    }
+    let out = build_tests.output().context("building the guest tests")?;
     anyhow::ensure!(out.status.success(), "building the guest tests: {}", String::from_utf8_lossy(&out.stderr));
-    let exe = String::from_utf8_lossy(&out.stdout)
+    let exes: Vec<PathBuf> = String::from_utf8_lossy(&out.stdout)
         .lines()
         .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
-        .find_map(|v| (v["target"]["name"] == "guest").then(|| v["executable"].as_str().map(PathBuf::from)).flatten())
-        .context("no guest test executable in cargo's output")?;
+        .filter(|v| v["target"]["name"].as_str().is_some_and(|n| GUEST_SUITES.contains(&n)))
+        .filter_map(|v| v["executable"].as_str().map(PathBuf::from))
+        .collect();
+    anyhow::ensure!(exes.len() == GUEST_SUITES.len(), "cargo built {} of the {} guest suites", exes.len(), GUEST_SUITES.len());
     let mut b = cargo();
     b.args(["build", "-p", "zt-tests", "--bin", "zt-guest-init"]);
     run(b)?;
@@ -605,14 +613,20 @@ fn vm_test(root: &Path, args: &[OsString], tally: &mut Tally) -> anyhow::Result<
     while !sock.exists() && std::time::Instant::now() < deadline {
         std::thread::sleep(std::time::Duration::from_millis(20));
     }
-    let mut guest_cmd = vec![exe.display().to_string(), "--include-ignored".into(), "--test-threads=1".into(), "--color=never".into()];
-    guest_cmd.extend(args.iter().map(|a| a.to_string_lossy().into_owned()));
+    let mut guest_cmd = Vec::new();
+    for exe in &exes {
+        if !guest_cmd.is_empty() {
+            guest_cmd.push(";;".to_string());
+        }
+        guest_cmd.extend([exe.display().to_string(), "--include-ignored".into(), "--test-threads=1".into(), "--color=never".into()]);
+        guest_cmd.extend(args.iter().map(|a| a.to_string_lossy().into_owned()));
+    }
     let append = format!(
         "console=ttyS0 root=hostroot rootfstype=virtiofs ro init={} panic=-1 quiet lsm=lockdown,capability,landlock,yama,apparmor,bpf -- {}",
         init.display(),
         guest_cmd.join(" ")
     );
-    eprintln!("xtask: vm-test: booting {} under QEMU (TCG) for {}", kernel.display(), exe.display());
+    eprintln!("xtask: vm-test: booting {} under QEMU (TCG) for {}", kernel.display(), GUEST_SUITES.join(", "));
     // QEMU's own status says nothing about the guest: the GUEST-RC line does.
     let mut qemu = Command::new("timeout");
     qemu.args(["1200", "qemu-system-x86_64", "-accel", "tcg,thread=multi", "-cpu", "max", "-smp", "2", "-m", "1G"])
@@ -641,6 +655,15 @@ fn vm_test(root: &Path, args: &[OsString], tally: &mut Tally) -> anyhow::Result<
             Ok(false)
         }
     }
+}
+
+/// The `SKIPPED <name>: <why>` part of a line: at its start, or after
+/// libtest's `test <name> ... ` (a guest's console interleaves the test's
+/// stderr into libtest's line).
+fn skipped_part(line: &str) -> Option<&str> {
+    let line = line.trim_start();
+    line.strip_prefix("SKIPPED ")
+        .or_else(|| line.strip_prefix("test ").and_then(|l| l.split_once(" ... ")).and_then(|(_, rest)| rest.strip_prefix("SKIPPED ")))
 }
 
 /// Runs a `cargo test`, echoing its stdout and stderr as they come and adding
@@ -696,13 +719,17 @@ mod tests {
             "SKIPPED recycled_pid_does_not_inherit_identity: /proc/sys/kernel/ns_last_pid missing",
             "SKIPPED bypass_suite/io_uring: io_uring_setup fails",
             "test result: ok. 7 passed; 0 failed; 2 ignored; 0 measured; 0 filtered out; finished in 1.00s",
+            "test netns_veth_end_to_end ... SKIPPED netns_veth_end_to_end: no veth here",
             "test result: FAILED. 3 passed; 1 failed; 0 ignored; 0 measured; 4 filtered out; finished in 0.10s",
         ] {
             t.line(line);
         }
-        assert_eq!((t.passed, t.failed, t.skipped_at_run_time), (10, 1, 1));
+        assert_eq!((t.passed, t.failed, t.skipped_at_run_time), (10, 1, 2));
         let names: Vec<&str> = t.skipped.iter().map(|(n, _)| n.as_str()).collect();
-        assert_eq!(names, ["bypass_suite", "plain_ignore", "recycled_pid_does_not_inherit_identity", "bypass_suite/io_uring"]);
+        assert_eq!(
+            names,
+            ["bypass_suite", "plain_ignore", "recycled_pid_does_not_inherit_identity", "bypass_suite/io_uring", "netns_veth_end_to_end"]
+        );
         assert_eq!(t.skipped[0].1, "needs root (loads eBPF programs, creates cgroups): cargo xtask test runs it");
         assert_eq!(t.skipped[1].1, "#[ignore]");
     }
