@@ -238,6 +238,7 @@ fn setup() -> anyhow::Result<()> {
     }
 
     // 3. apt packages.
+    let mut apt = Apt::default();
     let missing: Vec<&str> = APT_PACKAGES
         .iter()
         .copied()
@@ -245,9 +246,7 @@ fn setup() -> anyhow::Result<()> {
         .collect();
     if !missing.is_empty() {
         eprintln!("xtask setup: apt-get install {}", missing.join(" "));
-        let mut u = Command::new("apt-get");
-        u.args(["update", "-qq"]);
-        run(u)?;
+        apt.update()?;
         let mut i = Command::new("apt-get");
         i.args(["install", "-y", "-qq", "--no-install-recommends"]).args(&missing).env("DEBIAN_FRONTEND", "noninteractive");
         run(i)?;
@@ -259,54 +258,58 @@ fn setup() -> anyhow::Result<()> {
     let syslog_ng = workspace_root().join("target/syslog-ng");
     if !syslog_ng.join("usr/sbin/syslog-ng").exists() {
         eprintln!("xtask setup: unpacking syslog-ng into {}", syslog_ng.display());
-        let debs = workspace_root().join("target/syslog-ng-debs");
-        std::fs::create_dir_all(&debs)?;
-        let mut u = Command::new("apt-get");
-        u.args(["update", "-qq"]);
-        run(u)?;
-        let mut d = Command::new("apt-get");
-        d.arg("download").args(SYSLOG_NG_PACKAGES).current_dir(&debs);
-        run(d)?;
-        for deb in std::fs::read_dir(&debs)? {
-            let mut x = Command::new("dpkg");
-            x.arg("-x").arg(deb?.path()).arg(&syslog_ng);
-            run(x)?;
-        }
+        apt.unpack(SYSLOG_NG_PACKAGES, &syslog_ng)?;
     }
-    // 5. The guest kernel of `vm-test`.
-    unpack_guest_kernel()?;
+    // 5. The guest kernel of `vm-test`: the newest Debian 6.12 cloud kernel
+    //    the archive has, unpacked (not installed) under target/vm.
+    let kernel = guest_kernel();
+    if !kernel.join("boot").exists() {
+        apt.update()?;
+        let list = output("apt-cache", &["search", "--names-only", "^linux-image-6\\.12\\..*-cloud-amd64-unsigned$"])?;
+        let mut names: Vec<&str> = list.lines().filter_map(|l| l.split_whitespace().next()).collect();
+        names.sort_by_key(|n| n.split(['.', '+', '-']).map(|p| p.parse::<u64>().unwrap_or(0)).collect::<Vec<_>>());
+        let name = names.last().context("no linux-image-6.12.*-cloud-amd64-unsigned package in the archive")?;
+        eprintln!("xtask setup: unpacking {name} into {} (the vm-test guest kernel)", kernel.display());
+        apt.unpack(&[name], &kernel)?;
+    }
     Ok(())
 }
 
-/// The guest kernel of `vm-test`: the newest Debian 6.12 cloud kernel the
-/// archive has, unpacked (not installed) under target/vm.
-fn unpack_guest_kernel() -> anyhow::Result<()> {
-    let dir = guest_kernel();
-    if dir.join("boot").exists() {
-        return Ok(());
+/// apt for `setup`: the package lists are updated once, and only when
+/// something is missing.
+#[derive(Default)]
+struct Apt {
+    updated: bool,
+}
+
+impl Apt {
+    fn update(&mut self) -> anyhow::Result<()> {
+        if !self.updated {
+            let mut u = Command::new("apt-get");
+            u.args(["update", "-qq"]);
+            run(u)?;
+            self.updated = true;
+        }
+        Ok(())
     }
-    let mut u = Command::new("apt-get");
-    u.args(["update", "-qq"]);
-    run(u)?;
-    let list = output("apt-cache", &["search", "--names-only", "^linux-image-6\\.12\\..*-cloud-amd64-unsigned$"])?;
-    let mut names: Vec<&str> = list.lines().filter_map(|l| l.split_whitespace().next()).collect();
-    names.sort_by_key(|n| n.split(['.', '+', '-']).map(|p| p.parse::<u64>().unwrap_or(0)).collect::<Vec<_>>());
-    let name = names.last().context("no linux-image-6.12.*-cloud-amd64-unsigned package in the archive")?;
-    eprintln!("xtask setup: unpacking {name} into {} (the vm-test guest kernel)", dir.display());
-    let debs = workspace_root().join("target/vm/debs");
-    std::fs::create_dir_all(&debs)?;
-    let mut d = Command::new("apt-get");
-    d.args(["download", name]).current_dir(&debs);
-    run(d)?;
-    for deb in std::fs::read_dir(&debs)? {
-        let deb = deb?.path();
-        if deb.file_name().is_some_and(|n| n.to_string_lossy().starts_with(name)) {
+
+    /// Downloads `packages` and unpacks them into `into` (not installed:
+    /// no dependencies resolved, no scripts run).
+    fn unpack(&mut self, packages: &[&str], into: &Path) -> anyhow::Result<()> {
+        self.update()?;
+        let debs = PathBuf::from(format!("{}.debs", into.display()));
+        let _ = std::fs::remove_dir_all(&debs);
+        std::fs::create_dir_all(&debs)?;
+        let mut d = Command::new("apt-get");
+        d.arg("download").args(packages).current_dir(&debs);
+        run(d)?;
+        for deb in std::fs::read_dir(&debs)? {
             let mut x = Command::new("dpkg");
-            x.arg("-x").arg(&deb).arg(&dir);
+            x.arg("-x").arg(deb?.path()).arg(into);
             run(x)?;
         }
+        Ok(())
     }
-    Ok(())
 }
 
 /// syslog-ng and the libraries it needs that a base system lacks.
