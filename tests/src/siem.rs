@@ -27,6 +27,13 @@ impl Certs {
     pub fn client(&self) -> (PathBuf, PathBuf) {
         (self.dir.join("client.pem"), self.dir.join("client.key"))
     }
+    /// A `tls://` destination with this CA and the client certificate;
+    /// `query` holds the other options.
+    pub fn tls_url(&self, host: &str, port: u16, query: &str) -> String {
+        let (ca, (cert, key)) = (self.ca(), self.client());
+        let sep = if query.is_empty() { "" } else { "&" };
+        format!("tls://{host}:{port}?{query}{sep}ca={}&cert={}&key={}", ca.display(), cert.display(), key.display())
+    }
     /// A server certificate for `localhost` signed by the CA that expired yesterday.
     pub fn expired_server(&self) -> (PathBuf, PathBuf) {
         (self.dir.join("expired.pem"), self.dir.join("expired.key"))
@@ -84,6 +91,26 @@ impl Certs {
     }
 }
 
+/// The lines of a receiver's output file so far (none if it has none yet).
+fn lines(path: &Path) -> Vec<String> {
+    std::fs::read(path).map(|b| String::from_utf8_lossy(&b).lines().map(str::to_string).collect()).unwrap_or_default()
+}
+
+/// Waits (at most 20 s) until every port of 127.0.0.1 accepts; the
+/// receiver's stderr goes into the error.
+fn wait_listening(what: &str, ports: &[u16], stderr: &Path) -> anyhow::Result<()> {
+    let deadline = Instant::now() + Duration::from_secs(20);
+    for port in ports {
+        while TcpStream::connect(("127.0.0.1", *port)).is_err() {
+            if Instant::now() > deadline {
+                bail!("{what} did not listen on {port}: {}", std::fs::read_to_string(stderr).unwrap_or_default());
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+    Ok(())
+}
+
 /// A free port on 127.0.0.1 (TCP and UDP), released for the receiver.
 pub fn free_port() -> u16 {
     loop {
@@ -128,9 +155,7 @@ impl Rsyslog {
 
     /// The messages received on `input` so far.
     pub fn received(&self, input: &str) -> Vec<String> {
-        std::fs::read(self.dir.join(format!("{input}.log")))
-            .map(|b| String::from_utf8_lossy(&b).lines().map(str::to_string).collect())
-            .unwrap_or_default()
+        lines(&self.dir.join(format!("{input}.log")))
     }
 
     /// Stops the receiver (SIGTERM, waited for).
@@ -186,18 +211,7 @@ input(type="imtcp" address="127.0.0.1" port="{ossl}" ruleset="ossl"
             .context("starting rsyslogd")?;
         self.child = Some(child);
         // Listening once every TCP input accepts (the UDP input opens with them).
-        let deadline = Instant::now() + Duration::from_secs(20);
-        for port in [self.tcp, self.gtls, self.ossl] {
-            while TcpStream::connect(("127.0.0.1", port)).is_err() {
-                if Instant::now() > deadline {
-                    bail!(
-                        "rsyslogd did not listen on {port}: {}",
-                        std::fs::read_to_string(self.dir.join("rsyslogd.stderr")).unwrap_or_default()
-                    );
-                }
-                std::thread::sleep(Duration::from_millis(50));
-            }
-        }
+        wait_listening("rsyslogd", &[self.tcp, self.gtls, self.ossl], &self.dir.join("rsyslogd.stderr"))?;
         Ok(())
     }
 }
@@ -273,26 +287,13 @@ log {{ source(s_tls); destination(d_tls); }};
             .spawn()
             .context("starting syslog-ng")?;
         let ng = SyslogNg { dir: dir.to_path_buf(), tcp, tls, child };
-        let deadline = Instant::now() + Duration::from_secs(20);
-        for port in [tcp, tls] {
-            while TcpStream::connect(("127.0.0.1", port)).is_err() {
-                if Instant::now() > deadline {
-                    bail!(
-                        "syslog-ng did not listen on {port}: {}",
-                        std::fs::read_to_string(dir.join("syslog-ng.stderr")).unwrap_or_default()
-                    );
-                }
-                std::thread::sleep(Duration::from_millis(50));
-            }
-        }
+        wait_listening("syslog-ng", &[tcp, tls], &dir.join("syslog-ng.stderr"))?;
         Ok(ng)
     }
 
     /// The messages received on `source` (`tcp` or `tls`) so far.
     pub fn received(&self, source: &str) -> Vec<String> {
-        std::fs::read(self.dir.join(format!("ng-{source}.log")))
-            .map(|b| String::from_utf8_lossy(&b).lines().map(str::to_string).collect())
-            .unwrap_or_default()
+        lines(&self.dir.join(format!("ng-{source}.log")))
     }
 }
 
@@ -379,17 +380,9 @@ impl TlsServer {
             .stderr(std::fs::File::create(out.with_extension("stderr"))?)
             .spawn()
             .context("starting openssl s_server")?;
-        let deadline = Instant::now() + Duration::from_secs(10);
-        while TcpStream::connect(("127.0.0.1", port)).is_err() {
-            if Instant::now() > deadline {
-                bail!(
-                    "openssl s_server did not listen on {port}: {}",
-                    std::fs::read_to_string(out.with_extension("stderr")).unwrap_or_default()
-                );
-            }
-            std::thread::sleep(Duration::from_millis(50));
-        }
-        Ok(TlsServer { port, child })
+        let server = TlsServer { port, child };
+        wait_listening("openssl s_server", &[port], &out.with_extension("stderr"))?;
+        Ok(server)
     }
 }
 

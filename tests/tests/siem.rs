@@ -4,7 +4,7 @@
 //! loses nothing.
 use std::{
     collections::BTreeMap,
-    path::Path,
+    path::{Path, PathBuf},
     process::Command,
     time::{Duration, Instant},
 };
@@ -69,6 +69,17 @@ fn assert_whole_log(input: &str, lines: &[String], records: &BTreeMap<u64, Strin
     }
 }
 
+/// An agent sending to `urls`, its audit log in `dir` (it outlives the
+/// agent: records are checked after the stop); returns the log's directory.
+fn start_agent(name: &str, dir: &Path, cg: &TestCgroup, urls: &[String]) -> (Agent, PathBuf) {
+    let (audit_dir, key) = (dir.join("audit"), dir.join("audit.key"));
+    let mut args = vec!["--audit-dir", audit_dir.to_str().unwrap(), "--audit-key", key.to_str().unwrap()];
+    for u in urls {
+        args.extend(["--syslog", u.as_str()]);
+    }
+    (Agent::start(name, &deny_all_policy(cg), &args).unwrap(), audit_dir)
+}
+
 fn wait_until(what: &str, limit: Duration, mut done: impl FnMut() -> bool) {
     let deadline = Instant::now() + limit;
     while !done() {
@@ -88,24 +99,13 @@ fn every_audit_record_reaches_rsyslog_byte_exact_over_udp_tcp_and_mutual_tls() {
     let certs = Certs::new(dir.path()).unwrap();
     let rs = Rsyslog::start(dir.path(), &certs).unwrap();
     let cg = TestCgroup::new(&format!("/{}/agent", unique("siem"))).unwrap();
-    let (ca, (cert, key)) = (certs.ca(), certs.client());
-    let tls = |name: &str, host: &str, port: u16, format: &str| {
-        format!("tls://{host}:{port}?name={name}&format={format}&ca={}&cert={}&key={}", ca.display(), cert.display(), key.display())
-    };
     let urls = [
         format!("udp://127.0.0.1:{}?name=udp&format=json", rs.udp),
         format!("tcp://127.0.0.1:{}?name=tcp&format=json&telemetry=true", rs.tcp),
-        tls("gtls", "localhost", rs.gtls, "json"),
-        tls("ossl", "127.0.0.1", rs.ossl, "ocsf"),
+        certs.tls_url("localhost", rs.gtls, "name=gtls&format=json"),
+        certs.tls_url("127.0.0.1", rs.ossl, "name=ossl&format=ocsf"),
     ];
-    // The log outlives the agent (its records are checked after the stop).
-    let audit_dir = dir.path().join("audit");
-    let key = dir.path().join("audit.key");
-    let mut args = vec!["--audit-dir", audit_dir.to_str().unwrap(), "--audit-key", key.to_str().unwrap()];
-    for u in &urls {
-        args.extend(["--syslog", u.as_str()]);
-    }
-    let agent = Agent::start("siem", &deny_all_policy(&cg), &args).unwrap();
+    let (agent, audit_dir) = start_agent("siem", dir.path(), &cg, &urls);
 
     // 20 denied UDP connects (distinct destinations: 20 records), and an
     // exec whose argv holds what syslog and JSON must escape.
@@ -184,23 +184,13 @@ fn a_receiver_outage_delays_records_and_loses_none() {
     let certs = Certs::new(dir.path()).unwrap();
     let mut rs = Rsyslog::start(dir.path(), &certs).unwrap();
     let cg = TestCgroup::new(&format!("/{}/agent", unique("siem-outage"))).unwrap();
-    let (ca, (cert, key)) = (certs.ca(), certs.client());
-    let tls = |name: &str, port: u16| {
-        format!("tls://localhost:{port}?name={name}&ca={}&cert={}&key={}", ca.display(), cert.display(), key.display())
-    };
     let urls = [
         format!("udp://127.0.0.1:{}?name=udp", rs.udp),
         format!("tcp://127.0.0.1:{}?name=tcp", rs.tcp),
-        tls("gtls", rs.gtls),
-        tls("ossl", rs.ossl),
+        certs.tls_url("localhost", rs.gtls, "name=gtls"),
+        certs.tls_url("localhost", rs.ossl, "name=ossl"),
     ];
-    let audit_dir = dir.path().join("audit");
-    let key = dir.path().join("audit.key");
-    let mut args = vec!["--audit-dir", audit_dir.to_str().unwrap(), "--audit-key", key.to_str().unwrap()];
-    for u in &urls {
-        args.extend(["--syslog", u.as_str()]);
-    }
-    let agent = Agent::start("siem-outage", &deny_all_policy(&cg), &args).unwrap();
+    let (agent, audit_dir) = start_agent("siem-outage", dir.path(), &cg, &urls);
     let caught_up = |what: &str| {
         agent.wait_status(what, |s| {
             let size = s["audit"]["records"].as_u64().unwrap_or(0);
@@ -276,14 +266,9 @@ fn a_misconfigured_tls_destination_says_why_and_sends_nothing() {
             "no answer to the TLS handshake",
         ),
     ];
-    let good = format!("tls://localhost:{}?name=good&ca={}{client}", rs.ossl, ca.display());
-    let audit_dir = dir.path().join("audit");
-    let audit_key = dir.path().join("audit.key");
-    let mut args = vec!["--audit-dir", audit_dir.to_str().unwrap(), "--audit-key", audit_key.to_str().unwrap(), "--syslog", good.as_str()];
-    for (_, u, _) in &bad {
-        args.extend(["--syslog", u.as_str()]);
-    }
-    let agent = Agent::start("siem-bad", &deny_all_policy(&cg), &args).unwrap();
+    let mut urls = vec![certs.tls_url("localhost", rs.ossl, "name=good")];
+    urls.extend(bad.iter().map(|(_, u, _)| u.clone()));
+    let (agent, audit_dir) = start_agent("siem-bad", dir.path(), &cg, &urls);
     let st = cg.command(helper_bin()).args(["udp-connects-spread", "5", "127.0.0.1", "40300"]).status().unwrap();
     assert!(st.success());
     let status = agent.wait_status("an error on every bad destination and the good one caught up", |s| {
@@ -330,18 +315,8 @@ fn every_audit_record_reaches_syslog_ng_over_tcp_and_mutual_tls() {
     let certs = Certs::new(dir.path()).unwrap();
     let ng = SyslogNg::start(dir.path(), &certs).unwrap();
     let cg = TestCgroup::new(&format!("/{}/agent", unique("siem-ng"))).unwrap();
-    let (ca, (cert, key)) = (certs.ca(), certs.client());
-    let urls = [
-        format!("tcp://127.0.0.1:{}?name=tcp&format=json", ng.tcp),
-        format!("tls://localhost:{}?name=tls&format=json&ca={}&cert={}&key={}", ng.tls, ca.display(), cert.display(), key.display()),
-    ];
-    let audit_dir = dir.path().join("audit");
-    let audit_key = dir.path().join("audit.key");
-    let mut args = vec!["--audit-dir", audit_dir.to_str().unwrap(), "--audit-key", audit_key.to_str().unwrap()];
-    for u in &urls {
-        args.extend(["--syslog", u.as_str()]);
-    }
-    let agent = Agent::start("siem-ng", &deny_all_policy(&cg), &args).unwrap();
+    let urls = [format!("tcp://127.0.0.1:{}?name=tcp&format=json", ng.tcp), certs.tls_url("localhost", ng.tls, "name=tls&format=json")];
+    let (agent, audit_dir) = start_agent("siem-ng", dir.path(), &cg, &urls);
     let st = cg.command(helper_bin()).args(["udp-connects-spread", "10", "127.0.0.1", "40400"]).status().unwrap();
     assert!(st.success());
     wait_until("10 denials in the audit log", Duration::from_secs(20), || {

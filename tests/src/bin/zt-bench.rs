@@ -1030,8 +1030,7 @@ fn siem_bench(rounds: usize) -> anyhow::Result<()> {
     anyhow::ensure!(Rsyslog::available(), "rsyslogd is missing: `cargo xtask setup` installs it");
     let dir = zt_tests::tempdir("bench-siem")?;
     let certs = Certs::new(dir.path())?;
-    let (ca, (cert, key)) = (certs.ca(), certs.client());
-    let tls = |port: u16| format!("tls://localhost:{port}?ca={}&cert={}&key={}", ca.display(), cert.display(), key.display());
+    let tls = |port: u16| certs.tls_url("localhost", port, "");
 
     // 1. Backlog drain: N records in a log, then one destination from cursor 0.
     const N: u64 = 100_000;
@@ -1107,7 +1106,7 @@ fn siem_bench(rounds: usize) -> anyhow::Result<()> {
     let rs = Rsyslog::start_with(&rdir, &certs, true)?;
     let cg = TestCgroup::new(&format!("/zt-bench-siem-{}", std::process::id()))?;
     let pol = policy("zt.bench", &format!("    - name: siem-bench\n      selectors:\n        - cgroup: {}/**\n", cg.rel));
-    let url = format!("{}&format=json", tls(rs.gtls));
+    let url = certs.tls_url("localhost", rs.gtls, "format=json");
     let agent = Agent::start("bench-siem", &pol, &["--syslog", &url])?;
     let (rate, secs) = (200, 10.0);
     let me = std::env::current_exe()?;
