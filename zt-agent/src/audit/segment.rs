@@ -46,7 +46,7 @@ pub enum SegmentError {
     Oversize { len: usize },
 }
 
-fn io_err(path: &Path) -> impl FnOnce(io::Error) -> SegmentError + '_ {
+pub(super) fn io_err(path: &Path) -> impl FnOnce(io::Error) -> SegmentError + '_ {
     move |source| SegmentError::Io { path: path.display().to_string(), source }
 }
 
@@ -120,28 +120,66 @@ pub fn segments(dir: &Path) -> Result<Vec<u64>, SegmentError> {
     Ok(v)
 }
 
+/// What starts a buffer of frames.
+pub(super) enum Frame<'a> {
+    /// A whole frame whose checksum matches: its record.
+    Record(&'a [u8]),
+    /// Not all of the frame is there (why).
+    Short(String),
+    /// A length beyond [`MAX_RECORD`] (why).
+    Oversize(String),
+    /// A whole frame whose checksum does not match.
+    Checksum,
+}
+
+impl Frame<'_> {
+    /// Why the frame is not a record.
+    pub(super) fn reason(&self) -> String {
+        match self {
+            Frame::Short(why) | Frame::Oversize(why) => why.clone(),
+            Frame::Checksum => "checksum mismatch".into(),
+            Frame::Record(_) => "a whole frame".into(),
+        }
+    }
+}
+
+/// The frame at the start of `buf` (the writer's own scan and `tail`).
+pub(super) fn frame(buf: &[u8]) -> Frame<'_> {
+    if buf.len() < HEADER {
+        return Frame::Short(format!("truncated frame header ({} of {HEADER} bytes)", buf.len()));
+    }
+    let len = u32::from_le_bytes(buf[..4].try_into().expect("4")) as usize;
+    let crc = u32::from_le_bytes(buf[4..8].try_into().expect("4"));
+    if len > MAX_RECORD {
+        return Frame::Oversize(format!("frame length {len} exceeds {MAX_RECORD}"));
+    }
+    if buf.len() - HEADER < len {
+        return Frame::Short(format!("truncated record ({} of {len} bytes)", buf.len() - HEADER));
+    }
+    let rec = &buf[HEADER..HEADER + len];
+    if crc32c::crc32c(rec) != crc {
+        return Frame::Checksum;
+    }
+    Frame::Record(rec)
+}
+
+/// Bytes a frame of `record` takes.
+pub(super) fn frame_len(record: &[u8]) -> usize {
+    HEADER + record.len()
+}
+
 /// Parses frames from `buf`, calling `f` per record; at the first bad frame
 /// returns its offset and the reason.
 fn scan<E>(buf: &[u8], mut f: impl FnMut(&[u8]) -> Result<(), E>) -> Result<Option<(usize, String)>, E> {
     let mut off = 0;
     while off < buf.len() {
-        if buf.len() - off < HEADER {
-            return Ok(Some((off, format!("truncated frame header ({} of {HEADER} bytes)", buf.len() - off))));
+        match frame(&buf[off..]) {
+            Frame::Record(rec) => {
+                f(rec)?;
+                off += frame_len(rec);
+            }
+            bad => return Ok(Some((off, bad.reason()))),
         }
-        let len = u32::from_le_bytes(buf[off..off + 4].try_into().expect("4")) as usize;
-        let crc = u32::from_le_bytes(buf[off + 4..off + 8].try_into().expect("4"));
-        if len > MAX_RECORD {
-            return Ok(Some((off, format!("frame length {len} exceeds {MAX_RECORD}"))));
-        }
-        if buf.len() - off - HEADER < len {
-            return Ok(Some((off, format!("truncated record ({} of {len} bytes)", buf.len() - off - HEADER))));
-        }
-        let rec = &buf[off + HEADER..off + HEADER + len];
-        if crc32c::crc32c(rec) != crc {
-            return Ok(Some((off, "checksum mismatch".to_string())));
-        }
-        f(rec)?;
-        off += HEADER + len;
     }
     Ok(None)
 }

@@ -18,10 +18,9 @@ use std::{
 
 use super::{
     log::{StartError, read_start},
-    segment::{self, MAX_RECORD, SegmentError},
+    segment::{self, Frame, SegmentError},
 };
 
-const HEADER: usize = 8;
 /// Bytes read from the file at a time (a backlog is read in pieces).
 const READ_CHUNK: u64 = 1 << 20;
 /// How long a complete frame may fail its checksum before it is corruption
@@ -70,7 +69,7 @@ impl Tail {
         }
         let (segment, start) = at.unwrap_or((1, 0));
         let path = segment::segment_path(dir, segment);
-        let file = File::open(&path).map_err(|e| SegmentError::Io { path: path.display().to_string(), source: e })?;
+        let file = File::open(&path).map_err(segment::io_err(&path))?;
         let gap = (index < start).then_some((index, start));
         let mut tail = Tail { dir: dir.to_path_buf(), segment, file, buf: Vec::new(), offset: 0, next: start, bad_since: None };
         // Skip to `index` (records of the segment before it).
@@ -96,17 +95,14 @@ impl Tail {
         let mut n = self.parse(max, out)?;
         if n < max {
             let mut chunk = Vec::new();
-            (&mut self.file)
-                .take(READ_CHUNK)
-                .read_to_end(&mut chunk)
-                .map_err(|e| SegmentError::Io { path: self.path().display().to_string(), source: e })?;
+            (&mut self.file).take(READ_CHUNK).read_to_end(&mut chunk).map_err(segment::io_err(&self.path()))?;
             self.buf.extend_from_slice(&chunk);
             n += self.parse(max - n, out)?;
         }
         if n == 0 && self.next_segment_exists()? {
             // A finished segment: what is left cannot be a write in progress.
             if !self.buf.is_empty() {
-                return Err(self.corrupt(self.diagnose()));
+                return Err(self.corrupt(segment::frame(&self.buf).reason()));
             }
             self.advance()?;
             return self.read(max, out);
@@ -118,49 +114,32 @@ impl Tail {
         let mut used = 0;
         let mut n = 0;
         while n < max {
-            let rest = &self.buf[used..];
-            if rest.len() < HEADER {
-                break;
-            }
-            let len = u32::from_le_bytes(rest[..4].try_into().expect("4")) as usize;
-            let crc = u32::from_le_bytes(rest[4..8].try_into().expect("4"));
-            if len > MAX_RECORD {
-                self.consume(used);
-                return Err(self.corrupt(format!("frame length {len} exceeds {MAX_RECORD}")));
-            }
-            if rest.len() < HEADER + len {
-                break;
-            }
-            let rec = &rest[HEADER..HEADER + len];
-            if crc32c::crc32c(rec) != crc {
-                let since = *self.bad_since.get_or_insert_with(Instant::now);
-                if since.elapsed() < SETTLE {
-                    break;
+            match segment::frame(&self.buf[used..]) {
+                Frame::Record(rec) => {
+                    self.bad_since = None;
+                    out.push((self.next, rec.to_vec()));
+                    self.next += 1;
+                    used += segment::frame_len(rec);
+                    n += 1;
                 }
-                self.consume(used);
-                return Err(self.corrupt("checksum mismatch".into()));
+                // A frame still being written.
+                Frame::Short(_) => break,
+                Frame::Oversize(why) => {
+                    self.consume(used);
+                    return Err(self.corrupt(why));
+                }
+                Frame::Checksum => {
+                    let since = *self.bad_since.get_or_insert_with(Instant::now);
+                    if since.elapsed() < SETTLE {
+                        break;
+                    }
+                    self.consume(used);
+                    return Err(self.corrupt(Frame::Checksum.reason()));
+                }
             }
-            self.bad_since = None;
-            out.push((self.next, rec.to_vec()));
-            self.next += 1;
-            used += HEADER + len;
-            n += 1;
         }
         self.consume(used);
         Ok(n)
-    }
-
-    /// What is wrong with the frame at the start of `buf`.
-    fn diagnose(&self) -> String {
-        let b = &self.buf;
-        if b.len() < HEADER {
-            return format!("truncated frame header ({} of {HEADER} bytes)", b.len());
-        }
-        let len = u32::from_le_bytes(b[..4].try_into().expect("4")) as usize;
-        if b.len() < HEADER + len {
-            return format!("truncated record ({} of {len} bytes)", b.len() - HEADER);
-        }
-        "checksum mismatch".into()
     }
 
     fn consume(&mut self, used: usize) {
@@ -188,7 +167,7 @@ impl Tail {
             return Err(self.corrupt(format!("segment {n} starts at record {start}, but this one ended at {}", self.next)));
         }
         let path = segment::segment_path(&self.dir, n);
-        let file = File::open(&path).map_err(|e| SegmentError::Io { path: path.display().to_string(), source: e })?;
+        let file = File::open(&path).map_err(segment::io_err(&path))?;
         (self.segment, self.file, self.offset, self.bad_since) = (n, file, 0, None);
         Ok(())
     }
