@@ -556,7 +556,7 @@ impl Tally {
 
 /// The integration suites run in the guest: its own, and the network
 /// enforcement suite on a stock kernel.
-const GUEST_SUITES: [&str; 2] = ["guest", "network"];
+const GUEST_SUITES: [&str; 3] = ["guest", "network", "files"];
 
 /// The kernel the guest boots: Debian's 6.12 cloud kernel (virtiofs and
 /// virtio-pci built in, so no initramfs), unpacked by `setup` here.

@@ -168,6 +168,11 @@ pub fn monotonic_coarse_ns() -> u64 {
     ts.tv_sec() as u64 * 1_000_000_000 + ts.tv_nsec() as u64
 }
 
+/// A user-space `st_dev` in the kernel's `dev_t` encoding (major << 20 | minor).
+pub fn kernel_dev(st_dev: u64) -> u32 {
+    (libc::major(st_dev) << 20) | libc::minor(st_dev)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

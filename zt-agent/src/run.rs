@@ -149,10 +149,10 @@ impl Agent {
         let tracefs = host::ensure_tracefs()?;
         let cgroup2 = host::cgroup2_mount()?;
         let audit_writer = open_audit(&opts.audit)?;
-        let mut paths = check_kernel()?;
+        let (mut paths, lsm_loads) = check_kernel()?;
         let pins = prepare_pins(&opts)?;
 
-        let (mut bpf, maps) = load_programs(&opts, &tracefs, pins.as_ref())?;
+        let (mut bpf, mut maps) = load_programs(&opts, &tracefs, pins.as_ref())?;
         let object_digest = bpf::object_digest().to_hex().to_string();
         tracing::info!("eBPF object blake3 {object_digest}");
         bpf.forward_kernel_logs();
@@ -196,6 +196,9 @@ impl Agent {
         // first policy is in the maps (their events wait in the ring).
         bpf.attach_network(&cgroup2)?;
         bpf.attach_guards(&cgroup2, opts.syscall_guards)?;
+        if bpf.attach_files(lsm_loads)? {
+            maps.config.add_flags(zt_common::config_flags::EXEC_LSM)?;
+        }
         mark_degraded(&mut paths, &bpf.hooks);
         if let Some(pins) = &pins {
             // Ours first, then the previous run's go: no moment without a program.
@@ -341,7 +344,8 @@ impl Agent {
 
 /// Probes the kernel, logs which path each capability uses, and refuses to
 /// start without tracepoints or ring buffers.
-fn check_kernel() -> anyhow::Result<Vec<(&'static str, String)>> {
+/// The enforcement paths, and whether BPF LSM programs load.
+fn check_kernel() -> anyhow::Result<(Vec<(&'static str, String)>, bool)> {
     let caps = probe::probe();
     let paths = probe::enforcement_paths(&caps);
     for f in caps.features.iter().filter(|f| !f.available) {
@@ -356,7 +360,7 @@ fn check_kernel() -> anyhow::Result<Vec<(&'static str, String)>> {
     if !caps.has(probe::names::RINGBUF) {
         bail!("BPF ring buffers are unavailable (Linux >= 5.8 needed)");
     }
-    Ok(paths)
+    Ok((paths, caps.has(probe::names::LSM)))
 }
 
 /// The enforcement paths say what the kernel can run; a hook of theirs that
@@ -364,10 +368,12 @@ fn check_kernel() -> anyhow::Result<Vec<(&'static str, String)>> {
 /// say so, so `status` never claims a guard that is not in force.
 fn mark_degraded(paths: &mut [(&'static str, String)], hooks: &[bpf::loader::HookStatus]) {
     use zt_common::programs as P;
-    let owners: [(&str, &[&str]); 3] = [
+    let owners: [(&str, &[&str]); 5] = [
         ("network enforcement", &[P::CONNECT4, P::CONNECT6, P::SENDMSG4, P::SENDMSG6, P::CONNECT_UNIX, P::SENDMSG_UNIX]),
         ("socket kinds", &[P::SOCK_CREATE, P::GUARD_SETSOCKOPT, P::GUARD_ROUTE, P::SOCK_RELEASE, P::GUARD_SOCKET, P::GUARD_URING]),
         ("process takeover, bpf(2)", &[P::GUARD_PTRACE, P::GUARD_PROCESS_VM, P::GUARD_PIDFD_GETFD, P::GUARD_BPF]),
+        ("file rules", &P::LSM_FILE_HOOKS[2..]),
+        ("exec rules", &["bprm_check_security"]),
     ];
     for (what, programs) in owners {
         let missing: Vec<String> = hooks
@@ -375,8 +381,12 @@ fn mark_degraded(paths: &mut [(&'static str, String)], hooks: &[bpf::loader::Hoo
             .filter(|h| programs.contains(&h.program) && !h.attached)
             .map(|h| format!("{} at {}", h.program, h.attach_point))
             .collect();
+        // File and exec lines claim the LSM only where it loads (else they
+        // name their fallback, which these hooks are not).
+        let claims = |line: &str| !line.contains("NOT ENFORCED") && !line.contains("(fallback");
         if let Some((_, line)) = paths.iter_mut().find(|(w, _)| *w == what)
             && !missing.is_empty()
+            && claims(line)
         {
             line.push_str(&format!("; DEGRADED, not in force: {} (see hooks)", missing.join(", ")));
         }

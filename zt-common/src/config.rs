@@ -21,4 +21,7 @@ const _: () = assert!(size_of::<Config>() == 16);
 pub mod config_flags {
     /// Emit connect events for processes without an identity too.
     pub const OBSERVE_ALL_CONNECTS: u32 = 1 << 0;
+    /// The `bprm_check_security` LSM program is attached: exec rules are
+    /// refused there, so `sched_process_exec` kills no one for them.
+    pub const EXEC_LSM: u32 = 1 << 1;
 }

@@ -13,6 +13,8 @@ pub mod kind {
     pub const UNIX: u32 = 5;
     /// An [`AggEvictEvent`].
     pub const AGG_EVICT: u32 = 6;
+    /// A [`crate::path_policy::FileEvent`].
+    pub const FILE: u32 = 7;
 }
 
 /// Common prefix of every ring buffer record.

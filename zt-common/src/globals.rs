@@ -60,3 +60,20 @@ pub const IO_SOCKET_DOMAIN: &str = "IO_SOCKET_DOMAIN_OFF";
 pub const IO_SOCKET_TYPE: &str = "IO_SOCKET_TYPE_OFF";
 pub const IO_SOCKET_PROTOCOL: &str = "IO_SOCKET_PROTOCOL_OFF";
 pub const ABSENT: u32 = u32::MAX;
+/// Offsets the file programs read (`zt-ebpf/src/file.rs`), or [`ABSENT`]:
+/// `file.f_path.mnt`, `file.f_mode`, `path.mnt`, `path.dentry`,
+/// `mount.mnt` (the `vfsmount` inside a `struct mount`), `mount.mnt_parent`,
+/// `mount.mnt_mountpoint`, `vfsmount.mnt_root`, `dentry.d_name.name`,
+/// `dentry.d_name.len`, `linux_binprm.file`. Without them no file or exec
+/// rule is enforced (said by `status`).
+pub const FILE_MNT: &str = "FILE_MNT_OFF";
+pub const FILE_MODE: &str = "FILE_MODE_OFF";
+pub const PATH_MNT: &str = "PATH_MNT_OFF";
+pub const PATH_DENTRY: &str = "PATH_DENTRY_OFF";
+pub const MOUNT_MNT: &str = "MOUNT_MNT_OFF";
+pub const MOUNT_PARENT: &str = "MOUNT_PARENT_OFF";
+pub const MOUNT_MOUNTPOINT: &str = "MOUNT_MOUNTPOINT_OFF";
+pub const VFSMOUNT_ROOT: &str = "VFSMOUNT_ROOT_OFF";
+pub const DENTRY_NAME: &str = "DENTRY_NAME_OFF";
+pub const DENTRY_NAME_LEN: &str = "DENTRY_NAME_LEN_OFF";
+pub const BPRM_FILE: &str = "BPRM_FILE_OFF";

@@ -24,7 +24,10 @@ pub const RINGBUF_GUARD: u32 = 6;
 /// `bpf_ringbuf_reserve` failed for a Unix-socket event (the decision
 /// was still enforced and counted).
 pub const RINGBUF_UNIX: u32 = 7;
-pub const COUNT: u32 = 8;
+/// `bpf_ringbuf_reserve` failed for a file event (the decision was still
+/// enforced; the key's next event reports the attempts since its last).
+pub const RINGBUF_FILE: u32 = 8;
+pub const COUNT: u32 = 9;
 pub const NAMES: [&str; COUNT as usize] = [
     "ringbuf_exec",
     "ringbuf_exit",
@@ -34,6 +37,7 @@ pub const NAMES: [&str; COUNT as usize] = [
     "ringbuf_agg_evict",
     "ringbuf_guard",
     "ringbuf_unix",
+    "ringbuf_file",
 ];
 
 /// Security records of one identity lost on one CPU: the security ring

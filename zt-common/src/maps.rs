@@ -81,6 +81,19 @@ pub const EGRESS_AGG: &str = "EGRESS_AGG";
 /// Per-CPU array indexed by [`crate::loss::identity_slot`] ->
 /// [`crate::policy::IdentityBudget`]: event budgets and folded attempts.
 pub const IDENTITY_BUDGET: &str = "IDENTITY_BUDGET";
+/// Hash `(slot, identity, device, inode)` ->
+/// [`crate::path_policy::ObjectRules`]: file and exec rules by the object
+/// their path resolved to.
+pub const FILE_RULES: &str = "FILE_RULES";
+/// Both slots together.
+pub const FILE_RULES_CAPACITY: u32 = 65_536;
+/// Per-CPU LRU hash [`crate::path_policy::FileAggKey`] ->
+/// [`crate::path_policy::FileAggValue`]: one file event per (process,
+/// object, access, decision) per window.
+pub const FILE_AGG: &str = "FILE_AGG";
+pub const FILE_AGG_CAPACITY: u32 = 16_384;
+/// Per-CPU scratch space to build a [`crate::path_policy::FileEvent`]'s path.
+pub const PATH_SCRATCH: &str = "PATH_SCRATCH";
 /// The ring buffer of kernel log records. Not declared in
 /// `zt-ebpf/src/maps.rs`: aya-log-ebpf defines it, and it is in the object
 /// because `zt-ebpf/src/lineage.rs` logs with `warn!`; user space reads it
@@ -109,6 +122,9 @@ pub const ALL: &[&str] = &[
     IDENTITY_COUNTERS,
     EGRESS_AGG,
     IDENTITY_BUDGET,
+    FILE_RULES,
+    FILE_AGG,
+    PATH_SCRATCH,
     AYA_LOGS,
 ];
 
@@ -116,7 +132,7 @@ pub const ALL: &[&str] = &[
 /// space. Every other map holds enforcement state and is pinned, so
 /// enforcement outlives the daemon and a restarted one continues where it
 /// was ([`pinned`]).
-pub const NOT_PINNED: &[&str] = &[ARGS_SCRATCH, AYA_LOGS];
+pub const NOT_PINNED: &[&str] = &[ARGS_SCRATCH, PATH_SCRATCH, AYA_LOGS];
 
 /// The pinned maps, in [`ALL`]'s order.
 pub fn pinned() -> impl Iterator<Item = &'static str> {

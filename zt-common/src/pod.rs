@@ -26,3 +26,8 @@ unsafe impl aya::Pod for ConnectEvent {}
 unsafe impl aya::Pod for crate::AggEvictEvent {}
 unsafe impl aya::Pod for crate::unix::UnixKeyData {}
 unsafe impl aya::Pod for crate::unix::UnixEvent {}
+unsafe impl aya::Pod for crate::path_policy::ObjectKey {}
+unsafe impl aya::Pod for crate::path_policy::ObjectRules {}
+unsafe impl aya::Pod for crate::path_policy::FileAggKey {}
+unsafe impl aya::Pod for crate::path_policy::FileAggValue {}
+unsafe impl aya::Pod for crate::path_policy::FileEvent {}

@@ -100,7 +100,12 @@ pub struct IdentityPolicy {
     pub sockets: u32,
     /// 1 when the policy of the slot defines the identity; 0 (an unused
     /// element of `IDENTITY_POLICY`): unknown, fail closed.
-    pub defined: u32,
+    pub defined: u8,
+    /// Access bits ([`crate::path_policy`]) some file or exec rule of the
+    /// identity covers: only these make the kernel walk up an object's
+    /// directories; any other access takes the default at once.
+    pub file_rules: u8,
+    pub _pad: u16,
 }
 const _: () = assert!(size_of::<IdentityPolicy>() == 12);
 

@@ -34,6 +34,20 @@ pub const GUARD_TRACEPOINTS: &[(&str, &[&str])] = &[
     (GUARD_PIDFD_GETFD, &["sys_enter_pidfd_getfd"]),
     (GUARD_BPF, &["sys_enter_bpf"]),
 ];
+/// The BPF LSM file and exec programs (`zt-ebpf/src/file.rs`), each
+/// named after its hook.
+pub const LSM_FILE_HOOKS: &[&str] = &[
+    "file_open",
+    "bprm_check_security",
+    "path_unlink",
+    "path_rmdir",
+    "path_rename",
+    "path_truncate",
+    "path_link",
+    "path_mkdir",
+    "path_mknod",
+    "path_symlink",
+];
 /// Tiny programs loaded only by `zt-agent probe`.
 pub const PROBE_TRACEPOINT: &str = "probe_tracepoint";
 pub const PROBE_RAW_TRACEPOINT: &str = "probe_raw_tracepoint";
@@ -80,8 +94,8 @@ pub const ALL: &[&str] = &[
 mod tests {
     #[test]
     fn every_program_named_once() {
-        for (i, a) in super::ALL.iter().enumerate() {
-            assert!(!super::ALL[i + 1..].contains(a), "{a} twice");
+        for (i, a) in super::ALL.iter().chain(super::LSM_FILE_HOOKS).enumerate() {
+            assert!(!super::ALL.iter().chain(super::LSM_FILE_HOOKS).skip(i + 1).any(|b| b == a), "{a} twice");
         }
     }
 }

@@ -287,6 +287,14 @@ fn try_exec(ctx: &TracePointContext) -> Result<(), i64> {
             (info.identity, info.start_ns, 0)
         }
     };
+    if identity != NO_IDENTITY
+        && let Some(file) = exe_file_ptr()
+    {
+        // An identity held before this exec: its exec rules apply to the
+        // new image (one given by this exec's selection does not decide
+        // its own first image, as at the LSM hook, which runs before).
+        crate::file::exec_fallback(identity, file);
+    }
     let identity = match identity {
         NO_IDENTITY => {
             let (picked, flag) = match select_at_exec() {
@@ -523,20 +531,29 @@ struct ExeFile {
     dentry: *const u8,
 }
 
+/// `current->mm->exe_file`: the image just exec'd.
+#[inline(always)]
+fn exe_file_ptr() -> Option<*const u8> {
+    if global(&SEL_TASK_MM_OFF) == ABSENT {
+        return None;
+    }
+    // SAFETY: an argument-less helper with no preconditions.
+    let task = unsafe { bpf_get_current_task() } as *const u8;
+    // SAFETY: checked kernel reads of pointers (any bits are a valid raw
+    // pointer) at BTF offsets.
+    let mm: *const u8 = unsafe { read_kernel(task.wrapping_add(global(&SEL_TASK_MM_OFF) as usize).cast())? };
+    // SAFETY: as above.
+    unsafe { read_kernel(mm.wrapping_add(global(&MM_EXE_FILE_OFF) as usize).cast()) }
+}
+
 /// The exec'd file (`current->mm->exe_file`): inode number, device and
 /// the addresses to read more of it.
 #[inline(always)]
 fn exe_file() -> Option<ExeFile> {
-    // SAFETY: an argument-less helper with no preconditions; the result is
-    // only used as an address to read through bpf_probe_read_kernel.
-    let task = unsafe { bpf_get_current_task() } as *const u8;
+    let file = exe_file_ptr()?;
     // SAFETY: (every read here) read_kernel's contract holds: raw pointers
     // and integers accept any bits; the addresses are formed with
     // wrapping_add from BTF offsets and never dereferenced by this program.
-    let mm: *const u8 = unsafe { read_kernel(task.wrapping_add(global(&SEL_TASK_MM_OFF) as usize).cast())? };
-    // SAFETY: as above.
-    let file: *const u8 = unsafe { read_kernel(mm.wrapping_add(global(&MM_EXE_FILE_OFF) as usize).cast())? };
-    // SAFETY: as above.
     let inode: *const u8 = unsafe { read_kernel(file.wrapping_add(global(&FILE_INODE_OFF) as usize).cast())? };
     // SAFETY: as above.
     let ino: u64 = unsafe { read_kernel(inode.wrapping_add(global(&INODE_INO_OFF) as usize).cast())? };
@@ -575,7 +592,7 @@ fn has_children() -> bool {
 /// `T` must be valid for any bit pattern (integers, raw pointers): the bytes
 /// at `src` are not checked.
 #[inline(always)]
-unsafe fn read_kernel<T>(src: *const T) -> Option<T> {
+pub unsafe fn read_kernel<T>(src: *const T) -> Option<T> {
     // SAFETY: bpf_probe_read_kernel copies with fault handling (an error for
     // a bad address); the caller guarantees any bytes read form a valid T.
     unsafe { aya_ebpf::helpers::bpf_probe_read_kernel(src).ok() }

@@ -15,6 +15,9 @@
 //!   socket kinds their policy does not allow (EPERM at `sock_create`, or
 //!   SIGKILL at the `socket` tracepoint), ptrace and memory access across
 //!   identities, `pidfd_getfd`, `bpf(2)` (SIGKILL).
+//! - `file`: file and exec rules, at BPF LSM hooks (EPERM) where the
+//!   kernel loads them, and for exec at `sched_process_exec` (SIGKILL)
+//!   where it does not; file events.
 //! - `probe`: tiny programs `zt-agent probe` loads to learn what this kernel runs.
 #![no_std]
 #![no_main]
@@ -22,6 +25,7 @@
 #![warn(clippy::undocumented_unsafe_blocks)]
 
 mod events;
+mod file;
 mod guard;
 mod lineage;
 mod maps;

@@ -5,12 +5,13 @@
 //! by the same names (`zt-agent/src/bpf/maps.rs`).
 use aya_ebpf::{
     macros::map,
-    maps::{Array, HashMap, LpmTrie, LruHashMap, PerCpuArray, RingBuf},
+    maps::{Array, HashMap, LpmTrie, LruHashMap, LruPerCpuHashMap, PerCpuArray, RingBuf},
 };
 use zt_common::{
     Config, DigestKey, ExecArgs, ExecKey, ExecPick, ProcInfo,
     loss::{self, SecurityLoss},
     maps,
+    path_policy::{FILE_PATH_LEN, FileAggKey, FileAggValue, ObjectKey, ObjectRules},
     policy::{AGG_SLOTS, ActivePolicy, AggSlot, IdentityBudget, IdentityCounters, IdentityPolicy, NetKeyData, NetRuleList, identity_index},
     unix::UnixKeyData,
 };
@@ -79,6 +80,18 @@ pub static EGRESS_AGG: PerCpuArray<AggSlot> = PerCpuArray::with_max_entries(AGG_
 
 #[map]
 pub static IDENTITY_BUDGET: PerCpuArray<IdentityBudget> = PerCpuArray::with_max_entries(maps::SECURITY_LOSS_CAPACITY, 0);
+
+/// File and exec rules by object (see `zt_common::path_policy`).
+#[map]
+pub static FILE_RULES: HashMap<ObjectKey, ObjectRules> = HashMap::with_max_entries(maps::FILE_RULES_CAPACITY, 0);
+
+#[map]
+pub static FILE_AGG: LruPerCpuHashMap<FileAggKey, FileAggValue> = LruPerCpuHashMap::with_max_entries(maps::FILE_AGG_CAPACITY, 0);
+
+/// Where a file event's path is built, back to front (twice
+/// `FILE_PATH_LEN`, so every masked write is provably in bounds).
+#[map]
+pub static PATH_SCRATCH: PerCpuArray<[u8; 2 * FILE_PATH_LEN]> = PerCpuArray::with_max_entries(1, 0);
 
 #[map]
 pub static IDENTITY_COUNTERS: PerCpuArray<IdentityCounters> = PerCpuArray::with_max_entries(maps::MAX_IDENTITIES + 1, 0);
@@ -195,6 +208,29 @@ pub static IO_SOCKET_PROTOCOL_OFF: u32 = u32::MAX;
 pub static SOCK_ADDR_UADDR_OFF: u32 = u32::MAX;
 #[unsafe(no_mangle)]
 pub static SOCK_ADDR_UADDRLEN_OFF: u32 = u32::MAX;
+/// What the file programs read (see `zt_common::globals::FILE_MNT`).
+#[unsafe(no_mangle)]
+pub static FILE_MNT_OFF: u32 = u32::MAX;
+#[unsafe(no_mangle)]
+pub static FILE_MODE_OFF: u32 = u32::MAX;
+#[unsafe(no_mangle)]
+pub static PATH_MNT_OFF: u32 = u32::MAX;
+#[unsafe(no_mangle)]
+pub static PATH_DENTRY_OFF: u32 = u32::MAX;
+#[unsafe(no_mangle)]
+pub static MOUNT_MNT_OFF: u32 = u32::MAX;
+#[unsafe(no_mangle)]
+pub static MOUNT_PARENT_OFF: u32 = u32::MAX;
+#[unsafe(no_mangle)]
+pub static MOUNT_MOUNTPOINT_OFF: u32 = u32::MAX;
+#[unsafe(no_mangle)]
+pub static VFSMOUNT_ROOT_OFF: u32 = u32::MAX;
+#[unsafe(no_mangle)]
+pub static DENTRY_NAME_OFF: u32 = u32::MAX;
+#[unsafe(no_mangle)]
+pub static DENTRY_NAME_LEN_OFF: u32 = u32::MAX;
+#[unsafe(no_mangle)]
+pub static BPRM_FILE_OFF: u32 = u32::MAX;
 
 /// Reads a global through a volatile load so the compiler cannot fold the
 /// default value in; the verifier then sees the frozen `.rodata` value.

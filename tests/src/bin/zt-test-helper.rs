@@ -42,6 +42,15 @@
 //!   lsrr-msg HOP,ADDR (a UDP datagram "zt-around" to ADDR with a loose
 //!   source route via HOP given per message: IP_RETOPTS ancillary data),
 //!   plain-msg HOP,ADDR (the same datagram without it)
+//! - file MODE PATH OUT              one file operation; the result in OUT:
+//!   "OK", "OK <bytes read>", "EPERM", "ERR <errno>" (see `files`); MODE:
+//!   read, write (append "zt"), create (O_CREAT|O_EXCL), opath-reopen (O_PATH,
+//!   then read through /proc/self/fd/N), openat2 (read, RESOLVE_NO_MAGICLINKS),
+//!   uring-read (IORING_OP_OPENAT, then read), unlink, truncate,
+//!   rename SRC:DST, link SRC:DST, mkdir, chroot-read ROOT:PATH (chroot to
+//!   ROOT, read PATH there), exec (execve PATH "mark" OUT), memfd-exec
+//!   (PATH's bytes into a memfd, then fexecve it with "mark" OUT)
+//! - mark OUT                        write "RAN" to OUT (what an exec'd copy runs)
 use std::{io::BufRead, net::TcpStream, time::Duration};
 
 fn connect(addr: &str) {
@@ -206,6 +215,13 @@ fn main() {
             let (mode, target, out) = (a(2), a(3), a(4));
             std::fs::write(out, around::attempt(mode, target)).expect("writing the result");
         }
+        "file" => {
+            let (mode, path, out) = (a(2), a(3), a(4));
+            // Opened first: `chroot-read` leaves the directory it is in.
+            let mut result = std::fs::File::create(out).expect("creating the result file");
+            std::io::Write::write_all(&mut result, files::attempt(mode, path, out).as_bytes()).expect("writing the result");
+        }
+        "mark" => std::fs::write(a(2), "RAN").expect("writing the mark"),
         "listen" => {
             let l = std::net::TcpListener::bind(a(2)).expect("bind");
             l.set_nonblocking(true).unwrap();
@@ -529,6 +545,128 @@ mod around {
             let mut reply = [0u8; 64];
             let n = libc::recv(fd, reply.as_mut_ptr().cast(), reply.len(), 0);
             if n > 0 && reply[0] == 0 { "OK".into() } else { last() }
+        }
+    }
+}
+
+/// File operations for the file and exec tests (see `file` in the usage).
+mod files {
+    use std::{
+        ffi::CString,
+        fs::OpenOptions,
+        io::{Error, Read, Write},
+        os::{fd::FromRawFd, unix::fs::OpenOptionsExt},
+    };
+
+    fn result<T>(r: std::io::Result<T>, ok: impl FnOnce(T) -> String) -> String {
+        match r {
+            Ok(v) => ok(v),
+            Err(e) if e.raw_os_error() == Some(libc::EPERM) => "EPERM".into(),
+            Err(e) => format!("ERR {}", e.raw_os_error().unwrap_or(-1)),
+        }
+    }
+
+    fn read_all(mut f: std::fs::File) -> std::io::Result<String> {
+        let mut s = String::new();
+        f.read_to_string(&mut s)?;
+        Ok(s)
+    }
+
+    fn cstr(s: &str) -> CString {
+        CString::new(s).expect("no NUL in the path")
+    }
+
+    /// A raw fd result as a File.
+    fn fd(r: libc::c_long) -> std::io::Result<std::fs::File> {
+        if r < 0 {
+            return Err(Error::last_os_error());
+        }
+        // SAFETY: the syscall returned a new descriptor that nothing else owns.
+        Ok(unsafe { std::fs::File::from_raw_fd(r as i32) })
+    }
+
+    fn pair(s: &str) -> (&str, &str) {
+        s.split_once(':').expect("SRC:DST")
+    }
+
+    pub fn attempt(mode: &str, path: &str, out: &str) -> String {
+        let done = |r: std::io::Result<()>| result(r, |()| "OK".into());
+        let read = |r: std::io::Result<std::fs::File>| result(r.and_then(read_all), |s| format!("OK {s}"));
+        match mode {
+            "read" => read(std::fs::File::open(path)),
+            "write" => done(OpenOptions::new().append(true).open(path).and_then(|mut f| f.write_all(b"zt"))),
+            "create" => done(OpenOptions::new().write(true).create_new(true).open(path).map(drop)),
+            "opath-reopen" => {
+                let p = OpenOptions::new().read(true).custom_flags(libc::O_PATH).open(path);
+                read(p.and_then(|p| {
+                    use std::os::fd::AsRawFd;
+                    std::fs::File::open(format!("/proc/self/fd/{}", p.as_raw_fd()))
+                }))
+            }
+            "openat2" => {
+                // struct open_how { u64 flags, mode, resolve }; RESOLVE_NO_MAGICLINKS = 0x02.
+                let how: [u64; 3] = [libc::O_RDONLY as u64, 0, 0x02];
+                let p = cstr(path);
+                // SAFETY: a valid C string and a 24-byte open_how that outlive the call.
+                read(fd(unsafe { libc::syscall(libc::SYS_openat2, libc::AT_FDCWD, p.as_ptr(), how.as_ptr(), 24usize) }))
+            }
+            "uring-read" => {
+                let mut ring = match io_uring::IoUring::new(4) {
+                    Ok(r) => r,
+                    Err(e) => return format!("ERR-URING {e}"),
+                };
+                let p = cstr(path);
+                let entry = io_uring::opcode::OpenAt::new(io_uring::types::Fd(libc::AT_FDCWD), p.as_ptr())
+                    .flags(libc::O_RDONLY)
+                    .build()
+                    .flags(io_uring::squeue::Flags::ASYNC);
+                // SAFETY: `p` outlives the submission (we wait for its completion).
+                unsafe { ring.submission().push(&entry).expect("queue") };
+                ring.submit_and_wait(1).expect("io_uring_enter");
+                let res = ring.completion().next().expect("completion").result();
+                if res < 0 {
+                    return result::<()>(Err(Error::from_raw_os_error(-res)), |()| String::new());
+                }
+                read(fd(res as libc::c_long))
+            }
+            "unlink" => done(std::fs::remove_file(path)),
+            "truncate" => done(OpenOptions::new().write(true).open(path).and_then(|f| f.set_len(0))),
+            "rename" => {
+                let (a, b) = pair(path);
+                done(std::fs::rename(a, b))
+            }
+            "link" => {
+                let (a, b) = pair(path);
+                done(std::fs::hard_link(a, b))
+            }
+            "mkdir" => done(std::fs::create_dir(path)),
+            "chroot-read" => {
+                let (root, inner) = pair(path);
+                if let Err(e) = std::os::unix::fs::chroot(root).and_then(|()| std::env::set_current_dir("/")) {
+                    return result::<()>(Err(e), |()| String::new());
+                }
+                read(std::fs::File::open(inner))
+            }
+            "exec" => {
+                let argv = [cstr(path), cstr("mark"), cstr(out)];
+                let ptrs = [argv[0].as_ptr(), argv[1].as_ptr(), argv[2].as_ptr(), std::ptr::null()];
+                // SAFETY: NUL-terminated argv of valid C strings, an empty environment.
+                unsafe { libc::execve(argv[0].as_ptr(), ptrs.as_ptr(), [std::ptr::null()].as_ptr()) };
+                result::<()>(Err(Error::last_os_error()), |()| String::new())
+            }
+            "memfd-exec" => {
+                let bytes = std::fs::read(path).expect("reading the binary");
+                // SAFETY: a valid C string name and flags.
+                let m = fd(unsafe { libc::memfd_create(cstr("zt").as_ptr(), 0) } as libc::c_long).expect("memfd_create");
+                (&m).write_all(&bytes).expect("filling the memfd");
+                let argv = [cstr("memfd"), cstr("mark"), cstr(out)];
+                let ptrs = [argv[0].as_ptr(), argv[1].as_ptr(), argv[2].as_ptr(), std::ptr::null()];
+                use std::os::fd::AsRawFd;
+                // SAFETY: as for execve; the memfd is open.
+                unsafe { libc::fexecve(m.as_raw_fd(), ptrs.as_ptr(), [std::ptr::null()].as_ptr()) };
+                result::<()>(Err(Error::last_os_error()), |()| String::new())
+            }
+            other => panic!("unknown file mode {other}"),
         }
     }
 }

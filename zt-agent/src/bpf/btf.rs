@@ -229,6 +229,29 @@ pub fn io_socket_offsets(btf: &Btf<'_>) -> Result<[(&'static str, u32); 3], BtfE
     ])
 }
 
+/// The offsets the file and exec programs read (see
+/// `zt_common::globals::FILE_MNT`): the mount and mode of a file, the two
+/// halves of a `struct path`, the mount tree (`struct mount` around each
+/// `vfsmount`), a dentry's name, and the file an exec runs.
+pub fn file_offsets(btf: &Btf<'_>) -> Result<[(&'static str, u32); 11], BtfError> {
+    use zt_common::globals as g;
+    let f_path = btf.member_offset("file", "f_path")?;
+    let d_name = btf.member_offset("dentry", "d_name")?;
+    Ok([
+        (g::FILE_MNT, f_path + btf.member_offset("path", "mnt")?),
+        (g::FILE_MODE, btf.member_offset("file", "f_mode")?),
+        (g::PATH_MNT, btf.member_offset("path", "mnt")?),
+        (g::PATH_DENTRY, btf.member_offset("path", "dentry")?),
+        (g::MOUNT_MNT, btf.member_offset("mount", "mnt")?),
+        (g::MOUNT_PARENT, btf.member_offset("mount", "mnt_parent")?),
+        (g::MOUNT_MOUNTPOINT, btf.member_offset("mount", "mnt_mountpoint")?),
+        (g::VFSMOUNT_ROOT, btf.member_offset("vfsmount", "mnt_root")?),
+        (g::DENTRY_NAME, d_name + btf.member_offset("qstr", "name")?),
+        (g::DENTRY_NAME_LEN, d_name + btf.member_offset("qstr", "len")?),
+        (g::BPRM_FILE, btf.member_offset("linux_binprm", "file")?),
+    ])
+}
+
 /// Offsets of `uaddr` and `uaddrlen` in `struct bpf_sock_addr_kern`, the
 /// struct a sock_addr program's context points to (read by the
 /// Unix-socket programs, see `zt-ebpf/src/unix.rs`).
@@ -313,7 +336,11 @@ mod tests {
             );
             return;
         };
-        let [(_, mm), (_, start), (_, end)] = argv_offsets(&Btf::parse(&data).unwrap()).unwrap();
+        let btf = Btf::parse(&data).unwrap();
+        let [(_, mm), (_, start), (_, end)] = argv_offsets(&btf).unwrap();
+        let file = file_offsets(&btf).unwrap();
+        // `len` is the second u32 of `d_name` (after `hash`), `name` follows.
+        assert_eq!(file[9].1 + 4, file[8].1, "{file:?}");
         assert!(mm > 0 && start > 0);
         assert_eq!(end, start + 8, "arg_end follows arg_start in mm_struct");
     }

@@ -90,6 +90,8 @@ pub struct Bpf {
     unix: Result<UnixPrograms, String>,
     /// The io_uring guard's offsets are known (tracefs and BTF).
     uring_offsets: bool,
+    /// The file programs' offsets are known (BTF), or why not.
+    file_offsets: Result<(), String>,
     pub hooks: Vec<HookStatus>,
     /// Forwards the programs' aya-log records to `tracing`; aborted on drop.
     logger: Option<tokio::task::JoinHandle<()>>,
@@ -171,6 +173,13 @@ impl Bpf {
             Ok(o) => offsets.extend(o),
             Err(e) => tracing::warn!("sockets made through io_uring are not guarded: no BTF offsets ({e})"),
         }
+        // File and exec rules (LSM programs and the exec fallback) need the
+        // exec selectors' offsets and these.
+        let file_offsets = btf.as_ref().map_err(String::clone).and_then(|b| btf::file_offsets(b).map_err(|e| e.to_string()));
+        match &file_offsets {
+            Ok(o) => offsets.extend(o.iter().copied()),
+            Err(e) => tracing::warn!("file and exec rules are not enforced: no BTF offsets ({e})"),
+        }
         // The Unix-socket programs read the address behind their context.
         let unix_offsets = btf.as_ref().map_err(String::clone).and_then(|b| btf::sock_addr_offsets(b).map_err(|e| e.to_string()));
         if let Ok(o) = &unix_offsets {
@@ -201,6 +210,7 @@ impl Bpf {
             policy: PolicyMaps::new(
                 take(&mut ebpf, M::NET_RULES)?,
                 take(&mut ebpf, M::UNIX_RULES)?,
+                take(&mut ebpf, M::FILE_RULES)?,
                 take(&mut ebpf, M::IDENTITY_POLICY)?,
                 take(&mut ebpf, M::POLICY_ACTIVE)?,
             )?,
@@ -213,7 +223,13 @@ impl Bpf {
             use zt_common::globals::{ABSENT, IO_SOCKET_DOMAIN, URING_REQ};
             offsets.iter().any(|(g, v)| *g == URING_REQ && *v != ABSENT) && offsets.iter().any(|(g, _)| *g == IO_SOCKET_DOMAIN)
         };
-        let mut bpf = Bpf { ebpf, unix, uring_offsets, hooks: Vec::new(), logger: None };
+        let exec_offsets = offsets.iter().any(|(g, v)| *g == zt_common::globals::SB_DEV && *v != zt_common::globals::ABSENT);
+        let file_offsets = match file_offsets {
+            Ok(_) if exec_offsets => Ok(()),
+            Ok(_) => Err("no BTF offsets for the exec'd file".to_string()),
+            Err(e) => Err(format!("no BTF offsets ({e})")),
+        };
+        let mut bpf = Bpf { ebpf, unix, uring_offsets, file_offsets, hooks: Vec::new(), logger: None };
         // Exit before fork before exec: a process is never forked into the
         // table after its exit was missed.
         for (prog, category, name, need) in [
@@ -335,11 +351,53 @@ impl Bpf {
         Ok(())
     }
 
+    /// Attaches the BPF LSM file and exec programs where the kernel loads
+    /// them (`lsm`: `zt-agent probe` found BPF LSM programs load). Returns
+    /// whether `bprm_check_security` is attached (then the exec fallback at
+    /// `sched_process_exec` must stand down: `config_flags::EXEC_LSM`).
+    /// Each program that is not attached is said by `status`.
+    pub fn attach_files(&mut self, lsm: bool) -> anyhow::Result<bool> {
+        let btf = aya::Btf::from_sys_fs().map_err(|e| e.to_string());
+        for hook in P::LSM_FILE_HOOKS {
+            let at = format!("lsm/{hook}");
+            let skip = match (&self.file_offsets, lsm, &btf) {
+                (Err(why), _, _) => Some(format!("not loaded: {why}; file and exec rules are not enforced")),
+                (_, false, _) => Some(
+                    "not loaded: BPF LSM programs do not load on this kernel (see `zt-agent probe`); exec rules fall back to \
+                     sched_process_exec + SIGKILL, file rules are not enforced"
+                        .to_string(),
+                ),
+                (_, _, Err(e)) => Some(format!("not loaded: kernel BTF: {e}")),
+                _ => None,
+            };
+            if let Some(state) = skip {
+                self.hooks.push(HookStatus { program: hook, attach_point: at, state, attached: false });
+                continue;
+            }
+            let btf = btf.as_ref().expect("checked above");
+            let started = std::time::Instant::now();
+            let r = (|| -> anyhow::Result<()> {
+                let p: &mut aya::programs::Lsm = self.ebpf.program_mut(hook).with_context(|| format!("{hook} missing"))?.try_into()?;
+                p.load(hook, btf).context("load")?;
+                p.attach().context("attach")?;
+                Ok(())
+            })();
+            tracing::info!("lsm/{hook}: loaded and attached in {} ms", started.elapsed().as_millis());
+            let fallback = if *hook == "bprm_check_security" {
+                "exec rules fall back to sched_process_exec + SIGKILL"
+            } else {
+                "this file operation is not checked"
+            };
+            self.record(hook, at, r, Need::Optional { fallback })?;
+        }
+        Ok(self.hooks.iter().any(|h| h.program == "bprm_check_security" && h.attached))
+    }
+
     /// Pins the links of every program of ours now loaded (see
     /// [`super::pins`]); returns how many.
     pub fn pin_links(&self, pins: &super::pins::Pins) -> anyhow::Result<usize> {
         let mut ids: Vec<(&str, u32)> =
-            P::ALL.iter().filter_map(|name| Some((*name, self.ebpf.program(name)?.info().ok()?.id()))).collect();
+            P::ALL.iter().chain(P::LSM_FILE_HOOKS).filter_map(|name| Some((*name, self.ebpf.program(name)?.info().ok()?.id()))).collect();
         if let Ok(u) = &self.unix {
             ids.extend(u.ids());
         }

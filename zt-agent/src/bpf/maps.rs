@@ -22,6 +22,7 @@ use zt_common::{
     Config, DigestKey, ExecKey, ExecPick, NO_IDENTITY, ProcInfo,
     loss::{self, SecurityLoss},
     maps,
+    path_policy::{ObjectKey, ObjectRules},
     policy::{AGG_SLOTS, ActivePolicy, AggSlot, IdentityBudget, IdentityCounters, IdentityKey, IdentityPolicy, NetKeyData, NetRuleList},
     unix::UnixKeyData,
 };
@@ -332,6 +333,13 @@ impl ConfigMap {
     pub fn set(&mut self, config: Config) -> Result<(), MapAccessError> {
         self.0.set(0, config, 0).map_err(err(maps::CONFIG, "set"))
     }
+
+    /// Sets `flags` ([`zt_common::config_flags`]) in the config in force.
+    pub fn add_flags(&mut self, flags: u32) -> Result<(), MapAccessError> {
+        let mut c = self.0.get(&0, 0).map_err(err(maps::CONFIG, "get"))?;
+        c.flags |= flags;
+        self.set(c)
+    }
 }
 
 /// The two event ring buffers (telemetry and security records), registered
@@ -385,6 +393,7 @@ impl EventSource {
 /// over these in `bpf::tables`).
 pub struct PolicyMaps {
     net: LpmTrie<MapData, NetKeyData, NetRuleList>,
+    files: HashMap<MapData, ObjectKey, ObjectRules>,
     unix: LpmTrie<MapData, UnixKeyData, NetRuleList>,
     identities: Array<MapData, IdentityPolicy>,
     active: Array<MapData, ActivePolicy>,
@@ -397,6 +406,7 @@ pub struct PolicyMaps {
 struct Installed {
     net: Vec<Key<NetKeyData>>,
     unix: Vec<Key<UnixKeyData>>,
+    files: Vec<ObjectKey>,
     /// `IDENTITY_POLICY` elements.
     identities: Vec<u32>,
 }
@@ -405,9 +415,10 @@ impl PolicyMaps {
     /// Opens the maps. Keys already in them (pinned maps adopted from an
     /// earlier run) count as installed, so the first install into a slot
     /// clears what that run left there.
-    pub fn new(net: Map, unix: Map, identities: Map, active: Map) -> Result<Self, MapAccessError> {
+    pub fn new(net: Map, unix: Map, files: Map, identities: Map, active: Map) -> Result<Self, MapAccessError> {
         let mut m = PolicyMaps {
             net: LpmTrie::try_from(net).map_err(err(maps::NET_RULES, "open"))?,
+            files: HashMap::try_from(files).map_err(err(maps::FILE_RULES, "open"))?,
             unix: LpmTrie::try_from(unix).map_err(err(maps::UNIX_RULES, "open"))?,
             identities: Array::try_from(identities).map_err(err(maps::IDENTITY_POLICY, "open"))?,
             active: Array::try_from(active).map_err(err(maps::POLICY_ACTIVE, "open"))?,
@@ -422,6 +433,10 @@ impl PolicyMaps {
         for k in m.unix.keys() {
             let k = k.map_err(err(maps::UNIX_RULES, "list"))?;
             m.installed[slot(k.data().slot)].unix.push(k);
+        }
+        for k in m.files.keys() {
+            let k = k.map_err(err(maps::FILE_RULES, "list"))?;
+            m.installed[slot(k.slot)].files.push(k);
         }
         for i in 0..maps::IDENTITY_POLICY_CAPACITY {
             if m.identities.get(&i, 0).map_err(err(maps::IDENTITY_POLICY, "list"))?.defined != 0 {
@@ -444,6 +459,9 @@ impl PolicyMaps {
         for k in &old.unix {
             self.unix.remove(k).or_else(|e| if is_missing_key(&e) { Ok(()) } else { Err(e) }).map_err(err(maps::UNIX_RULES, "clear"))?;
         }
+        for k in &old.files {
+            self.files.remove(k).or_else(|e| if is_missing_key(&e) { Ok(()) } else { Err(e) }).map_err(err(maps::FILE_RULES, "clear"))?;
+        }
         for i in &old.identities {
             self.identities.set(*i, IdentityPolicy::default(), 0).map_err(err(maps::IDENTITY_POLICY, "clear"))?;
         }
@@ -465,6 +483,10 @@ impl PolicyMaps {
             self.unix.insert(&key, list, 0).map_err(err(maps::UNIX_RULES, "insert"))?;
             installed.unix.push(key);
         }
+        for (key, rules) in &c.objects {
+            self.files.insert(key, rules, 0).map_err(err(maps::FILE_RULES, "insert"))?;
+            installed.files.push(*key);
+        }
         // The pending pseudo-identity (see `zt_common::PENDING_IDENTITY`):
         // egress denied, the default socket kinds, nothing else restricted.
         let pending = (
@@ -476,6 +498,8 @@ impl PolicyMaps {
                 mode: zt_common::policy::ENFORCE,
                 sockets: zt_common::guard::sock_kind::DEFAULT,
                 defined: 1,
+                file_rules: 0,
+                _pad: 0,
             },
         );
         for (k, v) in c.identities.iter().chain([&pending]) {

@@ -258,13 +258,28 @@ pub fn enforcement_paths(caps: &Capabilities) -> Vec<(&'static str, String)> {
             "UNGUARDED: tracepoints with bpf_send_signal unavailable".into()
         },
     ));
-    let file_path = if caps.has(names::LSM) {
-        "BPF LSM available"
-    } else if caps.has(names::SEND_SIGNAL) {
-        "BPF LSM unavailable; bpf_send_signal from tracepoints available"
-    } else {
-        "BPF LSM and bpf_send_signal unavailable"
-    };
-    v.push(("file/exec enforcement", format!("none in this version ({file_path})")));
+    let lsm = caps.has(names::LSM);
+    v.push((
+        "file rules",
+        if lsm {
+            "BPF LSM file_open, path_unlink/rmdir/rename/truncate/link/mkdir/mknod/symlink, matched by object (device and inode \
+             of the file and of every directory above it): EPERM before the access"
+                .into()
+        } else {
+            "NOT ENFORCED: BPF LSM programs do not load on this kernel; file rules are compiled and explained \
+             (`policy explain --open`), but no access is refused and no file event is written"
+                .into()
+        },
+    ));
+    v.push((
+        "exec rules",
+        match (lsm, kill) {
+            (true, _) => "BPF LSM bprm_check_security, matched by object: EPERM before the exec".into(),
+            (false, true) => "sched_process_exec + SIGKILL (fallback: BPF LSM does not load; the exec happens, and the process is \
+                              killed before its new image runs an instruction)"
+                .into(),
+            (false, false) => "NOT ENFORCED: neither BPF LSM nor bpf_send_signal from tracepoints".into(),
+        },
+    ));
     v
 }

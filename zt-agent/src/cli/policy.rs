@@ -194,7 +194,7 @@ fn explain(paths: &[PathBuf], identity: &str, query: &policy::Query, conditions:
     };
     let ev = conditions.then(|| policy::conditions::evaluate(&p, &policy::conditions::Inputs::current(Default::default())));
     let active = ev.as_ref().map_or_else(|| vec![true; p.rules.len()], |ev| ev.active());
-    let e = policy::explain(&p, identity, query, &active)?;
+    let e = policy::explain(&p, identity, query, &active, &policy::objects::HostLookup)?;
     // The identity's rules that have conditions, and their state now.
     let states: Vec<&policy::conditions::RuleState> = ev
         .iter()

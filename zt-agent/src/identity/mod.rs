@@ -28,6 +28,7 @@ pub mod procfs;
 pub mod selector;
 pub mod table;
 
+use crate::host::kernel_dev;
 use std::{
     collections::HashMap,
     os::unix::fs::MetadataExt,
@@ -82,11 +83,6 @@ impl Facts for LiveFacts<'_> {
     fn digest(&mut self) -> Option<blake3::Hash> {
         self.digests.digest_pid(self.proc_root, self.pid).ok()
     }
-}
-
-/// A user-space `st_dev` in the kernel's `dev_t` encoding (major << 20 | minor).
-fn kernel_dev(st_dev: u64) -> u32 {
-    (libc::major(st_dev) << 20) | libc::minor(st_dev)
 }
 
 /// What the kernel needs to decide selectors at exec.

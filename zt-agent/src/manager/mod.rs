@@ -164,7 +164,8 @@ impl Manager {
         ids.assign(&policy).map_err(ApplyError::Ids)?;
         let active = self.evaluate_conditions(&policy, record)?;
         let slot = target_slot(self.target.active()?);
-        let compiled: Compiled = compile::compile(&policy, &ids, slot, &active).map_err(ApplyError::Compile)?;
+        let mut compiled: Compiled = compile::compile(&policy, &ids, slot, &active).map_err(ApplyError::Compile)?;
+        crate::policy::objects::resolve(&mut compiled, &policy, &crate::policy::objects::HostLookup).map_err(ApplyError::Compile)?;
         tokio::time::sleep(self.target.grace_remaining()).await;
         let generation = self.target.active()?.generation + 1;
         // Names first: an event decided by the new generation may be read
@@ -199,7 +200,13 @@ impl Manager {
         };
         let config = Arc::new(policy::identity_config(&policy, &self.ids));
         let _ = self.shared.pipeline.send(Input::Identities(config)).await;
-        let warnings: Vec<String> = policy.warnings.iter().map(|w| w.to_string()).collect();
+        let mut warnings: Vec<String> = policy.warnings.iter().map(|w| w.to_string()).collect();
+        warnings.extend(compiled.unresolved.iter().map(|u| {
+            format!(
+                "rule {:?}: {} names nothing on this host ({}); it matches nothing until the policy is applied again",
+                u.rule, u.path, u.reason
+            )
+        }));
         self.current = Some((policy, active));
         Ok(Outcome { version, digest, generation: now.generation, warnings, micros })
     }

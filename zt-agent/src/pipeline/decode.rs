@@ -8,7 +8,9 @@
 use std::mem::size_of;
 
 use thiserror::Error;
-use zt_common::{AggEvictEvent, ConnectEvent, EventHeader, ExecEvent, ExitEvent, guard::GuardEvent, kind, unix::UnixEvent};
+use zt_common::{
+    AggEvictEvent, ConnectEvent, EventHeader, ExecEvent, ExitEvent, guard::GuardEvent, kind, path_policy::FileEvent, unix::UnixEvent,
+};
 
 #[derive(Debug, Clone)]
 pub enum RawEvent {
@@ -18,6 +20,7 @@ pub enum RawEvent {
     Guard(GuardEvent),
     Unix(Box<UnixEvent>),
     AggEvict(AggEvictEvent),
+    File(Box<FileEvent>),
 }
 
 impl RawEvent {
@@ -29,6 +32,7 @@ impl RawEvent {
             RawEvent::Guard(e) => &e.header,
             RawEvent::Unix(e) => &e.header,
             RawEvent::AggEvict(e) => &e.header,
+            RawEvent::File(e) => &e.header,
         }
     }
 }
@@ -67,6 +71,7 @@ pub fn decode(bytes: &[u8]) -> Result<RawEvent, DecodeError> {
         kind::GUARD => Ok(RawEvent::Guard(read(bytes, "guard")?)),
         kind::UNIX => Ok(RawEvent::Unix(Box::new(read(bytes, "unix")?))),
         kind::AGG_EVICT => Ok(RawEvent::AggEvict(read(bytes, "agg_evict")?)),
+        kind::FILE => Ok(RawEvent::File(Box::new(read(bytes, "file")?))),
         other => Err(DecodeError::UnknownKind(other)),
     }
 }

@@ -20,8 +20,8 @@ use zt_common::{
 use super::{
     decode::{RawEvent, c_str},
     event::{
-        Body, Comm, ConnectFolded, ConnectInfo, ConnectSummary, Decision, Event, ExecInfo, GuardInfo, IdentityRef, Process, UnixInfo,
-        WallTime, ip_from_mapped, protocol_name,
+        Body, Comm, ConnectFolded, ConnectInfo, ConnectSummary, Decision, Event, ExecInfo, FileInfo, GuardInfo, IdentityRef, Process,
+        UnixInfo, WallTime, ip_from_mapped, protocol_name,
     },
 };
 use crate::{
@@ -276,6 +276,17 @@ impl Enricher {
                 let process = self.process_info(&h, &u.comm, &meta);
                 let unix_connect = UnixInfo::from_raw(&u, |g, r| self.rulebook.name(g, r));
                 Some(self.event(wall_time(h.time_ns), Body::UnixConnect { process, identity: self.identity_ref(h.identity), unix_connect }))
+            }
+            // Denials are security records, always shown; allowed accesses
+            // a rule named follow `--show`.
+            RawEvent::File(f) => {
+                if f.verdict.decided != zt_common::policy::DENY && !wanted(h.identity) {
+                    return None;
+                }
+                let meta = self.meta(h.tgid, h.start_ns, h.cgroup_id);
+                let process = self.process_info(&h, &f.comm, &meta);
+                let file = FileInfo::from_raw(&f, |g, r| self.rulebook.name(g, r));
+                Some(self.event(wall_time(h.time_ns), Body::File { process, identity: self.identity_ref(h.identity), file }))
             }
         }
     }

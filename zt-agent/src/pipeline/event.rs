@@ -80,6 +80,15 @@ pub enum Body {
         identity: Option<IdentityRef>,
         unix_connect: UnixInfo,
     },
+    /// A file access or exec of an agent identity that a rule named, or
+    /// that was denied (or would be: audit), at most one per process,
+    /// object, operation, access and decision per second (the attempts in
+    /// between folded into `repeats`).
+    File {
+        process: Process,
+        identity: Option<IdentityRef>,
+        file: FileInfo,
+    },
 }
 
 impl Body {
@@ -91,7 +100,8 @@ impl Body {
             | Body::ConnectSummary { identity, .. }
             | Body::ConnectFolded { identity, .. }
             | Body::Guard { identity, .. }
-            | Body::UnixConnect { identity, .. } => identity.as_ref(),
+            | Body::UnixConnect { identity, .. }
+            | Body::File { identity, .. } => identity.as_ref(),
             Body::Loss { .. } | Body::Agent { .. } | Body::Policy { .. } => None,
         }
     }
@@ -105,6 +115,7 @@ impl Body {
             Body::ConnectSummary { connect_summary, .. } => connect_summary.decision == Decision::Deny,
             Body::ConnectFolded { connect_folded, .. } => connect_folded.denied + connect_folded.audited > 0,
             Body::Loss { .. } | Body::Agent { .. } | Body::Policy { .. } | Body::Guard { .. } | Body::UnixConnect { .. } => true,
+            Body::File { file, .. } => file.decision == Decision::Deny,
             Body::Exec { .. } | Body::Exit { .. } => false,
         }
     }
@@ -121,6 +132,7 @@ impl Body {
             Body::ConnectFolded { .. } => "connect_folded",
             Body::Guard { .. } => "guard",
             Body::UnixConnect { .. } => "unix_connect",
+            Body::File { .. } => "file",
         }
     }
 }
@@ -341,6 +353,8 @@ pub enum RuleName {
     Default,
     NoPolicy,
     NoneApplied,
+    /// The walk up the object's directories did not reach the root (denied).
+    TooDeep,
     Unknown(u32),
 }
 
@@ -351,6 +365,7 @@ impl std::fmt::Display for RuleName {
             RuleName::Default => f.write_str("default"),
             RuleName::NoPolicy => f.write_str("no-policy"),
             RuleName::NoneApplied => f.write_str("none-applied"),
+            RuleName::TooDeep => f.write_str("too-deep"),
             RuleName::Unknown(i) => write!(f, "#{i}"),
         }
     }
@@ -433,6 +448,7 @@ fn verdict_fields(
         kp::RULE_DEFAULT => RuleName::Default,
         kp::RULE_NO_POLICY => RuleName::NoPolicy,
         kp::RULE_NONE_APPLIED => RuleName::NoneApplied,
+        zt_common::path_policy::RULE_TOO_DEEP => RuleName::TooDeep,
         r => rule_name(generation, r).map_or(RuleName::Unknown(r), RuleName::Named),
     };
     let mode = if v.mode == kp::AUDIT { EnforcementMode::Audit } else { EnforcementMode::Enforce };
@@ -477,6 +493,60 @@ impl UnixInfo {
             policy_generation: u.generation,
             hook: zt_common::hook::NAMES.get(u.hook as usize).copied().unwrap_or("unknown"),
             unnormalized: u.unnormalized != 0,
+        }
+    }
+}
+
+/// A file or exec decision.
+#[derive(Debug, Clone, Serialize)]
+pub struct FileInfo {
+    /// "open", "exec", "unlink", "rmdir", "rename", "truncate", "link",
+    /// "mkdir", "mknod" or "symlink".
+    pub op: &'static str,
+    /// Requested access: "read", "write", "create", "delete", "exec".
+    pub access: Vec<&'static str>,
+    /// The object as the process's mount namespace names it, resolved (for
+    /// a creation: the directory it is made in).
+    pub path: String,
+    /// `path` is only the tail of a longer path.
+    #[serde(skip_serializing_if = "std::ops::Not::not")]
+    pub path_truncated: bool,
+    /// The object: device (`major:minor`) and inode.
+    pub device: String,
+    pub inode: u64,
+    /// "allowed", "denied" (EPERM, or killed: see `enforcement`) or "audited".
+    pub action: ConnectAction,
+    pub decision: Decision,
+    pub mode: EnforcementMode,
+    pub rule: RuleName,
+    pub policy_generation: u32,
+    /// How the decision was carried out: "lsm" (refused before it
+    /// happened) or "exec_kill" (the exec happened; the process was killed
+    /// before its new image ran).
+    pub enforcement: &'static str,
+    /// Attempts of the same key since its previous event, this one included.
+    pub repeats: u64,
+}
+
+impl FileInfo {
+    pub fn from_raw(f: &zt_common::path_policy::FileEvent, rule_name: impl Fn(u32, u32) -> Option<Arc<str>>) -> Self {
+        use zt_common::path_policy::{enforcement, file_op};
+        let (action, decision, mode, rule) = verdict_fields(f.verdict, f.generation, rule_name);
+        let len = (f.path_len as usize).min(f.path.len());
+        FileInfo {
+            op: file_op::NAMES.get(f.op as usize).copied().unwrap_or("unknown"),
+            access: crate::policy::model::access::NAMES.iter().filter(|(_, bit)| f.access as u32 & bit != 0).map(|(n, _)| *n).collect(),
+            path: String::from_utf8_lossy(&f.path[..len]).into_owned(),
+            path_truncated: f.path_truncated != 0,
+            device: format!("{}:{}", f.dev >> 20, f.dev & 0xf_ffff),
+            inode: f.ino,
+            action,
+            decision,
+            mode,
+            rule,
+            policy_generation: f.generation,
+            enforcement: enforcement::NAMES.get(f.enforcement as usize).copied().unwrap_or("unknown"),
+            repeats: f.folded + 1,
         }
     }
 }

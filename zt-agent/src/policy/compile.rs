@@ -18,7 +18,7 @@ use std::collections::{BTreeMap, BTreeSet};
 use ipnet::IpNet;
 use zt_common::{
     maps,
-    path_policy::{PATH_LEN, PathRule},
+    path_policy::{ObjectKey, ObjectRules, PATH_LEN, PathRule},
     policy::{
         ALLOW, AUDIT, DENY, ENFORCE, IdentityKey, IdentityPolicy, NET_KEY_FIXED_BITS, NET_RULES_PER_PREFIX, NetKeyData, NetRule,
         NetRuleList, PROTO_ANY, PROTO_TCP, PROTO_UDP,
@@ -47,6 +47,13 @@ pub enum CompileError {
     #[error("{at}: identity {identity:?} brings the Unix-socket destinations of one policy slot to {count}, capacity {capacity}")]
     UnixEntries { at: Pos, identity: String, count: usize, capacity: usize },
     /// `at`: the first new identity beyond the capacity.
+    /// `at`: the first rule beyond the capacity.
+    #[error(
+        "{at}: identity {identity:?}: {path} (the file system object it names) has {count} file and exec rules, capacity {capacity}; this rule is the first beyond it"
+    )]
+    ObjectRules { at: Pos, identity: String, path: String, count: usize, capacity: usize },
+    #[error("the file and exec rules of one policy slot name {count} file system objects, capacity {capacity}")]
+    FileObjects { count: usize, capacity: usize },
     #[error("{at}: identity {identity:?} is number {count} (over the agent's lifetime, ids are never reused), capacity {capacity}")]
     Identities { at: Pos, identity: String, count: usize, capacity: usize },
 }
@@ -138,6 +145,11 @@ pub struct Compiled {
     /// `UNIX_RULES` entries `(prefix_len, key data, rules)`, sorted by key.
     pub unix: Vec<(u32, UnixKeyData, NetRuleList)>,
     pub paths: Vec<PathRule>,
+    /// `FILE_RULES` entries: `paths` resolved to objects on this host by
+    /// [`super::objects::resolve`] (empty until then), sorted by key.
+    pub objects: Vec<(ObjectKey, ObjectRules)>,
+    /// Rule paths that named no object when resolved.
+    pub unresolved: Vec<super::objects::Unresolved>,
     /// Index = rule id.
     pub rules: Vec<RuleInfo>,
     /// Which rules were active (conditions) when compiled.
@@ -198,6 +210,9 @@ pub fn compile(policy: &Policy, ids: &IdRegistry, slot: u32, active: &[bool]) ->
                 mode: mode(ident.mode),
                 sockets: ident.sockets,
                 defined: 1,
+                // Set by `objects::resolve`.
+                file_rules: 0,
+                _pad: 0,
             },
         ));
         // prefix -> rules declared on exactly that prefix.
@@ -230,7 +245,7 @@ pub fn compile(policy: &Policy, ids: &IdRegistry, slot: u32, active: &[bool]) ->
     }
     net.sort_by_key(|(l, k, _)| (*k, *l));
     unix.sort_by_key(|(l, k, _)| (*k, *l));
-    Ok(Compiled { slot, identities, net, unix, paths, rules, active: active.to_vec() })
+    Ok(Compiled { slot, identities, net, unix, paths, objects: Vec::new(), unresolved: Vec::new(), rules, active: active.to_vec() })
 }
 
 /// One rule's egress entries, under the prefix or Unix name each names.

@@ -11,7 +11,7 @@ use std::net::IpAddr;
 
 use serde::Serialize;
 use zt_common::{
-    path_policy::{self, decide_path},
+    path_policy,
     policy::{self as kp, Verdict, decide_net},
     unix::decide_unix,
 };
@@ -91,14 +91,23 @@ pub struct Explanation {
     pub reason: String,
 }
 
-/// Decides `query` for `identity` from the compiled form.
-pub fn explain(policy: &Policy, identity: &str, query: &Query, active: &[bool]) -> Result<Explanation, ExplainError> {
+/// Decides `query` for `identity` from the compiled form. File and exec
+/// rule paths are resolved with `lookup` and the queried path walked up its
+/// directories, as the kernel matches them (see [`super::objects`]).
+pub fn explain(
+    policy: &Policy,
+    identity: &str,
+    query: &Query,
+    active: &[bool],
+    lookup: &dyn super::objects::Lookup,
+) -> Result<Explanation, ExplainError> {
     let ident = policy.identity(identity).ok_or_else(|| ExplainError::UnknownIdentity {
         name: identity.to_string(),
         known: policy.identities.iter().map(|i| i.name.clone()).collect(),
     })?;
     let ids = IdRegistry::for_policy(policy)?;
-    let compiled = compile::compile(policy, &ids, 0, active)?;
+    let mut compiled = compile::compile(policy, &ids, 0, active)?;
+    super::objects::resolve(&mut compiled, policy, lookup)?;
     let id = ids.get(identity).expect("assigned");
     let pol = compiled.identities.iter().find(|(k, _)| k.identity == id).map(|(_, p)| *p).expect("compiled");
     let verdict: Verdict = match query {
@@ -112,9 +121,9 @@ pub fn explain(policy: &Policy, identity: &str, query: &Query, active: &[bool]) 
         Query::ConnectUnix { key } => decide_unix(&pol, super::unix::lookup(&compiled.unix, compiled.slot, id, key), key),
         Query::Open { path, write } => {
             let access = if *write { path_policy::WRITE } else { path_policy::READ };
-            decide_path(&pol, compiled.paths.iter(), id, path.as_bytes(), access)
+            super::objects::walk(&compiled, &pol, id, lookup, path.as_ref(), access as u8)
         }
-        Query::Exec { path } => decide_path(&pol, compiled.paths.iter(), id, path.as_bytes(), path_policy::EXEC),
+        Query::Exec { path } => super::objects::walk(&compiled, &pol, id, lookup, path.as_ref(), path_policy::EXEC as u8),
     };
     let rule = compiled.rules.get(verdict.rule as usize).cloned();
     let decision = match (verdict.decided, verdict.action) {

@@ -18,11 +18,14 @@
 //! - [`rulebook`]: rule names by policy generation, for events.
 //! - [`store`]: history of applied bundles (persisted) for history/rollback.
 //! - [`unix`]: Unix-socket destinations: parsing, kernel keys, lookup.
+//! - [`objects`]: file and exec rule paths resolved to the file system
+//!   objects the kernel matches, and the same walk for `explain`.
 pub mod compile;
 pub mod conditions;
 pub mod explain;
 pub mod lint;
 pub mod model;
+pub mod objects;
 pub mod parse;
 mod raw;
 pub mod rulebook;

@@ -254,7 +254,8 @@ fn covering_prefixes_and_capacity() {
 fn explain_uses_the_kernel_decision() {
     let p = parse1(CODER).unwrap();
     let all = vec![true; p.rules.len()];
-    let ex = |who: &str, q: Query| explain(&p, who, &q, &all).unwrap();
+    let fs = FakeFs(&[("/data/", 1), ("/data", 1), ("/data/x.csv", 2), ("/etc/hosts", 3), ("/etc/hosts2", 4), ("/usr/bin/git", 5)]);
+    let ex = |who: &str, q: Query| explain(&p, who, &q, &all, &fs).unwrap();
     let c = |s: &str| Query::parse_connect(s).unwrap();
     let e = ex("coder", c("10.2.3.4:443/tcp"));
     assert_eq!((e.decision.as_str(), e.rule.as_ref().unwrap().name.as_str()), ("allow", "model-api"));
@@ -278,7 +279,7 @@ fn explain_uses_the_kernel_decision() {
     assert_eq!(ex("coder", Query::Exec { path: "/usr/bin/git".into() }).decision, "allow");
     assert_eq!(ex("coder", Query::Exec { path: "/usr/bin/curl".into() }).decision, "deny");
     assert_eq!(ex("analyst", Query::Exec { path: "/usr/bin/curl".into() }).decision, "allow");
-    assert!(explain(&p, "nobody", &c("1.2.3.4:1"), &all).unwrap_err().to_string().starts_with("unknown identity \"nobody\""));
+    assert!(explain(&p, "nobody", &c("1.2.3.4:1"), &all, &fs).unwrap_err().to_string().starts_with("unknown identity \"nobody\""));
 }
 
 #[test]
@@ -543,7 +544,7 @@ fn unix_destinations() {
     assert_eq!(hex(&bytes_of(key)[8..14]), "020362757300", "abstract: kind 2, length, name");
 
     let all = [true, true];
-    let ex = |q: &str| explain(&p, "a", &Query::parse_connect(q).unwrap(), &all).unwrap();
+    let ex = |q: &str| explain(&p, "a", &Query::parse_connect(q).unwrap(), &all, &FakeFs(&[])).unwrap();
     assert_eq!(ex("unix:/run/agent/api.sock").decision, "allow");
     assert_eq!(ex("unix:/run/agent/admin.sock").rule.unwrap().name, "d");
     assert_eq!(ex("unix:/run/agent/../docker.sock").decision, "deny", "`..` matches no allow rule");
@@ -563,4 +564,14 @@ fn unix_destinations() {
     let d = diff(&p, &parse1(&text.replace("unix:@bus", "unix:@*")).unwrap()).unwrap();
     assert!(d.iter().any(|l| l == "- UNIX_RULES a unix:@bus: allow any 0-65535 rule=r"), "{d:#?}");
     assert!(d.iter().any(|l| l == "+ UNIX_RULES a unix:@*: allow any 0-65535 rule=r"), "{d:#?}");
+}
+
+/// A file system of `(path, inode)` entries on device 1 (a directory
+/// listed with and without its trailing '/').
+pub(super) struct FakeFs(pub &'static [(&'static str, u64)]);
+
+impl super::objects::Lookup for FakeFs {
+    fn object(&self, path: &str) -> std::io::Result<(u32, u64)> {
+        self.0.iter().find(|(p, _)| *p == path).map(|(_, ino)| (1, *ino)).ok_or_else(|| std::io::ErrorKind::NotFound.into())
+    }
 }

@@ -60,6 +60,8 @@ fn class(r: &Record) -> Class {
         "connect_folded" if p["connect_folded"]["denied"].as_u64().unwrap_or(0) > 0 => finding(),
         "connect_folded" => network((6, "Traffic")),
         "unix_connect" | "guard" | "loss" | "recovery" => finding(),
+        "file" if p["file"]["decision"] == "deny" => finding(),
+        "file" => c(1001, "File System Activity", (1, "System Activity"), (99, "Other")),
         "exec" => c(1007, "Process Activity", (1, "System Activity"), (1, "Launch")),
         "exit" => c(1007, "Process Activity", (1, "System Activity"), (2, "Terminate")),
         "policy" => lifecycle((8, "Update")),
@@ -421,6 +423,7 @@ pub fn summary(r: &Record) -> String {
         ),
         "unix_connect" => format!("{} connect to unix socket {} by {who} (rule {})", s(&k["action"]), s(&k["address"]), s(&k["rule"])),
         "guard" => format!("{} {} call by {who}", s(&k["action"]), s(&k["call"])),
+        "file" => format!("{} {} of {} by {who} (rule {})", s(&k["action"]), s(&k["op"]), s(&k["path"]), s(&k["rule"])),
         "connect_summary" => format!("{} more {} attempts to {}:{} by {who}", k["repeats"], s(&k["decision"]), s(&k["address"]), k["port"]),
         "connect_folded" => {
             format!("{who}: {} allowed, {} denied, {} audited attempts folded by its event budget", k["allowed"], k["denied"], k["audited"])

@@ -76,6 +76,9 @@ pub fn severity(kind: &str, p: &Value) -> Severity {
         "connect" => by_action(&p["connect"]["action"]),
         "unix_connect" => by_action(&p["unix_connect"]["action"]),
         "guard" => by_action(&p["guard"]["action"]),
+        // A denied exec on the fallback path killed the process.
+        "file" if p["file"]["enforcement"] == "exec_kill" && p["file"]["action"] == "denied" => Error,
+        "file" => by_action(&p["file"]["action"]),
         "connect_summary" if p["connect_summary"]["decision"] == "deny" => Warning,
         "connect_folded" if p["connect_folded"]["denied"].as_u64().unwrap_or(0) > 0 => Warning,
         "connect_folded" if p["connect_folded"]["audited"].as_u64().unwrap_or(0) > 0 => Notice,

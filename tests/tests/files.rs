@@ -1,0 +1,224 @@
+//! Root tests of file and exec rules, each as an attack by an agent
+//! identity beside the same operation by a process without an identity
+//! (the control), with the bytes read (or the mark an exec'd program
+//! writes) checked on the far side.
+//!
+//! Both suites run on the host and in the QEMU guest (`cargo xtask
+//! vm-test`): with BPF LSM (the guest) a denied call fails with EPERM
+//! before it happens; on a kernel without it (this host) exec rules are
+//! enforced by killing the process at `sched_process_exec`, and file rules
+//! are not enforced, which `status` must say (tested here).
+use std::{
+    os::unix::process::ExitStatusExt as _,
+    path::{Path, PathBuf},
+    process::Command,
+};
+
+use serde_json::Value;
+use zt_tests::*;
+
+/// What `zt-test-helper file MODE PATH OUT` did, run by `cmd`: the result,
+/// "RAN" when an exec'd copy ran, or "KILLED" when it died of SIGKILL.
+fn file(mut cmd: Command, mode: &str, path: &str, out: &Path) -> String {
+    let _ = std::fs::remove_file(out);
+    let status = cmd.args(["file", mode, path]).arg(out).status().unwrap();
+    if status.signal() == Some(libc::SIGKILL) {
+        return "KILLED".into();
+    }
+    assert!(status.success(), "{mode} {path}: {status}");
+    std::fs::read_to_string(out).unwrap_or_default()
+}
+
+/// Whether this agent enforces by BPF LSM (the guest) or by its fallbacks.
+fn lsm(agent: &Agent) -> bool {
+    let s = agent.status();
+    let paths = s["paths"].as_array().cloned().unwrap_or_default();
+    let line = paths.iter().map(|p| p.to_string()).find(|p| p.contains("exec rules")).unwrap_or_else(|| panic!("no exec rules line: {s}"));
+    line.contains("BPF LSM bprm_check_security")
+}
+
+/// What a denied exec looks like on each path.
+fn denied_exec(lsm: bool) -> &'static str {
+    if lsm { "EPERM" } else { "KILLED" }
+}
+
+fn file_events<'a>(events: &'a [Value], op: &str, path_end: &str) -> Vec<&'a Value> {
+    events
+        .iter()
+        .filter(|e| e["kind"] == "file" && e["file"]["op"] == op && e["file"]["path"].as_str().is_some_and(|p| p.ends_with(path_end)))
+        .collect()
+}
+
+struct Tree {
+    _tmp: tempfile::TempDir,
+    root: PathBuf,
+}
+
+impl Tree {
+    fn new(name: &str) -> Tree {
+        let tmp = tempdir(name).unwrap();
+        // Canonical: the policy names objects by the path they resolve to.
+        let root = std::fs::canonicalize(tmp.path()).unwrap();
+        Tree { _tmp: tmp, root }
+    }
+
+    fn path(&self, rel: &str) -> String {
+        self.root.join(rel).to_str().unwrap().to_string()
+    }
+
+    fn write(&self, rel: &str, text: &str) -> String {
+        let p = self.path(rel);
+        std::fs::create_dir_all(Path::new(&p).parent().unwrap()).unwrap();
+        std::fs::write(&p, text).unwrap();
+        p
+    }
+
+    fn copy_helper(&self, rel: &str) -> String {
+        let p = self.path(rel);
+        std::fs::create_dir_all(Path::new(&p).parent().unwrap()).unwrap();
+        std::fs::copy(helper_bin(), &p).unwrap();
+        p
+    }
+}
+
+#[test]
+#[ignore = "needs root (loads eBPF programs, creates cgroups): cargo xtask test runs it"]
+fn exec_rules_hold_against_links_dotdot_and_memfd() {
+    if !require_root("exec_rules_hold_against_links_dotdot_and_memfd") {
+        return;
+    }
+    let t = Tree::new("exec-rules");
+    let tool = t.copy_helper("denied/tool");
+    let one = t.copy_helper("ok/one");
+    let free = t.copy_helper("ok/free");
+    std::fs::hard_link(&one, t.path("ok/hard")).unwrap();
+    std::os::unix::fs::symlink(&tool, t.path("ok/sym")).unwrap();
+    let helper_dir = std::fs::canonicalize(helper_bin()).unwrap().parent().unwrap().to_str().unwrap().to_string();
+    let base = unique("exec-rules");
+    let cg = TestCgroup::new(&format!("/{base}/agent")).unwrap();
+    let strict = TestCgroup::new(&format!("/{base}/strict")).unwrap();
+    let policy = format!(
+        "{}  rules:\n    - name: no-tools\n      identity: agent\n      action: deny\n      exec:\n        - paths: [{}/]\n    - name: not-this-one\n      identity: agent\n      action: deny\n      exec:\n        - paths: [{one}]\n    - name: only-the-helpers\n      identity: strict\n      action: allow\n      exec:\n        - paths: [{helper_dir}/]\n",
+        policy(
+            "zt.test",
+            &format!(
+                "    - name: agent\n      selectors:\n        - cgroup: {}/**\n    - name: strict\n      defaultAction: {{exec: deny}}\n      selectors:\n        - cgroup: {}/**\n",
+                cg.rel, strict.rel
+            )
+        ),
+        t.path("denied"),
+    );
+    let agent = Agent::start("exec-rules", &policy, &[]).unwrap();
+    for l in agent.stderr().lines().filter(|l| l.contains("loaded and attached in")) {
+        eprintln!("{l}");
+    }
+    let lsm = lsm(&agent);
+    let denied = denied_exec(lsm);
+    let out = t.path("result");
+    let out = Path::new(&out);
+    let inside = || cg.command(helper_bin());
+    let outside = || Command::new(helper_bin());
+
+    // A directory rule: the tool under it does not run; the control's does.
+    assert_eq!(file(inside(), "exec", &tool, out), denied);
+    assert_eq!(file(outside(), "exec", &tool, out), "RAN");
+    // The same object by another name: a symlink, `..`, a hard link of a file rule's file.
+    assert_eq!(file(inside(), "exec", &t.path("ok/sym"), out), denied, "symlink");
+    assert_eq!(file(inside(), "exec", &t.path("ok/../denied/tool"), out), denied, "..");
+    assert_eq!(file(inside(), "exec", &one, out), denied, "file rule");
+    assert_eq!(file(inside(), "exec", &t.path("ok/hard"), out), denied, "hard link of a file rule's file");
+    // Not named by a rule: runs.
+    assert_eq!(file(inside(), "exec", &free, out), "RAN");
+    // An exec allow list: a copy outside it, and a memfd (fexecve), do not run.
+    assert_eq!(file(strict.command(helper_bin()), "exec", &free, out), denied, "outside the allow list");
+    assert_eq!(file(strict.command(helper_bin()), "memfd-exec", &free, out), denied, "memfd");
+    assert_eq!(file(outside(), "memfd-exec", &free, out), "RAN", "the control's memfd exec runs");
+    assert_eq!(file(strict.command(helper_bin()), "exec", &helper_bin().to_string_lossy(), out), "RAN", "inside the allow list");
+
+    let events = agent.stop().unwrap();
+    let denials = file_events(&events, "exec", "denied/tool");
+    assert!(!denials.is_empty(), "a file event for the denied exec");
+    let f = &denials[0]["file"];
+    assert_eq!((f["decision"].as_str(), f["rule"].as_str()), (Some("deny"), Some("no-tools")), "{f}");
+    assert_eq!(f["enforcement"], if lsm { "lsm" } else { "exec_kill" });
+    assert_eq!(denials[0]["identity"]["name"], "agent");
+}
+
+#[test]
+#[ignore = "needs root (loads eBPF programs, creates cgroups): cargo xtask test runs it"]
+fn file_rules_hold_against_every_way_around() {
+    if !require_root("file_rules_hold_against_every_way_around") {
+        return;
+    }
+    let t = Tree::new("file-rules");
+    let key = t.write("secret/key.txt", "TOPSECRET");
+    let public = t.write("pub.txt", "PUBLIC");
+    std::fs::create_dir_all(t.path("work/bind")).unwrap();
+    let base = unique("file-rules");
+    let cg = TestCgroup::new(&format!("/{base}/agent")).unwrap();
+    let policy = format!(
+        "{}  rules:\n    - name: no-secrets\n      identity: agent\n      action: deny\n      files:\n        - paths: [{}/]\n          access: [read, write, create, delete]\n    - name: read-only-pub\n      identity: agent\n      action: deny\n      files:\n        - paths: [{public}]\n          access: [write]\n",
+        policy("zt.test", &format!("    - name: agent\n      selectors:\n        - cgroup: {}/**\n", cg.rel)),
+        t.path("secret"),
+    );
+    let agent = Agent::start("file-rules", &policy, &[]).unwrap();
+    if !lsm(&agent) {
+        // The host: nothing refuses a file access, and the agent says so.
+        let s = agent.status().to_string();
+        assert!(s.contains("NOT ENFORCED: BPF LSM programs do not load"), "status must not claim file enforcement: {s}");
+        skip("file_rules_hold_against_every_way_around", "BPF LSM programs do not load on this kernel (the guest run tests them)");
+        return;
+    }
+    let out = t.path("result");
+    let out = Path::new(&out);
+    let inside = || cg.command(helper_bin());
+    let outside = || Command::new(helper_bin());
+
+    assert_eq!(file(inside(), "read", &key, out), "EPERM");
+    assert_eq!(file(outside(), "read", &key, out), "OK TOPSECRET", "the control reads it");
+    // Other names for the same object.
+    std::os::unix::fs::symlink(&key, t.path("work/sym")).unwrap();
+    assert_eq!(file(inside(), "read", &t.path("work/sym"), out), "EPERM", "symlink");
+    assert_eq!(file(inside(), "read", &t.path("work/../secret/key.txt"), out), "EPERM", "..");
+    let bind = t.path("work/bind");
+    assert!(Command::new("mount").args(["--bind", &t.path("secret"), &bind]).status().unwrap().success());
+    let read_bound = file(inside(), "read", &t.path("work/bind/key.txt"), out);
+    let _ = Command::new("umount").arg(&bind).status();
+    assert_eq!(read_bound, "EPERM", "bind mount");
+    // Other ways to open it.
+    for mode in ["opath-reopen", "openat2", "uring-read"] {
+        assert_eq!(file(inside(), mode, &key, out), "EPERM", "{mode}");
+    }
+    assert_eq!(file(outside(), "uring-read", &key, out), "OK TOPSECRET", "the control's io_uring read");
+    assert_eq!(file(inside(), "chroot-read", &format!("{}:/secret/key.txt", t.root.display()), out), "EPERM", "chroot");
+    let mut unshared = cg.command("unshare");
+    unshared.args(["--mount", "--propagation", "private"]).arg(helper_bin());
+    assert_eq!(file(unshared, "read", &key, out), "EPERM", "a new mount namespace");
+    // Moving it out, linking it out, changing it.
+    assert_eq!(file(inside(), "rename", &format!("{key}:{}", t.path("work/moved")), out), "EPERM", "rename out");
+    assert_eq!(file(inside(), "link", &format!("{key}:{}", t.path("work/hard")), out), "EPERM", "hard link out");
+    assert_eq!(file(inside(), "unlink", &key, out), "EPERM");
+    assert_eq!(file(inside(), "write", &key, out), "EPERM");
+    assert_eq!(file(inside(), "create", &t.path("secret/new"), out), "EPERM");
+    assert_eq!(file(inside(), "mkdir", &t.path("secret/sub"), out), "EPERM");
+    // A file made where it may, renamed into the denied directory.
+    assert_eq!(file(inside(), "create", &t.path("work/mine"), out), "OK");
+    assert_eq!(file(inside(), "rename", &format!("{}:{}", t.path("work/mine"), t.path("secret/mine")), out), "EPERM", "rename in");
+    // A file rule for one access only.
+    assert_eq!(file(inside(), "read", &public, out), "OK PUBLIC");
+    assert_eq!(file(inside(), "write", &public, out), "EPERM");
+    assert_eq!(file(inside(), "truncate", &public, out), "EPERM");
+    assert_eq!(std::fs::read_to_string(&key).unwrap(), "TOPSECRET", "nothing changed the secret");
+    assert_eq!(std::fs::read_to_string(&public).unwrap(), "PUBLIC", "nothing changed the public file");
+
+    let events = agent.stop().unwrap();
+    let denials = file_events(&events, "open", "secret/key.txt");
+    assert!(!denials.is_empty(), "a file event for the denied read");
+    let f = &denials[0]["file"];
+    assert_eq!(
+        (f["decision"].as_str(), f["rule"].as_str(), f["enforcement"].as_str()),
+        (Some("deny"), Some("no-secrets"), Some("lsm")),
+        "{f}"
+    );
+    assert_eq!(f["path"], key.as_str());
+}
