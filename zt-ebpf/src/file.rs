@@ -511,8 +511,9 @@ pub fn path_truncate(ctx: LsmContext) -> i32 {
 }
 
 /// `link(old, new)`: the object gets a new name, which may sit under other
-/// directory rules, so the caller must be allowed to read and write it
-/// where it is; the new name is a creation in `new_dir`.
+/// directory rules, so the caller must be allowed to read, write and exec
+/// it where it is (else a link out of a denied directory would shed the
+/// rule); the new name is a creation in `new_dir`.
 #[lsm(hook = "path_link")]
 pub fn path_link(ctx: LsmContext) -> i32 {
     let ret = earlier(&ctx, 3);
@@ -521,7 +522,7 @@ pub fn path_link(ctx: LsmContext) -> i32 {
     }
     let Some(new_dir) = Object::of_path(arg(&ctx, 1)) else { return 0 };
     let old = Object { mnt: new_dir.mnt, dentry: arg(&ctx, 0) };
-    let r = check(file_op::LINK, old, true, (READ | WRITE) as u8);
+    let r = check(file_op::LINK, old, true, (READ | WRITE | EXEC) as u8);
     if r != 0 {
         return r;
     }

@@ -126,6 +126,7 @@ fn map_fd(m: &Map) -> Option<RawFd> {
         Map::Array(d)
         | Map::HashMap(d)
         | Map::LruHashMap(d)
+        | Map::PerCpuLruHashMap(d)
         | Map::LpmTrie(d)
         | Map::PerCpuArray(d)
         | Map::PerCpuHashMap(d)
