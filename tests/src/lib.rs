@@ -149,6 +149,18 @@ pub fn helper_bin() -> PathBuf {
     p
 }
 
+/// What `zt-test-helper FORM... OUT` did, run by `cmd`: the result line
+/// it wrote to `out`, or "KILLED" when it died of SIGKILL.
+pub fn helper_result(mut cmd: Command, form: &[&str], out: &Path) -> String {
+    let _ = std::fs::remove_file(out);
+    let status = cmd.args(form).arg(out).status().expect("running zt-test-helper");
+    if std::os::unix::process::ExitStatusExt::signal(&status) == Some(libc::SIGKILL) {
+        return "KILLED".into();
+    }
+    assert!(status.success(), "{form:?}: {status}");
+    std::fs::read_to_string(out).expect("the helper's result")
+}
+
 pub fn cgroup2_root() -> PathBuf {
     zt_agent::host::cgroup2_mount().expect("cgroup v2 mount")
 }

@@ -9,7 +9,6 @@
 //! enforced by killing the process at `sched_process_exec`, and file rules
 //! are not enforced, which `status` must say (tested here).
 use std::{
-    os::unix::process::ExitStatusExt as _,
     path::{Path, PathBuf},
     process::Command,
 };
@@ -17,16 +16,10 @@ use std::{
 use serde_json::Value;
 use zt_tests::*;
 
-/// What `zt-test-helper file MODE PATH OUT` did, run by `cmd`: the result,
-/// "RAN" when an exec'd copy ran, or "KILLED" when it died of SIGKILL.
-fn file(mut cmd: Command, mode: &str, path: &str, out: &Path) -> String {
-    let _ = std::fs::remove_file(out);
-    let status = cmd.args(["file", mode, path]).arg(out).status().unwrap();
-    if status.signal() == Some(libc::SIGKILL) {
-        return "KILLED".into();
-    }
-    assert!(status.success(), "{mode} {path}: {status}");
-    std::fs::read_to_string(out).unwrap_or_default()
+/// What `zt-test-helper file MODE PATH OUT` did (see [`helper_result`]):
+/// "RAN" when an exec'd copy ran.
+fn file(cmd: Command, mode: &str, path: &str, out: &Path) -> String {
+    helper_result(cmd, &["file", mode, path], out)
 }
 
 /// Whether this agent enforces by BPF LSM (the guest) or by its fallbacks.

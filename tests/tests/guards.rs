@@ -7,7 +7,6 @@
 //! allow more, and every refusal is an event and a signed audit record.
 use std::{
     net::UdpSocket,
-    os::unix::process::ExitStatusExt as _,
     path::Path,
     process::{Child, Command},
     time::Duration,
@@ -16,16 +15,9 @@ use std::{
 use serde_json::Value;
 use zt_tests::*;
 
-/// What `zt-test-helper around MODE TARGET` did, run by `cmd`: the result
-/// line, or "KILLED" when it died of SIGKILL.
-fn around(mut cmd: Command, mode: &str, target: &str, out: &Path) -> String {
-    let _ = std::fs::remove_file(out);
-    let status = cmd.args(["around", mode, target]).arg(out).status().unwrap();
-    if status.signal() == Some(libc::SIGKILL) {
-        return "KILLED".into();
-    }
-    assert!(status.success(), "{mode}: {status}");
-    std::fs::read_to_string(out).unwrap()
+/// What `zt-test-helper around MODE TARGET` did (see [`helper_result`]).
+fn around(cmd: Command, mode: &str, target: &str, out: &Path) -> String {
+    helper_result(cmd, &["around", mode, target], out)
 }
 
 /// Whether a datagram arrived at `l` within a short wait.

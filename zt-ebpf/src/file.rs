@@ -392,50 +392,48 @@ fn arg(ctx: &LsmContext, n: usize) -> *const u8 {
     ctx.arg::<*const u8>(n)
 }
 
-/// An earlier LSM's refusal (the hook's last argument, `n`) stands.
+/// An earlier LSM's refusal (the hook's last argument, `n`) stands;
+/// else `decide` decides.
 #[inline(always)]
-fn earlier(ctx: &LsmContext, n: usize) -> i32 {
-    ctx.arg::<i32>(n)
+fn unless_refused(ctx: &LsmContext, n: usize, decide: impl FnOnce(&LsmContext) -> i32) -> i32 {
+    let earlier = ctx.arg::<i32>(n);
+    if earlier != 0 { earlier } else { decide(ctx) }
 }
 
 #[lsm(hook = "file_open")]
 pub fn file_open(ctx: LsmContext) -> i32 {
-    let ret = earlier(&ctx, 1);
-    if ret != 0 {
-        return ret;
-    }
-    let file = arg(&ctx, 0);
-    let mode: u32 = field(file, global(&FILE_MODE_OFF)).unwrap_or(0);
-    // The exec'd file itself is decided by `bprm_check_security`.
-    if mode & FMODE_EXEC != 0 {
-        return 0;
-    }
-    let mut access = 0u8;
-    if mode & FMODE_READ != 0 {
-        access |= READ as u8;
-    }
-    if mode & FMODE_WRITE != 0 {
-        access |= WRITE as u8;
-    }
-    if mode & FMODE_CREATED != 0 {
-        access |= CREATE as u8;
-    }
-    if access == 0 {
-        return 0;
-    }
-    let Some(obj) = Object::of_file(file) else { return 0 };
-    check(file_op::OPEN, obj, true, access)
+    unless_refused(&ctx, 1, |ctx| {
+        let file = arg(ctx, 0);
+        let mode: u32 = field(file, global(&FILE_MODE_OFF)).unwrap_or(0);
+        // The exec'd file itself is decided by `bprm_check_security`.
+        if mode & FMODE_EXEC != 0 {
+            return 0;
+        }
+        let mut access = 0u8;
+        if mode & FMODE_READ != 0 {
+            access |= READ as u8;
+        }
+        if mode & FMODE_WRITE != 0 {
+            access |= WRITE as u8;
+        }
+        if mode & FMODE_CREATED != 0 {
+            access |= CREATE as u8;
+        }
+        if access == 0 {
+            return 0;
+        }
+        let Some(obj) = Object::of_file(file) else { return 0 };
+        check(file_op::OPEN, obj, true, access)
+    })
 }
 
 #[lsm(hook = "bprm_check_security")]
 pub fn bprm_check_security(ctx: LsmContext) -> i32 {
-    let ret = earlier(&ctx, 1);
-    if ret != 0 {
-        return ret;
-    }
-    let Some(file) = field::<*const u8>(arg(&ctx, 0), global(&BPRM_FILE_OFF)) else { return 0 };
-    let Some(obj) = Object::of_file(file) else { return 0 };
-    check(file_op::EXEC, obj, true, EXEC as u8)
+    unless_refused(&ctx, 1, |ctx| {
+        let Some(file) = field::<*const u8>(arg(ctx, 0), global(&BPRM_FILE_OFF)) else { return 0 };
+        let Some(obj) = Object::of_file(file) else { return 0 };
+        check(file_op::EXEC, obj, true, EXEC as u8)
+    })
 }
 
 /// `(dir, dentry)` hooks: the object `dentry` in the mount of `dir`.
@@ -447,22 +445,18 @@ fn in_dir(ctx: &LsmContext) -> Option<Object> {
 
 #[lsm(hook = "path_unlink")]
 pub fn path_unlink(ctx: LsmContext) -> i32 {
-    let ret = earlier(&ctx, 2);
-    if ret != 0 {
-        return ret;
-    }
-    let Some(obj) = in_dir(&ctx) else { return 0 };
-    check(file_op::UNLINK, obj, true, DELETE as u8)
+    unless_refused(&ctx, 2, |ctx| {
+        let Some(obj) = in_dir(ctx) else { return 0 };
+        check(file_op::UNLINK, obj, true, DELETE as u8)
+    })
 }
 
 #[lsm(hook = "path_rmdir")]
 pub fn path_rmdir(ctx: LsmContext) -> i32 {
-    let ret = earlier(&ctx, 2);
-    if ret != 0 {
-        return ret;
-    }
-    let Some(obj) = in_dir(&ctx) else { return 0 };
-    check(file_op::RMDIR, obj, true, DELETE as u8)
+    unless_refused(&ctx, 2, |ctx| {
+        let Some(obj) = in_dir(ctx) else { return 0 };
+        check(file_op::RMDIR, obj, true, DELETE as u8)
+    })
 }
 
 /// A new object in `dir` (`path_mkdir`, `path_mknod`, `path_symlink`):
@@ -475,39 +469,25 @@ fn create_in(ctx: &LsmContext, op: u8) -> i32 {
 
 #[lsm(hook = "path_mkdir")]
 pub fn path_mkdir(ctx: LsmContext) -> i32 {
-    let ret = earlier(&ctx, 3);
-    if ret != 0 {
-        return ret;
-    }
-    create_in(&ctx, file_op::MKDIR)
+    unless_refused(&ctx, 3, |ctx| create_in(ctx, file_op::MKDIR))
 }
 
 #[lsm(hook = "path_mknod")]
 pub fn path_mknod(ctx: LsmContext) -> i32 {
-    let ret = earlier(&ctx, 4);
-    if ret != 0 {
-        return ret;
-    }
-    create_in(&ctx, file_op::MKNOD)
+    unless_refused(&ctx, 4, |ctx| create_in(ctx, file_op::MKNOD))
 }
 
 #[lsm(hook = "path_symlink")]
 pub fn path_symlink(ctx: LsmContext) -> i32 {
-    let ret = earlier(&ctx, 3);
-    if ret != 0 {
-        return ret;
-    }
-    create_in(&ctx, file_op::SYMLINK)
+    unless_refused(&ctx, 3, |ctx| create_in(ctx, file_op::SYMLINK))
 }
 
 #[lsm(hook = "path_truncate")]
 pub fn path_truncate(ctx: LsmContext) -> i32 {
-    let ret = earlier(&ctx, 1);
-    if ret != 0 {
-        return ret;
-    }
-    let Some(obj) = Object::of_path(arg(&ctx, 0)) else { return 0 };
-    check(file_op::TRUNCATE, obj, true, WRITE as u8)
+    unless_refused(&ctx, 1, |ctx| {
+        let Some(obj) = Object::of_path(arg(ctx, 0)) else { return 0 };
+        check(file_op::TRUNCATE, obj, true, WRITE as u8)
+    })
 }
 
 /// `link(old, new)`: the object gets a new name, which may sit under other
@@ -516,17 +496,15 @@ pub fn path_truncate(ctx: LsmContext) -> i32 {
 /// rule); the new name is a creation in `new_dir`.
 #[lsm(hook = "path_link")]
 pub fn path_link(ctx: LsmContext) -> i32 {
-    let ret = earlier(&ctx, 3);
-    if ret != 0 {
-        return ret;
-    }
-    let Some(new_dir) = Object::of_path(arg(&ctx, 1)) else { return 0 };
-    let old = Object { mnt: new_dir.mnt, dentry: arg(&ctx, 0) };
-    let r = check(file_op::LINK, old, true, (READ | WRITE | EXEC) as u8);
-    if r != 0 {
-        return r;
-    }
-    check(file_op::LINK, new_dir, false, CREATE as u8)
+    unless_refused(&ctx, 3, |ctx| {
+        let Some(new_dir) = Object::of_path(arg(ctx, 1)) else { return 0 };
+        let old = Object { mnt: new_dir.mnt, dentry: arg(ctx, 0) };
+        let r = check(file_op::LINK, old, true, (READ | WRITE | EXEC) as u8);
+        if r != 0 {
+            return r;
+        }
+        check(file_op::LINK, new_dir, false, CREATE as u8)
+    })
 }
 
 /// `rename(old, new)`: removing the old name (delete), creating the new
@@ -535,20 +513,18 @@ pub fn path_link(ctx: LsmContext) -> i32 {
 /// same two checks cover).
 #[lsm(hook = "path_rename")]
 pub fn path_rename(ctx: LsmContext) -> i32 {
-    let ret = earlier(&ctx, 5);
-    if ret != 0 {
-        return ret;
-    }
-    let Some(old_dir) = Object::of_path(arg(&ctx, 0)) else { return 0 };
-    let Some(new_dir) = Object::of_path(arg(&ctx, 2)) else { return 0 };
-    let old = Object { mnt: old_dir.mnt, dentry: arg(&ctx, 1) };
-    let new = Object { mnt: new_dir.mnt, dentry: arg(&ctx, 3) };
-    let mut r = check(file_op::RENAME, old, true, DELETE as u8);
-    if r == 0 {
-        r = check(file_op::RENAME, new_dir, false, CREATE as u8);
-    }
-    if r == 0 && field::<*const u8>(new.dentry, global(&DENTRY_INODE_OFF)).is_some_and(|i| !i.is_null()) {
-        r = check(file_op::RENAME, new, true, DELETE as u8);
-    }
-    r
+    unless_refused(&ctx, 5, |ctx| {
+        let Some(old_dir) = Object::of_path(arg(ctx, 0)) else { return 0 };
+        let Some(new_dir) = Object::of_path(arg(ctx, 2)) else { return 0 };
+        let old = Object { mnt: old_dir.mnt, dentry: arg(ctx, 1) };
+        let new = Object { mnt: new_dir.mnt, dentry: arg(ctx, 3) };
+        let mut r = check(file_op::RENAME, old, true, DELETE as u8);
+        if r == 0 {
+            r = check(file_op::RENAME, new_dir, false, CREATE as u8);
+        }
+        if r == 0 && field::<*const u8>(new.dentry, global(&DENTRY_INODE_OFF)).is_some_and(|i| !i.is_null()) {
+            r = check(file_op::RENAME, new, true, DELETE as u8);
+        }
+        r
+    })
 }

@@ -28,7 +28,6 @@ pub mod procfs;
 pub mod selector;
 pub mod table;
 
-use crate::host::kernel_dev;
 use std::{
     collections::HashMap,
     os::unix::fs::MetadataExt,
@@ -36,6 +35,7 @@ use std::{
     sync::Arc,
 };
 
+use crate::host::kernel_dev;
 pub use config::{Identity, IdentityConfig};
 use digest::DigestCache;
 use selector::{ExecRule, Facts, Selector};
