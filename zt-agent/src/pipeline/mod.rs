@@ -128,6 +128,50 @@ pub(crate) fn telemetry_has_room(free: usize, capacity: usize) -> bool {
     free > capacity / 4
 }
 
+/// Buckets of [`FairShares`] (bucket 0: events without an identity).
+const SHARE_BUCKETS: usize = 256;
+
+/// Telemetry records each identity has in one queue, by a hash of its
+/// name, so one identity's flood cannot take the whole telemetry part of a
+/// slow consumer's queue from the others: past [`telemetry_has_room`],
+/// the eighth of the queue above the security reserve still takes the
+/// records of an identity that holds less than a 64th of the queue (two
+/// identities sharing a bucket share that allowance). The security
+/// records keep the last eighth to themselves.
+pub(crate) struct FairShares([AtomicU64; SHARE_BUCKETS]);
+
+impl FairShares {
+    pub fn new() -> Self {
+        FairShares(std::array::from_fn(|_| AtomicU64::new(0)))
+    }
+
+    /// The bucket of `identity` (a name; `None`: no identity).
+    pub fn bucket(identity: Option<&str>) -> usize {
+        // FNV-1a: cheap, and enough to spread identity names.
+        identity.map_or(0, |name| {
+            let h = name.bytes().fold(0xcbf2_9ce4_8422_2325u64, |h, b| (h ^ b as u64).wrapping_mul(0x100_0000_01b3));
+            1 + (h % (SHARE_BUCKETS as u64 - 1)) as usize
+        })
+    }
+
+    /// Whether a telemetry record of `bucket` may take one of `free`
+    /// places of a queue of `capacity`; if so it is counted until
+    /// [`FairShares::release`].
+    pub fn admit(&self, bucket: usize, free: usize, capacity: usize) -> bool {
+        let held = self.0[bucket].load(Relaxed);
+        let ok = telemetry_has_room(free, capacity) || (free > capacity / 8 && held < (capacity / 64) as u64);
+        if ok {
+            self.0[bucket].fetch_add(1, Relaxed);
+        }
+        ok
+    }
+
+    /// A record of `bucket` left the queue (written, or not queued after all).
+    pub fn release(&self, bucket: usize) {
+        let _ = self.0[bucket].fetch_update(Relaxed, Relaxed, |n| n.checked_sub(1));
+    }
+}
+
 /// What flows into the enrich task.
 pub enum Input {
     Raw(decode::RawEvent),

@@ -27,7 +27,7 @@ use std::{
 use tokio::sync::{mpsc, oneshot};
 
 use super::{
-    Stats,
+    FairShares, Stats,
     event::{Body, Event},
 };
 
@@ -198,14 +198,24 @@ pub struct JsonLines {
     tx: mpsc::Sender<Arc<Event>>,
     show: Show,
     end: ThreadEnd,
+    /// Queued telemetry per identity (the writer releases what it wrote).
+    shares: Arc<FairShares>,
 }
 
 impl JsonLines {
     pub fn spawn(out: Box<dyn Write + Send>, show: Show, capacity: usize, stats: Arc<Stats>) -> std::io::Result<Self> {
         let (tx, rx) = mpsc::channel(capacity);
-        let end = spawn_thread("zt-events", move || write_json_lines(rx, out, &stats))?;
-        Ok(JsonLines { tx, show, end })
+        let shares = Arc::new(FairShares::new());
+        let written = shares.clone();
+        let end = spawn_thread("zt-events", move || write_json_lines(rx, out, &stats, &written))?;
+        Ok(JsonLines { tx, show, end, shares })
     }
+}
+
+/// The [`FairShares`] bucket of a telemetry event (`None`: a security
+/// record, which the shares do not count).
+fn telemetry_bucket(e: &Event) -> Option<usize> {
+    (!e.body.is_security()).then(|| FairShares::bucket(e.body.identity().map(|i| &*i.name)))
 }
 
 impl Output for JsonLines {
@@ -215,15 +225,24 @@ impl Output for JsonLines {
     fn wants(&self, event: &Event) -> bool {
         self.show.wants(event)
     }
-    /// Telemetry leaves the queue's reserve to security records
-    /// ([`super::telemetry_has_room`]), so a flood cannot crowd them out.
+    /// Telemetry leaves the queue's reserve to security records, and one
+    /// identity's telemetry cannot take all of the rest ([`FairShares`]),
+    /// so a flood crowds out neither.
     fn try_send(&self, event: &Arc<Event>) -> Result<(), Dropped> {
-        if !event.body.is_security() && !super::telemetry_has_room(self.tx.capacity(), self.tx.max_capacity()) {
+        let bucket = telemetry_bucket(event);
+        if let Some(b) = bucket
+            && !self.shares.admit(b, self.tx.capacity(), self.tx.max_capacity())
+        {
             return Err(Dropped::Full);
         }
-        self.tx.try_send(event.clone()).map_err(|e| match e {
-            mpsc::error::TrySendError::Full(_) => Dropped::Full,
-            mpsc::error::TrySendError::Closed(_) => Dropped::Closed,
+        self.tx.try_send(event.clone()).map_err(|e| {
+            if let Some(b) = bucket {
+                self.shares.release(b);
+            }
+            match e {
+                mpsc::error::TrySendError::Full(_) => Dropped::Full,
+                mpsc::error::TrySendError::Closed(_) => Dropped::Closed,
+            }
         })
     }
     fn close(self: Box<Self>) -> Closing {
@@ -238,11 +257,14 @@ impl Output for JsonLines {
 /// reused buffer first and handed over in one piece: serde_json's many
 /// small writes straight into the boxed writer cost a quarter of the
 /// writer's time. Returns when the sender side closes.
-fn write_json_lines(mut rx: mpsc::Receiver<Arc<Event>>, mut out: Box<dyn Write + Send>, stats: &Stats) {
+fn write_json_lines(mut rx: mpsc::Receiver<Arc<Event>>, mut out: Box<dyn Write + Send>, stats: &Stats, shares: &FairShares) {
     let mut line = Vec::with_capacity(2048);
     while let Some(first) = rx.blocking_recv() {
         let mut next = Some(first);
         while let Some(e) = next {
+            if let Some(b) = telemetry_bucket(&e) {
+                shares.release(b);
+            }
             line.clear();
             let ok = serde_json::to_writer(&mut line, &e).is_ok() && {
                 line.push(b'\n');
@@ -286,6 +308,29 @@ mod tests {
         fn close(self: Box<Self>) -> Closing {
             Box::pin(async {})
         }
+    }
+
+    /// Past the shared telemetry room, a flooder that holds much of the
+    /// queue is refused while a quiet identity still gets in, and the last
+    /// eighth stays for security records.
+    #[test]
+    fn a_flooder_cannot_take_the_telemetry_room_from_a_quiet_identity() {
+        let s = FairShares::new();
+        let cap = 1024;
+        let (flood, quiet) = (FairShares::bucket(Some("a")), FairShares::bucket(Some("b")));
+        assert_ne!(flood, quiet);
+        let mut free = cap;
+        while s.admit(flood, free, cap) {
+            free -= 1;
+        }
+        assert_eq!(free, cap / 4, "the flooder fills the shared telemetry room and no more");
+        assert!(s.admit(quiet, free, cap), "the quiet identity still gets in");
+        assert!(!s.admit(quiet, cap / 8, cap), "the last eighth is the security records'");
+        for _ in 0..cap - cap / 4 {
+            s.release(flood);
+        }
+        assert!(s.admit(flood, cap, cap), "released shares admit again");
+        assert_eq!(FairShares::bucket(None), 0);
     }
 
     #[test]
