@@ -120,6 +120,13 @@ fn exec_rules_hold_against_links_dotdot_and_memfd() {
     assert_eq!(file(inside(), "exec", &t.path("ok/../denied/tool"), out), denied, "..");
     assert_eq!(file(inside(), "exec", &one, out), denied, "file rule");
     assert_eq!(file(inside(), "exec", &t.path("ok/hard"), out), denied, "hard link of a file rule's file");
+    // A hard link the identity makes itself, out of the denied directory:
+    // refused where BPF LSM loads (without it there is no link hook: the
+    // fallback's documented gap, not an attack this test claims to stop).
+    if lsm {
+        let link = format!("{tool}:{}", t.path("ok/linked"));
+        assert_eq!(file(inside(), "link", &link, out), "EPERM", "hard link out of the denied directory");
+    }
     // Not named by a rule: runs.
     assert_eq!(file(inside(), "exec", &free, out), "RAN");
     // An exec allow list: a copy outside it, and a memfd (fexecve), do not run.
