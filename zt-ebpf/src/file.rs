@@ -207,14 +207,21 @@ fn walk(from: Object, identity: u32, active: ActivePolicy, pol: &IdentityPolicy,
     w.m.verdict(pol, access, w.complete)
 }
 
-/// The decision of `identity`'s policy; an identity the policy in force
-/// does not define is denied everything (fail closed, as for egress).
+/// The decision of `identity`'s policy in force and its generation;
+/// `None` before the first policy (nothing is refused then). An identity
+/// the policy in force does not define is denied everything (fail closed,
+/// as for egress).
 #[inline(always)]
-fn decide(obj: Object, identity: u32, active: ActivePolicy, pol: Option<IdentityPolicy>, is_self: bool, access: u8) -> Verdict {
-    match pol {
+fn decide(obj: Object, identity: u32, is_self: bool, access: u8) -> Option<(Verdict, u32)> {
+    let (active, pol) = identity_policy(identity);
+    if active.generation == 0 {
+        return None;
+    }
+    let v = match pol {
         Some(pol) => walk(obj, identity, active, &pol, is_self, access),
         None => Verdict::new(DENY, ENFORCE, RULE_NO_POLICY),
-    }
+    };
+    Some((v, active.generation))
 }
 
 /// Decides `access` to `obj` for the caller, reports it, and returns what
@@ -226,12 +233,8 @@ fn check(op: u8, obj: Object, is_self: bool, access: u8) -> i32 {
     if identity == NO_IDENTITY || !offsets_known() {
         return 0;
     }
-    let (active, pol) = identity_policy(identity);
-    if active.generation == 0 {
-        return 0;
-    }
-    let v = decide(obj, identity, active, pol, is_self, access);
-    report(op, access, v, active.generation, identity, tgid, obj, enforcement::LSM);
+    let Some((v, generation)) = decide(obj, identity, is_self, access) else { return 0 };
+    report(op, access, v, generation, identity, tgid, obj, enforcement::LSM);
     if v.action == DENY { -EPERM } else { 0 }
 }
 
@@ -245,19 +248,15 @@ pub fn exec_fallback(identity: u32, exe_file: *const u8) {
     if config().flags & config_flags::EXEC_LSM != 0 || !offsets_known() {
         return;
     }
-    let (active, pol) = identity_policy(identity);
-    if active.generation == 0 {
-        return;
-    }
     let Some(obj) = Object::of_file(exe_file) else { return };
-    let v = decide(obj, identity, active, pol, true, EXEC as u8);
+    let Some((v, generation)) = decide(obj, identity, true, EXEC as u8) else { return };
     if v.action == DENY {
         // SAFETY: the helper takes a signal number and no memory; it
         // signals the current task's process, which is what we mean.
         unsafe { bpf_send_signal(SIGKILL) };
     }
     let tgid = (bpf_get_current_pid_tgid() >> 32) as u32;
-    report(file_op::EXEC, EXEC as u8, v, active.generation, identity, tgid, obj, enforcement::EXEC_KILL);
+    report(file_op::EXEC, EXEC as u8, v, generation, identity, tgid, obj, enforcement::EXEC_KILL);
 }
 
 /// Emits a [`FileEvent`] for a decision a rule made or a deny, unless the
