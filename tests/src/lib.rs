@@ -149,6 +149,14 @@ pub fn helper_bin() -> PathBuf {
     p
 }
 
+/// A copy of the helper at `dest` (a file of its own), without debug
+/// information: the debug build is about 200 MB, which a guest's tmpfs
+/// cannot hold many of and which takes user space long to hash.
+pub fn stripped_helper(dest: &Path) {
+    let status = Command::new("strip").arg("-o").arg(dest).arg(helper_bin()).status().expect("running strip (binutils)");
+    assert!(status.success(), "strip -o {}: {status}", dest.display());
+}
+
 /// What `zt-test-helper FORM... OUT` did, run by `cmd`: the result line
 /// it wrote to `out`, or "KILLED" when it died of SIGKILL.
 pub fn helper_result(mut cmd: Command, form: &[&str], out: &Path) -> String {

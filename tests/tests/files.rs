@@ -66,13 +66,11 @@ impl Tree {
         p
     }
 
-    /// A copy of the helper (its own inode), without debug information:
-    /// the debug build is about 200 MB, the guest's tmpfs holds a few.
+    /// A copy of the helper (its own inode; see [`stripped_helper`]).
     fn copy_helper(&self, rel: &str) -> String {
         let p = self.path(rel);
         std::fs::create_dir_all(Path::new(&p).parent().unwrap()).unwrap();
-        let status = Command::new("strip").arg("-o").arg(&p).arg(helper_bin()).status().expect("running strip (binutils)");
-        assert!(status.success(), "strip -o {p}: {status}");
+        stripped_helper(Path::new(&p));
         p
     }
 }

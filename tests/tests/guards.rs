@@ -400,8 +400,9 @@ fn exe_digest_selected_processes_never_run_unattributed() {
     let dir = tempfile::Builder::new().prefix("zt-test-digest-").tempdir().unwrap();
     let agent_exe = dir.path().join("zt-digest-agent");
     let other_exe = dir.path().join("zt-digest-other");
-    let agent_bytes = std::fs::read(helper_bin()).unwrap();
-    std::fs::write(&agent_exe, &agent_bytes).unwrap();
+    // Stripped: user space hashes it while its first runs are pending.
+    stripped_helper(&agent_exe);
+    let agent_bytes = std::fs::read(&agent_exe).unwrap();
     // The same program, one byte longer: another digest.
     std::fs::write(&other_exe, [agent_bytes.as_slice(), b"\0"].concat()).unwrap();
     for p in [&agent_exe, &other_exe] {
