@@ -195,7 +195,7 @@ impl Agent {
         // start leaves nothing running; the egress hooks attach after the
         // first policy is in the maps (their events wait in the ring).
         bpf.attach_network(&cgroup2)?;
-        bpf.attach_guards(&cgroup2, opts.syscall_guards)?;
+        bpf.attach_guards(&cgroup2, opts.syscall_guards, lsm_loads)?;
         if bpf.attach_files(lsm_loads)? {
             maps.config.add_flags(zt_common::config_flags::EXEC_LSM)?;
         }
@@ -370,8 +370,14 @@ fn mark_degraded(paths: &mut [(&'static str, String)], hooks: &[bpf::loader::Hoo
     use zt_common::programs as P;
     let owners: [(&str, &[&str]); 5] = [
         ("network enforcement", &[P::CONNECT4, P::CONNECT6, P::SENDMSG4, P::SENDMSG6, P::CONNECT_UNIX, P::SENDMSG_UNIX]),
-        ("socket kinds", &[P::SOCK_CREATE, P::GUARD_SETSOCKOPT, P::GUARD_ROUTE, P::SOCK_RELEASE, P::GUARD_SOCKET, P::GUARD_URING]),
-        ("process takeover, bpf(2)", &[P::GUARD_PTRACE, P::GUARD_PROCESS_VM, P::GUARD_PIDFD_GETFD, P::GUARD_BPF]),
+        (
+            "socket kinds",
+            &[P::SOCK_CREATE, P::GUARD_SETSOCKOPT, P::GUARD_ROUTE, P::SOCK_RELEASE, P::GUARD_SOCKET, P::GUARD_URING, P::GUARD_LSM_SOCKET],
+        ),
+        (
+            "process takeover, bpf(2)",
+            &[P::GUARD_PTRACE, P::GUARD_PROCESS_VM, P::GUARD_PIDFD_GETFD, P::GUARD_BPF, P::GUARD_LSM_PTRACE, P::GUARD_LSM_BPF],
+        ),
         ("file rules", &P::LSM_FILE_HOOKS[2..]),
         ("exec rules", &["bprm_check_security"]),
     ];

@@ -77,3 +77,11 @@ pub const VFSMOUNT_ROOT: &str = "VFSMOUNT_ROOT_OFF";
 pub const DENTRY_NAME: &str = "DENTRY_NAME_OFF";
 pub const DENTRY_NAME_LEN: &str = "DENTRY_NAME_LEN_OFF";
 pub const BPRM_FILE: &str = "BPRM_FILE_OFF";
+/// For the BPF LSM guards (`zt-ebpf/src/guard.rs`), or [`ABSENT`]:
+/// `task_struct.tgid` (whose process `ptrace_access_check` is asked
+/// about), and which argument of the LSM `bpf` hook holds the earlier
+/// LSMs' verdict (3 before Linux 6.14, 4 since it gained a `kernel` flag),
+/// from the hook's prototype in BTF. Without them the syscall tracepoints
+/// guard those calls instead.
+pub const TASK_TGID: &str = "TASK_TGID_OFF";
+pub const LSM_BPF_RET_ARG: &str = "LSM_BPF_RET_ARG";

@@ -103,8 +103,24 @@ pub mod op {
     /// the `io_uring_submit_req` tracepoint (the `socket` syscall is never
     /// made).
     pub const SOCKET_URING: u32 = 9;
-    pub const NAMES: [&str; 10] =
-        ["", "socket", "socket", "ptrace", "process_vm", "pidfd_getfd", "bpf", "setsockopt", "route", "io_uring_socket"];
+    /// Attach-mode access to a process outside the identity, refused at the
+    /// BPF LSM `ptrace_access_check` hook: ptrace attach/seize,
+    /// `process_vm_readv`/`writev`, `pidfd_getfd`, opening `/proc/PID/mem`
+    /// (the hook does not say which call it was).
+    pub const PROCESS_ACCESS: u32 = 10;
+    pub const NAMES: [&str; 11] = [
+        "",
+        "socket",
+        "socket",
+        "ptrace",
+        "process_vm",
+        "pidfd_getfd",
+        "bpf",
+        "setsockopt",
+        "route",
+        "io_uring_socket",
+        "process_access",
+    ];
 }
 
 /// `IORING_OP_SOCKET` (`include/uapi/linux/io_uring.h`).
@@ -191,7 +207,7 @@ mod tests {
         assert_eq!(core::mem::offset_of!(GuardEvent, op), 48);
         assert_eq!(core::mem::offset_of!(GuardEvent, args), 56);
         assert_eq!(core::mem::offset_of!(GuardEvent, comm), 96);
-        assert_eq!(op::NAMES.len(), 10);
+        assert_eq!(op::NAMES.len(), 11);
         assert_eq!(action::NAMES.len(), 4);
     }
 }

@@ -34,6 +34,17 @@ pub const GUARD_TRACEPOINTS: &[(&str, &[&str])] = &[
     (GUARD_PIDFD_GETFD, &["sys_enter_pidfd_getfd"]),
     (GUARD_BPF, &["sys_enter_bpf"]),
 ];
+/// The BPF LSM guards (`zt-ebpf/src/guard.rs`): program, hook, and the
+/// tracepoint guards it stands in for where it attaches (no syscall
+/// tracepoint is then needed for those calls).
+pub const LSM_GUARDS: &[(&str, &str, &[&str])] = &[
+    (GUARD_LSM_SOCKET, "socket_create", &[GUARD_SOCKET, GUARD_URING]),
+    (GUARD_LSM_PTRACE, "ptrace_access_check", &[GUARD_PTRACE, GUARD_PROCESS_VM, GUARD_PIDFD_GETFD]),
+    (GUARD_LSM_BPF, "bpf", &[GUARD_BPF]),
+];
+pub const GUARD_LSM_SOCKET: &str = "guard_lsm_socket";
+pub const GUARD_LSM_PTRACE: &str = "guard_lsm_ptrace";
+pub const GUARD_LSM_BPF: &str = "guard_lsm_bpf";
 /// The BPF LSM file and exec programs (`zt-ebpf/src/file.rs`), each
 /// named after its hook.
 pub const LSM_FILE_HOOKS: &[&str] = &[
@@ -94,8 +105,9 @@ pub const ALL: &[&str] = &[
 mod tests {
     #[test]
     fn every_program_named_once() {
-        for (i, a) in super::ALL.iter().chain(super::LSM_FILE_HOOKS).enumerate() {
-            assert!(!super::ALL.iter().chain(super::LSM_FILE_HOOKS).skip(i + 1).any(|b| b == a), "{a} twice");
+        let all = || super::ALL.iter().chain(super::LSM_FILE_HOOKS).chain(super::LSM_GUARDS.iter().map(|g| &g.0));
+        for (i, a) in all().enumerate() {
+            assert!(!all().skip(i + 1).any(|b| b == a), "{a} twice");
         }
     }
 }

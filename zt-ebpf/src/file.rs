@@ -64,7 +64,7 @@ const PATH_MASK: u32 = FILE_PATH_LEN as u32 - 1;
 
 /// A kernel pointer `off` bytes into `base`, read with fault handling.
 #[inline(always)]
-fn field<T>(base: *const u8, off: u32) -> Option<T> {
+pub(crate) fn field<T>(base: *const u8, off: u32) -> Option<T> {
     // SAFETY: `read_kernel` copies through bpf_probe_read_kernel (an error,
     // not a fault, on a bad address); the callers read integers and raw
     // pointers, valid for any bit pattern, at offsets from BTF.
@@ -387,14 +387,14 @@ fn name_into(obj: Object, out: *mut u8) -> (u32, bool) {
 /// An LSM hook's argument `n` (within the hook's arguments: each caller
 /// follows its hook's signature) as a kernel pointer.
 #[inline(always)]
-fn arg(ctx: &LsmContext, n: usize) -> *const u8 {
+pub(crate) fn arg(ctx: &LsmContext, n: usize) -> *const u8 {
     ctx.arg::<*const u8>(n)
 }
 
 /// An earlier LSM's refusal (the hook's last argument, `n`) stands;
 /// else `decide` decides.
 #[inline(always)]
-fn unless_refused(ctx: &LsmContext, n: usize, decide: impl FnOnce(&LsmContext) -> i32) -> i32 {
+pub(crate) fn unless_refused(ctx: &LsmContext, n: usize, decide: impl FnOnce(&LsmContext) -> i32) -> i32 {
     let earlier = ctx.arg::<i32>(n);
     if earlier != 0 { earlier } else { decide(ctx) }
 }

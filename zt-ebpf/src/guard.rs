@@ -26,6 +26,15 @@
 //!   `guard_uring` (`IORING_OP_SOCKET` of a family the policy does not
 //!   allow, which makes no `socket` syscall).
 //!
+//! - BPF LSM, where it loads (then the syscall tracepoints above are not
+//!   attached, and no syscall pays for them): `guard_lsm_socket`
+//!   (`socket_create`: every family, so also socketpair and io_uring),
+//!   `guard_lsm_ptrace` (`ptrace_access_check` in attach mode: ptrace
+//!   attach/seize, `process_vm_readv`/`writev`, `pidfd_getfd`, opening
+//!   `/proc/PID/mem`, on a process outside the identity) and
+//!   `guard_lsm_bpf` (any `bpf(2)`) refuse the call with EPERM before it
+//!   runs.
+//!
 //! Processes without an identity pay one array read and return. An
 //! identity in audit mode only gets the event. Before the first policy is
 //! applied nothing is refused (as for egress).
@@ -34,8 +43,8 @@ use aya_ebpf::{
         bpf_get_current_comm, bpf_get_current_pid_tgid, bpf_probe_read_kernel,
         generated::{bpf_get_socket_cookie, bpf_send_signal},
     },
-    macros::{cgroup_skb, cgroup_sock, cgroup_sockopt, tracepoint},
-    programs::{SkBuffContext, SockContext, SockoptContext, TracePointContext},
+    macros::{cgroup_skb, cgroup_sock, cgroup_sockopt, lsm, tracepoint},
+    programs::{LsmContext, SkBuffContext, SockContext, SockoptContext, TracePointContext},
 };
 use zt_common::{
     NO_IDENTITY,
@@ -50,12 +59,17 @@ use zt_common::{
 use crate::{
     events::{Ring, reserve, submit},
     maps::{
-        AGENT_SOCKETS, IO_SOCKET_DOMAIN_OFF, IO_SOCKET_PROTOCOL_OFF, IO_SOCKET_TYPE_OFF, URING_OPCODE_OFF, URING_REQ_OFF, global,
-        identity_of, identity_policy,
+        AGENT_SOCKETS, IO_SOCKET_DOMAIN_OFF, IO_SOCKET_PROTOCOL_OFF, IO_SOCKET_TYPE_OFF, LSM_BPF_RET_ARG, TASK_TGID_OFF,
+        URING_OPCODE_OFF, URING_REQ_OFF, global, identity_of, identity_policy,
     },
+    file::{arg, field, unless_refused},
 };
 
 const SIGKILL: u32 = 9;
+const EPERM: i32 = -1;
+/// `PTRACE_MODE_ATTACH` (`include/linux/ptrace.h`): the access that can
+/// change the process or take what it holds (read mode is `ps`, `/proc`).
+const PTRACE_MODE_ATTACH: u32 = 0x02;
 const PTRACE_ATTACH: u64 = 16;
 const PTRACE_SEIZE: u64 = 0x4206;
 /// Offsets in every `syscalls/sys_enter_*` record: the syscall number, then
@@ -272,6 +286,71 @@ pub fn guard_bpf(ctx: TracePointContext) -> u32 {
     let Some((audit, _)) = policy_of(identity) else { return 0 };
     kill_or_audit(&ctx, identity, op::BPF, audit, syscall_args(&ctx), 0, NO_IDENTITY, 0);
     0
+}
+
+/// `socket_create(family, type, protocol, kern)`: a socket of a family
+/// `sock_create` does not see (inet sockets are decided there, with the
+/// real protocol), by any call that makes one: `socket`, `socketpair`,
+/// io_uring's `IORING_OP_SOCKET`. Sockets the kernel makes for itself pass.
+#[lsm(hook = "socket_create")]
+pub fn guard_lsm_socket(ctx: LsmContext) -> i32 {
+    unless_refused(&ctx, 4, |ctx| {
+        let (family, sock_type, protocol, kern) = (ctx.arg::<u32>(0), ctx.arg::<u32>(1), ctx.arg::<u32>(2), ctx.arg::<u32>(3));
+        if kern != 0 || family == AF_INET || family == AF_INET6 {
+            return 0;
+        }
+        let Some(identity) = caller() else { return 0 };
+        let kind_bit = classify_socket(family, sock_type, protocol);
+        let Some((audit, allowed)) = policy_of(identity) else { return 0 };
+        if allowed & kind_bit != 0 {
+            return 0;
+        }
+        refuse_or_audit(identity, op::SOCKET_SYSCALL, audit, [family as u64, sock_type as u64, protocol as u64], 0, NO_IDENTITY, kind_bit)
+    })
+}
+
+/// `ptrace_access_check(child, mode)`: attach-mode access to a process
+/// outside the caller's identity. The target is known by its kernel task,
+/// so a pid namespace changes nothing here.
+#[lsm(hook = "ptrace_access_check")]
+pub fn guard_lsm_ptrace(ctx: LsmContext) -> i32 {
+    unless_refused(&ctx, 2, |ctx| {
+        let mode = ctx.arg::<u32>(1);
+        if mode & PTRACE_MODE_ATTACH == 0 {
+            return 0;
+        }
+        let Some(identity) = caller() else { return 0 };
+        // An unreadable task counts as outside the identity: fail closed.
+        let target: u32 = field(arg(ctx, 0), global(&TASK_TGID_OFF)).unwrap_or(0);
+        let target_identity = identity_of(target);
+        if target_identity == identity {
+            return 0;
+        }
+        let Some((audit, _)) = policy_of(identity) else { return 0 };
+        refuse_or_audit(identity, op::PROCESS_ACCESS, audit, [mode as u64, 0, 0], target, target_identity, 0)
+    })
+}
+
+/// `bpf(cmd, attr, size[, kernel])`: any `bpf(2)` of an agent identity.
+/// Where the earlier LSMs' verdict sits depends on the kernel (see
+/// `zt_common::globals::LSM_BPF_RET_ARG`); the branch not taken is pruned
+/// by the verifier, the global being read-only.
+#[lsm(hook = "bpf")]
+pub fn guard_lsm_bpf(ctx: LsmContext) -> i32 {
+    let decide = |ctx: &LsmContext| {
+        let Some(identity) = caller() else { return 0 };
+        let Some((audit, _)) = policy_of(identity) else { return 0 };
+        refuse_or_audit(identity, op::BPF, audit, [ctx.arg::<u32>(0) as u64, 0, 0], 0, NO_IDENTITY, 0)
+    };
+    if global(&LSM_BPF_RET_ARG) == 4 { unless_refused(&ctx, 4, decide) } else { unless_refused(&ctx, 3, decide) }
+}
+
+/// An LSM guard's answer: EPERM (the event says denied) or, in audit mode,
+/// allowed with an audited event.
+#[inline(always)]
+fn refuse_or_audit(identity: u32, what: u32, audit: bool, args: [u64; 3], target: u32, target_identity: u32, kind_bit: u32) -> i32 {
+    emit(identity, what, if audit { action::AUDITED } else { action::DENIED }, 0, args, target, target_identity, kind_bit);
+    if audit { 0 } else { EPERM }
 }
 
 /// A call on process `target` (a pid as the caller names it): allowed only

@@ -231,6 +231,11 @@ pub static DENTRY_NAME_OFF: u32 = u32::MAX;
 pub static DENTRY_NAME_LEN_OFF: u32 = u32::MAX;
 #[unsafe(no_mangle)]
 pub static BPRM_FILE_OFF: u32 = u32::MAX;
+/// See `zt_common::globals::TASK_TGID`.
+#[unsafe(no_mangle)]
+pub static TASK_TGID_OFF: u32 = u32::MAX;
+#[unsafe(no_mangle)]
+pub static LSM_BPF_RET_ARG: u32 = u32::MAX;
 
 /// Reads a global through a volatile load so the compiler cannot fold the
 /// default value in; the verifier then sees the frozen `.rodata` value.

@@ -33,7 +33,7 @@
 //!   on lo), uring-packet ADDR (the same, the socket made by io_uring
 //!   IORING_OP_SOCKET), ping ADDR (an ICMP echo through a ping socket; OK when the reply
 //!   came), socketpair (AF_UNIX), ptrace PID (attach, then detach),
-//!   process-vm-read PID (8 bytes of its first mapping), bpf (BPF_MAP_GET_NEXT_ID),
+//!   process-vm-read PID (8 bytes of its first mapping), proc-mem PID (the same read through /proc/PID/mem), bpf (BPF_MAP_GET_NEXT_ID),
 //!   lsrr HOP (IP_OPTIONS with a loose source route via HOP on a UDP socket),
 //!   tos - (IP_TOS on a UDP socket: an option that does not re-route),
 //!   unix-stream PATH, unix-dgram PATH, unix-abstract NAME (send "zt-unix"
@@ -337,6 +337,18 @@ mod around {
                 let n = unsafe { libc::process_vm_readv(pid, &local, 1, &remote, 1, 0) };
                 if n == 8 { "OK".into() } else { last() }
             }
+            "proc-mem" => {
+                use std::os::unix::fs::FileExt as _;
+                let pid: libc::pid_t = target.parse().expect("PID");
+                let maps = std::fs::read_to_string(format!("/proc/{pid}/maps")).expect("maps");
+                let start = u64::from_str_radix(maps.split('-').next().expect("a mapping"), 16).expect("address");
+                let mut buf = [0u8; 8];
+                match std::fs::File::open(format!("/proc/{pid}/mem")).and_then(|f| f.read_exact_at(&mut buf, start)) {
+                    Ok(()) => "OK".into(),
+                    Err(e) if e.raw_os_error() == Some(libc::EPERM) => "EPERM".into(),
+                    Err(e) => format!("ERR {}", e.raw_os_error().unwrap_or(-1)),
+                }
+            }
             "lsrr" | "tos" => {
                 let hop: std::net::Ipv4Addr = if mode == "lsrr" { target.parse().expect("HOP") } else { std::net::Ipv4Addr::LOCALHOST };
                 // SAFETY: plain socket(2).
@@ -491,6 +503,9 @@ mod around {
             unsafe { ring.submission().push(&sqe).expect("a free entry") };
             ring.submit_and_wait(1).expect("io_uring_enter");
             let cqe = ring.completion().next().expect("a completion");
+            if cqe.result() == -libc::EPERM {
+                return "EPERM".into();
+            }
             if cqe.result() < 0 {
                 return format!("ERR {}", -cqe.result());
             }

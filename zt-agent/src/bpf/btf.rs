@@ -21,6 +21,8 @@ pub enum BtfError {
     UnknownKind(u32),
     #[error("BTF: struct {0} not found")]
     NoStruct(String),
+    #[error("BTF: function {0} not found")]
+    NoFunc(String),
     #[error("BTF: struct {0} has no member {1}")]
     NoMember(String, String),
     #[error("BTF: anonymous members of struct {0} nest deeper than {MAX_NESTING} levels (a cycle?)")]
@@ -150,6 +152,21 @@ impl<'a> Btf<'a> {
         }
     }
 
+    /// How many parameters function `name` takes (its prototype's).
+    pub fn func_params(&self, name: &str) -> Result<u32, BtfError> {
+        for t in self.tys.iter().filter(|t| t.kind == KIND_FUNC) {
+            // A record is name, info, then size-or-type; the trailer follows.
+            let (name_off, proto) = (u32_at(self.types, t.trailer - 12)?, u32_at(self.types, t.trailer - 4)?);
+            if self.name(name_off)? == name {
+                return match self.ty(proto) {
+                    Some(p) if p.kind == KIND_FUNC_PROTO => Ok(p.vlen),
+                    _ => Err(BtfError::Malformed("a function whose type is not a prototype")),
+                };
+            }
+        }
+        Err(BtfError::NoFunc(name.into()))
+    }
+
     /// The bit offset of `member` in type `id` (plus `base_bits`), looking
     /// through anonymous members at most [`MAX_NESTING`] levels deep.
     fn find(&self, id: u32, member: &str, base_bits: u32, depth: u32) -> Result<Option<u32>, Stop> {
@@ -252,6 +269,14 @@ pub fn file_offsets(btf: &Btf<'_>) -> Result<[(&'static str, u32); 11], BtfError
     ])
 }
 
+/// What the BPF LSM guards read (see `zt_common::globals::TASK_TGID`):
+/// `task_struct.tgid`, and the index of the LSM `bpf` hook's verdict
+/// argument (after the hook's own parameters).
+pub fn lsm_guard_globals(btf: &Btf<'_>) -> Result<[(&'static str, u32); 2], BtfError> {
+    use zt_common::globals as g;
+    Ok([(g::TASK_TGID, btf.member_offset("task_struct", "tgid")?), (g::LSM_BPF_RET_ARG, btf.func_params("bpf_lsm_bpf")?)])
+}
+
 /// Offsets of `uaddr` and `uaddrlen` in `struct bpf_sock_addr_kern`, the
 /// struct a sock_addr program's context points to (read by the
 /// Unix-socket programs, see `zt-ebpf/src/unix.rs`).
@@ -343,5 +368,11 @@ mod tests {
         assert_eq!(file[9].1 + 4, file[8].1, "{file:?}");
         assert!(mm > 0 && start > 0);
         assert_eq!(end, start + 8, "arg_end follows arg_start in mm_struct");
+        // The LSM `bpf` hook: (cmd, attr, size), plus `kernel` since 6.14.
+        match btf.func_params("bpf_lsm_bpf") {
+            Ok(n) => assert!(n == 3 || n == 4, "bpf_lsm_bpf has {n} parameters"),
+            Err(e) => assert_eq!(e, BtfError::NoFunc("bpf_lsm_bpf".into()), "a kernel without CONFIG_BPF_LSM"),
+        }
+        assert_eq!(btf.func_params("no_such_function"), Err(BtfError::NoFunc("no_such_function".into())));
     }
 }

@@ -92,6 +92,8 @@ pub struct Bpf {
     uring_offsets: bool,
     /// The file programs' offsets are known (BTF), or why not.
     file_offsets: Result<(), String>,
+    /// The LSM guards' globals are known (BTF), or why not.
+    lsm_guard_globals: Result<(), String>,
     pub hooks: Vec<HookStatus>,
     /// Forwards the programs' aya-log records to `tracing`; aborted on drop.
     logger: Option<tokio::task::JoinHandle<()>>,
@@ -180,6 +182,12 @@ impl Bpf {
             Ok(o) => offsets.extend(o.iter().copied()),
             Err(e) => tracing::warn!("file and exec rules are not enforced: no BTF offsets ({e})"),
         }
+        let lsm_guard_globals =
+            btf.as_ref().map_err(String::clone).and_then(|b| btf::lsm_guard_globals(b).map_err(|e| format!("no BTF offsets ({e})")));
+        if let Ok(o) = &lsm_guard_globals {
+            offsets.extend(o.iter().copied());
+        }
+        let lsm_guard_globals = lsm_guard_globals.map(drop);
         // The Unix-socket programs read the address behind their context.
         let unix_offsets = btf.as_ref().map_err(String::clone).and_then(|b| btf::sock_addr_offsets(b).map_err(|e| e.to_string()));
         if let Ok(o) = &unix_offsets {
@@ -229,7 +237,7 @@ impl Bpf {
             Ok(_) => Err("no BTF offsets for the exec'd file".to_string()),
             Err(e) => Err(format!("no BTF offsets ({e})")),
         };
-        let mut bpf = Bpf { ebpf, unix, uring_offsets, file_offsets, hooks: Vec::new(), logger: None };
+        let mut bpf = Bpf { ebpf, unix, uring_offsets, file_offsets, lsm_guard_globals, hooks: Vec::new(), logger: None };
         // Exit before fork before exec: a process is never forked into the
         // table after its exit was missed.
         for (prog, category, name, need) in [
@@ -299,10 +307,11 @@ impl Bpf {
     }
 
     /// Attaches the guards (see `zt-ebpf/src/guard.rs`): `sock_create` at
-    /// the cgroup root, and the syscall tracepoints. Called with
+    /// the cgroup root, the BPF LSM guards where BPF LSM loads (`lsm`), and
+    /// the tracepoints for the calls no LSM guard took. Called with
     /// [`Bpf::attach_network`]; each one missing (or off: `syscalls`
     /// false) is said by `status`.
-    pub fn attach_guards(&mut self, cgroup2: &Path, syscalls: bool) -> anyhow::Result<()> {
+    pub fn attach_guards(&mut self, cgroup2: &Path, syscalls: bool, lsm: bool) -> anyhow::Result<()> {
         let r = self.attach_cgroup(P::SOCK_CREATE, cgroup2);
         self.record(
             P::SOCK_CREATE,
@@ -326,17 +335,20 @@ impl Bpf {
                 Need::Optional { fallback: "route-changing options given per message (sendmsg ancillary data) not dropped" },
             )?;
         }
+        let by_lsm = self.attach_lsm_guards(lsm)?;
         // Not a syscall tracepoint: no cost to other syscalls, so attached
         // whatever `--syscall-guards` says.
         let at = "tracepoint/io_uring/io_uring_submit_req".to_string();
-        if !self.uring_offsets {
+        if by_lsm.contains(&P::GUARD_URING) {
+            // Guarded at `socket_create`: nothing to attach.
+        } else if !self.uring_offsets {
             let state = "not attached: no io_uring_submit_req fields in tracefs or no io_socket in BTF; sockets made through io_uring are not guarded".to_string();
             self.hooks.push(HookStatus { program: P::GUARD_URING, attach_point: at, state, attached: false });
         } else {
             let r = self.attach_tracepoint(P::GUARD_URING, "io_uring", "io_uring_submit_req");
             self.record(P::GUARD_URING, at, r, Need::Optional { fallback: "sockets made through io_uring are not guarded" })?;
         }
-        for (prog, tracepoints) in P::GUARD_TRACEPOINTS {
+        for (prog, tracepoints) in P::GUARD_TRACEPOINTS.iter().filter(|(p, _)| !by_lsm.contains(p)) {
             for name in *tracepoints {
                 let at = format!("tracepoint/syscalls/{name}");
                 if !syscalls {
@@ -349,6 +361,35 @@ impl Bpf {
             }
         }
         Ok(())
+    }
+
+    /// Attaches the BPF LSM guards where BPF LSM loads; returns the
+    /// tracepoint guards they stand in for (see `P::LSM_GUARDS`). One that
+    /// does not attach is said by `status`, and its tracepoints stand in.
+    fn attach_lsm_guards(&mut self, lsm: bool) -> anyhow::Result<Vec<&'static str>> {
+        let mut replaced = Vec::new();
+        if !lsm {
+            return Ok(replaced);
+        }
+        let btf = aya::Btf::from_sys_fs();
+        for (prog, hook, stands_in) in P::LSM_GUARDS {
+            let at = format!("lsm/{hook}");
+            let r = match (&self.lsm_guard_globals, &btf) {
+                (Err(why), _) => Err(anyhow::anyhow!("{why}")),
+                (_, Err(e)) => Err(anyhow::anyhow!("kernel BTF: {e}")),
+                (Ok(()), Ok(btf)) => (|| -> anyhow::Result<()> {
+                    let p: &mut aya::programs::Lsm = self.ebpf.program_mut(prog).with_context(|| format!("{prog} missing"))?.try_into()?;
+                    p.load(hook, btf).context("load")?;
+                    p.attach().context("attach")?;
+                    Ok(())
+                })(),
+            };
+            if r.is_ok() {
+                replaced.extend_from_slice(stands_in);
+            }
+            self.record(prog, at, r, Need::Optional { fallback: "the syscall tracepoints guard these calls (SIGKILL)" })?;
+        }
+        Ok(replaced)
     }
 
     /// Attaches the BPF LSM file and exec programs where the kernel loads
@@ -397,7 +438,7 @@ impl Bpf {
     /// [`super::pins`]); returns how many.
     pub fn pin_links(&self, pins: &super::pins::Pins) -> anyhow::Result<usize> {
         let mut ids: Vec<(&str, u32)> =
-            P::ALL.iter().chain(P::LSM_FILE_HOOKS).filter_map(|name| Some((*name, self.ebpf.program(name)?.info().ok()?.id()))).collect();
+            P::ALL.iter().chain(P::LSM_FILE_HOOKS).chain(P::LSM_GUARDS.iter().map(|g| &g.0)).filter_map(|name| Some((*name, self.ebpf.program(name)?.info().ok()?.id()))).collect();
         if let Ok(u) = &self.unix {
             ids.extend(u.ids());
         }

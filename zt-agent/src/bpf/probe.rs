@@ -238,27 +238,35 @@ pub fn enforcement_paths(caps: &Capabilities) -> Vec<(&'static str, String)> {
         },
     ));
     let kill = caps.has(names::TRACEPOINT) && caps.has(names::SEND_SIGNAL);
+    let lsm = caps.has(names::LSM);
+    let other_families = match (lsm, kill) {
+        (true, _) => "other families: BPF LSM socket_create (EPERM)",
+        (false, true) => "other families: tracepoints on socket/socketpair, SIGKILL",
+        (false, false) => "other families UNGUARDED (neither BPF LSM nor bpf_send_signal)",
+    };
     v.push((
         "socket kinds",
-        match (caps.has(names::SOCK_ADDR), kill) {
-            (true, true) => "inet: cgroup sock_create at the cgroup v2 root (EPERM); other families: tracepoints on socket/socketpair, \
-                             SIGKILL; route-changing options: cgroup setsockopt (EPERM), and given per message: cgroup skb egress (dropped)"
-                .into(),
-            (true, false) => "inet: cgroup sock_create (EPERM); route-changing options: cgroup setsockopt (EPERM); other families \
-                              UNGUARDED (bpf_send_signal unavailable)"
-                .into(),
-            (false, _) => "UNGUARDED: cgroup programs do not load".into(),
+        if caps.has(names::SOCK_ADDR) {
+            format!(
+                "inet: cgroup sock_create at the cgroup v2 root (EPERM); {other_families}; route-changing options: cgroup \
+                 setsockopt (EPERM), and given per message: cgroup skb egress (dropped)"
+            )
+        } else {
+            "UNGUARDED: cgroup programs do not load".into()
         },
     ));
     v.push((
         "process takeover, bpf(2)",
-        if kill {
-            "tracepoints on ptrace/process_vm_readv/process_vm_writev/pidfd_getfd/bpf, SIGKILL (the call itself runs; the caller never returns to user space)".into()
-        } else {
-            "UNGUARDED: tracepoints with bpf_send_signal unavailable".into()
+        match (lsm, kill) {
+            (true, _) => "BPF LSM ptrace_access_check (attach mode: ptrace, process_vm_readv/writev, pidfd_getfd, /proc/PID/mem) \
+                          and bpf: EPERM before the call, no syscall tracepoint"
+                .into(),
+            (false, true) => "tracepoints on ptrace/process_vm_readv/process_vm_writev/pidfd_getfd/bpf, SIGKILL (the call itself \
+                              runs; the caller never returns to user space)"
+                .into(),
+            (false, false) => "UNGUARDED: neither BPF LSM nor tracepoints with bpf_send_signal".into(),
         },
     ));
-    let lsm = caps.has(names::LSM);
     v.push((
         "file rules",
         if lsm {

@@ -78,7 +78,9 @@ pub struct RunArgs {
     /// process_vm_readv/writev, pidfd_getfd, bpf: the caller is killed).
     /// Their tracepoints put every syscall of every process on the kernel's
     /// traced path (see BENCHMARKS.md); `off` trades those guards for that
-    /// cost, and `status` says they are off.
+    /// cost, and `status` says they are off. Where BPF LSM loads, LSM hooks
+    /// guard these calls instead (EPERM, no cost to other syscalls) and
+    /// this setting changes nothing.
     #[arg(long, value_enum, default_value_t = SyscallGuards::On)]
     pub syscall_guards: SyscallGuards,
     /// Pin programs and enforcement state here (bpffs), so enforcement
