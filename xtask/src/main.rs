@@ -62,6 +62,16 @@ enum Cmd {
         #[arg(last = true)]
         args: Vec<OsString>,
     },
+    /// A benchmark run in the QEMU test guest (stock Debian kernel, BPF LSM
+    /// on; emulated with TCG, so only the ratios measured side by side mean
+    /// anything): `hardening` there measures the guards on BPF LSM.
+    VmBench {
+        #[arg(value_enum)]
+        which: Bench,
+        /// Rounds of interleaved measurement.
+        #[arg(long, default_value_t = 3)]
+        rounds: u32,
+    },
     /// Benchmarks; prints ratios measured side by side in one run.
     Bench {
         #[arg(value_enum)]
@@ -91,6 +101,21 @@ enum Bench {
     /// SIEM delivery: backlog drain rate per transport to a local rsyslogd,
     /// and denial-to-receiver latency over TLS.
     Siem,
+}
+
+impl Bench {
+    /// The benchmark's name for `zt-bench`.
+    fn name(self) -> &'static str {
+        match self {
+            Bench::Attribution => "attribution",
+            Bench::Policy => "policy",
+            Bench::Net => "net",
+            Bench::Audit => "audit",
+            Bench::Hardening => "hardening",
+            Bench::Pipeline => "pipeline",
+            Bench::Siem => "siem",
+        }
+    }
 }
 
 fn main() -> std::process::ExitCode {
@@ -140,18 +165,32 @@ fn real_main() -> anyhow::Result<()> {
             setup()?;
             test(&root, &args)
         }
+        Cmd::VmBench { which, rounds } => {
+            setup()?;
+            build(true)?;
+            let mut b = cargo();
+            b.args(["build", "--release", "--quiet", "-p", "zt-tests", "--bin", "zt-bench"]);
+            run(b)?;
+            let kernel = guest_kernel_image().map_err(|why| anyhow::anyhow!(why))?;
+            let command = vec![
+                "/usr/bin/env".into(),
+                format!("ZT_AGENT_BIN={}", root.join("target/release/zt-agent").display()),
+                root.join("target/release/zt-bench").display().to_string(),
+                which.name().into(),
+                "--rounds".into(),
+                rounds.to_string(),
+            ];
+            eprintln!("xtask: vm-bench: booting {} under QEMU (TCG) for bench {}", kernel.display(), which.name());
+            let mut tally = Tally::default();
+            if !boot_guest(&root, &kernel, &[command], &mut tally)? {
+                bail!("the benchmark failed in the guest");
+            }
+            Ok(())
+        }
         Cmd::Bench { which, rounds } => {
             setup()?;
             build(true)?;
-            let name = match which {
-                Bench::Attribution => "attribution",
-                Bench::Policy => "policy",
-                Bench::Net => "net",
-                Bench::Audit => "audit",
-                Bench::Hardening => "hardening",
-                Bench::Pipeline => "pipeline",
-                Bench::Siem => "siem",
-            };
+            let name = which.name();
             let mut cmd = cargo();
             cmd.args(["run", "--release", "--quiet", "-p", "zt-tests", "--bin", "zt-bench", "--", name])
                 .arg("--rounds")
@@ -573,14 +612,9 @@ fn vm_test(root: &Path, args: &[OsString], tally: &mut Tally) -> anyhow::Result<
         tally.skipped.push(("vm-test".into(), why));
         Ok(true)
     };
-    let virtiofsd = Path::new("/usr/lib/qemu/virtiofsd");
-    if !quiet_ok("qemu-system-x86_64", &["--version"]) || !virtiofsd.exists() {
-        return skip(tally, "qemu-system-x86_64 or virtiofsd is missing (`cargo xtask setup` installs qemu-system-x86)".into());
-    }
-    let Some(kernel) = std::fs::read_dir(guest_kernel().join("boot")).ok().and_then(|d| {
-        d.filter_map(Result::ok).map(|e| e.path()).find(|p| p.file_name().is_some_and(|n| n.to_string_lossy().starts_with("vmlinuz-")))
-    }) else {
-        return skip(tally, format!("no guest kernel under {} (`cargo xtask setup` unpacks it)", guest_kernel().display()));
+    let kernel = match guest_kernel_image() {
+        Ok(k) => k,
+        Err(why) => return skip(tally, why),
     };
     // The guest test binary and the guest's init, built for the host (the
     // guest runs them from the shared root).
@@ -598,6 +632,39 @@ fn vm_test(root: &Path, args: &[OsString], tally: &mut Tally) -> anyhow::Result<
         .filter_map(|v| v["executable"].as_str().map(PathBuf::from))
         .collect();
     anyhow::ensure!(exes.len() == GUEST_SUITES.len(), "cargo built {} of the {} guest suites", exes.len(), GUEST_SUITES.len());
+    let commands: Vec<Vec<String>> = exes
+        .iter()
+        .map(|exe| {
+            let mut c = vec![exe.display().to_string(), "--include-ignored".into(), "--test-threads=1".into(), "--color=never".into()];
+            c.extend(args.iter().map(|a| a.to_string_lossy().into_owned()));
+            c
+        })
+        .collect();
+    eprintln!("xtask: vm-test: booting {} under QEMU (TCG) for {}", kernel.display(), GUEST_SUITES.join(", "));
+    boot_guest(root, &kernel, &commands, tally)
+}
+
+/// The guest kernel's image, or why the guest cannot boot here.
+fn guest_kernel_image() -> Result<PathBuf, String> {
+    if !quiet_ok("qemu-system-x86_64", &["--version"]) || !Path::new(VIRTIOFSD).exists() {
+        return Err("qemu-system-x86_64 or virtiofsd is missing (`cargo xtask setup` installs qemu-system-x86)".into());
+    }
+    std::fs::read_dir(guest_kernel().join("boot"))
+        .ok()
+        .and_then(|d| {
+            d.filter_map(Result::ok).map(|e| e.path()).find(|p| p.file_name().is_some_and(|n| n.to_string_lossy().starts_with("vmlinuz-")))
+        })
+        .ok_or_else(|| format!("no guest kernel under {} (`cargo xtask setup` unpacks it)", guest_kernel().display()))
+}
+
+const VIRTIOFSD: &str = "/usr/lib/qemu/virtiofsd";
+
+/// Runs `commands` (each a program and its arguments, in order) in the
+/// guest: the host's root read-only over virtiofs, `zt-guest-init` as PID 1.
+/// Its output goes through [`run_counting`] into `tally`; false when a
+/// command failed or the guest said nothing.
+fn boot_guest(root: &Path, kernel: &Path, commands: &[Vec<String>], tally: &mut Tally) -> anyhow::Result<bool> {
+    let virtiofsd = Path::new(VIRTIOFSD);
     let mut b = cargo();
     b.args(["build", "-p", "zt-tests", "--bin", "zt-guest-init"]);
     run(b)?;
@@ -616,20 +683,12 @@ fn vm_test(root: &Path, args: &[OsString], tally: &mut Tally) -> anyhow::Result<
     while !sock.exists() && std::time::Instant::now() < deadline {
         std::thread::sleep(std::time::Duration::from_millis(20));
     }
-    let mut guest_cmd = Vec::new();
-    for exe in &exes {
-        if !guest_cmd.is_empty() {
-            guest_cmd.push(";;".to_string());
-        }
-        guest_cmd.extend([exe.display().to_string(), "--include-ignored".into(), "--test-threads=1".into(), "--color=never".into()]);
-        guest_cmd.extend(args.iter().map(|a| a.to_string_lossy().into_owned()));
-    }
+    let guest_cmd: Vec<String> = commands.join(&";;".to_string());
     let append = format!(
         "console=ttyS0 root=hostroot rootfstype=virtiofs ro init={} panic=-1 quiet lsm=lockdown,capability,landlock,yama,apparmor,bpf -- {}",
         init.display(),
         guest_cmd.join(" ")
     );
-    eprintln!("xtask: vm-test: booting {} under QEMU (TCG) for {}", kernel.display(), GUEST_SUITES.join(", "));
     // QEMU's own status says nothing about the guest: the GUEST-RC line does.
     let mut qemu = Command::new("timeout");
     qemu.args(["1200", "qemu-system-x86_64", "-accel", "tcg,thread=multi", "-cpu", "max", "-smp", "2", "-m", "1G"])
@@ -638,7 +697,7 @@ fn vm_test(root: &Path, args: &[OsString], tally: &mut Tally) -> anyhow::Result<
         .arg(format!("socket,id=vfs,path={}", sock.display()))
         .args(["-device", "vhost-user-fs-pci,chardev=vfs,tag=hostroot"])
         .args(["-display", "none", "-no-reboot", "-nodefaults", "-serial", "stdio", "-kernel"])
-        .arg(&kernel)
+        .arg(kernel)
         .arg("-append")
         .arg(append);
     tally.guest_rc = None;
