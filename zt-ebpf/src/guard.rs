@@ -169,7 +169,11 @@ pub fn guard_route(ctx: SkBuffContext) -> i32 {
     let Some(identity) = (unsafe { AGENT_SOCKETS.get(cookie) }).copied() else { return 1 };
     let Some((audit, _)) = policy_of(identity) else { return 1 };
     let act = if audit { action::AUDITED } else { action::DENIED };
-    emit(identity, op::ROUTE, act, 0, [(first >> 4) as u64, detail, 0], 0, NO_IDENTITY, 0);
+    // Older kernels (6.12) refuse the current task's credentials and name
+    // to cgroup skb programs: this event has uid/gid 0 and no comm (the
+    // process is still named by tgid, and its exe from the process table).
+    let header = crate::lineage::header_without_creds(kind::GUARD, identity, 0, 0);
+    emit_with(header, [0; 16], op::ROUTE, act, 0, [(first >> 4) as u64, detail, 0], 0, NO_IDENTITY, 0);
     if audit { 1 } else { 0 }
 }
 
@@ -406,13 +410,31 @@ fn kill_or_audit(
 #[inline(always)]
 #[expect(clippy::too_many_arguments, reason = "the fields of the GuardEvent, written in place into the ring buffer")]
 fn emit(identity: u32, what: u32, act: u32, nr: u32, args: [u64; 3], target: u32, target_identity: u32, kind_bit: u32) {
-    let Some(mut entry) = reserve::<GuardEvent>(Ring::Security, loss::RINGBUF_GUARD, identity) else { return };
+    let header = crate::lineage::current_process_header(kind::GUARD, identity);
+    let comm = bpf_get_current_comm().unwrap_or([0; 16]);
+    emit_with(header, comm, what, act, nr, args, target, target_identity, kind_bit);
+}
+
+#[inline(always)]
+#[expect(clippy::too_many_arguments, reason = "the fields of the GuardEvent, written in place into the ring buffer")]
+fn emit_with(
+    header: zt_common::EventHeader,
+    comm: [u8; 16],
+    what: u32,
+    act: u32,
+    nr: u32,
+    args: [u64; 3],
+    target: u32,
+    target_identity: u32,
+    kind_bit: u32,
+) {
+    let Some(mut entry) = reserve::<GuardEvent>(Ring::Security, loss::RINGBUF_GUARD, header.identity) else { return };
     let ev = entry.as_mut_ptr();
     // SAFETY: `ev` points to a ring buffer record reserved for a GuardEvent
     // (its size, 8-byte aligned) that only this program sees until
     // `submit`: the field writes are in bounds and unaliased.
     unsafe {
-        (*ev).header = crate::lineage::current_process_header(kind::GUARD, identity);
+        (*ev).header = header;
         (*ev).op = what;
         (*ev).action = act;
         (*ev).args = args;
@@ -420,7 +442,7 @@ fn emit(identity: u32, what: u32, act: u32, nr: u32, args: [u64; 3], target: u32
         (*ev).target_identity = target_identity;
         (*ev).sock_kind = kind_bit;
         (*ev).syscall = nr;
-        (*ev).comm = bpf_get_current_comm().unwrap_or([0; 16]);
+        (*ev).comm = comm;
     }
     submit(Ring::Security, entry);
 }

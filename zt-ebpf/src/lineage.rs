@@ -98,8 +98,15 @@ pub fn current_process_header(kind: u32, identity: u32) -> EventHeader {
 
 #[inline(always)]
 pub fn event_header(kind: u32, identity: u32, start_ns: u64, cgroup_id: u64) -> EventHeader {
-    let pid_tgid = bpf_get_current_pid_tgid();
     let uid_gid = bpf_get_current_uid_gid();
+    EventHeader { uid: uid_gid as u32, gid: (uid_gid >> 32) as u32, ..header_without_creds(kind, identity, start_ns, cgroup_id) }
+}
+
+/// [`event_header`] with uid and gid 0: for program types that may not read
+/// the current task's credentials (cgroup skb before Linux 6.13 or so).
+#[inline(always)]
+pub fn header_without_creds(kind: u32, identity: u32, start_ns: u64, cgroup_id: u64) -> EventHeader {
+    let pid_tgid = bpf_get_current_pid_tgid();
     EventHeader {
         kind,
         tgid: (pid_tgid >> 32) as u32,
@@ -110,8 +117,8 @@ pub fn event_header(kind: u32, identity: u32, start_ns: u64, cgroup_id: u64) -> 
         time_ns: unsafe { bpf_ktime_get_boot_ns() },
         start_ns,
         cgroup_id,
-        uid: uid_gid as u32,
-        gid: (uid_gid >> 32) as u32,
+        uid: 0,
+        gid: 0,
     }
 }
 
