@@ -50,9 +50,8 @@ fn lsm_guards_refuse_process_takeover_bpf_and_socket_kinds() {
     let policy = zt_tests::policy("zt.test", &format!("    - name: agent\n      selectors:\n        - cgroup: {}/**\n", cg.rel));
     let agent = zt_tests::Agent::start("lsm-guards", &policy, &[]).unwrap();
     let status = agent.status();
-    let line = |what: &str| {
-        status["paths"].as_array().unwrap().iter().find(|p| p[0] == what).map(|p| p[1].as_str().unwrap().to_string()).unwrap()
-    };
+    let line =
+        |what: &str| status["paths"].as_array().unwrap().iter().find(|p| p[0] == what).map(|p| p[1].as_str().unwrap().to_string()).unwrap();
     assert!(line("process takeover, bpf(2)").starts_with("BPF LSM ptrace_access_check"), "{}", status["paths"]);
     assert!(!line("process takeover, bpf(2)").contains("DEGRADED"), "{}", status["paths"]);
     assert!(line("socket kinds").contains("other families: BPF LSM socket_create"), "{}", status["paths"]);

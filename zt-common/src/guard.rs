@@ -108,19 +108,8 @@ pub mod op {
     /// `process_vm_readv`/`writev`, `pidfd_getfd`, opening `/proc/PID/mem`
     /// (the hook does not say which call it was).
     pub const PROCESS_ACCESS: u32 = 10;
-    pub const NAMES: [&str; 11] = [
-        "",
-        "socket",
-        "socket",
-        "ptrace",
-        "process_vm",
-        "pidfd_getfd",
-        "bpf",
-        "setsockopt",
-        "route",
-        "io_uring_socket",
-        "process_access",
-    ];
+    pub const NAMES: [&str; 11] =
+        ["", "socket", "socket", "ptrace", "process_vm", "pidfd_getfd", "bpf", "setsockopt", "route", "io_uring_socket", "process_access"];
 }
 
 /// `IORING_OP_SOCKET` (`include/uapi/linux/io_uring.h`).

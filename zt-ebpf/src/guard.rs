@@ -58,11 +58,11 @@ use zt_common::{
 
 use crate::{
     events::{Ring, reserve, submit},
-    maps::{
-        AGENT_SOCKETS, IO_SOCKET_DOMAIN_OFF, IO_SOCKET_PROTOCOL_OFF, IO_SOCKET_TYPE_OFF, LSM_BPF_RET_ARG, TASK_TGID_OFF,
-        URING_OPCODE_OFF, URING_REQ_OFF, global, identity_of, identity_policy,
-    },
     file::{arg, field, unless_refused},
+    maps::{
+        AGENT_SOCKETS, IO_SOCKET_DOMAIN_OFF, IO_SOCKET_PROTOCOL_OFF, IO_SOCKET_TYPE_OFF, LSM_BPF_RET_ARG, TASK_TGID_OFF, URING_OPCODE_OFF,
+        URING_REQ_OFF, global, identity_of, identity_policy,
+    },
 };
 
 const SIGKILL: u32 = 9;

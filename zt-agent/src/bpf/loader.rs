@@ -377,12 +377,7 @@ impl Bpf {
             let r = match (&self.lsm_guard_globals, &btf) {
                 (Err(why), _) => Err(anyhow::anyhow!("{why}")),
                 (_, Err(e)) => Err(anyhow::anyhow!("kernel BTF: {e}")),
-                (Ok(()), Ok(btf)) => (|| -> anyhow::Result<()> {
-                    let p: &mut aya::programs::Lsm = self.ebpf.program_mut(prog).with_context(|| format!("{prog} missing"))?.try_into()?;
-                    p.load(hook, btf).context("load")?;
-                    p.attach().context("attach")?;
-                    Ok(())
-                })(),
+                (Ok(()), Ok(btf)) => self.attach_lsm(prog, hook, btf),
             };
             if r.is_ok() {
                 replaced.extend_from_slice(stands_in);
@@ -417,12 +412,7 @@ impl Bpf {
             }
             let btf = btf.as_ref().expect("checked above");
             let started = std::time::Instant::now();
-            let r = (|| -> anyhow::Result<()> {
-                let p: &mut aya::programs::Lsm = self.ebpf.program_mut(hook).with_context(|| format!("{hook} missing"))?.try_into()?;
-                p.load(hook, btf).context("load")?;
-                p.attach().context("attach")?;
-                Ok(())
-            })();
+            let r = self.attach_lsm(hook, hook, btf);
             tracing::info!("lsm/{hook}: loaded and attached in {} ms", started.elapsed().as_millis());
             let fallback = if *hook == "bprm_check_security" {
                 "exec rules fall back to sched_process_exec + SIGKILL"
@@ -434,11 +424,23 @@ impl Bpf {
         Ok(self.hooks.iter().any(|h| h.program == "bprm_check_security" && h.attached))
     }
 
+    /// Loads program `prog` for LSM hook `hook` and attaches it.
+    fn attach_lsm(&mut self, prog: &str, hook: &str, btf: &aya::Btf) -> anyhow::Result<()> {
+        let p: &mut aya::programs::Lsm = self.ebpf.program_mut(prog).with_context(|| format!("{prog} missing"))?.try_into()?;
+        p.load(hook, btf).context("load")?;
+        p.attach().context("attach")?;
+        Ok(())
+    }
+
     /// Pins the links of every program of ours now loaded (see
     /// [`super::pins`]); returns how many.
     pub fn pin_links(&self, pins: &super::pins::Pins) -> anyhow::Result<usize> {
-        let mut ids: Vec<(&str, u32)> =
-            P::ALL.iter().chain(P::LSM_FILE_HOOKS).chain(P::LSM_GUARDS.iter().map(|g| &g.0)).filter_map(|name| Some((*name, self.ebpf.program(name)?.info().ok()?.id()))).collect();
+        let mut ids: Vec<(&str, u32)> = P::ALL
+            .iter()
+            .chain(P::LSM_FILE_HOOKS)
+            .chain(P::LSM_GUARDS.iter().map(|g| &g.0))
+            .filter_map(|name| Some((*name, self.ebpf.program(name)?.info().ok()?.id())))
+            .collect();
         if let Ok(u) = &self.unix {
             ids.extend(u.ids());
         }
