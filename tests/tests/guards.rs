@@ -439,8 +439,9 @@ fn exe_digest_selected_processes_never_run_unattributed() {
             let pending = runs.iter().filter(|r| r.1 == "(pending)").count();
             eprintln!("the selected file: {pending} of 100 runs pending before its verdict");
             let first_decided = runs.iter().position(|r| r.1 == "by-digest").expect("some run decided in the kernel");
+            // How many runs were pending is timing (printed above, not
+            // asserted); that none is once one was decided is not.
             assert!(runs[first_decided..].iter().all(|r| r.1 == "by-digest"), "pending after a run was decided in the kernel: {runs:?}");
-            assert!(pending < 60, "{pending} of 100 runs pending");
             break;
         }
         assert!(std::time::Instant::now() < deadline, "connect events of the selected file: {} of 100", ours.len());

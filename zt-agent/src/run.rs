@@ -184,7 +184,8 @@ impl Agent {
         let first_policy = manager.apply_and_report(bundle, "start", PolicyAction::Applied).await?;
         let config = Arc::new(policy::identity_config(manager.current_policy().expect("just applied"), manager.ids()));
 
-        let mut enricher = Enricher::new(Resolver::new(config, "/proc"), node.clone(), opts.show == Show::All, shared.rulebook.clone());
+        let mut enricher =
+            Enricher::new(Resolver::new(config, "/proc"), cgroup2.clone(), node.clone(), opts.show == Show::All, shared.rulebook.clone());
         let mut tables = Tables { procs: Box::new(maps.proc_table), cgroups: Box::new(maps.cgroups), execs: Box::new(maps.exec_select) };
         // The demo cgroup must exist before seeding so the kernel learns its id.
         let demo_cgroup = if opts.demo { Some(demo::prepare_cgroup(&cgroup2)?) } else { None };

@@ -9,6 +9,7 @@
 //!   never reuses a dead process's exe, cgroup or identity.
 use std::{
     collections::{BTreeMap, HashMap, HashSet},
+    path::PathBuf,
     sync::Arc,
 };
 
@@ -65,9 +66,13 @@ pub struct Enricher {
     identity_refs: HashMap<u32, IdentityRef>,
     rulebook: Arc<RuleBook>,
     procs: HashMap<(u32, u64), ProcMeta>,
-    /// cgroup id -> path, learnt from /proc; used when a process is already
-    /// gone when its event is enriched (short-lived commands).
+    /// cgroup id -> path, learnt from /proc (and checked against the id: a
+    /// process may have moved since its event); used when a process is
+    /// already gone when its event is enriched (short-lived commands).
     cgroup_paths: HashMap<u64, Arc<str>>,
+    /// Where the cgroup v2 hierarchy is mounted: a path's cgroup id is its
+    /// directory's inode there.
+    cgroup2: PathBuf,
     /// cgroup ids already checked against the cgroup selectors.
     seen_cgroups: HashSet<u64>,
     /// Whether some output shows events of processes without an identity.
@@ -85,7 +90,7 @@ pub struct Enricher {
 }
 
 impl Enricher {
-    pub fn new(resolver: Resolver, node: Arc<str>, show_unattributed: bool, rulebook: Arc<RuleBook>) -> Self {
+    pub fn new(resolver: Resolver, cgroup2: PathBuf, node: Arc<str>, show_unattributed: bool, rulebook: Arc<RuleBook>) -> Self {
         let mut identity_refs = HashMap::new();
         add_refs(&mut identity_refs, resolver.config());
         Self {
@@ -95,6 +100,7 @@ impl Enricher {
             identity_refs,
             procs: HashMap::new(),
             cgroup_paths: HashMap::new(),
+            cgroup2,
             seen_cgroups: HashSet::new(),
             show_unattributed,
             reported: Reported::default(),
@@ -119,11 +125,12 @@ impl Enricher {
 
     /// Switches to the identities of a newly applied policy: new selectors
     /// for resolution, and the kernel's cgroup map recomputed.
-    pub fn set_identities(&mut self, config: Arc<IdentityConfig>, tables: &mut Tables, cgroup2: &std::path::Path) {
+    pub fn set_identities(&mut self, config: Arc<IdentityConfig>, tables: &mut Tables) {
         add_refs(&mut self.identity_refs, &config);
         self.resolver.set_config(config);
         self.seen_cgroups.clear();
-        let wanted: HashMap<u64, u32> = self.resolver.cgroup_assignments(cgroup2).into_iter().map(|(id, _, ident)| (id, ident)).collect();
+        let wanted: HashMap<u64, u32> =
+            self.resolver.cgroup_assignments(&self.cgroup2).into_iter().map(|(id, _, ident)| (id, ident)).collect();
         if let Err(e) = tables.cgroups.replace(&wanted) {
             tracing::warn!("updating the cgroup identity map: {}", crate::error::Chain(&e));
         }
@@ -154,7 +161,7 @@ impl Enricher {
         self.sweep_pending = !pending.is_empty() || self.resolver.has_kernel_verdicts();
         for (pid, start_ns) in pending {
             let (exe, uid, cgroup) = (procfs::exe(&root, pid), procfs::uid(&root, pid), procfs::cgroup_v2(&root, pid));
-            self.resolve(pid, start_ns, 0, uid, true, exe.as_deref(), cgroup.as_deref(), tables);
+            self.resolve(pid, start_ns, uid, true, exe.as_deref(), cgroup.as_deref(), tables);
         }
     }
 
@@ -197,8 +204,7 @@ impl Enricher {
                 let pending = identity == PENDING_IDENTITY;
                 if pending || (identity == NO_IDENTITY && self.needs_resolution(h.cgroup_id)) {
                     let (exe, cgroup) = read_facts(self);
-                    identity =
-                        self.resolve(h.tgid, h.start_ns, h.cgroup_id, Some(h.uid), pending, exe.as_deref(), cgroup.as_deref(), tables);
+                    identity = self.resolve(h.tgid, h.start_ns, Some(h.uid), pending, exe.as_deref(), cgroup.as_deref(), tables);
                     facts = Some((exe, cgroup));
                 }
                 if !wanted(identity) {
@@ -310,19 +316,31 @@ impl Enricher {
         m
     }
 
-    /// The cgroup path read from /proc (remembered for its id), else the
-    /// path last seen for that cgroup id.
+    /// The cgroup path read from /proc (remembered for its id if it is that
+    /// cgroup's), else the path last seen for that cgroup id.
     fn cgroup_path(&mut self, cgroup_id: u64, from_proc: Option<String>) -> Option<Arc<str>> {
         match from_proc {
             Some(p) => {
                 let p: Arc<str> = p.into();
-                if cgroup_id != 0 && self.cgroup_paths.len() < MAX_CACHED {
-                    self.cgroup_paths.entry(cgroup_id).or_insert_with(|| p.clone());
+                if cgroup_id != 0
+                    && self.cgroup_paths.len() < MAX_CACHED
+                    && !self.cgroup_paths.contains_key(&cgroup_id)
+                    && self.cgroup_id(&p) == Some(cgroup_id)
+                {
+                    self.cgroup_paths.insert(cgroup_id, p.clone());
                 }
                 Some(p)
             }
             None => self.cgroup_paths.get(&cgroup_id).cloned(),
         }
+    }
+
+    /// The id of the cgroup at `path` (relative to the hierarchy's root).
+    /// An event's cgroup id is where the process was when the kernel wrote
+    /// it, its /proc path where it is now: a process moved in between must
+    /// not pair the one with the other.
+    fn cgroup_id(&self, path: &str) -> Option<u64> {
+        std::fs::metadata(self.cgroup2.join(path.trim_start_matches('/'))).ok().map(|m| std::os::unix::fs::MetadataExt::ino(&m))
     }
 
     fn process_info(&self, h: &zt_common::EventHeader, comm: &[u8], meta: &ProcMeta) -> Process {
@@ -352,7 +370,6 @@ impl Enricher {
         &mut self,
         tgid: u32,
         start_ns: u64,
-        cgroup_id: u64,
         uid: Option<u32>,
         pending: bool,
         exe: Option<&str>,
@@ -370,15 +387,17 @@ impl Enricher {
         }
         // A cgroup created after start-up: teach the kernel its identity so
         // later forks and execs in it are attributed without us.
+        // The id is the path's own, not the event's (the process may have
+        // moved since: the event's cgroup would get another's identity).
         if let Some(path) = cgroup
-            && cgroup_id != 0
             && self.seen_cgroups.len() < MAX_CACHED
-            && self.seen_cgroups.insert(cgroup_id)
-            && !matches!(tables.cgroups.get(cgroup_id), Ok(Some(_)))
+            && let Some(path_id) = self.cgroup_id(path)
+            && self.seen_cgroups.insert(path_id)
+            && !matches!(tables.cgroups.get(path_id), Ok(Some(_)))
         {
             let id = self.resolver.cgroup_identity(path);
             if id != NO_IDENTITY
-                && let Err(e) = tables.cgroups.set(cgroup_id, id)
+                && let Err(e) = tables.cgroups.set(path_id, id)
             {
                 tracing::warn!("{}", crate::error::Chain(&e));
             }
@@ -559,7 +578,7 @@ mod tests {
             "apiVersion: zt-agent.io/v1alpha1\nkind: HostPolicy\nspec:\n  trustDomain: t\n  identities:\n    - name: u\n      selectors:\n        - uid: 4242\n",
         )
         .unwrap();
-        let mut en = Enricher::new(Resolver::new(Arc::new(cfg), "/proc"), "n".into(), true, Default::default());
+        let mut en = Enricher::new(Resolver::new(Arc::new(cfg), "/proc"), "/sys/fs/cgroup".into(), "n".into(), true, Default::default());
         let k = AggKey {
             identity: 1,
             tgid: 4242,
@@ -608,13 +627,13 @@ mod tests {
             "apiVersion: zt-agent.io/v1alpha1\nkind: HostPolicy\nspec:\n  trustDomain: t\n  identities:\n    - name: u\n      selectors:\n        - uid: 4242\n",
         )
         .unwrap();
-        let mut en = Enricher::new(Resolver::new(Arc::new(cfg), "/proc"), "n".into(), true, Default::default());
+        let mut en = Enricher::new(Resolver::new(Arc::new(cfg), "/proc"), "/sys/fs/cgroup".into(), "n".into(), true, Default::default());
         let mut t = tables();
         t.procs.seed(77, info(1, 500)).unwrap();
         // Event of an older incarnation of pid 77 (start 400): must not touch 77.
-        assert_eq!(en.resolve(77, 400, 0, Some(4242), false, None, None, &mut t), 0);
+        assert_eq!(en.resolve(77, 400, Some(4242), false, None, None, &mut t), 0);
         assert_eq!(t.procs.get(77).unwrap().unwrap().identity, 0);
-        assert_eq!(en.resolve(77, 500, 0, Some(4242), false, None, None, &mut t), 1);
+        assert_eq!(en.resolve(77, 500, Some(4242), false, None, None, &mut t), 1);
         assert_eq!(t.procs.get(77).unwrap().unwrap().identity, 1);
         assert_eq!(en.identity_ref(1).unwrap().spiffe_id.as_ref(), "spiffe://t/u");
 
@@ -624,11 +643,40 @@ mod tests {
         let pending = |ppid| zt_common::ProcInfo { identity: PENDING_IDENTITY, ..info(ppid, 600) };
         t.procs.seed(parent, pending(1)).unwrap();
         t.procs.seed(child, pending(parent)).unwrap();
-        assert_eq!(en.resolve(parent, 600, 0, Some(4242), true, None, None, &mut t), 1);
+        assert_eq!(en.resolve(parent, 600, Some(4242), true, None, None, &mut t), 1);
         assert_eq!((t.procs.get(parent).unwrap().unwrap().identity, t.procs.get(child).unwrap().unwrap().identity), (1, 1));
         t.procs.seed(other, pending(1)).unwrap();
         t.procs.seed(other + 1, pending(other)).unwrap();
-        assert_eq!(en.resolve(other, 600, 0, Some(1), true, None, None, &mut t), 0);
+        assert_eq!(en.resolve(other, 600, Some(1), true, None, None, &mut t), 0);
         assert_eq!((t.procs.get(other).unwrap().unwrap().identity, t.procs.get(other + 1).unwrap().unwrap().identity), (0, 0));
+    }
+
+    /// A process moved into another cgroup after its event was written: the
+    /// event's cgroup id is the old cgroup's, /proc says the new one. The
+    /// identity goes to the new cgroup's own id, and the old id is never
+    /// paired with the new path (it once gave the root cgroup, and so every
+    /// process on the host, an agent's identity).
+    #[test]
+    fn a_moved_process_teaches_its_new_cgroup_only() {
+        let cg = tempfile::tempdir().unwrap();
+        std::fs::create_dir(cg.path().join("agent")).unwrap();
+        let agent_id = std::os::unix::fs::MetadataExt::ino(&std::fs::metadata(cg.path().join("agent")).unwrap());
+        let root_id = std::os::unix::fs::MetadataExt::ino(&std::fs::metadata(cg.path()).unwrap());
+        let cfg = crate::policy::identities_from_text(
+            "t.yaml",
+            "apiVersion: zt-agent.io/v1alpha1\nkind: HostPolicy\nspec:\n  trustDomain: t\n  identities:\n    - name: a\n      selectors:\n        - cgroup: /agent/**\n",
+        )
+        .unwrap();
+        let mut en = Enricher::new(Resolver::new(Arc::new(cfg), "/proc"), cg.path().into(), "n".into(), true, Default::default());
+        let mut t = tables();
+        t.procs.seed(77, info(1, 500)).unwrap();
+        assert_eq!(en.resolve(77, 500, Some(0), false, None, Some("/agent"), &mut t), 1);
+        assert_eq!(t.cgroups.get(agent_id).unwrap(), Some(1));
+        assert_eq!(t.cgroups.get(root_id).unwrap(), None);
+        // The path is remembered for its own id only.
+        assert_eq!(en.cgroup_path(root_id, Some("/agent".into())).as_deref(), Some("/agent"));
+        assert_eq!(en.cgroup_path(root_id, None), None);
+        assert_eq!(en.cgroup_path(agent_id, Some("/agent".into())).as_deref(), Some("/agent"));
+        assert_eq!(en.cgroup_path(agent_id, None).as_deref(), Some("/agent"));
     }
 }

@@ -217,7 +217,7 @@ pub async fn enrich<A: AggregateTable>(mut e: Enrich<A>, mut rx: mpsc::Receiver<
                             e.outputs.send(*ev)
                         }
                         Input::Identities(cfg) => {
-                            e.enricher.set_identities(cfg, &mut e.tables, &upkeep.cgroup2);
+                            e.enricher.set_identities(cfg, &mut e.tables);
                             exe_files = exe_watch(&e);
                         }
                     }
