@@ -371,10 +371,7 @@ fn mark_degraded(paths: &mut [(&'static str, String)], hooks: &[bpf::loader::Hoo
     use zt_common::programs as P;
     let owners: [(&str, &[&str]); 5] = [
         ("network enforcement", &[P::CONNECT4, P::CONNECT6, P::SENDMSG4, P::SENDMSG6, P::CONNECT_UNIX, P::SENDMSG_UNIX]),
-        (
-            "socket kinds",
-            &[P::SOCK_CREATE, P::GUARD_SETSOCKOPT, P::GUARD_ROUTE, P::SOCK_RELEASE, P::GUARD_SOCKET, P::GUARD_URING, P::GUARD_LSM_SOCKET],
-        ),
+        ("socket kinds", &[P::SOCK_CREATE, P::GUARD_ROUTE, P::GUARD_SOCKET, P::GUARD_URING, P::GUARD_LSM_SOCKET]),
         (
             "process takeover, bpf(2)",
             &[P::GUARD_PTRACE, P::GUARD_PROCESS_VM, P::GUARD_PIDFD_GETFD, P::GUARD_BPF, P::GUARD_LSM_PTRACE, P::GUARD_LSM_BPF],

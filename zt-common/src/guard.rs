@@ -58,26 +58,6 @@ pub fn classify_socket(family: u32, sock_type: u32, protocol: u32) -> u32 {
     }
 }
 
-/// Whether a `setsockopt(level, optname)` with an `optlen`-byte value can
-/// send packets via a first hop other than their destination: IPv4
-/// options (`IP_OPTIONS`, which carry loose/strict source routes; an empty
-/// value only clears them), IPv6 routing headers (`IPV6_RTHDR`,
-/// `IPV6_2292RTHDR`) and the RFC 2292 packet options that can carry one.
-#[inline(always)]
-pub fn reroutes(level: i32, optname: i32, optlen: i32) -> bool {
-    const SOL_IP: i32 = 0;
-    const IP_OPTIONS: i32 = 4;
-    const SOL_IPV6: i32 = 41;
-    const IPV6_2292RTHDR: i32 = 5;
-    const IPV6_2292PKTOPTIONS: i32 = 6;
-    const IPV6_RTHDR: i32 = 57;
-    match (level, optname) {
-        (SOL_IP, IP_OPTIONS) => optlen > 0,
-        (SOL_IPV6, IPV6_RTHDR | IPV6_2292RTHDR | IPV6_2292PKTOPTIONS) => optlen > 0,
-        _ => false,
-    }
-}
-
 /// What was guarded ([`GuardEvent::op`]).
 pub mod op {
     /// A socket refused at creation (cgroup `sock_create`, inet families).
@@ -92,12 +72,11 @@ pub mod op {
     pub const PIDFD_GETFD: u32 = 5;
     /// `bpf(2)`.
     pub const BPF: u32 = 6;
-    /// A socket option that re-routes ([`super::reroutes`]), refused at the
-    /// cgroup `setsockopt` hook.
-    pub const SETSOCKOPT: u32 = 7;
+    // 7 is retired: route options refused at a cgroup `setsockopt` hook
+    // (now `ROUTE`, which sees the packet). Its name stays for old records.
     /// A packet of an agent identity's socket carrying IPv4 options or an
-    /// IPv6 routing header (given per message, as `sendmsg` ancillary
-    /// data), dropped at the cgroup skb egress hook.
+    /// IPv6 routing header (set with `setsockopt` or given per message as
+    /// `sendmsg` ancillary data), dropped at the cgroup skb egress hook.
     pub const ROUTE: u32 = 8;
     /// An io_uring `IORING_OP_SOCKET` of a family no hook refuses, seen at
     /// the `io_uring_submit_req` tracepoint (the `socket` syscall is never
@@ -179,16 +158,6 @@ mod tests {
         assert_eq!(classify_socket(AF_PACKET, 3, 0x300), sock_kind::PACKET);
         assert_eq!(classify_socket(44, 3, 0), sock_kind::OTHER, "AF_XDP");
         assert_eq!(sock_kind::NAMES.len(), 8);
-    }
-
-    #[test]
-    fn route_changing_options() {
-        assert!(reroutes(0, 4, 12), "IP_OPTIONS with a source route");
-        assert!(!reroutes(0, 4, 0), "clearing IP options");
-        assert!(reroutes(41, 57, 24), "IPV6_RTHDR");
-        assert!(reroutes(41, 5, 24) && reroutes(41, 6, 8));
-        assert!(!reroutes(0, 1, 4), "IP_TOS");
-        assert!(!reroutes(1, 25, 4), "SO_BINDTODEVICE decides the interface, not the destination");
     }
 
     #[test]

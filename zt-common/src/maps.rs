@@ -53,12 +53,11 @@ pub const NET_RULES_CAPACITY: u32 = 65_536;
 pub const UNIX_RULES: &str = "UNIX_RULES";
 /// Both slots together.
 pub const UNIX_RULES_CAPACITY: u32 = 8_192;
-/// Socket cookie -> identity, for the inet sockets agent identities
-/// create (`sock_create`), so the packet guard at cgroup skb egress knows
-/// a packet's owner (removed at `sock_release`; LRU bounds what a socket
-/// closed by another process leaves).
+/// Socket-local storage (`BPF_MAP_TYPE_SK_STORAGE`): the identity that
+/// created an inet socket (`sock_create`), so the packet guard at cgroup
+/// skb egress knows a packet's owner. The kernel frees it with the socket:
+/// no release hook, and no entry an agent could evict by making sockets.
 pub const AGENT_SOCKETS: &str = "AGENT_SOCKETS";
-pub const AGENT_SOCKETS_CAPACITY: u32 = 65_536;
 /// Array: [`crate::policy::identity_index`]`(slot, identity)` ->
 /// [`crate::policy::IdentityPolicy`].
 pub const IDENTITY_POLICY: &str = "IDENTITY_POLICY";

@@ -14,9 +14,7 @@ pub const SENDMSG6: &str = "sendmsg6";
 pub const CONNECT_UNIX: &str = "connect_unix";
 pub const SENDMSG_UNIX: &str = "sendmsg_unix";
 pub const SOCK_CREATE: &str = "sock_create";
-pub const GUARD_SETSOCKOPT: &str = "guard_setsockopt";
 pub const GUARD_ROUTE: &str = "guard_route";
-pub const SOCK_RELEASE: &str = "sock_release";
 pub const GUARD_SOCKET: &str = "guard_socket";
 pub const GUARD_PTRACE: &str = "guard_ptrace";
 pub const GUARD_PROCESS_VM: &str = "guard_process_vm";
@@ -83,9 +81,7 @@ pub const ALL: &[&str] = &[
     CONNECT_UNIX,
     SENDMSG_UNIX,
     SOCK_CREATE,
-    GUARD_SETSOCKOPT,
     GUARD_ROUTE,
-    SOCK_RELEASE,
     GUARD_SOCKET,
     GUARD_PTRACE,
     GUARD_PROCESS_VM,

@@ -4,16 +4,17 @@
 //! - `sock_create` (cgroup, at the v2 root): an inet socket of a kind the
 //!   identity's policy does not allow (raw, ICMP "ping", SCTP, ...) fails
 //!   with EPERM at creation.
-//! - `setsockopt` (cgroup, at the v2 root): the options that send a packet
-//!   via a first hop other than the destination the egress hooks decided
-//!   on (IPv4 source-route options, IPv6 routing headers) fail with EPERM.
-//! - `guard_route` (cgroup skb egress, at the v2 root): the same options
-//!   given per message (`sendmsg` ancillary data: `IP_RETOPTS`,
-//!   `IPV6_RTHDR`), seen in the packet itself: a packet of an agent
-//!   identity's socket with IPv4 options or an IPv6 routing header is
-//!   dropped (the send fails with EPERM). Its owner is known from
-//!   `AGENT_SOCKETS`, which `sock_create` fills and `sock_release` empties;
-//!   every other packet costs one header byte read (IPv6: two).
+//! - `guard_route` (cgroup skb egress, at the v2 root): a packet of an
+//!   agent identity's socket with IPv4 options or an IPv6 routing header
+//!   (which can send it via a first hop other than the destination the
+//!   egress hooks decided on) is dropped, and the send fails with EPERM:
+//!   whether the options were set with `setsockopt` (`IP_OPTIONS`,
+//!   `IPV6_RTHDR`) or given per message (`sendmsg` ancillary data). The
+//!   socket's owner is in `AGENT_SOCKETS`, socket-local storage that
+//!   `sock_create` writes and the kernel frees with the socket. Every other
+//!   packet costs one header byte read (IPv6: two). No `setsockopt` hook:
+//!   at the cgroup root the kernel copies every option of every process
+//!   for it (+50% on a `setsockopt` call), and the packet is what counts.
 //! - Syscall tracepoints, which cannot refuse a call, so the caller is
 //!   killed (`bpf_send_signal(SIGKILL)`, delivered before the call returns
 //!   to user space; the call itself has run):
@@ -39,19 +40,18 @@
 //! identity in audit mode only gets the event. Before the first policy is
 //! applied nothing is refused (as for egress).
 use aya_ebpf::{
+    bindings::BPF_SK_STORAGE_GET_F_CREATE,
     helpers::{
         bpf_get_current_comm, bpf_get_current_pid_tgid, bpf_probe_read_kernel,
-        generated::{bpf_get_socket_cookie, bpf_send_signal},
+        generated::{bpf_send_signal, bpf_sk_fullsock, bpf_sk_storage_get},
     },
-    macros::{cgroup_skb, cgroup_sock, cgroup_sockopt, lsm, tracepoint},
-    programs::{LsmContext, SkBuffContext, SockContext, SockoptContext, TracePointContext},
+    macros::{cgroup_skb, cgroup_sock, lsm, tracepoint},
+    programs::{LsmContext, SkBuffContext, SockContext, TracePointContext},
 };
 use zt_common::{
     NO_IDENTITY,
     globals::ABSENT,
-    guard::{
-        AF_INET, AF_INET6, GuardEvent, IORING_OP_SOCKET, IPV6_DSTOPTS, IPV6_HOPOPTS, IPV6_ROUTING, action, classify_socket, op, reroutes,
-    },
+    guard::{AF_INET, AF_INET6, GuardEvent, IORING_OP_SOCKET, IPV6_DSTOPTS, IPV6_HOPOPTS, IPV6_ROUTING, action, classify_socket, op},
     kind, loss,
     policy::AUDIT,
 };
@@ -111,29 +111,33 @@ pub fn sock_create(ctx: SockContext) -> i32 {
         return 1;
     }
     let kind_bit = classify_socket(family, sock_type, protocol);
-    // The packet guard needs to know this socket's owner (whatever the
-    // policy in force says now: a later one may refuse its packets).
-    // SAFETY: the helper reads the socket the kernel passed as context.
-    let cookie = unsafe { bpf_get_socket_cookie(ctx.sock.cast()) };
-    let _ = AGENT_SOCKETS.insert(cookie, identity, 0);
-    let Some((audit, allowed)) = policy_of(identity) else { return 1 };
-    if allowed & kind_bit != 0 {
-        return 1;
+    if let Some((audit, allowed)) = policy_of(identity)
+        && allowed & kind_bit == 0
+    {
+        let act = if audit { action::AUDITED } else { action::DENIED };
+        emit(identity, op::SOCKET, act, 0, [family as u64, sock_type as u64, protocol as u64], 0, NO_IDENTITY, kind_bit);
+        if !audit {
+            return 0;
+        }
     }
-    let act = if audit { action::AUDITED } else { action::DENIED };
-    emit(identity, op::SOCKET, act, 0, [family as u64, sock_type as u64, protocol as u64], 0, NO_IDENTITY, kind_bit);
-    if audit { 1 } else { 0 }
-}
-
-/// Forgets an agent identity's socket (see `guard_route`).
-#[cgroup_sock(sock_release)]
-pub fn sock_release(ctx: SockContext) -> i32 {
-    if caller().is_some() {
-        // SAFETY: as in `sock_create`.
-        let cookie = unsafe { bpf_get_socket_cookie(ctx.sock.cast()) };
-        let _ = AGENT_SOCKETS.remove(cookie);
-    }
-    1
+    // The packet guard needs this socket's owner (whatever the policy in
+    // force says now: a later one may refuse its packets). A socket whose
+    // owner cannot be recorded (no memory for the storage) is refused: its
+    // packets could not be attributed.
+    let mut owner = identity;
+    // SAFETY: the map pointer is our socket-storage map's definition (what
+    // the loader relocates), the socket is this program's context (the
+    // argument this attach point's helper takes), and `owner` is a u32, the
+    // map's value size, copied in only when the storage is created.
+    let stored = unsafe {
+        bpf_sk_storage_get(
+            core::ptr::from_ref(&AGENT_SOCKETS).cast_mut().cast(),
+            ctx.sock.cast(),
+            (&raw mut owner).cast(),
+            BPF_SK_STORAGE_GET_F_CREATE as u64,
+        )
+    };
+    if stored.is_null() { 0 } else { 1 }
 }
 
 /// A packet whose IPv4 options or IPv6 routing header can send it via a
@@ -162,11 +166,27 @@ pub fn guard_route(ctx: SkBuffContext) -> i32 {
     if !rerouted {
         return 1;
     }
-    // SAFETY: the helper reads the socket of the packet the kernel passed.
-    let cookie = unsafe { bpf_get_socket_cookie(ctx.skb.skb.cast()) };
-    // SAFETY: an LRU hash value may be reused while we read (why `get` is
-    // unsafe); it is a u32, copied out here.
-    let Some(identity) = (unsafe { AGENT_SOCKETS.get(cookie) }).copied() else { return 1 };
+    // SAFETY: the packet's socket as the kernel gives it (the verifier
+    // checks the field read).
+    let sk = unsafe { (*ctx.skb.skb).__bindgen_anon_2.sk };
+    if sk.is_null() {
+        return 1;
+    }
+    // SAFETY: a non-null socket of the packet; the helper returns null for
+    // request and time-wait sockets, which never carry our storage.
+    let sk = unsafe { bpf_sk_fullsock(sk) };
+    if sk.is_null() {
+        return 1;
+    }
+    // SAFETY: the map pointer is our socket-storage map's definition, `sk`
+    // a full socket the verifier tracks; no value is passed (lookup only).
+    let stored = unsafe { bpf_sk_storage_get(core::ptr::from_ref(&AGENT_SOCKETS).cast_mut().cast(), sk.cast(), core::ptr::null_mut(), 0) };
+    if stored.is_null() {
+        return 1;
+    }
+    // SAFETY: non-null storage of this map holds a u32 (its value type),
+    // valid for the run.
+    let identity = unsafe { *stored.cast::<u32>() };
     let Some((audit, _)) = policy_of(identity) else { return 1 };
     let act = if audit { action::AUDITED } else { action::DENIED };
     // Older kernels (6.12) refuse the current task's credentials and name
@@ -174,22 +194,6 @@ pub fn guard_route(ctx: SkBuffContext) -> i32 {
     // process is still named by tgid, and its exe from the process table).
     let header = crate::lineage::header_without_creds(kind::GUARD, identity, 0, 0);
     emit_with(header, [0; 16], op::ROUTE, act, 0, [(first >> 4) as u64, detail, 0], 0, NO_IDENTITY, 0);
-    if audit { 1 } else { 0 }
-}
-
-#[cgroup_sockopt(setsockopt)]
-pub fn guard_setsockopt(ctx: SockoptContext) -> i32 {
-    let Some(identity) = caller() else { return 1 };
-    // SAFETY: the context pointer the kernel passed to this program, valid
-    // for the run; the verifier checks each field read here.
-    let so = unsafe { &*ctx.sockopt };
-    let (level, optname, optlen) = (so.level, so.optname, so.optlen);
-    if !reroutes(level, optname, optlen) {
-        return 1;
-    }
-    let Some((audit, _)) = policy_of(identity) else { return 1 };
-    let act = if audit { action::AUDITED } else { action::DENIED };
-    emit(identity, op::SETSOCKOPT, act, 0, [level as u64, optname as u64, optlen as u64], 0, NO_IDENTITY, 0);
     if audit { 1 } else { 0 }
 }
 

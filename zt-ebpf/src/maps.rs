@@ -4,7 +4,8 @@
 //! Names and capacities come from `zt_common::maps`; user space opens the maps
 //! by the same names (`zt-agent/src/bpf/maps.rs`).
 use aya_ebpf::{
-    macros::map,
+    btf_maps::SkStorage,
+    macros::{btf_map, map},
     maps::{Array, HashMap, LpmTrie, LruHashMap, LruPerCpuHashMap, PerCpuArray, RingBuf},
 };
 use zt_common::{
@@ -60,8 +61,10 @@ pub static NET_RULES: LpmTrie<NetKeyData, NetRuleList> = LpmTrie::with_max_entri
 #[map]
 pub static UNIX_RULES: LpmTrie<UnixKeyData, NetRuleList> = LpmTrie::with_max_entries(maps::UNIX_RULES_CAPACITY, 0);
 
-#[map]
-pub static AGENT_SOCKETS: LruHashMap<u64, u32> = LruHashMap::with_max_entries(maps::AGENT_SOCKETS_CAPACITY, 0);
+/// Socket-local storage: freed with its socket, never evicted (a BTF map
+/// definition: the kernel requires one for this map type).
+#[btf_map]
+pub static AGENT_SOCKETS: SkStorage<u32> = SkStorage::new();
 
 #[map]
 pub static IDENTITY_POLICY: Array<IdentityPolicy> = Array::with_max_entries(maps::IDENTITY_POLICY_CAPACITY, 0);

@@ -873,10 +873,8 @@ fn hardening_bench(rounds: usize) -> anyhow::Result<()> {
     println!("guard program run time per call (bpf_stats), process without an identity:");
     for (prog, what) in [
         ("sock_create", "socket-inet"),
-        ("sock_release", "socket-inet"),
         ("guard_socket", "socket-unix"),
         ("guard_lsm_socke", "socket-unix"),
-        ("guard_setsockop", "setsockopt"),
         ("guard_route", "udp-send"),
         ("sendmsg4", "udp-send"),
         ("connect_unix", "unix-connect"),

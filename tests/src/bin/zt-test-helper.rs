@@ -34,14 +34,13 @@
 //!   IORING_OP_SOCKET), ping ADDR (an ICMP echo through a ping socket; OK when the reply
 //!   came), socketpair (AF_UNIX), ptrace PID (attach, then detach),
 //!   process-vm-read PID (8 bytes of its first mapping), proc-mem PID (the same read through /proc/PID/mem), bpf (BPF_MAP_GET_NEXT_ID),
-//!   lsrr HOP (IP_OPTIONS with a loose source route via HOP on a UDP socket),
-//!   tos - (IP_TOS on a UDP socket: an option that does not re-route),
 //!   unix-stream PATH, unix-dgram PATH, unix-abstract NAME (send "zt-unix"
 //!   over a connected stream, as a datagram, to an abstract name),
 //!   unix-relative PATH (change into PATH's directory, connect to its name),
 //!   lsrr-msg HOP,ADDR (a UDP datagram "zt-around" to ADDR with a loose
 //!   source route via HOP given per message: IP_RETOPTS ancillary data),
-//!   plain-msg HOP,ADDR (the same datagram without it)
+//!   lsrr HOP,ADDR (the same, the route set on the socket: IP_OPTIONS),
+//!   plain-msg HOP,ADDR (the same datagram without either)
 //! - file MODE PATH OUT              one file operation; the result in OUT:
 //!   "OK", "OK <bytes read>", "EPERM", "ERR <errno>" (see `files`); MODE:
 //!   read, write (append "zt"), create (O_CREAT|O_EXCL), opath-reopen (O_PATH,
@@ -349,27 +348,15 @@ mod around {
                     Err(e) => format!("ERR {}", e.raw_os_error().unwrap_or(-1)),
                 }
             }
-            "lsrr" | "tos" => {
-                let hop: std::net::Ipv4Addr = if mode == "lsrr" { target.parse().expect("HOP") } else { std::net::Ipv4Addr::LOCALHOST };
-                // SAFETY: plain socket(2).
-                let fd = unsafe { libc::socket(libc::AF_INET, libc::SOCK_DGRAM, 0) };
-                // NOP, then LSRR: type 0x83, length 7, pointer 4, the hop.
-                let mut opt = vec![1u8, 0x83, 7, 4];
-                opt.extend_from_slice(&hop.octets());
-                let tos = 0x10i32;
-                let (name, val, len) = if mode == "lsrr" {
-                    (libc::IP_OPTIONS, opt.as_ptr().cast::<libc::c_void>(), opt.len() as u32)
-                } else {
-                    (libc::IP_TOS, (&tos as *const i32).cast(), 4)
-                };
-                // SAFETY: the value is valid for the length given.
-                let r = unsafe { libc::setsockopt(fd, libc::IPPROTO_IP, name, val, len) };
-                if r == 0 { "OK".into() } else { last() }
-            }
             "unix-stream" | "unix-dgram" | "unix-abstract" | "unix-relative" => unix(mode, target),
-            "lsrr-msg" | "plain-msg" => {
+            "lsrr" | "lsrr-msg" | "plain-msg" => {
                 let (hop, dst) = target.split_once(',').expect("HOP,ADDR");
-                udp_with_route(mode == "lsrr-msg", hop.parse().expect("HOP"), dst.parse().expect("ADDR"))
+                let route = match mode {
+                    "lsrr" => Route::SocketOption,
+                    "lsrr-msg" => Route::PerMessage,
+                    _ => Route::None,
+                };
+                udp_with_route(route, hop.parse().expect("HOP"), dst.parse().expect("ADDR"))
             }
             "bpf" => {
                 // union bpf_attr for BPF_MAP_GET_NEXT_ID: start_id, next_id.
@@ -382,10 +369,20 @@ mod around {
         }
     }
 
+    /// Where a loose source route goes, if any.
+    #[derive(PartialEq)]
+    enum Route {
+        None,
+        /// `setsockopt(IP_OPTIONS)` on the socket.
+        SocketOption,
+        /// `IP_RETOPTS` ancillary data of the one message.
+        PerMessage,
+    }
+
     /// Sends "zt-around" over an unconnected UDP socket to `dst`, with a loose
-    /// source route via `hop` given per message (`IP_RETOPTS` ancillary
-    /// data) when `route`: the packet goes to `hop` first.
-    fn udp_with_route(route: bool, hop: std::net::Ipv4Addr, dst: SocketAddrV4) -> String {
+    /// source route via `hop` as `route` says (the packet goes to `hop`
+    /// first). The result is the first call that failed, else "OK".
+    fn udp_with_route(route: Route, hop: std::net::Ipv4Addr, dst: SocketAddrV4) -> String {
         // SAFETY: plain socket(2).
         let fd = unsafe { libc::socket(libc::AF_INET, libc::SOCK_DGRAM, 0) };
         let sa = libc::sockaddr_in {
@@ -408,7 +405,13 @@ mod around {
         msg.msg_namelen = size_of::<libc::sockaddr_in>() as u32;
         msg.msg_iov = &mut iov;
         msg.msg_iovlen = 1;
-        if route {
+        if route == Route::SocketOption {
+            // SAFETY: the option is valid for the length given.
+            if unsafe { libc::setsockopt(fd, libc::IPPROTO_IP, libc::IP_OPTIONS, opt.as_ptr().cast(), opt.len() as u32) } != 0 {
+                return last();
+            }
+        }
+        if route == Route::PerMessage {
             msg.msg_control = control.as_mut_ptr().cast();
             msg.msg_controllen = space;
             // SAFETY: the control buffer holds CMSG_SPACE(len) bytes, room

@@ -319,22 +319,13 @@ impl Bpf {
             r,
             Need::Optional { fallback: "inet socket kinds (raw, ICMP, SCTP, ...) not restricted" },
         )?;
-        let r = self.attach_cgroup(P::GUARD_SETSOCKOPT, cgroup2);
+        let r = self.attach_cgroup(P::GUARD_ROUTE, cgroup2);
         self.record(
-            P::GUARD_SETSOCKOPT,
-            format!("cgroup/setsockopt at {}", cgroup2.display()),
+            P::GUARD_ROUTE,
+            format!("cgroup_skb/egress at {}", cgroup2.display()),
             r,
-            Need::Optional { fallback: "route-changing socket options not refused" },
+            Need::Optional { fallback: "route-changing options (setsockopt or per message) not dropped" },
         )?;
-        for (prog, at) in [(P::SOCK_RELEASE, "cgroup/sock_release"), (P::GUARD_ROUTE, "cgroup_skb/egress")] {
-            let r = self.attach_cgroup(prog, cgroup2);
-            self.record(
-                prog,
-                format!("{at} at {}", cgroup2.display()),
-                r,
-                Need::Optional { fallback: "route-changing options given per message (sendmsg ancillary data) not dropped" },
-            )?;
-        }
         let by_lsm = self.attach_lsm_guards(lsm)?;
         // Not a syscall tracepoint: no cost to other syscalls, so attached
         // whatever `--syscall-guards` says.
@@ -468,7 +459,7 @@ impl Bpf {
         Ok(())
     }
 
-    /// Loads a cgroup program (sock_addr, sock, sockopt or skb egress) and attaches it
+    /// Loads a cgroup program (sock_addr, sock or skb egress) and attaches it
     /// at the cgroup v2 root.
     fn attach_cgroup(&mut self, prog: &str, cgroup2: &Path) -> anyhow::Result<()> {
         let root = File::open(cgroup2).with_context(|| format!("opening {}", cgroup2.display()))?;
@@ -480,7 +471,6 @@ impl Bpf {
         match self.ebpf.program_mut(prog).with_context(|| format!("{prog} missing"))? {
             Program::CgroupSockAddr(p) => p.load().context("load").and_then(|()| Ok(p.attach(&root, mode).map(drop)?)),
             Program::CgroupSock(p) => p.load().context("load").and_then(|()| Ok(p.attach(&root, mode).map(drop)?)),
-            Program::CgroupSockopt(p) => p.load().context("load").and_then(|()| Ok(p.attach(&root, mode).map(drop)?)),
             Program::CgroupSkb(p) => {
                 p.load().context("load").and_then(|()| Ok(p.attach(&root, aya::programs::CgroupSkbAttachType::Egress, mode).map(drop)?))
             }

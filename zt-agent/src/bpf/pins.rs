@@ -26,8 +26,8 @@
 //! [`uninstall`] unpins every link (detaching its program) and map.
 //!
 //! The kernel side of pinning (`BPF_LINK_GET_FD_BY_ID`, `BPF_OBJ_PIN`) is
-//! two raw `bpf(2)` calls here: aya cannot pin every link kind (its
-//! `setsockopt` link has no conversion to a pinnable link).
+//! two raw `bpf(2)` calls here: aya cannot convert every link kind to a
+//! pinnable link.
 use std::{
     ffi::CString,
     os::{fd::AsRawFd as _, unix::ffi::OsStrExt as _},

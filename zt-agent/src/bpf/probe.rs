@@ -248,8 +248,8 @@ pub fn enforcement_paths(caps: &Capabilities) -> Vec<(&'static str, String)> {
         "socket kinds",
         if caps.has(names::SOCK_ADDR) {
             format!(
-                "inet: cgroup sock_create at the cgroup v2 root (EPERM); {other_families}; route-changing options: cgroup \
-                 setsockopt (EPERM), and given per message: cgroup skb egress (dropped)"
+                "inet: cgroup sock_create at the cgroup v2 root (EPERM); {other_families}; route-changing options \
+                 (setsockopt or per message): cgroup skb egress (the packet dropped, the send EPERM)"
             )
         } else {
             "UNGUARDED: cgroup programs do not load".into()

@@ -130,7 +130,8 @@ fn map_fd(m: &Map) -> Option<RawFd> {
         | Map::LpmTrie(d)
         | Map::PerCpuArray(d)
         | Map::PerCpuHashMap(d)
-        | Map::RingBuf(d) => d,
+        | Map::RingBuf(d)
+        | Map::SkStorage(d) => d,
         _ => return None,
     };
     Some(data.fd().as_fd().as_raw_fd())

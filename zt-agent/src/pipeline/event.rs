@@ -140,8 +140,9 @@ impl Body {
 /// What a guard saw and did.
 #[derive(Debug, Clone, Serialize, PartialEq, Eq)]
 pub struct GuardInfo {
-    /// "socket", "io_uring_socket", "setsockopt", "route", "ptrace",
-    /// "process_vm", "pidfd_getfd" or "bpf".
+    /// "socket", "io_uring_socket", "route", "ptrace", "process_vm",
+    /// "pidfd_getfd", "process_access" or "bpf" ("setsockopt" in records
+    /// of versions that refused route options at that hook).
     pub call: &'static str,
     /// "denied" (EPERM), "killed" (SIGKILL) or "audited" (audit mode: would be).
     pub action: &'static str,
