@@ -40,10 +40,9 @@
 //! identity in audit mode only gets the event. Before the first policy is
 //! applied nothing is refused (as for egress).
 use aya_ebpf::{
-    bindings::BPF_SK_STORAGE_GET_F_CREATE,
     helpers::{
         bpf_get_current_comm, bpf_get_current_pid_tgid, bpf_probe_read_kernel,
-        generated::{bpf_send_signal, bpf_sk_fullsock, bpf_sk_storage_get},
+        generated::{bpf_send_signal, bpf_sk_fullsock},
     },
     macros::{cgroup_skb, cgroup_sock, lsm, tracepoint},
     programs::{LsmContext, SkBuffContext, SockContext, TracePointContext},
@@ -60,8 +59,8 @@ use crate::{
     events::{Ring, reserve, submit},
     file::{arg, field, unless_refused},
     maps::{
-        AGENT_SOCKETS, IO_SOCKET_DOMAIN_OFF, IO_SOCKET_PROTOCOL_OFF, IO_SOCKET_TYPE_OFF, LSM_BPF_RET_ARG, TASK_TGID_OFF, URING_OPCODE_OFF,
-        URING_REQ_OFF, global, identity_of, identity_policy,
+        IO_SOCKET_DOMAIN_OFF, IO_SOCKET_PROTOCOL_OFF, IO_SOCKET_TYPE_OFF, LSM_BPF_RET_ARG, TASK_TGID_OFF, URING_OPCODE_OFF, URING_REQ_OFF,
+        global, identity_of, identity_policy, record_socket_owner, socket_owner,
     },
 };
 
@@ -124,20 +123,7 @@ pub fn sock_create(ctx: SockContext) -> i32 {
     // force says now: a later one may refuse its packets). A socket whose
     // owner cannot be recorded (no memory for the storage) is refused: its
     // packets could not be attributed.
-    let mut owner = identity;
-    // SAFETY: the map pointer is our socket-storage map's definition (what
-    // the loader relocates), the socket is this program's context (the
-    // argument this attach point's helper takes), and `owner` is a u32, the
-    // map's value size, copied in only when the storage is created.
-    let stored = unsafe {
-        bpf_sk_storage_get(
-            core::ptr::from_ref(&AGENT_SOCKETS).cast_mut().cast(),
-            ctx.sock.cast(),
-            (&raw mut owner).cast(),
-            BPF_SK_STORAGE_GET_F_CREATE as u64,
-        )
-    };
-    if stored.is_null() { 0 } else { 1 }
+    if record_socket_owner(ctx.sock, identity) { 1 } else { 0 }
 }
 
 /// A packet whose IPv4 options or IPv6 routing header can send it via a
@@ -178,15 +164,7 @@ pub fn guard_route(ctx: SkBuffContext) -> i32 {
     if sk.is_null() {
         return 1;
     }
-    // SAFETY: the map pointer is our socket-storage map's definition, `sk`
-    // a full socket the verifier tracks; no value is passed (lookup only).
-    let stored = unsafe { bpf_sk_storage_get(core::ptr::from_ref(&AGENT_SOCKETS).cast_mut().cast(), sk.cast(), core::ptr::null_mut(), 0) };
-    if stored.is_null() {
-        return 1;
-    }
-    // SAFETY: non-null storage of this map holds a u32 (its value type),
-    // valid for the run.
-    let identity = unsafe { *stored.cast::<u32>() };
+    let Some(identity) = socket_owner(sk) else { return 1 };
     let Some((audit, _)) = policy_of(identity) else { return 1 };
     let act = if audit { action::AUDITED } else { action::DENIED };
     // Older kernels (6.12) refuse the current task's credentials and name

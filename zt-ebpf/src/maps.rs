@@ -4,7 +4,9 @@
 //! Names and capacities come from `zt_common::maps`; user space opens the maps
 //! by the same names (`zt-agent/src/bpf/maps.rs`).
 use aya_ebpf::{
+    bindings::{BPF_SK_STORAGE_GET_F_CREATE, bpf_sock},
     btf_maps::SkStorage,
+    helpers::generated::bpf_sk_storage_get,
     macros::{btf_map, map},
     maps::{Array, HashMap, LpmTrie, LruHashMap, LruPerCpuHashMap, PerCpuArray, RingBuf},
 };
@@ -62,9 +64,42 @@ pub static NET_RULES: LpmTrie<NetKeyData, NetRuleList> = LpmTrie::with_max_entri
 pub static UNIX_RULES: LpmTrie<UnixKeyData, NetRuleList> = LpmTrie::with_max_entries(maps::UNIX_RULES_CAPACITY, 0);
 
 /// Socket-local storage: freed with its socket, never evicted (a BTF map
-/// definition: the kernel requires one for this map type).
+/// definition: the kernel requires one for this map type). Read and
+/// written through [`record_socket_owner`] and [`socket_owner`] (aya's
+/// wrapper takes only a sock_addr context).
 #[btf_map]
-pub static AGENT_SOCKETS: SkStorage<u32> = SkStorage::new();
+static AGENT_SOCKETS: SkStorage<u32> = SkStorage::new();
+
+/// Records `identity` as the owner of `sk`, the context socket of a
+/// cgroup `sock_create` program (the argument the helper takes there);
+/// false when the kernel had no memory for the storage.
+#[inline(always)]
+pub fn record_socket_owner(sk: *mut bpf_sock, identity: u32) -> bool {
+    let mut owner = identity;
+    // SAFETY: the map pointer is our socket-storage map's definition (what
+    // the loader relocates), `sk` the program's context socket, and `owner`
+    // a u32, the map's value size, copied in only when the storage is created.
+    let stored = unsafe {
+        bpf_sk_storage_get(
+            core::ptr::from_ref(&AGENT_SOCKETS).cast_mut().cast(),
+            sk.cast(),
+            (&raw mut owner).cast(),
+            BPF_SK_STORAGE_GET_F_CREATE as u64,
+        )
+    };
+    !stored.is_null()
+}
+
+/// The identity recorded for `sk`, a full socket (`bpf_sk_fullsock`).
+#[inline(always)]
+pub fn socket_owner(sk: *mut bpf_sock) -> Option<u32> {
+    // SAFETY: the map pointer is our socket-storage map's definition, `sk`
+    // a full socket the verifier tracks; no value is passed (lookup only).
+    let stored = unsafe { bpf_sk_storage_get(core::ptr::from_ref(&AGENT_SOCKETS).cast_mut().cast(), sk.cast(), core::ptr::null_mut(), 0) };
+    // SAFETY: non-null storage of this map holds a u32 (its value type),
+    // valid for the run.
+    (!stored.is_null()).then(|| unsafe { *stored.cast::<u32>() })
+}
 
 #[map]
 pub static IDENTITY_POLICY: Array<IdentityPolicy> = Array::with_max_entries(maps::IDENTITY_POLICY_CAPACITY, 0);
