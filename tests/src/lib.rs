@@ -310,6 +310,11 @@ impl Agent {
     /// (programs attached, table seeded). Policy history and the audit log
     /// go to private directories unless `extra` names them.
     pub fn start(name: &str, policy: &str, extra: &[&str]) -> anyhow::Result<Self> {
+        Self::start_binary(&agent_bin(), name, policy, extra)
+    }
+
+    /// [`Agent::start`] with another copy of the agent's binary.
+    pub fn start_binary(bin: &Path, name: &str, policy: &str, extra: &[&str]) -> anyhow::Result<Self> {
         let tmp = tempdir(name)?;
         let dir = tmp.path().to_path_buf();
         let policy_path = dir.join("policy.yaml");
@@ -327,7 +332,7 @@ impl Agent {
         } else {
             vec!["--audit-dir".into(), dir.join("audit").into(), "--audit-key".into(), dir.join("audit.key").into()]
         };
-        let mut child = Command::new(agent_bin())
+        let mut child = Command::new(bin)
             .arg("run")
             .args(own_policy)
             .args(own_state)

@@ -139,6 +139,63 @@ fn enforcement_survives_the_daemon_and_a_restart_adopts_it() {
     assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stdout));
 }
 
+/// An `exeDigest` selector makes every binary no daemon has hashed yet
+/// pending. While no daemon runs, such a process keeps its egress refused,
+/// but the guards leave it alone: a new agent binary (an upgrade) is one of
+/// them, and was killed at its first `bpf(2)` (exit 137), so no daemon
+/// could ever come back. Once one runs, it settles them.
+#[test]
+#[ignore = "needs root (loads eBPF programs, pins under bpffs): cargo xtask test runs it"]
+fn a_new_agent_binary_starts_while_digest_pins_hold() {
+    if !require_root("a_new_agent_binary_starts_while_digest_pins_hold") {
+        return;
+    }
+    // A digest no file has: it selects nothing, but every binary not
+    // hashed yet is pending until a daemon has hashed it.
+    let pol = policy("zt.test", &format!("    - name: nothing\n      selectors:\n        - exeDigest: blake3:{}\n", "0".repeat(64)));
+    let tmp = tempdir("pins-digest").unwrap();
+    let pin_dir = Path::new("/sys/fs/bpf").join(unique("zt-test-digest"));
+    let _cleanup = Uninstall(&pin_dir);
+    let d = |n: &str| tmp.path().join(n).display().to_string();
+    let (state, audit, key) = (d("state"), d("audit"), d("audit.key"));
+    let args = ["--pin-dir", pin_dir.to_str().unwrap(), "--state-dir", &state, "--audit-dir", &audit, "--audit-key", &key];
+    let listener = Listener::new();
+    let addr = listener.addr();
+    let out = tmp.path().join("result");
+
+    let mut first = Agent::start("pins-digest-1", &pol, &args).unwrap();
+    first.kill9();
+    // Copies made now, while no daemon runs: nobody has hashed them.
+    let (new_agent, fresh) = (tmp.path().join("zt-agent-new"), tmp.path().join("zt-helper-fresh"));
+    std::fs::copy(agent_bin(), &new_agent).unwrap();
+    std::fs::copy(helper_bin(), &fresh).unwrap();
+    let attempt = || helper_result(Command::new(&fresh), &["try", "tcp", &addr], &out);
+    assert_eq!(attempt(), "EPERM", "pending with no daemon to settle it: egress stays refused");
+    let r = helper_result(Command::new(&fresh), &["around", "bpf", "-"], &out);
+    assert_ne!(r, "KILLED", "pending with no daemon to settle it: not killed at bpf(2)");
+
+    let second = Agent::start_binary(&new_agent, "pins-digest-2", &pol, &args).unwrap();
+    assert!(second.stderr().contains("adopting the pinned state"), "{}", second.stderr());
+    // Its CLI (the same file) is decided at exec: never held pending, so
+    // its connect to the control socket is never refused.
+    let o = Command::new(&new_agent).args(["status", "--json", "--socket"]).arg(&second.socket).output().unwrap();
+    assert!(o.status.success(), "status: {}", String::from_utf8_lossy(&o.stderr));
+    let st: Value = serde_json::from_slice(&o.stdout).unwrap();
+    let paths = st["paths"].as_array().unwrap();
+    assert!(paths.iter().any(|p| p[0] == "processes pending an exec verdict while the agent is not running"), "{paths:?}");
+    // A daemon runs: the fresh binary (no selector names it) is hashed and
+    // decided at its next runs.
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    loop {
+        match attempt().as_str() {
+            "OK" => break,
+            "EPERM" if std::time::Instant::now() < deadline => std::thread::sleep(std::time::Duration::from_millis(100)),
+            r => panic!("the fresh binary after a daemon started: {r}"),
+        }
+    }
+    second.stop().unwrap();
+}
+
 /// A restarted daemon installs into the slot the previous run left out of
 /// force, and clears that run's entries there first: an allow rule the
 /// previous run had replaced must not come back with the next policy.

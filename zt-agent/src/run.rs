@@ -179,6 +179,12 @@ impl Agent {
             (Some(p), None) => format!("pinned at {} (stays when the agent stops; `zt-agent uninstall` removes it)", p.root().display()),
             (None, _) => "none: nothing pinned (--no-pin), every program detaches when the agent stops".to_string(),
         }));
+        if pins.is_some() {
+            paths.push((
+                "processes pending an exec verdict while the agent is not running",
+                "egress refused (fail closed); the process, bpf(2) and socket-kind guards leave them alone: nobody can settle them, and a new agent binary is one of them".into(),
+            ));
+        }
         let mut manager = new_manager(&opts, Box::new(maps.policy), shared.clone(), adopted.is_some())?;
         // The first policy goes into the maps before the egress hooks attach.
         let first_policy = manager.apply_and_report(bundle, "start", PolicyAction::Applied).await?;
@@ -191,6 +197,13 @@ impl Agent {
         let demo_cgroup = if opts.demo { Some(demo::prepare_cgroup(&cgroup2)?) } else { None };
         let (seeded, attributed) = attribution::seed(enricher.resolver_mut(), &mut tables, &cgroup2);
         tracing::info!("seeded {seeded} running processes from /proc, {attributed} attributed");
+        // This process too may have been held pending (an `exeDigest`
+        // selector and a binary no daemon had hashed): settled first, then
+        // named the daemon, from which point the guards hold pending
+        // processes to their rules again.
+        enricher.settle_pending(&mut tables);
+        enricher.record_own_verdict(&mut tables);
+        maps.settler.register_self()?;
 
         // Everything that can fail comes before the tasks start, so a failed
         // start leaves nothing running; the egress hooks attach after the

@@ -69,6 +69,12 @@ pub const POLICY_ACTIVE: &str = "POLICY_ACTIVE";
 /// to `/proc/sys/kernel/pid_max` at load; pids beyond it use `PROC_TABLE`.
 pub const PID_IDENTITY: &str = "PID_IDENTITY";
 pub const PID_IDENTITY_DEFAULT_CAPACITY: u32 = 4_194_304;
+/// Array with one u32: the tgid of the running daemon, which settles
+/// pending processes (0 while none runs; cleared by the kernel at its exit).
+/// While none runs, the guards leave pending processes alone (their egress
+/// stays refused): nobody could settle them, and a new daemon binary is
+/// one of them.
+pub const SETTLER: &str = "SETTLER";
 /// Per-CPU array indexed by identity id -> [`crate::policy::IdentityCounters`].
 pub const IDENTITY_COUNTERS: &str = "IDENTITY_COUNTERS";
 /// Identity ids are 1..=this (id 0 is "none").
@@ -118,6 +124,7 @@ pub const ALL: &[&str] = &[
     IDENTITY_POLICY,
     POLICY_ACTIVE,
     PID_IDENTITY,
+    SETTLER,
     IDENTITY_COUNTERS,
     EGRESS_AGG,
     IDENTITY_BUDGET,

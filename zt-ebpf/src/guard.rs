@@ -36,7 +36,9 @@
 //!   `guard_lsm_bpf` (any `bpf(2)`) refuse the call with EPERM before it
 //!   runs.
 //!
-//! Processes without an identity pay one array read and return. An
+//! Processes without an identity pay one array read and return, and so do
+//! pending ones (an undecided `exeDigest` selection) while no daemon runs
+//! to settle them (`SETTLER`): a new daemon binary is one of them. An
 //! identity in audit mode only gets the event. Before the first policy is
 //! applied nothing is refused (as for egress).
 use aya_ebpf::{
@@ -48,7 +50,7 @@ use aya_ebpf::{
     programs::{LsmContext, SkBuffContext, SockContext, TracePointContext},
 };
 use zt_common::{
-    NO_IDENTITY,
+    NO_IDENTITY, PENDING_IDENTITY,
     globals::ABSENT,
     guard::{AF_INET, AF_INET6, GuardEvent, IORING_OP_SOCKET, IPV6_DSTOPTS, IPV6_HOPOPTS, IPV6_ROUTING, action, classify_socket, op},
     kind, loss,
@@ -60,7 +62,7 @@ use crate::{
     file::{arg, field, unless_refused},
     maps::{
         IO_SOCKET_DOMAIN_OFF, IO_SOCKET_PROTOCOL_OFF, IO_SOCKET_TYPE_OFF, LSM_BPF_RET_ARG, TASK_TGID_OFF, URING_OPCODE_OFF, URING_REQ_OFF,
-        global, identity_of, identity_policy, record_socket_owner, socket_owner,
+        global, identity_of, identity_policy, record_socket_owner, settler_running, socket_owner,
     },
 };
 
@@ -84,19 +86,29 @@ fn caller() -> Option<u32> {
 }
 
 /// Whether `identity` runs in audit mode, and the socket kinds it may
-/// create; `None` before the first policy (nothing is refused then). An
-/// identity the policy in force does not know gets the defaults of none:
-/// enforce, no socket kind (fail closed, as for egress).
+/// create; `None` before the first policy (nothing is refused then), and
+/// for a pending process while no daemon runs: nobody could settle it, and
+/// the program that will, a new daemon binary not hashed yet, is one of
+/// them (it needs `bpf(2)`). Its egress stays refused (the network hooks
+/// do not ask here). An identity the policy in force does not know gets
+/// the defaults of none: enforce, no socket kind (fail closed, as for
+/// egress).
 #[inline(always)]
 fn policy_of(identity: u32) -> Option<(bool, u32)> {
     let (active, pol) = identity_policy(identity);
     if active.generation == 0 {
         return None;
     }
-    Some(match pol {
+    let decided = match pol {
         Some(p) => (p.mode == AUDIT, p.sockets),
         None => (false, 0),
-    })
+    };
+    // Checked last: placed first, the code LLVM made for the lookup read
+    // a register the verifier saw unset ("R1 !read_ok").
+    if identity == PENDING_IDENTITY && !settler_running() {
+        return None;
+    }
+    Some(decided)
 }
 
 #[cgroup_sock(sock_create)]

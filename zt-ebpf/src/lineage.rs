@@ -28,6 +28,8 @@
 //!   children: then the entry stays, marked `EXITED`, so an identity user
 //!   space gives it afterwards (a selector decided after exec) still reaches
 //!   its descendants through the recorded parents (user space removes it).
+//!   The death of the daemon clears `SETTLER`: from then until a daemon
+//!   runs again, the guards leave pending processes alone.
 //! - `cgroup_attach_task`: a process moved into a cgroup (a write to
 //!   `cgroup.procs`: no fork, no exec) adopts that cgroup's identity if it
 //!   had none, before it runs again. Identities stay sticky: a process
@@ -63,7 +65,7 @@ use crate::{
         ARGS_SCRATCH, ATTACH_DST_ID_OFF, ATTACH_DST_ROOT_OFF, ATTACH_PID_OFF, CGROUP_IDENTITY, DENTRY_INODE_OFF, DENTRY_PARENT_OFF,
         DIGEST_VERDICT, EXEC_ARGS, EXEC_FILENAME_OFF, EXEC_OLD_PID_OFF, EXEC_SELECT, EXIT_GROUP_DEAD_OFF, FILE_DENTRY_OFF, FILE_INODE_OFF,
         FORK_CHILD_PID_OFF, INODE_CTIME_NSEC_OFF, INODE_CTIME_SEC_OFF, INODE_INO_OFF, INODE_SB_OFF, MM_ARG_END_OFF, MM_ARG_START_OFF,
-        MM_EXE_FILE_OFF, PROC_TABLE, SB_DEV_OFF, SEL_TASK_MM_OFF, TASK_CHILDREN_OFF, TASK_MM_OFF, global, set_pid_identity,
+        MM_EXE_FILE_OFF, PROC_TABLE, SB_DEV_OFF, SEL_TASK_MM_OFF, TASK_CHILDREN_OFF, TASK_MM_OFF, global, set_pid_identity, settler_exited,
     },
 };
 
@@ -631,6 +633,7 @@ fn try_exit(ctx: &TracePointContext) -> Result<(), i64> {
     if !group_dead {
         return Ok(());
     }
+    settler_exited(tgid);
     // SAFETY: a preallocated hash map may reuse a removed element for another
     // key while we read (why `get` is unsafe); every field of ProcInfo is an
     // integer, so a race shows other but valid values, copied out at once.

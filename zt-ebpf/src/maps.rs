@@ -131,6 +131,33 @@ pub static FILE_AGG: LruPerCpuHashMap<FileAggKey, FileAggValue> = LruPerCpuHashM
 #[map]
 pub static PATH_SCRATCH: PerCpuArray<[u8; 2 * FILE_PATH_LEN]> = PerCpuArray::with_max_entries(1, 0);
 
+/// The tgid of the running daemon, which settles pending processes; 0
+/// while none runs (user space writes it once it has settled itself;
+/// `sched_process_exit` clears it when that process dies).
+#[map]
+static SETTLER: Array<u32> = Array::with_max_entries(1, 0);
+
+/// Whether a daemon runs that will settle pending processes.
+#[inline(always)]
+pub fn settler_running() -> bool {
+    SETTLER.get(0).is_some_and(|t| *t != 0)
+}
+
+/// Clears the daemon's record when `tgid` is the daemon (its whole thread
+/// group is dying).
+#[inline(always)]
+pub fn settler_exited(tgid: u32) {
+    if let Some(t) = SETTLER.get_ptr_mut(0) {
+        // SAFETY: the lookup's pointer to the array's single element, valid
+        // and aligned for the run; user space writes whole u32s too.
+        unsafe {
+            if *t == tgid {
+                *t = 0;
+            }
+        }
+    }
+}
+
 #[map]
 pub static IDENTITY_COUNTERS: PerCpuArray<IdentityCounters> = PerCpuArray::with_max_entries(maps::MAX_IDENTITIES + 1, 0);
 

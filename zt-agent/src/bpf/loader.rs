@@ -20,6 +20,7 @@ use super::{
     OBJECT, btf,
     maps::{
         CgroupIdentities, ConfigMap, EgressAggregates, EventSource, ExecSelect, IdentityCounterMap, LossCounters, PolicyMaps, ProcTable,
+        SettlerMap,
     },
     tracefs,
     unix::UnixPrograms,
@@ -78,6 +79,7 @@ pub struct BpfMaps {
     pub exec_select: ExecSelect,
     pub loss: LossCounters,
     pub config: ConfigMap,
+    pub settler: SettlerMap,
     pub events: EventSource,
     pub policy: PolicyMaps,
     pub identity_counters: IdentityCounterMap,
@@ -213,6 +215,7 @@ impl Bpf {
             cgroups: CgroupIdentities::new(take(&mut ebpf, M::CGROUP_IDENTITY)?)?,
             loss: LossCounters::new(take(&mut ebpf, M::LOSS)?, take(&mut ebpf, M::SECURITY_LOSS)?)?,
             config: ConfigMap::new(take(&mut ebpf, M::CONFIG)?)?,
+            settler: SettlerMap::new(take(&mut ebpf, M::SETTLER)?)?,
             events: EventSource::new(take(&mut ebpf, M::EVENTS)?, take(&mut ebpf, M::SECURITY_EVENTS)?)?,
             exec_select: ExecSelect::new(take(&mut ebpf, M::EXEC_SELECT)?, take(&mut ebpf, M::DIGEST_VERDICT)?)?,
             policy: PolicyMaps::new(

@@ -7,6 +7,7 @@
 //! - [`LossCounters`]: per-CPU kernel loss counters, summed (and the
 //!   security records lost per identity).
 //! - [`ConfigMap`]: the run-time switches.
+//! - [`SettlerMap`]: which daemon settles pending processes.
 //! - [`EventSource`]: the two ring buffers, readable from tokio.
 //! - [`PolicyMaps`]: the policy maps of both slots and the active-slot switch.
 //!
@@ -339,6 +340,22 @@ impl ConfigMap {
         let mut c = self.0.get(&0, 0).map_err(err(maps::CONFIG, "get"))?;
         c.flags |= flags;
         self.set(c)
+    }
+}
+
+/// The running daemon's tgid (`SETTLER`): while it is set, the guards
+/// hold pending processes to their rules, since this daemon settles them.
+pub struct SettlerMap(Array<MapData, u32>);
+
+impl SettlerMap {
+    pub fn new(map: Map) -> Result<Self, MapAccessError> {
+        Array::try_from(map).map(Self).map_err(err(maps::SETTLER, "open"))
+    }
+
+    /// Records this process as the daemon: call it once this process is
+    /// settled itself (the kernel clears it when the process dies).
+    pub fn register_self(&mut self) -> Result<(), MapAccessError> {
+        self.0.set(0, std::process::id(), 0).map_err(err(maps::SETTLER, "set"))
     }
 }
 

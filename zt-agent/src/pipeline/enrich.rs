@@ -139,7 +139,30 @@ impl Enricher {
         if let Err(e) = tables.execs.clear_verdicts() {
             tracing::warn!("clearing the digest verdicts: {}", crate::error::Chain(&e));
         }
+        self.record_own_verdict(tables);
         self.sweep_pending = true;
+    }
+
+    /// Leaves the kernel the verdict for the file process `tgid` runs, so
+    /// the next exec of that file version is decided there.
+    fn record_verdict(&mut self, tgid: u32, tables: &mut Tables) {
+        // An `exe` glob's new file gets its entries before the verdict says
+        // the file was examined.
+        if (!self.resolver.has_kernel_globs() || attribution::sync_exec_selectors(&self.resolver, tables))
+            && let Some((key, pick)) = self.resolver.file_verdict(tgid)
+            && let Err(e) = tables.execs.set_verdict(key, pick)
+        {
+            tracing::warn!("recording a file verdict: {}", crate::error::Chain(&e));
+        }
+    }
+
+    /// Leaves the kernel the verdict for this daemon's own executable, so
+    /// its CLI (the same file) is decided at exec, never held pending: a
+    /// pending `zt-agent status` would find the control socket refused.
+    pub fn record_own_verdict(&mut self, tables: &mut Tables) {
+        if self.resolver.has_kernel_verdicts() {
+            self.record_verdict(std::process::id(), tables);
+        }
     }
 
     /// Settles every live process still pending (`PENDING_IDENTITY`) by its
@@ -376,14 +399,8 @@ impl Enricher {
         cgroup: Option<&str>,
         tables: &mut Tables,
     ) -> u32 {
-        // An `exe` glob's new file gets its entries before the verdict says
-        // the file was examined.
-        if pending
-            && (!self.resolver.has_kernel_globs() || attribution::sync_exec_selectors(&self.resolver, tables))
-            && let Some((key, pick)) = self.resolver.file_verdict(tgid)
-            && let Err(e) = tables.execs.set_verdict(key, pick)
-        {
-            tracing::warn!("recording a file verdict: {}", crate::error::Chain(&e));
+        if pending {
+            self.record_verdict(tgid, tables);
         }
         // A cgroup created after start-up: teach the kernel its identity so
         // later forks and execs in it are attributed without us.
