@@ -223,3 +223,45 @@ fn file_rules_hold_against_every_way_around() {
     );
     assert_eq!(f["path"], key.as_str());
 }
+
+/// File rules are keyed by object, so a rule path that named nothing when
+/// the policy was applied, or that is replaced by a new inode (an editor's
+/// rename-over, a package upgrade), is looked up again: enforced within
+/// the rule-path recheck (2 s), not only at the next reload.
+#[test]
+#[ignore = "needs root (loads eBPF programs, creates cgroups): cargo xtask test runs it"]
+fn rule_paths_created_or_replaced_later_are_enforced() {
+    if !require_root("rule_paths_created_or_replaced_later_are_enforced") {
+        return;
+    }
+    let t = Tree::new("late-paths");
+    let late = t.path("late/tool");
+    let cg = TestCgroup::new(&format!("/{}/agent", unique("late-paths"))).unwrap();
+    let policy = format!(
+        "{}  rules:\n    - name: not-the-late-tool\n      identity: agent\n      action: deny\n      exec:\n        - paths: [{late}]\n",
+        policy("zt.test", &format!("    - name: agent\n      selectors:\n        - cgroup: {}/**\n", cg.rel)),
+    );
+    let agent = Agent::start("late-paths", &policy, &[]).unwrap();
+    assert!(agent.stderr().contains("names nothing on this host"), "{}", agent.stderr());
+    let denied = denied_exec(lsm(&agent));
+    let out = t.path("result");
+    let out = Path::new(&out);
+    let enforced_within = |what: &str| {
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+        loop {
+            match file(cg.command(helper_bin()), "exec", &late, out) {
+                r if r == denied => break,
+                r if r == "RAN" && std::time::Instant::now() < deadline => std::thread::sleep(std::time::Duration::from_millis(200)),
+                r => panic!("{what}: {r}"),
+            }
+        }
+        assert_eq!(file(Command::new(helper_bin()), "exec", &late, out), "RAN", "{what}: the control's exec runs");
+    };
+    t.copy_helper("late/tool");
+    enforced_within("created after the policy was applied");
+    t.copy_helper("late/tool.new");
+    std::fs::rename(t.path("late/tool.new"), &late).unwrap();
+    enforced_within("replaced by a new inode");
+    assert!(agent.stderr().contains("rule path"), "{}", agent.stderr());
+    agent.stop().unwrap();
+}

@@ -16,7 +16,7 @@
 //!   boots a stock Debian kernel (where BPF LSM loads) on the host's root,
 //!   read-only over virtiofs; pass/fail from the guest's `GUEST-RC=` line.
 //! - `bench`: benchmarks (`bench attribution`, `bench policy`, `bench net`, `bench audit`,
-//!   `bench hardening`, `bench pipeline`, `bench siem`).
+//!   `bench hardening`, `bench pipeline`, `bench siem`, `bench files`).
 use std::{
     ffi::OsString,
     path::{Path, PathBuf},
@@ -101,6 +101,10 @@ enum Bench {
     /// SIEM delivery: backlog drain rate per transport to a local rsyslogd,
     /// and denial-to-receiver latency over TLS.
     Siem,
+    /// what each file-rule fallback (no BPF LSM) would cost a process
+    /// without an identity on an open() loop: fanotify marks, a syscall
+    /// tracepoint.
+    Files,
 }
 
 impl Bench {
@@ -114,6 +118,7 @@ impl Bench {
             Bench::Hardening => "hardening",
             Bench::Pipeline => "pipeline",
             Bench::Siem => "siem",
+            Bench::Files => "files",
         }
     }
 }

@@ -40,6 +40,17 @@
 //! fork+exec+wait of /bin/true. Plus the guard programs' own run time per
 //! call (bpf_stats).
 //!
+//! `files`: what each way of enforcing file rules without BPF LSM would
+//! cost a process without an identity, on an `open()+close()` loop of one
+//! file, side by side: nothing; the agent (its syscall guards put every
+//! syscall on the traced path, as a tracepoint on `openat` would, plus
+//! the program's own run time, printed from bpf_stats for a guard of the
+//! same shape); fanotify with an `FAN_OPEN_PERM` inode mark on another
+//! file of the same filesystem (the deny rules' paths); fanotify with a
+//! filesystem mark answered by a thread (an identity whose files default
+//! to deny), without and with an ignore mark on the looped file (the
+//! decision cache fanotify offers).
+//!
 //! `pipeline`: distinct connect events (every attempt a new destination)
 //! offered by one agent process at 100k, 500k and 1M per second for 3 s,
 //! with the per-identity event budget off (`--event-rate 0`: every event
@@ -72,7 +83,7 @@ fn main() -> anyhow::Result<()> {
         Some("udp-flood") => udp_flood(args[2].parse()?, args[3].parse()?, &args[4]),
         Some("connect-latency") => connect_latency(args[2].parse()?, &args[3]),
         Some("syscall-loop") => syscall_loop(&args[2], args[3].parse()?),
-        Some(which @ ("attribution" | "policy" | "net" | "audit" | "hardening" | "pipeline" | "siem")) => {
+        Some(which @ ("attribution" | "policy" | "net" | "audit" | "hardening" | "pipeline" | "siem" | "files")) => {
             let rounds = args.iter().position(|a| a == "--rounds").and_then(|i| args.get(i + 1)).and_then(|r| r.parse().ok()).unwrap_or(10);
             match which {
                 "attribution" => attribution(rounds),
@@ -81,10 +92,11 @@ fn main() -> anyhow::Result<()> {
                 "hardening" => hardening_bench(rounds),
                 "pipeline" => pipeline_bench(rounds),
                 "siem" => siem_bench(rounds),
+                "files" => files_bench(rounds),
                 _ => net_bench(rounds),
             }
         }
-        _ => anyhow::bail!("usage: zt-bench attribution|policy|net|audit|hardening|pipeline|siem [--rounds N]"),
+        _ => anyhow::bail!("usage: zt-bench attribution|policy|net|audit|hardening|pipeline|siem|files [--rounds N]"),
     }
 }
 
@@ -764,6 +776,13 @@ fn syscall_loop(what: &str, n: usize) -> anyhow::Result<()> {
                 let _ = s.send_to(b"x", "127.0.0.1:9");
             })
         }
+        "open" => {
+            let path = std::ffi::CString::new(std::env::var("ZT_BENCH_FILE")?)?;
+            Box::new(move || {
+                // SAFETY: a NUL-terminated path; close(2) of what open(2) returned.
+                unsafe { libc::close(libc::open(path.as_ptr(), libc::O_RDONLY | libc::O_CLOEXEC)) };
+            })
+        }
         "unix-connect" => {
             let path = std::env::var("ZT_BENCH_UNIX")?;
             Box::new(move || {
@@ -901,6 +920,167 @@ fn hardening_bench(rounds: usize) -> anyhow::Result<()> {
         println!("    {prog:<14} {:>6.1} ns over {calls} calls", (after.0 - before.0).as_nanos() as f64 / calls as f64);
     }
     agent.stop()?;
+    Ok(())
+}
+
+/// A fanotify group answering every permission event with "allow", on its
+/// own thread, until dropped (which closes the group: the kernel drops its
+/// marks and allows what was still waiting).
+struct Fanotify {
+    group: std::sync::Arc<nix::sys::fanotify::Fanotify>,
+    stop: std::sync::Arc<std::sync::atomic::AtomicBool>,
+    answered: std::sync::Arc<std::sync::atomic::AtomicU64>,
+    thread: Option<std::thread::JoinHandle<()>>,
+}
+
+impl Fanotify {
+    fn new() -> anyhow::Result<Self> {
+        use nix::sys::fanotify::{EventFFlags, Fanotify as Group, FanotifyResponse, InitFlags, Response};
+        use std::sync::{
+            Arc,
+            atomic::{AtomicBool, AtomicU64, Ordering::Relaxed},
+        };
+        let group = Arc::new(
+            Group::init(
+                InitFlags::FAN_CLASS_CONTENT | InitFlags::FAN_CLOEXEC | InitFlags::FAN_NONBLOCK,
+                EventFFlags::O_RDONLY | EventFFlags::O_LARGEFILE | EventFFlags::O_CLOEXEC,
+            )
+            .context("fanotify_init (needs CAP_SYS_ADMIN and CONFIG_FANOTIFY_ACCESS_PERMISSIONS)")?,
+        );
+        let (stop, answered) = (Arc::new(AtomicBool::new(false)), Arc::new(AtomicU64::new(0)));
+        let thread = {
+            let (group, stop, answered) = (group.clone(), stop.clone(), answered.clone());
+            std::thread::spawn(move || {
+                let fd = std::os::fd::AsRawFd::as_raw_fd(&*group);
+                while !stop.load(Relaxed) {
+                    let mut p = libc::pollfd { fd, events: libc::POLLIN, revents: 0 };
+                    // SAFETY: one valid pollfd, the count given.
+                    if unsafe { libc::poll(&mut p, 1, 100) } <= 0 {
+                        continue;
+                    }
+                    for ev in group.read_events().unwrap_or_default() {
+                        if let Some(f) = ev.fd() {
+                            let _ = group.write_response(FanotifyResponse::new(f, Response::FAN_ALLOW));
+                            answered.fetch_add(1, Relaxed);
+                        }
+                    }
+                }
+            })
+        };
+        Ok(Fanotify { group, stop, answered, thread: Some(thread) })
+    }
+
+    fn mark(
+        &self,
+        flags: nix::sys::fanotify::MarkFlags,
+        mask: nix::sys::fanotify::MaskFlags,
+        path: &std::path::Path,
+    ) -> anyhow::Result<()> {
+        self.group
+            .mark(nix::sys::fanotify::MarkFlags::FAN_MARK_ADD | flags, mask, nix::fcntl::AT_FDCWD, Some(path))
+            .with_context(|| format!("fanotify_mark {}", path.display()))
+    }
+}
+
+impl Drop for Fanotify {
+    fn drop(&mut self) {
+        self.stop.store(true, std::sync::atomic::Ordering::Relaxed);
+        if let Some(t) = self.thread.take() {
+            let _ = t.join();
+        }
+    }
+}
+
+fn files_bench(rounds: usize) -> anyhow::Result<()> {
+    use nix::sys::fanotify::{MarkFlags, MaskFlags};
+    anyhow::ensure!(nix::unistd::geteuid().is_root(), "the benchmark loads eBPF programs and uses fanotify: run it as root");
+    let me = std::env::current_exe()?;
+    let cg = TestCgroup::new(&format!("/zt-bench-{}/agent", std::process::id()))?;
+    let pol = policy("zt.bench", &format!("    - name: bench-agent\n      selectors:\n        - cgroup: {}/**\n", cg.rel));
+    // On the disk the system's temp dir is on, not a private tmpfs: the
+    // filesystem an agent's workspace would be on.
+    let dir = tempfile::Builder::new().prefix("zt-bench-files-").tempdir_in("/var/tmp")?;
+    let (looped, other) = (dir.path().join("looped"), dir.path().join("other"));
+    std::fs::write(&looped, b"x")?;
+    std::fs::write(&other, b"x")?;
+    println!(
+        "zt-agent {} — files benchmark: open()+close() of one file by a process without an identity, {rounds} rounds",
+        agent_bin().display()
+    );
+    let n = 100_000;
+    let measure = || -> anyhow::Result<f64> {
+        let mut cmd = Command::new(&me);
+        cmd.env("ZT_BENCH_FILE", &looped).args(["syscall-loop", "open", &n.to_string()]);
+        Ok(child_out(cmd)?.parse::<f64>()?)
+    };
+    let labels = [
+        "nothing",
+        "agent (syscall tracepoints attached)",
+        "fanotify: inode mark on another file",
+        "fanotify: filesystem mark, answered",
+        "fanotify: filesystem mark + ignore mark",
+    ];
+    let mut samples = vec![Vec::new(); labels.len()];
+    let mut answered = vec![0u64; labels.len()];
+    for r in 0..rounds {
+        let mut this_round = vec![0.0; labels.len()];
+        for step in 0..labels.len() {
+            let vi = (step + r) % labels.len();
+            let group = if vi >= 2 { Some(Fanotify::new()?) } else { None };
+            let agent = if vi == 1 { Some(Agent::start("bench-files", &pol, &[])?) } else { None };
+            if let Some(g) = &group {
+                match vi {
+                    2 => g.mark(MarkFlags::empty(), MaskFlags::FAN_OPEN_PERM, &other)?,
+                    _ => g.mark(MarkFlags::FAN_MARK_FILESYSTEM, MaskFlags::FAN_OPEN_PERM, dir.path())?,
+                }
+                if vi == 4 {
+                    g.mark(MarkFlags::FAN_MARK_IGNORED_MASK | MarkFlags::FAN_MARK_IGNORED_SURV_MODIFY, MaskFlags::FAN_OPEN_PERM, &looped)?;
+                }
+            }
+            this_round[vi] = measure()?;
+            if let Some(g) = group {
+                answered[vi] += g.answered.load(std::sync::atomic::Ordering::Relaxed);
+            }
+            if let Some(a) = agent {
+                a.stop()?;
+            }
+        }
+        eprintln!("round {r}: {:?}", this_round.iter().map(|x| x.round()).collect::<Vec<_>>());
+        for (vi, x) in this_round.into_iter().enumerate() {
+            samples[vi].push(x);
+        }
+    }
+    println!();
+    println!("ns per open()+close() (best of 5 loops of {n} per round; median over rounds, and the best round), ratio to 'nothing'");
+    let best: Vec<f64> = samples.iter().map(|v| v.iter().copied().fold(f64::MAX, f64::min)).collect();
+    let med: Vec<f64> = samples.iter_mut().map(|v| median(v)).collect();
+    for (vi, label) in labels.iter().enumerate() {
+        println!(
+            "  {label:<42} median {:>7.0} ns ({:.3})   best {:>7.0} ns ({:.3})   permission events answered: {}",
+            med[vi],
+            med[vi] / med[0],
+            best[vi],
+            best[vi] / best[0],
+            answered[vi]
+        );
+    }
+    // What a tracepoint guard's own program costs per call (the `socket`
+    // guard: one array read and return for a process without an identity).
+    let _stats = zt_agent::bpf::enable_run_time_stats()?;
+    let agent = Agent::start("bench-files", &pol, &[])?;
+    let before = zt_agent::bpf::program_run_stats("guard_socket")?;
+    let mut cmd = Command::new(&me);
+    cmd.args(["syscall-loop", "socket-unix", "50000"]);
+    child_out(cmd)?;
+    let after = zt_agent::bpf::program_run_stats("guard_socket")?;
+    agent.stop()?;
+    if after.1 > before.1 {
+        println!(
+            "  a syscall tracepoint program's own run time (guard_socket, bpf_stats): {:.1} ns per call over {} calls",
+            (after.0 - before.0).as_nanos() as f64 / (after.1 - before.1) as f64,
+            after.1 - before.1
+        );
+    }
     Ok(())
 }
 

@@ -33,7 +33,7 @@ use crate::{
     policy::{
         self, Bundle, CompileError, Compiled, IdRegistry, Policy, PolicyErrors, RuleBook, compile,
         conditions::{self, Inputs},
-        store,
+        objects, store,
         target::{PolicyTarget, TargetError, target_slot},
     },
 };
@@ -119,8 +119,9 @@ pub struct Manager {
     ids_file: Option<PathBuf>,
     store: store::Store,
     target: Box<dyn PolicyTarget>,
-    /// The policy in force and which of its rules were active.
-    current: Option<(Policy, Vec<bool>)>,
+    /// The policy in force, which of its rules were active, and what its
+    /// rule paths named on this host when it was compiled.
+    current: Option<(Policy, Vec<bool>, objects::Resolution)>,
     inputs: InputsFn,
     shared: Shared,
 }
@@ -147,7 +148,7 @@ impl Manager {
     }
 
     pub fn current_policy(&self) -> Option<&Policy> {
-        self.current.as_ref().map(|(p, _)| p)
+        self.current.as_ref().map(|(p, _, _)| p)
     }
 
     /// The bundle the configured paths hold now (or the embedded default).
@@ -165,7 +166,7 @@ impl Manager {
         let active = self.evaluate_conditions(&policy, record)?;
         let slot = target_slot(self.target.active()?);
         let mut compiled: Compiled = compile::compile(&policy, &ids, slot, &active).map_err(ApplyError::Compile)?;
-        crate::policy::objects::resolve(&mut compiled, &policy, &crate::policy::objects::HostLookup).map_err(ApplyError::Compile)?;
+        objects::resolve(&mut compiled, &policy, &objects::HostLookup).map_err(ApplyError::Compile)?;
         tokio::time::sleep(self.target.grace_remaining()).await;
         let generation = self.target.active()?.generation + 1;
         // Names first: an event decided by the new generation may be read
@@ -203,11 +204,14 @@ impl Manager {
         let mut warnings: Vec<String> = policy.warnings.iter().map(|w| w.to_string()).collect();
         warnings.extend(compiled.unresolved.iter().map(|u| {
             format!(
-                "rule {:?}: {} names nothing on this host ({}); it matches nothing until the policy is applied again",
-                u.rule, u.path, u.reason
+                "rule {:?}: {} names nothing on this host ({}); it matches nothing until it exists (rule paths are looked up again every {} s)",
+                u.rule,
+                u.path,
+                u.reason,
+                triggers::RULE_PATHS_EVERY.as_secs()
             )
         }));
-        self.current = Some((policy, active));
+        self.current = Some((policy, active, compiled.resolution));
         Ok(Outcome { version, digest, generation: now.generation, warnings, micros })
     }
 
@@ -325,7 +329,7 @@ impl Manager {
 
     /// Re-evaluates conditions; recompiles when the set of active rules changed.
     pub async fn reevaluate(&mut self) {
-        let Some((policy, active)) = &self.current else { return };
+        let Some((policy, active, _)) = &self.current else { return };
         if self.evaluate_conditions(policy, false).ok().as_ref() == Some(active) {
             return;
         }
@@ -333,6 +337,22 @@ impl Manager {
         tracing::info!("rule conditions changed; recompiling");
         if let Err(e) = self.apply(bundle, "conditions", false).await {
             tracing::error!("re-evaluating conditions failed; previous maps stay in force: {}", crate::error::chain(&e));
+        }
+    }
+
+    /// Compiles the policy in force again when one of its rule paths names
+    /// another object on this host than when it was compiled: a file
+    /// created since, removed, or replaced by a new inode (an editor's
+    /// rename-over, a package upgrade). File rules are keyed by object,
+    /// so until then the rule stays with the old one.
+    pub async fn recheck_rule_paths(&mut self) {
+        let Some((_, _, resolution)) = &self.current else { return };
+        let Some((path, was, now)) = objects::changed(resolution, &objects::HostLookup) else { return };
+        let Some(bundle) = self.store.current().map(|a| a.bundle.clone()) else { return };
+        let name = |o: Option<objects::ObjectId>| o.map_or("nothing".to_string(), |(dev, ino)| format!("device {dev:#x} inode {ino}"));
+        tracing::info!("rule path {path} names {} now ({} when compiled); recompiling", name(now), name(was));
+        if let Err(e) = self.apply(bundle, "rule paths", false).await {
+            tracing::error!("recompiling for the rule paths failed; previous maps stay in force: {}", crate::error::chain(&e));
         }
     }
 

@@ -17,6 +17,10 @@ use super::{Command, Manager};
 /// after the first change before reading.
 const DEBOUNCE: Duration = Duration::from_millis(25);
 
+/// How often the file and exec rule paths are looked up again (a path
+/// created, removed or replaced since the policy was compiled).
+pub const RULE_PATHS_EVERY: Duration = Duration::from_secs(2);
+
 /// Directories to watch for the policy paths (a file's parent, so editors'
 /// rename-over and Kubernetes ConfigMap `..data` swaps are seen).
 fn watch_dirs(paths: &[PathBuf]) -> Vec<PathBuf> {
@@ -55,6 +59,8 @@ pub async fn run(mut m: Manager, mut commands: mpsc::Receiver<Command>, mut stop
         .ok();
     let mut tick = tokio::time::interval(reevaluate_every);
     tick.tick().await;
+    let mut paths_tick = tokio::time::interval(RULE_PATHS_EVERY);
+    paths_tick.tick().await;
     loop {
         tokio::select! {
             _ = stop.changed() => break,
@@ -65,6 +71,7 @@ pub async fn run(mut m: Manager, mut commands: mpsc::Receiver<Command>, mut stop
             }
             _ = hangup(&mut hup) => { let _ = m.reload("SIGHUP").await; }
             _ = tick.tick() => m.reevaluate().await,
+            _ = paths_tick.tick() => m.recheck_rule_paths().await,
             cmd = commands.recv() => match cmd {
                 Some(Command::Reload { source, reply }) => { let _ = reply.send(m.reload(&source).await); }
                 Some(Command::Rollback { version, reply }) => { let _ = reply.send(m.rollback(version).await); }

@@ -150,6 +150,9 @@ pub struct Compiled {
     pub objects: Vec<(ObjectKey, ObjectRules)>,
     /// Rule paths that named no object when resolved.
     pub unresolved: Vec<super::objects::Unresolved>,
+    /// What each rule path named when resolved (the snapshot
+    /// [`super::objects::changed`] compares the host against).
+    pub resolution: super::objects::Resolution,
     /// Index = rule id.
     pub rules: Vec<RuleInfo>,
     /// Which rules were active (conditions) when compiled.
@@ -245,7 +248,18 @@ pub fn compile(policy: &Policy, ids: &IdRegistry, slot: u32, active: &[bool]) ->
     }
     net.sort_by_key(|(l, k, _)| (*k, *l));
     unix.sort_by_key(|(l, k, _)| (*k, *l));
-    Ok(Compiled { slot, identities, net, unix, paths, objects: Vec::new(), unresolved: Vec::new(), rules, active: active.to_vec() })
+    Ok(Compiled {
+        slot,
+        identities,
+        net,
+        unix,
+        paths,
+        objects: Vec::new(),
+        unresolved: Vec::new(),
+        resolution: Default::default(),
+        rules,
+        active: active.to_vec(),
+    })
 }
 
 /// One rule's egress entries, under the prefix or Unix name each names.

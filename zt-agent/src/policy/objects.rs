@@ -5,6 +5,9 @@
 //!
 //! - [`resolve`]: [`Compiled::paths`] -> [`Compiled::objects`], the
 //!   identities' `file_rules` bits and [`Compiled::unresolved`].
+//! - [`changed`]: whether a rule path names another object now than at
+//!   resolution (created, removed, replaced by a new inode): then the
+//!   policy is compiled again (the manager checks every 2 s).
 //! - [`HostLookup`]: the real lookup (`std::fs::metadata`).
 //! - [`walk`]: the decision for an existing path on this host, walking up
 //!   its directories as the kernel walks `d_parent` (`policy explain`).
@@ -24,6 +27,22 @@ pub struct Unresolved {
     pub rule: String,
     pub path: String,
     pub reason: String,
+}
+
+/// An object on this host: `(device in the kernel's encoding, inode)`.
+pub type ObjectId = (u32, u64);
+
+/// Each distinct rule path and the object it named when resolved (`None`:
+/// nothing), sorted by path.
+pub type Resolution = BTreeMap<String, Option<ObjectId>>;
+
+/// The first rule path of `then` that names another object through
+/// `lookup` now, with what it named then and now.
+pub fn changed(then: &Resolution, lookup: &dyn Lookup) -> Option<(String, Option<ObjectId>, Option<ObjectId>)> {
+    then.iter().find_map(|(path, was)| {
+        let now = lookup.object(path).ok();
+        (now != *was).then(|| (path.clone(), *was, now))
+    })
 }
 
 /// The object a path names: `(device in the kernel's encoding, inode)`.
@@ -51,9 +70,12 @@ pub fn resolve(c: &mut Compiled, policy: &Policy, lookup: &dyn Lookup) -> Result
     let mut by_object: BTreeMap<ObjectKey, Vec<ObjectRule>> = BTreeMap::new();
     let mut names: BTreeMap<ObjectKey, String> = BTreeMap::new();
     c.unresolved.clear();
+    c.resolution.clear();
     for p in &c.paths {
         let path = String::from_utf8_lossy(&p.path[..p.len as usize]).into_owned();
-        let (dev, ino) = match lookup.object(&path) {
+        let found = lookup.object(&path);
+        c.resolution.insert(path.clone(), found.as_ref().ok().copied());
+        let (dev, ino) = match found {
             Ok(o) => o,
             Err(e) => {
                 let rule = c.rules.get(p.rule as usize).map(|r| r.name.clone()).unwrap_or_default();

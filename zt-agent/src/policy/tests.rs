@@ -282,6 +282,29 @@ fn explain_uses_the_kernel_decision() {
     assert!(explain(&p, "nobody", &c("1.2.3.4:1"), &all, &fs).unwrap_err().to_string().starts_with("unknown identity \"nobody\""));
 }
 
+/// A rule path is looked up again: a file created, replaced by a new
+/// inode, or removed since the policy was compiled is seen (and the
+/// manager then compiles the policy again).
+#[test]
+fn a_rule_path_that_names_another_object_now_is_seen() {
+    use super::objects::{Resolution, changed, resolve};
+    let p = parse1(CODER).unwrap();
+    let ids = IdRegistry::for_policy(&p).unwrap();
+    let mut c = compile(&p, &ids, 0, &vec![true; p.rules.len()]).unwrap();
+    let fs = FakeFs(&[("/data/", 1), ("/data", 1), ("/usr/bin/git", 5)]);
+    resolve(&mut c, &p, &fs).unwrap();
+    assert_eq!(c.resolution.get("/etc/hosts"), Some(&None), "{:?}", c.resolution);
+    assert_eq!(c.resolution.get("/usr/bin/git"), Some(&Some((1, 5))));
+    assert_eq!(changed(&c.resolution, &fs), None, "nothing changed");
+    let created = FakeFs(&[("/data/", 1), ("/data", 1), ("/etc/hosts", 3), ("/usr/bin/git", 5)]);
+    assert_eq!(changed(&c.resolution, &created), Some(("/etc/hosts".into(), None, Some((1, 3)))));
+
+    let then: Resolution = [("/a".to_string(), Some((1, 5))), ("/b".to_string(), None)].into();
+    assert_eq!(changed(&then, &FakeFs(&[("/a", 5)])), None);
+    assert_eq!(changed(&then, &FakeFs(&[("/a", 6)])), Some(("/a".into(), Some((1, 5)), Some((1, 6)))), "replaced");
+    assert_eq!(changed(&then, &FakeFs(&[])), Some(("/a".into(), Some((1, 5)), None)), "removed");
+}
+
 #[test]
 fn diff_rules_and_entries() {
     let old = parse1(CODER).unwrap();
