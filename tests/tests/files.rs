@@ -265,3 +265,75 @@ fn rule_paths_created_or_replaced_later_are_enforced() {
     assert!(agent.stderr().contains("rule path"), "{}", agent.stderr());
     agent.stop().unwrap();
 }
+
+/// `policy explain --exec` says what the kernel does, on a table of cases:
+/// a directory rule reached by its path, a symlink, `..` and a hard link; a
+/// file rule; a file no rule names; an allow list; an identity in audit
+/// mode (allowed, and the exec recorded as a would-deny).
+#[test]
+#[ignore = "needs root (loads eBPF programs, creates cgroups): cargo xtask test runs it"]
+fn explain_agrees_with_the_kernel_on_exec() {
+    if !require_root("explain_agrees_with_the_kernel_on_exec") {
+        return;
+    }
+    let t = Tree::new("explain-exec");
+    let tool = t.copy_helper("denied/tool");
+    let one = t.copy_helper("ok/one");
+    let free = t.copy_helper("ok/free");
+    std::fs::hard_link(&tool, t.path("ok/hard")).unwrap();
+    std::os::unix::fs::symlink(&tool, t.path("ok/sym")).unwrap();
+    let helper = std::fs::canonicalize(helper_bin()).unwrap();
+    let helper_dir = helper.parent().unwrap().to_str().unwrap().to_string();
+    let base = unique("explain-exec");
+    let cgs: Vec<TestCgroup> = ["agent", "strict", "watched"].iter().map(|n| TestCgroup::new(&format!("/{base}/{n}")).unwrap()).collect();
+    let identities = format!(
+        "    - name: agent\n      selectors:\n        - cgroup: {}/**\n    - name: strict\n      defaultAction: {{exec: deny}}\n      selectors:\n        - cgroup: {}/**\n    - name: watched\n      mode: audit\n      selectors:\n        - cgroup: {}/**\n",
+        cgs[0].rel, cgs[1].rel, cgs[2].rel
+    );
+    let denied_dir = t.path("denied");
+    let text = format!(
+        "{}  rules:\n    - name: no-tools\n      identity: agent\n      action: deny\n      exec:\n        - paths: [{denied_dir}/]\n    - name: not-this-one\n      identity: agent\n      action: deny\n      exec:\n        - paths: [{one}]\n    - name: only-the-helpers\n      identity: strict\n      action: allow\n      exec:\n        - paths: [{helper_dir}/]\n    - name: watched-tools\n      identity: watched\n      action: deny\n      exec:\n        - paths: [{denied_dir}/]\n",
+        policy("zt.test", &identities)
+    );
+    let agent = Agent::start("explain-exec", &text, &[]).unwrap();
+    let denied = denied_exec(lsm(&agent));
+    let policy_file = t.write("policy.yaml", &text);
+    let out = t.path("result");
+    let out = Path::new(&out);
+    let helper = helper.to_str().unwrap().to_string();
+    let cases: Vec<(usize, String)> = vec![
+        (0, tool.clone()),
+        (0, t.path("ok/sym")),
+        (0, t.path("ok/../denied/tool")),
+        (0, t.path("ok/hard")),
+        (0, one.clone()),
+        (0, free.clone()),
+        (1, free.clone()),
+        (1, helper.clone()),
+        (2, tool.clone()),
+        (2, free.clone()),
+    ];
+    let names = ["agent", "strict", "watched"];
+    let mut table = Vec::new();
+    for (who, path) in &cases {
+        let o = Command::new(agent_bin())
+            .args(["policy", "explain", "--json", "--policy", &policy_file, "--identity", names[*who], "--exec", path])
+            .output()
+            .unwrap();
+        assert!(o.status.success(), "explain: {}", String::from_utf8_lossy(&o.stderr));
+        let said: Value = serde_json::from_slice(&o.stdout).unwrap();
+        let said = said["decision"].as_str().unwrap().to_string();
+        let did = file(cgs[*who].command(helper_bin()), "exec", path, out);
+        let expected = if said.starts_with("allow") { "RAN" } else { denied };
+        table.push(format!("{:<8} {path}: explain {said:?}, kernel {did}", names[*who]));
+        assert_eq!(did, expected, "{}", table.join("\n"));
+    }
+    eprintln!("{}", table.join("\n"));
+    // The table is not one-sided: both decisions occur, and audit mode's.
+    let decisions: std::collections::BTreeSet<&str> =
+        table.iter().filter_map(|l| l.split("explain \"").nth(1)?.split('"').next()).collect();
+    assert!(decisions.contains("allow") && decisions.contains("deny") && decisions.iter().any(|d| d.contains("audit")), "{decisions:?}");
+    let events = agent.stop().unwrap();
+    let watched = file_events(&events, "exec", "denied/tool").into_iter().filter(|e| e["identity"]["name"] == "watched").count();
+    assert!(watched > 0, "the audit-mode identity's exec of a denied file is recorded");
+}
