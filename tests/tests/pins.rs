@@ -56,6 +56,46 @@ impl Drop for Uninstall<'_> {
     }
 }
 
+/// A private pin directory under bpffs (uninstalled when dropped) and
+/// state, audit log and key under a private temp dir: the `run` flags of
+/// one pinned agent and its successors.
+struct PinnedRun {
+    tmp: tempfile::TempDir,
+    pin_dir: std::path::PathBuf,
+    audit: String,
+    flags: Vec<String>,
+}
+
+impl PinnedRun {
+    fn new(name: &str) -> PinnedRun {
+        let tmp = tempdir(name).unwrap();
+        let pin_dir = Path::new("/sys/fs/bpf").join(unique(&format!("zt-test-{name}")));
+        let d = |n: &str| tmp.path().join(n).display().to_string();
+        let audit = d("audit");
+        let flags = vec![
+            "--pin-dir".into(),
+            pin_dir.display().to_string(),
+            "--state-dir".into(),
+            d("state"),
+            "--audit-dir".into(),
+            audit.clone(),
+            "--audit-key".into(),
+            d("audit.key"),
+        ];
+        PinnedRun { tmp, pin_dir, audit, flags }
+    }
+
+    fn args(&self) -> Vec<&str> {
+        self.flags.iter().map(String::as_str).collect()
+    }
+}
+
+impl Drop for PinnedRun {
+    fn drop(&mut self) {
+        drop(Uninstall(&self.pin_dir));
+    }
+}
+
 #[test]
 #[ignore = "needs root (loads eBPF programs, creates cgroups, pins under bpffs): cargo xtask test runs it"]
 fn enforcement_survives_the_daemon_and_a_restart_adopts_it() {
@@ -64,12 +104,8 @@ fn enforcement_survives_the_daemon_and_a_restart_adopts_it() {
     }
     let cg = TestCgroup::new(&format!("/{}/agent", unique("pins"))).unwrap();
     let pol = policy("zt.test", &format!("    - name: a\n      selectors:\n        - cgroup: {}/**\n", cg.rel));
-    let tmp = tempdir("pins").unwrap();
-    let pin_dir = Path::new("/sys/fs/bpf").join(unique("zt-test-pins"));
-    let _cleanup = Uninstall(&pin_dir);
-    let d = |n: &str| tmp.path().join(n).display().to_string();
-    let (state, audit, key) = (d("state"), d("audit"), d("audit.key"));
-    let args = ["--pin-dir", pin_dir.to_str().unwrap(), "--state-dir", &state, "--audit-dir", &audit, "--audit-key", &key];
+    let run = PinnedRun::new("pins");
+    let (tmp, pin_dir, audit, args) = (&run.tmp, &run.pin_dir, &run.audit, run.args());
     let listener = Listener::new();
     let addr = listener.addr();
     assert!(ours().is_empty(), "programs of ours loaded before the test: {:?}", ours());
@@ -111,7 +147,7 @@ fn enforcement_survives_the_daemon_and_a_restart_adopts_it() {
     assert_eq!(connect_loop(cg.command(helper_bin()), 200, &addr).1, 0, "denied after a clean stop");
 
     // uninstall: nothing of ours left, and no enforcement.
-    let o = Command::new(agent_bin()).args(["uninstall", "--pin-dir"]).arg(&pin_dir).output().unwrap();
+    let o = Command::new(agent_bin()).args(["uninstall", "--pin-dir"]).arg(pin_dir).output().unwrap();
     assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
     assert!(String::from_utf8_lossy(&o.stdout).starts_with("removed "), "{}", String::from_utf8_lossy(&o.stdout));
     assert_eq!(settled(&[]), Vec::<String>::new(), "left after uninstall");
@@ -131,11 +167,11 @@ fn enforcement_survives_the_daemon_and_a_restart_adopts_it() {
     assert!(!o.status.success() && text.contains("holds pins of another build") && text.contains("zt-agent uninstall --pin-dir"), "{text}");
 
     // The audit log records the unclean stop at the adopting start, and verifies.
-    let o = Command::new(agent_bin()).args(["audit", "show", "--json", "--dir", &audit]).output().unwrap();
+    let o = Command::new(agent_bin()).args(["audit", "show", "--json", "--dir", audit]).output().unwrap();
     let recs: Vec<Value> = String::from_utf8_lossy(&o.stdout).lines().map(|l| serde_json::from_str(l).unwrap()).collect();
     assert!(recs.iter().any(|r| r["kind"] == "recovery" && r["payload"]["unclean_stop"] == true), "no recovery record");
     assert!(recs.iter().any(|r| r["kind"] == "agent" && r["payload"]["agent"]["adopted"]["enforced_generation"] == 1));
-    let o = Command::new(agent_bin()).args(["audit", "verify", &audit]).output().unwrap();
+    let o = Command::new(agent_bin()).args(["audit", "verify", audit]).output().unwrap();
     assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stdout));
 }
 
@@ -153,12 +189,8 @@ fn a_new_agent_binary_starts_while_digest_pins_hold() {
     // A digest no file has: it selects nothing, but every binary not
     // hashed yet is pending until a daemon has hashed it.
     let pol = policy("zt.test", &format!("    - name: nothing\n      selectors:\n        - exeDigest: blake3:{}\n", "0".repeat(64)));
-    let tmp = tempdir("pins-digest").unwrap();
-    let pin_dir = Path::new("/sys/fs/bpf").join(unique("zt-test-digest"));
-    let _cleanup = Uninstall(&pin_dir);
-    let d = |n: &str| tmp.path().join(n).display().to_string();
-    let (state, audit, key) = (d("state"), d("audit"), d("audit.key"));
-    let args = ["--pin-dir", pin_dir.to_str().unwrap(), "--state-dir", &state, "--audit-dir", &audit, "--audit-key", &key];
+    let run = PinnedRun::new("pins-digest");
+    let (tmp, args) = (&run.tmp, run.args());
     let listener = Listener::new();
     let addr = listener.addr();
     let out = tmp.path().join("result");

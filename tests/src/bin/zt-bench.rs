@@ -142,6 +142,11 @@ fn median(v: &mut [f64]) -> f64 {
     v[v.len() / 2]
 }
 
+/// The smallest sample: on a noisy VM noise only adds time.
+fn best(v: &[f64]) -> f64 {
+    v.iter().copied().fold(f64::MAX, f64::min)
+}
+
 fn child_out(mut cmd: Command) -> anyhow::Result<String> {
     let out = cmd.output().context("bench child")?;
     anyhow::ensure!(out.status.success(), "bench child failed: {}", String::from_utf8_lossy(&out.stderr));
@@ -883,7 +888,7 @@ fn hardening_bench(rounds: usize) -> anyhow::Result<()> {
     );
     for (li, (what, _)) in loops.iter().enumerate() {
         println!("  {what}:");
-        let best: Vec<f64> = (0..variants.len()).map(|vi| samples[vi][li].iter().copied().fold(f64::MAX, f64::min)).collect();
+        let best: Vec<f64> = (0..variants.len()).map(|vi| best(&samples[vi][li])).collect();
         for (vi, (label, _)) in variants.iter().enumerate() {
             println!(
                 "    {label:<38} {:>9.0} ns   ratio {:.3}   best {:>9.0} ns   ratio {:.3}",
@@ -1052,7 +1057,7 @@ fn files_bench(rounds: usize) -> anyhow::Result<()> {
     }
     println!();
     println!("ns per open()+close() (best of 5 loops of {n} per round; median over rounds, and the best round), ratio to 'nothing'");
-    let best: Vec<f64> = samples.iter().map(|v| v.iter().copied().fold(f64::MAX, f64::min)).collect();
+    let best: Vec<f64> = samples.iter().map(|v| best(v)).collect();
     let med: Vec<f64> = samples.iter_mut().map(|v| median(v)).collect();
     for (vi, label) in labels.iter().enumerate() {
         println!(
