@@ -10,6 +10,7 @@
 //!   (reload, history, rollback, conditions).
 //! - [`bpf`]: the only module that uses aya: load, attach, probe, typed
 //!   maps, and the domain's table traits implemented over them.
+//! - [`files`]: file rules where BPF LSM does not load (fanotify).
 //! - [`audit`]: the signed, tamper-evident audit log (an output of the pipeline).
 //! - [`siem`]: the audit log's records to SIEM destinations over syslog.
 //! - [`pipeline`]: ring buffer -> decode -> enrich -> outputs, loss counting.
@@ -25,6 +26,7 @@ pub mod config;
 pub mod control;
 pub mod dirwatch;
 pub mod error;
+pub mod files;
 pub mod fsutil;
 pub mod host;
 pub mod identity;

@@ -40,6 +40,7 @@ use crate::{
         tables::Counters,
     },
     control::{self, protocol},
+    files,
     host::{self, boottime_ns, wall_time},
     identity::{
         Resolver,
@@ -123,6 +124,8 @@ pub struct Agent {
     pinned: Option<PathBuf>,
     /// The earlier run's pinned state this run adopted.
     adopted: Option<Adopted>,
+    /// The file-rule fallback, where BPF LSM does not load.
+    fanotify: Option<files::Fallback>,
 }
 
 /// The CLI's daemon: start, run until SIGINT/SIGTERM, shut down.
@@ -185,7 +188,15 @@ impl Agent {
                 "egress refused (fail closed); the process, bpf(2) and socket-kind guards leave them alone: nobody can settle them, and a new agent binary is one of them".into(),
             ));
         }
-        let mut manager = new_manager(&opts, Box::new(maps.policy), shared.clone(), adopted.is_some())?;
+        let stats = Arc::new(Stats::default());
+        // Without BPF LSM, file rules are the fanotify responder's: it sees
+        // each policy as the kernel maps switch to it.
+        let fanotify = start_fanotify(&mut paths, lsm_loads, &maps.proc_table, &input_tx, &stats)?;
+        let target: Box<dyn policy::target::PolicyTarget> = match &fanotify {
+            Some(f) => f.target(Box::new(maps.policy)),
+            None => Box::new(maps.policy),
+        };
+        let mut manager = new_manager(&opts, target, shared.clone(), adopted.is_some())?;
         // The first policy goes into the maps before the egress hooks attach.
         let first_policy = manager.apply_and_report(bundle, "start", PolicyAction::Applied).await?;
         let config = Arc::new(policy::identity_config(manager.current_policy().expect("just applied"), manager.ids()));
@@ -225,7 +236,6 @@ impl Agent {
         }
         let events = events_writer(opts.events.as_deref())?;
 
-        let stats = Arc::new(Stats::default());
         let audit_failure = audit_writer.failure();
         let audit_control = audit_writer.control();
         let siem = start_siem(&opts, &audit_control, &node)?;
@@ -250,8 +260,15 @@ impl Agent {
         let manager = spawn_manager(manager, commands_rx, stop_rx.clone())?;
         let paths: Vec<(String, String)> = paths.into_iter().map(|(a, b)| (a.to_string(), b)).collect();
         let info = Arc::new(static_info(&bpf, &object_digest, &paths, &cgroup2, &opts.settings));
-        let state =
-            control::State { info, stats, in_force: shared.in_force.clone(), commands, audit: Some(audit_control), siem: siem_status };
+        let state = control::State {
+            info,
+            stats,
+            in_force: shared.in_force.clone(),
+            commands,
+            audit: Some(audit_control),
+            siem: siem_status,
+            fanotify: fanotify.as_ref().map(files::Fallback::counters),
+        };
         let control = start_control(opts.socket.clone(), state, stop_rx);
 
         let pinned = pins.as_ref().map(|p| p.root().to_path_buf());
@@ -269,6 +286,7 @@ impl Agent {
             paths,
             pinned,
             adopted,
+            fanotify,
         };
         agent.emit(agent.agent_event(AgentState::Started, None)).await;
         if let Some(dir) = demo_cgroup {
@@ -314,7 +332,9 @@ impl Agent {
         }
         let _ = (&mut self.control).await;
         self.emit(self.agent_event(AgentState::Stopped, Some(text.clone()))).await;
-        let Agent { bpf, running, demo, pinned: self_pinned, .. } = self;
+        let Agent { bpf, running, demo, pinned: self_pinned, fanotify, .. } = self;
+        // Its marks go with it; it holds a sender the pipeline waits for.
+        drop(fanotify);
         running.shutdown().await;
         if let Some(d) = demo {
             d.remove_cgroup();
@@ -406,6 +426,31 @@ fn mark_degraded(paths: &mut [(&'static str, String)], hooks: &[bpf::loader::Hoo
             && claims(line)
         {
             line.push_str(&format!("; DEGRADED, not in force: {} (see hooks)", missing.join(", ")));
+        }
+    }
+}
+
+/// Starts the fanotify file-rule fallback where BPF LSM does not load and
+/// the kernel has permission events (`paths` says so); if it cannot start,
+/// the file-rules line says NOT ENFORCED and why.
+fn start_fanotify(
+    paths: &mut [(&'static str, String)],
+    lsm_loads: bool,
+    procs: &bpf::maps::ProcTable,
+    input: &mpsc::Sender<Input>,
+    stats: &Stats,
+) -> anyhow::Result<Option<files::Fallback>> {
+    let Some((_, line)) = paths.iter_mut().find(|(w, _)| *w == "file rules") else { return Ok(None) };
+    if lsm_loads || line != probe::FILE_RULES_FANOTIFY {
+        return Ok(None);
+    }
+    let dropped = stats.outputs.register("fanotify_events_dropped");
+    match files::Fallback::start(Box::new(procs.reader()?), input.clone(), dropped) {
+        Ok(f) => Ok(Some(f)),
+        Err(e) => {
+            *line = format!("NOT ENFORCED: the fanotify fallback did not start: {e:#}");
+            tracing::error!("file rules are not enforced: {e:#}");
+            Ok(None)
         }
     }
 }

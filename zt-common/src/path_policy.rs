@@ -179,7 +179,10 @@ pub mod enforcement {
     /// `sched_process_exec`: the exec happened; the process was killed
     /// (SIGKILL) before it ran an instruction of the new image.
     pub const EXEC_KILL: u8 = 2;
-    pub const NAMES: [&str; 3] = ["", "lsm", "exec_kill"];
+    /// The daemon answered a fanotify permission event (EPERM before the
+    /// open returned); set by user space, never by a program.
+    pub const FANOTIFY: u8 = 3;
+    pub const NAMES: [&str; 4] = ["", "lsm", "exec_kill", "fanotify"];
 }
 
 /// Bytes of the resolved path a [`FileEvent`] carries (its tail when longer).

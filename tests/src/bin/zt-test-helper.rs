@@ -23,6 +23,8 @@
 //! - move-try PROCS MODE ADDR OUT  move this process into the cgroup whose
 //!   cgroup.procs is PROCS (no fork, no exec), then `try MODE ADDR OUT`
 //! - udp-flood-distinct RATE SECS, try-tcp ADDR: see `zt_tests::flood::child_mode`
+//! - open-loop MS PATH             open PATH for reading as fast as possible for MS
+//!   ms; prints how many opens were denied (EPERM) and how many were not
 //! - listen ADDR MS                 accept for MS ms; print how many connections came
 //! - connect-loop MS ADDR...       TCP connects to each ADDR in turn (then 0.5 ms
 //!   pause) for MS ms; prints how many attempts were denied (EPERM) and allowed
@@ -43,7 +45,7 @@
 //!   plain-msg HOP,ADDR (the same datagram without either)
 //! - file MODE PATH OUT              one file operation; the result in OUT:
 //!   "OK", "OK <bytes read>", "EPERM", "ERR <errno>" (see `files`); MODE:
-//!   read, write (append "zt"), create (O_CREAT|O_EXCL), opath-reopen (O_PATH,
+//!   read, thread-read (opened by a second thread), write (append "zt"), create (O_CREAT|O_EXCL), opath-reopen (O_PATH,
 //!   then read through /proc/self/fd/N), openat2 (read, RESOLVE_NO_MAGICLINKS),
 //!   uring-read (IORING_OP_OPENAT, then read), unlink, truncate,
 //!   rename SRC:DST, link SRC:DST, mkdir, chroot-read ROOT:PATH (chroot to
@@ -147,6 +149,17 @@ fn main() {
                 }
                 // A steady stream, not a flood (a flood is the loss test's job).
                 std::thread::sleep(Duration::from_micros(500));
+            }
+            println!("{denied} {allowed}");
+        }
+        "open-loop" => {
+            let until = std::time::Instant::now() + ms(a(2));
+            let (mut denied, mut allowed) = (0u64, 0u64);
+            while std::time::Instant::now() < until {
+                match std::fs::File::open(a(3)) {
+                    Err(e) if e.raw_os_error() == Some(libc::EPERM) => denied += 1,
+                    _ => allowed += 1,
+                }
             }
             println!("{denied} {allowed}");
         }
@@ -612,6 +625,10 @@ mod files {
         let read = |r: std::io::Result<std::fs::File>| result(r.and_then(read_all), |s| format!("OK {s}"));
         match mode {
             "read" => read(std::fs::File::open(path)),
+            "thread-read" => {
+                let path = path.to_string();
+                read(std::thread::spawn(move || std::fs::File::open(path)).join().expect("the reading thread"))
+            }
             "write" => done(OpenOptions::new().append(true).open(path).and_then(|mut f| f.write_all(b"zt"))),
             "create" => done(OpenOptions::new().write(true).create_new(true).open(path).map(drop)),
             "opath-reopen" => {

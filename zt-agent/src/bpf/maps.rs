@@ -3,6 +3,8 @@
 //!
 //! # Layout
 //! - [`ProcTable`]: tgid -> `ProcInfo` and its fast-path shadow `PID_IDENTITY`.
+//! - [`ProcReader`]: a second, read-only handle on `PROC_TABLE` (for the
+//!   fanotify responder's thread).
 //! - [`CgroupIdentities`]: cgroup id -> identity id.
 //! - [`LossCounters`]: per-CPU kernel loss counters, summed (and the
 //!   security records lost per identity).
@@ -111,6 +113,22 @@ impl ProcTable {
         }
     }
 
+    /// A read-only handle of its own on the table (a duplicated map
+    /// descriptor), for another thread.
+    pub fn reader(&self) -> Result<ProcReader, MapAccessError> {
+        use aya::maps::IterableMap as _;
+        use std::os::fd::AsFd as _;
+        let fd = self
+            .table
+            .map()
+            .fd()
+            .as_fd()
+            .try_clone_to_owned()
+            .map_err(|e| err(maps::PROC_TABLE, "dup")(MapError::SyscallError(aya::sys::SyscallError { call: "dup", io_error: e })))?;
+        let data = MapData::from_fd(fd).map_err(err(maps::PROC_TABLE, "open"))?;
+        Ok(ProcReader(HashMap::try_from(Map::HashMap(data)).map_err(err(maps::PROC_TABLE, "open"))?))
+    }
+
     /// Snapshot of every entry.
     pub fn entries(&self) -> Vec<(u32, ProcInfo)> {
         self.table.iter().filter_map(Result::ok).collect()
@@ -123,6 +141,15 @@ impl ProcTable {
             Err(e) if is_missing_key(&e) => Ok(()),
             Err(e) => Err(err(maps::PROC_TABLE, "remove")(e)),
         }
+    }
+}
+
+/// `PROC_TABLE`, read only.
+pub struct ProcReader(HashMap<MapData, u32, ProcInfo>);
+
+impl crate::files::Processes for ProcReader {
+    fn get(&self, tgid: u32) -> Option<ProcInfo> {
+        self.0.get(&tgid, 0).ok()
     }
 }
 

@@ -50,6 +50,8 @@ pub mod names {
     pub const BPFFS: &str = "bpffs";
     pub const CGROUP2: &str = "cgroup_v2";
     pub const BTF: &str = "kernel_btf";
+    /// fanotify permission events (not eBPF: the file-rule fallback).
+    pub const FANOTIFY_PERM: &str = "fanotify_perm";
 }
 
 fn result(name: &'static str, r: Result<String, String>) -> Feature {
@@ -115,6 +117,7 @@ pub fn probe() -> Capabilities {
     features.push(result(names::FENTRY, probe_fentry(&mut ebpf, btf.as_ref().ok())));
     features.push(result(names::KPROBE, probe_kprobe(&mut ebpf)));
     features.push(result(names::SEND_SIGNAL, probe_send_signal(&mut ebpf)));
+    features.push(result(names::FANOTIFY_PERM, probe_fanotify()));
     Capabilities { kernel, features }
 }
 
@@ -207,6 +210,13 @@ fn probe_send_signal(ebpf: &mut Ebpf) -> Result<String, String> {
 }
 
 /// Human-readable table for `zt-agent probe`.
+fn probe_fanotify() -> Result<String, String> {
+    use nix::sys::fanotify::{EventFFlags, Fanotify, InitFlags};
+    Fanotify::init(InitFlags::FAN_CLASS_CONTENT | InitFlags::FAN_CLOEXEC, EventFFlags::O_RDONLY)
+        .map(|_| "fanotify_init(FAN_CLASS_CONTENT): permission events".to_string())
+        .map_err(|e| format!("fanotify_init(FAN_CLASS_CONTENT): {e} (CONFIG_FANOTIFY_ACCESS_PERMISSIONS off?)"))
+}
+
 pub fn render(caps: &Capabilities) -> String {
     let mut s = format!("kernel {}\n", caps.kernel);
     for f in &caps.features {
@@ -217,6 +227,12 @@ pub fn render(caps: &Capabilities) -> String {
 
 /// Which mechanism each capability of the agent uses on this kernel, given
 /// the probe: logged at start-up and shown by `status`.
+/// The file-rules line where the fanotify fallback is in force.
+pub const FILE_RULES_FANOTIFY: &str = "fanotify FAN_OPEN_PERM on the objects deny rules name (every directory below a \
+     directory rule), answered by the agent (fallback: BPF LSM does not load): opens refused with EPERM; unlink, rename, \
+     link, mkdir, truncate(2) NOT ENFORCED; an identity whose files default to deny is NOT ENFORCED beyond the objects \
+     deny rules name; marks go when the agent stops";
+
 pub fn enforcement_paths(caps: &Capabilities) -> Vec<(&'static str, String)> {
     let mut v = Vec::new();
     v.push((
@@ -273,9 +289,11 @@ pub fn enforcement_paths(caps: &Capabilities) -> Vec<(&'static str, String)> {
             "BPF LSM file_open, path_unlink/rmdir/rename/truncate/link/mkdir/mknod/symlink, matched by object (device and inode \
              of the file and of every directory above it): EPERM before the access"
                 .into()
+        } else if caps.has(names::FANOTIFY_PERM) {
+            FILE_RULES_FANOTIFY.into()
         } else {
-            "NOT ENFORCED: BPF LSM programs do not load on this kernel; file rules are compiled and explained \
-             (`policy explain --open`), but no access is refused and no file event is written"
+            "NOT ENFORCED: neither BPF LSM programs nor fanotify permission events on this kernel; file rules are compiled \
+             and explained (`policy explain --open`), but no access is refused and no file event is written"
                 .into()
         },
     ));

@@ -69,6 +69,8 @@ pub struct State {
     pub commands: mpsc::Sender<Command>,
     pub audit: Option<audit::writer::Control>,
     pub siem: Vec<Arc<std::sync::Mutex<crate::siem::Status>>>,
+    /// The fanotify file-rule fallback's counters, where it runs.
+    pub fanotify: Option<Arc<crate::files::Counters>>,
 }
 
 /// Creates the socket (mode 0600), replacing a stale one.
@@ -183,7 +185,8 @@ fn status(state: &State) -> StatusDoc {
             s
         })
         .collect();
-    StatusDoc { info: (*state.info).clone(), policy, counters: state.stats.snapshot(), decisions, audit, siem }
+    let fanotify = state.fanotify.as_ref().map(|c| c.snapshot());
+    StatusDoc { info: (*state.info).clone(), policy, counters: state.stats.snapshot(), decisions, audit, siem, fanotify }
 }
 
 /// Client side: sends one request, returns the agent's reply.

@@ -82,6 +82,9 @@ pub struct StatusDoc {
     /// SIEM destinations (`--syslog`).
     #[serde(default)]
     pub siem: Vec<crate::siem::Status>,
+    /// The fanotify file-rule fallback (where BPF LSM does not load).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub fanotify: Option<crate::files::Snapshot>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]

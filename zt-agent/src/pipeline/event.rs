@@ -522,8 +522,9 @@ pub struct FileInfo {
     pub rule: RuleName,
     pub policy_generation: u32,
     /// How the decision was carried out: "lsm" (refused before it
-    /// happened) or "exec_kill" (the exec happened; the process was killed
-    /// before its new image ran).
+    /// happened), "exec_kill" (the exec happened; the process was killed
+    /// before its new image ran) or "fanotify" (the agent answered the
+    /// open's permission event: refused before the open returned).
     pub enforcement: &'static str,
     /// Attempts of the same key since its previous event, this one included.
     pub repeats: u64,

@@ -96,7 +96,7 @@ pub trait Output: Send {
 pub struct OutputCounters(Mutex<Vec<(&'static str, Arc<AtomicU64>)>>);
 
 impl OutputCounters {
-    fn register(&self, name: &'static str) -> Arc<AtomicU64> {
+    pub(crate) fn register(&self, name: &'static str) -> Arc<AtomicU64> {
         let mut v = self.0.lock().expect("poisoned");
         if let Some((_, c)) = v.iter().find(|(n, _)| *n == name) {
             return c.clone();
