@@ -1009,21 +1009,30 @@ fn files_bench(rounds: usize) -> anyhow::Result<()> {
     std::fs::write(&looped, b"x")?;
     std::fs::write(&other, b"x")?;
     println!(
-        "zt-agent {} — files benchmark: open()+close() of one file by a process without an identity, {rounds} rounds",
+        "zt-agent {} — files benchmark: open()+close() of one file by a process without an identity (the last line: by an agent identity), {rounds} rounds",
         agent_bin().display()
     );
     let n = 100_000;
-    let measure = || -> anyhow::Result<f64> {
-        let mut cmd = Command::new(&me);
+    let measure = |inside: bool| -> anyhow::Result<f64> {
+        let mut cmd = if inside { cg.command(&me) } else { Command::new(&me) };
         cmd.env("ZT_BENCH_FILE", &looped).args(["syscall-loop", "open", &n.to_string()]);
         Ok(child_out(cmd)?.parse::<f64>()?)
     };
+    // The agent's own fallback (where BPF LSM does not load): a deny rule
+    // on another file (the looped file is not marked), and on the looped
+    // file's directory (marked: every open is answered by the agent).
+    let deny = |path: &str| format!("{pol}  rules:\n    - name: deny\n      identity: bench-agent\n      action: deny\n      files:\n        - paths: [{path}]\n          access: [read]\n");
+    let pol_other = deny(&other.to_string_lossy());
+    let pol_dir = deny(&format!("{}/", dir.path().display()));
     let labels = [
         "nothing",
         "agent (syscall tracepoints attached)",
         "fanotify: inode mark on another file",
         "fanotify: filesystem mark, answered",
         "fanotify: filesystem mark + ignore mark",
+        "agent, deny rule on another file",
+        "agent, deny rule on this directory",
+        "the same, opened by the agent identity",
     ];
     let mut samples = vec![Vec::new(); labels.len()];
     let mut answered = vec![0u64; labels.len()];
@@ -1031,8 +1040,13 @@ fn files_bench(rounds: usize) -> anyhow::Result<()> {
         let mut this_round = vec![0.0; labels.len()];
         for step in 0..labels.len() {
             let vi = (step + r) % labels.len();
-            let group = if vi >= 2 { Some(Fanotify::new()?) } else { None };
-            let agent = if vi == 1 { Some(Agent::start("bench-files", &pol, &[])?) } else { None };
+            let group = if (2..=4).contains(&vi) { Some(Fanotify::new()?) } else { None };
+            let agent = match vi {
+                1 => Some(Agent::start("bench-files", &pol, &[])?),
+                5 => Some(Agent::start("bench-files", &pol_other, &[])?),
+                6 | 7 => Some(Agent::start("bench-files", &pol_dir, &[])?),
+                _ => None,
+            };
             if let Some(g) = &group {
                 match vi {
                     2 => g.mark(MarkFlags::empty(), MaskFlags::FAN_OPEN_PERM, &other)?,
@@ -1042,11 +1056,14 @@ fn files_bench(rounds: usize) -> anyhow::Result<()> {
                     g.mark(MarkFlags::FAN_MARK_IGNORED_MASK | MarkFlags::FAN_MARK_IGNORED_SURV_MODIFY, MaskFlags::FAN_OPEN_PERM, &looped)?;
                 }
             }
-            this_round[vi] = measure()?;
+            this_round[vi] = measure(vi == 7)?;
             if let Some(g) = group {
                 answered[vi] += g.answered.load(std::sync::atomic::Ordering::Relaxed);
             }
             if let Some(a) = agent {
+                if vi >= 5 {
+                    answered[vi] += a.status()["fanotify"]["answered"].as_u64().unwrap_or(0);
+                }
                 a.stop()?;
             }
         }
