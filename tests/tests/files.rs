@@ -411,3 +411,68 @@ fn fanotify_keeps_up_with_a_flood_and_frees_opens_when_killed() {
     assert!(denied > 0 && allowed > 0, "denied until the kill, then not: {denied} denied, {allowed} not");
     assert_eq!(file(cg.command(helper_bin()), "read", &key, out), "OK TOPSECRET", "no daemon, no marks: the rule lapses");
 }
+
+/// A reload switches file decisions atomically, like egress: while an
+/// agent process opens two files in a loop, the policy flips between A
+/// (reads `a` denied, `b` allowed by a rule) and B (the other way round)
+/// 12 times; every decision (each file event, which aggregates attempts
+/// decided alike under one generation) is the one its generation gives.
+#[test]
+#[ignore = "needs root (loads eBPF programs, creates cgroups): cargo xtask test runs it"]
+fn file_decisions_switch_with_the_policy_generation() {
+    if !require_root("file_decisions_switch_with_the_policy_generation") {
+        return;
+    }
+    let t = Tree::new("file-reload");
+    let (fa, fb) = (t.write("a", "A"), t.write("b", "B"));
+    let cg = TestCgroup::new(&format!("/{}/agent", unique("file-reload"))).unwrap();
+    let ids = format!("    - name: agent\n      selectors:\n        - cgroup: {}/**\n", cg.rel);
+    // Each policy names both files (a deny of write keeps the allowed one
+    // watched on the fanotify path).
+    let pol = |denied: &str, allowed: &str| {
+        format!(
+            "{}  rules:\n    - name: deny-{d}\n      identity: agent\n      action: deny\n      files:\n        - paths: [{denied}]\n          access: [read]\n    - name: allow-{a}\n      identity: agent\n      action: allow\n      files:\n        - paths: [{allowed}]\n          access: [read]\n    - name: no-write-{a}\n      identity: agent\n      action: deny\n      files:\n        - paths: [{allowed}]\n          access: [write]\n",
+            policy("zt.test", &ids),
+            d = &denied[denied.len() - 1..],
+            a = &allowed[allowed.len() - 1..],
+        )
+    };
+    let (pa, pb) = (pol(&fa, &fb), pol(&fb, &fa));
+    let file = Path::new(&t.path("policy.yaml")).to_path_buf();
+    std::fs::write(&file, &pa).unwrap();
+    let state = t.path("state");
+    let agent = Agent::start("file-reload", &pa, &["--policy", file.to_str().unwrap(), "--state-dir", &state]).unwrap();
+    let client = cg.command(helper_bin()).args(["open-loop", "30000", &fa, &fb]).stdout(std::process::Stdio::piped()).spawn().unwrap();
+    let mut generation = 1;
+    for _ in 0..12 {
+        std::thread::sleep(std::time::Duration::from_millis(40));
+        let tmp = file.with_extension("tmp");
+        std::fs::write(&tmp, if generation % 2 == 1 { &pb } else { &pa }).unwrap();
+        std::fs::rename(&tmp, &file).unwrap();
+        generation += 1;
+        agent.wait_status(&format!("generation {generation}"), |s| s["policy"]["generation"].as_u64() >= Some(generation));
+    }
+    std::thread::sleep(std::time::Duration::from_millis(100));
+    let _ = nix::sys::signal::kill(nix::unistd::Pid::from_raw(client.id() as i32), nix::sys::signal::Signal::SIGKILL);
+    let _ = client.wait_with_output();
+    let events = agent.stop().unwrap();
+
+    // Odd generations are A (reads of `a` denied), even ones B.
+    let opens: Vec<&Value> = events
+        .iter()
+        .filter(|e| e["kind"] == "file" && e["file"]["op"] == "open" && e["file"]["access"] == serde_json::json!(["read"]))
+        .collect();
+    let mut generations = std::collections::BTreeSet::new();
+    for e in &opens {
+        let f = &e["file"];
+        let g = f["policy_generation"].as_u64().unwrap();
+        let denied_file = if g % 2 == 1 { &fa } else { &fb };
+        let path = f["path"].as_str().unwrap();
+        let want = if path == denied_file.as_str() { "denied" } else { "allowed" };
+        assert_eq!(f["action"], want, "generation {g} decided {path} wrongly: {f}");
+        let rule = f["rule"].as_str().unwrap();
+        assert_eq!(rule, format!("{}-{}", if want == "denied" { "deny" } else { "allow" }, &path[path.len() - 1..]), "{f}");
+        generations.insert(g);
+    }
+    assert!(generations.len() >= 10, "decisions seen in only {} of {generation} generations", generations.len());
+}

@@ -1021,7 +1021,11 @@ fn files_bench(rounds: usize) -> anyhow::Result<()> {
     // The agent's own fallback (where BPF LSM does not load): a deny rule
     // on another file (the looped file is not marked), and on the looped
     // file's directory (marked: every open is answered by the agent).
-    let deny = |path: &str| format!("{pol}  rules:\n    - name: deny\n      identity: bench-agent\n      action: deny\n      files:\n        - paths: [{path}]\n          access: [read]\n");
+    let deny = |path: &str| {
+        format!(
+            "{pol}  rules:\n    - name: deny\n      identity: bench-agent\n      action: deny\n      files:\n        - paths: [{path}]\n          access: [read]\n"
+        )
+    };
     let pol_other = deny(&other.to_string_lossy());
     let pol_dir = deny(&format!("{}/", dir.path().display()));
     let labels = [

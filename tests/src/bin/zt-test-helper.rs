@@ -23,8 +23,9 @@
 //! - move-try PROCS MODE ADDR OUT  move this process into the cgroup whose
 //!   cgroup.procs is PROCS (no fork, no exec), then `try MODE ADDR OUT`
 //! - udp-flood-distinct RATE SECS, try-tcp ADDR: see `zt_tests::flood::child_mode`
-//! - open-loop MS PATH             open PATH for reading as fast as possible for MS
-//!   ms; prints how many opens were denied (EPERM) and how many were not
+//! - open-loop MS PATH...          open each PATH in turn for reading as fast as
+//!   possible for MS ms; prints how many opens were denied (EPERM) and how
+//!   many were not
 //! - listen ADDR MS                 accept for MS ms; print how many connections came
 //! - connect-loop MS ADDR...       TCP connects to each ADDR in turn (then 0.5 ms
 //!   pause) for MS ms; prints how many attempts were denied (EPERM) and allowed
@@ -154,11 +155,14 @@ fn main() {
         }
         "open-loop" => {
             let until = std::time::Instant::now() + ms(a(2));
+            let paths: Vec<&String> = args[3..].iter().take_while(|x| !x.starts_with("ZTMARK")).collect();
             let (mut denied, mut allowed) = (0u64, 0u64);
             while std::time::Instant::now() < until {
-                match std::fs::File::open(a(3)) {
-                    Err(e) if e.raw_os_error() == Some(libc::EPERM) => denied += 1,
-                    _ => allowed += 1,
+                for p in &paths {
+                    match std::fs::File::open(p) {
+                        Err(e) if e.raw_os_error() == Some(libc::EPERM) => denied += 1,
+                        _ => allowed += 1,
+                    }
                 }
             }
             println!("{denied} {allowed}");
