@@ -476,3 +476,51 @@ fn file_decisions_switch_with_the_policy_generation() {
     }
     assert!(generations.len() >= 10, "decisions seen in only {} of {generation} generations", generations.len());
 }
+
+/// An identity whose files default to deny (an allow list): what its list
+/// names opens, anything else does not: EPERM with BPF LSM; without it
+/// (this host) the open's return kills the process before the descriptor
+/// reaches user space, and an io_uring open is killed at submission. The
+/// control (no identity) reads the same file.
+#[test]
+#[ignore = "needs root (loads eBPF programs, creates cgroups): cargo xtask test runs it"]
+fn a_default_deny_file_identity_opens_only_its_list() {
+    if !require_root("a_default_deny_file_identity_opens_only_its_list") {
+        return;
+    }
+    let t = Tree::new("allow-list");
+    let secret = t.write("secret.txt", "TOPSECRET");
+    let mine = t.write("work/mine.txt", "MINE");
+    let cg = TestCgroup::new(&format!("/{}/agent", unique("allow-list"))).unwrap();
+    let policy = format!(
+        "{}  rules:\n    - name: runtime\n      identity: agent\n      action: allow\n      files:\n        - paths: [/usr/, /lib/, /lib64/, /etc/ld.so.cache, /proc/, /dev/, /sys/]\n          access: [read]\n    - name: workspace\n      identity: agent\n      action: allow\n      files:\n        - paths: [{}/]\n          access: [read, write, create]\n",
+        policy(
+            "zt.test",
+            &format!(
+                "    - name: agent\n      defaultAction: {{ egress: deny, files: deny }}\n      selectors:\n        - cgroup: {}/**\n",
+                cg.rel
+            )
+        ),
+        t.path("work"),
+    );
+    let agent = Agent::start("allow-list", &policy, &[]).unwrap();
+    let lsm = lsm(&agent);
+    let denied = if lsm { "EPERM" } else { "KILLED" };
+    let s = agent.status().to_string();
+    assert!(lsm || s.contains("identities whose files default to deny: every open decided"), "{s}");
+    let out = t.path("work/result");
+    let out = Path::new(&out);
+    let inside = || cg.command(helper_bin());
+    assert_eq!(file(inside(), "read", &mine, out), "OK MINE", "on its list");
+    assert_eq!(file(inside(), "read", &secret, out), denied, "not on its list");
+    assert_eq!(file(Command::new(helper_bin()), "read", &secret, out), "OK TOPSECRET", "the control");
+    assert_eq!(file(inside(), "thread-read", &secret, out), denied, "another thread");
+    assert_eq!(file(inside(), "openat2", &secret, out), denied, "openat2");
+    assert_eq!(file(inside(), "uring-read", &secret, out), denied, "io_uring");
+    assert_eq!(file(inside(), "read", &t.path("work/../secret.txt"), out), denied, "..");
+    let events = agent.stop().unwrap();
+    let denials: Vec<&Value> = file_events(&events, "open", "secret.txt").into_iter().filter(|e| e["file"]["decision"] == "deny").collect();
+    assert!(!denials.is_empty(), "a file event for the denied read");
+    let f = &denials[0]["file"];
+    assert_eq!((f["rule"].as_str(), f["enforcement"].as_str()), (Some("default"), Some(if lsm { "lsm" } else { "open_kill" })), "{f}");
+}

@@ -221,8 +221,17 @@ impl Agent {
         // first policy is in the maps (their events wait in the ring).
         bpf.attach_network(&cgroup2)?;
         bpf.attach_guards(&cgroup2, opts.syscall_guards, lsm_loads)?;
-        if bpf.attach_files(lsm_loads)? {
+        if bpf.attach_files(lsm_loads, opts.syscall_guards)? {
             maps.config.add_flags(zt_common::config_flags::EXEC_LSM)?;
+        }
+        if bpf.hooks.iter().any(|h| h.program == "file_open" && h.attached) {
+            maps.config.add_flags(zt_common::config_flags::FILE_LSM)?;
+        }
+        if fanotify.is_some()
+            && let Some((_, line)) = paths.iter_mut().find(|(w, _)| *w == "file rules")
+        {
+            let open_exit = bpf.hooks.iter().any(|h| h.program == zt_common::programs::OPEN_EXIT && h.attached);
+            *line = probe::file_rules_fallback(open_exit);
         }
         mark_degraded(&mut paths, &bpf.hooks);
         if let Some(pins) = &pins {
@@ -441,7 +450,7 @@ fn start_fanotify(
     stats: &Stats,
 ) -> anyhow::Result<Option<files::Fallback>> {
     let Some((_, line)) = paths.iter_mut().find(|(w, _)| *w == "file rules") else { return Ok(None) };
-    if lsm_loads || line != probe::FILE_RULES_FANOTIFY {
+    if lsm_loads || !line.starts_with(probe::FILE_RULES_FANOTIFY) {
         return Ok(None);
     }
     let dropped = stats.outputs.register("fanotify_events_dropped");

@@ -24,4 +24,7 @@ pub mod config_flags {
     /// The `bprm_check_security` LSM program is attached: exec rules are
     /// refused there, so `sched_process_exec` kills no one for them.
     pub const EXEC_LSM: u32 = 1 << 1;
+    /// The `file_open` LSM program is attached: io_uring opens meet it, so
+    /// `guard_uring` kills none for file rules.
+    pub const FILE_LSM: u32 = 1 << 2;
 }

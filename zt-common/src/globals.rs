@@ -77,6 +77,14 @@ pub const VFSMOUNT_ROOT: &str = "VFSMOUNT_ROOT_OFF";
 pub const DENTRY_NAME: &str = "DENTRY_NAME_OFF";
 pub const DENTRY_NAME_LEN: &str = "DENTRY_NAME_LEN_OFF";
 pub const BPRM_FILE: &str = "BPRM_FILE_OFF";
+/// For [`crate::programs::OPEN_EXIT`], or [`ABSENT`]: the file an open
+/// returned, from the descriptor table (`task_struct.files`,
+/// `files_struct.fdt`, `fdtable.fd`, `fdtable.max_fds`). Without them
+/// default-deny file identities are not held where BPF LSM does not load.
+pub const TASK_FILES: &str = "TASK_FILES_OFF";
+pub const FILES_FDT: &str = "FILES_FDT_OFF";
+pub const FDTABLE_FD: &str = "FDTABLE_FD_OFF";
+pub const FDTABLE_MAX_FDS: &str = "FDTABLE_MAX_FDS_OFF";
 /// For the BPF LSM guards (`zt-ebpf/src/guard.rs`), or [`ABSENT`]:
 /// `task_struct.tgid` (whose process `ptrace_access_check` is asked
 /// about), and which argument of the LSM `bpf` hook holds the earlier

@@ -87,12 +87,31 @@ pub mod op {
     /// `process_vm_readv`/`writev`, `pidfd_getfd`, opening `/proc/PID/mem`
     /// (the hook does not say which call it was).
     pub const PROCESS_ACCESS: u32 = 10;
-    pub const NAMES: [&str; 11] =
-        ["", "socket", "socket", "ptrace", "process_vm", "pidfd_getfd", "bpf", "setsockopt", "route", "io_uring_socket", "process_access"];
+    /// An io_uring `IORING_OP_OPENAT`/`OPENAT2` of an identity whose files
+    /// default to deny, where BPF LSM does not load: what it would open is
+    /// not known at submission, and no open syscall is made.
+    pub const OPEN_URING: u32 = 11;
+    pub const NAMES: [&str; 12] = [
+        "",
+        "socket",
+        "socket",
+        "ptrace",
+        "process_vm",
+        "pidfd_getfd",
+        "bpf",
+        "setsockopt",
+        "route",
+        "io_uring_socket",
+        "process_access",
+        "io_uring_open",
+    ];
 }
 
-/// `IORING_OP_SOCKET` (`include/uapi/linux/io_uring.h`).
+/// `IORING_OP_SOCKET`, `IORING_OP_OPENAT`, `IORING_OP_OPENAT2`
+/// (`include/uapi/linux/io_uring.h`).
 pub const IORING_OP_SOCKET: u8 = 45;
+pub const IORING_OP_OPENAT: u8 = 18;
+pub const IORING_OP_OPENAT2: u8 = 28;
 
 /// IPv6 extension headers that may precede a routing header (hop-by-hop
 /// options, destination options), and the routing header itself.
@@ -165,7 +184,7 @@ mod tests {
         assert_eq!(core::mem::offset_of!(GuardEvent, op), 48);
         assert_eq!(core::mem::offset_of!(GuardEvent, args), 56);
         assert_eq!(core::mem::offset_of!(GuardEvent, comm), 96);
-        assert_eq!(op::NAMES.len(), 11);
+        assert_eq!(op::NAMES.len(), 12);
         assert_eq!(action::NAMES.len(), 4);
     }
 }

@@ -182,7 +182,11 @@ pub mod enforcement {
     /// The daemon answered a fanotify permission event (EPERM before the
     /// open returned); set by user space, never by a program.
     pub const FANOTIFY: u8 = 3;
-    pub const NAMES: [&str; 4] = ["", "lsm", "exec_kill", "fanotify"];
+    /// At the open syscall's return (an identity whose files default to
+    /// deny, without BPF LSM): the open happened; the process was killed
+    /// (SIGKILL) before it returned to user space.
+    pub const OPEN_KILL: u8 = 4;
+    pub const NAMES: [&str; 5] = ["", "lsm", "exec_kill", "fanotify", "open_kill"];
 }
 
 /// Bytes of the resolved path a [`FileEvent`] carries (its tail when longer).

@@ -57,6 +57,12 @@ pub const LSM_FILE_HOOKS: &[&str] = &[
     "path_mknod",
     "path_symlink",
 ];
+/// File rules of identities whose files default to deny, where BPF LSM
+/// does not load (`zt-ebpf/src/file.rs`): at the return of each open
+/// syscall of [`OPEN_EXIT_TRACEPOINTS`].
+pub const OPEN_EXIT: &str = "open_exit";
+pub const OPEN_EXIT_TRACEPOINTS: &[&str] =
+    &["sys_exit_open", "sys_exit_openat", "sys_exit_openat2", "sys_exit_creat", "sys_exit_open_by_handle_at"];
 /// Tiny programs loaded only by `zt-agent probe`.
 pub const PROBE_TRACEPOINT: &str = "probe_tracepoint";
 pub const PROBE_RAW_TRACEPOINT: &str = "probe_raw_tracepoint";
@@ -88,6 +94,7 @@ pub const ALL: &[&str] = &[
     GUARD_PIDFD_GETFD,
     GUARD_BPF,
     GUARD_URING,
+    OPEN_EXIT,
     PROBE_TRACEPOINT,
     PROBE_RAW_TRACEPOINT,
     PROBE_SEND_SIGNAL,

@@ -9,6 +9,11 @@
 //! - [`exec_fallback`], called by `sched_process_exec` where the LSM exec
 //!   program is not attached: the exec has happened; a denied one is killed
 //!   (SIGKILL, delivered before the new image runs an instruction).
+//! - [`open_exit`], at the return of the open syscalls where BPF LSM does
+//!   not load, for identities whose files default to deny only (deny rules
+//!   are the agent's fanotify responder's, which refuses with EPERM): the
+//!   open has happened; a denied one is killed before it returns to user
+//!   space.
 //!
 //! Every decision walks from the object up its directories (`d_parent`, and
 //! at a file system's root on to the mount point it is mounted on), looking
@@ -29,8 +34,8 @@ use aya_ebpf::{
         bpf_get_current_comm, bpf_get_current_pid_tgid,
         generated::{bpf_ktime_get_ns, bpf_loop, bpf_probe_read_kernel, bpf_send_signal},
     },
-    macros::lsm,
-    programs::LsmContext,
+    macros::{lsm, tracepoint},
+    programs::{LsmContext, TracePointContext},
 };
 use zt_common::{
     NO_IDENTITY, config_flags,
@@ -47,9 +52,10 @@ use crate::{
     events::{Ring, reserve, submit},
     lineage::{current_process_header, read_kernel},
     maps::{
-        BPRM_FILE_OFF, DENTRY_INODE_OFF, DENTRY_NAME_LEN_OFF, DENTRY_NAME_OFF, DENTRY_PARENT_OFF, FILE_AGG, FILE_DENTRY_OFF, FILE_MNT_OFF,
-        FILE_MODE_OFF, FILE_RULES, INODE_INO_OFF, INODE_SB_OFF, MOUNT_MNT_OFF, MOUNT_MOUNTPOINT_OFF, MOUNT_PARENT_OFF, PATH_DENTRY_OFF,
-        PATH_MNT_OFF, PATH_SCRATCH, SB_DEV_OFF, VFSMOUNT_ROOT_OFF, config, global, identity_of, identity_policy,
+        BPRM_FILE_OFF, DENTRY_INODE_OFF, DENTRY_NAME_LEN_OFF, DENTRY_NAME_OFF, DENTRY_PARENT_OFF, FDTABLE_FD_OFF, FDTABLE_MAX_FDS_OFF,
+        FILE_AGG, FILE_DENTRY_OFF, FILE_MNT_OFF, FILE_MODE_OFF, FILE_RULES, FILES_FDT_OFF, INODE_INO_OFF, INODE_SB_OFF, MOUNT_MNT_OFF,
+        MOUNT_MOUNTPOINT_OFF, MOUNT_PARENT_OFF, PATH_DENTRY_OFF, PATH_MNT_OFF, PATH_SCRATCH, SB_DEV_OFF, TASK_FILES_OFF, VFSMOUNT_ROOT_OFF,
+        config, global, identity_of, identity_policy,
     },
 };
 
@@ -257,6 +263,77 @@ pub fn exec_fallback(identity: u32, exe_file: *const u8) {
     }
     let tgid = (bpf_get_current_pid_tgid() >> 32) as u32;
     report(file_op::EXEC, EXEC as u8, v, generation, identity, tgid, obj, enforcement::EXEC_KILL);
+}
+
+/// `ret` of a `syscalls/sys_exit_*` record (after the common fields and
+/// `__syscall_nr`).
+const SYS_EXIT_RET_OFF: usize = 16;
+
+/// The file the current task's descriptor `fd` refers to (its descriptor
+/// table read at offsets from BTF), or None.
+#[inline(always)]
+fn current_file(fd: u32) -> Option<*const u8> {
+    if global(&TASK_FILES_OFF) == ABSENT || global(&FDTABLE_MAX_FDS_OFF) == ABSENT {
+        return None;
+    }
+    // SAFETY: an argument-less helper; the task pointer is only read through
+    // bpf_probe_read_kernel below.
+    let task = unsafe { aya_ebpf::helpers::generated::bpf_get_current_task() } as *const u8;
+    let files: *const u8 = field(task, global(&TASK_FILES_OFF))?;
+    let fdt: *const u8 = field(files, global(&FILES_FDT_OFF))?;
+    let max: u32 = field(fdt, global(&FDTABLE_MAX_FDS_OFF))?;
+    if fd >= max {
+        return None;
+    }
+    let fds: *const u8 = field(fdt, global(&FDTABLE_FD_OFF))?;
+    let file: *const u8 = field(fds, fd.wrapping_mul(8))?;
+    (!file.is_null()).then_some(file)
+}
+
+/// File rules of identities whose files default to deny, where BPF LSM
+/// does not load: at the return of an open syscall that succeeded, the
+/// file it opened is decided like `file_open` decides it; a denied open is
+/// killed (the descriptor never reaches user space). Other processes pay
+/// one array read.
+#[tracepoint]
+pub fn open_exit(ctx: TracePointContext) -> u32 {
+    // SAFETY: `read_at` copies through bpf_probe_read_kernel (an error, not
+    // a fault); an integer.
+    let ret = unsafe { ctx.read_at::<i64>(SYS_EXIT_RET_OFF) }.unwrap_or(-1);
+    let tgid = (bpf_get_current_pid_tgid() >> 32) as u32;
+    let identity = identity_of(tgid);
+    if identity == NO_IDENTITY || ret < 0 || !offsets_known() {
+        return 0;
+    }
+    let (active, pol) = identity_policy(identity);
+    let Some(pol) = pol else { return 0 };
+    if active.generation == 0 || pol.default_files != DENY {
+        return 0;
+    }
+    let Some(file) = current_file(ret as u32) else { return 0 };
+    let mode: u32 = field(file, global(&FILE_MODE_OFF)).unwrap_or(0);
+    let mut access = 0u8;
+    if mode & FMODE_READ != 0 {
+        access |= READ as u8;
+    }
+    if mode & FMODE_WRITE != 0 {
+        access |= WRITE as u8;
+    }
+    if mode & FMODE_CREATED != 0 {
+        access |= CREATE as u8;
+    }
+    if access == 0 {
+        return 0;
+    }
+    let Some(obj) = Object::of_file(file) else { return 0 };
+    let v = walk(obj, identity, active, &pol, true, access);
+    if v.action == DENY {
+        // SAFETY: the helper takes a signal number and no memory; it
+        // signals the current task's process, which is what we mean.
+        unsafe { bpf_send_signal(SIGKILL) };
+    }
+    report(file_op::OPEN, access, v, active.generation, identity, tgid, obj, enforcement::OPEN_KILL);
+    0
 }
 
 /// Emits a [`FileEvent`] for a decision a rule made or a deny, unless the

@@ -52,7 +52,10 @@ use aya_ebpf::{
 use zt_common::{
     NO_IDENTITY, PENDING_IDENTITY,
     globals::ABSENT,
-    guard::{AF_INET, AF_INET6, GuardEvent, IORING_OP_SOCKET, IPV6_DSTOPTS, IPV6_HOPOPTS, IPV6_ROUTING, action, classify_socket, op},
+    guard::{
+        AF_INET, AF_INET6, GuardEvent, IORING_OP_OPENAT, IORING_OP_OPENAT2, IORING_OP_SOCKET, IPV6_DSTOPTS, IPV6_HOPOPTS, IPV6_ROUTING,
+        action, classify_socket, op,
+    },
     kind, loss,
     policy::AUDIT,
 };
@@ -62,7 +65,7 @@ use crate::{
     file::{arg, field, unless_refused},
     maps::{
         IO_SOCKET_DOMAIN_OFF, IO_SOCKET_PROTOCOL_OFF, IO_SOCKET_TYPE_OFF, LSM_BPF_RET_ARG, TASK_TGID_OFF, URING_OPCODE_OFF, URING_REQ_OFF,
-        global, identity_of, identity_policy, record_socket_owner, settler_running, socket_owner,
+        config, global, identity_of, identity_policy, record_socket_owner, settler_running, socket_owner,
     },
 };
 
@@ -205,6 +208,26 @@ pub fn guard_socket(ctx: TracePointContext) -> u32 {
     0
 }
 
+/// An io_uring open by an identity whose files default to deny, where the
+/// `file_open` LSM program is not attached (this tracepoint is attached
+/// only there): killed, as `open_exit` kills a denied open, since what it
+/// would open is not known yet and no open syscall follows.
+#[inline(never)]
+fn uring_open(identity: u32) {
+    let (active, pol) = identity_policy(identity);
+    let Some(pol) = pol else { return };
+    if active.generation == 0 || pol.default_files != zt_common::policy::DENY || config().flags & zt_common::config_flags::FILE_LSM != 0 {
+        return;
+    }
+    let audit = pol.mode == AUDIT;
+    if !audit {
+        // SAFETY: as in `kill_or_audit`.
+        unsafe { bpf_send_signal(SIGKILL) };
+    }
+    let act = if audit { action::AUDITED } else { action::KILLED };
+    emit(identity, op::OPEN_URING, act, 0, [0; 3], 0, NO_IDENTITY, 0);
+}
+
 /// A socket made through io_uring (`IORING_OP_SOCKET`): the same decision
 /// as `guard_socket`, read from the prepared request (inet families meet
 /// `sock_create` when the request runs). The kill reaches the submitter
@@ -223,6 +246,10 @@ pub fn guard_uring(ctx: TracePointContext) -> u32 {
     let (Ok(opcode), Ok(req)) = (unsafe { ctx.read_at::<u8>(opcode_off as usize) }, unsafe { ctx.read_at::<u64>(req_off as usize) }) else {
         return 0;
     };
+    if opcode == IORING_OP_OPENAT || opcode == IORING_OP_OPENAT2 {
+        uring_open(identity);
+        return 0;
+    }
     if opcode != IORING_OP_SOCKET {
         return 0;
     }

@@ -296,6 +296,15 @@ pub static DENTRY_NAME_OFF: u32 = u32::MAX;
 pub static DENTRY_NAME_LEN_OFF: u32 = u32::MAX;
 #[unsafe(no_mangle)]
 pub static BPRM_FILE_OFF: u32 = u32::MAX;
+/// See `zt_common::globals::TASK_FILES`.
+#[unsafe(no_mangle)]
+pub static TASK_FILES_OFF: u32 = u32::MAX;
+#[unsafe(no_mangle)]
+pub static FILES_FDT_OFF: u32 = u32::MAX;
+#[unsafe(no_mangle)]
+pub static FDTABLE_FD_OFF: u32 = u32::MAX;
+#[unsafe(no_mangle)]
+pub static FDTABLE_MAX_FDS_OFF: u32 = u32::MAX;
 /// See `zt_common::globals::TASK_TGID`.
 #[unsafe(no_mangle)]
 pub static TASK_TGID_OFF: u32 = u32::MAX;

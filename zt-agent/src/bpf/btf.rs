@@ -269,6 +269,17 @@ pub fn file_offsets(btf: &Btf<'_>) -> Result<[(&'static str, u32); 11], BtfError
     ])
 }
 
+/// The descriptor table (see `zt_common::globals::TASK_FILES`).
+pub fn fd_offsets(btf: &Btf<'_>) -> Result<[(&'static str, u32); 4], BtfError> {
+    use zt_common::globals as g;
+    Ok([
+        (g::TASK_FILES, btf.member_offset("task_struct", "files")?),
+        (g::FILES_FDT, btf.member_offset("files_struct", "fdt")?),
+        (g::FDTABLE_FD, btf.member_offset("fdtable", "fd")?),
+        (g::FDTABLE_MAX_FDS, btf.member_offset("fdtable", "max_fds")?),
+    ])
+}
+
 /// What the BPF LSM guards read (see `zt_common::globals::TASK_TGID`):
 /// `task_struct.tgid`, and the index of the LSM `bpf` hook's verdict
 /// argument (after the hook's own parameters).

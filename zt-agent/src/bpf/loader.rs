@@ -94,6 +94,8 @@ pub struct Bpf {
     uring_offsets: bool,
     /// The file programs' offsets are known (BTF), or why not.
     file_offsets: Result<(), String>,
+    /// The descriptor table's offsets (for [`P::OPEN_EXIT`]), or why not.
+    fd_offsets: Result<(), String>,
     /// The LSM guards' globals are known (BTF), or why not.
     lsm_guard_globals: Result<(), String>,
     pub hooks: Vec<HookStatus>,
@@ -184,6 +186,11 @@ impl Bpf {
             Ok(o) => offsets.extend(o.iter().copied()),
             Err(e) => tracing::warn!("file and exec rules are not enforced: no BTF offsets ({e})"),
         }
+        let fd_offsets = btf.as_ref().map_err(String::clone).and_then(|b| btf::fd_offsets(b).map_err(|e| format!("no BTF offsets ({e})")));
+        if let Ok(o) = &fd_offsets {
+            offsets.extend(o.iter().copied());
+        }
+        let fd_offsets = fd_offsets.map(drop);
         let lsm_guard_globals =
             btf.as_ref().map_err(String::clone).and_then(|b| btf::lsm_guard_globals(b).map_err(|e| format!("no BTF offsets ({e})")));
         if let Ok(o) = &lsm_guard_globals {
@@ -240,7 +247,7 @@ impl Bpf {
             Ok(_) => Err("no BTF offsets for the exec'd file".to_string()),
             Err(e) => Err(format!("no BTF offsets ({e})")),
         };
-        let mut bpf = Bpf { ebpf, unix, uring_offsets, file_offsets, lsm_guard_globals, hooks: Vec::new(), logger: None };
+        let mut bpf = Bpf { ebpf, unix, uring_offsets, file_offsets, fd_offsets, lsm_guard_globals, hooks: Vec::new(), logger: None };
         // Exit before fork before exec: a process is never forked into the
         // table after its exit was missed.
         for (prog, category, name, need) in [
@@ -386,7 +393,7 @@ impl Bpf {
     /// whether `bprm_check_security` is attached (then the exec fallback at
     /// `sched_process_exec` must stand down: `config_flags::EXEC_LSM`).
     /// Each program that is not attached is said by `status`.
-    pub fn attach_files(&mut self, lsm: bool) -> anyhow::Result<bool> {
+    pub fn attach_files(&mut self, lsm: bool, syscalls: bool) -> anyhow::Result<bool> {
         let btf = aya::Btf::from_sys_fs().map_err(|e| e.to_string());
         for hook in P::LSM_FILE_HOOKS {
             let at = format!("lsm/{hook}");
@@ -415,7 +422,38 @@ impl Bpf {
             };
             self.record(hook, at, r, Need::Optional { fallback })?;
         }
+        if !self.hooks.iter().any(|h| h.program == "file_open" && h.attached) {
+            self.attach_open_exit(syscalls)?;
+        }
         Ok(self.hooks.iter().any(|h| h.program == "bprm_check_security" && h.attached))
+    }
+
+    /// Where `file_open` is not attached: [`P::OPEN_EXIT`] at the return
+    /// of each open syscall, for identities whose files default to deny.
+    /// A syscall tracepoint, so only with the syscall guards (it puts every
+    /// syscall on the traced path, which they already do).
+    fn attach_open_exit(&mut self, syscalls: bool) -> anyhow::Result<()> {
+        for name in P::OPEN_EXIT_TRACEPOINTS {
+            let at = format!("tracepoint/syscalls/{name}");
+            let skip = match (&self.file_offsets, &self.fd_offsets, syscalls) {
+                (Err(why), _, _) | (_, Err(why), _) => Some(format!("not attached: {why}")),
+                (_, _, false) => Some("off (--syscall-guards off)".to_string()),
+                _ => None,
+            };
+            if let Some(why) = skip {
+                let state = format!("{why}: identities whose files default to deny are not held to it here");
+                self.hooks.push(HookStatus { program: P::OPEN_EXIT, attach_point: at, state, attached: false });
+                continue;
+            }
+            let r = self.attach_tracepoint(P::OPEN_EXIT, "syscalls", name);
+            self.record(
+                P::OPEN_EXIT,
+                at,
+                r,
+                Need::Optional { fallback: "opens through this call are not checked for default-deny identities" },
+            )?;
+        }
+        Ok(())
     }
 
     /// Loads program `prog` for LSM hook `hook` and attaches it.

@@ -227,11 +227,23 @@ pub fn render(caps: &Capabilities) -> String {
 
 /// Which mechanism each capability of the agent uses on this kernel, given
 /// the probe: logged at start-up and shown by `status`.
-/// The file-rules line where the fanotify fallback is in force.
+/// The file-rules line where the fanotify fallback is in force (the start
+/// of it: [`file_rules_fallback`] says how default-deny identities are held).
 pub const FILE_RULES_FANOTIFY: &str = "fanotify FAN_OPEN_PERM on the objects deny rules name (every directory below a \
      directory rule), answered by the agent (fallback: BPF LSM does not load): opens refused with EPERM; unlink, rename, \
-     link, mkdir, truncate(2) NOT ENFORCED; an identity whose files default to deny is NOT ENFORCED beyond the objects \
-     deny rules name; marks go when the agent stops";
+     link, mkdir, truncate(2) NOT ENFORCED; marks go when the agent stops";
+
+/// The whole fallback line, once it is known whether `open_exit` is
+/// attached (identities whose files default to deny).
+pub fn file_rules_fallback(open_exit: bool) -> String {
+    let defaults = if open_exit {
+        "identities whose files default to deny: every open decided at the open syscalls' return, a denied one killed \
+         (SIGKILL: the open happened, the process never returns to user space; io_uring opens killed at submission)"
+    } else {
+        "identities whose files default to deny: NOT ENFORCED beyond the objects deny rules name (needs the syscall guards)"
+    };
+    format!("{FILE_RULES_FANOTIFY}; {defaults}")
+}
 
 pub fn enforcement_paths(caps: &Capabilities) -> Vec<(&'static str, String)> {
     let mut v = Vec::new();
@@ -290,7 +302,7 @@ pub fn enforcement_paths(caps: &Capabilities) -> Vec<(&'static str, String)> {
              of the file and of every directory above it): EPERM before the access"
                 .into()
         } else if caps.has(names::FANOTIFY_PERM) {
-            FILE_RULES_FANOTIFY.into()
+            file_rules_fallback(kill)
         } else {
             "NOT ENFORCED: neither BPF LSM programs nor fanotify permission events on this kernel; file rules are compiled \
              and explained (`policy explain --open`), but no access is refused and no file event is written"

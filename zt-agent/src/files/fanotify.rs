@@ -479,7 +479,9 @@ impl Responder {
                 v
             }
         };
-        if v.rule != RULE_DEFAULT || v.decided == DENY {
+        // A default-deny identity's allowed opens are the kernel's to report
+        // (`open_exit` sees every open of it).
+        if v.decided == DENY || (v.rule != RULE_DEFAULT && !policy.default_deny(info.identity)) {
             self.report(tgid, tid, &info, key, v, &chain);
         }
         v.action != DENY

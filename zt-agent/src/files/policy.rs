@@ -54,6 +54,12 @@ impl FilePolicy {
         }
     }
 
+    /// Whether `identity`'s files default to deny (then the kernel's
+    /// `open_exit` reports its allowed opens; the responder only denials).
+    pub fn default_deny(&self, identity: u32) -> bool {
+        self.identities.get(&identity).is_some_and(|p| p.default_files == DENY)
+    }
+
     /// The decision for `access` by `identity` to the object `chain[0]`,
     /// whose directories up to the root are `chain[1..]` (`complete`: the
     /// chain reached the root). An identity the policy does not define is
