@@ -523,8 +523,10 @@ pub struct FileInfo {
     pub policy_generation: u32,
     /// How the decision was carried out: "lsm" (refused before it
     /// happened), "exec_kill" (the exec happened; the process was killed
-    /// before its new image ran) or "fanotify" (the agent answered the
-    /// open's permission event: refused before the open returned).
+    /// before its new image ran), "fanotify" (the agent answered the
+    /// open's permission event: refused before the open returned) or
+    /// "open_kill" (the open happened; the process was killed before it
+    /// returned to user space).
     pub enforcement: &'static str,
     /// Attempts of the same key since its previous event, this one included.
     pub repeats: u64,
