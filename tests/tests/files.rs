@@ -208,6 +208,17 @@ fn file_rules_hold_against_every_way_around() {
         // A file made where it may, renamed into the denied directory.
         assert_eq!(file(inside(), "create", &t.path("work/mine"), out), "OK");
         assert_eq!(file(inside(), "rename", &format!("{}:{}", t.path("work/mine"), t.path("secret/mine")), out), "EPERM", "rename in");
+    } else {
+        // The fallback refuses opens only: moving or hard-linking the file
+        // out works, and the file is still refused wherever it went.
+        assert_eq!(file(inside(), "rename", &format!("{key}:{}", t.path("work/moved")), out), "OK", "rename out: not refused here");
+        assert_eq!(file(inside(), "read", &t.path("work/moved"), out), "EPERM", "moved out");
+        std::thread::sleep(std::time::Duration::from_millis(2500));
+        assert_eq!(file(inside(), "read", &t.path("work/moved"), out), "EPERM", "moved out, after the next walk");
+        std::fs::rename(t.path("work/moved"), &key).unwrap();
+        assert_eq!(file(inside(), "link", &format!("{key}:{}", t.path("work/hard")), out), "OK", "link out: not refused here");
+        assert_eq!(file(inside(), "read", &t.path("work/hard"), out), "EPERM", "linked out");
+        assert_eq!(file(outside(), "read", &t.path("work/hard"), out), "OK TOPSECRET", "the control reads the link");
     }
     assert_eq!(file(inside(), "write", &key, out), "EPERM");
     // A file rule for one access only.
@@ -328,11 +339,15 @@ fn explain_agrees_with_the_kernel_on_exec() {
     let mut table = Vec::new();
     for (who, path) in &cases {
         let o = Command::new(agent_bin())
-            .args(["policy", "explain", "--json", "--policy", &policy_file, "--identity", names[*who], "--exec", path])
+            .args(["policy", "explain", "--json", "--policy", &policy_file, "--identity", names[*who], "--exec", path, "--socket"])
+            .arg(&agent.socket)
             .output()
             .unwrap();
         assert!(o.status.success(), "explain: {}", String::from_utf8_lossy(&o.stderr));
         let said: Value = serde_json::from_slice(&o.stdout).unwrap();
+        // It names the path in force, as the running agent says it.
+        let how = said["enforcement"].as_str().unwrap_or_default();
+        assert!(how.starts_with(if denied == "EPERM" { "BPF LSM bprm_check_security" } else { "sched_process_exec + SIGKILL" }), "{said}");
         let said = said["decision"].as_str().unwrap().to_string();
         let did = file(cgs[*who].command(helper_bin()), "exec", path, out);
         let expected = if said.starts_with("allow") { "RAN" } else { denied };

@@ -68,6 +68,9 @@ pub const ABSENT: u32 = u32::MAX;
 /// rule is enforced (said by `status`).
 pub const FILE_MNT: &str = "FILE_MNT_OFF";
 pub const FILE_MODE: &str = "FILE_MODE_OFF";
+/// `file.f_flags`: an exec's open carries `__FMODE_EXEC` there (the mode
+/// need not have `FMODE_EXEC`).
+pub const FILE_FLAGS: &str = "FILE_FLAGS_OFF";
 pub const PATH_MNT: &str = "PATH_MNT_OFF";
 pub const PATH_DENTRY: &str = "PATH_DENTRY_OFF";
 pub const MOUNT_MNT: &str = "MOUNT_MNT_OFF";

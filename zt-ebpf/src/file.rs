@@ -53,9 +53,9 @@ use crate::{
     lineage::{current_process_header, read_kernel},
     maps::{
         BPRM_FILE_OFF, DENTRY_INODE_OFF, DENTRY_NAME_LEN_OFF, DENTRY_NAME_OFF, DENTRY_PARENT_OFF, FDTABLE_FD_OFF, FDTABLE_MAX_FDS_OFF,
-        FILE_AGG, FILE_DENTRY_OFF, FILE_MNT_OFF, FILE_MODE_OFF, FILE_RULES, FILES_FDT_OFF, INODE_INO_OFF, INODE_SB_OFF, MOUNT_MNT_OFF,
-        MOUNT_MOUNTPOINT_OFF, MOUNT_PARENT_OFF, PATH_DENTRY_OFF, PATH_MNT_OFF, PATH_SCRATCH, SB_DEV_OFF, TASK_FILES_OFF, VFSMOUNT_ROOT_OFF,
-        config, global, identity_of, identity_policy,
+        FILE_AGG, FILE_DENTRY_OFF, FILE_FLAGS_OFF, FILE_MNT_OFF, FILE_MODE_OFF, FILE_RULES, FILES_FDT_OFF, INODE_INO_OFF, INODE_SB_OFF,
+        MOUNT_MNT_OFF, MOUNT_MOUNTPOINT_OFF, MOUNT_PARENT_OFF, PATH_DENTRY_OFF, PATH_MNT_OFF, PATH_SCRATCH, SB_DEV_OFF, TASK_FILES_OFF,
+        VFSMOUNT_ROOT_OFF, config, global, identity_of, identity_policy,
     },
 };
 
@@ -481,8 +481,11 @@ pub fn file_open(ctx: LsmContext) -> i32 {
     unless_refused(&ctx, 1, |ctx| {
         let file = arg(ctx, 0);
         let mode: u32 = field(file, global(&FILE_MODE_OFF)).unwrap_or(0);
-        // The exec'd file itself is decided by `bprm_check_security`.
-        if mode & FMODE_EXEC != 0 {
+        let flags: u32 = field(file, global(&FILE_FLAGS_OFF)).unwrap_or(0);
+        // The exec'd file itself (and its ELF interpreter) is decided by
+        // `bprm_check_security`; the kernel marks that open in `f_flags`
+        // (`__FMODE_EXEC`), not always in `f_mode`.
+        if (mode | flags) & FMODE_EXEC != 0 {
             return 0;
         }
         let mut access = 0u8;

@@ -279,6 +279,8 @@ pub static FILE_MNT_OFF: u32 = u32::MAX;
 #[unsafe(no_mangle)]
 pub static FILE_MODE_OFF: u32 = u32::MAX;
 #[unsafe(no_mangle)]
+pub static FILE_FLAGS_OFF: u32 = u32::MAX;
+#[unsafe(no_mangle)]
 pub static PATH_MNT_OFF: u32 = u32::MAX;
 #[unsafe(no_mangle)]
 pub static PATH_DENTRY_OFF: u32 = u32::MAX;

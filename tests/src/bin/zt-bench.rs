@@ -1099,13 +1099,22 @@ fn files_bench(rounds: usize) -> anyhow::Result<()> {
     cmd.args(["syscall-loop", "socket-unix", "50000"]);
     child_out(cmd)?;
     let after = zt_agent::bpf::program_run_stats("guard_socket")?;
+    // And `open_exit` (default-deny file identities without BPF LSM) on
+    // the opens of a process without an identity.
+    let open_before = zt_agent::bpf::program_run_stats(zt_common::programs::OPEN_EXIT)?;
+    let mut cmd = Command::new(&me);
+    cmd.env("ZT_BENCH_FILE", &looped).args(["syscall-loop", "open", "50000"]);
+    child_out(cmd)?;
+    let open_after = zt_agent::bpf::program_run_stats(zt_common::programs::OPEN_EXIT)?;
     agent.stop()?;
-    if after.1 > before.1 {
-        println!(
-            "  a syscall tracepoint program's own run time (guard_socket, bpf_stats): {:.1} ns per call over {} calls",
-            (after.0 - before.0).as_nanos() as f64 / (after.1 - before.1) as f64,
-            after.1 - before.1
-        );
+    for (name, before, after) in [("guard_socket", before, after), ("open_exit", open_before, open_after)] {
+        if after.1 > before.1 {
+            println!(
+                "  a syscall tracepoint program's own run time ({name}, bpf_stats): {:.1} ns per call over {} calls",
+                (after.0 - before.0).as_nanos() as f64 / (after.1 - before.1) as f64,
+                after.1 - before.1
+            );
+        }
     }
     Ok(())
 }

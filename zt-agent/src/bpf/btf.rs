@@ -250,13 +250,14 @@ pub fn io_socket_offsets(btf: &Btf<'_>) -> Result<[(&'static str, u32); 3], BtfE
 /// `zt_common::globals::FILE_MNT`): the mount and mode of a file, the two
 /// halves of a `struct path`, the mount tree (`struct mount` around each
 /// `vfsmount`), a dentry's name, and the file an exec runs.
-pub fn file_offsets(btf: &Btf<'_>) -> Result<[(&'static str, u32); 11], BtfError> {
+pub fn file_offsets(btf: &Btf<'_>) -> Result<[(&'static str, u32); 12], BtfError> {
     use zt_common::globals as g;
     let f_path = btf.member_offset("file", "f_path")?;
     let d_name = btf.member_offset("dentry", "d_name")?;
     Ok([
         (g::FILE_MNT, f_path + btf.member_offset("path", "mnt")?),
         (g::FILE_MODE, btf.member_offset("file", "f_mode")?),
+        (g::FILE_FLAGS, btf.member_offset("file", "f_flags")?),
         (g::PATH_MNT, btf.member_offset("path", "mnt")?),
         (g::PATH_DENTRY, btf.member_offset("path", "dentry")?),
         (g::MOUNT_MNT, btf.member_offset("mount", "mnt")?),

@@ -45,6 +45,10 @@ pub enum PolicyCommand {
         conditions: bool,
         #[arg(long)]
         json: bool,
+        /// The running agent asked which enforcement path carries file and
+        /// exec decisions on this host (BPF LSM or its fallbacks).
+        #[arg(long, value_name = "PATH", default_value = control::DEFAULT_SOCKET)]
+        socket: PathBuf,
     },
     /// What changes from OLD to NEW, rule by rule and as map entries.
     Diff { old: PathBuf, new: PathBuf },
@@ -87,14 +91,14 @@ fn load(paths: &[PathBuf]) -> Result<policy::Policy, ExitCode> {
 pub fn command(command: PolicyCommand) -> anyhow::Result<ExitCode> {
     match command {
         PolicyCommand::Check { paths } => check(&paths),
-        PolicyCommand::Explain { policy: paths, identity, connect, open, mode, exec, conditions, json } => {
+        PolicyCommand::Explain { policy: paths, identity, connect, open, mode, exec, conditions, json, socket } => {
             let query = match (connect, open, exec) {
                 (Some(c), _, _) => policy::Query::parse_connect(&c)?,
                 (_, Some(path), _) => policy::Query::Open { path, write: mode == OpenMode::Write },
                 (_, _, Some(path)) => policy::Query::Exec { path },
                 _ => anyhow::bail!("give one of --connect, --open, --exec"),
             };
-            explain(&paths, &identity, &query, conditions, json)
+            explain(&paths, &identity, &query, conditions, json, &socket)
         }
         PolicyCommand::Diff { old, new } => {
             let (a, b) = match (load(std::slice::from_ref(&old)), load(std::slice::from_ref(&new))) {
@@ -187,7 +191,36 @@ fn check(paths: &[PathBuf]) -> anyhow::Result<ExitCode> {
     Ok(ExitCode::SUCCESS)
 }
 
-fn explain(paths: &[PathBuf], identity: &str, query: &policy::Query, conditions: bool, json: bool) -> anyhow::Result<ExitCode> {
+/// What carries `query`'s kind of decision on this host, as the running
+/// agent says (its `status` enforcement paths), or why that is not known.
+fn enforcement(query: &policy::Query, socket: &std::path::Path) -> Option<String> {
+    let kind = match query {
+        policy::Query::Open { .. } => "file rules",
+        policy::Query::Exec { .. } => "exec rules",
+        _ => return None,
+    };
+    let asked = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .ok()?
+        .block_on(async { tokio::time::timeout(std::time::Duration::from_secs(2), control::request(socket, &Request::Status)).await });
+    Some(match asked {
+        Ok(Ok(Reply::Status(doc))) => match doc.info.paths.iter().find(|(w, _)| w == kind) {
+            Some((_, line)) => line.clone(),
+            None => format!("unknown: the agent at {} names no {kind} path", socket.display()),
+        },
+        _ => format!("unknown: no agent answers at {} (`zt-agent probe` says what this kernel can run)", socket.display()),
+    })
+}
+
+fn explain(
+    paths: &[PathBuf],
+    identity: &str,
+    query: &policy::Query,
+    conditions: bool,
+    json: bool,
+    socket: &std::path::Path,
+) -> anyhow::Result<ExitCode> {
     let p = match load(paths) {
         Ok(p) => p,
         Err(code) => return Ok(code),
@@ -207,12 +240,18 @@ fn explain(paths: &[PathBuf], identity: &str, query: &policy::Query, conditions:
         if conditions {
             v["conditions"] = serde_json::to_value(&states)?;
         }
+        if let Some(how) = enforcement(query, socket) {
+            v["enforcement"] = how.into();
+        }
         println!("{}", serde_json::to_string_pretty(&v)?);
     } else {
         println!("{} ({}) for {} ({})", e.decision, e.verdict_action, e.identity, e.spiffe_id);
         println!("decided by {}", e.reason);
         for s in states {
             println!("rule {:?}: {}", s.rule, s.describe());
+        }
+        if let Some(how) = enforcement(query, socket) {
+            println!("enforced on this host by: {how}");
         }
     }
     Ok(ExitCode::SUCCESS)

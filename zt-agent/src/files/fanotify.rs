@@ -82,7 +82,7 @@ pub struct Counters {
     /// Events not queued to the pipeline (it was full).
     pub events_dropped: Arc<AtomicU64>,
     pub marks: AtomicU64,
-    /// Directories left unwatched at the last walk ([`MAX_MARKS`], depth).
+    /// Objects left unwatched at the last walk ([`MAX_MARKS`], depth).
     pub unwatched: AtomicU64,
 }
 
@@ -115,6 +115,9 @@ struct Shared {
     group: Fanotify,
     policy: RwLock<Option<Arc<FilePolicy>>>,
     marks: Mutex<Marks>,
+    /// [`Marks::roots`] as of the last sync, for the responder (which must
+    /// not wait for the marks' lock).
+    roots: RwLock<Arc<HashMap<ObjectId, Vec<ObjectId>>>>,
     counters: Arc<Counters>,
     stop: AtomicBool,
 }
@@ -144,6 +147,7 @@ impl Fallback {
             group,
             policy: RwLock::new(None),
             marks: Mutex::new(Marks::default()),
+            roots: RwLock::default(),
             counters,
             stop: AtomicBool::new(false),
         });
@@ -206,7 +210,7 @@ impl PolicyTarget for Target {
             *self.shared.policy.write().expect("poisoned") = Some(Arc::new(policy));
             let mut marks = self.shared.marks.lock().expect("poisoned");
             marks.retain(&self.shared.group, &wanted);
-            publish(&self.shared.counters, &marks, &wanted);
+            self.shared.publish(&marks, &wanted);
         }
         Ok(now)
     }
@@ -216,18 +220,29 @@ impl PolicyTarget for Target {
     }
 }
 
-/// The objects to mark for some watches, and how many directories the
-/// walk left out.
+/// An object to mark: the path it was found at, the mask, and the
+/// directory rules' objects it was found below (empty for a watched
+/// object itself).
+#[derive(Clone)]
+struct Mark {
+    path: PathBuf,
+    mask: MaskFlags,
+    roots: Vec<ObjectId>,
+}
+
+/// The objects to mark for some watches, and how many the walk left out.
 #[derive(Default)]
 struct Wanted {
-    objects: BTreeMap<ObjectId, (PathBuf, MaskFlags)>,
+    objects: BTreeMap<ObjectId, Mark>,
     unwatched: u64,
 }
 
 /// Every object `watches` need marked: each watched object; below a
-/// directory rule, every directory (its files are reported through it,
-/// `FAN_EVENT_ON_CHILD`), symlinks not followed, mounts crossed, at most
-/// [`MAX_DEPTH`] levels and [`MAX_MARKS`] in all.
+/// directory rule, every directory (`FAN_EVENT_ON_CHILD`: opens of its
+/// files are reported through it) and every file (its own mark: moved or
+/// linked out of the directory, it still reports, and is still decided as
+/// below the rule: [`Responder::decide`]), symlinks not followed, mounts
+/// crossed, at most [`MAX_DEPTH`] levels and [`MAX_MARKS`] in all.
 fn wanted(watches: &[Watch]) -> Wanted {
     let mut w = Wanted::default();
     for watch in watches {
@@ -237,27 +252,35 @@ fn wanted(watches: &[Watch]) -> Wanted {
             tracing::warn!("fanotify: {} is on a kernel pseudo file system; opens there are not checked on this path", watch.path);
             continue;
         }
+        let root_id = object_of(&meta);
         if !(watch.below && meta.is_dir()) {
             let mask = if meta.is_dir() { MaskFlags::FAN_OPEN_PERM | MaskFlags::FAN_ONDIR } else { MaskFlags::FAN_OPEN_PERM };
-            w.add(object_of(&meta), root.to_path_buf(), mask);
+            w.add(root_id, root.to_path_buf(), mask, None);
             continue;
         }
-        let mut stack = vec![(root.to_path_buf(), object_of(&meta), 0u32)];
+        let dir_mask = MaskFlags::FAN_OPEN_PERM | MaskFlags::FAN_ONDIR | MaskFlags::FAN_EVENT_ON_CHILD;
+        let mut stack = vec![(root.to_path_buf(), root_id, 0u32)];
         while let Some((dir, id, depth)) = stack.pop() {
             if w.objects.len() >= MAX_MARKS {
                 w.unwatched += 1 + stack.len() as u64;
                 break;
             }
-            w.add(id, dir.clone(), MaskFlags::FAN_OPEN_PERM | MaskFlags::FAN_ONDIR | MaskFlags::FAN_EVENT_ON_CHILD);
+            w.add(id, dir.clone(), dir_mask, (id != root_id).then_some(root_id));
             let Ok(entries) = std::fs::read_dir(&dir) else { continue };
             for e in entries.flatten() {
-                if !e.file_type().is_ok_and(|t| t.is_dir()) {
+                let Ok(t) = e.file_type() else { continue };
+                // `DirEntry::file_type` does not follow symlinks; `metadata`
+                // of a mount point gives the mounted root (stat crosses it).
+                let Ok(m) = std::fs::metadata(e.path()) else { continue };
+                if t.is_file() {
+                    if w.objects.len() < MAX_MARKS {
+                        w.add(object_of(&m), e.path(), MaskFlags::FAN_OPEN_PERM, Some(root_id));
+                    } else {
+                        w.unwatched += 1;
+                    }
                     continue;
                 }
-                // `DirEntry::metadata` does not follow symlinks; a mount
-                // point's object is the mounted root (stat crosses it).
-                let Ok(m) = std::fs::metadata(e.path()) else { continue };
-                if object_of(&m).0 != id.0 && pseudo_fs(&e.path()) {
+                if !t.is_dir() || (object_of(&m).0 != id.0 && pseudo_fs(&e.path())) {
                     continue;
                 }
                 if depth + 1 >= MAX_DEPTH {
@@ -285,8 +308,12 @@ fn pseudo_fs(path: &Path) -> bool {
 }
 
 impl Wanted {
-    fn add(&mut self, id: ObjectId, path: PathBuf, mask: MaskFlags) {
-        self.objects.entry(id).and_modify(|(_, m)| *m |= mask).or_insert((path, mask));
+    fn add(&mut self, id: ObjectId, path: PathBuf, mask: MaskFlags, root: Option<ObjectId>) {
+        let m = self.objects.entry(id).or_insert(Mark { path, mask, roots: Vec::new() });
+        m.mask |= mask;
+        if let Some(r) = root.filter(|r| !m.roots.contains(r)) {
+            m.roots.push(r);
+        }
     }
 }
 
@@ -295,50 +322,70 @@ fn object_of(m: &std::fs::Metadata) -> ObjectId {
     (kernel_dev(m.dev()), m.ino())
 }
 
-/// The objects that carry a mark of the group, with the path and mask it
-/// was added by.
+/// The objects that carry a mark of the group: the path and mask it was
+/// added by, and every directory rule's object it was found below while
+/// this policy is in force.
 #[derive(Default)]
-struct Marks(BTreeMap<ObjectId, (PathBuf, MaskFlags)>);
+struct Marks(BTreeMap<ObjectId, Mark>);
 
 impl Marks {
-    /// Marks every object of `wanted` not marked yet (with that mask).
+    /// Marks every object of `wanted` not marked yet (with that mask), and
+    /// adds the rule objects each was found below.
     fn add(&mut self, group: &Fanotify, wanted: &Wanted) {
-        for (id, (path, mask)) in &wanted.objects {
-            if self.0.get(id).is_some_and(|(_, m)| m.contains(*mask)) {
-                continue;
-            }
-            match group.mark(MarkFlags::FAN_MARK_ADD, *mask, nix::fcntl::AT_FDCWD, Some(path.as_path())) {
-                Ok(()) => {
-                    let m = self.0.get(id).map_or(*mask, |(_, m)| *m | *mask);
-                    self.0.insert(*id, (path.clone(), m));
+        for (id, w) in &wanted.objects {
+            let had = self.0.get(id).map(|m| m.mask);
+            if !had.is_some_and(|m| m.contains(w.mask)) {
+                if let Err(e) = group.mark(MarkFlags::FAN_MARK_ADD, w.mask, nix::fcntl::AT_FDCWD, Some(w.path.as_path())) {
+                    tracing::warn!("fanotify mark on {} not added ({e}): opens of it are not checked", w.path.display());
+                    continue;
                 }
-                Err(e) => tracing::warn!("fanotify mark on {} not added ({e}): opens of it are not checked", path.display()),
+            }
+            let m = self.0.entry(*id).or_insert_with(|| Mark { roots: Vec::new(), ..w.clone() });
+            m.mask |= w.mask;
+            for r in &w.roots {
+                if !m.roots.contains(r) {
+                    m.roots.push(*r);
+                }
             }
         }
     }
 
-    /// Removes the marks of objects not in `wanted`, where their path still
-    /// names them (else the mark stays: an extra mark costs a round trip,
-    /// a wrong removal would cost a check).
+    /// Removes the marks of objects not in `wanted` whose path still names
+    /// them (no longer below a rule where they were). An object that is
+    /// elsewhere now (moved or linked out of a directory rule's directory)
+    /// keeps its mark and its rule objects.
     fn retain(&mut self, group: &Fanotify, wanted: &Wanted) {
-        let stale: Vec<ObjectId> = self.0.keys().filter(|id| !wanted.objects.contains_key(id)).copied().collect();
+        let stale: Vec<ObjectId> = self
+            .0
+            .iter()
+            .filter(|(id, m)| !wanted.objects.contains_key(id) && std::fs::metadata(&m.path).is_ok_and(|meta| object_of(&meta) == **id))
+            .map(|(id, _)| *id)
+            .collect();
         for id in stale {
-            let (path, mask) = self.0.remove(&id).expect("listed");
-            if std::fs::metadata(&path).is_ok_and(|m| object_of(&m) == id) {
-                let _ = group.mark(MarkFlags::FAN_MARK_REMOVE, mask, nix::fcntl::AT_FDCWD, Some(path.as_path()));
-            }
+            let m = self.0.remove(&id).expect("listed");
+            let _ = group.mark(MarkFlags::FAN_MARK_REMOVE, m.mask, nix::fcntl::AT_FDCWD, Some(m.path.as_path()));
         }
+    }
+
+    /// Each marked object found below directory rules, and their objects.
+    fn roots(&self) -> HashMap<ObjectId, Vec<ObjectId>> {
+        self.0.iter().filter(|(_, m)| !m.roots.is_empty()).map(|(id, m)| (*id, m.roots.clone())).collect()
     }
 }
 
-fn publish(counters: &Counters, marks: &Marks, wanted: &Wanted) {
-    counters.marks.store(marks.0.len() as u64, Relaxed);
-    let before = counters.unwatched.swap(wanted.unwatched, Relaxed);
-    if wanted.unwatched > 0 && before != wanted.unwatched {
-        tracing::warn!(
-            "fanotify: {} directories below directory rules are not watched (more than {MAX_MARKS} marks, or deeper than {MAX_DEPTH} levels)",
-            wanted.unwatched
-        );
+impl Shared {
+    /// After a sync of the marks: the responder's view of them, and the
+    /// counters.
+    fn publish(&self, marks: &Marks, wanted: &Wanted) {
+        *self.roots.write().expect("poisoned") = Arc::new(marks.roots());
+        self.counters.marks.store(marks.0.len() as u64, Relaxed);
+        let before = self.counters.unwatched.swap(wanted.unwatched, Relaxed);
+        if wanted.unwatched > 0 && before != wanted.unwatched {
+            tracing::warn!(
+                "fanotify: {} objects below directory rules are not watched (more than {MAX_MARKS} marks, or deeper than {MAX_DEPTH} levels)",
+                wanted.unwatched
+            );
+        }
     }
 }
 
@@ -359,7 +406,7 @@ fn keep_marks(shared: Arc<Shared>) {
         if shared.policy.read().expect("poisoned").as_ref().is_some_and(|p| Arc::ptr_eq(p, &policy)) {
             marks.add(&shared.group, &wanted);
             marks.retain(&shared.group, &wanted);
-            publish(&shared.counters, &marks, &wanted);
+            shared.publish(&marks, &wanted);
         }
     }
 }
@@ -462,7 +509,12 @@ impl Responder {
         if info.identity != PENDING_IDENTITY && !policy.concerns(info.identity, access) {
             return true;
         }
-        let chain = chain_of(fd);
+        let mut chain = chain_of(fd);
+        // Found below a directory rule's directory at a walk: decided as
+        // below it wherever it is now (moved or hard-linked out).
+        if let Some(roots) = self.shared.roots.read().expect("poisoned").get(&chain.objects[0]) {
+            chain.objects.extend(roots);
+        }
         if !chain.complete {
             self.shared.counters.incomplete.fetch_add(1, Relaxed);
         }

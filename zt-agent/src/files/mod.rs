@@ -19,14 +19,16 @@
 //! - Opens (read, write; `O_TRUNC` writes) of watched objects by an agent
 //!   identity: refused with EPERM before the open returns. The decision
 //!   walks the object's directories like the kernel's (device and inode of
-//!   each, from the path the daemon sees the opened file at).
+//!   each, from the path the daemon sees the opened file at), plus the
+//!   directory rules' objects a walk found it below (so a file moved or
+//!   hard-linked out of a denied directory stays denied).
 //! - Not: unlink, rename, link, mkdir, truncate(2), and creation as such
 //!   (an open that creates a file in a denied directory makes the file,
-//!   then the open is refused). Directories made or moved below a
-//!   directory rule are watched at the next walk (at most
-//!   [`fanotify::REWALK_EVERY`] later). Objects only an allow rule names
-//!   are not watched, so an identity whose files default to deny is not
-//!   held to it here.
+//!   then the open is refused). Objects made or moved below a directory
+//!   rule are watched at the next walk (at most [`fanotify::REWALK_EVERY`]
+//!   later). Objects only an allow rule names are not watched: identities
+//!   whose files default to deny are held by the kernel's `open_exit`
+//!   program instead.
 //! - Processes without an identity pay nothing on objects no deny rule
 //!   names; on a watched object, one round trip to the daemon.
 //! - The marks belong to the daemon's fanotify group: they go when the
