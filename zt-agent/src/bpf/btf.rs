@@ -257,7 +257,6 @@ pub fn file_offsets(btf: &Btf<'_>) -> Result<[(&'static str, u32); 12], BtfError
     Ok([
         (g::FILE_MNT, f_path + btf.member_offset("path", "mnt")?),
         (g::FILE_MODE, btf.member_offset("file", "f_mode")?),
-        (g::FILE_FLAGS, btf.member_offset("file", "f_flags")?),
         (g::PATH_MNT, btf.member_offset("path", "mnt")?),
         (g::PATH_DENTRY, btf.member_offset("path", "dentry")?),
         (g::MOUNT_MNT, btf.member_offset("mount", "mnt")?),
@@ -267,6 +266,7 @@ pub fn file_offsets(btf: &Btf<'_>) -> Result<[(&'static str, u32); 12], BtfError
         (g::DENTRY_NAME, d_name + btf.member_offset("qstr", "name")?),
         (g::DENTRY_NAME_LEN, d_name + btf.member_offset("qstr", "len")?),
         (g::BPRM_FILE, btf.member_offset("linux_binprm", "file")?),
+        (g::FILE_FLAGS, btf.member_offset("file", "f_flags")?),
     ])
 }
 

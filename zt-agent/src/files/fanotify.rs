@@ -334,11 +334,11 @@ impl Marks {
     fn add(&mut self, group: &Fanotify, wanted: &Wanted) {
         for (id, w) in &wanted.objects {
             let had = self.0.get(id).map(|m| m.mask);
-            if !had.is_some_and(|m| m.contains(w.mask)) {
-                if let Err(e) = group.mark(MarkFlags::FAN_MARK_ADD, w.mask, nix::fcntl::AT_FDCWD, Some(w.path.as_path())) {
-                    tracing::warn!("fanotify mark on {} not added ({e}): opens of it are not checked", w.path.display());
-                    continue;
-                }
+            if !had.is_some_and(|m| m.contains(w.mask))
+                && let Err(e) = group.mark(MarkFlags::FAN_MARK_ADD, w.mask, nix::fcntl::AT_FDCWD, Some(w.path.as_path()))
+            {
+                tracing::warn!("fanotify mark on {} not added ({e}): opens of it are not checked", w.path.display());
+                continue;
             }
             let m = self.0.entry(*id).or_insert_with(|| Mark { roots: Vec::new(), ..w.clone() });
             m.mask |= w.mask;
