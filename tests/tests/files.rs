@@ -539,3 +539,90 @@ fn a_default_deny_file_identity_opens_only_its_list() {
     let f = &denials[0]["file"];
     assert_eq!((f["rule"].as_str(), f["enforcement"].as_str()), (Some("default"), Some(if lsm { "lsm" } else { "open_kill" })), "{f}");
 }
+
+/// `policy explain --open` says what the kernel (or, without BPF LSM, the
+/// agent's fanotify responder) does, on a table of cases: a directory rule
+/// reached by its path, a symlink, `..` and a hard link; a file rule for
+/// writes only, read and written; a file no rule names; an identity in
+/// audit mode (allowed, recorded as a would-deny).
+#[test]
+#[ignore = "needs root (loads eBPF programs, creates cgroups): cargo xtask test runs it"]
+fn explain_agrees_with_the_kernel_on_open() {
+    if !require_root("explain_agrees_with_the_kernel_on_open") {
+        return;
+    }
+    let t = Tree::new("explain-open");
+    let key = t.write("secret/key.txt", "KEY");
+    let pinned = t.write("pinned.txt", "PINNED");
+    let free = t.write("free.txt", "FREE");
+    std::fs::create_dir_all(t.path("work")).unwrap();
+    std::os::unix::fs::symlink(&key, t.path("work/sym")).unwrap();
+    std::fs::hard_link(&pinned, t.path("work/hard")).unwrap();
+    let base = unique("explain-open");
+    let cgs: Vec<TestCgroup> = ["agent", "watched"].iter().map(|n| TestCgroup::new(&format!("/{base}/{n}")).unwrap()).collect();
+    let identities = format!(
+        "    - name: agent\n      selectors:\n        - cgroup: {}/**\n    - name: watched\n      mode: audit\n      selectors:\n        - cgroup: {}/**\n",
+        cgs[0].rel, cgs[1].rel
+    );
+    let mut text = format!("{}  rules:\n", policy("zt.test", &identities));
+    for who in ["agent", "watched"] {
+        text.push_str(&format!(
+            "    - name: {who}-secret\n      identity: {who}\n      action: deny\n      files:\n        - paths: [{}/]\n          access: [read, write]\n    - name: {who}-pinned\n      identity: {who}\n      action: deny\n      files:\n        - paths: [{pinned}]\n          access: [write]\n",
+            t.path("secret")
+        ));
+    }
+    let policy_file = t.path("policy.yaml");
+    std::fs::write(&policy_file, &text).unwrap();
+    let agent = Agent::start("explain-open", &text, &[]).unwrap();
+    let out = t.path("work/result");
+    let out = Path::new(&out);
+    let cases = [
+        (0, "read", key.clone()),
+        (0, "read", t.path("work/sym")),
+        (0, "read", t.path("work/../secret/key.txt")),
+        (0, "read", pinned.clone()),
+        (0, "write", pinned.clone()),
+        (0, "write", t.path("work/hard")),
+        (0, "read", free.clone()),
+        (0, "write", free.clone()),
+        (1, "read", key.clone()),
+        (1, "write", pinned.clone()),
+    ];
+    let names = ["agent", "watched"];
+    let mut table = Vec::new();
+    for (who, mode, path) in &cases {
+        let o = Command::new(agent_bin())
+            .args([
+                "policy",
+                "explain",
+                "--json",
+                "--policy",
+                &policy_file,
+                "--identity",
+                names[*who],
+                "--open",
+                path,
+                "--mode",
+                mode,
+                "--socket",
+            ])
+            .arg(&agent.socket)
+            .output()
+            .unwrap();
+        assert!(o.status.success(), "explain: {}", String::from_utf8_lossy(&o.stderr));
+        let said: Value = serde_json::from_slice(&o.stdout).unwrap();
+        assert!(said["enforcement"].as_str().is_some_and(|h| h.starts_with("BPF LSM file_open") || h.starts_with("fanotify")), "{said}");
+        let said = said["decision"].as_str().unwrap().to_string();
+        let did = file(cgs[*who].command(helper_bin()), mode, path, out);
+        table.push(format!("{:<8} {mode:<5} {path}: explain {said:?}, kernel {did:?}", names[*who]));
+        let agrees = if said.starts_with("allow") { did.starts_with("OK") } else { did == "EPERM" };
+        assert!(agrees, "{}", table.join("\n"));
+    }
+    eprintln!("{}", table.join("\n"));
+    let decisions: std::collections::BTreeSet<&str> =
+        table.iter().filter_map(|l| l.split("explain \"").nth(1)?.split('"').next()).collect();
+    assert_eq!(decisions.len(), 3, "allow, deny and the audit's would-deny all occur: {decisions:?}");
+    let events = agent.stop().unwrap();
+    let audited = file_events(&events, "open", "secret/key.txt").into_iter().filter(|e| e["file"]["action"] == "audited").count();
+    assert!(audited > 0, "the audit identity's read is recorded as a would-deny");
+}

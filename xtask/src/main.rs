@@ -101,9 +101,10 @@ enum Bench {
     /// SIEM delivery: backlog drain rate per transport to a local rsyslogd,
     /// and denial-to-receiver latency over TLS.
     Siem,
-    /// what each file-rule fallback (no BPF LSM) would cost a process
-    /// without an identity on an open() loop: fanotify marks, a syscall
-    /// tracepoint.
+    /// open() loops: what each file-rule fallback (no BPF LSM) costs a
+    /// process without an identity (fanotify marks, a syscall tracepoint),
+    /// the agent's own fallback, and 1,000 file rules (in the guest:
+    /// `vm-bench files`, BPF LSM).
     Files,
 }
 
