@@ -1004,7 +1004,9 @@ fn files_bench(rounds: usize) -> anyhow::Result<()> {
     let pol = policy("zt.bench", &format!("    - name: bench-agent\n      selectors:\n        - cgroup: {}/**\n", cg.rel));
     // On the disk the system's temp dir is on, not a private tmpfs: the
     // filesystem an agent's workspace would be on.
-    let dir = tempfile::Builder::new().prefix("zt-bench-files-").tempdir_in("/var/tmp")?;
+    // (In the QEMU guest the root is read-only: its TMPDIR, a tmpfs.)
+    let base = if std::env::var_os("ZT_GUEST").is_some() { std::env::temp_dir() } else { "/var/tmp".into() };
+    let dir = tempfile::Builder::new().prefix("zt-bench-files-").tempdir_in(base)?;
     let (looped, other) = (dir.path().join("looped"), dir.path().join("other"));
     std::fs::write(&looped, b"x")?;
     std::fs::write(&other, b"x")?;
