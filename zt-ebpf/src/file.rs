@@ -265,6 +265,31 @@ pub fn exec_fallback(identity: u32, exe_file: *const u8) {
     report(file_op::EXEC, EXEC as u8, v, generation, identity, tgid, obj, enforcement::EXEC_KILL);
 }
 
+/// The access an open of `file` asks for (read, write, create when it made
+/// the file), from its mode; 0 for the open of an exec (the exec'd file and
+/// its ELF interpreter are decided by `bprm_check_security` or the exec
+/// fallback; the kernel marks that open in `f_flags` as `__FMODE_EXEC`, not
+/// always in `f_mode`), or a mode with none of them.
+#[inline(always)]
+fn open_access(file: *const u8) -> u8 {
+    let mode: u32 = field(file, global(&FILE_MODE_OFF)).unwrap_or(0);
+    let flags: u32 = field(file, global(&FILE_FLAGS_OFF)).unwrap_or(0);
+    if (mode | flags) & FMODE_EXEC != 0 {
+        return 0;
+    }
+    let mut access = 0u8;
+    if mode & FMODE_READ != 0 {
+        access |= READ as u8;
+    }
+    if mode & FMODE_WRITE != 0 {
+        access |= WRITE as u8;
+    }
+    if mode & FMODE_CREATED != 0 {
+        access |= CREATE as u8;
+    }
+    access
+}
+
 /// `ret` of a `syscalls/sys_exit_*` record (after the common fields and
 /// `__syscall_nr`).
 const SYS_EXIT_RET_OFF: usize = 16;
@@ -311,17 +336,7 @@ pub fn open_exit(ctx: TracePointContext) -> u32 {
         return 0;
     }
     let Some(file) = current_file(ret as u32) else { return 0 };
-    let mode: u32 = field(file, global(&FILE_MODE_OFF)).unwrap_or(0);
-    let mut access = 0u8;
-    if mode & FMODE_READ != 0 {
-        access |= READ as u8;
-    }
-    if mode & FMODE_WRITE != 0 {
-        access |= WRITE as u8;
-    }
-    if mode & FMODE_CREATED != 0 {
-        access |= CREATE as u8;
-    }
+    let access = open_access(file);
     if access == 0 {
         return 0;
     }
@@ -480,24 +495,7 @@ pub(crate) fn unless_refused(ctx: &LsmContext, n: usize, decide: impl FnOnce(&Ls
 pub fn file_open(ctx: LsmContext) -> i32 {
     unless_refused(&ctx, 1, |ctx| {
         let file = arg(ctx, 0);
-        let mode: u32 = field(file, global(&FILE_MODE_OFF)).unwrap_or(0);
-        let flags: u32 = field(file, global(&FILE_FLAGS_OFF)).unwrap_or(0);
-        // The exec'd file itself (and its ELF interpreter) is decided by
-        // `bprm_check_security`; the kernel marks that open in `f_flags`
-        // (`__FMODE_EXEC`), not always in `f_mode`.
-        if (mode | flags) & FMODE_EXEC != 0 {
-            return 0;
-        }
-        let mut access = 0u8;
-        if mode & FMODE_READ != 0 {
-            access |= READ as u8;
-        }
-        if mode & FMODE_WRITE != 0 {
-            access |= WRITE as u8;
-        }
-        if mode & FMODE_CREATED != 0 {
-            access |= CREATE as u8;
-        }
+        let access = open_access(file);
         if access == 0 {
             return 0;
         }

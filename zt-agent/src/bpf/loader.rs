@@ -401,7 +401,7 @@ impl Bpf {
                 (Err(why), _, _) => Some(format!("not loaded: {why}; file and exec rules are not enforced")),
                 (_, false, _) => Some(
                     "not loaded: BPF LSM programs do not load on this kernel (see `zt-agent probe`); exec rules fall back to \
-                     sched_process_exec + SIGKILL, file rules are not enforced"
+                     sched_process_exec + SIGKILL, file rules to fanotify and open_exit (see the file rules path)"
                         .to_string(),
                 ),
                 (_, _, Err(e)) => Some(format!("not loaded: kernel BTF: {e}")),

@@ -489,12 +489,8 @@ impl Responder {
 
     /// Whether thread `tid` may open `fd`.
     fn decide(&mut self, tid: u32, fd: BorrowedFd<'_>) -> bool {
-        let Some(tgid) = self.tgid_of(tid) else { return true };
-        if tgid == self.own_tgid {
-            return true;
-        }
-        let Some(info) = self.settled(tgid) else { return true };
-        if info.identity == NO_IDENTITY {
+        let Some((tgid, info)) = self.process_of(tid) else { return true };
+        if tgid == self.own_tgid || info.identity == NO_IDENTITY {
             return true;
         }
         let Some(policy) = self.shared.policy.read().expect("poisoned").clone() else { return true };
@@ -539,26 +535,24 @@ impl Responder {
         v.action != DENY
     }
 
-    /// The process `tid` belongs to: itself when it leads one the table
-    /// knows, else from `/proc/<tid>/status`.
-    fn tgid_of(&self, tid: u32) -> Option<u32> {
-        if self.procs.get(tid).is_some() {
-            return Some(tid);
-        }
-        proc_text(tid, "status").lines().find_map(|l| l.strip_prefix("Tgid:")).and_then(|v| v.trim().parse().ok())
-    }
-
-    /// The process's entry, waiting up to [`PENDING_WAIT`] for a pending
-    /// exec verdict (user space hashing its executable).
-    fn settled(&self, tgid: u32) -> Option<ProcInfo> {
-        let until = Instant::now() + PENDING_WAIT;
-        loop {
-            let info = self.procs.get(tgid)?;
-            if info.identity != PENDING_IDENTITY || Instant::now() >= until {
-                return Some(info);
+    /// The process `tid` belongs to (itself when it leads one the table
+    /// knows, else from `/proc/<tid>/status`) and its entry, waiting up to
+    /// [`PENDING_WAIT`] for a pending exec verdict (user space hashing its
+    /// executable). None: not in the table.
+    fn process_of(&self, tid: u32) -> Option<(u32, ProcInfo)> {
+        let (tgid, mut info) = match self.procs.get(tid) {
+            Some(info) => (tid, info),
+            None => {
+                let tgid = proc_text(tid, "status").lines().find_map(|l| l.strip_prefix("Tgid:")).and_then(|v| v.trim().parse().ok())?;
+                (tgid, self.procs.get(tgid)?)
             }
+        };
+        let until = Instant::now() + PENDING_WAIT;
+        while info.identity == PENDING_IDENTITY && Instant::now() < until {
             std::thread::sleep(Duration::from_millis(2));
+            info = self.procs.get(tgid)?;
         }
+        Some((tgid, info))
     }
 
     /// A file event, one per [`AGG_WINDOW`] per key (the others counted
