@@ -32,6 +32,12 @@ use anyhow::{Context as _, bail};
 use serde_json::Value;
 
 /// A name unique to this test process (cgroups).
+/// CLOCK_MONOTONIC now, in ns: a time two processes can compare.
+pub fn monotonic_ns() -> u64 {
+    let t = nix::time::clock_gettime(nix::time::ClockId::CLOCK_MONOTONIC).expect("CLOCK_MONOTONIC");
+    t.tv_sec() as u64 * 1_000_000_000 + t.tv_nsec() as u64
+}
+
 pub fn unique(name: &str) -> String {
     format!("zt-test-{name}-{}", std::process::id())
 }

@@ -427,6 +427,57 @@ fn fanotify_keeps_up_with_a_flood_and_frees_opens_when_killed() {
     assert_eq!(file(cg.command(helper_bin()), "read", &key, out), "OK TOPSECRET", "no daemon, no marks: the rule lapses");
 }
 
+/// A decision follows the object's directories as they are at the open:
+/// an agent process holding a directory's descriptor opens a file in it in
+/// a loop (allowed; on the BPF LSM path kept in `file_open`'s decision
+/// cache) while a process without an identity moves the directory into a
+/// denied one. On the LSM path no open that began after the rename returned
+/// is allowed (the rename invalidates the cache as it returns, well before
+/// the cache's 100 ms expiry); on the fanotify fallback the moved
+/// directory is marked at the mark keeper's next walk (every 2 s), so the
+/// loop is denied before it ends.
+#[test]
+#[ignore = "needs root (loads eBPF programs, creates cgroups): cargo xtask test runs it"]
+fn an_open_decision_follows_a_directory_moved_below_a_rule() {
+    if !require_root("an_open_decision_follows_a_directory_moved_below_a_rule") {
+        return;
+    }
+    use std::io::{BufRead, BufReader};
+    let t = Tree::new("file-moved");
+    t.write("work/d/f", "F");
+    std::fs::create_dir_all(t.path("secret")).unwrap();
+    let cg = TestCgroup::new(&format!("/{}/agent", unique("file-moved"))).unwrap();
+    let policy = format!(
+        "{}  rules:\n    - name: no-secrets\n      identity: agent\n      action: deny\n      files:\n        - paths: [{}/]\n          access: [read]\n",
+        policy("zt.test", &format!("    - name: agent\n      selectors:\n        - cgroup: {}/**\n", cg.rel)),
+        t.path("secret"),
+    );
+    let agent = Agent::start("file-moved", &policy, &[]).unwrap();
+    let lsm = lsm(&agent);
+    let loop_ms = if lsm { "4000" } else { "8000" };
+    let mut child = cg
+        .command(helper_bin())
+        .args(["open-at-loop", loop_ms, &t.path("work/d"), "f"])
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut lines = BufReader::new(child.stdout.take().unwrap()).lines();
+    assert_eq!(lines.next().unwrap().unwrap(), "opened", "the agent process opens the file before the move");
+    std::thread::sleep(std::time::Duration::from_millis(300));
+    let before = monotonic_ns();
+    std::fs::rename(t.path("work/d"), t.path("secret/d")).unwrap();
+    let renamed = monotonic_ns();
+    let times = lines.next().unwrap().unwrap();
+    assert!(child.wait().unwrap().success());
+    let (last_allowed, first_denied) = times.split_once(' ').map(|(a, d)| (a.parse::<u64>().unwrap(), d.parse::<u64>().unwrap())).unwrap();
+    assert!(first_denied >= before, "the moved file is denied, and only after the move ({times}; rename at {before}-{renamed})");
+    if lsm {
+        assert!(last_allowed < renamed, "an open that began {} us after the rename returned was allowed", (last_allowed - renamed) / 1000);
+    }
+    let events = agent.stop().unwrap();
+    assert!(!file_events(&events, "open", "secret/d/f").is_empty(), "a file event for the denied open, under its new path");
+}
+
 /// A reload switches file decisions atomically, like egress: while an
 /// agent process opens two files in a loop, the policy flips between A
 /// (reads `a` denied, `b` allowed by a rule) and B (the other way round)

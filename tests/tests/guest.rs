@@ -6,6 +6,9 @@ use std::process::Command;
 use serde_json::Value;
 use zt_tests::{agent_bin, require_root, skip};
 
+/// An identity no process has.
+const NOBODY: &str = "    - name: nobody\n      selectors:\n        - cgroup: /zt-nobody/**\n";
+
 /// Set by the guest's init (`zt-guest-init`).
 fn in_guest(test: &str) -> bool {
     if std::env::var_os("ZT_GUEST").is_some() {
@@ -26,9 +29,21 @@ fn bpf_lsm_programs_load_in_the_guest_kernel() {
     assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
     let probe: Value = serde_json::from_slice(&out.stdout).unwrap();
     let feature = |n: &str| probe["features"].as_array().unwrap().iter().find(|f| f["name"] == n).cloned().unwrap();
-    for f in ["bpf_lsm", "tracepoint", "cgroup_sock_addr", "ring_buffer", "kernel_btf", "bpf_send_signal"] {
+    for f in ["bpf_lsm", "tracepoint", "cgroup_sock_addr", "ring_buffer", "kernel_btf", "bpf_send_signal", "fentry"] {
         assert_eq!(feature(f)["available"], true, "{f} in the guest kernel {}: {}", probe["kernel"], feature(f));
     }
+    // And the agent's own programs pass this kernel's verifier: every
+    // program it attaches where BPF LSM loads is attached (a verifier
+    // rejection is in the hook's state).
+    let agent = zt_tests::Agent::start("guest-hooks", &zt_tests::policy("zt.test", NOBODY), &[]).unwrap();
+    let status = agent.status();
+    let hooks = status["hooks"].as_array().unwrap();
+    let lsm_hooks = zt_common::programs::LSM_FILE_HOOKS.iter().chain(zt_common::programs::LSM_GUARDS.iter().map(|g| &g.0));
+    for p in lsm_hooks.chain([&zt_common::programs::RENAME_EXIT]) {
+        let h = hooks.iter().find(|h| h["program"] == *p).unwrap_or_else(|| panic!("{p} not in status: {hooks:?}"));
+        assert_eq!(h["attached"], true, "{h}");
+    }
+    agent.stop().unwrap();
 }
 
 /// Where BPF LSM loads, the process and bpf(2) guards refuse the call

@@ -227,6 +227,9 @@ impl Agent {
         if bpf.hooks.iter().any(|h| h.program == "file_open" && h.attached) {
             maps.config.add_flags(zt_common::config_flags::FILE_LSM)?;
         }
+        if bpf.open_cache_usable() {
+            maps.config.add_flags(zt_common::config_flags::OPEN_CACHE)?;
+        }
         if fanotify.is_some()
             && let Some((_, line)) = paths.iter_mut().find(|(w, _)| *w == "file rules")
         {
@@ -411,6 +414,7 @@ fn check_kernel() -> anyhow::Result<(Vec<(&'static str, String)>, bool)> {
 /// say so, so `status` never claims a guard that is not in force.
 fn mark_degraded(paths: &mut [(&'static str, String)], hooks: &[bpf::loader::HookStatus]) {
     use zt_common::programs as P;
+    let file_hooks: Vec<&str> = P::LSM_FILE_HOOKS.iter().copied().filter(|h| *h != "bprm_check_security").collect();
     let owners: [(&str, &[&str]); 5] = [
         ("network enforcement", &[P::CONNECT4, P::CONNECT6, P::SENDMSG4, P::SENDMSG6, P::CONNECT_UNIX, P::SENDMSG_UNIX]),
         ("socket kinds", &[P::SOCK_CREATE, P::GUARD_ROUTE, P::GUARD_SOCKET, P::GUARD_URING, P::GUARD_LSM_SOCKET]),
@@ -418,7 +422,7 @@ fn mark_degraded(paths: &mut [(&'static str, String)], hooks: &[bpf::loader::Hoo
             "process takeover, bpf(2)",
             &[P::GUARD_PTRACE, P::GUARD_PROCESS_VM, P::GUARD_PIDFD_GETFD, P::GUARD_BPF, P::GUARD_LSM_PTRACE, P::GUARD_LSM_BPF],
         ),
-        ("file rules", &P::LSM_FILE_HOOKS[2..]),
+        ("file rules", &file_hooks),
         ("exec rules", &["bprm_check_security"]),
     ];
     for (what, programs) in owners {

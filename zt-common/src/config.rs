@@ -27,4 +27,7 @@ pub mod config_flags {
     /// The `file_open` LSM program is attached: io_uring opens meet it, so
     /// `guard_uring` kills none for file rules.
     pub const FILE_LSM: u32 = 1 << 2;
+    /// `rename_exit` is attached, so `FILE_EPOCH` counts renames and
+    /// `file_open` may use its decision cache (`OPEN_CACHE`).
+    pub const OPEN_CACHE: u32 = 1 << 3;
 }

@@ -99,6 +99,12 @@ pub const FILE_AGG: &str = "FILE_AGG";
 pub const FILE_AGG_CAPACITY: u32 = 16_384;
 /// Per-CPU scratch space to build a [`crate::path_policy::FileEvent`]'s path.
 pub const PATH_SCRATCH: &str = "PATH_SCRATCH";
+/// Per-CPU array of [`crate::path_policy::OPEN_CACHE_SLOTS`]
+/// [`crate::path_policy::OpenDecision`]s: `file_open`'s decision cache.
+pub const OPEN_CACHE: &str = "OPEN_CACHE";
+/// Array with one u64: renames since the programs loaded (each bumps it
+/// when it returns), part of every `OPEN_CACHE` entry's key.
+pub const FILE_EPOCH: &str = "FILE_EPOCH";
 /// The ring buffer of kernel log records. Not declared in
 /// `zt-ebpf/src/maps.rs`: aya-log-ebpf defines it, and it is in the object
 /// because `zt-ebpf/src/lineage.rs` logs with `warn!`; user space reads it
@@ -131,6 +137,8 @@ pub const ALL: &[&str] = &[
     FILE_RULES,
     FILE_AGG,
     PATH_SCRATCH,
+    OPEN_CACHE,
+    FILE_EPOCH,
     AYA_LOGS,
 ];
 

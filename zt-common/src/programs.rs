@@ -63,6 +63,10 @@ pub const LSM_FILE_HOOKS: &[&str] = &[
 pub const OPEN_EXIT: &str = "open_exit";
 pub const OPEN_EXIT_TRACEPOINTS: &[&str] =
     &["sys_exit_open", "sys_exit_openat", "sys_exit_openat2", "sys_exit_creat", "sys_exit_open_by_handle_at"];
+/// fexit of `vfs_rename`: counts renames into `FILE_EPOCH`, which
+/// invalidates `file_open`'s decision cache. Attached with `file_open`.
+pub const RENAME_EXIT: &str = "rename_exit";
+pub const RENAME_EXIT_FUNCTION: &str = "vfs_rename";
 /// Tiny programs loaded only by `zt-agent probe`.
 pub const PROBE_TRACEPOINT: &str = "probe_tracepoint";
 pub const PROBE_RAW_TRACEPOINT: &str = "probe_raw_tracepoint";
@@ -95,6 +99,7 @@ pub const ALL: &[&str] = &[
     GUARD_BPF,
     GUARD_URING,
     OPEN_EXIT,
+    RENAME_EXIT,
     PROBE_TRACEPOINT,
     PROBE_RAW_TRACEPOINT,
     PROBE_SEND_SIGNAL,

@@ -24,7 +24,10 @@
 //! offsets); none is compiled in.
 //!
 //! Processes without an identity pay one array read. An identity without
-//! rules for the access takes its default without a walk. A decision a rule
+//! rules for the access takes its default without a walk. `file_open`
+//! keeps its decisions in a per-CPU cache (`OPEN_CACHE`, see
+//! `zt_common::path_policy::OpenDecision`), which [`rename_exit`]
+//! invalidates: every rename bumps `FILE_EPOCH` once it is done. A decision a rule
 //! made, or a deny, is reported as a [`FileEvent`], at most one per
 //! (process, object, operation, access, decision) per second on a CPU,
 //! with the attempts folded in between (`FILE_AGG`).
@@ -34,16 +37,16 @@ use aya_ebpf::{
         bpf_get_current_comm, bpf_get_current_pid_tgid,
         generated::{bpf_ktime_get_ns, bpf_loop, bpf_probe_read_kernel, bpf_send_signal},
     },
-    macros::{lsm, tracepoint},
-    programs::{LsmContext, TracePointContext},
+    macros::{fexit, lsm, tracepoint},
+    programs::{FExitContext, LsmContext, TracePointContext},
 };
 use zt_common::{
     NO_IDENTITY, config_flags,
     globals::ABSENT,
     kind, loss,
     path_policy::{
-        CREATE, DELETE, EXEC, FILE_PATH_LEN, FileAggKey, FileAggValue, FileEvent, MAX_DEPTH, Matched, ObjectKey, READ, WRITE, enforcement,
-        file_op,
+        CREATE, DELETE, EXEC, FILE_PATH_LEN, FileAggKey, FileAggValue, FileEvent, MAX_DEPTH, Matched, OPEN_CACHE_TTL_NS, ObjectKey,
+        OpenDecision, READ, WRITE, enforcement, file_op,
     },
     policy::{AGG_WINDOW_NS, ActivePolicy, DENY, ENFORCE, IdentityPolicy, RULE_DEFAULT, RULE_NO_POLICY, Verdict},
 };
@@ -53,9 +56,9 @@ use crate::{
     lineage::{current_process_header, read_kernel},
     maps::{
         BPRM_FILE_OFF, DENTRY_INODE_OFF, DENTRY_NAME_LEN_OFF, DENTRY_NAME_OFF, DENTRY_PARENT_OFF, FDTABLE_FD_OFF, FDTABLE_MAX_FDS_OFF,
-        FILE_AGG, FILE_DENTRY_OFF, FILE_FLAGS_OFF, FILE_MNT_OFF, FILE_MODE_OFF, FILE_RULES, FILES_FDT_OFF, INODE_INO_OFF, INODE_SB_OFF,
-        MOUNT_MNT_OFF, MOUNT_MOUNTPOINT_OFF, MOUNT_PARENT_OFF, PATH_DENTRY_OFF, PATH_MNT_OFF, PATH_SCRATCH, SB_DEV_OFF, TASK_FILES_OFF,
-        VFSMOUNT_ROOT_OFF, config, global, identity_of, identity_policy,
+        FILE_AGG, FILE_DENTRY_OFF, FILE_EPOCH, FILE_FLAGS_OFF, FILE_MNT_OFF, FILE_MODE_OFF, FILE_RULES, FILES_FDT_OFF, INODE_INO_OFF,
+        INODE_SB_OFF, MOUNT_MNT_OFF, MOUNT_MOUNTPOINT_OFF, MOUNT_PARENT_OFF, OPEN_CACHE, PATH_DENTRY_OFF, PATH_MNT_OFF, PATH_SCRATCH,
+        SB_DEV_OFF, TASK_FILES_OFF, VFSMOUNT_ROOT_OFF, config, global, identity_of, identity_policy,
     },
 };
 
@@ -216,18 +219,78 @@ fn walk(from: Object, identity: u32, active: ActivePolicy, pol: &IdentityPolicy,
 /// The decision of `identity`'s policy in force and its generation;
 /// `None` before the first policy (nothing is refused then). An identity
 /// the policy in force does not define is denied everything (fail closed,
-/// as for egress).
+/// as for egress). `cached`: the walk's result may come from, and goes
+/// into, `OPEN_CACHE` (`file_open` only: `obj` is the object itself).
 #[inline(always)]
-fn decide(obj: Object, identity: u32, is_self: bool, access: u8) -> Option<(Verdict, u32)> {
+fn decide(obj: Object, identity: u32, is_self: bool, access: u8, cached: bool) -> Option<(Verdict, u32)> {
     let (active, pol) = identity_policy(identity);
     if active.generation == 0 {
         return None;
     }
     let v = match pol {
+        Some(pol) if cached && pol.file_rules & access != 0 && config().flags & config_flags::OPEN_CACHE != 0 => {
+            cached_walk(obj, identity, active, &pol, access)
+        }
         Some(pol) => walk(obj, identity, active, &pol, is_self, access),
         None => Verdict::new(DENY, ENFORCE, RULE_NO_POLICY),
     };
     Some((v, active.generation))
+}
+
+/// [`walk`] for `file_open`, through this CPU's `OPEN_CACHE` slot for the
+/// object. The epoch is read before the walk: a rename that ends during it
+/// bumps the epoch after, so what the walk saw is never kept past it.
+#[inline(always)]
+fn cached_walk(obj: Object, identity: u32, active: ActivePolicy, pol: &IdentityPolicy, access: u8) -> Verdict {
+    let (dev, ino) = obj.id();
+    let epoch = match FILE_EPOCH.get_ptr(0) {
+        // SAFETY: the array's one element, valid and aligned for the run;
+        // a volatile read, as `rename_exit` adds to it on other CPUs.
+        Some(e) => unsafe { core::ptr::read_volatile(e) },
+        None => return walk(obj, identity, active, pol, true, access),
+    };
+    let key = OpenDecision {
+        dentry: obj.dentry as u64,
+        mnt: obj.mnt as u64,
+        ino,
+        epoch,
+        dev,
+        identity,
+        generation: active.generation,
+        access,
+        ..Default::default()
+    };
+    // SAFETY: an argument-less helper with no preconditions. (LSM
+    // programs may not call the coarse clock's helper.)
+    let now = unsafe { bpf_ktime_get_ns() };
+    // The slot is below OPEN_CACHE_SLOTS, the array's size: never None.
+    let Some(slot) = OPEN_CACHE.get_ptr_mut(key.slot()) else { return walk(obj, identity, active, pol, true, access) };
+    // SAFETY: this CPU's element of a per-CPU array, valid for the run.
+    // LSM programs run with migration disabled, not preemption: another
+    // task's `file_open` on this CPU may rewrite the slot between our read
+    // and write, and then one of the two decisions, each whole and keyed by
+    // what it decided, stays (the key is compared in full on every use).
+    let slot = unsafe { &mut *slot };
+    if slot.decides(&key, now) {
+        return slot.verdict;
+    }
+    let verdict = walk(obj, identity, active, pol, true, access);
+    *slot = OpenDecision { until_ns: now.wrapping_add(OPEN_CACHE_TTL_NS), verdict, ..key };
+    verdict
+}
+
+/// Counts a rename into `FILE_EPOCH` when `vfs_rename` returns (whether
+/// it succeeded or not): the dentries it moved have other parents now, so
+/// every `OPEN_CACHE` entry made before is stale.
+#[fexit(function = "vfs_rename")]
+pub fn rename_exit(_ctx: FExitContext) -> i32 {
+    if let Some(e) = FILE_EPOCH.get_ptr_mut(0) {
+        // SAFETY: the array's one element, valid and aligned for a u64 for
+        // the run; renames on other CPUs add to it at the same time, so the
+        // add is atomic (a lost one could leave a stale entry valid).
+        unsafe { core::intrinsics::atomic_xadd::<u64, u64, { core::intrinsics::AtomicOrdering::Relaxed }>(e, 1) };
+    }
+    0
 }
 
 /// Decides `access` to `obj` for the caller, reports it, and returns what
@@ -239,7 +302,7 @@ fn check(op: u8, obj: Object, is_self: bool, access: u8) -> i32 {
     if identity == NO_IDENTITY || !offsets_known() {
         return 0;
     }
-    let Some((v, generation)) = decide(obj, identity, is_self, access) else { return 0 };
+    let Some((v, generation)) = decide(obj, identity, is_self, access, op == file_op::OPEN) else { return 0 };
     report(op, access, v, generation, identity, tgid, obj, enforcement::LSM);
     if v.action == DENY { -EPERM } else { 0 }
 }
@@ -255,7 +318,7 @@ pub fn exec_fallback(identity: u32, exe_file: *const u8) {
         return;
     }
     let Some(obj) = Object::of_file(exe_file) else { return };
-    let Some((v, generation)) = decide(obj, identity, true, EXEC as u8) else { return };
+    let Some((v, generation)) = decide(obj, identity, true, EXEC as u8, false) else { return };
     if v.action == DENY {
         // SAFETY: the helper takes a signal number and no memory; it
         // signals the current task's process, which is what we mean.

@@ -21,6 +21,11 @@
 //! - `probe`: tiny programs `zt-agent probe` loads to learn what this kernel runs.
 #![no_std]
 #![no_main]
+// The BPF target has no atomic read-modify-write in `core::sync::atomic`
+// (no compare-and-swap); the intrinsic lowers to BPF's atomic add, which
+// `file::rename_exit` needs.
+#![feature(core_intrinsics)]
+#![expect(internal_features, reason = "core_intrinsics, for atomic_xadd")]
 // Every `unsafe` block says why it is sound (checked by clippy).
 #![warn(clippy::undocumented_unsafe_blocks)]
 

@@ -14,7 +14,7 @@ use zt_common::{
     Config, DigestKey, ExecArgs, ExecKey, ExecPick, ProcInfo,
     loss::{self, SecurityLoss},
     maps,
-    path_policy::{FILE_PATH_LEN, FileAggKey, FileAggValue, ObjectKey, ObjectRules},
+    path_policy::{FILE_PATH_LEN, FileAggKey, FileAggValue, OPEN_CACHE_SLOTS, ObjectKey, ObjectRules, OpenDecision},
     policy::{AGG_SLOTS, ActivePolicy, AggSlot, IdentityBudget, IdentityCounters, IdentityPolicy, NetKeyData, NetRuleList, identity_index},
     unix::UnixKeyData,
 };
@@ -125,6 +125,14 @@ pub static FILE_RULES: HashMap<ObjectKey, ObjectRules> = HashMap::with_max_entri
 
 #[map]
 pub static FILE_AGG: LruPerCpuHashMap<FileAggKey, FileAggValue> = LruPerCpuHashMap::with_max_entries(maps::FILE_AGG_CAPACITY, 0);
+
+/// `file_open`'s decision cache (see `zt_common::path_policy::OpenDecision`).
+#[map]
+pub static OPEN_CACHE: PerCpuArray<OpenDecision> = PerCpuArray::with_max_entries(OPEN_CACHE_SLOTS, 0);
+
+/// Renames since the programs loaded (`rename_exit`).
+#[map]
+pub static FILE_EPOCH: Array<u64> = Array::with_max_entries(1, 0);
 
 /// Where a file event's path is built, back to front (twice
 /// `FILE_PATH_LEN`, so every masked write is provably in bounds).

@@ -26,6 +26,11 @@
 //! - open-loop MS PATH...          open each PATH in turn for reading as fast as
 //!   possible for MS ms; prints how many opens were denied (EPERM) and how
 //!   many were not
+//! - open-at-loop MS DIR NAME       open DIR, then NAME in it (`openat` on
+//!   DIR's descriptor: it follows DIR wherever it is moved) for reading as
+//!   fast as possible for MS ms; prints "opened" after the first allowed
+//!   open, and at the end when the last allowed and the first denied
+//!   (EPERM) open began ("<ns> <ns>", CLOCK_MONOTONIC, 0 for none)
 //! - listen ADDR MS                 accept for MS ms; print how many connections came
 //! - connect-loop MS ADDR...       TCP connects to each ADDR in turn (then 0.5 ms
 //!   pause) for MS ms; prints how many attempts were denied (EPERM) and allowed
@@ -54,6 +59,8 @@
 //!   (PATH's bytes into a memfd, then fexecve it with "mark" OUT)
 //! - mark OUT                        write "RAN" to OUT (what an exec'd copy runs)
 use std::{io::BufRead, net::TcpStream, time::Duration};
+
+use zt_tests::monotonic_ns;
 
 fn connect(addr: &str) {
     let _ = TcpStream::connect_timeout(&addr.parse().expect("ADDR"), Duration::from_secs(2));
@@ -152,6 +159,29 @@ fn main() {
                 std::thread::sleep(Duration::from_micros(500));
             }
             println!("{denied} {allowed}");
+        }
+        "open-at-loop" => {
+            use std::os::fd::AsRawFd;
+            let until = std::time::Instant::now() + ms(a(2));
+            let dir = std::fs::File::open(a(3)).expect("DIR");
+            let name = std::ffi::CString::new(a(4)).unwrap();
+            let (mut last_allowed, mut first_denied) = (0u64, 0u64);
+            while std::time::Instant::now() < until {
+                let began = monotonic_ns();
+                // SAFETY: a descriptor we own and a NUL-terminated name.
+                let fd = unsafe { libc::openat(dir.as_raw_fd(), name.as_ptr(), libc::O_RDONLY | libc::O_CLOEXEC) };
+                if fd >= 0 {
+                    if last_allowed == 0 {
+                        println!("opened");
+                    }
+                    last_allowed = began;
+                    // SAFETY: the descriptor just opened, closed once.
+                    unsafe { libc::close(fd) };
+                } else if std::io::Error::last_os_error().raw_os_error() == Some(libc::EPERM) && first_denied == 0 {
+                    first_denied = began;
+                }
+            }
+            println!("{last_allowed} {first_denied}");
         }
         "open-loop" => {
             let until = std::time::Instant::now() + ms(a(2));

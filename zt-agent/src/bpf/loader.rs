@@ -422,10 +422,21 @@ impl Bpf {
             };
             self.record(hook, at, r, Need::Optional { fallback })?;
         }
-        if !self.hooks.iter().any(|h| h.program == "file_open" && h.attached) {
+        if self.hooks.iter().any(|h| h.program == "file_open" && h.attached) {
+            let btf = btf.as_ref().expect("file_open attached");
+            let at = format!("fexit/{}", P::RENAME_EXIT_FUNCTION);
+            let r = self.attach_fexit(P::RENAME_EXIT, P::RENAME_EXIT_FUNCTION, btf);
+            self.record(P::RENAME_EXIT, at, r, Need::Optional { fallback: "file_open walks every open (no decision cache)" })?;
+        } else {
             self.attach_open_exit(syscalls)?;
         }
         Ok(self.hooks.iter().any(|h| h.program == "bprm_check_security" && h.attached))
+    }
+
+    /// Whether `file_open` may keep its decisions in `OPEN_CACHE`: only
+    /// while [`P::RENAME_EXIT`] invalidates it (`config_flags::OPEN_CACHE`).
+    pub fn open_cache_usable(&self) -> bool {
+        self.hooks.iter().any(|h| h.program == P::RENAME_EXIT && h.attached)
     }
 
     /// Where `file_open` is not attached: [`P::OPEN_EXIT`] at the return
@@ -460,6 +471,15 @@ impl Bpf {
     fn attach_lsm(&mut self, prog: &str, hook: &str, btf: &aya::Btf) -> anyhow::Result<()> {
         let p: &mut aya::programs::Lsm = self.ebpf.program_mut(prog).with_context(|| format!("{prog} missing"))?.try_into()?;
         p.load(hook, btf).context("load")?;
+        p.attach().context("attach")?;
+        Ok(())
+    }
+
+    /// Loads program `prog` as an fexit of kernel function `function` and
+    /// attaches it.
+    fn attach_fexit(&mut self, prog: &str, function: &str, btf: &aya::Btf) -> anyhow::Result<()> {
+        let p: &mut aya::programs::FExit = self.ebpf.program_mut(prog).with_context(|| format!("{prog} missing"))?.try_into()?;
+        p.load(function, btf).context("load")?;
         p.attach().context("attach")?;
         Ok(())
     }

@@ -299,7 +299,8 @@ pub fn enforcement_paths(caps: &Capabilities) -> Vec<(&'static str, String)> {
         "file rules",
         if lsm {
             "BPF LSM file_open, path_unlink/rmdir/rename/truncate/link/mkdir/mknod/symlink, matched by object (device and inode \
-             of the file and of every directory above it): EPERM before the access"
+             of the file and of every directory above it): EPERM before the access; open decisions cached per CPU \
+             until the next rename (fexit/vfs_rename), 100 ms at most"
                 .into()
         } else if caps.has(names::FANOTIFY_PERM) {
             file_rules_fallback(kill)
