@@ -49,7 +49,12 @@
 //! file of the same filesystem (the deny rules' paths); fanotify with a
 //! filesystem mark answered by a thread (an identity whose files default
 //! to deny), without and with an ignore mark on the looped file (the
-//! decision cache fanotify offers).
+//! decision cache fanotify offers); then the agent's own file rules, with
+//! 1,000 of them, for a process without an identity and for the agent
+//! identity. Where BPF LSM loads (`cargo xtask vm-bench files`), first
+//! `file_open`'s own run time per call from bpf_stats: a process without
+//! an identity, the agent identity on one file (decision cache hits) and on
+//! 1,000 files in turn (walks); `--rounds 0` prints only that.
 //!
 //! `pipeline`: distinct connect events (every attempt a new destination)
 //! offered by one agent process at 100k, 500k and 1M per second for 3 s,
@@ -788,6 +793,18 @@ fn syscall_loop(what: &str, n: usize) -> anyhow::Result<()> {
                 unsafe { libc::close(libc::open(path.as_ptr(), libc::O_RDONLY | libc::O_CLOEXEC)) };
             })
         }
+        "open-many" => {
+            // Every file of ZT_BENCH_DIR in turn.
+            let paths: Vec<std::ffi::CString> = std::fs::read_dir(std::env::var("ZT_BENCH_DIR")?)?
+                .map(|e| Ok(std::ffi::CString::new(e?.path().into_os_string().into_encoded_bytes())?))
+                .collect::<anyhow::Result<_>>()?;
+            let mut next = 0;
+            Box::new(move || {
+                // SAFETY: as for "open".
+                unsafe { libc::close(libc::open(paths[next].as_ptr(), libc::O_RDONLY | libc::O_CLOEXEC)) };
+                next = (next + 1) % paths.len();
+            })
+        }
         "unix-connect" => {
             let path = std::env::var("ZT_BENCH_UNIX")?;
             Box::new(move || {
@@ -1058,8 +1075,42 @@ fn files_bench(rounds: usize) -> anyhow::Result<()> {
         "agent, 1,000 file rules on other files",
         "the same, opened by the agent identity",
     ];
+    // Where BPF LSM loads, `file_open`'s own run time per call (bpf_stats,
+    // not the emulator's noisy wall clock) with the 1,000 rules: for a
+    // process without an identity, and for the agent identity opening one
+    // file again and again (decision cache hits) or 1,000 files no rule
+    // names in turn (more files than cache slots: a walk each).
+    if bpf_lsm_in_force()? {
+        let plain = dir.path().join("plain");
+        std::fs::create_dir(&plain)?;
+        for i in 0..1000 {
+            std::fs::write(plain.join(format!("f{i}")), b"x")?;
+        }
+        let _stats = zt_agent::bpf::enable_run_time_stats()?;
+        let agent = Agent::start("bench-files", &pol_many, &[])?;
+        println!("file_open program run time per call (bpf_stats), 1,000 file rules on other files:");
+        for (label, inside, mode) in [
+            ("a process without an identity", false, "open"),
+            ("the agent identity, one file again and again", true, "open"),
+            ("the agent identity, 1,000 other files in turn", true, "open-many"),
+        ] {
+            let before = zt_agent::bpf::program_run_stats("file_open")?;
+            let mut cmd = if inside { cg.command(&me) } else { Command::new(&me) };
+            cmd.env("ZT_BENCH_FILE", &looped).env("ZT_BENCH_DIR", &plain).args(["syscall-loop", mode, &n.to_string()]);
+            let open_ns = child_out(cmd)?.parse::<f64>()?;
+            let after = zt_agent::bpf::program_run_stats("file_open")?;
+            let calls = (after.1 - before.1).max(1);
+            let ns = (after.0 - before.0).as_nanos() as f64 / calls as f64;
+            println!("  {label:<48} {ns:>7.0} ns over {calls} calls: {:.1}% of its open()+close() ({open_ns:.0} ns)", 100.0 * ns / open_ns);
+        }
+        agent.stop()?;
+        println!();
+    }
     let mut samples = vec![Vec::new(); labels.len()];
     let mut answered = vec![0u64; labels.len()];
+    if rounds == 0 {
+        return Ok(());
+    }
     for r in 0..rounds {
         let mut this_round = vec![0.0; labels.len()];
         for step in 0..labels.len() {
