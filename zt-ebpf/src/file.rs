@@ -27,10 +27,11 @@
 //! rules for the access takes its default without a walk. `file_open`
 //! keeps its decisions in a per-CPU cache (`OPEN_CACHE`, see
 //! `zt_common::path_policy::OpenDecision`), which [`rename_exit`]
-//! invalidates: every rename bumps `FILE_EPOCH` once it is done. A decision a rule
-//! made, or a deny, is reported as a [`FileEvent`], at most one per
-//! (process, object, operation, access, decision) per second on a CPU,
-//! with the attempts folded in between (`FILE_AGG`).
+//! invalidates: every rename bumps `FILE_EPOCH` once it is done.
+//!
+//! A decision a rule made, or a deny, is reported as a [`FileEvent`], at
+//! most one per (process, object, operation, access, decision) per second
+//! on a CPU, with the attempts folded in between (`FILE_AGG`).
 use aya_ebpf::{
     cty::c_void,
     helpers::{
