@@ -224,16 +224,17 @@ impl Agent {
         if bpf.attach_files(lsm_loads, opts.syscall_guards)? {
             maps.config.add_flags(zt_common::config_flags::EXEC_LSM)?;
         }
-        if bpf.hooks.iter().any(|h| h.program == "file_open" && h.attached) {
+        if bpf.attached("file_open") {
             maps.config.add_flags(zt_common::config_flags::FILE_LSM)?;
         }
-        if bpf.open_cache_usable() {
+        // The cache only while renames are counted (they invalidate it).
+        if bpf.attached(zt_common::programs::RENAME_EXIT) {
             maps.config.add_flags(zt_common::config_flags::OPEN_CACHE)?;
         }
         if fanotify.is_some()
             && let Some((_, line)) = paths.iter_mut().find(|(w, _)| *w == "file rules")
         {
-            let open_exit = bpf.hooks.iter().any(|h| h.program == zt_common::programs::OPEN_EXIT && h.attached);
+            let open_exit = bpf.attached(zt_common::programs::OPEN_EXIT);
             *line = probe::file_rules_fallback(open_exit);
         }
         mark_degraded(&mut paths, &bpf.hooks);

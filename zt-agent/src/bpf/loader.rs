@@ -422,7 +422,7 @@ impl Bpf {
             };
             self.record(hook, at, r, Need::Optional { fallback })?;
         }
-        if self.hooks.iter().any(|h| h.program == "file_open" && h.attached) {
+        if self.attached("file_open") {
             let btf = btf.as_ref().expect("file_open attached");
             let at = format!("fexit/{}", P::RENAME_EXIT_FUNCTION);
             let r = self.attach_fexit(P::RENAME_EXIT, P::RENAME_EXIT_FUNCTION, btf);
@@ -430,13 +430,12 @@ impl Bpf {
         } else {
             self.attach_open_exit(syscalls)?;
         }
-        Ok(self.hooks.iter().any(|h| h.program == "bprm_check_security" && h.attached))
+        Ok(self.attached("bprm_check_security"))
     }
 
-    /// Whether `file_open` may keep its decisions in `OPEN_CACHE`: only
-    /// while [`P::RENAME_EXIT`] invalidates it (`config_flags::OPEN_CACHE`).
-    pub fn open_cache_usable(&self) -> bool {
-        self.hooks.iter().any(|h| h.program == P::RENAME_EXIT && h.attached)
+    /// Whether program `program` is attached (at any of its attach points).
+    pub fn attached(&self, program: &str) -> bool {
+        self.hooks.iter().any(|h| h.program == program && h.attached)
     }
 
     /// Where `file_open` is not attached: [`P::OPEN_EXIT`] at the return
