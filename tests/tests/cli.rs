@@ -258,3 +258,57 @@ fn the_command_line_overrides_the_config_file_and_status_says_so() {
     assert_eq!(setting("pollMs")["source"], "default");
     agent.stop().unwrap();
 }
+
+/// `model train` then `model eval --json` on traces in the datasets'
+/// format: the figures the issue names are there, a behaviour the normal
+/// traces never show is told apart, and a bad token is reported at
+/// file:line:column.
+#[test]
+fn model_train_and_eval_on_trace_directories() {
+    let dir = tempdir("cli-model").unwrap();
+    let write = |sub: &str, name: &str, calls: &[u32]| {
+        let d = dir.path().join(sub);
+        std::fs::create_dir_all(&d).unwrap();
+        let text: Vec<String> = calls.iter().map(u32::to_string).collect();
+        std::fs::write(d.join(name), text.join(" ") + "\n").unwrap();
+    };
+    // Normal: a read loop with a varying tail, in train/ and normal/;
+    // attack: the same calls in an order never seen, in attack/.
+    for i in 0..60u32 {
+        let trace: Vec<u32> = [0, 1, 2, 3, i % 4 + 4, 1].repeat(8 + i as usize % 7);
+        write(if i % 2 == 0 { "train" } else { "normal/sub" }, &format!("{i}.txt"), &trace);
+    }
+    for i in 0..10 {
+        write("attack", &format!("{i}.txt"), &[59, 33, 33, 33, 2, 0, 1].repeat(5));
+    }
+    let model = dir.path().join("m.json");
+    let run = |args: &[&std::ffi::OsStr]| Command::new(agent_bin()).arg("model").args(args).output().unwrap();
+    let train = run(&["train".as_ref(), "--input".as_ref(), dir.path().join("train").as_os_str(), "--out".as_ref(), model.as_os_str()]);
+    assert!(train.status.success(), "{}", String::from_utf8_lossy(&train.stderr));
+    let said = String::from_utf8_lossy(&train.stdout);
+    assert!(said.contains(": 30 traces,") && said.contains("(order 6,"), "{said}");
+    let eval = run(&[
+        "eval".as_ref(),
+        "--model".as_ref(),
+        model.as_os_str(),
+        "--normal".as_ref(),
+        dir.path().join("normal").as_os_str(),
+        "--attack".as_ref(),
+        dir.path().join("attack").as_os_str(),
+        "--json".as_ref(),
+    ]);
+    assert!(eval.status.success(), "{}", String::from_utf8_lossy(&eval.stderr));
+    let e: serde_json::Value = serde_json::from_slice(&eval.stdout).unwrap();
+    for key in ["auc", "dr_at_1pct", "fpr_at_1pct", "dr_at_5pct", "fpr_at_5pct"] {
+        assert!(e[key].is_number(), "{key} in {e}");
+    }
+    assert_eq!((e["normal_calibration"].as_u64(), e["normal_held_out"].as_u64(), e["attack"].as_u64()), (Some(15), Some(15), Some(10)));
+    assert_eq!(e["auc"].as_f64(), Some(1.0), "{e}");
+    assert_eq!(e["dr_at_1pct"].as_f64(), Some(1.0), "{e}");
+    // A bad token: file:line:column, exit non-zero.
+    std::fs::write(dir.path().join("train/bad.txt"), "1 2\n3 4x\n").unwrap();
+    let bad = run(&["train".as_ref(), "--input".as_ref(), dir.path().join("train").as_os_str(), "--out".as_ref(), model.as_os_str()]);
+    assert!(!bad.status.success());
+    let err = String::from_utf8_lossy(&bad.stderr);
+    assert!(err.contains("train/bad.txt:2:3: \"4x\" is not a syscall number"), "{err}");
+}

@@ -12,9 +12,11 @@
 //!   one shared kernel; the root ones only as root). Prints
 //!   `xtask: N passed, F failed, S skipped` and what was skipped and why.
 //!   The last part boots a stock Debian kernel under QEMU (`vm-test`).
-//! - `vm-test`: the guest tests (tests/tests/guest.rs) in a QEMU guest that
-//!   boots a stock Debian kernel (where BPF LSM loads) on the host's root,
-//!   read-only over virtiofs; pass/fail from the guest's `GUEST-RC=` line.
+//! - `vm-test`: the guest suites (tests/tests/guest.rs, network.rs,
+//!   files.rs) in a QEMU guest that boots a stock Debian kernel, 6.1 or
+//!   6.12 or each in turn (BPF LSM loads there), on the host's root,
+//!   read-only over virtiofs; pass/fail from the guest's `GUEST-RC=` line
+//!   (the `guest` module).
 //! - `bench`: benchmarks (`bench attribution`, `bench policy`, `bench net`, `bench audit`,
 //!   `bench hardening`, `bench pipeline`, `bench siem`, `bench files`).
 use std::{
@@ -25,6 +27,9 @@ use std::{
 
 use anyhow::{Context as _, bail};
 use clap::{Parser, Subcommand};
+use guest::{GuestKernel, KernelArg, boot_guest, vm_test};
+
+mod guest;
 
 #[derive(Parser)]
 #[command(name = "xtask")]
@@ -58,6 +63,9 @@ enum Cmd {
     /// Run the guest tests in a QEMU guest on a stock Debian kernel (BPF
     /// LSM loads there); counted like the other tests.
     VmTest {
+        /// The guest kernel: Debian's 6.1 or 6.12, or each in turn.
+        #[arg(long, value_enum, default_value = "all")]
+        kernel: KernelArg,
         /// Extra arguments for the guest test binary (e.g. a name filter).
         #[arg(last = true)]
         args: Vec<OsString>,
@@ -71,6 +79,9 @@ enum Cmd {
         /// Rounds of interleaved measurement.
         #[arg(long, default_value_t = 3)]
         rounds: u32,
+        /// The guest kernel (each in turn with `all`).
+        #[arg(long, value_enum, default_value = "6.12")]
+        kernel: KernelArg,
     },
     /// Benchmarks; prints ratios measured side by side in one run.
     Bench {
@@ -156,11 +167,14 @@ fn real_main() -> anyhow::Result<()> {
             }
             exec(cmd)
         }
-        Cmd::VmTest { args } => {
+        Cmd::VmTest { kernel, args } => {
             setup()?;
             build(false)?;
             let mut tally = Tally::default();
-            let ok = vm_test(&root, &args, &mut tally)?;
+            let mut ok = true;
+            for &k in kernel.kernels() {
+                ok &= vm_test(&root, k, &args, &mut tally)?;
+            }
             tally.summary();
             if !ok || tally.failed > 0 {
                 bail!("guest tests failed");
@@ -171,13 +185,12 @@ fn real_main() -> anyhow::Result<()> {
             setup()?;
             test(&root, &args)
         }
-        Cmd::VmBench { which, rounds } => {
+        Cmd::VmBench { which, rounds, kernel } => {
             setup()?;
             build(true)?;
             let mut b = cargo();
             b.args(["build", "--release", "--quiet", "-p", "zt-tests", "--bin", "zt-bench"]);
             run(b)?;
-            let kernel = guest_kernel_image().map_err(|why| anyhow::anyhow!(why))?;
             let command = vec![
                 "/usr/bin/env".into(),
                 format!("ZT_AGENT_BIN={}", root.join("target/release/zt-agent").display()),
@@ -186,10 +199,12 @@ fn real_main() -> anyhow::Result<()> {
                 "--rounds".into(),
                 rounds.to_string(),
             ];
-            eprintln!("xtask: vm-bench: booting {} under QEMU (TCG) for bench {}", kernel.display(), which.name());
-            let mut tally = Tally::default();
-            if !boot_guest(&root, &kernel, &[command], &mut tally)? {
-                bail!("the benchmark failed in the guest");
+            for &k in kernel.kernels() {
+                eprintln!("xtask: vm-bench: booting {k} under QEMU (TCG) for bench {}", which.name());
+                let mut tally = Tally::default();
+                if !boot_guest(&root, k, std::slice::from_ref(&command), &mut tally)? {
+                    bail!("the benchmark failed in the {k} guest");
+                }
             }
             Ok(())
         }
@@ -253,8 +268,10 @@ fn output(program: &str, args: &[&str]) -> anyhow::Result<String> {
 /// its GnuTLS and OpenSSL drivers (real syslog receivers for the SIEM
 /// tests; installing starts no daemon here, the tests start their own),
 /// openssl (test certificates).
-/// qemu-system-x86 (with virtiofsd) boots the guest of `vm-test`.
-const APT_PACKAGES: &[&str] = &["bash", "iproute2", "procps", "rsyslog", "rsyslog-gnutls", "rsyslog-openssl", "openssl", "qemu-system-x86"];
+/// qemu-system-x86 (with virtiofsd) boots the guest of `vm-test`; xz-utils
+/// unpacks the guest kernel's compressed modules for its initramfs.
+const APT_PACKAGES: &[&str] =
+    &["bash", "iproute2", "procps", "rsyslog", "rsyslog-gnutls", "rsyslog-openssl", "openssl", "qemu-system-x86", "xz-utils"];
 
 fn setup() -> anyhow::Result<()> {
     // 1. rust-src for the nightly toolchain (the eBPF crate builds core itself),
@@ -305,17 +322,10 @@ fn setup() -> anyhow::Result<()> {
         eprintln!("xtask setup: unpacking syslog-ng into {}", syslog_ng.display());
         apt.unpack(SYSLOG_NG_PACKAGES, &syslog_ng)?;
     }
-    // 5. The guest kernel of `vm-test`: the newest Debian 6.12 cloud kernel
-    //    the archive has, unpacked (not installed) under target/vm.
-    let kernel = guest_kernel();
-    if !kernel.join("boot").exists() {
-        apt.update()?;
-        let list = output("apt-cache", &["search", "--names-only", "^linux-image-6\\.12\\..*-cloud-amd64-unsigned$"])?;
-        let mut names: Vec<&str> = list.lines().filter_map(|l| l.split_whitespace().next()).collect();
-        names.sort_by_key(|n| n.split(['.', '+', '-']).map(|p| p.parse::<u64>().unwrap_or(0)).collect::<Vec<_>>());
-        let name = names.last().context("no linux-image-6.12.*-cloud-amd64-unsigned package in the archive")?;
-        eprintln!("xtask setup: unpacking {name} into {} (the vm-test guest kernel)", kernel.display());
-        apt.unpack(&[name], &kernel)?;
+    // 5. The guest kernels of `vm-test`, unpacked (not installed) under
+    //    target/vm, and the 6.1 guest's initramfs.
+    for kernel in GuestKernel::ALL {
+        kernel.setup(&mut apt)?;
     }
     Ok(())
 }
@@ -432,7 +442,11 @@ fn test(root: &Path, args: &[OsString]) -> anyhow::Result<()> {
     let integ_ok = run_counting(integ, &mut tally)?;
     // The guest tests, in a QEMU guest on a stock kernel (as root only).
     let guest_ok = if is_root {
-        vm_test(root, args, &mut tally)?
+        let mut ok = true;
+        for kernel in GuestKernel::ALL {
+            ok &= vm_test(root, kernel, args, &mut tally)?;
+        }
+        ok
     } else {
         tally.skipped.push(("vm-test".into(), "needs root (QEMU guest with the host's root filesystem)".into()));
         true
@@ -562,6 +576,10 @@ struct Tally {
     skipped_at_run_time: u64,
     /// The exit status a QEMU guest printed (`GUEST-RC=<n>`).
     guest_rc: Option<i32>,
+    /// Put before the names of skipped tests (the guest kernel they ran on).
+    scope: String,
+    /// Each guest run: its kernel and whether it passed.
+    guests: Vec<(String, bool)>,
 }
 
 impl Tally {
@@ -571,6 +589,9 @@ impl Tally {
         println!("xtask: {passed} passed, {} failed, {} skipped", self.failed, self.skipped.len());
         for (name, why) in &self.skipped {
             println!("xtask:   skipped {name}: {why}");
+        }
+        for (kernel, ok) in &self.guests {
+            println!("xtask:   guest {kernel}: {}", if *ok { "passed" } else { "FAILED" });
         }
         passed
     }
@@ -588,144 +609,13 @@ impl Tally {
             && let Some(why) = verdict.strip_prefix("ignored")
         {
             let why = why.trim_start_matches(',').trim();
-            self.skipped.push((name.to_string(), if why.is_empty() { "#[ignore]".into() } else { why.to_string() }));
+            self.skipped.push((format!("{}{name}", self.scope), if why.is_empty() { "#[ignore]".into() } else { why.to_string() }));
         } else if let Some((name, why)) = skipped_part(line).and_then(|l| l.split_once(": ")) {
             // `test/variant`: one variant of a test that itself ran (zt_tests::skip_variant).
             if !name.contains('/') {
                 self.skipped_at_run_time += 1;
             }
-            self.skipped.push((name.to_string(), why.to_string()));
-        }
-    }
-}
-
-/// The integration suites run in the guest: its own, and the network
-/// enforcement suite on a stock kernel.
-const GUEST_SUITES: [&str; 3] = ["guest", "network", "files"];
-
-/// The kernel the guest boots: Debian's 6.12 cloud kernel (virtiofs and
-/// virtio-pci built in, so no initramfs), unpacked by `setup` here.
-fn guest_kernel() -> PathBuf {
-    workspace_root().join("target/vm/linux-6.12")
-}
-
-/// Boots the guest kernel under QEMU (TCG) with the host's root read-only
-/// over virtiofs and runs the guest test binary there, counting its
-/// results into `tally`; false when the guest failed or said nothing.
-fn vm_test(root: &Path, args: &[OsString], tally: &mut Tally) -> anyhow::Result<bool> {
-    let skip = |tally: &mut Tally, why: String| {
-        eprintln!("xtask: vm-test SKIPPED: {why}");
-        tally.skipped.push(("vm-test".into(), why));
-        Ok(true)
-    };
-    let kernel = match guest_kernel_image() {
-        Ok(k) => k,
-        Err(why) => return skip(tally, why),
-    };
-    // The guest test binary and the guest's init, built for the host (the
-    // guest runs them from the shared root).
-    let mut build_tests = cargo();
-    build_tests.args(["test", "-p", "zt-tests", "--no-run", "--message-format=json"]);
-    for suite in GUEST_SUITES {
-        build_tests.args(["--test", suite]);
-    }
-    let out = build_tests.output().context("building the guest tests")?;
-    anyhow::ensure!(out.status.success(), "building the guest tests: {}", String::from_utf8_lossy(&out.stderr));
-    let exes: Vec<PathBuf> = String::from_utf8_lossy(&out.stdout)
-        .lines()
-        .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
-        .filter(|v| v["target"]["name"].as_str().is_some_and(|n| GUEST_SUITES.contains(&n)))
-        .filter_map(|v| v["executable"].as_str().map(PathBuf::from))
-        .collect();
-    anyhow::ensure!(exes.len() == GUEST_SUITES.len(), "cargo built {} of the {} guest suites", exes.len(), GUEST_SUITES.len());
-    let commands: Vec<Vec<String>> = exes
-        .iter()
-        .map(|exe| {
-            let mut c = vec![exe.display().to_string(), "--include-ignored".into(), "--test-threads=1".into(), "--color=never".into()];
-            c.extend(args.iter().map(|a| a.to_string_lossy().into_owned()));
-            c
-        })
-        .collect();
-    eprintln!("xtask: vm-test: booting {} under QEMU (TCG) for {}", kernel.display(), GUEST_SUITES.join(", "));
-    boot_guest(root, &kernel, &commands, tally)
-}
-
-/// The guest kernel's image, or why the guest cannot boot here.
-fn guest_kernel_image() -> Result<PathBuf, String> {
-    if !quiet_ok("qemu-system-x86_64", &["--version"]) || !Path::new(VIRTIOFSD).exists() {
-        return Err("qemu-system-x86_64 or virtiofsd is missing (`cargo xtask setup` installs qemu-system-x86)".into());
-    }
-    std::fs::read_dir(guest_kernel().join("boot"))
-        .ok()
-        .and_then(|d| {
-            d.filter_map(Result::ok).map(|e| e.path()).find(|p| p.file_name().is_some_and(|n| n.to_string_lossy().starts_with("vmlinuz-")))
-        })
-        .ok_or_else(|| format!("no guest kernel under {} (`cargo xtask setup` unpacks it)", guest_kernel().display()))
-}
-
-const VIRTIOFSD: &str = "/usr/lib/qemu/virtiofsd";
-
-/// Runs `commands` (each a program and its arguments, in order) in the
-/// guest: the host's root read-only over virtiofs, `zt-guest-init` as PID 1.
-/// Its output goes through [`run_counting`] into `tally`; false when a
-/// command failed or the guest said nothing.
-fn boot_guest(root: &Path, kernel: &Path, commands: &[Vec<String>], tally: &mut Tally) -> anyhow::Result<bool> {
-    let virtiofsd = Path::new(VIRTIOFSD);
-    let mut b = cargo();
-    b.args(["build", "-p", "zt-tests", "--bin", "zt-guest-init"]);
-    run(b)?;
-    let init = root.join("target/debug/zt-guest-init");
-    let dir = root.join("target/vm");
-    let sock = dir.join("virtiofs.sock");
-    let _ = std::fs::remove_file(&sock);
-    let mut fsd = Command::new(virtiofsd)
-        .arg(format!("--socket-path={}", sock.display()))
-        .args(["-o", "source=/", "-o", "cache=always", "-o", "sandbox=chroot"])
-        .stdout(std::process::Stdio::null())
-        .stderr(std::fs::File::create(dir.join("virtiofsd.log"))?)
-        .spawn()
-        .context("starting virtiofsd")?;
-    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
-    while !sock.exists() && std::time::Instant::now() < deadline {
-        std::thread::sleep(std::time::Duration::from_millis(20));
-    }
-    let guest_cmd: Vec<String> = commands.join(&";;".to_string());
-    let append = format!(
-        "console=ttyS0 root=hostroot rootfstype=virtiofs ro init={} panic=-1 quiet lsm=lockdown,capability,landlock,yama,apparmor,bpf -- {}",
-        init.display(),
-        guest_cmd.join(" ")
-    );
-    // QEMU's own status says nothing about the guest: the GUEST-RC line does.
-    // One TCG thread for both vCPUs: with `thread=multi` a 6.12 guest
-    // died now and then of an `Oops: int3` in `syscall_trace_enter` right
-    // after a tracepoint attach, a vCPU running a stale translation of code
-    // the kernel had just patched (text_poke_bp). Round-robin vCPUs see
-    // every patch at once.
-    let mut qemu = Command::new("timeout");
-    qemu.args(["1500", "qemu-system-x86_64", "-accel", "tcg,thread=single", "-cpu", "max", "-smp", "2", "-m", "1G"])
-        .args(["-object", "memory-backend-memfd,id=mem,size=1G,share=on", "-numa", "node,memdev=mem"])
-        .arg("-chardev")
-        .arg(format!("socket,id=vfs,path={}", sock.display()))
-        .args(["-device", "vhost-user-fs-pci,chardev=vfs,tag=hostroot"])
-        .args(["-display", "none", "-no-reboot", "-nodefaults", "-serial", "stdio", "-kernel"])
-        .arg(kernel)
-        .arg("-append")
-        .arg(append);
-    tally.guest_rc = None;
-    let ran = run_counting(qemu, tally);
-    let _ = fsd.kill();
-    let _ = fsd.wait();
-    ran?;
-    match tally.guest_rc {
-        Some(0) => Ok(true),
-        Some(rc) => {
-            eprintln!("xtask: vm-test: the guest tests exited with {rc}");
-            Ok(false)
-        }
-        None => {
-            eprintln!("xtask: vm-test: the guest printed no GUEST-RC line (it did not boot or hung): counted as a failure");
-            tally.failed += 1;
-            Ok(false)
+            self.skipped.push((format!("{}{name}", self.scope), why.to_string()));
         }
     }
 }

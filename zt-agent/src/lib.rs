@@ -11,6 +11,7 @@
 //! - [`bpf`]: the only module that uses aya: load, attach, probe, typed
 //!   maps, and the domain's table traits implemented over them.
 //! - [`files`]: file rules where BPF LSM does not load (fanotify).
+//! - [`anomaly`]: the per-identity syscall anomaly model (pure; no kernel).
 //! - [`audit`]: the signed, tamper-evident audit log (an output of the pipeline).
 //! - [`siem`]: the audit log's records to SIEM destinations over syslog.
 //! - [`pipeline`]: ring buffer -> decode -> enrich -> outputs, loss counting.
@@ -20,6 +21,7 @@
 //! - [`fsutil`]: crash-safe file replacement.
 //! - [`dirwatch`]: directory watching (inotify on tokio).
 //! - [`error`]: rendering error chains.
+pub mod anomaly;
 pub mod audit;
 pub mod bpf;
 pub mod config;

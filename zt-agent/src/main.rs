@@ -45,6 +45,11 @@ enum Command {
         #[command(subcommand)]
         command: cli::audit::AuditCommand,
     },
+    /// The syscall anomaly model offline: train on traces, evaluate.
+    Model {
+        #[command(subcommand)]
+        command: cli::model::ModelCommand,
+    },
     /// Remove the pinned programs and state (enforcement ends): what a stop
     /// leaves in place on purpose. Stop the agent first.
     Uninstall {
@@ -71,6 +76,7 @@ fn main() -> ExitCode {
         Command::Status { socket, json } => cli::status::status(&socket, json),
         Command::Policy { command } => cli::policy::command(command),
         Command::Audit { command } => cli::audit::command(command),
+        Command::Model { command } => cli::model::command(command),
         Command::Uninstall { pin_dir } => cli::run::uninstall(&pin_dir),
     };
     result.unwrap_or_else(|e| {

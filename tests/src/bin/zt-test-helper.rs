@@ -29,8 +29,9 @@
 //! - open-at-loop MS DIR NAME       open DIR, then NAME in it (`openat` on
 //!   DIR's descriptor: it follows DIR wherever it is moved) for reading as
 //!   fast as possible for MS ms; prints "opened" after the first allowed
-//!   open, and at the end when the last allowed and the first denied
-//!   (EPERM) open began ("<ns> <ns>", CLOCK_MONOTONIC, 0 for none)
+//!   open, and at the end when the last allowed open began and when the
+//!   first denied (EPERM) one returned ("<ns> <ns>", CLOCK_MONOTONIC, 0
+//!   for none)
 //! - listen ADDR MS                 accept for MS ms; print how many connections came
 //! - connect-loop MS ADDR...       TCP connects to each ADDR in turn (then 0.5 ms
 //!   pause) for MS ms; prints how many attempts were denied (EPERM) and allowed
@@ -178,7 +179,7 @@ fn main() {
                     // SAFETY: the descriptor just opened, closed once.
                     unsafe { libc::close(fd) };
                 } else if std::io::Error::last_os_error().raw_os_error() == Some(libc::EPERM) && first_denied == 0 {
-                    first_denied = began;
+                    first_denied = monotonic_ns();
                 }
             }
             println!("{last_allowed} {first_denied}");

@@ -7,8 +7,10 @@
 //! - [`status`]: `status`, `probe`.
 //! - [`policy`]: `policy check|explain|diff|history|rollback|reload`.
 //! - [`audit`]: `audit verify|proof|consistency|show|tail|key|rotate-key`.
+//! - [`model`]: `model train|eval` (the anomaly model offline).
 pub mod audit;
 pub mod config;
+pub mod model;
 pub mod policy;
 pub mod run;
 pub mod status;

@@ -1,0 +1,14 @@
+//! Syscall anomaly detection: a per-identity model of its processes'
+//! syscall sequences, scored over sliding windows.
+//!
+//! # Parts
+//! - [`trace`]: traces on disk (one process per file, integer tokens).
+//! - [`ngram`]: the n-gram language model (Witten-Bell) and a process's
+//!   stream of window scores (mean surprise, unseen-sequence rate).
+//! - [`model`]: train, score, save and load a model; evaluate it.
+//! - [`eval`]: seeded calibration split, thresholds for a target
+//!   false-positive rate, AUC.
+pub mod eval;
+pub mod model;
+pub mod ngram;
+pub mod trace;
