@@ -6,6 +6,7 @@
 //! - [`threshold`]: the score above which at most the target share of the
 //!   calibration scores lie.
 //! - [`auc`]: the area under the ROC curve (Mann-Whitney, ties counted half).
+//! - [`Standard`]: standard scores, to put two scorers on one scale.
 //! - [`Report`]: AUC, and detection and achieved false-positive rates at
 //!   1% and 5% targets, for one scorer.
 use serde::Serialize;
@@ -75,6 +76,27 @@ pub fn auc(normal: &[f64], attack: &[f64]) -> f64 {
         })
         .sum();
     wins / (n.len() as f64 * attack.len() as f64)
+}
+
+/// Standard scores on a reference set's scale: (x - mean) / deviation
+/// (a deviation of 0 counts as 1, so a constant set only shifts).
+#[derive(Debug, Clone, Copy)]
+pub struct Standard {
+    mean: f64,
+    deviation: f64,
+}
+
+impl Standard {
+    pub fn of(reference: &[f64]) -> Self {
+        let n = reference.len().max(1) as f64;
+        let mean = reference.iter().sum::<f64>() / n;
+        let var = reference.iter().map(|x| (x - mean).powi(2)).sum::<f64>() / n;
+        Standard { mean, deviation: if var > 0.0 { var.sqrt() } else { 1.0 } }
+    }
+
+    pub fn z(&self, x: f64) -> f64 {
+        (x - self.mean) / self.deviation
+    }
 }
 
 /// One scorer's figures (`model eval --json` prints these names).

@@ -1,8 +1,8 @@
 //! An identity's baseline: the n-gram model of its processes' syscall
-//! traces, the window it scores over, and its file.
+//! traces and the frequency vectors of their windows, and its file.
 //!
-//! - [`Model::train`]: learns every trace's n-grams.
-//! - [`Model::score`]: a trace's scores, the highest over its sliding
+//! - [`Model::train`]: learns every trace's n-grams and window frequencies.
+//! - [`Model::score`]: a trace's scores, each the highest over its sliding
 //!   windows (a trace shorter than a window: its calls so far).
 //! - [`Model::save`], [`Model::load`]: a versioned JSON file, replaced
 //!   atomically; a file of another format or version is refused by name.
@@ -14,16 +14,19 @@ use serde::{Deserialize, Serialize};
 
 use super::{
     eval::{self, Report},
-    ngram::{Ngrams, Stream, WindowScore},
+    freq::Frequencies,
+    ngram::{Ngrams, Stream},
 };
 use crate::fsutil::{self, FsError};
 
 pub const FORMAT: &str = "zt-anomaly-model";
-pub const VERSION: u32 = 1;
+pub const VERSION: u32 = 2;
 /// Defaults: order 6 (the strongest cheap scorer in comparable
-/// experiments, see the README), 20-call windows.
+/// experiments, see the README), 20-call windows; frequency windows of
+/// 100 calls.
 pub const DEFAULT_ORDER: u16 = 6;
 pub const DEFAULT_WINDOW: u32 = 20;
+pub const DEFAULT_FREQUENCY_WINDOW: u32 = 100;
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct Model {
@@ -35,6 +38,18 @@ pub struct Model {
     pub traces: usize,
     pub calls: u64,
     pub ngrams: Ngrams,
+    pub frequencies: Frequencies,
+}
+
+/// A trace's scores: each scorer's highest window.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct TraceScore {
+    /// Mean surprise per call over `window` calls, in bits.
+    pub surprise: f64,
+    /// Share of the window's order-length sequences never seen (stide).
+    pub unseen: f64,
+    /// Distance of the call mix to the nearest baseline window's.
+    pub frequency: f64,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -50,30 +65,34 @@ pub enum ModelError {
 }
 
 impl Model {
-    pub fn train<'a>(traces: impl IntoIterator<Item = &'a [u32]>, order: usize, window: usize) -> Model {
+    pub fn train<'a>(traces: impl IntoIterator<Item = &'a [u32]> + Clone, order: usize, window: usize, frequency_window: usize) -> Model {
         let mut ngrams = Ngrams::new(order);
         let (mut count, mut calls) = (0, 0u64);
-        for t in traces {
+        for t in traces.clone() {
             ngrams.learn(t);
             count += 1;
             calls += t.len() as u64;
         }
-        Model { format: FORMAT.into(), version: VERSION, window: window.max(1), traces: count, calls, ngrams }
+        let frequencies = Frequencies::train(traces, frequency_window);
+        Model { format: FORMAT.into(), version: VERSION, window: window.max(1), traces: count, calls, ngrams, frequencies }
     }
 
-    /// The trace's highest window scores (each scorer's own highest).
-    pub fn score(&self, calls: &[u32]) -> WindowScore {
+    /// The trace's scores (each scorer's own highest window).
+    pub fn score(&self, calls: &[u32]) -> TraceScore {
         let mut stream = Stream::new(self.window);
-        let mut max = WindowScore { surprise: 0.0, unseen: 0.0 };
+        let (mut surprise, mut unseen) = (0.0_f64, 0.0_f64);
         let mut full = false;
         for &c in calls {
             if let Some(w) = stream.push(&self.ngrams, c) {
                 full = true;
-                max.surprise = max.surprise.max(w.surprise);
-                max.unseen = max.unseen.max(w.unseen);
+                surprise = surprise.max(w.surprise);
+                unseen = unseen.max(w.unseen);
             }
         }
-        if full || stream.calls_in_window() == 0 { max } else { stream.current() }
+        if !full && stream.calls_in_window() > 0 {
+            (surprise, unseen) = (stream.current().surprise, stream.current().unseen);
+        }
+        TraceScore { surprise, unseen, frequency: self.frequencies.score(calls) }
     }
 
     pub fn save(&self, path: &Path) -> Result<(), ModelError> {
@@ -119,6 +138,11 @@ pub struct Scorers {
     pub ngram: Report,
     /// Share of a window's order-length sequences never seen (stide).
     pub stide: Report,
+    /// Distance of a window's call mix to the nearest baseline window's.
+    pub frequency: Report,
+    /// The higher of the n-gram and frequency scores, each first put on
+    /// the calibration half's scale (standard scores).
+    pub combined: Report,
 }
 
 /// Scores `normal` and `attack` traces; thresholds from a seeded half of
@@ -127,14 +151,18 @@ pub fn evaluate(model: &Model, normal: Vec<Vec<u32>>, attack: &[Vec<u32>], seed:
     let (calibration, held_out) = eval::split(normal, seed, 0.5);
     let scores = |set: &[Vec<u32>]| set.iter().map(|t| model.score(t)).collect::<Vec<_>>();
     let (c, h, a) = (scores(&calibration), scores(&held_out), scores(attack));
-    let report = |f: fn(&WindowScore) -> f64| {
-        let v = |s: &[WindowScore]| s.iter().map(f).collect::<Vec<f64>>();
-        Report::new(&v(&c), &v(&h), &v(&a))
-    };
-    let ngram = report(|s| s.surprise);
+    let of = |s: &[TraceScore], f: &dyn Fn(&TraceScore) -> f64| s.iter().map(f).collect::<Vec<f64>>();
+    let report = |f: &dyn Fn(&TraceScore) -> f64| Report::new(&of(&c, f), &of(&h, f), &of(&a, f));
+    let (zs, zf) = (eval::Standard::of(&of(&c, &|s| s.surprise)), eval::Standard::of(&of(&c, &|s| s.frequency)));
+    let ngram = report(&|s| s.surprise);
     Evaluation {
         primary: ngram.clone(),
-        scorers: Scorers { ngram, stide: report(|s| s.unseen) },
+        scorers: Scorers {
+            ngram,
+            stide: report(&|s| s.unseen),
+            frequency: report(&|s| s.frequency),
+            combined: report(&|s| zs.z(s.surprise).max(zf.z(s.frequency))),
+        },
         seed,
         normal_calibration: calibration.len(),
         normal_held_out: held_out.len(),
@@ -149,8 +177,8 @@ mod tests {
     #[test]
     fn a_short_trace_scores_its_calls_so_far_and_an_empty_one_zero() {
         let normal: Vec<u32> = [1, 2, 3].repeat(20);
-        let m = Model::train([normal.as_slice()], 3, 20);
-        assert_eq!(m.score(&[]), WindowScore { surprise: 0.0, unseen: 0.0 });
+        let m = Model::train([normal.as_slice()], 3, 20, 100);
+        assert_eq!(m.score(&[]), TraceScore { surprise: 0.0, unseen: 0.0, frequency: 0.0 });
         assert!(m.score(&[9, 9, 9]).surprise > m.score(&[1, 2, 3]).surprise);
     }
 
@@ -158,15 +186,15 @@ mod tests {
     fn files_round_trip_and_other_versions_are_refused_by_name() {
         let d = tempfile::tempdir().unwrap();
         let p = d.path().join("m.json");
-        let m = Model::train([[1u32, 2, 3, 1, 2, 4].as_slice()], 3, 4);
+        let m = Model::train([[1u32, 2, 3, 1, 2, 4].as_slice()], 3, 4, 4);
         m.save(&p).unwrap();
         let back = Model::load(&p).unwrap();
         assert_eq!(back.score(&[1, 2, 4, 4]), m.score(&[1, 2, 4, 4]));
         assert_eq!((back.traces, back.calls), (1, 6));
         let text = std::fs::read_to_string(&p).unwrap();
-        std::fs::write(&p, text.replace("\"version\":1", "\"version\":9")).unwrap();
+        std::fs::write(&p, text.replace("\"version\":2", "\"version\":9")).unwrap();
         let e = Model::load(&p).unwrap_err().to_string();
-        assert!(e.ends_with("model version 9; this agent reads version 1 (train it again)"), "{e}");
+        assert!(e.ends_with("model version 9; this agent reads version 2 (train it again)"), "{e}");
         std::fs::write(&p, r#"{"format":"other","version":1}"#).unwrap();
         assert!(Model::load(&p).unwrap_err().to_string().contains("a \"other\" file"));
         std::fs::write(&p, "[").unwrap();
@@ -179,7 +207,7 @@ mod tests {
         // of calls in an order normal never shows.
         let normal: Vec<Vec<u32>> = (0..40u32).map(|i| [0, 1, 2, 3, i % 3 + 4, 1].repeat(10 + i as usize % 5)).collect();
         let (train, test) = eval::split(normal, 1, 0.5);
-        let m = Model::train(train.iter().map(Vec::as_slice), 6, 10);
+        let m = Model::train(train.iter().map(Vec::as_slice), 6, 10, 30);
         let attack: Vec<Vec<u32>> = (0..10).map(|_| [3, 2, 1, 0, 9, 8].repeat(5)).collect();
         let e = evaluate(&m, test, &attack, 42);
         assert_eq!((e.normal_calibration, e.normal_held_out, e.attack), (10, 10, 10));
@@ -190,6 +218,10 @@ mod tests {
         for key in ["auc", "dr_at_1pct", "fpr_at_1pct", "dr_at_5pct", "fpr_at_5pct"] {
             assert!(json[key].is_number(), "{key} in {json}");
         }
-        assert!(json["scorers"]["stide"]["auc"].is_number());
+        for scorer in ["ngram", "stide", "frequency", "combined"] {
+            assert!(json["scorers"][scorer]["auc"].is_number(), "{scorer} in {json}");
+        }
+        // The attack's call mix is new too (calls 8 and 9).
+        assert_eq!(e.scorers.frequency.auc, 1.0);
     }
 }

@@ -22,6 +22,9 @@ pub enum ModelCommand {
         /// Calls per scoring window.
         #[arg(long, default_value_t = model::DEFAULT_WINDOW, value_parser = clap::value_parser!(u32).range(1..))]
         window: u32,
+        /// Calls per window of the frequency scorer.
+        #[arg(long, default_value_t = model::DEFAULT_FREQUENCY_WINDOW, value_parser = clap::value_parser!(u32).range(1..))]
+        frequency_window: u32,
     },
     /// Score normal and attack traces: AUC, and the detection rate at
     /// thresholds set for 1% and 5% false positives on a seeded half of the
@@ -43,17 +46,18 @@ pub enum ModelCommand {
 
 pub fn command(c: ModelCommand) -> anyhow::Result<ExitCode> {
     match c {
-        ModelCommand::Train { input, out, order, window } => {
+        ModelCommand::Train { input, out, order, window, frequency_window } => {
             let traces = trace::read_dir(&input)?;
-            let m = Model::train(traces.iter().map(|t| t.calls.as_slice()), order.into(), window as usize);
+            let m = Model::train(traces.iter().map(|t| t.calls.as_slice()), order.into(), window as usize, frequency_window as usize);
             m.save(&out)?;
             println!(
-                "{}: {} traces, {} calls, {} n-grams (order {order}, {} distinct calls), window {window}",
+                "{}: {} traces, {} calls, {} n-grams (order {order}, {} distinct calls), window {window}; {} baseline call mixes of {frequency_window} calls",
                 out.display(),
                 m.traces,
                 m.calls,
                 m.ngrams.len(),
-                m.ngrams.vocabulary()
+                m.ngrams.vocabulary(),
+                m.frequencies.baseline_len()
             );
         }
         ModelCommand::Eval { model, normal, attack, seed, json } => {
@@ -68,10 +72,11 @@ pub fn command(c: ModelCommand) -> anyhow::Result<ExitCode> {
                     "normal: {} calibration + {} held out (seed {seed}); attack: {}",
                     e.normal_calibration, e.normal_held_out, e.attack
                 );
-                println!("scorer   AUC     DR@1%   FPR@1%  DR@5%   FPR@5%");
-                for (name, r) in [("ngram", &e.scorers.ngram), ("stide", &e.scorers.stide)] {
+                println!("scorer     AUC     DR@1%   FPR@1%  DR@5%   FPR@5%");
+                let s = &e.scorers;
+                for (name, r) in [("ngram", &s.ngram), ("stide", &s.stide), ("frequency", &s.frequency), ("combined", &s.combined)] {
                     println!(
-                        "{name:<8} {:.3}   {:.3}   {:.3}   {:.3}   {:.3}",
+                        "{name:<10} {:.3}   {:.3}   {:.3}   {:.3}   {:.3}",
                         r.auc, r.dr_at_1pct, r.fpr_at_1pct, r.dr_at_5pct, r.fpr_at_5pct
                     );
                 }
