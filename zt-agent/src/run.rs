@@ -108,7 +108,9 @@ pub enum StopReason {
 
 /// A started agent.
 pub struct Agent {
-    bpf: Bpf,
+    /// Shared with `model record` (the control socket), which attaches the
+    /// syscall telemetry on demand.
+    bpf: Arc<std::sync::Mutex<Bpf>>,
     running: pipeline::Running,
     /// Resolves when the manager's thread ends.
     manager: oneshot::Receiver<()>,
@@ -213,6 +215,7 @@ impl Agent {
         // named the daemon, from which point the guards hold pending
         // processes to their rules again.
         enricher.settle_pending(&mut tables);
+        let recordings = enricher.recordings.clone();
         enricher.record_own_verdict(&mut tables);
         maps.settler.register_self()?;
 
@@ -273,6 +276,8 @@ impl Agent {
         let manager = spawn_manager(manager, commands_rx, stop_rx.clone())?;
         let paths: Vec<(String, String)> = paths.into_iter().map(|(a, b)| (a.to_string(), b)).collect();
         let info = Arc::new(static_info(&bpf, &object_digest, &paths, &cgroup2, &opts.settings));
+        let bpf = Arc::new(std::sync::Mutex::new(bpf));
+        let recorder = crate::anomaly::record::Recorder { switch: Arc::new(bpf::telemetry::Telemetry(bpf.clone())), recordings };
         let state = control::State {
             info,
             stats,
@@ -281,6 +286,7 @@ impl Agent {
             audit: Some(audit_control),
             siem: siem_status,
             fanotify: fanotify.as_ref().map(files::Fallback::counters),
+            recorder: Some(recorder),
         };
         let control = start_control(opts.socket.clone(), state, stop_rx);
 

@@ -15,6 +15,8 @@ pub mod kind {
     pub const AGG_EVICT: u32 = 6;
     /// A [`crate::path_policy::FileEvent`].
     pub const FILE: u32 = 7;
+    /// A [`crate::syscalls::SyscallBatch`].
+    pub const SYSCALLS: u32 = 8;
 }
 
 /// Common prefix of every ring buffer record.

@@ -17,6 +17,8 @@
 //! - `unix.rs` ([`unix`]): Unix-socket rule keys and [`unix::UnixEvent`].
 //! - `guard.rs` ([`guard`]): socket kinds, the calls agent identities may
 //!   not make around the egress hooks, and [`guard::GuardEvent`].
+//! - `syscalls.rs` ([`syscalls`]): batches of syscall numbers for the
+//!   anomaly model.
 //! - `config.rs`: [`Config`], run-time switches user space writes into the
 //!   `CONFIG` map, with [`config_flags`].
 //! - `loss.rs` ([`loss`]): indices of the per-CPU loss counters.
@@ -36,6 +38,7 @@ pub mod maps;
 pub mod path_policy;
 pub mod policy;
 pub mod programs;
+pub mod syscalls;
 pub mod unix;
 
 mod config;

@@ -27,7 +27,10 @@ pub const RINGBUF_UNIX: u32 = 7;
 /// `bpf_ringbuf_reserve` failed for a file event (the decision was still
 /// enforced; the key's next event reports the attempts since its last).
 pub const RINGBUF_FILE: u32 = 8;
-pub const COUNT: u32 = 9;
+/// `bpf_ringbuf_output` failed for a batch of syscall telemetry (its
+/// calls are missing from the thread's sequence).
+pub const RINGBUF_SYSCALLS: u32 = 9;
+pub const COUNT: u32 = 10;
 pub const NAMES: [&str; COUNT as usize] = [
     "ringbuf_exec",
     "ringbuf_exit",
@@ -38,6 +41,7 @@ pub const NAMES: [&str; COUNT as usize] = [
     "ringbuf_guard",
     "ringbuf_unix",
     "ringbuf_file",
+    "ringbuf_syscalls",
 ];
 
 /// Security records of one identity lost on one CPU: the security ring

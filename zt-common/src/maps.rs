@@ -105,6 +105,12 @@ pub const OPEN_CACHE: &str = "OPEN_CACHE";
 /// Array with one u64: renames since the programs loaded (each bumps it
 /// when it returns), part of every `OPEN_CACHE` entry's key.
 pub const FILE_EPOCH: &str = "FILE_EPOCH";
+/// Array indexed by identity id -> u32, 1: record the identity's syscalls
+/// (`sys_telemetry`).
+pub const TELEMETRY: &str = "TELEMETRY";
+/// Per-CPU array with one [`crate::syscalls::SyscallBatch`]: the batch
+/// being filled on each CPU.
+pub const SYSCALL_BATCH: &str = "SYSCALL_BATCH";
 /// The ring buffer of kernel log records. Not declared in
 /// `zt-ebpf/src/maps.rs`: aya-log-ebpf defines it, and it is in the object
 /// because `zt-ebpf/src/lineage.rs` logs with `warn!`; user space reads it
@@ -139,14 +145,17 @@ pub const ALL: &[&str] = &[
     PATH_SCRATCH,
     OPEN_CACHE,
     FILE_EPOCH,
+    TELEMETRY,
+    SYSCALL_BATCH,
     AYA_LOGS,
 ];
 
-/// The maps that are not pinned: the log channel and per-CPU scratch
-/// space. Every other map holds enforcement state and is pinned, so
+/// The maps that are not pinned: the log channel, per-CPU scratch space
+/// and the syscall telemetry (not enforcement: it starts with a daemon
+/// to read it). Every other map holds enforcement state and is pinned, so
 /// enforcement outlives the daemon and a restarted one continues where it
 /// was ([`pinned`]).
-pub const NOT_PINNED: &[&str] = &[ARGS_SCRATCH, PATH_SCRATCH, AYA_LOGS];
+pub const NOT_PINNED: &[&str] = &[ARGS_SCRATCH, PATH_SCRATCH, TELEMETRY, SYSCALL_BATCH, AYA_LOGS];
 
 /// The pinned maps, in [`ALL`]'s order.
 pub fn pinned() -> impl Iterator<Item = &'static str> {

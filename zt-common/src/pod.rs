@@ -31,3 +31,4 @@ unsafe impl aya::Pod for crate::path_policy::ObjectRules {}
 unsafe impl aya::Pod for crate::path_policy::FileAggKey {}
 unsafe impl aya::Pod for crate::path_policy::FileAggValue {}
 unsafe impl aya::Pod for crate::path_policy::FileEvent {}
+unsafe impl aya::Pod for crate::syscalls::SyscallBatch {}

@@ -67,6 +67,13 @@ pub const OPEN_EXIT_TRACEPOINTS: &[&str] =
 /// invalidates `file_open`'s decision cache. Attached with `file_open`.
 pub const RENAME_EXIT: &str = "rename_exit";
 pub const RENAME_EXIT_FUNCTION: &str = "vfs_rename";
+/// Raw tracepoint `sys_enter`: the syscalls of identities with telemetry
+/// on (`TELEMETRY`), batched for the anomaly model. Attached only while
+/// one has it on; not pinned.
+pub const SYS_TELEMETRY: &str = "sys_telemetry";
+/// At `io_uring/io_uring_submit_req`: io_uring submissions of the same
+/// identities as pseudo-calls. Attached with [`SYS_TELEMETRY`].
+pub const URING_TELEMETRY: &str = "uring_telemetry";
 /// Tiny programs loaded only by `zt-agent probe`.
 pub const PROBE_TRACEPOINT: &str = "probe_tracepoint";
 pub const PROBE_RAW_TRACEPOINT: &str = "probe_raw_tracepoint";
@@ -100,6 +107,8 @@ pub const ALL: &[&str] = &[
     GUARD_URING,
     OPEN_EXIT,
     RENAME_EXIT,
+    SYS_TELEMETRY,
+    URING_TELEMETRY,
     PROBE_TRACEPOINT,
     PROBE_RAW_TRACEPOINT,
     PROBE_SEND_SIGNAL,

@@ -618,6 +618,8 @@ fn try_exit(ctx: &TracePointContext) -> Result<(), i64> {
     let pid_tgid = bpf_get_current_pid_tgid();
     let tgid = (pid_tgid >> 32) as u32;
     let tid = pid_tgid as u32;
+    // The thread's last calls, before its exit event.
+    crate::telemetry::flush_thread(tid);
     let off = global(&EXIT_GROUP_DEAD_OFF);
     // Without `group_dead` (older kernels) the leader's exit stands for the
     // group's; a leader that exits before its threads then leaves them

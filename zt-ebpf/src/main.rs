@@ -18,6 +18,8 @@
 //! - `file`: file and exec rules, at BPF LSM hooks (EPERM) where the
 //!   kernel loads them, and for exec at `sched_process_exec` (SIGKILL)
 //!   where it does not; file events.
+//! - `telemetry`: the syscalls (and io_uring submissions) of identities
+//!   with telemetry on, batched for the anomaly model.
 //! - `probe`: tiny programs `zt-agent probe` loads to learn what this kernel runs.
 #![no_std]
 #![no_main]
@@ -36,6 +38,7 @@ mod lineage;
 mod maps;
 mod net;
 mod probe;
+mod telemetry;
 mod unix;
 
 #[cfg(not(test))]

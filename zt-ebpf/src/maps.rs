@@ -16,6 +16,7 @@ use zt_common::{
     maps,
     path_policy::{FILE_PATH_LEN, FileAggKey, FileAggValue, OPEN_CACHE_SLOTS, ObjectKey, ObjectRules, OpenDecision},
     policy::{AGG_SLOTS, ActivePolicy, AggSlot, IdentityBudget, IdentityCounters, IdentityPolicy, NetKeyData, NetRuleList, identity_index},
+    syscalls::SyscallBatch,
     unix::UnixKeyData,
 };
 
@@ -133,6 +134,14 @@ pub static OPEN_CACHE: PerCpuArray<OpenDecision> = PerCpuArray::with_max_entries
 /// Renames since the programs loaded (`rename_exit`).
 #[map]
 pub static FILE_EPOCH: Array<u64> = Array::with_max_entries(1, 0);
+
+/// Identity id -> 1 when its syscalls are recorded (`telemetry.rs`).
+#[map]
+pub static TELEMETRY: Array<u32> = Array::with_max_entries(maps::MAX_IDENTITIES + 1, 0);
+
+/// Each CPU's batch of syscall telemetry being filled.
+#[map]
+pub static SYSCALL_BATCH: PerCpuArray<SyscallBatch> = PerCpuArray::with_max_entries(1, 0);
 
 /// Where a file event's path is built, back to front (twice
 /// `FILE_PATH_LEN`, so every masked write is provably in bounds).

@@ -8,10 +8,12 @@
 //! - [`freq`]: the frequency scorer (call mixes of windows, nearest
 //!   baseline window by smartcore's cover tree).
 //! - [`model`]: train, score, save and load a model; evaluate it.
+//! - [`record`]: live traces of recorded identities (`model record`).
 //! - [`eval`]: seeded calibration split, thresholds for a target
 //!   false-positive rate, AUC.
 pub mod eval;
 pub mod freq;
 pub mod model;
 pub mod ngram;
+pub mod record;
 pub mod trace;

@@ -87,11 +87,13 @@ pub struct BpfMaps {
 }
 
 pub struct Bpf {
-    ebpf: Ebpf,
+    pub(super) ebpf: Ebpf,
     /// Loaded beside aya (see [`super::unix`]), or why not.
     unix: Result<UnixPrograms, String>,
     /// The io_uring guard's offsets are known (tracefs and BTF).
-    uring_offsets: bool,
+    pub(super) uring_offsets: bool,
+    /// Syscall telemetry: who has it on, its links.
+    pub(super) telemetry: super::telemetry::TelemetryState,
     /// The file programs' offsets are known (BTF), or why not.
     file_offsets: Result<(), String>,
     /// The descriptor table's offsets (for [`P::OPEN_EXIT`]), or why not.
@@ -247,7 +249,17 @@ impl Bpf {
             Ok(_) => Err("no BTF offsets for the exec'd file".to_string()),
             Err(e) => Err(format!("no BTF offsets ({e})")),
         };
-        let mut bpf = Bpf { ebpf, unix, uring_offsets, file_offsets, fd_offsets, lsm_guard_globals, hooks: Vec::new(), logger: None };
+        let mut bpf = Bpf {
+            ebpf,
+            unix,
+            uring_offsets,
+            telemetry: Default::default(),
+            file_offsets,
+            fd_offsets,
+            lsm_guard_globals,
+            hooks: Vec::new(),
+            logger: None,
+        };
         // Exit before fork before exec: a process is never forked into the
         // table after its exit was missed.
         for (prog, category, name, need) in [

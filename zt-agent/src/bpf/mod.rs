@@ -11,6 +11,8 @@
 //!   adoption by the next run, `uninstall`.
 //! - [`unix`]: the Unix-socket programs, loaded beside aya (it has no
 //!   attach type for their hooks).
+//! - [`telemetry`]: syscall telemetry for the anomaly model, attached on
+//!   demand.
 //! - [`tracefs`]: tracepoint layouts from tracefs `format` files.
 //! - [`btf`]: kernel struct member offsets from BTF (no CO-RE in aya-ebpf).
 pub mod btf;
@@ -19,6 +21,7 @@ pub mod maps;
 pub mod pins;
 pub mod probe;
 pub mod tables;
+pub mod telemetry;
 pub mod tracefs;
 pub mod unix;
 

@@ -1,15 +1,38 @@
-//! `zt-agent model train|eval`: the anomaly model offline, on traces in
-//! the public datasets' format (one process per `*.txt`, integer tokens).
+//! `zt-agent model record|train|eval`: live traces from the running agent,
+//! and the anomaly model offline, on traces in the public datasets' format
+//! (one process per `*.txt`, integer tokens).
 use std::{path::PathBuf, process::ExitCode};
 
 use clap::Subcommand;
-use zt_agent::anomaly::{
-    model::{self, Model},
-    trace,
+use zt_agent::{
+    anomaly::{
+        model::{self, Model},
+        trace,
+    },
+    control::{
+        self,
+        protocol::{Reply, Request},
+    },
 };
+
+use super::client;
 
 #[derive(Subcommand)]
 pub enum ModelCommand {
+    /// Record an identity's syscalls through the running agent: one trace
+    /// per thread (`<tgid>-<tid>.txt`, x86_64 syscall numbers, io_uring
+    /// submissions as 1024 + opcode) into DIR when the time is up.
+    Record {
+        #[arg(long, value_name = "NAME")]
+        identity: String,
+        #[arg(long, value_name = "DIR")]
+        out: PathBuf,
+        /// How long to record.
+        #[arg(long, default_value = "60s", value_parser = humantime::parse_duration)]
+        duration: std::time::Duration,
+        #[arg(long, value_name = "PATH", default_value = control::DEFAULT_SOCKET)]
+        socket: PathBuf,
+    },
     /// Learn a baseline from normal traces (every *.txt under DIR, recursively).
     Train {
         #[arg(long, value_name = "DIR")]
@@ -46,6 +69,13 @@ pub enum ModelCommand {
 
 pub fn command(c: ModelCommand) -> anyhow::Result<ExitCode> {
     match c {
+        ModelCommand::Record { identity, out, duration, socket } => {
+            // The agent writes the files: give it a path that means the same to it.
+            let out = std::path::absolute(&out)?;
+            let req = Request::Record { identity, dir: out.clone(), seconds: duration.as_secs().max(1) };
+            let Reply::Recorded(s) = client(control::request(&socket, &req))? else { anyhow::bail!("unexpected reply to record") };
+            println!("{}: {} traces, {} calls ({} beyond the limit, not kept)", out.display(), s.traces, s.calls, s.calls_beyond_limit);
+        }
         ModelCommand::Train { input, out, order, window, frequency_window } => {
             let traces = trace::read_dir(&input)?;
             let m = Model::train(traces.iter().map(|t| t.calls.as_slice()), order.into(), window as usize, frequency_window as usize);

@@ -71,6 +71,8 @@ pub struct State {
     pub siem: Vec<Arc<std::sync::Mutex<crate::siem::Status>>>,
     /// The fanotify file-rule fallback's counters, where it runs.
     pub fanotify: Option<Arc<crate::files::Counters>>,
+    /// `model record`, where syscall telemetry can run.
+    pub recorder: Option<crate::anomaly::record::Recorder>,
 }
 
 /// Creates the socket (mode 0600), replacing a stale one.
@@ -155,6 +157,20 @@ async fn handle(req: Request, state: &State) -> Result<Reply, String> {
         Request::RotateAuditKey { overlap_secs } => {
             let audit = state.audit.as_ref().ok_or("no audit log")?;
             audit.rotate_key(Duration::from_secs(overlap_secs)).await.map(Reply::KeyRotated).map_err(|e| crate::error::chain(&e))
+        }
+        Request::Record { identity, dir, seconds } => {
+            let recorder = state.recorder.as_ref().ok_or("syscall telemetry does not run here (see `zt-agent status`)")?;
+            let id = {
+                let in_force = state.in_force.read().expect("poisoned");
+                let live = in_force.identities.iter().any(|(n, _)| *n == identity);
+                in_force.ids.iter().find(|(_, n)| live && **n == identity).map(|(id, _)| *id)
+            };
+            let id = id.ok_or_else(|| format!("no identity {identity:?} in the policy in force"))?;
+            recorder
+                .record(id, &identity, &dir, Duration::from_secs(seconds))
+                .await
+                .map(Reply::Recorded)
+                .map_err(|e| crate::error::chain(&e))
         }
     }
 }

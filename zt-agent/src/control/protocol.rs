@@ -23,6 +23,13 @@ pub enum Request {
     RotateAuditKey {
         overlap_secs: u64,
     },
+    /// Record an identity's syscalls for `seconds`, one trace per thread
+    /// into `dir` (`zt-agent model record`); the reply comes at the end.
+    Record {
+        identity: String,
+        dir: std::path::PathBuf,
+        seconds: u64,
+    },
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -41,6 +48,7 @@ pub enum Reply {
     Policy(Outcome),
     History(Vec<HistoryEntry>),
     KeyRotated(KeyRotated),
+    Recorded(crate::anomaly::record::RecordSummary),
 }
 
 /// What `status` reports besides the live counters and the policy in force.

@@ -9,7 +9,8 @@ use std::mem::size_of;
 
 use thiserror::Error;
 use zt_common::{
-    AggEvictEvent, ConnectEvent, EventHeader, ExecEvent, ExitEvent, guard::GuardEvent, kind, path_policy::FileEvent, unix::UnixEvent,
+    AggEvictEvent, ConnectEvent, EventHeader, ExecEvent, ExitEvent, guard::GuardEvent, kind, path_policy::FileEvent,
+    syscalls::SyscallBatch, unix::UnixEvent,
 };
 
 #[derive(Debug, Clone)]
@@ -21,6 +22,7 @@ pub enum RawEvent {
     Unix(Box<UnixEvent>),
     AggEvict(AggEvictEvent),
     File(Box<FileEvent>),
+    Syscalls(Box<SyscallBatch>),
 }
 
 impl RawEvent {
@@ -33,6 +35,7 @@ impl RawEvent {
             RawEvent::Unix(e) => &e.header,
             RawEvent::AggEvict(e) => &e.header,
             RawEvent::File(e) => &e.header,
+            RawEvent::Syscalls(e) => &e.header,
         }
     }
 }
@@ -72,6 +75,7 @@ pub fn decode(bytes: &[u8]) -> Result<RawEvent, DecodeError> {
         kind::UNIX => Ok(RawEvent::Unix(Box::new(read(bytes, "unix")?))),
         kind::AGG_EVICT => Ok(RawEvent::AggEvict(read(bytes, "agg_evict")?)),
         kind::FILE => Ok(RawEvent::File(Box::new(read(bytes, "file")?))),
+        kind::SYSCALLS => Ok(RawEvent::Syscalls(Box::new(read(bytes, "syscalls")?))),
         other => Err(DecodeError::UnknownKind(other)),
     }
 }

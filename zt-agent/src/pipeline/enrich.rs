@@ -87,6 +87,9 @@ pub struct Enricher {
     /// `exeDigest` selectors, or the last sweep (or the start, or a policy
     /// change) could not rule them out. Without, the sweep reads nothing.
     sweep_pending: bool,
+    /// `model record` in progress: where syscall batches go (they are no
+    /// output's events).
+    pub recordings: crate::anomaly::record::Recordings,
 }
 
 impl Enricher {
@@ -107,6 +110,7 @@ impl Enricher {
             folded_reported: HashMap::new(),
             assigned: 0,
             sweep_pending: true,
+            recordings: Default::default(),
         }
     }
 
@@ -305,6 +309,11 @@ impl Enricher {
                 let process = self.process_info(&h, &u.comm, &meta);
                 let unix_connect = UnixInfo::from_raw(&u, |g, r| self.rulebook.name(g, r));
                 Some(self.event(wall_time(h.time_ns), Body::UnixConnect { process, identity: self.identity_ref(h.identity), unix_connect }))
+            }
+            RawEvent::Syscalls(b) => {
+                let n = (b.count as usize).min(b.calls.len());
+                self.recordings.add(h.identity, h.tgid, h.tid, h.time_ns, &b.calls[..n]);
+                None
             }
             // Denials are security records, always shown; allowed accesses
             // a rule named follow `--show`.
