@@ -28,10 +28,13 @@ use crate::fsutil::FsError;
 /// Calls one recording keeps at most (4 bytes each).
 pub const MAX_CALLS: u64 = 20_000_000;
 
+/// One thread's batches as (time of the first call, calls).
+type Batches = Vec<(u64, Vec<u32>)>;
+
 #[derive(Debug, Default)]
 pub struct Recording {
-    /// (tgid, tid) -> batches as (time of the first call, calls).
-    threads: BTreeMap<(u32, u32), Vec<(u64, Vec<u32>)>>,
+    /// (tgid, tid) -> its batches.
+    threads: BTreeMap<(u32, u32), Batches>,
     kept: u64,
     beyond: u64,
 }

@@ -247,6 +247,9 @@ fn explain(
     } else {
         println!("{} ({}) for {} ({})", e.decision, e.verdict_action, e.identity, e.spiffe_id);
         println!("decided by {}", e.reason);
+        if let Some(a) = &e.anomaly {
+            println!("anomaly detection: {a}");
+        }
         for s in states {
             println!("rule {:?}: {}", s.rule, s.describe());
         }

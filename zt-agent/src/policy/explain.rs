@@ -89,6 +89,8 @@ pub struct Explanation {
     /// The deciding rule, or None when the identity's default decided.
     pub rule: Option<RuleInfo>,
     pub reason: String,
+    /// The identity's anomaly detection (`anomaly:`), or None when off.
+    pub anomaly: Option<String>,
 }
 
 /// Decides `query` for `identity` from the compiled form. File and exec
@@ -142,6 +144,7 @@ pub fn explain(
         verdict_action: if verdict.action == kp::DENY { "EPERM" } else { "allowed" },
         rule,
         reason,
+        anomaly: ident.anomaly.map(|a| a.to_string()),
     })
 }
 

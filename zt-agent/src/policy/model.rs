@@ -113,7 +113,56 @@ pub struct IdentityDef {
     pub defaults: Defaults,
     /// Socket kinds its processes may create (`zt_common::guard::sock_kind` bits).
     pub sockets: u32,
+    /// Syscall anomaly detection (`anomaly:`), off when absent.
+    pub anomaly: Option<Anomaly>,
     pub pos: Pos,
+}
+
+/// An identity's `anomaly:` block.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct Anomaly {
+    pub mode: AnomalyMode,
+    pub response: AnomalyResponse,
+    /// The share of normal processes allowed to alert (the threshold is
+    /// set for it on calibration data), in (0, 0.5].
+    pub false_positive_rate: f64,
+}
+
+impl Anomaly {
+    pub const DEFAULT_FALSE_POSITIVE_RATE: f64 = 0.005;
+}
+
+impl std::fmt::Display for Anomaly {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let mode = match self.mode {
+            AnomalyMode::Learn => "learn",
+            AnomalyMode::Detect => "detect",
+        };
+        let response = match self.response {
+            AnomalyResponse::Alert => "alert",
+            AnomalyResponse::Quarantine => "quarantine",
+            AnomalyResponse::Kill => "kill",
+        };
+        write!(f, "{mode}, response {response}, false-positive target {}%", self.false_positive_rate * 100.0)
+    }
+}
+
+/// `learn`: build and calibrate the baseline, alert on nothing;
+/// `detect`: score against it and respond.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum AnomalyMode {
+    Learn,
+    Detect,
+}
+
+/// What a detection does besides its alert.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum AnomalyResponse {
+    Alert,
+    /// The identity's egress switched to deny-all until released.
+    Quarantine,
+    /// The process is killed.
+    Kill,
 }
 
 #[derive(Debug, Clone)]

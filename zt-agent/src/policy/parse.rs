@@ -20,8 +20,8 @@ use serde_saphyr::{Location, Spanned};
 use super::{
     conditions::{RegoSource, check_rego},
     model::{
-        Action, Condition, Defaults, Diagnostic, Egress, IdentityDef, Mode, PathRuleDef, Policy, PolicyErrors, Pos, Proto, Rule,
-        TimeWindow, access,
+        Action, Anomaly, AnomalyMode, AnomalyResponse, Condition, Defaults, Diagnostic, Egress, IdentityDef, Mode, PathRuleDef, Policy,
+        PolicyErrors, Pos, Proto, Rule, TimeWindow, access,
     },
     raw::*,
 };
@@ -345,10 +345,50 @@ fn convert_identity(cx: &mut Ctx<'_>, ri: &RawIdentity, trust_domain: Option<&st
             }
         }),
     };
+    let anomaly = ri.anomaly.as_ref().map(|a| convert_anomaly(cx, &a.value));
     if cx.errors.len() != before {
         return None;
     }
-    Some(IdentityDef { name: name.value.clone(), spiffe_id, selectors, mode, defaults, sockets, pos: cx.pos(&name.referenced) })
+    Some(IdentityDef { name: name.value.clone(), spiffe_id, selectors, mode, defaults, sockets, anomaly, pos: cx.pos(&name.referenced) })
+}
+
+fn convert_anomaly(cx: &mut Ctx<'_>, ra: &super::raw::RawAnomaly) -> Anomaly {
+    let mode = match ra.mode.as_ref() {
+        None => AnomalyMode::Learn,
+        Some(m) => match m.value.as_str() {
+            "learn" => AnomalyMode::Learn,
+            "detect" => AnomalyMode::Detect,
+            other => {
+                cx.error(&m.referenced, format!("invalid anomaly mode {other:?}"), Some("use \"learn\" or \"detect\""));
+                AnomalyMode::Learn
+            }
+        },
+    };
+    let response = match ra.response.as_ref() {
+        None => AnomalyResponse::Alert,
+        Some(r) => match r.value.as_str() {
+            "alert" => AnomalyResponse::Alert,
+            "quarantine" => AnomalyResponse::Quarantine,
+            "kill" => AnomalyResponse::Kill,
+            other => {
+                cx.error(&r.referenced, format!("invalid anomaly response {other:?}"), Some("use \"alert\", \"quarantine\" or \"kill\""));
+                AnomalyResponse::Alert
+            }
+        },
+    };
+    let false_positive_rate = match ra.false_positive_rate.as_ref() {
+        None => Anomaly::DEFAULT_FALSE_POSITIVE_RATE,
+        Some(f) if f.value > 0.0 && f.value <= 0.5 => f.value,
+        Some(f) => {
+            cx.error(
+                &f.referenced,
+                format!("falsePositiveRate {} is out of range", f.value),
+                Some("a share above 0 and at most 0.5, e.g. 0.005 for 0.5%"),
+            );
+            Anomaly::DEFAULT_FALSE_POSITIVE_RATE
+        }
+    };
+    Anomaly { mode, response, false_positive_rate }
 }
 
 fn convert_selector(cx: &mut Ctx<'_>, rs: &RawSelector, parent: &Location) -> Option<Selector> {

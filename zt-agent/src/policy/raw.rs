@@ -50,6 +50,19 @@ pub(super) struct RawIdentity {
     pub(super) default_action: Option<Spanned<RawDefault>>,
     #[serde(default)]
     pub(super) sockets: Option<Vec<Spanned<String>>>,
+    #[serde(default)]
+    pub(super) anomaly: Option<Spanned<RawAnomaly>>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+pub(super) struct RawAnomaly {
+    #[serde(default)]
+    pub(super) mode: Option<Spanned<String>>,
+    #[serde(default)]
+    pub(super) response: Option<Spanned<String>>,
+    #[serde(default)]
+    pub(super) false_positive_rate: Option<Spanned<f64>>,
 }
 
 #[derive(Deserialize)]

@@ -598,3 +598,26 @@ impl super::objects::Lookup for FakeFs {
         self.0.iter().find(|(p, _)| *p == path).map(|(_, ino)| (1, *ino)).ok_or_else(|| std::io::ErrorKind::NotFound.into())
     }
 }
+
+#[test]
+fn anomaly_blocks_parse_with_defaults_and_errors_at_their_value() {
+    let id = |block: &str| format!("{HEAD}  identities:\n    - name: a\n      selectors:\n        - cgroup: /a/**\n{block}");
+    let p = parse1(&id("")).unwrap();
+    assert_eq!(p.identity("a").unwrap().anomaly, None, "off unless asked for");
+    let p = parse1(&id("      anomaly: {}\n")).unwrap();
+    let a = p.identity("a").unwrap().anomaly.unwrap();
+    assert_eq!(a, Anomaly { mode: AnomalyMode::Learn, response: AnomalyResponse::Alert, false_positive_rate: 0.005 });
+    assert_eq!(a.to_string(), "learn, response alert, false-positive target 0.5%");
+    let p = parse1(&id("      anomaly:\n        mode: detect\n        response: quarantine\n        falsePositiveRate: 0.01\n")).unwrap();
+    let a = p.identity("a").unwrap().anomaly.unwrap();
+    assert_eq!((a.mode, a.response, a.false_positive_rate), (AnomalyMode::Detect, AnomalyResponse::Quarantine, 0.01));
+    assert_eq!(
+        errs(&id("      anomaly:\n        mode: watch\n")),
+        "p.yaml:12:15: invalid anomaly mode \"watch\" (hint: use \"learn\" or \"detect\")"
+    );
+    assert_eq!(
+        errs(&id("      anomaly:\n        falsePositiveRate: 2\n")),
+        "p.yaml:12:28: falsePositiveRate 2 is out of range (hint: a share above 0 and at most 0.5, e.g. 0.005 for 0.5%)"
+    );
+    assert!(errs(&id("      anomaly:\n        respond: kill\n")).contains("respond"), "unknown keys are refused");
+}
