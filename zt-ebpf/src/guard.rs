@@ -44,13 +44,13 @@
 use aya_ebpf::{
     helpers::{
         bpf_get_current_comm, bpf_get_current_pid_tgid, bpf_probe_read_kernel,
-        generated::{bpf_send_signal, bpf_sk_fullsock},
+        generated::{bpf_ktime_get_boot_ns, bpf_send_signal, bpf_sk_fullsock},
     },
     macros::{cgroup_skb, cgroup_sock, lsm, tracepoint},
     programs::{LsmContext, SkBuffContext, SockContext, TracePointContext},
 };
 use zt_common::{
-    NO_IDENTITY, PENDING_IDENTITY,
+    EventHeader, NO_IDENTITY, PENDING_IDENTITY,
     globals::ABSENT,
     guard::{
         AF_INET, AF_INET6, GuardEvent, IORING_OP_OPENAT, IORING_OP_OPENAT2, IORING_OP_SOCKET, IPV6_DSTOPTS, IPV6_HOPOPTS, IPV6_ROUTING,
@@ -182,10 +182,18 @@ pub fn guard_route(ctx: SkBuffContext) -> i32 {
     let Some(identity) = socket_owner(sk) else { return 1 };
     let Some((audit, _)) = policy_of(identity) else { return 1 };
     let act = if audit { action::AUDITED } else { action::DENIED };
-    // Older kernels (6.12) refuse the current task's credentials and name
-    // to cgroup skb programs: this event has uid/gid 0 and no comm (the
-    // process is still named by tgid, and its exe from the process table).
-    let header = crate::lineage::header_without_creds(kind::GUARD, identity, 0, 0);
+    // No current task here: at cgroup skb egress it need not be the
+    // socket's owner (a retransmit runs in softirq), and older kernels
+    // refuse cgroup skb programs its pid (Linux 6.1) and credentials and
+    // name (6.12). The event names the identity (the socket's storage),
+    // not the process.
+    let header = EventHeader {
+        kind: kind::GUARD,
+        identity,
+        // SAFETY: an argument-less helper with no preconditions.
+        time_ns: unsafe { bpf_ktime_get_boot_ns() },
+        ..Default::default()
+    };
     emit_with(header, [0; 16], op::ROUTE, act, 0, [(first >> 4) as u64, detail, 0], 0, NO_IDENTITY, 0);
     if audit { 1 } else { 0 }
 }

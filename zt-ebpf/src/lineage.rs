@@ -104,10 +104,9 @@ pub fn event_header(kind: u32, identity: u32, start_ns: u64, cgroup_id: u64) -> 
     EventHeader { uid: uid_gid as u32, gid: (uid_gid >> 32) as u32, ..header_without_creds(kind, identity, start_ns, cgroup_id) }
 }
 
-/// [`event_header`] with uid and gid 0: for program types that may not read
-/// the current task's credentials (cgroup skb before Linux 6.13 or so).
+/// [`event_header`] with uid and gid 0.
 #[inline(always)]
-pub fn header_without_creds(kind: u32, identity: u32, start_ns: u64, cgroup_id: u64) -> EventHeader {
+fn header_without_creds(kind: u32, identity: u32, start_ns: u64, cgroup_id: u64) -> EventHeader {
     let pid_tgid = bpf_get_current_pid_tgid();
     EventHeader {
         kind,
