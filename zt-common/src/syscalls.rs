@@ -33,3 +33,10 @@ pub struct SyscallBatch {
     pub calls: [u16; BATCH_CALLS],
 }
 const _: () = assert!(size_of::<SyscallBatch>() == 48 + 8 + 2 * BATCH_CALLS);
+
+impl SyscallBatch {
+    /// The calls the batch holds (`count` bounded by its capacity).
+    pub fn held(&self) -> &[u16] {
+        &self.calls[..(self.count as usize).min(BATCH_CALLS)]
+    }
+}

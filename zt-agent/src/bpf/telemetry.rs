@@ -98,10 +98,7 @@ impl TelemetrySwitch for Telemetry {
     fn unsent(&self, identity: u32) -> Vec<(u32, u32, u64, Vec<u16>)> {
         let bpf = self.0.lock().unwrap_or_else(|e| e.into_inner());
         match bpf.unsent_batches(identity) {
-            Ok(batches) => batches
-                .into_iter()
-                .map(|b| (b.header.tgid, b.header.tid, b.header.time_ns, b.calls[..(b.count as usize).min(b.calls.len())].to_vec()))
-                .collect(),
+            Ok(batches) => batches.into_iter().map(|b| (b.header.tgid, b.header.tid, b.header.time_ns, b.held().to_vec())).collect(),
             Err(e) => {
                 tracing::warn!("reading the unsent syscall batches: {e:#}");
                 Vec::new()

@@ -311,8 +311,7 @@ impl Enricher {
                 Some(self.event(wall_time(h.time_ns), Body::UnixConnect { process, identity: self.identity_ref(h.identity), unix_connect }))
             }
             RawEvent::Syscalls(b) => {
-                let n = (b.count as usize).min(b.calls.len());
-                self.recordings.add(h.identity, h.tgid, h.tid, h.time_ns, &b.calls[..n]);
+                self.recordings.add(h.identity, h.tgid, h.tid, h.time_ns, b.held());
                 None
             }
             // Denials are security records, always shown; allowed accesses
