@@ -80,7 +80,7 @@ pub fn auc(normal: &[f64], attack: &[f64]) -> f64 {
 
 /// Standard scores on a reference set's scale: (x - mean) / deviation
 /// (a deviation of 0 counts as 1, so a constant set only shifts).
-#[derive(Debug, Clone, Copy)]
+#[derive(Debug, Clone, Copy, Serialize, serde::Deserialize)]
 pub struct Standard {
     mean: f64,
     deviation: f64,

@@ -13,6 +13,7 @@
 //!   false-positive rate, AUC.
 pub mod eval;
 pub mod freq;
+pub mod live;
 pub mod model;
 pub mod ngram;
 pub mod record;

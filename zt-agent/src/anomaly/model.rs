@@ -58,10 +58,39 @@ pub enum ModelError {
     Fs(#[from] FsError),
     #[error("{}: not a model file: {source}", path.display())]
     Json { path: PathBuf, source: serde_json::Error },
-    #[error("{}: a {format:?} file, not a {FORMAT:?} one", path.display())]
-    Format { path: PathBuf, format: String },
-    #[error("{}: model version {found}; this agent reads version {VERSION} (train it again)", path.display())]
-    Version { path: PathBuf, found: u32 },
+    #[error("{}: a {format:?} file, not a {expected:?} one", path.display())]
+    Format { path: PathBuf, format: String, expected: &'static str },
+    #[error("{}: {expected} version {found}; this agent reads version {reads} (learn or train it again)", path.display())]
+    Version { path: PathBuf, found: u32, expected: &'static str, reads: u32 },
+}
+
+/// Writes `value` as JSON, replacing `path` atomically (its directory
+/// created if missing).
+pub fn save_json(path: &Path, value: &impl Serialize) -> Result<(), ModelError> {
+    let json = serde_json::to_vec(value).map_err(|source| ModelError::Json { path: path.into(), source })?;
+    if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
+        std::fs::create_dir_all(dir).map_err(fsutil::at("creating", dir))?;
+    }
+    Ok(fsutil::write_atomic(path, &json)?)
+}
+
+/// Reads a JSON file whose `format` and `version` fields must be these.
+pub fn load_versioned<T: serde::de::DeserializeOwned>(path: &Path, format: &'static str, version: u32) -> Result<T, ModelError> {
+    let bytes = std::fs::read(path).map_err(fsutil::at("reading", path))?;
+    #[derive(Deserialize)]
+    struct Header {
+        format: String,
+        version: u32,
+    }
+    let json = |source| ModelError::Json { path: path.into(), source };
+    let h: Header = serde_json::from_slice(&bytes).map_err(json)?;
+    if h.format != format {
+        return Err(ModelError::Format { path: path.into(), format: h.format, expected: format });
+    }
+    if h.version != version {
+        return Err(ModelError::Version { path: path.into(), found: h.version, expected: format, reads: version });
+    }
+    serde_json::from_slice(&bytes).map_err(json)
 }
 
 impl Model {
@@ -96,26 +125,11 @@ impl Model {
     }
 
     pub fn save(&self, path: &Path) -> Result<(), ModelError> {
-        let json = serde_json::to_vec(self).map_err(|source| ModelError::Json { path: path.into(), source })?;
-        Ok(fsutil::write_atomic(path, &json)?)
+        save_json(path, self)
     }
 
     pub fn load(path: &Path) -> Result<Model, ModelError> {
-        let bytes = std::fs::read(path).map_err(fsutil::at("reading", path))?;
-        #[derive(Deserialize)]
-        struct Header {
-            format: String,
-            version: u32,
-        }
-        let json = |source| ModelError::Json { path: path.into(), source };
-        let h: Header = serde_json::from_slice(&bytes).map_err(json)?;
-        if h.format != FORMAT {
-            return Err(ModelError::Format { path: path.into(), format: h.format });
-        }
-        if h.version != VERSION {
-            return Err(ModelError::Version { path: path.into(), found: h.version });
-        }
-        serde_json::from_slice(&bytes).map_err(json)
+        load_versioned(path, FORMAT, VERSION)
     }
 }
 
@@ -194,7 +208,7 @@ mod tests {
         let text = std::fs::read_to_string(&p).unwrap();
         std::fs::write(&p, text.replace("\"version\":2", "\"version\":9")).unwrap();
         let e = Model::load(&p).unwrap_err().to_string();
-        assert!(e.ends_with("model version 9; this agent reads version 2 (train it again)"), "{e}");
+        assert!(e.ends_with("zt-anomaly-model version 9; this agent reads version 2 (learn or train it again)"), "{e}");
         std::fs::write(&p, r#"{"format":"other","version":1}"#).unwrap();
         assert!(Model::load(&p).unwrap_err().to_string().contains("a \"other\" file"));
         std::fs::write(&p, "[").unwrap();

@@ -143,6 +143,13 @@ impl Ngrams {
         }
     }
 
+    /// Times the sequence `calls` (oldest first, at most order calls) was
+    /// seen in training.
+    pub fn count(&self, calls: &[u32]) -> u32 {
+        let key = calls.iter().rev().fold(EMPTY, |key, &c| extend(key, c));
+        if calls.is_empty() { 0 } else { self.nodes.get(&key).map_or(0, |n| n.count) }
+    }
+
     /// The model's view of `call` after `history` (oldest first; only the
     /// last order - 1 calls count).
     pub fn step(&self, history: &VecDeque<u32>, call: u32) -> Step {
@@ -250,6 +257,7 @@ mod tests {
         assert_eq!(m.nodes[&one], Node { count: 2, followed: 2, types: 2 });
         assert_eq!(m.nodes[&extend(extend(EMPTY, 2), 1)].count, 1, "the bigram 1 2");
         assert!(!m.nodes.contains_key(&extend(extend(EMPTY, 1), 1)), "1 1 never happened");
+        assert_eq!((m.count(&[1, 2]), m.count(&[1]), m.count(&[1, 1]), m.count(&[])), (1, 2, 0, 0));
     }
 
     #[test]

@@ -17,4 +17,6 @@ pub struct Identity {
     pub name: String,
     pub spiffe_id: String,
     pub selectors: Vec<Selector>,
+    /// The policy's `anomaly:` block: its processes' syscalls are scored.
+    pub anomaly: Option<crate::policy::model::Anomaly>,
 }

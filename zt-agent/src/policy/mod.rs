@@ -222,6 +222,7 @@ pub fn identity_config(policy: &Policy, ids: &IdRegistry) -> IdentityConfig {
                 name: i.name.clone(),
                 spiffe_id: i.spiffe_id.clone(),
                 selectors: i.selectors.clone(),
+                anomaly: i.anomaly,
             })
             .collect(),
     }

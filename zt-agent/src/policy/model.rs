@@ -126,10 +126,16 @@ pub struct Anomaly {
     /// The share of normal processes allowed to alert (the threshold is
     /// set for it on calibration data), in (0, 0.5].
     pub false_positive_rate: f64,
+    /// Calls the identity's processes make before the baseline is trained.
+    pub learn_calls: u64,
 }
 
 impl Anomaly {
     pub const DEFAULT_FALSE_POSITIVE_RATE: f64 = 0.005;
+    pub const DEFAULT_LEARN_CALLS: u64 = 200_000;
+    /// `learnCalls` range: enough calls for a window model, and a bound on
+    /// what learning holds in memory (4 bytes a call) and trains at once.
+    pub const LEARN_CALLS: std::ops::RangeInclusive<u64> = 1_000..=5_000_000;
 }
 
 impl std::fmt::Display for Anomaly {
@@ -143,7 +149,12 @@ impl std::fmt::Display for Anomaly {
             AnomalyResponse::Quarantine => "quarantine",
             AnomalyResponse::Kill => "kill",
         };
-        write!(f, "{mode}, response {response}, false-positive target {}%", self.false_positive_rate * 100.0)
+        write!(
+            f,
+            "{mode}, response {response}, false-positive target {}%, baseline after {} calls",
+            self.false_positive_rate * 100.0,
+            self.learn_calls
+        )
     }
 }
 

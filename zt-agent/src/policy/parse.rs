@@ -388,7 +388,17 @@ fn convert_anomaly(cx: &mut Ctx<'_>, ra: &super::raw::RawAnomaly) -> Anomaly {
             Anomaly::DEFAULT_FALSE_POSITIVE_RATE
         }
     };
-    Anomaly { mode, response, false_positive_rate }
+    let learn_calls = match ra.learn_calls.as_ref() {
+        None => Anomaly::DEFAULT_LEARN_CALLS,
+        Some(n) if Anomaly::LEARN_CALLS.contains(&n.value) => n.value,
+        Some(n) => {
+            let (lo, hi) = (Anomaly::LEARN_CALLS.start(), Anomaly::LEARN_CALLS.end());
+            let hint = format!("from {lo} to {hi} calls");
+            cx.error(&n.referenced, format!("learnCalls {} is out of range", n.value), Some(hint.as_str()));
+            Anomaly::DEFAULT_LEARN_CALLS
+        }
+    };
+    Anomaly { mode, response, false_positive_rate, learn_calls }
 }
 
 fn convert_selector(cx: &mut Ctx<'_>, rs: &RawSelector, parent: &Location) -> Option<Selector> {

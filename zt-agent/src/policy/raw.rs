@@ -63,6 +63,8 @@ pub(super) struct RawAnomaly {
     pub(super) response: Option<Spanned<String>>,
     #[serde(default)]
     pub(super) false_positive_rate: Option<Spanned<f64>>,
+    #[serde(default)]
+    pub(super) learn_calls: Option<Spanned<u64>>,
 }
 
 #[derive(Deserialize)]

@@ -606,11 +606,15 @@ fn anomaly_blocks_parse_with_defaults_and_errors_at_their_value() {
     assert_eq!(p.identity("a").unwrap().anomaly, None, "off unless asked for");
     let p = parse1(&id("      anomaly: {}\n")).unwrap();
     let a = p.identity("a").unwrap().anomaly.unwrap();
-    assert_eq!(a, Anomaly { mode: AnomalyMode::Learn, response: AnomalyResponse::Alert, false_positive_rate: 0.005 });
-    assert_eq!(a.to_string(), "learn, response alert, false-positive target 0.5%");
-    let p = parse1(&id("      anomaly:\n        mode: detect\n        response: quarantine\n        falsePositiveRate: 0.01\n")).unwrap();
+    assert_eq!(a, Anomaly { mode: AnomalyMode::Learn, response: AnomalyResponse::Alert, false_positive_rate: 0.005, learn_calls: 200_000 });
+    assert_eq!(a.to_string(), "learn, response alert, false-positive target 0.5%, baseline after 200000 calls");
+    let p = parse1(&id(
+        "      anomaly:\n        mode: detect\n        response: quarantine\n        falsePositiveRate: 0.01\n        learnCalls: 5000\n",
+    ))
+    .unwrap();
     let a = p.identity("a").unwrap().anomaly.unwrap();
-    assert_eq!((a.mode, a.response, a.false_positive_rate), (AnomalyMode::Detect, AnomalyResponse::Quarantine, 0.01));
+    assert_eq!((a.mode, a.response, a.false_positive_rate, a.learn_calls), (AnomalyMode::Detect, AnomalyResponse::Quarantine, 0.01, 5000));
+    assert_eq!(errs(&id("      anomaly:\n        learnCalls: 10\n")), "p.yaml:12:21: learnCalls 10 is out of range (hint: from 1000 to 5000000 calls)");
     assert_eq!(
         errs(&id("      anomaly:\n        mode: watch\n")),
         "p.yaml:12:15: invalid anomaly mode \"watch\" (hint: use \"learn\" or \"detect\")"

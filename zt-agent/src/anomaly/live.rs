@@ -1,0 +1,670 @@
+//! Live anomaly detection in the daemon: each watched identity learns a
+//! baseline from its own processes, calibrates a threshold for the policy's
+//! false-positive rate, then scores every thread's calls as they arrive.
+//!
+//! # Parts
+//! - [`Baseline`]: a trained [`Model`], the scale of each scorer on the
+//!   calibration traces, those traces' combined scores (a threshold for any
+//!   rate comes from them) and the executables it learnt (path -> blake3);
+//!   one versioned file per identity, written atomically.
+//! - [`Detector`]: the identities whose policy has an `anomaly:` block,
+//!   each learning or detecting; per-thread streams while detecting.
+//!   [`Detector::batch`] takes one kernel batch and may answer with an
+//!   [`Outcome`]: a [`Detection`] (the finding, with its evidence) or a
+//!   [`BaselineNote`] (learnt, loaded, started again).
+//! - [`Board`]: what the rest of the daemon reads: each identity's phase
+//!   and live risk (`input.identity.risk` for rule conditions, `status`).
+//!
+//! # Phases
+//! Learning keeps each thread's calls as one trace until the identity has
+//! `learnCalls` calls in at least [`MIN_TRACES`] traces; then a seeded half
+//! of the traces trains the model and the other half calibrates it: each
+//! calibration trace's highest n-gram surprise and frequency distance, put
+//! on standard scales, the higher of the two its combined score. The
+//! threshold lets `falsePositiveRate` of those traces alert. Detecting, a
+//! thread's score is the same combined score of its latest windows (20
+//! calls for the n-gram model, 100 for the call mix, every 50 calls); the
+//! first window above the threshold is its finding (one per thread). A
+//! process whose executable the baseline learnt under another digest
+//! starts the learning again (an upgraded binary behaves anew); an
+//! executable the baseline never saw is scored like any other.
+use std::{
+    collections::{BTreeMap, HashMap, HashSet, VecDeque},
+    path::{Path, PathBuf},
+    sync::{Arc, RwLock},
+};
+
+use serde::{Deserialize, Serialize};
+
+use super::{
+    eval::{self, Standard},
+    model::{self, Model, ModelError},
+    ngram::Stream,
+};
+use crate::{
+    identity::{IdentityConfig, digest::DigestCache},
+    policy::model::{Anomaly, AnomalyMode, AnomalyResponse},
+};
+
+pub const BASELINE_FORMAT: &str = "zt-anomaly-baseline";
+pub const BASELINE_VERSION: u32 = 1;
+/// Traces (threads) a baseline needs at least: half train, half calibrate.
+pub const MIN_TRACES: usize = 8;
+/// Calls one learning thread contributes at most (a long-running thread
+/// must not be the whole baseline).
+pub const MAX_TRACE_CALLS: usize = 200_000;
+/// Threads scored at once across identities; beyond, new threads are
+/// counted in [`Detector::unscored_threads`] and not scored.
+pub const MAX_THREADS: usize = 65_536;
+/// How long a high window keeps an identity's risk up.
+pub const RISK_HOLD_NS: u64 = 60_000_000_000;
+/// The calibration split's seed (fixed: the same traces, the same baseline).
+const SEED: u64 = 0x5eed;
+/// Evidence items of each kind in a finding.
+const EVIDENCE: usize = 3;
+
+/// Which scorer a combined score came from.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Scorer {
+    /// The n-gram model: the order of the calls.
+    Ngram,
+    /// The call mix, whatever the order.
+    Frequency,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct Baseline {
+    pub format: String,
+    pub version: u32,
+    pub identity: String,
+    /// RFC 3339 time it was learnt.
+    pub learnt: String,
+    pub model: Model,
+    pub surprise: Standard,
+    pub frequency: Standard,
+    /// Combined scores of the calibration traces.
+    pub calibration: Vec<f64>,
+    /// Executables of the processes learnt: path -> blake3 hex.
+    pub executables: BTreeMap<String, String>,
+}
+
+impl Baseline {
+    /// Trains on a seeded half of `traces`, calibrates on the other half.
+    pub fn learn(identity: &str, traces: Vec<Vec<u32>>, executables: BTreeMap<String, String>, learnt: String) -> Baseline {
+        let (train, calibration) = eval::split(traces, SEED, 0.5);
+        let model = Model::train(
+            train.iter().map(Vec::as_slice),
+            model::DEFAULT_ORDER.into(),
+            model::DEFAULT_WINDOW as usize,
+            model::DEFAULT_FREQUENCY_WINDOW as usize,
+        );
+        let scores: Vec<_> = calibration.iter().map(|t| model.score(t)).collect();
+        let surprise = Standard::of(&scores.iter().map(|s| s.surprise).collect::<Vec<_>>());
+        let frequency = Standard::of(&scores.iter().map(|s| s.frequency).collect::<Vec<_>>());
+        let mut b = Baseline {
+            format: BASELINE_FORMAT.into(),
+            version: BASELINE_VERSION,
+            identity: identity.into(),
+            learnt,
+            model,
+            surprise,
+            frequency,
+            calibration: Vec::new(),
+            executables,
+        };
+        b.calibration = scores.iter().map(|s| b.combined(s.surprise, Some(s.frequency)).0).collect();
+        b
+    }
+
+    /// The alert threshold for a false-positive rate.
+    pub fn threshold(&self, rate: f64) -> f64 {
+        eval::threshold(&self.calibration, rate)
+    }
+
+    /// The combined score of a window: the higher standard score, and whose.
+    pub fn combined(&self, surprise: f64, frequency: Option<f64>) -> (f64, Scorer) {
+        let n = self.surprise.z(surprise);
+        match frequency.map(|f| self.frequency.z(f)) {
+            Some(f) if f > n => (f, Scorer::Frequency),
+            _ => (n, Scorer::Ngram),
+        }
+    }
+
+    pub fn save(&self, path: &Path) -> Result<(), ModelError> {
+        model::save_json(path, self)
+    }
+
+    pub fn load(path: &Path) -> Result<Baseline, ModelError> {
+        model::load_versioned(path, BASELINE_FORMAT, BASELINE_VERSION)
+    }
+}
+
+/// A finding: the fields of a `detection` event besides the process and
+/// identity.
+#[derive(Debug, Clone, Serialize)]
+pub struct Detection {
+    /// The combined score (standard units of the calibration traces).
+    pub score: f64,
+    pub threshold: f64,
+    /// The scorer that gave the score.
+    pub scorer: Scorer,
+    /// The window's mean surprise per call (bits) and its call mix's
+    /// distance to the nearest baseline window (0 to 1.414; None before
+    /// the thread made a window of calls).
+    pub surprise_bits: f64,
+    pub frequency_distance: Option<f64>,
+    /// The identity's risk after this finding (1.0).
+    pub risk: f64,
+    /// What the policy says to do: "alert", "quarantine" or "kill".
+    pub response: &'static str,
+    /// What was done: filled in by the daemon ("alerted", "identity
+    /// quarantined", "process killed", or why it failed).
+    pub outcome: String,
+    pub evidence: Evidence,
+    /// Calls and traces the baseline learnt.
+    pub baseline_calls: u64,
+    pub baseline_traces: usize,
+}
+
+/// What a person reads to judge a finding.
+#[derive(Debug, Clone, Serialize, PartialEq)]
+pub struct Evidence {
+    /// The window's most surprising sequences (order calls, named).
+    pub sequences: Vec<Sequence>,
+    /// The calls of the last frequency window the baseline made least.
+    pub syscalls: Vec<CallShare>,
+    /// The last calls scored, oldest first, named.
+    pub recent: Vec<String>,
+}
+
+#[derive(Debug, Clone, Serialize, PartialEq)]
+pub struct Sequence {
+    pub calls: Vec<String>,
+    /// -log2 of the last call's probability after the ones before.
+    pub surprise_bits: f64,
+    /// Times the baseline saw the whole sequence.
+    pub baseline_count: u32,
+}
+
+#[derive(Debug, Clone, Serialize, PartialEq)]
+pub struct CallShare {
+    pub call: String,
+    /// Times in the window.
+    pub count: u32,
+    /// Its share of the baseline's calls (0: never made).
+    pub baseline_share: f64,
+}
+
+/// A baseline learnt, loaded or started again (a `baseline` event).
+#[derive(Debug, Clone, Serialize, PartialEq)]
+pub struct BaselineNote {
+    /// "learnt", "loaded", "learning" (no baseline yet, or a new one started).
+    pub state: &'static str,
+    pub reason: String,
+    pub calls: u64,
+    pub traces: usize,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub threshold: Option<f64>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub file: Option<String>,
+}
+
+/// One batch's or exit's result.
+#[derive(Debug, Clone)]
+pub enum Outcome {
+    /// A thread of `identity` crossed the threshold; `kill` and
+    /// `quarantine` are for the daemon to carry out.
+    Detection { identity: u32, tgid: u32, tid: u32, detection: Box<Detection> },
+    Baseline { identity: u32, note: BaselineNote },
+}
+
+/// An identity's anomaly state as `status` shows it.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct IdentityAnomaly {
+    /// "learning", "detecting" or "learnt (mode learn)".
+    pub phase: String,
+    /// Calls learnt so far (learning) or in the baseline.
+    pub calls: u64,
+    pub traces: usize,
+    pub threshold: Option<f64>,
+    pub risk: f64,
+    pub findings: u64,
+}
+
+/// Shared with the policy manager (risk) and the control socket (status).
+#[derive(Debug, Clone, Default)]
+pub struct Board(Arc<RwLock<BTreeMap<String, IdentityAnomaly>>>);
+
+impl Board {
+    pub fn risks(&self) -> HashMap<String, f64> {
+        self.0.read().unwrap_or_else(|e| e.into_inner()).iter().map(|(n, a)| (n.clone(), a.risk)).collect()
+    }
+
+    pub fn snapshot(&self) -> BTreeMap<String, IdentityAnomaly> {
+        self.0.read().unwrap_or_else(|e| e.into_inner()).clone()
+    }
+
+    fn set(&self, name: &str, a: IdentityAnomaly) {
+        self.0.write().unwrap_or_else(|e| e.into_inner()).insert(name.into(), a);
+    }
+
+    fn retain(&self, keep: impl Fn(&str) -> bool) {
+        self.0.write().unwrap_or_else(|e| e.into_inner()).retain(|n, _| keep(n));
+    }
+}
+
+struct Learning {
+    traces: HashMap<(u32, u32), Vec<u32>>,
+    calls: u64,
+    executables: BTreeMap<String, String>,
+}
+
+enum Phase {
+    Learning(Learning),
+    Detecting { baseline: Arc<Baseline>, threshold: f64 },
+}
+
+struct Watched {
+    name: String,
+    settings: Anomaly,
+    phase: Phase,
+    /// Highest risk of a recent window, and when (boot ns).
+    risk: (f64, u64),
+    findings: u64,
+}
+
+/// One thread being scored.
+struct Thread {
+    identity: u32,
+    stream: Stream,
+    /// The last frequency-window calls, oldest first.
+    recent: VecDeque<u32>,
+    since_frequency: usize,
+    frequency: Option<f64>,
+    scored: bool,
+    alerted: bool,
+}
+
+pub struct Detector {
+    /// Where baselines are kept (`<identity>.json`); None: memory only.
+    dir: Option<PathBuf>,
+    proc_root: PathBuf,
+    watched: HashMap<u32, Watched>,
+    threads: HashMap<(u32, u32), Thread>,
+    /// Processes whose executable was checked against the baseline.
+    checked: HashSet<u32>,
+    digests: DigestCache,
+    board: Board,
+    /// Threads not scored: [`MAX_THREADS`] were.
+    pub unscored_threads: u64,
+}
+
+impl Detector {
+    pub fn new(dir: Option<PathBuf>, proc_root: PathBuf, board: Board) -> Self {
+        Detector {
+            dir,
+            proc_root,
+            watched: HashMap::new(),
+            threads: HashMap::new(),
+            checked: HashSet::new(),
+            digests: DigestCache::default(),
+            board,
+            unscored_threads: 0,
+        }
+    }
+
+    pub fn board(&self) -> &Board {
+        &self.board
+    }
+
+    fn file(&self, name: &str) -> Option<PathBuf> {
+        self.dir.as_ref().map(|d| d.join(format!("{name}.json")))
+    }
+
+    /// The identities of a new policy: those with an `anomaly:` block are
+    /// watched (their baseline loaded from its file if there is one),
+    /// the others dropped. Returns the ids to turn telemetry on and off,
+    /// and a note per identity that starts.
+    pub fn set_identities(&mut self, config: &IdentityConfig) -> (Vec<u32>, Vec<u32>, Vec<Outcome>) {
+        let wanted: HashMap<u32, (&str, Anomaly)> =
+            config.identities.iter().filter_map(|i| Some((i.id, (i.name.as_str(), i.anomaly?)))).collect();
+        let off: Vec<u32> = self.watched.keys().filter(|id| !wanted.contains_key(id)).copied().collect();
+        for id in &off {
+            self.watched.remove(id);
+        }
+        self.threads.retain(|_, t| wanted.contains_key(&t.identity));
+        let mut on = Vec::new();
+        let mut notes = Vec::new();
+        for (&id, &(name, settings)) in &wanted {
+            if let Some(w) = self.watched.get_mut(&id) {
+                w.settings = settings;
+                if let Phase::Detecting { baseline, threshold } = &mut w.phase {
+                    *threshold = baseline.threshold(settings.false_positive_rate);
+                }
+                continue;
+            }
+            on.push(id);
+            let (phase, note) = self.start(name, settings);
+            notes.push(Outcome::Baseline { identity: id, note });
+            self.watched.insert(id, Watched { name: name.into(), settings, phase, risk: (0.0, 0), findings: 0 });
+        }
+        self.board.retain(|n| wanted.values().any(|(w, _)| *w == n));
+        for id in wanted.keys() {
+            self.publish(*id);
+        }
+        (on, off, notes)
+    }
+
+    /// The phase an identity starts in: its saved baseline, else learning.
+    fn start(&self, name: &str, settings: Anomaly) -> (Phase, BaselineNote) {
+        let learning = |reason: String| {
+            let note = BaselineNote { state: "learning", reason, calls: 0, traces: 0, threshold: None, file: None };
+            (Phase::Learning(Learning { traces: HashMap::new(), calls: 0, executables: BTreeMap::new() }), note)
+        };
+        let Some(file) = self.file(name) else { return learning("no state directory: baselines are not kept".into()) };
+        match Baseline::load(&file) {
+            Ok(b) if b.identity == name => {
+                let threshold = b.threshold(settings.false_positive_rate);
+                let note = BaselineNote {
+                    state: "loaded",
+                    reason: format!("learnt {}", b.learnt),
+                    calls: b.model.calls,
+                    traces: b.model.traces,
+                    threshold: Some(threshold),
+                    file: Some(file.display().to_string()),
+                };
+                (Phase::Detecting { baseline: Arc::new(b), threshold }, note)
+            }
+            Ok(b) => learning(format!("{} holds the baseline of identity {:?}; learning a new one", file.display(), b.identity)),
+            Err(ModelError::Fs(e)) if e.source.kind() == std::io::ErrorKind::NotFound => learning("no baseline yet".into()),
+            Err(e) => learning(format!("{}; learning a new one", crate::error::chain(&e).replace('\n', ": "))),
+        }
+    }
+
+    fn publish(&self, id: u32) {
+        let Some(w) = self.watched.get(&id) else { return };
+        let (phase, calls, traces, threshold) = match &w.phase {
+            Phase::Learning(l) => ("learning".to_string(), l.calls, l.traces.len(), None),
+            Phase::Detecting { baseline, threshold } => {
+                let phase = match w.settings.mode {
+                    AnomalyMode::Detect => "detecting".to_string(),
+                    AnomalyMode::Learn => "learnt (mode learn: no findings)".to_string(),
+                };
+                (phase, baseline.model.calls, baseline.model.traces, Some(*threshold))
+            }
+        };
+        self.board.set(&w.name, IdentityAnomaly { phase, calls, traces, threshold, risk: w.risk.0, findings: w.findings });
+    }
+
+    /// One kernel batch of thread `tid` of process `tgid`, its first call
+    /// at `time_ns` (boot clock).
+    pub fn batch(&mut self, identity: u32, tgid: u32, tid: u32, time_ns: u64, calls: &[u16]) -> Option<Outcome> {
+        let learning = matches!(self.watched.get(&identity)?.phase, Phase::Learning(_));
+        let exe = self.check_executable(identity, tgid);
+        if let Some(note) = exe {
+            return Some(note);
+        }
+        if learning { self.learn(identity, tgid, tid, calls) } else { self.score(identity, tgid, tid, time_ns, calls) }
+    }
+
+    /// The first batch of a process: its executable's digest, kept while
+    /// learning, compared with the baseline's while detecting.
+    fn check_executable(&mut self, identity: u32, tgid: u32) -> Option<Outcome> {
+        if self.checked.len() >= MAX_THREADS {
+            self.checked.clear();
+        }
+        if !self.checked.insert(tgid) {
+            return None;
+        }
+        let path = std::fs::read_link(self.proc_root.join(tgid.to_string()).join("exe")).ok()?.display().to_string();
+        let digest = self.digests.digest_pid(&self.proc_root, tgid).ok()?.to_hex().to_string();
+        let w = self.watched.get_mut(&identity)?;
+        match &mut w.phase {
+            Phase::Learning(l) => {
+                l.executables.insert(path, digest);
+                None
+            }
+            Phase::Detecting { baseline, .. } => {
+                let learnt = baseline.executables.get(&path).filter(|d| **d != digest)?;
+                let reason = format!("{path} changed (blake3 {} -> {}); learning a new baseline", short(learnt), short(&digest));
+                let mut executables = BTreeMap::new();
+                executables.insert(path, digest);
+                w.phase = Phase::Learning(Learning { traces: HashMap::new(), calls: 0, executables });
+                w.risk = (0.0, 0);
+                self.threads.retain(|_, t| t.identity != identity);
+                self.publish(identity);
+                Some(Outcome::Baseline {
+                    identity,
+                    note: BaselineNote { state: "learning", reason, calls: 0, traces: 0, threshold: None, file: None },
+                })
+            }
+        }
+    }
+
+    fn learn(&mut self, identity: u32, tgid: u32, tid: u32, calls: &[u16]) -> Option<Outcome> {
+        let w = self.watched.get_mut(&identity)?;
+        let Phase::Learning(l) = &mut w.phase else { return None };
+        let trace = l.traces.entry((tgid, tid)).or_default();
+        let room = MAX_TRACE_CALLS.saturating_sub(trace.len()).min(calls.len());
+        trace.extend(calls[..room].iter().map(|&c| u32::from(c)));
+        l.calls += room as u64;
+        if l.calls < w.settings.learn_calls || l.traces.len() < MIN_TRACES {
+            if l.calls % 4096 < room as u64 {
+                self.publish(identity);
+            }
+            return None;
+        }
+        let l = std::mem::replace(l, Learning { traces: HashMap::new(), calls: 0, executables: BTreeMap::new() });
+        let threads = l.traces.len();
+        let mut traces: Vec<((u32, u32), Vec<u32>)> = l.traces.into_iter().collect();
+        traces.sort_unstable_by_key(|(k, _)| *k);
+        let started = std::time::Instant::now();
+        let b = Baseline::learn(&w.name, traces.into_iter().map(|(_, t)| t).collect(), l.executables, now_rfc3339());
+        let threshold = b.threshold(w.settings.false_positive_rate);
+        let mut note = BaselineNote {
+            state: "learnt",
+            reason: format!("{} calls of {threads} threads, trained and calibrated in {} ms", l.calls, started.elapsed().as_millis()),
+            calls: b.model.calls,
+            traces: b.model.traces,
+            threshold: Some(threshold),
+            file: None,
+        };
+        let name = w.name.clone();
+        w.phase = Phase::Detecting { baseline: Arc::new(b), threshold };
+        if let Some(file) = self.file(&name)
+            && let Phase::Detecting { baseline, .. } = &self.watched[&identity].phase
+        {
+            match baseline.save(&file) {
+                Ok(()) => note.file = Some(file.display().to_string()),
+                Err(e) => note.reason += &format!("; not saved (learnt again after a restart): {}", crate::error::chain(&e)),
+            }
+        }
+        self.publish(identity);
+        Some(Outcome::Baseline { identity, note })
+    }
+
+    fn score(&mut self, identity: u32, tgid: u32, tid: u32, time_ns: u64, calls: &[u16]) -> Option<Outcome> {
+        let w = self.watched.get_mut(&identity)?;
+        let Phase::Detecting { baseline, threshold } = &w.phase else { return None };
+        let (baseline, threshold) = (baseline.clone(), *threshold);
+        if !self.threads.contains_key(&(tgid, tid)) && self.threads.len() >= MAX_THREADS {
+            self.unscored_threads += 1;
+            return None;
+        }
+        let m = &baseline.model;
+        let t = self.threads.entry((tgid, tid)).or_insert_with(|| Thread {
+            identity,
+            stream: Stream::new(m.window),
+            recent: VecDeque::with_capacity(model::DEFAULT_FREQUENCY_WINDOW as usize),
+            since_frequency: 0,
+            frequency: None,
+            scored: false,
+            alerted: false,
+        });
+        let fw = model::DEFAULT_FREQUENCY_WINDOW as usize;
+        let mut peak = f64::NEG_INFINITY;
+        let (mut crossed, mut recent) = (None, Vec::new());
+        for &c in calls {
+            let c = u32::from(c);
+            let window = t.stream.push(&m.ngrams, c);
+            if t.recent.len() == fw {
+                t.recent.pop_front();
+            }
+            t.recent.push_back(c);
+            t.since_frequency += 1;
+            let mut fresh = window.is_some();
+            if t.recent.len() == fw && (t.frequency.is_none() || t.since_frequency >= fw / 2) {
+                t.frequency = Some(m.frequencies.score(t.recent.make_contiguous()));
+                t.since_frequency = 0;
+                fresh = true;
+            }
+            if !fresh || window.is_none() && !t.scored {
+                continue;
+            }
+            t.scored = true;
+            let surprise = t.stream.current().surprise;
+            let (score, scorer) = baseline.combined(surprise, t.frequency);
+            peak = peak.max(score);
+            if score > threshold && !t.alerted {
+                // The evidence is the window that crossed.
+                t.alerted = true;
+                crossed = Some((score, scorer, surprise, t.frequency));
+                recent = t.recent.iter().copied().collect();
+            }
+        }
+        self.finish(identity, tgid, tid, time_ns, peak, crossed, &baseline, threshold, &recent)
+    }
+
+    /// A process ended: a thread that made fewer calls than a frequency
+    /// window gets the score of all it made (as an offline trace would),
+    /// then its state goes.
+    pub fn exit(&mut self, tgid: u32, time_ns: u64) -> Option<Outcome> {
+        self.checked.remove(&tgid);
+        let ended: Vec<(u32, u32)> = self.threads.keys().filter(|(p, _)| *p == tgid).copied().collect();
+        let mut outcome = None;
+        for key in ended {
+            let Some(mut t) = self.threads.remove(&key) else { continue };
+            let Some(Phase::Detecting { baseline, threshold }) = self.watched.get(&t.identity).map(|w| &w.phase) else { continue };
+            if t.alerted || t.frequency.is_some() || t.recent.is_empty() {
+                continue;
+            }
+            let (baseline, threshold) = (baseline.clone(), *threshold);
+            let surprise = t.stream.current().surprise;
+            let frequency = Some(baseline.model.frequencies.score(t.recent.make_contiguous()));
+            let (score, scorer) = baseline.combined(surprise, frequency);
+            let crossed = (score > threshold).then_some((score, scorer, surprise, frequency));
+            let recent: Vec<u32> = t.recent.iter().copied().collect();
+            outcome = outcome.or(self.finish(t.identity, key.0, key.1, time_ns, score, crossed, &baseline, threshold, &recent));
+        }
+        outcome
+    }
+
+    /// Updates the identity's risk with a window score; builds the finding.
+    #[allow(clippy::too_many_arguments)]
+    fn finish(
+        &mut self,
+        identity: u32,
+        tgid: u32,
+        tid: u32,
+        time_ns: u64,
+        peak: f64,
+        crossed: Option<(f64, Scorer, f64, Option<f64>)>,
+        baseline: &Baseline,
+        threshold: f64,
+        recent: &[u32],
+    ) -> Option<Outcome> {
+        let w = self.watched.get_mut(&identity)?;
+        let risk = match crossed {
+            Some(_) => 1.0,
+            None if threshold > 0.0 => (peak / threshold).clamp(0.0, 1.0),
+            None => 0.0,
+        };
+        let before = w.risk.0;
+        if risk >= w.risk.0 || time_ns.saturating_sub(w.risk.1) > RISK_HOLD_NS {
+            w.risk = (risk, time_ns);
+        }
+        let alert = crossed.filter(|_| w.settings.mode == AnomalyMode::Detect);
+        let response = match w.settings.response {
+            AnomalyResponse::Alert => "alert",
+            AnomalyResponse::Quarantine => "quarantine",
+            AnomalyResponse::Kill => "kill",
+        };
+        if alert.is_some() {
+            w.findings += 1;
+        }
+        if alert.is_some() || (w.risk.0 - before).abs() >= 0.05 {
+            self.publish(identity);
+        }
+        let (score, scorer, surprise_bits, frequency_distance) = alert?;
+        let detection = Detection {
+            score,
+            threshold,
+            scorer,
+            surprise_bits,
+            frequency_distance,
+            risk: 1.0,
+            response,
+            outcome: String::new(),
+            evidence: evidence(&baseline.model, recent),
+            baseline_calls: baseline.model.calls,
+            baseline_traces: baseline.model.traces,
+        };
+        Some(Outcome::Detection { identity, tgid, tid, detection: Box::new(detection) })
+    }
+}
+
+/// The most surprising sequences of the last window of `recent`, and the
+/// calls of `recent` the baseline made least.
+pub fn evidence(model: &Model, recent: &[u32]) -> Evidence {
+    let order = model.ngrams.order();
+    let start = recent.len().saturating_sub(model.window);
+    let mut sequences: Vec<Sequence> = (start..recent.len())
+        .map(|i| {
+            let from = i.saturating_sub(order - 1);
+            let history: VecDeque<u32> = recent[from..i].iter().copied().collect();
+            let step = model.ngrams.step(&history, recent[i]);
+            Sequence {
+                calls: recent[from..=i].iter().map(|&c| call_name(c)).collect(),
+                surprise_bits: step.surprise,
+                baseline_count: model.ngrams.count(&recent[from..=i]),
+            }
+        })
+        .collect();
+    sequences.sort_by(|a, b| b.surprise_bits.total_cmp(&a.surprise_bits));
+    sequences.dedup_by(|a, b| a.calls == b.calls);
+    sequences.truncate(EVIDENCE);
+    let mut counts: BTreeMap<u32, u32> = BTreeMap::new();
+    for &c in recent {
+        *counts.entry(c).or_default() += 1;
+    }
+    let total = model.calls.max(1) as f64;
+    let mut syscalls: Vec<CallShare> = counts
+        .into_iter()
+        .map(|(c, count)| CallShare { call: call_name(c), count, baseline_share: f64::from(model.ngrams.count(&[c])) / total })
+        .collect();
+    syscalls.sort_by(|a, b| a.baseline_share.total_cmp(&b.baseline_share).then(b.count.cmp(&a.count)));
+    syscalls.truncate(EVIDENCE);
+    Evidence { sequences, syscalls, recent: recent[start..].iter().map(|&c| call_name(c)).collect() }
+}
+
+/// A token's name: the x86_64 syscall, `io_uring:OPCODE` for an io_uring
+/// submission, else the number.
+pub fn call_name(token: u32) -> String {
+    let base = u32::from(zt_common::syscalls::IORING_BASE);
+    if token >= base {
+        return format!("io_uring:{}", token - base);
+    }
+    syscalls::x86_64::Sysno::new(token as usize).map_or_else(|| token.to_string(), |s| s.name().to_string())
+}
+
+fn short(hex: &str) -> &str {
+    &hex[..hex.len().min(12)]
+}
+
+fn now_rfc3339() -> String {
+    crate::host::wall_time(crate::host::boottime_ns()).to_string()
+}
+
+#[cfg(test)]
+mod tests;
