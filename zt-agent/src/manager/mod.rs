@@ -14,7 +14,7 @@
 mod triggers;
 
 use std::{
-    collections::BTreeMap,
+    collections::{BTreeMap, BTreeSet},
     path::PathBuf,
     sync::{Arc, RwLock},
 };
@@ -53,6 +53,10 @@ pub enum ApplyError {
     NoSuchVersion(u64),
     #[error("no earlier policy version to roll back to")]
     NoEarlierVersion,
+    #[error("the policy in force has no identity {0:?}")]
+    UnknownIdentity(String),
+    #[error("identity {0:?} is not quarantined")]
+    NotQuarantined(String),
 }
 
 /// Commands for the manager task (from the control socket).
@@ -60,6 +64,11 @@ pub enum Command {
     Reload { source: String, reply: oneshot::Sender<Result<Outcome, ApplyError>> },
     Rollback { version: Option<u64>, reply: oneshot::Sender<Result<Outcome, ApplyError>> },
     History { reply: oneshot::Sender<Vec<HistoryEntry>> },
+    /// Quarantines (`on`) or releases an identity; `reason` is recorded.
+    /// No reply: asked by the anomaly detector, which does not wait.
+    Quarantine { identity: String, on: bool, reason: String, reply: Option<oneshot::Sender<Result<Outcome, ApplyError>>> },
+    /// Evaluates the rule conditions now (their inputs changed: risk).
+    Reevaluate,
 }
 
 /// A policy applied (or found already in force).
@@ -83,6 +92,13 @@ pub struct HistoryEntry {
     pub in_force: bool,
 }
 
+#[derive(Debug, thiserror::Error)]
+#[error("{}: the quarantined identities cannot be read ({why}); remove the file to release every identity", file.display())]
+pub struct QuarantineFileError {
+    file: PathBuf,
+    why: String,
+}
+
 /// What the rest of the agent needs to know about the policy in force.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct InForce {
@@ -96,6 +112,9 @@ pub struct InForce {
     pub identities: Vec<(String, String)>,
     /// Every identity id ever assigned -> name (ids are never reused).
     pub ids: BTreeMap<u32, String>,
+    /// Identities whose egress is deny-all until released.
+    #[serde(default)]
+    pub quarantined: Vec<String>,
 }
 
 /// What the manager shares with the rest of the agent.
@@ -124,6 +143,10 @@ pub struct Manager {
     current: Option<(Policy, Vec<bool>, objects::Resolution)>,
     inputs: InputsFn,
     shared: Shared,
+    /// Identities under quarantine (their egress deny-all), and the file
+    /// that keeps them across restarts.
+    quarantined: BTreeSet<String>,
+    quarantine_file: Option<PathBuf>,
 }
 
 fn file_names(bundle: &Bundle) -> Vec<String> {
@@ -133,7 +156,31 @@ fn file_names(bundle: &Bundle) -> Vec<String> {
 impl Manager {
     /// `paths` empty: the embedded default policy.
     pub fn new(paths: Vec<PathBuf>, store: store::Store, target: Box<dyn PolicyTarget>, inputs: InputsFn, shared: Shared) -> Self {
-        Manager { paths, ids: IdRegistry::default(), ids_file: None, store, target, current: None, inputs, shared }
+        Manager {
+            paths,
+            ids: IdRegistry::default(),
+            ids_file: None,
+            store,
+            target,
+            current: None,
+            inputs,
+            shared,
+            quarantined: BTreeSet::new(),
+            quarantine_file: None,
+        }
+    }
+
+    /// Keeps the quarantined identities in `file` and starts with those it
+    /// holds. A file that cannot be read is an error (failing closed: the
+    /// agent does not start with its quarantines forgotten).
+    pub fn with_quarantine_file(mut self, file: PathBuf) -> Result<Self, QuarantineFileError> {
+        self.quarantined = match std::fs::read(&file) {
+            Ok(bytes) => serde_json::from_slice(&bytes).map_err(|e| QuarantineFileError { file: file.clone(), why: e.to_string() })?,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => BTreeSet::new(),
+            Err(e) => return Err(QuarantineFileError { file, why: e.to_string() }),
+        };
+        self.quarantine_file = Some(file);
+        Ok(self)
     }
 
     /// Starts from `ids` (adopted tables) and keeps them in `file`.
@@ -160,7 +207,8 @@ impl Manager {
     /// in the kernel changes. `record` adds a history version.
     pub async fn apply(&mut self, bundle: Bundle, source: &str, record: bool) -> Result<Outcome, ApplyError> {
         let started = std::time::Instant::now();
-        let policy = bundle.parse()?;
+        let mut policy = bundle.parse()?;
+        policy::quarantine(&mut policy, &self.quarantined);
         let mut ids = self.ids.clone();
         ids.assign(&policy).map_err(ApplyError::Ids)?;
         let active = self.evaluate_conditions(&policy, record)?;
@@ -198,6 +246,7 @@ impl Manager {
             files: file_names(&bundle),
             identities: policy.identities.iter().map(|i| (i.name.clone(), i.spiffe_id.clone())).collect(),
             ids: self.ids.names().map(|(n, id)| (id, n.to_string())).collect(),
+            quarantined: self.quarantined.iter().filter(|q| policy.identity(q).is_some()).cloned().collect(),
         };
         let config = Arc::new(policy::identity_config(&policy, &self.ids));
         let _ = self.shared.pipeline.send(Input::Identities(config)).await;
@@ -354,6 +403,54 @@ impl Manager {
         if let Err(e) = self.apply(bundle, "rule paths", false).await {
             tracing::error!("recompiling for the rule paths failed; previous maps stay in force: {}", crate::error::chain(&e));
         }
+    }
+
+    /// Quarantines or releases `identity` and compiles the policy in force
+    /// again; recorded as a `policy` event with `reason` as its source.
+    pub async fn quarantine(&mut self, identity: &str, on: bool, reason: &str) -> Result<Outcome, ApplyError> {
+        if on && self.current_policy().and_then(|p| p.identity(identity)).is_none() {
+            return Err(ApplyError::UnknownIdentity(identity.into()));
+        }
+        if !on && !self.quarantined.contains(identity) {
+            return Err(ApplyError::NotQuarantined(identity.into()));
+        }
+        let Some(bundle) = self.store.current().map(|a| a.bundle.clone()) else {
+            return Err(ApplyError::NoEarlierVersion);
+        };
+        let before = self.quarantined.clone();
+        if on {
+            self.quarantined.insert(identity.into());
+        } else {
+            self.quarantined.remove(identity);
+        }
+        let outcome = match self.apply(bundle.clone(), reason, false).await {
+            Ok(o) => o,
+            Err(e) => {
+                self.quarantined = before;
+                tracing::error!("quarantine of {identity} not changed; the previous maps stay in force: {}", crate::error::chain(&e));
+                return Err(e);
+            }
+        };
+        if let Some(f) = &self.quarantine_file {
+            let json = serde_json::to_vec(&self.quarantined).expect("a set of strings serialises");
+            if let Err(e) = crate::fsutil::write_atomic(f, &json) {
+                tracing::error!("quarantines in force but not saved (a restart would forget the change): {}", crate::error::Chain(&e));
+            }
+        }
+        let action = if on { PolicyAction::Quarantined } else { PolicyAction::Released };
+        tracing::warn!("identity {identity} {}: {reason}", if on { "quarantined (egress deny-all)" } else { "released from quarantine" });
+        self.emit(PolicyChange {
+            action,
+            source: format!("identity {identity}: {reason}"),
+            version: Some(outcome.version),
+            digest: outcome.digest.clone(),
+            generation: Some(outcome.generation),
+            files: file_names(&bundle),
+            errors: vec![],
+            warnings: vec![],
+        })
+        .await;
+        Ok(outcome)
     }
 
     pub fn history(&self) -> Vec<HistoryEntry> {

@@ -163,3 +163,31 @@ async fn conditions_are_reevaluated_when_their_inputs_change() {
     assert_eq!(got, ["10.0.0.0/8", "172.16.0.0/12"]);
     assert_eq!(f.manager.history().len(), 1, "re-evaluation is not a new version");
 }
+
+#[tokio::test]
+async fn quarantine_denies_all_egress_survives_reload_and_restart_and_is_released() {
+    let mut f = fixture();
+    let qfile = f.dir.path().join("quarantined.json");
+    f.manager = std::mem::replace(&mut f.manager, fixture().manager).with_quarantine_file(qfile.clone()).unwrap();
+    f.manager.reload("start").await.unwrap();
+    assert!(matches!(f.manager.quarantine("nobody", true, "test").await, Err(ApplyError::UnknownIdentity(_))));
+    assert!(matches!(f.manager.quarantine("a", false, "test").await, Err(ApplyError::NotQuarantined(_))));
+    f.manager.quarantine("a", true, "anomaly: score 9.1 > 2.0").await.unwrap();
+    assert!(prefixes(&f.target).is_empty(), "a's allowed destination is gone");
+    assert_eq!(f.manager.shared.in_force.read().unwrap().quarantined, ["a"]);
+    // A new policy version keeps the quarantine.
+    std::fs::write(f.dir.path().join("p.yaml"), policy("192.168.0.0/16")).unwrap();
+    f.manager.reload("inotify").await.unwrap();
+    assert!(prefixes(&f.target).is_empty());
+    // So does a restart (the file).
+    assert_eq!(std::fs::read_to_string(&qfile).unwrap(), r#"["a"]"#);
+    f.manager.quarantine("a", false, "operator").await.unwrap();
+    assert_eq!(prefixes(&f.target), ["192.168.0.0/16"]);
+    assert_eq!(std::fs::read_to_string(&qfile).unwrap(), "[]");
+    let actions: Vec<PolicyAction> = policy_events(&mut f.events).into_iter().map(|(a, _)| a).collect();
+    assert_eq!(actions, [PolicyAction::Applied, PolicyAction::Quarantined, PolicyAction::Applied, PolicyAction::Released]);
+    // An unreadable file: no start, and the message says what to do.
+    std::fs::write(&qfile, "[").unwrap();
+    let e = fixture().manager.with_quarantine_file(qfile).err().unwrap().to_string();
+    assert!(e.ends_with("remove the file to release every identity"), "{e}");
+}

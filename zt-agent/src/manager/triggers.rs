@@ -76,6 +76,11 @@ pub async fn run(mut m: Manager, mut commands: mpsc::Receiver<Command>, mut stop
                 Some(Command::Reload { source, reply }) => { let _ = reply.send(m.reload(&source).await); }
                 Some(Command::Rollback { version, reply }) => { let _ = reply.send(m.rollback(version).await); }
                 Some(Command::History { reply }) => { let _ = reply.send(m.history()); }
+                Some(Command::Quarantine { identity, on, reason, reply }) => {
+                    let r = m.quarantine(&identity, on, &reason).await;
+                    if let Some(reply) = reply { let _ = reply.send(r); }
+                }
+                Some(Command::Reevaluate) => m.reevaluate().await,
                 None => break,
             },
         }

@@ -575,6 +575,10 @@ pub enum PolicyAction {
     Applied,
     Rejected,
     RolledBack,
+    /// An identity's egress switched to deny-all (anomaly response or
+    /// `zt-agent identity quarantine`), and back.
+    Quarantined,
+    Released,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]

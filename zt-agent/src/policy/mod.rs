@@ -210,6 +210,26 @@ pub fn identities_from_text(file: &str, text: &str) -> Result<IdentityConfig, Po
 
 /// The identity part of a policy, with the registry's ids, as the resolver
 /// and enricher use it.
+/// Quarantine (an anomaly response, or `zt-agent identity quarantine`):
+/// each named identity's egress becomes deny-all, enforced whatever its
+/// mode: its rules keep their file and exec parts (audited ones stay
+/// audited) and lose their egress destinations (network and Unix
+/// sockets), and its default egress is deny. An identity in audit mode is
+/// switched to enforce, so a `deny` default for files or exec is enforced
+/// too while it is quarantined. Names the policy does not define are ignored.
+pub fn quarantine(policy: &mut Policy, names: &std::collections::BTreeSet<String>) {
+    for ident in policy.identities.iter_mut().filter(|i| names.contains(&i.name)) {
+        for rule in policy.rules.iter_mut().filter(|r| r.identity == ident.name) {
+            rule.egress.clear();
+            if ident.mode == model::Mode::Audit {
+                rule.mode = Some(model::Mode::Audit);
+            }
+        }
+        ident.defaults.egress = model::Action::Deny;
+        ident.mode = model::Mode::Enforce;
+    }
+}
+
 pub fn identity_config(policy: &Policy, ids: &IdRegistry) -> IdentityConfig {
     IdentityConfig {
         name: policy.name.clone(),

@@ -226,6 +226,28 @@ fn compiles_byte_for_byte() {
     assert!(bytes_of(list)[32..].iter().all(|b| *b == 0), "unused rule slots are zero");
 }
 
+/// Quarantine: the identity's egress compiles to no destination and a
+/// deny default, enforced even in audit mode; another identity is untouched.
+#[test]
+fn a_quarantined_identity_compiles_to_deny_all_egress() {
+    let text = format!(
+        "{HEAD}  identities:\n    - name: a\n      mode: audit\n      defaultAction: allow\n      selectors:\n        - uid: 1\n    - name: b\n      selectors:\n        - uid: 2\n  rules:\n    - name: web\n      identity: a\n      action: allow\n      egress:\n        - to: [10.0.0.0/8]\n    - name: webb\n      identity: b\n      action: allow\n      egress:\n        - to: [10.0.0.0/8]\n"
+    );
+    let mut p = parse1(&text).unwrap();
+    let ids = IdRegistry::for_policy(&p).unwrap();
+    let before = compile(&p, &ids, 0, &[true, true]).unwrap();
+    super::quarantine(&mut p, &["a".to_string(), "gone".to_string()].into());
+    let after = compile(&p, &ids, 0, &[true, true]).unwrap();
+    let policy_of = |c: &Compiled, id: u32| c.identities.iter().find(|(k, _)| k.identity == id).unwrap().1;
+    let (a, b) = (ids.get("a").unwrap(), ids.get("b").unwrap());
+    assert_eq!(policy_of(&before, a).default_egress, zt_common::policy::ALLOW);
+    assert_eq!(policy_of(&after, a).default_egress, zt_common::policy::DENY);
+    assert_eq!(policy_of(&after, a).mode, zt_common::policy::ENFORCE);
+    assert!(after.net.iter().all(|(_, k, _)| k.identity != a), "no destination of a is left");
+    assert_eq!(after.net.iter().filter(|(_, k, _)| k.identity == b).count(), 1);
+    assert_eq!(hex(&bytes_of(&policy_of(&after, b))), hex(&bytes_of(&policy_of(&before, b))));
+}
+
 #[test]
 fn covering_prefixes_and_capacity() {
     let mut text = format!("{HEAD}  identities:\n    - name: a\n      selectors:\n        - uid: 1\n  rules:\n");
