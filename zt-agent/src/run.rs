@@ -198,7 +198,8 @@ impl Agent {
             Some(f) => f.target(Box::new(maps.policy)),
             None => Box::new(maps.policy),
         };
-        let mut manager = new_manager(&opts, target, shared.clone(), adopted.is_some())?;
+        let board = crate::anomaly::live::Board::default();
+        let mut manager = new_manager(&opts, target, shared.clone(), adopted.is_some(), board.clone())?;
         // The first policy goes into the maps before the egress hooks attach.
         let first_policy = manager.apply_and_report(bundle, "start", PolicyAction::Applied).await?;
         let config = Arc::new(policy::identity_config(manager.current_policy().expect("just applied"), manager.ids()));
@@ -269,15 +270,23 @@ impl Agent {
             aggregates: maps.aggregates,
             tables,
         };
-        let running = pipeline::spawn((input_tx, input_rx), kernel, enricher, outputs, pipeline_options(&opts, &cgroup2), stats.clone());
-
-        let (stop, stop_rx) = watch::channel(false);
-        let (commands, commands_rx) = mpsc::channel(16);
-        let manager = spawn_manager(manager, commands_rx, stop_rx.clone())?;
         let paths: Vec<(String, String)> = paths.into_iter().map(|(a, b)| (a.to_string(), b)).collect();
         let info = Arc::new(static_info(&bpf, &object_digest, &paths, &cgroup2, &opts.settings));
         let bpf = Arc::new(std::sync::Mutex::new(bpf));
-        let recorder = crate::anomaly::record::Recorder { switch: Arc::new(bpf::telemetry::Telemetry(bpf.clone())), recordings };
+        let telemetry = Arc::new(bpf::telemetry::Telemetry(bpf.clone()));
+        let (commands, commands_rx) = mpsc::channel(16);
+        // The detector turns telemetry on for the identities whose policy
+        // asks for it, when the pipeline takes the first policy's identities.
+        enricher.anomaly = Some(crate::anomaly::live::Watch {
+            detector: crate::anomaly::live::Detector::new(opts.state_dir.as_ref().map(|d| d.join("anomaly")), board.clone()),
+            telemetry: telemetry.clone(),
+            responder: Arc::new(Responses { commands: commands.clone() }),
+        });
+        let running = pipeline::spawn((input_tx, input_rx), kernel, enricher, outputs, pipeline_options(&opts, &cgroup2), stats.clone());
+
+        let (stop, stop_rx) = watch::channel(false);
+        let manager = spawn_manager(manager, commands_rx, stop_rx.clone())?;
+        let recorder = crate::anomaly::record::Recorder { switch: telemetry, recordings };
         let state = control::State {
             info,
             stats,
@@ -287,6 +296,7 @@ impl Agent {
             siem: siem_status,
             fanotify: fanotify.as_ref().map(files::Fallback::counters),
             recorder: Some(recorder),
+            anomaly: board,
         };
         let control = start_control(opts.socket.clone(), state, stop_rx);
 
@@ -533,10 +543,17 @@ fn spawn_manager(
 /// and conditions evaluated against the clock and the node labels.
 /// Identity ids are kept there too: `adopt` (pinned tables that carry ids)
 /// takes them from the last run, which must have left them.
-fn new_manager(opts: &RunOptions, target: Box<dyn policy::target::PolicyTarget>, shared: Shared, adopt: bool) -> anyhow::Result<Manager> {
+fn new_manager(
+    opts: &RunOptions,
+    target: Box<dyn policy::target::PolicyTarget>,
+    shared: Shared,
+    adopt: bool,
+    board: crate::anomaly::live::Board,
+) -> anyhow::Result<Manager> {
     let store = store::Store::open(opts.state_dir.as_ref().map(|d| d.join("policy-history")))?;
     let labels = opts.node_labels.clone();
-    let inputs = Box::new(move || Inputs::current(labels.clone()));
+    // `input.identity.risk`: the anomaly detector's live risk per identity.
+    let inputs = Box::new(move || Inputs { risk: board.risks(), ..Inputs::current(labels.clone()) });
     let ids_file = opts.state_dir.as_ref().map(|d| d.join("identity-ids.json"));
     let ids = match (&ids_file, adopt) {
         (Some(f), true) => policy::IdRegistry::load(f).context(
@@ -544,7 +561,35 @@ fn new_manager(opts: &RunOptions, target: Box<dyn policy::target::PolicyTarget>,
         )?,
         _ => policy::IdRegistry::default(),
     };
-    Ok(Manager::new(opts.policy.clone(), store, target, inputs, shared).with_ids(ids, ids_file))
+    let manager = Manager::new(opts.policy.clone(), store, target, inputs, shared).with_ids(ids, ids_file);
+    Ok(match &opts.state_dir {
+        Some(d) => manager.with_quarantine_file(d.join("quarantined.json"))?,
+        None => manager,
+    })
+}
+
+/// Anomaly responses, carried out for the pipeline: quarantine and risk
+/// through the policy manager (without waiting: the pipeline never blocks
+/// on it), kill by signal.
+struct Responses {
+    commands: mpsc::Sender<manager::Command>,
+}
+
+impl crate::anomaly::live::Responder for Responses {
+    fn quarantine(&self, identity: &str, reason: &str) -> Result<(), String> {
+        let cmd = manager::Command::Quarantine { identity: identity.into(), on: true, reason: reason.into(), reply: None };
+        self.commands.try_send(cmd).map_err(|e| format!("the policy manager did not take the request ({e})"))
+    }
+
+    fn kill(&self, tgid: u32) -> Result<(), String> {
+        let pid = nix::unistd::Pid::from_raw(tgid as i32);
+        nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGKILL).map_err(|e| e.desc().to_string())
+    }
+
+    fn risk_changed(&self) {
+        // A full queue: the periodic re-evaluation picks the risk up.
+        let _ = self.commands.try_send(manager::Command::Reevaluate);
+    }
 }
 
 fn pipeline_options(opts: &RunOptions, cgroup2: &Path) -> pipeline::Options {

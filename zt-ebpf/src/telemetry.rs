@@ -25,7 +25,7 @@ use zt_common::{
 
 use crate::{
     events::count_loss,
-    maps::{EVENTS, SYSCALL_BATCH, TELEMETRY, URING_OPCODE_OFF, global, identity_of},
+    maps::{EVENTS, PROC_TABLE, SYSCALL_BATCH, TELEMETRY, URING_OPCODE_OFF, global, identity_of},
 };
 
 #[raw_tracepoint(tracepoint = "sys_enter")]
@@ -78,7 +78,15 @@ fn record(tgid: u32, tid: u32, identity: u32, call: u16) {
         send(b);
     }
     if b.count == 0 {
-        b.header = EventHeader { kind: kind::SYSCALLS, tgid, tid, identity, time_ns: now, ..Default::default() };
+        // The process incarnation (start time, cgroup), so user space finds
+        // what it learnt of it at exec: one lookup per batch.
+        // SAFETY: as in `identity_of`: integers copied out of a
+        // preallocated element, possibly another process's if it is reused.
+        let (start_ns, cgroup_id) = match unsafe { PROC_TABLE.get(tgid) } {
+            Some(p) => (p.start_ns, p.cgroup_id),
+            None => (0, 0),
+        };
+        b.header = EventHeader { kind: kind::SYSCALLS, tgid, tid, identity, time_ns: now, start_ns, cgroup_id, ..Default::default() };
     }
     let i = b.count as usize;
     if i < BATCH_CALLS {

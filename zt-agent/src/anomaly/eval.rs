@@ -94,6 +94,11 @@ impl Standard {
         Standard { mean, deviation: if var > 0.0 { var.sqrt() } else { 1.0 } }
     }
 
+    /// The same scale with a deviation of at least `floor`.
+    pub fn at_least(self, floor: f64) -> Self {
+        Standard { deviation: self.deviation.max(floor), ..self }
+    }
+
     pub fn z(&self, x: f64) -> f64 {
         (x - self.mean) / self.deviation
     }

@@ -12,12 +12,16 @@
 //!   [`Detector::batch`] takes one kernel batch and may answer with an
 //!   [`Outcome`]: a [`Detection`] (the finding, with its evidence) or a
 //!   [`BaselineNote`] (learnt, loaded, started again).
+//! - [`Watch`]: the detector in the pipeline: telemetry turned on and off
+//!   with the identities watched, and a finding's response carried out by
+//!   a [`Responder`] (quarantine through the policy manager, kill).
 //! - [`Board`]: what the rest of the daemon reads: each identity's phase
 //!   and live risk (`input.identity.risk` for rule conditions, `status`).
 //!
 //! # Phases
 //! Learning keeps each thread's calls as one trace until the identity has
-//! `learnCalls` calls in at least [`MIN_TRACES`] traces; then a seeded half
+//! `learnCalls` calls in at least [`min_traces`] traces (enough that the
+//! calibration half can show the false-positive rate); then a seeded half
 //! of the traces trains the model and the other half calibrates it: each
 //! calibration trace's highest n-gram surprise and frequency distance, put
 //! on standard scales, the higher of the two its combined score. The
@@ -29,13 +33,14 @@
 //! starts the learning again (an upgraded binary behaves anew); an
 //! executable the baseline never saw is scored like any other.
 use std::{
-    collections::{BTreeMap, HashMap, HashSet, VecDeque},
+    collections::{BTreeMap, HashMap, VecDeque},
     path::{Path, PathBuf},
     sync::{Arc, RwLock},
 };
 
 use serde::{Deserialize, Serialize};
 
+use super::record::{TelemetrySwitch, TelemetryUser};
 use super::{
     eval::{self, Standard},
     model::{self, Model, ModelError},
@@ -49,15 +54,41 @@ use crate::{
 pub const BASELINE_FORMAT: &str = "zt-anomaly-baseline";
 pub const BASELINE_VERSION: u32 = 1;
 /// Traces (threads) a baseline needs at least: half train, half calibrate.
-pub const MIN_TRACES: usize = 8;
+pub const MIN_TRACES: usize = 20;
+/// At most this many are asked for by [`min_traces`].
+pub const MAX_MIN_TRACES: usize = 2_000;
+
+/// Traces learning waits for: twice the number for which the calibration
+/// half holds one trace above the threshold at `false_positive_rate` (a
+/// threshold from fewer is the calibration's maximum, and lets through
+/// more false positives than asked).
+pub fn min_traces(false_positive_rate: f64) -> usize {
+    ((2.0 / false_positive_rate).ceil() as usize).clamp(MIN_TRACES, MAX_MIN_TRACES)
+}
 /// Calls one learning thread contributes at most (a long-running thread
 /// must not be the whole baseline).
 pub const MAX_TRACE_CALLS: usize = 200_000;
 /// Threads scored at once across identities; beyond, new threads are
 /// counted in [`Detector::unscored_threads`] and not scored.
 pub const MAX_THREADS: usize = 65_536;
+/// How long after a process's exit its threads are finished: a batch of
+/// calls waits at most `BATCH_MAX_AGE_NS` (250 ms) in a CPU the thread left,
+/// and the pipeline polls every few ms.
+pub const EXIT_GRACE_NS: u64 = 1_000_000_000;
+/// A batch is scored once the kernel's clock is this far past its first
+/// call: by then the thread's earlier batches, held in the CPUs it left
+/// (at most `BATCH_MAX_AGE_NS`, 250 ms), have come. What a finding costs
+/// in delay.
+pub const REORDER_NS: u64 = 300_000_000;
 /// How long a high window keeps an identity's risk up.
 pub const RISK_HOLD_NS: u64 = 60_000_000_000;
+/// The least deviation each scorer's scale gets: processes that all do the
+/// same thing (a loop of the same commands) calibrate to a deviation near
+/// zero, which would make any small variation (the kernel reporting a
+/// thread's calls from two CPUs in the other order) an alert. One bit of
+/// mean surprise per call; a tenth of the call-mix distance's range.
+pub const MIN_SURPRISE_DEVIATION: f64 = 1.0;
+pub const MIN_FREQUENCY_DEVIATION: f64 = 0.1;
 /// The calibration split's seed (fixed: the same traces, the same baseline).
 const SEED: u64 = 0x5eed;
 /// Evidence items of each kind in a finding.
@@ -100,8 +131,8 @@ impl Baseline {
             model::DEFAULT_FREQUENCY_WINDOW as usize,
         );
         let scores: Vec<_> = calibration.iter().map(|t| model.score(t)).collect();
-        let surprise = Standard::of(&scores.iter().map(|s| s.surprise).collect::<Vec<_>>());
-        let frequency = Standard::of(&scores.iter().map(|s| s.frequency).collect::<Vec<_>>());
+        let surprise = Standard::of(&scores.iter().map(|s| s.surprise).collect::<Vec<_>>()).at_least(MIN_SURPRISE_DEVIATION);
+        let frequency = Standard::of(&scores.iter().map(|s| s.frequency).collect::<Vec<_>>()).at_least(MIN_FREQUENCY_DEVIATION);
         let mut b = Baseline {
             format: BASELINE_FORMAT.into(),
             version: BASELINE_VERSION,
@@ -215,8 +246,18 @@ pub struct BaselineNote {
 pub enum Outcome {
     /// A thread of `identity` crossed the threshold; `kill` and
     /// `quarantine` are for the daemon to carry out.
-    Detection { identity: u32, tgid: u32, tid: u32, detection: Box<Detection> },
-    Baseline { identity: u32, note: BaselineNote },
+    /// `exe`: the program the process ran, as far as known.
+    Detection {
+        identity: u32,
+        tgid: u32,
+        tid: u32,
+        exe: Option<Arc<str>>,
+        detection: Box<Detection>,
+    },
+    Baseline {
+        identity: u32,
+        note: BaselineNote,
+    },
 }
 
 /// An identity's anomaly state as `status` shows it.
@@ -254,8 +295,20 @@ impl Board {
     }
 }
 
+/// A thread's batches as (time of the first call, calls): a thread's
+/// batches come from the CPUs it ran on in any order, and are put in the
+/// order of that time before they are learnt or scored.
+type Held = Vec<(u64, Vec<u16>)>;
+
+/// Puts `held` in time order and returns its calls.
+fn in_order(mut held: Held) -> Vec<u32> {
+    held.sort_by_key(|(time, _)| *time);
+    held.into_iter().flat_map(|(_, calls)| calls.into_iter().map(u32::from)).collect()
+}
+
 struct Learning {
-    traces: HashMap<(u32, u32), Vec<u32>>,
+    /// (tgid, tid) -> (calls kept, batches).
+    traces: HashMap<(u32, u32), (usize, Held)>,
     calls: u64,
     executables: BTreeMap<String, String>,
 }
@@ -284,16 +337,38 @@ struct Thread {
     frequency: Option<f64>,
     scored: bool,
     alerted: bool,
+    /// Batches not scored yet (see [`Detector::release`]).
+    held: Held,
+}
+
+impl Thread {
+    /// A thread's state after `calls` (none for a new thread), not scored.
+    fn resuming(identity: u32, m: &Model, calls: &[u32]) -> Thread {
+        let mut stream = Stream::new(m.window);
+        for &c in calls {
+            stream.push(&m.ngrams, c);
+        }
+        let fw = model::DEFAULT_FREQUENCY_WINDOW as usize;
+        let mut recent = VecDeque::with_capacity(fw);
+        recent.extend(&calls[calls.len().saturating_sub(fw)..]);
+        // A learnt thread's calls so far count as scored (they are in the
+        // baseline): its exit does not score them again.
+        let frequency = (!calls.is_empty()).then(|| m.frequencies.score(recent.make_contiguous()));
+        let scored = stream.calls_in_window() == m.window;
+        Thread { identity, stream, recent, since_frequency: 0, frequency, scored, alerted: false, held: Vec::new() }
+    }
 }
 
 pub struct Detector {
     /// Where baselines are kept (`<identity>.json`); None: memory only.
     dir: Option<PathBuf>,
-    proc_root: PathBuf,
     watched: HashMap<u32, Watched>,
-    threads: HashMap<(u32, u32), Thread>,
-    /// Processes whose executable was checked against the baseline.
-    checked: HashSet<u32>,
+    threads: BTreeMap<(u32, u32), Thread>,
+    /// Processes that ended: (when to finish them, tgid), in order.
+    ending: VecDeque<(u64, u32)>,
+    /// Processes whose executable was checked, and which it was (an exec
+    /// changes it).
+    checked: HashMap<u32, Arc<str>>,
     digests: DigestCache,
     board: Board,
     /// Threads not scored: [`MAX_THREADS`] were.
@@ -301,13 +376,13 @@ pub struct Detector {
 }
 
 impl Detector {
-    pub fn new(dir: Option<PathBuf>, proc_root: PathBuf, board: Board) -> Self {
+    pub fn new(dir: Option<PathBuf>, board: Board) -> Self {
         Detector {
             dir,
-            proc_root,
             watched: HashMap::new(),
-            threads: HashMap::new(),
-            checked: HashSet::new(),
+            threads: BTreeMap::new(),
+            ending: VecDeque::new(),
+            checked: HashMap::new(),
             digests: DigestCache::default(),
             board,
             unscored_threads: 0,
@@ -397,28 +472,29 @@ impl Detector {
         self.board.set(&w.name, IdentityAnomaly { phase, calls, traces, threshold, risk: w.risk.0, findings: w.findings });
     }
 
-    /// One kernel batch of thread `tid` of process `tgid`, its first call
-    /// at `time_ns` (boot clock).
-    pub fn batch(&mut self, identity: u32, tgid: u32, tid: u32, time_ns: u64, calls: &[u16]) -> Option<Outcome> {
+    /// One kernel batch of thread `tid` of process `tgid` running `exe`,
+    /// its first call at `time_ns` (boot clock).
+    pub fn batch(&mut self, identity: u32, tgid: u32, tid: u32, time_ns: u64, exe: Option<&Arc<str>>, calls: &[u16]) -> Option<Outcome> {
         let learning = matches!(self.watched.get(&identity)?.phase, Phase::Learning(_));
-        let exe = self.check_executable(identity, tgid);
-        if let Some(note) = exe {
+        if let Some(note) = exe.and_then(|exe| self.check_executable(identity, tgid, exe)) {
             return Some(note);
         }
-        if learning { self.learn(identity, tgid, tid, calls) } else { self.score(identity, tgid, tid, time_ns, calls) }
+        if learning { self.learn(identity, tgid, tid, time_ns, calls) } else { self.hold(identity, tgid, tid, time_ns, calls) }
     }
 
-    /// The first batch of a process: its executable's digest, kept while
-    /// learning, compared with the baseline's while detecting.
-    fn check_executable(&mut self, identity: u32, tgid: u32) -> Option<Outcome> {
+    /// The first batch of a process (and of each program it execs): the
+    /// digest of the file at its executable's path, kept while learning,
+    /// compared with the baseline's while detecting.
+    fn check_executable(&mut self, identity: u32, tgid: u32, exe: &Arc<str>) -> Option<Outcome> {
+        if self.checked.get(&tgid) == Some(exe) {
+            return None;
+        }
         if self.checked.len() >= MAX_THREADS {
             self.checked.clear();
         }
-        if !self.checked.insert(tgid) {
-            return None;
-        }
-        let path = std::fs::read_link(self.proc_root.join(tgid.to_string()).join("exe")).ok()?.display().to_string();
-        let digest = self.digests.digest_pid(&self.proc_root, tgid).ok()?.to_hex().to_string();
+        self.checked.insert(tgid, exe.clone());
+        let path = exe.to_string();
+        let digest = self.digests.digest_path(Path::new(&path)).ok()?.to_hex().to_string();
         let w = self.watched.get_mut(&identity)?;
         match &mut w.phase {
             Phase::Learning(l) => {
@@ -442,23 +518,32 @@ impl Detector {
         }
     }
 
-    fn learn(&mut self, identity: u32, tgid: u32, tid: u32, calls: &[u16]) -> Option<Outcome> {
+    fn learn(&mut self, identity: u32, tgid: u32, tid: u32, time_ns: u64, calls: &[u16]) -> Option<Outcome> {
         let w = self.watched.get_mut(&identity)?;
         let Phase::Learning(l) = &mut w.phase else { return None };
-        let trace = l.traces.entry((tgid, tid)).or_default();
-        let room = MAX_TRACE_CALLS.saturating_sub(trace.len()).min(calls.len());
-        trace.extend(calls[..room].iter().map(|&c| u32::from(c)));
+        let traces = l.traces.len();
+        let (kept, held) = l.traces.entry((tgid, tid)).or_default();
+        let room = MAX_TRACE_CALLS.saturating_sub(*kept).min(calls.len());
+        if room > 0 {
+            held.push((time_ns, calls[..room].to_vec()));
+        }
+        *kept += room;
         l.calls += room as u64;
-        if l.calls < w.settings.learn_calls || l.traces.len() < MIN_TRACES {
-            if l.calls % 4096 < room as u64 {
+        if l.calls < w.settings.learn_calls || l.traces.len() < min_traces(w.settings.false_positive_rate) {
+            // `status` follows new traces and every 4096 calls.
+            if l.traces.len() > traces || (l.calls - room as u64) / 4096 < l.calls / 4096 {
                 self.publish(identity);
             }
             return None;
         }
         let l = std::mem::replace(l, Learning { traces: HashMap::new(), calls: 0, executables: BTreeMap::new() });
         let threads = l.traces.len();
-        let mut traces: Vec<((u32, u32), Vec<u32>)> = l.traces.into_iter().collect();
+        let mut traces: Vec<((u32, u32), Vec<u32>)> = l.traces.into_iter().map(|(k, (_, held))| (k, in_order(held))).collect();
         traces.sort_unstable_by_key(|(k, _)| *k);
+        // Threads still running go on where their trace stops (their next
+        // window is not a fresh start); their last calls are kept for that.
+        let tails: Vec<((u32, u32), Vec<u32>)> =
+            traces.iter().map(|(k, t)| (*k, t[t.len().saturating_sub(model::DEFAULT_FREQUENCY_WINDOW as usize)..].to_vec())).collect();
         let started = std::time::Instant::now();
         let b = Baseline::learn(&w.name, traces.into_iter().map(|(_, t)| t).collect(), l.executables, now_rfc3339());
         let threshold = b.threshold(w.settings.false_positive_rate);
@@ -471,6 +556,11 @@ impl Detector {
             file: None,
         };
         let name = w.name.clone();
+        for ((tgid, tid), tail) in tails {
+            if self.threads.len() < MAX_THREADS {
+                self.threads.insert((tgid, tid), Thread::resuming(identity, &b.model, &tail));
+            }
+        }
         w.phase = Phase::Detecting { baseline: Arc::new(b), threshold };
         if let Some(file) = self.file(&name)
             && let Phase::Detecting { baseline, .. } = &self.watched[&identity].phase
@@ -484,24 +574,40 @@ impl Detector {
         Some(Outcome::Baseline { identity, note })
     }
 
-    fn score(&mut self, identity: u32, tgid: u32, tid: u32, time_ns: u64, calls: &[u16]) -> Option<Outcome> {
-        let w = self.watched.get_mut(&identity)?;
-        let Phase::Detecting { baseline, threshold } = &w.phase else { return None };
-        let (baseline, threshold) = (baseline.clone(), *threshold);
+    /// Holds a batch until the thread's batches before it have come
+    /// ([`REORDER_NS`] of kernel time later), then scores what is ready.
+    fn hold(&mut self, identity: u32, tgid: u32, tid: u32, time_ns: u64, calls: &[u16]) -> Option<Outcome> {
+        let Phase::Detecting { baseline, .. } = &self.watched.get(&identity)?.phase else { return None };
         if !self.threads.contains_key(&(tgid, tid)) && self.threads.len() >= MAX_THREADS {
             self.unscored_threads += 1;
             return None;
         }
+        let baseline = baseline.clone();
+        let t = self.threads.entry((tgid, tid)).or_insert_with(|| Thread::resuming(identity, &baseline.model, &[]));
+        t.held.push((time_ns, calls.to_vec()));
+        self.release((tgid, tid), time_ns.saturating_sub(REORDER_NS))
+    }
+
+    /// Scores the held batches of a thread that began before `before`.
+    fn release(&mut self, key: (u32, u32), before: u64) -> Option<Outcome> {
+        let t = self.threads.get_mut(&key)?;
+        t.held.sort_by_key(|(time, _)| *time);
+        let ready = t.held.iter().take_while(|(time, _)| *time <= before).count();
+        let identity = t.identity;
+        let mut outcome = None;
+        for (time, calls) in t.held.drain(..ready).collect::<Vec<_>>() {
+            let o = self.score(identity, key.0, key.1, time, &calls);
+            outcome = outcome.or(o);
+        }
+        outcome
+    }
+
+    fn score(&mut self, identity: u32, tgid: u32, tid: u32, time_ns: u64, calls: &[u16]) -> Option<Outcome> {
+        let w = self.watched.get_mut(&identity)?;
+        let Phase::Detecting { baseline, threshold } = &w.phase else { return None };
+        let (baseline, threshold) = (baseline.clone(), *threshold);
         let m = &baseline.model;
-        let t = self.threads.entry((tgid, tid)).or_insert_with(|| Thread {
-            identity,
-            stream: Stream::new(m.window),
-            recent: VecDeque::with_capacity(model::DEFAULT_FREQUENCY_WINDOW as usize),
-            since_frequency: 0,
-            frequency: None,
-            scored: false,
-            alerted: false,
-        });
+        let t = self.threads.get_mut(&(tgid, tid))?;
         let fw = model::DEFAULT_FREQUENCY_WINDOW as usize;
         let mut peak = f64::NEG_INFINITY;
         let (mut crossed, mut recent) = (None, Vec::new());
@@ -536,13 +642,39 @@ impl Detector {
         self.finish(identity, tgid, tid, time_ns, peak, crossed, &baseline, threshold, &recent)
     }
 
-    /// A process ended: a thread that made fewer calls than a frequency
-    /// window gets the score of all it made (as an offline trace would),
-    /// then its state goes.
-    pub fn exit(&mut self, tgid: u32, time_ns: u64) -> Option<Outcome> {
-        self.checked.remove(&tgid);
-        let ended: Vec<(u32, u32)> = self.threads.keys().filter(|(p, _)| *p == tgid).copied().collect();
-        let mut outcome = None;
+    /// A process ended (boot clock `time_ns`). Its threads are finished
+    /// [`EXIT_GRACE_NS`] later by [`Detector::expire`]: a thread's last
+    /// calls may still sit in the batch of a CPU it ran on before.
+    pub fn exit(&mut self, tgid: u32, time_ns: u64) {
+        if self.ending.len() < MAX_THREADS {
+            self.ending.push_back((time_ns + EXIT_GRACE_NS, tgid));
+        }
+    }
+
+    /// Finishes the processes that ended [`EXIT_GRACE_NS`] before `now_ns`:
+    /// a thread that made fewer calls than a frequency window gets the
+    /// score of all it made (as an offline trace would), then its state goes.
+    pub fn expire(&mut self, now_ns: u64) -> Vec<Outcome> {
+        let mut out = Vec::new();
+        let keys: Vec<(u32, u32)> = self.threads.iter().filter(|(_, t)| !t.held.is_empty()).map(|(k, _)| *k).collect();
+        for key in keys {
+            out.extend(self.release(key, now_ns.saturating_sub(REORDER_NS)));
+        }
+        while let Some(&(due, tgid)) = self.ending.front()
+            && due <= now_ns
+        {
+            self.ending.pop_front();
+            out.extend(self.finish_process(tgid, now_ns));
+        }
+        out
+    }
+
+    fn finish_process(&mut self, tgid: u32, time_ns: u64) -> Vec<Outcome> {
+        let ended: Vec<(u32, u32)> = self.threads.range((tgid, 0)..=(tgid, u32::MAX)).map(|(k, _)| *k).collect();
+        let mut outcome = Vec::new();
+        for &key in &ended {
+            outcome.extend(self.release(key, u64::MAX));
+        }
         for key in ended {
             let Some(mut t) = self.threads.remove(&key) else { continue };
             let Some(Phase::Detecting { baseline, threshold }) = self.watched.get(&t.identity).map(|w| &w.phase) else { continue };
@@ -555,8 +687,9 @@ impl Detector {
             let (score, scorer) = baseline.combined(surprise, frequency);
             let crossed = (score > threshold).then_some((score, scorer, surprise, frequency));
             let recent: Vec<u32> = t.recent.iter().copied().collect();
-            outcome = outcome.or(self.finish(t.identity, key.0, key.1, time_ns, score, crossed, &baseline, threshold, &recent));
+            outcome.extend(self.finish(t.identity, key.0, key.1, time_ns, score, crossed, &baseline, threshold, &recent));
         }
+        self.checked.remove(&tgid);
         outcome
     }
 
@@ -610,7 +743,69 @@ impl Detector {
             baseline_calls: baseline.model.calls,
             baseline_traces: baseline.model.traces,
         };
-        Some(Outcome::Detection { identity, tgid, tid, detection: Box::new(detection) })
+        let exe = self.checked.get(&tgid).cloned();
+        Some(Outcome::Detection { identity, tgid, tid, exe, detection: Box::new(detection) })
+    }
+}
+
+/// What carries out a finding's response besides the alert.
+pub trait Responder: Send + Sync {
+    /// Switches the identity's egress to deny-all (the policy manager).
+    fn quarantine(&self, identity: &str, reason: &str) -> Result<(), String>;
+    /// SIGKILL to the process.
+    fn kill(&self, tgid: u32) -> Result<(), String>;
+    /// The risk of an identity changed: rule conditions are evaluated again.
+    fn risk_changed(&self);
+}
+
+/// The detector, owned by the pipeline, with the kernel switch for its
+/// telemetry and what carries out its responses.
+pub struct Watch {
+    pub detector: Detector,
+    pub telemetry: Arc<dyn TelemetrySwitch>,
+    pub responder: Arc<dyn Responder>,
+}
+
+impl Watch {
+    /// A new policy's identities: telemetry on for the identities that
+    /// start being watched and off for those that stop; a note for each
+    /// that starts (or whose telemetry could not be turned on).
+    pub fn set_identities(&mut self, config: &IdentityConfig) -> Vec<Outcome> {
+        let (on, off, mut notes) = self.detector.set_identities(config);
+        for id in off {
+            if let Err(e) = self.telemetry.set(id, TelemetryUser::Detector, false) {
+                tracing::warn!("turning syscall telemetry off for identity id {id}: {e}");
+            }
+        }
+        for id in on {
+            if let Err(e) = self.telemetry.set(id, TelemetryUser::Detector, true) {
+                let reason = format!("syscall telemetry could not be turned on, nothing is scored: {e}");
+                tracing::error!("identity id {id}: {reason}");
+                notes.push(Outcome::Baseline {
+                    identity: id,
+                    note: BaselineNote { state: "not watched", reason, calls: 0, traces: 0, threshold: None, file: None },
+                });
+            }
+        }
+        notes
+    }
+
+    /// Carries out the response of a finding of `name`'s process `tgid`
+    /// and says what was done in `d.outcome`.
+    pub fn respond(&self, name: &str, tgid: u32, d: &mut Detection) {
+        let reason = format!("anomaly in process {tgid}: score {:.2} above threshold {:.2} ({:?})", d.score, d.threshold, d.scorer);
+        d.outcome = match d.response {
+            "quarantine" => match self.responder.quarantine(name, &reason) {
+                Ok(()) => "quarantine requested: egress deny-all until `zt-agent identity release`".into(),
+                Err(e) => format!("quarantine failed: {e}"),
+            },
+            "kill" => match self.responder.kill(tgid) {
+                Ok(()) => "process killed".into(),
+                Err(e) => format!("kill failed: {e}"),
+            },
+            _ => "alerted".into(),
+        };
+        self.responder.risk_changed();
     }
 }
 

@@ -105,11 +105,20 @@ impl Recordings {
     }
 }
 
-/// The kernel side of recording.
+/// Who wants an identity's syscalls: telemetry stays on while either does.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+pub enum TelemetryUser {
+    /// `model record`.
+    Recording,
+    /// The live anomaly detector.
+    Detector,
+}
+
+/// The kernel side of recording and detection.
 pub trait TelemetrySwitch: Send + Sync {
-    /// Records `identity`'s syscalls (`on`) or stops; the programs run
-    /// only while some identity is on.
-    fn set(&self, identity: u32, on: bool) -> Result<(), String>;
+    /// Sends `identity`'s syscalls for `user` (`on`) or stops; the
+    /// programs run only while some identity is on for someone.
+    fn set(&self, identity: u32, user: TelemetryUser, on: bool) -> Result<(), String>;
     /// Calls of `identity` still in the kernel's per-CPU batches, as
     /// (tgid, tid, time of the first call, calls).
     fn unsent(&self, identity: u32) -> Vec<(u32, u32, u64, Vec<u16>)>;
@@ -147,9 +156,9 @@ impl Recorder {
         }
         // Telemetry off and the recording dropped however this ends early.
         let _running = Running { recorder: self, identity };
-        self.switch.set(identity, true).map_err(RecordError::Kernel)?;
+        self.switch.set(identity, TelemetryUser::Recording, true).map_err(RecordError::Kernel)?;
         tokio::time::sleep(duration).await;
-        self.switch.set(identity, false).map_err(RecordError::Kernel)?;
+        self.switch.set(identity, TelemetryUser::Recording, false).map_err(RecordError::Kernel)?;
         tokio::time::sleep(DRAIN).await;
         for (tgid, tid, time_ns, calls) in self.switch.unsent(identity) {
             self.recordings.add(identity, tgid, tid, time_ns, &calls);
@@ -168,7 +177,7 @@ struct Running<'a> {
 
 impl Drop for Running<'_> {
     fn drop(&mut self) {
-        let _ = self.recorder.switch.set(self.identity, false);
+        let _ = self.recorder.switch.set(self.identity, TelemetryUser::Recording, false);
         self.recorder.recordings.finish(self.identity);
     }
 }
@@ -203,7 +212,7 @@ mod tests {
     struct Switch(Mutex<Vec<(u32, bool)>>);
 
     impl TelemetrySwitch for Switch {
-        fn set(&self, identity: u32, on: bool) -> Result<(), String> {
+        fn set(&self, identity: u32, _: TelemetryUser, on: bool) -> Result<(), String> {
             self.0.lock().unwrap().push((identity, on));
             Ok(())
         }

@@ -18,28 +18,30 @@ use aya::{
 use zt_common::{maps as M, programs as P, syscalls::SyscallBatch};
 
 use super::loader::Bpf;
-use crate::anomaly::record::TelemetrySwitch;
+use crate::anomaly::record::{TelemetrySwitch, TelemetryUser};
 
-/// The links while telemetry runs, and who has it on.
+/// The links while telemetry runs, and who has it on for whom.
 #[derive(Default)]
 pub struct TelemetryState {
-    on: BTreeSet<u32>,
+    on: BTreeSet<(u32, TelemetryUser)>,
     links: Option<(RawTracePointLinkId, Option<TracePointLinkId>)>,
 }
 
 impl Bpf {
-    /// Turns `identity`'s telemetry on or off; attaches the programs when
-    /// the first identity turns it on, detaches them when the last turns it off.
-    pub fn set_telemetry(&mut self, identity: u32, on: bool) -> anyhow::Result<()> {
+    /// Turns `identity`'s telemetry on or off for `user` (it stays on
+    /// while another user has it on); attaches the programs when the first
+    /// identity turns it on, detaches them when the last turns it off.
+    pub fn set_telemetry(&mut self, identity: u32, user: TelemetryUser, on: bool) -> anyhow::Result<()> {
         let ebpf = &mut self.ebpf;
-        let mut map: Array<_, u32> = Array::try_from(ebpf.map_mut(M::TELEMETRY).context("TELEMETRY missing")?)?;
-        map.set(identity, u32::from(on), 0).with_context(|| format!("TELEMETRY[{identity}]"))?;
         let t = &mut self.telemetry;
         if on {
-            t.on.insert(identity);
+            t.on.insert((identity, user));
         } else {
-            t.on.remove(&identity);
+            t.on.remove(&(identity, user));
         }
+        let any = t.on.iter().any(|(id, _)| *id == identity);
+        let mut map: Array<_, u32> = Array::try_from(ebpf.map_mut(M::TELEMETRY).context("TELEMETRY missing")?)?;
+        map.set(identity, u32::from(any), 0).with_context(|| format!("TELEMETRY[{identity}]"))?;
         match (t.on.is_empty(), t.links.take()) {
             (false, None) => {
                 let sys: &mut RawTracePoint = ebpf.program_mut(P::SYS_TELEMETRY).context("sys_telemetry missing")?.try_into()?;
@@ -90,9 +92,9 @@ impl Bpf {
 pub struct Telemetry(pub Arc<Mutex<Bpf>>);
 
 impl TelemetrySwitch for Telemetry {
-    fn set(&self, identity: u32, on: bool) -> Result<(), String> {
+    fn set(&self, identity: u32, user: TelemetryUser, on: bool) -> Result<(), String> {
         let mut bpf = self.0.lock().unwrap_or_else(|e| e.into_inner());
-        bpf.set_telemetry(identity, on).map_err(|e| format!("{e:#}"))
+        bpf.set_telemetry(identity, user, on).map_err(|e| format!("{e:#}"))
     }
 
     fn unsent(&self, identity: u32) -> Vec<(u32, u32, u64, Vec<u16>)> {

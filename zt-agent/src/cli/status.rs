@@ -1,5 +1,9 @@
-//! `zt-agent status` and `zt-agent probe`.
-use std::{fmt::Write as _, path::Path, process::ExitCode};
+//! `zt-agent status`, `zt-agent probe` and `zt-agent identity quarantine|release`.
+use std::{
+    fmt::Write as _,
+    path::{Path, PathBuf},
+    process::ExitCode,
+};
 
 use zt_agent::{
     bpf::probe,
@@ -63,6 +67,20 @@ fn render(v: &StatusDoc) -> String {
     for d in &v.decisions {
         let _ = writeln!(s, "  {}: {} allowed, {} denied, {} audited (would deny)", d.identity, d.allowed, d.denied, d.audited);
     }
+    if !v.policy.quarantined.is_empty() {
+        let _ = writeln!(s, "\nquarantined (egress deny-all until `zt-agent identity release NAME`): {}", v.policy.quarantined.join(", "));
+    }
+    if !v.anomaly.is_empty() {
+        s.push_str("\nanomaly detection:\n");
+        for (name, a) in &v.anomaly {
+            let threshold = a.threshold.map_or(String::new(), |t| format!(", threshold {t:.2}"));
+            let _ = writeln!(
+                s,
+                "  {name}: {} ({} calls, {} traces{threshold}), risk {:.2}, {} findings",
+                a.phase, a.calls, a.traces, a.risk, a.findings
+            );
+        }
+    }
     if let Some(a) = &v.audit {
         let _ = writeln!(
             s,
@@ -103,4 +121,32 @@ fn render(v: &StatusDoc) -> String {
         let _ = writeln!(s, "  {k}: {val}");
     }
     s
+}
+
+#[derive(clap::Subcommand)]
+pub enum IdentityCommand {
+    /// Switch the identity's egress to deny-all until released.
+    Quarantine {
+        name: String,
+        #[arg(long, value_name = "PATH", default_value = control::DEFAULT_SOCKET)]
+        socket: PathBuf,
+    },
+    /// Lift a quarantine (an anomaly response or `identity quarantine`).
+    Release {
+        name: String,
+        #[arg(long, value_name = "PATH", default_value = control::DEFAULT_SOCKET)]
+        socket: PathBuf,
+    },
+}
+
+pub fn identity(c: IdentityCommand) -> anyhow::Result<ExitCode> {
+    let (name, on, socket) = match c {
+        IdentityCommand::Quarantine { name, socket } => (name, true, socket),
+        IdentityCommand::Release { name, socket } => (name, false, socket),
+    };
+    let req = Request::Quarantine { identity: name.clone(), on };
+    let Reply::Policy(o) = client(control::request(&socket, &req))? else { anyhow::bail!("unexpected reply") };
+    let what = if on { "quarantined: egress deny-all" } else { "released: its policy's egress rules apply again" };
+    println!("identity {name} {what} (policy generation {})", o.generation);
+    Ok(ExitCode::SUCCESS)
 }

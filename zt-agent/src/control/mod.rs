@@ -73,6 +73,8 @@ pub struct State {
     pub fanotify: Option<Arc<crate::files::Counters>>,
     /// `model record`, where syscall telemetry can run.
     pub recorder: Option<crate::anomaly::record::Recorder>,
+    /// The anomaly detector's view of each watched identity.
+    pub anomaly: crate::anomaly::live::Board,
 }
 
 /// Creates the socket (mode 0600), replacing a stale one.
@@ -158,6 +160,10 @@ async fn handle(req: Request, state: &State) -> Result<Reply, String> {
             let audit = state.audit.as_ref().ok_or("no audit log")?;
             audit.rotate_key(Duration::from_secs(overlap_secs)).await.map(Reply::KeyRotated).map_err(|e| crate::error::chain(&e))
         }
+        Request::Quarantine { identity, on } => {
+            let reason = format!("{} through the control socket", if on { "quarantined" } else { "released" });
+            policy_reply(ask(commands, |reply| Command::Quarantine { identity, on, reason, reply: Some(reply) }).await?)
+        }
         Request::Record { identity, dir, seconds } => {
             let recorder = state.recorder.as_ref().ok_or("syscall telemetry does not run here (see `zt-agent status`)")?;
             let id = {
@@ -202,7 +208,8 @@ fn status(state: &State) -> StatusDoc {
         })
         .collect();
     let fanotify = state.fanotify.as_ref().map(|c| c.snapshot());
-    StatusDoc { info: (*state.info).clone(), policy, counters: state.stats.snapshot(), decisions, audit, siem, fanotify }
+    let anomaly = state.anomaly.snapshot();
+    StatusDoc { info: (*state.info).clone(), policy, counters: state.stats.snapshot(), decisions, audit, siem, fanotify, anomaly }
 }
 
 /// Client side: sends one request, returns the agent's reply.

@@ -30,6 +30,11 @@ pub enum Request {
         dir: std::path::PathBuf,
         seconds: u64,
     },
+    /// Switch an identity's egress to deny-all (`on`) or release it.
+    Quarantine {
+        identity: String,
+        on: bool,
+    },
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -93,6 +98,9 @@ pub struct StatusDoc {
     /// The fanotify file-rule fallback (where BPF LSM does not load).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub fanotify: Option<crate::files::Snapshot>,
+    /// Identities with anomaly detection: phase, baseline, risk, findings.
+    #[serde(default)]
+    pub anomaly: std::collections::BTreeMap<String, crate::anomaly::live::IdentityAnomaly>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]

@@ -61,12 +61,25 @@ pub enum ApplyError {
 
 /// Commands for the manager task (from the control socket).
 pub enum Command {
-    Reload { source: String, reply: oneshot::Sender<Result<Outcome, ApplyError>> },
-    Rollback { version: Option<u64>, reply: oneshot::Sender<Result<Outcome, ApplyError>> },
-    History { reply: oneshot::Sender<Vec<HistoryEntry>> },
+    Reload {
+        source: String,
+        reply: oneshot::Sender<Result<Outcome, ApplyError>>,
+    },
+    Rollback {
+        version: Option<u64>,
+        reply: oneshot::Sender<Result<Outcome, ApplyError>>,
+    },
+    History {
+        reply: oneshot::Sender<Vec<HistoryEntry>>,
+    },
     /// Quarantines (`on`) or releases an identity; `reason` is recorded.
     /// No reply: asked by the anomaly detector, which does not wait.
-    Quarantine { identity: String, on: bool, reason: String, reply: Option<oneshot::Sender<Result<Outcome, ApplyError>>> },
+    Quarantine {
+        identity: String,
+        on: bool,
+        reason: String,
+        reply: Option<oneshot::Sender<Result<Outcome, ApplyError>>>,
+    },
     /// Evaluates the rule conditions now (their inputs changed: risk).
     Reevaluate,
 }

@@ -26,6 +26,7 @@ use super::{
     },
 };
 use crate::{
+    anomaly::live::{Outcome, Watch},
     host::wall_time,
     identity::{
         Classification, IdentityConfig, Resolver,
@@ -90,6 +91,11 @@ pub struct Enricher {
     /// `model record` in progress: where syscall batches go (they are no
     /// output's events).
     pub recordings: crate::anomaly::record::Recordings,
+    /// The anomaly detector (None: not in this daemon, as in most tests).
+    pub anomaly: Option<Watch>,
+    /// Events beside the one `process` returns (a finding at a process's
+    /// exit, baseline notes at a policy change), for the task to send.
+    pending: Vec<Event>,
 }
 
 impl Enricher {
@@ -111,6 +117,45 @@ impl Enricher {
             assigned: 0,
             sweep_pending: true,
             recordings: Default::default(),
+            anomaly: None,
+            pending: Vec::new(),
+        }
+    }
+
+    /// The anomaly detector's timed work: processes that ended a while ago
+    /// are finished (their findings go with the pending events).
+    pub fn anomaly_tick(&mut self) {
+        let Some(w) = self.anomaly.as_mut() else { return };
+        let now = crate::host::boottime_ns();
+        for o in w.detector.expire(now) {
+            let h = zt_common::EventHeader { time_ns: now, ..Default::default() };
+            let ev = self.anomaly_event(&h, o);
+            self.pending.push(ev);
+        }
+    }
+
+    /// Takes the events waiting beside the ones `process` returned.
+    pub fn take_pending(&mut self) -> Vec<Event> {
+        std::mem::take(&mut self.pending)
+    }
+
+    /// An anomaly outcome as an event; a finding's response carried out.
+    fn anomaly_event(&mut self, h: &zt_common::EventHeader, outcome: Outcome) -> Event {
+        let time = wall_time(h.time_ns);
+        match outcome {
+            Outcome::Baseline { identity, note } => {
+                self.event(time, Body::Baseline { identity: self.identity_ref(identity), baseline: note })
+            }
+            Outcome::Detection { identity, tgid, tid, exe, mut detection } => {
+                let identity = self.identity_ref(identity);
+                if let (Some(w), Some(i)) = (&self.anomaly, &identity) {
+                    w.respond(&i.name, tgid, &mut detection);
+                }
+                let meta = self.meta(tgid, h.start_ns, h.cgroup_id);
+                let mut process = self.process_info(&zt_common::EventHeader { tgid, tid, ..*h }, &[], &meta);
+                process.exe = process.exe.or(exe);
+                self.event(time, Body::Detection { process, identity, detection })
+            }
         }
     }
 
@@ -131,6 +176,14 @@ impl Enricher {
     /// for resolution, and the kernel's cgroup map recomputed.
     pub fn set_identities(&mut self, config: Arc<IdentityConfig>, tables: &mut Tables) {
         add_refs(&mut self.identity_refs, &config);
+        if let Some(w) = self.anomaly.as_mut() {
+            let notes = w.set_identities(&config);
+            let h = zt_common::EventHeader { time_ns: crate::host::boottime_ns(), ..Default::default() };
+            for n in notes {
+                let ev = self.anomaly_event(&h, n);
+                self.pending.push(ev);
+            }
+        }
         self.resolver.set_config(config);
         self.seen_cgroups.clear();
         let wanted: HashMap<u64, u32> =
@@ -264,6 +317,9 @@ impl Enricher {
                 Some(self.event(wall_time(h.time_ns), Body::Exec { process, identity: self.identity_ref(identity), exec }))
             }
             RawEvent::Exit(e) => {
+                if let Some(w) = self.anomaly.as_mut() {
+                    w.detector.exit(h.tgid, h.time_ns);
+                }
                 let meta = self.procs.remove(&(h.tgid, h.start_ns)).unwrap_or_default();
                 if !wanted(h.identity) {
                     return None;
@@ -312,7 +368,11 @@ impl Enricher {
             }
             RawEvent::Syscalls(b) => {
                 self.recordings.add(h.identity, h.tgid, h.tid, h.time_ns, b.held());
-                None
+                // The program it runs (for a baseline's executables).
+                self.anomaly.as_ref()?;
+                let exe = self.meta(h.tgid, h.start_ns, h.cgroup_id).exe;
+                let outcome = self.anomaly.as_mut()?.detector.batch(h.identity, h.tgid, h.tid, h.time_ns, exe.as_ref(), b.held())?;
+                Some(self.anomaly_event(&h, outcome))
             }
             // Denials are security records, always shown; allowed accesses
             // a rule named follow `--show`.

@@ -7,7 +7,10 @@ use std::{
 
 use serde::Serialize;
 
-pub use crate::host::WallTime;
+pub use crate::{
+    anomaly::live::{BaselineNote, Detection},
+    host::WallTime,
+};
 
 /// Every field of an event is cheap to build and to share: times are
 /// formatted and names copied only when serialised, and the strings of a
@@ -89,6 +92,18 @@ pub enum Body {
         identity: Option<IdentityRef>,
         file: FileInfo,
     },
+    /// The anomaly model's finding: a thread of an agent identity did what
+    /// the identity's baseline never showed (see `anomaly::live`).
+    Detection {
+        process: Process,
+        identity: Option<IdentityRef>,
+        detection: Box<Detection>,
+    },
+    /// An identity's anomaly baseline was learnt, loaded, or started again.
+    Baseline {
+        identity: Option<IdentityRef>,
+        baseline: BaselineNote,
+    },
 }
 
 impl Body {
@@ -101,20 +116,28 @@ impl Body {
             | Body::ConnectFolded { identity, .. }
             | Body::Guard { identity, .. }
             | Body::UnixConnect { identity, .. }
-            | Body::File { identity, .. } => identity.as_ref(),
+            | Body::File { identity, .. }
+            | Body::Detection { identity, .. }
+            | Body::Baseline { identity, .. } => identity.as_ref(),
             Body::Loss { .. } | Body::Agent { .. } | Body::Policy { .. } => None,
         }
     }
 
     /// A security record: a denial or would-deny, a guard action, a policy
-    /// change, the agent's life cycle, a loss (and, later, anomaly alerts).
+    /// change, the agent's life cycle, a loss, an anomaly finding or baseline.
     /// The audit log keeps these, and no telemetry flood may crowd them out.
     pub fn is_security(&self) -> bool {
         match self {
             Body::Connect { connect, .. } => connect.action != ConnectAction::Allowed,
             Body::ConnectSummary { connect_summary, .. } => connect_summary.decision == Decision::Deny,
             Body::ConnectFolded { connect_folded, .. } => connect_folded.denied + connect_folded.audited > 0,
-            Body::Loss { .. } | Body::Agent { .. } | Body::Policy { .. } | Body::Guard { .. } | Body::UnixConnect { .. } => true,
+            Body::Loss { .. }
+            | Body::Agent { .. }
+            | Body::Policy { .. }
+            | Body::Guard { .. }
+            | Body::UnixConnect { .. }
+            | Body::Detection { .. }
+            | Body::Baseline { .. } => true,
             Body::File { file, .. } => file.decision == Decision::Deny,
             Body::Exec { .. } | Body::Exit { .. } => false,
         }
@@ -133,6 +156,8 @@ impl Body {
             Body::Guard { .. } => "guard",
             Body::UnixConnect { .. } => "unix_connect",
             Body::File { .. } => "file",
+            Body::Detection { .. } => "detection",
+            Body::Baseline { .. } => "baseline",
         }
     }
 }

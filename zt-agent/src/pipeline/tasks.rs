@@ -222,9 +222,18 @@ pub async fn enrich<A: AggregateTable>(mut e: Enrich<A>, mut rx: mpsc::Receiver<
                         }
                     }
                 }
+                for ev in e.enricher.take_pending() {
+                    e.outputs.send(ev);
+                }
                 stats.assigned.store(e.enricher.assigned, Relaxed);
             }
-            _ = flush.tick() => flush_aggregates(&mut e, false),
+            _ = flush.tick() => {
+                flush_aggregates(&mut e, false);
+                e.enricher.anomaly_tick();
+                for ev in e.enricher.take_pending() {
+                    e.outputs.send(ev);
+                }
+            }
             // A file an `exe` selector names was replaced: its new inode
             // goes to the kernel now, not at the next rescan.
             _ = crate::dirwatch::changed(&exe_files) => {

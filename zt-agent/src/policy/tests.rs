@@ -636,7 +636,10 @@ fn anomaly_blocks_parse_with_defaults_and_errors_at_their_value() {
     .unwrap();
     let a = p.identity("a").unwrap().anomaly.unwrap();
     assert_eq!((a.mode, a.response, a.false_positive_rate, a.learn_calls), (AnomalyMode::Detect, AnomalyResponse::Quarantine, 0.01, 5000));
-    assert_eq!(errs(&id("      anomaly:\n        learnCalls: 10\n")), "p.yaml:12:21: learnCalls 10 is out of range (hint: from 1000 to 5000000 calls)");
+    assert_eq!(
+        errs(&id("      anomaly:\n        learnCalls: 10\n")),
+        "p.yaml:12:21: learnCalls 10 is out of range (hint: from 1000 to 5000000 calls)"
+    );
     assert_eq!(
         errs(&id("      anomaly:\n        mode: watch\n")),
         "p.yaml:12:15: invalid anomaly mode \"watch\" (hint: use \"learn\" or \"detect\")"

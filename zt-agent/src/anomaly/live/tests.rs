@@ -29,7 +29,7 @@ fn normal(seed: u32, len: usize) -> Vec<u16> {
     let mut i = seed;
     while out.len() < len {
         out.extend_from_slice(&[257, 5, 0, 0, 1, 3]);
-        if i % 3 == 0 {
+        if i.is_multiple_of(3) {
             out.extend_from_slice(&[9, 12]);
         }
         i += 1;
@@ -47,20 +47,38 @@ fn reverse_shell() -> Vec<u16> {
 
 /// Feeds one thread's calls in kernel-sized batches; the outcomes.
 fn feed(d: &mut Detector, tgid: u32, calls: &[u16]) -> Vec<Outcome> {
-    calls.chunks(60).filter_map(|b| d.batch(ID, tgid, tgid, 1_000, b)).collect()
+    feed_exe(d, tgid, None, calls)
+}
+
+/// The kernel's clock for the batches: a millisecond a batch.
+fn now() -> u64 {
+    static CLOCK: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(1);
+    CLOCK.fetch_add(1_000_000, std::sync::atomic::Ordering::Relaxed)
+}
+
+/// Feeds the batches, then lets the time pass that scores them.
+fn feed_exe(d: &mut Detector, tgid: u32, exe: Option<&Path>, calls: &[u16]) -> Vec<Outcome> {
+    let exe: Option<Arc<str>> = exe.map(|p| p.to_str().unwrap().into());
+    let mut out: Vec<Outcome> = calls.chunks(60).filter_map(|b| d.batch(ID, tgid, tgid, now(), exe.as_ref(), b)).collect();
+    out.extend(d.expire(now() + REORDER_NS));
+    out
 }
 
 fn learnt(d: &mut Detector) -> BaselineNote {
-    for t in 0..16 {
-        if let Some(Outcome::Baseline { note, .. }) = feed(d, 100 + t, &normal(t, 600)).pop() {
+    learnt_running(d, None)
+}
+
+fn learnt_running(d: &mut Detector, exe: Option<&Path>) -> BaselineNote {
+    for t in 0..400 {
+        if let Some(Outcome::Baseline { note, .. }) = feed_exe(d, 100 + t, exe, &normal(t, 600)).pop() {
             return note;
         }
     }
-    panic!("no baseline after 16 threads");
+    panic!("no baseline after 400 threads");
 }
 
 fn detector(dir: Option<&Path>) -> Detector {
-    Detector::new(dir.map(Path::to_path_buf), "/nonexistent-proc".into(), Board::default())
+    Detector::new(dir.map(Path::to_path_buf), Board::default())
 }
 
 #[test]
@@ -72,13 +90,15 @@ fn an_identity_learns_then_a_reverse_shell_is_a_finding_with_evidence() {
     assert_eq!(d.board().snapshot()["agent"].phase, "learning");
     let note = learnt(&mut d);
     assert_eq!(note.state, "learnt");
-    assert!(note.calls >= 1500 && note.traces >= MIN_TRACES / 2, "{note:?}");
+    assert!(note.calls >= 1500 && note.traces >= min_traces(0.01) / 2, "{note:?}");
+    assert_eq!((min_traces(0.01), min_traces(0.5), min_traces(0.0001)), (200, MIN_TRACES, MAX_MIN_TRACES));
     assert_eq!(d.board().snapshot()["agent"].phase, "detecting");
 
     // New normal threads: no finding.
     for t in 0..20 {
         assert!(feed(&mut d, 500 + t, &normal(t + 3, 900)).is_empty(), "normal thread {t} alerted");
-        assert!(d.exit(500 + t, 2_000).is_none());
+        d.exit(500 + t, now());
+        assert!(d.expire(now() + EXIT_GRACE_NS).is_empty());
     }
     let out = feed(&mut d, 900, &reverse_shell());
     let [Outcome::Detection { identity, tgid, detection, .. }] = &out[..] else { panic!("{out:?}") };
@@ -104,7 +124,10 @@ fn a_short_process_is_scored_at_exit_like_an_offline_trace() {
     // not cross (too short), the whole trace does at exit.
     let shell: Vec<u16> = vec![41, 42, 33, 33, 33, 59, 41, 42, 33, 33, 33, 59];
     assert!(feed(&mut d, 901, &shell).is_empty());
-    assert!(matches!(d.exit(901, 5), Some(Outcome::Detection { tgid: 901, .. })));
+    let t = now();
+    d.exit(901, t);
+    assert!(d.expire(t + EXIT_GRACE_NS - 1).is_empty(), "late batches may still come");
+    assert!(matches!(&d.expire(t + EXIT_GRACE_NS)[..], [Outcome::Detection { tgid: 901, .. }]));
 }
 
 #[test]
@@ -147,26 +170,18 @@ fn baselines_persist_and_a_bad_file_is_named_and_learnt_again() {
 
 #[test]
 fn a_learnt_executable_with_a_new_digest_starts_learning_again() {
-    let proc_root = tempfile::tempdir().unwrap();
-    let bin = proc_root.path().join("agent-bin");
+    let dir = tempfile::tempdir().unwrap();
+    let bin = dir.path().join("agent-bin");
     std::fs::write(&bin, b"version 1").unwrap();
-    let pid_link = |pid: u32| {
-        std::fs::create_dir_all(proc_root.path().join(pid.to_string())).unwrap();
-        std::os::unix::fs::symlink(&bin, proc_root.path().join(pid.to_string()).join("exe")).unwrap();
-    };
-    let mut d = Detector::new(None, proc_root.path().into(), Board::default());
+    let mut d = detector(None);
     d.set_identities(&config(AnomalyMode::Detect, 3000));
-    for t in 0..16 {
-        pid_link(100 + t);
-    }
-    learnt(&mut d);
-    // The same binary: scored.
-    pid_link(300);
-    assert!(feed(&mut d, 300, &normal(1, 200)).is_empty());
+    learnt_running(&mut d, Some(&bin));
+    // The same binary: scored; another one, never learnt: scored too.
+    assert!(feed_exe(&mut d, 300, Some(&bin), &normal(1, 200)).is_empty());
+    assert!(feed_exe(&mut d, 302, Some(Path::new("/bin/sh")), &normal(1, 200)).is_empty());
     // Upgraded: its next process starts a new baseline.
     std::fs::write(&bin, b"version 2").unwrap();
-    pid_link(301);
-    let out = feed(&mut d, 301, &normal(1, 60));
+    let out = feed_exe(&mut d, 301, Some(&bin), &normal(1, 60));
     let [Outcome::Baseline { note, .. }] = &out[..] else { panic!("{out:?}") };
     assert_eq!(note.state, "learning");
     assert!(note.reason.contains("agent-bin changed (blake3 "), "{}", note.reason);
@@ -181,7 +196,7 @@ fn identities_without_the_block_are_not_watched() {
     c.identities[0].anomaly = None;
     let (on, off, _) = d.set_identities(&c);
     assert_eq!((on, off), (vec![], vec![ID]));
-    assert!(d.batch(ID, 1, 1, 0, &[1, 2, 3]).is_none());
+    assert!(d.batch(ID, 1, 1, 0, None, &[1, 2, 3]).is_none());
     assert!(d.board().snapshot().is_empty());
 }
 
@@ -191,4 +206,22 @@ fn calls_are_named_by_the_x86_64_table() {
     assert_eq!(call_name(59), "execve");
     assert_eq!(call_name(1024 + 22), "io_uring:22");
     assert_eq!(call_name(999), "999");
+}
+
+#[test]
+fn a_threads_batches_are_scored_in_the_order_of_their_calls() {
+    let mut d = detector(None);
+    d.set_identities(&config(AnomalyMode::Detect, 3000));
+    learnt(&mut d);
+    // A normal thread whose batches come from two CPUs, the later ones
+    // first: in the order they come, the sequence would be new.
+    let calls = normal(1, 600);
+    let t0 = now();
+    let mut out: Vec<Outcome> = Vec::new();
+    for (i, b) in calls.chunks(60).enumerate().rev() {
+        out.extend(d.batch(ID, 777, 777, t0 + i as u64 * 1000, None, b));
+    }
+    out.extend(d.expire(t0 + REORDER_NS + 1_000_000));
+    assert!(out.is_empty(), "{out:?}");
+    assert_eq!(d.board().snapshot()["agent"].findings, 0);
 }
