@@ -9,8 +9,8 @@
 //! AND-ed) over `input`:
 //! - `input.node.name`, `input.node.labels` (from `--node-label k=v`)
 //! - `input.env` (the agent's environment)
-//! - `input.identity.name`, `input.identity.risk` (0.0 until the anomaly
-//!   model exists)
+//! - `input.identity.name`, `input.identity.risk` (the anomaly detector's
+//!   live risk, 0 to 1; 0.0 for an identity it does not watch)
 //! - `input.time.unix`, `input.time.weekday` (0 = Monday), `input.time.hour`,
 //!   `input.time.minute` (UTC)
 //!
