@@ -18,7 +18,7 @@
 //!   read-only over virtiofs; pass/fail from the guest's `GUEST-RC=` line
 //!   (the `guest` module).
 //! - `bench`: benchmarks (`bench attribution`, `bench policy`, `bench net`, `bench audit`,
-//!   `bench hardening`, `bench pipeline`, `bench siem`, `bench files`).
+//!   `bench hardening`, `bench pipeline`, `bench siem`, `bench files`, `bench anomaly`).
 use std::{
     ffi::OsString,
     path::{Path, PathBuf},
@@ -117,6 +117,10 @@ enum Bench {
     /// the agent's own fallback, and 1,000 file rules (in the guest:
     /// `vm-bench files`, BPF LSM).
     Files,
+    /// the syscall anomaly model: getppid() with telemetry attached (for a
+    /// process without an identity and for the watched identity), delivery
+    /// at 100k and 1M syscalls/s, baseline size and scoring cost per call.
+    Anomaly,
 }
 
 impl Bench {
@@ -131,6 +135,7 @@ impl Bench {
             Bench::Pipeline => "pipeline",
             Bench::Siem => "siem",
             Bench::Files => "files",
+            Bench::Anomaly => "anomaly",
         }
     }
 }

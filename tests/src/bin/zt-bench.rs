@@ -76,6 +76,9 @@ use std::{
 use std::collections::BTreeMap;
 
 use anyhow::Context as _;
+
+#[path = "zt-bench/anomaly.rs"]
+mod anomaly;
 use zt_tests::{Agent, TestCgroup, agent_bin, policy};
 
 fn main() -> anyhow::Result<()> {
@@ -88,7 +91,8 @@ fn main() -> anyhow::Result<()> {
         Some("udp-flood") => udp_flood(args[2].parse()?, args[3].parse()?, &args[4]),
         Some("connect-latency") => connect_latency(args[2].parse()?, &args[3]),
         Some("syscall-loop") => syscall_loop(&args[2], args[3].parse()?),
-        Some(which @ ("attribution" | "policy" | "net" | "audit" | "hardening" | "pipeline" | "siem" | "files")) => {
+        Some("syscall-rate") => anomaly::syscall_rate(args[2].parse()?, args[3].parse()?),
+        Some(which @ ("attribution" | "policy" | "net" | "audit" | "hardening" | "pipeline" | "siem" | "files" | "anomaly")) => {
             let rounds = args.iter().position(|a| a == "--rounds").and_then(|i| args.get(i + 1)).and_then(|r| r.parse().ok()).unwrap_or(10);
             match which {
                 "attribution" => attribution(rounds),
@@ -98,10 +102,11 @@ fn main() -> anyhow::Result<()> {
                 "pipeline" => pipeline_bench(rounds),
                 "siem" => siem_bench(rounds),
                 "files" => files_bench(rounds),
+                "anomaly" => anomaly::bench(rounds),
                 _ => net_bench(rounds),
             }
         }
-        _ => anyhow::bail!("usage: zt-bench attribution|policy|net|audit|hardening|pipeline|siem|files [--rounds N]"),
+        _ => anyhow::bail!("usage: zt-bench attribution|policy|net|audit|hardening|pipeline|siem|files|anomaly [--rounds N]"),
     }
 }
 
