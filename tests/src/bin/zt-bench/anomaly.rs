@@ -125,8 +125,10 @@ pub fn bench(rounds: usize) -> anyhow::Result<()> {
         std::thread::sleep(Duration::from_millis(500));
         let mut cmd = cg.command(&me);
         cmd.args(["syscall-rate", &rate.to_string(), "2000"]);
-        let offered: u64 = child_out(cmd)?.parse()?;
+        // The recording is waited for whatever the load did.
+        let offered = child_out(cmd);
         let (_, delivered) = recorded(rec)?;
+        let offered: u64 = offered?.parse()?;
         let (lost1, over1) = loss(&agent);
         println!(
             "telemetry at {rate}/s offered: {offered} calls made, {delivered} recorded ({:.2}% of them; the process's other calls count too), {} batches lost in the kernel, {} records dropped in the pipeline",
@@ -141,10 +143,12 @@ pub fn bench(rounds: usize) -> anyhow::Result<()> {
     let rec = record(&agent, &traces_dir, 12);
     std::thread::sleep(Duration::from_millis(300));
     let deadline = Instant::now() + Duration::from_secs(10);
-    while Instant::now() < deadline {
-        cg.command("sh").args(["-c", WORKLOAD]).status().context("workload")?;
+    let mut ran = Ok(());
+    while Instant::now() < deadline && ran.is_ok() {
+        ran = cg.command("sh").args(["-c", WORKLOAD]).status().context("workload").map(drop);
     }
     recorded(rec)?;
+    ran?;
     drop(agent);
     let mut traces: Vec<Vec<u32>> = trace::read_dir(&traces_dir)?.into_iter().map(|t| t.calls).collect();
     traces.sort();
