@@ -52,6 +52,7 @@ fn model_record_writes_the_traces_of_an_identity_only() {
             .spawn()
             .unwrap()
     };
+    assert!(agent.status()["syscall_telemetry"].as_str().unwrap().starts_with("detached"), "nothing watched, nothing recorded");
     let recording = record(&traces, "4s");
     std::thread::sleep(Duration::from_millis(1500));
     // The same work by the identity and by the control.
@@ -154,7 +155,9 @@ fn an_identity_learns_then_a_reverse_shell_is_found_and_quarantined() {
     std::fs::copy("/usr/bin/sort", &tool).unwrap();
     let out = dir.path().join("try");
     let agent = Agent::start("anomaly-live", &policy, &state_arg).unwrap();
-    agent.wait_status("the identity watched", |s| s["anomaly"]["agent"]["phase"] == "learning");
+    let st = agent.wait_status("the identity watched", |s| s["anomaly"]["agent"]["phase"] == "learning");
+    let telemetry = st["syscall_telemetry"].as_str().unwrap();
+    assert!(telemetry.starts_with("attached: raw tracepoint sys_enter") && telemetry.contains("for 1 identity"), "{telemetry}");
 
     // Learning: real processes of the identity until the baseline is learnt.
     let deadline = Instant::now() + Duration::from_secs(60);

@@ -122,6 +122,10 @@ pub trait TelemetrySwitch: Send + Sync {
     /// Calls of `identity` still in the kernel's per-CPU batches, as
     /// (tgid, tid, time of the first call, calls).
     fn unsent(&self, identity: u32) -> Vec<(u32, u32, u64, Vec<u16>)>;
+    /// What runs now, for `status`.
+    fn state(&self) -> String {
+        String::new()
+    }
 }
 
 #[derive(Debug, thiserror::Error)]

@@ -80,6 +80,21 @@ impl Bpf {
         Ok(())
     }
 
+    /// What runs now: the programs attached, and for how many identities.
+    pub fn telemetry_state(&self) -> String {
+        let t = &self.telemetry;
+        let ids: BTreeSet<u32> = t.on.iter().map(|(id, _)| *id).collect();
+        match &t.links {
+            None => "detached (no identity is watched or recorded): processes pay nothing".into(),
+            Some((_, uring)) => format!(
+                "attached: raw tracepoint sys_enter{} for {} identit{} (every process pays the tracepoint while attached)",
+                if uring.is_some() { " and tracepoint io_uring/io_uring_submit_req" } else { " (io_uring submissions NOT seen)" },
+                ids.len(),
+                if ids.len() == 1 { "y" } else { "ies" }
+            ),
+        }
+    }
+
     /// The batches of `identity` the CPUs still hold (not yet sent).
     pub fn unsent_batches(&self, identity: u32) -> anyhow::Result<Vec<SyscallBatch>> {
         let map: PerCpuArray<_, SyscallBatch> = PerCpuArray::try_from(self.ebpf.map(M::SYSCALL_BATCH).context("SYSCALL_BATCH missing")?)?;
@@ -95,6 +110,10 @@ impl TelemetrySwitch for Telemetry {
     fn set(&self, identity: u32, user: TelemetryUser, on: bool) -> Result<(), String> {
         let mut bpf = self.0.lock().unwrap_or_else(|e| e.into_inner());
         bpf.set_telemetry(identity, user, on).map_err(|e| format!("{e:#}"))
+    }
+
+    fn state(&self) -> String {
+        self.0.lock().unwrap_or_else(|e| e.into_inner()).telemetry_state()
     }
 
     fn unsent(&self, identity: u32) -> Vec<(u32, u32, u64, Vec<u16>)> {

@@ -70,8 +70,9 @@ fn render(v: &StatusDoc) -> String {
     if !v.policy.quarantined.is_empty() {
         let _ = writeln!(s, "\nquarantined (egress deny-all until `zt-agent identity release NAME`): {}", v.policy.quarantined.join(", "));
     }
+    let _ = writeln!(s, "\nsyscall telemetry (anomaly model): {}", v.syscall_telemetry);
     if !v.anomaly.is_empty() {
-        s.push_str("\nanomaly detection:\n");
+        s.push_str("anomaly detection:\n");
         for (name, a) in &v.anomaly {
             let threshold = a.threshold.map_or(String::new(), |t| format!(", threshold {t:.2}"));
             let _ = writeln!(

@@ -209,7 +209,18 @@ fn status(state: &State) -> StatusDoc {
         .collect();
     let fanotify = state.fanotify.as_ref().map(|c| c.snapshot());
     let anomaly = state.anomaly.snapshot();
-    StatusDoc { info: (*state.info).clone(), policy, counters: state.stats.snapshot(), decisions, audit, siem, fanotify, anomaly }
+    let syscall_telemetry = state.recorder.as_ref().map_or_else(|| "not available".into(), |r| r.switch.state());
+    StatusDoc {
+        info: (*state.info).clone(),
+        policy,
+        counters: state.stats.snapshot(),
+        decisions,
+        audit,
+        siem,
+        fanotify,
+        anomaly,
+        syscall_telemetry,
+    }
 }
 
 /// Client side: sends one request, returns the agent's reply.

@@ -101,6 +101,9 @@ pub struct StatusDoc {
     /// Identities with anomaly detection: phase, baseline, risk, findings.
     #[serde(default)]
     pub anomaly: std::collections::BTreeMap<String, crate::anomaly::live::IdentityAnomaly>,
+    /// The syscall telemetry programs: attached or not, for how many identities.
+    #[serde(default)]
+    pub syscall_telemetry: String,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]

@@ -225,3 +225,18 @@ fn a_threads_batches_are_scored_in_the_order_of_their_calls() {
     assert!(out.is_empty(), "{out:?}");
     assert_eq!(d.board().snapshot()["agent"].findings, 0);
 }
+
+#[test]
+fn a_baseline_that_cannot_be_saved_is_used_and_said_so() {
+    // The baseline directory cannot be created (a file is in the way), as
+    // on a full or read-only disk: the baseline detects all the same.
+    let dir = tempfile::tempdir().unwrap();
+    let blocked = dir.path().join("file");
+    std::fs::write(&blocked, b"").unwrap();
+    let mut d = detector(Some(&blocked.join("anomaly")));
+    d.set_identities(&config(AnomalyMode::Detect, 3000));
+    let note = learnt(&mut d);
+    assert_eq!((note.state, note.file.as_deref()), ("learnt", None));
+    assert!(note.reason.contains("not saved (learnt again after a restart): creating "), "{}", note.reason);
+    assert!(matches!(feed(&mut d, 900, &reverse_shell())[..], [Outcome::Detection { .. }]));
+}
