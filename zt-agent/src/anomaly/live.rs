@@ -40,11 +40,11 @@ use std::{
 
 use serde::{Deserialize, Serialize};
 
-use super::record::{TelemetrySwitch, TelemetryUser};
 use super::{
     eval::{self, Standard},
     model::{self, Model, ModelError},
     ngram::Stream,
+    record::{TelemetrySwitch, TelemetryUser},
 };
 use crate::{
     identity::{IdentityConfig, digest::DigestCache},
@@ -69,7 +69,7 @@ pub fn min_traces(false_positive_rate: f64) -> usize {
 /// must not be the whole baseline).
 pub const MAX_TRACE_CALLS: usize = 200_000;
 /// Threads scored at once across identities; beyond, new threads are
-/// counted in [`Detector::unscored_threads`] and not scored.
+/// counted per identity (`unscored_threads` in `status`) and not scored.
 pub const MAX_THREADS: usize = 65_536;
 /// How long after a process's exit its threads are finished: a batch of
 /// calls waits at most `BATCH_MAX_AGE_NS` (250 ms) in a CPU the thread left,
@@ -246,12 +246,15 @@ pub struct BaselineNote {
 pub enum Outcome {
     /// A thread of `identity` crossed the threshold; `kill` and
     /// `quarantine` are for the daemon to carry out.
-    /// `exe`: the program the process ran, as far as known.
+    /// `exe`: the program the process ran, as far as known; `exited`: the
+    /// finding came after the process's exit (nothing to kill: its pid may
+    /// be another process's by now).
     Detection {
         identity: u32,
         tgid: u32,
         tid: u32,
         exe: Option<Arc<str>>,
+        exited: bool,
         detection: Box<Detection>,
     },
     Baseline {
@@ -271,6 +274,10 @@ pub struct IdentityAnomaly {
     pub threshold: Option<f64>,
     pub risk: f64,
     pub findings: u64,
+    /// Threads of the identity not scored: the detector held
+    /// [`MAX_THREADS`] already.
+    #[serde(default)]
+    pub unscored_threads: u64,
 }
 
 /// Shared with the policy manager (risk) and the control socket (status).
@@ -325,6 +332,7 @@ struct Watched {
     /// Highest risk of a recent window, and when (boot ns).
     risk: (f64, u64),
     findings: u64,
+    unscored: u64,
 }
 
 /// One thread being scored.
@@ -371,8 +379,6 @@ pub struct Detector {
     checked: HashMap<u32, Arc<str>>,
     digests: DigestCache,
     board: Board,
-    /// Threads not scored: [`MAX_THREADS`] were.
-    pub unscored_threads: u64,
 }
 
 impl Detector {
@@ -385,7 +391,6 @@ impl Detector {
             checked: HashMap::new(),
             digests: DigestCache::default(),
             board,
-            unscored_threads: 0,
         }
     }
 
@@ -422,7 +427,7 @@ impl Detector {
             on.push(id);
             let (phase, note) = self.start(name, settings);
             notes.push(Outcome::Baseline { identity: id, note });
-            self.watched.insert(id, Watched { name: name.into(), settings, phase, risk: (0.0, 0), findings: 0 });
+            self.watched.insert(id, Watched { name: name.into(), settings, phase, risk: (0.0, 0), findings: 0, unscored: 0 });
         }
         self.board.retain(|n| wanted.values().any(|(w, _)| *w == n));
         for id in wanted.keys() {
@@ -469,7 +474,8 @@ impl Detector {
                 (phase, baseline.model.calls, baseline.model.traces, Some(*threshold))
             }
         };
-        self.board.set(&w.name, IdentityAnomaly { phase, calls, traces, threshold, risk: w.risk.0, findings: w.findings });
+        let a = IdentityAnomaly { phase, calls, traces, threshold, risk: w.risk.0, findings: w.findings, unscored_threads: w.unscored };
+        self.board.set(&w.name, a);
     }
 
     /// One kernel batch of thread `tid` of process `tgid` running `exe`,
@@ -579,7 +585,10 @@ impl Detector {
     fn hold(&mut self, identity: u32, tgid: u32, tid: u32, time_ns: u64, calls: &[u16]) -> Option<Outcome> {
         let Phase::Detecting { baseline, .. } = &self.watched.get(&identity)?.phase else { return None };
         if !self.threads.contains_key(&(tgid, tid)) && self.threads.len() >= MAX_THREADS {
-            self.unscored_threads += 1;
+            if let Some(w) = self.watched.get_mut(&identity) {
+                w.unscored += 1;
+            }
+            self.publish(identity);
             return None;
         }
         let baseline = baseline.clone();
@@ -687,7 +696,11 @@ impl Detector {
             let (score, scorer) = baseline.combined(surprise, frequency);
             let crossed = (score > threshold).then_some((score, scorer, surprise, frequency));
             let recent: Vec<u32> = t.recent.iter().copied().collect();
-            outcome.extend(self.finish(t.identity, key.0, key.1, time_ns, score, crossed, &baseline, threshold, &recent));
+            let mut o = self.finish(t.identity, key.0, key.1, time_ns, score, crossed, &baseline, threshold, &recent);
+            if let Some(Outcome::Detection { exited, .. }) = o.as_mut() {
+                *exited = true;
+            }
+            outcome.extend(o);
         }
         self.checked.remove(&tgid);
         outcome
@@ -744,7 +757,7 @@ impl Detector {
             baseline_traces: baseline.model.traces,
         };
         let exe = self.checked.get(&tgid).cloned();
-        Some(Outcome::Detection { identity, tgid, tid, exe, detection: Box::new(detection) })
+        Some(Outcome::Detection { identity, tgid, tid, exe, exited: false, detection: Box::new(detection) })
     }
 }
 
@@ -791,14 +804,15 @@ impl Watch {
     }
 
     /// Carries out the response of a finding of `name`'s process `tgid`
-    /// and says what was done in `d.outcome`.
-    pub fn respond(&self, name: &str, tgid: u32, d: &mut Detection) {
+    /// (`exited`: it is gone) and says what was done in `d.outcome`.
+    pub fn respond(&self, name: &str, tgid: u32, exited: bool, d: &mut Detection) {
         let reason = format!("anomaly in process {tgid}: score {:.2} above threshold {:.2} ({:?})", d.score, d.threshold, d.scorer);
         d.outcome = match d.response {
             "quarantine" => match self.responder.quarantine(name, &reason) {
                 Ok(()) => "quarantine requested: egress deny-all until `zt-agent identity release`".into(),
                 Err(e) => format!("quarantine failed: {e}"),
             },
+            "kill" if exited => "nothing killed: the process had exited".into(),
             "kill" => match self.responder.kill(tgid) {
                 Ok(()) => "process killed".into(),
                 Err(e) => format!("kill failed: {e}"),

@@ -77,8 +77,13 @@ fn render(v: &StatusDoc) -> String {
             let threshold = a.threshold.map_or(String::new(), |t| format!(", threshold {t:.2}"));
             let _ = writeln!(
                 s,
-                "  {name}: {} ({} calls, {} traces{threshold}), risk {:.2}, {} findings",
-                a.phase, a.calls, a.traces, a.risk, a.findings
+                "  {name}: {} ({} calls, {} traces{threshold}), risk {:.2}, {} findings{}",
+                a.phase,
+                a.calls,
+                a.traces,
+                a.risk,
+                a.findings,
+                if a.unscored_threads > 0 { format!(", {} threads NOT scored (detector full)", a.unscored_threads) } else { String::new() }
             );
         }
     }

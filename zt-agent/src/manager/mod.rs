@@ -427,6 +427,11 @@ impl Manager {
         if !on && !self.quarantined.contains(identity) {
             return Err(ApplyError::NotQuarantined(identity.into()));
         }
+        if on && self.quarantined.contains(identity) {
+            // Already in force (another finding of the same identity).
+            let c = self.shared.in_force.read().expect("poisoned").clone();
+            return Ok(Outcome { version: c.version, digest: c.digest, generation: c.generation, warnings: vec![], micros: 0 });
+        }
         let Some(bundle) = self.store.current().map(|a| a.bundle.clone()) else {
             return Err(ApplyError::NoEarlierVersion);
         };

@@ -172,8 +172,10 @@ async fn quarantine_denies_all_egress_survives_reload_and_restart_and_is_release
     f.manager.reload("start").await.unwrap();
     assert!(matches!(f.manager.quarantine("nobody", true, "test").await, Err(ApplyError::UnknownIdentity(_))));
     assert!(matches!(f.manager.quarantine("a", false, "test").await, Err(ApplyError::NotQuarantined(_))));
-    f.manager.quarantine("a", true, "anomaly: score 9.1 > 2.0").await.unwrap();
+    let q = f.manager.quarantine("a", true, "anomaly: score 9.1 > 2.0").await.unwrap();
     assert!(prefixes(&f.target).is_empty(), "a's allowed destination is gone");
+    let again = f.manager.quarantine("a", true, "another finding").await.unwrap();
+    assert_eq!(again.generation, q.generation, "already quarantined: nothing recompiled");
     assert_eq!(f.manager.shared.in_force.read().unwrap().quarantined, ["a"]);
     // A new policy version keeps the quarantine.
     std::fs::write(f.dir.path().join("p.yaml"), policy("192.168.0.0/16")).unwrap();

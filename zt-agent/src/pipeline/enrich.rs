@@ -146,10 +146,10 @@ impl Enricher {
             Outcome::Baseline { identity, note } => {
                 self.event(time, Body::Baseline { identity: self.identity_ref(identity), baseline: note })
             }
-            Outcome::Detection { identity, tgid, tid, exe, mut detection } => {
+            Outcome::Detection { identity, tgid, tid, exe, exited, mut detection } => {
                 let identity = self.identity_ref(identity);
                 if let (Some(w), Some(i)) = (&self.anomaly, &identity) {
-                    w.respond(&i.name, tgid, &mut detection);
+                    w.respond(&i.name, tgid, exited, &mut detection);
                 }
                 let meta = self.meta(tgid, h.start_ns, h.cgroup_id);
                 let mut process = self.process_info(&zt_common::EventHeader { tgid, tid, ..*h }, &[], &meta);

@@ -240,3 +240,67 @@ fn a_baseline_that_cannot_be_saved_is_used_and_said_so() {
     assert!(note.reason.contains("not saved (learnt again after a restart): creating "), "{}", note.reason);
     assert!(matches!(feed(&mut d, 900, &reverse_shell())[..], [Outcome::Detection { .. }]));
 }
+
+/// Records what the daemon would have done.
+#[derive(Default)]
+struct Fake {
+    calls: std::sync::Mutex<Vec<String>>,
+    fail: bool,
+}
+
+impl Responder for Fake {
+    fn quarantine(&self, identity: &str, _: &str) -> Result<(), String> {
+        self.calls.lock().unwrap().push(format!("quarantine {identity}"));
+        if self.fail { Err("the policy manager did not take the request (full)".into()) } else { Ok(()) }
+    }
+    fn kill(&self, tgid: u32) -> Result<(), String> {
+        self.calls.lock().unwrap().push(format!("kill {tgid}"));
+        Ok(())
+    }
+    fn risk_changed(&self) {
+        self.calls.lock().unwrap().push("risk".into());
+    }
+}
+
+impl TelemetrySwitch for Fake {
+    fn set(&self, identity: u32, user: TelemetryUser, on: bool) -> Result<(), String> {
+        self.calls.lock().unwrap().push(format!("telemetry {identity} {user:?} {on}"));
+        if self.fail { Err("EPERM".into()) } else { Ok(()) }
+    }
+    fn unsent(&self, _: u32) -> Vec<(u32, u32, u64, Vec<u16>)> {
+        Vec::new()
+    }
+}
+
+#[test]
+fn responses_are_carried_out_and_their_failures_said() {
+    let fake = Arc::new(Fake::default());
+    let mut w = Watch { detector: detector(None), telemetry: fake.clone(), responder: fake.clone() };
+    w.set_identities(&config(AnomalyMode::Detect, 3000));
+    learnt(&mut w.detector);
+    let [Outcome::Detection { mut detection, .. }] = <[Outcome; 1]>::try_from(feed(&mut w.detector, 900, &reverse_shell())).unwrap() else {
+        panic!()
+    };
+    w.respond("agent", 900, false, &mut detection);
+    assert_eq!(detection.outcome, "quarantine requested: egress deny-all until `zt-agent identity release`");
+    detection.response = "kill";
+    w.respond("agent", 900, false, &mut detection);
+    assert_eq!(detection.outcome, "process killed");
+    w.respond("agent", 900, true, &mut detection);
+    assert_eq!(detection.outcome, "nothing killed: the process had exited", "its pid may be another's by now");
+    assert_eq!(*fake.calls.lock().unwrap(), ["telemetry 7 Detector true", "quarantine agent", "risk", "kill 900", "risk", "risk"]);
+    w.set_identities(&IdentityConfig { identities: vec![], ..config(AnomalyMode::Detect, 3000) });
+    assert_eq!(fake.calls.lock().unwrap().last().unwrap(), "telemetry 7 Detector false");
+
+    // Failures: telemetry that will not turn on is said in a note; a
+    // quarantine the manager did not take is said in the finding.
+    let failing = Arc::new(Fake { fail: true, ..Default::default() });
+    let mut w = Watch { detector: detector(None), telemetry: failing.clone(), responder: failing };
+    let notes = w.set_identities(&config(AnomalyMode::Detect, 3000));
+    assert!(
+        notes.iter().any(|n| matches!(n, Outcome::Baseline { note, .. } if note.state == "not watched" && note.reason.ends_with("EPERM")))
+    );
+    detection.response = "quarantine";
+    w.respond("agent", 1, false, &mut detection);
+    assert_eq!(detection.outcome, "quarantine failed: the policy manager did not take the request (full)");
+}
