@@ -385,6 +385,20 @@ impl Agent {
         }
     }
 
+    /// Starts `zt-agent model record` of `identity` through this agent for
+    /// `duration` (e.g. "4s") into `out`; its output piped.
+    pub fn model_record(&self, identity: &str, out: &Path, duration: &str) -> std::process::Child {
+        Command::new(agent_bin())
+            .args(["model", "record", "--identity", identity, "--duration", duration, "--out"])
+            .arg(out)
+            .arg("--socket")
+            .arg(&self.socket)
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("zt-agent model record")
+    }
+
     /// `zt-agent status --json` of this agent.
     pub fn status(&self) -> Value {
         let out = Command::new(agent_bin()).args(["status", "--json", "--socket"]).arg(&self.socket).output().expect("zt-agent status");

@@ -41,17 +41,7 @@ fn model_record_writes_the_traces_of_an_identity_only() {
     let traces = dir.path().join("traces");
     let data = dir.path().join("data");
     std::fs::write(&data, "zt").unwrap();
-    let record = |out: &Path, duration: &str| {
-        Command::new(agent_bin())
-            .args(["model", "record", "--identity", "agent", "--duration", duration, "--out"])
-            .arg(out)
-            .arg("--socket")
-            .arg(&agent.socket)
-            .stdout(std::process::Stdio::piped())
-            .stderr(std::process::Stdio::piped())
-            .spawn()
-            .unwrap()
-    };
+    let record = |out: &Path, duration: &str| agent.model_record("agent", out, duration);
     assert!(agent.status()["syscall_telemetry"].as_str().unwrap().starts_with("detached"), "nothing watched, nothing recorded");
     let recording = record(&traces, "4s");
     std::thread::sleep(Duration::from_millis(1500));

@@ -398,6 +398,11 @@ impl Detector {
         &self.board
     }
 
+    /// Whether `identity` has an `anomaly:` block in force.
+    pub fn watches(&self, identity: u32) -> bool {
+        self.watched.contains_key(&identity)
+    }
+
     fn file(&self, name: &str) -> Option<PathBuf> {
         self.dir.as_ref().map(|d| d.join(format!("{name}.json")))
     }

@@ -368,8 +368,10 @@ impl Enricher {
             }
             RawEvent::Syscalls(b) => {
                 self.recordings.add(h.identity, h.tgid, h.tid, h.time_ns, b.held());
+                if !self.anomaly.as_ref()?.detector.watches(h.identity) {
+                    return None;
+                }
                 // The program it runs (for a baseline's executables).
-                self.anomaly.as_ref()?;
                 let exe = self.meta(h.tgid, h.start_ns, h.cgroup_id).exe;
                 let outcome = self.anomaly.as_mut()?.detector.batch(h.identity, h.tgid, h.tid, h.time_ns, exe.as_ref(), b.held())?;
                 Some(self.anomaly_event(&h, outcome))

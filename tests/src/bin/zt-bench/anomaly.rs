@@ -50,15 +50,7 @@ pub fn syscall_rate(rate: u64, ms: u64) -> anyhow::Result<()> {
 const WORKLOAD: &str = "for i in 1 2 3 4 5 6 7 8; do cat /etc/hostname >/dev/null; ls /usr/bin >/dev/null; sort /etc/passwd >/dev/null; grep -c root /etc/group >/dev/null; head -c 100 /etc/services | wc -c >/dev/null; sed -n 1p /etc/os-release >/dev/null; done";
 
 fn record(agent: &Agent, out: &Path, secs: u64) -> std::process::Child {
-    Command::new(agent_bin())
-        .args(["model", "record", "--identity", "bench-agent", "--duration", &format!("{secs}s"), "--out"])
-        .arg(out)
-        .arg("--socket")
-        .arg(&agent.socket)
-        .stdout(std::process::Stdio::piped())
-        .stderr(std::process::Stdio::piped())
-        .spawn()
-        .expect("model record")
+    agent.model_record("bench-agent", out, &format!("{secs}s"))
 }
 
 /// `model record`'s summary line: (traces, calls).
