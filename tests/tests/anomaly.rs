@@ -72,6 +72,16 @@ fn model_record_writes_the_traces_of_an_identity_only() {
         skip_variant(TEST, "io_uring", &format!("io_uring does not run here: {uring}"));
     }
 
+    // A recording whose client goes away ends: telemetry off at once, not
+    // after its 60 s.
+    let mut abandoned = record(&dir.path().join("abandoned"), "60s");
+    agent.wait_status("the recording's telemetry", |s| s["syscall_telemetry"].as_str().unwrap_or("").starts_with("attached"));
+    abandoned.kill().unwrap();
+    let _ = abandoned.wait();
+    agent
+        .wait_status("telemetry off after the client went away", |s| s["syscall_telemetry"].as_str().unwrap_or("").starts_with("detached"));
+    assert!(!dir.path().join("abandoned").exists(), "nothing written for an abandoned recording");
+
     // Telemetry went off with the recording: a second one starts, and a
     // recording of an identity the policy does not have is refused by name.
     let second = record(&dir.path().join("second"), "1s").wait_with_output().unwrap();

@@ -58,6 +58,8 @@ pub enum ControlError {
     Timeout,
     #[error("the client did not take its reply within {}", humantime::format_duration(READ_TIMEOUT))]
     ReplyTimeout,
+    #[error("the client went away before its reply; what it asked for was abandoned")]
+    ClientGone,
 }
 
 /// Everything the control socket answers from.
@@ -115,15 +117,19 @@ pub async fn serve(listener: UnixListener, path: &Path, state: State, mut stop: 
 async fn answer(stream: UnixStream, state: &State) -> Result<(), ControlError> {
     let (r, mut w) = stream.into_split();
     let mut line = String::new();
-    tokio::time::timeout(READ_TIMEOUT, BufReader::new(r.take(MAX_REQUEST)).read_line(&mut line))
+    let mut reader = BufReader::new(r.take(MAX_REQUEST));
+    tokio::time::timeout(READ_TIMEOUT, reader.read_line(&mut line))
         .await
         .map_err(|_| ControlError::Timeout)?
         .map_err(ControlError::Stream)?;
     let response = match serde_json::from_str::<Request>(&line) {
-        Ok(req) => match handle(req, state).await {
-            Ok(reply) => Response::Ok(reply),
-            Err(e) => Response::Error(e),
+        // A recording ends when its client goes away (the future dropped:
+        // telemetry off, nothing written).
+        Ok(req @ Request::Record { .. }) => tokio::select! {
+            r = handle(req, state) => r.map_or_else(Response::Error, Response::Ok),
+            _ = hangup(&mut reader) => return Err(ControlError::ClientGone),
         },
+        Ok(req) => handle(req, state).await.map_or_else(Response::Error, Response::Ok),
         Err(e) => Response::Error(format!("malformed request {:?}: {e}", line.trim())),
     };
     let mut text = serde_json::to_string(&response).map_err(ControlError::Malformed)?;
@@ -132,6 +138,13 @@ async fn answer(stream: UnixStream, state: &State) -> Result<(), ControlError> {
         .await
         .map_err(|_| ControlError::ReplyTimeout)?
         .map_err(ControlError::Stream)
+}
+
+/// Resolves when the client has closed its end (or it fails): whatever it
+/// sent after its request is ignored.
+async fn hangup(reader: &mut (impl tokio::io::AsyncRead + Unpin)) {
+    let mut buf = [0u8; 64];
+    while let Ok(1..) = reader.read(&mut buf).await {}
 }
 
 /// Sends a command to the policy manager and waits for its reply.
