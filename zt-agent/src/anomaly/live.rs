@@ -44,11 +44,11 @@ use super::{
     eval::{self, Standard},
     model::{self, Model, ModelError},
     ngram::Stream,
-    record::{TelemetrySwitch, TelemetryUser},
+    record::{Batches, TelemetrySwitch, TelemetryUser, in_order},
 };
 use crate::{
     identity::{IdentityConfig, digest::DigestCache},
-    policy::model::{Anomaly, AnomalyMode, AnomalyResponse},
+    policy::model::{Anomaly, AnomalyMode},
 };
 
 pub const BASELINE_FORMAT: &str = "zt-anomaly-baseline";
@@ -241,6 +241,13 @@ pub struct BaselineNote {
     pub file: Option<String>,
 }
 
+impl BaselineNote {
+    /// A note of an identity with no baseline in use.
+    fn starting(state: &'static str, reason: String) -> Self {
+        BaselineNote { state, reason, calls: 0, traces: 0, threshold: None, file: None }
+    }
+}
+
 /// One batch's or exit's result.
 #[derive(Debug, Clone)]
 pub enum Outcome {
@@ -302,20 +309,12 @@ impl Board {
     }
 }
 
-/// A thread's batches as (time of the first call, calls): a thread's
-/// batches come from the CPUs it ran on in any order, and are put in the
-/// order of that time before they are learnt or scored.
-type Held = Vec<(u64, Vec<u16>)>;
-
-/// Puts `held` in time order and returns its calls.
-fn in_order(mut held: Held) -> Vec<u32> {
-    held.sort_by_key(|(time, _)| *time);
-    held.into_iter().flat_map(|(_, calls)| calls.into_iter().map(u32::from)).collect()
-}
-
+/// A thread's learning: its batches are put in the order of their first
+/// calls before they are learnt, as a recording's are.
+#[derive(Default)]
 struct Learning {
     /// (tgid, tid) -> (calls kept, batches).
-    traces: HashMap<(u32, u32), (usize, Held)>,
+    traces: HashMap<(u32, u32), (usize, Batches)>,
     calls: u64,
     executables: BTreeMap<String, String>,
 }
@@ -346,7 +345,7 @@ struct Thread {
     scored: bool,
     alerted: bool,
     /// Batches not scored yet (see [`Detector::release`]).
-    held: Held,
+    held: Batches,
 }
 
 impl Thread {
@@ -403,8 +402,9 @@ impl Detector {
         self.watched.contains_key(&identity)
     }
 
-    fn file(&self, name: &str) -> Option<PathBuf> {
-        self.dir.as_ref().map(|d| d.join(format!("{name}.json")))
+    /// Where `name`'s baseline is kept (`<dir>/<name>.json`).
+    fn file(dir: Option<&Path>, name: &str) -> Option<PathBuf> {
+        dir.map(|d| d.join(format!("{name}.json")))
     }
 
     /// The identities of a new policy: those with an `anomaly:` block are
@@ -443,11 +443,10 @@ impl Detector {
 
     /// The phase an identity starts in: its saved baseline, else learning.
     fn start(&self, name: &str, settings: Anomaly) -> (Phase, BaselineNote) {
-        let learning = |reason: String| {
-            let note = BaselineNote { state: "learning", reason, calls: 0, traces: 0, threshold: None, file: None };
-            (Phase::Learning(Learning { traces: HashMap::new(), calls: 0, executables: BTreeMap::new() }), note)
+        let learning = |reason: String| (Phase::Learning(Learning::default()), BaselineNote::starting("learning", reason));
+        let Some(file) = Self::file(self.dir.as_deref(), name) else {
+            return learning("no state directory: baselines are not kept".into());
         };
-        let Some(file) = self.file(name) else { return learning("no state directory: baselines are not kept".into()) };
         match Baseline::load(&file) {
             Ok(b) if b.identity == name => {
                 let threshold = b.threshold(settings.false_positive_rate);
@@ -517,14 +516,11 @@ impl Detector {
                 let reason = format!("{path} changed (blake3 {} -> {}); learning a new baseline", short(learnt), short(&digest));
                 let mut executables = BTreeMap::new();
                 executables.insert(path, digest);
-                w.phase = Phase::Learning(Learning { traces: HashMap::new(), calls: 0, executables });
+                w.phase = Phase::Learning(Learning { executables, ..Default::default() });
                 w.risk = (0.0, 0);
                 self.threads.retain(|_, t| t.identity != identity);
                 self.publish(identity);
-                Some(Outcome::Baseline {
-                    identity,
-                    note: BaselineNote { state: "learning", reason, calls: 0, traces: 0, threshold: None, file: None },
-                })
+                Some(Outcome::Baseline { identity, note: BaselineNote::starting("learning", reason) })
             }
         }
     }
@@ -547,9 +543,9 @@ impl Detector {
             }
             return None;
         }
-        let l = std::mem::replace(l, Learning { traces: HashMap::new(), calls: 0, executables: BTreeMap::new() });
+        let l = std::mem::take(l);
         let threads = l.traces.len();
-        let mut traces: Vec<((u32, u32), Vec<u32>)> = l.traces.into_iter().map(|(k, (_, held))| (k, in_order(held))).collect();
+        let mut traces: Vec<((u32, u32), Vec<u32>)> = l.traces.into_iter().map(|(k, (_, mut b))| (k, in_order(&mut b))).collect();
         traces.sort_unstable_by_key(|(k, _)| *k);
         // Threads still running go on where their trace stops (their next
         // window is not a fresh start); their last calls are kept for that.
@@ -566,21 +562,18 @@ impl Detector {
             threshold: Some(threshold),
             file: None,
         };
-        let name = w.name.clone();
+        if let Some(file) = Self::file(self.dir.as_deref(), &w.name) {
+            match b.save(&file) {
+                Ok(()) => note.file = Some(file.display().to_string()),
+                Err(e) => note.reason += &format!("; not saved (learnt again after a restart): {}", crate::error::chain(&e)),
+            }
+        }
         for ((tgid, tid), tail) in tails {
             if self.threads.len() < MAX_THREADS {
                 self.threads.insert((tgid, tid), Thread::resuming(identity, &b.model, &tail));
             }
         }
         w.phase = Phase::Detecting { baseline: Arc::new(b), threshold };
-        if let Some(file) = self.file(&name)
-            && let Phase::Detecting { baseline, .. } = &self.watched[&identity].phase
-        {
-            match baseline.save(&file) {
-                Ok(()) => note.file = Some(file.display().to_string()),
-                Err(e) => note.reason += &format!("; not saved (learnt again after a restart): {}", crate::error::chain(&e)),
-            }
-        }
         self.publish(identity);
         Some(Outcome::Baseline { identity, note })
     }
@@ -736,11 +729,7 @@ impl Detector {
             w.risk = (risk, time_ns);
         }
         let alert = crossed.filter(|_| w.settings.mode == AnomalyMode::Detect);
-        let response = match w.settings.response {
-            AnomalyResponse::Alert => "alert",
-            AnomalyResponse::Quarantine => "quarantine",
-            AnomalyResponse::Kill => "kill",
-        };
+        let response = w.settings.response.name();
         if alert.is_some() {
             w.findings += 1;
         }
@@ -799,10 +788,7 @@ impl Watch {
             if let Err(e) = self.telemetry.set(id, TelemetryUser::Detector, true) {
                 let reason = format!("syscall telemetry could not be turned on, nothing is scored: {e}");
                 tracing::error!("identity id {id}: {reason}");
-                notes.push(Outcome::Baseline {
-                    identity: id,
-                    note: BaselineNote { state: "not watched", reason, calls: 0, traces: 0, threshold: None, file: None },
-                });
+                notes.push(Outcome::Baseline { identity: id, note: BaselineNote::starting("not watched", reason) });
             }
         }
         notes

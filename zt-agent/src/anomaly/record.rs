@@ -28,8 +28,16 @@ use crate::fsutil::FsError;
 /// Calls one recording keeps at most (4 bytes each).
 pub const MAX_CALLS: u64 = 20_000_000;
 
-/// One thread's batches as (time of the first call, calls).
-type Batches = Vec<(u64, Vec<u32>)>;
+/// One thread's batches as (time of the first call, calls): a thread's
+/// batches come from the CPUs it ran on in any order.
+pub type Batches = Vec<(u64, Vec<u16>)>;
+
+/// Puts a thread's batches in the order of their first calls and returns
+/// its calls.
+pub fn in_order(batches: &mut Batches) -> Vec<u32> {
+    batches.sort_by_key(|(time, _)| *time);
+    batches.iter().flat_map(|(_, calls)| calls.iter().map(|&c| u32::from(c))).collect()
+}
 
 #[derive(Debug, Default)]
 pub struct Recording {
@@ -52,20 +60,17 @@ impl Recording {
     pub fn add(&mut self, tgid: u32, tid: u32, time_ns: u64, calls: &[u16]) {
         let room = MAX_CALLS.saturating_sub(self.kept).min(calls.len() as u64) as usize;
         if room > 0 {
-            self.threads.entry((tgid, tid)).or_default().push((time_ns, calls[..room].iter().map(|&c| u32::from(c)).collect()));
+            self.threads.entry((tgid, tid)).or_default().push((time_ns, calls[..room].to_vec()));
         }
         self.kept += room as u64;
         self.beyond += (calls.len() - room) as u64;
     }
 
     /// Writes one trace per thread into `dir` (created if missing).
-    pub fn write(&self, dir: &Path) -> Result<RecordSummary, FsError> {
+    pub fn write(&mut self, dir: &Path) -> Result<RecordSummary, FsError> {
         std::fs::create_dir_all(dir).map_err(crate::fsutil::at("creating", dir))?;
-        for ((tgid, tid), batches) in &self.threads {
-            let mut batches: Vec<&(u64, Vec<u32>)> = batches.iter().collect();
-            batches.sort_by_key(|(time, _)| *time);
-            let calls: Vec<u32> = batches.into_iter().flat_map(|(_, c)| c.iter().copied()).collect();
-            trace::write(&dir.join(format!("{tgid}-{tid}.txt")), &calls)?;
+        for ((tgid, tid), batches) in &mut self.threads {
+            trace::write(&dir.join(format!("{tgid}-{tid}.txt")), &in_order(batches))?;
         }
         Ok(RecordSummary { traces: self.threads.len(), calls: self.kept, calls_beyond_limit: self.beyond })
     }
@@ -167,7 +172,7 @@ impl Recorder {
         for (tgid, tid, time_ns, calls) in self.switch.unsent(identity) {
             self.recordings.add(identity, tgid, tid, time_ns, &calls);
         }
-        let recording = self.recordings.finish(identity).unwrap_or_default();
+        let mut recording = self.recordings.finish(identity).unwrap_or_default();
         Ok(recording.write(dir)?)
     }
 }
@@ -199,7 +204,7 @@ mod tests {
         rec.add(4, 11, 11, 100, &[9]);
         rec.add(3, 10, 12, 100, &[5]);
         rec.add(3, 10, 10, 100, &[0, 1, 2]);
-        let r = rec.finish(3).unwrap();
+        let mut r = rec.finish(3).unwrap();
         assert!(!rec.any());
         let d = tempfile::tempdir().unwrap();
         let s = r.write(&d.path().join("out")).unwrap();

@@ -126,9 +126,15 @@ impl Enricher {
     /// are finished (their findings go with the pending events).
     pub fn anomaly_tick(&mut self) {
         let Some(w) = self.anomaly.as_mut() else { return };
-        let now = crate::host::boottime_ns();
-        for o in w.detector.expire(now) {
-            let h = zt_common::EventHeader { time_ns: now, ..Default::default() };
+        let outcomes = w.detector.expire(crate::host::boottime_ns());
+        self.queue_anomaly(outcomes);
+    }
+
+    /// Outcomes of no kernel event (a policy change, the clock) as pending
+    /// events, dated now.
+    fn queue_anomaly(&mut self, outcomes: Vec<Outcome>) {
+        let h = zt_common::EventHeader { time_ns: crate::host::boottime_ns(), ..Default::default() };
+        for o in outcomes {
             let ev = self.anomaly_event(&h, o);
             self.pending.push(ev);
         }
@@ -178,11 +184,7 @@ impl Enricher {
         add_refs(&mut self.identity_refs, &config);
         if let Some(w) = self.anomaly.as_mut() {
             let notes = w.set_identities(&config);
-            let h = zt_common::EventHeader { time_ns: crate::host::boottime_ns(), ..Default::default() };
-            for n in notes {
-                let ev = self.anomaly_event(&h, n);
-                self.pending.push(ev);
-            }
+            self.queue_anomaly(notes);
         }
         self.resolver.set_config(config);
         self.seen_cgroups.clear();

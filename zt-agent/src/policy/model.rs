@@ -140,15 +140,7 @@ impl Anomaly {
 
 impl std::fmt::Display for Anomaly {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        let mode = match self.mode {
-            AnomalyMode::Learn => "learn",
-            AnomalyMode::Detect => "detect",
-        };
-        let response = match self.response {
-            AnomalyResponse::Alert => "alert",
-            AnomalyResponse::Quarantine => "quarantine",
-            AnomalyResponse::Kill => "kill",
-        };
+        let (mode, response) = (self.mode.name(), self.response.name());
         write!(
             f,
             "{mode}, response {response}, false-positive target {}%, baseline after {} calls",
@@ -174,6 +166,27 @@ pub enum AnomalyResponse {
     Quarantine,
     /// The process is killed.
     Kill,
+}
+
+impl AnomalyMode {
+    /// The policy's word for it.
+    pub fn name(self) -> &'static str {
+        match self {
+            AnomalyMode::Learn => "learn",
+            AnomalyMode::Detect => "detect",
+        }
+    }
+}
+
+impl AnomalyResponse {
+    /// The policy's word for it (a `detection` event's `response`).
+    pub fn name(self) -> &'static str {
+        match self {
+            AnomalyResponse::Alert => "alert",
+            AnomalyResponse::Quarantine => "quarantine",
+            AnomalyResponse::Kill => "kill",
+        }
+    }
 }
 
 #[derive(Debug, Clone)]

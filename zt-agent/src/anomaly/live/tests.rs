@@ -4,7 +4,10 @@
 use std::path::Path;
 
 use super::*;
-use crate::identity::{Identity, IdentityConfig};
+use crate::{
+    identity::{Identity, IdentityConfig},
+    policy::model::AnomalyResponse,
+};
 
 const ID: u32 = 7;
 
