@@ -296,6 +296,24 @@ impl Default for Listener {
     }
 }
 
+/// `GET path` from an HTTP/1.1 server at `addr`: the status code and body.
+pub fn http_get(addr: &str, path: &str) -> (u16, String) {
+    http_request(addr, &format!("GET {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n"))
+}
+
+/// One raw HTTP/1.1 request (with `Connection: close`): status code and body.
+pub fn http_request(addr: &str, request: &str) -> (u16, String) {
+    use std::io::{Read, Write};
+    let mut s = std::net::TcpStream::connect(addr).unwrap_or_else(|e| panic!("connecting to {addr}: {e}"));
+    s.set_read_timeout(Some(Duration::from_secs(20))).unwrap();
+    s.write_all(request.as_bytes()).unwrap();
+    let mut text = String::new();
+    s.read_to_string(&mut text).unwrap();
+    let (head, body) = text.split_once("\r\n\r\n").unwrap_or((&text, ""));
+    let code = head.split_whitespace().nth(1).and_then(|c| c.parse().ok()).unwrap_or_else(|| panic!("not an HTTP response: {text:?}"));
+    (code, body.to_string())
+}
+
 /// A running `zt-agent run`, writing events to a file.
 pub struct Agent {
     child: Option<Child>,
@@ -333,6 +351,8 @@ impl Agent {
             if extra.contains(&"--state-dir") { vec![] } else { vec!["--state-dir".into(), dir.join("state").into()] };
         // Hermetic by default: nothing stays in the kernel after the test.
         let own_pins: &[&str] = if extra.contains(&"--pin-dir") { &[] } else { &["--no-pin"] };
+        // Any free port: agents of several tests may run at once.
+        let own_metrics: &[&str] = if extra.contains(&"--metrics-addr") { &[] } else { &["--metrics-addr", "127.0.0.1:0"] };
         let own_audit: Vec<std::ffi::OsString> = if extra.contains(&"--audit-dir") {
             vec![]
         } else {
@@ -344,6 +364,7 @@ impl Agent {
             .args(own_state)
             .args(own_audit)
             .args(own_pins)
+            .args(own_metrics)
             .arg("--events")
             .arg(&events_path)
             .arg("--socket")
@@ -404,6 +425,13 @@ impl Agent {
         let out = Command::new(agent_bin()).args(["status", "--json", "--socket"]).arg(&self.socket).output().expect("zt-agent status");
         assert!(out.status.success(), "status: {}", String::from_utf8_lossy(&out.stderr));
         serde_json::from_slice(&out.stdout).expect("status JSON")
+    }
+
+    /// `HOST:PORT` of the agent's `/metrics`, `/healthz`, `/readyz`.
+    pub fn metrics_addr(&self) -> String {
+        let st = self.status();
+        let url = st["metrics"].as_str().unwrap_or_else(|| panic!("no metrics endpoint in status: {}", st["metrics"]));
+        url.trim_start_matches("http://").to_string()
     }
 
     pub fn stderr(&self) -> String {

@@ -253,11 +253,19 @@ fn the_running_agent_on_a_full_disk_keeps_enforcing_reports_and_recovers() {
     assert_eq!(st["audit"]["signed_size"], faulted["audit"]["signed_size"], "nothing was signed while records were not on disk");
     let o = zt(&["status", "--socket", agent.socket.to_str().unwrap()]);
     assert!(String::from_utf8_lossy(&o.stdout).contains("UNWRITABLE since"), "{}", String::from_utf8_lossy(&o.stdout));
+    // Not ready (a rollout stops here), still live (no restart loop).
+    let metrics = agent.metrics_addr();
+    let (code, body) = http_get(&metrics, "/readyz");
+    assert_eq!(code, 503, "{body}");
+    assert!(body.contains("the audit log cannot write since") && body.contains("No space left on device"), "{body}");
+    assert_eq!(http_get(&metrics, "/healthz"), (200, "ok\n".into()));
     // A full disk costs records, never enforcement: the kernel denied them all.
     agent.wait_status("70 denials by the kernel", |s| s["decisions"].as_array().is_some_and(|d| d.iter().any(|d| d["denied"] == 70)));
 
     std::fs::remove_file(&filler).unwrap();
     agent.wait_status("the audit log writable again", |s| s["audit"]["unwritable"].is_null());
+    let (code, body) = http_get(&metrics, "/readyz");
+    assert_eq!(code, 200, "{body}");
     denials(5, 41300);
     agent.wait_for("denials after space returned", |e| e["kind"] == "connect" && e["connect"]["port"] == 41304).unwrap();
     std::thread::sleep(Duration::from_millis(300));

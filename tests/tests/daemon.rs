@@ -43,6 +43,8 @@ fn started_and_stopped_in_process() {
         audit: audit::log::Config::new(audit_dir.clone(), dir.path().join("audit.key"), "zt-test/in-process".into()),
         syslog: Vec::new(),
         settings: Vec::new(),
+        metrics_addr: Some("127.0.0.1:0".parse().unwrap()),
+        bpf_stats: true,
     };
     let rt = tokio::runtime::Builder::new_multi_thread().enable_all().build().unwrap();
     rt.block_on(async {

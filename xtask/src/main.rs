@@ -272,11 +272,12 @@ fn output(program: &str, args: &[&str]) -> anyhow::Result<String> {
 /// for later network tests), procps (ps/pkill in diagnostics), rsyslog with
 /// its GnuTLS and OpenSSL drivers (real syslog receivers for the SIEM
 /// tests; installing starts no daemon here, the tests start their own),
-/// openssl (test certificates).
+/// openssl (test certificates), prometheus (its `prometheus` scrapes the
+/// agent in a test, `promtool` checks the exposition; no service starts).
 /// qemu-system-x86 (with virtiofsd) boots the guest of `vm-test`; xz-utils
 /// unpacks the guest kernel's compressed modules for its initramfs.
 const APT_PACKAGES: &[&str] =
-    &["bash", "iproute2", "procps", "rsyslog", "rsyslog-gnutls", "rsyslog-openssl", "openssl", "qemu-system-x86", "xz-utils"];
+    &["bash", "iproute2", "procps", "rsyslog", "rsyslog-gnutls", "rsyslog-openssl", "openssl", "prometheus", "qemu-system-x86", "xz-utils"];
 
 fn setup() -> anyhow::Result<()> {
     // 1. rust-src for the nightly toolchain (the eBPF crate builds core itself),

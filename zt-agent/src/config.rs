@@ -32,6 +32,40 @@ pub enum SyscallGuards {
     Off,
 }
 
+/// `--log-format`: how the daemon's own log lines (stderr) look.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum LogFormat {
+    Text,
+    /// One JSON object per line: `timestamp`, `level`, `fields.message`, `target`.
+    Json,
+}
+
+/// `--metrics-addr`: an IP address and port, or `none`.
+#[derive(Clone, Copy, PartialEq, Eq)]
+pub struct Listen(pub Option<std::net::SocketAddr>);
+
+impl std::str::FromStr for Listen {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, String> {
+        if s == "none" {
+            return Ok(Listen(None));
+        }
+        s.parse()
+            .map(|a| Listen(Some(a)))
+            .map_err(|_| format!("{s:?} is not HOST:PORT (an IP address and a port, e.g. 127.0.0.1:9464) or none"))
+    }
+}
+
+impl std::fmt::Debug for Listen {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self.0 {
+            Some(a) => write!(f, "{a}"),
+            None => f.write_str("none"),
+        }
+    }
+}
+
 /// The file's shape. Each key is a `run` flag; see `zt-agent run --help`.
 #[derive(Debug, Default, Deserialize)]
 #[serde(deny_unknown_fields, rename_all = "camelCase")]
@@ -59,6 +93,10 @@ pub struct ConfigFile {
     pub audit_retain_bytes: Option<Spanned<u64>>,
     /// SIEM destination URLs (as `--syslog`).
     pub syslog: Option<Vec<Spanned<String>>>,
+    /// `HOST:PORT` or `none` (as `--metrics-addr`).
+    pub metrics_addr: Option<Spanned<String>>,
+    pub bpf_stats: Option<Spanned<bool>>,
+    pub log_format: Option<Spanned<LogFormat>>,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -77,6 +115,8 @@ pub struct Loaded {
     pub file: ConfigFile,
     /// The `syslog` URLs, parsed.
     pub syslog: Vec<Destination>,
+    /// `metricsAddr`, parsed.
+    pub metrics_addr: Option<Listen>,
 }
 
 impl Loaded {
@@ -104,7 +144,7 @@ pub fn parse(path: &Path, text: &str) -> Result<Loaded, ConfigError> {
             ConfigError::Invalid(vec![format!("{}:{line}:{column}: {message}", path.display())])
         })?
     };
-    let mut loaded = Loaded { path: path.to_path_buf(), file, syslog: Vec::new() };
+    let mut loaded = Loaded { path: path.to_path_buf(), file, syslog: Vec::new(), metrics_addr: None };
     let mut errors = Vec::new();
     for (key, size) in [("ringbufSize", &loaded.file.ringbuf_size), ("securityRingbufSize", &loaded.file.security_ringbuf_size)] {
         if let Some(s) = size
@@ -117,6 +157,12 @@ pub fn parse(path: &Path, text: &str) -> Result<Loaded, ConfigError> {
         match url.value.parse::<Destination>() {
             Ok(d) => loaded.syslog.push(d),
             Err(e) => errors.push(format!("{}: {e}", loaded.at(&url.referenced))),
+        }
+    }
+    if let Some(a) = &loaded.file.metrics_addr {
+        match a.value.parse::<Listen>() {
+            Ok(l) => loaded.metrics_addr = Some(l),
+            Err(e) => errors.push(format!("{}: {e}", loaded.at(&a.referenced))),
         }
     }
     if errors.is_empty() { Ok(loaded) } else { Err(ConfigError::Invalid(errors)) }
@@ -146,7 +192,8 @@ mod tests {
     #[test]
     fn reads_every_kind_of_value() {
         let text = "policy: [/p1, /p2]\neventRate: 500\nshow: all\nargvCapture: proc\nsyscallGuards: off\nnodeLabels: {zone: a}\n\
-                    syslog:\n  - udp://127.0.0.1:514\n  - tcp://127.0.0.1:601?format=cef\n";
+                    syslog:\n  - udp://127.0.0.1:514\n  - tcp://127.0.0.1:601?format=cef\nmetricsAddr: \"[::1]:9000\"\n\
+                    bpfStats: true\nlogFormat: json\n";
         let l = parse(Path::new("c.yaml"), text).unwrap();
         let f = &l.file;
         assert_eq!(f.policy.as_ref().unwrap().value, vec![PathBuf::from("/p1"), "/p2".into()]);
@@ -155,6 +202,9 @@ mod tests {
         assert_eq!(f.argv_capture.as_ref().map(|s| s.value), Some(ArgvCapture::Proc));
         assert_eq!(f.syscall_guards.as_ref().map(|s| s.value), Some(SyscallGuards::Off));
         assert_eq!(l.syslog.len(), 2);
+        assert_eq!(l.metrics_addr, Some(Listen(Some("[::1]:9000".parse().unwrap()))));
+        assert_eq!(f.log_format.as_ref().map(|s| s.value), Some(LogFormat::Json));
+        assert_eq!("none".parse(), Ok(Listen(None)));
         assert_eq!(l.at(&f.event_rate.as_ref().unwrap().referenced), "c.yaml:2:12");
         assert!(parse(Path::new("c.yaml"), "").unwrap().syslog.is_empty(), "an empty file is an empty config");
     }
@@ -167,8 +217,9 @@ mod tests {
         assert!(e[0].starts_with("c.yaml:1:7: "), "{e:?}");
         let e = errors("eventRate: many\n");
         assert!(e[0].starts_with("c.yaml:1:12: "), "{e:?}");
-        let e = errors("ringbufSize: 5000\nsyslog:\n  - tls://h:1\n  - udp://ok:514\n  - ftp://x:1\n");
-        assert_eq!(e.len(), 3, "{e:?}");
+        let e = errors("ringbufSize: 5000\nsyslog:\n  - tls://h:1\n  - udp://ok:514\n  - ftp://x:1\nmetricsAddr: localhost\n");
+        assert_eq!(e.len(), 4, "{e:?}");
+        assert!(e[3].starts_with("c.yaml:6:14: ") && e[3].contains("not HOST:PORT"), "{e:?}");
         assert!(e[0].starts_with("c.yaml:1:14: ") && e[0].contains("power of two"), "{e:?}");
         assert!(e[1].starts_with("c.yaml:3:5: ") && e[1].contains("needs ca=FILE"), "{e:?}");
         assert!(e[2].starts_with("c.yaml:5:5: ") && e[2].contains("unknown scheme"), "{e:?}");

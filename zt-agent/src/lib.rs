@@ -5,6 +5,7 @@
 //! domain's traits; nothing but `bpf` imports aya):
 //! - [`run`]: the daemon: wires the rest together and owns shutdown.
 //! - [`control`]: the local control socket and its protocol (`zt-agent status`).
+//! - [`metrics`]: Prometheus `/metrics`, `/healthz`, `/readyz` over HTTP.
 //! - [`config`]: the config file (every `run` option), checked at `file:line:col`.
 //! - [`manager`]: applies policies to a [`policy::target::PolicyTarget`]
 //!   (reload, history, rollback, conditions).
@@ -33,6 +34,7 @@ pub mod fsutil;
 pub mod host;
 pub mod identity;
 pub mod manager;
+pub mod metrics;
 pub mod pipeline;
 pub mod policy;
 pub mod run;

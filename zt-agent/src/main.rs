@@ -65,16 +65,25 @@ enum Command {
     },
 }
 
+/// Log lines to stderr, `RUST_LOG` filtering (default `info`). `run`
+/// calls it once its options are known (`--log-format`, `logFormat`);
+/// every other command logs text.
+pub fn init_logging(format: zt_agent::config::LogFormat) {
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    let builder = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr);
+    match format {
+        zt_agent::config::LogFormat::Text => builder.init(),
+        zt_agent::config::LogFormat::Json => builder.json().init(),
+    }
+}
+
 fn main() -> ExitCode {
-    tracing_subscriber::fmt()
-        .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
-        )
-        .with_writer(std::io::stderr)
-        .init();
     // The matches say which options were given (a config file fills the rest).
     let matches = <Cli as clap::CommandFactory>::command().get_matches();
     let cli = <Cli as clap::FromArgMatches>::from_arg_matches(&matches).unwrap_or_else(|e| e.exit());
+    if !matches!(cli.command, Command::Run(_)) {
+        init_logging(zt_agent::config::LogFormat::Text);
+    }
     let result = match cli.command {
         Command::Run(args) => cli::run::run(args, matches.subcommand_matches("run").expect("the run subcommand")),
         Command::Config { command } => cli::config::command(command),

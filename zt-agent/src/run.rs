@@ -86,6 +86,11 @@ pub struct RunOptions {
     pub syslog: Vec<siem::Destination>,
     /// The effective settings and their sources, for `status`.
     pub settings: Vec<crate::config::Setting>,
+    /// Where `/metrics`, `/healthz` and `/readyz` listen; None: nowhere.
+    pub metrics_addr: Option<std::net::SocketAddr>,
+    /// Turn the kernel's BPF statistics on (program run time and count in
+    /// `/metrics`; every BPF program on the host pays two clock reads per run).
+    pub bpf_stats: bool,
 }
 
 /// Queue into the audit thread (security-relevant events only).
@@ -128,6 +133,10 @@ pub struct Agent {
     adopted: Option<Adopted>,
     /// The file-rule fallback, where BPF LSM does not load.
     fanotify: Option<files::Fallback>,
+    /// The metrics endpoint's server.
+    metrics: Option<JoinHandle<()>>,
+    /// Keeps the kernel's BPF statistics on while the agent runs.
+    _bpf_stats: Option<std::os::fd::OwnedFd>,
 }
 
 /// The CLI's daemon: start, run until SIGINT/SIGTERM, shut down.
@@ -151,6 +160,11 @@ impl Agent {
         // error with file:line:column and nothing is loaded.
         let bundle = if opts.policy.is_empty() { Bundle::embedded_default() } else { Bundle::read(&opts.policy)? };
         bundle.parse()?;
+        // Bound first: an address in use stops the start before anything is loaded.
+        let metrics_listener = match opts.metrics_addr {
+            Some(addr) => Some(crate::metrics::bind(addr).await?),
+            None => None,
+        };
         let tracefs = host::ensure_tracefs()?;
         let cgroup2 = host::cgroup2_mount()?;
         let audit_writer = open_audit(&opts.audit)?;
@@ -252,6 +266,11 @@ impl Agent {
             tracing::info!("{} -> {}: {}", h.program, h.attach_point, h.state);
         }
         let events = events_writer(opts.events.as_deref())?;
+        let bpf_stats = match opts.bpf_stats {
+            true => Some(bpf::loader::enable_stats().context("turning on kernel BPF statistics (--bpf-stats)")?),
+            false => None,
+        };
+        let tally = crate::metrics::tally::Tally::default();
 
         let audit_failure = audit_writer.failure();
         let audit_control = audit_writer.control();
@@ -263,6 +282,7 @@ impl Agent {
             Box::new(JsonLines::spawn(events, opts.show, QUEUE_CAPACITY, stats.clone()).context("starting the event writer")?),
             Box::new(audit_writer),
             Box::new(siem),
+            Box::new(tally.clone()),
         ];
         let kernel = pipeline::Kernel {
             ring: maps.events,
@@ -271,7 +291,10 @@ impl Agent {
             tables,
         };
         let paths: Vec<(String, String)> = paths.into_iter().map(|(a, b)| (a.to_string(), b)).collect();
-        let info = Arc::new(static_info(&bpf, &object_digest, &paths, &cgroup2, &opts.settings));
+        let mut info = static_info(&bpf, &object_digest, &paths, &cgroup2, &opts.settings);
+        info.metrics = metrics_listener.as_ref().and_then(|l| l.local_addr().ok()).map(|a| format!("http://{a}"));
+        info.bpf_stats = bpf_stats.is_some();
+        let info = Arc::new(info);
         let bpf = Arc::new(std::sync::Mutex::new(bpf));
         let telemetry = Arc::new(bpf::telemetry::Telemetry(bpf.clone()));
         let (commands, commands_rx) = mpsc::channel(16);
@@ -298,6 +321,10 @@ impl Agent {
             recorder: Some(recorder),
             anomaly: board,
         };
+        let metrics = metrics_listener.map(|listener| {
+            let sources = crate::metrics::Sources { control: state.clone(), tally, bpf: bpf.clone(), bpf_stats: bpf_stats.is_some() };
+            tokio::spawn(crate::metrics::serve(listener, sources, stop_rx.clone()))
+        });
         let control = start_control(opts.socket.clone(), state, stop_rx);
 
         let pinned = pins.as_ref().map(|p| p.root().to_path_buf());
@@ -316,6 +343,8 @@ impl Agent {
             pinned,
             adopted,
             fanotify,
+            metrics,
+            _bpf_stats: bpf_stats,
         };
         agent.emit(agent.agent_event(AgentState::Started, None)).await;
         if let Some(dir) = demo_cgroup {
@@ -360,6 +389,9 @@ impl Agent {
             tracing::warn!("the policy manager did not stop within {MANAGER_STOP:?}; stopping without it");
         }
         let _ = (&mut self.control).await;
+        if let Some(m) = self.metrics.take() {
+            let _ = m.await;
+        }
         self.emit(self.agent_event(AgentState::Stopped, Some(text.clone()))).await;
         let Agent { bpf, running, demo, pinned: self_pinned, fanotify, .. } = self;
         // Its marks go with it; it holds a sender the pipeline waits for.
@@ -625,6 +657,8 @@ fn static_info(
         paths: paths.to_vec(),
         cgroup2: cgroup2.display().to_string(),
         config: settings.to_vec(),
+        metrics: None,
+        bpf_stats: false,
     }
 }
 

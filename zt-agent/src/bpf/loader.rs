@@ -28,6 +28,13 @@ use super::{
 
 /// An `EbpfLoader` with the tracepoint offsets set (or the object's defaults
 /// when `offsets` is `None`, as the probe does: it attaches no lineage program).
+/// Turns the kernel's BPF statistics (run time and count of every
+/// program) on while the descriptor lives: every BPF program on the host
+/// pays two clock reads per run meanwhile (`--bpf-stats`).
+pub fn enable_stats() -> Result<std::os::fd::OwnedFd, aya::sys::SyscallError> {
+    aya::sys::enable_stats(aya::sys::Stats::RunTime)
+}
+
 pub fn loader_with_offsets<'a>(offsets: Option<&'a [(&'static str, u32)]>) -> EbpfLoader<'a> {
     let mut loader = EbpfLoader::new();
     match offsets {
@@ -446,6 +453,19 @@ impl Bpf {
     }
 
     /// Whether program `program` is attached (at any of its attach points).
+    /// Run time and count of each loaded program (kernel BPF statistics:
+    /// zero unless they are on, see [`enable_stats`]).
+    pub fn program_stats(&self) -> Vec<crate::metrics::exposition::ProgramStats> {
+        self.ebpf
+            .programs()
+            .filter_map(|(name, p)| {
+                let info = p.info().ok()?;
+                let run_time_ns = u64::try_from(info.run_time().as_nanos()).unwrap_or(u64::MAX);
+                Some(crate::metrics::exposition::ProgramStats { program: name.to_string(), run_time_ns, run_count: info.run_count() })
+            })
+            .collect()
+    }
+
     pub fn attached(&self, program: &str) -> bool {
         self.hooks.iter().any(|h| h.program == program && h.attached)
     }

@@ -6,7 +6,7 @@
 //! - [`ProcReader`]: a second, read-only handle on `PROC_TABLE` (for the
 //!   fanotify responder's thread).
 //! - [`CgroupIdentities`]: cgroup id -> identity id.
-//! - [`LossCounters`]: per-CPU kernel loss counters, summed (and the
+//! - [`LossCounters`]: per-CPU kernel loss counters (and the
 //!   security records lost per identity).
 //! - [`ConfigMap`]: the run-time switches.
 //! - [`SettlerMap`]: which daemon settles pending processes.
@@ -253,12 +253,15 @@ impl LossCounters {
         })
     }
 
-    /// Each counter summed over CPUs, indexed by `zt_common::loss`.
-    pub fn read(&self) -> Result<[u64; loss::COUNT as usize], MapAccessError> {
-        let mut out = [0u64; loss::COUNT as usize];
-        for (i, slot) in out.iter_mut().enumerate() {
-            let per_cpu = self.loss.get(&(i as u32), 0).map_err(err(maps::LOSS, "get"))?;
-            *slot = per_cpu.iter().sum();
+    /// Each CPU's counters, indexed by `zt_common::loss`.
+    pub fn read(&self) -> Result<Vec<[u64; loss::COUNT as usize]>, MapAccessError> {
+        let mut out = Vec::new();
+        for i in 0..loss::COUNT {
+            let per_cpu = self.loss.get(&i, 0).map_err(err(maps::LOSS, "get"))?;
+            out.resize(per_cpu.len(), [0u64; loss::COUNT as usize]);
+            for (cpu, v) in per_cpu.iter().enumerate() {
+                out[cpu][i as usize] = *v;
+            }
         }
         Ok(out)
     }

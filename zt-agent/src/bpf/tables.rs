@@ -145,7 +145,7 @@ pub struct Counters {
 }
 
 impl KernelCounters for Counters {
-    fn loss(&self) -> Result<LossArray, TableError> {
+    fn loss(&self) -> Result<Vec<LossArray>, TableError> {
         self.loss.read().map_err(table_err("loss counters", "read"))
     }
     fn security_loss(&self) -> Result<Vec<(u32, SecurityLoss)>, TableError> {

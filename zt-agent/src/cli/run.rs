@@ -11,7 +11,7 @@ use serde_saphyr::{Location, Spanned};
 use zt_agent::{
     audit::{self, log::OpenError},
     bpf::loader::ArgvCapture,
-    config::{self, ConfigFile, Loaded, Setting, SyscallGuards},
+    config::{self, ConfigFile, Loaded, LogFormat, Setting, SyscallGuards},
     control,
     pipeline::output::Show,
     run,
@@ -116,6 +116,18 @@ pub struct RunArgs {
     /// `server_name=NAME`, `sd_id=ID` (README: "SIEM output"). Repeatable.
     #[arg(long, value_name = "URL")]
     pub syslog: Vec<zt_agent::siem::Destination>,
+    /// Serve Prometheus `/metrics`, `/healthz` and `/readyz` over HTTP on
+    /// HOST:PORT (port 0: any free port, shown by `status`), or `none`.
+    #[arg(long, value_name = "HOST:PORT", default_value = zt_agent::metrics::DEFAULT_ADDR)]
+    pub metrics_addr: config::Listen,
+    /// Turn on the kernel's BPF statistics: each program's run time and
+    /// count in `/metrics`. Every BPF program on the host then pays two
+    /// clock reads per run (see BENCHMARKS.md).
+    #[arg(long)]
+    pub bpf_stats: bool,
+    /// The daemon's log lines on stderr: `text`, or `json` (one object per line).
+    #[arg(long, value_enum, env = "ZT_LOG_FORMAT", default_value_t = LogFormat::Text)]
+    pub log_format: LogFormat,
 }
 
 fn parse_label(s: &str) -> Result<(String, String), String> {
@@ -174,6 +186,13 @@ impl RunArgs {
         let audit_segment_bytes =
             p.pick("audit_segment_bytes", "auditSegmentBytes", self.audit_segment_bytes, |f| val(&f.audit_segment_bytes));
         let audit_retain_bytes = p.pick("audit_retain_bytes", "auditRetainBytes", self.audit_retain_bytes, |f| opt(&f.audit_retain_bytes));
+        let metrics_addr = p.pick("metrics_addr", "metricsAddr", self.metrics_addr, |f| {
+            // Checked by `config::load` (an unparsable value never gets here).
+            f.metrics_addr.as_ref().map(|a| (a.value.parse().unwrap_or(config::Listen(None)), a.referenced))
+        });
+        let bpf_stats = p.pick("bpf_stats", "bpfStats", self.bpf_stats, |f| val(&f.bpf_stats));
+        let log_format = p.pick("log_format", "logFormat", self.log_format, |f| val(&f.log_format));
+        crate::init_logging(log_format);
         // SIEM destinations: the command line's list replaces the file's.
         let syslog = match (matches.value_source("syslog"), &loaded) {
             (Some(ValueSource::CommandLine), _) | (_, None) => self.syslog,
@@ -213,6 +232,8 @@ impl RunArgs {
             audit,
             syslog,
             settings: p.settings,
+            metrics_addr: metrics_addr.0,
+            bpf_stats,
         })
     }
 }

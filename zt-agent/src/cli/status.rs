@@ -55,7 +55,13 @@ fn render(v: &StatusDoc) -> String {
         p.trust_domain,
         p.files.join(", ")
     );
-    let _ = writeln!(s, "eBPF object blake3:{}\n\nidentities:", i.object_blake3);
+    let _ = writeln!(
+        s,
+        "eBPF object blake3:{}\nmetrics: {} (kernel BPF statistics {})\n\nidentities:",
+        i.object_blake3,
+        i.metrics.as_deref().map_or_else(|| "off".to_string(), |m| format!("{m}/metrics, /healthz, /readyz")),
+        if i.bpf_stats { "on" } else { "off" }
+    );
     for (name, id) in &p.identities {
         let _ = writeln!(s, "  {name} {id}");
     }

@@ -194,7 +194,8 @@ async fn handle(req: Request, state: &State) -> Result<Reply, String> {
     }
 }
 
-fn status(state: &State) -> StatusDoc {
+/// The status document of `state` (also what `/metrics` shows).
+pub fn status(state: &State) -> StatusDoc {
     let policy = state.in_force.read().expect("poisoned").clone();
     let decisions = state
         .stats

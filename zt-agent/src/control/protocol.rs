@@ -70,6 +70,12 @@ pub struct StaticInfo {
     /// The effective `run` settings and where each came from.
     #[serde(default)]
     pub config: Vec<crate::config::Setting>,
+    /// `http://ADDR` of `/metrics`, `/healthz` and `/readyz`; None: off.
+    #[serde(default)]
+    pub metrics: Option<String>,
+    /// Kernel BPF statistics are on (`--bpf-stats`).
+    #[serde(default)]
+    pub bpf_stats: bool,
 }
 
 /// One kernel hook and whether it is attached.

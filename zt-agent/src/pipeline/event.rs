@@ -299,6 +299,17 @@ pub enum ConnectAction {
     Audited,
 }
 
+impl ConnectAction {
+    /// The name events give it.
+    pub fn name(self) -> &'static str {
+        match self {
+            ConnectAction::Allowed => "allowed",
+            ConnectAction::Denied => "denied",
+            ConnectAction::Audited => "audited",
+        }
+    }
+}
+
 /// What the policy decided.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
 #[serde(rename_all = "snake_case")]
@@ -373,7 +384,7 @@ pub struct ConnectFolded {
 /// default), "no-policy" (an identity unknown to the policy in force: fail
 /// closed), "none-applied", or `#N` for a rule index of a generation the
 /// agent no longer knows.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
 pub enum RuleName {
     Named(Arc<str>),
     Default,
@@ -604,6 +615,19 @@ pub enum PolicyAction {
     /// `zt-agent identity quarantine`), and back.
     Quarantined,
     Released,
+}
+
+impl PolicyAction {
+    /// The name events give it.
+    pub fn name(self) -> &'static str {
+        match self {
+            PolicyAction::Applied => "applied",
+            PolicyAction::Rejected => "rejected",
+            PolicyAction::RolledBack => "rolled_back",
+            PolicyAction::Quarantined => "quarantined",
+            PolicyAction::Released => "released",
+        }
+    }
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]

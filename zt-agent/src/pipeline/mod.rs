@@ -70,7 +70,11 @@ pub struct Stats {
     pub proc_table_entries: AtomicU64,
     /// Table entries of processes that no longer exist, removed by the GC.
     pub stale_entries_removed: AtomicU64,
-    pub kernel_loss: Mutex<source::LossArray>,
+    /// The kernel's loss counters, per CPU.
+    pub kernel_loss: Mutex<Vec<source::LossArray>>,
+    /// When the enrich task last went round its loop (boot-time ns): a
+    /// stalled pipeline fails `/healthz`.
+    pub heartbeat_ns: AtomicU64,
     /// Egress decisions per identity id (from the kernel's per-CPU counters).
     pub decisions: Mutex<Vec<(u32, zt_common::policy::IdentityCounters)>>,
 }
@@ -87,6 +91,10 @@ pub struct StatsSnapshot {
     pub proc_table_entries: u64,
     pub stale_entries_removed: u64,
     pub kernel_loss: BTreeMap<String, u64>,
+    /// Milliseconds since the enrich task last went round its loop (it
+    /// does at least once a second; `/healthz` fails past 10 s).
+    #[serde(default)]
+    pub heartbeat_age_ms: u64,
     /// Per output: `output_overflow`, `audit_overflow`, `*_closed`, ...
     #[serde(flatten)]
     pub outputs: BTreeMap<String, u64>,
@@ -94,7 +102,7 @@ pub struct StatsSnapshot {
 
 impl Stats {
     pub fn snapshot(&self) -> StatsSnapshot {
-        let k = *self.kernel_loss.lock().expect("poisoned");
+        let k = self.kernel_loss_total();
         StatsSnapshot {
             records: self.records.load(Relaxed),
             decode_errors: self.decode_errors.load(Relaxed),
@@ -106,13 +114,26 @@ impl Stats {
             proc_table_entries: self.proc_table_entries.load(Relaxed),
             stale_entries_removed: self.stale_entries_removed.load(Relaxed),
             kernel_loss: loss::NAMES.iter().map(|n| n.to_string()).zip(k).collect(),
+            heartbeat_age_ms: crate::host::boottime_ns().saturating_sub(self.heartbeat_ns.load(Relaxed)) / 1_000_000,
             outputs: self.outputs.snapshot().into_iter().map(|(n, v)| (n.to_string(), v)).collect(),
         }
     }
 
+    /// The kernel's loss counters, summed over CPUs.
+    pub fn kernel_loss_total(&self) -> source::LossArray {
+        let per_cpu = self.kernel_loss.lock().expect("poisoned");
+        let mut sum = [0u64; loss::COUNT as usize];
+        for cpu in per_cpu.iter() {
+            for (s, v) in sum.iter_mut().zip(cpu) {
+                *s += v;
+            }
+        }
+        sum
+    }
+
     /// Every loss counter, kernel and user space, by name.
     fn loss_totals(&self) -> BTreeMap<&'static str, u64> {
-        let k = *self.kernel_loss.lock().expect("poisoned");
+        let k = self.kernel_loss_total();
         let mut m: BTreeMap<&'static str, u64> = loss::NAMES.iter().copied().zip(k).collect();
         m.insert("decode_errors", self.decode_errors.load(Relaxed));
         m.insert("queue_overflow", self.queue_overflow.load(Relaxed));

@@ -14,7 +14,7 @@ use zt_common::{
 
 use crate::identity::table::TableError;
 
-/// Every kernel loss counter summed over CPUs, indexed by `zt_common::loss`.
+/// Every kernel loss counter of one CPU (or summed), indexed by `zt_common::loss`.
 pub type LossArray = [u64; loss::COUNT as usize];
 
 /// The kernel's two rings.
@@ -35,7 +35,8 @@ pub trait EventRing: Send {
 }
 
 pub trait KernelCounters: Send {
-    fn loss(&self) -> Result<LossArray, TableError>;
+    /// Each CPU's loss counters.
+    fn loss(&self) -> Result<Vec<LossArray>, TableError>;
     /// Security records the kernel could not queue, per identity.
     fn security_loss(&self) -> Result<Vec<(u32, SecurityLoss)>, TableError>;
     /// Counters of every identity id with any decision.

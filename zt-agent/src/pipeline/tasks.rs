@@ -189,6 +189,7 @@ pub struct Upkeep {
 }
 
 pub async fn enrich<A: AggregateTable>(mut e: Enrich<A>, mut rx: mpsc::Receiver<Input>, upkeep: Upkeep, stats: Arc<Stats>) {
+    stats.heartbeat_ns.store(crate::host::boottime_ns(), Relaxed);
     let mut rescan = tokio::time::interval(upkeep.rescan);
     let mut flush = tokio::time::interval(Duration::from_secs(1));
     let mut ticks: u32 = 0;
@@ -228,6 +229,7 @@ pub async fn enrich<A: AggregateTable>(mut e: Enrich<A>, mut rx: mpsc::Receiver<
                 stats.assigned.store(e.enricher.assigned, Relaxed);
             }
             _ = flush.tick() => {
+                stats.heartbeat_ns.store(crate::host::boottime_ns(), Relaxed);
                 flush_aggregates(&mut e, false);
                 e.enricher.anomaly_tick();
                 for ev in e.enricher.take_pending() {
