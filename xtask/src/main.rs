@@ -4,6 +4,7 @@
 //! - `setup`: make a fresh machine ready (rust-src for nightly, bpf-linker,
 //!   apt packages). Idempotent; fast when nothing is missing.
 //! - `build`: build the agent (embeds the eBPF object).
+//! - `image`: the container image (deploy/Containerfile) with podman.
 //! - `run`: build and run the agent with the embedded policy and the demo
 //!   workload, printing attributed events live.
 //! - `test`: the gates (rust-version of the locked dependencies, rustfmt,
@@ -46,6 +47,12 @@ enum Cmd {
     Build {
         #[arg(long)]
         release: bool,
+    },
+    /// Build (release) and the container image from deploy/Containerfile
+    /// with podman (`deploy/build-image.sh`).
+    Image {
+        #[arg(long, default_value = concat!("localhost/zt-agent:", env!("CARGO_PKG_VERSION")))]
+        tag: String,
     },
     /// Build (release) and run `zt-agent run --demo` in the foreground; extra
     /// arguments after `--` go to `zt-agent run`.
@@ -160,6 +167,15 @@ fn real_main() -> anyhow::Result<()> {
             setup()?;
             build(release)
         }
+        Cmd::Image { tag } => {
+            setup()?;
+            build(true)?;
+            let mut c = Command::new(root.join("deploy/build-image.sh"));
+            c.arg(root.join("target/release/zt-agent")).arg(&tag);
+            run(c)?;
+            eprintln!("xtask: built {tag} (`podman image inspect {tag}`)");
+            Ok(())
+        }
         Cmd::Run { args } => {
             setup()?;
             build(true)?;
@@ -273,11 +289,30 @@ fn output(program: &str, args: &[&str]) -> anyhow::Result<String> {
 /// its GnuTLS and OpenSSL drivers (real syslog receivers for the SIEM
 /// tests; installing starts no daemon here, the tests start their own),
 /// openssl (test certificates), prometheus (its `prometheus` scrapes the
-/// agent in a test, `promtool` checks the exposition; no service starts).
+/// agent in a test, `promtool` checks the exposition; no service starts),
+/// podman with runc (crun refuses hybrid cgroup hosts) and catatonit (the
+/// pods' pause image) for the image and DaemonSet tests.
 /// qemu-system-x86 (with virtiofsd) boots the guest of `vm-test`; xz-utils
 /// unpacks the guest kernel's compressed modules for its initramfs.
-const APT_PACKAGES: &[&str] =
-    &["bash", "iproute2", "procps", "rsyslog", "rsyslog-gnutls", "rsyslog-openssl", "openssl", "prometheus", "qemu-system-x86", "xz-utils"];
+const APT_PACKAGES: &[&str] = &[
+    "bash",
+    "iproute2",
+    "procps",
+    "rsyslog",
+    "rsyslog-gnutls",
+    "rsyslog-openssl",
+    "openssl",
+    "prometheus",
+    "podman",
+    "runc",
+    "catatonit",
+    "qemu-system-x86",
+    "xz-utils",
+];
+
+/// The Kubernetes schemas the manifests are validated against (1.37 knows
+/// up to Kubernetes 1.37).
+const KUBERNETES_VALIDATE: &str = "1.37.0";
 
 fn setup() -> anyhow::Result<()> {
     // 1. rust-src for the nightly toolchain (the eBPF crate builds core itself),
@@ -320,7 +355,19 @@ fn setup() -> anyhow::Result<()> {
         run(i)?;
     }
 
-    // 4. syslog-ng for the SIEM tests: it conflicts with the rsyslog
+    // 4. kubernetes-validate (PyPI) in its own venv, for the manifest tests.
+    let kv = workspace_root().join("target/kubernetes-validate");
+    if !kv.join("bin/kubernetes-validate").exists() {
+        eprintln!("xtask setup: pip install kubernetes-validate=={KUBERNETES_VALIDATE} into {}", kv.display());
+        let mut v = Command::new("python3");
+        v.args(["-m", "venv"]).arg(&kv);
+        run(v)?;
+        let mut pip = Command::new(kv.join("bin/pip"));
+        pip.args(["install", "--quiet", &format!("kubernetes-validate=={KUBERNETES_VALIDATE}")]);
+        run(pip)?;
+    }
+
+    // 5. syslog-ng for the SIEM tests: it conflicts with the rsyslog
     //    package, so it is unpacked (not installed) under target/syslog-ng
     //    and run from there with its own library path.
     let syslog_ng = workspace_root().join("target/syslog-ng");
@@ -328,7 +375,7 @@ fn setup() -> anyhow::Result<()> {
         eprintln!("xtask setup: unpacking syslog-ng into {}", syslog_ng.display());
         apt.unpack(SYSLOG_NG_PACKAGES, &syslog_ng)?;
     }
-    // 5. The guest kernels of `vm-test`, unpacked (not installed) under
+    // 6. The guest kernels of `vm-test`, unpacked (not installed) under
     //    target/vm, and the 6.1 guest's initramfs.
     for kernel in GuestKernel::ALL {
         kernel.setup(&mut apt)?;

@@ -114,6 +114,33 @@ fn effective_caps() -> Option<u64> {
     u64::from_str_radix(hex, 16).ok()
 }
 
+/// Joins the cgroup namespace of PID 1 when ours is another (a container's
+/// private one, with the host's PID namespace): `/proc/<pid>/cgroup` paths
+/// are then the host's, as selectors name them, not `/../..`-relative ones.
+/// Call it before any thread starts (a namespace is per thread).
+/// Returns whether it switched.
+pub fn enter_host_cgroup_namespace() -> anyhow::Result<bool> {
+    use std::os::unix::fs::MetadataExt;
+    let ours = std::fs::metadata("/proc/self/ns/cgroup").context("reading /proc/self/ns/cgroup")?;
+    let Ok(init) = std::fs::File::open("/proc/1/ns/cgroup") else { return Ok(false) };
+    if init.metadata()?.ino() == ours.ino() {
+        return Ok(false);
+    }
+    nix::sched::setns(&init, nix::sched::CloneFlags::CLONE_NEWCGROUP)
+        .context("joining the host's cgroup namespace (/proc/1/ns/cgroup; needs CAP_SYS_ADMIN and the host PID namespace)")?;
+    Ok(true)
+}
+
+/// The node's name in events, audit origins and Rego input: `ZT_NODE_NAME`
+/// when set (the DaemonSet sets it to `spec.nodeName`: a pod's host name is
+/// the pod's), else the host name.
+pub fn node_name() -> String {
+    match std::env::var("ZT_NODE_NAME") {
+        Ok(n) if !n.trim().is_empty() => n.trim().to_string(),
+        _ => nix::unistd::gethostname().map(|h| h.to_string_lossy().into_owned()).unwrap_or_else(|_| "localhost".into()),
+    }
+}
+
 /// The kernel's boot id (changes every boot).
 pub fn boot_id() -> String {
     std::fs::read_to_string("/proc/sys/kernel/random/boot_id").map(|s| s.trim().to_string()).unwrap_or_default()

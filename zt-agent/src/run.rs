@@ -176,7 +176,7 @@ impl Agent {
         tracing::info!("eBPF object blake3 {object_digest}");
         bpf.forward_kernel_logs();
 
-        let node: Arc<str> = nix::unistd::gethostname().map(|h| h.to_string_lossy().into_owned()).unwrap_or_default().into();
+        let node: Arc<str> = host::node_name().into();
         let (input_tx, input_rx) = mpsc::channel(QUEUE_CAPACITY);
         let shared = Shared {
             rulebook: Arc::new(RuleBook::default()),

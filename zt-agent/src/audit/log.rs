@@ -132,9 +132,9 @@ impl Readers {
     }
 }
 
-/// The default origin: `zt-agent/<hostname>`.
+/// The default origin: `zt-agent/<node name>` ([`crate::host::node_name`]).
 pub fn default_origin() -> String {
-    let host = nix::unistd::gethostname().map(|h| h.to_string_lossy().into_owned()).unwrap_or_else(|_| "localhost".into());
+    let host = crate::host::node_name();
     format!("zt-agent/{}", host.replace(|c: char| c.is_whitespace() || c == '+', "-"))
 }
 

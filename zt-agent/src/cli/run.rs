@@ -250,6 +250,10 @@ fn opt<T: Clone>(s: &Option<Spanned<T>>) -> Option<(Option<T>, Location)> {
 
 pub fn run(args: RunArgs, matches: &ArgMatches) -> anyhow::Result<ExitCode> {
     let opts = args.options(matches)?;
+    // Before the runtime's threads exist.
+    if zt_agent::host::enter_host_cgroup_namespace()? {
+        tracing::info!("joined the host's cgroup namespace (PID 1's): cgroup paths are the host's");
+    }
     match tokio::runtime::Builder::new_multi_thread().enable_all().build()?.block_on(run::run(opts)) {
         Ok(()) => Ok(ExitCode::SUCCESS),
         Err(e) if matches!(e.downcast_ref(), Some(OpenError::Integrity { .. })) => {

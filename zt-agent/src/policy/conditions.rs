@@ -303,7 +303,7 @@ impl Inputs {
     pub fn current(node_labels: BTreeMap<String, String>) -> Self {
         Inputs {
             now_unix: std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_secs() as i64).unwrap_or(0),
-            node_name: nix::unistd::gethostname().map(|h| h.to_string_lossy().into_owned()).unwrap_or_default(),
+            node_name: crate::host::node_name(),
             node_labels,
             env: std::env::vars().collect(),
             risk: HashMap::new(),
