@@ -66,6 +66,43 @@ impl std::fmt::Debug for Listen {
     }
 }
 
+/// `--kube-api`: where pod metadata comes from.
+#[derive(Clone, PartialEq, Eq)]
+pub enum KubeApi {
+    /// The in-cluster API server when the agent runs in a pod, else none.
+    Auto,
+    Off,
+    /// `https://HOST:PORT` (or `http://` for a local test server).
+    Url(url::Url),
+}
+
+impl std::str::FromStr for KubeApi {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, String> {
+        match s {
+            "auto" => Ok(KubeApi::Auto),
+            "off" => Ok(KubeApi::Off),
+            _ => {
+                let u = url::Url::parse(s).map_err(|e| format!("{s:?}: {e} (auto, off, or https://HOST:PORT)"))?;
+                if !matches!(u.scheme(), "https" | "http") || u.host_str().is_none() {
+                    return Err(format!("{s:?}: expected auto, off, or https://HOST:PORT"));
+                }
+                Ok(KubeApi::Url(u))
+            }
+        }
+    }
+}
+
+impl std::fmt::Debug for KubeApi {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            KubeApi::Auto => f.write_str("auto"),
+            KubeApi::Off => f.write_str("off"),
+            KubeApi::Url(u) => write!(f, "{u}"),
+        }
+    }
+}
+
 /// The file's shape. Each key is a `run` flag; see `zt-agent run --help`.
 #[derive(Debug, Default, Deserialize)]
 #[serde(deny_unknown_fields, rename_all = "camelCase")]
@@ -97,6 +134,11 @@ pub struct ConfigFile {
     pub metrics_addr: Option<Spanned<String>>,
     pub bpf_stats: Option<Spanned<bool>>,
     pub log_format: Option<Spanned<LogFormat>>,
+    /// `auto`, `off` or a URL (as `--kube-api`).
+    pub kube_api: Option<Spanned<String>>,
+    pub kube_token: Option<Spanned<PathBuf>>,
+    pub kube_ca: Option<Spanned<PathBuf>>,
+    pub kube_node: Option<Spanned<String>>,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -158,6 +200,11 @@ pub fn parse(path: &Path, text: &str) -> Result<Loaded, ConfigError> {
             Ok(d) => loaded.syslog.push(d),
             Err(e) => errors.push(format!("{}: {e}", loaded.at(&url.referenced))),
         }
+    }
+    if let Some(a) = &loaded.file.kube_api
+        && let Err(e) = a.value.parse::<KubeApi>()
+    {
+        errors.push(format!("{}: {e}", loaded.at(&a.referenced)));
     }
     if let Some(a) = &loaded.file.metrics_addr {
         match a.value.parse::<Listen>() {

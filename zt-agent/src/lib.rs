@@ -18,6 +18,7 @@
 //! - [`pipeline`]: ring buffer -> decode -> enrich -> outputs, loss counting.
 //! - [`policy`]: host policy language, compilation to map entries, history.
 //! - [`identity`]: selectors, the resolver, and the attribution tables as traits.
+//! - [`kube`]: Kubernetes pod metadata (API server list and watch) for `k8s:` selectors and events.
 //! - [`host`]: mounts, cgroup v2, privileges, clocks.
 //! - [`fsutil`]: crash-safe file replacement.
 //! - [`dirwatch`]: directory watching (inotify on tokio).
@@ -33,6 +34,7 @@ pub mod files;
 pub mod fsutil;
 pub mod host;
 pub mod identity;
+pub mod kube;
 pub mod manager;
 pub mod metrics;
 pub mod pipeline;

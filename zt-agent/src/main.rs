@@ -17,7 +17,7 @@ struct Cli {
 #[derive(Subcommand)]
 enum Command {
     /// Load the eBPF programs, enforce the host policy, stream attributed events (foreground).
-    Run(cli::run::RunArgs),
+    Run(Box<cli::run::RunArgs>),
     /// Report which eBPF features really work on this kernel (loads tiny programs).
     Probe {
         #[arg(long)]
@@ -85,7 +85,7 @@ fn main() -> ExitCode {
         init_logging(zt_agent::config::LogFormat::Text);
     }
     let result = match cli.command {
-        Command::Run(args) => cli::run::run(args, matches.subcommand_matches("run").expect("the run subcommand")),
+        Command::Run(args) => cli::run::run(*args, matches.subcommand_matches("run").expect("the run subcommand")),
         Command::Config { command } => cli::config::command(command),
         Command::Probe { json } => cli::status::probe(json),
         Command::Status { socket, json } => cli::status::status(&socket, json),

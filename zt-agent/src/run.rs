@@ -91,6 +91,9 @@ pub struct RunOptions {
     /// Turn the kernel's BPF statistics on (program run time and count in
     /// `/metrics`; every BPF program on the host pays two clock reads per run).
     pub bpf_stats: bool,
+    /// Where Kubernetes pod metadata comes from; None: nowhere (`k8s`
+    /// selectors match nothing, events carry no pod).
+    pub kube: Option<crate::kube::client::Source>,
 }
 
 /// Queue into the audit thread (security-relevant events only).
@@ -137,6 +140,8 @@ pub struct Agent {
     metrics: Option<JoinHandle<()>>,
     /// Keeps the kernel's BPF statistics on while the agent runs.
     _bpf_stats: Option<std::os::fd::OwnedFd>,
+    /// The Kubernetes pod watcher (it holds a pipeline sender).
+    kube: Option<JoinHandle<()>>,
 }
 
 /// The CLI's daemon: start, run until SIGINT/SIGTERM, shut down.
@@ -218,8 +223,10 @@ impl Agent {
         let first_policy = manager.apply_and_report(bundle, "start", PolicyAction::Applied).await?;
         let config = Arc::new(policy::identity_config(manager.current_policy().expect("just applied"), manager.ids()));
 
-        let mut enricher =
-            Enricher::new(Resolver::new(config, "/proc"), cgroup2.clone(), node.clone(), opts.show == Show::All, shared.rulebook.clone());
+        let pods = opts.kube.as_ref().map(|_| Arc::new(crate::kube::Pods::default()));
+        paths.push(("kubernetes pod metadata", kube_path(&opts, manager.current_policy().expect("just applied"))));
+        let resolver = Resolver::new(config, "/proc").with_pods(pods.clone());
+        let mut enricher = Enricher::new(resolver, cgroup2.clone(), node.clone(), opts.show == Show::All, shared.rulebook.clone());
         let mut tables = Tables { procs: Box::new(maps.proc_table), cgroups: Box::new(maps.cgroups), execs: Box::new(maps.exec_select) };
         // The demo cgroup must exist before seeding so the kernel learns its id.
         let demo_cgroup = if opts.demo { Some(demo::prepare_cgroup(&cgroup2)?) } else { None };
@@ -310,6 +317,7 @@ impl Agent {
         let (stop, stop_rx) = watch::channel(false);
         let manager = spawn_manager(manager, commands_rx, stop_rx.clone())?;
         let recorder = crate::anomaly::record::Recorder { switch: telemetry, recordings };
+        let kube_status = Arc::new(std::sync::Mutex::new(crate::kube::client::Status::default()));
         let state = control::State {
             info,
             stats,
@@ -320,11 +328,23 @@ impl Agent {
             fanotify: fanotify.as_ref().map(files::Fallback::counters),
             recorder: Some(recorder),
             anomaly: board,
+            kube: opts.kube.is_some().then(|| kube_status.clone()),
         };
         let metrics = metrics_listener.map(|listener| {
             let sources = crate::metrics::Sources { control: state.clone(), tally, bpf: bpf.clone(), bpf_stats: bpf_stats.is_some() };
             tokio::spawn(crate::metrics::serve(listener, sources, stop_rx.clone()))
         });
+        let kube = match (opts.kube.clone(), pods) {
+            (Some(source), Some(pods)) => {
+                let pipeline = shared.pipeline.clone();
+                let changed: Arc<dyn Fn() + Send + Sync> = Arc::new(move || {
+                    // Full: the periodic rescan (2 s) catches up.
+                    let _ = pipeline.try_send(Input::Rescan);
+                });
+                Some(tokio::spawn(crate::kube::client::run(source, pods, kube_status, changed, stop_rx.clone())))
+            }
+            _ => None,
+        };
         let control = start_control(opts.socket.clone(), state, stop_rx);
 
         let pinned = pins.as_ref().map(|p| p.root().to_path_buf());
@@ -345,6 +365,7 @@ impl Agent {
             fanotify,
             metrics,
             _bpf_stats: bpf_stats,
+            kube,
         };
         agent.emit(agent.agent_event(AgentState::Started, None)).await;
         if let Some(dir) = demo_cgroup {
@@ -391,6 +412,9 @@ impl Agent {
         let _ = (&mut self.control).await;
         if let Some(m) = self.metrics.take() {
             let _ = m.await;
+        }
+        if let Some(k) = self.kube.take() {
+            let _ = k.await;
         }
         self.emit(self.agent_event(AgentState::Stopped, Some(text.clone()))).await;
         let Agent { bpf, running, demo, pinned: self_pinned, fanotify, .. } = self;
@@ -621,6 +645,20 @@ impl crate::anomaly::live::Responder for Responses {
     fn risk_changed(&self) {
         // A full queue: the periodic re-evaluation picks the risk up.
         let _ = self.commands.try_send(manager::Command::Reevaluate);
+    }
+}
+
+/// The enforcement-path line of the pod metadata source.
+fn kube_path(opts: &RunOptions, policy: &policy::Policy) -> String {
+    let k8s = policy.identities.iter().flat_map(|i| &i.selectors).any(|s| s.k8s.is_some());
+    match &opts.kube {
+        Some(s) => format!(
+            "the API server at {} ({}): list and watch, pods matched to cgroups by pod UID or container id",
+            s.api,
+            s.node.as_deref().map_or_else(|| "every node's pods".to_string(), |n| format!("node {n}'s pods"))
+        ),
+        None if k8s => "NONE: not in a cluster and no --kube-api; the policy's k8s selectors match nothing".into(),
+        None => "none (not in a cluster; no --kube-api)".into(),
     }
 }
 

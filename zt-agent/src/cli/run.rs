@@ -125,6 +125,21 @@ pub struct RunArgs {
     /// clock reads per run (see BENCHMARKS.md).
     #[arg(long)]
     pub bpf_stats: bool,
+    /// Kubernetes pod metadata (for `k8s:` selectors and the `pod` of every
+    /// event): `auto` (the in-cluster API server when running in a pod),
+    /// `off`, or the API server's URL.
+    #[arg(long, value_name = "auto|off|URL", default_value = "auto")]
+    pub kube_api: config::KubeApi,
+    /// Bearer token for `--kube-api URL` (read at every request).
+    #[arg(long, value_name = "FILE")]
+    pub kube_token: Option<PathBuf>,
+    /// CA bundle of the API server's certificate for `--kube-api https://...`.
+    #[arg(long, value_name = "FILE")]
+    pub kube_ca: Option<PathBuf>,
+    /// Watch only this node's pods (`spec.nodeName`); the DaemonSet sets
+    /// ZT_NODE_NAME from the downward API. Unset: every pod.
+    #[arg(long, value_name = "NAME", env = "ZT_NODE_NAME")]
+    pub kube_node: Option<String>,
     /// The daemon's log lines on stderr: `text`, or `json` (one object per line).
     #[arg(long, value_enum, env = "ZT_LOG_FORMAT", default_value_t = LogFormat::Text)]
     pub log_format: LogFormat,
@@ -191,6 +206,18 @@ impl RunArgs {
             f.metrics_addr.as_ref().map(|a| (a.value.parse().unwrap_or(config::Listen(None)), a.referenced))
         });
         let bpf_stats = p.pick("bpf_stats", "bpfStats", self.bpf_stats, |f| val(&f.bpf_stats));
+        let kube_api = p.pick("kube_api", "kubeApi", self.kube_api, |f| {
+            // Checked by `config::load`.
+            f.kube_api.as_ref().map(|a| (a.value.parse().unwrap_or(config::KubeApi::Off), a.referenced))
+        });
+        let kube_token = p.pick("kube_token", "kubeToken", self.kube_token, |f| opt(&f.kube_token));
+        let kube_ca = p.pick("kube_ca", "kubeCa", self.kube_ca, |f| opt(&f.kube_ca));
+        let kube_node = p.pick("kube_node", "kubeNode", self.kube_node, |f| opt(&f.kube_node));
+        let kube = match kube_api {
+            config::KubeApi::Off => None,
+            config::KubeApi::Auto => zt_agent::kube::client::Source::in_cluster(kube_node),
+            config::KubeApi::Url(api) => Some(zt_agent::kube::client::Source { api, token: kube_token, ca: kube_ca, node: kube_node }),
+        };
         let log_format = p.pick("log_format", "logFormat", self.log_format, |f| val(&f.log_format));
         crate::init_logging(log_format);
         // SIEM destinations: the command line's list replaces the file's.
@@ -234,6 +261,7 @@ impl RunArgs {
             settings: p.settings,
             metrics_addr: metrics_addr.0,
             bpf_stats,
+            kube,
         })
     }
 }

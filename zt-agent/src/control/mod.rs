@@ -77,6 +77,8 @@ pub struct State {
     pub recorder: Option<crate::anomaly::record::Recorder>,
     /// The anomaly detector's view of each watched identity.
     pub anomaly: crate::anomaly::live::Board,
+    /// The Kubernetes pod watcher, where there is one.
+    pub kube: Option<Arc<std::sync::Mutex<crate::kube::client::Status>>>,
 }
 
 /// Creates the socket (mode 0600), replacing a stale one.
@@ -234,6 +236,7 @@ pub fn status(state: &State) -> StatusDoc {
         fanotify,
         anomaly,
         syscall_telemetry,
+        kubernetes: state.kube.as_ref().map(|k| k.lock().unwrap_or_else(|e| e.into_inner()).clone()),
     }
 }
 

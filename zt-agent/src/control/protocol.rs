@@ -110,6 +110,9 @@ pub struct StatusDoc {
     /// The syscall telemetry programs: attached or not, for how many identities.
     #[serde(default)]
     pub syscall_telemetry: String,
+    /// The Kubernetes pod watcher: API server, state, pods cached, errors.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub kubernetes: Option<crate::kube::client::Status>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]

@@ -58,6 +58,8 @@ pub struct Resolver {
     userspace_selectors: bool,
     /// Some selector is a kernel-decided cgroup glob.
     cgroup_selectors: bool,
+    /// Pod metadata, where the agent has a Kubernetes source.
+    pods: Option<Arc<crate::kube::Pods>>,
 }
 
 /// Facts of a live process read lazily from /proc.
@@ -68,6 +70,7 @@ struct LiveFacts<'a> {
     cgroup: Option<&'a str>,
     proc_root: &'a Path,
     digests: &'a mut DigestCache,
+    pods: Option<&'a crate::kube::Pods>,
 }
 
 impl Facts for LiveFacts<'_> {
@@ -82,6 +85,9 @@ impl Facts for LiveFacts<'_> {
     }
     fn digest(&mut self) -> Option<blake3::Hash> {
         self.digests.digest_pid(self.proc_root, self.pid).ok()
+    }
+    fn pod(&self) -> Option<Arc<crate::kube::PodMeta>> {
+        self.pods?.lookup(&container::parse(self.cgroup?))
     }
 }
 
@@ -110,8 +116,18 @@ impl Resolver {
     pub fn new(config: Arc<IdentityConfig>, proc_root: impl Into<PathBuf>) -> Self {
         let selectors = || config.identities.iter().flat_map(|i| &i.selectors);
         let userspace_selectors = selectors().any(|s| s.kernel_cgroup_only().is_none());
-        let cgroup_selectors = selectors().any(|s| s.kernel_cgroup_only().is_some());
-        Self { config, proc_root: proc_root.into(), digests: DigestCache::default(), userspace_selectors, cgroup_selectors }
+        let cgroup_selectors = selectors().any(|s| s.kernel_cgroup_only().is_some() || s.k8s.is_some());
+        Self { config, proc_root: proc_root.into(), digests: DigestCache::default(), userspace_selectors, cgroup_selectors, pods: None }
+    }
+
+    /// Resolves `k8s` selectors against this pod cache from now on.
+    pub fn with_pods(mut self, pods: Option<Arc<crate::kube::Pods>>) -> Self {
+        self.pods = pods;
+        self
+    }
+
+    pub fn pods(&self) -> Option<&Arc<crate::kube::Pods>> {
+        self.pods.as_ref()
     }
 
     pub fn has_userspace_selectors(&self) -> bool {
@@ -128,7 +144,11 @@ impl Resolver {
 
     /// Swaps in the identities of a newly applied policy.
     pub fn set_config(&mut self, config: Arc<IdentityConfig>) {
-        *self = Resolver { digests: std::mem::take(&mut self.digests), ..Resolver::new(config, self.proc_root.clone()) };
+        *self = Resolver {
+            digests: std::mem::take(&mut self.digests),
+            pods: self.pods.take(),
+            ..Resolver::new(config, self.proc_root.clone())
+        };
     }
 
     pub fn proc_root(&self) -> &Path {
@@ -138,7 +158,8 @@ impl Resolver {
     /// Matches one process against every identity in file order; the first
     /// identity with a matching selector wins.
     pub fn classify(&mut self, pid: u32, exe: Option<&str>, uid: Option<u32>, cgroup: Option<&str>) -> Classification {
-        let mut facts = LiveFacts { pid, exe, uid, cgroup, proc_root: &self.proc_root, digests: &mut self.digests };
+        let mut facts =
+            LiveFacts { pid, exe, uid, cgroup, proc_root: &self.proc_root, digests: &mut self.digests, pods: self.pods.as_deref() };
         let mut out = Classification::default();
         for ident in &self.config.identities {
             for sel in &ident.selectors {
@@ -334,11 +355,22 @@ impl Resolver {
     }
 
     /// Identity of a cgroup by the selectors the kernel can apply alone
-    /// (cgroup glob only); the first identity in policy order wins.
+    /// (a cgroup glob alone, or a `k8s` selector by the cgroup's pod); the
+    /// first identity in policy order wins.
     pub fn cgroup_identity(&self, cgroup_path: &str) -> u32 {
+        // The pod is looked up once, and only when a k8s selector asks.
+        let mut pod = None;
         for ident in &self.config.identities {
-            if ident.selectors.iter().any(|s| s.kernel_cgroup_only().is_some_and(|g| g.is_match(cgroup_path))) {
-                return ident.id;
+            for s in &ident.selectors {
+                if s.kernel_cgroup_only().is_some_and(|g| g.is_match(cgroup_path)) {
+                    return ident.id;
+                }
+                if let Some(k) = &s.k8s
+                    && let Some(p) = pod.get_or_insert_with(|| self.pods.as_ref().and_then(|c| c.lookup(&container::parse(cgroup_path))))
+                    && k.matches(p)
+                {
+                    return ident.id;
+                }
             }
         }
         NO_IDENTITY
@@ -501,6 +533,44 @@ spec:
         assert_eq!(r.cgroup_identity("/zt-agents"), 1);
         assert_eq!(r.cgroup_identity("/zt-agents/deep/er"), 1);
         assert_eq!(r.cgroup_identity("/user.slice"), 0);
+    }
+
+    /// `k8s` selectors decide a pod's cgroups by its metadata: namespace
+    /// and labels, found by pod UID (kubelet layouts) or container id
+    /// (podman); first identity wins; nothing without metadata.
+    #[test]
+    fn k8s_selectors_by_pod_metadata() {
+        use crate::kube::{PodMeta, Pods};
+        let uid = "6f2b4c1e-9a7d-4e3b-8c5a-1d2e3f4a5b6c";
+        let cid = "0123456789abcdef0123456789abcdef0123456789abcdef0123456789abcdef";
+        let r = resolver(&policy(concat!(
+            "    - name: early\n      selectors:\n        - cgroup: /early/**\n",
+            "    - name: agents\n      selectors:\n        - k8s:\n            namespace: agents\n            podLabels: {role: agent}\n",
+            "    - name: anything-in-ci\n      selectors:\n        - k8s: {namespace: ci}\n",
+        )));
+        let pod_path = format!(
+            "/kubepods.slice/kubepods-besteffort.slice/kubepods-besteffort-pod{}.slice/cri-containerd-{cid}.scope",
+            uid.replace('-', "_")
+        );
+        assert_eq!(r.cgroup_identity(&pod_path), NO_IDENTITY, "no pod metadata source");
+        let pods = Arc::new(Pods::default());
+        let r = r.with_pods(Some(pods.clone()));
+        assert_eq!(r.cgroup_identity(&pod_path), NO_IDENTITY, "a pod the cache does not know");
+        let labels = |l: &[(&str, &str)]| l.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect();
+        pods.replace_all(vec![PodMeta {
+            namespace: "agents".into(),
+            uid: uid.into(),
+            labels: labels(&[("role", "agent"), ("team", "x")]),
+            containers: vec![cid.into()],
+            ..Default::default()
+        }]);
+        assert_eq!(r.cgroup_identity(&pod_path), 2);
+        assert_eq!(r.cgroup_identity(&format!("/libpod_parent/libpod-{cid}")), 2, "by container id");
+        pods.upsert(PodMeta { namespace: "agents".into(), uid: uid.into(), labels: labels(&[("role", "batch")]), ..Default::default() });
+        assert_eq!(r.cgroup_identity(&pod_path), NO_IDENTITY, "the labels no longer match");
+        pods.upsert(PodMeta { namespace: "ci".into(), uid: uid.into(), ..Default::default() });
+        assert_eq!(r.cgroup_identity(&pod_path), 3);
+        assert_eq!(r.cgroup_identity("/early/x"), 1);
     }
 
     #[test]

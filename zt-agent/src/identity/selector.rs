@@ -27,9 +27,22 @@ pub struct Selector {
     pub exe_digest: Option<blake3::Hash>,
     pub uid: Option<u32>,
     pub descendant_of: Option<Box<Selector>>,
-    /// A Kubernetes selector: accepted syntax, matches nothing until a
-    /// metadata source exists.
-    pub k8s: bool,
+    /// Pods by namespace and labels (alone in its selector): decided from
+    /// the pod metadata of the process's cgroup ([`Facts::pod`]).
+    pub k8s: Option<K8sSelector>,
+}
+
+/// `k8s: {namespace: NS, podLabels: {k: v}}`: every key given must match.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct K8sSelector {
+    pub namespace: Option<String>,
+    pub pod_labels: std::collections::BTreeMap<String, String>,
+}
+
+impl K8sSelector {
+    pub fn matches(&self, pod: &crate::kube::PodMeta) -> bool {
+        self.namespace.as_ref().is_none_or(|n| *n == pod.namespace) && self.pod_labels.iter().all(|(k, v)| pod.labels.get(k) == Some(v))
+    }
 }
 
 /// What a process is matched against. `digest` may be expensive (hashing the
@@ -40,6 +53,10 @@ pub trait Facts {
     /// cgroup v2 path relative to the cgroup2 mount, starting with '/'.
     fn cgroup(&self) -> Option<&str>;
     fn digest(&mut self) -> Option<blake3::Hash>;
+    /// The pod of the process's cgroup, when pod metadata is known.
+    fn pod(&self) -> Option<Arc<crate::kube::PodMeta>> {
+        None
+    }
 }
 
 /// How the kernel decides a selector at exec (zt-ebpf `lineage.rs`). With
@@ -57,7 +74,8 @@ pub enum ExecRule<'a> {
     /// hashed that file version.
     Digest { hash: &'a blake3::Hash, alone: bool },
     /// Not at exec: a cgroup glob alone (`CGROUP_IDENTITY`, at fork and
-    /// move), `descendantOf` (the lineage), `k8s` (matches nothing yet).
+    /// move), `descendantOf` (the lineage), `k8s` (the pod's cgroups, like a
+    /// cgroup glob, once the pod metadata names them).
     NotAtExec,
 }
 
@@ -68,7 +86,7 @@ impl Selector {
             && self.exe_digest.is_none()
             && self.uid.is_none()
             && self.descendant_of.is_none()
-            && !self.k8s
+            && self.k8s.is_none()
     }
 
     /// A canonical text form: two selectors with the same form match the
@@ -90,15 +108,16 @@ impl Selector {
         if let Some(d) = &self.descendant_of {
             parts.push(format!("descendantOf({})", d.canonical()));
         }
-        if self.k8s {
-            parts.push("k8s".into());
+        if let Some(k) = &self.k8s {
+            let labels: Vec<String> = k.pod_labels.iter().map(|(k, v)| format!("{k}={v}")).collect();
+            parts.push(format!("k8s(namespace={},labels={})", k.namespace.as_deref().unwrap_or("*"), labels.join(";")));
         }
         parts.join(",")
     }
 
     /// How the kernel decides this selector at exec (see [`ExecRule`]).
     pub fn exec_rule(&self) -> ExecRule<'_> {
-        if self.descendant_of.is_some() || self.k8s || self.is_empty() || self.kernel_cgroup_only().is_some() {
+        if self.descendant_of.is_some() || self.k8s.is_some() || self.is_empty() || self.kernel_cgroup_only().is_some() {
             return ExecRule::NotAtExec;
         }
         // The digest narrows most: every other key is checked in user space.
@@ -113,7 +132,7 @@ impl Selector {
     /// from the cgroup id (the `CGROUP_IDENTITY` map), with no race at all.
     pub fn kernel_cgroup_only(&self) -> Option<&CgroupGlob> {
         match self {
-            Selector { cgroup: Some(c), exe: None, exe_digest: None, uid: None, descendant_of: None, k8s: false } => Some(c),
+            Selector { cgroup: Some(c), exe: None, exe_digest: None, uid: None, descendant_of: None, k8s: None } => Some(c),
             _ => None,
         }
     }
@@ -121,8 +140,12 @@ impl Selector {
     /// Whether the process itself matches (every key given must match).
     /// A `descendantOf` selector never matches the process itself.
     pub fn matches(&self, facts: &mut dyn Facts) -> bool {
-        if self.descendant_of.is_some() || self.k8s || self.is_empty() {
+        if self.descendant_of.is_some() || self.is_empty() {
             return false;
+        }
+        // Alone in its selector (the policy parser sees to it).
+        if let Some(k) = &self.k8s {
+            return facts.pod().is_some_and(|p| k.matches(&p));
         }
         if let Some(uid) = self.uid
             && facts.uid() != Some(uid)

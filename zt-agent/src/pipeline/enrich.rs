@@ -430,6 +430,35 @@ impl Enricher {
         }
     }
 
+    /// With pod metadata: remembers the path of every container and pod
+    /// cgroup under the hierarchy, so the events of a process that exited
+    /// before its /proc entry was read still name their pod (a container's
+    /// one-shot commands). Called at each cgroup rescan.
+    pub fn learn_workload_cgroups(&mut self) {
+        if self.resolver.pods().is_none() {
+            return;
+        }
+        let mut stack = vec![self.cgroup2.clone()];
+        while let Some(dir) = stack.pop() {
+            let Ok(rd) = std::fs::read_dir(&dir) else { continue };
+            for e in rd.flatten() {
+                if !e.file_type().is_ok_and(|t| t.is_dir()) {
+                    continue;
+                }
+                let path = e.path();
+                if let Ok(rel) = path.strip_prefix(&self.cgroup2)
+                    && let Some(rel) = rel.to_str().map(|r| format!("/{r}"))
+                    && container::parse(&rel) != container::Workload::default()
+                    && self.cgroup_paths.len() < MAX_CACHED
+                    && let Ok(m) = e.metadata()
+                {
+                    self.cgroup_paths.entry(std::os::unix::fs::MetadataExt::ino(&m)).or_insert_with(|| rel.into());
+                }
+                stack.push(path);
+            }
+        }
+    }
+
     /// The id of the cgroup at `path` (relative to the hierarchy's root).
     /// An event's cgroup id is where the process was when the kernel wrote
     /// it, its /proc path where it is now: a process moved in between must
@@ -452,6 +481,7 @@ impl Enricher {
             cgroup_id: h.cgroup_id,
             pod_uid: meta.workload.pod_uid.clone(),
             container_id: meta.workload.container_id.clone(),
+            pod: self.resolver.pods().filter(|_| meta.workload != container::Workload::default()).and_then(|p| p.lookup(&meta.workload)),
         }
     }
 

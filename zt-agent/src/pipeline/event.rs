@@ -244,6 +244,10 @@ pub struct Process {
     pub cgroup_id: u64,
     pub pod_uid: Option<Arc<str>>,
     pub container_id: Option<Arc<str>>,
+    /// The pod's namespace, name, uid, labels and service account, where
+    /// the agent has Kubernetes pod metadata for the process's cgroup.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub pod: Option<Arc<crate::kube::PodMeta>>,
 }
 
 /// A task's command name as the kernel holds it (at most 15 bytes and a

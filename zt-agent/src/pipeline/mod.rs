@@ -201,6 +201,9 @@ pub enum Input {
     Emit(Box<Event>),
     /// A new policy's identities (from the policy manager).
     Identities(Arc<IdentityConfig>),
+    /// The pod metadata changed: cgroups are matched against `k8s`
+    /// selectors again now, not at the next periodic rescan.
+    Rescan,
 }
 
 pub struct Options {

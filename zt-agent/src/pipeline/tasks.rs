@@ -221,6 +221,10 @@ pub async fn enrich<A: AggregateTable>(mut e: Enrich<A>, mut rx: mpsc::Receiver<
                             e.enricher.set_identities(cfg, &mut e.tables);
                             exe_files = exe_watch(&e);
                         }
+                        Input::Rescan => {
+                            attribution::rescan_cgroups(e.enricher.resolver(), &mut e.tables, &upkeep.cgroup2);
+                            e.enricher.learn_workload_cgroups();
+                        }
                     }
                 }
                 for ev in e.enricher.take_pending() {
@@ -243,6 +247,7 @@ pub async fn enrich<A: AggregateTable>(mut e: Enrich<A>, mut rx: mpsc::Receiver<
             }
             _ = rescan.tick() => {
                 attribution::rescan_cgroups(e.enricher.resolver(), &mut e.tables, &upkeep.cgroup2);
+                e.enricher.learn_workload_cgroups();
                 e.enricher.settle_pending(&mut e.tables);
                 // The GC walks the whole table; it also yields the entry count.
                 if ticks.is_multiple_of(upkeep.gc_every) {

@@ -95,12 +95,12 @@ pub fn lint(policy: &mut Policy) {
 
     for (i, ident) in policy.identities.iter().enumerate() {
         let earlier: Vec<String> = policy.identities[..i].iter().flat_map(|p| p.selectors.iter().map(|s| s.canonical())).collect();
-        let reachable = ident.selectors.iter().any(|s| !s.k8s && !earlier.contains(&s.canonical()));
+        let reachable = ident.selectors.iter().any(|s| !earlier.contains(&s.canonical()));
         if !reachable {
             warnings.push(warn(
                 &ident.pos,
                 format!("no selector of identity {:?} can match", ident.name),
-                Some("every selector is a k8s selector (not resolved yet) or repeats one of an earlier identity (the first match wins)"),
+                Some("every selector repeats one of an earlier identity (the first match wins)"),
             ));
         }
     }

@@ -49,10 +49,6 @@ impl Ctx<'_> {
         let pos = self.pos(loc);
         self.errors.push(Diagnostic { pos, message: message.into(), hint: hint.map(str::to_string) });
     }
-    fn warn(&mut self, loc: &Location, message: impl Into<String>, hint: Option<&str>) {
-        let pos = self.pos(loc);
-        self.warnings.push(Diagnostic { pos, message: message.into(), hint: hint.map(str::to_string) });
-    }
 }
 
 fn syntax_error(file: &str, e: &serde_saphyr::Error) -> Diagnostic {
@@ -437,8 +433,14 @@ fn convert_selector(cx: &mut Ctx<'_>, rs: &RawSelector, parent: &Location) -> Op
         }
     }
     if let Some(k) = &rs.k8s {
-        cx.warn(&k.referenced, "k8s selectors are accepted but match nothing yet (no Kubernetes metadata source in this version)", None);
-        sel.k8s = true;
+        let (namespace, pod_labels) = (k.value.namespace.clone(), k.value.pod_labels.clone().unwrap_or_default());
+        if namespace.is_none() && pod_labels.is_empty() {
+            cx.error(&k.referenced, "an empty k8s selector would match every pod", Some("give a namespace, podLabels, or both"));
+        } else if !sel.is_empty() {
+            cx.error(&k.referenced, "k8s cannot be combined with other keys in one selector", Some("write it as a selector of its own"));
+        } else {
+            sel.k8s = Some(crate::identity::selector::K8sSelector { namespace, pod_labels });
+        }
     }
     if let Some(inner) = &rs.descendant_of
         && let Some(inner_sel) = convert_selector(cx, &inner.value, &inner.referenced)

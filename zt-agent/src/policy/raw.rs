@@ -102,18 +102,14 @@ pub(super) struct RawSelector {
     pub(super) k8s: Option<Spanned<RawK8s>>,
 }
 
-/// Kubernetes selectors (pod namespace/labels), resolved from the pod UID in
-/// the cgroup path once a metadata source exists (operations issue). The
-/// syntax is accepted and validated now; such a selector matches nothing yet
-/// and `policy check` says so.
+/// Kubernetes selectors (pod namespace/labels), resolved from the pod
+/// metadata of the process's cgroup (`kube`).
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields, rename_all = "camelCase")]
 pub(super) struct RawK8s {
     #[serde(default)]
-    #[expect(dead_code, reason = "resolved by the operations issue")]
     pub(super) namespace: Option<String>,
     #[serde(default)]
-    #[expect(dead_code, reason = "resolved by the operations issue")]
     pub(super) pod_labels: Option<BTreeMap<String, String>>,
 }
 

@@ -187,7 +187,7 @@ fn lint_warnings() {
         [
             "p.yaml:19:11: rule \"all\" allows identity \"a\" to reach every destination (hint: zero trust: list the networks this identity needs)",
             "p.yaml:24:11: this egress of allow rule \"web\" can never apply: deny rule \"block\" covers it (deny wins)",
-            "p.yaml:11:13: no selector of identity \"b\" can match (hint: every selector is a k8s selector (not resolved yet) or repeats one of an earlier identity (the first match wins))",
+            "p.yaml:11:13: no selector of identity \"b\" can match (hint: every selector repeats one of an earlier identity (the first match wins))",
         ]
     );
 }
