@@ -76,6 +76,25 @@ fn render(v: &StatusDoc) -> String {
     if !v.policy.quarantined.is_empty() {
         let _ = writeln!(s, "\nquarantined (egress deny-all until `zt-agent identity release NAME`): {}", v.policy.quarantined.join(", "));
     }
+    if let Some(k) = &v.kubernetes {
+        let _ = writeln!(
+            s,
+            "\nkubernetes pod metadata: {} from {}{}: {} pods, resource version {}, {} lists, {} watch events, {} bad lines, {} pods not cached{}",
+            k.state,
+            k.api,
+            k.node.as_deref().map(|n| format!(" (node {n})")).unwrap_or_default(),
+            k.pods,
+            k.resource_version,
+            k.lists,
+            k.watch_events,
+            k.bad_lines,
+            k.pods_dropped,
+            k.last_error
+                .as_deref()
+                .map(|e| format!("; last error at {}: {e}", k.last_error_at.as_deref().unwrap_or("?")))
+                .unwrap_or_default()
+        );
+    }
     let _ = writeln!(s, "\nsyscall telemetry (anomaly model): {}", v.syscall_telemetry);
     if !v.anomaly.is_empty() {
         s.push_str("anomaly detection:\n");

@@ -226,6 +226,21 @@ pub fn render(s: &Scrape<'_>, process: bool) -> prometheus::Result<String> {
         st.siem.iter().map(|d| (dest(d), d.reconnects)).collect(),
     )?;
 
+    // Kubernetes pod metadata.
+    if let Some(k) = &st.kubernetes {
+        f.gauge("zt_agent_kube_pods", "Pods in the agent's pod metadata cache.", &[], one(k.pods as f64))?;
+        f.gauge(
+            "zt_agent_kube_watching",
+            "Whether the API server watch is up (1) or being retried (0).",
+            &[],
+            one(if k.state == "watching" { 1.0 } else { 0.0 }),
+        )?;
+        f.counter("zt_agent_kube_lists_total", "Pod lists read from the API server.", &[], one(k.lists))?;
+        f.counter("zt_agent_kube_watch_events_total", "Watch events applied.", &[], one(k.watch_events))?;
+        f.counter("zt_agent_kube_bad_lines_total", "Watch lines skipped as not understood.", &[], one(k.bad_lines))?;
+        f.counter("zt_agent_kube_pods_dropped_total", "Pods not cached: the cache was full.", &[], one(k.pods_dropped))?;
+    }
+
     // The anomaly model.
     f.gauge(
         "zt_agent_anomaly_risk",

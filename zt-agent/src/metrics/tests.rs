@@ -45,7 +45,9 @@ fn status() -> StatusDoc {
         "siem": [{"name": "s1", "url": "tcp://x", "connected": true, "delivered_below": 10, "backlog": 2,
                   "caught_up_at": "2026-01-01T00:00:00Z", "records_sent": 10, "records_resent": 0, "records_skipped": 0,
                   "telemetry_sent": 0, "telemetry_dropped": 0, "reconnects": 1, "last_error": null, "last_error_at": null, "undelivered": []}],
-        "anomaly": {"agent": {"phase": "detecting", "calls": 100, "traces": 20, "threshold": 1.5, "risk": 0.25, "findings": 2}}
+        "anomaly": {"agent": {"phase": "detecting", "calls": 100, "traces": 20, "threshold": 1.5, "risk": 0.25, "findings": 2}},
+        "kubernetes": {"api": "https://10.96.0.1:443/", "node": "n1", "state": "watching", "pods": 7, "resource_version": "5", "lists": 1,
+                       "watch_events": 9, "bad_lines": 0, "pods_dropped": 0, "last_error": null, "last_error_at": null}
     }))
     .expect("a status document")
 }
@@ -132,6 +134,9 @@ fn every_family_with_help_type_and_values() {
         r#"zt_agent_anomaly_risk{identity="agent"} 0.25"#,
         r#"zt_agent_anomaly_findings_total{identity="agent"} 2"#,
         "zt_agent_heartbeat_age_seconds 0.3",
+        "zt_agent_kube_pods 7",
+        "zt_agent_kube_watching 1",
+        "zt_agent_kube_watch_events_total 9",
     ] {
         assert!(text.lines().any(|l| l == line), "missing {line:?} in\n{text}");
     }
