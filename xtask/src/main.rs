@@ -19,7 +19,8 @@
 //!   read-only over virtiofs; pass/fail from the guest's `GUEST-RC=` line
 //!   (the `guest` module).
 //! - `bench`: benchmarks (`bench attribution`, `bench policy`, `bench net`, `bench audit`,
-//!   `bench hardening`, `bench pipeline`, `bench siem`, `bench files`, `bench anomaly`).
+//!   `bench hardening`, `bench pipeline`, `bench siem`, `bench files`, `bench anomaly`,
+//!   `bench footprint`).
 use std::{
     ffi::OsString,
     path::{Path, PathBuf},
@@ -128,6 +129,10 @@ enum Bench {
     /// process without an identity and for the watched identity), delivery
     /// at 100k and 1M syscalls/s, baseline size and scoring cost per call.
     Anomaly,
+    /// the agent's footprint: time to ready, RSS and idle CPU with the
+    /// embedded policy and with 10,000 egress rules over 1,000 identities;
+    /// the image's size.
+    Footprint,
 }
 
 impl Bench {
@@ -143,6 +148,7 @@ impl Bench {
             Bench::Siem => "siem",
             Bench::Files => "files",
             Bench::Anomaly => "anomaly",
+            Bench::Footprint => "footprint",
         }
     }
 }

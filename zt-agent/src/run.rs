@@ -378,6 +378,7 @@ impl Agent {
                 }
             }
         }
+        host::release_free_memory();
         tracing::info!("ready: attributing processes and enforcing policy (Ctrl-C to stop)");
         Ok(agent)
     }

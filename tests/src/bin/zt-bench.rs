@@ -79,6 +79,8 @@ use anyhow::Context as _;
 
 #[path = "zt-bench/anomaly.rs"]
 mod anomaly;
+#[path = "zt-bench/footprint.rs"]
+mod footprint;
 use zt_tests::{Agent, TestCgroup, agent_bin, policy};
 
 fn main() -> anyhow::Result<()> {
@@ -92,7 +94,7 @@ fn main() -> anyhow::Result<()> {
         Some("connect-latency") => connect_latency(args[2].parse()?, &args[3]),
         Some("syscall-loop") => syscall_loop(&args[2], args[3].parse()?),
         Some("syscall-rate") => anomaly::syscall_rate(args[2].parse()?, args[3].parse()?),
-        Some(which @ ("attribution" | "policy" | "net" | "audit" | "hardening" | "pipeline" | "siem" | "files" | "anomaly")) => {
+        Some(which @ ("attribution" | "policy" | "net" | "audit" | "hardening" | "pipeline" | "siem" | "files" | "anomaly" | "footprint")) => {
             let rounds = args.iter().position(|a| a == "--rounds").and_then(|i| args.get(i + 1)).and_then(|r| r.parse().ok()).unwrap_or(10);
             match which {
                 "attribution" => attribution(rounds),
@@ -103,10 +105,11 @@ fn main() -> anyhow::Result<()> {
                 "siem" => siem_bench(rounds),
                 "files" => files_bench(rounds),
                 "anomaly" => anomaly::bench(rounds),
+                "footprint" => footprint::bench(rounds),
                 _ => net_bench(rounds),
             }
         }
-        _ => anyhow::bail!("usage: zt-bench attribution|policy|net|audit|hardening|pipeline|siem|files|anomaly [--rounds N]"),
+        _ => anyhow::bail!("usage: zt-bench attribution|policy|net|audit|hardening|pipeline|siem|files|anomaly|footprint [--rounds N]"),
     }
 }
 
@@ -326,19 +329,20 @@ fn percentile(v: &mut [f64], p: f64) -> f64 {
     v[((v.len() as f64 - 1.0) * p).round() as usize]
 }
 
-/// A policy of `rules` egress rules over 10 identities, each rule its own /32.
-fn big_policy(rules: usize, cg: &str) -> String {
+/// A policy of `rules` egress rules over `identities` identities, each
+/// rule its own /32.
+fn big_policy(rules: usize, identities: usize, cg: &str) -> String {
     let mut s = String::from(
         "apiVersion: zt-agent.io/v1alpha1\nkind: HostPolicy\nmetadata:\n  name: big\nspec:\n  trustDomain: zt.bench\n  identities:\n",
     );
-    for i in 0..10 {
+    for i in 0..identities {
         s.push_str(&format!("    - name: id{i}\n      selectors:\n        - cgroup: {cg}/id{i}/**\n"));
     }
     s.push_str("  rules:\n");
     for r in 0..rules {
         s.push_str(&format!(
             "    - name: r{r}\n      identity: id{}\n      action: allow\n      egress:\n        - to: [10.{}.{}.{}/32]\n          ports: [443, \"8000-8080\"]\n          protocol: tcp\n",
-            r % 10,
+            r % identities,
             r / 65536 % 256,
             r / 256 % 256,
             r % 256
@@ -362,7 +366,7 @@ fn policy_bench(rounds: usize) -> anyhow::Result<()> {
     println!("zt-agent {} — policy benchmark", agent_bin().display());
 
     // 1. compile time
-    let text = big_policy(10_000, "/zt-bench");
+    let text = big_policy(10_000, 10, "/zt-bench");
     let bundle = Bundle { files: vec![("big.yaml".into(), text.clone())] };
     let (mut parse_ms, mut compile_ms) = (vec![], vec![]);
     let mut entries = 0;
@@ -394,7 +398,7 @@ fn policy_bench(rounds: usize) -> anyhow::Result<()> {
     let tmp = zt_tests::tempdir("bench-policy")?;
     let dir = tmp.path().to_path_buf();
     let file = dir.join("policy.yaml");
-    let texts = [small(l.port), small(l.port) + "# b\n", big_policy(10_000, &cg.rel)];
+    let texts = [small(l.port), small(l.port) + "# b\n", big_policy(10_000, 10, &cg.rel)];
     std::fs::write(&file, &texts[0])?;
     let agent = Agent::start("bench-policy", "", &["--policy", file.to_str().unwrap(), "--show", "attributed"])?;
     let write = |text: &str| -> anyhow::Result<()> {

@@ -174,12 +174,27 @@ impl Selector {
 /// A glob over cgroup v2 paths (`*` stays within one path component, `**`
 /// crosses them). `/a/**` matches `/a` itself too, so an identity defined on a
 /// cgroup covers the cgroup and everything below it.
+///
+/// The common shapes, a literal path or `/literal/**`, are matched as
+/// strings: a compiled glob costs about 15 KiB (its regex), and a policy
+/// may name a cgroup for each of a thousand identities.
 #[derive(Debug, Clone)]
 pub struct CgroupGlob {
     pattern: String,
-    matcher: GlobMatcher,
-    /// For `/a/**`: also match `/a`.
-    base: Option<String>,
+    matcher: CgroupMatcher,
+}
+
+#[derive(Debug, Clone)]
+enum CgroupMatcher {
+    /// No glob characters: this path only.
+    Exact,
+    /// `/a/**` with `/a` literal: `/a` and everything below it.
+    Subtree(String),
+    Glob {
+        matcher: GlobMatcher,
+        /// For `/a/**`: also match `/a`.
+        base: Option<String>,
+    },
 }
 
 impl CgroupGlob {
@@ -187,17 +202,32 @@ impl CgroupGlob {
         if !pattern.starts_with('/') {
             return Err(format!("cgroup pattern {pattern:?} must be an absolute path starting with '/'"));
         }
-        let matcher = GlobBuilder::new(pattern)
-            .literal_separator(true)
-            .build()
-            .map_err(|e| format!("invalid cgroup pattern {pattern:?}: {e}"))?
-            .compile_matcher();
-        let base = pattern.strip_suffix("/**").map(str::to_string);
-        Ok(Self { pattern: pattern.to_string(), matcher, base })
+        let literal = |s: &str| !s.contains(['*', '?', '[', ']', '{', '}', '\\']);
+        let base = pattern.strip_suffix("/**");
+        let matcher = match base {
+            _ if literal(pattern) => CgroupMatcher::Exact,
+            Some(b) if literal(b) => CgroupMatcher::Subtree(format!("{b}/")),
+            _ => CgroupMatcher::Glob {
+                matcher: GlobBuilder::new(pattern)
+                    .literal_separator(true)
+                    .build()
+                    .map_err(|e| format!("invalid cgroup pattern {pattern:?}: {e}"))?
+                    .compile_matcher(),
+                base: base.map(str::to_string),
+            },
+        };
+        Ok(Self { pattern: pattern.to_string(), matcher })
     }
 
     pub fn is_match(&self, path: &str) -> bool {
-        self.matcher.is_match(path) || self.base.as_deref() == Some(path)
+        match &self.matcher {
+            CgroupMatcher::Exact => path == self.pattern,
+            // "/a/" + something, or "/a" itself.
+            CgroupMatcher::Subtree(prefix) => {
+                path.strip_prefix(prefix.as_str()).is_some_and(|rest| !rest.is_empty()) || path == &prefix[..prefix.len() - 1]
+            }
+            CgroupMatcher::Glob { matcher, base } => matcher.is_match(path) || base.as_deref() == Some(path),
+        }
     }
 
     pub fn as_str(&self) -> &str {
@@ -356,6 +386,21 @@ pub(crate) mod tests {
         assert!(CgroupGlob::new("/a/[").is_err());
     }
 
+    /// The string matchers of literal patterns agree with the compiled glob.
+    #[test]
+    fn literal_patterns_match_as_the_glob_would() {
+        let paths = ["/zt-agents", "/zt-agents/", "/zt-agents/a", "/zt-agents/a/b", "/zt-agents-evil", "/zt-agentsx/a", "/", "/a.b", "/a.b/c", "/axb/c", "/a", "/a/b", "/a/b/c"];
+        for pattern in ["/zt-agents/**", "/zt-agents", "/a.b/**", "/a/b", "/a/**"] {
+            let fast = CgroupGlob::new(pattern).unwrap();
+            assert!(!matches!(fast.matcher, CgroupMatcher::Glob { .. }), "{pattern}");
+            let glob = GlobBuilder::new(pattern).literal_separator(true).build().unwrap().compile_matcher();
+            let base = pattern.strip_suffix("/**");
+            for p in paths.iter().filter(|p| !p.ends_with('/') || p.len() == 1) {
+                assert_eq!(fast.is_match(p), glob.is_match(p) || base == Some(*p), "{pattern} on {p}");
+            }
+        }
+    }
+
     #[test]
     fn all_keys_must_match() {
         let sel = Selector { exe: Some(ExeMatcher::new("/usr/bin/*").unwrap()), uid: Some(1000), ..Default::default() };
@@ -409,3 +454,4 @@ pub(crate) mod tests {
         assert!(cu.kernel_cgroup_only().is_none());
     }
 }
+

@@ -335,6 +335,8 @@ impl Manager {
                     warnings: o.warnings.clone(),
                 })
                 .await;
+                // Compiling freed the previous policy's structures.
+                crate::host::release_free_memory();
                 Ok(o)
             }
             Err(e) => {
