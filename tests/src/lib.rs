@@ -296,6 +296,41 @@ impl Default for Listener {
     }
 }
 
+/// podman (the image, DaemonSet and Kubernetes tests) with a private config: runc (crun refuses this host's hybrid
+/// cgroup layout), cgroupfs, no systemd, and the session's own rlimits (the
+/// defaults ask for more than an unprivileged sandbox may have).
+pub struct Podman {
+    pub conf: PathBuf,
+}
+
+impl Podman {
+    pub fn new(dir: &Path) -> Self {
+        let mut limit = libc::rlimit { rlim_cur: 0, rlim_max: 0 };
+        // SAFETY: getrlimit writes the struct it is given.
+        assert_eq!(unsafe { libc::getrlimit(libc::RLIMIT_NOFILE, &mut limit) }, 0);
+        let nofile = limit.rlim_max;
+        let conf = dir.join("containers.conf");
+        std::fs::write(
+            &conf,
+            format!(
+                "[containers]\ndefault_ulimits = [\"nofile={nofile}:{nofile}\", \"nproc=4096:4096\"]\n[engine]\nruntime = \"runc\"\ncgroup_manager = \"cgroupfs\"\nevents_logger = \"file\"\n"
+            ),
+        )
+        .unwrap();
+        Podman { conf }
+    }
+
+    pub fn run(&self, args: &[&str]) -> std::process::Output {
+        Command::new("podman").args(args).env("CONTAINERS_CONF", &self.conf).output().expect("running podman")
+    }
+
+    pub fn ok(&self, args: &[&str]) -> String {
+        let o = self.run(args);
+        assert!(o.status.success(), "podman {args:?}: {}{}", String::from_utf8_lossy(&o.stdout), String::from_utf8_lossy(&o.stderr));
+        String::from_utf8_lossy(&o.stdout).trim().to_string()
+    }
+}
+
 /// `GET path` from an HTTP/1.1 server at `addr`: the status code and body.
 pub fn http_get(addr: &str, path: &str) -> (u16, String) {
     http_request(addr, &format!("GET {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n"))

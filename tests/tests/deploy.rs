@@ -125,41 +125,6 @@ fn the_systemd_unit_verifies() {
     assert!(!exposure.is_empty() && !exposure.contains("UNSAFE"), "{}", text(&o));
 }
 
-/// podman with a private config: runc (crun refuses this host's hybrid
-/// cgroup layout), cgroupfs, no systemd, and the session's own rlimits (the
-/// defaults ask for more than an unprivileged sandbox may have).
-struct Podman {
-    conf: PathBuf,
-}
-
-impl Podman {
-    fn new(dir: &Path) -> Self {
-        let mut limit = libc::rlimit { rlim_cur: 0, rlim_max: 0 };
-        // SAFETY: getrlimit writes the struct it is given.
-        assert_eq!(unsafe { libc::getrlimit(libc::RLIMIT_NOFILE, &mut limit) }, 0);
-        let nofile = limit.rlim_max;
-        let conf = dir.join("containers.conf");
-        std::fs::write(
-            &conf,
-            format!(
-                "[containers]\ndefault_ulimits = [\"nofile={nofile}:{nofile}\", \"nproc=4096:4096\"]\n[engine]\nruntime = \"runc\"\ncgroup_manager = \"cgroupfs\"\nevents_logger = \"file\"\n"
-            ),
-        )
-        .unwrap();
-        Podman { conf }
-    }
-
-    fn run(&self, args: &[&str]) -> Output {
-        Command::new("podman").args(args).env("CONTAINERS_CONF", &self.conf).output().expect("running podman")
-    }
-
-    fn ok(&self, args: &[&str]) -> String {
-        let o = self.run(args);
-        assert!(o.status.success(), "podman {args:?}: {}", text(&o));
-        String::from_utf8_lossy(&o.stdout).trim().to_string()
-    }
-}
-
 /// What `podman kube play` runs: the DaemonSet's pod template as a Pod,
 /// with the config and policy ConfigMaps, changed only where a test on a
 /// shared host must be: the image, the node name (podman has no

@@ -18,12 +18,6 @@ use zt_tests::*;
 
 const TEST: &str = "k8s_selectors_pick_pods_listed_and_watched_and_events_name_them";
 
-fn podman(conf: &Path, args: &[&str]) -> String {
-    let o = Command::new("podman").args(args).env("CONTAINERS_CONF", conf).output().expect("podman");
-    assert!(o.status.success(), "podman {args:?}: {}{}", String::from_utf8_lossy(&o.stdout), String::from_utf8_lossy(&o.stderr));
-    String::from_utf8_lossy(&o.stdout).trim().to_string()
-}
-
 /// A pod of namespace `ns` whose one container is `container` (a podman id).
 fn pod(name: &str, ns: &str, uid: &str, container: &str, rv: &str) -> Value {
     json!({
@@ -126,19 +120,8 @@ fn k8s_selectors_pick_pods_listed_and_watched_and_events_name_them() {
     };
     let tmp = tempdir("kube").unwrap();
     let dir = tmp.path();
-    // runc, cgroupfs, the session's rlimits (see tests/tests/deploy.rs).
-    let mut limit = libc::rlimit { rlim_cur: 0, rlim_max: 0 };
-    // SAFETY: getrlimit writes the struct it is given.
-    assert_eq!(unsafe { libc::getrlimit(libc::RLIMIT_NOFILE, &mut limit) }, 0);
-    let conf = dir.join("containers.conf");
-    std::fs::write(
-        &conf,
-        format!(
-            "[containers]\ndefault_ulimits = [\"nofile={0}:{0}\", \"nproc=4096:4096\"]\n[engine]\nruntime = \"runc\"\ncgroup_manager = \"cgroupfs\"\nevents_logger = \"file\"\n",
-            limit.rlim_max
-        ),
-    )
-    .unwrap();
+    let pm = Podman::new(dir);
+    let conf = pm.conf.clone();
     let u = unique("kube");
     let ctx = dir.join("image");
     std::fs::create_dir_all(ctx.join("rootfs/bin")).unwrap();
@@ -146,10 +129,10 @@ fn k8s_selectors_pick_pods_listed_and_watched_and_events_name_them() {
     std::fs::write(ctx.join("Containerfile"), "FROM scratch\nCOPY rootfs/ /\nENTRYPOINT [\"/bin/busybox\"]\n").unwrap();
     let image = format!("localhost/zt-busybox:{u}");
     let mut containers = Containers { conf: conf.clone(), names: vec![], image: image.clone() };
-    podman(&conf, &["build", "--quiet", "--tag", &image, ctx.to_str().unwrap()]);
+    pm.ok(&["build", "--quiet", "--tag", &image, ctx.to_str().unwrap()]);
     let run = |containers: &mut Containers, name: &str| {
         containers.names.push(name.to_string());
-        podman(&conf, &["run", "--detach", "--name", name, "--network", "host", &image, "sleep", "600"])
+        pm.ok(&["run", "--detach", "--name", name, "--network", "host", &image, "sleep", "600"])
     };
     let listed = run(&mut containers, &format!("{u}-listed"));
     let other_ns = run(&mut containers, &format!("{u}-other"));
@@ -229,4 +212,75 @@ fn k8s_selectors_pick_pods_listed_and_watched_and_events_name_them() {
     }
     agent.stop().unwrap();
     drop(containers);
+}
+
+/// The API client over TLS, as in a cluster: the server's certificate
+/// verified against `--kube-ca` (a pod list served by `openssl s_server
+/// -WWW` from the recorded fixture), and refused against another CA with
+/// the TLS error in `status`, nothing cached.
+#[test]
+fn the_client_verifies_the_api_servers_certificate() {
+    const NAME: &str = "the_client_verifies_the_api_servers_certificate";
+    if Command::new("openssl").arg("version").output().is_err() {
+        skip(NAME, "openssl is not installed (`cargo xtask setup` installs it)");
+        return;
+    }
+    use std::sync::{Arc, Mutex};
+    use zt_agent::kube::{Pods, client};
+    let tmp = tempdir("kube-tls").unwrap();
+    let certs = zt_tests::siem::Certs::new(tmp.path()).unwrap();
+    let www = tmp.path().join("www");
+    std::fs::create_dir_all(www.join("api/v1")).unwrap();
+    let root = Path::new(env!("CARGO_MANIFEST_DIR")).to_path_buf();
+    std::fs::copy(root.join("fixtures/kube/pods-list.json"), www.join("api/v1/pods?fieldSelector=spec.nodeName%3Dnode-1")).unwrap();
+    let port = zt_tests::siem::free_port();
+    let (cert, key) = certs.server();
+    let mut server = Command::new("openssl")
+        .args(["s_server", "-WWW", "-quiet", "-accept", &port.to_string(), "-cert"])
+        .arg(cert)
+        .arg("-key")
+        .arg(key)
+        .current_dir(&www)
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    for _ in 0..200 {
+        if std::net::TcpStream::connect(("127.0.0.1", port)).is_ok() {
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(25));
+    }
+    let watch_with = |ca: PathBuf| {
+        let source = client::Source {
+            api: format!("https://127.0.0.1:{port}").parse().unwrap(),
+            token: None,
+            ca: Some(ca),
+            node: Some("node-1".into()),
+        };
+        let (pods, status) = (Arc::new(Pods::default()), Arc::new(Mutex::new(client::Status::default())));
+        let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+        let (stop, stop_rx) = tokio::sync::watch::channel(false);
+        rt.block_on(async {
+            let task = tokio::spawn(client::run(source, pods.clone(), status.clone(), Arc::new(|| {}), stop_rx));
+            // The list, then the watch (which s_server cannot serve): one error at least.
+            for _ in 0..200 {
+                if status.lock().unwrap().last_error.is_some() {
+                    break;
+                }
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
+            let _ = stop.send(true);
+            let _ = task.await;
+        });
+        let st = status.lock().unwrap().clone();
+        (pods.len(), st)
+    };
+    let (pods, st) = watch_with(certs.ca());
+    assert_eq!((pods, st.lists), (2, 1), "listed over TLS: {st:?}");
+    let (pods, st) = watch_with(certs.other_ca());
+    let e = st.last_error.clone().unwrap_or_default();
+    assert!(pods == 0 && st.lists == 0 && e.contains("TLS with 127.0.0.1:") && e.contains("UnknownIssuer"), "{st:?}");
+    let _ = server.kill();
+    let _ = server.wait();
 }

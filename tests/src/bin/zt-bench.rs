@@ -94,7 +94,9 @@ fn main() -> anyhow::Result<()> {
         Some("connect-latency") => connect_latency(args[2].parse()?, &args[3]),
         Some("syscall-loop") => syscall_loop(&args[2], args[3].parse()?),
         Some("syscall-rate") => anomaly::syscall_rate(args[2].parse()?, args[3].parse()?),
-        Some(which @ ("attribution" | "policy" | "net" | "audit" | "hardening" | "pipeline" | "siem" | "files" | "anomaly" | "footprint")) => {
+        Some(
+            which @ ("attribution" | "policy" | "net" | "audit" | "hardening" | "pipeline" | "siem" | "files" | "anomaly" | "footprint"),
+        ) => {
             let rounds = args.iter().position(|a| a == "--rounds").and_then(|i| args.get(i + 1)).and_then(|r| r.parse().ok()).unwrap_or(10);
             match which {
                 "attribution" => attribution(rounds),

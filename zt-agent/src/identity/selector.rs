@@ -389,7 +389,21 @@ pub(crate) mod tests {
     /// The string matchers of literal patterns agree with the compiled glob.
     #[test]
     fn literal_patterns_match_as_the_glob_would() {
-        let paths = ["/zt-agents", "/zt-agents/", "/zt-agents/a", "/zt-agents/a/b", "/zt-agents-evil", "/zt-agentsx/a", "/", "/a.b", "/a.b/c", "/axb/c", "/a", "/a/b", "/a/b/c"];
+        let paths = [
+            "/zt-agents",
+            "/zt-agents/",
+            "/zt-agents/a",
+            "/zt-agents/a/b",
+            "/zt-agents-evil",
+            "/zt-agentsx/a",
+            "/",
+            "/a.b",
+            "/a.b/c",
+            "/axb/c",
+            "/a",
+            "/a/b",
+            "/a/b/c",
+        ];
         for pattern in ["/zt-agents/**", "/zt-agents", "/a.b/**", "/a/b", "/a/**"] {
             let fast = CgroupGlob::new(pattern).unwrap();
             assert!(!matches!(fast.matcher, CgroupMatcher::Glob { .. }), "{pattern}");
@@ -454,4 +468,3 @@ pub(crate) mod tests {
         assert!(cu.kernel_cgroup_only().is_none());
     }
 }
-

@@ -96,13 +96,13 @@ pub struct Status {
 
 #[derive(Debug, thiserror::Error)]
 pub enum KubeError {
-    #[error("connecting to {addr}: {source}")]
+    #[error("connecting to {addr}")]
     Connect { addr: String, source: std::io::Error },
-    #[error("TLS with {addr}: {source}")]
+    #[error("TLS with {addr}")]
     Tls { addr: String, source: std::io::Error },
     #[error(transparent)]
     Config(#[from] crate::siem::transport::TransportError),
-    #[error("reading the token {path}: {source}")]
+    #[error("reading the token {path}")]
     Token { path: String, source: std::io::Error },
     #[error("{0}")]
     Url(String),
