@@ -51,7 +51,7 @@ fn rss_kib(pid: u32) -> anyhow::Result<u64> {
 fn measure(policy: Option<&str>) -> anyhow::Result<Sample> {
     let tmp = zt_tests::tempdir("footprint")?;
     let dir = tmp.path();
-    let port = std::net::TcpListener::bind("127.0.0.1:0")?.local_addr()?.port();
+    let port = zt_tests::siem::free_port();
     let addr = format!("127.0.0.1:{port}");
     let mut cmd = Command::new(agent_bin());
     cmd.args(["run", "--no-pin", "--metrics-addr", &addr])
