@@ -164,7 +164,7 @@ impl Agent {
         // Validate the policy before touching the kernel: a bad file is an
         // error with file:line:column and nothing is loaded.
         let bundle = if opts.policy.is_empty() { Bundle::embedded_default() } else { Bundle::read(&opts.policy)? };
-        bundle.parse()?;
+        let parsed = bundle.parse()?;
         // Bound first: an address in use stops the start before anything is loaded.
         let metrics_listener = match opts.metrics_addr {
             Some(addr) => Some(crate::metrics::bind(addr).await?),
@@ -220,7 +220,7 @@ impl Agent {
         let board = crate::anomaly::live::Board::default();
         let mut manager = new_manager(&opts, target, shared.clone(), adopted.is_some(), board.clone())?;
         // The first policy goes into the maps before the egress hooks attach.
-        let first_policy = manager.apply_and_report(bundle, "start", PolicyAction::Applied).await?;
+        let first_policy = manager.apply_parsed_and_report(bundle, parsed, "start", PolicyAction::Applied).await?;
         let config = Arc::new(policy::identity_config(manager.current_policy().expect("just applied"), manager.ids()));
 
         let pods = opts.kube.as_ref().map(|_| Arc::new(crate::kube::Pods::default()));

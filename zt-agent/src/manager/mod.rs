@@ -53,6 +53,8 @@ pub enum ApplyError {
     NoSuchVersion(u64),
     #[error("no earlier policy version to roll back to")]
     NoEarlierVersion,
+    #[error("reading the policy history")]
+    History(#[from] store::StoreError),
     #[error("the policy in force has no identity {0:?}")]
     UnknownIdentity(String),
     #[error("identity {0:?} is not quarantined")]
@@ -219,8 +221,13 @@ impl Manager {
     /// Parses, validates, compiles and switches to `bundle`. On error nothing
     /// in the kernel changes. `record` adds a history version.
     pub async fn apply(&mut self, bundle: Bundle, source: &str, record: bool) -> Result<Outcome, ApplyError> {
+        let policy = bundle.parse()?;
+        self.apply_parsed(bundle, policy, source, record).await
+    }
+
+    /// [`Self::apply`] of a bundle already parsed into `policy`.
+    async fn apply_parsed(&mut self, bundle: Bundle, mut policy: Policy, source: &str, record: bool) -> Result<Outcome, ApplyError> {
         let started = std::time::Instant::now();
-        let mut policy = bundle.parse()?;
         policy::quarantine(&mut policy, &self.quarantined);
         let mut ids = self.ids.clone();
         ids.assign(&policy).map_err(ApplyError::Ids)?;
@@ -296,7 +303,7 @@ impl Manager {
     /// is logged, not undone.
     fn record(&mut self, source: &str, bundle: &Bundle) -> u64 {
         match self.store.record(source.to_string(), bundle.clone()) {
-            Ok(a) => a.version,
+            Ok(version) => version,
             Err(e) => {
                 tracing::warn!("policy applied but not recorded in history: {}", crate::error::Chain(&e));
                 self.store.current().map(|a| a.version).unwrap_or(0)
@@ -311,8 +318,35 @@ impl Manager {
 
     /// Applies and reports (log + event), for every trigger.
     pub async fn apply_and_report(&mut self, bundle: Bundle, source: &str, action: PolicyAction) -> Result<Outcome, ApplyError> {
+        let parsed = bundle.parse();
+        self.report(bundle, parsed, source, action).await
+    }
+
+    /// [`Self::apply_and_report`] of a bundle the caller has parsed already
+    /// (the agent's start validates it before it loads anything).
+    pub async fn apply_parsed_and_report(
+        &mut self,
+        bundle: Bundle,
+        policy: Policy,
+        source: &str,
+        action: PolicyAction,
+    ) -> Result<Outcome, ApplyError> {
+        self.report(bundle, Ok(policy), source, action).await
+    }
+
+    async fn report(
+        &mut self,
+        bundle: Bundle,
+        parsed: Result<Policy, PolicyErrors>,
+        source: &str,
+        action: PolicyAction,
+    ) -> Result<Outcome, ApplyError> {
         let digest = bundle.digest().to_hex().to_string();
-        match self.apply(bundle.clone(), source, true).await {
+        let applied = match parsed {
+            Ok(policy) => self.apply_parsed(bundle.clone(), policy, source, true).await,
+            Err(e) => Err(e.into()),
+        };
+        match applied {
             Ok(o) => {
                 tracing::info!(
                     "policy v{} applied ({source}): blake3:{} generation {} in {} us",
@@ -385,8 +419,8 @@ impl Manager {
     /// Re-applies a version from history (default: the one before the current).
     pub async fn rollback(&mut self, version: Option<u64>) -> Result<Outcome, ApplyError> {
         let target = match version {
-            Some(v) => self.store.get(v).cloned().ok_or(ApplyError::NoSuchVersion(v))?,
-            None => self.store.previous().cloned().ok_or(ApplyError::NoEarlierVersion)?,
+            Some(v) => self.store.get(v)?.ok_or(ApplyError::NoSuchVersion(v))?,
+            None => self.store.previous()?.ok_or(ApplyError::NoEarlierVersion)?,
         };
         self.apply_and_report(target.bundle, &format!("rollback to v{}", target.version), PolicyAction::RolledBack).await
     }
@@ -478,13 +512,13 @@ impl Manager {
         self.store
             .list()
             .iter()
-            .map(|a| HistoryEntry {
-                version: a.version,
-                time: a.time.clone(),
-                source: a.source.clone(),
-                digest: a.digest.clone(),
-                files: file_names(&a.bundle),
-                in_force: Some(a.version) == current,
+            .map(|v| HistoryEntry {
+                version: v.version,
+                time: v.time.clone(),
+                source: v.source.clone(),
+                digest: v.digest.clone(),
+                files: v.files.clone(),
+                in_force: Some(v.version) == current,
             })
             .collect()
     }

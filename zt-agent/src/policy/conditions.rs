@@ -524,7 +524,7 @@ mod tests {
     fn errors_point_into_the_policy_file() {
         // Line 2 of the body is line 4 of the file, indented by 4.
         let e = check_rego(&src("input.x == 1\ninput.y == ")).unwrap_err();
-        assert_eq!((e.pos.line, e.pos.file.as_str()), (4, "p.yaml"), "{e:?}");
+        assert_eq!((e.pos.line, &*e.pos.file), (4, "p.yaml"), "{e:?}");
         assert!(e.pos.column > 4, "{e:?}");
         assert!(!e.message.contains("condition.rego") && !e.message.is_empty(), "{e:?}");
     }

@@ -137,7 +137,7 @@ impl Bundle {
         let mut errors = Vec::new();
         let mut total = 0u64;
         let whole_file = |p: &Path, message: String| Diagnostic {
-            pos: model::Pos { file: p.display().to_string(), line: 0, column: 0 },
+            pos: model::Pos { file: p.display().to_string().into(), line: 0, column: 0 },
             message,
             hint: None,
         };
@@ -199,11 +199,7 @@ impl Bundle {
 pub fn identities_from_text(file: &str, text: &str) -> Result<IdentityConfig, PolicyErrors> {
     let policy = Bundle { files: vec![(file.to_string(), text.to_string())] }.parse()?;
     let ids = IdRegistry::for_policy(&policy).map_err(|e| {
-        PolicyErrors(vec![Diagnostic {
-            pos: model::Pos { file: file.to_string(), line: 0, column: 0 },
-            message: e.to_string(),
-            hint: None,
-        }])
+        PolicyErrors(vec![Diagnostic { pos: model::Pos { file: file.into(), line: 0, column: 0 }, message: e.to_string(), hint: None }])
     })?;
     Ok(identity_config(&policy, &ids))
 }

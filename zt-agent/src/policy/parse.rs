@@ -12,7 +12,11 @@
 //! Syntax errors stop the file they are in (the YAML parser cannot go on);
 //! every semantic error of every file is reported. Lint warnings are added
 //! by the caller (`Bundle::parse`), not here.
-use std::net::IpAddr;
+use std::{
+    collections::{HashMap, HashSet},
+    net::IpAddr,
+    sync::Arc,
+};
 
 use ipnet::IpNet;
 use serde_saphyr::{Location, Spanned};
@@ -34,7 +38,8 @@ pub const KIND: &str = "HostPolicy";
 
 /// Collects diagnostics for one file.
 struct Ctx<'a> {
-    file: &'a str,
+    /// The file's name, shared by every position in it.
+    file: Arc<str>,
     /// The file's text (Rego messages are placed in it).
     text: &'a str,
     errors: Vec<Diagnostic>,
@@ -43,7 +48,7 @@ struct Ctx<'a> {
 
 impl Ctx<'_> {
     fn pos(&self, loc: &Location) -> Pos {
-        Pos { file: self.file.to_string(), line: loc.line(), column: loc.column() }
+        Pos { file: self.file.clone(), line: loc.line(), column: loc.column() }
     }
     fn error(&mut self, loc: &Location, message: impl Into<String>, hint: Option<&str>) {
         let pos = self.pos(loc);
@@ -63,7 +68,7 @@ fn syntax_error(file: &str, e: &serde_saphyr::Error) -> Diagnostic {
     }
     .to_string();
     let (message, hint) = in_policy_terms(message);
-    Diagnostic { pos: Pos { file: file.to_string(), line, column }, message, hint: hint.map(str::to_string) }
+    Diagnostic { pos: Pos { file: file.into(), line, column }, message, hint: hint.map(str::to_string) }
 }
 
 /// The parser's messages that name our serde types or its own options, in
@@ -100,7 +105,7 @@ struct Declared<'a> {
     /// again as "unknown identity".
     invalid_names: Vec<String>,
     /// (file name, file text, rule).
-    raw_rules: Vec<(&'a str, &'a str, RawRule)>,
+    raw_rules: Vec<(Arc<str>, &'a str, RawRule)>,
     errors: Vec<Diagnostic>,
     warnings: Vec<Diagnostic>,
 }
@@ -116,7 +121,9 @@ pub fn parse_sources(sources: &[Source<'_>]) -> Result<Policy, PolicyErrors> {
     if !d.errors.is_empty() {
         return Err(PolicyErrors(d.errors));
     }
-    Ok(Policy { name: d.names.join("+"), trust_domain, identities: d.identities, rules, warnings: d.warnings })
+    let mut policy = Policy { name: d.names.join("+"), trust_domain, identities: d.identities, rules, warnings: d.warnings };
+    policy.shrink_to_fit();
+    Ok(policy)
 }
 
 /// One file: its header, trust domain and identities; its rules are kept
@@ -129,7 +136,7 @@ fn parse_file<'a>(d: &mut Declared<'a>, src: &Source<'a>) {
             return;
         }
     };
-    let mut cx = Ctx { file: src.name, text: src.text, errors: Vec::new(), warnings: Vec::new() };
+    let mut cx = Ctx { file: src.name.into(), text: src.text, errors: Vec::new(), warnings: Vec::new() };
     if raw.api_version.value != API_VERSION {
         cx.error(
             &raw.api_version.referenced,
@@ -162,13 +169,14 @@ fn parse_file<'a>(d: &mut Declared<'a>, src: &Source<'a>) {
             continue;
         };
         if let Some(prev) = d.identities.iter().find(|i| i.name == def.name) {
+            // Linear, but identities are few (rules are many: see compose_rules).
             let prev = prev.pos.clone();
             cx.error(&ri.name.referenced, format!("duplicate identity name {:?} (first defined at {prev})", def.name), None);
         } else {
             d.identities.push(def);
         }
     }
-    d.raw_rules.extend(raw.spec.rules.into_iter().map(|rr| (src.name, src.text, rr)));
+    d.raw_rules.extend(raw.spec.rules.into_iter().map(|rr| (cx.file.clone(), src.text, rr)));
     d.errors.append(&mut cx.errors);
     d.warnings.append(&mut cx.warnings);
 }
@@ -180,7 +188,7 @@ fn settle_trust_domain(d: &mut Declared, first_file: &str) -> String {
     let Some((trust_domain, _)) = d.trust_domain.clone() else {
         if d.errors.is_empty() {
             d.errors.push(Diagnostic {
-                pos: Pos { file: first_file.to_string(), line: 1, column: 1 },
+                pos: Pos { file: first_file.into(), line: 1, column: 1 },
                 message: "no file of the bundle sets spec.trustDomain".into(),
                 hint: Some("add `trustDomain: <domain>` under spec".into()),
             });
@@ -213,16 +221,19 @@ fn derived_id_error(pos: Pos, name: &str, id: &str, why: &str) -> Diagnostic {
 }
 
 /// Every file's rules against every file's identities; rule names unique
-/// in the bundle.
+/// in the bundle (looked up by hash: a bundle may hold 10,000s of rules).
 fn compose_rules(d: &mut Declared) -> Vec<Rule> {
     let mut rules: Vec<Rule> = Vec::new();
-    let mut per_file_index: std::collections::HashMap<(String, String), usize> = Default::default();
-    for &(file, text, ref rr) in &d.raw_rules {
-        let mut cx = Ctx { file, text, errors: Vec::new(), warnings: Vec::new() };
-        let idx = per_file_index.entry((file.to_string(), rr.identity.value.clone())).or_insert(0);
-        if let Some(rule) = convert_rule(&mut cx, rr, &d.identities, &d.invalid_names, *idx) {
-            if let Some(prev) = rules.iter().find(|r| r.name == rule.name) {
-                let at = prev.pos.clone();
+    let mut by_name: HashMap<String, usize> = HashMap::new();
+    let known: HashSet<&str> = d.identities.iter().map(|i| i.name.as_str()).collect();
+    let invalid: HashSet<&str> = d.invalid_names.iter().map(String::as_str).collect();
+    let mut per_file_index: HashMap<(Arc<str>, String), usize> = HashMap::new();
+    for (file, text, rr) in &d.raw_rules {
+        let mut cx = Ctx { file: file.clone(), text, errors: Vec::new(), warnings: Vec::new() };
+        let idx = per_file_index.entry((file.clone(), rr.identity.value.clone())).or_insert(0);
+        if let Some(rule) = convert_rule(&mut cx, rr, &known, &d.identities, &invalid, *idx) {
+            if let Some(&prev) = by_name.get(&rule.name) {
+                let at = rules[prev].pos.clone();
                 let loc = rr.name.as_ref().map(|n| n.referenced).unwrap_or(rr.identity.referenced);
                 cx.error(
                     &loc,
@@ -230,6 +241,7 @@ fn compose_rules(d: &mut Declared) -> Vec<Rule> {
                     Some("give each rule a unique `name`"),
                 );
             } else {
+                by_name.insert(rule.name.clone(), rules.len());
                 rules.push(rule);
             }
         }
@@ -467,14 +479,22 @@ fn convert_selector(cx: &mut Ctx<'_>, rs: &RawSelector, parent: &Location) -> Op
     Some(sel)
 }
 
-fn convert_rule(cx: &mut Ctx<'_>, rr: &RawRule, identities: &[IdentityDef], invalid: &[String], index: usize) -> Option<Rule> {
+/// `known`: the names of `identities`; `invalid`: identities with errors.
+fn convert_rule(
+    cx: &mut Ctx<'_>,
+    rr: &RawRule,
+    known: &HashSet<&str>,
+    identities: &[IdentityDef],
+    invalid: &HashSet<&str>,
+    index: usize,
+) -> Option<Rule> {
     let before = cx.errors.len();
-    if invalid.contains(&rr.identity.value) {
+    if invalid.contains(rr.identity.value.as_str()) {
         // Its identity already has an error; the rule is checked, not kept.
         let _ = parse_action(cx, &rr.action);
         return None;
     }
-    if !identities.iter().any(|i| i.name == rr.identity.value) {
+    if !known.contains(rr.identity.value.as_str()) {
         let known: Vec<&str> = identities.iter().map(|i| i.name.as_str()).collect();
         cx.error(
             &rr.identity.referenced,
@@ -526,7 +546,7 @@ fn convert_rule(cx: &mut Ctx<'_>, rr: &RawRule, identities: &[IdentityDef], inva
         identity: rr.identity.value.clone(),
         action: action?,
         mode,
-        when: when.flatten(),
+        when: when.flatten().map(Box::new),
         egress,
         files,
         exec,

@@ -92,7 +92,7 @@ fn composes_files_and_reports_conflicts() {
     let rules = "apiVersion: zt-agent.io/v1alpha1\nkind: HostPolicy\nspec:\n  rules:\n    - identity: a\n      action: allow\n      egress:\n        - to: [10.0.0.0/8]\n";
     let p = bundle(&[("ids.yaml", &ids), ("rules.yaml", rules)]).parse().unwrap();
     assert_eq!(p.rules[0].name, "a/0");
-    assert_eq!(p.rules[0].pos.file, "rules.yaml");
+    assert_eq!(&*p.rules[0].pos.file, "rules.yaml");
 
     let other_td = rules.replace("spec:\n", "spec:\n  trustDomain: other.test\n");
     let e = bundle(&[("ids.yaml", &ids), ("rules.yaml", &other_td)]).parse().unwrap_err().to_string();
