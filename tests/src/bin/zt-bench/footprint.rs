@@ -1,10 +1,13 @@
 //! `zt-bench footprint`: what running the agent costs a node, side by side
-//! in each round: the embedded default policy, and 10,000 egress rules over
-//! 1,000 identities. Per start: time from spawn to `/readyz` 200 (programs
-//! loaded and attached, policy in the maps, audit log open), then after 3 s
-//! of settling the resident memory (VmRSS) and the CPU used over 10 s of
-//! idling. Then the container image's size (`deploy/build-image.sh` with
-//! the binary measured; podman).
+//! in each round: the embedded default policy, 10,000 egress rules over
+//! 1,000 identities, and the same with a 4 MiB telemetry ring (the default
+//! is 8 MiB). Per start: time from spawn to `/readyz` 200 (programs loaded
+//! and attached, policy in the maps, audit log open), then after 3 s of
+//! settling the resident memory, VmRSS and PSS (`smaps_rollup`: a ring
+//! buffer's data pages are mapped twice, back to back, so VmRSS counts
+//! them twice and PSS once), and the CPU used over 10 s of idling. Then the
+//! container image's size (`deploy/build-image.sh` with the binary
+//! measured; podman).
 use std::{
     io::{Read, Write},
     path::Path,
@@ -20,6 +23,7 @@ use super::{big_policy, median};
 struct Sample {
     ready_ms: f64,
     rss_mib: f64,
+    pss_mib: f64,
     cpu_percent: f64,
 }
 
@@ -42,13 +46,14 @@ fn cpu_ticks(pid: u32) -> anyhow::Result<u64> {
     Ok(f[11].parse::<u64>()? + f[12].parse::<u64>()?)
 }
 
-fn rss_kib(pid: u32) -> anyhow::Result<u64> {
-    let status = std::fs::read_to_string(format!("/proc/{pid}/status"))?;
-    let line = status.lines().find(|l| l.starts_with("VmRSS:")).context("VmRSS")?;
-    Ok(line.split_whitespace().nth(1).context("VmRSS value")?.parse()?)
+/// The `key:` line of a /proc file, in KiB.
+fn proc_kib(path: &str, key: &str) -> anyhow::Result<u64> {
+    let text = std::fs::read_to_string(path)?;
+    let line = text.lines().find(|l| l.starts_with(key)).with_context(|| format!("{key} in {path}"))?;
+    Ok(line.split_whitespace().nth(1).with_context(|| format!("{key} value"))?.parse()?)
 }
 
-fn measure(policy: Option<&str>) -> anyhow::Result<Sample> {
+fn measure(policy: Option<&str>, extra: &[&str]) -> anyhow::Result<Sample> {
     let tmp = zt_tests::tempdir("footprint")?;
     let dir = tmp.path();
     let port = zt_tests::siem::free_port();
@@ -65,6 +70,7 @@ fn measure(policy: Option<&str>) -> anyhow::Result<Sample> {
         .arg(dir.join("sock"))
         .arg("--events")
         .arg(dir.join("events.jsonl"))
+        .args(extra)
         .stdin(Stdio::null())
         .stdout(Stdio::null())
         .stderr(Stdio::null());
@@ -84,7 +90,8 @@ fn measure(policy: Option<&str>) -> anyhow::Result<Sample> {
     };
     std::thread::sleep(Duration::from_secs(3));
     let pid = child.id();
-    let rss = rss_kib(pid)?;
+    let rss = proc_kib(&format!("/proc/{pid}/status"), "VmRSS:")?;
+    let pss = proc_kib(&format!("/proc/{pid}/smaps_rollup"), "Pss:")?;
     let (t0, c0) = (Instant::now(), cpu_ticks(pid)?);
     std::thread::sleep(Duration::from_secs(10));
     let (t1, c1) = (Instant::now(), cpu_ticks(pid)?);
@@ -93,7 +100,7 @@ fn measure(policy: Option<&str>) -> anyhow::Result<Sample> {
     let cpu = (c1 - c0) as f64 / hz / (t1 - t0).as_secs_f64() * 100.0;
     nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid as i32), nix::sys::signal::Signal::SIGTERM)?;
     child.wait()?;
-    Ok(Sample { ready_ms: ready.as_secs_f64() * 1e3, rss_mib: rss as f64 / 1024.0, cpu_percent: cpu })
+    Ok(Sample { ready_ms: ready.as_secs_f64() * 1e3, rss_mib: rss as f64 / 1024.0, pss_mib: pss as f64 / 1024.0, cpu_percent: cpu })
 }
 
 /// The image's size in bytes, built from the binary measured; None without podman.
@@ -113,21 +120,29 @@ fn image_size() -> anyhow::Result<Option<u64>> {
 pub fn bench(rounds: usize) -> anyhow::Result<()> {
     println!("zt-agent {} — footprint benchmark ({rounds} rounds)", agent_bin().display());
     let big = big_policy(10_000, 1_000, "/zt-bench-footprint");
-    let scenarios: [(&str, Option<&str>); 2] = [("embedded default policy", None), ("10,000 egress rules, 1,000 identities", Some(&big))];
+    let ring = (zt_common::maps::EVENTS_DEFAULT_BYTES / 2).to_string();
+    let scenarios: [(&str, Option<&str>, &[&str]); 3] = [
+        ("embedded default policy", None, &[]),
+        ("10,000 egress rules, 1,000 identities", Some(&big), &[]),
+        ("the same, --ringbuf-size 4 MiB", Some(&big), &["--ringbuf-size", &ring]),
+    ];
     let mut samples: Vec<Vec<Sample>> = scenarios.iter().map(|_| Vec::new()).collect();
     for round in 0..rounds {
-        for (i, (name, policy)) in scenarios.iter().enumerate() {
-            let s = measure(*policy)?;
-            println!("  round {round}: {name}: ready {:.0} ms, RSS {:.1} MiB, idle CPU {:.2}%", s.ready_ms, s.rss_mib, s.cpu_percent);
+        for (i, (name, policy, extra)) in scenarios.iter().enumerate() {
+            let s = measure(*policy, extra)?;
+            println!(
+                "  round {round}: {name}: ready {:.0} ms, RSS {:.1} MiB, PSS {:.1} MiB, idle CPU {:.2}%",
+                s.ready_ms, s.rss_mib, s.pss_mib, s.cpu_percent
+            );
             samples[i].push(s);
         }
     }
     println!("\nmedians of {rounds} rounds:");
     let mut med = Vec::new();
-    for ((name, _), s) in scenarios.iter().zip(&samples) {
+    for ((name, _, _), s) in scenarios.iter().zip(&samples) {
         let m = |f: fn(&Sample) -> f64| median(&mut s.iter().map(f).collect::<Vec<_>>());
-        let (ready, rss, cpu) = (m(|s| s.ready_ms), m(|s| s.rss_mib), m(|s| s.cpu_percent));
-        println!("  {name:<40} ready {ready:>6.0} ms   RSS {rss:>6.1} MiB   idle CPU {cpu:>5.2}% of one core");
+        let (ready, rss, pss, cpu) = (m(|s| s.ready_ms), m(|s| s.rss_mib), m(|s| s.pss_mib), m(|s| s.cpu_percent));
+        println!("  {name:<40} ready {ready:>6.0} ms   RSS {rss:>6.1} MiB   PSS {pss:>6.1} MiB   idle CPU {cpu:>5.2}% of one core");
         med.push((ready, rss));
     }
     println!("  10k rules / default: ready x{:.2}, RSS x{:.2}", med[1].0 / med[0].0, med[1].1 / med[0].1);
