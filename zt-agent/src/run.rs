@@ -651,7 +651,7 @@ impl crate::anomaly::live::Responder for Responses {
 
 /// The enforcement-path line of the pod metadata source.
 fn kube_path(opts: &RunOptions, policy: &policy::Policy) -> String {
-    let k8s = policy.identities.iter().flat_map(|i| &i.selectors).any(|s| s.k8s.is_some());
+    let k8s = policy.identities.iter().flat_map(|i| i.selectors.iter()).any(|s| s.k8s.is_some());
     match &opts.kube {
         Some(s) => format!(
             "the API server at {} ({}): list and watch, pods matched to cgroups by pod UID or container id",

@@ -9,6 +9,8 @@
 //!   queue is counted as `audit_overflow`, a dead thread as `audit_closed`,
 //!   and the next `loss` record reports both.
 //! - [`Control`]: the control socket's side (key rotation, [`Status`]).
+//! - [`Queue`]: the way in, bounded like a `sync_channel` but holding
+//!   memory only for what waits in it.
 //! - A thread that dies (a panic) is loud: logged, `failed` in [`Status`],
 //!   and [`Writer::failure`] fires so the agent stops with an error.
 //! - A log that cannot write (a full disk) is `unwritable` in [`Status`]
@@ -20,7 +22,8 @@
 use std::{
     sync::{
         Arc, Mutex,
-        mpsc::{Receiver, RecvTimeoutError, SyncSender, TrySendError},
+        atomic::{AtomicUsize, Ordering},
+        mpsc::{Receiver, RecvTimeoutError, SendError, Sender, TrySendError},
     },
     time::Duration,
 };
@@ -68,10 +71,51 @@ pub enum RotateError {
     Log(#[from] LogError),
 }
 
+/// The queue to the audit thread. A `sync_channel` of the same bound
+/// allocates every slot up front (2 MiB for 65,536 items, resident for the
+/// agent's life); this one grows and shrinks with what waits in it (the
+/// standard channel's blocks of 31 items).
+#[derive(Clone)]
+struct Queue {
+    tx: Sender<Item>,
+    /// Items sent and not yet taken by the thread.
+    waiting: Arc<AtomicUsize>,
+    capacity: usize,
+}
+
+impl Queue {
+    /// An event: refused when `capacity` items wait already.
+    fn try_send(&self, item: Item) -> Result<(), TrySendError<Item>> {
+        if self.waiting.fetch_add(1, Ordering::AcqRel) >= self.capacity {
+            self.waiting.fetch_sub(1, Ordering::AcqRel);
+            return Err(TrySendError::Full(item));
+        }
+        self.push(item).map_err(|SendError(item)| TrySendError::Disconnected(item))
+    }
+
+    /// A control request: never refused for a full queue (there are few).
+    fn send(&self, item: Item) -> Result<(), SendError<Item>> {
+        self.waiting.fetch_add(1, Ordering::AcqRel);
+        self.push(item)
+    }
+
+    /// Sends an item already counted in `waiting`.
+    fn push(&self, item: Item) -> Result<(), SendError<Item>> {
+        self.tx.send(item).inspect_err(|_| {
+            self.waiting.fetch_sub(1, Ordering::AcqRel);
+        })
+    }
+
+    /// The thread's side: one item taken.
+    fn taken(waiting: &AtomicUsize) {
+        waiting.fetch_sub(1, Ordering::AcqRel);
+    }
+}
+
 /// The control socket's handle on the audit thread.
 #[derive(Clone)]
 pub struct Control {
-    tx: SyncSender<Item>,
+    tx: Queue,
     pub status: Arc<Mutex<Status>>,
 }
 
@@ -80,11 +124,7 @@ impl Control {
     /// (the log checks it too).
     pub async fn rotate_key(&self, overlap: Duration) -> Result<KeyRotated, RotateError> {
         let (reply, rx) = oneshot::channel();
-        let tx = self.tx.clone();
-        tokio::task::spawn_blocking(move || tx.send(Item::RotateKey { overlap, reply }))
-            .await
-            .map_err(|_| RotateError::Closed)?
-            .map_err(|_| RotateError::Closed)?;
+        self.tx.send(Item::RotateKey { overlap, reply }).map_err(|_| RotateError::Closed)?;
         rx.await.map_err(|_| RotateError::Closed)?
     }
 
@@ -112,7 +152,7 @@ pub struct Status {
 }
 
 pub struct Writer {
-    tx: SyncSender<Item>,
+    tx: Queue,
     status: Arc<Mutex<Status>>,
     end: ThreadEnd,
     failure: watch::Receiver<Option<String>>,
@@ -207,7 +247,9 @@ impl Throttle {
 
 /// Starts the audit thread; `capacity` bounds the queue.
 pub fn spawn(log: AuditLog, dir: &std::path::Path, capacity: usize) -> std::io::Result<Writer> {
-    let (tx, rx): (SyncSender<Item>, Receiver<Item>) = std::sync::mpsc::sync_channel(capacity);
+    let (tx, rx) = std::sync::mpsc::channel();
+    let tx = Queue { tx, waiting: Arc::new(AtomicUsize::new(0)), capacity };
+    let waiting = tx.waiting.clone();
     let status = Arc::new(Mutex::new(Status { dir: dir.display().to_string(), origin: log.origin().to_string(), ..Status::default() }));
     refresh(&log, &status);
     let (fail_tx, failure) = watch::channel(None);
@@ -215,7 +257,7 @@ pub fn spawn(log: AuditLog, dir: &std::path::Path, capacity: usize) -> std::io::
     let end = spawn_thread("zt-audit", move || {
         // The log and the queue move into the closure: a panic drops both,
         // so every later send sees a disconnected queue (counted as loss).
-        let run = std::panic::AssertUnwindSafe(|| serve(log, rx, &st));
+        let run = std::panic::AssertUnwindSafe(|| serve(log, rx, &waiting, &st));
         if let Err(panic) = std::panic::catch_unwind(run) {
             let why = panic
                 .downcast_ref::<&str>()
@@ -231,14 +273,18 @@ pub fn spawn(log: AuditLog, dir: &std::path::Path, capacity: usize) -> std::io::
 }
 
 /// The thread's loop: until every sender is gone, then a final checkpoint.
-fn serve(mut log: AuditLog, rx: Receiver<Item>, st: &Mutex<Status>) {
+fn serve(mut log: AuditLog, rx: Receiver<Item>, waiting: &AtomicUsize, st: &Mutex<Status>) {
     let mut errors = Throttle::default();
+    let take = |item| {
+        Queue::taken(waiting);
+        item
+    };
     loop {
         match rx.recv_timeout(Duration::from_millis(100)) {
             Ok(item) => {
-                handle(&mut log, item, st, &mut errors);
+                handle(&mut log, take(item), st, &mut errors);
                 while let Ok(item) = rx.try_recv() {
-                    handle(&mut log, item, st, &mut errors);
+                    handle(&mut log, take(item), st, &mut errors);
                 }
             }
             Err(RecvTimeoutError::Timeout) => {}
@@ -299,6 +345,26 @@ mod tests {
         let cfg = super::super::log::Config::new(dir.join("log"), dir.join("key"), "test/origin".into());
         let (log, _) = AuditLog::open(cfg).unwrap();
         spawn(log, dir, 16).unwrap()
+    }
+
+    #[test]
+    fn the_queue_is_bounded_and_counts_what_waits() {
+        let (tx, rx) = std::sync::mpsc::channel();
+        let q = Queue { tx, waiting: Arc::new(AtomicUsize::new(0)), capacity: 2 };
+        let ev = || Item::Event(loss_event());
+        assert!(q.try_send(ev()).is_ok() && q.try_send(ev()).is_ok());
+        assert!(matches!(q.try_send(ev()), Err(TrySendError::Full(_))));
+        // Control requests pass a full queue.
+        assert!(q.send(ev()).is_ok());
+        assert_eq!(q.waiting.load(Ordering::Acquire), 3);
+        for _ in 0..3 {
+            rx.recv().unwrap();
+            Queue::taken(&q.waiting);
+        }
+        assert!(q.try_send(ev()).is_ok());
+        drop(rx);
+        assert!(matches!(q.try_send(ev()), Err(TrySendError::Disconnected(_))));
+        assert_eq!(q.waiting.load(Ordering::Acquire), 1, "a refused item is not counted");
     }
 
     #[tokio::test]

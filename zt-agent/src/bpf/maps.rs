@@ -520,6 +520,10 @@ impl PolicyMaps {
     /// [`Self::clear_slot`].
     pub fn write_slot(&mut self, c: &crate::policy::Compiled) -> Result<(), MapAccessError> {
         let installed = &mut self.installed[c.slot as usize];
+        installed.net.reserve_exact(c.net.len());
+        installed.unix.reserve_exact(c.unix.len());
+        installed.files.reserve_exact(c.objects.len());
+        installed.identities.reserve_exact(c.identities.len() + 1);
         for (len, data, list) in &c.net {
             let key = Key::new(*len, *data);
             self.net.insert(&key, list, 0).map_err(err(maps::NET_RULES, "insert"))?;

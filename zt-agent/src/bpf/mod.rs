@@ -113,7 +113,12 @@ mod tests {
             assert!(s.starts_with(".rodata"), "global {g} in {s}: must be read-only so the verifier sees a constant");
         }
         assert!(obj.section_by_name(".BTF").is_some(), "object lacks BTF");
+        assert!(obj.section_by_name(".BTF.ext").is_some(), "object lacks BTF.ext");
         assert!(obj.section_by_name("license").is_some());
+        // build.rs removed the DWARF sections and their relocations.
+        let dwarf: Vec<String> =
+            obj.sections().filter_map(|s| s.name().ok().map(str::to_string)).filter(|n| n.contains(".debug_")).collect();
+        assert!(dwarf.is_empty(), "DWARF left in the object: {dwarf:?}");
     }
 
     /// Where maps live: legacy definitions (`#[map]`), and BTF ones

@@ -16,7 +16,7 @@ pub struct Identity {
     pub id: u32,
     pub name: String,
     pub spiffe_id: String,
-    pub selectors: Vec<Selector>,
+    pub selectors: std::sync::Arc<[Selector]>,
     /// The policy's `anomaly:` block: its processes' syscalls are scored.
     pub anomaly: Option<crate::policy::model::Anomaly>,
 }

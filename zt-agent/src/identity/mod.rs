@@ -114,7 +114,7 @@ pub struct SeedProc {
 
 impl Resolver {
     pub fn new(config: Arc<IdentityConfig>, proc_root: impl Into<PathBuf>) -> Self {
-        let selectors = || config.identities.iter().flat_map(|i| &i.selectors);
+        let selectors = || config.identities.iter().flat_map(|i| i.selectors.iter());
         let userspace_selectors = selectors().any(|s| s.kernel_cgroup_only().is_none());
         let cgroup_selectors = selectors().any(|s| s.kernel_cgroup_only().is_some() || s.k8s.is_some());
         Self { config, proc_root: proc_root.into(), digests: DigestCache::default(), userspace_selectors, cgroup_selectors, pods: None }
@@ -162,7 +162,7 @@ impl Resolver {
             LiveFacts { pid, exe, uid, cgroup, proc_root: &self.proc_root, digests: &mut self.digests, pods: self.pods.as_deref() };
         let mut out = Classification::default();
         for ident in &self.config.identities {
-            for sel in &ident.selectors {
+            for sel in ident.selectors.iter() {
                 if out.identity == NO_IDENTITY && sel.matches(&mut facts) {
                     out.identity = ident.id;
                 }
@@ -305,14 +305,14 @@ impl Resolver {
 
     /// Whether some `exeDigest` selector is decided at exec.
     fn has_kernel_digests(&self) -> bool {
-        self.kernel_decided().flat_map(|(_, i)| &i.selectors).any(|s| matches!(s.exec_rule(), ExecRule::Digest { .. }))
+        self.kernel_decided().flat_map(|(_, i)| i.selectors.iter()).any(|s| matches!(s.exec_rule(), ExecRule::Digest { .. }))
     }
 
     /// Whether some `exe` glob is decided at exec (a file new under its
     /// directory is held until user space has listed it).
     pub fn has_kernel_globs(&self) -> bool {
         self.kernel_decided()
-            .flat_map(|(_, i)| &i.selectors)
+            .flat_map(|(_, i)| i.selectors.iter())
             .any(|s| matches!(s.exec_rule(), ExecRule::Files { exe: Some(e), .. } if !e.is_exact()))
     }
 
@@ -361,7 +361,7 @@ impl Resolver {
         // The pod is looked up once, and only when a k8s selector asks.
         let mut pod = None;
         for ident in &self.config.identities {
-            for s in &ident.selectors {
+            for s in ident.selectors.iter() {
                 if s.kernel_cgroup_only().is_some_and(|g| g.is_match(cgroup_path)) {
                     return ident.id;
                 }

@@ -13,7 +13,7 @@
 //! its rule list holds its own rules and those of every covering prefix, so
 //! the kernel's single longest-prefix lookup sees every rule that applies,
 //! and `zt_common::policy::decide_net` decides (deny wins).
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::{BTreeMap, BTreeSet, HashMap};
 
 use ipnet::IpNet;
 use zt_common::{
@@ -201,6 +201,12 @@ pub fn compile(policy: &Policy, ids: &IdRegistry, slot: u32, active: &[bool]) ->
     let mut paths = Vec::new();
     let rules: Vec<RuleInfo> =
         policy.rules.iter().map(|r| RuleInfo { name: r.name.clone(), identity: r.identity.clone(), pos: r.pos.to_string() }).collect();
+    // Each identity's rules, in policy order (one pass: a bundle may hold
+    // 10,000s of rules over 1,000s of identities).
+    let mut rules_of: HashMap<&str, Vec<usize>> = HashMap::new();
+    for (rule_id, rule) in policy.rules.iter().enumerate() {
+        rules_of.entry(rule.identity.as_str()).or_default().push(rule_id);
+    }
 
     for ident in &policy.identities {
         let id = ids.get(&ident.name).expect("registry assigned every identity");
@@ -221,8 +227,9 @@ pub fn compile(policy: &Policy, ids: &IdRegistry, slot: u32, active: &[bool]) ->
         // prefix -> rules declared on exactly that prefix.
         let mut by_prefix: BTreeMap<(u128, u8), Vec<NetRule>> = BTreeMap::new();
         let mut by_name: BTreeMap<UnixName, Vec<NetRule>> = BTreeMap::new();
-        for (rule_id, rule) in policy.rules.iter().enumerate() {
-            if rule.identity != ident.name || !active.get(rule_id).copied().unwrap_or(true) {
+        for &rule_id in rules_of.get(ident.name.as_str()).map(Vec::as_slice).unwrap_or_default() {
+            let rule = &policy.rules[rule_id];
+            if !active.get(rule_id).copied().unwrap_or(true) {
                 continue;
             }
             let eff_mode = if ident.mode == Mode::Audit || rule.mode == Some(Mode::Audit) { AUDIT } else { ENFORCE };

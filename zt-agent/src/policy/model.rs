@@ -109,7 +109,7 @@ impl Default for Defaults {
 pub struct IdentityDef {
     pub name: String,
     pub spiffe_id: String,
-    pub selectors: Vec<Selector>,
+    pub selectors: std::sync::Arc<[Selector]>,
     pub mode: Mode,
     pub defaults: Defaults,
     /// Socket kinds its processes may create (`zt_common::guard::sock_kind` bits).
@@ -311,9 +311,6 @@ impl Policy {
     /// 4 elements; a 10,000-rule bundle would hold ~5 MiB of it for as long
     /// as the policy is in force).
     pub fn shrink_to_fit(&mut self) {
-        for i in &mut self.identities {
-            i.selectors.shrink_to_fit();
-        }
         for r in &mut self.rules {
             for e in &mut r.egress {
                 e.to.shrink_to_fit();

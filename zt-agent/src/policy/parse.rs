@@ -307,7 +307,8 @@ fn convert_identity(cx: &mut Ctx<'_>, ri: &RawIdentity, trust_domain: Option<&st
             Some("add at least one of cgroup, exe, exeDigest, uid, descendantOf"),
         );
     }
-    let selectors: Vec<Selector> = ri.selectors.value.iter().filter_map(|rs| convert_selector(cx, rs, &ri.selectors.referenced)).collect();
+    let selectors: std::sync::Arc<[Selector]> =
+        ri.selectors.value.iter().filter_map(|rs| convert_selector(cx, rs, &ri.selectors.referenced)).collect();
     let mode = ri.mode.as_ref().and_then(|m| parse_mode(cx, m)).unwrap_or(Mode::Enforce);
     let mut defaults = Defaults::default();
     if let Some(d) = &ri.default_action {

@@ -170,7 +170,7 @@ pub fn bench(rounds: usize) -> anyhow::Result<()> {
                 id: 1,
                 name: "bench-agent".into(),
                 spiffe_id: String::new(),
-                selectors: vec![],
+                selectors: Default::default(),
                 anomaly: Some(anomaly),
             }],
         };

@@ -19,7 +19,7 @@ fn config(mode: AnomalyMode, learn_calls: u64) -> IdentityConfig {
             id: ID,
             name: "agent".into(),
             spiffe_id: "spiffe://td/agent".into(),
-            selectors: vec![],
+            selectors: Default::default(),
             anomaly: Some(Anomaly { mode, response: AnomalyResponse::Quarantine, false_positive_rate: 0.01, learn_calls }),
         }],
     }
