@@ -232,7 +232,7 @@ fn explain(
     let states: Vec<&policy::conditions::RuleState> = ev
         .iter()
         .flat_map(|ev| ev.rules.iter().zip(&p.rules))
-        .filter(|(s, r)| r.identity == identity && s.why != policy::conditions::Why::Unconditional)
+        .filter(|(s, r)| *r.identity == *identity && s.why != policy::conditions::Why::Unconditional)
         .map(|(s, _)| s)
         .collect();
     if json {

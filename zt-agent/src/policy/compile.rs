@@ -200,12 +200,12 @@ pub fn compile(policy: &Policy, ids: &IdRegistry, slot: u32, active: &[bool]) ->
     let mut unix = Vec::new();
     let mut paths = Vec::new();
     let rules: Vec<RuleInfo> =
-        policy.rules.iter().map(|r| RuleInfo { name: r.name.clone(), identity: r.identity.clone(), pos: r.pos.to_string() }).collect();
+        policy.rules.iter().map(|r| RuleInfo { name: r.name.clone(), identity: r.identity.to_string(), pos: r.pos.to_string() }).collect();
     // Each identity's rules, in policy order (one pass: a bundle may hold
     // 10,000s of rules over 1,000s of identities).
     let mut rules_of: HashMap<&str, Vec<usize>> = HashMap::new();
     for (rule_id, rule) in policy.rules.iter().enumerate() {
-        rules_of.entry(rule.identity.as_str()).or_default().push(rule_id);
+        rules_of.entry(&*rule.identity).or_default().push(rule_id);
     }
 
     for ident in &policy.identities {

@@ -435,7 +435,7 @@ pub fn evaluate(policy: &Policy, inputs: &Inputs) -> Evaluation {
             let input = serde_json::json!({
                 "node": { "name": inputs.node_name, "labels": inputs.node_labels },
                 "env": inputs.env,
-                "identity": { "name": rule.identity, "risk": inputs.risk.get(&rule.identity).copied().unwrap_or(0.0) },
+                "identity": { "name": rule.identity, "risk": inputs.risk.get(&*rule.identity).copied().unwrap_or(0.0) },
                 "time": { "unix": inputs.now_unix, "weekday": day, "hour": minute / 60, "minute": minute % 60 },
             });
             let budget = BUDGET.min(deadline.saturating_duration_since(Instant::now()));

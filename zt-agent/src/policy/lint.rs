@@ -33,10 +33,10 @@ pub fn lint(policy: &mut Policy) {
     // Rules by identity, so the pairwise checks stay within one identity.
     let mut by_identity: std::collections::HashMap<&str, Vec<usize>> = Default::default();
     for (i, r) in policy.rules.iter().enumerate() {
-        by_identity.entry(r.identity.as_str()).or_default().push(i);
+        by_identity.entry(&*r.identity).or_default().push(i);
     }
     for (i, rule) in policy.rules.iter().enumerate() {
-        let siblings = &by_identity[rule.identity.as_str()];
+        let siblings = &by_identity[&*rule.identity];
         for e in &rule.egress {
             if rule.action == Action::Allow && e.to.iter().any(|n| n.prefix_len() == 0) {
                 warnings.push(warn(

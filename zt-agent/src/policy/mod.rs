@@ -215,7 +215,7 @@ pub fn identities_from_text(file: &str, text: &str) -> Result<IdentityConfig, Po
 /// too while it is quarantined. Names the policy does not define are ignored.
 pub fn quarantine(policy: &mut Policy, names: &std::collections::BTreeSet<String>) {
     for ident in policy.identities.iter_mut().filter(|i| names.contains(&i.name)) {
-        for rule in policy.rules.iter_mut().filter(|r| r.identity == ident.name) {
+        for rule in policy.rules.iter_mut().filter(|r| *r.identity == *ident.name) {
             rule.egress.clear();
             if ident.mode == model::Mode::Audit {
                 rule.mode = Some(model::Mode::Audit);

@@ -279,7 +279,8 @@ pub struct Condition {
 pub struct Rule {
     /// Unique in the bundle; default `<identity>/<index in its file>`.
     pub name: String,
-    pub identity: String,
+    /// Shared by the identity's rules.
+    pub identity: Arc<str>,
     pub action: Action,
     /// Per-rule mode; the identity's mode applies when unset (and audit at
     /// either level makes the rule audit).

@@ -99,7 +99,7 @@ pub fn resolve(c: &mut Compiled, policy: &Policy, lookup: &dyn Lookup) -> Result
             let first_beyond = list[OBJECT_RULES].rule as usize;
             return Err(CompileError::ObjectRules {
                 at: policy.rules[first_beyond].pos.clone(),
-                identity: policy.rules[first_beyond].identity.clone(),
+                identity: policy.rules[first_beyond].identity.to_string(),
                 path: names.remove(&key).unwrap_or_default(),
                 count: list.len(),
                 capacity: OBJECT_RULES,

@@ -225,7 +225,7 @@ fn derived_id_error(pos: Pos, name: &str, id: &str, why: &str) -> Diagnostic {
 fn compose_rules(d: &mut Declared) -> Vec<Rule> {
     let mut rules: Vec<Rule> = Vec::new();
     let mut by_name: HashMap<String, usize> = HashMap::new();
-    let known: HashSet<&str> = d.identities.iter().map(|i| i.name.as_str()).collect();
+    let known: HashMap<&str, Arc<str>> = d.identities.iter().map(|i| (i.name.as_str(), Arc::from(i.name.as_str()))).collect();
     let invalid: HashSet<&str> = d.invalid_names.iter().map(String::as_str).collect();
     let mut per_file_index: HashMap<(Arc<str>, String), usize> = HashMap::new();
     for (file, text, rr) in &d.raw_rules {
@@ -480,11 +480,12 @@ fn convert_selector(cx: &mut Ctx<'_>, rs: &RawSelector, parent: &Location) -> Op
     Some(sel)
 }
 
-/// `known`: the names of `identities`; `invalid`: identities with errors.
+/// `known`: the names of `identities` (shared by their rules); `invalid`:
+/// identities with errors.
 fn convert_rule(
     cx: &mut Ctx<'_>,
     rr: &RawRule,
-    known: &HashSet<&str>,
+    known: &HashMap<&str, Arc<str>>,
     identities: &[IdentityDef],
     invalid: &HashSet<&str>,
     index: usize,
@@ -495,7 +496,8 @@ fn convert_rule(
         let _ = parse_action(cx, &rr.action);
         return None;
     }
-    if !known.contains(rr.identity.value.as_str()) {
+    let identity = known.get(rr.identity.value.as_str()).cloned();
+    if identity.is_none() {
         let known: Vec<&str> = identities.iter().map(|i| i.name.as_str()).collect();
         cx.error(
             &rr.identity.referenced,
@@ -544,7 +546,7 @@ fn convert_rule(
     }
     Some(Rule {
         name,
-        identity: rr.identity.value.clone(),
+        identity: identity?,
         action: action?,
         mode,
         when: when.flatten().map(Box::new),
