@@ -33,6 +33,7 @@ fn started_and_stopped_in_process() {
         security_ringbuf_bytes: zt_common::maps::SECURITY_EVENTS_DEFAULT_BYTES,
         event_rate: 20_000,
         poll_interval: Duration::from_millis(10),
+        verify_every: Duration::from_secs(5),
         socket: dir.path().join("control.sock"),
         demo: false,
         argv: ArgvCapture::Kernel,

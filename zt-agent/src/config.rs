@@ -117,6 +117,7 @@ pub struct ConfigFile {
     pub security_ringbuf_size: Option<Spanned<u32>>,
     pub event_rate: Option<Spanned<u32>>,
     pub poll_ms: Option<Spanned<u64>>,
+    pub verify_every: Option<Spanned<u64>>,
     pub socket: Option<Spanned<PathBuf>>,
     pub demo: Option<Spanned<bool>>,
     pub argv_capture: Option<Spanned<ArgvCapture>>,

@@ -23,6 +23,7 @@
 //! - [`fsutil`]: crash-safe file replacement.
 //! - [`dirwatch`]: directory watching (inotify on tokio).
 //! - [`error`]: rendering error chains.
+//! - [`verify`]: continuous verification of what the agent put in place.
 pub mod anomaly;
 pub mod audit;
 pub mod bpf;
@@ -41,3 +42,4 @@ pub mod pipeline;
 pub mod policy;
 pub mod run;
 pub mod siem;
+pub mod verify;

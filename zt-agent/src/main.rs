@@ -30,6 +30,14 @@ enum Command {
         #[arg(long)]
         json: bool,
     },
+    /// Verify the running agent now: its cgroup programs still attached with
+    /// the ids it loaded, its binary unchanged. Exit status 1 on a finding.
+    Verify {
+        #[arg(long, value_name = "PATH", default_value = control::DEFAULT_SOCKET)]
+        socket: PathBuf,
+        #[arg(long)]
+        json: bool,
+    },
     /// Config file tools.
     Config {
         #[command(subcommand)]
@@ -89,6 +97,7 @@ fn main() -> ExitCode {
         Command::Config { command } => cli::config::command(command),
         Command::Probe { json } => cli::status::probe(json),
         Command::Status { socket, json } => cli::status::status(&socket, json),
+        Command::Verify { socket, json } => cli::status::verify(&socket, json),
         Command::Policy { command } => cli::policy::command(command),
         Command::Audit { command } => cli::audit::command(command),
         Command::Model { command } => cli::model::command(command),

@@ -68,6 +68,8 @@ pub struct RunOptions {
     /// Connect events per second per identity and CPU (0: unlimited).
     pub event_rate: u32,
     pub poll_interval: Duration,
+    /// Between continuous-verification passes; zero: on demand only.
+    pub verify_every: Duration,
     pub socket: PathBuf,
     pub demo: bool,
     pub argv: ArgvCapture,
@@ -142,6 +144,8 @@ pub struct Agent {
     _bpf_stats: Option<std::os::fd::OwnedFd>,
     /// The Kubernetes pod watcher (it holds a pipeline sender).
     kube: Option<JoinHandle<()>>,
+    /// Continuous verification's periodic passes (a pipeline sender too).
+    verify: Option<JoinHandle<()>>,
 }
 
 /// The CLI's daemon: start, run until SIGINT/SIGTERM, shut down.
@@ -302,6 +306,12 @@ impl Agent {
         info.metrics = metrics_listener.as_ref().and_then(|l| l.local_addr().ok()).map(|a| format!("http://{a}"));
         info.bpf_stats = bpf_stats.is_some();
         let info = Arc::new(info);
+        let verifier = crate::verify::Verifier::new(
+            cgroup2.clone(),
+            bpf.cgroup_attachments(),
+            opts.verify_every,
+            Some((shared.pipeline.clone(), node.clone())),
+        );
         let bpf = Arc::new(std::sync::Mutex::new(bpf));
         let telemetry = Arc::new(bpf::telemetry::Telemetry(bpf.clone()));
         let (commands, commands_rx) = mpsc::channel(16);
@@ -329,7 +339,9 @@ impl Agent {
             recorder: Some(recorder),
             anomaly: board,
             kube: opts.kube.is_some().then(|| kube_status.clone()),
+            verifier: Some(verifier.clone()),
         };
+        let verify = (!opts.verify_every.is_zero()).then(|| tokio::spawn(crate::verify::run(verifier, opts.verify_every, stop_rx.clone())));
         let metrics = metrics_listener.map(|listener| {
             let sources = crate::metrics::Sources { control: state.clone(), tally, bpf: bpf.clone(), bpf_stats: bpf_stats.is_some() };
             tokio::spawn(crate::metrics::serve(listener, sources, stop_rx.clone()))
@@ -366,6 +378,7 @@ impl Agent {
             metrics,
             _bpf_stats: bpf_stats,
             kube,
+            verify,
         };
         agent.emit(agent.agent_event(AgentState::Started, None)).await;
         if let Some(dir) = demo_cgroup {
@@ -416,6 +429,9 @@ impl Agent {
         }
         if let Some(k) = self.kube.take() {
             let _ = k.await;
+        }
+        if let Some(v) = self.verify.take() {
+            let _ = v.await;
         }
         self.emit(self.agent_event(AgentState::Stopped, Some(text.clone()))).await;
         let Agent { bpf, running, demo, pinned: self_pinned, fanotify, .. } = self;

@@ -530,6 +530,14 @@ impl Bpf {
         Ok(pins.pin_links(&ids)?)
     }
 
+    /// The kernel's id of loaded program `name` (aya's or a Unix-socket one).
+    pub(super) fn program_id(&self, name: &str) -> Option<u32> {
+        if let Some(p) = self.ebpf.program(name) {
+            return p.info().ok().map(|i| i.id());
+        }
+        self.unix.as_ref().ok()?.ids().find(|(n, _)| *n == name).map(|(_, id)| id)
+    }
+
     fn record(&mut self, program: &'static str, attach_point: String, r: anyhow::Result<()>, need: Need) -> anyhow::Result<()> {
         let (state, attached) = match (r, need) {
             (Ok(()), _) => ("attached".to_string(), true),

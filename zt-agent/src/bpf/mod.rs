@@ -15,6 +15,8 @@
 //!   demand.
 //! - [`tracefs`]: tracepoint layouts from tracefs `format` files.
 //! - [`btf`]: kernel struct member offsets from BTF (no CO-RE in aya-ebpf).
+//! - [`verify`]: what is attached at the cgroup root now, for continuous
+//!   verification.
 pub mod btf;
 pub mod loader;
 pub mod maps;
@@ -24,6 +26,7 @@ pub mod tables;
 pub mod telemetry;
 pub mod tracefs;
 pub mod unix;
+pub mod verify;
 
 /// The eBPF object built from `zt-ebpf` by `build.rs`.
 pub static OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/zt-ebpf"));

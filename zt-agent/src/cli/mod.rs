@@ -4,7 +4,7 @@
 //! # Layout
 //! - [`run`]: `zt-agent run` options (flags, environment, config file) -> the daemon.
 //! - [`config`]: `config check`.
-//! - [`status`]: `status`, `probe`, `identity quarantine|release`.
+//! - [`status`]: `status`, `verify`, `probe`, `identity quarantine|release`.
 //! - [`policy`]: `policy check|explain|diff|history|rollback|reload`.
 //! - [`audit`]: `audit verify|proof|consistency|show|tail|key|rotate-key`.
 //! - [`model`]: `model train|eval` (the anomaly model offline).

@@ -62,6 +62,10 @@ pub struct RunArgs {
     /// How often the consumer drains the ring buffer (the kernel submits without wakeups).
     #[arg(long, value_name = "MS", default_value_t = 10)]
     pub poll_ms: u64,
+    /// Seconds between continuous-verification passes (our cgroup programs
+    /// still attached, the binary unchanged; see `zt-agent verify`); 0: on demand only.
+    #[arg(long, value_name = "SECS", default_value_t = 5)]
+    pub verify_every: u64,
     /// Control socket path (for `zt-agent status`).
     #[arg(long, value_name = "PATH", default_value = control::DEFAULT_SOCKET)]
     pub socket: PathBuf,
@@ -189,6 +193,7 @@ impl RunArgs {
             p.pick("security_ringbuf_size", "securityRingbufSize", self.security_ringbuf_size, |f| val(&f.security_ringbuf_size));
         let event_rate = p.pick("event_rate", "eventRate", self.event_rate, |f| val(&f.event_rate));
         let poll_ms = p.pick("poll_ms", "pollMs", self.poll_ms, |f| val(&f.poll_ms));
+        let verify_every = p.pick("verify_every", "verifyEvery", self.verify_every, |f| val(&f.verify_every));
         let socket = p.pick("socket", "socket", self.socket, |f| val(&f.socket));
         let demo = p.pick("demo", "demo", self.demo, |f| val(&f.demo));
         let argv_capture = p.pick("argv_capture", "argvCapture", self.argv_capture, |f| val(&f.argv_capture));
@@ -249,6 +254,7 @@ impl RunArgs {
             security_ringbuf_bytes: run::valid_ringbuf_size("--security-ringbuf-size", security_ringbuf_size)?,
             event_rate,
             poll_interval: Duration::from_millis(poll_ms.max(1)),
+            verify_every: Duration::from_secs(verify_every),
             socket,
             demo,
             argv: argv_capture,

@@ -25,6 +25,25 @@ pub fn status(socket: &Path, json: bool) -> anyhow::Result<ExitCode> {
     Ok(ExitCode::SUCCESS)
 }
 
+pub fn verify(socket: &Path, json: bool) -> anyhow::Result<ExitCode> {
+    let Reply::Verified(report) = client(control::request(socket, &Request::Verify))? else { anyhow::bail!("unexpected reply to verify") };
+    if json {
+        println!("{}", serde_json::to_string_pretty(&report)?);
+    } else {
+        for c in &report.checked {
+            println!("checked: {c}");
+        }
+        for f in &report.findings {
+            println!("FINDING {} {}: {}", f.check, f.subject, f.detail);
+        }
+        match report.findings.len() {
+            0 => println!("verified: {} checks, nothing changed", report.checked.len()),
+            n => println!("{n} finding(s) of {} checks", report.checked.len()),
+        }
+    }
+    Ok(if report.findings.is_empty() { ExitCode::SUCCESS } else { ExitCode::FAILURE })
+}
+
 pub fn probe(json: bool) -> anyhow::Result<ExitCode> {
     let caps = probe::probe();
     if json {
@@ -94,6 +113,21 @@ fn render(v: &StatusDoc) -> String {
                 .map(|e| format!("; last error at {}: {e}", k.last_error_at.as_deref().unwrap_or("?")))
                 .unwrap_or_default()
         );
+    }
+    if let Some(ver) = &v.verification {
+        let every = match ver.every_secs {
+            0 => "on demand only".to_string(),
+            n => format!("every {n} s"),
+        };
+        let last = ver.last_pass.as_deref().unwrap_or("none yet");
+        let _ = writeln!(
+            s,
+            "\ncontinuous verification ({every}): {} passes, last {last}, {} findings since start",
+            ver.passes, ver.findings_total
+        );
+        for f in &ver.findings {
+            let _ = writeln!(s, "  FINDING {} {}: {}", f.check, f.subject, f.detail);
+        }
     }
     let _ = writeln!(s, "\nsyscall telemetry (anomaly model): {}", v.syscall_telemetry);
     if !v.anomaly.is_empty() {

@@ -79,6 +79,8 @@ pub struct State {
     pub anomaly: crate::anomaly::live::Board,
     /// The Kubernetes pod watcher, where there is one.
     pub kube: Option<Arc<std::sync::Mutex<crate::kube::client::Status>>>,
+    /// Continuous verification (`zt-agent verify`).
+    pub verifier: Option<Arc<crate::verify::Verifier>>,
 }
 
 /// Creates the socket (mode 0600), replacing a stale one.
@@ -179,6 +181,10 @@ async fn handle(req: Request, state: &State) -> Result<Reply, String> {
             let reason = format!("{} through the control socket", if on { "quarantined" } else { "released" });
             policy_reply(ask(commands, |reply| Command::Quarantine { identity, on, reason, reply: Some(reply) }).await?)
         }
+        Request::Verify => {
+            let verifier = state.verifier.as_ref().ok_or("continuous verification does not run here")?;
+            Ok(Reply::Verified(verifier.verify(true).await))
+        }
         Request::Record { identity, dir, seconds } => {
             let recorder = state.recorder.as_ref().ok_or("syscall telemetry does not run here (see `zt-agent status`)")?;
             let id = {
@@ -237,6 +243,7 @@ pub fn status(state: &State) -> StatusDoc {
         anomaly,
         syscall_telemetry,
         kubernetes: state.kube.as_ref().map(|k| k.lock().unwrap_or_else(|e| e.into_inner()).clone()),
+        verification: state.verifier.as_ref().map(|v| v.status()),
     }
 }
 

@@ -35,6 +35,8 @@ pub enum Request {
         identity: String,
         on: bool,
     },
+    /// A continuous-verification pass now, the binary hashed in full.
+    Verify,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -54,6 +56,7 @@ pub enum Reply {
     History(Vec<HistoryEntry>),
     KeyRotated(KeyRotated),
     Recorded(crate::anomaly::record::RecordSummary),
+    Verified(crate::verify::Report),
 }
 
 /// What `status` reports besides the live counters and the policy in force.
@@ -113,6 +116,9 @@ pub struct StatusDoc {
     /// The Kubernetes pod watcher: API server, state, pods cached, errors.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub kubernetes: Option<crate::kube::client::Status>,
+    /// Continuous verification: passes, the last one's findings.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub verification: Option<crate::verify::Status>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]

@@ -241,6 +241,18 @@ pub fn render(s: &Scrape<'_>, process: bool) -> prometheus::Result<String> {
         f.counter("zt_agent_kube_pods_dropped_total", "Pods not cached: the cache was full.", &[], one(k.pods_dropped))?;
     }
 
+    // Continuous verification.
+    if let Some(v) = &st.verification {
+        f.counter("zt_agent_verification_passes_total", "Continuous-verification passes.", &[], one(v.passes))?;
+        f.gauge(
+            "zt_agent_integrity_findings",
+            "What the last verification pass found (0: everything the agent put in place is as it was).",
+            &[],
+            one(v.findings.len() as f64),
+        )?;
+        f.counter("zt_agent_integrity_findings_total", "Integrity findings reported since start.", &[], one(v.findings_total))?;
+    }
+
     // The anomaly model.
     f.gauge(
         "zt_agent_anomaly_risk",

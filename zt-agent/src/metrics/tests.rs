@@ -47,7 +47,9 @@ fn status() -> StatusDoc {
                   "telemetry_sent": 0, "telemetry_dropped": 0, "reconnects": 1, "last_error": null, "last_error_at": null, "undelivered": []}],
         "anomaly": {"agent": {"phase": "detecting", "calls": 100, "traces": 20, "threshold": 1.5, "risk": 0.25, "findings": 2}},
         "kubernetes": {"api": "https://10.96.0.1:443/", "node": "n1", "state": "watching", "pods": 7, "resource_version": "5", "lists": 1,
-                       "watch_events": 9, "bad_lines": 0, "pods_dropped": 0, "last_error": null, "last_error_at": null}
+                       "watch_events": 9, "bad_lines": 0, "pods_dropped": 0, "last_error": null, "last_error_at": null},
+        "verification": {"every_secs": 5, "passes": 4, "last_pass": "2026-01-01T00:00:00Z", "findings_total": 1,
+                         "findings": [{"check": "attachment", "subject": "connect4", "detail": "gone"}]}
     }))
     .expect("a status document")
 }
@@ -137,6 +139,9 @@ fn every_family_with_help_type_and_values() {
         "zt_agent_kube_pods 7",
         "zt_agent_kube_watching 1",
         "zt_agent_kube_watch_events_total 9",
+        "zt_agent_verification_passes_total 4",
+        "zt_agent_integrity_findings 1",
+        "zt_agent_integrity_findings_total 1",
     ] {
         assert!(text.lines().any(|l| l == line), "missing {line:?} in\n{text}");
     }

@@ -104,6 +104,11 @@ pub enum Body {
         identity: Option<IdentityRef>,
         baseline: BaselineNote,
     },
+    /// Continuous verification found a problem, or no longer finds it
+    /// (see `crate::verify`).
+    Integrity {
+        integrity: crate::verify::Integrity,
+    },
 }
 
 impl Body {
@@ -119,12 +124,13 @@ impl Body {
             | Body::File { identity, .. }
             | Body::Detection { identity, .. }
             | Body::Baseline { identity, .. } => identity.as_ref(),
-            Body::Loss { .. } | Body::Agent { .. } | Body::Policy { .. } => None,
+            Body::Loss { .. } | Body::Agent { .. } | Body::Policy { .. } | Body::Integrity { .. } => None,
         }
     }
 
     /// A security record: a denial or would-deny, a guard action, a policy
-    /// change, the agent's life cycle, a loss, an anomaly finding or baseline.
+    /// change, the agent's life cycle, a loss, an anomaly finding or baseline,
+    /// an integrity finding.
     /// The audit log keeps these, and no telemetry flood may crowd them out.
     pub fn is_security(&self) -> bool {
         match self {
@@ -137,7 +143,8 @@ impl Body {
             | Body::Guard { .. }
             | Body::UnixConnect { .. }
             | Body::Detection { .. }
-            | Body::Baseline { .. } => true,
+            | Body::Baseline { .. }
+            | Body::Integrity { .. } => true,
             Body::File { file, .. } => file.decision == Decision::Deny,
             Body::Exec { .. } | Body::Exit { .. } => false,
         }
@@ -158,6 +165,7 @@ impl Body {
             Body::File { .. } => "file",
             Body::Detection { .. } => "detection",
             Body::Baseline { .. } => "baseline",
+            Body::Integrity { .. } => "integrity",
         }
     }
 }

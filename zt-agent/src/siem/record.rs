@@ -63,7 +63,8 @@ impl Record {
 
 /// How severe a record is: denials warn, would-denies are notices, what an
 /// agent identity may do is informational; lost records, a refused policy,
-/// a killed process and a damaged log are errors.
+/// a killed process and a damaged log are errors; an integrity finding is
+/// critical.
 pub fn severity(kind: &str, p: &Value) -> Severity {
     use Severity::*;
     let by_action = |action: &Value| match action.as_str() {
@@ -88,6 +89,10 @@ pub fn severity(kind: &str, p: &Value) -> Severity {
             _ => Notice,
         },
         "loss" | "recovery" => Error,
+        // Something the agent put in place is gone or changed: enforcement
+        // may not be what `status` says.
+        "integrity" if p["integrity"]["state"] == "found" => Critical,
+        "integrity" => Notice,
         "retention" if p["undelivered"].is_array() => Warning,
         "agent" | "key_rotation" | "key_retired" | "retention" | "siem_undelivered" => Notice,
         _ => Info,
@@ -110,6 +115,8 @@ mod tests {
         assert_eq!(severity("connect_folded", &json!({"connect_folded": {"denied": 0, "audited": 2}})), Severity::Notice);
         assert_eq!(severity("policy", &json!({"policy": {"action": "rejected"}})), Severity::Error);
         assert_eq!(severity("loss", &json!({})), Severity::Error);
+        assert_eq!(severity("integrity", &json!({"integrity": {"state": "found"}})), Severity::Critical);
+        assert_eq!(severity("integrity", &json!({"integrity": {"state": "cleared"}})), Severity::Notice);
         assert_eq!(severity("exec", &json!({})), Severity::Info);
     }
 

@@ -1,0 +1,166 @@
+//! Root test of continuous verification (`zt-agent verify`, the periodic
+//! passes): the attacker here is root on the host going around the hooks.
+//! It detaches the agent's connect4 link through its pin (`BPF_OBJ_GET`,
+//! `BPF_LINK_DETACH`), which ends IPv4 TCP enforcement (an identity's
+//! connect gets through: the control that the detach is real), and
+//! replaces the agent's binary on disk. Each is found by `zt-agent verify`
+//! (exit 1), reported once as an `integrity` event in the stream and the
+//! signed audit log, and shown by `status`.
+use std::{
+    os::fd::{AsRawFd, FromRawFd, OwnedFd},
+    path::{Path, PathBuf},
+    process::Command,
+    time::Duration,
+};
+
+use serde_json::Value;
+use zt_tests::*;
+
+const BPF_OBJ_GET: libc::c_long = 7;
+const BPF_LINK_DETACH: libc::c_long = 34;
+
+/// `bpf(BPF_OBJ_GET)` of a pinned object.
+fn obj_get(path: &Path) -> std::io::Result<OwnedFd> {
+    #[repr(C)]
+    struct ObjGet {
+        pathname: u64,
+        bpf_fd: u32,
+        file_flags: u32,
+        path_fd: i32,
+        _pad: u32,
+    }
+    let c = std::ffi::CString::new(path.as_os_str().as_encoded_bytes()).unwrap();
+    let attr = ObjGet { pathname: c.as_ptr() as u64, bpf_fd: 0, file_flags: 0, path_fd: 0, _pad: 0 };
+    // SAFETY: bpf(2) reads `attr` and the NUL-terminated path it points to,
+    // both alive through the call.
+    let fd = unsafe { libc::syscall(libc::SYS_bpf, BPF_OBJ_GET, &attr, size_of::<ObjGet>()) };
+    if fd < 0 {
+        return Err(std::io::Error::last_os_error());
+    }
+    // SAFETY: a new descriptor, owned only here.
+    Ok(unsafe { OwnedFd::from_raw_fd(fd as i32) })
+}
+
+/// `bpf(BPF_LINK_DETACH)`: the link stays, its program no longer runs.
+fn link_detach(link: &OwnedFd) -> std::io::Result<()> {
+    #[repr(C)]
+    struct Detach {
+        link_fd: u32,
+    }
+    let attr = Detach { link_fd: link.as_raw_fd() as u32 };
+    // SAFETY: bpf(2) reads `attr`, alive through the call.
+    let r = unsafe { libc::syscall(libc::SYS_bpf, BPF_LINK_DETACH, &attr, size_of::<Detach>()) };
+    if r < 0 { Err(std::io::Error::last_os_error()) } else { Ok(()) }
+}
+
+/// The pin of our connect4 link under `pin_dir`
+/// (`<abi>/links/<run>/connect4-<link id>`).
+fn connect4_pin(pin_dir: &Path) -> PathBuf {
+    fn walk(dir: &Path, found: &mut Vec<PathBuf>) {
+        for e in std::fs::read_dir(dir).into_iter().flatten().flatten() {
+            if e.file_type().is_ok_and(|t| t.is_dir()) {
+                walk(&e.path(), found);
+            } else if e.file_name().to_string_lossy().starts_with("connect4-") {
+                found.push(e.path());
+            }
+        }
+    }
+    let mut found = Vec::new();
+    walk(pin_dir, &mut found);
+    assert_eq!(found.len(), 1, "one connect4 link pinned: {found:?}");
+    found.remove(0)
+}
+
+/// (denied, allowed) TCP connects from `cmd` to `addr` during `ms`.
+fn connect_loop(mut cmd: Command, ms: u64, addr: &str) -> (u64, u64) {
+    let out = cmd.args(["connect-loop", &ms.to_string(), addr]).output().unwrap();
+    let text = String::from_utf8_lossy(&out.stdout);
+    let mut it = text.split_whitespace().map(|n| n.parse::<u64>().unwrap());
+    (it.next().unwrap(), it.next().unwrap())
+}
+
+fn verify(socket: &Path) -> (bool, String) {
+    let o = Command::new(agent_bin()).args(["verify", "--socket"]).arg(socket).output().unwrap();
+    (o.status.success(), format!("{}{}", String::from_utf8_lossy(&o.stdout), String::from_utf8_lossy(&o.stderr)))
+}
+
+fn integrity(agent: &Agent, check: &str, state: &str) -> Vec<Value> {
+    agent
+        .events()
+        .into_iter()
+        .filter(|e| e["kind"] == "integrity" && e["integrity"]["check"] == check && e["integrity"]["state"] == state)
+        .collect()
+}
+
+#[test]
+#[ignore = "needs root (loads eBPF programs, creates cgroups, pins under bpffs): cargo xtask test runs it"]
+fn a_detached_program_and_a_replaced_binary_are_found_and_recorded() {
+    if !require_root("a_detached_program_and_a_replaced_binary_are_found_and_recorded") {
+        return;
+    }
+    let cg = TestCgroup::new(&format!("/{}/agent", unique("verify"))).unwrap();
+    let pol = policy("zt.test", &format!("    - name: a\n      selectors:\n        - cgroup: {}/**\n", cg.rel));
+    let tmp = tempdir("verify").unwrap();
+    // The agent runs from a copy, so the test can replace its binary.
+    let bin = tmp.path().join("zt-agent");
+    std::fs::copy(agent_bin(), &bin).unwrap();
+    let pin_dir = Path::new("/sys/fs/bpf").join(unique("verify"));
+    struct Uninstall(PathBuf);
+    impl Drop for Uninstall {
+        fn drop(&mut self) {
+            let _ = Command::new(agent_bin()).args(["uninstall", "--pin-dir"]).arg(&self.0).status();
+        }
+    }
+    let _cleanup = Uninstall(pin_dir.clone());
+    let listener = Listener::new();
+    let addr = listener.addr();
+    let audit_dir = tmp.path().join("audit");
+    let key = tmp.path().join("audit.key");
+    let args = [
+        "--pin-dir",
+        pin_dir.to_str().unwrap(),
+        "--verify-every",
+        "1",
+        "--audit-dir",
+        audit_dir.to_str().unwrap(),
+        "--audit-key",
+        key.to_str().unwrap(),
+    ];
+    let agent = Agent::start_binary(&bin, "verify", &pol, &args).unwrap();
+
+    // Everything in place: verified, and the identity is denied.
+    let (ok, text) = verify(&agent.socket);
+    assert!(ok && text.contains("verified:") && text.contains("connect4 attached at"), "{text}");
+    assert!(text.contains(&format!("binary {}", bin.display())), "{text}");
+    assert_eq!(connect_loop(cg.command(helper_bin()), 200, &addr).1, 0, "denied while connect4 is attached");
+
+    // Root detaches connect4 through its pin: IPv4 TCP enforcement is gone.
+    let link = obj_get(&connect4_pin(&pin_dir)).unwrap();
+    link_detach(&link).unwrap();
+    assert!(connect_loop(cg.command(helper_bin()), 200, &addr).1 > 0, "the detach is real: the identity's connects get out");
+    let (ok, text) = verify(&agent.socket);
+    assert!(!ok, "verify must fail:\n{text}");
+    assert!(text.contains("FINDING attachment connect4") && text.contains("is no longer attached"), "{text}");
+    // The periodic pass reported it once, as a critical integrity event.
+    agent.wait_for("integrity event for connect4", |e| e["kind"] == "integrity" && e["integrity"]["subject"] == "connect4").unwrap();
+    std::thread::sleep(Duration::from_millis(2500));
+    assert_eq!(integrity(&agent, "attachment", "found").len(), 1, "reported once, not every pass");
+    let st = agent.status();
+    assert!(st["verification"]["passes"].as_u64().unwrap() >= 2, "{}", st["verification"]);
+    assert_eq!(st["verification"]["findings"][0]["subject"], "connect4", "{}", st["verification"]);
+
+    // Root replaces the agent's binary on disk (a rename over it).
+    let other = tmp.path().join("other");
+    std::fs::copy(helper_bin(), &other).unwrap();
+    std::fs::rename(&other, &bin).unwrap();
+    let (ok, text) = verify(&agent.socket);
+    assert!(!ok && text.contains("FINDING binary") && text.contains("content changed since start"), "{text}");
+    agent.wait_for("integrity event for the binary", |e| e["kind"] == "integrity" && e["integrity"]["check"] == "binary").unwrap();
+
+    // Both are signed audit records.
+    agent.stop().unwrap();
+    let o = Command::new(agent_bin()).args(["audit", "show", "--json", "--dir"]).arg(&audit_dir).output().unwrap();
+    let records = String::from_utf8_lossy(&o.stdout).lines().filter(|l| l.contains("\"kind\":\"integrity\"")).count();
+    assert_eq!(records, 2, "the two findings in the audit log");
+    drop(link);
+}

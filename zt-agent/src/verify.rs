@@ -1,0 +1,395 @@
+//! Continuous verification ("never trust, always verify"): every few
+//! seconds (`--verify-every`), and on demand (`zt-agent verify`), what this
+//! agent put in the kernel and runs from is checked against what is there
+//! now. A problem is an `integrity` event (so an audit record and a SIEM
+//! message) when first seen, and again when it is gone.
+//!
+//! # Layout
+//! - [`Expected`]: fixed at start: our programs attached at the cgroup root
+//!   (with their kernel ids) and the agent's binary (path, file identity,
+//!   blake3, taken on the first pass).
+//! - [`Observed`]: the kernel's and the file system's answer now
+//!   ([`Verifier::observe`]).
+//! - [`check`]: the comparison, pure -> [`Finding`]s.
+//! - [`Verifier`]: one pass ([`Verifier::pass`]), what changed since the
+//!   last, and [`Status`] for `status`; [`Verifier::verify`]: a pass off
+//!   the runtime with its changes sent as events; [`run`]: the periodic
+//!   task.
+//!
+//! Checked now: each cgroup program still attached at the root with the
+//! id we loaded (a detached link, or another program in its place, is a
+//! finding), and the binary (a binary replaced or rewritten on disk while
+//! it runs). Nothing is repaired yet: a finding is reported, recorded and
+//! stays until it is gone.
+use std::{
+    collections::BTreeMap,
+    os::unix::fs::MetadataExt,
+    path::{Path, PathBuf},
+    sync::{Arc, Mutex},
+    time::Duration,
+};
+
+use serde::{Deserialize, Serialize};
+use tokio::sync::mpsc;
+
+use crate::{
+    bpf::verify::CgroupAttachment,
+    host::{boottime_ns, wall_time},
+    pipeline::{
+        Input,
+        event::{Body, Event},
+    },
+};
+
+/// One problem found by a pass.
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize)]
+pub struct Finding {
+    /// `attachment` or `binary`.
+    pub check: String,
+    /// What it is about: a program name, a path.
+    pub subject: String,
+    pub detail: String,
+}
+
+/// A finding's change, as the `integrity` event carries it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Integrity {
+    /// `found`, or `cleared` once a pass no longer finds it.
+    pub state: String,
+    #[serde(flatten)]
+    pub finding: Finding,
+}
+
+/// A file as `stat` names it: a rename over it, or a write into it, changes this.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct FileId {
+    pub dev: u64,
+    pub ino: u64,
+    pub size: u64,
+    pub mtime_ns: i128,
+    pub ctime_ns: i128,
+}
+
+impl FileId {
+    pub fn of(path: &Path) -> std::io::Result<Self> {
+        let m = std::fs::metadata(path)?;
+        let ns = |s: i64, n: i64| i128::from(s) * 1_000_000_000 + i128::from(n);
+        Ok(FileId {
+            dev: m.dev(),
+            ino: m.ino(),
+            size: m.size(),
+            mtime_ns: ns(m.mtime(), m.mtime_nsec()),
+            ctime_ns: ns(m.ctime(), m.ctime_nsec()),
+        })
+    }
+}
+
+/// The agent's binary as it was when the agent started.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Binary {
+    pub path: PathBuf,
+    pub id: FileId,
+    pub digest: blake3::Hash,
+}
+
+#[derive(Debug, Clone, Default)]
+pub struct Expected {
+    /// The cgroup v2 root our cgroup programs are attached at.
+    pub cgroup2: PathBuf,
+    pub attachments: Vec<CgroupAttachment>,
+    pub binary: Option<Binary>,
+}
+
+/// What a pass saw.
+#[derive(Debug, Clone, Default)]
+pub struct Observed {
+    /// Attach type -> program ids attached at the root, or why not known.
+    pub cgroup: BTreeMap<u32, Result<Vec<u32>, String>>,
+    /// The binary's path now: its identity and, when it changed (or a full
+    /// pass), its digest; or why it could not be read.
+    pub binary: Option<Result<(FileId, Option<blake3::Hash>), String>>,
+}
+
+/// Every difference between what was put in place and what is there.
+/// Something that cannot be checked is a finding too: unverified is not
+/// verified.
+pub fn check(expected: &Expected, observed: &Observed) -> Vec<Finding> {
+    let mut out = Vec::new();
+    let root = expected.cgroup2.display();
+    for a in &expected.attachments {
+        let finding = |detail: String| Finding { check: "attachment".into(), subject: a.program.to_string(), detail };
+        match observed.cgroup.get(&a.attach_type) {
+            Some(Ok(ids)) if ids.contains(&a.id) => {}
+            Some(Ok(ids)) => out.push(finding(format!(
+                "program id {} is no longer attached at {root} (attach type {}); attached there now: {ids:?}",
+                a.id, a.attach_type
+            ))),
+            Some(Err(why)) => out.push(finding(format!("cannot query the programs at {root} (attach type {}): {why}", a.attach_type))),
+            None => out.push(finding(format!("not checked (attach type {} not queried)", a.attach_type))),
+        }
+    }
+    let Some(b) = &expected.binary else {
+        // The first pass could not take the binary's digest.
+        if let Some(Err(why)) = &observed.binary {
+            out.push(Finding { check: "binary".into(), subject: "/proc/self/exe".into(), detail: format!("cannot be read: {why}") });
+        }
+        return out;
+    };
+    let finding = |detail: String| Finding { check: "binary".into(), subject: b.path.display().to_string(), detail };
+    match &observed.binary {
+        None => {}
+        Some(Err(why)) => out.push(finding(format!("cannot be read: {why}"))),
+        Some(Ok((_, Some(d)))) if *d != b.digest => {
+            out.push(finding(format!("content changed since start: blake3 {} now {}", b.digest.to_hex(), d.to_hex())))
+        }
+        // The same content in another file still means the file was replaced.
+        Some(Ok((id, _))) if (id.dev, id.ino) != (b.id.dev, b.id.ino) => out.push(finding(format!(
+            "replaced since start: inode {} on device {:#x} now inode {} on device {:#x}",
+            b.id.ino, b.id.dev, id.ino, id.dev
+        ))),
+        Some(Ok(_)) => {}
+    }
+    out
+}
+
+/// `status`'s view of verification.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Status {
+    /// Seconds between passes; 0: only on demand.
+    pub every_secs: u64,
+    pub passes: u64,
+    /// RFC 3339 UTC of the last pass.
+    pub last_pass: Option<String>,
+    /// What the last pass found (empty: everything verified).
+    pub findings: Vec<Finding>,
+    /// Findings reported since start (each counted once until it clears).
+    pub findings_total: u64,
+}
+
+/// One pass's answer (`zt-agent verify`).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Report {
+    /// What was checked, one line each.
+    pub checked: Vec<String>,
+    pub findings: Vec<Finding>,
+}
+
+pub struct Verifier {
+    expected: Mutex<Expected>,
+    status: Mutex<Status>,
+    /// Where changes go as `integrity` events, and the node they name.
+    events: Option<(mpsc::Sender<Input>, Arc<str>)>,
+}
+
+impl Verifier {
+    pub fn new(
+        cgroup2: PathBuf,
+        attachments: Vec<CgroupAttachment>,
+        every: Duration,
+        events: Option<(mpsc::Sender<Input>, Arc<str>)>,
+    ) -> Arc<Self> {
+        Arc::new(Verifier {
+            expected: Mutex::new(Expected { cgroup2, attachments, binary: None }),
+            status: Mutex::new(Status { every_secs: every.as_secs(), ..Status::default() }),
+            events,
+        })
+    }
+
+    /// A pass on a blocking thread (it queries the kernel and may hash the
+    /// binary); each change goes into the event stream (and so the audit
+    /// log and the SIEM), waiting for room rather than dropping it.
+    pub async fn verify(self: &Arc<Self>, full: bool) -> Report {
+        let v = self.clone();
+        let (report, changes) = tokio::task::spawn_blocking(move || v.pass(full)).await.expect("a verification pass panicked");
+        for c in changes {
+            match &c.state[..] {
+                "found" => tracing::error!("integrity: {} {}: {}", c.finding.check, c.finding.subject, c.finding.detail),
+                _ => tracing::warn!("integrity: {} {} verified again", c.finding.check, c.finding.subject),
+            }
+            if let Some((tx, node)) = &self.events {
+                let ev = Event { time: wall_time(boottime_ns()), node: node.clone(), body: Body::Integrity { integrity: c } };
+                let _ = tx.send(Input::Emit(Box::new(ev))).await;
+            }
+        }
+        report
+    }
+
+    pub fn status(&self) -> Status {
+        self.status.lock().unwrap_or_else(std::sync::PoisonError::into_inner).clone()
+    }
+
+    /// What is there now; the binary is hashed when its identity changed,
+    /// on a `full` pass, and on the first (which fixes what is expected).
+    fn observe(&self, full: bool) -> Observed {
+        let mut expected = self.expected.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+        let mut observed = Observed::default();
+        for a in &expected.attachments {
+            observed
+                .cgroup
+                .entry(a.attach_type)
+                .or_insert_with(|| crate::bpf::verify::cgroup_programs(&expected.cgroup2, a.attach_type).map_err(|e| e.to_string()));
+        }
+        match &expected.binary {
+            None => match own_binary() {
+                // The first pass (or the first that could read it): the
+                // binary as it is now is what is expected.
+                Ok(b) => expected.binary = Some(b),
+                Err(e) => observed.binary = Some(Err(e.to_string())),
+            },
+            Some(b) => {
+                observed.binary = Some(FileId::of(&b.path).map_err(|e| e.to_string()).and_then(|id| {
+                    let digest = match full || id != b.id {
+                        true => Some(hash_file(&b.path).map_err(|e| e.to_string())?),
+                        false => None,
+                    };
+                    Ok((id, digest))
+                }));
+            }
+        }
+        observed
+    }
+
+    /// One pass: the report, and the changes since the last pass (new
+    /// findings, cleared ones) for the event stream.
+    pub fn pass(&self, full: bool) -> (Report, Vec<Integrity>) {
+        let observed = self.observe(full);
+        let expected = self.expected.lock().unwrap_or_else(std::sync::PoisonError::into_inner).clone();
+        let findings = check(&expected, &observed);
+        let mut checked: Vec<String> = expected
+            .attachments
+            .iter()
+            .map(|a| format!("{} attached at {} (program id {})", a.program, expected.cgroup2.display(), a.id))
+            .collect();
+        if let Some(b) = &expected.binary {
+            checked.push(format!("binary {} (blake3 {})", b.path.display(), b.digest.to_hex()));
+        }
+        let mut st = self.status.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+        let mut changes: Vec<Integrity> = findings
+            .iter()
+            .filter(|f| !st.findings.iter().any(|p| same(p, f)))
+            .map(|f| Integrity { state: "found".into(), finding: f.clone() })
+            .collect();
+        changes.extend(
+            st.findings
+                .iter()
+                .filter(|p| !findings.iter().any(|f| same(p, f)))
+                .map(|p| Integrity { state: "cleared".into(), finding: p.clone() }),
+        );
+        st.findings_total += changes.iter().filter(|c| c.state == "found").count() as u64;
+        st.passes += 1;
+        st.last_pass = Some(humantime::format_rfc3339_seconds(std::time::SystemTime::now()).to_string());
+        st.findings = findings.clone();
+        (Report { checked, findings }, changes)
+    }
+}
+
+/// The same problem (its detail may change between passes).
+fn same(a: &Finding, b: &Finding) -> bool {
+    a.check == b.check && a.subject == b.subject
+}
+
+fn own_binary() -> std::io::Result<Binary> {
+    let path = std::fs::read_link("/proc/self/exe")?;
+    let id = FileId::of(&path)?;
+    let digest = hash_file(&path)?;
+    Ok(Binary { path, id, digest })
+}
+
+fn hash_file(path: &Path) -> std::io::Result<blake3::Hash> {
+    let mut h = blake3::Hasher::new();
+    h.update_reader(std::fs::File::open(path)?)?;
+    Ok(h.finalize())
+}
+
+/// Runs a pass every `every` until `stop`.
+pub async fn run(verifier: Arc<Verifier>, every: Duration, mut stop: tokio::sync::watch::Receiver<bool>) {
+    let mut tick = tokio::time::interval(every);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tokio::select! {
+            _ = tick.tick() => {}
+            _ = stop.wait_for(|s| *s) => return,
+        }
+        verifier.verify(false).await;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn attachment(program: &'static str, id: u32, attach_type: u32) -> CgroupAttachment {
+        CgroupAttachment { program, id, attach_type }
+    }
+
+    fn id(ino: u64) -> FileId {
+        FileId { dev: 1, ino, size: 10, mtime_ns: 5, ctime_ns: 6 }
+    }
+
+    fn expected() -> Expected {
+        Expected {
+            cgroup2: "/sys/fs/cgroup".into(),
+            attachments: vec![attachment("connect4", 7, 10), attachment("connect6", 8, 11)],
+            binary: Some(Binary { path: "/usr/bin/zt-agent".into(), id: id(100), digest: blake3::hash(b"agent") }),
+        }
+    }
+
+    fn observed(c4: Vec<u32>, c6: Result<Vec<u32>, String>, binary: Result<(FileId, Option<blake3::Hash>), String>) -> Observed {
+        Observed { cgroup: [(10, Ok(c4)), (11, c6)].into(), binary: Some(binary) }
+    }
+
+    #[test]
+    fn everything_in_place_finds_nothing() {
+        assert_eq!(check(&expected(), &observed(vec![3, 7], Ok(vec![8]), Ok((id(100), None)))), []);
+        assert_eq!(check(&expected(), &observed(vec![7], Ok(vec![8]), Ok((id(100), Some(blake3::hash(b"agent")))))), []);
+    }
+
+    #[test]
+    fn a_detached_or_replaced_program_is_found() {
+        let f = check(&expected(), &observed(vec![9], Ok(vec![8]), Ok((id(100), None))));
+        assert_eq!(f.len(), 1, "{f:?}");
+        assert_eq!((f[0].check.as_str(), f[0].subject.as_str()), ("attachment", "connect4"));
+        assert!(f[0].detail.contains("program id 7 is no longer attached") && f[0].detail.contains("[9]"), "{}", f[0].detail);
+    }
+
+    #[test]
+    fn what_cannot_be_checked_is_a_finding() {
+        let f = check(&expected(), &observed(vec![7], Err("Operation not permitted".into()), Err("No such file".into())));
+        assert_eq!(
+            f.iter().map(|f| (f.check.as_str(), f.subject.as_str())).collect::<Vec<_>>(),
+            [("attachment", "connect6"), ("binary", "/usr/bin/zt-agent")]
+        );
+        assert!(f[0].detail.contains("cannot query") && f[1].detail.contains("cannot be read"), "{f:?}");
+    }
+
+    #[test]
+    fn a_binary_replaced_or_rewritten_is_found() {
+        let replaced = check(&expected(), &observed(vec![7], Ok(vec![8]), Ok((id(200), None))));
+        assert!(replaced[0].detail.contains("replaced since start: inode 100"), "{replaced:?}");
+        let rewritten = check(&expected(), &observed(vec![7], Ok(vec![8]), Ok((id(100), Some(blake3::hash(b"other"))))));
+        assert!(rewritten[0].detail.contains("content changed since start"), "{rewritten:?}");
+        // Touched (times changed) with the same content: verified by the hash.
+        let touched = FileId { mtime_ns: 99, ..id(100) };
+        assert_eq!(check(&expected(), &observed(vec![7], Ok(vec![8]), Ok((touched, Some(blake3::hash(b"agent")))))), []);
+    }
+
+    #[test]
+    fn a_pass_reports_changes_once() {
+        // No attachments to query: only the binary (this test's own), fixed on the first pass.
+        let v = Verifier::new("/nonexistent".into(), vec![], Duration::from_secs(5), None);
+        let (first, changes) = v.pass(false);
+        assert_eq!((first.findings.len(), changes.len()), (0, 0));
+        assert_eq!(first.checked.len(), 1, "{first:?}");
+        // Pretend the binary changed: the next pass finds it once, then it stays quiet.
+        v.expected.lock().unwrap().binary.as_mut().unwrap().digest = blake3::hash(b"not this");
+        let (r, changes) = v.pass(true);
+        assert_eq!((r.findings.len(), changes.len(), changes[0].state.as_str()), (1, 1, "found"));
+        let (_, changes) = v.pass(true);
+        assert!(changes.is_empty());
+        let own = own_binary().unwrap().digest;
+        v.expected.lock().unwrap().binary.as_mut().unwrap().digest = own;
+        let (r, changes) = v.pass(true);
+        assert_eq!((r.findings.len(), changes[0].state.as_str()), (0, "cleared"));
+        assert_eq!((v.status().passes, v.status().findings_total), (4, 1));
+    }
+}
