@@ -1,11 +1,13 @@
 //! Root test of continuous verification (`zt-agent verify`, the periodic
 //! passes): the attacker here is root on the host going around the hooks.
-//! It detaches the agent's connect4 link through its pin (`BPF_OBJ_GET`,
-//! `BPF_LINK_DETACH`), which ends IPv4 TCP enforcement (an identity's
-//! connect gets through: the control that the detach is real), and
-//! replaces the agent's binary on disk. Each is found by `zt-agent verify`
-//! (exit 1), reported once as an `integrity` event in the stream and the
-//! signed audit log, and shown by `status`.
+//! With the agent stopped (SIGSTOP, so no pass runs in between), it
+//! detaches the agent's connect4 link through its pin (`BPF_OBJ_GET`,
+//! `BPF_LINK_DETACH`): IPv4 TCP enforcement ends (an identity's connects
+//! get through: the control that the detach is real). Once the agent runs
+//! again, a periodic pass finds it, attaches connect4 again (the identity
+//! is denied again) and reports both, once, as `integrity` events. Then
+//! the agent's binary is replaced on disk: `zt-agent verify` finds it
+//! (exit 1). Every finding and repair is a signed audit record.
 use std::{
     os::fd::{AsRawFd, FromRawFd, OwnedFd},
     path::{Path, PathBuf},
@@ -94,8 +96,8 @@ fn integrity(agent: &Agent, check: &str, state: &str) -> Vec<Value> {
 
 #[test]
 #[ignore = "needs root (loads eBPF programs, creates cgroups, pins under bpffs): cargo xtask test runs it"]
-fn a_detached_program_and_a_replaced_binary_are_found_and_recorded() {
-    if !require_root("a_detached_program_and_a_replaced_binary_are_found_and_recorded") {
+fn a_detached_program_is_found_and_attached_again_and_a_replaced_binary_is_found() {
+    if !require_root("a_detached_program_is_found_and_attached_again_and_a_replaced_binary_is_found") {
         return;
     }
     let cg = TestCgroup::new(&format!("/{}/agent", unique("verify"))).unwrap();
@@ -134,20 +136,30 @@ fn a_detached_program_and_a_replaced_binary_are_found_and_recorded() {
     assert!(text.contains(&format!("binary {}", bin.display())), "{text}");
     assert_eq!(connect_loop(cg.command(helper_bin()), 200, &addr).1, 0, "denied while connect4 is attached");
 
-    // Root detaches connect4 through its pin: IPv4 TCP enforcement is gone.
+    // Root detaches connect4 through its pin while the agent is stopped:
+    // IPv4 TCP enforcement is gone.
+    let pid = nix::unistd::Pid::from_raw(agent.pid().unwrap() as i32);
+    nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGSTOP).unwrap();
     let link = obj_get(&connect4_pin(&pin_dir)).unwrap();
     link_detach(&link).unwrap();
-    assert!(connect_loop(cg.command(helper_bin()), 200, &addr).1 > 0, "the detach is real: the identity's connects get out");
-    let (ok, text) = verify(&agent.socket);
-    assert!(!ok, "verify must fail:\n{text}");
-    assert!(text.contains("FINDING attachment connect4") && text.contains("is no longer attached"), "{text}");
-    // The periodic pass reported it once, as a critical integrity event.
-    agent.wait_for("integrity event for connect4", |e| e["kind"] == "integrity" && e["integrity"]["subject"] == "connect4").unwrap();
+    let escaped = connect_loop(cg.command(helper_bin()), 200, &addr).1;
+    nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGCONT).unwrap();
+    assert!(escaped > 0, "the detach is real: the identity's connects get out");
+    // A periodic pass finds it and attaches connect4 again.
+    agent.wait_for("connect4 repaired", |e| e["kind"] == "integrity" && e["integrity"]["state"] == "repaired").unwrap();
+    let found = integrity(&agent, "attachment", "found");
+    assert_eq!(found.len(), 1, "{found:?}");
+    assert_eq!(found[0]["integrity"]["subject"], "connect4");
+    assert!(found[0]["integrity"]["detail"].as_str().unwrap().contains("is no longer attached"), "{found:?}");
+    assert_eq!(connect_loop(cg.command(helper_bin()), 200, &addr).1, 0, "denied again after the repair");
     std::thread::sleep(Duration::from_millis(2500));
     assert_eq!(integrity(&agent, "attachment", "found").len(), 1, "reported once, not every pass");
+    assert_eq!(integrity(&agent, "attachment", "repaired").len(), 1);
+    let (ok, text) = verify(&agent.socket);
+    assert!(ok, "verified after the repair:\n{text}");
     let st = agent.status();
     assert!(st["verification"]["passes"].as_u64().unwrap() >= 2, "{}", st["verification"]);
-    assert_eq!(st["verification"]["findings"][0]["subject"], "connect4", "{}", st["verification"]);
+    assert_eq!(st["verification"]["findings_total"], 1, "{}", st["verification"]);
 
     // Root replaces the agent's binary on disk (a rename over it).
     let other = tmp.path().join("other");
@@ -161,6 +173,6 @@ fn a_detached_program_and_a_replaced_binary_are_found_and_recorded() {
     agent.stop().unwrap();
     let o = Command::new(agent_bin()).args(["audit", "show", "--json", "--dir"]).arg(&audit_dir).output().unwrap();
     let records = String::from_utf8_lossy(&o.stdout).lines().filter(|l| l.contains("\"kind\":\"integrity\"")).count();
-    assert_eq!(records, 2, "the two findings in the audit log");
+    assert_eq!(records, 3, "found and repaired connect4, the binary: in the audit log");
     drop(link);
 }

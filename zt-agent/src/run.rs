@@ -306,13 +306,15 @@ impl Agent {
         info.metrics = metrics_listener.as_ref().and_then(|l| l.local_addr().ok()).map(|a| format!("http://{a}"));
         info.bpf_stats = bpf_stats.is_some();
         let info = Arc::new(info);
+        let attachments = bpf.cgroup_attachments();
+        let bpf = Arc::new(std::sync::Mutex::new(bpf));
         let verifier = crate::verify::Verifier::new(
             cgroup2.clone(),
-            bpf.cgroup_attachments(),
+            attachments,
             opts.verify_every,
             Some((shared.pipeline.clone(), node.clone())),
+            Some(repair_attachment(bpf.clone(), cgroup2.clone(), pins.clone())),
         );
-        let bpf = Arc::new(std::sync::Mutex::new(bpf));
         let telemetry = Arc::new(bpf::telemetry::Telemetry(bpf.clone()));
         let (commands, commands_rx) = mpsc::channel(16);
         // The detector turns telemetry on for the identities whose policy
@@ -751,6 +753,19 @@ fn events_writer(path: Option<&Path>) -> anyhow::Result<Box<dyn Write + Send>> {
 
 /// Binds the control socket now (so `status` answers once `started` is
 /// out) and serves it on a task; without it the agent runs on, logged.
+/// Continuous verification's repair: attach the program again through a
+/// new link, and pin that link (the detached one's pin stays, harmless).
+fn repair_attachment(bpf: Arc<std::sync::Mutex<Bpf>>, cgroup2: PathBuf, pins: Option<Pins>) -> crate::verify::Repair {
+    Box::new(move |a| {
+        let mut b = bpf.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+        b.reattach_cgroup(a.program, &cgroup2).map_err(|e| format!("{e:#}"))?;
+        if let Some(p) = &pins {
+            b.pin_links(p).map_err(|e| format!("attached again, but its link is not pinned: {e:#}"))?;
+        }
+        Ok(())
+    })
+}
+
 fn start_control(socket: PathBuf, state: control::State, stop: watch::Receiver<bool>) -> JoinHandle<()> {
     match control::bind(&socket) {
         Ok(listener) => tokio::spawn(async move { control::serve(listener, &socket, state, stop).await }),

@@ -19,8 +19,9 @@
 //! Checked now: each cgroup program still attached at the root with the
 //! id we loaded (a detached link, or another program in its place, is a
 //! finding), and the binary (a binary replaced or rewritten on disk while
-//! it runs). Nothing is repaired yet: a finding is reported, recorded and
-//! stays until it is gone.
+//! it runs). A program no longer attached is attached again ([`Repair`]),
+//! and the repair is an event too (`repaired`); a binary cannot be
+//! repaired: that finding stays until it is gone.
 use std::{
     collections::BTreeMap,
     os::unix::fs::MetadataExt,
@@ -54,7 +55,8 @@ pub struct Finding {
 /// A finding's change, as the `integrity` event carries it.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Integrity {
-    /// `found`, or `cleared` once a pass no longer finds it.
+    /// `found`; `repaired` when the pass put it right (the detail says
+    /// how); `cleared` once a pass no longer finds it.
     pub state: String,
     #[serde(flatten)]
     pub finding: Finding,
@@ -174,11 +176,15 @@ pub struct Report {
     pub findings: Vec<Finding>,
 }
 
+/// Attaches a program found detached again; Err says why it could not.
+pub type Repair = Box<dyn Fn(&CgroupAttachment) -> Result<(), String> + Send + Sync>;
+
 pub struct Verifier {
     expected: Mutex<Expected>,
     status: Mutex<Status>,
     /// Where changes go as `integrity` events, and the node they name.
     events: Option<(mpsc::Sender<Input>, Arc<str>)>,
+    repair: Option<Repair>,
 }
 
 impl Verifier {
@@ -187,11 +193,13 @@ impl Verifier {
         attachments: Vec<CgroupAttachment>,
         every: Duration,
         events: Option<(mpsc::Sender<Input>, Arc<str>)>,
+        repair: Option<Repair>,
     ) -> Arc<Self> {
         Arc::new(Verifier {
             expected: Mutex::new(Expected { cgroup2, attachments, binary: None }),
             status: Mutex::new(Status { every_secs: every.as_secs(), ..Status::default() }),
             events,
+            repair,
         })
     }
 
@@ -254,7 +262,8 @@ impl Verifier {
     pub fn pass(&self, full: bool) -> (Report, Vec<Integrity>) {
         let observed = self.observe(full);
         let expected = self.expected.lock().unwrap_or_else(std::sync::PoisonError::into_inner).clone();
-        let findings = check(&expected, &observed);
+        let mut findings = check(&expected, &observed);
+        let repaired = self.repair_detached(&expected, &observed, &mut findings);
         let mut checked: Vec<String> = expected
             .attachments
             .iter()
@@ -264,22 +273,48 @@ impl Verifier {
             checked.push(format!("binary {} (blake3 {})", b.path.display(), b.digest.to_hex()));
         }
         let mut st = self.status.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
-        let mut changes: Vec<Integrity> = findings
-            .iter()
-            .filter(|f| !st.findings.iter().any(|p| same(p, f)))
-            .map(|f| Integrity { state: "found".into(), finding: f.clone() })
-            .collect();
-        changes.extend(
-            st.findings
-                .iter()
-                .filter(|p| !findings.iter().any(|f| same(p, f)))
-                .map(|p| Integrity { state: "cleared".into(), finding: p.clone() }),
-        );
+        let seen = |f: &Finding, among: &[Finding]| among.iter().any(|p| same(p, f));
+        let event = |state: &str, f: &Finding| Integrity { state: state.into(), finding: f.clone() };
+        // Found (a repaired one too: it was found first), then repaired, then cleared.
+        let mut changes: Vec<Integrity> =
+            findings.iter().chain(repaired.iter().map(|(f, _)| f)).filter(|f| !seen(f, &st.findings)).map(|f| event("found", f)).collect();
+        let repaired: Vec<Finding> = repaired.into_iter().map(|(f, how)| Finding { detail: format!("{}; {how}", f.detail), ..f }).collect();
+        changes.extend(repaired.iter().map(|f| event("repaired", f)));
+        changes.extend(st.findings.iter().filter(|p| !seen(p, &findings) && !seen(p, &repaired)).map(|p| event("cleared", p)));
         st.findings_total += changes.iter().filter(|c| c.state == "found").count() as u64;
         st.passes += 1;
         st.last_pass = Some(humantime::format_rfc3339_seconds(std::time::SystemTime::now()).to_string());
         st.findings = findings.clone();
-        (Report { checked, findings }, changes)
+        // `zt-agent verify` reports a repair too (exit status 1), with what was done.
+        let mut reported = findings;
+        reported.extend(repaired);
+        (Report { checked, findings: reported }, changes)
+    }
+
+    /// Attaches again each of our programs the kernel answered for and no
+    /// longer lists (not one whose query failed: nothing is known then).
+    /// Returns the findings put right, with what was done; a failed repair
+    /// stays a finding, its detail saying why.
+    fn repair_detached(&self, expected: &Expected, observed: &Observed, findings: &mut Vec<Finding>) -> Vec<(Finding, String)> {
+        let Some(repair) = &self.repair else { return Vec::new() };
+        let mut repaired = Vec::new();
+        let mut kept = Vec::new();
+        for mut f in findings.drain(..) {
+            let detached = expected
+                .attachments
+                .iter()
+                .find(|a| f.check == "attachment" && f.subject == a.program && matches!(observed.cgroup.get(&a.attach_type), Some(Ok(_))));
+            match detached.map(repair) {
+                Some(Ok(())) => repaired.push((f, format!("attached again at {} through a new link", expected.cgroup2.display()))),
+                Some(Err(why)) => {
+                    f.detail = format!("{}; attaching it again failed: {why}", f.detail);
+                    kept.push(f);
+                }
+                None => kept.push(f),
+            }
+        }
+        *findings = kept;
+        repaired
     }
 }
 
@@ -374,9 +409,33 @@ mod tests {
     }
 
     #[test]
+    fn only_a_program_the_kernel_no_longer_lists_is_attached_again() {
+        let tried = Arc::new(Mutex::new(Vec::new()));
+        let t = tried.clone();
+        let repair: Repair = Box::new(move |a| {
+            t.lock().unwrap().push(a.program);
+            if a.program == "connect6" { Err("EBUSY".into()) } else { Ok(()) }
+        });
+        let v = Verifier::new("/sys/fs/cgroup".into(), vec![], Duration::from_secs(5), None, Some(repair));
+        let mut e = expected();
+        e.attachments.push(attachment("sendmsg4", 9, 14));
+        // connect4 and connect6 detached; sendmsg4's query failed.
+        let o = Observed { cgroup: [(10, Ok(vec![])), (11, Ok(vec![])), (14, Err("EPERM".into()))].into(), binary: None };
+        let mut findings = check(&e, &o);
+        let repaired = v.repair_detached(&e, &o, &mut findings);
+        assert_eq!(*tried.lock().unwrap(), ["connect4", "connect6"], "nothing tried where the kernel did not answer");
+        assert_eq!(repaired.iter().map(|(f, _)| f.subject.as_str()).collect::<Vec<_>>(), ["connect4"]);
+        assert!(repaired[0].1.contains("attached again"), "{repaired:?}");
+        let left: Vec<(&str, &str)> = findings.iter().map(|f| (f.subject.as_str(), f.detail.as_str())).collect();
+        assert_eq!(left.len(), 2, "{left:?}");
+        assert!(left[0].0 == "connect6" && left[0].1.contains("attaching it again failed: EBUSY"), "{left:?}");
+        assert!(left[1].0 == "sendmsg4" && left[1].1.contains("cannot query"), "{left:?}");
+    }
+
+    #[test]
     fn a_pass_reports_changes_once() {
         // No attachments to query: only the binary (this test's own), fixed on the first pass.
-        let v = Verifier::new("/nonexistent".into(), vec![], Duration::from_secs(5), None);
+        let v = Verifier::new("/nonexistent".into(), vec![], Duration::from_secs(5), None, None);
         let (first, changes) = v.pass(false);
         assert_eq!((first.findings.len(), changes.len()), (0, 0));
         assert_eq!(first.checked.len(), 1, "{first:?}");

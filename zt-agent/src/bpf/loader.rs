@@ -562,6 +562,26 @@ impl Bpf {
     /// Loads a cgroup program (sock_addr, sock or skb egress) and attaches it
     /// at the cgroup v2 root.
     fn attach_cgroup(&mut self, prog: &str, cgroup2: &Path) -> anyhow::Result<()> {
+        match self.ebpf.program_mut(prog).with_context(|| format!("{prog} missing"))? {
+            Program::CgroupSockAddr(p) => p.load(),
+            Program::CgroupSock(p) => p.load(),
+            Program::CgroupSkb(p) => p.load(),
+            _ => bail!("{prog} is not a cgroup program"),
+        }
+        .context("load")?;
+        self.reattach_cgroup(prog, cgroup2)
+    }
+
+    /// Attaches loaded cgroup program `prog` at the cgroup v2 root through a
+    /// new link: at start, and as continuous verification's repair of a link
+    /// detached from outside (the Unix-socket programs too).
+    pub fn reattach_cgroup(&mut self, prog: &str, cgroup2: &Path) -> anyhow::Result<()> {
+        if super::unix::HOOKS.iter().any(|(p, _)| *p == prog) {
+            return match &mut self.unix {
+                Ok(u) => Ok(u.attach(prog, cgroup2).context("attach")?),
+                Err(why) => bail!("not loaded: {why}"),
+            };
+        }
         let root = File::open(cgroup2).with_context(|| format!("opening {}", cgroup2.display()))?;
         // aya attaches through a bpf_link on Linux >= 5.7; link attachments
         // always coexist with other programs at the same cgroup (the kernel
@@ -569,13 +589,12 @@ impl Bpf {
         // EINVAL), so "Single" evicts nothing that other software attached.
         let mode = CgroupAttachMode::Single;
         match self.ebpf.program_mut(prog).with_context(|| format!("{prog} missing"))? {
-            Program::CgroupSockAddr(p) => p.load().context("load").and_then(|()| Ok(p.attach(&root, mode).map(drop)?)),
-            Program::CgroupSock(p) => p.load().context("load").and_then(|()| Ok(p.attach(&root, mode).map(drop)?)),
-            Program::CgroupSkb(p) => {
-                p.load().context("load").and_then(|()| Ok(p.attach(&root, aya::programs::CgroupSkbAttachType::Egress, mode).map(drop)?))
-            }
+            Program::CgroupSockAddr(p) => p.attach(&root, mode).map(drop),
+            Program::CgroupSock(p) => p.attach(&root, mode).map(drop),
+            Program::CgroupSkb(p) => p.attach(&root, aya::programs::CgroupSkbAttachType::Egress, mode).map(drop),
             _ => bail!("{prog} is not a cgroup program"),
         }
+        .context("attach")
     }
 
     /// Forwards aya-log records from the kernel programs to `tracing` (via

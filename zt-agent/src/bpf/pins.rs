@@ -82,7 +82,7 @@ pub fn abi(object: &[u8]) -> Result<String, PinError> {
 }
 
 /// The pins of this ABI under a pin directory.
-#[derive(Debug)]
+#[derive(Debug, Clone)]
 pub struct Pins {
     root: PathBuf,
     run: PathBuf,
@@ -138,7 +138,8 @@ impl Pins {
     }
 
     /// Pins every link of the loaded `programs` (name, program id) under
-    /// this run's directory; returns how many.
+    /// this run's directory; returns how many. A link pinned already stays
+    /// (after a repair, only the new link is pinned).
     pub fn pin_links(&self, programs: &[(&str, u32)]) -> Result<usize, PinError> {
         std::fs::create_dir_all(&self.run).map_err(at("creating", &self.run))?;
         let mut n = 0;
@@ -146,6 +147,9 @@ impl Pins {
             let link = link.map_err(PinError::Links)?;
             let Some((name, _)) = programs.iter().find(|(_, id)| *id == link.program_id()) else { continue };
             let path = self.run.join(format!("{name}-{}", link.id()));
+            if path.exists() {
+                continue;
+            }
             pin_link_by_id(link.id(), &path).map_err(|source| PinError::PinLink {
                 program: name.to_string(),
                 path: path.display().to_string(),
