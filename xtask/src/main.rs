@@ -20,7 +20,7 @@
 //!   (the `guest` module).
 //! - `bench`: benchmarks (`bench attribution`, `bench policy`, `bench net`, `bench audit`,
 //!   `bench hardening`, `bench pipeline`, `bench siem`, `bench files`, `bench anomaly`,
-//!   `bench footprint`).
+//!   `bench footprint`, `bench verify`).
 use std::{
     ffi::OsString,
     path::{Path, PathBuf},
@@ -133,6 +133,9 @@ enum Bench {
     /// embedded policy and with 10,000 egress rules over 1,000 identities;
     /// the image's size.
     Footprint,
+    /// continuous verification: the time of a pass (periodic, on demand)
+    /// and an agent process's connect() p50/p99 with passes back to back.
+    Verify,
 }
 
 impl Bench {
@@ -149,6 +152,7 @@ impl Bench {
             Bench::Files => "files",
             Bench::Anomaly => "anomaly",
             Bench::Footprint => "footprint",
+            Bench::Verify => "verify",
         }
     }
 }

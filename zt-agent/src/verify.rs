@@ -166,6 +166,9 @@ pub struct Status {
     pub findings: Vec<Finding>,
     /// Findings reported since start (each counted once until it clears).
     pub findings_total: u64,
+    /// How long the last pass took, in microseconds.
+    #[serde(default)]
+    pub last_pass_micros: u64,
 }
 
 /// One pass's answer (`zt-agent verify`).
@@ -174,6 +177,9 @@ pub struct Report {
     /// What was checked, one line each.
     pub checked: Vec<String>,
     pub findings: Vec<Finding>,
+    /// How long the pass took (the binary hashed in full), in microseconds.
+    #[serde(default)]
+    pub micros: u64,
 }
 
 /// Attaches a program found detached again; Err says why it could not.
@@ -260,6 +266,7 @@ impl Verifier {
     /// One pass: the report, and the changes since the last pass (new
     /// findings, cleared ones) for the event stream.
     pub fn pass(&self, full: bool) -> (Report, Vec<Integrity>) {
+        let started = std::time::Instant::now();
         let observed = self.observe(full);
         let expected = self.expected.lock().unwrap_or_else(std::sync::PoisonError::into_inner).clone();
         let mut findings = check(&expected, &observed);
@@ -285,10 +292,12 @@ impl Verifier {
         st.passes += 1;
         st.last_pass = Some(humantime::format_rfc3339_seconds(std::time::SystemTime::now()).to_string());
         st.findings = findings.clone();
+        let micros = started.elapsed().as_micros() as u64;
+        st.last_pass_micros = micros;
         // `zt-agent verify` reports a repair too (exit status 1), with what was done.
         let mut reported = findings;
         reported.extend(repaired);
-        (Report { checked, findings: reported }, changes)
+        (Report { checked, findings: reported, micros }, changes)
     }
 
     /// Attaches again each of our programs the kernel answered for and no

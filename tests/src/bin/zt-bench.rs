@@ -65,7 +65,7 @@
 //! quiet identity's denials reach the stream and the audit log.
 //!
 //! Internal child modes: `spawn-loop N`, `udp-flood RATE SECS ADDR`,
-//! `connect-latency N ADDR`, `syscall-loop WHAT N`, and
+//! `connect-latency N ADDR`, `connect-percentiles N ADDR`, `syscall-loop WHAT N`, and
 //! [`zt_tests::flood::child_mode`]'s.
 use std::{
     net::UdpSocket,
@@ -81,6 +81,8 @@ use anyhow::Context as _;
 mod anomaly;
 #[path = "zt-bench/footprint.rs"]
 mod footprint;
+#[path = "zt-bench/verify.rs"]
+mod verify;
 use zt_tests::{Agent, TestCgroup, agent_bin, policy};
 
 fn main() -> anyhow::Result<()> {
@@ -92,10 +94,12 @@ fn main() -> anyhow::Result<()> {
         Some("spawn-loop") => spawn_loop(args[2].parse()?),
         Some("udp-flood") => udp_flood(args[2].parse()?, args[3].parse()?, &args[4]),
         Some("connect-latency") => connect_latency(args[2].parse()?, &args[3]),
+        Some("connect-percentiles") => verify::connect_percentiles(args[2].parse()?, &args[3]),
         Some("syscall-loop") => syscall_loop(&args[2], args[3].parse()?),
         Some("syscall-rate") => anomaly::syscall_rate(args[2].parse()?, args[3].parse()?),
         Some(
-            which @ ("attribution" | "policy" | "net" | "audit" | "hardening" | "pipeline" | "siem" | "files" | "anomaly" | "footprint"),
+            which @ ("attribution" | "policy" | "net" | "audit" | "hardening" | "pipeline" | "siem" | "files" | "anomaly" | "footprint"
+            | "verify"),
         ) => {
             let rounds = args.iter().position(|a| a == "--rounds").and_then(|i| args.get(i + 1)).and_then(|r| r.parse().ok()).unwrap_or(10);
             match which {
@@ -108,10 +112,13 @@ fn main() -> anyhow::Result<()> {
                 "files" => files_bench(rounds),
                 "anomaly" => anomaly::bench(rounds),
                 "footprint" => footprint::bench(rounds),
+                "verify" => verify::bench(rounds),
                 _ => net_bench(rounds),
             }
         }
-        _ => anyhow::bail!("usage: zt-bench attribution|policy|net|audit|hardening|pipeline|siem|files|anomaly|footprint [--rounds N]"),
+        _ => anyhow::bail!(
+            "usage: zt-bench attribution|policy|net|audit|hardening|pipeline|siem|files|anomaly|footprint|verify [--rounds N]"
+        ),
     }
 }
 
@@ -300,6 +307,13 @@ fn attribution(rounds: usize) -> anyhow::Result<()> {
 
 /// Child mode: N loopback TCP connects; prints the p50 in ns.
 fn connect_latency(n: usize, addr: &str) -> anyhow::Result<()> {
+    let t = connect_times(n, addr)?;
+    println!("{}", t[n / 2]);
+    Ok(())
+}
+
+/// N loopback TCP connects to `addr`: each one's time in ns, sorted.
+fn connect_times(n: usize, addr: &str) -> anyhow::Result<Vec<u64>> {
     let addr: std::net::SocketAddr = addr.parse()?;
     let mut t = Vec::with_capacity(n);
     for _ in 0..n {
@@ -322,8 +336,7 @@ fn connect_latency(n: usize, addr: &str) -> anyhow::Result<()> {
         }
     }
     t.sort_unstable();
-    println!("{}", t[n / 2]);
-    Ok(())
+    Ok(t)
 }
 
 fn percentile(v: &mut [f64], p: f64) -> f64 {

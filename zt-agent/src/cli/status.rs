@@ -37,8 +37,8 @@ pub fn verify(socket: &Path, json: bool) -> anyhow::Result<ExitCode> {
             println!("FINDING {} {}: {}", f.check, f.subject, f.detail);
         }
         match report.findings.len() {
-            0 => println!("verified: {} checks, nothing changed", report.checked.len()),
-            n => println!("{n} finding(s) of {} checks", report.checked.len()),
+            0 => println!("verified: {} checks, nothing changed ({} us)", report.checked.len(), report.micros),
+            n => println!("{n} finding(s) of {} checks ({} us)", report.checked.len(), report.micros),
         }
     }
     Ok(if report.findings.is_empty() { ExitCode::SUCCESS } else { ExitCode::FAILURE })
