@@ -581,6 +581,15 @@ pub fn identity_of(e: &Value) -> Option<&str> {
     e["identity"]["name"].as_str()
 }
 
+/// (denied, allowed) TCP connects from `cmd` (the test helper, perhaps in
+/// a cgroup) to `addr` during `ms`: its `connect-loop` mode.
+pub fn connect_loop(mut cmd: std::process::Command, ms: u64, addr: &str) -> (u64, u64) {
+    let out = cmd.args(["connect-loop", &ms.to_string(), addr]).output().unwrap();
+    let text = String::from_utf8_lossy(&out.stdout);
+    let mut it = text.split_whitespace().map(|n| n.parse::<u64>().unwrap());
+    (it.next().unwrap(), it.next().unwrap())
+}
+
 /// A policy with the given identities (YAML list items, indented by 4).
 pub fn policy(trust_domain: &str, identities: &str) -> String {
     format!(

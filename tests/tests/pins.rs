@@ -10,14 +10,6 @@ use std::{
 use serde_json::Value;
 use zt_tests::*;
 
-/// (denied, allowed) TCP connects from `cmd` to `addr` during `ms`.
-fn connect_loop(mut cmd: Command, ms: u64, addr: &str) -> (u64, u64) {
-    let out = cmd.args(["connect-loop", &ms.to_string(), addr]).output().unwrap();
-    let text = String::from_utf8_lossy(&out.stdout);
-    let mut it = text.split_whitespace().map(|n| n.parse::<u64>().unwrap());
-    (it.next().unwrap(), it.next().unwrap())
-}
-
 fn spawn_loop(mut cmd: Command, ms: u64, addr: &str) -> Child {
     cmd.args(["connect-loop", &ms.to_string(), addr]).stdout(Stdio::piped()).spawn().unwrap()
 }

@@ -73,14 +73,6 @@ fn connect4_pin(pin_dir: &Path) -> PathBuf {
     found.remove(0)
 }
 
-/// (denied, allowed) TCP connects from `cmd` to `addr` during `ms`.
-fn connect_loop(mut cmd: Command, ms: u64, addr: &str) -> (u64, u64) {
-    let out = cmd.args(["connect-loop", &ms.to_string(), addr]).output().unwrap();
-    let text = String::from_utf8_lossy(&out.stdout);
-    let mut it = text.split_whitespace().map(|n| n.parse::<u64>().unwrap());
-    (it.next().unwrap(), it.next().unwrap())
-}
-
 fn verify(socket: &Path) -> (bool, String) {
     let o = Command::new(agent_bin()).args(["verify", "--socket"]).arg(socket).output().unwrap();
     (o.status.success(), format!("{}{}", String::from_utf8_lossy(&o.stdout), String::from_utf8_lossy(&o.stderr)))
