@@ -186,6 +186,9 @@ pub struct Report {
 pub type Repair = Box<dyn Fn(&CgroupAttachment) -> Result<(), String> + Send + Sync>;
 
 pub struct Verifier {
+    /// Held through a pass: the periodic one and `zt-agent verify` never
+    /// overlap (each would report, and repair, the same finding).
+    pass: Mutex<()>,
     expected: Mutex<Expected>,
     status: Mutex<Status>,
     /// Where changes go as `integrity` events, and the node they name.
@@ -202,6 +205,7 @@ impl Verifier {
         repair: Option<Repair>,
     ) -> Arc<Self> {
         Arc::new(Verifier {
+            pass: Mutex::new(()),
             expected: Mutex::new(Expected { cgroup2, attachments, binary: None }),
             status: Mutex::new(Status { every_secs: every.as_secs(), ..Status::default() }),
             events,
@@ -216,9 +220,11 @@ impl Verifier {
         let v = self.clone();
         let (report, changes) = tokio::task::spawn_blocking(move || v.pass(full)).await.expect("a verification pass panicked");
         for c in changes {
+            let f = &c.finding;
             match &c.state[..] {
-                "found" => tracing::error!("integrity: {} {}: {}", c.finding.check, c.finding.subject, c.finding.detail),
-                _ => tracing::warn!("integrity: {} {} verified again", c.finding.check, c.finding.subject),
+                "found" => tracing::error!("integrity: {} {}: {}", f.check, f.subject, f.detail),
+                "repaired" => tracing::warn!("integrity: {} {} repaired: {}", f.check, f.subject, f.detail),
+                _ => tracing::info!("integrity: {} {} verified again", f.check, f.subject),
             }
             if let Some((tx, node)) = &self.events {
                 let ev = Event { time: wall_time(boottime_ns()), node: node.clone(), body: Body::Integrity { integrity: c } };
@@ -264,8 +270,9 @@ impl Verifier {
     }
 
     /// One pass: the report, and the changes since the last pass (new
-    /// findings, cleared ones) for the event stream.
+    /// findings, repairs, cleared ones) for the event stream.
     pub fn pass(&self, full: bool) -> (Report, Vec<Integrity>) {
+        let _one_at_a_time = self.pass.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
         let started = std::time::Instant::now();
         let observed = self.observe(full);
         let expected = self.expected.lock().unwrap_or_else(std::sync::PoisonError::into_inner).clone();
