@@ -31,7 +31,8 @@ enum Command {
         json: bool,
     },
     /// Verify the running agent now: its cgroup programs still attached with
-    /// the ids it loaded, its binary unchanged. Exit status 1 on a finding.
+    /// the ids it loaded (attached again if not), its binary unchanged. Exit
+    /// status 1 on a finding or a repair.
     Verify {
         #[arg(long, value_name = "PATH", default_value = control::DEFAULT_SOCKET)]
         socket: PathBuf,
