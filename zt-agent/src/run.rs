@@ -751,8 +751,6 @@ fn events_writer(path: Option<&Path>) -> anyhow::Result<Box<dyn Write + Send>> {
     })
 }
 
-/// Binds the control socket now (so `status` answers once `started` is
-/// out) and serves it on a task; without it the agent runs on, logged.
 /// Continuous verification's repair: attach the program again through a
 /// new link, and pin that link (the detached one's pin stays, harmless).
 fn repair_attachment(bpf: Arc<std::sync::Mutex<Bpf>>, cgroup2: PathBuf, pins: Option<Pins>) -> crate::verify::Repair {
@@ -766,6 +764,8 @@ fn repair_attachment(bpf: Arc<std::sync::Mutex<Bpf>>, cgroup2: PathBuf, pins: Op
     })
 }
 
+/// Binds the control socket now (so `status` answers once `started` is
+/// out) and serves it on a task; without it the agent runs on, logged.
 fn start_control(socket: PathBuf, state: control::State, stop: watch::Receiver<bool>) -> JoinHandle<()> {
     match control::bind(&socket) {
         Ok(listener) => tokio::spawn(async move { control::serve(listener, &socket, state, stop).await }),
