@@ -581,6 +581,16 @@ pub fn identity_of(e: &Value) -> Option<&str> {
     e["identity"]["name"].as_str()
 }
 
+/// Runs `zt-agent uninstall --pin-dir` on the directory when dropped: a
+/// test's private pins never outlive it.
+pub struct Uninstall(pub PathBuf);
+
+impl Drop for Uninstall {
+    fn drop(&mut self) {
+        let _ = std::process::Command::new(agent_bin()).args(["uninstall", "--pin-dir"]).arg(&self.0).status();
+    }
+}
+
 /// (denied, allowed) TCP connects from `cmd` (the test helper, perhaps in
 /// a cgroup) to `addr` during `ms`: its `connect-loop` mode.
 pub fn connect_loop(mut cmd: std::process::Command, ms: u64, addr: &str) -> (u64, u64) {

@@ -41,13 +41,6 @@ fn settled(want: &[String]) -> Vec<String> {
     }
 }
 
-struct Uninstall<'a>(&'a Path);
-impl Drop for Uninstall<'_> {
-    fn drop(&mut self) {
-        let _ = Command::new(agent_bin()).args(["uninstall", "--pin-dir"]).arg(self.0).status();
-    }
-}
-
 /// A private pin directory under bpffs (uninstalled when dropped) and
 /// state, audit log and key under a private temp dir: the `run` flags of
 /// one pinned agent and its successors.
@@ -84,7 +77,7 @@ impl PinnedRun {
 
 impl Drop for PinnedRun {
     fn drop(&mut self) {
-        drop(Uninstall(&self.pin_dir));
+        drop(Uninstall(self.pin_dir.clone()));
     }
 }
 
@@ -237,7 +230,7 @@ fn a_restart_clears_what_the_previous_run_left_in_the_idle_slot() {
     let allowing = format!("{denying}  rules:\n    - identity: a\n      action: allow\n      egress:\n        - to: [127.0.0.1/32]\n");
     let tmp = tempdir("pins-slots").unwrap();
     let pin_dir = Path::new("/sys/fs/bpf").join(unique("zt-test-slots"));
-    let cleanup = Uninstall(&pin_dir);
+    let cleanup = Uninstall(pin_dir.clone());
     let d = |n: &str| tmp.path().join(n).display().to_string();
     let (state, policy_file) = (d("state"), d("policy.yaml"));
     std::fs::write(&policy_file, &allowing).unwrap();

@@ -99,12 +99,6 @@ fn a_detached_program_is_found_and_attached_again_and_a_replaced_binary_is_found
     let bin = tmp.path().join("zt-agent");
     std::fs::copy(agent_bin(), &bin).unwrap();
     let pin_dir = Path::new("/sys/fs/bpf").join(unique("verify"));
-    struct Uninstall(PathBuf);
-    impl Drop for Uninstall {
-        fn drop(&mut self) {
-            let _ = Command::new(agent_bin()).args(["uninstall", "--pin-dir"]).arg(&self.0).status();
-        }
-    }
     let _cleanup = Uninstall(pin_dir.clone());
     let listener = Listener::new();
     let addr = listener.addr();
