@@ -47,6 +47,7 @@ fn started_and_stopped_in_process() {
         metrics_addr: Some("127.0.0.1:0".parse().unwrap()),
         bpf_stats: true,
         kube: None,
+        api: None,
     };
     let rt = tokio::runtime::Builder::new_multi_thread().enable_all().build().unwrap();
     rt.block_on(async {

@@ -298,7 +298,7 @@ fn output(program: &str, args: &[&str]) -> anyhow::Result<String> {
 /// for later network tests), procps (ps/pkill in diagnostics), rsyslog with
 /// its GnuTLS and OpenSSL drivers (real syslog receivers for the SIEM
 /// tests; installing starts no daemon here, the tests start their own),
-/// openssl (test certificates), prometheus (its `prometheus` scrapes the
+/// openssl (test certificates), curl (a TLS client of the remote API), prometheus (its `prometheus` scrapes the
 /// agent in a test, `promtool` checks the exposition; no service starts),
 /// podman with runc (crun refuses hybrid cgroup hosts) and catatonit (the
 /// pods' pause image) for the image and DaemonSet tests.
@@ -312,6 +312,7 @@ const APT_PACKAGES: &[&str] = &[
     "rsyslog-gnutls",
     "rsyslog-openssl",
     "openssl",
+    "curl",
     "prometheus",
     "podman",
     "runc",

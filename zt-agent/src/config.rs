@@ -11,6 +11,16 @@
 //! auditDir: /var/lib/zt-agent/audit
 //! syslog:
 //!   - tls://siem.example:6514?ca=/etc/zt-agent/siem-ca.pem&cert=/etc/zt-agent/client.pem&key=/etc/zt-agent/client.key
+//! api:                      # the remote API (config only; see crate::api)
+//!   listen: 0.0.0.0:9443
+//!   ca: /etc/zt-agent/api-client-ca.pem
+//!   cert: /etc/zt-agent/api.pem
+//!   key: /etc/zt-agent/api.key
+//!   allow:
+//!     - spiffe: spiffe://example.org/ops/*
+//!       may: [read, stream]
+//!     - spiffe: spiffe://example.org/ops/deployer
+//!       may: [push]
 //! ```
 use std::{
     collections::BTreeMap,
@@ -140,6 +150,31 @@ pub struct ConfigFile {
     pub kube_token: Option<Spanned<PathBuf>>,
     pub kube_ca: Option<Spanned<PathBuf>>,
     pub kube_node: Option<Spanned<String>>,
+    /// The remote API (no flag: its grants are structured).
+    pub api: Option<Spanned<ApiFile>>,
+}
+
+/// The `api` section.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+pub struct ApiFile {
+    /// `IP:PORT`.
+    pub listen: Spanned<String>,
+    /// The CA bundle client certificates must chain to (PEM).
+    pub ca: PathBuf,
+    /// The server's certificate chain and key (PEM).
+    pub cert: PathBuf,
+    pub key: PathBuf,
+    /// Who may do what; no grant, no access.
+    pub allow: Spanned<Vec<GrantFile>>,
+}
+
+/// One grant: a SPIFFE ID pattern and what it may do.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct GrantFile {
+    pub spiffe: Spanned<String>,
+    pub may: Spanned<Vec<crate::api::authz::Permission>>,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -160,6 +195,8 @@ pub struct Loaded {
     pub syslog: Vec<Destination>,
     /// `metricsAddr`, parsed.
     pub metrics_addr: Option<Listen>,
+    /// The `api` section, checked.
+    pub api: Option<crate::api::Options>,
 }
 
 impl Loaded {
@@ -187,7 +224,7 @@ pub fn parse(path: &Path, text: &str) -> Result<Loaded, ConfigError> {
             ConfigError::Invalid(vec![format!("{}:{line}:{column}: {message}", path.display())])
         })?
     };
-    let mut loaded = Loaded { path: path.to_path_buf(), file, syslog: Vec::new(), metrics_addr: None };
+    let mut loaded = Loaded { path: path.to_path_buf(), file, syslog: Vec::new(), metrics_addr: None, api: None };
     let mut errors = Vec::new();
     for (key, size) in [("ringbufSize", &loaded.file.ringbuf_size), ("securityRingbufSize", &loaded.file.security_ringbuf_size)] {
         if let Some(s) = size
@@ -213,7 +250,34 @@ pub fn parse(path: &Path, text: &str) -> Result<Loaded, ConfigError> {
             Err(e) => errors.push(format!("{}: {e}", loaded.at(&a.referenced))),
         }
     }
+    if let Some(api) = &loaded.file.api {
+        loaded.api = api_options(&loaded, &api.value, &mut errors);
+    }
     if errors.is_empty() { Ok(loaded) } else { Err(ConfigError::Invalid(errors)) }
+}
+
+/// The `api` section checked: its address, grant patterns and permissions.
+fn api_options(loaded: &Loaded, api: &ApiFile, errors: &mut Vec<String>) -> Option<crate::api::Options> {
+    use crate::api::authz::{Grant, Rules};
+    let before = errors.len();
+    let listen = api.listen.value.parse().map_err(|_| {
+        errors.push(format!("{}: {:?} is not IP:PORT (e.g. 0.0.0.0:9443)", loaded.at(&api.listen.referenced), api.listen.value))
+    });
+    if api.allow.value.is_empty() {
+        errors.push(format!("{}: api.allow grants nothing: every call would be refused", loaded.at(&api.allow.referenced)));
+    }
+    let mut grants = Vec::new();
+    for g in &api.allow.value {
+        match g.spiffe.value.parse() {
+            Ok(pattern) => grants.push(Grant { pattern, may: g.may.value.clone() }),
+            Err(e) => errors.push(format!("{}: {e}", loaded.at(&g.spiffe.referenced))),
+        }
+        if g.may.value.is_empty() {
+            errors.push(format!("{}: an empty `may` grants nothing (read, push, stream)", loaded.at(&g.may.referenced)));
+        }
+    }
+    let listen = listen.ok().filter(|_| errors.len() == before)?;
+    Some(crate::api::Options { listen, ca: api.ca.clone(), cert: api.cert.clone(), key: api.key.clone(), rules: Rules(grants) })
 }
 
 /// One effective `run` setting, as `status` shows it.
@@ -271,5 +335,25 @@ mod tests {
         assert!(e[0].starts_with("c.yaml:1:14: ") && e[0].contains("power of two"), "{e:?}");
         assert!(e[1].starts_with("c.yaml:3:5: ") && e[1].contains("needs ca=FILE"), "{e:?}");
         assert!(e[2].starts_with("c.yaml:5:5: ") && e[2].contains("unknown scheme"), "{e:?}");
+    }
+
+    #[test]
+    fn the_api_section() {
+        let head = "api:\n  listen: 127.0.0.1:9443\n  ca: /ca.pem\n  cert: /s.pem\n  key: /s.key\n";
+        let l = parse(Path::new("c.yaml"), &format!("{head}  allow:\n    - spiffe: spiffe://zt.test/ops/*\n      may: [read, stream]\n"))
+            .unwrap();
+        let api = l.api.unwrap();
+        assert_eq!(api.listen, "127.0.0.1:9443".parse().unwrap());
+        assert!(api.rules.allows("spiffe://zt.test/ops/ci", crate::api::authz::Permission::Stream));
+        assert!(!api.rules.allows("spiffe://zt.test/ops/ci", crate::api::authz::Permission::Push));
+        let e = errors(&format!("{head}  allow:\n    - spiffe: https://x/y\n      may: []\n"));
+        assert_eq!(e.len(), 2, "{e:?}");
+        assert!(e[0].starts_with("c.yaml:7:15: ") && e[0].contains("not a SPIFFE ID pattern"), "{e:?}");
+        assert!(e[1].starts_with("c.yaml:8:12: ") && e[1].contains("grants nothing"), "{e:?}");
+        let e = errors(&format!("{head}  allow:\n    - spiffe: spiffe://zt.test/a\n      may: [write]\n"));
+        assert!(e[0].starts_with("c.yaml:8:") && e[0].contains("write"), "{e:?}");
+        let e = errors(&head.replace("127.0.0.1:9443", "localhost").replace("  key: /s.key\n", "  key: /s.key\n  allow: []\n"));
+        assert!(e[0].starts_with("c.yaml:2:11: ") && e[0].contains("not IP:PORT"), "{e:?}");
+        assert!(e[1].starts_with("c.yaml:6:10: ") && e[1].contains("grants nothing"), "{e:?}");
     }
 }

@@ -5,6 +5,7 @@
 //! domain's traits; nothing but `bpf` imports aya):
 //! - [`run`]: the daemon: wires the rest together and owns shutdown.
 //! - [`control`]: the local control socket and its protocol (`zt-agent status`).
+//! - [`api`]: the remote control API over mutual TLS, SPIFFE-authorised.
 //! - [`metrics`]: Prometheus `/metrics`, `/healthz`, `/readyz` over HTTP.
 //! - [`config`]: the config file (every `run` option), checked at `file:line:col`.
 //! - [`manager`]: applies policies to a [`policy::target::PolicyTarget`]
@@ -25,6 +26,7 @@
 //! - [`error`]: rendering error chains.
 //! - [`verify`]: continuous verification of what the agent put in place.
 pub mod anomaly;
+pub mod api;
 pub mod audit;
 pub mod bpf;
 pub mod config;

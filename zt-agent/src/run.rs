@@ -96,6 +96,8 @@ pub struct RunOptions {
     /// Where Kubernetes pod metadata comes from; None: nowhere (`k8s`
     /// selectors match nothing, events carry no pod).
     pub kube: Option<crate::kube::client::Source>,
+    /// The remote API over mutual TLS; None: off.
+    pub api: Option<crate::api::Options>,
 }
 
 /// Queue into the audit thread (security-relevant events only).
@@ -146,6 +148,8 @@ pub struct Agent {
     kube: Option<JoinHandle<()>>,
     /// Continuous verification's periodic passes (a pipeline sender too).
     verify: Option<JoinHandle<()>>,
+    /// The remote API's server (a pipeline sender too).
+    api: Option<JoinHandle<()>>,
 }
 
 /// The CLI's daemon: start, run until SIGINT/SIGTERM, shut down.
@@ -172,6 +176,10 @@ impl Agent {
         // Bound first: an address in use stops the start before anything is loaded.
         let metrics_listener = match opts.metrics_addr {
             Some(addr) => Some(crate::metrics::bind(addr).await?),
+            None => None,
+        };
+        let api = match &opts.api {
+            Some(a) => Some(crate::api::bind(a).await?),
             None => None,
         };
         let tracefs = host::ensure_tracefs()?;
@@ -282,6 +290,8 @@ impl Agent {
             false => None,
         };
         let tally = crate::metrics::tally::Tally::default();
+        let hub = crate::api::stream::Hub::new(&stats.outputs);
+        let api_monitor = api.as_ref().map(|b| b.monitor(hub.clone()));
 
         let audit_failure = audit_writer.failure();
         let audit_control = audit_writer.control();
@@ -294,6 +304,7 @@ impl Agent {
             Box::new(audit_writer),
             Box::new(siem),
             Box::new(tally.clone()),
+            Box::new(hub.clone()),
         ];
         let kernel = pipeline::Kernel {
             ring: maps.events,
@@ -342,11 +353,16 @@ impl Agent {
             anomaly: board,
             kube: opts.kube.is_some().then(|| kube_status.clone()),
             verifier: Some(verifier.clone()),
+            api: api_monitor.clone(),
         };
         let verify = (!opts.verify_every.is_zero()).then(|| tokio::spawn(crate::verify::run(verifier, opts.verify_every, stop_rx.clone())));
         let metrics = metrics_listener.map(|listener| {
             let sources = crate::metrics::Sources { control: state.clone(), tally, bpf: bpf.clone(), bpf_stats: bpf_stats.is_some() };
             tokio::spawn(crate::metrics::serve(listener, sources, stop_rx.clone()))
+        });
+        let api = api.zip(api_monitor).map(|(bound, monitor)| {
+            let ctx = crate::api::Context { control: state.clone(), monitor, pipeline: shared.pipeline.clone(), node: node.clone() };
+            tokio::spawn(crate::api::serve(bound, ctx, stop_rx.clone()))
         });
         let kube = match (opts.kube.clone(), pods) {
             (Some(source), Some(pods)) => {
@@ -381,6 +397,7 @@ impl Agent {
             _bpf_stats: bpf_stats,
             kube,
             verify,
+            api,
         };
         agent.emit(agent.agent_event(AgentState::Started, None)).await;
         if let Some(dir) = demo_cgroup {
@@ -434,6 +451,9 @@ impl Agent {
         }
         if let Some(v) = self.verify.take() {
             let _ = v.await;
+        }
+        if let Some(a) = self.api.take() {
+            let _ = a.await;
         }
         self.emit(self.agent_event(AgentState::Stopped, Some(text.clone()))).await;
         let Agent { bpf, running, demo, pinned: self_pinned, fanotify, .. } = self;

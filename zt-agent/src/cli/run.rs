@@ -242,6 +242,13 @@ impl RunArgs {
                 _ => "default".into(),
             },
         });
+        // The remote API: the config file only (its grants have no flag form).
+        let api = loaded.as_ref().and_then(|l| l.api.clone());
+        p.settings.push(Setting {
+            key: "api".into(),
+            value: api.as_ref().map_or_else(|| "off".into(), |a| format!("https://{} ({} grants)", a.listen, a.rules.0.len())),
+            source: loaded.as_ref().and_then(|l| l.file.api.as_ref().map(|a| l.at(&a.referenced))).unwrap_or_else(|| "default".into()),
+        });
         let mut audit = audit::log::Config::new(audit_dir, audit_key, audit_origin.unwrap_or_else(audit::log::default_origin));
         audit.segment_bytes = audit_segment_bytes;
         audit.retain_bytes = audit_retain_bytes;
@@ -268,6 +275,7 @@ impl RunArgs {
             metrics_addr: metrics_addr.0,
             bpf_stats,
             kube,
+            api,
         })
     }
 }

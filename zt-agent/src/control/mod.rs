@@ -81,6 +81,8 @@ pub struct State {
     pub kube: Option<Arc<std::sync::Mutex<crate::kube::client::Status>>>,
     /// Continuous verification (`zt-agent verify`).
     pub verifier: Option<Arc<crate::verify::Verifier>>,
+    /// The remote API, where it is on.
+    pub api: Option<crate::api::Monitor>,
 }
 
 /// Creates the socket (mode 0600), replacing a stale one.
@@ -152,7 +154,7 @@ async fn hangup(reader: &mut (impl tokio::io::AsyncRead + Unpin)) {
 }
 
 /// Sends a command to the policy manager and waits for its reply.
-async fn ask<T>(commands: &mpsc::Sender<Command>, make: impl FnOnce(oneshot::Sender<T>) -> Command) -> Result<T, String> {
+pub(crate) async fn ask<T>(commands: &mpsc::Sender<Command>, make: impl FnOnce(oneshot::Sender<T>) -> Command) -> Result<T, String> {
     const GONE: &str = "the agent is shutting down";
     let (tx, rx) = oneshot::channel();
     commands.send(make(tx)).await.map_err(|_| GONE.to_string())?;
@@ -244,6 +246,7 @@ pub fn status(state: &State) -> StatusDoc {
         syscall_telemetry,
         kubernetes: state.kube.as_ref().map(|k| k.lock().unwrap_or_else(|e| e.into_inner()).clone()),
         verification: state.verifier.as_ref().map(|v| v.status()),
+        api: state.api.as_ref().map(|a| a.status()),
     }
 }
 

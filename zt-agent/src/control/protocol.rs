@@ -119,6 +119,9 @@ pub struct StatusDoc {
     /// Continuous verification: passes, the last one's findings.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub verification: Option<crate::verify::Status>,
+    /// The remote API: where it listens, calls allowed and refused.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub api: Option<crate::api::Status>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]

@@ -61,7 +61,7 @@ pub enum ApplyError {
     NotQuarantined(String),
 }
 
-/// Commands for the manager task (from the control socket).
+/// Commands for the manager task (from the control socket and the remote API).
 pub enum Command {
     Reload {
         source: String,
@@ -69,6 +69,13 @@ pub enum Command {
     },
     Rollback {
         version: Option<u64>,
+        reply: oneshot::Sender<Result<Outcome, ApplyError>>,
+    },
+    /// Applies a bundle that came from elsewhere than the policy paths
+    /// (the remote API); `source` names who sent it.
+    Push {
+        bundle: Bundle,
+        source: String,
         reply: oneshot::Sender<Result<Outcome, ApplyError>>,
     },
     History {

@@ -12,6 +12,7 @@ use std::{path::PathBuf, time::Duration};
 use tokio::sync::{mpsc, watch};
 
 use super::{Command, Manager};
+use crate::pipeline::event::PolicyAction;
 
 /// Editors and ConfigMap updates write in several steps: wait this long
 /// after the first change before reading.
@@ -75,6 +76,9 @@ pub async fn run(mut m: Manager, mut commands: mpsc::Receiver<Command>, mut stop
             cmd = commands.recv() => match cmd {
                 Some(Command::Reload { source, reply }) => { let _ = reply.send(m.reload(&source).await); }
                 Some(Command::Rollback { version, reply }) => { let _ = reply.send(m.rollback(version).await); }
+                Some(Command::Push { bundle, source, reply }) => {
+                    let _ = reply.send(m.apply_and_report(bundle, &source, PolicyAction::Applied).await);
+                }
                 Some(Command::History { reply }) => { let _ = reply.send(m.history()); }
                 Some(Command::Quarantine { identity, on, reason, reply }) => {
                     let r = m.quarantine(&identity, on, &reason).await;

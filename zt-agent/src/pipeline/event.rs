@@ -109,6 +109,11 @@ pub enum Body {
     Integrity {
         integrity: crate::verify::Integrity,
     },
+    /// A call to the remote API (see `crate::api`), allowed or refused,
+    /// with the caller's SPIFFE ID.
+    Api {
+        api: crate::api::ApiCall,
+    },
 }
 
 impl Body {
@@ -124,13 +129,13 @@ impl Body {
             | Body::File { identity, .. }
             | Body::Detection { identity, .. }
             | Body::Baseline { identity, .. } => identity.as_ref(),
-            Body::Loss { .. } | Body::Agent { .. } | Body::Policy { .. } | Body::Integrity { .. } => None,
+            Body::Loss { .. } | Body::Agent { .. } | Body::Policy { .. } | Body::Integrity { .. } | Body::Api { .. } => None,
         }
     }
 
     /// A security record: a denial or would-deny, a guard action, a policy
     /// change, the agent's life cycle, a loss, an anomaly finding or baseline,
-    /// an integrity finding.
+    /// an integrity finding, a call to the remote API.
     /// The audit log keeps these, and no telemetry flood may crowd them out.
     pub fn is_security(&self) -> bool {
         match self {
@@ -144,7 +149,8 @@ impl Body {
             | Body::UnixConnect { .. }
             | Body::Detection { .. }
             | Body::Baseline { .. }
-            | Body::Integrity { .. } => true,
+            | Body::Integrity { .. }
+            | Body::Api { .. } => true,
             Body::File { file, .. } => file.decision == Decision::Deny,
             Body::Exec { .. } | Body::Exit { .. } => false,
         }
@@ -166,6 +172,7 @@ impl Body {
             Body::Detection { .. } => "detection",
             Body::Baseline { .. } => "baseline",
             Body::Integrity { .. } => "integrity",
+            Body::Api { .. } => "api",
         }
     }
 }

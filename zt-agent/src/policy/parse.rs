@@ -775,7 +775,7 @@ fn validate_trust_domain(td: &str) -> Result<(), &'static str> {
 
 /// SPIFFE ID: `spiffe://<trust domain>/<path>` with non-empty segments of
 /// `[A-Za-z0-9._-]`, no `.`/`..` segments (SPIFFE-ID spec §2.2).
-fn validate_spiffe_id(id: &str, trust_domain: Option<&str>) -> Result<(), String> {
+pub(crate) fn validate_spiffe_id(id: &str, trust_domain: Option<&str>) -> Result<(), String> {
     let rest = id.strip_prefix("spiffe://").ok_or("must start with \"spiffe://\"")?;
     let (td, path) = rest.split_once('/').ok_or("needs a path after the trust domain")?;
     if let Some(trust_domain) = trust_domain

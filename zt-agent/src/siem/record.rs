@@ -64,7 +64,7 @@ impl Record {
 /// How severe a record is: denials warn, would-denies are notices, what an
 /// agent identity may do is informational; lost records, a refused policy,
 /// a killed process and a damaged log are errors; an integrity finding is
-/// critical.
+/// critical; a refused remote API call warns, an allowed one is a notice.
 pub fn severity(kind: &str, p: &Value) -> Severity {
     use Severity::*;
     let by_action = |action: &Value| match action.as_str() {
@@ -93,6 +93,8 @@ pub fn severity(kind: &str, p: &Value) -> Severity {
         // may not be what `status` says.
         "integrity" if p["integrity"]["state"] == "found" => Critical,
         "integrity" => Notice,
+        "api" if p["api"]["outcome"] == "refused" => Warning,
+        "api" => Notice,
         "retention" if p["undelivered"].is_array() => Warning,
         "agent" | "key_rotation" | "key_retired" | "retention" | "siem_undelivered" => Notice,
         _ => Info,
@@ -117,6 +119,8 @@ mod tests {
         assert_eq!(severity("loss", &json!({})), Severity::Error);
         assert_eq!(severity("integrity", &json!({"integrity": {"state": "found"}})), Severity::Critical);
         assert_eq!(severity("integrity", &json!({"integrity": {"state": "cleared"}})), Severity::Notice);
+        assert_eq!(severity("api", &json!({"api": {"outcome": "refused"}})), Severity::Warning);
+        assert_eq!(severity("api", &json!({"api": {"outcome": "allowed"}})), Severity::Notice);
         assert_eq!(severity("exec", &json!({})), Severity::Info);
     }
 
