@@ -17,6 +17,7 @@
 //! - [`our_loaded_programs`]: which of our programs the kernel still holds.
 //! - [`flood`]: the flood attack (one identity floods, another is quiet).
 pub mod flood;
+pub mod mtls;
 pub mod siem;
 
 use std::{

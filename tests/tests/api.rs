@@ -11,66 +11,13 @@
 //! audit log holds an `api` record of every call, allowed or refused,
 //! with the caller's SPIFFE ID.
 use std::{
-    path::{Path, PathBuf},
+    path::PathBuf,
     process::{Command, Output, Stdio},
     time::{Duration, Instant},
 };
 
 use serde_json::Value;
 use zt_tests::*;
-
-/// Runs openssl in `dir`; panics with its output when it fails.
-fn openssl(dir: &Path, args: &[&str]) {
-    let o = Command::new("openssl").current_dir(dir).args(args).output().expect("openssl (apt package openssl)");
-    assert!(o.status.success(), "openssl {args:?}: {}", String::from_utf8_lossy(&o.stderr));
-}
-
-const EC: [&str; 4] = ["-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:P-256"];
-
-/// `name.key` and `name.pem` signed by `ca`, with the extensions `ext`
-/// (`days` < 0: expired already).
-fn issue(dir: &Path, name: &str, ca: &str, ext: &str, days: i32) {
-    let (key, csr, pem, extfile) = (format!("{name}.key"), format!("{name}.csr"), format!("{name}.pem"), format!("{name}.ext"));
-    let subject = format!("/CN={name}");
-    openssl(dir, &[&["req", "-new"][..], &EC, &["-nodes", "-keyout", &key, "-out", &csr, "-subj", &subject]].concat());
-    std::fs::write(dir.join(&extfile), ext).unwrap();
-    let (ca_pem, ca_key, days) = (format!("{ca}.pem"), format!("{ca}.key"), days.to_string());
-    openssl(
-        dir,
-        &[
-            "x509",
-            "-req",
-            "-in",
-            &csr,
-            "-CA",
-            &ca_pem,
-            "-CAkey",
-            &ca_key,
-            "-CAcreateserial",
-            "-days",
-            &days,
-            "-extfile",
-            &extfile,
-            "-out",
-            &pem,
-        ],
-    );
-}
-
-/// Every certificate of the test, in `dir`.
-fn certificates(dir: &Path) {
-    for ca in ["ca", "other-ca"] {
-        let (key, pem, subject) = (format!("{ca}.key"), format!("{ca}.pem"), format!("/CN={ca}"));
-        openssl(dir, &[&["req", "-x509"][..], &EC, &["-nodes", "-keyout", &key, "-out", &pem, "-subj", &subject, "-days", "2"]].concat());
-    }
-    let client = |spiffe: &str| format!("subjectAltName=URI:{spiffe}\nextendedKeyUsage=clientAuth\n");
-    issue(dir, "server", "ca", "subjectAltName=IP:127.0.0.1\nextendedKeyUsage=serverAuth\n", 2);
-    issue(dir, "deployer", "ca", &client("spiffe://zt.test/ops/deployer"), 2);
-    issue(dir, "viewer", "ca", &client("spiffe://zt.test/ops/viewer"), 2);
-    issue(dir, "no-spiffe", "ca", "subjectAltName=DNS:client.test\nextendedKeyUsage=clientAuth\n", 2);
-    issue(dir, "expired", "ca", &client("spiffe://zt.test/ops/deployer"), -1);
-    issue(dir, "stranger", "other-ca", &client("spiffe://zt.test/ops/deployer"), 2);
-}
 
 /// The API's clients: curl with a certificate of `dir`.
 struct Api {
@@ -136,17 +83,9 @@ fn mutual_tls_clients_are_authorised_by_spiffe_id_and_every_call_is_recorded() {
     }
     let tmp = tempdir("api").unwrap();
     let dir = tmp.path().to_path_buf();
-    certificates(&dir);
+    mtls::certificates(&dir);
     let config = dir.join("config.yaml");
-    std::fs::write(
-        &config,
-        format!(
-            "api:\n  listen: 127.0.0.1:0\n  ca: {d}/ca.pem\n  cert: {d}/server.pem\n  key: {d}/server.key\n  allow:\n    \
-             - spiffe: spiffe://zt.test/ops/*\n      may: [read]\n    - spiffe: spiffe://zt.test/ops/deployer\n      may: [push, stream]\n",
-            d = dir.display()
-        ),
-    )
-    .unwrap();
+    std::fs::write(&config, mtls::api_config(&dir)).unwrap();
     let cg = TestCgroup::new(&format!("/{}/coder", unique("api"))).unwrap();
     let listener = Listener::new();
     let addr = listener.addr();
@@ -280,4 +219,28 @@ fn mutual_tls_clients_are_authorised_by_spiffe_id_and_every_call_is_recorded() {
     assert_eq!(find(&|a| detail(a, "plaintext connection refused")), 1);
     // The refused expired and other-CA clients presented the deployer's ID: recorded as presented.
     assert_eq!(find(&|a| a["outcome"] == "refused" && a["status"].is_null() && a["spiffe_id"] == "spiffe://zt.test/ops/deployer"), 2);
+}
+
+#[test]
+#[ignore = "needs root (loads eBPF programs): cargo xtask test runs it"]
+fn the_local_socket_answers_root_only_even_when_its_mode_lets_others_in() {
+    use std::os::unix::{fs::PermissionsExt, process::CommandExt};
+    if !require_root("the_local_socket_answers_root_only_even_when_its_mode_lets_others_in") {
+        return;
+    }
+    let agent =
+        Agent::start("peercred", &policy("zt.test", "    - name: a\n      selectors:\n        - exe: /nothing/runs/this\n"), &[]).unwrap();
+    // A wrong mode: anyone may connect. The agent binary copied where
+    // nobody can run it.
+    std::fs::set_permissions(&agent.socket, std::fs::Permissions::from_mode(0o666)).unwrap();
+    std::fs::set_permissions(&agent.dir, std::fs::Permissions::from_mode(0o755)).unwrap();
+    let bin = agent.dir.join("zt-agent-copy");
+    std::fs::copy(agent_bin(), &bin).unwrap();
+    std::fs::set_permissions(&bin, std::fs::Permissions::from_mode(0o755)).unwrap();
+    let o = Command::new(&bin).args(["status", "--socket"]).arg(&agent.socket).uid(65534).gid(65534).output().unwrap();
+    let text = format!("{}{}", String::from_utf8_lossy(&o.stdout), String::from_utf8_lossy(&o.stderr));
+    assert!(!o.status.success() && text.contains("answers root only") && text.contains("uid 65534"), "{text}");
+    // Root (the control) is answered.
+    assert_eq!(agent.status()["policy"]["version"], 1);
+    assert!(agent.stderr().contains("control socket: refused"), "logged");
 }

@@ -136,6 +136,9 @@ enum Bench {
     /// continuous verification: the time of a pass (periodic, on demand)
     /// and an agent process's connect() p50/p99 with passes back to back.
     Verify,
+    /// the remote API over mutual TLS: status and policy push p50/p99, kept
+    /// alive and with a new handshake each call, beside the local socket.
+    Api,
 }
 
 impl Bench {
@@ -153,6 +156,7 @@ impl Bench {
             Bench::Anomaly => "anomaly",
             Bench::Footprint => "footprint",
             Bench::Verify => "verify",
+            Bench::Api => "api",
         }
     }
 }

@@ -64,6 +64,9 @@
 //! Then the flood issue's attack ([`zt_tests::flood`]): how many of a
 //! quiet identity's denials reach the stream and the audit log.
 //!
+//! `verify` and `api`: see their modules (continuous verification; the
+//! remote API's request latency over mutual TLS).
+//!
 //! Internal child modes: `spawn-loop N`, `udp-flood RATE SECS ADDR`,
 //! `connect-latency N ADDR`, `connect-percentiles N ADDR`, `syscall-loop WHAT N`, and
 //! [`zt_tests::flood::child_mode`]'s.
@@ -79,6 +82,8 @@ use anyhow::Context as _;
 
 #[path = "zt-bench/anomaly.rs"]
 mod anomaly;
+#[path = "zt-bench/api.rs"]
+mod api;
 #[path = "zt-bench/footprint.rs"]
 mod footprint;
 #[path = "zt-bench/verify.rs"]
@@ -99,7 +104,7 @@ fn main() -> anyhow::Result<()> {
         Some("syscall-rate") => anomaly::syscall_rate(args[2].parse()?, args[3].parse()?),
         Some(
             which @ ("attribution" | "policy" | "net" | "audit" | "hardening" | "pipeline" | "siem" | "files" | "anomaly" | "footprint"
-            | "verify"),
+            | "verify" | "api"),
         ) => {
             let rounds = args.iter().position(|a| a == "--rounds").and_then(|i| args.get(i + 1)).and_then(|r| r.parse().ok()).unwrap_or(10);
             match which {
@@ -113,11 +118,12 @@ fn main() -> anyhow::Result<()> {
                 "anomaly" => anomaly::bench(rounds),
                 "footprint" => footprint::bench(rounds),
                 "verify" => verify::bench(rounds),
+                "api" => api::bench(rounds),
                 _ => net_bench(rounds),
             }
         }
         _ => anyhow::bail!(
-            "usage: zt-bench attribution|policy|net|audit|hardening|pipeline|siem|files|anomaly|footprint|verify [--rounds N]"
+            "usage: zt-bench attribution|policy|net|audit|hardening|pipeline|siem|files|anomaly|footprint|verify|api [--rounds N]"
         ),
     }
 }

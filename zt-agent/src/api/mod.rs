@@ -222,6 +222,8 @@ pub async fn serve(bound: Bound, ctx: Context, mut stop: watch::Receiver<bool>) 
             Some(_) = connections.join_next(), if !connections.is_empty() => {}
             conn = bound.listener.accept(), if connections.len() < MAX_CONNECTIONS => {
                 let Ok((tcp, peer)) = conn else { continue };
+                // Replies are whole TLS records: no reason to wait for more.
+                let _ = tcp.set_nodelay(true);
                 let conn = Connection { ctx: ctx.clone(), rules: rules.clone(), peer, stop: stop.clone() };
                 connections.spawn(conn.serve(tcp, tls.clone()));
             }

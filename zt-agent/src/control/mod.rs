@@ -1,6 +1,8 @@
 //! The local control API: a Unix socket (mode 0600, root only) that answers
 //! one [`protocol::Request`] per connection with one [`protocol::Response`]
-//! (JSON lines).
+//! (JSON lines). Besides the file mode, each client's credentials
+//! (`SO_PEERCRED`) must be root's or the agent's own user: a socket made
+//! reachable by a wrong mode or a passed descriptor still answers no one else.
 //!
 //! # Layout
 //! - [`protocol`]: the request and response types, shared with the CLI.
@@ -109,7 +111,11 @@ pub async fn serve(listener: UnixListener, path: &Path, state: State, mut stop: 
                 let Ok((stream, _)) = conn else { continue };
                 let state = state.clone();
                 connections.spawn(async move {
-                    if let Err(e) = answer(stream, &state).await {
+                    let answered = match peer_allowed(&stream) {
+                        Ok(()) => answer(stream, &state).await,
+                        Err(why) => refuse(stream, why).await,
+                    };
+                    if let Err(e) = answered {
                         tracing::debug!("control connection: {}", crate::error::chain(&e));
                     }
                 });
@@ -118,6 +124,32 @@ pub async fn serve(listener: UnixListener, path: &Path, state: State, mut stop: 
     }
     connections.shutdown().await;
     let _ = std::fs::remove_file(path);
+}
+
+/// Root, or the user the agent runs as; anyone else is refused with why.
+fn peer_allowed(stream: &UnixStream) -> Result<(), String> {
+    let cred = stream.peer_cred().map_err(|e| format!("the client's credentials (SO_PEERCRED) cannot be read: {e}"))?;
+    let own = nix::unistd::geteuid().as_raw();
+    if cred.uid() == 0 || cred.uid() == own {
+        return Ok(());
+    }
+    let pid = cred.pid().map_or_else(|| "?".into(), |p| p.to_string());
+    Err(format!("the control socket answers root only (SO_PEERCRED: pid {pid}, uid {})", cred.uid()))
+}
+
+async fn refuse(mut stream: UnixStream, why: String) -> Result<(), ControlError> {
+    tracing::warn!("control socket: refused: {why}");
+    // Its request read first (and ignored): closing with it unread would
+    // reset the connection before the client reads why.
+    let mut line = String::new();
+    let mut reader = BufReader::new((&mut stream).take(MAX_REQUEST));
+    let _ = tokio::time::timeout(READ_TIMEOUT, reader.read_line(&mut line)).await;
+    let mut text = serde_json::to_string(&Response::Error(why)).map_err(ControlError::Malformed)?;
+    text.push('\n');
+    tokio::time::timeout(READ_TIMEOUT, stream.write_all(text.as_bytes()))
+        .await
+        .map_err(|_| ControlError::ReplyTimeout)?
+        .map_err(ControlError::Stream)
 }
 
 async fn answer(stream: UnixStream, state: &State) -> Result<(), ControlError> {
