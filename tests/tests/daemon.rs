@@ -48,6 +48,7 @@ fn started_and_stopped_in_process() {
         bpf_stats: true,
         kube: None,
         api: None,
+        config_file: None,
     };
     let rt = tokio::runtime::Builder::new_multi_thread().enable_all().build().unwrap();
     rt.block_on(async {

@@ -190,9 +190,9 @@ fn write_initramfs(dir: &Path, modules: &[&str], out: &Path) -> anyhow::Result<(
     std::fs::write(out, archive).with_context(|| format!("writing {}", out.display()))
 }
 
-/// The integration suites run in the guest: its own, and the network
-/// and file enforcement suites on a stock kernel.
-const GUEST_SUITES: [&str; 3] = ["guest", "network", "files"];
+/// The integration suites run in the guest: its own, and the network,
+/// file enforcement and self-protection suites on a stock kernel.
+const GUEST_SUITES: [&str; 4] = ["guest", "network", "files", "self_protection"];
 
 /// Boots `kernel` and runs the guest suites there, counting their results
 /// into `tally` under the kernel's name; false when the guest failed or

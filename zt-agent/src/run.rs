@@ -98,6 +98,8 @@ pub struct RunOptions {
     pub kube: Option<crate::kube::client::Source>,
     /// The remote API over mutual TLS; None: off.
     pub api: Option<crate::api::Options>,
+    /// The config file read, if any (protected like the policy files).
+    pub config_file: Option<PathBuf>,
 }
 
 /// Queue into the audit thread (security-relevant events only).
@@ -656,11 +658,30 @@ fn new_manager(
         )?,
         _ => policy::IdRegistry::default(),
     };
-    let manager = Manager::new(opts.policy.clone(), store, target, inputs, shared).with_ids(ids, ids_file);
+    let manager = Manager::new(opts.policy.clone(), store, target, inputs, shared).with_ids(ids, ids_file).with_protected(protected(opts));
     Ok(match &opts.state_dir {
         Some(d) => manager.with_quarantine_file(d.join("quarantined.json"))?,
         None => manager,
     })
+}
+
+/// What no agent identity may touch (see `policy::protect`): the agent's
+/// state, audit, pin, policy and control-socket directories, config file
+/// and binary; its keys (not read either); its control socket.
+fn protected(opts: &RunOptions) -> policy::protect::Protected {
+    let mut p = policy::protect::Protected::default();
+    let dirs = [opts.state_dir.as_deref(), Some(opts.audit.dir.as_path()), opts.pin_dir.as_deref(), opts.socket.parent()];
+    for path in dirs.into_iter().flatten().chain(opts.policy.iter().map(PathBuf::as_path)).chain(opts.config_file.as_deref()) {
+        p.add(path, false);
+    }
+    if let Ok(exe) = std::env::current_exe() {
+        p.add(&exe, false);
+    }
+    for key in [Some(opts.audit.key.as_path()), opts.api.as_ref().map(|a| a.key.as_path())].into_iter().flatten() {
+        p.add(key, true);
+    }
+    p.sockets.push(opts.socket.to_string_lossy().into_owned());
+    p
 }
 
 /// Anomaly responses, carried out for the pipeline: quarantine and risk

@@ -91,7 +91,13 @@ pub mod op {
     /// default to deny, where BPF LSM does not load: what it would open is
     /// not known at submission, and no open syscall is made.
     pub const OPEN_URING: u32 = 11;
-    pub const NAMES: [&str; 12] = [
+    /// A signal to the daemon's process (any of its threads, by any call:
+    /// `kill`, `tgkill`, `pidfd_send_signal`, a process group, `kill(-1)`):
+    /// refused at the BPF LSM `task_kill` hook; else seen at the
+    /// `signal_generate` raw tracepoint, where the signal is already
+    /// queued, and the sender killed. Signal 0 (is it alive?) passes.
+    pub const SIGNAL: u32 = 12;
+    pub const NAMES: [&str; 13] = [
         "",
         "socket",
         "socket",
@@ -104,6 +110,7 @@ pub mod op {
         "io_uring_socket",
         "process_access",
         "io_uring_open",
+        "signal",
     ];
 }
 
@@ -184,7 +191,7 @@ mod tests {
         assert_eq!(core::mem::offset_of!(GuardEvent, op), 48);
         assert_eq!(core::mem::offset_of!(GuardEvent, args), 56);
         assert_eq!(core::mem::offset_of!(GuardEvent, comm), 96);
-        assert_eq!(op::NAMES.len(), 12);
+        assert_eq!(op::NAMES.len(), 13);
         assert_eq!(action::NAMES.len(), 4);
     }
 }

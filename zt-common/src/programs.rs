@@ -23,6 +23,9 @@ pub const GUARD_BPF: &str = "guard_bpf";
 /// At `io_uring/io_uring_submit_req` (not a syscall tracepoint: attached
 /// whatever `--syscall-guards` says).
 pub const GUARD_URING: &str = "guard_uring";
+/// Signals to the daemon (raw tracepoint `signal_generate`; not a syscall
+/// tracepoint, so attached whatever `--syscall-guards` says).
+pub const GUARD_SIGNAL: &str = "guard_signal";
 /// Each guard tracepoint program and the `syscalls` tracepoints it
 /// attaches to.
 pub const GUARD_TRACEPOINTS: &[(&str, &[&str])] = &[
@@ -39,10 +42,12 @@ pub const LSM_GUARDS: &[(&str, &str, &[&str])] = &[
     (GUARD_LSM_SOCKET, "socket_create", &[GUARD_SOCKET, GUARD_URING]),
     (GUARD_LSM_PTRACE, "ptrace_access_check", &[GUARD_PTRACE, GUARD_PROCESS_VM, GUARD_PIDFD_GETFD]),
     (GUARD_LSM_BPF, "bpf", &[GUARD_BPF]),
+    (GUARD_LSM_SIGNAL, "task_kill", &[GUARD_SIGNAL]),
 ];
 pub const GUARD_LSM_SOCKET: &str = "guard_lsm_socket";
 pub const GUARD_LSM_PTRACE: &str = "guard_lsm_ptrace";
 pub const GUARD_LSM_BPF: &str = "guard_lsm_bpf";
+pub const GUARD_LSM_SIGNAL: &str = "guard_lsm_signal";
 /// The BPF LSM file and exec programs (`zt-ebpf/src/file.rs`), each
 /// named after its hook.
 pub const LSM_FILE_HOOKS: &[&str] = &[
@@ -105,6 +110,7 @@ pub const ALL: &[&str] = &[
     GUARD_PIDFD_GETFD,
     GUARD_BPF,
     GUARD_URING,
+    GUARD_SIGNAL,
     OPEN_EXIT,
     RENAME_EXIT,
     SYS_TELEMETRY,

@@ -25,16 +25,19 @@
 //!   `guard_pidfd_getfd` (any: the target behind a pidfd is not known
 //!   here), `guard_bpf` (any `bpf(2)`); and at `io_uring_submit_req`,
 //!   `guard_uring` (`IORING_OP_SOCKET` of a family the policy does not
-//!   allow, which makes no `socket` syscall).
+//!   allow, which makes no `socket` syscall); and at the raw tracepoint
+//!   `signal_generate`, `guard_signal` (a signal to the daemon, by any
+//!   call, to any of its threads: queued already, so the sender is killed
+//!   and the daemon gets it).
 //!
 //! - BPF LSM, where it loads (then the syscall tracepoints above are not
 //!   attached, and no syscall pays for them): `guard_lsm_socket`
 //!   (`socket_create`: every family, so also socketpair and io_uring),
 //!   `guard_lsm_ptrace` (`ptrace_access_check` in attach mode: ptrace
 //!   attach/seize, `process_vm_readv`/`writev`, `pidfd_getfd`, opening
-//!   `/proc/PID/mem`, on a process outside the identity) and
-//!   `guard_lsm_bpf` (any `bpf(2)`) refuse the call with EPERM before it
-//!   runs.
+//!   `/proc/PID/mem`, on a process outside the identity),
+//!   `guard_lsm_bpf` (any `bpf(2)`) and `guard_lsm_signal` (`task_kill`: a
+//!   signal to the daemon) refuse the call with EPERM before it runs.
 //!
 //! Processes without an identity pay one array read and return, and so do
 //! pending ones (an undecided `exeDigest` selection) while no daemon runs
@@ -46,8 +49,8 @@ use aya_ebpf::{
         bpf_get_current_comm, bpf_get_current_pid_tgid, bpf_probe_read_kernel,
         generated::{bpf_ktime_get_boot_ns, bpf_send_signal, bpf_sk_fullsock},
     },
-    macros::{cgroup_skb, cgroup_sock, lsm, tracepoint},
-    programs::{LsmContext, SkBuffContext, SockContext, TracePointContext},
+    macros::{cgroup_skb, cgroup_sock, lsm, raw_tracepoint, tracepoint},
+    programs::{LsmContext, RawTracePointContext, SkBuffContext, SockContext, TracePointContext},
 };
 use zt_common::{
     EventHeader, NO_IDENTITY, PENDING_IDENTITY,
@@ -65,7 +68,7 @@ use crate::{
     file::{arg, field, unless_refused},
     maps::{
         IO_SOCKET_DOMAIN_OFF, IO_SOCKET_PROTOCOL_OFF, IO_SOCKET_TYPE_OFF, LSM_BPF_RET_ARG, TASK_TGID_OFF, URING_OPCODE_OFF, URING_REQ_OFF,
-        config, global, identity_of, identity_policy, record_socket_owner, settler_running, socket_owner,
+        config, daemon_tgid, global, identity_of, identity_policy, record_socket_owner, settler_running, socket_owner,
     },
 };
 
@@ -319,6 +322,50 @@ pub fn guard_bpf(ctx: TracePointContext) -> u32 {
     let Some((audit, _)) = policy_of(identity) else { return 0 };
     kill_or_audit(&ctx, identity, op::BPF, audit, syscall_args(&ctx), 0, NO_IDENTITY, 0);
     0
+}
+
+/// `signal_generate(sig, info, task, group, result)`: a signal an agent
+/// identity sends to the daemon's process. The signal is queued as this
+/// runs (a tracepoint cannot refuse), so the sender is killed and the
+/// event says so; where BPF LSM loads, `guard_lsm_signal` refuses it
+/// instead and this is not attached.
+#[raw_tracepoint(tracepoint = "signal_generate")]
+pub fn guard_signal(ctx: RawTracePointContext) -> i32 {
+    let Some(identity) = caller() else { return 0 };
+    let sig = ctx.arg::<u64>(0) as u32;
+    let Some(daemon) = signals_the_daemon(ctx.arg::<*const u8>(2)) else { return 0 };
+    let Some((audit, _)) = policy_of(identity) else { return 0 };
+    if !audit {
+        // SAFETY: as in `kill_or_audit`: the sender is the current task.
+        unsafe { bpf_send_signal(SIGKILL) };
+    }
+    emit(identity, op::SIGNAL, if audit { action::AUDITED } else { action::KILLED }, 0, [sig as u64, 0, 0], daemon, NO_IDENTITY, 0);
+    0
+}
+
+/// `task_kill(task, info, sig, cred)`: a signal to the daemon's process
+/// from an agent identity fails with EPERM (signal 0, which only asks
+/// whether it is alive, passes).
+#[lsm(hook = "task_kill")]
+pub fn guard_lsm_signal(ctx: LsmContext) -> i32 {
+    unless_refused(&ctx, 4, |ctx| {
+        let sig = ctx.arg::<i32>(2);
+        if sig == 0 {
+            return 0;
+        }
+        let Some(identity) = caller() else { return 0 };
+        let Some(daemon) = signals_the_daemon(arg(ctx, 0)) else { return 0 };
+        let Some((audit, _)) = policy_of(identity) else { return 0 };
+        refuse_or_audit(identity, op::SIGNAL, audit, [sig as u64, 0, 0], daemon, NO_IDENTITY, 0)
+    })
+}
+
+/// The daemon's tgid when kernel task `task` is one of its threads.
+#[inline(always)]
+fn signals_the_daemon(task: *const u8) -> Option<u32> {
+    let daemon = daemon_tgid();
+    let target: u32 = field(task, global(&TASK_TGID_OFF))?;
+    (daemon != 0 && target == daemon).then_some(daemon)
 }
 
 /// `socket_create(family, type, protocol, kern)`: a socket of a family

@@ -154,6 +154,12 @@ pub static PATH_SCRATCH: PerCpuArray<[u8; 2 * FILE_PATH_LEN]> = PerCpuArray::wit
 #[map]
 static SETTLER: Array<u32> = Array::with_max_entries(1, 0);
 
+/// The running daemon's tgid; 0 when none runs.
+#[inline(always)]
+pub fn daemon_tgid() -> u32 {
+    SETTLER.get(0).copied().unwrap_or(0)
+}
+
 /// Whether a daemon runs that will settle pending processes.
 #[inline(always)]
 pub fn settler_running() -> bool {

@@ -368,6 +368,15 @@ impl Bpf {
             let r = self.attach_tracepoint(P::GUARD_URING, "io_uring", "io_uring_submit_req");
             self.record(P::GUARD_URING, at, r, Need::Optional { fallback: "sockets made through io_uring are not guarded" })?;
         }
+        if !by_lsm.contains(&P::GUARD_SIGNAL) {
+            // Reads the target's tgid at its BTF offset (with the LSM guards').
+            let r = match &self.lsm_guard_globals {
+                Err(why) => Err(anyhow::anyhow!("{why}")),
+                Ok(()) => self.attach_raw_tracepoint(P::GUARD_SIGNAL, "signal_generate"),
+            };
+            let fallback = "signals from agent identities to the agent are not guarded";
+            self.record(P::GUARD_SIGNAL, "raw_tracepoint/signal_generate".into(), r, Need::Optional { fallback })?;
+        }
         for (prog, tracepoints) in P::GUARD_TRACEPOINTS.iter().filter(|(p, _)| !by_lsm.contains(p)) {
             for name in *tracepoints {
                 let at = format!("tracepoint/syscalls/{name}");
@@ -556,6 +565,13 @@ impl Bpf {
             p.load().context("load")?;
         }
         p.attach(category, name).context("attach")?;
+        Ok(())
+    }
+
+    fn attach_raw_tracepoint(&mut self, prog: &str, name: &str) -> anyhow::Result<()> {
+        let p: &mut aya::programs::RawTracePoint = self.ebpf.program_mut(prog).with_context(|| format!("{prog} missing"))?.try_into()?;
+        p.load().context("load")?;
+        p.attach(name).context("attach")?;
         Ok(())
     }
 

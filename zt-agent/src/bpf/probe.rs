@@ -330,5 +330,22 @@ pub fn enforcement_paths(caps: &Capabilities) -> Vec<(&'static str, String)> {
             (false, false) => "NOT ENFORCED: neither BPF LSM nor bpf_send_signal from tracepoints".into(),
         },
     ));
+    let signals = match (lsm, kill && caps.has(names::RAW_TRACEPOINT)) {
+        (true, _) => "signals to the agent: BPF LSM task_kill (EPERM)",
+        (false, true) => {
+            "signals to the agent: raw tracepoint signal_generate, the sender killed (SIGKILL) and recorded; the signal \
+             itself is delivered (no hook can refuse it without BPF LSM: a root identity's SIGKILL or SIGSTOP still stops \
+             the agent, its pinned programs stay)"
+        }
+        (false, false) => "signals to the agent: UNGUARDED (neither BPF LSM nor raw tracepoints with bpf_send_signal)",
+    };
+    v.push((
+        "self-protection",
+        format!(
+            "every identity is denied writing the agent's state, audit, pin, policy and socket directories, config file and \
+             binary, and reading its keys (the file rules above), and connecting to its control socket (the Unix egress \
+             hooks); {signals}; bpf(2), ptrace and detaching programs: as above"
+        ),
+    ));
     v
 }

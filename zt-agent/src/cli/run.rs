@@ -276,6 +276,7 @@ impl RunArgs {
             bpf_stats,
             kube,
             api,
+            config_file: loaded.map(|l| l.path),
         })
     }
 }

@@ -169,6 +169,8 @@ pub struct Manager {
     /// that keeps them across restarts.
     quarantined: BTreeSet<String>,
     quarantine_file: Option<PathBuf>,
+    /// The agent's own files and socket, denied to every identity.
+    protected: policy::protect::Protected,
 }
 
 fn file_names(bundle: &Bundle) -> Vec<String> {
@@ -189,7 +191,14 @@ impl Manager {
             shared,
             quarantined: BTreeSet::new(),
             quarantine_file: None,
+            protected: Default::default(),
         }
+    }
+
+    /// Adds the self-protection rules for `protected` to every policy.
+    pub fn with_protected(mut self, protected: policy::protect::Protected) -> Self {
+        self.protected = protected;
+        self
     }
 
     /// Keeps the quarantined identities in `file` and starts with those it
@@ -236,6 +245,7 @@ impl Manager {
     async fn apply_parsed(&mut self, bundle: Bundle, mut policy: Policy, source: &str, record: bool) -> Result<Outcome, ApplyError> {
         let started = std::time::Instant::now();
         policy::quarantine(&mut policy, &self.quarantined);
+        policy::protect::protect(&mut policy, &self.protected);
         let mut ids = self.ids.clone();
         ids.assign(&policy).map_err(ApplyError::Ids)?;
         let active = self.evaluate_conditions(&policy, record)?;

@@ -20,6 +20,7 @@
 //! - [`unix`]: Unix-socket destinations: parsing, kernel keys, lookup.
 //! - [`objects`]: file and exec rule paths resolved to the file system
 //!   objects the kernel matches, and the same walk for `explain`.
+//! - [`protect`]: the agent's self-protection rules, added to every policy.
 pub mod compile;
 pub mod conditions;
 pub mod explain;
@@ -27,6 +28,7 @@ pub mod lint;
 pub mod model;
 pub mod objects;
 pub mod parse;
+pub mod protect;
 mod raw;
 pub mod rulebook;
 pub mod store;
@@ -204,8 +206,6 @@ pub fn identities_from_text(file: &str, text: &str) -> Result<IdentityConfig, Po
     Ok(identity_config(&policy, &ids))
 }
 
-/// The identity part of a policy, with the registry's ids, as the resolver
-/// and enricher use it.
 /// Quarantine (an anomaly response, or `zt-agent identity quarantine`):
 /// each named identity's egress becomes deny-all, enforced whatever its
 /// mode: its rules keep their file and exec parts (audited ones stay
@@ -226,6 +226,8 @@ pub fn quarantine(policy: &mut Policy, names: &std::collections::BTreeSet<String
     }
 }
 
+/// The identity part of a policy, with the registry's ids, as the resolver
+/// and enricher use it.
 pub fn identity_config(policy: &Policy, ids: &IdRegistry) -> IdentityConfig {
     IdentityConfig {
         name: policy.name.clone(),
