@@ -8,6 +8,11 @@
 //! is denied again) and reports both, once, as `integrity` events. Then
 //! the agent's binary is replaced on disk: `zt-agent verify` finds it
 //! (exit 1). Every finding and repair is a signed audit record.
+//!
+//! Second: root changes the policy tables in force through their pins (an
+//! identity's default egress turned to allow); the identity's connects get
+//! out; a pass finds the tables differ from what was installed, installs
+//! the policy again, and the identity is denied again.
 use std::{
     os::fd::{AsRawFd, FromRawFd, OwnedFd},
     path::{Path, PathBuf},
@@ -71,6 +76,32 @@ fn connect4_pin(pin_dir: &Path) -> PathBuf {
     walk(pin_dir, &mut found);
     assert_eq!(found.len(), 1, "one connect4 link pinned: {found:?}");
     found.remove(0)
+}
+
+const BPF_MAP_LOOKUP_ELEM: libc::c_long = 1;
+const BPF_MAP_UPDATE_ELEM: libc::c_long = 2;
+
+/// `bpf(BPF_MAP_LOOKUP_ELEM / BPF_MAP_UPDATE_ELEM)` of `key` in `map`.
+fn map_elem<K, V>(cmd: libc::c_long, map: &OwnedFd, key: &K, value: &mut V) -> std::io::Result<()> {
+    #[repr(C)]
+    struct Elem {
+        map_fd: u32,
+        _pad: u32,
+        key: u64,
+        value: u64,
+        flags: u64,
+    }
+    let attr = Elem { map_fd: map.as_raw_fd() as u32, _pad: 0, key: key as *const K as u64, value: value as *mut V as u64, flags: 0 };
+    // SAFETY: bpf(2) reads `attr` and the key, and reads or writes the
+    // value, each a live object of the map's key or value size.
+    let r = unsafe { libc::syscall(libc::SYS_bpf, cmd, &attr, size_of::<Elem>()) };
+    if r < 0 { Err(std::io::Error::last_os_error()) } else { Ok(()) }
+}
+
+/// The pin of map `name` under `pin_dir` (`<abi>/maps/<name>`).
+fn map_pin(pin_dir: &Path, name: &str) -> PathBuf {
+    let abi = std::fs::read_dir(pin_dir).unwrap().flatten().find(|e| e.path().join("maps").is_dir()).expect("an ABI directory");
+    abi.path().join("maps").join(name)
 }
 
 fn verify(socket: &Path) -> (bool, String) {
@@ -161,4 +192,56 @@ fn a_detached_program_is_found_and_attached_again_and_a_replaced_binary_is_found
     let records = String::from_utf8_lossy(&o.stdout).lines().filter(|l| l.contains("\"kind\":\"integrity\"")).count();
     assert_eq!(records, 3, "found and repaired connect4, the binary: in the audit log");
     drop(link);
+}
+
+#[test]
+#[ignore = "needs root (loads eBPF programs, creates cgroups, pins under bpffs): cargo xtask test runs it"]
+fn policy_tables_changed_from_outside_are_found_and_installed_again() {
+    if !require_root("policy_tables_changed_from_outside_are_found_and_installed_again") {
+        return;
+    }
+    use zt_common::policy::{ALLOW, ActivePolicy, DENY, IdentityPolicy, identity_index};
+    let cg = TestCgroup::new(&format!("/{}/agent", unique("verify-maps"))).unwrap();
+    let pol = policy("zt.test", &format!("    - name: a\n      selectors:\n        - cgroup: {}/**\n", cg.rel));
+    let pin_dir = Path::new("/sys/fs/bpf").join(unique("verify-maps"));
+    let _cleanup = Uninstall(pin_dir.clone());
+    let listener = Listener::new();
+    let addr = listener.addr();
+    let agent = Agent::start("verify-maps", &pol, &["--pin-dir", pin_dir.to_str().unwrap(), "--verify-every", "1"]).unwrap();
+    assert_eq!(connect_loop(cg.command(helper_bin()), 200, &addr).1, 0, "no rule: denied");
+    let (ok, text) = verify(&agent.socket);
+    assert!(ok && text.contains("policy tables in force"), "{text}");
+    let id: u32 =
+        agent.status()["policy"]["ids"].as_object().unwrap().iter().find(|(_, n)| *n == "a").map(|(id, _)| id.parse().unwrap()).unwrap();
+
+    // Root turns the identity's default egress to allow in the slot in
+    // force, while the agent is stopped.
+    let pid = nix::unistd::Pid::from_raw(agent.pid().unwrap() as i32);
+    nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGSTOP).unwrap();
+    let active_map = obj_get(&map_pin(&pin_dir, zt_common::maps::POLICY_ACTIVE)).unwrap();
+    let mut active = ActivePolicy::default();
+    map_elem(BPF_MAP_LOOKUP_ELEM, &active_map, &0u32, &mut active).unwrap();
+    let identities = obj_get(&map_pin(&pin_dir, zt_common::maps::IDENTITY_POLICY)).unwrap();
+    let index = identity_index(active.slot, id).unwrap();
+    let mut p = IdentityPolicy::default();
+    map_elem(BPF_MAP_LOOKUP_ELEM, &identities, &index, &mut p).unwrap();
+    assert_eq!((p.defined, p.default_egress), (1, DENY));
+    p.default_egress = ALLOW;
+    map_elem(BPF_MAP_UPDATE_ELEM, &identities, &index, &mut p).unwrap();
+    let escaped = connect_loop(cg.command(helper_bin()), 200, &addr).1;
+    nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGCONT).unwrap();
+    assert!(escaped > 0, "the change is real: the identity's connects get out");
+
+    // A periodic pass finds it and installs the policy again.
+    agent.wait_for("tables repaired", |e| e["kind"] == "integrity" && e["integrity"]["state"] == "repaired").unwrap();
+    let found = integrity(&agent, "policy_maps", "found");
+    assert_eq!(found.len(), 1, "{found:?}");
+    assert!(found[0]["integrity"]["detail"].as_str().unwrap().contains("does not hold what was installed"), "{found:?}");
+    let repaired = integrity(&agent, "policy_maps", "repaired");
+    assert!(repaired[0]["integrity"]["detail"].as_str().unwrap().contains("installed again: generation"), "{repaired:?}");
+    assert_eq!(connect_loop(cg.command(helper_bin()), 200, &addr).1, 0, "denied again after the repair");
+    assert!(agent.status()["policy"]["generation"].as_u64().unwrap() > u64::from(active.generation));
+    let (ok, text) = verify(&agent.socket);
+    assert!(ok, "verified after the repair:\n{text}");
+    agent.stop().unwrap();
 }

@@ -321,15 +321,16 @@ impl Agent {
         let info = Arc::new(info);
         let attachments = bpf.cgroup_attachments();
         let bpf = Arc::new(std::sync::Mutex::new(bpf));
+        let (commands, commands_rx) = mpsc::channel(16);
         let verifier = crate::verify::Verifier::new(
             cgroup2.clone(),
             attachments,
             opts.verify_every,
             Some((shared.pipeline.clone(), node.clone())),
             Some(repair_attachment(bpf.clone(), cgroup2.clone(), pins.clone())),
+            Some(policy_tables(&commands)),
         );
         let telemetry = Arc::new(bpf::telemetry::Telemetry(bpf.clone()));
-        let (commands, commands_rx) = mpsc::channel(16);
         // The detector turns telemetry on for the identities whose policy
         // asks for it, when the pipeline takes the first policy's identities.
         enricher.anomaly = Some(crate::anomaly::live::Watch {
@@ -807,6 +808,28 @@ fn repair_attachment(bpf: Arc<std::sync::Mutex<Bpf>>, cgroup2: PathBuf, pins: Op
 
 /// Binds the control socket now (so `status` answers once `started` is
 /// out) and serves it on a task; without it the agent runs on, logged.
+/// The policy tables' check and repair, asked of the policy manager from a
+/// verification pass (a blocking thread).
+fn policy_tables(commands: &mpsc::Sender<manager::Command>) -> crate::verify::PolicyTables {
+    const GONE: &str = "the policy manager is gone (the agent is stopping)";
+    let (check, reinstall) = (commands.clone(), commands.clone());
+    crate::verify::PolicyTables {
+        check: Box::new(move || {
+            let (reply, rx) = oneshot::channel();
+            check.blocking_send(manager::Command::CheckMaps { reply }).map_err(|_| GONE)?;
+            rx.blocking_recv().map_err(|_| GONE)?
+        }),
+        reinstall: Box::new(move || {
+            let (reply, rx) = oneshot::channel();
+            reinstall.blocking_send(manager::Command::Reinstall { reply }).map_err(|_| GONE)?;
+            match rx.blocking_recv().map_err(|_| GONE)? {
+                Ok(o) => Ok(format!("the policy in force installed again: generation {} now", o.generation)),
+                Err(e) => Err(crate::error::chain(&e)),
+            }
+        }),
+    }
+}
+
 fn start_control(socket: PathBuf, state: control::State, stop: watch::Receiver<bool>) -> JoinHandle<()> {
     match control::bind(&socket) {
         Ok(listener) => tokio::spawn(async move { control::serve(listener, &socket, state, stop).await }),

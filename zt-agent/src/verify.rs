@@ -18,10 +18,12 @@
 //!
 //! Checked now: each cgroup program still attached at the root with the
 //! id we loaded (a detached link, or another program in its place, is a
-//! finding), and the binary (a binary replaced or rewritten on disk while
-//! it runs). A program no longer attached is attached again ([`Repair`]),
-//! and the repair is an event too (`repaired`); a binary cannot be
-//! repaired: that finding stays until it is gone.
+//! finding), the policy tables in force (read back and compared with what
+//! the policy manager installed, [`PolicyTables`]), and the binary (a
+//! binary replaced or rewritten on disk while it runs). A program no
+//! longer attached is attached again ([`Repair`]), tables found changed
+//! are installed again, and each repair is an event too (`repaired`); a
+//! binary cannot be repaired: that finding stays until it is gone.
 use std::{
     collections::BTreeMap,
     os::unix::fs::MetadataExt,
@@ -110,6 +112,9 @@ pub struct Observed {
     /// The binary's path now: its identity and, when it changed (or a full
     /// pass), its digest; or why it could not be read.
     pub binary: Option<Result<(FileId, Option<blake3::Hash>), String>>,
+    /// The policy tables: equal to what was installed (None), what
+    /// differs, or why they could not be read; None: not checked here.
+    pub tables: Option<Result<Option<String>, String>>,
 }
 
 /// Every difference between what was put in place and what is there.
@@ -129,6 +134,12 @@ pub fn check(expected: &Expected, observed: &Observed) -> Vec<Finding> {
             Some(Err(why)) => out.push(finding(format!("cannot query the programs at {root} (attach type {}): {why}", a.attach_type))),
             None => out.push(finding(format!("not checked (attach type {} not queried)", a.attach_type))),
         }
+    }
+    let tables = |detail: String| Finding { check: "policy_maps".into(), subject: "policy tables in force".into(), detail };
+    match &observed.tables {
+        None | Some(Ok(None)) => {}
+        Some(Ok(Some(differs))) => out.push(tables(differs.clone())),
+        Some(Err(why)) => out.push(tables(format!("cannot be read back: {why}"))),
     }
     let Some(b) = &expected.binary else {
         // The first pass could not take the binary's digest.
@@ -185,6 +196,17 @@ pub struct Report {
 /// Attaches a program found detached again; Err says why it could not.
 pub type Repair = Box<dyn Fn(&CgroupAttachment) -> Result<(), String> + Send + Sync>;
 
+/// The policy tables' check and repair, asked of the policy manager (it
+/// knows what it installed; see `Manager::check_maps`). Both block: a pass
+/// runs off the runtime.
+pub struct PolicyTables {
+    /// Ok(None): the tables hold what was installed; Ok(Some(what
+    /// differs)); Err: why they could not be read back.
+    pub check: Box<dyn Fn() -> Result<Option<String>, String> + Send + Sync>,
+    /// Installs the policy in force again; Ok says what is in force now.
+    pub reinstall: Box<dyn Fn() -> Result<String, String> + Send + Sync>,
+}
+
 pub struct Verifier {
     /// Held through a pass: the periodic one and `zt-agent verify` never
     /// overlap (each would report, and repair, the same finding).
@@ -194,6 +216,7 @@ pub struct Verifier {
     /// Where changes go as `integrity` events, and the node they name.
     events: Option<(mpsc::Sender<Input>, Arc<str>)>,
     repair: Option<Repair>,
+    tables: Option<PolicyTables>,
 }
 
 impl Verifier {
@@ -203,6 +226,7 @@ impl Verifier {
         every: Duration,
         events: Option<(mpsc::Sender<Input>, Arc<str>)>,
         repair: Option<Repair>,
+        tables: Option<PolicyTables>,
     ) -> Arc<Self> {
         Arc::new(Verifier {
             pass: Mutex::new(()),
@@ -210,6 +234,7 @@ impl Verifier {
             status: Mutex::new(Status { every_secs: every.as_secs(), ..Status::default() }),
             events,
             repair,
+            tables,
         })
     }
 
@@ -242,7 +267,7 @@ impl Verifier {
     /// on a `full` pass, and on the first (which fixes what is expected).
     fn observe(&self, full: bool) -> Observed {
         let mut expected = self.expected.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
-        let mut observed = Observed::default();
+        let mut observed = Observed { tables: self.tables.as_ref().map(|t| (t.check)()), ..Observed::default() };
         for a in &expected.attachments {
             observed
                 .cgroup
@@ -277,12 +302,16 @@ impl Verifier {
         let observed = self.observe(full);
         let expected = self.expected.lock().unwrap_or_else(std::sync::PoisonError::into_inner).clone();
         let mut findings = check(&expected, &observed);
-        let repaired = self.repair_detached(&expected, &observed, &mut findings);
+        let mut repaired = self.repair_detached(&expected, &observed, &mut findings);
+        repaired.extend(self.repair_tables(&observed, &mut findings));
         let mut checked: Vec<String> = expected
             .attachments
             .iter()
             .map(|a| format!("{} attached at {} (program id {})", a.program, expected.cgroup2.display(), a.id))
             .collect();
+        if self.tables.is_some() {
+            checked.push("policy tables in force (read back, compared with what was installed)".into());
+        }
         if let Some(b) = &expected.binary {
             checked.push(format!("binary {} (blake3 {})", b.path.display(), b.digest.to_hex()));
         }
@@ -331,6 +360,22 @@ impl Verifier {
         }
         *findings = kept;
         repaired
+    }
+}
+
+impl Verifier {
+    /// Installs the policy again when the tables were read back and differ
+    /// (not when they could not be read: nothing is known then).
+    fn repair_tables(&self, observed: &Observed, findings: &mut Vec<Finding>) -> Vec<(Finding, String)> {
+        let (Some(t), Some(Ok(Some(_)))) = (&self.tables, &observed.tables) else { return Vec::new() };
+        let Some(i) = findings.iter().position(|f| f.check == "policy_maps") else { return Vec::new() };
+        match (t.reinstall)() {
+            Ok(how) => vec![(findings.remove(i), how)],
+            Err(why) => {
+                findings[i].detail = format!("{}; installing the policy again failed: {why}", findings[i].detail);
+                Vec::new()
+            }
+        }
     }
 }
 
@@ -386,7 +431,7 @@ mod tests {
     }
 
     fn observed(c4: Vec<u32>, c6: Result<Vec<u32>, String>, binary: Result<(FileId, Option<blake3::Hash>), String>) -> Observed {
-        Observed { cgroup: [(10, Ok(c4)), (11, c6)].into(), binary: Some(binary) }
+        Observed { cgroup: [(10, Ok(c4)), (11, c6)].into(), binary: Some(binary), tables: None }
     }
 
     #[test]
@@ -432,11 +477,11 @@ mod tests {
             t.lock().unwrap().push(a.program);
             if a.program == "connect6" { Err("EBUSY".into()) } else { Ok(()) }
         });
-        let v = Verifier::new("/sys/fs/cgroup".into(), vec![], Duration::from_secs(5), None, Some(repair));
+        let v = Verifier::new("/sys/fs/cgroup".into(), vec![], Duration::from_secs(5), None, Some(repair), None);
         let mut e = expected();
         e.attachments.push(attachment("sendmsg4", 9, 14));
         // connect4 and connect6 detached; sendmsg4's query failed.
-        let o = Observed { cgroup: [(10, Ok(vec![])), (11, Ok(vec![])), (14, Err("EPERM".into()))].into(), binary: None };
+        let o = Observed { cgroup: [(10, Ok(vec![])), (11, Ok(vec![])), (14, Err("EPERM".into()))].into(), ..Observed::default() };
         let mut findings = check(&e, &o);
         let repaired = v.repair_detached(&e, &o, &mut findings);
         assert_eq!(*tried.lock().unwrap(), ["connect4", "connect6"], "nothing tried where the kernel did not answer");
@@ -451,7 +496,7 @@ mod tests {
     #[test]
     fn a_pass_reports_changes_once() {
         // No attachments to query: only the binary (this test's own), fixed on the first pass.
-        let v = Verifier::new("/nonexistent".into(), vec![], Duration::from_secs(5), None, None);
+        let v = Verifier::new("/nonexistent".into(), vec![], Duration::from_secs(5), None, None, None);
         let (first, changes) = v.pass(false);
         assert_eq!((first.findings.len(), changes.len()), (0, 0));
         assert_eq!(first.checked.len(), 1, "{first:?}");
@@ -466,5 +511,33 @@ mod tests {
         let (r, changes) = v.pass(true);
         assert_eq!((r.findings.len(), changes[0].state.as_str()), (0, "cleared"));
         assert_eq!((v.status().passes, v.status().findings_total), (4, 1));
+    }
+
+    #[test]
+    fn changed_tables_are_installed_again_and_unreadable_ones_are_not() {
+        let answer = Arc::new(Mutex::new(Ok(Some("slot 0 does not hold what was installed".to_string()))));
+        let reinstalled = Arc::new(Mutex::new(0));
+        let (a, r) = (answer.clone(), reinstalled.clone());
+        let tables = PolicyTables {
+            check: Box::new(move || a.lock().unwrap().clone()),
+            reinstall: Box::new(move || {
+                *r.lock().unwrap() += 1;
+                Ok("installed again: generation 2 in force".into())
+            }),
+        };
+        let v = Verifier::new("/nonexistent".into(), vec![], Duration::from_secs(5), None, None, Some(tables));
+        let (report, changes) = v.pass(false);
+        let states: Vec<&str> = changes.iter().map(|c| c.state.as_str()).collect();
+        assert_eq!(states, ["found", "repaired"], "{changes:?}");
+        assert!(report.findings[0].detail.contains("installed again: generation 2"), "{report:?}");
+        assert!(report.checked.iter().any(|c| c.starts_with("policy tables in force")), "{report:?}");
+        assert_eq!(*reinstalled.lock().unwrap(), 1);
+        *answer.lock().unwrap() = Err("EPERM".into());
+        let (report, _) = v.pass(false);
+        assert!(report.findings[0].detail.contains("cannot be read back: EPERM"), "{report:?}");
+        assert_eq!(*reinstalled.lock().unwrap(), 1, "nothing reinstalled when nothing is known");
+        *answer.lock().unwrap() = Ok(None);
+        let (report, changes) = v.pass(false);
+        assert!(report.findings.is_empty() && changes[0].state == "cleared", "{changes:?}");
     }
 }

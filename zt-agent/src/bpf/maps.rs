@@ -26,7 +26,7 @@ use zt_common::{
     loss::{self, SecurityLoss},
     maps,
     path_policy::{ObjectKey, ObjectRules},
-    policy::{AGG_SLOTS, ActivePolicy, AggSlot, IdentityBudget, IdentityCounters, IdentityKey, IdentityPolicy, NetKeyData, NetRuleList},
+    policy::{AGG_SLOTS, ActivePolicy, AggSlot, IdentityBudget, IdentityCounters, IdentityPolicy, NetKeyData, NetRuleList},
     unix::UnixKeyData,
 };
 
@@ -497,6 +497,39 @@ impl PolicyMaps {
         self.active.get(&0, 0).map_err(err(maps::POLICY_ACTIVE, "get"))
     }
 
+    /// What `slot` holds, read back from every table (see
+    /// `policy::target::Contents`).
+    pub fn contents(&self, slot: u32) -> Result<blake3::Hash, MapAccessError> {
+        use crate::policy::target::{Contents, table};
+        let mut c = Contents::default();
+        for e in self.net.iter() {
+            let (k, list) = e.map_err(err(maps::NET_RULES, "read"))?;
+            if k.data().slot == slot {
+                c.add(table::NET, &(k.prefix_len(), k.data(), list));
+            }
+        }
+        for e in self.unix.iter() {
+            let (k, list) = e.map_err(err(maps::UNIX_RULES, "read"))?;
+            if k.data().slot == slot {
+                c.add(table::UNIX, &(k.prefix_len(), k.data(), list));
+            }
+        }
+        for e in self.files.iter() {
+            let (k, rules) = e.map_err(err(maps::FILE_RULES, "read"))?;
+            if k.slot == slot {
+                c.add(table::FILES, &(k, rules));
+            }
+        }
+        let stride = zt_common::policy::IDENTITY_SLOT_STRIDE;
+        for i in (slot * stride..(slot + 1) * stride).filter(|i| *i < maps::IDENTITY_POLICY_CAPACITY) {
+            let v = self.identities.get(&i, 0).map_err(err(maps::IDENTITY_POLICY, "read"))?;
+            if v.defined != 0 {
+                c.add(table::IDENTITIES, &(i, v));
+            }
+        }
+        Ok(c.digest())
+    }
+
     /// Removes every key an earlier install wrote into `slot`.
     pub fn clear_slot(&mut self, slot: u32) -> Result<(), MapAccessError> {
         let old = std::mem::take(&mut self.installed[slot as usize]);
@@ -538,21 +571,7 @@ impl PolicyMaps {
             self.files.insert(key, rules, 0).map_err(err(maps::FILE_RULES, "insert"))?;
             installed.files.push(*key);
         }
-        // The pending pseudo-identity (see `zt_common::PENDING_IDENTITY`):
-        // egress denied, the default socket kinds, nothing else restricted.
-        let pending = (
-            IdentityKey { slot: c.slot, identity: zt_common::PENDING_IDENTITY },
-            IdentityPolicy {
-                default_egress: zt_common::policy::DENY,
-                default_files: zt_common::policy::ALLOW,
-                default_exec: zt_common::policy::ALLOW,
-                mode: zt_common::policy::ENFORCE,
-                sockets: zt_common::guard::sock_kind::DEFAULT,
-                defined: 1,
-                file_rules: 0,
-                _pad: 0,
-            },
-        );
+        let pending = crate::policy::compile::pending_identity(c.slot);
         for (k, v) in c.identities.iter().chain([&pending]) {
             let Some(i) = zt_common::policy::identity_index(k.slot, k.identity) else { continue };
             self.identities.set(i, *v, 0).map_err(err(maps::IDENTITY_POLICY, "insert"))?;

@@ -127,6 +127,10 @@ impl PolicyTarget for PolicyMaps {
     fn grace_remaining(&self) -> Duration {
         self.last_switch().map(|t| GRACE.saturating_sub(t.elapsed())).unwrap_or_default()
     }
+
+    fn contents(&self, slot: u32) -> Result<blake3::Hash, TargetError> {
+        PolicyMaps::contents(self, slot).map_err(target_err("read the slot back"))
+    }
 }
 
 impl AggregateTable for EgressAggregates {

@@ -192,6 +192,10 @@ impl PolicyTarget for Target {
         self.inner.active()
     }
 
+    fn contents(&self, slot: u32) -> Result<blake3::Hash, TargetError> {
+        self.inner.contents(slot)
+    }
+
     fn install(&mut self, compiled: &Compiled) -> Result<(), TargetError> {
         self.inner.install(compiled)?;
         // Marked before the switch: the old policy decides the new marks'

@@ -91,6 +91,16 @@ pub enum Command {
     },
     /// Evaluates the rule conditions now (their inputs changed: risk).
     Reevaluate,
+    /// Continuous verification: do the tables in force hold what was
+    /// installed? Ok(None): yes; Ok(Some(what differs)); Err: not known.
+    CheckMaps {
+        reply: oneshot::Sender<Result<Option<String>, String>>,
+    },
+    /// Writes the policy in force again (into the other slot, then
+    /// switches to it): the repair of tables found changed.
+    Reinstall {
+        reply: oneshot::Sender<Result<Outcome, ApplyError>>,
+    },
 }
 
 /// A policy applied (or found already in force).
@@ -171,6 +181,9 @@ pub struct Manager {
     quarantine_file: Option<PathBuf>,
     /// The agent's own files and socket, denied to every identity.
     protected: policy::protect::Protected,
+    /// The generation this manager switched to last and the contents
+    /// digest of what it installed for it (see `policy::target::Contents`).
+    installed: Option<(u32, blake3::Hash)>,
 }
 
 fn file_names(bundle: &Bundle) -> Vec<String> {
@@ -192,6 +205,7 @@ impl Manager {
             quarantined: BTreeSet::new(),
             quarantine_file: None,
             protected: Default::default(),
+            installed: None,
         }
     }
 
@@ -257,9 +271,11 @@ impl Manager {
         // Names first: an event decided by the new generation may be read
         // before this function returns.
         self.shared.rulebook.insert(generation, &compiled.rules);
+        let contents = compiled.contents();
         self.target.install(&compiled)?;
         let now = self.target.flip(slot)?;
         debug_assert_eq!(now.generation, generation);
+        self.installed = Some((now.generation, contents));
         let micros = started.elapsed().as_micros() as u64;
         if let Some(f) = self.ids_file.as_ref().filter(|f| ids != self.ids || !f.exists()) {
             // The kernel now holds these ids; a restart adopting the tables needs them.
@@ -440,6 +456,34 @@ impl Manager {
             None => self.store.previous()?.ok_or(ApplyError::NoEarlierVersion)?,
         };
         self.apply_and_report(target.bundle, &format!("rollback to v{}", target.version), PolicyAction::RolledBack).await
+    }
+
+    /// Whether the tables in force still hold what this manager installed:
+    /// the generation switched to, and the slot's contents read back.
+    pub fn check_maps(&self) -> Result<Option<String>, String> {
+        let Some((generation, installed)) = self.installed else { return Ok(None) };
+        let active = self.target.active().map_err(|e| crate::error::chain(&e))?;
+        if active.generation != generation {
+            return Ok(Some(format!(
+                "generation {} (slot {}) is in force, not generation {generation}, the last this agent switched to",
+                active.generation, active.slot
+            )));
+        }
+        let found = self.target.contents(active.slot).map_err(|e| crate::error::chain(&e))?;
+        Ok((found != installed).then(|| {
+            format!(
+                "slot {} (generation {generation}) does not hold what was installed: contents blake3 {} read back, {} installed",
+                active.slot,
+                found.to_hex(),
+                installed.to_hex()
+            )
+        }))
+    }
+
+    /// Installs the policy in force again and switches to it.
+    pub async fn reinstall(&mut self) -> Result<Outcome, ApplyError> {
+        let bundle = self.store.current().map(|a| a.bundle.clone()).ok_or(ApplyError::NoEarlierVersion)?;
+        self.apply(bundle, "integrity repair", false).await
     }
 
     /// Re-evaluates conditions; recompiles when the set of active rules changed.

@@ -27,6 +27,9 @@ impl PolicyTarget for SharedTarget {
     fn grace_remaining(&self) -> std::time::Duration {
         self.0.lock().unwrap().grace_remaining()
     }
+    fn contents(&self, slot: u32) -> Result<blake3::Hash, TargetError> {
+        self.0.lock().unwrap().contents(slot)
+    }
 }
 
 const POLICY: &str = "apiVersion: zt-agent.io/v1alpha1\nkind: HostPolicy\nspec:\n  trustDomain: t\n  identities:\n    - name: a\n      selectors:\n        - uid: 7\n  rules:\n    - identity: a\n      action: allow\n      egress:\n        - to: [PREFIX]\n";
@@ -192,4 +195,44 @@ async fn quarantine_denies_all_egress_survives_reload_and_restart_and_is_release
     std::fs::write(&qfile, "[").unwrap();
     let e = fixture().manager.with_quarantine_file(qfile).err().unwrap().to_string();
     assert!(e.ends_with("remove the file to release every identity"), "{e}");
+}
+
+#[tokio::test]
+async fn tables_changed_behind_the_manager_are_found_and_installed_again() {
+    let mut f = fixture();
+    assert_eq!(f.manager.check_maps(), Ok(None), "nothing installed: nothing to compare");
+    f.manager.reload("start").await.unwrap();
+    assert_eq!(f.manager.check_maps(), Ok(None));
+
+    // An entry's rules changed in the slot in force (an allow for a deny).
+    {
+        let mut t = f.target.0.lock().unwrap();
+        let slot = t.active.slot as usize;
+        let c = t.slots[slot].as_mut().unwrap();
+        c.net[0].2.rules[0].action ^= 1;
+    }
+    let differs = f.manager.check_maps().unwrap().expect("a difference");
+    assert!(differs.contains("does not hold what was installed"), "{differs}");
+    let o = f.manager.reinstall().await.unwrap();
+    assert_eq!(o.generation, 2, "written again into the other slot and switched to");
+    assert_eq!(f.manager.check_maps(), Ok(None));
+    // An entry added (another prefix) is found the same way.
+    {
+        let mut t = f.target.0.lock().unwrap();
+        let slot = t.active.slot as usize;
+        let c = t.slots[slot].as_mut().unwrap();
+        let extra = c.net[0];
+        c.net.push((extra.0 - 1, extra.1, extra.2));
+    }
+    assert!(f.manager.check_maps().unwrap().is_some(), "an added entry");
+    f.manager.reinstall().await.unwrap();
+
+    // The slot switched from outside: another generation in force.
+    {
+        let mut t = f.target.0.lock().unwrap();
+        let other = 1 - t.active.slot;
+        t.flip(other).unwrap();
+    }
+    let differs = f.manager.check_maps().unwrap().expect("another generation");
+    assert!(differs.contains("is in force, not generation 3"), "{differs}");
 }

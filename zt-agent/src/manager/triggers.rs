@@ -85,6 +85,8 @@ pub async fn run(mut m: Manager, mut commands: mpsc::Receiver<Command>, mut stop
                     if let Some(reply) = reply { let _ = reply.send(r); }
                 }
                 Some(Command::Reevaluate) => m.reevaluate().await,
+                Some(Command::CheckMaps { reply }) => { let _ = reply.send(m.check_maps()); }
+                Some(Command::Reinstall { reply }) => { let _ = reply.send(m.reinstall().await); }
                 None => break,
             },
         }

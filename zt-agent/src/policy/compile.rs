@@ -159,6 +159,50 @@ pub struct Compiled {
     pub active: Vec<bool>,
 }
 
+/// The pending pseudo-identity's entry in every slot (see
+/// `zt_common::PENDING_IDENTITY`): egress denied, the default socket kinds,
+/// nothing else restricted.
+pub fn pending_identity(slot: u32) -> (IdentityKey, IdentityPolicy) {
+    (
+        IdentityKey { slot, identity: zt_common::PENDING_IDENTITY },
+        IdentityPolicy {
+            default_egress: DENY,
+            default_files: ALLOW,
+            default_exec: ALLOW,
+            mode: ENFORCE,
+            sockets: zt_common::guard::sock_kind::DEFAULT,
+            defined: 1,
+            file_rules: 0,
+            _pad: 0,
+        },
+    )
+}
+
+impl Compiled {
+    /// The [`super::target::Contents`] digest of what installing this
+    /// writes into its slot (the pending identity's entry included).
+    pub fn contents(&self) -> blake3::Hash {
+        use super::target::{Contents, table};
+        let mut c = Contents::default();
+        for (len, data, list) in &self.net {
+            c.add(table::NET, &(len, data, list));
+        }
+        for (len, data, list) in &self.unix {
+            c.add(table::UNIX, &(len, data, list));
+        }
+        for (k, rules) in &self.objects {
+            c.add(table::FILES, &(k, rules));
+        }
+        let pending = pending_identity(self.slot);
+        for (k, v) in self.identities.iter().chain([&pending]).filter(|(_, v)| v.defined != 0) {
+            if let Some(i) = zt_common::policy::identity_index(k.slot, k.identity) {
+                c.add(table::IDENTITIES, &(i, v));
+            }
+        }
+        c.digest()
+    }
+}
+
 fn action(a: Action) -> u8 {
     match a {
         Action::Allow => ALLOW,

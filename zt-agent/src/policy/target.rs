@@ -6,6 +6,9 @@
 //! - [`PolicyTarget`]: install into the inactive slot, flip, grace.
 //! - [`target_slot`]: the slot the next policy is compiled for.
 //! - [`TargetError`]: what can fail, with the backend's error as source.
+//! - [`Contents`]: a slot's entries as one digest, for continuous
+//!   verification: what an install wrote ([`Compiled::contents`]) against
+//!   what the tables hold ([`PolicyTarget::contents`]).
 //!
 //! A reload writes the complete new policy into the slot not in force, then
 //! flips the active slot (one array-element update, atomic for readers). The
@@ -51,6 +54,54 @@ pub trait PolicyTarget: Send + Sync {
 
     /// How long until the slot just left may be cleared.
     fn grace_remaining(&self) -> Duration;
+
+    /// The [`Contents`] digest of what `slot` holds now, read back.
+    fn contents(&self, slot: u32) -> Result<blake3::Hash, TargetError>;
+}
+
+/// Table names in [`Contents`] entries.
+pub mod table {
+    pub const NET: &str = "net";
+    pub const UNIX: &str = "unix";
+    pub const FILES: &str = "files";
+    pub const IDENTITIES: &str = "identities";
+}
+
+/// The entries of one slot as a digest that does not depend on the order
+/// they are listed in: each entry (its table's name, key and value, as
+/// their `Hash` writes them) hashed with blake3, those hashes sorted and
+/// hashed together. Equal exactly when every table holds the same entries.
+#[derive(Default)]
+pub struct Contents(Vec<[u8; 32]>);
+
+/// A `std::hash::Hasher` that feeds blake3.
+struct Feed(blake3::Hasher);
+
+impl std::hash::Hasher for Feed {
+    fn write(&mut self, bytes: &[u8]) {
+        self.0.update(bytes);
+    }
+    fn finish(&self) -> u64 {
+        unreachable!("only the blake3 digest is read")
+    }
+}
+
+impl Contents {
+    pub fn add(&mut self, table: &str, entry: &impl std::hash::Hash) {
+        let mut feed = Feed(blake3::Hasher::new());
+        std::hash::Hash::hash(table, &mut feed);
+        entry.hash(&mut feed);
+        self.0.push(*feed.0.finalize().as_bytes());
+    }
+
+    pub fn digest(mut self) -> blake3::Hash {
+        self.0.sort_unstable();
+        let mut h = blake3::Hasher::new();
+        for e in &self.0 {
+            h.update(e);
+        }
+        h.finalize()
+    }
 }
 
 /// The slot the next policy must be compiled for.
@@ -97,6 +148,9 @@ pub mod mem {
         }
         fn grace_remaining(&self) -> Duration {
             self.last_flip.map(|t| GRACE.saturating_sub(t.elapsed())).unwrap_or_default()
+        }
+        fn contents(&self, slot: u32) -> Result<blake3::Hash, TargetError> {
+            Ok(self.slots[slot as usize].as_ref().map_or_else(|| Contents::default().digest(), Compiled::contents))
         }
     }
 
