@@ -245,3 +245,36 @@ fn policy_tables_changed_from_outside_are_found_and_installed_again() {
     assert!(ok, "verified after the repair:\n{text}");
     agent.stop().unwrap();
 }
+
+#[test]
+#[ignore = "needs root (loads eBPF programs): cargo xtask test runs it"]
+fn an_audit_log_damaged_while_the_agent_runs_is_found() {
+    if !require_root("an_audit_log_damaged_while_the_agent_runs_is_found") {
+        return;
+    }
+    let tmp = tempdir("verify-audit").unwrap();
+    let audit_dir = tmp.path().join("audit");
+    let key = tmp.path().join("audit.key");
+    let pol = policy("zt.test", "    - name: a\n      selectors:\n        - exe: /nothing/runs/this\n");
+    let agent = Agent::start("verify-audit", &pol, &["--audit-dir", audit_dir.to_str().unwrap(), "--audit-key", key.to_str().unwrap()]).unwrap();
+    // The start's records signed (a checkpoint within a second of them).
+    agent.wait_status("a signed checkpoint", |s| s["audit"]["signed_size"].as_u64().unwrap_or(0) > 0);
+    let (ok, text) = verify(&agent.socket);
+    assert!(ok && text.contains(&format!("audit log {}: records 0..", audit_dir.display())), "{text}");
+
+    // A byte of the first record changed on disk.
+    let seg = std::fs::read_dir(&audit_dir)
+        .unwrap()
+        .flatten()
+        .map(|e| e.path())
+        .find(|p| p.file_name().unwrap().to_string_lossy().starts_with("seg-"))
+        .expect("a segment");
+    let mut bytes = std::fs::read(&seg).unwrap();
+    bytes[24] ^= 0x20;
+    let f = std::fs::OpenOptions::new().write(true).open(&seg).unwrap();
+    std::os::unix::fs::FileExt::write_at(&f, &bytes[24..25], 24).unwrap();
+    let (ok, text) = verify(&agent.socket);
+    assert!(!ok && text.contains("FINDING audit_log") && text.contains("does not verify: record 0"), "{text}");
+    agent.wait_for("the audit log's finding", |e| e["kind"] == "integrity" && e["integrity"]["check"] == "audit_log").unwrap();
+    let _ = agent.stop();
+}

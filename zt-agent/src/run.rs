@@ -329,6 +329,7 @@ impl Agent {
             Some((shared.pipeline.clone(), node.clone())),
             Some(repair_attachment(bpf.clone(), cgroup2.clone(), pins.clone())),
             Some(policy_tables(&commands)),
+            Some(audit_check(opts.audit.dir.clone())),
         );
         let telemetry = Arc::new(bpf::telemetry::Telemetry(bpf.clone()));
         // The detector turns telemetry on for the identities whose policy
@@ -808,6 +809,25 @@ fn repair_attachment(bpf: Arc<std::sync::Mutex<Bpf>>, cgroup2: PathBuf, pins: Op
 
 /// Binds the control socket now (so `status` answers once `started` is
 /// out) and serves it on a task; without it the agent runs on, logged.
+/// The audit log verified in full, with the log's own keys (as `zt-agent
+/// audit verify DIR` does). A failure is read twice: the writer appends
+/// while it reads, and only damage fails both times.
+fn audit_check(dir: PathBuf) -> crate::verify::AuditCheck {
+    Box::new(move || {
+        let opts = audit::verify::Options { keys: vec![], trusted: vec![] };
+        let verify = || audit::verify::verify_dir(&dir, &opts);
+        let r = verify().or_else(|_| verify()).map_err(|f| f.to_string())?;
+        Ok(format!(
+            "audit log {}: records {}..{} verified, signed up to {} ({} after the last checkpoint)",
+            dir.display(),
+            r.first_index,
+            r.first_index + r.records,
+            r.latest.map_or(0, |c| c.size),
+            r.unsigned
+        ))
+    })
+}
+
 /// The policy tables' check and repair, asked of the policy manager from a
 /// verification pass (a blocking thread).
 fn policy_tables(commands: &mpsc::Sender<manager::Command>) -> crate::verify::PolicyTables {

@@ -19,8 +19,10 @@
 //! Checked now: each cgroup program still attached at the root with the
 //! id we loaded (a detached link, or another program in its place, is a
 //! finding), the policy tables in force (read back and compared with what
-//! the policy manager installed, [`PolicyTables`]), and the binary (a
-//! binary replaced or rewritten on disk while it runs). A program no
+//! the policy manager installed, [`PolicyTables`]), the binary (a
+//! binary replaced or rewritten on disk while it runs), and the audit log
+//! ([`AuditCheck`]: verified in full, as `zt-agent audit verify` does, on
+//! every on-demand pass and at most every [`AUDIT_EVERY`] otherwise). A program no
 //! longer attached is attached again ([`Repair`]), tables found changed
 //! are installed again, and each repair is an event too (`repaired`); a
 //! binary cannot be repaired: that finding stays until it is gone.
@@ -115,6 +117,9 @@ pub struct Observed {
     /// The policy tables: equal to what was installed (None), what
     /// differs, or why they could not be read; None: not checked here.
     pub tables: Option<Result<Option<String>, String>>,
+    /// The audit log's last verification: how far it verified, or where
+    /// and why it does not; None: not checked here.
+    pub audit: Option<Result<String, String>>,
 }
 
 /// Every difference between what was put in place and what is there.
@@ -140,6 +145,9 @@ pub fn check(expected: &Expected, observed: &Observed) -> Vec<Finding> {
         None | Some(Ok(None)) => {}
         Some(Ok(Some(differs))) => out.push(tables(differs.clone())),
         Some(Err(why)) => out.push(tables(format!("cannot be read back: {why}"))),
+    }
+    if let Some(Err(why)) = &observed.audit {
+        out.push(Finding { check: "audit_log".into(), subject: "audit log".into(), detail: format!("does not verify: {why}") });
     }
     let Some(b) = &expected.binary else {
         // The first pass could not take the binary's digest.
@@ -196,6 +204,13 @@ pub struct Report {
 /// Attaches a program found detached again; Err says why it could not.
 pub type Repair = Box<dyn Fn(&CgroupAttachment) -> Result<(), String> + Send + Sync>;
 
+/// The audit log verified in full; Ok says how far (records, signed size).
+pub type AuditCheck = Box<dyn Fn() -> Result<String, String> + Send + Sync>;
+
+/// How often a periodic pass verifies the whole audit log (a pass on
+/// demand always does): at 770,000 records/s, a large log takes seconds.
+pub const AUDIT_EVERY: Duration = Duration::from_secs(600);
+
 /// The policy tables' check and repair, asked of the policy manager (it
 /// knows what it installed; see `Manager::check_maps`). Both block: a pass
 /// runs off the runtime.
@@ -217,6 +232,9 @@ pub struct Verifier {
     events: Option<(mpsc::Sender<Input>, Arc<str>)>,
     repair: Option<Repair>,
     tables: Option<PolicyTables>,
+    /// The audit log's check, and its last answer and when it was taken.
+    audit: Option<AuditCheck>,
+    last_audit: Mutex<Option<(std::time::Instant, Result<String, String>)>>,
 }
 
 impl Verifier {
@@ -227,6 +245,7 @@ impl Verifier {
         events: Option<(mpsc::Sender<Input>, Arc<str>)>,
         repair: Option<Repair>,
         tables: Option<PolicyTables>,
+        audit: Option<AuditCheck>,
     ) -> Arc<Self> {
         Arc::new(Verifier {
             pass: Mutex::new(()),
@@ -235,6 +254,8 @@ impl Verifier {
             events,
             repair,
             tables,
+            audit,
+            last_audit: Mutex::new(None),
         })
     }
 
@@ -267,7 +288,8 @@ impl Verifier {
     /// on a `full` pass, and on the first (which fixes what is expected).
     fn observe(&self, full: bool) -> Observed {
         let mut expected = self.expected.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
-        let mut observed = Observed { tables: self.tables.as_ref().map(|t| (t.check)()), ..Observed::default() };
+        let mut observed =
+            Observed { tables: self.tables.as_ref().map(|t| (t.check)()), audit: self.audit_log(full), ..Observed::default() };
         for a in &expected.attachments {
             observed
                 .cgroup
@@ -311,6 +333,9 @@ impl Verifier {
             .collect();
         if self.tables.is_some() {
             checked.push("policy tables in force (read back, compared with what was installed)".into());
+        }
+        if let Some(Ok(how_far)) = &observed.audit {
+            checked.push(how_far.clone());
         }
         if let Some(b) = &expected.binary {
             checked.push(format!("binary {} (blake3 {})", b.path.display(), b.digest.to_hex()));
@@ -364,6 +389,18 @@ impl Verifier {
 }
 
 impl Verifier {
+    /// The audit log's verification: run again when due (a `full` pass,
+    /// the first, or [`AUDIT_EVERY`] since the last), else the last answer.
+    fn audit_log(&self, full: bool) -> Option<Result<String, String>> {
+        let check = self.audit.as_ref()?;
+        let mut last = self.last_audit.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+        let due = full || last.as_ref().is_none_or(|(at, _)| at.elapsed() >= AUDIT_EVERY);
+        if due {
+            *last = Some((std::time::Instant::now(), check()));
+        }
+        last.as_ref().map(|(_, r)| r.clone())
+    }
+
     /// Installs the policy again when the tables were read back and differ
     /// (not when they could not be read: nothing is known then).
     fn repair_tables(&self, observed: &Observed, findings: &mut Vec<Finding>) -> Vec<(Finding, String)> {
@@ -431,7 +468,7 @@ mod tests {
     }
 
     fn observed(c4: Vec<u32>, c6: Result<Vec<u32>, String>, binary: Result<(FileId, Option<blake3::Hash>), String>) -> Observed {
-        Observed { cgroup: [(10, Ok(c4)), (11, c6)].into(), binary: Some(binary), tables: None }
+        Observed { cgroup: [(10, Ok(c4)), (11, c6)].into(), binary: Some(binary), ..Observed::default() }
     }
 
     #[test]
@@ -477,7 +514,7 @@ mod tests {
             t.lock().unwrap().push(a.program);
             if a.program == "connect6" { Err("EBUSY".into()) } else { Ok(()) }
         });
-        let v = Verifier::new("/sys/fs/cgroup".into(), vec![], Duration::from_secs(5), None, Some(repair), None);
+        let v = Verifier::new("/sys/fs/cgroup".into(), vec![], Duration::from_secs(5), None, Some(repair), None, None);
         let mut e = expected();
         e.attachments.push(attachment("sendmsg4", 9, 14));
         // connect4 and connect6 detached; sendmsg4's query failed.
@@ -496,7 +533,7 @@ mod tests {
     #[test]
     fn a_pass_reports_changes_once() {
         // No attachments to query: only the binary (this test's own), fixed on the first pass.
-        let v = Verifier::new("/nonexistent".into(), vec![], Duration::from_secs(5), None, None, None);
+        let v = Verifier::new("/nonexistent".into(), vec![], Duration::from_secs(5), None, None, None, None);
         let (first, changes) = v.pass(false);
         assert_eq!((first.findings.len(), changes.len()), (0, 0));
         assert_eq!(first.checked.len(), 1, "{first:?}");
@@ -525,7 +562,7 @@ mod tests {
                 Ok("installed again: generation 2 in force".into())
             }),
         };
-        let v = Verifier::new("/nonexistent".into(), vec![], Duration::from_secs(5), None, None, Some(tables));
+        let v = Verifier::new("/nonexistent".into(), vec![], Duration::from_secs(5), None, None, Some(tables), None);
         let (report, changes) = v.pass(false);
         let states: Vec<&str> = changes.iter().map(|c| c.state.as_str()).collect();
         assert_eq!(states, ["found", "repaired"], "{changes:?}");
@@ -539,5 +576,28 @@ mod tests {
         *answer.lock().unwrap() = Ok(None);
         let (report, changes) = v.pass(false);
         assert!(report.findings.is_empty() && changes[0].state == "cleared", "{changes:?}");
+    }
+
+    #[test]
+    fn the_audit_log_is_verified_when_due_and_a_failure_stays_until_verified_again() {
+        let answer = Arc::new(Mutex::new(Ok("audit log /a: 10 records verified".to_string())));
+        let runs = Arc::new(Mutex::new(0));
+        let (a, n) = (answer.clone(), runs.clone());
+        let check: AuditCheck = Box::new(move || {
+            *n.lock().unwrap() += 1;
+            a.lock().unwrap().clone()
+        });
+        let v = Verifier::new("/nonexistent".into(), vec![], Duration::from_secs(5), None, None, None, Some(check));
+        let (r, _) = v.pass(false);
+        assert!(r.checked.iter().any(|c| c.contains("10 records verified")), "{r:?}");
+        v.pass(false);
+        assert_eq!(*runs.lock().unwrap(), 1, "a periodic pass reuses the answer until it is due");
+        *answer.lock().unwrap() = Err("record 7: leaf hash differs".into());
+        let (r, changes) = v.pass(true);
+        assert_eq!(*runs.lock().unwrap(), 2, "a pass on demand verifies again");
+        assert_eq!((changes[0].state.as_str(), changes[0].finding.check.as_str()), ("found", "audit_log"));
+        assert!(r.findings[0].detail.contains("record 7: leaf hash differs"), "{r:?}");
+        let (r, changes) = v.pass(false);
+        assert!(changes.is_empty() && r.findings.len() == 1, "the finding stays until verified again");
     }
 }
