@@ -256,7 +256,8 @@ fn an_audit_log_damaged_while_the_agent_runs_is_found() {
     let audit_dir = tmp.path().join("audit");
     let key = tmp.path().join("audit.key");
     let pol = policy("zt.test", "    - name: a\n      selectors:\n        - exe: /nothing/runs/this\n");
-    let agent = Agent::start("verify-audit", &pol, &["--audit-dir", audit_dir.to_str().unwrap(), "--audit-key", key.to_str().unwrap()]).unwrap();
+    let agent =
+        Agent::start("verify-audit", &pol, &["--audit-dir", audit_dir.to_str().unwrap(), "--audit-key", key.to_str().unwrap()]).unwrap();
     // The start's records signed (a checkpoint within a second of them).
     agent.wait_status("a signed checkpoint", |s| s["audit"]["signed_size"].as_u64().unwrap_or(0) > 0);
     let (ok, text) = verify(&agent.socket);

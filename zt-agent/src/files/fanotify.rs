@@ -119,11 +119,16 @@ struct Shared {
     /// not wait for the marks' lock).
     roots: RwLock<Arc<HashMap<ObjectId, Vec<ObjectId>>>>,
     counters: Arc<Counters>,
+    /// Stops the responder (set last: see `Drop for Fallback`).
     stop: AtomicBool,
+    /// Stops the mark keeper.
+    stop_marks: AtomicBool,
 }
 
-/// The running fallback: the group and its threads. Dropping it stops the
-/// threads and closes the group (every mark goes; waiting opens proceed).
+/// The running fallback: the group and its threads. Dropping it removes
+/// every mark and stops the threads, the responder last: until then it
+/// answers every open that waits (the agent's own too: its files carry
+/// marks, see `policy::protect`), so none is left waiting for an answer.
 pub struct Fallback {
     shared: Arc<Shared>,
     threads: Vec<JoinHandle<()>>,
@@ -150,6 +155,7 @@ impl Fallback {
             roots: RwLock::default(),
             counters,
             stop: AtomicBool::new(false),
+            stop_marks: AtomicBool::new(false),
         });
         let responder = Responder::new(shared.clone(), procs, events);
         let keeper = shared.clone();
@@ -172,6 +178,16 @@ impl Fallback {
 
 impl Drop for Fallback {
     fn drop(&mut self) {
+        // The mark keeper first: its walk opens marked directories, which
+        // the responder answers.
+        self.shared.stop_marks.store(true, Relaxed);
+        if let Some(keeper) = self.threads.pop() {
+            let _ = keeper.join();
+        }
+        // No mark, no new event; the responder answers what is queued, then stops.
+        if let Err(e) = self.shared.group.mark(MarkFlags::FAN_MARK_FLUSH, MaskFlags::empty(), nix::fcntl::AT_FDCWD, None::<&Path>) {
+            tracing::error!("fanotify: removing the marks at stop: {e}");
+        }
         self.shared.stop.store(true, Relaxed);
         for t in self.threads.drain(..) {
             let _ = t.join();
@@ -397,7 +413,7 @@ impl Shared {
 /// appeared (directories made or moved below a directory rule).
 fn keep_marks(shared: Arc<Shared>) {
     let mut last = Instant::now();
-    while !shared.stop.load(Relaxed) {
+    while !shared.stop_marks.load(Relaxed) {
         std::thread::sleep(Duration::from_millis(100));
         if last.elapsed() < REWALK_EVERY {
             continue;
@@ -471,6 +487,16 @@ impl Responder {
                     continue;
                 }
             };
+            for ev in events {
+                self.answer(&ev);
+            }
+        }
+        // Stopping: what is still queued is answered (the marks are gone,
+        // so nothing new comes).
+        while let Ok(events) = self.shared.group.read_events() {
+            if events.is_empty() {
+                break;
+            }
             for ev in events {
                 self.answer(&ev);
             }
