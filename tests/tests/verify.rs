@@ -279,3 +279,41 @@ fn an_audit_log_damaged_while_the_agent_runs_is_found() {
     agent.wait_for("the audit log's finding", |e| e["kind"] == "integrity" && e["integrity"]["check"] == "audit_log").unwrap();
     let _ = agent.stop();
 }
+
+#[test]
+#[ignore = "needs root (loads eBPF programs, creates cgroups): cargo xtask test runs it"]
+fn a_binary_replaced_under_a_running_agent_process_is_found() {
+    if !require_root("a_binary_replaced_under_a_running_agent_process_is_found") {
+        return;
+    }
+    let cg = TestCgroup::new(&format!("/{}/agent", unique("verify-exe"))).unwrap();
+    let pol = policy("zt.test", &format!("    - name: a\n      selectors:\n        - cgroup: {}/**\n", cg.rel));
+    let tmp = tempdir("verify-exe").unwrap();
+    let tool = tmp.path().join("tool");
+    std::fs::copy("/bin/sleep", &tool).unwrap();
+    let agent = Agent::start("verify-exe", &pol, &[]).unwrap();
+    let mut child = cg.command(&tool).arg("60").spawn().unwrap();
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    loop {
+        let (ok, text) = verify(&agent.socket);
+        if ok && text.contains("executables of 1 agent processes") {
+            break;
+        }
+        assert!(std::time::Instant::now() < deadline, "the process is not listed:\n{text}");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    // Another file renamed over the path the process runs from.
+    let other = tmp.path().join("other");
+    std::fs::copy("/bin/true", &other).unwrap();
+    std::fs::rename(&other, &tool).unwrap();
+    let (ok, text) = verify(&agent.socket);
+    let subject = format!("FINDING process_binary pid {} (a)", child.id());
+    assert!(!ok && text.contains(&subject) && text.contains("replaced on disk while it runs"), "{text}");
+    agent.wait_for("the process_binary event", |e| e["kind"] == "integrity" && e["integrity"]["check"] == "process_binary").unwrap();
+    // The process gone, so is the finding.
+    child.kill().unwrap();
+    child.wait().unwrap();
+    let (ok, text) = verify(&agent.socket);
+    assert!(ok, "{text}");
+    agent.stop().unwrap();
+}

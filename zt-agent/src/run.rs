@@ -241,6 +241,7 @@ impl Agent {
         paths.push(("kubernetes pod metadata", kube_path(&opts, manager.current_policy().expect("just applied"))));
         let resolver = Resolver::new(config, "/proc").with_pods(pods.clone());
         let mut enricher = Enricher::new(resolver, cgroup2.clone(), node.clone(), opts.show == Show::All, shared.rulebook.clone());
+        let proc_reader = maps.proc_table.reader()?;
         let mut tables = Tables { procs: Box::new(maps.proc_table), cgroups: Box::new(maps.cgroups), execs: Box::new(maps.exec_select) };
         // The demo cgroup must exist before seeding so the kernel learns its id.
         let demo_cgroup = if opts.demo { Some(demo::prepare_cgroup(&cgroup2)?) } else { None };
@@ -327,9 +328,12 @@ impl Agent {
             attachments,
             opts.verify_every,
             Some((shared.pipeline.clone(), node.clone())),
-            Some(repair_attachment(bpf.clone(), cgroup2.clone(), pins.clone())),
-            Some(policy_tables(&commands)),
-            Some(audit_check(opts.audit.dir.clone())),
+            crate::verify::Hooks {
+                repair: Some(repair_attachment(bpf.clone(), cgroup2.clone(), pins.clone())),
+                tables: Some(policy_tables(&commands)),
+                audit: Some(audit_check(opts.audit.dir.clone())),
+                processes: Some(process_binaries(proc_reader, shared.in_force.clone())),
+            },
         );
         let telemetry = Arc::new(bpf::telemetry::Telemetry(bpf.clone()));
         // The detector turns telemetry on for the identities whose policy
@@ -809,6 +813,32 @@ fn repair_attachment(bpf: Arc<std::sync::Mutex<Bpf>>, cgroup2: PathBuf, pins: Op
 
 /// Binds the control socket now (so `status` answers once `started` is
 /// out) and serves it on a task; without it the agent runs on, logged.
+/// The processes of agent identities (the kernel's process table) and the
+/// file each runs against the file at its path, looked up in the
+/// process's own mount namespace (`/proc/<pid>/root`): a container's path
+/// is its own. A process gone meanwhile is skipped.
+fn process_binaries(procs: bpf::maps::ProcReader, in_force: Arc<RwLock<InForce>>) -> crate::verify::ProcessBinaries {
+    use std::os::unix::fs::MetadataExt as _;
+    let procs = std::sync::Mutex::new(procs);
+    Box::new(move || {
+        let list = procs.lock().expect("poisoned").attributed();
+        let names = in_force.read().expect("poisoned").ids.clone();
+        let file = |m: std::fs::Metadata| (m.dev(), m.ino());
+        Ok(list
+            .into_iter()
+            .filter_map(|(pid, id)| {
+                let link = format!("/proc/{pid}/exe");
+                let exe = std::fs::read_link(&link).ok()?.to_string_lossy().into_owned();
+                let running = std::fs::metadata(&link).ok().map(file)?;
+                let path = exe.strip_suffix(" (deleted)").unwrap_or(&exe);
+                let at_path = std::fs::metadata(format!("/proc/{pid}/root{path}")).map(file).map_err(|e| e.to_string());
+                let identity = names.get(&id).cloned().unwrap_or_else(|| format!("#{id}"));
+                Some(crate::verify::RunningBinary { pid, identity, exe, running, at_path })
+            })
+            .collect())
+    })
+}
+
 /// The audit log verified in full, with the log's own keys (as `zt-agent
 /// audit verify DIR` does). A failure is read twice: the writer appends
 /// while it reads, and only damage fails both times.

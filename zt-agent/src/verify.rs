@@ -20,7 +20,10 @@
 //! id we loaded (a detached link, or another program in its place, is a
 //! finding), the policy tables in force (read back and compared with what
 //! the policy manager installed, [`PolicyTables`]), the binary (a
-//! binary replaced or rewritten on disk while it runs), and the audit log
+//! binary replaced or rewritten on disk while it runs), the executables of
+//! running agent processes ([`ProcessBinaries`]: the file a process of an
+//! identity runs must still be the one at the path it was started from),
+//! and the audit log
 //! ([`AuditCheck`]: verified in full, as `zt-agent audit verify` does, on
 //! every on-demand pass and at most every [`AUDIT_EVERY`] otherwise). A program no
 //! longer attached is attached again ([`Repair`]), tables found changed
@@ -120,6 +123,38 @@ pub struct Observed {
     /// The audit log's last verification: how far it verified, or where
     /// and why it does not; None: not checked here.
     pub audit: Option<Result<String, String>>,
+    /// The processes of agent identities and what they run; None: not
+    /// checked here.
+    pub processes: Option<Result<Vec<RunningBinary>, String>>,
+}
+
+/// What a process of an agent identity runs, and what its path holds now.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RunningBinary {
+    pub pid: u32,
+    pub identity: String,
+    /// `/proc/<pid>/exe` as the kernel names it (` (deleted)` when the file
+    /// it runs has no name any more).
+    pub exe: String,
+    /// (device, inode) of the file it runs.
+    pub running: (u64, u64),
+    /// (device, inode) of the file at the path now, or why there is none.
+    pub at_path: Result<(u64, u64), String>,
+}
+
+impl RunningBinary {
+    /// Why the file at its path is not the one it runs; None: it is.
+    fn replaced(&self) -> Option<String> {
+        let path = self.exe.strip_suffix(" (deleted)").unwrap_or(&self.exe);
+        match &self.at_path {
+            Ok(now) if *now == self.running && !self.exe.ends_with(" (deleted)") => None,
+            Ok((dev, ino)) => Some(format!(
+                "runs {path} (inode {} on device {:#x}), which was replaced on disk while it runs: the path holds inode {ino} on device {dev:#x} now",
+                self.running.1, self.running.0
+            )),
+            Err(why) => Some(format!("runs {path}, which was removed from disk while it runs ({why})")),
+        }
+    }
 }
 
 /// Every difference between what was put in place and what is there.
@@ -145,6 +180,21 @@ pub fn check(expected: &Expected, observed: &Observed) -> Vec<Finding> {
         None | Some(Ok(None)) => {}
         Some(Ok(Some(differs))) => out.push(tables(differs.clone())),
         Some(Err(why)) => out.push(tables(format!("cannot be read back: {why}"))),
+    }
+    match &observed.processes {
+        None => {}
+        Some(Err(why)) => out.push(Finding {
+            check: "process_binary".into(),
+            subject: "agent processes".into(),
+            detail: format!("cannot be listed: {why}"),
+        }),
+        Some(Ok(list)) => out.extend(list.iter().filter_map(|p| {
+            p.replaced().map(|detail| Finding {
+                check: "process_binary".into(),
+                subject: format!("pid {} ({})", p.pid, p.identity),
+                detail,
+            })
+        })),
     }
     if let Some(Err(why)) = &observed.audit {
         out.push(Finding { check: "audit_log".into(), subject: "audit log".into(), detail: format!("does not verify: {why}") });
@@ -211,6 +261,19 @@ pub type AuditCheck = Box<dyn Fn() -> Result<String, String> + Send + Sync>;
 /// demand always does): at 770,000 records/s, a large log takes seconds.
 pub const AUDIT_EVERY: Duration = Duration::from_secs(600);
 
+/// Lists the processes of agent identities and what they run.
+pub type ProcessBinaries = Box<dyn Fn() -> Result<Vec<RunningBinary>, String> + Send + Sync>;
+
+/// What a pass asks of the rest of the agent; each is optional (a pass
+/// checks what it is given).
+#[derive(Default)]
+pub struct Hooks {
+    pub repair: Option<Repair>,
+    pub tables: Option<PolicyTables>,
+    pub audit: Option<AuditCheck>,
+    pub processes: Option<ProcessBinaries>,
+}
+
 /// The policy tables' check and repair, asked of the policy manager (it
 /// knows what it installed; see `Manager::check_maps`). Both block: a pass
 /// runs off the runtime.
@@ -230,10 +293,8 @@ pub struct Verifier {
     status: Mutex<Status>,
     /// Where changes go as `integrity` events, and the node they name.
     events: Option<(mpsc::Sender<Input>, Arc<str>)>,
-    repair: Option<Repair>,
-    tables: Option<PolicyTables>,
-    /// The audit log's check, and its last answer and when it was taken.
-    audit: Option<AuditCheck>,
+    hooks: Hooks,
+    /// The audit log's last answer and when it was taken.
     last_audit: Mutex<Option<(std::time::Instant, Result<String, String>)>>,
 }
 
@@ -243,18 +304,14 @@ impl Verifier {
         attachments: Vec<CgroupAttachment>,
         every: Duration,
         events: Option<(mpsc::Sender<Input>, Arc<str>)>,
-        repair: Option<Repair>,
-        tables: Option<PolicyTables>,
-        audit: Option<AuditCheck>,
+        hooks: Hooks,
     ) -> Arc<Self> {
         Arc::new(Verifier {
             pass: Mutex::new(()),
             expected: Mutex::new(Expected { cgroup2, attachments, binary: None }),
             status: Mutex::new(Status { every_secs: every.as_secs(), ..Status::default() }),
             events,
-            repair,
-            tables,
-            audit,
+            hooks,
             last_audit: Mutex::new(None),
         })
     }
@@ -288,8 +345,12 @@ impl Verifier {
     /// on a `full` pass, and on the first (which fixes what is expected).
     fn observe(&self, full: bool) -> Observed {
         let mut expected = self.expected.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
-        let mut observed =
-            Observed { tables: self.tables.as_ref().map(|t| (t.check)()), audit: self.audit_log(full), ..Observed::default() };
+        let mut observed = Observed {
+            tables: self.hooks.tables.as_ref().map(|t| (t.check)()),
+            audit: self.audit_log(full),
+            processes: self.hooks.processes.as_ref().map(|p| p()),
+            ..Observed::default()
+        };
         for a in &expected.attachments {
             observed
                 .cgroup
@@ -331,8 +392,11 @@ impl Verifier {
             .iter()
             .map(|a| format!("{} attached at {} (program id {})", a.program, expected.cgroup2.display(), a.id))
             .collect();
-        if self.tables.is_some() {
+        if self.hooks.tables.is_some() {
             checked.push("policy tables in force (read back, compared with what was installed)".into());
+        }
+        if let Some(Ok(list)) = &observed.processes {
+            checked.push(format!("executables of {} agent processes (each still the file at its path)", list.len()));
         }
         if let Some(Ok(how_far)) = &observed.audit {
             checked.push(how_far.clone());
@@ -366,7 +430,7 @@ impl Verifier {
     /// Returns the findings put right, with what was done; a failed repair
     /// stays a finding, its detail saying why.
     fn repair_detached(&self, expected: &Expected, observed: &Observed, findings: &mut Vec<Finding>) -> Vec<(Finding, String)> {
-        let Some(repair) = &self.repair else { return Vec::new() };
+        let Some(repair) = &self.hooks.repair else { return Vec::new() };
         let mut repaired = Vec::new();
         let mut kept = Vec::new();
         for mut f in findings.drain(..) {
@@ -392,7 +456,7 @@ impl Verifier {
     /// The audit log's verification: run again when due (a `full` pass,
     /// the first, or [`AUDIT_EVERY`] since the last), else the last answer.
     fn audit_log(&self, full: bool) -> Option<Result<String, String>> {
-        let check = self.audit.as_ref()?;
+        let check = self.hooks.audit.as_ref()?;
         let mut last = self.last_audit.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
         let due = full || last.as_ref().is_none_or(|(at, _)| at.elapsed() >= AUDIT_EVERY);
         if due {
@@ -404,7 +468,7 @@ impl Verifier {
     /// Installs the policy again when the tables were read back and differ
     /// (not when they could not be read: nothing is known then).
     fn repair_tables(&self, observed: &Observed, findings: &mut Vec<Finding>) -> Vec<(Finding, String)> {
-        let (Some(t), Some(Ok(Some(_)))) = (&self.tables, &observed.tables) else { return Vec::new() };
+        let (Some(t), Some(Ok(Some(_)))) = (&self.hooks.tables, &observed.tables) else { return Vec::new() };
         let Some(i) = findings.iter().position(|f| f.check == "policy_maps") else { return Vec::new() };
         match (t.reinstall)() {
             Ok(how) => vec![(findings.remove(i), how)],
@@ -514,7 +578,13 @@ mod tests {
             t.lock().unwrap().push(a.program);
             if a.program == "connect6" { Err("EBUSY".into()) } else { Ok(()) }
         });
-        let v = Verifier::new("/sys/fs/cgroup".into(), vec![], Duration::from_secs(5), None, Some(repair), None, None);
+        let v = Verifier::new(
+            "/sys/fs/cgroup".into(),
+            vec![],
+            Duration::from_secs(5),
+            None,
+            Hooks { repair: Some(repair), ..Hooks::default() },
+        );
         let mut e = expected();
         e.attachments.push(attachment("sendmsg4", 9, 14));
         // connect4 and connect6 detached; sendmsg4's query failed.
@@ -533,7 +603,7 @@ mod tests {
     #[test]
     fn a_pass_reports_changes_once() {
         // No attachments to query: only the binary (this test's own), fixed on the first pass.
-        let v = Verifier::new("/nonexistent".into(), vec![], Duration::from_secs(5), None, None, None, None);
+        let v = Verifier::new("/nonexistent".into(), vec![], Duration::from_secs(5), None, Hooks::default());
         let (first, changes) = v.pass(false);
         assert_eq!((first.findings.len(), changes.len()), (0, 0));
         assert_eq!(first.checked.len(), 1, "{first:?}");
@@ -562,7 +632,8 @@ mod tests {
                 Ok("installed again: generation 2 in force".into())
             }),
         };
-        let v = Verifier::new("/nonexistent".into(), vec![], Duration::from_secs(5), None, None, Some(tables), None);
+        let v =
+            Verifier::new("/nonexistent".into(), vec![], Duration::from_secs(5), None, Hooks { tables: Some(tables), ..Hooks::default() });
         let (report, changes) = v.pass(false);
         let states: Vec<&str> = changes.iter().map(|c| c.state.as_str()).collect();
         assert_eq!(states, ["found", "repaired"], "{changes:?}");
@@ -587,7 +658,8 @@ mod tests {
             *n.lock().unwrap() += 1;
             a.lock().unwrap().clone()
         });
-        let v = Verifier::new("/nonexistent".into(), vec![], Duration::from_secs(5), None, None, None, Some(check));
+        let v =
+            Verifier::new("/nonexistent".into(), vec![], Duration::from_secs(5), None, Hooks { audit: Some(check), ..Hooks::default() });
         let (r, _) = v.pass(false);
         assert!(r.checked.iter().any(|c| c.contains("10 records verified")), "{r:?}");
         v.pass(false);
@@ -599,5 +671,26 @@ mod tests {
         assert!(r.findings[0].detail.contains("record 7: leaf hash differs"), "{r:?}");
         let (r, changes) = v.pass(false);
         assert!(changes.is_empty() && r.findings.len() == 1, "the finding stays until verified again");
+    }
+
+    #[test]
+    fn a_process_whose_binary_was_replaced_or_removed_is_found() {
+        let p = |exe: &str, at_path: Result<(u64, u64), String>| RunningBinary {
+            pid: 42,
+            identity: "coder".into(),
+            exe: exe.into(),
+            running: (1, 100),
+            at_path,
+        };
+        let o = |list: Vec<RunningBinary>| Observed { processes: Some(Ok(list)), ..Observed::default() };
+        let e = Expected::default();
+        assert_eq!(check(&e, &o(vec![p("/opt/agent", Ok((1, 100)))])), []);
+        let f = check(&e, &o(vec![p("/opt/agent (deleted)", Ok((1, 200)))]));
+        assert_eq!((f[0].check.as_str(), f[0].subject.as_str()), ("process_binary", "pid 42 (coder)"));
+        assert!(f[0].detail.contains("runs /opt/agent (inode 100") && f[0].detail.contains("holds inode 200"), "{f:?}");
+        let f = check(&e, &o(vec![p("/opt/agent (deleted)", Err("No such file or directory".into()))]));
+        assert!(f[0].detail.contains("removed from disk"), "{f:?}");
+        let f = check(&e, &Observed { processes: Some(Err("EPERM".into())), ..Observed::default() });
+        assert!(f[0].detail.contains("cannot be listed: EPERM"), "{f:?}");
     }
 }

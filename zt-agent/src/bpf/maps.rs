@@ -147,6 +147,18 @@ impl ProcTable {
 /// `PROC_TABLE`, read only.
 pub struct ProcReader(HashMap<MapData, u32, ProcInfo>);
 
+impl ProcReader {
+    /// Every process with an identity: (tgid, identity id).
+    pub fn attributed(&self) -> Vec<(u32, u32)> {
+        self.0
+            .iter()
+            .filter_map(Result::ok)
+            .filter(|(_, p)| p.identity != zt_common::NO_IDENTITY && p.identity != zt_common::PENDING_IDENTITY)
+            .map(|(tgid, p)| (tgid, p.identity))
+            .collect()
+    }
+}
+
 impl crate::files::Processes for ProcReader {
     fn get(&self, tgid: u32) -> Option<ProcInfo> {
         self.0.get(&tgid, 0).ok()

@@ -129,6 +129,14 @@ fn render(v: &StatusDoc) -> String {
             let _ = writeln!(s, "  FINDING {} {}: {}", f.check, f.subject, f.detail);
         }
     }
+    if let Some(api) = &v.api {
+        let _ = writeln!(
+            s,
+            "
+remote API (mutual TLS): {}, {} grants; calls {} allowed, {} refused; {} open streams",
+            api.listen, api.grants, api.allowed, api.refused, api.open_streams
+        );
+    }
     let _ = writeln!(s, "\nsyscall telemetry (anomaly model): {}", v.syscall_telemetry);
     if !v.anomaly.is_empty() {
         s.push_str("anomaly detection:\n");
