@@ -253,6 +253,17 @@ pub fn render(s: &Scrape<'_>, process: bool) -> prometheus::Result<String> {
         f.counter("zt_agent_integrity_findings_total", "Integrity findings reported since start.", &[], one(v.findings_total))?;
     }
 
+    // The remote API.
+    if let Some(a) = &st.api {
+        f.counter(
+            "zt_agent_api_calls_total",
+            "Remote API calls (and connections refused before one), by outcome.",
+            &["outcome"],
+            vec![(labels(["allowed"]), a.allowed), (labels(["refused"]), a.refused)],
+        )?;
+        f.gauge("zt_agent_api_open_streams", "Live event streams open.", &[], one(a.open_streams as f64))?;
+    }
+
     // The anomaly model.
     f.gauge(
         "zt_agent_anomaly_risk",

@@ -49,7 +49,8 @@ fn status() -> StatusDoc {
         "kubernetes": {"api": "https://10.96.0.1:443/", "node": "n1", "state": "watching", "pods": 7, "resource_version": "5", "lists": 1,
                        "watch_events": 9, "bad_lines": 0, "pods_dropped": 0, "last_error": null, "last_error_at": null},
         "verification": {"every_secs": 5, "passes": 4, "last_pass": "2026-01-01T00:00:00Z", "findings_total": 1,
-                         "findings": [{"check": "attachment", "subject": "connect4", "detail": "gone"}]}
+                         "findings": [{"check": "attachment", "subject": "connect4", "detail": "gone"}]},
+        "api": {"listen": "https://127.0.0.1:9443", "grants": 2, "allowed": 5, "refused": 3, "open_streams": 1}
     }))
     .expect("a status document")
 }
@@ -142,6 +143,9 @@ fn every_family_with_help_type_and_values() {
         "zt_agent_verification_passes_total 4",
         "zt_agent_integrity_findings 1",
         "zt_agent_integrity_findings_total 1",
+        r#"zt_agent_api_calls_total{outcome="allowed"} 5"#,
+        r#"zt_agent_api_calls_total{outcome="refused"} 3"#,
+        "zt_agent_api_open_streams 1",
     ] {
         assert!(text.lines().any(|l| l == line), "missing {line:?} in\n{text}");
     }
