@@ -242,6 +242,12 @@ impl Agent {
         let resolver = Resolver::new(config, "/proc").with_pods(pods.clone());
         let mut enricher = Enricher::new(resolver, cgroup2.clone(), node.clone(), opts.show == Show::All, shared.rulebook.clone());
         let proc_reader = maps.proc_table.reader()?;
+        let identity_of = {
+            let procs = std::sync::Mutex::new(maps.proc_table.reader()?);
+            let f: Arc<dyn Fn(u32) -> Option<u32> + Send + Sync> =
+                Arc::new(move |tgid| files::Processes::get(&*procs.lock().expect("poisoned"), tgid).map(|p| p.identity));
+            f
+        };
         let mut tables = Tables { procs: Box::new(maps.proc_table), cgroups: Box::new(maps.cgroups), execs: Box::new(maps.exec_select) };
         // The demo cgroup must exist before seeding so the kernel learns its id.
         let demo_cgroup = if opts.demo { Some(demo::prepare_cgroup(&cgroup2)?) } else { None };
@@ -362,6 +368,7 @@ impl Agent {
             kube: opts.kube.is_some().then(|| kube_status.clone()),
             verifier: Some(verifier.clone()),
             api: api_monitor.clone(),
+            identity_of: Some(identity_of),
         };
         let verify = (!opts.verify_every.is_zero()).then(|| tokio::spawn(crate::verify::run(verifier, opts.verify_every, stop_rx.clone())));
         let metrics = metrics_listener.map(|listener| {

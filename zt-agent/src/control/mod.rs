@@ -1,8 +1,10 @@
 //! The local control API: a Unix socket (mode 0600, root only) that answers
 //! one [`protocol::Request`] per connection with one [`protocol::Response`]
 //! (JSON lines). Besides the file mode, each client's credentials
-//! (`SO_PEERCRED`) must be root's or the agent's own user: a socket made
-//! reachable by a wrong mode or a passed descriptor still answers no one else.
+//! (`SO_PEERCRED`) must be root's or the agent's own user, and its process
+//! must have no agent identity (the kernel's process table): a socket made
+//! reachable by a wrong mode, a passed descriptor, or an identity running
+//! as root where no Unix-socket hook refuses its connect, answers no one else.
 //!
 //! # Layout
 //! - [`protocol`]: the request and response types, shared with the CLI.
@@ -83,6 +85,9 @@ pub struct State {
     pub kube: Option<Arc<std::sync::Mutex<crate::kube::client::Status>>>,
     /// Continuous verification (`zt-agent verify`).
     pub verifier: Option<Arc<crate::verify::Verifier>>,
+    /// A process's identity id (the kernel's process table), for the
+    /// peer check; None: not known here (then not checked).
+    pub identity_of: Option<Arc<dyn Fn(u32) -> Option<u32> + Send + Sync>>,
     /// The remote API, where it is on.
     pub api: Option<crate::api::Monitor>,
 }
@@ -111,7 +116,7 @@ pub async fn serve(listener: UnixListener, path: &Path, state: State, mut stop: 
                 let Ok((stream, _)) = conn else { continue };
                 let state = state.clone();
                 connections.spawn(async move {
-                    let answered = match peer_allowed(&stream) {
+                    let answered = match peer_allowed(&stream, state.identity_of.as_deref()) {
                         Ok(()) => answer(stream, &state).await,
                         Err(why) => refuse(stream, why).await,
                     };
@@ -126,15 +131,20 @@ pub async fn serve(listener: UnixListener, path: &Path, state: State, mut stop: 
     let _ = std::fs::remove_file(path);
 }
 
-/// Root, or the user the agent runs as; anyone else is refused with why.
-fn peer_allowed(stream: &UnixStream) -> Result<(), String> {
+/// Root, or the user the agent runs as, in a process without an agent
+/// identity; anyone else is refused with why.
+fn peer_allowed(stream: &UnixStream, identity_of: Option<&(dyn Fn(u32) -> Option<u32> + Send + Sync)>) -> Result<(), String> {
     let cred = stream.peer_cred().map_err(|e| format!("the client's credentials (SO_PEERCRED) cannot be read: {e}"))?;
     let own = nix::unistd::geteuid().as_raw();
-    if cred.uid() == 0 || cred.uid() == own {
-        return Ok(());
-    }
     let pid = cred.pid().map_or_else(|| "?".into(), |p| p.to_string());
-    Err(format!("the control socket answers root only (SO_PEERCRED: pid {pid}, uid {})", cred.uid()))
+    if cred.uid() != 0 && cred.uid() != own {
+        return Err(format!("the control socket answers root only (SO_PEERCRED: pid {pid}, uid {})", cred.uid()));
+    }
+    let identity = identity_of.zip(cred.pid()).and_then(|(f, p)| f(p as u32)).filter(|id| *id != zt_common::NO_IDENTITY);
+    match identity {
+        Some(id) => Err(format!("the control socket answers no agent identity (SO_PEERCRED: pid {pid} has identity #{id})")),
+        None => Ok(()),
+    }
 }
 
 async fn refuse(mut stream: UnixStream, why: String) -> Result<(), ControlError> {
