@@ -1,7 +1,9 @@
 //! `zt-bench verify`: what continuous verification costs. In each round,
 //! side by side: the time of a pass as the agent measures it (the periodic
-//! pass: a `BPF_PROG_QUERY` per attach type and a `stat` of the binary; the
-//! on-demand pass of `zt-agent verify`, which also hashes the binary), and
+//! pass: a `BPF_PROG_QUERY` per attach type, the policy tables in force
+//! read back, the agent processes' executables and a `stat` of the binary;
+//! the on-demand pass of `zt-agent verify`, which also hashes the binary
+//! and verifies the whole audit log), and
 //! the loopback connect() latency of an agent process, p50 and p99 of
 //! 3,000, with no pass running and with `zt-agent verify` passes back to
 //! back (the worst case: the periodic pass runs every 5 s by default).
@@ -93,8 +95,8 @@ pub fn bench(rounds: usize) -> anyhow::Result<()> {
     let ratio =
         |k: usize| median(&mut quiet.iter().zip(&busy).map(|(q, b)| if k == 0 { b.0 / q.0 } else { b.1 / q.1 }).collect::<Vec<_>>());
     println!("\nmedians of {rounds} rounds:");
-    println!("  verification pass, periodic (query + stat):          {:>8.0} us", median(&mut periodic));
-    println!("  verification pass, on demand (query + blake3 of the binary): {:>8.0} us", median(&mut full));
+    println!("  verification pass, periodic (queries, tables, processes, stat): {:>8.0} us", median(&mut periodic));
+    println!("  verification pass, on demand (+ blake3 of the binary, audit log): {:>8.0} us", median(&mut full));
     println!(
         "  agent-process connect() p50: quiet {:.2} us, passes back to back {:.2} us, ratio {:.3}",
         m(&quiet, 0) / 1e3,
