@@ -25,7 +25,8 @@ pub struct RunArgs {
     /// The config file (YAML): every option of `run` under its flag's name
     /// in camelCase (README: "Config file"). Flags and environment
     /// variables override it. Default: /etc/zt-agent/config.yaml when it
-    /// exists.
+    /// exists. The remote API (mutual TLS, SPIFFE grants) is configured
+    /// only here, in its `api` section (README: "Remote API").
     #[arg(long, value_name = "FILE")]
     pub config: Option<PathBuf>,
     /// Policy file or directory (YAML, `kind: HostPolicy`); repeat to compose
