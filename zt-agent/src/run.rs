@@ -241,13 +241,8 @@ impl Agent {
         paths.push(("kubernetes pod metadata", kube_path(&opts, manager.current_policy().expect("just applied"))));
         let resolver = Resolver::new(config, "/proc").with_pods(pods.clone());
         let mut enricher = Enricher::new(resolver, cgroup2.clone(), node.clone(), opts.show == Show::All, shared.rulebook.clone());
-        let proc_reader = maps.proc_table.reader()?;
-        let identity_of = {
-            let procs = std::sync::Mutex::new(maps.proc_table.reader()?);
-            let f: Arc<dyn Fn(u32) -> Option<u32> + Send + Sync> =
-                Arc::new(move |tgid| files::Processes::get(&*procs.lock().expect("poisoned"), tgid).map(|p| p.identity));
-            f
-        };
+        // Read by verification (agent processes) and the control socket (its peers).
+        let proc_reader = Arc::new(maps.proc_table.reader()?);
         let mut tables = Tables { procs: Box::new(maps.proc_table), cgroups: Box::new(maps.cgroups), execs: Box::new(maps.exec_select) };
         // The demo cgroup must exist before seeding so the kernel learns its id.
         let demo_cgroup = if opts.demo { Some(demo::prepare_cgroup(&cgroup2)?) } else { None };
@@ -338,7 +333,7 @@ impl Agent {
                 repair: Some(repair_attachment(bpf.clone(), cgroup2.clone(), pins.clone())),
                 tables: Some(policy_tables(&commands)),
                 audit: Some(audit_check(opts.audit.dir.clone())),
-                processes: Some(process_binaries(proc_reader, shared.in_force.clone())),
+                processes: Some(process_binaries(proc_reader.clone(), shared.in_force.clone())),
             },
         );
         let telemetry = Arc::new(bpf::telemetry::Telemetry(bpf.clone()));
@@ -368,7 +363,7 @@ impl Agent {
             kube: opts.kube.is_some().then(|| kube_status.clone()),
             verifier: Some(verifier.clone()),
             api: api_monitor.clone(),
-            identity_of: Some(identity_of),
+            processes: Some(proc_reader),
         };
         let verify = (!opts.verify_every.is_zero()).then(|| tokio::spawn(crate::verify::run(verifier, opts.verify_every, stop_rx.clone())));
         let metrics = metrics_listener.map(|listener| {
@@ -824,11 +819,10 @@ fn repair_attachment(bpf: Arc<std::sync::Mutex<Bpf>>, cgroup2: PathBuf, pins: Op
 /// file each runs against the file at its path, looked up in the
 /// process's own mount namespace (`/proc/<pid>/root`): a container's path
 /// is its own. A process gone meanwhile is skipped.
-fn process_binaries(procs: bpf::maps::ProcReader, in_force: Arc<RwLock<InForce>>) -> crate::verify::ProcessBinaries {
+fn process_binaries(procs: Arc<bpf::maps::ProcReader>, in_force: Arc<RwLock<InForce>>) -> crate::verify::ProcessBinaries {
     use std::os::unix::fs::MetadataExt as _;
-    let procs = std::sync::Mutex::new(procs);
     Box::new(move || {
-        let list = procs.lock().expect("poisoned").attributed();
+        let list = procs.attributed();
         let names = in_force.read().expect("poisoned").ids.clone();
         let file = |m: std::fs::Metadata| (m.dev(), m.ino());
         Ok(list

@@ -450,9 +450,7 @@ impl Verifier {
         *findings = kept;
         repaired
     }
-}
 
-impl Verifier {
     /// The audit log's verification: run again when due (a `full` pass,
     /// the first, or [`AUDIT_EVERY`] since the last), else the last answer.
     fn audit_log(&self, full: bool) -> Option<Result<String, String>> {

@@ -85,9 +85,9 @@ pub struct State {
     pub kube: Option<Arc<std::sync::Mutex<crate::kube::client::Status>>>,
     /// Continuous verification (`zt-agent verify`).
     pub verifier: Option<Arc<crate::verify::Verifier>>,
-    /// A process's identity id (the kernel's process table), for the
-    /// peer check; None: not known here (then not checked).
-    pub identity_of: Option<Arc<dyn Fn(u32) -> Option<u32> + Send + Sync>>,
+    /// The kernel's process table, for the peer check (a client with an
+    /// agent identity is refused); None: not known here (not checked).
+    pub processes: Option<Arc<dyn crate::files::Processes + Sync>>,
     /// The remote API, where it is on.
     pub api: Option<crate::api::Monitor>,
 }
@@ -116,7 +116,7 @@ pub async fn serve(listener: UnixListener, path: &Path, state: State, mut stop: 
                 let Ok((stream, _)) = conn else { continue };
                 let state = state.clone();
                 connections.spawn(async move {
-                    let answered = match peer_allowed(&stream, state.identity_of.as_deref()) {
+                    let answered = match peer_allowed(&stream, state.processes.as_deref()) {
                         Ok(()) => answer(stream, &state).await,
                         Err(why) => refuse(stream, why).await,
                     };
@@ -133,14 +133,15 @@ pub async fn serve(listener: UnixListener, path: &Path, state: State, mut stop: 
 
 /// Root, or the user the agent runs as, in a process without an agent
 /// identity; anyone else is refused with why.
-fn peer_allowed(stream: &UnixStream, identity_of: Option<&(dyn Fn(u32) -> Option<u32> + Send + Sync)>) -> Result<(), String> {
+fn peer_allowed(stream: &UnixStream, processes: Option<&(dyn crate::files::Processes + Sync)>) -> Result<(), String> {
     let cred = stream.peer_cred().map_err(|e| format!("the client's credentials (SO_PEERCRED) cannot be read: {e}"))?;
     let own = nix::unistd::geteuid().as_raw();
     let pid = cred.pid().map_or_else(|| "?".into(), |p| p.to_string());
     if cred.uid() != 0 && cred.uid() != own {
         return Err(format!("the control socket answers root only (SO_PEERCRED: pid {pid}, uid {})", cred.uid()));
     }
-    let identity = identity_of.zip(cred.pid()).and_then(|(f, p)| f(p as u32)).filter(|id| *id != zt_common::NO_IDENTITY);
+    let identity =
+        processes.zip(cred.pid()).and_then(|(t, p)| t.get(p as u32)).map(|p| p.identity).filter(|id| *id != zt_common::NO_IDENTITY);
     match identity {
         Some(id) => Err(format!("the control socket answers no agent identity (SO_PEERCRED: pid {pid} has identity #{id})")),
         None => Ok(()),

@@ -131,7 +131,8 @@ struct Shared {
 /// marks, see `policy::protect`), so none is left waiting for an answer.
 pub struct Fallback {
     shared: Arc<Shared>,
-    threads: Vec<JoinHandle<()>>,
+    responder: Option<JoinHandle<()>>,
+    keeper: Option<JoinHandle<()>>,
 }
 
 impl Fallback {
@@ -158,12 +159,10 @@ impl Fallback {
             stop_marks: AtomicBool::new(false),
         });
         let responder = Responder::new(shared.clone(), procs, events);
-        let keeper = shared.clone();
-        let threads = vec![
-            std::thread::Builder::new().name("zt-fanotify".into()).spawn(move || responder.run())?,
-            std::thread::Builder::new().name("zt-fanotify-marks".into()).spawn(move || keep_marks(keeper))?,
-        ];
-        Ok(Fallback { shared, threads })
+        let kept = shared.clone();
+        let responder = std::thread::Builder::new().name("zt-fanotify".into()).spawn(move || responder.run())?;
+        let keeper = std::thread::Builder::new().name("zt-fanotify-marks".into()).spawn(move || keep_marks(kept))?;
+        Ok(Fallback { shared, responder: Some(responder), keeper: Some(keeper) })
     }
 
     pub fn counters(&self) -> Arc<Counters> {
@@ -181,7 +180,7 @@ impl Drop for Fallback {
         // The mark keeper first: its walk opens marked directories, which
         // the responder answers.
         self.shared.stop_marks.store(true, Relaxed);
-        if let Some(keeper) = self.threads.pop() {
+        if let Some(keeper) = self.keeper.take() {
             let _ = keeper.join();
         }
         // No mark, no new event; the responder answers what is queued, then stops.
@@ -189,8 +188,8 @@ impl Drop for Fallback {
             tracing::error!("fanotify: removing the marks at stop: {e}");
         }
         self.shared.stop.store(true, Relaxed);
-        for t in self.threads.drain(..) {
-            let _ = t.join();
+        if let Some(responder) = self.responder.take() {
+            let _ = responder.join();
         }
     }
 }
